@@ -1,0 +1,3 @@
+from nixmig.cli import main
+
+main()

@@ -1,0 +1,281 @@
+"""nixmig.toml -> frozen dataclasses.
+
+The loader is driven by the dataclass annotations, so the schema is written
+once. Every error names the file, the key path and what was expected, e.g.::
+
+    nixmig.toml: hosts.newton.port: expected an integer, got "22a"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from nixmig.errors import ConfigError
+
+DEFAULT_CONFIG = "nixmig.toml"
+
+Runtime = Literal["docker", "native"]
+Strategy = Literal["rotate", "rebuild", "dual-role"]
+
+
+@dataclass(frozen=True)
+class Host:
+    """A machine nixmig reaches over SSH."""
+
+    address: str
+    port: int = 22
+    user: str = "root"
+    identity: str | None = None
+    known_hosts: str | None = None
+    # The host's age recipient (usually its ssh-ed25519 host key); new secrets
+    # are encrypted to it so agenix can decrypt them at activation.
+    age_recipient: str | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    """A database a service uses, on one host."""
+
+    host: str
+    runtime: Runtime = "docker"
+    container: str | None = None
+    volume: str | None = None
+    database: str = "postgres"
+    role: str = "postgres"
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """An HTTP URL that must answer 2xx, or a command that must exit 0."""
+
+    type: Literal["http", "command"]
+    url: str | None = None
+    command: str | None = None
+    timeout: float = 30.0
+    retries: int = 5
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Move one service's hardcoded password onto one agenix secret."""
+
+    service: str
+    secret: str
+    strategy: Strategy = "rotate"
+    deploy: str | None = None
+    retention_days: int = 7
+    health_checks: tuple[HealthCheck, ...] = ()
+
+
+@dataclass(frozen=True)
+class Operator:
+    """The person running nixmig: backups and rollback material are encrypted to them."""
+
+    recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    secrets_dir: str = "secrets"
+    operator: Operator = field(default_factory=Operator)
+    hosts: dict[str, Host] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+    migrations: dict[str, Migration] = field(default_factory=dict)
+
+    @property
+    def repo(self) -> Path:
+        """The directory nixmig.toml lives in: the root of the Nix repo."""
+        return self.path.parent
+
+    def host_recipients(self) -> list[str]:
+        """Every host's age recipient, in file order (the default for new secrets)."""
+        return [h.age_recipient for h in self.hosts.values() if h.age_recipient]
+
+
+def load(path: Path) -> Config:
+    """Read and validate a nixmig.toml."""
+    where = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            "no such file", where=where, hint="create it (see the README) or pass -c PATH"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", where=where) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid TOML: {exc}", where=where) from None
+    data = {_py(k): v for k, v in data.items()}
+    if "path" in data:
+        raise ConfigError("path: unknown key", where=where)
+    data["path"] = path
+    cfg = _build(Config, data, (), where, skip={"path"})
+    _cross_check(cfg, where)
+    return cfg
+
+
+def _cross_check(cfg: Config, where: str) -> None:
+    for name, svc in cfg.services.items():
+        if svc.host not in cfg.hosts:
+            raise ConfigError(
+                f"services.{name}.host: unknown host {svc.host!r}",
+                where=where,
+                hint=f"define [hosts.{svc.host}] or use one of: {_names(cfg.hosts)}",
+            )
+        if svc.runtime == "docker" and not svc.container:
+            raise ConfigError(
+                f"services.{name}.container: required when runtime = \"docker\"", where=where
+            )
+    for name, mig in cfg.migrations.items():
+        if mig.service not in cfg.services:
+            raise ConfigError(
+                f"migrations.{name}.service: unknown service {mig.service!r}",
+                where=where,
+                hint=f"define [services.{mig.service}] or use one of: {_names(cfg.services)}",
+            )
+        for i, hc in enumerate(mig.health_checks):
+            key = f"migrations.{name}.health_checks[{i}]"
+            if hc.type == "http" and not hc.url:
+                raise ConfigError(f"{key}.url: required for an http check", where=where)
+            if hc.type == "command" and not hc.command:
+                raise ConfigError(f"{key}.command: required for a command check", where=where)
+
+
+def _names(d: dict[str, Any]) -> str:
+    return ", ".join(sorted(d)) or "(none defined)"
+
+
+def _py(key: str) -> str:
+    """TOML keys use dashes or underscores; fields use underscores."""
+    return key.replace("-", "_")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is str:
+        return "a string"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return "a table"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    return str(tp)
+
+
+def _fmt_path(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(top level)"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _convert(tp: Any, value: Any, path: tuple[str | int, ...], where: str) -> Any:
+    origin = typing.get_origin(tp)
+
+    def bad() -> ConfigError:
+        return ConfigError(
+            f"{_fmt_path(path)}: expected {_describe(tp)}, got {_show(value)}", where=where
+        )
+
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        for arg in args:
+            try:
+                return _convert(arg, value, path, where)
+            except ConfigError:
+                continue
+        raise bad()
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad()
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise bad()
+        (item,) = typing.get_args(tp)[:1]
+        items = [_convert(item, v, (*path, i), where) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        _, vt = typing.get_args(tp)
+        return {k: _convert(vt, v, (*path, k), where) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise bad()
+        return _build(tp, {_py(k): v for k, v in value.items()}, path, where)
+    raise TypeError(f"unsupported config type {tp!r}")  # a bug in the schema, not user input
+
+
+def _build(
+    cls: type[Any],
+    data: dict[str, Any],
+    path: tuple[str | int, ...],
+    where: str,
+    skip: frozenset[str] | set[str] = frozenset(),
+) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(k for k in fields if k not in skip)
+            raise ConfigError(
+                f"{_fmt_path((*path, key))}: unknown key", where=where, hint=f"expected one of: {known}"
+            )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in skip:
+            kwargs[name] = data[name]
+            continue
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], (*path, name), where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(
+                f"{_fmt_path((*path, name))}: required key is missing",
+                where=where,
+                hint=f"add {name} = {_describe(hints[name])}",
+            )
+    return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Nix source: parse (tree-sitter-nix), scan, patch, validate."""
