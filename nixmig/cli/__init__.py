@@ -12,6 +12,7 @@ import typer
 
 from nixmig import __version__
 
+from nixmig.cli import secret
 from nixmig.cli.common import state
 from nixmig.errors import NixmigError, UsageError
 
@@ -23,7 +24,8 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-# command groups are registered here, one line each (see _register below)
+# Command groups and commands are registered here, one line each.
+app.add_typer(secret.app, name="secret")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,1 @@
+"""agenix-compatible secrets: secrets.nix, age encryption, generators."""
