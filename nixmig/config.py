@@ -105,9 +105,7 @@ def load(path: Path) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(
-            "no such file", where=where, hint="create it (see the README) or pass -c PATH"
-        ) from None
+        raise ConfigError("no such file", where=where, hint="create it (see the README) or pass -c PATH") from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", where=where) from None
     try:
@@ -118,7 +116,7 @@ def load(path: Path) -> Config:
     if "path" in data:
         raise ConfigError("path: unknown key", where=where)
     data["path"] = path
-    cfg = _build(Config, data, (), where, skip={"path"})
+    cfg: Config = _build(Config, data, (), where, skip={"path"})
     _cross_check(cfg, where)
     return cfg
 
@@ -132,9 +130,7 @@ def _cross_check(cfg: Config, where: str) -> None:
                 hint=f"define [hosts.{svc.host}] or use one of: {_names(cfg.hosts)}",
             )
         if svc.runtime == "docker" and not svc.container:
-            raise ConfigError(
-                f"services.{name}.container: required when runtime = \"docker\"", where=where
-            )
+            raise ConfigError(f'services.{name}.container: required when runtime = "docker"', where=where)
     for name, mig in cfg.migrations.items():
         if mig.service not in cfg.services:
             raise ConfigError(
@@ -198,9 +194,7 @@ def _convert(tp: Any, value: Any, path: tuple[str | int, ...], where: str) -> An
     origin = typing.get_origin(tp)
 
     def bad() -> ConfigError:
-        return ConfigError(
-            f"{_fmt_path(path)}: expected {_describe(tp)}, got {_show(value)}", where=where
-        )
+        return ConfigError(f"{_fmt_path(path)}: expected {_describe(tp)}, got {_show(value)}", where=where)
 
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -262,9 +256,7 @@ def _build(
     for key in data:
         if key not in fields:
             known = ", ".join(k for k in fields if k not in skip)
-            raise ConfigError(
-                f"{_fmt_path((*path, key))}: unknown key", where=where, hint=f"expected one of: {known}"
-            )
+            raise ConfigError(f"{_fmt_path((*path, key))}: unknown key", where=where, hint=f"expected one of: {known}")
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         if name in skip:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, NoReturn
 
 MASK: Final = "********"
 
@@ -47,5 +47,5 @@ class Secret:
     def __hash__(self) -> int:
         return hash((Secret, len(self._value)))
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a Secret cannot be pickled")

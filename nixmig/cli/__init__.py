@@ -6,12 +6,16 @@ inside the commands that need them, so `nixmig --help` stays fast.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# Plain click-style help and usage errors: rich's help renderer alone costs more
+# than all of typer's import (bench/startup.py). Set TYPER_USE_RICH=1 to get it back.
+os.environ.setdefault("TYPER_USE_RICH", "0")
 
 import typer
 
 from nixmig import __version__
-
 from nixmig.cli import secret
 from nixmig.cli.common import state
 from nixmig.errors import NixmigError, UsageError
@@ -64,8 +68,7 @@ def _report(exc: BaseException, code: int, *, internal: bool = False) -> int:
         traceback.print_exception(exc)
     if internal:
         typer.echo(
-            f"nixmig: internal error: {type(exc).__name__}: {exc} "
-            "(run again with --debug and report it)",
+            f"nixmig: internal error: {type(exc).__name__}: {exc} (run again with --debug and report it)",
             err=True,
         )
     else:

@@ -50,9 +50,7 @@ def new(
         help="Read the secret from stdin instead of generating one (to move a secret that is "
         "hardcoded today). Exactly one trailing newline is stripped, so `echo pw |` works.",
     ),
-    like: str | None = typer.Option(
-        None, "--like", help="Copy the publicKeys expression of this entry as written."
-    ),
+    like: str | None = typer.Option(None, "--like", help="Copy the publicKeys expression of this entry as written."),
     recipient: list[str] | None = typer.Option(
         None, "--recipient", "-r", help="Add this public key (ssh-ed25519, ssh-rsa, age1…); repeatable."
     ),
@@ -80,7 +78,11 @@ def new(
     result = store.new_secret(
         rules_path, name, value, like=like, recipients=recipient or [], default_recipients=defaults, force=force
     )
-    rel = result.file.relative_to(rules_path.parent.parent) if rules_path.parent.parent in result.file.parents else result.file
+    rel = (
+        result.file.relative_to(rules_path.parent.parent)
+        if rules_path.parent.parent in result.file.parents
+        else result.file
+    )
     if json_out:
         print_json(
             {

@@ -10,6 +10,7 @@ line:col, with a hint to install nix.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r"}
 
 
 class _Thunk:
-    __slots__ = ("_fn", "_value", "_busy", "_done")
+    __slots__ = ("_busy", "_done", "_fn", "_value")
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         self._fn = fn
@@ -85,7 +86,10 @@ class _Evaluator:
             return [x for sub in _force(v) for x in _force(sub)]
 
         def map_(f: Any) -> Any:
-            return _Lambda(lambda xs: [_Thunk(lambda x=x: _force(f).fn(x)) for x in _force(xs)])
+            def over(xs: Any) -> list[_Thunk]:
+                return [_Thunk(functools.partial(_apply, f, x)) for x in _force(xs)]
+
+            return _Lambda(over)
 
         builtins = {
             "attrValues": _Lambda(attr_values),
@@ -109,7 +113,7 @@ class _Evaluator:
             return [self.deep(x) for x in v]
         return v
 
-    def eval(self, node: Node, env: Env) -> Any:  # noqa: C901 - a dispatch table
+    def eval(self, node: Node, env: Env) -> Any:
         t = node.type
         if t == "parenthesized_expression":
             return self.eval(node.named_children[0], env)
@@ -237,7 +241,7 @@ class _Evaluator:
                     target = cur
                 if names[-1] in target:
                     raise self.fail(b, f"attribute {'.'.join(names)!r} defined twice")
-                target[names[-1]] = _Thunk(lambda e=expr, s=scope: self.eval(e, s))
+                target[names[-1]] = _Thunk(functools.partial(self.eval, expr, scope))
             elif b.type == "inherit":
                 for a in self.inherited(b):
                     if a not in env:
@@ -247,7 +251,7 @@ class _Evaluator:
                 src = b.child_by_field_name("expression")
                 assert src is not None
                 for a in self.inherited(b):
-                    attrs[a] = _Thunk(lambda s=src, a=a, n=b: self._select(n, s, a, env))
+                    attrs[a] = _Thunk(functools.partial(self._select, b, src, a, env))
             elif b.type != "comment":
                 raise self.fail(b, f"unsupported binding {b.type}")
 
@@ -260,6 +264,10 @@ class _Evaluator:
     def inherited(self, node: Node) -> list[str]:
         attrs = node.child_by_field_name("attrs")
         return [text(a) for a in attrs.named_children if a.type == "identifier"] if attrs else []
+
+
+def _apply(f: Any, x: Any) -> Any:
+    return _force(f).fn(x)
 
 
 def _force(v: Any) -> Any:

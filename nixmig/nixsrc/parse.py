@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,10 +57,18 @@ def first_error(tree: Tree) -> Node | None:
 
 
 def parse_checked(source: bytes, where: str | Path) -> Tree:
-    """Parse, raising :class:`NixSyntaxError` with ``file:line:col`` on the first error."""
+    """Parse, raising :class:`NixSyntaxError` with ``file:line:col`` on the first error.
+
+    tree-sitter finds the error; when nix is installed, its parser names the
+    position and the reason (it is the one that matters at deploy time).
+    """
     tree = parse(source)
     err = first_error(tree)
     if err is not None:
+        from_nix = nix_parse_error(source)
+        if from_nix is not None:
+            line, col, message = from_nix
+            raise NixSyntaxError(message, where=f"{where}:{line}:{col}", hint="fix the Nix syntax and run again")
         pos = position(err)
         what = f"missing {err.type!r}" if err.is_missing else "syntax error"
         snippet = _line(source, err.start_point[0]).strip()
@@ -67,6 +78,26 @@ def parse_checked(source: bytes, where: str | Path) -> Tree:
             hint="fix the Nix syntax (nix-instantiate --parse FILE shows it too)",
         )
     return tree
+
+
+_NIX_POS = re.compile(r"at «stdin»:(\d+):(\d+)")
+
+
+def nix_parse_error(source: bytes) -> tuple[int, int, str] | None:
+    """(line, col, message) from `nix-instantiate --parse`, or None if nix is absent or happy."""
+    if shutil.which("nix-instantiate") is None:
+        return None
+    proc = subprocess.run(
+        ["nix-instantiate", "--parse", "-"], input=source, capture_output=True, timeout=60, check=False
+    )
+    if proc.returncode == 0:
+        return None
+    err = proc.stderr.decode("utf-8", "replace")
+    m = _NIX_POS.search(err)
+    first = next((ln.strip() for ln in err.splitlines() if ln.strip().startswith("error:")), "")
+    if m is None:
+        return None
+    return int(m.group(1)), int(m.group(2)), first.removeprefix("error:").strip() or "syntax error"
 
 
 def _line(source: bytes, row: int) -> str:

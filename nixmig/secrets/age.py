@@ -66,11 +66,7 @@ def _load_identity_file(path: Path) -> list[Identity]:
                     hint="use an unencrypted copy in a private tmpfs, or an age identity file",
                 ) from None
             raise IdentityError(f"not a usable ssh private key ({exc})", where=path) from None
-    keys = [
-        line.strip()
-        for line in text.splitlines()
-        if line.strip().startswith("AGE-SECRET-KEY-1")
-    ]
+    keys = [line.strip() for line in text.splitlines() if line.strip().startswith("AGE-SECRET-KEY-1")]
     if not keys:
         if text.lstrip().startswith(("ssh-", "age1")):
             hint = "that is a public key: pass the private key file"
@@ -103,9 +99,7 @@ def encrypt(plaintext: Secret, recipients: Sequence[Recipient]) -> bytes:
 def decrypt(data: bytes, identities: Sequence[Identity], *, where: str | Path) -> Secret:
     """Decrypt an age file; the error names the file and the identities tried."""
     if not identities:
-        raise IdentityError(
-            "no identity to decrypt with", where=where, hint="pass --identity PATH"
-        )
+        raise IdentityError("no identity to decrypt with", where=where, hint="pass --identity PATH")
     try:
         plain: bytes = pyrage.decrypt(data, [i.key for i in identities])
     except pyrage.DecryptError as exc:
@@ -123,17 +117,13 @@ def decrypt(data: bytes, identities: Sequence[Identity], *, where: str | Path) -
 def header(data: bytes, *, where: str | Path) -> list[Stanza]:
     """The recipient stanzas of an age file (binary or armored), without decrypting."""
     if data.startswith(_ARMOR_BEGIN):
-        body = b"".join(
-            line for line in data.splitlines()[1:] if line and not line.startswith(b"-----")
-        )
+        body = b"".join(line for line in data.splitlines()[1:] if line and not line.startswith(b"-----"))
         try:
             data = base64.b64decode(body)
         except (binascii.Error, ValueError):
             raise SecretsError("malformed armored age file", where=where) from None
     if not data.startswith(_MAGIC):
-        raise SecretsError(
-            "not an age file (bad header)", where=where, hint="was it written by age or agenix?"
-        )
+        raise SecretsError("not an age file (bad header)", where=where, hint="was it written by age or agenix?")
     stanzas: list[Stanza] = []
     for raw in data[len(_MAGIC) :].split(b"\n"):
         if raw.startswith(b"---"):

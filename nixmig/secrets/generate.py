@@ -27,9 +27,7 @@ MAX_LENGTH = 4096
 def generate(length: int = 32, charset: Charset = "urlsafe") -> Secret:
     """A password of ``length`` characters drawn uniformly from the charset."""
     if charset not in ALPHABETS:
-        raise UsageError(
-            f"unknown charset {charset!r}", hint="use one of: " + ", ".join(ALPHABETS)
-        )
+        raise UsageError(f"unknown charset {charset!r}", hint="use one of: " + ", ".join(ALPHABETS))
     if not MIN_LENGTH <= length <= MAX_LENGTH:
         raise UsageError(
             f"--length {length} is out of range",
@@ -46,5 +44,5 @@ def from_stdin(data: bytes) -> Secret:
     elif data.endswith(b"\n"):
         data = data[:-1]
     if not data:
-        raise UsageError("stdin is empty", hint="pipe the secret in, e.g. printf %s \"$PW\" | nixmig ...")
+        raise UsageError("stdin is empty", hint='pipe the secret in, e.g. printf %s "$PW" | nixmig ...')
     return Secret(data)

@@ -70,14 +70,10 @@ def parse(text: str, *, where: str | None = None) -> Recipient:
     try:
         blob = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise RecipientError(
-            f"{kind} key is not valid base64: {_short(stripped)}", where=where
-        ) from None
+        raise RecipientError(f"{kind} key is not valid base64: {_short(stripped)}", where=where) from None
     inner = _ssh_string(blob, 0)
     if inner is None or inner[0] != kind.encode():
-        raise RecipientError(
-            f"{kind} key blob does not hold a {kind} key: {_short(stripped)}", where=where
-        )
+        raise RecipientError(f"{kind} key blob does not hold a {kind} key: {_short(stripped)}", where=where)
     if kind == "ssh-ed25519":
         key = _ssh_string(blob, inner[1])
         if key is None or len(key[0]) != 32:

@@ -122,8 +122,14 @@ def _top_attrset(root: Node, path: Path) -> tuple[Node, dict[str, Node]]:
     """The attrset that secrets.nix evaluates to (under any let), and its let-bindings."""
     node = root.named_children[0]
     lets: dict[str, Node] = {}
-    while node.type in ("let_expression", "parenthesized_expression"):
-        if node.type == "let_expression":
+    while node.type in ("let_expression", "parenthesized_expression", "binary_expression"):
+        if node.type == "binary_expression":
+            op = node.child_by_field_name("operator")
+            right = node.child_by_field_name("right")
+            if op is None or text(op) != "//" or right is None:
+                break
+            node = right  # the right side of `//` wins: add entries there
+        elif node.type == "let_expression":
             for bset in (c for c in node.named_children if c.type == "binding_set"):
                 for b in bset.named_children:
                     if b.type == "binding":
@@ -175,7 +181,7 @@ def entry_expression(rules: Rules, name: str) -> str:
     raise SecretsError(
         f"no entry {name!r} written as a literal binding",
         where=rules.path,
-        hint="--like needs an entry such as \"NAME.age\".publicKeys = ...;",
+        hint='--like needs an entry such as "NAME.age".publicKeys = ...;',
     )
 
 
@@ -195,9 +201,7 @@ def let_names_for(rules: Rules) -> dict[str, str]:
     _, lets = _top_attrset(root, rules.path)
     out: dict[str, str] = {}
     for var, expr in lets.items():
-        if expr.type == "string_expression" and all(
-            c.type == "string_fragment" for c in expr.named_children
-        ):
+        if expr.type == "string_expression" and all(c.type == "string_fragment" for c in expr.named_children):
             out.setdefault(" ".join(text(expr).strip('"').split()[:2]), var)
     return out
 
@@ -219,22 +223,23 @@ def with_entry(rules: Rules, name: str, expression: str) -> bytes:
             return src[: ex.start_byte] + expression.encode() + src[ex.end_byte :]
     if bindings:
         last = bindings[-1]
+        line_end = src.find(b"\n", last.end_byte)
+        line_end = len(src) if line_end == -1 else line_end
+        rest = src[last.end_byte : line_end].strip()
+        if rest and not rest.startswith(b"#"):  # e.g. `{ "a.age".publicKeys = x; }` on one line
+            return src[: last.end_byte] + b" " + binding.encode() + src[last.end_byte :]
         line_start = src.rfind(b"\n", 0, last.start_byte) + 1
         indent = src[line_start : last.start_byte]
-        if indent.strip():  # the last binding shares its line with something else
-            indent = b"  "
-        # insert after the last binding, and after a trailing comment on its line
-        end = src.find(b"\n", last.end_byte)
-        end = len(src) if end == -1 else end
-        return src[:end] + b"\n" + indent + binding.encode() + src[end:]
-    # empty attrset: put the binding on its own line before the closing brace
+        if indent.strip():  # the last binding shares its line with an earlier one
+            indent = indent[: len(indent) - len(indent.lstrip())]
+        # insert after the last binding's line (and its trailing comment)
+        return src[:line_end] + b"\n" + indent + binding.encode() + src[line_end:]
+    # no binding yet: its own line before the closing brace, keeping every byte
     close = top.end_byte - 1
     open_line_start = src.rfind(b"\n", 0, top.start_byte) + 1
     base = src[open_line_start : top.start_byte]
-    base = base if not base.strip() else b""
-    inner = src[top.start_byte + 1 : close]
-    if inner.strip():  # only comments inside
-        return src[:close] + base + b"  " + binding.encode() + b"\n" + base + src[close:]
-    return (
-        src[: top.start_byte + 1] + b"\n" + base + b"  " + binding.encode() + b"\n" + base + src[close:]
-    )
+    base = base[: len(base) - len(base.lstrip())]
+    head = src[:close]
+    if not head.endswith(b"\n"):
+        head += b"\n"
+    return head + base + b"  " + binding.encode() + b"\n" + base + src[close:]

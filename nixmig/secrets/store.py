@@ -264,9 +264,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
 
 
-def check(
-    rules_path: Path, identities: Sequence[Identity], *, use_nix: bool | None = None
-) -> CheckReport:
+def check(rules_path: Path, identities: Sequence[Identity], *, use_nix: bool | None = None) -> CheckReport:
     rules = rl.load(rules_path, use_nix=use_nix)
     report = CheckReport()
     listed = set()
