@@ -1,0 +1,91 @@
+"""The Transport protocol and its Result, shared by the local and ssh transports.
+
+Every command goes through :func:`render`: argv is quoted with shlex in one
+place, a :class:`~nixmig.sensitive.Secret` is refused in argv (secrets travel
+on stdin or in 0400 files), and the text that may be logged is produced here.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from nixmig.errors import NixmigError
+from nixmig.sensitive import Secret
+
+DEFAULT_TIMEOUT = 300.0
+
+
+class CommandFailed(NixmigError):
+    """A command on a target exited non-zero; carries its Result."""
+
+    def __init__(self, result: Result, where: str) -> None:
+        self.result = result
+        super().__init__(
+            f"`{result.command}` exited {result.exit_code}: {result.tail()}",
+            where=where,
+        )
+
+
+class TransportError(NixmigError):
+    """The target cannot be reached, or refused us (host key, auth, network)."""
+
+
+@dataclass(frozen=True)
+class Result:
+    command: str  # shell-quoted, safe to log: argv never holds a secret
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def tail(self, lines: int = 3) -> str:
+        """The last lines of stderr (or stdout), on one line, for an error message."""
+        text = (self.stderr or self.stdout).decode("utf-8", "replace").strip().splitlines()
+        return " | ".join(text[-lines:]) or "(no output)"
+
+
+def render(argv: Sequence[str]) -> str:
+    """The one place argv becomes a shell command line."""
+    if not argv:
+        raise ValueError("empty argv")
+    for arg in argv:
+        if isinstance(arg, Secret):
+            raise TypeError("a Secret must travel on stdin or in a file, never in argv")
+        if not isinstance(arg, str):
+            raise TypeError(f"argv items must be str, not {type(arg).__name__}")
+    return shlex.join(argv)
+
+
+def stdin_bytes(stdin: bytes | Secret | None) -> bytes | None:
+    if isinstance(stdin, Secret):
+        return stdin.reveal()
+    return stdin
+
+
+class Transport(Protocol):
+    """What a phase may do on a target."""
+
+    name: str  # "newton (root@10.0.0.5:22)" or "local": for messages
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | Secret | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        check: bool = True,
+    ) -> Result: ...
+
+    def put(self, path: str, data: bytes | Secret, *, mode: int = 0o600) -> None:
+        """Write a file on the target atomically with ``mode`` (the data never in argv)."""
+        ...
+
+    def get(self, path: str) -> bytes: ...
+
+    def close(self) -> None: ...
