@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from nixmig.errors import NixmigError
 from nixmig.sensitive import Secret
@@ -82,6 +82,19 @@ class Transport(Protocol):
         check: bool = True,
     ) -> Result: ...
 
+    def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: BinaryIO | None = None,
+        stdout: BinaryIO | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        check: bool = True,
+    ) -> Result:
+        """Like run, for data too big for memory: stdin is read from a file object in
+        chunks and stdout is written to one (Result.stdout is then empty)."""
+        ...
+
     def put(self, path: str, data: bytes | Secret, *, mode: int = 0o600) -> None:
         """Write a file on the target atomically with ``mode`` (the data never in argv)."""
         ...
@@ -89,3 +102,6 @@ class Transport(Protocol):
     def get(self, path: str) -> bytes: ...
 
     def close(self) -> None: ...
+
+
+CHUNK = 1 << 16

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO, BinaryIO
 
 from nixmig import fsutil
-from nixmig.remote.base import DEFAULT_TIMEOUT, CommandFailed, Result, TransportError, render, stdin_bytes
+from nixmig.remote.base import CHUNK, DEFAULT_TIMEOUT, CommandFailed, Result, TransportError, render, stdin_bytes
 from nixmig.sensitive import Secret
 
 
@@ -41,6 +44,51 @@ class LocalTransport:
             raise CommandFailed(result, self.name)
         return result
 
+    def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: BinaryIO | None = None,
+        stdout: BinaryIO | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        check: bool = True,
+    ) -> Result:
+        command = render(argv)
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except FileNotFoundError:
+            raise TransportError(f"command not found: {argv[0]}", where=self.name) from None
+        assert proc.stdout is not None and proc.stderr is not None
+        err = bytearray()
+        out = bytearray()
+        threads = [threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True)]
+        if stdin is not None:
+            assert proc.stdin is not None
+            threads.append(threading.Thread(target=_feed, args=(stdin, proc.stdin), daemon=True))
+        for t in threads:
+            t.start()
+        while chunk := proc.stdout.read(CHUNK):
+            if stdout is not None:
+                stdout.write(chunk)
+            else:
+                out += chunk
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise TransportError(f"`{command}` timed out after {timeout:.0f}s", where=self.name) from None
+        for t in threads:
+            t.join()
+        result = Result(command, code, bytes(out), bytes(err))
+        if check and not result.ok:
+            raise CommandFailed(result, self.name)
+        return result
+
     def put(self, path: str, data: bytes | Secret, *, mode: int = 0o600) -> None:
         raw = data.reveal() if isinstance(data, Secret) else data
         fsutil.write_atomic(Path(path), raw, mode)
@@ -53,3 +101,19 @@ class LocalTransport:
 
     def close(self) -> None:
         return None
+
+
+def _drain(src: IO[bytes], buf: bytearray) -> None:
+    while chunk := src.read(CHUNK):
+        buf += chunk
+
+
+def _feed(src: BinaryIO, dst: IO[bytes]) -> None:
+    try:
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+    except BrokenPipeError:
+        pass
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            dst.close()

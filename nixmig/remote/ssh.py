@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import selectors
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import paramiko
 
 from nixmig.config import Host
-from nixmig.remote.base import DEFAULT_TIMEOUT, CommandFailed, Result, TransportError, render, stdin_bytes
+from nixmig.remote.base import CHUNK, DEFAULT_TIMEOUT, CommandFailed, Result, TransportError, render, stdin_bytes
 from nixmig.sensitive import Secret
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -110,6 +113,9 @@ class SshTransport:
                 where=where,
                 hint="check hosts.<name>.address and port, and that sshd runs",
             ) from None
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(15)  # notice a dead host instead of hanging
         return cls(client, where)
 
     def run(
@@ -126,30 +132,65 @@ class SshTransport:
             raise CommandFailed(result, self.name)
         return result
 
-    def _exec(self, command: str, data: bytes | None, timeout: float) -> Result:
+    def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: BinaryIO | None = None,
+        stdout: BinaryIO | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        check: bool = True,
+    ) -> Result:
+        command = render(argv)
+        result = self._exec(command, stdin, timeout, sink=stdout)
+        if check and not result.ok:
+            raise CommandFailed(result, self.name)
+        return result
+
+    def _exec(
+        self, command: str, data: bytes | BinaryIO | None, timeout: float, sink: BinaryIO | None = None
+    ) -> Result:
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise TransportError("the SSH connection is closed", where=self.name)
         chan = transport.open_session()
+        feeder: threading.Thread | None = None
         try:
             chan.exec_command(command)
-            if data:
-                chan.sendall(data)
-            chan.shutdown_write()
+            if data is None:
+                chan.shutdown_write()
+            else:
+                # Feed stdin from a thread while we read, so neither side's window can fill up.
+                src = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+                feeder = threading.Thread(target=_feed, args=(src, chan), daemon=True)
+                feeder.start()
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + timeout
             with selectors.DefaultSelector() as sel:
                 sel.register(chan, selectors.EVENT_READ)
                 while True:
                     while chan.recv_ready():
-                        out += chan.recv(65536)
+                        chunk = chan.recv(CHUNK)
+                        if sink is not None:
+                            sink.write(chunk)
+                        else:
+                            out += chunk
                     while chan.recv_stderr_ready():
                         err += chan.recv_stderr(65536)
-                    if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    # done once the remote closed its output (EOF) and reported its exit status:
+                    # sshd may send the status before the last of the output.
+                    if (
+                        chan.eof_received
+                        and chan.exit_status_ready()
+                        and not chan.recv_ready()
+                        and not chan.recv_stderr_ready()
+                    ):
                         break
                     if time.monotonic() > deadline:
                         raise TransportError(f"`{command}` timed out after {timeout:.0f}s", where=self.name)
                     sel.select(timeout=0.5)
+            if feeder is not None:
+                feeder.join(timeout=5)
             return Result(command, chan.recv_exit_status(), bytes(out), bytes(err))
         except (OSError, paramiko.SSHException) as exc:
             raise TransportError(f"`{command}` failed: {exc}", where=self.name) from None
@@ -166,3 +207,13 @@ class SshTransport:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _feed(src: BinaryIO, chan: paramiko.Channel) -> None:
+    try:
+        while chunk := src.read(CHUNK):
+            chan.sendall(chunk)
+    except (OSError, paramiko.SSHException):
+        pass
+    finally:
+        chan.shutdown_write()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +39,9 @@ def test_run_stdin_put_get(sshd: SshServer, tmp_path: Path) -> None:
         assert t.get(str(target)) == b"pw/+=@:%?"
         big = bytes(range(256)) * 8192  # 2 MiB both ways, binary-safe
         assert t.run(["cat"], stdin=big).stdout == big
+        sink = io.BytesIO()
+        r = t.stream(["sh", "-c", "cat; echo done >&2"], stdin=io.BytesIO(big), stdout=sink)
+        assert sink.getvalue() == big and r.stdout == b"" and r.stderr == b"done\n"
         with pytest.raises(CommandFailed) as exc:
             t.run(["sh", "-c", "echo boom >&2; exit 3"])
         assert exc.value.result.exit_code == 3 and "boom" in str(exc.value)
