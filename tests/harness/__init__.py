@@ -27,13 +27,10 @@ def require_binary(name_or_path: str, apt_package: str) -> str:
             return name_or_path
         found = None
     else:
-        found = shutil.which(name_or_path) or shutil.which(
-            name_or_path, path="/usr/local/sbin:/usr/sbin:/sbin"
-        )
+        found = shutil.which(name_or_path) or shutil.which(name_or_path, path="/usr/local/sbin:/usr/sbin:/sbin")
     if found is None:
         pytest.fail(
-            f"test harness needs {name_or_path!r}, which is missing: "
-            f"run `apt-get install {apt_package}` (as root)",
+            f"test harness needs {name_or_path!r}, which is missing: run `apt-get install {apt_package}` (as root)",
             pytrace=False,
         )
     return found

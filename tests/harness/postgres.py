@@ -55,9 +55,7 @@ class PgServer:
 
     def with_db(self, dbname: str) -> PgServer:
         """The same server, with ``dsn``/``dbname`` pointing at another database."""
-        dsn = conninfo(
-            host=self.host, port=self.port, user=self.user, password=self.password, dbname=dbname
-        )
+        dsn = conninfo(host=self.host, port=self.port, user=self.user, password=self.password, dbname=dbname)
         return replace(self, dsn=dsn, dbname=dbname)
 
 
@@ -100,14 +98,10 @@ def _as_pg_user(argv: list[str]) -> list[str]:
 
 
 def _run(argv: list[str], *, timeout: float = 120, log: Path | None = None) -> None:
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=False, cwd="/"
-    )
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, cwd="/")
     if proc.returncode != 0:
         extra = f"\n--- server log ---\n{tail(log)}" if log is not None else ""
-        raise HarnessError(
-            f"{' '.join(argv)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}{extra}"
-        )
+        raise HarnessError(f"{' '.join(argv)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}{extra}")
 
 
 @contextlib.contextmanager
@@ -200,9 +194,7 @@ def fresh_database(server: PgServer) -> Iterator[PgServer]:
         yield server.with_db(name)
     finally:
         with psycopg.connect(server.dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")

@@ -16,17 +16,12 @@ def test_cluster_answers_over_tcp_with_scram(pg: PgServer) -> None:
         version = conn.execute("SHOW server_version_num").fetchone()
         assert version is not None and int(version[0]) // 10000 == 15
         row = conn.execute(
-            "SELECT ssl IS NOT NULL, inet_server_addr()::text FROM pg_stat_ssl "
-            "WHERE pid = pg_backend_pid()"
+            "SELECT ssl IS NOT NULL, inet_server_addr()::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
         ).fetchone()
         assert row is not None and row[1].startswith("127.0.0.1")
-        hba = conn.execute(
-            "SELECT DISTINCT auth_method FROM pg_hba_file_rules WHERE error IS NULL"
-        ).fetchall()
+        hba = conn.execute("SELECT DISTINCT auth_method FROM pg_hba_file_rules WHERE error IS NULL").fetchall()
         assert {r[0] for r in hba} == {"scram-sha-256"}
-        stored = conn.execute(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = current_user"
-        ).fetchone()
+        stored = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = current_user").fetchone()
         assert stored is not None and stored[0].startswith("SCRAM-SHA-256$")
         fsync = conn.execute("SHOW fsync").fetchone()
         assert fsync == ("off",)
@@ -46,9 +41,7 @@ def test_unix_socket_also_needs_the_password(pg: PgServer) -> None:
     ) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-        psycopg.connect(
-            host=pg.socket_dir, port=pg.port, user=pg.user, password="wrong", dbname="postgres"
-        )
+        psycopg.connect(host=pg.socket_dir, port=pg.port, user=pg.user, password="wrong", dbname="postgres")
 
 
 def test_pg_db_is_a_fresh_database(pg_db: PgServer) -> None:
@@ -57,9 +50,7 @@ def test_pg_db_is_a_fresh_database(pg_db: PgServer) -> None:
     with psycopg.connect(pg_db.dsn) as conn:
         name = conn.execute("SELECT current_database()").fetchone()
         assert name == (pg_db.dbname,)
-        tables = conn.execute(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-        ).fetchone()
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
         assert tables == (0,)
         conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
         conn.execute("INSERT INTO t VALUES (1)")
@@ -72,9 +63,7 @@ def test_fresh_database_is_dropped_on_exit(pg: PgServer) -> None:
         lingering = psycopg.connect(db.dsn)
     try:
         with psycopg.connect(pg.dsn) as conn:
-            rows = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (db.dbname,)
-            ).fetchall()
+            rows = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db.dbname,)).fetchall()
         assert rows == []
     finally:
         lingering.close()
