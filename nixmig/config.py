@@ -36,6 +36,12 @@ class Host:
     # The host's age recipient (usually its ssh-ed25519 host key); new secrets
     # are encrypted to it so agenix can decrypt them at activation.
     age_recipient: str | None = None
+    # "ssh" (default) or "local": run on this machine (on-host mode, the demo).
+    transport: Literal["ssh", "local"] = "ssh"
+    # Where agenix decrypts secrets on the host (age.secretsDir).
+    agenix_dir: str = "/run/agenix"
+    # Where nixmig keeps its per-host lock (a tmpfs, so a reboot clears it).
+    lock_dir: str = "/run/nixmig"
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,12 @@ class Service:
     volume: str | None = None
     database: str = "postgres"
     role: str = "postgres"
+    # the superuser nixmig connects as over the local socket (POSTGRES_USER for docker images)
+    admin_role: str = "postgres"
+    # native runtime: the server's port, unix socket directory and OS user.
+    port: int = 5432
+    socket_dir: str = "/run/postgresql"
+    os_user: str = "postgres"
 
 
 @dataclass(frozen=True)

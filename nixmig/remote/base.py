@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -68,6 +69,12 @@ def stdin_bytes(stdin: bytes | Secret | None) -> bytes | None:
     return stdin
 
 
+class Held(Protocol):
+    first_line: str
+
+    def close(self) -> None: ...
+
+
 class Transport(Protocol):
     """What a phase may do on a target."""
 
@@ -97,6 +104,15 @@ class Transport(Protocol):
 
     def put(self, path: str, data: bytes | Secret, *, mode: int = 0o600) -> None:
         """Write a file on the target atomically with ``mode`` (the data never in argv)."""
+        ...
+
+    def hold(self, argv: Sequence[str], *, timeout: float = 30.0) -> Held:
+        """Start a process that lives as long as this handle (or this program: a SIGKILL
+        closes its stdin / the SSH session). Returns once it printed its first line."""
+        ...
+
+    def forward(self, host: str, port: int) -> AbstractContextManager[tuple[str, int]]:
+        """A local (host, port) that reaches host:port as seen from the target."""
         ...
 
     def get(self, path: str) -> bytes: ...

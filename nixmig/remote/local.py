@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -89,6 +89,21 @@ class LocalTransport:
             raise CommandFailed(result, self.name)
         return result
 
+    def hold(self, argv: Sequence[str], *, timeout: float = 30.0) -> _LocalHeld:
+        command = render(argv)
+        proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline().decode().strip()
+        if not line:
+            err = proc.stderr.read().decode().strip()
+            proc.wait(timeout=timeout)
+            raise CommandFailed(Result(command, proc.returncode, b"", err.encode()), self.name)
+        return _LocalHeld(proc, line)
+
+    @contextlib.contextmanager
+    def forward(self, host: str, port: int) -> Iterator[tuple[str, int]]:
+        yield host, port
+
     def put(self, path: str, data: bytes | Secret, *, mode: int = 0o600) -> None:
         raw = data.reveal() if isinstance(data, Secret) else data
         fsutil.write_atomic(Path(path), raw, mode)
@@ -117,3 +132,19 @@ def _feed(src: BinaryIO, dst: IO[bytes]) -> None:
     finally:
         with contextlib.suppress(BrokenPipeError):
             dst.close()
+
+
+class _LocalHeld:
+    def __init__(self, proc: subprocess.Popen[bytes], first_line: str) -> None:
+        self.proc = proc
+        self.first_line = first_line
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -8,12 +8,14 @@ nothing is ever auto-accepted.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import selectors
+import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -197,6 +199,74 @@ class SshTransport:
         finally:
             chan.close()
 
+    def hold(self, argv: Sequence[str], *, timeout: float = 30.0) -> _SshHeld:
+        command = render(argv)
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise TransportError("the SSH connection is closed", where=self.name)
+        chan = transport.open_session()
+        chan.settimeout(timeout)
+        chan.exec_command(command)
+        buf = b""
+        try:
+            while b"\n" not in buf:
+                chunk = chan.recv(1024)
+                if not chunk:
+                    break
+                buf += chunk
+        except TimeoutError:
+            chan.close()
+            raise TransportError(f"`{command}` did not answer in {timeout:.0f}s", where=self.name) from None
+        if b"\n" not in buf:
+            code = chan.recv_exit_status()
+            err = b""
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(4096)
+            chan.close()
+            raise CommandFailed(Result(command, code, buf, err), self.name)
+        chan.settimeout(None)
+        return _SshHeld(chan, buf.split(b"\n", 1)[0].decode().strip())
+
+    @contextlib.contextmanager
+    def forward(self, host: str, port: int) -> Iterator[tuple[str, int]]:
+        """A local listening socket relaying each connection over a direct-tcpip channel."""
+        transport = self._client.get_transport()
+        if transport is None:
+            raise TransportError("the SSH connection is closed", where=self.name)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        stop = threading.Event()
+
+        def relay(a: socket.socket | paramiko.Channel, b: socket.socket | paramiko.Channel) -> None:
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                while data := a.recv(CHUNK):
+                    b.sendall(data)
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                b.close()
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    conn, peer = listener.accept()
+                except OSError:
+                    return
+                try:
+                    chan = transport.open_channel("direct-tcpip", (host, port), peer)
+                except (paramiko.SSHException, OSError):
+                    conn.close()
+                    continue
+                threading.Thread(target=relay, args=(conn, chan), daemon=True).start()
+                threading.Thread(target=relay, args=(chan, conn), daemon=True).start()
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield listener.getsockname()[0], listener.getsockname()[1]
+        finally:
+            stop.set()
+            listener.close()
+
     def put(self, path: str, data: bytes | Secret, *, mode: int = 0o600) -> None:
         """Atomic write on the target: bytes go on stdin into a 0077-umask temp file, then rename."""
         script = 'umask 077; t=$(mktemp "$1.XXXXXX") && cat > "$t" && chmod "$2" "$t" && mv -f "$t" "$1"'
@@ -217,3 +287,15 @@ def _feed(src: BinaryIO, chan: paramiko.Channel) -> None:
         pass
     finally:
         chan.shutdown_write()
+
+
+class _SshHeld:
+    def __init__(self, chan: paramiko.Channel, first_line: str) -> None:
+        self.chan = chan
+        self.first_line = first_line
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, paramiko.SSHException):
+            self.chan.shutdown_write()
+            self.chan.recv_exit_status()
+        self.chan.close()

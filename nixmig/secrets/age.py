@@ -11,7 +11,7 @@ import binascii
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyrage
 
@@ -132,3 +132,19 @@ def header(data: bytes, *, where: str | Path) -> list[Stanza]:
             fields = raw[3:].decode("ascii", "replace").split(" ")
             stanzas.append(Stanza(fields[0], tuple(fields[1:])))
     raise SecretsError("truncated age header", where=where)
+
+
+def encrypt_stream(src: BinaryIO, dst: BinaryIO, recipients: Sequence[Recipient]) -> None:
+    """Encrypt a stream to a stream (backups: the plaintext never lands on a disk)."""
+    objs = [
+        pyrage.x25519.Recipient.from_str(r.text) if r.kind == "age" else pyrage.ssh.Recipient.from_str(r.text)
+        for r in recipients
+    ]
+    pyrage.encrypt_io(src, dst, objs)
+
+
+def decrypt_stream(src: BinaryIO, dst: BinaryIO, identities: Sequence[Identity], *, where: str | Path) -> None:
+    try:
+        pyrage.decrypt_io(src, dst, [i.key for i in identities])
+    except pyrage.DecryptError as exc:
+        raise SecretsError(f"cannot decrypt: {exc}", where=where) from None

@@ -1,0 +1,1 @@
+"""PostgreSQL on a target: runtimes (docker / native), snapshots, role passwords."""

@@ -1,0 +1,30 @@
+"""Logging in over TCP with psycopg: does this password work?"""
+
+from __future__ import annotations
+
+import psycopg
+
+from nixmig.sensitive import Secret
+
+
+def try_login(host: str, port: int, user: str, password: Secret, dbname: str) -> str | None:
+    """None when the login works, else the server's reason (no password in it)."""
+    try:
+        with psycopg.connect(
+            host=host,
+            port=port,
+            user=user,
+            password=password.reveal_str(),
+            dbname=dbname,
+            connect_timeout=10,
+            sslmode="prefer",
+        ) as conn:
+            conn.execute("SELECT 1")
+        return None
+    except psycopg.OperationalError as exc:
+        text = str(exc).strip()
+        reason = text.split("FATAL:", 1)[-1].strip().splitlines()[0] if text else type(exc).__name__
+        # libpq never echoes the password, but be sure (a password may equal the user name: keep it long enough)
+        if password.reveal_str() != user:
+            reason = reason.replace(password.reveal_str(), "********")
+        return reason

@@ -1,0 +1,148 @@
+"""Where PostgreSQL runs on the target, and the argv that reach it.
+
+docker: inside the container, over its local socket (the official image trusts
+it), via `docker exec`. native: a NixOS services.postgresql host, psql as the
+postgres system user over the unix socket. Either way SQL travels on stdin.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from dataclasses import dataclass
+from typing import Protocol
+
+from nixmig.config import Service
+from nixmig.errors import NixmigError
+from nixmig.remote.base import Transport
+
+PSQL_FLAGS = ["-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
+
+
+class RuntimeError_(NixmigError):
+    """The database runtime is not in the expected shape (container missing, server down)."""
+
+
+class Runtime(Protocol):
+    @property
+    def service(self) -> Service: ...
+
+    def psql(self, database: str | None = None) -> list[str]:
+        """argv of a superuser psql reading SQL from stdin."""
+        ...
+
+    def pg_dump(self) -> list[str]: ...
+
+    def pg_restore_list(self) -> list[str]: ...
+
+    def check(self, t: Transport) -> None:
+        """Raise RuntimeError_ with advice when the runtime is not there."""
+        ...
+
+    def endpoint(self, t: Transport) -> tuple[str, int]:
+        """Host and port to reach the server over TCP from the target."""
+        ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DockerRuntime:
+    service: Service
+
+    @property
+    def container(self) -> str:
+        assert self.service.container is not None
+        return self.service.container
+
+    def _exec(self, *argv: str, stdin: bool = True) -> list[str]:
+        return ["docker", "exec", *(["-i"] if stdin else []), "-u", "postgres", self.container, *argv]
+
+    def psql(self, database: str | None = None) -> list[str]:
+        db = database or self.service.database
+        return self._exec("psql", *PSQL_FLAGS, "-U", self.service.admin_role, "-d", db, "-f", "-")
+
+    def pg_dump(self) -> list[str]:
+        return self._exec("pg_dump", "-Fc", "-U", self.service.admin_role, "-d", self.service.database, stdin=False)
+
+    def pg_restore_list(self) -> list[str]:
+        return self._exec("pg_restore", "--list")
+
+    def check(self, t: Transport) -> None:
+        r = t.run(["docker", "inspect", "--type", "container", self.container], check=False)
+        if not r.ok:
+            raise RuntimeError_(
+                f"container {self.container!r} not found",
+                where=t.name,
+                hint="check services.<name>.container (docker ps -a shows the names)",
+            )
+        info = json.loads(r.stdout)[0]
+        if not info.get("State", {}).get("Running"):
+            raise RuntimeError_(f"container {self.container!r} is not running", where=t.name)
+        vol = self.service.volume
+        if vol and not any(m.get("Name") == vol for m in info.get("Mounts", [])):
+            raise RuntimeError_(
+                f"container {self.container!r} does not mount volume {vol!r}",
+                where=t.name,
+                hint="check services.<name>.volume (docker inspect shows the mounts)",
+            )
+
+    def endpoint(self, t: Transport) -> tuple[str, int]:
+        r = t.run(
+            ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", self.container]
+        )
+        ips = r.stdout.decode().split()
+        if not ips:
+            raise RuntimeError_(f"container {self.container!r} has no IP address", where=t.name)
+        return ips[0], 5432
+
+    def describe(self) -> str:
+        return f"docker container {self.container}"
+
+
+@dataclass(frozen=True)
+class NativeRuntime:
+    service: Service
+
+    def _as_os_user(self, *argv: str) -> list[str]:
+        if getpass.getuser() == self.service.os_user:
+            return list(argv)
+        return ["runuser", "-u", self.service.os_user, "--", *argv]
+
+    def _conn(self) -> list[str]:
+        return ["-h", self.service.socket_dir, "-p", str(self.service.port)]
+
+    def psql(self, database: str | None = None) -> list[str]:
+        db = database or self.service.database
+        return self._as_os_user("psql", *PSQL_FLAGS, *self._conn(), "-U", self.service.admin_role, "-d", db, "-f", "-")
+
+    def pg_dump(self) -> list[str]:
+        return self._as_os_user(
+            "pg_dump", "-Fc", *self._conn(), "-U", self.service.admin_role, "-d", self.service.database
+        )
+
+    def pg_restore_list(self) -> list[str]:
+        return ["pg_restore", "--list"]
+
+    def check(self, t: Transport) -> None:
+        r = t.run(self._as_os_user("pg_isready", *self._conn()), check=False)
+        if not r.ok:
+            raise RuntimeError_(
+                f"PostgreSQL does not answer on {self.service.socket_dir} port {self.service.port}: {r.tail(1)}",
+                where=t.name,
+                hint="check services.<name>.socket_dir / port, and that postgresql.service runs",
+            )
+
+    def endpoint(self, t: Transport) -> tuple[str, int]:
+        return "127.0.0.1", self.service.port
+
+    def describe(self) -> str:
+        return f"native PostgreSQL on port {self.service.port}"
+
+
+def runtime_for(service: Service) -> Runtime:
+    match service.runtime:
+        case "docker":
+            return DockerRuntime(service)
+        case "native":
+            return NativeRuntime(service)

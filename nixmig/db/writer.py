@@ -1,0 +1,94 @@
+"""A stand-in application for the demo and the tests: it keeps inserting rows.
+
+Each insert commits on its own; the id of every committed row is recorded as
+"acknowledged". On an authentication failure it re-reads the connection URL
+from its env file (as a restarted service would) and reconnects.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+
+
+@dataclass
+class Writer:
+    url_source: Callable[[], str]  # returns postgres://user:pass@host:port/db (from the app's env file)
+    interval: float = 0.01
+    # when this value changes the writer reconnects, re-reading its URL (a service restart)
+    generation: Callable[[], object] = lambda: 0
+    acknowledged: list[int] = field(default_factory=list)
+    failed_attempts: int = 0
+    longest_gap: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True, name="writer")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+        u = urlsplit(self.url_source())
+        return psycopg.connect(
+            host=u.hostname,
+            port=u.port or 5432,
+            user=unquote(u.username or ""),
+            password=unquote(u.password or ""),
+            dbname=u.path.lstrip("/"),
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def _run(self) -> None:
+        conn: psycopg.Connection[tuple[object, ...]] | None = None
+        last_ack = time.monotonic()
+        gen = self.generation()
+        while not self._stop.is_set():
+            try:
+                if gen != self.generation():
+                    gen = self.generation()
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                if conn is None or conn.closed:
+                    conn = self._connect()
+                row = conn.execute("INSERT INTO app_writes (at) VALUES (now()) RETURNING id").fetchone()
+                assert row is not None
+                self.acknowledged.append(int(str(row[0])))
+                now = time.monotonic()
+                self.longest_gap = max(self.longest_gap, now - last_ack)
+                last_ack = now
+            except psycopg.Error:
+                self.failed_attempts += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.05)
+                continue
+            time.sleep(self.interval)
+        if conn is not None:
+            conn.close()
+
+
+def count_found(dsn_url: str, ids: list[int]) -> int:
+    """How many of the acknowledged ids are in the table."""
+    u = urlsplit(dsn_url)
+    with psycopg.connect(
+        host=u.hostname,
+        port=u.port or 5432,
+        user=unquote(u.username or ""),
+        password=unquote(u.password or ""),
+        dbname=u.path.lstrip("/"),
+    ) as conn:
+        row = conn.execute("SELECT count(*) FROM app_writes WHERE id = ANY(%s)", (ids,)).fetchone()
+        return int(str(row[0])) if row else 0

@@ -1,0 +1,185 @@
+"""Runs a migration's phases against its journal: lock, resume, rollback.
+
+apply:    take the host lock; for each phase in order, skip it if the journal
+          says done, else ask the facts (phase.check) and journal it done if they
+          already hold, else run it and journal it done. A run killed anywhere is
+          resumed by running apply again.
+rollback: undo the done phases in reverse order, journaling each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nixmig import lock
+from nixmig.config import Config
+from nixmig.db.runtime import runtime_for
+from nixmig.errors import NixmigError, UsageError
+from nixmig.journal import Journal
+from nixmig.phases.backup import Backup
+from nixmig.phases.base import Action, Context, Phase
+from nixmig.phases.cleanup import Cleanup
+from nixmig.phases.deploy import Stage, Switch
+from nixmig.phases.preflight import Preflight
+from nixmig.phases.rotate import Rotate
+from nixmig.phases.verify import Verify
+from nixmig.remote.base import Transport
+from nixmig.secrets import recipients as rcp
+from nixmig.secrets.age import Identity
+from nixmig.sensitive import Secret
+
+
+def phases_for(strategy: str) -> list[Phase]:
+    match strategy:
+        case "rotate":
+            return [Preflight(), Backup(), Stage(), Rotate(), Switch(), Verify(), Cleanup()]
+        case _:
+            raise UsageError(
+                f"strategy {strategy!r} is not implemented yet", hint='use strategy = "rotate" in nixmig.toml'
+            )
+
+
+def pick_migration(cfg: Config, name: str | None) -> str:
+    if name is not None:
+        if name not in cfg.migrations:
+            raise UsageError(
+                f"no migration {name!r}", where=cfg.path, hint="defined: " + (", ".join(cfg.migrations) or "(none)")
+            )
+        return name
+    if len(cfg.migrations) != 1:
+        raise UsageError(
+            "which migration?",
+            where=cfg.path,
+            hint="pass --migration NAME; defined: " + (", ".join(cfg.migrations) or "(none)"),
+        )
+    return next(iter(cfg.migrations))
+
+
+def connector(cfg: Config, host_name: str) -> Callable[[], Transport]:
+    host = cfg.hosts[host_name]
+
+    def connect() -> Transport:
+        if host.transport == "local":
+            from nixmig.remote.local import LocalTransport
+
+            return LocalTransport()
+        from nixmig.remote.ssh import SshTransport
+
+        return SshTransport.connect(host, label=host_name)
+
+    return connect
+
+
+def make_context(
+    cfg: Config,
+    name: str,
+    *,
+    identities: Sequence[Identity] = (),
+    emit: Callable[[str], None] = print,
+    old_password: Secret | None = None,
+    connect: Callable[[], Transport] | None = None,
+) -> Context:
+    mig = cfg.migrations[name]
+    svc = cfg.services[mig.service]
+    host = cfg.hosts[svc.host]
+    journal = Journal.open(cfg.repo / ".nixmig" / "journal", svc.host, name)
+    return Context(
+        cfg=cfg,
+        name=name,
+        migration=mig,
+        service=svc,
+        host_name=svc.host,
+        host=host,
+        runtime=runtime_for(svc),
+        journal=journal,
+        connect=connect or connector(cfg, svc.host),
+        operator_recipients=[rcp.parse(r, where=f"{cfg.path}: operator.recipients") for r in cfg.operator.recipients],
+        identities=list(identities),
+        emit=emit,
+        old_password=old_password,
+    )
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    phase: str
+    title: str
+    state: str
+    actions: list[Action]
+
+
+def plan(ctx: Context) -> list[PlanStep]:
+    """What apply would do, from the journal alone (no connection)."""
+    return [
+        PlanStep(p.name, p.title, ctx.journal.state(p.name) or "pending", p.describe(ctx))
+        for p in phases_for(ctx.migration.strategy)
+    ]
+
+
+class PhaseFailed(NixmigError):
+    """A phase failed; the journal records where to resume."""
+
+
+def apply(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | None = None) -> None:
+    phases = phases_for(ctx.migration.strategy)
+    if ctx.journal.rolled_back:
+        ctx.journal.reset()  # a rolled-back migration starts over
+    held = lock.acquire(ctx.t, ctx.host.lock_dir, f"{ctx.host_name}-{ctx.name}")
+    try:
+        for p in phases:
+            if ctx.journal.state(p.name) == "done":
+                _notify(on_phase, p.name, "done", None)
+                continue
+            started = time.monotonic()
+            _notify(on_phase, p.name, "running", None)
+            ctx.journal.begin(p.name)
+            try:
+                if p.check(ctx):
+                    ctx.emit(f"{p.name}: already in effect on the target")
+                    data = ctx.journal.data(p.name)
+                else:
+                    data = p.do(ctx)
+            except NixmigError as exc:
+                ctx.journal.fail(p.name, exc.line())
+                _notify(on_phase, p.name, "failed", time.monotonic() - started)
+                raise
+            except Exception as exc:
+                ctx.journal.fail(p.name, f"{type(exc).__name__}: {exc}")
+                raise
+            ctx.journal.finish(p.name, data)
+            _notify(on_phase, p.name, "done", time.monotonic() - started)
+    finally:
+        held.close()
+
+
+def rollback(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | None = None) -> list[str]:
+    phases = phases_for(ctx.migration.strategy)
+    undone: list[str] = []
+    held = lock.acquire(ctx.t, ctx.host.lock_dir, f"{ctx.host_name}-{ctx.name}")
+    try:
+        for p in reversed(phases):
+            if ctx.journal.state(p.name) not in ("done", "failed", "running"):
+                continue
+            started = time.monotonic()
+            _notify(on_phase, p.name, "undoing", None)
+            p.undo(ctx, ctx.journal.data(p.name))
+            ctx.journal.undone(p.name)
+            undone.append(p.name)
+            _notify(on_phase, p.name, "undone", time.monotonic() - started)
+        ctx.journal.rolled_back = True
+        ctx.journal.save()
+    finally:
+        held.close()
+    return undone
+
+
+def _notify(cb: Callable[[str, str, float | None], None] | None, phase: str, state: str, secs: float | None) -> None:
+    if cb is not None:
+        cb(phase, state, secs)
+
+
+def journal_path(cfg: Config, host: str, name: str) -> Path:
+    return cfg.repo / ".nixmig" / "journal" / host / f"{name}.json"

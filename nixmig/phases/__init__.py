@@ -1,0 +1,1 @@
+"""Migration phases: each can describe (plan), check (already done?), do (apply) and undo."""

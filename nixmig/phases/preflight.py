@@ -1,0 +1,80 @@
+"""preflight: everything that must hold before anything changes."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from nixmig.db import ops
+from nixmig.errors import NixmigError
+from nixmig.phases.base import Action, Context
+from nixmig.secrets import rules as rl
+from nixmig.secrets import store
+
+
+class PreflightError(NixmigError):
+    """A precondition does not hold; nothing was changed."""
+
+
+class Preflight:
+    name = "preflight"
+    title = "preflight checks"
+
+    def describe(self, ctx: Context) -> list[Action]:
+        h = ctx.host
+        via = "this machine" if h.transport == "local" else f"ssh {h.user}@{h.address}:{h.port} (known_hosts verified)"
+        return [
+            Action("check", f"reach {ctx.host_name} via {via}"),
+            Action("check", f"{ctx.runtime.describe()} answers; role {ctx.service.role!r} exists"),
+            Action("sql", "snapshot: exact row count of every table"),
+            Action("check", f"secrets.nix lists {ctx.migration.secret}.age for this host's key"),
+            Action("check", "free disk on this machine covers the backup"),
+        ]
+
+    def check(self, ctx: Context) -> bool:
+        return False  # facts are re-read on every run
+
+    def do(self, ctx: Context) -> dict[str, Any]:
+        t = ctx.t
+        ctx.runtime.check(t)
+        role = ops.role_state(t, ctx.runtime, ctx.service.role)
+        if not role.exists:
+            raise PreflightError(
+                f"role {ctx.service.role!r} does not exist in {ctx.runtime.describe()}",
+                where=t.name,
+                hint="check services.<name>.role",
+            )
+        self._secret_listed(ctx)
+        counts = ops.snapshot(t, ctx.runtime)
+        size = int(ops.psql(t, ctx.runtime, "SELECT pg_database_size(current_database());").strip() or 0)
+        ctx.backups_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        free = shutil.disk_usage(ctx.backups_dir).free
+        if free < size:  # a custom-format dump is smaller than the database: this is a safe bound
+            raise PreflightError(
+                f"{free // 2**20} MiB free for backups, the database is {size // 2**20} MiB",
+                where=ctx.backups_dir,
+                hint="free some space or move the repo's .nixmig/backups to a larger disk",
+            )
+        ctx.emit(f"{len(counts)} tables, {sum(counts.values())} rows, {size // 2**20} MiB")
+        return {"tables": counts, "db_bytes": size}
+
+    def _secret_listed(self, ctx: Context) -> None:
+        rules = rl.load(store.find_rules(ctx.cfg.repo, ctx.cfg.secrets_dir))
+        entry = rules.entries.get(f"{ctx.migration.secret}.age")
+        if entry is None or not rules.file_for(entry).is_file():
+            raise PreflightError(
+                f"secret {ctx.migration.secret}.age is not in secrets.nix or its file is missing",
+                where=rules.path,
+                hint=f"create it: nixmig secret new {ctx.migration.secret}",
+            )
+        if ctx.host.age_recipient:
+            keys = {" ".join(k.split()[:2]) for k in entry.public_keys}
+            if " ".join(ctx.host.age_recipient.split()[:2]) not in keys:
+                raise PreflightError(
+                    f"{entry.name} is not encrypted to {ctx.host_name}'s key, agenix there could not decrypt it",
+                    where=rules.path,
+                    hint="add the host key to its publicKeys, then: nixmig secret rekey",
+                )
+
+    def undo(self, ctx: Context, data: dict[str, Any]) -> None:
+        return None

@@ -1,0 +1,81 @@
+"""verify: the new password works, the old one does not, no row is missing, the app is healthy."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from nixmig.db import ops
+from nixmig.errors import NixmigError
+from nixmig.health import run_check
+from nixmig.phases.base import Action, Context
+from nixmig.phases.rotate import new_password
+
+
+class VerifyError(NixmigError):
+    """A verification failed."""
+
+
+class Verify:
+    name = "verify"
+    title = "verify"
+
+    def describe(self, ctx: Context) -> list[Action]:
+        acts = [
+            Action("check", f"log in over TCP as {ctx.service.role} with the new password"),
+            Action("check", "the old password is refused"),
+            Action("sql", "every table of the preflight snapshot is there with at least its row count"),
+        ]
+        acts += [Action("check", f"health: {h.url or h.command}") for h in ctx.migration.health_checks]
+        return acts
+
+    def check(self, ctx: Context) -> bool:
+        return False
+
+    def do(self, ctx: Context) -> dict[str, Any]:
+        from nixmig.db.connect import try_login
+
+        t, svc = ctx.t, ctx.service
+        rows: list[dict[str, Any]] = []
+        host, port = ctx.runtime.endpoint(t)
+        pw = new_password(ctx)
+        with t.forward(host, port) as (lhost, lport):
+            reason = try_login(lhost, lport, svc.role, pw, svc.database)
+            rows.append({"check": "new password logs in", "ok": reason is None, "detail": reason or ""})
+            if ctx.old_password is not None and ctx.old_password != pw:
+                old = try_login(lhost, lport, svc.role, ctx.old_password, svc.database)
+                rows.append({"check": "old password refused", "ok": old is not None, "detail": old or "it still works"})
+        state = ops.role_state(t, ctx.runtime, svc.role)
+        rows.append(
+            {
+                "check": "stored verifier is the new password's",
+                "ok": state.verifier is not None and ops.password_matches(state.verifier, pw),
+                "detail": "",
+            }
+        )
+        before: dict[str, int] = ctx.journal.data("preflight").get("tables", {})
+        after = ops.snapshot(t, ctx.runtime)
+        missing = [f"{k} ({after.get(k, 'gone')} < {v})" for k, v in before.items() if after.get(k, -1) < v]
+        rows.append(
+            {
+                "check": f"{len(before)} tables, {sum(before.values())} rows at preflight, now {sum(after.values())}",
+                "ok": not missing,
+                "detail": ", ".join(missing[:5]),
+            }
+        )
+        for hc in ctx.migration.health_checks:
+            why = run_check(hc)
+            rows.append({"check": f"health {hc.url or hc.command}", "ok": why is None, "detail": why or ""})
+        for r in rows:
+            ctx.emit(f"{'ok ' if r['ok'] else 'FAIL'} {r['check']}{'  — ' + r['detail'] if r['detail'] else ''}")
+        failed = [r["check"] for r in rows if not r["ok"]]
+        if failed:
+            raise VerifyError(
+                "verification failed: " + "; ".join(failed),
+                where=t.name,
+                hint="the backup is in .nixmig/backups; `nixmig rollback` restores the old password and config",
+            )
+        return {"checks": rows, "at": time.time(), "rows_now": after}
+
+    def undo(self, ctx: Context, data: dict[str, Any]) -> None:
+        return None
