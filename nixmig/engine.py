@@ -9,6 +9,8 @@ rollback: undo the done phases in reverse order, journaling each.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -151,6 +153,7 @@ def apply(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | 
                 raise
             ctx.journal.finish(p.name, data)
             _notify(on_phase, p.name, "done", time.monotonic() - started)
+            _crash_point(p.name)
     finally:
         held.close()
 
@@ -158,11 +161,14 @@ def apply(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | 
 def rollback(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | None = None) -> list[str]:
     phases = phases_for(ctx.migration.strategy)
     undone: list[str] = []
+    todo = [p for p in reversed(phases) if ctx.journal.state(p.name) in ("done", "failed", "running")]
+    for p in todo:  # everything an undo needs is checked before the first undo
+        check = getattr(p, "can_undo", None)
+        if check is not None:
+            check(ctx, ctx.journal.data(p.name))
     held = lock.acquire(ctx.t, ctx.host.lock_dir, f"{ctx.host_name}-{ctx.name}")
     try:
-        for p in reversed(phases):
-            if ctx.journal.state(p.name) not in ("done", "failed", "running"):
-                continue
+        for p in todo:
             started = time.monotonic()
             _notify(on_phase, p.name, "undoing", None)
             p.undo(ctx, ctx.journal.data(p.name))
@@ -174,6 +180,13 @@ def rollback(ctx: Context, *, on_phase: Callable[[str, str, float | None], None]
     finally:
         held.close()
     return undone
+
+
+def _crash_point(phase: str) -> None:
+    """Fault injection for the kill tests: NIXMIG_TEST_SIGKILL_AFTER=<phase> SIGKILLs this
+    process right after that phase is journaled, as a power cut would."""
+    if os.environ.get("NIXMIG_TEST_SIGKILL_AFTER") == phase:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _notify(cb: Callable[[str, str, float | None], None] | None, phase: str, state: str, secs: float | None) -> None:

@@ -56,7 +56,7 @@ class Rotate:
         ops.set_password(ctx.t, ctx.runtime, ctx.service.role, new_password(ctx))
         return {"old_verifier_age": sealed}
 
-    def undo(self, ctx: Context, data: dict[str, Any]) -> None:
+    def can_undo(self, ctx: Context, data: dict[str, Any]) -> None:
         sealed = data.get("old_verifier_age")
         if not sealed:
             return
@@ -64,6 +64,13 @@ class Rotate:
             raise RotateError(
                 "the old password is sealed to the operator: pass --identity to roll back", where=ctx.journal.path
             )
+        decrypt(base64.b64decode(sealed), ctx.identities, where=ctx.journal.path)
+
+    def undo(self, ctx: Context, data: dict[str, Any]) -> None:
+        sealed = data.get("old_verifier_age")
+        if not sealed:
+            return
+        self.can_undo(ctx, data)
         old = decrypt(base64.b64decode(sealed), ctx.identities, where=ctx.journal.path)
         if len(old) == 0:
             raise RotateError(f"role {ctx.service.role!r} had no password before; restore by hand", where=ctx.t.name)

@@ -1,0 +1,186 @@
+"""The migration engine end to end on a local target: a real PostgreSQL cluster,
+the local transport, the native runtime and a deploy command that plays activation
+(the same target `nixmig demo` builds). Kill tests SIGKILL nixmig after every phase."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nixmig import config, engine
+from nixmig.db import ops
+from nixmig.demo import OLD_PASSWORD, SECRET, Target, seed, setup, write_config
+from nixmig.secrets import store
+from nixmig.secrets.age import load_identities
+from nixmig.secrets.generate import generate
+from nixmig.sensitive import Secret
+
+PHASES = ["preflight", "backup", "stage", "rotate", "switch", "verify", "cleanup"]
+
+
+@pytest.fixture
+def target() -> Iterator[Target]:
+    root = Path(tempfile.mkdtemp(prefix="nixmig-it-"))
+    t = setup(root, lambda _m: None)
+    try:
+        os.environ["PATH"] = f"{t.bindir}:{os.environ['PATH']}"
+        seed(t)
+        host_pub = " ".join(t.host_key.with_suffix(".pub").read_text().split()[:2])
+        admin_pub = " ".join(t.admin_key.with_suffix(".pub").read_text().split()[:2])
+        write_config(t, admin_pub, host_pub)
+        rules = t.repo / "secrets" / "secrets.nix"
+        store.new_secret(rules, "twenty-app-secret", generate(32), force=True)
+        store.new_secret(rules, SECRET, Secret("n3w/pa+ss=w@rd:%?-long-enough"), like="twenty-app-secret")
+        yield t
+    finally:
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                t.os_user,
+                "--",
+                str(t.bindir / "pg_ctl"),
+                "-D",
+                str(t.pg_data),
+                "-m",
+                "immediate",
+                "stop",
+            ]
+            if os.geteuid() == 0
+            else [str(t.bindir / "pg_ctl"), "-D", str(t.pg_data), "-m", "immediate", "stop"],
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def nixmig(t: Target, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nixmig", *args, "-c", str(t.repo / "nixmig.toml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+        check=False,
+    )
+
+
+def role_matches(t: Target, password: str) -> bool:
+    ctx = engine.make_context(config.load(t.repo / "nixmig.toml"), SECRET)
+    state = ops.role_state(ctx.t, ctx.runtime, "postgres")
+    assert state.verifier is not None
+    return ops.password_matches(state.verifier, Secret(password))
+
+
+def journal(t: Target) -> dict[str, object]:
+    raw = json.loads((t.repo / ".nixmig/journal/newton" / f"{SECRET}.json").read_text())
+    assert isinstance(raw, dict)
+    return raw
+
+
+def test_apply_status_rollback(target: Target) -> None:
+    plan = nixmig(target, "plan", "--json")
+    assert plan.returncode == 0, plan.stderr
+    assert [s["phase"] for s in json.loads(plan.stdout)] == PHASES
+    assert "n3w/pa+ss" not in plan.stdout
+
+    run = nixmig(target, "apply", "--yes", "-i", str(target.admin_key))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert role_matches(target, "n3w/pa+ss=w@rd:%?-long-enough")
+    assert not role_matches(target, OLD_PASSWORD)
+    status = json.loads(nixmig(target, "status", "--json").stdout)
+    assert [p["state"] for p in status["phases"]] == ["done"] * 7
+
+    # nothing in clear: journal, output, backup
+    jtext = (target.repo / ".nixmig/journal/newton" / f"{SECRET}.json").read_text()
+    for text in (jtext, run.stdout, run.stderr):
+        assert "n3w/pa+ss" not in text and "SCRAM-SHA-256$" not in text
+    jfile = target.repo / ".nixmig/journal/newton" / f"{SECRET}.json"
+    assert jfile.stat().st_mode & 0o777 == 0o600
+    backup = Path(journal(target)["steps"][1]["data"]["path"])  # type: ignore[index]
+    assert backup.read_bytes().startswith(b"age-encryption.org/v1\n")
+    assert backup.stat().st_mode & 0o777 == 0o600
+    restored = subprocess.run(["age", "-d", "-i", str(target.admin_key), str(backup)], capture_output=True, check=True)
+    assert restored.stdout.startswith(b"PGDMP")
+
+    # a second apply has nothing to do
+    again = nixmig(target, "apply", "--yes")
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == 7
+
+    back = nixmig(target, "rollback", "--yes", "-i", str(target.admin_key))
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert role_matches(target, OLD_PASSWORD)
+    assert not target.env_file.exists()
+    assert json.loads(nixmig(target, "status", "--json").stdout)["rolled_back"] is True
+
+
+@pytest.mark.parametrize("phase", PHASES[:-1])
+def test_sigkill_after_each_phase_then_resume(target: Target, phase: str) -> None:
+    killed = nixmig(target, "apply", "--yes", env={"NIXMIG_TEST_SIGKILL_AFTER": phase})
+    assert killed.returncode == -9
+    states = {s["phase"]: s["state"] for s in journal(target)["steps"]}  # type: ignore[attr-defined]
+    assert states[phase] == "done"
+    resumed = nixmig(target, "apply", "--yes")  # the lock died with the killed run
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert role_matches(target, "n3w/pa+ss=w@rd:%?-long-enough")
+    assert [p["state"] for p in json.loads(nixmig(target, "status", "--json").stdout)["phases"]] == ["done"] * 7
+
+
+def test_bad_inputs_stop_cleanly(target: Target) -> None:
+    cfg = target.repo / "nixmig.toml"
+    text = cfg.read_text()
+    cfg.write_text(text.replace(f"port = {target.port}", "port = 1"))
+    r = nixmig(target, "apply", "--yes")
+    assert r.returncode == 1 and "PostgreSQL does not answer" in r.stderr
+    assert "Traceback" not in r.stderr
+    cfg.write_text(text.replace('deploy = "', 'deploy = "false '))
+    r = nixmig(target, "apply", "--yes")
+    assert r.returncode == 1 and "deploy (stage) exited 1" in r.stderr and "nixmig rollback" in r.stderr
+    assert role_matches(target, OLD_PASSWORD)  # stopped before rotating
+    cfg.write_text(text)
+    r = nixmig(target, "apply", "--yes", "-i", str(target.admin_key))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_concurrent_run_is_refused(target: Target) -> None:
+    ctx = engine.make_context(config.load(target.repo / "nixmig.toml"), SECRET)
+    from nixmig import lock
+
+    held = lock.acquire(ctx.t, ctx.host.lock_dir, f"newton-{SECRET}")
+    try:
+        r = nixmig(target, "apply", "--yes")
+        assert r.returncode == 1 and "another nixmig run holds the lock" in r.stderr
+    finally:
+        held.close()
+
+
+def test_demo_command() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "nixmig", "demo"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "writes acknowledged" in r.stdout and "FAIL" not in r.stdout
+    acked = r.stdout.split("writes acknowledged ")[1].split(",")[0]
+    assert int(acked) > 0 and f"found {acked}" in r.stdout
+
+
+def test_identities_required_for_rollback_of_rotate(target: Target) -> None:
+    assert nixmig(target, "apply", "--yes").returncode == 0
+    r = nixmig(target, "rollback", "--yes")
+    assert r.returncode == 1 and "--identity" in r.stderr
+    # refused before undoing anything: not half rolled back
+    assert [p["state"] for p in json.loads(nixmig(target, "status", "--json").stdout)["phases"]] == ["done"] * 7
+    assert target.env_file.exists()
+    stranger = target.root / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    r = nixmig(target, "rollback", "--yes", "-i", str(stranger))
+    assert r.returncode == 1 and "is a recipient" in r.stderr
+    assert target.env_file.exists() and load_identities([target.admin_key])
