@@ -54,6 +54,8 @@ class Service:
     volume: str | None = None
     database: str = "postgres"
     role: str = "postgres"
+    # docker runtime: the engine's socket on the host, when not the default (rootless docker ...)
+    docker_host: str | None = None
     # the superuser nixmig connects as over the local socket (POSTGRES_USER for docker images)
     admin_role: str = "postgres"
     # native runtime: the server's port, unix socket directory and OS user.

@@ -55,8 +55,12 @@ class DockerRuntime:
         assert self.service.container is not None
         return self.service.container
 
+    def _docker(self, *argv: str) -> list[str]:
+        host = ["-H", self.service.docker_host] if self.service.docker_host else []
+        return ["docker", *host, *argv]
+
     def _exec(self, *argv: str, stdin: bool = True) -> list[str]:
-        return ["docker", "exec", *(["-i"] if stdin else []), "-u", "postgres", self.container, *argv]
+        return self._docker("exec", *(["-i"] if stdin else []), "-u", "postgres", self.container, *argv)
 
     def psql(self, database: str | None = None) -> list[str]:
         db = database or self.service.database
@@ -69,7 +73,7 @@ class DockerRuntime:
         return self._exec("pg_restore", "--list")
 
     def check(self, t: Transport) -> None:
-        r = t.run(["docker", "inspect", "--type", "container", self.container], check=False)
+        r = t.run(self._docker("inspect", "--type", "container", self.container), check=False)
         if not r.ok:
             raise RuntimeError_(
                 f"container {self.container!r} not found",
