@@ -92,9 +92,8 @@ class DockerRuntime:
             )
 
     def endpoint(self, t: Transport) -> tuple[str, int]:
-        r = t.run(
-            ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", self.container]
-        )
+        fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+        r = t.run(self._docker("inspect", "-f", fmt, self.container))
         ips = r.stdout.decode().split()
         if not ips:
             raise RuntimeError_(f"container {self.container!r} has no IP address", where=t.name)
