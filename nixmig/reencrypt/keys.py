@@ -1,0 +1,410 @@
+"""Key providers: where the old and new keys come from.
+
+A key source (``--old-key`` / ``--new-key``) is one of:
+
+``env:NAME``          an environment variable
+``file:PATH``         a file (a bare path not ending in ``.age`` means the same)
+``age:PATH``          an agenix secret (a bare path ending in ``.age`` means the same),
+                      decrypted in memory with ``--identity``
+``vault[:KEYNAME]``   a Vault transit key (default ``--vault-key``): the key never
+                      leaves Vault, values are sent to it in ``batch_input`` requests
+
+Local key material is 32 bytes, written as base64, hex or raw bytes; exactly one
+trailing newline is ignored. Errors name the source (the variable, the path, the
+Vault key), never the material.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from nixmig.reencrypt.errors import KeyProviderError, VaultError
+from nixmig.reencrypt.schemes import KEY_BYTES, Failed, SchemeId
+from nixmig.sensitive import Secret
+
+KeyKind = Literal["env", "file", "age", "vault"]
+DEFAULT_VAULT_KEY = "pos-encryption-key"
+DEFAULT_VAULT_MOUNT = "transit"
+
+
+@dataclass(frozen=True)
+class KeySource:
+    kind: KeyKind
+    ref: str  # variable name, path or Vault key name
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.ref}"
+
+
+def parse_source(text: str, *, option: str, vault_key: str = DEFAULT_VAULT_KEY) -> KeySource:
+    """``env:X``, ``file:P``, ``age:P``, ``vault[:K]`` or a bare path."""
+    kind, sep, ref = text.partition(":")
+    if sep and kind in ("env", "file", "age", "vault"):
+        if kind == "vault":
+            return KeySource("vault", ref or vault_key)
+        if not ref:
+            raise KeyProviderError(f"{kind}: needs a name after the colon", where=option)
+        return KeySource(kind, ref)  # type: ignore[arg-type]
+    if text == "vault":
+        return KeySource("vault", vault_key)
+    if not text:
+        raise KeyProviderError("empty key source", where=option, hint=_SOURCES_HINT)
+    return KeySource("age" if text.endswith(".age") else "file", text)
+
+
+_SOURCES_HINT = "use env:NAME, file:PATH, age:PATH (agenix, with --identity) or vault[:KEY]"
+
+
+def decode_material(raw: bytes, *, where: str) -> Secret:
+    """32 key bytes from base64, hex or raw text (one trailing newline ignored)."""
+    data = raw[:-1] if raw.endswith(b"\n") else raw
+    if data.endswith(b"\r"):
+        data = data[:-1]
+    candidates: list[bytes] = []
+    if len(data) == 2 * KEY_BYTES:
+        with contextlib.suppress(UnicodeDecodeError, ValueError):
+            candidates.append(bytes.fromhex(data.decode("ascii")))
+    for decoder in (base64.b64decode, base64.urlsafe_b64decode):
+        with contextlib.suppress(binascii.Error, ValueError):
+            candidates.append(decoder(data + b"=" * (-len(data) % 4)))
+    candidates.append(data)
+    for c in candidates:
+        if len(c) == KEY_BYTES:
+            return Secret(c)
+    raise KeyProviderError(
+        f"not a {KEY_BYTES}-byte key",
+        where=where,
+        hint=f"write {KEY_BYTES} random bytes as base64 (head -c {KEY_BYTES} /dev/urandom | base64)",
+    )
+
+
+def load_local(source: KeySource, identities: Sequence[Path] = ()) -> Secret:
+    """The key bytes of an env, file or age source."""
+    if source.kind == "env":
+        value = os.environ.get(source.ref)
+        if not value:
+            raise KeyProviderError(f"environment variable {source.ref} is not set or empty", where=str(source))
+        return decode_material(value.encode(), where=f"${source.ref}")
+    if source.kind == "file":
+        return decode_material(_read(Path(source.ref)), where=source.ref)
+    if source.kind == "age":
+        return decode_material(agenix_decrypt(Path(source.ref), identities), where=source.ref)
+    raise KeyProviderError(f"{source} is not a local key source", hint=_SOURCES_HINT)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise KeyProviderError("no such key file", where=path, hint=_SOURCES_HINT) from None
+    except OSError as exc:
+        raise KeyProviderError(f"cannot read key file: {exc.strerror}", where=path) from None
+
+
+def agenix_decrypt(path: Path, identity_paths: Sequence[Path]) -> bytes:
+    """Decrypt an agenix ``.age`` file in memory with nixmig's age module (imported here)."""
+    if not identity_paths:
+        raise KeyProviderError(
+            "an agenix key needs an identity to decrypt it",
+            where=path,
+            hint="pass --identity with an ssh private key or age identity listed for it in secrets.nix",
+        )
+    from nixmig.secrets import age
+
+    data = _read(path)
+    identities = age.load_identities(identity_paths)
+    return age.decrypt(data, identities, where=path).reveal()
+
+
+# ---- Vault transit --------------------------------------------------------------------
+
+_CAPABILITIES = {
+    "encrypt": 'path "{m}/encrypt/{k}" {{ capabilities = ["update"] }}',
+    "decrypt": 'path "{m}/decrypt/{k}" {{ capabilities = ["update"] }}',
+    "read": 'path "{m}/keys/{k}" {{ capabilities = ["read"] }}',
+}
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    addr: str
+    token: Secret
+    mount: str = DEFAULT_VAULT_MOUNT
+
+
+class VaultTransit:
+    """A thin client over hvac's transit API that turns Vault's errors into advice."""
+
+    def __init__(self, settings: VaultSettings) -> None:
+        import hvac  # type: ignore[import-untyped]
+
+        if not settings.addr:
+            raise VaultError("no Vault address", where="--vault-addr", hint="pass --vault-addr or set VAULT_ADDR")
+        if not len(settings.token):
+            raise VaultError("no Vault token", where="--vault-token", hint="set VAULT_TOKEN (or --vault-token)")
+        self.addr = settings.addr
+        self.mount = settings.mount
+        self._client: Any = hvac.Client(url=settings.addr, token=settings.token.reveal_str())
+
+    def read_key(self, name: str) -> dict[str, Any]:
+        resp = self._call("read", name, lambda t: t.read_key(name=name, mount_point=self.mount))
+        data: dict[str, Any] = resp["data"]
+        return data
+
+    def encrypt(
+        self, name: str, plaintexts: Sequence[bytes], context: str | None, key_version: int | None
+    ) -> list[str]:
+        ctx = _b64(context.encode()) if context is not None else None
+        items: list[dict[str, Any]] = [{"plaintext": _b64(p)} for p in plaintexts]
+        for item in items:
+            if ctx is not None:
+                item["context"] = ctx
+            if key_version is not None:
+                item["key_version"] = key_version
+        results = self._batch("encrypt", name, items)
+        out = []
+        for r in results:
+            if r.get("error"):
+                raise self._advice("encrypt", name, str(r["error"]))
+            out.append(str(r["ciphertext"]))
+        return out
+
+    def decrypt(self, name: str, ciphertexts: Sequence[str], context: str | None) -> list[bytes | Failed]:
+        ctx = _b64(context.encode()) if context is not None else None
+        items: list[dict[str, Any]] = [{"ciphertext": c} for c in ciphertexts]
+        if ctx is not None:
+            for item in items:
+                item["context"] = ctx
+        results = self._batch("decrypt", name, items)
+        out: list[bytes | Failed] = []
+        for r in results:
+            err = r.get("error")
+            if err:
+                if _is_fatal(str(err)):
+                    raise self._advice("decrypt", name, str(err))
+                out.append(Failed(f"Vault could not decrypt it ({_first_line(str(err))})"))
+                continue
+            try:
+                out.append(base64.b64decode(r.get("plaintext") or ""))
+            except (binascii.Error, ValueError):
+                out.append(Failed("Vault returned a plaintext that is not base64"))
+        return out
+
+    def _batch(self, op: str, name: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not items:
+            return []
+        import hvac.exceptions  # type: ignore[import-untyped]
+
+        method = "encrypt_data" if op == "encrypt" else "decrypt_data"
+        try:
+            resp = getattr(self._client.secrets.transit, method)(name=name, batch_input=items, mount_point=self.mount)
+        except hvac.exceptions.InvalidRequest as exc:
+            # Vault answers 400 when every item of a batch failed; the items still say why.
+            body = exc.json if isinstance(exc.json, dict) else {}
+            results = (body.get("data") or {}).get("batch_results")
+            if isinstance(results, list) and len(results) == len(items):
+                return results
+            raise self._advice(op, name, _vault_message(exc)) from None
+        except hvac.exceptions.InvalidPath:
+            raise self._advice(op, name, "not found") from None
+        except hvac.exceptions.VaultError as exc:
+            raise self._advice(op, name, _vault_message(exc)) from None
+        except Exception as exc:  # requests' connection errors and the like
+            raise VaultError(
+                f"cannot reach Vault: {type(exc).__name__}",
+                where=self.addr,
+                hint="check --vault-addr / VAULT_ADDR and that Vault is unsealed",
+            ) from None
+        results = resp["data"]["batch_results"]
+        if len(results) != len(items):
+            raise VaultError(
+                f"Vault answered {len(results)} results for {len(items)} items",
+                where=f"{self.mount}/{op}/{name}",
+            )
+        return list(results)
+
+    def _call(self, op: str, name: str, fn: Any) -> Any:
+        import hvac.exceptions
+
+        try:
+            return fn(self._client.secrets.transit)
+        except hvac.exceptions.InvalidPath:
+            raise self._advice(op, name, "not found") from None
+        except hvac.exceptions.VaultError as exc:
+            raise self._advice(op, name, _vault_message(exc)) from None
+        except Exception as exc:
+            raise VaultError(
+                f"cannot reach Vault: {type(exc).__name__}",
+                where=self.addr,
+                hint="check --vault-addr / VAULT_ADDR and that Vault is unsealed",
+            ) from None
+
+    def _advice(self, op: str, name: str, message: str) -> VaultError:
+        where = f"{self.addr} {self.mount}/{'keys' if op == 'read' else op}/{name}"
+        low = message.lower()
+        if "missing 'context' for key derivation" in low:
+            return VaultError(
+                f"Vault key {name!r} is a derived key and needs a context",
+                where=where,
+                hint="the data was already context-encrypted: run --mode verify, "
+                "or name the old non-derived key with --old-key vault:KEY",
+            )
+        if "permission denied" in low:
+            needs = [op] if op == "read" else [op, "read"]
+            policy = "; ".join(_CAPABILITIES[n].format(m=self.mount, k=name) for n in needs)
+            return VaultError(
+                f"permission denied for {op} with key {name!r}",
+                where=where,
+                hint=f"the token's policy lacks transit capabilities: {policy}",
+            )
+        if low == "not found" or "encryption key not found" in low or "no existing key" in low:
+            return VaultError(
+                f"no transit key {name!r}",
+                where=where,
+                hint=f"create it: vault write -f {self.mount}/keys/{name} derived=true convergent_encryption=true",
+            )
+        return VaultError(f"Vault refused {op}: {_first_line(message)}", where=where)
+
+
+def _is_fatal(err: str) -> bool:
+    low = err.lower()
+    return "missing 'context'" in low or "permission denied" in low
+
+
+def _vault_message(exc: Any) -> str:
+    errors = getattr(exc, "errors", None)
+    if errors:
+        return "; ".join(str(e) for e in errors)
+    return str(exc.args[0]) if exc.args else type(exc).__name__
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip(" *\t") for ln in text.splitlines() if ln.strip(" *\t")]
+    useful = [ln for ln in lines if not ln.endswith("error occurred:")]
+    return (useful or lines or [text])[0][:200]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class VaultLegacyCipher:
+    """``vault:vN:``: Vault's own ciphertexts under a non-derived key, no context."""
+
+    def __init__(self, transit: VaultTransit, name: str) -> None:
+        self._t, self.name = transit, name
+        info = transit.read_key(name)
+        self._scheme = SchemeId("vault", int(info.get("latest_version", 1)))
+
+    @property
+    def scheme(self) -> SchemeId:
+        return self._scheme
+
+    def accepts(self, sid: SchemeId) -> bool:
+        return sid.tag == "vault"  # Vault keeps every version it may decrypt
+
+    def encrypt_many(self, context: str, plaintexts: Sequence[bytes]) -> list[str]:
+        return self._t.encrypt(self.name, plaintexts, None, None)
+
+    def decrypt_many(self, context: str, values: Sequence[str]) -> list[bytes | Failed]:
+        return self._t.decrypt(self.name, values, None)
+
+
+class VaultContextCipher:
+    """``vctx:vN:``: Vault transit, derived convergent key, context ``table.column``."""
+
+    def __init__(self, transit: VaultTransit, name: str, version: int | None = None) -> None:
+        self._t, self.name = transit, name
+        info = transit.read_key(name)
+        where = f"{transit.addr} {transit.mount}/keys/{name}"
+        if not info.get("derived") or not info.get("convergent_encryption"):
+            raise VaultError(
+                f"Vault key {name!r} is not a derived convergent key",
+                where=where,
+                hint="deterministic per-column encryption needs a key created with "
+                f"vault write -f {transit.mount}/keys/NEW derived=true convergent_encryption=true",
+            )
+        latest = int(info.get("latest_version", 1))
+        if version is not None and not 1 <= version <= latest:
+            raise VaultError(f"Vault key {name!r} has no version {version} (latest is {latest})", where=where)
+        self._version = version or latest
+        self._scheme = SchemeId("vctx", self._version)
+
+    @property
+    def scheme(self) -> SchemeId:
+        return self._scheme
+
+    def accepts(self, sid: SchemeId) -> bool:
+        return sid.tag == "vctx"
+
+    def encrypt_many(self, context: str, plaintexts: Sequence[bytes]) -> list[str]:
+        out = self._t.encrypt(self.name, plaintexts, context, self._version)
+        return ["vctx:" + c.removeprefix("vault:") for c in out]
+
+    def decrypt_many(self, context: str, values: Sequence[str]) -> list[bytes | Failed]:
+        return self._t.decrypt(self.name, ["vault:" + v.removeprefix("vctx:") for v in values], context)
+
+
+# ---- building the keyring -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyOptions:
+    """The key flags of a run, before anything is loaded."""
+
+    new: str | None
+    old: str | None = None
+    new_version: int | None = None  # None: 1 for local keys, the latest for Vault
+    old_version: int = 1
+    identities: tuple[Path, ...] = ()
+    vault: VaultSettings | None = None
+    vault_key: str = DEFAULT_VAULT_KEY
+
+
+def build_keyring(opts: KeyOptions, *, need_old: bool) -> Any:
+    """Load the keys and return a :class:`~nixmig.reencrypt.schemes.Keyring`."""
+    from nixmig.reencrypt.schemes import Cipher, ContextCipher, Keyring, LegacyCipher
+
+    if not opts.new:
+        raise KeyProviderError("no new key", where="--new-key", hint=f"pass --new-key ({_SOURCES_HINT})")
+    if need_old and not opts.old:
+        raise KeyProviderError(
+            "reencrypt needs the old key",
+            where="--old-key",
+            hint=f"pass --old-key ({_SOURCES_HINT}), or use --mode encrypt-plaintext",
+        )
+    transit: VaultTransit | None = None
+
+    def vault() -> VaultTransit:
+        nonlocal transit
+        if transit is None:
+            if opts.vault is None:
+                raise VaultError("no Vault settings", hint="pass --vault-addr and --vault-token")
+            transit = VaultTransit(opts.vault)
+        return transit
+
+    new_src = parse_source(opts.new, option="--new-key", vault_key=opts.vault_key)
+    new: Cipher
+    if new_src.kind == "vault":
+        new = VaultContextCipher(vault(), new_src.ref, opts.new_version)
+    else:
+        new = ContextCipher(load_local(new_src, opts.identities), opts.new_version or 1)
+    old: list[Cipher] = []
+    if opts.old:
+        old_src = parse_source(opts.old, option="--old-key", vault_key=opts.vault_key)
+        if old_src.kind == "vault":
+            old.append(VaultLegacyCipher(vault(), old_src.ref))
+        else:
+            key = load_local(old_src, opts.identities)
+            old.append(LegacyCipher(key, opts.old_version))
+            if not new.accepts(ContextCipher(key, opts.old_version).scheme):
+                # rotating context keys: ctx:vOLD values are read with the old key
+                old.append(ContextCipher(key, opts.old_version))
+    return Keyring(new, tuple(old))

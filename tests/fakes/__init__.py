@@ -1,0 +1,1 @@
+"""Test doubles, each named and documented as a fake."""
