@@ -21,6 +21,48 @@ IdentityOpt = typer.Option(
 )
 
 
+class _Progress:
+    """One line per phase; on a terminal a rich spinner runs while a phase works."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.n = 0
+        self.status: Any = None
+        self.console: Any = None
+        if sys.stdout.isatty():
+            from rich.console import Console
+
+            self.console = Console(highlight=False)
+
+    def emit(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(f"    {message}", markup=False)
+        else:
+            typer.echo(f"    {message}")
+
+    def on_phase(self, phase: str, state: str, secs: float | None) -> None:
+        if state in ("running", "undoing") or (state == "done" and secs is None):
+            self.n += 1
+        head = f"[{self.n}/{self.total}] {phase}"
+        if state in ("running", "undoing"):
+            line = f"==> {head}: {state}"
+            if self.console is not None:
+                self.console.print(line, markup=False)
+                self.status = self.console.status(f"{head} …")
+                self.status.start()
+            else:
+                typer.echo(line)
+            return
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        text = f"==> {head}: done before, skipped" if secs is None else f"    {phase} {state} in {secs:.1f}s"
+        if self.console is not None:
+            self.console.print(text, markup=False)
+        else:
+            typer.echo(text)
+
+
 def _ctx(config: Path, migration: str | None, identity: list[Path] | None, *, quiet: bool = False) -> Any:
     from nixmig import config as cfgmod
     from nixmig import engine
@@ -34,22 +76,6 @@ def _ctx(config: Path, migration: str | None, identity: list[Path] | None, *, qu
         identities=load_identities(identity or []),
         emit=(lambda _m: None) if quiet else (lambda m: typer.echo(f"    {m}")),
     )
-
-
-def _progress(total: int) -> Any:
-    index = {"n": 0}
-
-    def on_phase(phase: str, state: str, secs: float | None) -> None:
-        if state in ("running", "undoing"):
-            index["n"] += 1
-            typer.echo(f"==> [{index['n']}/{total}] {phase}: {state}")
-        elif state == "done" and secs is None:
-            index["n"] += 1
-            typer.echo(f"==> [{index['n']}/{total}] {phase}: done before, skipped")
-        else:
-            typer.echo(f"    {phase} {state} in {secs or 0:.1f}s")
-
-    return on_phase
 
 
 def register(app: typer.Typer) -> None:
@@ -98,10 +124,11 @@ def register(app: typer.Typer) -> None:
             if not sys.stdin.isatty():
                 raise UsageError("not a terminal and no --yes", hint="pass --yes to apply non-interactively")
             typer.confirm(f"apply migration {ctx.name} on {ctx.host_name}?", abort=True)
-        steps = engine.phases_for(ctx.migration.strategy)
+        progress = _Progress(len(engine.phases_for(ctx.migration.strategy)))
+        ctx.emit = progress.emit
         start = time.monotonic()
         try:
-            engine.apply(ctx, on_phase=_progress(len(steps)))
+            engine.apply(ctx, on_phase=progress.on_phase)
         finally:
             ctx.close()
         typer.echo(f"migration {ctx.name} on {ctx.host_name}: done in {time.monotonic() - start:.1f}s")
@@ -153,9 +180,10 @@ def register(app: typer.Typer) -> None:
             if not sys.stdin.isatty():
                 raise UsageError("not a terminal and no --yes", hint="pass --yes to roll back non-interactively")
             typer.confirm(f"roll back migration {ctx.name} on {ctx.host_name}?", abort=True)
-        steps = engine.phases_for(ctx.migration.strategy)
+        progress = _Progress(len(engine.phases_for(ctx.migration.strategy)))
+        ctx.emit = progress.emit
         try:
-            undone = engine.rollback(ctx, on_phase=_progress(len(steps)))
+            undone = engine.rollback(ctx, on_phase=progress.on_phase)
         finally:
             ctx.close()
         typer.echo(f"rolled back: {', '.join(undone) or 'nothing to undo'}")
