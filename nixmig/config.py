@@ -58,6 +58,8 @@ class Service:
     docker_host: str | None = None
     # the superuser nixmig connects as over the local socket (POSTGRES_USER for docker images)
     admin_role: str = "postgres"
+    # native runtime: the server's log file, when it logs to a file rather than the journal
+    log_file: str | None = None
     # native runtime: the server's port, unix socket directory and OS user.
     port: int = 5432
     socket_dir: str = "/run/postgresql"

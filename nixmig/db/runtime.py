@@ -45,6 +45,14 @@ class Runtime(Protocol):
 
     def describe(self) -> str: ...
 
+    def log_mark(self, t: Transport) -> str:
+        """A position in the server's log (a time, or a file offset) to read from later."""
+        ...
+
+    def log_since(self, t: Transport, mark: str) -> str | None:
+        """The server's log since a mark, or None when nixmig cannot read it."""
+        ...
+
 
 @dataclass(frozen=True)
 class DockerRuntime:
@@ -102,6 +110,13 @@ class DockerRuntime:
     def describe(self) -> str:
         return f"docker container {self.container}"
 
+    def log_mark(self, t: Transport) -> str:
+        return _host_time(t)
+
+    def log_since(self, t: Transport, mark: str) -> str | None:
+        r = t.run(self._docker("logs", "--since", mark, self.container), check=False)
+        return (r.stdout + r.stderr).decode("utf-8", "replace") if r.ok else None
+
 
 @dataclass(frozen=True)
 class NativeRuntime:
@@ -141,6 +156,25 @@ class NativeRuntime:
 
     def describe(self) -> str:
         return f"native PostgreSQL on port {self.service.port}"
+
+    def log_mark(self, t: Transport) -> str:
+        if self.service.log_file:
+            r = t.run(["stat", "-c", "%s", "--", self.service.log_file], check=False)
+            return r.stdout.decode().strip() if r.ok else "0"
+        return _host_time(t)
+
+    def log_since(self, t: Transport, mark: str) -> str | None:
+        if self.service.log_file:  # what was appended since the mark (a byte offset)
+            r = t.run(["tail", "-c", f"+{int(mark) + 1}", "--", self.service.log_file], check=False)
+        else:
+            argv = ["journalctl", "-q", "-o", "cat", "-u", "postgresql.service", "--since", f"@{mark}"]
+            r = t.run(argv, check=False)
+        return r.stdout.decode("utf-8", "replace") if r.ok else None
+
+
+def _host_time(t: Transport) -> str:
+    r = t.run(["date", "+%s"], check=False)
+    return r.stdout.decode().strip() if r.ok else "0"
 
 
 def runtime_for(service: Service) -> Runtime:

@@ -64,8 +64,9 @@ class Switch:
         return False  # a deploy is idempotent: re-running it is harmless
 
     def do(self, ctx: Context) -> dict[str, Any]:
+        mark = ctx.runtime.log_mark(ctx.t)  # verify reads the server log from here
         _deploy(ctx, "switch")
-        return {}
+        return {"log_mark": mark}
 
     def undo(self, ctx: Context, data: dict[str, Any]) -> None:
         _deploy(ctx, "rollback")

@@ -22,6 +22,7 @@ class Verify:
 
     def describe(self, ctx: Context) -> list[Action]:
         acts = [
+            Action("check", "no 'password authentication failed' in the server log since the switch"),
             Action("check", f"log in over TCP as {ctx.service.role} with the new password"),
             Action("check", "the old password is refused"),
             Action("sql", "every table of the preflight snapshot is there with at least its row count"),
@@ -37,6 +38,19 @@ class Verify:
 
         t, svc = ctx.t, ctx.service
         rows: list[dict[str, Any]] = []
+        # the server log first: verify's own old-password probe below must not count
+        log = ctx.runtime.log_since(t, str(ctx.journal.data("switch").get("log_mark", "0")))
+        if log is None:
+            rows.append({"check": "server log since the switch", "ok": True, "detail": "not readable, not checked"})
+        else:
+            fails = sum("password authentication failed" in line for line in log.splitlines())
+            rows.append(
+                {
+                    "check": "no authentication failure in the server log since the switch",
+                    "ok": fails == 0,
+                    "detail": f"{fails} failures" if fails else "",
+                }
+            )
         host, port = ctx.runtime.endpoint(t)
         pw = new_password(ctx)
         with t.forward(host, port) as (lhost, lport):

@@ -184,3 +184,26 @@ def test_identities_required_for_rollback_of_rotate(target: Target) -> None:
     r = nixmig(target, "rollback", "--yes", "-i", str(stranger))
     assert r.returncode == 1 and "is a recipient" in r.stderr
     assert target.env_file.exists() and load_identities([target.admin_key])
+
+
+def test_verify_fails_on_auth_failures_after_switch(target: Target) -> None:
+    """An app still on the old password after the switch shows in the server log: verify fails."""
+    cfg = target.repo / "nixmig.toml"
+    text = cfg.read_text()
+    deploy = text.split('deploy = "')[1].split('"')[0]
+    script = target.root / "deploy-stale-app.sh"
+    script.write_text(
+        "#!/bin/sh\nset -e\n"
+        f"{deploy}\n"
+        'if [ "$NIXMIG_PHASE" = switch ]; then\n'
+        f"  PGPASSWORD={OLD_PASSWORD} PGCONNECT_TIMEOUT=5 psql -h 127.0.0.1 -p {target.port} -U postgres"
+        " -d default -c 'select 1' >/dev/null 2>&1 || true\n"
+        "fi\n"
+    )
+    script.chmod(0o755)
+    cfg.write_text(text.replace(f'deploy = "{deploy}"', f'deploy = "{script}"'))
+    r = nixmig(target, "apply", "--yes")
+    assert r.returncode == 1
+    assert "verification failed: no authentication failure in the server log since the switch" in r.stderr
+    states = {s["phase"]: s["state"] for s in journal(target)["steps"]}  # type: ignore[attr-defined]
+    assert states["verify"] == "failed" and states["switch"] == "done"
