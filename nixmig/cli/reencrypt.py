@@ -144,14 +144,18 @@ def reencrypt(
         pause=pause,
     )
     conn = runner.connect(db)
+    writer = None
     try:
         plans = runner.inspect(conn, spec)
         if opts.writes:
             typer.echo(report.reminder(KEEP_OLD_KEY_DAYS), err=True)
+            writer = runner.connect(db)
         with report.RichProgress(enabled=not json_out) as progress:
-            stats = runner.run(conn, plans, keyring, opts, progress)
+            stats = runner.run(conn, plans, keyring, opts, progress, writer=writer)
     finally:
         conn.close()
+        if writer is not None:
+            writer.close()
     if json_out:
         print_json(report.as_json(stats, opts))
     else:

@@ -19,6 +19,7 @@ progress table. Rows are named by primary key only, never by value.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
+from nixmig.errors import NixmigError
 from nixmig.reencrypt.errors import DatabaseError, IntegrityError, PlaintextError, SpecError
 from nixmig.reencrypt.schemes import Cipher, Failed, Keyring, blind_index_matches, parse
 from nixmig.reencrypt.spec import Spec, TableSpec
@@ -151,88 +153,155 @@ class TablePlan:
 
 # ---- the pure core ----------------------------------------------------------------------
 
+# What happened to each value: one code per (row, column), so that a batch's counters are
+# a few bytearray.count() calls and rows can be dropped from them (conflicts) cheaply.
+_NULL, _MIGRATED, _NEW, _PLAIN_LEFT, _PLAIN_FAIL, _PLAIN_MIGRATED, _OLD = 0, 1, 2, 3, 4, 5, 6
+_HMAC_FAIL, _UNWRITTEN, _PLAIN_UNWRITTEN, _PLAIN_HMAC_FAIL, _DEC_FAIL = 7, 8, 9, 10, 11
+_NEW_HMAC_FAIL, _NEW_DEC_FAIL = 12, 13
+_N_CODES = 14
+_COUNTED: dict[str, tuple[int, ...]] = {
+    "migrated": (_MIGRATED, _PLAIN_MIGRATED),
+    "already_new": (_NEW, _NEW_HMAC_FAIL, _NEW_DEC_FAIL),
+    "plaintext": (_PLAIN_LEFT, _PLAIN_FAIL, _PLAIN_MIGRATED, _PLAIN_UNWRITTEN, _PLAIN_HMAC_FAIL),
+    "old_scheme": (_OLD,),
+    "hmac_failed": (_HMAC_FAIL, _PLAIN_HMAC_FAIL, _NEW_HMAC_FAIL),
+    "decrypt_failed": (_DEC_FAIL, _NEW_DEC_FAIL),
+}
+_PLAINTEXT = object()  # classification of a value without a scheme prefix
+_NO_KEY = object()  # a scheme prefix no key here can read
+
 
 @dataclass(slots=True)
-class RowResult:
-    pk: Any
-    counts: Counts
-    values: list[str | None]  # the values to write (unchanged ones as read)
-    changed: bool = False
-    bad: bool = False
-    failures: list[Failure] = field(default_factory=list)
+class BatchResult:
+    """The decisions for one batch of rows ``(pk, *columns, *hmac_columns)``."""
 
-    @property
-    def write(self) -> bool:
-        return self.changed and not self.bad
+    rows: Sequence[Sequence[Any]]
+    states: list[bytearray]  # per column, one code per row
+    values: list[list[Any]]  # per row: the column values to write (unchanged ones as read)
+    changed: bytearray  # per row: at least one new ciphertext
+    bad: bytearray  # per row: a failure, the row is not written
+    failures: list[tuple[int, Failure]]
+
+    def to_write(self) -> list[int]:
+        changed, bad = self.changed, self.bad
+        return [i for i in range(len(self.rows)) if changed[i] and not bad[i]]
+
+    def drop(self, indices: Sequence[int]) -> None:
+        """Forget rows (changed meanwhile: they are decided again from a new read)."""
+        for st in self.states:
+            for i in indices:
+                st[i] = _NULL
+        for i in indices:
+            self.changed[i] = 0
+        gone = set(indices)
+        self.failures = [(i, f) for i, f in self.failures if i not in gone]
+
+    def counts(self) -> Counts:
+        tally = [0] * _N_CODES
+        for st in self.states:
+            for code in range(1, _N_CODES):
+                tally[code] += st.count(code)
+        c = Counts()
+        for name, codes in _COUNTED.items():
+            setattr(c, name, sum(tally[k] for k in codes))
+        return c
+
+    def row_failures(self, ri: int) -> list[Failure]:
+        return [f for i, f in self.failures if i == ri]
 
 
-def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyring, opts: Options) -> list[RowResult]:
+def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyring, opts: Options) -> BatchResult:
     """Decide every row of a batch: no I/O besides the ciphers' (Vault's batch calls).
 
-    A row is ``(pk, *columns, *hmac_columns)``. A row with any failure is not written.
+    A row with any failure is not written at all; its failures name the primary key
+    and the column, never the value.
     """
-    ncol = len(plan.columns)
-    results = [RowResult(r[0], Counts(scanned=1), list(r[1 : 1 + ncol])) for r in rows]
+    n, ncol = len(rows), len(plan.columns)
+    batch = BatchResult(
+        rows, [bytearray(n) for _ in range(ncol)], [list(r[1 : 1 + ncol]) for r in rows], bytearray(n), bytearray(n), []
+    )
     verify = opts.mode is Mode.VERIFY
     encrypt_plain = opts.mode is Mode.ENCRYPT_PLAINTEXT or opts.on_plaintext is OnPlaintext.ENCRYPT
+    plain_fail = not encrypt_plain and not verify and opts.on_plaintext is OnPlaintext.FAIL
+    plain_error = not encrypt_plain and not verify and opts.on_plaintext is OnPlaintext.ERROR
     secret = opts.hmac_secret.reveal() if opts.hmac_secret is not None else None
     new = keyring.new
+    new_prefix = new.scheme.prefix
+    heads: dict[str, object] = {}  # "tag:vN:" -> the cipher that reads it, or _NO_KEY
+    bad, failures = batch.bad, batch.failures
+
+    def fail(ri: int, column: str, kind: str, reason: str) -> None:
+        bad[ri] = 1
+        failures.append((ri, Failure(str(rows[ri][0]), column, kind, reason)))
+
     for ci, (column, context) in enumerate(zip(plan.columns, plan.contexts(), strict=True)):
+        st = batch.states[ci]
         hidx = plan.hmac_of[ci]
         check = secret if hidx is not None else None  # the HMAC secret, if this column has an index
         hpos = 1 + ncol + (hidx or 0)
-        decrypt: dict[int, tuple[Cipher, list[int], list[str]]] = {}
+        groups: dict[Any, tuple[list[int], list[str]]] = {}  # cipher -> (row indices, values)
         clear_idx: list[int] = []
         clear: list[bytes] = []
+        pos = 1 + ci
         for ri, row in enumerate(rows):
-            value = row[1 + ci]
+            value = row[pos]
             if value is None:
                 continue
-            res = results[ri]
-            sid = parse(value)
-            if sid is None:
-                res.counts.plaintext += 1
-                if verify or (opts.on_plaintext is OnPlaintext.SKIP and not encrypt_plain):
-                    continue
+            if value.startswith(new_prefix):
+                st[ri] = _NEW
+                if verify:
+                    _queue(groups, new, ri, value)
+                continue
+            j = value.find(":", value.find(":") + 1)
+            head = value[: j + 1] if j > 0 else ""
+            cipher = heads.get(head)
+            if cipher is None:
+                sid = parse(value) if head else None
+                if sid is None:
+                    cipher = _PLAINTEXT  # not cached: plaintexts have any number of heads
+                else:
+                    cipher = heads[head] = keyring.decoder(sid) or _NO_KEY
+            if cipher is _PLAINTEXT:
                 if encrypt_plain:
+                    st[ri] = _PLAIN_MIGRATED
                     clear_idx.append(ri)
                     clear.append(value.encode())
-                elif opts.on_plaintext is OnPlaintext.FAIL:
-                    _fail(res, column, "plaintext", "invalid ciphertext: no prefix")
-                else:
+                elif plain_fail:
+                    st[ri] = _PLAIN_FAIL
+                    fail(ri, column, "plaintext", "invalid ciphertext: no prefix")
+                elif plain_error:
                     raise PlaintextError(
                         "invalid ciphertext: no prefix",
-                        where=f"{plan.name}.{column}, primary key {_pk(row[0])}",
+                        where=f"{plan.name}.{column}, primary key {row[0]}",
                         hint="for data that was never encrypted use --mode encrypt-plaintext, "
                         "or choose --on-plaintext encrypt|skip|fail",
                     )
-                continue
-            if sid == new.scheme:
-                res.counts.already_new += 1
-                if verify:
-                    _queue(decrypt, new, ri, value)
-                continue
-            if verify:
-                res.counts.old_scheme += 1
-                continue
-            cipher = keyring.decoder(sid)
-            if cipher is None:
-                if opts.mode is Mode.ENCRYPT_PLAINTEXT:
-                    res.counts.old_scheme += 1
                 else:
-                    res.counts.decrypt_failed += 1
-                    _fail(res, column, "decrypt", f"no key for scheme {sid}")
-                continue
-            _queue(decrypt, cipher, ri, value)
-        for cipher, idx, values in decrypt.values():
-            for ri, out in zip(idx, cipher.decrypt_many(context, values), strict=True):
+                    st[ri] = _PLAIN_LEFT
+            elif verify:
+                st[ri] = _OLD
+            elif cipher is _NO_KEY:
+                if opts.mode is Mode.ENCRYPT_PLAINTEXT:
+                    st[ri] = _OLD
+                else:
+                    st[ri] = _DEC_FAIL
+                    fail(ri, column, "decrypt", f"no key for scheme {parse(value)}")
+            else:
+                st[ri] = _MIGRATED
+                slot = groups.get(cipher)
+                if slot is None:
+                    slot = groups[cipher] = ([], [])
+                slot[0].append(ri)
+                slot[1].append(value)
+        for decoder, (idx, values) in groups.items():
+            for ri, out in zip(idx, decoder.decrypt_many(context, values), strict=True):
                 if isinstance(out, Failed):
-                    results[ri].counts.decrypt_failed += 1
-                    _fail(results[ri], column, "decrypt", out.reason)
+                    st[ri] = _NEW_DEC_FAIL if verify else _DEC_FAIL
+                    fail(ri, column, "decrypt", out.reason)
                 elif verify:
                     if check is not None and not blind_index_matches(check, out, rows[ri][hpos]):
-                        results[ri].counts.hmac_failed += 1
-                        _fail(results[ri], column, "hmac", "HMAC verification failed")
+                        st[ri] = _NEW_HMAC_FAIL
+                        fail(ri, column, "hmac", "HMAC verification failed")
                 else:
                     clear_idx.append(ri)
                     clear.append(out)
@@ -241,49 +310,44 @@ def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyrin
         todo_idx: list[int] = []
         todo: list[bytes] = []
         for ri, pt in zip(clear_idx, clear, strict=True):
-            res = results[ri]
             if check is not None and not blind_index_matches(check, pt, rows[ri][hpos]):
-                res.counts.hmac_failed += 1
-                _fail(res, column, "hmac", "HMAC verification failed")
-            elif not res.bad:
+                st[ri] = _PLAIN_HMAC_FAIL if st[ri] == _PLAIN_MIGRATED else _HMAC_FAIL
+                fail(ri, column, "hmac", "HMAC verification failed")
+            else:
                 todo_idx.append(ri)
                 todo.append(pt)
         if not todo:
             continue
         cts = new.encrypt_many(context, todo)
         back = new.decrypt_many(context, cts)
-        for ri, pt, ct, again in zip(todo_idx, todo, cts, back, strict=True):
-            if isinstance(again, Failed) or again != pt:
-                raise IntegrityError(
-                    "a new ciphertext did not decrypt back to its plaintext",
-                    where=f"{plan.name}.{column}, primary key {_pk(rows[ri][0])}",
-                    hint="nothing of this batch was written; check the new key and report this",
-                )
-            res = results[ri]
-            res.values[ci] = ct
-            res.changed = True
-            res.counts.migrated += 1
-    for res in results:
-        if res.bad and res.changed:
-            res.counts.migrated = 0
-    return results
+        if back != todo:
+            ri = next(i for i, a, b in zip(todo_idx, back, todo, strict=True) if a != b)
+            raise IntegrityError(
+                "a new ciphertext did not decrypt back to its plaintext",
+                where=f"{plan.name}.{column}, primary key {rows[ri][0]}",
+                hint="nothing of this batch was written; check the new key and report this",
+            )
+        out_values, changed = batch.values, batch.changed
+        for ri, ct in zip(todo_idx, cts, strict=True):
+            out_values[ri][ci] = ct
+            changed[ri] = 1
+    # rows with a failure are not written: what they would have migrated is not counted
+    if failures:
+        for ri in {i for i, _ in failures}:
+            for st in batch.states:
+                if st[ri] == _MIGRATED:
+                    st[ri] = _UNWRITTEN
+                elif st[ri] == _PLAIN_MIGRATED:
+                    st[ri] = _PLAIN_UNWRITTEN
+    return batch
 
 
-def _queue(decrypt: dict[int, tuple[Cipher, list[int], list[str]]], cipher: Cipher, ri: int, value: str) -> None:
-    slot = decrypt.get(id(cipher))
+def _queue(groups: dict[Any, tuple[list[int], list[str]]], cipher: Cipher, ri: int, value: str) -> None:
+    slot = groups.get(cipher)
     if slot is None:
-        slot = decrypt[id(cipher)] = (cipher, [], [])
-    slot[1].append(ri)
-    slot[2].append(value)
-
-
-def _fail(res: RowResult, column: str, kind: str, reason: str) -> None:
-    res.bad = True
-    res.failures.append(Failure(_pk(res.pk), column, kind, reason))
-
-
-def _pk(value: Any) -> str:
-    return str(value)
+        slot = groups[cipher] = ([], [])
+    slot[0].append(ri)
+    slot[1].append(value)
 
 
 # ---- the database -----------------------------------------------------------------------
@@ -472,9 +536,12 @@ class _Sql:
     first: Any
     after: Any
     by_pk: Any
-    update: Any
     count: Any
     count_done: Any
+    create_stage: Any
+    copy_stage: Any
+    clear_stage: Any
+    update: Any
 
 
 def _statements(plan: TablePlan) -> _Sql:
@@ -483,41 +550,42 @@ def _statements(plan: TablePlan) -> _Sql:
     tbl = sql.Identifier(plan.schema, plan.name)
     pk = sql.Identifier(plan.pk)
     pk_type = sql.SQL(plan.pk_type)
+    # A temporary table per target table: each batch is COPYed into it and applied with one
+    # UPDATE ... FROM. It lives in the session, and is emptied at every commit.
+    stage = sql.Identifier("nixmig_stage_" + hashlib.sha256(f"{plan.schema}.{plan.name}".encode()).hexdigest()[:12])
     sel = sql.SQL(", ").join(
         [pk, *(sql.Identifier(c) for c in plan.columns), *(sql.Identifier(h) for h in plan.hmac_columns)]
     )
     base = sql.SQL("SELECT {sel} FROM {tbl}").format(sel=sel, tbl=tbl)
-    arrays = [sql.SQL("%s::{}[]").format(pk_type)]
-    names = [sql.Identifier("k")]
+    defs = [sql.SQL("k {}").format(pk_type)]
     sets, cas = [], []
     for i, (col, typ) in enumerate(zip(plan.columns, plan.column_types, strict=True)):
-        arrays += [sql.SQL("%s::{}[]").format(sql.SQL(typ))] * 2
         o, n = sql.Identifier(f"o{i}"), sql.Identifier(f"n{i}")
-        names += [o, n]
+        defs += [sql.SQL("{} {}").format(o, sql.SQL(typ)), sql.SQL("{} {}").format(n, sql.SQL(typ))]
         sets.append(sql.SQL("{} = u.{}").format(sql.Identifier(col), n))
         cas.append(sql.SQL("t.{} IS NOT DISTINCT FROM u.{}").format(sql.Identifier(col), o))
     for i, (col, typ) in enumerate(zip(plan.hmac_columns, plan.hmac_types, strict=True)):
-        arrays.append(sql.SQL("%s::{}[]").format(sql.SQL(typ)))
         h = sql.Identifier(f"h{i}")
-        names.append(h)
+        defs.append(sql.SQL("{} {}").format(h, sql.SQL(typ)))
         cas.append(sql.SQL("t.{} IS NOT DISTINCT FROM u.{}").format(sql.Identifier(col), h))
     update = sql.SQL(
-        "UPDATE {tbl} AS t SET {sets} FROM unnest({arrays}) AS u({names}) WHERE t.{pk} = u.k AND {cas} RETURNING t.{pk}"
-    ).format(
-        tbl=tbl,
-        sets=sql.SQL(", ").join(sets),
-        arrays=sql.SQL(", ").join(arrays),
-        names=sql.SQL(", ").join(names),
-        pk=pk,
-        cas=sql.SQL(" AND ").join(cas),
-    )
+        "UPDATE {tbl} AS t SET {sets} FROM {stage} AS u "
+        "WHERE t.{pk} = u.k AND t.{pk} >= %s AND t.{pk} <= %s AND {cas} RETURNING t.{pk}"
+    ).format(tbl=tbl, sets=sql.SQL(", ").join(sets), stage=stage, pk=pk, cas=sql.SQL(" AND ").join(cas))
+    # The bounds are the batch's first and last keys: without them the planner may merge-join
+    # from the start of the primary key index at every batch, which grows with the table.
     return _Sql(
         first=sql.SQL("{} ORDER BY {} LIMIT %s").format(base, pk),
         after=sql.SQL("{} WHERE {} > %s ORDER BY {} LIMIT %s").format(base, pk, pk),
         by_pk=sql.SQL("{} WHERE {} = ANY(%s::{}[]) ORDER BY {} FOR UPDATE").format(base, pk, pk_type, pk),
-        update=update,
         count=sql.SQL("SELECT count(*) FROM {}").format(tbl),
         count_done=sql.SQL("SELECT count(*) FROM {} WHERE {} <= %s").format(tbl, pk),
+        create_stage=sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
+            stage, sql.SQL(", ").join(defs)
+        ),
+        copy_stage=sql.SQL("COPY {} FROM STDIN").format(stage),
+        clear_stage=sql.SQL("DELETE FROM {}").format(stage),
+        update=update,
     )
 
 
@@ -545,189 +613,267 @@ def run(
     keyring: Keyring,
     opts: Options,
     progress: ProgressSink | None = None,
+    *,
+    writer: psycopg.Connection[Any] | None = None,
 ) -> list[TableStats]:
-    """Run every table in order; return the statistics (also of a dry run)."""
+    """Run every table in order; return the statistics (also of a dry run).
+
+    ``conn`` reads (outside of any transaction); ``writer``, a second connection to the
+    same database, writes each batch with its checkpoint, in a thread, while the next
+    batch is read and decided. ``writer`` is required with ``opts.apply``.
+    """
     if opts.batch_size < 1:
         raise SpecError("--batch-size must be at least 1", where="--batch-size")
+    if opts.writes and writer is None:
+        raise ValueError("run(..., writer=) needs a second connection to write")
     sink = progress or _NoProgress()
-    if opts.writes and plans:
-        ensure_progress_table(conn, plans[0].schema)
-    conn.read_only = not opts.writes
+    conn.rollback()
+    conn.autocommit = True
+    # Nothing may write through the reading connection; a dry run writes nothing at all.
+    conn.execute("SET default_transaction_read_only = on")
     try:
-        return [_run_table(conn, plan, keyring, opts, sink) for plan in plans]
+        if opts.writes and plans:
+            assert writer is not None
+            writer.rollback()
+            ensure_progress_table(writer, plans[0].schema)
+        return [_run_table(conn, writer, plan, keyring, opts, sink) for plan in plans]
     finally:
         if not conn.closed:
-            conn.rollback()
-            conn.read_only = False
+            conn.execute("RESET default_transaction_read_only")
+            conn.autocommit = False
+
+
+@dataclass
+class _Done:
+    rows: int
+    counts: Counts
+    failures: list[Failure]
 
 
 def _run_table(
     conn: psycopg.Connection[Any],
+    writer: psycopg.Connection[Any] | None,
     plan: TablePlan,
     keyring: Keyring,
     opts: Options,
     sink: ProgressSink,
 ) -> TableStats:
-    from psycopg import errors, sql
-    from psycopg.types.json import Jsonb
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     q = _statements(plan)
     stats = TableStats(plan.name)
     key = plan.run_key(opts.mode, keyring)
-    progress_tbl = sql.Identifier(plan.schema, PROGRESS_TABLE)
     last: Any = None
-    if opts.writes:
-        _lock(conn, key, plan)
-        row = conn.execute(
+    if writer is not None and opts.writes:
+        last = _prepare_writer(writer, q, key, plan, stats)
+    total = conn.execute(q.count).fetchone()[0]  # type: ignore[index]
+    done_rows = conn.execute(q.count_done, (last,)).fetchone()[0] if last is not None else 0  # type: ignore[index]
+    sink.start(plan.name, int(total), int(done_rows))
+
+    def account(done: _Done) -> None:
+        stats.counts, stats.failures = done.counts, done.failures
+        stats.scanned_now += done.rows
+        sink.advance(plan.name, done.rows)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nixmig-writer") if writer is not None else None
+    pending: Future[_Done] | None = None
+    started = time.monotonic()
+    try:
+        while True:
+            try:
+                if last is None:
+                    rows = conn.execute(q.first, (opts.batch_size,)).fetchall()
+                else:
+                    rows = conn.execute(q.after, (last, opts.batch_size)).fetchall()
+            except Exception as exc:
+                raise _db_error(exc, plan) from None
+            batch = process_rows(rows, plan, keyring, opts)
+            finished = len(rows) < opts.batch_size
+            if pending is not None:
+                account(pending.result())
+                pending = None
+            if rows:
+                last = rows[-1][0]
+            if pool is not None and writer is not None:
+                pending = pool.submit(_write_batch, writer, q, plan, keyring, opts, key, batch, last, finished, stats)
+            else:
+                account(_tally(stats, batch, batch.counts(), 0))
+            if finished:
+                break
+            if opts.pause > 0:
+                time.sleep(opts.pause)
+        if pending is not None:
+            account(pending.result())
+            pending = None
+    finally:
+        if pending is not None:  # an error in this thread: let the batch in flight end first
+            with contextlib.suppress(Exception):
+                pending.result()
+        if pool is not None:
+            pool.shutdown(wait=True)
+    stats.seconds = time.monotonic() - started
+    if writer is not None and opts.writes:
+        _unlock(writer, key, plan)
+    sink.finish(plan.name)
+    return stats
+
+
+def _prepare_writer(writer: psycopg.Connection[Any], q: _Sql, key: str, plan: TablePlan, stats: TableStats) -> Any:
+    """Lock the table for this run, create the stage, and load a checkpoint to resume from."""
+    from psycopg import sql
+
+    _lock(writer, key, plan)
+    with writer.transaction():
+        writer.execute(q.create_stage)
+        row = writer.execute(
             sql.SQL("SELECT last_pk::{}, done, counters FROM {} WHERE run_key = %s AND table_name = %s").format(
-                sql.SQL(plan.pk_type), progress_tbl
+                sql.SQL(plan.pk_type), sql.Identifier(plan.schema, PROGRESS_TABLE)
             ),
             (key, plan.name),
         ).fetchone()
-        if row is not None and not row[1] and row[0] is not None:
-            last, saved = row[0], row[2]
-            stats.resumed = True
-            stats.counts = Counts(**{k: int(v) for k, v in saved.get("counts", {}).items()})
-            stats.failures = [Failure(**f) for f in saved.get("failures", [])]
-    total = conn.execute(q.count).fetchone()[0]  # type: ignore[index]
-    done_rows = conn.execute(q.count_done, (last,)).fetchone()[0] if last is not None else 0  # type: ignore[index]
-    conn.commit()
-    sink.start(plan.name, int(total), int(done_rows))
+    if row is None or row[1] or row[0] is None:
+        return None  # a first run, or the last one finished: a new pass from the start
+    saved = row[2]
+    stats.resumed = True
+    stats.counts = Counts(**{k: int(v) for k, v in saved.get("counts", {}).items()})
+    stats.failures = [Failure(**f) for f in saved.get("failures", [])]
+    return row[0]
+
+
+def _tally(stats: TableStats, batch: BatchResult, delta: Counts, conflicts: int, *more: BatchResult) -> _Done:
+    counts = Counts(**stats.counts.as_dict())
+    delta.scanned = len(batch.rows)
+    delta.conflicts = conflicts
+    counts.add(delta)
+    failures = list(stats.failures)
+    for b in (batch, *more):
+        failures.extend(f for _, f in b.failures)
+    return _Done(len(batch.rows), counts, failures[:MAX_LISTED_FAILURES])
+
+
+def _write_batch(
+    writer: psycopg.Connection[Any],
+    q: _Sql,
+    plan: TablePlan,
+    keyring: Keyring,
+    opts: Options,
+    key: str,
+    batch: BatchResult,
+    last: Any,
+    finished: bool,
+    stats: TableStats,
+) -> _Done:
+    """One batch's transaction: compare-and-set, redo the rows changed meanwhile, checkpoint."""
+    from psycopg import errors, sql
+    from psycopg.types.json import Jsonb
+
     checkpoint = sql.SQL(
         "INSERT INTO {} (run_key, table_name, last_pk, done, counters, updated_at) "
         "VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (run_key, table_name) DO UPDATE SET "
         "last_pk = EXCLUDED.last_pk, done = EXCLUDED.done, counters = EXCLUDED.counters, "
         "updated_at = now()"
-    ).format(progress_tbl)
-    started = time.monotonic()
-    while True:
-        for attempt in range(MAX_BATCH_RETRIES + 1):
-            try:
-                with conn.transaction():
-                    n, batch_last, delta, failures = _batch(conn, q, plan, keyring, opts, last)
-                    counts = Counts(**stats.counts.as_dict())
-                    counts.add(delta)
-                    listed = (stats.failures + failures)[:MAX_LISTED_FAILURES]
-                    finished = n < opts.batch_size
-                    if opts.writes:
-                        saved = {"counts": counts.as_dict(), "failures": [asdict(f) for f in listed]}
-                        conn.execute(
-                            checkpoint,
-                            (
-                                key,
-                                plan.name,
-                                None if batch_last is None else str(batch_last),
-                                finished,
-                                Jsonb(saved),
-                            ),
+    ).format(sql.Identifier(plan.schema, PROGRESS_TABLE))
+    saved_states = [bytearray(s) for s in batch.states]
+    saved_changed = bytearray(batch.changed)
+    saved_failures = list(batch.failures)
+    for attempt in range(MAX_BATCH_RETRIES + 1):
+        try:
+            with writer.transaction():
+                redone: list[BatchResult] = []
+                conflicts = 0
+                current, todo = batch, batch.to_write()
+                bounds = (batch.rows[0][0], batch.rows[-1][0]) if batch.rows else (None, None)
+                for _ in range(MAX_BATCH_RETRIES):
+                    if not todo:
+                        break
+                    updated = _write(writer, q, plan, current, todo, bounds)
+                    missed = [i for i in todo if current.rows[i][0] not in updated]
+                    if not missed:
+                        break
+                    # The application changed these rows since they were read: read them
+                    # again, locked this time, and decide again from what they hold now.
+                    conflicts += len(missed)
+                    current.drop(missed)
+                    again = writer.execute(q.by_pk, ([current.rows[i][0] for i in missed],)).fetchall()
+                    writer.execute(q.clear_stage)
+                    current = process_rows(again, plan, keyring, opts)
+                    redone.append(current)
+                    todo = current.to_write()
+                else:
+                    if todo:
+                        raise DatabaseError(
+                            f"{len(todo)} row(s) kept changing under compare-and-set",
+                            where=plan.name,
+                            hint="run again (it resumes)",
                         )
-                break
-            except (errors.DeadlockDetected, errors.SerializationFailure):
-                if attempt == MAX_BATCH_RETRIES:
-                    raise DatabaseError(
-                        f"batch after primary key {last} kept deadlocking with the application",
-                        where=plan.name,
-                        hint="run again (it resumes), or with a smaller --batch-size",
-                    ) from None
-                time.sleep(0.05 * (attempt + 1))
-            except errors.StringDataRightTruncation:
-                raise DatabaseError(
-                    "a new ciphertext does not fit in its column",
-                    where=plan.name,
-                    hint="ciphertexts are longer than plaintexts: ALTER the column TYPE text",
-                ) from None
-            except errors.Error as exc:
-                raise DatabaseError(
-                    f"batch failed ({exc.sqlstate or 'no sqlstate'}): {_first_line(str(exc))}",
-                    where=plan.name,
-                    hint="nothing of this batch was written; run again to resume",
-                ) from None
-        stats.counts = counts
-        stats.failures = listed
-        stats.scanned_now += n
-        if batch_last is not None:
-            last = batch_last
-        sink.advance(plan.name, n)
-        if finished:
-            break
-        if opts.pause > 0:
-            time.sleep(opts.pause)
-    stats.seconds = time.monotonic() - started
-    if opts.writes:
-        _unlock(conn, key, plan)
-    sink.finish(plan.name)
-    return stats
-
-
-def _batch(
-    conn: psycopg.Connection[Any],
-    q: _Sql,
-    plan: TablePlan,
-    keyring: Keyring,
-    opts: Options,
-    last: Any,
-) -> tuple[int, Any, Counts, list[Failure]]:
-    """One batch inside its transaction: read, decide, compare-and-set, redo the conflicts."""
-    if last is None:
-        rows = conn.execute(q.first, (opts.batch_size,)).fetchall()
-    else:
-        rows = conn.execute(q.after, (last, opts.batch_size)).fetchall()
-    if not rows:
-        return 0, None, Counts(), []
-    results = {r.pk: r for r in process_rows(rows, plan, keyring, opts)}
-    conflicts = 0
-    if opts.writes:
-        pending = [r for r in results.values() if r.write]
-        current = {r[0]: r for r in rows}
-        for _ in range(MAX_BATCH_RETRIES):
-            if not pending:
-                break
-            updated = _write(conn, q, plan, pending, current)
-            missed = [r.pk for r in pending if r.pk not in updated]
-            if not missed:
-                break
-            # The application changed these rows since they were read: read them again,
-            # locked this time, and decide again from what they hold now.
-            conflicts += len(missed)
-            for pk in missed:
-                del results[pk]
-            again = conn.execute(q.by_pk, (missed,)).fetchall()
-            current.update((r[0], r) for r in again)
-            redone = process_rows(again, plan, keyring, opts)
-            results.update((r.pk, r) for r in redone)
-            pending = [r for r in redone if r.write]
-        else:
-            if pending:
-                raise DatabaseError(
-                    f"{len(pending)} row(s) kept changing under compare-and-set",
-                    where=plan.name,
-                    hint="run again (it resumes)",
+                delta = batch.counts()
+                for b in redone:
+                    delta.add(b.counts())
+                done = _tally(stats, batch, delta, conflicts, *redone)
+                saved = {"counts": done.counts.as_dict(), "failures": [asdict(f) for f in done.failures]}
+                writer.execute(
+                    checkpoint, (key, plan.name, None if last is None else str(last), finished, Jsonb(saved))
                 )
-    delta = Counts()
-    failures: list[Failure] = []
-    for r in results.values():
-        delta.add(r.counts)
-        failures.extend(r.failures)
-    delta.scanned = len(rows)
-    delta.conflicts = conflicts
-    return len(rows), rows[-1][0], delta, failures
+            return done
+        except (errors.DeadlockDetected, errors.SerializationFailure):
+            if attempt == MAX_BATCH_RETRIES:
+                raise DatabaseError(
+                    f"the batch ending at primary key {last} kept deadlocking with the application",
+                    where=plan.name,
+                    hint="run again (it resumes), or with a smaller --batch-size",
+                ) from None
+            batch.states[:] = [bytearray(s) for s in saved_states]
+            batch.changed[:] = saved_changed
+            batch.failures = list(saved_failures)
+            time.sleep(0.05 * (attempt + 1))
+        except errors.Error as exc:
+            raise _db_error(exc, plan) from None
+    raise AssertionError("unreachable")
+
+
+def _db_error(exc: BaseException, plan: TablePlan) -> NixmigError:
+    from psycopg import errors
+
+    if isinstance(exc, NixmigError):
+        return exc
+    if isinstance(exc, errors.StringDataRightTruncation):
+        return DatabaseError(
+            "a new ciphertext does not fit in its column",
+            where=plan.name,
+            hint="ciphertexts are longer than plaintexts: ALTER the column TYPE text",
+        )
+    if isinstance(exc, errors.Error):
+        return DatabaseError(
+            f"batch failed ({exc.sqlstate or 'no sqlstate'}): {_first_line(str(exc))}",
+            where=plan.name,
+            hint="nothing of this batch was written; run again to resume",
+        )
+    return DatabaseError(f"batch failed: {type(exc).__name__}", where=plan.name)
 
 
 def _write(
     conn: psycopg.Connection[Any],
     q: _Sql,
     plan: TablePlan,
-    pending: Sequence[RowResult],
-    current: dict[Any, Sequence[Any]],
+    batch: BatchResult,
+    todo: Sequence[int],
+    batch_bounds: tuple[Any, Any],
 ) -> set[Any]:
+    """COPY the rows to write into the stage, then one compare-and-set UPDATE; the keys written."""
     ncol = len(plan.columns)
-    params: list[list[Any]] = [[r.pk for r in pending]]
-    for ci in range(ncol):
-        params.append([current[r.pk][1 + ci] for r in pending])
-        params.append([r.values[ci] for r in pending])
-    for hi in range(len(plan.hmac_columns)):
-        params.append([current[r.pk][1 + ncol + hi] for r in pending])
-    return {row[0] for row in conn.execute(q.update, params).fetchall()}
+    rows, values = batch.rows, batch.values
+    with conn.cursor() as cur:
+        with cur.copy(q.copy_stage) as cp:
+            for i in todo:
+                row, new = rows[i], values[i]
+                rec: list[Any] = [row[0]]
+                for ci in range(ncol):
+                    rec.append(row[1 + ci])
+                    rec.append(new[ci])
+                rec.extend(row[1 + ncol :])
+                cp.write_row(rec)
+        bounds = (batch_bounds[0], batch_bounds[1])
+        return {r[0] for r in cur.execute(q.update, bounds).fetchall()}
 
 
 def _lock(conn: psycopg.Connection[Any], key: str, plan: TablePlan) -> None:

@@ -150,11 +150,11 @@ class LegacyCipher:
     def decrypt_many(self, context: str, values: Sequence[str]) -> list[bytes | Failed]:
         from cryptography.exceptions import InvalidTag
 
-        aead, skip = self._aead, self._skip
+        dec, skip, unb64 = self._aead.decrypt, self._skip, binascii.a2b_base64
         out: list[bytes | Failed] = []
         for value in values:
             try:
-                raw = _unb64(value[skip:])
+                raw = unb64(value[skip:], strict_mode=True)
             except (binascii.Error, ValueError):
                 out.append(Failed("not valid base64"))
                 continue
@@ -162,7 +162,7 @@ class LegacyCipher:
                 out.append(Failed("truncated ciphertext"))
                 continue
             try:
-                out.append(aead.decrypt(raw[:12], raw[12:], None))
+                out.append(dec(raw[:12], raw[12:], None))
             except InvalidTag:
                 out.append(Failed("authentication failed: wrong key or corrupted value"))
         return out
@@ -204,17 +204,17 @@ class ContextCipher:
         return aead
 
     def encrypt_many(self, context: str, plaintexts: Sequence[bytes]) -> list[str]:
-        enc, prefix = self._aead(context).encrypt, self._scheme.prefix
-        return [prefix + _b64(enc(pt, None)) for pt in plaintexts]
+        enc, prefix, b64 = self._aead(context).encrypt, self._scheme.prefix, binascii.b2a_base64
+        return [prefix + b64(enc(pt, None), newline=False).decode("ascii") for pt in plaintexts]
 
     def decrypt_many(self, context: str, values: Sequence[str]) -> list[bytes | Failed]:
         from cryptography.exceptions import InvalidTag
 
-        dec, skip = self._aead(context).decrypt, self._skip
+        dec, skip, unb64 = self._aead(context).decrypt, self._skip, binascii.a2b_base64
         out: list[bytes | Failed] = []
         for value in values:
             try:
-                raw = _unb64(value[skip:])
+                raw = unb64(value[skip:], strict_mode=True)
             except (binascii.Error, ValueError):
                 out.append(Failed("not valid base64"))
                 continue

@@ -456,12 +456,13 @@ def test_writes_between_read_and_write_are_never_overwritten(pg_db: PgServer) ->
     truth = _users(pg_db.dsn, 300)
     cipher = _WritesBetweenReadAndWrite(pg_db.dsn, truth)
     opts = runner.Options(apply=True, batch_size=25, hmac_secret=HMAC)
-    conn = runner.connect(pg_db.dsn)
+    conn, writer = runner.connect(pg_db.dsn), runner.connect(pg_db.dsn)
     try:
         plans = runner.inspect(conn, USERS)
-        (stats,) = runner.run(conn, plans, Keyring(cipher, (LegacyCipher(OLD, 1),)), opts)
+        (stats,) = runner.run(conn, plans, Keyring(cipher, (LegacyCipher(OLD, 1),)), opts, writer=writer)
     finally:
         conn.close()
+        writer.close()
         cipher.conn.close()
     assert stats.counts.conflicts == len(cipher.hit) == 24
     assert stats.counts.scanned == 300

@@ -18,7 +18,7 @@ from nixmig.errors import NixmigError
 from nixmig.reencrypt import keys, schemes
 from nixmig.reencrypt import spec as specs
 from nixmig.reencrypt.errors import IntegrityError, KeyProviderError, PlaintextError, SpecError
-from nixmig.reencrypt.runner import Counts, Mode, OnPlaintext, Options, TablePlan, process_rows
+from nixmig.reencrypt.runner import BatchResult, Mode, OnPlaintext, Options, TablePlan, process_rows
 from nixmig.reencrypt.schemes import ContextCipher, Failed, Keyring, LegacyCipher, SchemeId
 from nixmig.sensitive import Secret
 from tests.helpers import run_cli
@@ -282,11 +282,8 @@ def opts(**kw: Any) -> Options:
     return Options(hmac_secret=HMAC_SECRET, **kw)
 
 
-def total(results: Sequence[Any]) -> dict[str, int]:
-    c = Counts()
-    for r in results:
-        c.add(r.counts)
-    return c.as_dict()
+def total(batch: BatchResult) -> dict[str, int]:
+    return batch.counts().as_dict()
 
 
 def test_rows_are_reencrypted_and_checked() -> None:
@@ -299,15 +296,15 @@ def test_rows_are_reencrypted_and_checked() -> None:
         (6, legacy("f@x.org"), new("name", "Fay"), hm("f@x.org")),
     ]
     results = process_rows(rows, PLAN, RING, opts())
-    by_pk = {r.pk: r for r in results}
-    assert by_pk[1].write and by_pk[1].values == [new("email", "a@x.org"), new("name", "Ann")]
-    assert not by_pk[2].changed  # already new: not rewritten
-    assert not by_pk[3].write and [f.kind for f in by_pk[3].failures] == ["hmac"]
-    assert not by_pk[4].write and [f.kind for f in by_pk[4].failures] == ["decrypt"]
-    assert not by_pk[5].changed
-    assert by_pk[6].write and by_pk[6].values[1] == rows[5][2]  # the new one kept as read
+    assert results.to_write() == [0, 5]
+    assert results.values[0] == [new("email", "a@x.org"), new("name", "Ann")]
+    assert not results.changed[1]  # already new: not rewritten
+    assert [f.kind for f in results.row_failures(2)] == ["hmac"]
+    assert [f.kind for f in results.row_failures(3)] == ["decrypt"]
+    assert not results.changed[4]
+    assert results.values[5][1] == rows[5][2]  # the new one kept as read
     assert total(results) == {
-        "scanned": 6,
+        "scanned": 0,
         "migrated": 3,
         "already_new": 4,
         "plaintext": 0,
@@ -316,7 +313,9 @@ def test_rows_are_reencrypted_and_checked() -> None:
         "decrypt_failed": 1,
         "conflicts": 0,
     }
-    assert all(f.pk in ("3", "4") and "x.org" not in f.reason for r in results for f in r.failures)
+    assert all(f.pk in ("3", "4") and "x.org" not in f.reason for _, f in results.failures)
+    results.drop([0, 2])
+    assert (total(results)["migrated"], total(results)["hmac_failed"], results.to_write()) == (1, 0, [5])
 
 
 def test_plaintext_default_is_an_error_that_suggests_encrypt_plaintext() -> None:
@@ -339,32 +338,32 @@ def test_plaintext_default_is_an_error_that_suggests_encrypt_plaintext() -> None
 )
 def test_plaintext_policies(mode: Mode, policy: OnPlaintext, write: bool, migrated: int, failures: list[str]) -> None:
     rows = [(7, "g@x.org", legacy("Gus"), hm("g@x.org"))]
-    (r,) = process_rows(rows, PLAN, RING, opts(mode=mode, on_plaintext=policy))
-    assert r.write is write
-    assert r.counts.plaintext == 1 and r.counts.migrated == migrated
-    assert [f.kind for f in r.failures] == failures
+    r = process_rows(rows, PLAN, RING, opts(mode=mode, on_plaintext=policy))
+    assert (r.to_write() == [0]) is write
+    assert r.counts().plaintext == 1 and r.counts().migrated == migrated
+    assert [f.kind for f in r.row_failures(0)] == failures
     if write and migrated == 2:
-        assert r.values == [new("email", "g@x.org"), new("name", "Gus")]
+        assert r.values[0] == [new("email", "g@x.org"), new("name", "Gus")]
 
 
 def test_plaintext_with_wrong_blind_index_is_not_encrypted() -> None:
     rows = [(8, "h@x.org", None, hm("other"))]
-    (r,) = process_rows(rows, PLAN, RING, opts(mode=Mode.ENCRYPT_PLAINTEXT))
-    assert not r.write and r.counts.hmac_failed == 1
+    r = process_rows(rows, PLAN, RING, opts(mode=Mode.ENCRYPT_PLAINTEXT))
+    assert not r.to_write() and r.counts().hmac_failed == 1 and r.counts().plaintext == 1
 
 
 def test_encrypt_plaintext_without_old_key_leaves_old_values() -> None:
     ring = Keyring(ContextCipher(NEW, 1))
     rows = [(9, legacy("i@x.org"), "Ivy", hm("i@x.org"))]
-    (r,) = process_rows(rows, PLAN, ring, opts(mode=Mode.ENCRYPT_PLAINTEXT))
-    assert r.write and r.values[0] == rows[0][1] and r.values[1] == new("name", "Ivy")
-    assert (r.counts.old_scheme, r.counts.migrated) == (1, 1)
+    r = process_rows(rows, PLAN, ring, opts(mode=Mode.ENCRYPT_PLAINTEXT))
+    assert r.to_write() == [0] and r.values[0] == [rows[0][1], new("name", "Ivy")]
+    assert (r.counts().old_scheme, r.counts().migrated) == (1, 1)
 
 
 def test_unknown_key_version_is_a_decrypt_failure() -> None:
     rows = [(10, LegacyCipher(OLD, 3).encrypt_many("", [b"j"])[0], None, hm("j"))]
-    (r,) = process_rows(rows, PLAN, RING, opts())
-    assert not r.write and r.failures[0].reason == "no key for scheme enc:v3"
+    r = process_rows(rows, PLAN, RING, opts())
+    assert not r.to_write() and r.row_failures(0)[0].reason == "no key for scheme enc:v3"
 
 
 def test_verify_mode_decrypts_new_values_and_checks_blind_indexes() -> None:
@@ -375,7 +374,7 @@ def test_verify_mode_decrypts_new_values_and_checks_blind_indexes() -> None:
         (4, new("email", "d@x.org")[:-4] + "AAAA", None, hm("d@x.org")),
     ]
     results = process_rows(rows, PLAN, RING, opts(mode=Mode.VERIFY))
-    assert not any(r.changed for r in results)
+    assert not any(results.changed)
     t = total(results)
     assert (t["already_new"], t["hmac_failed"], t["old_scheme"], t["plaintext"], t["decrypt_failed"]) == (4, 1, 1, 1, 1)
 

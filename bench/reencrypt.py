@@ -1,0 +1,262 @@
+"""Throughput and memory of `nixmig reencrypt --apply`, against its floor and the old way.
+
+In one run, on a throwaway PostgreSQL cluster (or --dsn), with N rows x 3 encrypted
+columns (default N = 1,000,000) holding legacy ciphertexts (enc:v1, AES-256-GCM) and
+the local key provider (key files):
+
+- reencrypt: the real runner (keyset batches, compare-and-set, checkpoint per batch,
+  decrypt + encrypt + decrypt-again) moving every value to ctx:v1;
+- floor:     the same runner, same batches and writes, with an identity transform
+  (no crypto): what reading and writing alone cost;
+- row-at-a-time baseline: SELECT one row, decrypt, encrypt, UPDATE one row, commit,
+  the way the original per-record tool worked, on a sample of --baseline-rows rows
+  (rows/s does not depend on the table size for it);
+- peak memory (max RSS) of the reencrypt pass on N rows and on N/10 rows: each pass
+  runs in its own process.
+
+Targets: reencrypt >= 0.6 x floor, >= 20 x baseline, peak RSS <= 200 MB, and not
+growing with the table size.
+
+    .venv/bin/python bench/reencrypt.py                # 1,000,000 rows
+    .venv/bin/python bench/reencrypt.py --rows 200000  # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg  # noqa: TID251  (the benchmark builds its own tables)
+from psycopg import sql  # noqa: TID251
+
+from nixmig.reencrypt import keys, runner
+from nixmig.reencrypt.schemes import Failed, Keyring, LegacyCipher, SchemeId
+from nixmig.reencrypt.spec import Column, Spec, TableSpec
+from nixmig.sensitive import Secret
+
+COLUMNS = ("first_name", "last_name", "email")
+TARGET_FLOOR, TARGET_BASELINE, TARGET_MB = 0.6, 20.0, 200.0
+
+
+# ---- identity transform for the floor -------------------------------------------------------
+
+
+class IdentityOld:
+    """Reads enc:v1 values without crypto: the 'plaintext' is the payload text."""
+
+    scheme = SchemeId("enc", 1)
+
+    def accepts(self, sid: SchemeId) -> bool:
+        return sid == self.scheme
+
+    def encrypt_many(self, context: str, plaintexts: Sequence[bytes]) -> list[str]:
+        raise NotImplementedError
+
+    def decrypt_many(self, context: str, values: Sequence[str]) -> list[bytes | Failed]:
+        return [v[7:].encode() for v in values]
+
+
+class IdentityNew:
+    """Writes ctx:v1 + the same payload, and reads it back, without crypto."""
+
+    scheme = SchemeId("ctx", 1)
+
+    def accepts(self, sid: SchemeId) -> bool:
+        return sid == self.scheme
+
+    def encrypt_many(self, context: str, plaintexts: Sequence[bytes]) -> list[str]:
+        return ["ctx:v1:" + p.decode() for p in plaintexts]
+
+    def decrypt_many(self, context: str, values: Sequence[str]) -> list[bytes | Failed]:
+        return [v[7:].encode() for v in values]
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+def generate(dsn: str, table: str, rows: int, old: Secret) -> None:
+    legacy = LegacyCipher(old, 1)
+    with psycopg.connect(dsn) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, first_name text, last_name text, email text)").format(
+                sql.Identifier(table)
+            )
+        )
+        copy = sql.SQL("COPY {} (id, first_name, last_name, email) FROM STDIN").format(sql.Identifier(table))
+        with conn.cursor() as cur, cur.copy(copy) as cp:
+            for start in range(0, rows, 10_000):
+                n = min(10_000, rows - start)
+                firsts = legacy.encrypt_many("", [f"First{i}".encode() for i in range(start, start + n)])
+                lasts = legacy.encrypt_many(
+                    "", [f"Lastname-{i * 7919 % 100003}".encode() for i in range(start, start + n)]
+                )
+                emails = legacy.encrypt_many("", [f"person{i}@example.org".encode() for i in range(start, start + n)])
+                for k in range(n):
+                    cp.write_row((start + k + 1, firsts[k], lasts[k], emails[k]))
+
+
+def copy_table(dsn: str, src: str, dst: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(dst)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(sql.Identifier(dst), sql.Identifier(src))
+        )
+        conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(sql.Identifier(dst), sql.Identifier(src)))
+        conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(dst)))
+        conn.execute("CHECKPOINT")
+
+
+# ---- one pass, in its own process ------------------------------------------------------------
+
+
+def run_pass(dsn: str, table: str, kind: str, key_dir: Path, batch_size: int, limit: int) -> dict[str, Any]:
+    if kind == "floor":
+        ring = Keyring(IdentityNew(), (IdentityOld(),))
+    else:
+        ring = keys.build_keyring(
+            keys.KeyOptions(new=f"file:{key_dir / 'new.key'}", old=f"file:{key_dir / 'old.key'}"), need_old=True
+        )
+    if kind == "baseline":
+        return _row_at_a_time(dsn, table, ring, limit)
+    spec = Spec((TableSpec(table, tuple(Column(c) for c in COLUMNS)),))
+    conn, writer = runner.connect(dsn), runner.connect(dsn)
+    try:
+        plans = runner.inspect(conn, spec)
+        start = time.perf_counter()
+        (stats,) = runner.run(conn, plans, ring, runner.Options(apply=True, batch_size=batch_size), writer=writer)
+        seconds = time.perf_counter() - start
+    finally:
+        conn.close()
+        writer.close()
+    assert stats.counts.migrated == 3 * stats.counts.scanned, stats.counts
+    return {"rows": stats.counts.scanned, "seconds": seconds, "maxrss_mb": _maxrss_mb()}
+
+
+def _row_at_a_time(dsn: str, table: str, ring: Keyring, limit: int) -> dict[str, Any]:
+    tbl = sql.Identifier(table)
+    select = sql.SQL("SELECT first_name, last_name, email FROM {} WHERE id = %s").format(tbl)
+    update = sql.SQL("UPDATE {} SET first_name = %s, last_name = %s, email = %s WHERE id = %s").format(tbl)
+    (old,) = ring.old
+    with psycopg.connect(dsn) as conn:
+        ids = [r[0] for r in conn.execute(sql.SQL("SELECT id FROM {} ORDER BY id LIMIT %s").format(tbl), (limit,))]
+        conn.commit()
+        start = time.perf_counter()
+        for pk in ids:
+            row = conn.execute(select, (pk,)).fetchone()
+            assert row is not None
+            new_values = []
+            for col, value in zip(COLUMNS, row, strict=True):
+                (pt,) = old.decrypt_many("", [value])
+                assert isinstance(pt, bytes)
+                new_values.append(ring.new.encrypt_many(f"{table}.{col}", [pt])[0])
+            conn.execute(update, (*new_values, pk))
+            conn.commit()
+        seconds = time.perf_counter() - start
+    return {"rows": len(ids), "seconds": seconds, "maxrss_mb": _maxrss_mb()}
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def subprocess_pass(dsn: str, table: str, kind: str, key_dir: Path, batch_size: int, limit: int = 0) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "--_pass", kind, "--dsn", dsn, "--_table", table, "--_keys", str(key_dir)]
+    argv += ["--batch-size", str(batch_size), "--baseline-rows", str(limit)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int) -> bool:
+    old, new = Secret(os.urandom(32)), Secret(os.urandom(32))
+    key_dir = Path(tempfile.mkdtemp(prefix="nixmig-bench-keys-"))
+    (key_dir / "old.key").write_text(base64.b64encode(old.reveal()).decode())
+    (key_dir / "new.key").write_text(base64.b64encode(new.reveal()).decode())
+    small = max(rows // 10, 1000)
+    print(f"rows: {rows:,} x {len(COLUMNS)} columns, batch size {batch_size}, local key provider (key files)")
+    t0 = time.perf_counter()
+    generate(dsn, "bench_src", rows, old)
+    generate(dsn, "bench_small_src", small, old)
+    print(f"generated in {time.perf_counter() - t0:.1f} s")
+
+    results = {}
+    for kind, src in (("floor", "bench_src"), ("reencrypt", "bench_src"), ("reencrypt_small", "bench_small_src")):
+        copy_table(dsn, src, f"bench_{kind}")
+        results[kind] = subprocess_pass(dsn, f"bench_{kind}", kind.removesuffix("_small"), key_dir, batch_size)
+    copy_table(dsn, "bench_small_src", "bench_baseline")
+    results["baseline"] = subprocess_pass(dsn, "bench_baseline", "baseline", key_dir, batch_size, baseline_rows)
+
+    def rate(r: dict[str, Any]) -> float:
+        return float(r["rows"]) / float(r["seconds"])
+
+    re, fl, bl = rate(results["reencrypt"]), rate(results["floor"]), rate(results["baseline"])
+    big_mb, small_mb = results["reencrypt"]["maxrss_mb"], results["reencrypt_small"]["maxrss_mb"]
+    print()
+    print(f"{'pass':<28}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>14}")
+    for label, key in (
+        ("reencrypt", "reencrypt"),
+        ("floor (identity transform)", "floor"),
+        ("row-at-a-time baseline", "baseline"),
+        (f"reencrypt, {small:,} rows", "reencrypt_small"),
+    ):
+        r = results[key]
+        print(f"{label:<28}{r['rows']:>12,}{r['seconds']:>10.2f}{rate(r):>12,.0f}{r['maxrss_mb']:>14.1f}")
+    print()
+    checks = [
+        (f"reencrypt / floor       = {re / fl:.2f}", re / fl >= TARGET_FLOOR, f">= {TARGET_FLOOR}"),
+        (f"reencrypt / row-at-time = {re / bl:.1f}x", re / bl >= TARGET_BASELINE, f">= {TARGET_BASELINE:.0f}x"),
+        (f"peak RSS                = {big_mb:.1f} MB", big_mb <= TARGET_MB, f"<= {TARGET_MB:.0f} MB"),
+        (
+            f"peak RSS growth x10 rows = {big_mb - small_mb:+.1f} MB ({small_mb:.1f} -> {big_mb:.1f})",
+            big_mb - small_mb <= 0.1 * small_mb + 5,
+            "flat",
+        ),
+    ]
+    ok = True
+    for text, good, target in checks:
+        print(f"{text:<60} target {target:<10} {'ok' if good else 'MISSED'}")
+        ok &= good
+    return ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--baseline-rows", type=int, default=20_000, help="sample size of the row-at-a-time pass")
+    parser.add_argument("--dsn", help="an existing database (default: a throwaway cluster)")
+    parser.add_argument("--_pass", help=argparse.SUPPRESS)
+    parser.add_argument("--_table", help=argparse.SUPPRESS)
+    parser.add_argument("--_keys", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._pass:
+        result = run_pass(args.dsn, args._table, args._pass, Path(args._keys), args.batch_size, args.baseline_rows)
+        print(json.dumps(result))
+        return
+    if args.dsn:
+        sys.exit(0 if bench(args.dsn, args.rows, args.batch_size, args.baseline_rows) else 1)
+    from tests.harness.postgres import running_cluster
+
+    with running_cluster() as server:
+        ok = bench(server.dsn, args.rows, args.batch_size, args.baseline_rows)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
