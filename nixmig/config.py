@@ -87,6 +87,25 @@ class Migration:
     deploy: str | None = None
     retention_days: int = 7
     health_checks: tuple[HealthCheck, ...] = ()
+    # `nixmig patch`: where the edits go. All optional, inferred from the tree when unset;
+    # paths are relative to the repo. The NixOS module that gets age.secrets.SECRET (default:
+    # the one already declaring age.secrets, next to the unit that starts the containers).
+    module: str | None = None
+    # The arion compose file with the hardcoded literals (when several set POSTGRES_PASSWORD).
+    compose: str | None = None
+    # The host's config that sets password_option (default: the file under hosts/HOST setting it).
+    host_file: str | None = None
+    # The option that takes the password file, e.g. services.twenty-crm.database.passwordFile
+    # (default: the one passwordFile option declared in the repo).
+    password_option: str | None = None
+    # The compose service / oci container running the database (default: the one setting POSTGRES_PASSWORD).
+    db_service: str | None = None
+    # The containers whose URLs move to the env file (default: every one holding such a URL).
+    app_services: tuple[str, ...] = ()
+    # The systemd unit that starts the arion project (default: its serviceName, else arion-PROJECT).
+    unit: str | None = None
+    # Where the unit renders the env file (default: /run/UNIT/SECRET.env; must be directly under /run/DIR).
+    env_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,8 @@ class Config:
     hosts: dict[str, Host] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
     migrations: dict[str, Migration] = field(default_factory=dict)
+    # the [reencrypt] spec, validated by nixmig.reencrypt.spec when `nixmig reencrypt` runs
+    reencrypt: dict[str, Any] = field(default_factory=dict)
 
     @property
     def repo(self) -> Path:
@@ -208,6 +229,8 @@ def _show(value: Any) -> str:
 
 def _convert(tp: Any, value: Any, path: tuple[str | int, ...], where: str) -> Any:
     origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
 
     def bad() -> ConfigError:
         return ConfigError(f"{_fmt_path(path)}: expected {_describe(tp)}, got {_show(value)}", where=where)

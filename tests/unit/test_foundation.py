@@ -172,3 +172,8 @@ def test_help_imports_no_heavy_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_reencrypt_table_is_accepted_and_kept_raw(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, EXAMPLE_TOML + '\n[reencrypt]\ntables = { users = { columns = ["email"] } }\n')
+    assert cfg.reencrypt == {"tables": {"users": {"columns": ["email"]}}}
