@@ -4,7 +4,7 @@ apply:    take the host lock; for each phase in order, skip it if the journal
           says done, else ask the facts (phase.check) and journal it done if they
           already hold, else run it and journal it done. A run killed anywhere is
           resumed by running apply again.
-rollback: undo the done phases in reverse order, journaling each.
+rollback: undo the done phases in reverse order (rotate before switch: undo_order), journaling each.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def apply(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | 
 def rollback(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | None = None) -> list[str]:
     phases = phases_for(ctx.migration.strategy)
     undone: list[str] = []
-    todo = [p for p in reversed(phases) if ctx.journal.state(p.name) in ("done", "failed", "running")]
+    todo = [p for p in undo_order(phases) if ctx.journal.state(p.name) in ("done", "failed", "running")]
     for p in todo:  # everything an undo needs is checked before the first undo
         check = getattr(p, "can_undo", None)
         if check is not None:
@@ -180,6 +180,20 @@ def rollback(ctx: Context, *, on_phase: Callable[[str, str, float | None], None]
     finally:
         held.close()
     return undone
+
+
+def undo_order(phases: Sequence[Phase]) -> list[Phase]:
+    """Reverse order, except that rotate is undone before switch. Apply changes the
+    password while the services run (their open connections survive ALTER ROLE) and
+    only then restarts them onto it; rollback must mirror that: the old password back
+    first, then the old config, or the restarted services log in with a password the
+    role does not have until the next undo."""
+    order = list(reversed(phases))
+    at = {p.name: i for i, p in enumerate(order)}
+    if "switch" in at and "rotate" in at and at["switch"] < at["rotate"]:
+        i, j = at["switch"], at["rotate"]
+        order[i], order[j] = order[j], order[i]
+    return order
 
 
 def _crash_point(phase: str) -> None:
