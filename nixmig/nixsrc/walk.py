@@ -1,0 +1,166 @@
+"""Find the .nix files under some paths and scan them, in parallel when there are many.
+
+Skips ``.git`` (and other VCS / direnv state directories) and every symlink:
+``result`` links into the Nix store, and any other link, are never followed.
+Values never leave a worker process: workers send back
+:class:`~nixmig.nixsrc.scan.MaskedFinding` (length and a keyed digest, no value).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from nixmig.errors import UsageError
+from nixmig.nixsrc.scan import MaskedFinding, SyntaxProblem, disambiguate, scan_source
+
+SKIP_DIRS: Final = frozenset({".git", ".hg", ".jj", ".svn", ".direnv"})
+PARALLEL_THRESHOLD: Final = 200  # below this many files, a pool costs more than it saves
+_BATCH: Final = 100
+
+
+@dataclass
+class ScanRun:
+    findings: list[MaskedFinding] = field(default_factory=list)
+    problems: list[SyntaxProblem] = field(default_factory=list)
+    files_scanned: int = 0
+    symlinks_skipped: int = 0
+
+    @property
+    def files_with_findings(self) -> int:
+        return len({f.file for f in self.findings})
+
+
+def _walk(root: str) -> Iterator[tuple[str, bool]]:
+    """(path, is_symlink) of the .nix files under ``root``; symlinks are reported, not followed."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs: list[str] = []
+        for e in entries:
+            if e.is_symlink():  # result -> /nix/store/..., and every other link
+                yield e.path, True
+                continue
+            if e.is_dir(follow_symlinks=False):
+                if e.name not in SKIP_DIRS:
+                    subdirs.append(e.path)
+            elif e.name.endswith(".nix") and e.is_file(follow_symlinks=False):
+                yield e.path, False
+        stack.extend(reversed(subdirs))
+
+
+def discover(paths: Sequence[str]) -> tuple[list[str], int]:
+    """The .nix files to scan (in a stable order) and how many symlinks were skipped.
+
+    A path given explicitly is scanned whatever its name; a missing path is a usage error.
+    """
+    files: list[str] = []
+    skipped = 0
+    seen: set[str] = set()
+    for arg in paths:
+        try:
+            st = os.lstat(arg)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot scan: {exc.strerror or 'not found'}",
+                where=arg,
+                hint="pass existing files or directories",
+            ) from None
+        if stat.S_ISLNK(st.st_mode):
+            skipped += 1
+            continue
+        found: Iterator[tuple[str, bool]]
+        found = _walk(arg) if stat.S_ISDIR(st.st_mode) else iter([(arg, False)])
+        for path, is_link in found:
+            if is_link:
+                skipped += 1
+                continue
+            shown = os.path.normpath(path)
+            if shown not in seen:
+                seen.add(shown)
+                files.append(shown)
+    return files, skipped
+
+
+# --------------------------------------------------------------------------- scanning
+
+_KEY: bytes = b""
+
+
+def _init_worker(key: bytes) -> None:
+    global _KEY
+    _KEY = key
+
+
+def _scan_one(path: str, key: bytes) -> tuple[list[MaskedFinding], SyntaxProblem | None]:
+    try:
+        with open(path, "rb") as fh:
+            source = fh.read()
+    except OSError as exc:
+        return [], SyntaxProblem(path, 1, 1, f"cannot read: {exc.strerror or exc}")
+    try:
+        result = scan_source(source, path)
+    except Exception as exc:  # a scanner bug must not stop the other files
+        return [], SyntaxProblem(path, 1, 1, f"not scanned: internal error {type(exc).__name__}")
+    return [f.masked(key) for f in result.findings], result.problem
+
+
+def _scan_batch(batch: list[str]) -> tuple[list[MaskedFinding], list[SyntaxProblem]]:
+    findings: list[MaskedFinding] = []
+    problems: list[SyntaxProblem] = []
+    for path in batch:
+        fs, problem = _scan_one(path, _KEY)
+        findings.extend(fs)
+        if problem is not None:
+            problems.append(problem)
+    return findings, problems
+
+
+def default_jobs() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def scan_files(files: Sequence[str], *, jobs: int | None = None) -> ScanRun:
+    """Scan ``files``; ``jobs`` processes when there are enough files to be worth it."""
+    key = secrets.token_bytes(32)
+    jobs = default_jobs() if jobs is None or jobs <= 0 else jobs
+    run = ScanRun(files_scanned=len(files))
+    batches = [list(files[i : i + _BATCH]) for i in range(0, len(files), _BATCH)]
+    if jobs > 1 and len(files) >= PARALLEL_THRESHOLD:
+        import multiprocessing
+
+        # warm the parser and query once: forked workers inherit them
+        scan_source(b"{ }", "warm-up.nix")
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
+        ctx = multiprocessing.get_context(method)
+        with ctx.Pool(jobs, initializer=_init_worker, initargs=(key,)) as pool:
+            results = pool.map(_scan_batch, batches, chunksize=1)
+    else:
+        _init_worker(key)
+        results = [_scan_batch(b) for b in batches]
+    for findings, problems in results:
+        run.findings.extend(findings)
+        run.problems.extend(problems)
+    run.findings.sort(key=lambda f: (f.file, f.line, f.col))
+    run.findings = disambiguate(run.findings)
+    run.problems.sort(key=lambda p: (p.file, p.line, p.col))
+    return run
+
+
+def scan_paths(paths: Sequence[str], *, jobs: int | None = None) -> ScanRun:
+    files, skipped = discover(paths)
+    run = scan_files(files, jobs=jobs)
+    run.symlinks_skipped = skipped
+    return run

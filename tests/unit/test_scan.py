@@ -1,0 +1,405 @@
+"""nixmig.nixsrc.scan: what counts as a hardcoded secret, what does not, and where it is."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from nixmig.nixsrc.scan import (
+    Finding,
+    Kind,
+    classify_name,
+    disambiguate,
+    file_project,
+    is_placeholder,
+    scan_source,
+    suggest_name,
+)
+from nixmig.sensitive import MASK, Secret
+from tests.helpers import EXAMPLE
+
+pytestmark = pytest.mark.unit
+
+
+def scan(src: str, file: str = "modules/app.nix") -> list[Finding]:
+    result = scan_source(src.encode(), file)
+    assert result.problem is None, result.problem
+    return list(result.findings)
+
+
+def one(src: str, file: str = "modules/app.nix") -> Finding:
+    found = scan(src, file)
+    assert len(found) == 1, [(f.attr_path, f.kind, f.rule) for f in found]
+    return found[0]
+
+
+# --------------------------------------------------------------------------- the worked example
+
+
+def test_worked_example_reports_the_password_and_both_urls_and_nothing_else() -> None:
+    found: list[Finding] = []
+    for path in sorted(EXAMPLE.rglob("*.nix")):
+        found.extend(scan_source(path.read_bytes(), path.relative_to(EXAMPLE).as_posix()).findings)
+    compose = "modules/system/linux/twenty/arion-compose.nix"
+    assert [(f.file, f.line, f.col, f.kind, f.attr_path) for f in found] == [
+        (compose, 14, 50, Kind.URL_CREDENTIAL, "services.server.service.environment.PG_DATABASE_URL"),
+        (compose, 29, 50, Kind.URL_CREDENTIAL, "services.worker.service.environment.PG_DATABASE_URL"),
+        (compose, 44, 32, Kind.PASSWORD, "services.db.service.environment.POSTGRES_PASSWORD"),
+    ]
+    assert {f.secret_name for f in found} == {"twenty-db-password"}
+    assert all(f.value == Secret("postgres") for f in found)
+    # the reported span is exactly the password in the source
+    lines = (EXAMPLE / compose).read_text().splitlines()
+    for f in found:
+        assert lines[f.line - 1][f.col - 1 : f.end_col - 1] == "postgres"
+
+
+# --------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("POSTGRES_PASSWORD", Kind.PASSWORD),
+        ("MYSQL_ROOT_PASSWORD", Kind.PASSWORD),
+        ("password", Kind.PASSWORD),
+        ("initialPassword", Kind.PASSWORD),
+        ("PGPASSWORD", Kind.PASSWORD),
+        ("adminpass", Kind.PASSWORD),
+        ("requirePass", Kind.PASSWORD),
+        ("DB_PASS", Kind.PASSWORD),
+        ("MYSQL_PWD", Kind.PASSWORD),
+        ("passphrase", Kind.PASSWORD),
+        ("psk", Kind.PASSWORD),
+        ("db/password", Kind.PASSWORD),
+        ("APP_SECRET", Kind.TOKEN),
+        ("client_secret", Kind.TOKEN),
+        ("GITHUB_TOKEN", Kind.TOKEN),
+        ("credentials", Kind.TOKEN),
+        ("cookie", Kind.TOKEN),
+        ("SECRET_KEY", Kind.KEY),
+        ("SECRET_KEY_BASE", Kind.KEY),
+        ("apiKey", Kind.KEY),
+        ("x-api-key", Kind.KEY),
+        ("AWS_SECRET_ACCESS_KEY", Kind.KEY),
+        ("privateKey", Kind.KEY),
+        ("presharedKey", Kind.KEY),
+        ("hashedPassword", Kind.HASH),
+        ("initialHashedPassword", Kind.HASH),
+        ("password_hash", Kind.HASH),
+    ],
+)
+def test_credential_names(name: str, kind: Kind) -> None:
+    cls = classify_name(name)
+    assert cls is not None and cls.kind is kind
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "passwordFile",
+        "hashedPasswordFile",
+        "POSTGRES_PASSWORD_FILE",
+        "tokenFile",
+        "environmentFile",
+        "PASSWORD_MIN_LENGTH",
+        "password_encryption",
+        "PasswordAuthentication",
+        "passwordCommand",
+        "passwordless",
+        "publicKey",
+        "hostKeys",
+        "key",
+        "keyFile",
+        "sshKey",
+        "AWS_ACCESS_KEY_ID",
+        "SECRET_NAME",
+        "token_expiry",
+        "bypass",
+        "proxy_pass",
+        "fastcgi_pass",
+        "session_cookie",
+        "description",
+        "DB_HOST",
+    ],
+)
+def test_names_that_are_not_credentials(name: str) -> None:
+    assert classify_name(name) is None
+
+
+def test_plural_names_only_in_lists() -> None:
+    assert classify_name("access-tokens") is None
+    cls = classify_name("access-tokens", plural=True)
+    assert cls is not None and cls.kind is Kind.TOKEN
+    assert classify_name("PermitEmptyPasswords") is None
+
+
+# --------------------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "   ",
+        "\x00",
+        "/run/agenix/db",
+        "./secret.txt",
+        "$DB_PASSWORD",
+        "${DB_PASSWORD}",
+        "$(cat /run/agenix/x)",
+        "$__file{/run/agenix/grafana}",
+        "@dbpass@",
+        "{{ password }}",
+        "!secret mqtt_password",
+        "!secret.yaml mqtt_password",
+        "ENC[AES256_GCM,data:abc]",
+        "ext:psk_home",
+        "db-password:/run/agenix/db",
+        "https://example.org/path",
+        "<YOUR_PASSWORD>",
+        "PASSWORD",
+        "********",
+        "disabled",
+    ],
+)
+def test_placeholders_are_not_secrets(value: str) -> None:
+    assert is_placeholder(value)
+
+
+@pytest.mark.parametrize("value", ["postgres", "hunter2", "changeme", "correct horse battery staple", "p@ss/w:rd"])
+def test_real_values_are_secrets(value: str) -> None:
+    assert not is_placeholder(value)
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def test_nested_attrsets_give_the_path_as_written() -> None:
+    f = one('{ services = { db = { service.environment = { "POSTGRES_PASSWORD" = "pw1"; }; }; }; }')
+    assert f.attr_path == 'services.db.service.environment."POSTGRES_PASSWORD"'
+    assert f.kind is Kind.PASSWORD and f.rule == "name" and f.value == Secret("pw1")
+
+
+def test_let_bound_env_attrset() -> None:
+    f = one('let env = { DB_PASSWORD = "pw2"; DB_HOST = "db"; }; in { environment = env; }')
+    assert f.attr_path == "env.DB_PASSWORD"
+
+
+def test_value_wrappers_and_function_arguments() -> None:
+    found = scan(
+        """{ pkgs, dbPassword ? "pw3", ... }: {
+          a.password = lib.mkForce "pw4";
+          b.password = (lib.mkOverride 50 "pw5");
+          c.password = if x then "pw6" else "pw7";
+          d.password = "prefix-${x}";
+          e.password = "${toString 42}";
+        }"""
+    )
+    assert [(f.attr_path, f.value) for f in found] == [
+        ("dbPassword", Secret("pw3")),
+        ("a.password", Secret("pw4")),
+        ("b.password", Secret("pw5")),
+        ("c.password", Secret("pw6")),
+        ("c.password", Secret("pw7")),
+    ]
+
+
+def test_runtime_references_are_not_findings() -> None:
+    assert not scan(
+        """{ config, ... }: {
+          services.x.passwordFile = config.age.secrets.db.path;
+          services.x.password = config.sops.placeholder.db;
+          services.x.token = builtins.readFile config.age.secrets.t.path;
+          POSTGRES_PASSWORD = "${config.services.x.password}";
+          POSTGRES_PASSWORD_FILE = "/run/secrets/db";
+          empty.password = "";
+          nothing.password = null;
+          locked.hashedPassword = "!";
+          # password = "hunter2";
+          url = "postgres://app:${config.sops.placeholder.db}@db/app";
+        }"""
+    )
+
+
+def test_option_documentation_is_not_a_finding_but_a_default_is() -> None:
+    found = scan(
+        """{ lib, ... }: {
+          options.services.x = {
+            enable = lib.mkEnableOption "password authentication";
+            url = lib.mkOption {
+              example = "postgres://user:hunter2@db/x";
+              description = "Connection URL, e.g. postgres://user:password@host/db";
+            };
+            token = lib.mkOption { default = "tok-default"; description = "The API token."; };
+            settings = lib.mkOption { example = lib.literalExpression ''{ password = "x"; }''; };
+          };
+        }"""
+    )
+    assert [(f.attr_path, f.kind) for f in found] == [("options.services.x.token.default", Kind.TOKEN)]
+
+
+def test_url_credentials_anywhere() -> None:
+    found = scan(
+        """{
+          a = "postgresql://app:pw8@localhost:5432/app";
+          b = "redis://:pw9@cache:6379/0";
+          c = "postgres://app@db/app";
+          d = "postgresql:///app?host=/run/postgresql";
+          e = "postgres://app:pw10@${host}/app";
+          f = "https://example.org/?a=b@c";
+          url."https://oauth2:pw11@git.example.org/".insteadOf = "https://git.example.org/";
+          g = https://user:pw12@example.org/x;
+        }"""
+    )
+    assert [(f.attr_path, f.value) for f in found] == [
+        ("a", Secret("pw8")),
+        ("b", Secret("pw9")),
+        ("e", Secret("pw10")),
+        ('url."https://oauth2:pw11@git.example.org/".insteadOf', Secret("pw11")),
+        ("g", Secret("pw12")),
+    ]
+    assert {f.kind for f in found} == {Kind.URL_CREDENTIAL}
+
+
+def test_multiline_env_yaml_toml_and_scripts() -> None:
+    src = """{
+  environment.etc."app.env".text = ''
+    DB_HOST=db
+    DB_PASSWORD=pw13
+    export API_TOKEN="pw14"
+    SMTP_PASSWORD_FILE=/run/agenix/smtp
+    # OLD_PASSWORD=commented
+  '';
+  environment.etc."app.yaml".text = ''
+    password: pw15
+    help: "set the password: in the UI"
+    api_password: !secret api
+  '';
+  script = ''
+    export PGPASSWORD=$(cat /run/agenix/pg)
+    mysql --password=pw16 -e "select 1"
+    wget --password pw17 https://example.org
+  '';
+}"""
+    found = scan(src)
+    assert [(f.line, f.value, f.kind) for f in found] == [
+        (4, Secret("pw13"), Kind.PASSWORD),
+        (5, Secret("pw14"), Kind.TOKEN),
+        (10, Secret("pw15"), Kind.PASSWORD),
+        (16, Secret("pw16"), Kind.PASSWORD),
+        (17, Secret("pw17"), Kind.PASSWORD),
+    ]
+    lines = src.splitlines()
+    for f in found:
+        assert lines[f.line - 1][f.col - 1 : f.end_col - 1] == f.value.reveal_str()
+    assert all(f.attr_path.startswith(("environment.etc", "script")) for f in found)
+
+
+def test_private_keys_and_hashes() -> None:
+    found = scan(
+        """{
+  users.users.root.hashedPassword = "$6$salt$abcdefghijklmnop";
+  environment.etc."key.pem".text = ''
+    -----BEGIN OPENSSH PRIVATE KEY-----
+    b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ
+    -----END OPENSSH PRIVATE KEY-----
+  '';
+  environment.etc."cert.pem".text = ''
+    -----BEGIN CERTIFICATE-----
+    MIIDdzCCAl+gAwIBAgIEAgAAuTANBgkqhkiG9w0BAQUFADBa
+    -----END CERTIFICATE-----
+  '';
+  publicKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIWGQejmv1vqcqb2xrIuLEd6YFeWLHzeobl7s3js0eT3";
+}"""
+    )
+    assert [(f.kind, f.line, f.end_line) for f in found] == [(Kind.HASH, 2, 2), (Kind.PRIVATE_KEY, 4, 6)]
+    assert found[0].severity == "low" and found[1].severity == "high"
+
+
+def test_lists_writetext_and_name_value_pairs() -> None:
+    found = scan(
+        """{ pkgs, lib, ... }: {
+          Environment = [ "LOG_LEVEL=info" "DB_PASS=pw18" ];
+          cmd = [ "redis-server" "--requirepass" "pw19" ];
+          passwordFile = pkgs.writeText "pw" "pw20";
+          env = [ { name = "SESSION_SECRET"; value = "pw21"; } (lib.nameValuePair "API_KEY" "pw22") ];
+          basicAuth = { alice = "pw23"; };
+        }"""
+    )
+    assert [(f.value, f.kind) for f in found] == [
+        (Secret("pw18"), Kind.PASSWORD),
+        (Secret("pw19"), Kind.PASSWORD),
+        (Secret("pw20"), Kind.PASSWORD),
+        (Secret("pw21"), Kind.TOKEN),
+        (Secret("pw22"), Kind.KEY),
+        (Secret("pw23"), Kind.PASSWORD),
+    ]
+
+
+def test_escapes_and_columns_in_characters() -> None:
+    src = '{ "ünï" = "é"; password = "a\\"b"; x = \'\'\n  PASS=\'\'${literal}\n  TOKEN=tök\n\'\'; }'
+    found = scan(src)
+    assert [f.value for f in found] == [Secret('a"b'), Secret("tök")]
+    assert (found[0].line, found[0].col) == (1, 28)  # characters, not bytes: ü ï é are 2 bytes each
+    assert (found[1].line, found[1].col) == (3, 9)
+
+
+def test_imports_lists_start_a_new_module() -> None:
+    f = one('{ imports = [ { services.x.password = "pw24"; } ]; }')
+    assert f.attr_path == "services.x.password"
+
+
+def test_syntax_error_is_reported_not_raised() -> None:
+    result = scan_source(b'{\n  a = "x";\n  b = ;\n}\n', "broken.nix")
+    assert result.findings == ()
+    assert result.problem is not None
+    assert (result.problem.file, result.problem.line) == ("broken.nix", 3)
+    assert str(result.problem).startswith("broken.nix:3:")
+
+
+def test_file_without_any_trigger_is_still_syntax_checked() -> None:
+    assert scan_source(b"{ a = 1; }", "ok.nix").problem is None
+    assert scan_source(b"{ a = 1 }", "bad.nix").problem is not None
+
+
+# --------------------------------------------------------------------------- masking and names
+
+
+def test_values_never_show_in_reprs_or_dicts() -> None:
+    f = one('{ password = "hunter2-value"; }')
+    masked = f.masked(b"k" * 32)
+    for text in (repr(f), str(f), repr(masked), str(masked.to_dict())):
+        assert "hunter2-value" not in text
+    assert masked.to_dict()["value"] == {"masked": MASK, "length": len("hunter2-value")}
+    with pytest.raises(TypeError):
+        pickle.dumps(f)
+    assert pickle.loads(pickle.dumps(masked)) == masked
+
+
+def test_suggested_names() -> None:
+    assert file_project("modules/system/linux/twenty/arion-compose.nix", b"") == "twenty"
+    assert file_project("hosts/newton/default.nix", b"") == "newton"
+    assert file_project("x/anything.nix", b'project.name = "immich";') == "immich"
+    assert suggest_name(project="p", plain=["users", "users", "alice", "hashedPassword"], kind=Kind.HASH,
+                        name_words=["hashed", "password"]) == "alice-hashed-password"  # fmt: skip
+    assert suggest_name(project="p", plain=["virtualisation", "oci-containers", "containers", "paperless",
+                        "environment", "PAPERLESS_SECRET_KEY"], kind=Kind.KEY,
+                        name_words=["paperless", "secret", "key"]) == "paperless-secret-key"  # fmt: skip
+    assert suggest_name(project="p", plain=["services", "grafana", "settings", "security", "admin_password"],
+                        kind=Kind.PASSWORD, name_words=["admin", "password"]) == "grafana-admin-password"  # fmt: skip
+    assert suggest_name(project="twenty", plain=["x"], kind=Kind.URL_CREDENTIAL, url_host="db",
+                        url_user="app") == "twenty-db-app-password"  # fmt: skip
+
+
+def test_disambiguate_one_name_per_distinct_value() -> None:
+    key = b"k" * 32
+    found = scan(
+        '{ services.a.service.environment = { POSTGRES_PASSWORD = "same"; };'
+        "  services.b.service.environment = {"
+        '    DB = "postgres://postgres:same@a/x"; OTHER = "pg://postgres:diff@a/y"; }; }',
+        "twenty/arion-compose.nix",
+    )
+    names = [f.secret_name for f in disambiguate(f.masked(key) for f in found)]
+    assert names == ["twenty-a-password", "twenty-a-password", "twenty-a-password-2"]
