@@ -6,7 +6,6 @@ tree-sitter and rich are imported inside the command, so `nixmig --help` stays f
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from enum import StrEnum
@@ -112,10 +111,11 @@ def _masked(length: int) -> str:
 
 def _summary(run: ScanRun) -> str:
     n = len(run.findings)
-    parts = [
-        f"{n} finding{'s' if n != 1 else ''} in {run.files_with_findings} of "
-        f"{run.files_scanned} file{'s' if run.files_scanned != 1 else ''}"
-    ]
+    files = f"{run.files_scanned} file{'s' if run.files_scanned != 1 else ''}"
+    if n:
+        parts = [f"{n} finding{'s' if n != 1 else ''} in {run.files_with_findings} of {files}"]
+    else:
+        parts = [f"No hardcoded secrets in {files}"]
     if run.problems:
         parts.append(f"{len(run.problems)} not parsed")
     if run.symlinks_skipped:
@@ -141,7 +141,7 @@ def render_text(run: ScanRun) -> None:
             kind = f"{f.kind} (low)" if f.severity == "low" else str(f.kind)
             table.add_row(f.location, kind, f.attr_path or "-", _masked(f.length), f.secret_name)
         console.print(table)
-    console.print(_summary(run) if run.findings else f"No hardcoded secrets: {_summary(run)}.")
+    console.print(_summary(run))
 
 
 def to_json(run: ScanRun) -> dict[str, Any]:
@@ -209,6 +209,8 @@ def _region(line: int, col: int, end_line: int | None = None, end_col: int | Non
 
 
 def _result(f: MaskedFinding, root: Path) -> dict[str, Any]:
+    import hashlib
+
     where = f" in {f.attr_path}" if f.attr_path else ""
     fingerprint = hashlib.sha256(f"{f.file}\0{f.attr_path}\0{f.kind}".encode()).hexdigest()[:32]
     return {
