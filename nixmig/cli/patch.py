@@ -1,0 +1,121 @@
+"""`nixmig patch`: the Nix changes of a migration, as a diff; --write applies them, --check is for CI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from nixmig.cli.common import JsonOption, RepoOption, print_json
+from nixmig.errors import UsageError
+
+if TYPE_CHECKING:
+    from nixmig.nixsrc.patch import Plan
+
+
+def register(app: typer.Typer) -> None:
+    app.command("patch")(patch)
+
+
+def patch(
+    repo: Path | None = RepoOption,
+    config: Path | None = typer.Option(
+        None,
+        "-c",
+        "--config",
+        help="Path to nixmig.toml (default: nixmig.toml in --repo, else in the current directory).",
+        show_default=False,
+    ),
+    migration: str | None = typer.Option(None, "--migration", "-m", help="Migration name (default: the only one)."),
+    write: bool = typer.Option(False, "--write", help="Apply the changes (every file is parsed first; all or none)."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 when the tree is not patched yet (for CI)."),
+    explain: bool = typer.Option(False, "--explain", help="Say for each change which literal it replaces and why."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Patch the Nix modules so the service reads its database password from agenix at runtime.
+
+    Prints the changes as a unified diff (the hardcoded password masked). Edits are
+    byte-exact: nothing outside the edited spans changes, and a second run changes
+    nothing. Literals in shapes nixmig has no template for are listed with the
+    snippet to apply by hand.
+    """
+    from nixmig import config as cfgmod
+    from nixmig.engine import pick_migration
+    from nixmig.nixsrc import patch as pt
+    from nixmig.nixsrc import validate
+
+    if write and check:
+        raise UsageError("--write and --check exclude each other", hint="--check only reports; --write applies")
+    if repo is not None and not repo.is_dir():
+        raise UsageError("not a directory", where=repo, hint="pass --repo with the root of the Nix repository")
+    cfg_path = config or ((repo or Path.cwd()) / cfgmod.DEFAULT_CONFIG)
+    cfg = cfgmod.load(cfg_path)
+    root = repo or cfg.repo
+    name = pick_migration(cfg, migration)
+    spec = pt.spec_for(cfg, name)
+    sources = pt.read_sources(root)
+    plan = pt.plan(sources, spec)
+    notes = list(plan.notes)
+    age_file = root / spec.secrets_dir / f"{spec.secret}.age"
+    if not age_file.exists():
+        notes.append(
+            f"{age_file.relative_to(root)} does not exist yet: create it with `nixmig secret new {spec.secret}`"
+        )
+    diff = plan.diff(sources)
+    checked = None
+    if write and plan.edits:
+        checked = validate.write_all(root, plan.results(sources))
+    elif plan.edits:
+        validate.check_all(plan.results(sources))  # refuse early: the diff shown is one that parses
+
+    if json_out:
+        print_json(_as_json(plan, name, diff, notes, written=checked is not None))
+    else:
+        _render(plan, diff, notes, explain=explain, check=check, checked=checked)
+    if (check and not plan.clean) or (write and plan.manual):
+        raise typer.Exit(1)
+
+
+def _render(plan: Plan, diff: str, notes: list[str], *, explain: bool, check: bool, checked: str | None) -> None:
+    if diff and not check:
+        typer.echo(diff, nl=False)
+    if explain and plan.edits:
+        typer.echo("\nwhy:")
+        for e in plan.edits:
+            typer.echo(f"  {e.where}: {e.explanation}")
+    for m in plan.manual:
+        typer.echo(f"\nby hand: {m.where}: {m.what}" if m.file else f"\nby hand: {m.what}")
+        if m.snippet:
+            typer.echo("\n".join("    " + ln if ln else ln for ln in m.snippet.splitlines()))
+    for n in notes:
+        typer.echo(f"note: {n}", err=True)
+    files = len(plan.files)
+    if not plan.edits:
+        summary = "nothing to change: the tree is patched" if not plan.manual else "nothing nixmig can change by itself"
+    elif checked is not None:
+        summary = f"wrote {files} file{'s' * (files != 1)} ({len(plan.edits)} edits, each checked with {checked})"
+    elif check:
+        summary = (
+            f"not patched: {len(plan.edits)} edits pending in {files} file{'s' * (files != 1)} (nixmig patch --write)"
+        )
+    else:
+        summary = f"{len(plan.edits)} edits in {files} file{'s' * (files != 1)}; run with --write to apply them"
+    if plan.manual:
+        summary += f"; {len(plan.manual)} to do by hand (above)"
+    typer.echo(summary, err=True)
+
+
+def _as_json(plan: Plan, migration: str, diff: str, notes: list[str], *, written: bool) -> dict[str, Any]:
+    return {
+        "migration": migration,
+        "clean": plan.clean,
+        "written": written,
+        "files": plan.files,
+        "edits": [{"file": e.file, "line": e.line, "col": e.col, "explanation": e.explanation} for e in plan.edits],
+        "manual": [
+            {"file": m.file, "line": m.line, "col": m.col, "what": m.what, "snippet": m.snippet} for m in plan.manual
+        ],
+        "notes": notes,
+        "diff": diff,
+    }

@@ -1,0 +1,1786 @@
+"""`nixmig patch`: the Nix edits that move a service's hardcoded database password onto agenix.
+
+Pure: sources in, edits out. :func:`plan` reads the ``.nix`` sources of a repo
+(``{"repo/relative/path.nix": bytes}``) and a :class:`Spec`, and returns every
+edit as ``(file, start_byte, end_byte, replacement, explanation)`` against the
+original bytes, plus the literals it has no template for (with the snippet to
+apply by hand). Nothing outside an edited span changes. The whole plan exists
+before anything is written; the CLI validates every resulting file with
+``nix-instantiate --parse`` (:mod:`nixmig.nixsrc.validate`) and only then writes.
+
+What it does for a database in a container (arion or virtualisation.oci-containers):
+
+- ``age.secrets.NAME = { file = <relative path to NAME.age>; mode = "0400"; }``
+  beside the existing age.secrets;
+- the option that takes a password file (``database.passwordFile``) set to
+  ``config.age.secrets.NAME.path`` in the host's config;
+- ``POSTGRES_PASSWORD = "..."`` becomes ``POSTGRES_PASSWORD_FILE``, with a
+  read-only bind mount of ``/run/agenix/NAME`` into the database container;
+- every URL with the password (``PG_DATABASE_URL = "postgres://u:pw@db/x"``) is
+  removed from the app containers' environment; an ExecStartPre of the unit
+  that starts them renders ``VAR=<the same URL, password percent-encoded>`` into
+  an env file in a 0700 RuntimeDirectory (file 0400) at each start, and
+  ``env_file`` / ``environmentFiles`` points the containers at it.
+
+The secret is never read at evaluation time (no ``builtins.readFile``) and its
+value never appears in a Nix string: Nix only ever holds the path.
+
+Snippets come from the Jinja2 templates in ``templates/`` (autoescape off); the
+Nix string escaping (:func:`nix_string`, :func:`nix_indented`) and the shell
+quoting (:func:`shell_quote`) are done here, explicitly, and tested.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import posixpath
+import re
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from nixmig.errors import ConfigError, NixmigError
+from nixmig.nixsrc.parse import parse_checked, text
+from nixmig.sensitive import MASK
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+    from tree_sitter import Node
+
+    from nixmig.config import Config
+
+TEMPLATES = Path(__file__).parent / "templates"
+DB_PASSWORD_VAR = "POSTGRES_PASSWORD"  # noqa: S105 - a variable name
+URL_SCHEMES = ("postgres", "postgresql")
+MAX_LINE = 100  # a one-line list that would grow past this is rewritten one element per line
+
+
+class PatchError(NixmigError):
+    """The Nix tree cannot be patched as asked (ambiguous, inconsistent, or an edit would not parse)."""
+
+
+# ---------------------------------------------------------------- escaping
+
+
+_NIX_KEYWORDS = frozenset({"if", "then", "else", "let", "in", "rec", "with", "inherit", "assert", "or"})
+_NIX_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")
+
+
+def nix_escape(value: str) -> str:
+    """The inside of a double-quoted Nix string that evaluates to ``value`` (every ``$`` escaped)."""
+    out = []
+    for ch in value:
+        if ch in '"\\$':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def nix_string(value: str) -> str:
+    """A double-quoted Nix string literal that evaluates to exactly ``value``."""
+    return '"' + nix_escape(value) + '"'
+
+
+def nix_attr(name: str) -> str:
+    """``name`` as one attribute of an attrpath: bare when it is an identifier, else quoted."""
+    if _NIX_IDENT.fullmatch(name) and name not in _NIX_KEYWORDS:
+        return name
+    return nix_string(name)
+
+
+def nix_attrpath(names: Sequence[str]) -> str:
+    """An attrpath from names as :func:`attr_names` gives them (an interpolated one is kept as written)."""
+    return ".".join(n if n.startswith('"') and "${" in n else nix_attr(n) for n in names)
+
+
+@dataclass(frozen=True)
+class Antiquote:
+    """Nix code spliced unescaped into an indented string as ``${code}``."""
+
+    code: str
+
+
+def _escape_indented(s: str, *, before_antiquote: bool) -> str:
+    r"""Escape one literal run of an indented string (``''...''``).
+
+    ``''`` is written ``'''`` and ``${`` as ``''${`` (a ``$`` right before an
+    antiquotation too). Those escapes start with a quote, so a single ``'`` right
+    before one of them, or right before the closing ``''``, is written ``''\'``.
+    """
+    tokens: list[str] = []
+    lone: list[int] = []  # tokens that are a single quote
+    i, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if c == "'" and s.startswith("'", i + 1):
+            tokens.append("'''")
+            i += 2
+            continue
+        if c == "'":
+            lone.append(len(tokens))
+            tokens.append("'")
+        elif c == "$" and (s.startswith("{", i + 1) or (i + 1 == n and before_antiquote)):
+            tokens.append("''$")
+        else:
+            tokens.append(c)
+        i += 1
+    for k in lone:
+        nxt = tokens[k + 1] if k + 1 < len(tokens) else None
+        if (nxt is not None and nxt.startswith("'")) or (nxt is None and not before_antiquote):
+            tokens[k] = "''\\'"
+    return "".join(tokens)
+
+
+def nix_indented(parts: Sequence[str | Antiquote], indent: str = "  ") -> str:
+    """A Nix indented string (``''`` ... ``''``) whose value is the concatenation of ``parts``.
+
+    Text is escaped, :class:`Antiquote` parts are spliced in as ``${code}``. Every
+    non-empty line is indented by ``indent`` and Nix strips exactly that, so the
+    value is the text as given as long as one of its lines starts without a space
+    (Nix would strip a common indentation of the text itself too).
+    """
+    pieces: list[str] = []
+    for k, part in enumerate(parts):
+        if isinstance(part, Antiquote):
+            pieces.append("${" + part.code + "}")
+        else:
+            nxt = parts[k + 1] if k + 1 < len(parts) else None
+            pieces.append(_escape_indented(part, before_antiquote=isinstance(nxt, Antiquote)))
+    body = "".join(pieces)
+    lines = body.split("\n")
+    ends_with_newline = lines[-1] == ""
+    if ends_with_newline:
+        lines.pop()
+    elif lines[-1] and not lines[-1].strip(" \t"):
+        # Nix drops a last line of only blanks before the closing quotes: escape one to keep them
+        lines[-1] = lines[-1][:-1] + "''\\" + lines[-1][-1]
+    inner = "\n".join(indent + ln if ln else ln for ln in lines)
+    return "''\n" + inner + ("\n''" if ends_with_newline else "''")
+
+
+def shell_quote(value: str) -> str:
+    """One POSIX shell word that expands to exactly ``value`` (single quotes; ``'`` as ``'"'"'``)."""
+    return shlex.quote(value)
+
+
+def store_name(name: str) -> str:
+    """A valid Nix store path name from ``name`` (for writeShellScript)."""
+    clean = re.sub(r"[^A-Za-z0-9+._?=-]", "-", name).lstrip(".") or "nixmig"
+    return clean[:200]
+
+
+# ---------------------------------------------------------------- templates
+
+
+@functools.cache
+def environment() -> Environment:
+    """The Jinja2 environment: autoescape off, strict undefined, our escaping as filters."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=False,  # noqa: S701 - Nix and shell, not HTML: escaping is explicit (nixstr, shq)
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["nixstr"] = nix_string
+    env.filters["nixesc"] = nix_escape
+    env.filters["nixattr"] = nix_attr
+    env.filters["shq"] = shell_quote
+    return env
+
+
+def template(name: str) -> Any:
+    """The macros of one template (``template("arion-service.nix.j2").env_file(...)``)."""
+    return environment().get_template(name).module
+
+
+@dataclass(frozen=True)
+class EnvLine:
+    var: str
+    prefix: str  # the URL up to the password, as written (e.g. "postgres://postgres:")
+    suffix: str  # the URL after the password (e.g. "@db:5432/default")
+
+
+@dataclass(frozen=True)
+class EnvFile:
+    path: str
+    lines: tuple[EnvLine, ...]
+
+
+PASSWORD_FILE_PLACEHOLDER = "\x00password_file\x00"  # noqa: S105 - a marker
+
+
+def render_script(secret: str, password_file: str, files: Sequence[EnvFile]) -> str:
+    """The env-file renderer (bash). ``password_file`` is a shell word, inserted as is."""
+    tpl = environment().get_template("env-file.sh.j2")
+    return str(tpl.render(secret=secret, password_file=password_file, files=files)).strip("\n") + "\n"
+
+
+def script_in_nix(secret: str, password_file: str | Antiquote, files: Sequence[EnvFile], indent: str = "  ") -> str:
+    """The renderer as a Nix indented string.
+
+    ``password_file`` is a shell word, or an :class:`Antiquote` of Nix code that
+    evaluates to one (``lib.escapeShellArg config.age.secrets.NAME.path``).
+    """
+    if isinstance(password_file, str):
+        return nix_indented([render_script(secret, password_file, files)], indent)
+    script = render_script(secret, PASSWORD_FILE_PLACEHOLDER, files)
+    before, after = script.split(PASSWORD_FILE_PLACEHOLDER)
+    return nix_indented([before, password_file, after], indent)
+
+
+# ---------------------------------------------------------------- reading Nix
+
+
+NixPath = tuple[str, ...]
+_WRAPPERS = frozenset(
+    {"mkIf", "mkDefault", "mkForce", "mkOverride", "mkBefore", "mkAfter", "mkOrder", "mkOptionDefault"}
+)
+
+
+def _key(node: Node) -> tuple[int, int, str]:
+    return (node.start_byte, node.end_byte, node.type)
+
+
+def decode_string(node: Node) -> str | None:
+    """The value of a double-quoted string literal; None if it interpolates anything."""
+    if node.type != "string_expression":
+        return None
+    out: list[str] = []
+    for c in node.named_children:
+        if c.type == "interpolation":
+            return None
+        if c.type == "string_fragment":
+            out.append(text(c))
+        elif c.type == "escape_sequence":
+            ch = text(c)[1:]
+            out.append({"n": "\n", "r": "\r", "t": "\t"}.get(ch, ch))
+        elif c.type == "dollar_escape":
+            continue  # `\$`: the `$` follows as a fragment
+    return "".join(out)
+
+
+def _attr_name(attr: Node) -> str:
+    if attr.type == "string_expression":
+        value = decode_string(attr)
+        return value if value is not None else text(attr)
+    return text(attr)
+
+
+def attr_names(attrpath: Node) -> NixPath:
+    return tuple(_attr_name(a) for a in attrpath.named_children)
+
+
+def _apply_parts(node: Node) -> tuple[str, list[Node]]:
+    """(function name without `lib.`/`builtins.`, arguments in order) of a curried application."""
+    args: list[Node] = []
+    cur: Node | None = node
+    while cur is not None and cur.type == "apply_expression":
+        arg = cur.child_by_field_name("argument")
+        if arg is not None:
+            args.append(arg)
+        cur = cur.child_by_field_name("function")
+    args.reverse()
+    name = ""
+    if cur is not None:
+        if cur.type == "variable_expression":
+            name = text(cur)
+        elif cur.type == "select_expression":
+            ap = cur.child_by_field_name("attrpath")
+            name = attr_names(ap)[-1] if ap is not None else ""
+    return name, args
+
+
+def _unparen(node: Node) -> Node:
+    while node.type == "parenthesized_expression" and node.named_children:
+        node = node.named_children[0]
+    return node
+
+
+def _bindings(attrset: Node) -> list[Node]:
+    return [
+        b
+        for bset in attrset.named_children
+        if bset.type == "binding_set"
+        for b in bset.named_children
+        if b.type in ("binding", "inherit", "inherit_from")
+    ]
+
+
+@dataclass(eq=False)
+class Bind:
+    """``attrpath = expression;`` with the full attribute path from the file's root."""
+
+    path: NixPath
+    node: Node
+    value: Node
+    owner: Node  # the attrset holding the binding
+    exact: bool  # the path is an option path (not inside a let, a function argument ...)
+
+
+@dataclass(eq=False)
+class AttrSet:
+    path: NixPath
+    node: Node
+    exact: bool
+
+
+@dataclass(eq=False)
+class Lit:
+    """A string literal and the attribute path it is bound at (inside lists too)."""
+
+    path: NixPath
+    node: Node
+    exact: bool
+    bind: Bind | None  # the binding whose value is this string, if it is a direct value
+
+
+@dataclass(eq=False)
+class FileModel:
+    name: str
+    source: bytes
+    root: Node
+    binds: list[Bind] = field(default_factory=list)
+    attrsets: list[AttrSet] = field(default_factory=list)
+    lits: list[Lit] = field(default_factory=list)
+    paths: list[tuple[NixPath, Node]] = field(default_factory=list)
+    options: list[tuple[NixPath, Node]] = field(default_factory=list)  # declared with mkOption
+    roots: list[Node] = field(default_factory=list)  # attrsets at the config root (path ())
+
+    def line_col(self, byte: int) -> tuple[int, int]:
+        line = self.source.count(b"\n", 0, byte) + 1
+        col = byte - (self.source.rfind(b"\n", 0, byte) + 1) + 1
+        return line, col
+
+    def where(self, node: Node | int) -> str:
+        byte = node if isinstance(node, int) else node.start_byte
+        line, col = self.line_col(byte)
+        return f"{self.name}:{line}:{col}"
+
+    def text(self, node: Node) -> str:
+        return self.source[node.start_byte : node.end_byte].decode("utf-8")
+
+    def root_of(self, node: Node) -> tuple[Node, Node] | None:
+        """(config-root attrset, its binding that contains ``node``)."""
+        roots = {_key(r) for r in self.roots}
+        child = node
+        cur = node.parent
+        while cur is not None:
+            if cur.type in ("attrset_expression", "rec_attrset_expression") and _key(cur) in roots:
+                b = child
+                while b.parent is not None and b.type not in ("binding", "inherit", "inherit_from"):
+                    b = b.parent
+                return cur, b if b.type == "binding" else child
+            if cur.type in ("binding", "inherit", "inherit_from"):
+                child = cur
+            cur = cur.parent
+        return None
+
+    def function_formals(self) -> Node | None:
+        top = self.root.named_children[0] if self.root.named_children else None
+        if top is None or top.type != "function_expression":
+            return None
+        return top.child_by_field_name("formals")
+
+
+def model(name: str, source: bytes) -> FileModel:
+    """Parse one file (NixSyntaxError with file:line:col) and index its bindings and literals."""
+    tree = parse_checked(source, name)
+    fm = FileModel(name, source, tree.root_node)
+    top = tree.root_node.named_children[0] if tree.root_node.named_children else None
+    if top is not None:
+        _walk_top(fm, top)
+    return fm
+
+
+def _walk_top(fm: FileModel, node: Node) -> None:
+    node = _unparen(node)
+    while node.type in ("function_expression", "let_expression", "with_expression"):
+        if node.type == "let_expression":
+            _walk_let(fm, node)
+        body = node.child_by_field_name("body")
+        if body is None:
+            return
+        node = _unparen(body)
+    if node.type not in ("attrset_expression", "rec_attrset_expression"):
+        _walk(fm, node, (), True)
+        return
+    full_form = False
+    for b in _bindings(node):
+        ap = b.child_by_field_name("attrpath") if b.type == "binding" else None
+        if ap is not None and attr_names(ap)[:1] in (("options",), ("config",)):
+            full_form = True
+    if not full_form:
+        _walk(fm, node, (), True)
+        return
+    # { options = ...; config = ...; imports = ...; }: option paths are those under `config`
+    fm.attrsets.append(AttrSet(("<module>",), node, False))
+    for b in _bindings(node):
+        if b.type != "binding":
+            continue
+        ap, ex = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
+        if ap is None or ex is None:
+            continue
+        names = attr_names(ap)
+        if names[0] == "config":
+            path = names[1:]
+            fm.binds.append(Bind(path, b, ex, node, bool(path)))
+            _walk(fm, ex, path, True)
+        else:
+            fm.binds.append(Bind(("<module>", *names), b, ex, node, False))
+            _walk(fm, ex, names, names[0] == "options")
+
+
+def _walk_let(fm: FileModel, node: Node) -> None:
+    for bset in (c for c in node.named_children if c.type == "binding_set"):
+        for b in bset.named_children:
+            if b.type == "binding":
+                ap, ex = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
+                if ap is not None and ex is not None:
+                    _walk(fm, ex, ("<let>", *attr_names(ap)), False)
+
+
+def _string(fm: FileModel, node: Node, path: NixPath, exact: bool, bind: Bind | None) -> None:
+    fm.lits.append(Lit(path, node, exact, bind))
+    for c in node.named_children:
+        if c.type == "interpolation":
+            for e in c.named_children:
+                _walk(fm, e, path, False)
+
+
+def _walk(fm: FileModel, node: Node, path: NixPath, exact: bool) -> None:
+    t = node.type
+    if t in ("attrset_expression", "rec_attrset_expression"):
+        fm.attrsets.append(AttrSet(path, node, exact))
+        if exact and path == ():
+            fm.roots.append(node)
+        for b in _bindings(node):
+            if b.type != "binding":
+                continue
+            ap, ex = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
+            if ap is None or ex is None:
+                continue
+            sub = path + attr_names(ap)
+            bind = Bind(sub, b, ex, node, exact)
+            fm.binds.append(bind)
+            if ex.type == "string_expression":
+                _string(fm, ex, sub, exact, bind)
+            else:
+                _walk(fm, ex, sub, exact)
+    elif t == "let_expression":
+        _walk_let(fm, node)
+        body = node.child_by_field_name("body")
+        if body is not None:
+            _walk(fm, body, path, exact)
+    elif t == "function_expression":
+        body = node.child_by_field_name("body")
+        if body is not None:
+            _walk(fm, body, path, exact)
+    elif t == "with_expression":
+        body = node.child_by_field_name("body")
+        for c in node.named_children:
+            _walk(fm, c, path, exact and c == body)
+    elif t == "parenthesized_expression":
+        for c in node.named_children:
+            _walk(fm, c, path, exact)
+    elif t == "apply_expression":
+        name, args = _apply_parts(node)
+        if name in _WRAPPERS and args:
+            for a in args[:-1]:
+                _walk(fm, a, path, False)
+            _walk(fm, args[-1], path, exact)
+        elif name == "mkMerge" and args:
+            _walk(fm, args[-1], path, exact)
+        else:
+            if name == "mkOption" and path[:1] == ("options",):
+                fm.options.append((path[1:], node))
+            fn: Node | None = node
+            while fn is not None and fn.type == "apply_expression":
+                fn = fn.child_by_field_name("function")
+            if fn is not None and fn.type not in ("variable_expression", "select_expression"):
+                _walk(fm, fn, path, False)  # `(x: ...) arg`: the function's body may hold literals too
+            for a in args:
+                _walk(fm, a, path, False)
+    elif t == "list_expression":
+        for c in node.named_children:
+            _walk(fm, c, path, exact)
+    elif t == "string_expression":
+        _string(fm, node, path, exact, None)
+    elif t == "path_expression":
+        fm.paths.append((path, node))
+    elif t in ("binary_expression", "if_expression"):
+        cond = node.child_by_field_name("condition")
+        for c in node.named_children:
+            _walk(fm, c, path, exact and c != cond)
+    else:
+        for c in node.named_children:
+            _walk(fm, c, path, False)
+
+
+# ---------------------------------------------------------------- what to do
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What `nixmig patch` needs to know; every field but ``secret`` can be inferred from the tree."""
+
+    secret: str
+    role: str = "postgres"
+    secrets_dir: str = "secrets"
+    agenix_dir: str = "/run/agenix"
+    host: str | None = None
+    container: str | None = None
+    module: str | None = None
+    compose: str | None = None
+    host_file: str | None = None
+    password_option: str | None = None
+    db_service: str | None = None
+    app_services: tuple[str, ...] = ()
+    unit: str | None = None
+    env_file: str | None = None
+
+    @property
+    def secret_on_host(self) -> str:
+        return posixpath.join(self.agenix_dir, self.secret)
+
+    @property
+    def secret_in_container(self) -> str:
+        return posixpath.join("/run/secrets", self.secret)
+
+
+def spec_for(cfg: Config, migration: str) -> Spec:
+    """The Spec of one migration of a loaded nixmig.toml."""
+    mig = cfg.migrations[migration]
+    svc = cfg.services[mig.service]
+    host = cfg.hosts[svc.host]
+    return Spec(
+        secret=mig.secret,
+        role=svc.role,
+        secrets_dir=cfg.secrets_dir,
+        agenix_dir=host.agenix_dir,
+        host=svc.host,
+        container=svc.container,
+        module=mig.module,
+        compose=mig.compose,
+        host_file=mig.host_file,
+        password_option=mig.password_option,
+        db_service=mig.db_service,
+        app_services=tuple(mig.app_services),
+        unit=mig.unit,
+        env_file=mig.env_file,
+    )
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace bytes [start, end) of ``file`` (original offsets) with ``replacement``."""
+
+    file: str
+    start: int
+    end: int
+    replacement: bytes
+    explanation: str
+    line: int = 0
+    col: int = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Manual:
+    """A hardcoded literal nixmig has no template for: said, not guessed."""
+
+    file: str
+    line: int
+    col: int
+    what: str
+    snippet: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    edits: tuple[Edit, ...]
+    manual: tuple[Manual, ...]
+    notes: tuple[str, ...]
+    masks: tuple[tuple[str, int, int], ...]  # spans of the hardcoded secret in the original sources
+
+    @property
+    def files(self) -> list[str]:
+        return sorted({e.file for e in self.edits})
+
+    @property
+    def clean(self) -> bool:
+        """Nothing left to do: no edit and nothing to apply by hand."""
+        return not self.edits and not self.manual
+
+    def results(self, sources: Mapping[str, bytes]) -> dict[str, bytes]:
+        """The new contents of every file that changes."""
+        return {f: apply_edits(sources[f], [e for e in self.edits if e.file == f]) for f in self.files}
+
+    def diff(self, sources: Mapping[str, bytes]) -> str:
+        """A unified diff of the changes, with the hardcoded secret masked."""
+        out: list[str] = []
+        for f in self.files:
+            spans = [(s, e) for (mf, s, e) in self.masks if mf == f]
+            src = sources[f]
+            old = _masked(src, 0, len(src), spans).decode("utf-8", "replace")
+            new = _apply(src, [e for e in self.edits if e.file == f], spans).decode("utf-8", "replace")
+            out.extend(
+                difflib.unified_diff(
+                    old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{f}", f"b/{f}", n=3
+                )
+            )
+        return "".join(ln if ln.endswith("\n") else ln + "\n\\ No newline at end of file\n" for ln in out)
+
+
+def _masked(src: bytes, a: int, b: int, spans: Sequence[tuple[int, int]]) -> bytes:
+    out = bytearray()
+    pos = a
+    for s, e in sorted(spans):
+        s, e = max(s, a), min(e, b)
+        if s >= e or s < pos:
+            continue
+        out += src[pos:s] + MASK.encode()
+        pos = e
+    out += src[pos:b]
+    return bytes(out)
+
+
+def _apply(src: bytes, edits: Sequence[Edit], spans: Sequence[tuple[int, int]] = ()) -> bytes:
+    out = bytearray()
+    pos = 0
+    for e in sorted(edits, key=lambda e: (e.start, e.end)):
+        if e.start < pos:
+            raise PatchError(f"overlapping edits at byte {e.start}", where=e.file, hint="a bug in nixmig: report it")
+        out += _masked(src, pos, e.start, spans) + e.replacement
+        pos = e.end
+    out += _masked(src, pos, len(src), spans)
+    return bytes(out)
+
+
+def apply_edits(source: bytes, edits: Sequence[Edit]) -> bytes:
+    """``source`` with ``edits`` applied (all offsets are into ``source``); other bytes are kept."""
+    return _apply(source, edits)
+
+
+# ---------------------------------------------------------------- edit helpers
+
+
+def _line_start(src: bytes, pos: int) -> int:
+    return src.rfind(b"\n", 0, pos) + 1
+
+
+def _line_end(src: bytes, pos: int) -> int:
+    end = src.find(b"\n", pos)
+    return len(src) if end == -1 else end
+
+
+def _indent_of(src: bytes, node: Node) -> str:
+    start = _line_start(src, node.start_byte)
+    head = src[start : node.start_byte].decode("utf-8")
+    return head[: len(head) - len(head.lstrip())]
+
+
+def reindent(snippet: str, indent: str) -> str:
+    """Prefix every non-empty line with ``indent``."""
+    return "\n".join(indent + ln if ln else ln for ln in snippet.split("\n"))
+
+
+def _rest_of_line_is_blank(src: bytes, pos: int) -> bool:
+    rest = src[pos : _line_end(src, pos)].strip()
+    return not rest or rest.startswith(b"#")
+
+
+class _Edits:
+    """Collects edits for one plan, with original line:col for each."""
+
+    def __init__(self, models: Mapping[str, FileModel]):
+        self.models = models
+        self.items: list[Edit] = []
+
+    def add(self, fm: FileModel, start: int, end: int, replacement: str, why: str, at: Node | None = None) -> None:
+        line, col = fm.line_col(at.start_byte if at is not None else start)
+        self.items.append(Edit(fm.name, start, end, replacement.encode(), why, line, col))
+
+    def insert_binding(self, fm: FileModel, attrset: Node, snippet: str, why: str, after: Node | None = None) -> None:
+        """Add ``snippet`` (one or more bindings) to ``attrset``, after ``after`` or its last binding."""
+        src = fm.source
+        snippet = snippet.strip("\n")
+        bindings = _bindings(attrset)
+        if not bindings:
+            open_indent = _indent_of(src, attrset)
+            close = attrset.end_byte - 1
+            inner = open_indent + "  "
+            between = src[attrset.start_byte + 1 : close]
+            if b"\n" in between:  # `{\n  # comment\n}`: a line of its own before the brace
+                at = _line_start(src, close)
+                self.add(fm, at, at, reindent(snippet, inner) + "\n", why)
+            else:
+                self.add(fm, attrset.start_byte + 1, close, "\n" + reindent(snippet, inner) + "\n" + open_indent, why)
+            return
+        anchor = after if after is not None else bindings[-1]
+        if not _rest_of_line_is_blank(src, anchor.end_byte) or ("\n" not in snippet and _same_line(src, anchor)):
+            self.add(fm, anchor.end_byte, anchor.end_byte, " " + snippet, why)
+            return
+        at = _line_end(src, anchor.end_byte)
+        self.add(fm, at, at, "\n" + reindent(snippet, _indent_of(src, anchor)), why)
+
+    def remove_binding(self, fm: FileModel, binding: Node, why: str) -> None:
+        src = fm.source
+        start = _line_start(src, binding.start_byte)
+        alone_before = not src[start : binding.start_byte].strip()
+        if alone_before and _rest_of_line_is_blank(src, binding.end_byte):
+            end = _line_end(src, binding.end_byte)
+            self.add(fm, start, min(end + 1, len(src)), "", why, at=binding)
+            return
+        end = binding.end_byte
+        while end < len(src) and src[end : end + 1] in (b" ", b"\t"):
+            end += 1
+        self.add(fm, binding.start_byte, end, "", why)
+
+    def append_element(self, fm: FileModel, lst: Node, element: str, why: str) -> None:
+        src = fm.source
+        elems = list(lst.named_children)
+        if not elems:
+            self.add(fm, lst.start_byte + 1, lst.end_byte - 1, f" {element} ", why)
+            return
+        last = elems[-1]
+        if src.count(b"\n", lst.start_byte, lst.end_byte) == 0:
+            line = src[_line_start(src, lst.start_byte) : _line_end(src, lst.end_byte)]
+            if len(line) + len(element) + 1 <= MAX_LINE or any(e.type == "comment" for e in lst.children):
+                self.add(fm, last.end_byte, last.end_byte, f" {element}", why)
+                return
+            # too long for one line: one element per line (the elements' bytes are kept)
+            indent = _indent_of(src, lst)
+            items = [fm.text(e) for e in elems] + [element]
+            body = "".join(f"\n{indent}  {it}" for it in items)
+            self.add(fm, lst.start_byte, lst.end_byte, f"[{body}\n{indent}]", why, at=last)
+        else:
+            self.add(fm, last.end_byte, last.end_byte, "\n" + _indent_of(src, last) + element, why)
+
+    def ensure_formals(self, fm: FileModel, names: Sequence[str], why: str) -> bool:
+        """Add missing names to the file's `{ ... }:` formals. False when the file is not such a function."""
+        formals = fm.function_formals()
+        if formals is None:
+            return False
+        have = {text(n) for f in formals.named_children if f.type == "formal" for n in f.named_children[:1]}
+        missing = [n for n in names if n not in have]
+        if not missing:
+            return True
+        firsts = [c for c in formals.named_children if c.type in ("formal", "ellipses")]
+        if not firsts:
+            self.add(fm, formals.start_byte + 1, formals.end_byte - 1, " " + ", ".join(missing) + " ", why)
+            return True
+        first = firsts[0]
+        multiline = len(firsts) > 1 and fm.line_col(firsts[1].start_byte)[0] != fm.line_col(first.start_byte)[0]
+        sep = ",\n" + _indent_of(fm.source, first) if multiline else ", "
+        if firsts[-1].type == "ellipses":  # `{ config, pkgs, ... }` -> `{ config, pkgs, lib, ... }`
+            at = firsts[-1].start_byte
+            self.add(fm, at, at, sep.join(missing) + sep, why)
+        else:
+            at = firsts[-1].end_byte
+            self.add(fm, at, at, sep + sep.join(missing), why)
+        return True
+
+
+def _same_line(src: bytes, node: Node) -> bool:
+    """The binding shares its line with something before it (a one-line attrset)."""
+    return bool(src[_line_start(src, node.start_byte) : node.start_byte].strip(b" \t{"))
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass(eq=False)
+class _Db:
+    fm: FileModel
+    kind: str  # "arion" | "oci"
+    name: str  # compose service or oci container name
+    prefix: NixPath  # path of the service's/container's attrset that holds environment, volumes
+    bind: Bind | None  # POSTGRES_PASSWORD = "..." (None when already a file)
+    password: str | None
+
+
+@dataclass(eq=False)
+class _Renderer:
+    """One systemd unit that renders env files for some consumers."""
+
+    key: tuple[str, ...]
+    kind: str  # "arion" | "oci" | "systemd"
+    fm: FileModel
+    anchor: Node  # a node inside the config-root binding the unit's bindings go after
+    unit_seg: str  # the unit's name under systemd.services, as attr_names gives it
+    unit: str  # the unit (or, for oci-containers, the container) as said to the user
+    runtime_dir: str
+    files: dict[str, list[EnvLine]] = field(default_factory=dict)
+    container: str = ""
+    literals: list[str] = field(default_factory=list)  # "VAR at file:line:col" it replaces
+
+
+class _Builder:
+    def __init__(self, models: Mapping[str, FileModel], spec: Spec):
+        self.models = models
+        self.spec = spec
+        self.ed = _Edits(models)
+        self.manual: list[Manual] = []
+        self.notes: list[str] = []
+        self.masks: list[tuple[str, int, int]] = []
+        self.renderers: dict[tuple[str, ...], _Renderer] = {}
+        self.handled: set[tuple[str, int]] = set()
+        self.needs_formals: dict[str, set[str]] = {}
+        self.handled_env: set[tuple[str, ...]] = set()
+        self.no_project: list[str] = []
+        self.replaced: list[str] = []  # "VAR at file:line:col" of every literal the plan removes
+        self.option_paths = {p for _, p in self.option_candidates()}
+        self.option_literal: tuple[FileModel, Bind, NixPath] | None = None  # `password = "..."` beside passwordFile
+
+    # ------------------------------------------------ lookups
+
+    def all_binds(self) -> Iterator[tuple[FileModel, Bind]]:
+        for fm in self.models.values():
+            for b in fm.binds:
+                yield fm, b
+
+    def all_lits(self) -> Iterator[tuple[FileModel, Lit]]:
+        for fm in self.models.values():
+            for lit in fm.lits:
+                yield fm, lit
+
+    def file(self, name: str, key: str) -> FileModel:
+        name = posixpath.normpath(name)
+        if name not in self.models:
+            raise ConfigError(
+                f"migrations: {key} = {name!r}: no such .nix file in the repository",
+                hint="paths are relative to the repository root",
+            )
+        return self.models[name]
+
+    def attrset_at(self, fm: FileModel, path: NixPath, within: Node | None = None) -> AttrSet | None:
+        """The deepest option-path attrset of ``fm`` at a prefix of ``path`` (inside ``within``)."""
+        best: AttrSet | None = None
+        for a in fm.attrsets:
+            if not a.exact or a.path != path[: len(a.path)]:
+                continue
+            if within is not None and not (
+                within.start_byte <= a.node.start_byte and a.node.end_byte <= within.end_byte
+            ):
+                continue
+            if best is None or len(a.path) > len(best.path) or (len(a.path) == len(best.path)):
+                best = a
+        return best
+
+    def insert_path(
+        self, fm: FileModel, root: Node | None, path: NixPath, render: Any, why: str, after: Node | None = None
+    ) -> None:
+        """Bind ``path`` in the deepest attrset of ``fm`` on the way to it (inside ``root`` if given)."""
+        target = self.attrset_at(fm, path, within=root)
+        if target is None:
+            raise PatchError(f"no attrset to add {'.'.join(path)} to", where=fm.name)
+        rest = path[len(target.path) :]
+        anchor = after if after is not None and after.parent is not None and _in(after, target.node) else None
+        self.ed.insert_binding(fm, target.node, render(nix_attrpath(rest)), why, after=anchor)
+
+    # ------------------------------------------------ the database
+
+    def find_db(self) -> _Db | None:
+        found: list[_Db] = []
+        already: list[_Db] = []
+        for fm, b in self.all_binds():
+            if not b.exact or not b.path or b.path[-1] not in (DB_PASSWORD_VAR, DB_PASSWORD_VAR + "_FILE"):
+                continue
+            shape = _container_shape(b.path[:-2]) if b.path[-2:-1] == ("environment",) else None
+            if shape is None:
+                continue
+            kind, name, prefix = shape
+            if self.spec.compose and kind == "arion" and fm.name != posixpath.normpath(self.spec.compose):
+                continue
+            if self.spec.db_service and name != self.spec.db_service:
+                continue
+            if b.path[-1] == DB_PASSWORD_VAR + "_FILE":
+                already.append(_Db(fm, kind, name, prefix, None, None))
+                continue
+            value = decode_string(b.value)
+            if value is None:
+                self.manual_here(
+                    fm,
+                    b.value,
+                    f"{'.'.join(b.path)} is computed, not a literal: nixmig cannot tell where the password comes from",
+                    self.db_snippet(kind, prefix),
+                )
+                continue
+            found.append(_Db(fm, kind, name, prefix, b, value))
+        found = self._pick(found) if len(found) > 1 else found
+        if found:
+            return found[0]
+        already = self._pick(already) if len(already) > 1 else already
+        return already[0] if already else None
+
+    def _pick(self, dbs: list[_Db]) -> list[_Db]:
+        c = self.spec.container
+        if c:
+            hits = [d for d in dbs if c in (d.name, f"{_project_of(d)}-{d.name}-1", f"{_project_of(d)}_{d.name}_1")]
+            hits = hits or [d for d in dbs if c.endswith((f"-{d.name}-1", f"_{d.name}_1"))]
+            if len(hits) == 1:
+                return hits
+        names = ", ".join(sorted({f"{d.name} ({d.fm.name})" for d in dbs}))
+        raise PatchError(
+            f"several database containers set {DB_PASSWORD_VAR}: {names}",
+            hint="set db_service (and compose) for this migration in nixmig.toml",
+        )
+
+    def db_snippet(self, kind: str, prefix: NixPath) -> str:
+        tpl = template("arion-service.nix.j2" if kind == "arion" else "oci-containers.nix.j2")
+        return "\n".join(
+            [
+                f"# in {'.'.join(prefix)}:",
+                str(tpl.password_file_env(DB_PASSWORD_VAR + "_FILE", self.spec.secret_in_container)),
+                str(tpl.volumes("volumes", self.spec.secret_on_host, self.spec.secret_in_container)),
+            ]
+        )
+
+    def patch_db(self, db: _Db) -> None:
+        fm, spec = db.fm, self.spec
+        tpl = template("arion-service.nix.j2" if db.kind == "arion" else "oci-containers.nix.j2")
+        if db.bind is not None:
+            self.mask_literal(fm, db.bind.value)
+            b = db.bind
+            ap = b.node.child_by_field_name("attrpath")
+            assert ap is not None
+            last = ap.named_children[-1]
+            new = str(tpl.password_file_env(DB_PASSWORD_VAR + "_FILE", spec.secret_in_container))
+            name, _, rest = new.partition(" = ")
+            self.ed.add(
+                fm,
+                last.start_byte,
+                b.node.end_byte,
+                name + fm.source[last.end_byte : b.value.start_byte].decode() + rest,
+                f"replaces the hardcoded {DB_PASSWORD_VAR} of the {db.name} container: the image reads the "
+                f"password from {spec.secret_in_container} (a read-only bind mount of the agenix file) when it "
+                f"initialises the data directory; the password of the existing role is changed by `nixmig apply` "
+                f"(ALTER ROLE), since the image ignores both variables once the data directory exists",
+            )
+            self.handled.add((fm.name, b.value.start_byte))
+            self.replaced.append(f"{DB_PASSWORD_VAR} at {fm.where(b.value)}")
+        elif not self._file_var_is_ours(db):
+            return  # POSTGRES_PASSWORD_FILE points somewhere else: the user's own setup
+        self.ensure_volume(db, tpl)
+
+    def _file_var_is_ours(self, db: _Db) -> bool:
+        for b in db.fm.binds:
+            if b.path == (*db.prefix, "environment", DB_PASSWORD_VAR + "_FILE"):
+                return decode_string(b.value) == self.spec.secret_in_container
+        return False
+
+    def ensure_volume(self, db: _Db, tpl: Any) -> None:
+        fm, spec = db.fm, self.spec
+        vol_path = (*db.prefix, "volumes")
+        mount = f"{spec.secret_on_host}:{spec.secret_in_container}:ro"
+        why = (
+            f"bind-mounts the agenix file {spec.secret_on_host} read-only at {spec.secret_in_container} in the "
+            f"{db.name} container (only the path is in the Nix store)"
+        )
+        for b in fm.binds:
+            if b.path == vol_path and _unparen(b.value).type == "list_expression":
+                lst = _unparen(b.value)
+                if any(decode_string(e) == mount for e in lst.named_children):
+                    return
+                self.ed.append_element(fm, lst, str(tpl.volume(spec.secret_on_host, spec.secret_in_container)), why)
+                return
+            if b.path == vol_path:
+                self.manual_here(
+                    fm,
+                    b.value,
+                    f"{'.'.join(vol_path)} is not a list literal",
+                    str(tpl.volume(spec.secret_on_host, spec.secret_in_container)),
+                )
+                return
+        anchor = self._bind_at(fm, (*db.prefix, "environment"))
+        root = self._service_attrset(fm, db.prefix)
+        self.insert_path(
+            fm,
+            root,
+            vol_path,
+            lambda attr: str(tpl.volumes(attr, spec.secret_on_host, spec.secret_in_container)),
+            why,
+            after=anchor.node if anchor else None,
+        )
+
+    def _bind_at(self, fm: FileModel, path: NixPath) -> Bind | None:
+        for b in fm.binds:
+            if b.path == path and b.exact:
+                return b
+        return None
+
+    def _service_attrset(self, fm: FileModel, prefix: NixPath) -> Node:
+        a = self.attrset_at(fm, prefix)
+        if a is None:
+            raise PatchError(f"no attrset for {'.'.join(prefix)}", where=fm.name)
+        return a.node
+
+    # ------------------------------------------------ URLs and other literals
+
+    def scan_literals(self, password: str | None, db: _Db | None) -> None:
+        for fm, lit in self.all_lits():
+            if (fm.name, lit.node.start_byte) in self.handled:
+                continue
+            value = decode_string(lit.node)
+            if value is None:
+                continue
+            url = split_url(value, password)
+            if url is not None and self._is_ours(url, password, db):
+                if self._other_project(fm, lit, db):
+                    self.notes.append(
+                        f"{fm.where(lit.node)}: a URL with the same password in another arion project; "
+                        f"not this migration's database, left as it is (nixmig scan lists it)"
+                    )
+                    continue
+                self.on_url(fm, lit, value, url)
+            elif (
+                lit.bind is not None
+                and lit.exact
+                and lit.path[-1:] == ("password",)
+                and (password is None or value == password)
+                and ((*lit.path[:-1], "passwordFile")) in self.option_paths
+                and self.option_literal is None
+            ):
+                self.option_literal = (fm, lit.bind, (*lit.path[:-1], "passwordFile"))
+                self.handled.add((fm.name, lit.node.start_byte))
+                self.replaced.append(f"{'.'.join(lit.path)} at {fm.where(lit.node)}")
+            elif password is not None and value == password and lit.bind is not None and _secret_name(lit.path):
+                self.mask_literal(fm, lit.node)
+                self.manual_here(
+                    fm,
+                    lit.node,
+                    f"the hardcoded password is bound to {'.'.join(lit.path)}: no template for this shape",
+                    self.generic_snippet(lit.path),
+                )
+
+    def _other_project(self, fm: FileModel, lit: Lit, db: _Db | None) -> bool:
+        """The literal is in an arion service of another project than the database's."""
+        if db is None or db.kind != "arion" or len(lit.path) < 2 or lit.path[-2] != "environment":
+            return False
+        shape = _container_shape(lit.path[:-2])
+        if shape is None or shape[0] != "arion":
+            return False
+        return _project_key(fm, shape[2]) != _project_key(db.fm, db.prefix)
+
+    def _is_ours(self, url: UrlParts, password: str | None, db: _Db | None) -> bool:
+        if unquote(url.user) != self.spec.role:
+            return False
+        if password is not None:
+            return unquote(url.password) == password
+        hosts = {"localhost", "127.0.0.1", "::1"} | ({db.name} if db else set())
+        return url.host in hosts
+
+    def on_url(self, fm: FileModel, lit: Lit, value: str, url: UrlParts) -> None:
+        self.mask_url(fm, lit.node, value, url)
+        var = lit.path[-1] if lit.path else ""
+        shape = _container_shape(lit.path[:-2]) if len(lit.path) >= 2 and lit.path[-2] == "environment" else None
+        systemd = _systemd_shape(lit.path)
+        problem = None
+        if lit.bind is None or not lit.exact:
+            problem = "not bound directly to an environment variable"
+        elif url.embedded:
+            problem = "the URL is part of a longer string"
+        elif not _ENV_VAR.fullmatch(var):
+            problem = f"{var!r} is not an environment variable name"
+        elif not (_SAFE_URL_PART.fullmatch(url.prefix) and _SAFE_URL_PART.fullmatch(url.suffix)):
+            problem = "the URL has characters an env file would reinterpret (quotes, spaces, $, backslashes)"
+        if problem is None and shape is not None:
+            kind, name, prefix = shape
+            if self.spec.app_services and name not in self.spec.app_services:
+                problem = f"{name} is not in app_services"
+            else:
+                self.url_in_container(fm, lit, kind, name, prefix, EnvLine(var, url.prefix, url.suffix))
+                return
+        elif problem is None and systemd is not None:
+            self.url_in_systemd(fm, lit, systemd, EnvLine(var, url.prefix, url.suffix))
+            return
+        where = ".".join(lit.path) if lit.path else "an unbound string"
+        self.manual_here(
+            fm,
+            lit.node,
+            f"a {url.scheme}:// URL with the hardcoded password in {where}: "
+            + (problem or "no template for this shape"),
+            self.generic_snippet(lit.path, EnvLine(var or "DATABASE_URL", url.prefix, url.suffix)),
+        )
+
+    def url_in_container(self, fm: FileModel, lit: Lit, kind: str, name: str, prefix: NixPath, line: EnvLine) -> None:
+        assert lit.bind is not None
+        r = self.renderer_for_container(fm, kind, name, prefix)
+        if r is None:
+            self.manual_here(
+                fm,
+                lit.node,
+                f"{line.var} in the {name} container: no arion project imports {fm.name} by path, so nixmig "
+                f"cannot tell which systemd unit starts it (set unit and module for this migration)",
+                self.generic_snippet(lit.path, line),
+            )
+            return
+        env_path = self.env_path(r)
+        existing = r.files.setdefault(env_path, [])
+        clash = [x for x in existing if x.var == line.var and x != line]
+        if clash:
+            self.manual_here(
+                fm,
+                lit.node,
+                f"{line.var} has different URLs in different containers of {r.unit}: set env_file per "
+                f"container by hand",
+                self.generic_snippet(lit.path, line),
+            )
+            return
+        if line not in existing:
+            existing.append(line)
+        self.ed.remove_binding(
+            fm,
+            lit.bind.node,
+            f"removes {line.var} (a URL with the hardcoded password) from the {name} container's environment, "
+            f"which lands in the world-readable Nix store: the container reads it from {env_path} instead",
+        )
+        self.handled.add((fm.name, lit.node.start_byte))
+        self.replaced.append(f"{line.var} at {fm.where(lit.node)}")
+        r.literals.append(f"{line.var} at {fm.where(lit.node)}")
+        self.ensure_env_file(fm, kind, name, prefix, env_path, lit)
+
+    def ensure_env_file(self, fm: FileModel, kind: str, name: str, prefix: NixPath, env_path: str, lit: Lit) -> None:
+        attr = "env_file" if kind == "arion" else "environmentFiles"
+        tpl = template("arion-service.nix.j2" if kind == "arion" else "oci-containers.nix.j2")
+        why = (
+            f"points the {name} container at {env_path}, rendered at each start by the unit's ExecStartPre "
+            f"(outside the Nix store), for {lit.path[-1]} removed at {fm.where(lit.node)}"
+        )
+        key = (fm.name, *prefix, attr, env_path)
+        if key in self.handled_env:
+            return
+        self.handled_env.add(key)
+        for b in fm.binds:
+            if b.path == (*prefix, attr):
+                lst = _unparen(b.value)
+                if lst.type == "list_expression":
+                    if not any(decode_string(e) == env_path for e in lst.named_children):
+                        self.ed.append_element(fm, lst, str(tpl.env_file_entry(env_path)), why)
+                    return
+                self.manual_here(
+                    fm, b.value, f"{'.'.join(b.path)} is not a list literal", str(tpl.env_file_entry(env_path))
+                )
+                return
+        env_bind = self._bind_at(fm, (*prefix, "environment"))
+        after = env_bind.node if env_bind is not None else None
+        macro = tpl.env_file if kind == "arion" else tpl.environment_files
+        root = self._service_attrset(fm, prefix)
+        self.insert_path(fm, root, (*prefix, attr), lambda a: str(macro(a, [env_path])), why, after)
+
+    def renderer_for_container(self, fm: FileModel, kind: str, name: str, prefix: NixPath) -> _Renderer | None:
+        if kind == "oci":
+            key = ("oci", fm.name, name)
+            if key not in self.renderers:
+                containers = self._bind_containing(fm, prefix)
+                unit_seg = '"${config.virtualisation.oci-containers.backend}-' + nix_escape(name) + '"'
+                self.renderers[key] = _Renderer(key, "oci", fm, containers, unit_seg, name, name, container=name)
+            return self.renderers[key]
+        # arion: the project (and its unit) that brings this compose file up
+        project = self.arion_project(fm, prefix)
+        if project is None:
+            return None
+        pfm, pname, anchor, unit = project
+        key = ("arion", pfm.name, pname)
+        if key not in self.renderers:
+            self.renderers[key] = _Renderer(key, "arion", pfm, anchor, unit, unit, unit)
+        return self.renderers[key]
+
+    def _bind_containing(self, fm: FileModel, prefix: NixPath) -> Node:
+        for b in fm.binds:
+            if b.exact and b.path and prefix[: len(b.path)] == b.path:
+                return b.node
+        raise PatchError(f"no binding for {'.'.join(prefix)}", where=fm.name)
+
+    def arion_project(self, fm: FileModel, prefix: NixPath) -> tuple[FileModel, str, Node, str] | None:
+        """(file, project name, a node of the project's binding, unit name) for a compose service."""
+        pname: str | None = None
+        pfm: FileModel | None = None
+        anchor: Node | None = None
+        if prefix[:3] == ("virtualisation", "arion", "projects") and len(prefix) > 3:
+            pfm, pname = fm, prefix[3]
+            anchor = self._bind_containing(fm, prefix[:4])
+        else:
+            hits: list[tuple[FileModel, str, Node]] = []
+            projects: list[tuple[FileModel, str, Node]] = []
+            for other in self.models.values():
+                for path, node in other.paths:
+                    if path[:3] == ("virtualisation", "arion", "projects") and len(path) > 3:
+                        target = posixpath.normpath(posixpath.join(posixpath.dirname(other.name), text(node)))
+                        if fm.name in (target, posixpath.join(target, "default.nix")):
+                            hits.append((other, path[3], node))
+                for b in other.binds:
+                    if b.exact and len(b.path) >= 4 and b.path[:3] == ("virtualisation", "arion", "projects"):
+                        projects.append((other, b.path[3], b.node))
+            if not hits and len({(p[0].name, p[1]) for p in projects}) == 1:
+                hits = projects[:1]
+                self.notes.append(
+                    f"{fm.name} is not imported by path from a project: assuming the only arion project, "
+                    f"{projects[0][1]} in {projects[0][0].name}"
+                )
+            if not hits:
+                if self.spec.unit and self.spec.module:
+                    mfm = self.file(self.spec.module, "module")
+                    if mfm.roots:
+                        return mfm, self.spec.unit, _bindings(mfm.roots[0])[-1], self.spec.unit
+                self.no_project.append(fm.name)
+                return None
+            pfm, pname, node = hits[0]
+            anchor = node
+        assert pfm is not None and pname is not None and anchor is not None
+        unit = self.spec.unit or f"arion-{pname}"
+        if not self.spec.unit:
+            for b in pfm.binds:
+                if b.path == ("virtualisation", "arion", "projects", pname, "serviceName"):
+                    v = decode_string(b.value)
+                    if v is None:
+                        raise PatchError(
+                            "the arion project's serviceName is computed",
+                            where=pfm.where(b.value),
+                            hint="set unit for this migration in nixmig.toml",
+                        )
+                    unit = v
+        return pfm, pname, anchor, unit
+
+    def url_in_systemd(self, fm: FileModel, lit: Lit, unit: str, line: EnvLine) -> None:
+        assert lit.bind is not None
+        key = ("systemd", fm.name, unit)
+        if key not in self.renderers:
+            anchor = self._bind_containing(fm, ("systemd", "services", unit))
+            self.renderers[key] = _Renderer(key, "systemd", fm, anchor, unit, unit, unit)
+        r = self.renderers[key]
+        env_path = self.env_path(r)
+        existing = r.files.setdefault(env_path, [])
+        if line not in existing:
+            existing.append(line)
+        self.ed.remove_binding(
+            fm,
+            lit.bind.node,
+            f"removes {line.var} (a URL with the hardcoded password) from the {unit} unit's Environment, which "
+            f"lands in the world-readable Nix store: the unit reads it from {env_path} (EnvironmentFile)",
+        )
+        self.handled.add((fm.name, lit.node.start_byte))
+        self.replaced.append(f"{line.var} at {fm.where(lit.node)}")
+        r.literals.append(f"{line.var} at {fm.where(lit.node)}")
+
+    def env_path(self, r: _Renderer) -> str:
+        if self.spec.env_file:
+            return self.spec.env_file
+        return f"/run/{r.runtime_dir}/{self.spec.secret}.env"
+
+    def runtime_dir(self, r: _Renderer) -> str:
+        paths = list(r.files)
+        dirs = {posixpath.dirname(p) for p in paths}
+        if len(dirs) != 1 or not next(iter(dirs)).startswith("/run/"):
+            raise ConfigError(
+                f"env_file = {paths[0]!r}: must be a file directly in a directory under /run",
+                hint="systemd creates it as the unit's RuntimeDirectory (0700)",
+            )
+        return next(iter(dirs)).removeprefix("/run/")
+
+    # ------------------------------------------------ renderers
+
+    def emit_renderers(self) -> None:
+        spec = self.spec
+        for r in self.renderers.values():
+            if not r.files:
+                continue
+            files = [EnvFile(p, tuple(lines)) for p, lines in r.files.items()]
+            fm = r.fm
+            if self.has_renderer(r.runtime_dir):
+                missing = [ln for ln in _printf_lines(spec.secret, files) if ln.encode() not in fm.source]
+                if missing:
+                    self.manual_here(
+                        fm,
+                        r.anchor,
+                        f"{r.unit} already renders {spec.secret}, but not every URL found: add these lines to it",
+                        "\n".join(missing),
+                    )
+                continue
+            path = ("systemd", "services", r.unit_seg, "serviceConfig")
+            root = fm.root_of(r.anchor)
+            if root is None:
+                snippet = self.render_unit(r, files, nix_attrpath(path))
+                self.manual_here(fm, r.anchor, f"cannot find where {r.unit} is configured in this module", snippet)
+                continue
+            attrset, root_binding = root
+            target = self.attrset_at(fm, path, within=attrset)
+            if target is None:
+                raise PatchError(f"no attrset for the unit {r.unit}", where=fm.name)
+            after = root_binding if target.node == attrset else None
+            why = (
+                f"{r.unit}: an ExecStartPre renders {', '.join(f.path for f in files)} from "
+                f"{spec.secret_on_host} at each start (RuntimeDirectory 0700, file 0400, password percent-encoded), "
+                f"so the URL is never in the Nix store; it replaces {_listing(r.literals)}"
+            )
+            snippet = self.render_unit(r, files, nix_attrpath(path[len(target.path) :]))
+            self.ed.insert_binding(fm, target.node, snippet, why, after=after)
+            self.need(fm, ("config", "lib", "pkgs"))
+
+    def script_name(self, r: _Renderer) -> str:
+        return store_name(f"{r.runtime_dir}-{self.spec.secret}-env")
+
+    def has_renderer(self, runtime_dir: str) -> bool:
+        name = store_name(f"{runtime_dir}-{self.spec.secret}-env")
+        return any(decode_string(lit.node) == name for _, lit in self.all_lits())
+
+    def orphan_env_files(self) -> None:
+        """env_file entries naming our env file when no unit renders it (a tree patched only in part)."""
+        generated = {r.runtime_dir for r in self.renderers.values() if r.files}
+        for fm, b in self.all_binds():
+            if not b.path or b.path[-1] not in ("env_file", "environmentFiles"):
+                continue
+            lst = _unparen(b.value)
+            for e in lst.named_children if lst.type == "list_expression" else ():
+                value = decode_string(e)
+                m = re.fullmatch(r"/run/([^/]+)/" + re.escape(self.spec.secret) + r"\.env", value or "")
+                if value is None or (m is None and value != self.spec.env_file):
+                    continue
+                runtime_dir = m.group(1) if m else posixpath.dirname(value).removeprefix("/run/")
+                if runtime_dir not in generated and not self.has_renderer(runtime_dir):
+                    self.manual_here(
+                        fm,
+                        e,
+                        f"{'.'.join(b.path)} names {value}, but no unit renders it: restore the URL literal and "
+                        f"run nixmig patch again, or add the renderer by hand",
+                        "",
+                    )
+
+    def render_unit(self, r: _Renderer, files: Sequence[EnvFile], attr: str) -> str:
+        """The serviceConfig bindings of a renderer unit, written at ``attr`` ("" for inside serviceConfig)."""
+        spec = self.spec
+        secret_attr = nix_attr(spec.secret)
+        paths = [f.path for f in files]
+        runtime_dir = self.runtime_dir(r)
+        if r.kind == "systemd":
+            cred = credential_name(spec.secret)
+            script = script_in_nix(spec.secret, credential_word(cred), files)
+            tpl = template("systemd-credential.nix.j2")
+            return str(tpl.unit(attr, r.unit, cred, secret_attr, runtime_dir, paths, self.script_name(r), script))
+        script = script_in_nix(
+            spec.secret, Antiquote(f"lib.escapeShellArg config.age.secrets.{secret_attr}.path"), files
+        )
+        tpl = template("arion-service.nix.j2" if r.kind == "arion" else "oci-containers.nix.j2")
+        return str(tpl.unit(attr, r.unit, runtime_dir, paths, self.script_name(r), script))
+
+    def need(self, fm: FileModel, names: Sequence[str]) -> None:
+        self.needs_formals.setdefault(fm.name, set()).update(names)
+
+    # ------------------------------------------------ age.secrets and the option
+
+    def age_secret(self, preferred: FileModel | None) -> None:
+        spec = self.spec
+        if any(b.exact and b.path[:3] == ("age", "secrets", spec.secret) for _, b in self.all_binds()):
+            return
+        fm = self.file(spec.module, "module") if spec.module else None
+        if fm is None:
+            with_age = [
+                f for f in self.models.values() if any(b.exact and b.path[:2] == ("age", "secrets") for b in f.binds)
+            ]
+            if preferred is not None and preferred in with_age:
+                fm = preferred
+            elif len(with_age) == 1:
+                fm = with_age[0]
+            elif with_age:
+                raise PatchError(
+                    f"age.secrets is set in several files: {', '.join(f.name for f in with_age)}",
+                    hint="set module for this migration in nixmig.toml",
+                )
+            else:
+                fm = preferred
+        if fm is None or not fm.roots:
+            self.manual.append(
+                Manual(
+                    "",
+                    0,
+                    0,
+                    f"no module to declare age.secrets.{spec.secret} in",
+                    self.age_snippet(None, ("age", "secrets", spec.secret)),
+                )
+            )
+            return
+        root = fm.roots[-1]
+        existing = [b for b in fm.binds if b.exact and b.path[:2] == ("age", "secrets")]
+        if existing:
+            r = fm.root_of(existing[-1].node)
+            if r is not None:
+                root = r[0]
+        age_file = posixpath.join(posixpath.normpath(spec.secrets_dir), spec.secret + ".age")
+        rel = posixpath.relpath(age_file, posixpath.dirname(fm.name) or ".")
+        path_expr = nix_path(rel)
+        tpl = template("agenix-secret.nix.j2")
+        target = self.attrset_at(fm, ("age", "secrets", spec.secret), within=root)
+        after = None
+        if target is not None and target.path == ():
+            last_age = [b for b in existing if _in(b.node, target.node)]
+            after = last_age[-1].node if last_age else None
+        self.insert_path(
+            fm,
+            root,
+            ("age", "secrets", spec.secret),
+            lambda attr: str(tpl.entry(attr, path_expr)),
+            f"declares the agenix secret {spec.secret}: agenix decrypts {age_file} to {spec.secret_on_host} "
+            f"(root, 0400) at activation; the path is relative to {fm.name}"
+            + (f"; it replaces {_listing(self.replaced)}" if self.replaced else ""),
+            after=after,
+        )
+
+    def age_snippet(self, fm: FileModel | None, path: NixPath) -> str:
+        age_file = posixpath.join(self.spec.secrets_dir, self.spec.secret + ".age")
+        rel = posixpath.relpath(age_file, posixpath.dirname(fm.name) if fm else ".")
+        return str(template("agenix-secret.nix.j2").entry(nix_attrpath(path), nix_path(rel)))
+
+    def option_candidates(self) -> list[tuple[FileModel | None, NixPath]]:
+        """The option(s) that may take the password file: password_option, else every declared passwordFile."""
+        if self.spec.password_option:
+            return [(None, tuple(self.spec.password_option.split(".")))]
+        return [(fm, p) for fm in self.models.values() for p, _ in fm.options if p and p[-1] == "passwordFile"]
+
+    def password_option(self, renderer_files: Sequence[FileModel]) -> None:
+        spec = self.spec
+        tpl = template("module-option.nix.j2")
+        secret_attr = nix_attr(spec.secret)
+        if self.option_literal is not None:
+            fm, b, found = self.option_literal
+            ap = b.node.child_by_field_name("attrpath")
+            assert ap is not None
+            last = ap.named_children[-1]
+            new = str(tpl.password_file(found[-1], secret_attr))
+            name, _, rest = new.partition(" = ")
+            self.mask_literal(fm, b.value)
+            self.ed.add(
+                fm,
+                last.start_byte,
+                b.node.end_byte,
+                name + fm.source[last.end_byte : b.value.start_byte].decode() + rest,
+                f"replaces the hardcoded {'.'.join(b.path)} with {'.'.join(found)}: the path agenix decrypts "
+                f"{spec.secret} to (only the path is in the Nix store; the module reads the file at runtime)",
+            )
+            self.need(fm, ("config",))
+            return
+        option: NixPath | None = tuple(spec.password_option.split(".")) if spec.password_option else None
+        declared_in: FileModel | None = None
+        if option is None:
+            decl = [(fm, p) for fm, p in self.option_candidates() if fm is not None]
+            near = [d for d in decl if d[0] in renderer_files]
+            decl = near or decl
+            if len(decl) > 1:
+                self.notes.append(
+                    "several passwordFile options are declared ("
+                    + ", ".join(".".join(p) for _, p in decl)
+                    + "): set password_option in nixmig.toml to pick one"
+                )
+                return
+            if not decl:
+                return
+            declared_in, option = decl[0]
+        assert option is not None
+        for fm, b in self.all_binds():
+            if b.exact and b.path == option:
+                want = f"config.age.secrets.{secret_attr}.path"
+                if fm.text(b.value).strip() != want:
+                    self.notes.append(f"{fm.where(b.node)}: {'.'.join(option)} is already set; left as it is")
+                return
+        if spec.host_file:
+            host: FileModel | None = self.file(spec.host_file, "host_file")
+        else:
+            host = self.infer_host_file(option, declared_in)
+        snippet = str(tpl.password_file(nix_attrpath(option), secret_attr))
+        if host is None or not host.roots:
+            self.manual.append(Manual("", 0, 0, f"no host configuration sets {'.'.join(option[:2])}", snippet))
+            return
+        self.insert_path(
+            host,
+            None,
+            option,
+            lambda attr: str(tpl.password_file(attr, secret_attr)),
+            f"sets {'.'.join(option)} to the path agenix decrypts {spec.secret} to (only the path is in the "
+            f"Nix store; the module reads the file at runtime), instead of a password in the configuration",
+        )
+        self.need(host, ("config",))
+
+    def infer_host_file(self, option: NixPath, declared_in: FileModel | None) -> FileModel | None:
+        owner = option[:2]
+        cands = [
+            fm
+            for fm in self.models.values()
+            if fm is not declared_in and any(b.exact and b.path[:2] == owner for b in fm.binds)
+        ]
+        if self.spec.host:
+            named = [
+                fm for fm in cands if f"/{self.spec.host}/" in f"/{fm.name}" or fm.name.startswith(f"{self.spec.host}.")
+            ]
+            cands = named or cands
+        if len(cands) > 1:
+            raise PatchError(
+                f"several files set {'.'.join(owner)}: {', '.join(f.name for f in cands)}",
+                hint="set host_file for this migration in nixmig.toml",
+            )
+        return cands[0] if cands else None
+
+    # ------------------------------------------------ manual items and masks
+
+    def manual_here(self, fm: FileModel, node: Node, what: str, snippet: str) -> None:
+        line, col = fm.line_col(node.start_byte)
+        self.manual.append(Manual(fm.name, line, col, what, snippet))
+
+    def generic_snippet(self, path: NixPath, line: EnvLine | None = None) -> str:
+        """For a shape without a template: the systemd pattern, with the names guessed from the path."""
+        spec = self.spec
+        unit = (
+            path[2] if path[:2] == ("systemd", "services") and len(path) > 2 else (path[1] if len(path) > 1 else "UNIT")
+        )
+        line = line or EnvLine(path[-1] if path else "PASSWORD", "", "")
+        files = [EnvFile(f"/run/{unit}/{spec.secret}.env", (line,))]
+        note = (
+            "# remove the literal, then either point the option at the file agenix decrypts (if the module\n"
+            f"# has a *File option): config.age.secrets.{nix_attr(spec.secret)}.path\n"
+            "# or render an EnvironmentFile at start from a credential, as nixmig does for systemd units:\n"
+        )
+        if not line.prefix:
+            note += "# (a bare password, not a URL: the line below then writes it percent-encoded; adapt it)\n"
+        cred = credential_name(spec.secret)
+        script = script_in_nix(spec.secret, credential_word(cred), files)
+        return note + str(
+            template("systemd-credential.nix.j2").unit(
+                f"systemd.services.{nix_attr(unit)}.serviceConfig",
+                unit,
+                cred,
+                nix_attr(spec.secret),
+                unit,
+                [f.path for f in files],
+                store_name(f"{unit}-{spec.secret}-env"),
+                script,
+            )
+        )
+
+    def mask_literal(self, fm: FileModel, node: Node) -> None:
+        self.masks.append((fm.name, node.start_byte + 1, node.end_byte - 1))
+
+    def mask_url(self, fm: FileModel, node: Node, value: str, url: UrlParts) -> None:
+        raw = fm.text(node)[1:-1]
+        if raw == value:
+            start = node.start_byte + 1 + len(url.prefix.encode())
+            self.masks.append((fm.name, start, start + len(url.password.encode())))
+        else:
+            self.mask_literal(fm, node)
+
+    # ------------------------------------------------ all together
+
+    def run(self) -> Plan:
+        db = self.find_db()
+        if db is not None:
+            self.patch_db(db)
+        password = db.password if db is not None else None
+        self.scan_literals(password, db)
+        for name in sorted(set(self.no_project)):
+            self.notes.append(
+                f"{name}: no arion project imports this file by path: set unit and module for this migration"
+            )
+        self.emit_renderers()
+        self.orphan_env_files()
+        renderer_files = [r.fm for r in self.renderers.values()]
+        preferred = renderer_files[0] if renderer_files else None
+        if preferred is None and db is not None and db.kind == "oci":
+            preferred = db.fm
+        if preferred is None and db is not None and db.kind == "arion":
+            project = self.arion_project(db.fm, db.prefix)
+            preferred = project[0] if project else None
+        if db is not None or self.renderers or self.spec.module:
+            self.age_secret(preferred)
+        self.password_option(renderer_files or ([preferred] if preferred else []))
+        for name, names in self.needs_formals.items():
+            fm = self.models[name]
+            wanted = [n for n in ("config", "lib", "pkgs") if n in names]
+            if wanted and not self.ed.ensure_formals(fm, wanted, f"the new code uses {', '.join(wanted)}"):
+                self.manual.append(
+                    Manual(name, 1, 1, f"not a `{{ {', '.join(wanted)}, ... }}:` module: the new code needs them", "")
+                )
+        if db is None and not self.renderers and not self.manual:
+            self.notes.append(
+                f"no hardcoded {DB_PASSWORD_VAR} and no URL with the password of role {self.spec.role!r} found"
+            )
+        edits = tuple(sorted(self.ed.items, key=lambda e: (e.file, e.start, e.end)))
+        return Plan(edits, tuple(self.manual), tuple(dict.fromkeys(self.notes)), tuple(self.masks))
+
+
+def _printf_lines(secret: str, files: Sequence[EnvFile]) -> list[str]:
+    """The renderer's printf lines for ``files``, as they appear escaped in the Nix source."""
+    script = render_script(secret, "x", files)
+    lines = [ln.strip() for ln in script.splitlines() if ln.strip().startswith("printf '%s=")]
+    return [_escape_indented(ln + "\n", before_antiquote=False)[:-1] for ln in lines]
+
+
+def _listing(items: Sequence[str]) -> str:
+    """ "the hardcoded literals A at f:1:2 and B at f:3:4" """
+    if not items:
+        return "no literal"
+    head = "the hardcoded literal " if len(items) == 1 else "the hardcoded literals "
+    return head + (items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1])
+
+
+def credential_name(secret: str) -> str:
+    """A systemd credential name for ``secret``: safe as a file name and as a bare shell word."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", secret).lstrip(".-") or "secret"
+
+
+def credential_word(credential: str) -> str:
+    """The shell word naming a credential's file: "$CREDENTIALS_DIRECTORY"/NAME (NAME from credential_name)."""
+    return '"$CREDENTIALS_DIRECTORY"/' + credential
+
+
+def _in(node: Node, container: Node) -> bool:
+    return container.start_byte <= node.start_byte and node.end_byte <= container.end_byte
+
+
+def nix_path(rel: str) -> str:
+    """A Nix path expression for a relative path (a literal when it can be one)."""
+    if not rel.startswith(("./", "../")):
+        rel = "./" + rel
+    if re.fullmatch(r"[A-Za-z0-9._+\-/]+", rel) and "//" not in rel and not rel.endswith("/"):
+        return rel
+    return f"(./. + {nix_string('/' + rel)})"
+
+
+_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SAFE_URL_PART = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]*")
+_SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
+
+
+def _secret_name(path: NixPath) -> bool:
+    return bool(path) and bool(_SECRET_WORDS.search(path[-1]))
+
+
+def _container_shape(prefix: NixPath) -> tuple[str, str, NixPath] | None:
+    """("arion"|"oci", service name, path of the service's attrset holding environment) or None."""
+    n = len(prefix)
+    if n >= 3 and prefix[-1] == "service" and prefix[-3] == "services":
+        head = prefix[:-3]
+        if head == () or (
+            len(head) == 5 and head[:3] == ("virtualisation", "arion", "projects") and head[4] == "settings"
+        ):
+            return "arion", prefix[-2], prefix
+    if n == 4 and prefix[:3] == ("virtualisation", "oci-containers", "containers"):
+        return "oci", prefix[3], prefix
+    return None
+
+
+def _project_key(fm: FileModel, prefix: NixPath) -> tuple[str, str]:
+    return (fm.name, prefix[3] if prefix[:3] == ("virtualisation", "arion", "projects") else "")
+
+
+def _systemd_shape(path: NixPath) -> str | None:
+    if len(path) == 5 and path[:2] == ("systemd", "services") and path[3] == "environment":
+        return path[2]
+    return None
+
+
+def _project_of(db: _Db) -> str:
+    for b in db.fm.binds:
+        if b.path == ("project", "name"):
+            v = decode_string(b.value)
+            if v:
+                return v
+    if db.prefix[:3] == ("virtualisation", "arion", "projects"):
+        return db.prefix[3]
+    return ""
+
+
+@dataclass(frozen=True)
+class UrlParts:
+    scheme: str
+    user: str  # as written (percent-encoded)
+    password: str  # as written (percent-encoded)
+    host: str
+    prefix: str  # everything before the password
+    suffix: str  # everything after it (starts with "@")
+    embedded: bool = False  # the URL does not start the string
+
+
+_SCHEME = re.compile(r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+_USERINFO = re.compile(r"(?P<user>[^:@/?#\s]*):(?P<pw>[^@/?#\s]*)@(?P<host>[^:/?#\s]*)")
+
+
+def split_url(value: str, password: str | None = None) -> UrlParts | None:
+    """The first postgres:// URL with a password in its userinfo, split around the password.
+
+    The URL may sit inside a longer string (``embedded``). With ``password`` given,
+    a URL that holds it unencoded (``postgres://u:a/b@h``, which no URL parser reads
+    right) is found and split around it too.
+    """
+    for m in _SCHEME.finditer(value):
+        if m.group("scheme").split("+")[0].lower() not in URL_SCHEMES:
+            continue
+        start, rest = m.start(), m.end()
+        if password:
+            at = value.find(f":{password}@", rest)
+            user = value[rest:at]
+            if at != -1 and not re.search(r"[/?#@\s]", user):
+                pw_start, pw_end = at + 1, at + 1 + len(password)
+                host = re.split(r"[:/?#\s]", value[pw_end + 1 :], maxsplit=1)[0]
+                return UrlParts(m.group("scheme"), user, password, host, value[:pw_start], value[pw_end:], start > 0)
+        u = _USERINFO.match(value, rest)
+        if u is None or not u.group("pw"):
+            continue
+        return UrlParts(
+            scheme=m.group("scheme"),
+            user=u.group("user"),
+            password=u.group("pw"),
+            host=u.group("host"),
+            prefix=value[: u.start("pw")],
+            suffix=value[u.end("pw") :],
+            embedded=start > 0,
+        )
+    return None
+
+
+def plan(sources: Mapping[str, bytes], spec: Spec) -> Plan:
+    """Every edit for ``spec`` over ``sources`` (repo-relative posix paths -> bytes).
+
+    Raises NixSyntaxError (file:line:col) when a file does not parse, PatchError
+    when the tree is ambiguous. Applying the plan and planning again gives no edits.
+    """
+    models = {name: model(name, src) for name, src in sorted(sources.items())}
+    return _Builder(models, spec).run()
+
+
+def read_sources(repo: Path) -> dict[str, bytes]:
+    """Every .nix file under ``repo`` (skipping .git, result links, hidden and node_modules dirs)."""
+    import os
+
+    out: dict[str, bytes] = {}
+    for dirpath, dirnames, filenames in os.walk(repo):
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".")
+            and d != "node_modules"
+            and not (d.startswith("result") and (Path(dirpath) / d).is_symlink())
+        )
+        for f in sorted(filenames):
+            p = Path(dirpath) / f
+            if f.endswith(".nix") and not (f.startswith("result") and p.is_symlink()) and p.is_file():
+                out[p.relative_to(repo).as_posix()] = p.read_bytes()
+    return out

@@ -1,0 +1,100 @@
+"""Check every file nixmig is about to write, all of them before writing any.
+
+Each file is parsed with tree-sitter-nix and, when it is installed, with
+``nix-instantiate --parse`` (the parser that matters at deploy time; it also
+rejects what tree-sitter lets through, such as an attribute defined twice). If
+one file fails, :func:`write_all` writes nothing. Then every file is staged
+beside its target (temp file, fsync) and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nixmig.errors import NixSyntaxError
+from nixmig.fsutil import fsync_dir, stage
+from nixmig.nixsrc.parse import first_error, parse, position
+
+NIX = "nix-instantiate"
+_POS = re.compile(r"at «stdin»:(\d+):(\d+)")
+
+
+class WouldNotParse(NixSyntaxError):
+    """A file nixmig was about to write does not parse: nothing was written."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    col: int
+    message: str
+
+
+def nix_available() -> bool:
+    return shutil.which(NIX) is not None
+
+
+def problem(name: str, data: bytes, *, use_nix: bool | None = None) -> Problem | None:
+    """The first parse error in ``data``: nix-instantiate --parse when installed, then tree-sitter-nix."""
+    if use_nix is None:
+        use_nix = nix_available()
+    if use_nix:
+        proc = subprocess.run([NIX, "--parse", "-"], input=data, capture_output=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            stderr = proc.stderr.decode("utf-8", "replace")
+            m = _POS.search(stderr)
+            first = next((ln.strip() for ln in stderr.splitlines() if ln.strip().startswith("error:")), "")
+            lines = stderr.strip().splitlines()
+            message = first.removeprefix("error:").strip() or (lines[0] if lines else f"exit {proc.returncode}")
+            line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
+            return Problem(name, line, col, f"{message} ({NIX} --parse)")
+    # nixmig itself reads the files back with tree-sitter (the next run, nixmig scan)
+    err = first_error(parse(data))
+    if err is not None:
+        pos = position(err)
+        what = f"missing {err.type!r}" if err.is_missing else "syntax error"
+        return Problem(name, pos.line, pos.col, f"{what} (tree-sitter-nix)")
+    return None
+
+
+def check_all(files: Mapping[str, bytes], *, use_nix: bool | None = None) -> str:
+    """Parse every file; raise WouldNotParse naming the first failure. Returns what checked them."""
+    if use_nix is None:
+        use_nix = nix_available()
+    problems = [p for name, data in sorted(files.items()) if (p := problem(name, data, use_nix=use_nix))]
+    if problems:
+        p = problems[0]
+        more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
+        raise WouldNotParse(
+            f"the patched file would not parse: {p.message}{more}",
+            where=f"{p.file}:{p.line}:{p.col}",
+            hint="nothing was written; apply the change by hand (see --explain) and report the layout",
+        )
+    return f"{NIX} --parse" if use_nix else "tree-sitter-nix (nix-instantiate not found)"
+
+
+def write_all(root: Path, files: Mapping[str, bytes], *, use_nix: bool | None = None) -> str:
+    """Check every file, then write them all: staged first, renamed last; nothing written on a failed check."""
+    checked = check_all(files, use_nix=use_nix)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, data in sorted(files.items()):
+            target = root / name
+            staged.append((stage(target, data), target))
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+    for tmp, target in staged:
+        tmp.replace(target)
+    for d in sorted({t.parent for _, t in staged}):
+        fsync_dir(d)
+    return checked
