@@ -41,7 +41,6 @@ def patch(
     snippet to apply by hand.
     """
     from nixmig import config as cfgmod
-    from nixmig.engine import pick_migration
     from nixmig.nixsrc import patch as pt
     from nixmig.nixsrc import validate
 
@@ -52,7 +51,7 @@ def patch(
     cfg_path = config or ((repo or Path.cwd()) / cfgmod.DEFAULT_CONFIG)
     cfg = cfgmod.load(cfg_path)
     root = repo or cfg.repo
-    name = pick_migration(cfg, migration)
+    name = _pick_migration(cfg, migration)
     spec = pt.spec_for(cfg, name)
     sources = pt.read_sources(root)
     plan = pt.plan(sources, spec)
@@ -75,6 +74,18 @@ def patch(
         _render(plan, diff, notes, explain=explain, check=check, checked=checked)
     if (check and not plan.clean) or (write and plan.manual):
         raise typer.Exit(1)
+
+
+def _pick_migration(cfg: Any, name: str | None) -> str:
+    """--migration NAME, or the only one (as `nixmig plan` picks it, without importing the engine)."""
+    defined = ", ".join(cfg.migrations) or "(none)"
+    if name is not None:
+        if name not in cfg.migrations:
+            raise UsageError(f"no migration {name!r}", where=cfg.path, hint="defined: " + defined)
+        return name
+    if len(cfg.migrations) != 1:
+        raise UsageError("which migration?", where=cfg.path, hint="pass --migration NAME; defined: " + defined)
+    return str(next(iter(cfg.migrations)))
 
 
 def _render(plan: Plan, diff: str, notes: list[str], *, explain: bool, check: bool, checked: str | None) -> None:

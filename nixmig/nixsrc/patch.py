@@ -203,9 +203,19 @@ def environment() -> Environment:
     return env
 
 
+class _Macros:
+    """The macros of one template, loaded on first use (jinja2 is imported only when something renders)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, macro: str) -> Any:
+        return getattr(environment().get_template(self.name).module, macro)
+
+
 def template(name: str) -> Any:
     """The macros of one template (``template("arion-service.nix.j2").env_file(...)``)."""
-    return environment().get_template(name).module
+    return _Macros(name)
 
 
 @dataclass(frozen=True)
@@ -1460,9 +1470,9 @@ class _Builder:
 
     def password_option(self, renderer_files: Sequence[FileModel]) -> None:
         spec = self.spec
-        tpl = template("module-option.nix.j2")
         secret_attr = nix_attr(spec.secret)
         if self.option_literal is not None:
+            tpl = template("module-option.nix.j2")
             fm, b, found = self.option_literal
             ap = b.node.child_by_field_name("attrpath")
             assert ap is not None
@@ -1507,6 +1517,7 @@ class _Builder:
             host: FileModel | None = self.file(spec.host_file, "host_file")
         else:
             host = self.infer_host_file(option, declared_in)
+        tpl = template("module-option.nix.j2")
         snippet = str(tpl.password_file(nix_attrpath(option), secret_attr))
         if host is None or not host.roots:
             self.manual.append(Manual("", 0, 0, f"no host configuration sets {'.'.join(option[:2])}", snippet))
