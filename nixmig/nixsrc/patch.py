@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from nixmig.errors import ConfigError, NixmigError
+from nixmig.errors import ConfigError, NixmigError, NixSyntaxError
 from nixmig.nixsrc.parse import parse_checked, text
 from nixmig.sensitive import MASK
 
@@ -409,6 +409,12 @@ class FileModel:
 
 def model(name: str, source: bytes) -> FileModel:
     """Parse one file (NixSyntaxError with file:line:col) and index its bindings and literals."""
+    try:
+        source.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = source.count(b"\n", 0, exc.start) + 1
+        col = exc.start - source.rfind(b"\n", 0, exc.start)
+        raise NixSyntaxError("not valid UTF-8", where=f"{name}:{line}:{col}", hint="Nix files are UTF-8") from None
     tree = parse_checked(source, name)
     fm = FileModel(name, source, tree.root_node)
     top = tree.root_node.named_children[0] if tree.root_node.named_children else None

@@ -87,6 +87,8 @@ def write_all(root: Path, files: Mapping[str, bytes], *, use_nix: bool | None = 
     try:
         for name, data in sorted(files.items()):
             target = root / name
+            if target.is_symlink():  # write where the link points, as it was read, and keep the link
+                target = target.resolve()
             staged.append((stage(target, data), target))
     except BaseException:
         for tmp, _ in staged:

@@ -244,3 +244,23 @@ def test_app_services_limits_what_moves() -> None:
     plan = pt.plan(src, pt.Spec(secret="twenty-db-password", host="newton", app_services=("server",)))
     (m,) = plan.manual
     assert m.file == COMPOSE and "worker is not in app_services" in m.what
+
+
+def test_a_file_that_is_not_utf8_is_named() -> None:
+    src = pt.read_sources(EXAMPLE)
+    src[HOST] = src[HOST].replace(b'"newton";', b'"newt\xffn";', 1)
+    with pytest.raises(NixSyntaxError, match="not valid UTF-8") as exc:
+        pt.plan(src, SPEC)
+    assert exc.value.where == f"{HOST}:8:30"
+
+
+def test_write_all_writes_through_a_symlink_and_keeps_it(tmp_path: Path) -> None:
+    real = tmp_path / "shared" / "mod.nix"
+    real.parent.mkdir()
+    real.write_text("{ }\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "mod.nix").symlink_to(real)
+    validate.write_all(repo, {"mod.nix": b"{ a = 1; }\n"})
+    assert (repo / "mod.nix").is_symlink()
+    assert real.read_text() == "{ a = 1; }\n"
