@@ -110,6 +110,10 @@ class Backup:
         thread.start()
         with reader:
             result = ctx.t.stream(ctx.runtime.pg_restore_list(), stdin=reader, check=False)
+            # pg_restore --list stops reading after the table of contents: decrypt the rest
+            # here, so every chunk is authenticated and the decrypting thread is not cut off
+            while reader.read(1 << 20):
+                pass
         thread.join()
         if failure:
             raise BackupError(f"cannot decrypt the backup to test it: {failure[0]}", where=path)

@@ -1,0 +1,185 @@
+"""`nixmig apply` on a big database: its time against a bare pg_dump, and the writes' longest gap.
+
+In one run, on the e2e tier's twenty stack (tests/e2e/twenty_stack.py) with real
+parts: the container twenty-db-1 (docker; the harness's dockerd uses the vfs
+driver, but the data lives in the volume twenty_db-data, a plain directory, so
+the size is practical) grown to --size-mb MiB, reached through a real sshd on
+127.0.0.1 with strict known_hosts; the app stand-in inserting a row every ~10 ms
+from its env file; a deploy command that plays activation and restarts the app.
+
+- ratio: wall time of `nixmig apply` (every phase: preflight snapshot, encrypted
+  backup streamed over SSH and test-read, two deploys, ALTER ROLE, verify) divided
+  by a bare `docker exec twenty-db-1 pg_dump -Fc > file` on the host (the mean of
+  one run before and one after the apply). Target <= 1.3.
+- gap: the longest gap between acknowledged writes during the apply, minus the
+  app's restart time (the median gap of three restarts without nixmig). Gaps are
+  taken from the rows' server timestamps. Target <= 1 s.
+
+    .venv/bin/python bench/migrate.py                  # ~1 GiB
+    .venv/bin/python bench/migrate.py --size-mb 200    # a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nixmig.db.writer import Writer, count_found
+from tests.e2e import twenty_stack as ts
+from tests.harness.dockerd import client_for, docker_engine_context, ensure_pg_image, prune_leftovers
+from tests.harness.sshd import sshd_factory_context
+
+TARGET_RATIO, TARGET_GAP = 1.3, 1.0
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def bare_dump(db: ts.Db, out: Path) -> float:
+    """`docker exec twenty-db-1 pg_dump -Fc > file`: what the hand-written plan did, nothing more."""
+    argv = db.docker("exec", "-u", "postgres", ts.CONTAINER, "pg_dump", "-Fc", "-U", ts.ROLE, "-d", ts.DATABASE)
+    start = time.perf_counter()
+    with out.open("wb") as fh:
+        subprocess.run(argv, stdout=fh, check=True)
+    secs = time.perf_counter() - start
+    say(f"  bare pg_dump -Fc: {secs:.2f}s, {out.stat().st_size / 2**20:.1f} MiB")
+    out.unlink()
+    return secs
+
+
+def ack_times(db: ts.Db, ids: list[int]) -> list[float]:
+    """Server timestamps (epoch seconds) of the acknowledged rows, in commit order."""
+    out = db.psql(
+        "CREATE TEMP TABLE acked (id bigint);\nCOPY acked FROM STDIN;\n"
+        + "".join(f"{i}\n" for i in ids)
+        + "\\.\nSELECT extract(epoch FROM w.at) FROM app_writes w JOIN acked USING (id) ORDER BY w.id;\n"
+    )
+    return [float(x) for x in out.split()]
+
+
+def longest_gap(times: list[float], start: float, end: float) -> tuple[float, float]:
+    """(longest gap between consecutive acks within [start, end], when it began)."""
+    inside = [t for t in times if start <= t <= end]
+    best, at = 0.0, start
+    for a, b in itertools.pairwise(inside):
+        if b - a > best:
+            best, at = b - a, a
+    return best, at
+
+
+def restart_app(site: ts.Site, runs: int = 3) -> list[float]:
+    """Restart the app as a deploy does (its generation changes), without nixmig; the times."""
+    marks = []
+    for _ in range(runs):
+        marks.append(time.time())
+        site.restart_app()
+        time.sleep(1.0)
+    return marks
+
+
+def phase_at(journal: dict[str, object], when: float) -> str:
+    steps = journal["steps"]
+    assert isinstance(steps, list)
+    for s in steps:
+        if s["started"] <= when <= (s["finished"] or when):
+            return str(s["phase"])
+    return "between phases"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=int, default=1024, help="database size to generate (MiB, default 1024)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (repo, journal, backup)")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="nixmig-bench-migrate-"))
+    say(
+        f"target: docker container {ts.CONTAINER} on volume {ts.VOLUME}, reached over a real sshd (transport ssh);"
+        f" {os.cpu_count()} CPUs"
+    )
+    with docker_engine_context() as engine, sshd_factory_context() as start_sshd, ts.exclusive():
+        client = client_for(engine)
+        prune_leftovers(client)
+        image = ensure_pg_image(client)
+        ssh = start_sshd()
+        say(f"engine {engine.version} at {engine.base_url}; sshd on {ssh.host}:{ssh.port}; image {image}")
+        try:
+            t0 = time.perf_counter()
+            db = ts.start_db(client, image, engine.base_url)
+            size = ts.grow(db, args.size_mb)
+            say(f"database: {size / 2**20:.0f} MiB generated in {time.perf_counter() - t0:.0f}s")
+            site = ts.make_site(root / "site", ts.make_keys(root / "keys"), db, ssh)
+
+            db.state()  # read every table once: both timings start from a warm cache
+            # the app writes throughout: the bare pg_dump runs under the same load as the apply
+            writer = Writer(url_source=site.app_url, generation=site.generation)
+            writer.start()
+            time.sleep(1.0)
+            say("baseline:")
+            dumps = [bare_dump(db, root / "bare.dump")]
+            marks = restart_app(site)
+            say("nixmig apply:")
+            began = time.time()
+            start = time.perf_counter()
+            run = ts.nixmig(site, "apply", "--yes", "-i", str(site.keys.admin_key), timeout=6 * 3600)
+            apply_secs = time.perf_counter() - start
+            ended = time.time()
+            if run.returncode != 0:
+                writer.stop()
+                say(run.stdout + run.stderr)
+                say("nixmig apply FAILED")
+                return 1
+            journal = json.loads(site.journal.read_text())
+            for s in journal["steps"]:
+                say(f"  {s['phase']:10} {s['finished'] - s['started']:7.2f}s")
+            say(f"  total      {apply_secs:7.2f}s (wall, process start to exit)")
+            say("baseline again:")
+            dumps.append(bare_dump(db, root / "bare.dump"))
+            time.sleep(0.5)
+            writer.stop()
+
+            times = ack_times(db, writer.acknowledged)
+            gap, gap_at = longest_gap(times, began, ended)
+            restarts = [longest_gap(times, m - 0.2, m + 0.8)[0] for m in marks]
+            restart = statistics.median(restarts)
+            say("app restarts without nixmig, write gaps: " + ", ".join(f"{g * 1000:.0f} ms" for g in restarts))
+            found = count_found(site.app_url(), writer.acknowledged)
+        finally:
+            ts.remove_db(client)
+            client.close()
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+
+    dump = statistics.mean(dumps)
+    ratio = apply_secs / dump
+    excess = gap - restart
+    say("")
+    backup = journal["steps"][1]["finished"] - journal["steps"][1]["started"]
+    say(f"database {size / 2**20:.0f} MiB; writes acknowledged {len(writer.acknowledged)}, found {found}")
+    say(f"backup phase alone / bare pg_dump -Fc: {backup:.2f}s / {dump:.2f}s = {backup / dump:.2f}")
+    say(
+        f"apply / bare pg_dump -Fc: {apply_secs:.2f}s / {dump:.2f}s = {ratio:.2f}  "
+        f"(target <= {TARGET_RATIO}: {'ok' if ratio <= TARGET_RATIO else 'MISSED'})"
+    )
+    say(
+        f"longest write gap during apply - app restart: {gap * 1000:.0f} ms - {restart * 1000:.0f} ms = "
+        f"{excess * 1000:.0f} ms, in {phase_at(journal, gap_at)}  "
+        f"(target <= {TARGET_GAP * 1000:.0f} ms: {'ok' if excess <= TARGET_GAP else 'MISSED'})"
+    )
+    return 0 if found == len(writer.acknowledged) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
