@@ -31,7 +31,6 @@ documentation (``description``, ``example``, ``literalExpression`` ...) and comm
 
 from __future__ import annotations
 
-import bisect
 import functools
 import hashlib
 import hmac
@@ -39,7 +38,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from nixmig.nixsrc.parse import first_error, parse
@@ -849,7 +847,7 @@ def _scope(plain: Sequence[str]) -> tuple[str | None, str | None]:
         elif seg == "users" and prev == "users":
             project = nxt
         elif seg == "etc" and prev == "environment":
-            project = PurePosixPath(nxt).name.split(".")[0]
+            project = nxt.rsplit("/", 1)[-1].split(".")[0]
         elif seg == "networks" and prev == "wireless":
             project = f"wifi-{nxt}"
         elif seg == "virtualHosts":
@@ -946,7 +944,7 @@ class _Collector:
         self.project = project
         self.findings: list[Finding] = []
         self.memo: dict[int, _Upper] = {}
-        base = PurePosixPath(file.replace("\\", "/")).name.lower()
+        base = file.replace("\\", "/").rsplit("/", 1)[-1].lower()
         # a plain secrets file (git-crypt style); agenix's rules file lists publicKeys instead
         self.secrets_file = any(w in base for w in ("secret", "credential", "password")) and b"publicKeys" not in source
 
@@ -1223,37 +1221,65 @@ def _scan_inside(data: bytes, leaf_words: Sequence[str], add: _Add, *, multiline
     return count
 
 
-# A cheap filter before the full climb: a string is looked at only when a trigger occurs in
-# its text or on its line before it (the attribute name, mkOption's `default`,
-# `{ name = ...; value = ...; }`, a `"--password"` list element just before it), or on the
-# line above when the string starts its line (`POSTGRES_PASSWORD =` broken by a formatter).
-# Every rule needs one: credential nouns all contain one of these, and so do URLs with
-# userinfo, PEM/age keys, SQL, netrc lines, auth headers and the known token formats.
+# Which strings to look at: only those a trigger word leads to. A trigger inside a string
+# (or a bare URI) makes that string a candidate; a trigger in an attribute name (or a
+# function argument's name) makes every string in that binding's value a candidate, down to
+# nested attrsets, which have names of their own (mkOption's `default` and `value` of name /
+# value pairs are triggers too); a string that is a `--password`-like list element brings the
+# element after it. Every rule of _scan_string needs one of these words somewhere there:
+# credential nouns all contain one, and so do URLs with userinfo, PEM / age keys, SQL, netrc
+# lines, auth headers and the known token formats.
 _TRIGGER_WORDS: Final = (
     b"pass", b"pw", b"secret", b"token", b"key", b"cred", b"psk", b"cookie", b"identified",
     b"authorization", b"://", b"default", b"value", b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_",
     b"github_pat_", b"glpat-", b"xox", b"sk_live_",
 )  # fmt: skip
 _TRIGGER_SCAN_RE: Final = re.compile(b"|".join(re.escape(w) for w in _TRIGGER_WORDS))
-
-
+_STRING_TYPES: Final = frozenset({"string_expression", "indented_string_expression", "uri_expression"})
 _NOT_A_VALUE: Final = frozenset({"binding_set", "attrset_expression", "rec_attrset_expression", "source_code"})
 
 
-class _Triggers:
-    """Where triggers occur in a file (lowercased), for the per-string window test."""
+def _value_strings(expr: Node | None, into: dict[int, Node]) -> None:
+    """Every string in a value, through wrappers, lists and interpolations, not into attrsets."""
+    stack = [expr] if expr is not None else []
+    while stack:
+        node = stack.pop()
+        t = node.type
+        if t == "binding_set" or t == "comment":
+            continue
+        if t in _STRING_TYPES:
+            into[node.id] = node
+        stack.extend(node.named_children)
 
-    def __init__(self, source: bytes) -> None:
-        self.source = source
-        self.positions = [m.start() for m in _TRIGGER_SCAN_RE.finditer(source.lower())]
 
-    def near(self, node: Node) -> bool:
-        start = node.start_byte
-        window_start = self.source.rfind(b"\n", 0, start) + 1
-        if window_start > 0 and not self.source[window_start:start].strip():
-            window_start = self.source.rfind(b"\n", 0, window_start - 1) + 1
-        i = bisect.bisect_left(self.positions, window_start)
-        return i < len(self.positions) and self.positions[i] < node.end_byte
+def _candidates(root: Node, source: bytes) -> list[Node]:
+    found: dict[int, Node] = {}
+    for m in _TRIGGER_SCAN_RE.finditer(source.lower()):
+        node: Node | None = root.descendant_for_byte_range(m.start(), m.end())
+        for _ in range(12):
+            if node is None:
+                break
+            t = node.type
+            if t in _STRING_TYPES:
+                found[node.id] = node
+                parent = node.parent
+                if parent is not None and parent.type == "list_expression":
+                    after = node.next_named_sibling
+                    if after is not None and after.type in _STRING_TYPES:
+                        found[after.id] = after  # [ "--requirepass" "..." ]
+                break
+            if t == "attrpath":
+                binding = node.parent
+                if binding is not None and binding.type == "binding":
+                    _value_strings(binding.child_by_field_name("expression"), found)
+                    break
+            elif t == "formal":
+                _value_strings(node.child_by_field_name("default"), found)
+                break
+            elif t in _NOT_A_VALUE or t == "comment":
+                break
+            node = node.parent
+    return sorted(found.values(), key=lambda n: n.start_byte)
 
 
 def _problem(file: str, source: bytes, node: Node) -> SyntaxProblem:
@@ -1277,11 +1303,12 @@ def scan_source(source: bytes, file: str, *, project: str | None = None) -> File
     if _TRIGGER_RE.search(source) is None:
         return FileScan(file)
     out = _Collector(file, source, project or file_project(file, source))
+    # a plain secrets file, nginx basicAuth and nameValuePair name secrets away from their
+    # strings: look at every string of such a file
     every = out.secrets_file or b"basicAuth" in source or b"nameValuePair" in source
-    triggers = _Triggers(source)
-    for node in _captures(tree.root_node):
-        if every or triggers.near(node):
-            _scan_string(node, out, every=every)
+    nodes = _captures(tree.root_node) if every else _candidates(tree.root_node, source)
+    for node in nodes:
+        _scan_string(node, out, every=every)
     return FileScan(file, findings=tuple(out.findings))
 
 

@@ -36,14 +36,15 @@ class ScanRun:
         return len({f.file for f in self.findings})
 
 
-def _walk(root: str) -> Iterator[tuple[str, bool]]:
+def _walk(root: str, unreadable: list[SyntaxProblem]) -> Iterator[tuple[str, bool]]:
     """(path, is_symlink) of the .nix files under ``root``; symlinks are reported, not followed."""
     stack = [root]
     while stack:
         d = stack.pop()
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError:
+        except OSError as exc:
+            unreadable.append(SyntaxProblem(os.path.normpath(d), 1, 1, f"directory not scanned: {exc.strerror}"))
             continue
         subdirs: list[str] = []
         for e in entries:
@@ -58,10 +59,11 @@ def _walk(root: str) -> Iterator[tuple[str, bool]]:
         stack.extend(reversed(subdirs))
 
 
-def discover(paths: Sequence[str]) -> tuple[list[str], int]:
+def discover(paths: Sequence[str], unreadable: list[SyntaxProblem] | None = None) -> tuple[list[str], int]:
     """The .nix files to scan (in a stable order) and how many symlinks were skipped.
 
     A path given explicitly is scanned whatever its name; a missing path is a usage error.
+    Directories that cannot be read are added to ``unreadable``.
     """
     files: list[str] = []
     skipped = 0
@@ -79,7 +81,11 @@ def discover(paths: Sequence[str]) -> tuple[list[str], int]:
             skipped += 1
             continue
         found: Iterator[tuple[str, bool]]
-        found = _walk(arg) if stat.S_ISDIR(st.st_mode) else iter([(arg, False)])
+        found = (
+            _walk(arg, unreadable if unreadable is not None else [])
+            if stat.S_ISDIR(st.st_mode)
+            else iter([(arg, False)])
+        )
         for path, is_link in found:
             if is_link:
                 skipped += 1
@@ -160,7 +166,9 @@ def scan_files(files: Sequence[str], *, jobs: int | None = None) -> ScanRun:
 
 
 def scan_paths(paths: Sequence[str], *, jobs: int | None = None) -> ScanRun:
-    files, skipped = discover(paths)
+    unreadable: list[SyntaxProblem] = []
+    files, skipped = discover(paths, unreadable)
     run = scan_files(files, jobs=jobs)
     run.symlinks_skipped = skipped
+    run.problems = sorted([*run.problems, *unreadable], key=lambda p: (p.file, p.line, p.col))
     return run

@@ -346,6 +346,21 @@ def test_escapes_and_columns_in_characters() -> None:
     assert (found[1].line, found[1].col) == (3, 9)
 
 
+def test_value_on_the_next_line_and_deep_in_wrappers() -> None:
+    found = scan(
+        """{
+          POSTGRES_PASSWORD =
+            "pw25";
+          services.x.password =
+            lib.mkIf cfg.enable
+              (lib.mkForce
+                "pw26");
+          services.x.adminpassFile = "${pkgs.writeText "adminpass" "pw27"}";
+        }"""
+    )
+    assert [(f.line, f.value) for f in found] == [(3, Secret("pw25")), (7, Secret("pw26")), (8, Secret("pw27"))]
+
+
 def test_imports_lists_start_a_new_module() -> None:
     f = one('{ imports = [ { services.x.password = "pw24"; } ]; }')
     assert f.attr_path == "services.x.password"

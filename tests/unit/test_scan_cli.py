@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +195,23 @@ def test_help_does_not_import_the_scanner() -> None:
     assert proc.stdout.decode().strip() == "[]"
     help_text = run_cli("scan", "--help").stdout.decode()
     assert "--fail-on-findings" in help_text and "--format" in help_text
+
+
+def test_unreadable_directory_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "a.nix").write_text('{ password = "pw-a"; }\n')
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "b.nix").write_text('{ password = "pw-b"; }\n')
+    real_scandir = os.scandir
+
+    def scandir(path: str) -> Any:
+        if os.path.basename(path) == "locked":  # root reads a 0000 directory anyway: fake the error
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    run = scan_paths([str(tmp_path)], jobs=1)
+    assert [Path(f.file).name for f in run.findings] == ["a.nix"]
+    assert [(p.file, p.message) for p in run.problems] == [
+        (str(tmp_path / "locked"), "directory not scanned: Permission denied")
+    ]
