@@ -612,6 +612,8 @@ class Edit:
     explanation: str
     line: int = 0
     col: int = 0
+    # part of the stage config (deploy 1): only what declares the agenix secret
+    stage: bool = False
 
     @property
     def where(self) -> str:
@@ -649,9 +651,10 @@ class Plan:
         """Nothing left to do: no edit and nothing to apply by hand."""
         return not self.edits and not self.manual
 
-    def results(self, sources: Mapping[str, bytes]) -> dict[str, bytes]:
-        """The new contents of every file that changes."""
-        return {f: apply_edits(sources[f], [e for e in self.edits if e.file == f]) for f in self.files}
+    def results(self, sources: Mapping[str, bytes], *, stage_only: bool = False) -> dict[str, bytes]:
+        """The new contents of every file that changes (``stage_only``: the stage config's)."""
+        edits = [e for e in self.edits if e.stage or not stage_only]
+        return {f: apply_edits(sources[f], [e for e in edits if e.file == f]) for f in sorted({e.file for e in edits})}
 
     def diff(self, sources: Mapping[str, bytes]) -> str:
         """A unified diff of the changes, with the hardcoded secret masked."""
@@ -733,10 +736,11 @@ class _Edits:
     def __init__(self, models: Mapping[str, FileModel]):
         self.models = models
         self.items: list[Edit] = []
+        self.staging = False  # edits added while True belong to the stage config
 
     def add(self, fm: FileModel, start: int, end: int, replacement: str, why: str, at: Node | None = None) -> None:
         line, col = fm.line_col(at.start_byte if at is not None else start)
-        self.items.append(Edit(fm.name, start, end, replacement.encode(), why, line, col))
+        self.items.append(Edit(fm.name, start, end, replacement.encode(), why, line, col, self.staging))
 
     def insert_binding(self, fm: FileModel, attrset: Node, snippet: str, why: str, after: Node | None = None) -> None:
         """Add ``snippet`` (one or more bindings) to ``attrset``, after ``after`` or its last binding."""
@@ -1452,6 +1456,15 @@ class _Builder:
         if target is not None and target.path == ():
             last_age = [b for b in existing if _in(b.node, target.node)]
             after = last_age[-1].node if last_age else None
+        self.ed.staging = True
+        try:
+            self._insert_age(fm, root, spec, tpl, path_expr, age_file, after)
+        finally:
+            self.ed.staging = False
+
+    def _insert_age(
+        self, fm: FileModel, root: Node, spec: Spec, tpl: Any, path_expr: str, age_file: str, after: Node | None
+    ) -> None:
         self.insert_path(
             fm,
             root,

@@ -373,3 +373,17 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     assert "no migration 'nope'" in unknown.stderr.decode()
     missing = run_cli("patch", "--repo", str(tmp_path / "nowhere"))
     assert missing.returncode == 2
+
+
+def test_stage_config_only_declares_the_secret() -> None:
+    """Deploy 1 (stage) gets only age.secrets.NAME: the services keep the old password until switch."""
+    src = sources()
+    plan = pt.plan(src, SPEC)
+    staged = plan.results(src, stage_only=True)
+    assert list(staged) == [MODULE]
+    after = staged[MODULE].decode()
+    assert "file = ../../../secrets/twenty-db-password.age;" in after
+    assert "ExecStartPre" not in after and "RuntimeDirectory" not in after
+    assert validate.problem(MODULE, staged[MODULE]) is None
+    # stage then switch: applying the rest on top gives exactly the full patch
+    assert plan.results(src)[MODULE] != staged[MODULE]
