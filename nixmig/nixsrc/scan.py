@@ -18,7 +18,11 @@ What counts:
 * a PEM private key block or an age identity (``AGE-SECRET-KEY-1...``);
 * inside strings (env files, YAML/TOML/INI text, shell, SQL, command lines):
   ``DB_PASSWORD=...``, ``password: ...``, ``--api-key=...``, ``PASSWORD '...'``;
-* well-known token formats (GitHub, GitLab, Slack, Stripe live keys).
+* well-known token formats (GitHub, GitLab, Slack, Stripe live keys), Authorization headers;
+* also through ``lib.mkForce``/``mkDefault``/``mkIf``, ``if`` branches, function argument
+  defaults, mkOption ``default``, ``{ name = "X_PASSWORD"; value = ...; }``,
+  ``nameValuePair``, ``[ "--password" "..." ]``, ``pkgs.writeText`` bound to a ``*File``
+  option, nginx ``basicAuth.<user>``, and every string attribute of a plain ``*secret*.nix``.
 
 What does not: anything that is not a literal (``config.age.secrets.x.path``,
 ``builtins.readFile``), values with an interpolation where the secret would be
