@@ -86,6 +86,9 @@ class Migration:
     strategy: Strategy = "rotate"
     deploy: str | None = None
     retention_days: int = 7
+    # apply patches the repo's Nix files itself: the stage config before deploy 1, the full
+    # patch before deploy 2, the originals back on rollback. false: you manage the files.
+    patch_repo: bool = True
     health_checks: tuple[HealthCheck, ...] = ()
     # `nixmig patch`: where the edits go. All optional, inferred from the tree when unset;
     # paths are relative to the repo. The NixOS module that gets age.secrets.SECRET (default:

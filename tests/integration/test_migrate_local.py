@@ -87,6 +87,10 @@ def journal(t: Target) -> dict[str, object]:
 
 
 def test_apply_status_rollback(target: Target) -> None:
+    def nix_files() -> dict[Path, bytes]:
+        return {p: p.read_bytes() for p in target.repo.rglob("*.nix") if ".nixmig" not in p.parts}
+
+    originals = nix_files()
     plan = nixmig(target, "plan", "--json")
     assert plan.returncode == 0, plan.stderr
     assert [s["phase"] for s in json.loads(plan.stdout)] == PHASES
@@ -111,6 +115,16 @@ def test_apply_status_rollback(target: Target) -> None:
     restored = subprocess.run(["age", "-d", "-i", str(target.admin_key), str(backup)], capture_output=True, check=True)
     assert restored.stdout.startswith(b"PGDMP")
 
+    # the repo is patched: nixmig patch has nothing left to do, no hardcoded password remains
+    check = subprocess.run(
+        [sys.executable, "-m", "nixmig", "patch", "--check", "--repo", str(target.repo)],
+        capture_output=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    compose = target.repo / "modules/system/linux/twenty/arion-compose.nix"
+    assert "postgres:postgres@" not in compose.read_text() and "POSTGRES_PASSWORD_FILE" in compose.read_text()
+
     # a second apply has nothing to do
     again = nixmig(target, "apply", "--yes")
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == 7
@@ -119,6 +133,7 @@ def test_apply_status_rollback(target: Target) -> None:
     assert back.returncode == 0, back.stdout + back.stderr
     assert role_matches(target, OLD_PASSWORD)
     assert not target.env_file.exists()
+    assert nix_files() == originals  # byte for byte
     assert json.loads(nixmig(target, "status", "--json").stdout)["rolled_back"] is True
 
 
