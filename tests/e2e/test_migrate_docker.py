@@ -239,28 +239,48 @@ def test_bad_input_stops_cleanly(stack: Stack, site: ts.Site, case: str) -> None
     assert states(site) == [first] + ["pending"] * 6
 
 
-def test_failing_deploy_stops_there_and_rolls_back(stack: Stack, tmp_path: Path) -> None:
+def without_app_writes(state: dict[str, object]) -> dict[str, object]:
+    tables = state["tables"]
+    assert isinstance(tables, list)
+    return {**state, "tables": [t for t in tables if not t.startswith("app_writes")]}
+
+
+@pytest.mark.parametrize("phase", ["stage", "switch"])
+def test_failing_deploy_stops_there_and_rolls_back(stack: Stack, tmp_path: Path, phase: str) -> None:
     ts.reset_db(stack.db)
-    site = ts.make_site(tmp_path / "site", stack.keys, stack.db, stack.ssh, fail_phases=["stage"])
-    before = site.db.state()
+    site = ts.make_site(tmp_path / "site", stack.keys, stack.db, stack.ssh, fail_phases=[phase])
+    before = without_app_writes(site.db.state())
+    writer = site.writer()
+    writer.start()
     r = ts.nixmig(site, "apply", "--yes", "-i", str(site.keys.admin_key))
     assert r.returncode == 1, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "deploy (stage) exited 1" in lines[0] and "Traceback" not in r.stdout
-    assert "activation of the new generation failed" in r.stdout + r.stderr  # its output was streamed
+    assert len(lines) == 1 and f"deploy ({phase}) exited 1" in lines[0] and "Traceback" not in r.stdout
+    assert "activation of the new generation failed" in r.stdout  # its output was streamed
     assert "nixmig apply` resumes here" in lines[0] and "nixmig rollback" in lines[0]
-    assert site.db.state() == before
-    assert_not_rotated(site)
+    done = ts.PHASES.index(phase)
+    if phase == "stage":  # stopped before anything changed in the database
+        assert without_app_writes(site.db.state()) == before
+        assert_not_rotated(site)
+    else:  # the password is rotated, the services still run the old config
+        assert_rotated(site)
+        assert not site.env_file.exists()
 
+    # status and the journal say where it stopped and what to do next
     status = ts.nixmig(site, "status")
     assert status.returncode == 0
-    stage = next(ln for ln in status.stdout.splitlines() if ln.strip().startswith("stage"))
-    assert "failed" in stage and "deploy (stage) exited 1" in stage
-    assert states(site)[:4] == ["done", "done", "failed", "pending"]
+    row = next(ln for ln in status.stdout.splitlines() if ln.strip().startswith(phase))
+    assert "failed" in row and f"deploy ({phase}) exited 1" in row
+    assert states(site) == ["done"] * done + ["failed"] + ["pending"] * (6 - done)
+    step = json.loads(site.journal.read_text())["steps"][done]
+    assert step["state"] == "failed" and "nixmig rollback" in step["error"]
 
     back = ts.nixmig(site, "rollback", "--yes", "-i", str(site.keys.admin_key))
     assert back.returncode == 0, back.stdout + back.stderr
-    assert "rolled back: stage, backup, preflight" in back.stdout
-    assert site.db.state() == before
+    undone = "stage, backup, preflight" if phase == "stage" else "rotate, switch, stage, backup, preflight"
+    assert f"rolled back: {undone}" in back.stdout
+    assert without_app_writes(site.db.state()) == before  # the old verifier itself is back
     assert_not_rotated(site)
     assert not site.env_file.exists() and not site.agenix_file.exists()
+    acked, found = stop_and_count(site, writer)
+    assert found == acked and writer.failed_attempts == 0  # the app never noticed
