@@ -7,14 +7,17 @@ psycopg, cryptography and hvac are imported by the runner when the command runs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from nixmig.cli.common import ConfigOption, JsonOption, print_json
 from nixmig.errors import UsageError
-from nixmig.reencrypt.runner import Mode, OnPlaintext
-from nixmig.reencrypt.spec import Spec
+from nixmig.reencrypt.modes import Mode, OnPlaintext
 from nixmig.sensitive import Secret
+
+if TYPE_CHECKING:
+    from nixmig.reencrypt.spec import Spec
 
 KEEP_OLD_KEY_DAYS = 90
 

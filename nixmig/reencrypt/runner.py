@@ -20,7 +20,6 @@ progress table. Rows are named by primary key only, never by value.
 from __future__ import annotations
 
 import contextlib
-import enum
 import hashlib
 import json
 import time
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from nixmig.errors import NixmigError
 from nixmig.reencrypt.errors import DatabaseError, IntegrityError, PlaintextError, SpecError
+from nixmig.reencrypt.modes import Mode, OnPlaintext
 from nixmig.reencrypt.schemes import Cipher, Failed, Keyring, blind_index_matches, parse
 from nixmig.reencrypt.spec import Spec, TableSpec
 from nixmig.sensitive import Secret
@@ -42,19 +42,6 @@ MAX_LISTED_FAILURES = 100
 MAX_BATCH_RETRIES = 5
 TEXT_TYPES = ("text", "character varying")
 HMAC_TYPES = ("text", "character varying", "bytea")
-
-
-class Mode(enum.StrEnum):
-    REENCRYPT = "reencrypt"
-    ENCRYPT_PLAINTEXT = "encrypt-plaintext"
-    VERIFY = "verify"
-
-
-class OnPlaintext(enum.StrEnum):
-    ERROR = "error"
-    ENCRYPT = "encrypt"
-    SKIP = "skip"
-    FAIL = "fail"
 
 
 @dataclass(frozen=True)
