@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes
 
@@ -187,14 +189,25 @@ def test_missing_or_empty_password_file_fails_loudly(tmp_path: Path, content: by
     assert list(env.parent.iterdir()) == []
 
 
-def test_unreadable_password_file_fails_and_leaves_nothing(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads a 0000 file")
-    pw, env = _setup(tmp_path, b"x")
-    pw.chmod(0o000)
-    proc = _run(_script(pw, env), tmp_path)
-    assert proc.returncode != 0
-    assert list(env.parent.iterdir()) == []
+def test_unreadable_password_file_fails_and_leaves_nothing() -> None:
+    # Root reads a 0000 file, so as root (CI) the script runs as nobody, the way a
+    # service user that lacks the secret's owner would.
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        base = Path(d)
+        base.chmod(0o755)
+        pw, env = _setup(base, b"x")
+        pw.chmod(0o000)
+        script = _script(pw, env)
+        if os.geteuid() == 0:
+            nobody = 65534
+            pw.parent.chmod(0o755)
+            for p in (env.parent.parent, env.parent):
+                os.chown(p, nobody, nobody)
+            script = f"exec setpriv --reuid={nobody} --regid={nobody} --clear-groups bash -c {shlex.quote(script)}"
+        proc = _run(script, base)
+        assert proc.returncode != 0
+        assert "Permission denied" in proc.stderr.decode()
+        assert list(env.parent.iterdir()) == []
 
 
 # ---------------------------------------------------------------- as Nix produces it
