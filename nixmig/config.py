@@ -9,6 +9,7 @@ once. Every error names the file, the key path and what was expected, e.g.::
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import tomllib
 import types
 import typing
@@ -46,9 +47,12 @@ class Host:
 
 @dataclass(frozen=True)
 class Service:
-    """A database a service uses, on one host."""
+    """A database a service uses, on one host (`host`) or on several (`hosts`)."""
 
-    host: str
+    # the one host running it; or `hosts`, a list of host names and glob patterns ("web-*")
+    # matched against [hosts] and the deploy tool's nodes ([inventory])
+    host: str = ""
+    hosts: tuple[str, ...] = ()
     runtime: Runtime = "docker"
     container: str | None = None
     volume: str | None = None
@@ -64,6 +68,13 @@ class Service:
     port: int = 5432
     socket_dir: str = "/run/postgresql"
     os_user: str = "postgres"
+    # per-host differences of a service on several hosts: per_host.HOST = { port = 5433, container = "…" }
+    per_host: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """The host names (or glob patterns) this service runs on, as written."""
+        return self.hosts or ((self.host,) if self.host else ())
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,25 @@ class Migration:
 
 
 @dataclass(frozen=True)
+class Inventory:
+    """Hosts read from the deploy tool's node list instead of a second inventory.
+
+    deploy-rs: `deploy.nodes.NAME.hostname` / `sshUser` / `sshOpts` of the flake;
+    colmena: the hive's nodes and their `deployment.targetHost` / `targetUser` / `targetPort`.
+    The other keys are defaults for every node; a [hosts.NAME] table overrides a node.
+    """
+
+    source: Literal["deploy-rs", "colmena"]
+    flake: str = "."  # a flake reference; a relative path is taken from the repo root
+    user: str = "root"
+    port: int = 22
+    identity: str | None = None
+    known_hosts: str | None = None
+    agenix_dir: str = "/run/agenix"
+    lock_dir: str = "/run/nixmig"
+
+
+@dataclass(frozen=True)
 class Operator:
     """The person running nixmig: backups and rollback material are encrypted to them."""
 
@@ -128,6 +158,8 @@ class Config:
     migrations: dict[str, Migration] = field(default_factory=dict)
     # the [reencrypt] spec, validated by nixmig.reencrypt.spec when `nixmig reencrypt` runs
     reencrypt: dict[str, Any] = field(default_factory=dict)
+    # hosts from the deploy tool (nixmig.inventory reads them when a command needs them)
+    inventory: Inventory | None = None
 
     @property
     def repo(self) -> Path:
@@ -137,6 +169,34 @@ class Config:
     def host_recipients(self) -> list[str]:
         """Every host's age recipient, in file order (the default for new secrets)."""
         return [h.age_recipient for h in self.hosts.values() if h.age_recipient]
+
+    def targets(self, service: str) -> list[str]:
+        """The hosts a service runs on: its names and patterns matched against [hosts]
+        (after nixmig.inventory.resolve, the deploy tool's nodes too), in that order."""
+        out: list[str] = []
+        for pat in self.services[service].patterns:
+            found = [h for h in self.hosts if fnmatch.fnmatchcase(h, pat)] if _is_pattern(pat) else [pat]
+            out += [h for h in found if h not in out]
+        return out
+
+    def service_for(self, service: str, host: str) -> Service:
+        """The service as it is on one host: its per_host.HOST keys applied."""
+        svc = self.services[service]
+        extra = svc.per_host.get(host)
+        if not extra:
+            return svc
+        data = {f.name: getattr(svc, f.name) for f in dataclasses.fields(Service) if f.name not in _FLEET_KEYS}
+        data.update({_py(k): v for k, v in extra.items()}, host=host)
+        built: Service = _build(Service, data, ("services", service, "per_host", host), str(self.path))
+        return built
+
+
+_FLEET_KEYS = ("host", "hosts", "per_host")
+_HOST_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-*?[]")
+
+
+def _is_pattern(name: str) -> bool:
+    return any(c in name for c in "*?[")
 
 
 def load(path: Path) -> Config:
@@ -163,12 +223,7 @@ def load(path: Path) -> Config:
 
 def _cross_check(cfg: Config, where: str) -> None:
     for name, svc in cfg.services.items():
-        if svc.host not in cfg.hosts:
-            raise ConfigError(
-                f"services.{name}.host: unknown host {svc.host!r}",
-                where=where,
-                hint=f"define [hosts.{svc.host}] or use one of: {_names(cfg.hosts)}",
-            )
+        _check_service_hosts(cfg, name, svc, where)
         if svc.runtime == "docker" and not svc.container:
             raise ConfigError(f'services.{name}.container: required when runtime = "docker"', where=where)
     for name, mig in cfg.migrations.items():
@@ -178,12 +233,56 @@ def _cross_check(cfg: Config, where: str) -> None:
                 where=where,
                 hint=f"define [services.{mig.service}] or use one of: {_names(cfg.services)}",
             )
+        _check_fleet_deploy(cfg, name, mig, where)
         for i, hc in enumerate(mig.health_checks):
             key = f"migrations.{name}.health_checks[{i}]"
             if hc.type == "http" and not hc.url:
                 raise ConfigError(f"{key}.url: required for an http check", where=where)
             if hc.type == "command" and not hc.command:
                 raise ConfigError(f"{key}.command: required for a command check", where=where)
+
+
+def _check_service_hosts(cfg: Config, name: str, svc: Service, where: str) -> None:
+    if bool(svc.host) == bool(svc.hosts):
+        raise ConfigError(
+            f"services.{name}: {'both host and hosts' if svc.host else 'no host'}",
+            where=where,
+            hint='set host = "NAME" for one host, or hosts = ["a", "b", "web-*"] for several',
+        )
+    key = "host" if svc.host else "hosts"
+    for i, h in enumerate(svc.patterns):
+        at = key if svc.host else f"{key}[{i}]"
+        if not h or not set(h) <= _HOST_CHARS:
+            raise ConfigError(f"services.{name}.{at}: {h!r} is not a host name or glob pattern", where=where)
+        if not _is_pattern(h) and h not in cfg.hosts and cfg.inventory is None:
+            raise ConfigError(
+                f"services.{name}.{at}: unknown host {h!r}",
+                where=where,
+                hint=f"define [hosts.{h}], read nodes from the deploy tool with [inventory], "
+                f"or use one of: {_names(cfg.hosts)}",
+            )
+    for h in svc.per_host:
+        if h not in svc.patterns and not any(fnmatch.fnmatchcase(h, p) for p in svc.patterns):
+            raise ConfigError(f"services.{name}.per_host.{h}: {h!r} is not one of this service's hosts", where=where)
+        bad = sorted({_py(k) for k in svc.per_host[h]} & set(_FLEET_KEYS))
+        if bad:
+            raise ConfigError(f"services.{name}.per_host.{h}.{bad[0]}: cannot be set per host", where=where)
+        cfg.service_for(name, h)  # types and unknown keys, with the key path in the message
+
+
+def _check_fleet_deploy(cfg: Config, name: str, mig: Migration, where: str) -> None:
+    """A migration on several hosts runs its deploy once per host, in parallel: the command
+    must name the host, or it would deploy every node on each call."""
+    svc = cfg.services[mig.service]
+    several = len(svc.hosts) > 1 or any(_is_pattern(p) for p in svc.hosts)
+    if several and mig.deploy and "{host}" not in mig.deploy and "NIXMIG_HOST" not in mig.deploy:
+        raise ConfigError(
+            f"migrations.{name}.deploy: service {mig.service!r} runs on several hosts, the deploy command "
+            "does not say which one",
+            where=where,
+            hint='put {host} where the node name goes, e.g. deploy = "deploy --skip-checks .#{host}" '
+            "(or read $NIXMIG_HOST in a script)",
+        )
 
 
 def _names(d: dict[str, Any]) -> str:

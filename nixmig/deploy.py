@@ -1,7 +1,9 @@
 """Running the user's deploy command (deploy-rs, nixos-rebuild, colmena) with its output streamed.
 
 The command runs on this machine, from the repo root, with NIXMIG_PHASE set to
-`stage`, `switch` or `rollback` and NIXMIG_MIGRATION to the migration's name.
+`stage`, `switch` or `rollback`, NIXMIG_MIGRATION to the migration's name and
+NIXMIG_HOST to the host's name; `{host}` in the command is replaced by that name
+(a service on several hosts: `deploy --skip-checks .#{host}`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,20 @@ class DeployError(NixmigError):
 
 
 def run_deploy(
-    command: str, *, repo: Path, phase: str, migration: str, emit: Callable[[str], None], timeout: float = 3600
+    command: str,
+    *,
+    repo: Path,
+    phase: str,
+    migration: str,
+    emit: Callable[[str], None],
+    timeout: float = 3600,
+    host: str | None = None,
 ) -> None:
     argv = shlex.split(command)
     env = dict(os.environ, NIXMIG_PHASE=phase, NIXMIG_MIGRATION=migration)
+    if host is not None:
+        argv = [a.replace("{host}", host) for a in argv]  # after splitting: a name never needs quoting
+        env["NIXMIG_HOST"] = host
     try:
         proc = subprocess.Popen(
             argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from nixmig import lock
 from nixmig.config import Config
@@ -60,11 +61,11 @@ def pick_migration(cfg: Config, name: str | None) -> str:
     return next(iter(cfg.migrations))
 
 
-def connector(cfg: Config, host_name: str) -> Callable[[], Transport]:
+def connector(cfg: Config, host_name: str, *, on_host: bool = False) -> Callable[[], Transport]:
     host = cfg.hosts[host_name]
 
     def connect() -> Transport:
-        if host.transport == "local":
+        if host.transport == "local" or on_host:
             from nixmig.remote.local import LocalTransport
 
             return LocalTransport()
@@ -75,33 +76,59 @@ def connector(cfg: Config, host_name: str) -> Callable[[], Transport]:
     return connect
 
 
+def single_host(cfg: Config, name: str) -> str:
+    """The host of a migration whose service runs on one host; else a usage error."""
+    targets = cfg.targets(cfg.migrations[name].service)
+    if len(targets) == 1:
+        return targets[0]
+    raise UsageError(
+        f"migration {name!r} runs on {len(targets)} hosts ({', '.join(targets[:6]) or 'none matched'})",
+        where=cfg.path,
+        hint="pass --hosts a,b or --all" if targets else "check services.<name>.hosts and [hosts] / [inventory]",
+    )
+
+
 def make_context(
     cfg: Config,
     name: str,
     *,
+    host: str | None = None,
+    on_host: bool = False,
+    state_dir: Path | None = None,
     identities: Sequence[Identity] = (),
     emit: Callable[[str], None] = print,
     old_password: Secret | None = None,
     connect: Callable[[], Transport] | None = None,
 ) -> Context:
+    """One migration on one host. `host` defaults to the service's only host; `state_dir`
+    (journal, backups) to the repo's .nixmig/; `on_host` runs it with the local transport."""
     mig = cfg.migrations[name]
-    svc = cfg.services[mig.service]
-    host = cfg.hosts[svc.host]
-    journal = Journal.open(cfg.repo / ".nixmig" / "journal", svc.host, name)
+    host_name = host or single_host(cfg, name)
+    if host_name not in cfg.hosts:
+        raise UsageError(
+            f"unknown host {host_name!r}",
+            where=cfg.path,
+            hint=f"migration {name} runs on: {', '.join(cfg.targets(mig.service)) or '(none)'}",
+        )
+    svc = cfg.service_for(mig.service, host_name)
+    root = state_dir if state_dir is not None else cfg.repo / ".nixmig"
+    journal = Journal.open(root / "journal", host_name, name)
     return Context(
         cfg=cfg,
         name=name,
         migration=mig,
         service=svc,
-        host_name=svc.host,
-        host=host,
+        host_name=host_name,
+        host=cfg.hosts[host_name],
         runtime=runtime_for(svc),
         journal=journal,
-        connect=connect or connector(cfg, svc.host),
+        connect=connect or connector(cfg, host_name, on_host=on_host),
         operator_recipients=[rcp.parse(r, where=f"{cfg.path}: operator.recipients") for r in cfg.operator.recipients],
         identities=list(identities),
         emit=emit,
         old_password=old_password,
+        on_host=on_host,
+        state_root=state_dir,
     )
 
 
@@ -125,14 +152,30 @@ class PhaseFailed(NixmigError):
     """A phase failed; the journal records where to resume."""
 
 
-def apply(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | None = None) -> None:
+class Gate(Protocol):
+    """Several hosts of one run (nixmig.fleet.Gate): a phase with `fleet_barrier = True`
+    (the one deploying the final config from the shared repo) starts on a host only once
+    every other host of the run has reached it too, or has stopped."""
+
+    def reach(self, host: str, index: int, *, barrier: bool) -> None: ...
+
+
+def apply(
+    ctx: Context,
+    *,
+    on_phase: Callable[[str, str, float | None], None] | None = None,
+    gate: Gate | None = None,
+) -> None:
     phases = phases_for(ctx.migration.strategy)
     if ctx.journal.rolled_back:
         ctx.journal.reset()  # a rolled-back migration starts over
     held = lock.acquire(ctx.t, ctx.host.lock_dir, f"{ctx.host_name}-{ctx.name}")
     try:
-        for p in phases:
-            if ctx.journal.state(p.name) == "done":
+        for i, p in enumerate(phases):
+            done = ctx.journal.state(p.name) == "done"
+            if gate is not None:
+                gate.reach(ctx.host_name, i, barrier=getattr(p, "fleet_barrier", False) and not done)
+            if done:
                 _notify(on_phase, p.name, "done", None)
                 continue
             started = time.monotonic()
@@ -154,6 +197,8 @@ def apply(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | 
             ctx.journal.finish(p.name, data)
             _notify(on_phase, p.name, "done", time.monotonic() - started)
             _crash_point(p.name)
+        if ctx.journal.completed is None:
+            ctx.journal.complete()
     finally:
         held.close()
 
@@ -176,6 +221,7 @@ def rollback(ctx: Context, *, on_phase: Callable[[str, str, float | None], None]
             undone.append(p.name)
             _notify(on_phase, p.name, "undone", time.monotonic() - started)
         ctx.journal.rolled_back = True
+        ctx.journal.completed = None
         ctx.journal.save()
     finally:
         held.close()

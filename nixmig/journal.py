@@ -46,6 +46,10 @@ class Journal:
     host: str
     steps: dict[str, Step] = field(default_factory=dict)
     rolled_back: bool = False
+    # when apply last ran every phase to the end (None while a run is unfinished)
+    completed: float | None = None
+    # facts a mode keeps beside the steps (on-host: a salted hash of the secret it applied)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def open(cls, directory: Path, host: str, migration: str) -> Journal:
@@ -55,7 +59,15 @@ class Journal:
         try:
             raw = json.loads(path.read_text())
             steps = {s["phase"]: Step(**s) for s in raw["steps"]}
-            return cls(path, raw["migration"], raw["host"], steps, bool(raw.get("rolled_back", False)))
+            return cls(
+                path,
+                raw["migration"],
+                raw["host"],
+                steps,
+                bool(raw.get("rolled_back", False)),
+                raw.get("completed"),
+                dict(raw.get("meta") or {}),
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise JournalError(
                 f"unreadable journal ({exc})", where=path, hint="inspect it; move it away to start over"
@@ -91,7 +103,17 @@ class Journal:
     def reset(self) -> None:
         self.steps.clear()
         self.rolled_back = False
+        self.completed = None
+        self.meta.clear()
         self.save()
+
+    def complete(self) -> None:
+        self.completed = time.time()
+        self.save()
+
+    @property
+    def started(self) -> bool:
+        return bool(self.steps)
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -100,6 +122,8 @@ class Journal:
             "migration": self.migration,
             "host": self.host,
             "rolled_back": self.rolled_back,
+            "completed": self.completed,
+            "meta": self.meta,
             "steps": [s.__dict__ for s in self.steps.values()],
         }
         fsutil.write_atomic(self.path, (json.dumps(body, indent=2) + "\n").encode(), 0o600)

@@ -582,12 +582,14 @@ def spec_for(cfg: Config, migration: str) -> Spec:
     """The Spec of one migration of a loaded nixmig.toml."""
     mig = cfg.migrations[migration]
     svc = cfg.services[mig.service]
-    host = cfg.hosts[svc.host]
+    # a service on several hosts: the repo is shared, no host-specific inference
+    targets = [svc.host] if svc.host else cfg.targets(mig.service)
+    host = cfg.hosts.get(targets[0]) if targets else None
     return Spec(
         secret=mig.secret,
         role=svc.role,
         secrets_dir=cfg.secrets_dir,
-        agenix_dir=host.agenix_dir,
+        agenix_dir=host.agenix_dir if host is not None else "/run/agenix",
         host=svc.host,
         container=svc.container,
         module=mig.module,

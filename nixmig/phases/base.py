@@ -43,6 +43,10 @@ class Context:
     restore_test: bool = False
     _transport: Transport | None = field(default=None, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
+    # on-host mode (nixmig.onhost): nixmig runs on the target inside its activation; the
+    # deploys are that activation, the repo is not here, the state lives in state_root
+    on_host: bool = False
+    state_root: Path | None = None
 
     @property
     def t(self) -> Transport:
@@ -56,7 +60,8 @@ class Context:
 
     @property
     def state_dir(self) -> Path:
-        return self.cfg.repo / ".nixmig"
+        """Journal, backups and repo originals: the repo's .nixmig/, on-host /var/lib/nixmig."""
+        return self.state_root if self.state_root is not None else self.cfg.repo / ".nixmig"
 
     @property
     def backups_dir(self) -> Path:

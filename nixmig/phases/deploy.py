@@ -3,10 +3,20 @@
 stage deploys the config that only adds the agenix secret, so /run/agenix/NAME
 exists while the services still use the old password; switch deploys the
 patched config, so the services read the secret.
+
+On-host (ctx.on_host) the activation that runs nixmig is the deploy: agenix has
+already written the secret, the app unit starts after nixmig's, and the repo is
+not on the host. stage only checks the secret is there; switch marks the server
+log; neither deploys nor patches.
+
+Several hosts share one repo: its patch is written under a process-wide lock, the
+full patch only once every host of the run has rotated (Switch.fleet_barrier), and
+the originals are restored only when the last host using the patch is rolled back.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +35,24 @@ def _patch_repo(ctx: Context, *, stage_only: bool) -> list[str]:
     The originals are saved once under .nixmig/patch/MIGRATION/ for rollback. The plan
     is recomputed from the files as they are, so a half-patched tree converges.
     """
-    if not ctx.migration.patch_repo:
+    if not ctx.migration.patch_repo or ctx.on_host:
         return []
+    with _REPO_LOCK:
+        return _patch_repo_locked(ctx, stage_only=stage_only)
+
+
+_REPO_LOCK = threading.Lock()  # hosts of one run patch the same files
+
+
+def _patch_repo_locked(ctx: Context, *, stage_only: bool) -> list[str]:
     from nixmig.nixsrc import patch, validate
 
     repo = ctx.cfg.repo
     sources = patch.read_sources(repo)
+    if stage_only:
+        rewound = _stage_from_originals(ctx, sources)
+        if rewound:
+            return rewound
     plan = patch.plan(sources, patch.spec_for(ctx.cfg, ctx.name))
     if plan.manual:
         m = plan.manual[0]
@@ -53,30 +75,97 @@ def _patch_repo(ctx: Context, *, stage_only: bool) -> list[str]:
     return sorted(results)
 
 
+def _stage_from_originals(ctx: Context, sources: dict[str, bytes]) -> list[str]:
+    """A host still to stage while the repo already holds the full patch (another host of
+    the fleet switched in an earlier run): deploying the tree as it is would restart this
+    host's services onto the secret before its role has it. Write the stage config again,
+    derived from the saved originals; the switch phase writes the full patch back."""
+    saved = _originals_dir(ctx)
+    if not saved.is_dir():
+        return []
+    from nixmig.nixsrc import patch, validate
+
+    originals = {
+        keep.relative_to(saved).as_posix().removesuffix(".orig"): keep.read_bytes() for keep in saved.rglob("*.orig")
+    }
+    base = {**sources, **originals}
+    plan = patch.plan(base, patch.spec_for(ctx.cfg, ctx.name))
+    full = plan.results(base)
+    if not full or any(sources.get(name) != data for name, data in full.items()):
+        return []  # not at the full patch: the normal path (recomputed from the files) applies
+    staged = plan.results(base, stage_only=True)
+    back = {name: staged.get(name, originals.get(name, b"")) for name in full}
+    validate.write_all(ctx.cfg.repo, back)
+    ctx.emit(f"repo was at the full patch (other hosts switched): stage config again in {', '.join(sorted(back))}")
+    return sorted(back)
+
+
 def _originals_dir(ctx: Context) -> Path:
     return ctx.state_dir / "patch" / ctx.name / "originals"
 
 
+def others_on_patch(ctx: Context) -> list[str]:
+    """Other hosts of this migration whose journal says the repo's patch is deployed there
+    (stage or switch done, not rolled back): restoring the originals would undo them too."""
+    if ctx.on_host or not ctx.migration.patch_repo:
+        return []
+    from nixmig.journal import Journal, JournalError
+
+    rolling = set(ctx.extra.get("rollback_hosts", ())) | {ctx.host_name}
+    out = []
+    for h in ctx.cfg.targets(ctx.migration.service):
+        if h in rolling:
+            continue
+        try:
+            j = Journal.open(ctx.journal.path.parent.parent, h, ctx.name)
+        except JournalError:
+            out.append(h)
+            continue
+        if not j.rolled_back and any(j.state(p) in ("done", "running", "failed") for p in ("stage", "switch")):
+            out.append(h)
+    return out
+
+
 def _restore_repo(ctx: Context) -> None:
     saved = _originals_dir(ctx)
-    if not saved.is_dir():
+    if ctx.on_host or not saved.is_dir():
         return
     from nixmig.fsutil import write_atomic
 
     restored = []
-    for keep in sorted(saved.rglob("*.orig")):
-        name = keep.relative_to(saved).as_posix().removesuffix(".orig")
-        write_atomic(ctx.cfg.repo / name, keep.read_bytes())
-        restored.append(name)
+    with _REPO_LOCK:
+        for keep in sorted(saved.rglob("*.orig")):
+            name = keep.relative_to(saved).as_posix().removesuffix(".orig")
+            write_atomic(ctx.cfg.repo / name, keep.read_bytes())
+            restored.append(name)
     ctx.emit(f"restored {', '.join(restored)} to their state before the migration")
 
 
+def _check_shared_patch(ctx: Context) -> None:
+    others = others_on_patch(ctx)
+    if others:
+        raise StageError(
+            f"the repo's patch for {ctx.name} is deployed on {len(others)} other host(s) too: {', '.join(others[:6])}; "
+            f"restoring it for {ctx.host_name} alone would undo them at their next deploy",
+            where=ctx.cfg.path,
+            hint="roll them back together (--hosts with all of them, or --all), "
+            "or set patch_repo = false and manage each host's config yourself",
+        )
+
+
 def _deploy(ctx: Context, phase: str) -> None:
+    if ctx.on_host:
+        # the activation running nixmig is the deploy: stage's secret is there, the app unit starts after us
+        if phase == "rollback":
+            ctx.emit("on-host: the configuration stays; activate the previous generation to go back (services read it)")
+        return
     if not ctx.migration.deploy:
         raise StageError(
             "no deploy command", where=f"migrations.{ctx.name}.deploy", hint='e.g. deploy = "deploy .#newton"'
         )
-    run_deploy(ctx.migration.deploy, repo=ctx.cfg.repo, phase=phase, migration=ctx.name, emit=ctx.emit)
+    run_deploy(
+        ctx.migration.deploy, repo=ctx.cfg.repo, phase=phase, migration=ctx.name, emit=ctx.emit, host=ctx.host_name
+    )
 
 
 class Stage:
@@ -84,13 +173,15 @@ class Stage:
     title = "deploy 1: stage the agenix secret"
 
     def describe(self, ctx: Context) -> list[Action]:
+        if ctx.on_host:
+            return [Action("check", f"{ctx.secret_on_host} exists (agenix wrote it in this activation)")]
         return [
             *(
                 [Action("file", "write the stage config: only age.secrets." + ctx.migration.secret)]
                 if ctx.migration.patch_repo
                 else []
             ),
-            Action("deploy", f"NIXMIG_PHASE=stage {ctx.migration.deploy}"),
+            Action("deploy", f"NIXMIG_PHASE=stage {_shown(ctx)}"),
             Action("check", f"{ctx.secret_on_host} exists on {ctx.host_name} (0400)"),
         ]
 
@@ -102,25 +193,36 @@ class Stage:
         _deploy(ctx, "stage")
         if not self.check(ctx):
             raise StageError(
-                f"{ctx.secret_on_host} is missing after the deploy",
+                f"{ctx.secret_on_host} is missing {'in this activation' if ctx.on_host else 'after the deploy'}",
                 where=ctx.t.name,
                 hint="check that age.secrets includes it and that agenix could decrypt it (journalctl -u agenix)",
             )
         return {"patched": patched}
+
+    def can_undo(self, ctx: Context, data: dict[str, Any]) -> None:
+        _check_shared_patch(ctx)
 
     def undo(self, ctx: Context, data: dict[str, Any]) -> None:
         _restore_repo(ctx)
         _deploy(ctx, "rollback")
 
 
+def _shown(ctx: Context) -> str:
+    """The deploy command as it runs for this host ({host} filled in)."""
+    return (ctx.migration.deploy or "").replace("{host}", ctx.host_name)
+
+
 class Switch:
     name = "switch"
     title = "deploy 2: services read the secret"
+    fleet_barrier = True  # the full patch reaches the shared repo once every host of the run has rotated
 
     def describe(self, ctx: Context) -> list[Action]:
+        if ctx.on_host:
+            return [Action("check", "mark the server log; the app unit starts after this one, onto the secret")]
         return [
             *([Action("file", "write the full patch (see `nixmig patch`)")] if ctx.migration.patch_repo else []),
-            Action("deploy", f"NIXMIG_PHASE=switch {ctx.migration.deploy}"),
+            Action("deploy", f"NIXMIG_PHASE=switch {_shown(ctx)}"),
         ]
 
     def check(self, ctx: Context) -> bool:
@@ -131,6 +233,9 @@ class Switch:
         mark = ctx.runtime.log_mark(ctx.t)  # verify reads the server log from here
         _deploy(ctx, "switch")
         return {"log_mark": mark, "patched": patched}
+
+    def can_undo(self, ctx: Context, data: dict[str, Any]) -> None:
+        _check_shared_patch(ctx)
 
     def undo(self, ctx: Context, data: dict[str, Any]) -> None:
         _restore_repo(ctx)

@@ -22,12 +22,17 @@ class Preflight:
 
     def describe(self, ctx: Context) -> list[Action]:
         h = ctx.host
-        via = "this machine" if h.transport == "local" else f"ssh {h.user}@{h.address}:{h.port} (known_hosts verified)"
+        local = h.transport == "local" or ctx.on_host
+        via = "this machine" if local else f"ssh {h.user}@{h.address}:{h.port} (known_hosts verified)"
         return [
             Action("check", f"reach {ctx.host_name} via {via}"),
             Action("check", f"{ctx.runtime.describe()} answers; role {ctx.service.role!r} exists"),
             Action("sql", "snapshot: exact row count of every table"),
-            Action("check", f"secrets.nix lists {ctx.migration.secret}.age for this host's key"),
+            *(
+                []
+                if ctx.on_host  # the repo is not on the host; agenix's file is checked by stage
+                else [Action("check", f"secrets.nix lists {ctx.migration.secret}.age for this host's key")]
+            ),
             Action("check", "free disk on this machine covers the backup"),
         ]
 
@@ -44,7 +49,8 @@ class Preflight:
                 where=t.name,
                 hint="check services.<name>.role",
             )
-        self._secret_listed(ctx)
+        if not ctx.on_host:
+            self._secret_listed(ctx)
         counts = ops.snapshot(t, ctx.runtime)
         size = int(ops.psql(t, ctx.runtime, "SELECT pg_database_size(current_database());").strip() or 0)
         ctx.backups_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
