@@ -272,7 +272,7 @@ def activate(root: Path) -> None:
         print("twenty: back on the previous generation, app restarted")
 
 
-def run_demo(emit: Callable[[str], None], keep: bool = False) -> int:
+def run_demo(emit: Callable[[str], None], keep: bool = False, restore_test: bool = True) -> int:
     from nixmig import config, engine
     from nixmig.db.writer import Writer, count_found
     from nixmig.secrets import store
@@ -310,6 +310,7 @@ def run_demo(emit: Callable[[str], None], keep: bool = False) -> int:
             emit=lambda m: emit(f"    {m}"),
             old_password=Secret(OLD_PASSWORD),
         )
+        ctx.restore_test = restore_test  # a scratch database on the demo's cluster: a second or so
         times: dict[str, float] = {}
 
         def on_phase(phase: str, state: str, secs: float | None) -> None:

@@ -20,6 +20,14 @@ IdentityOpt = typer.Option(
     help="Operator identity (ssh private key or age key file): test-reads the backup, and rollback needs it.",
 )
 
+RestoreTestOpt = typer.Option(
+    False,
+    "--restore-test",
+    help="Also restore the backup into a scratch target (a container from the same image, or a scratch "
+    "database on the same cluster) and compare every table's row count with the dump's own snapshot; "
+    "the scratch target is removed afterwards. Needs --identity.",
+)
+
 
 class _Progress:
     """One line per phase; on a terminal a rich spinner runs while a phase works."""
@@ -83,12 +91,14 @@ def register(app: typer.Typer) -> None:
     def plan_cmd(
         config: Path = ConfigOpt,
         migration: str | None = MigrationOpt,
+        restore_test: bool = RestoreTestOpt,
         json_out: bool = JsonOption,
     ) -> None:
         """Print what `apply` would do: every phase, its commands and SQL (secrets masked)."""
         from nixmig import engine
 
         ctx = _ctx(config, migration, None, quiet=True)
+        ctx.restore_test = restore_test
         steps = engine.plan(ctx)
         if json_out:
             print_json(
@@ -114,12 +124,14 @@ def register(app: typer.Typer) -> None:
         migration: str | None = MigrationOpt,
         identity: list[Path] | None = IdentityOpt,
         yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (deploy-rs, CI)."),
+        restore_test: bool = RestoreTestOpt,
     ) -> None:
         """Run the migration; resumes at the first unfinished phase after a crash."""
         from nixmig import engine
         from nixmig.errors import UsageError
 
         ctx = _ctx(config, migration, identity)
+        ctx.restore_test = restore_test
         if not yes:
             if not sys.stdin.isatty():
                 raise UsageError("not a terminal and no --yes", hint="pass --yes to apply non-interactively")

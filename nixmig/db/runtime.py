@@ -17,6 +17,9 @@ from nixmig.errors import NixmigError
 from nixmig.remote.base import Transport
 
 PSQL_FLAGS = ["-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
+# a restore test: objects owned by the restoring superuser, no grants (the roles of the
+# source may not exist there), and the first error stops it
+RESTORE_FLAGS = ["--no-owner", "--no-acl", "--exit-on-error"]
 
 
 class RuntimeError_(NixmigError):
@@ -31,9 +34,15 @@ class Runtime(Protocol):
         """argv of a superuser psql reading SQL from stdin."""
         ...
 
-    def pg_dump(self) -> list[str]: ...
+    def pg_dump(self, snapshot: str | None = None) -> list[str]:
+        """argv of pg_dump -Fc to stdout; ``snapshot``: an exported snapshot to dump (--snapshot)."""
+        ...
 
     def pg_restore_list(self) -> list[str]: ...
+
+    def pg_restore(self, database: str) -> list[str]:
+        """argv of pg_restore reading an archive on stdin into ``database`` (no owners, no grants)."""
+        ...
 
     def check(self, t: Transport) -> None:
         """Raise RuntimeError_ with advice when the runtime is not there."""
@@ -74,11 +83,17 @@ class DockerRuntime:
         db = database or self.service.database
         return self._exec("psql", *PSQL_FLAGS, "-U", self.service.admin_role, "-d", db, "-f", "-")
 
-    def pg_dump(self) -> list[str]:
-        return self._exec("pg_dump", "-Fc", "-U", self.service.admin_role, "-d", self.service.database, stdin=False)
+    def pg_dump(self, snapshot: str | None = None) -> list[str]:
+        snap = [f"--snapshot={snapshot}"] if snapshot else []
+        return self._exec(
+            "pg_dump", "-Fc", *snap, "-U", self.service.admin_role, "-d", self.service.database, stdin=False
+        )
 
     def pg_restore_list(self) -> list[str]:
         return self._exec("pg_restore", "--list")
+
+    def pg_restore(self, database: str) -> list[str]:
+        return self._exec("pg_restore", *RESTORE_FLAGS, "-U", self.service.admin_role, "-d", database)
 
     def check(self, t: Transport) -> None:
         r = t.run(self._docker("inspect", "--type", "container", self.container), check=False)
@@ -134,13 +149,19 @@ class NativeRuntime:
         db = database or self.service.database
         return self._as_os_user("psql", *PSQL_FLAGS, *self._conn(), "-U", self.service.admin_role, "-d", db, "-f", "-")
 
-    def pg_dump(self) -> list[str]:
+    def pg_dump(self, snapshot: str | None = None) -> list[str]:
+        snap = [f"--snapshot={snapshot}"] if snapshot else []
         return self._as_os_user(
-            "pg_dump", "-Fc", *self._conn(), "-U", self.service.admin_role, "-d", self.service.database
+            "pg_dump", "-Fc", *snap, *self._conn(), "-U", self.service.admin_role, "-d", self.service.database
         )
 
     def pg_restore_list(self) -> list[str]:
         return ["pg_restore", "--list"]
+
+    def pg_restore(self, database: str) -> list[str]:
+        return self._as_os_user(
+            "pg_restore", *RESTORE_FLAGS, *self._conn(), "-U", self.service.admin_role, "-d", database
+        )
 
     def check(self, t: Transport) -> None:
         r = t.run(self._as_os_user("pg_isready", *self._conn()), check=False)

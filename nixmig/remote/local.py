@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -72,7 +73,8 @@ class LocalTransport:
             threads.append(threading.Thread(target=_feed, args=(stdin, proc.stdin), daemon=True))
         for t in threads:
             t.start()
-        while chunk := proc.stdout.read(CHUNK):
+        out_fd = proc.stdout.fileno()
+        while chunk := os.read(out_fd, CHUNK):  # what is there: a line-by-line reader is not held back
             if stdout is not None:
                 stdout.write(chunk)
             else:
@@ -82,8 +84,9 @@ class LocalTransport:
         except subprocess.TimeoutExpired:
             proc.kill()
             raise TransportError(f"`{command}` timed out after {timeout:.0f}s", where=self.name) from None
-        for t in threads:
-            t.join()
+        threads[0].join()  # all of stderr
+        for t in threads[1:]:  # the feeder may wait on a source that outlives the command (as in ssh.py)
+            t.join(timeout=5)
         result = Result(command, code, bytes(out), bytes(err))
         if check and not result.ok:
             raise CommandFailed(result, self.name)
@@ -127,6 +130,7 @@ def _feed(src: BinaryIO, dst: IO[bytes]) -> None:
     try:
         while chunk := src.read(CHUNK):
             dst.write(chunk)
+            dst.flush()  # a conversation (psql fed statement by statement) must not wait on a buffer
     except BrokenPipeError:
         pass
     finally:
