@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 import tomllib
 import types
 import typing
@@ -120,6 +121,18 @@ class Migration:
     unit: str | None = None
     # Where the unit renders the env file (default: /run/UNIT/SECRET.env; must be directly under /run/DIR).
     env_file: str | None = None
+    # strategy "dual-role": the second login role the services move to (default ROLE_v2, see
+    # new_role_for); it gets the new password, membership in the old role and `SET role` to it.
+    new_role: str | None = None
+
+
+def new_role_for(mig: Migration, svc: Service) -> str:
+    """The role a dual-role migration creates and moves the services to."""
+    return mig.new_role or f"{svc.role}_v2"
+
+
+# A role name that needs no quoting anywhere it goes: SQL, a postgres:// URL's userinfo, Nix, shell.
+_ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -240,6 +253,32 @@ def _cross_check(cfg: Config, where: str) -> None:
                 raise ConfigError(f"{key}.url: required for an http check", where=where)
             if hc.type == "command" and not hc.command:
                 raise ConfigError(f"{key}.command: required for a command check", where=where)
+        _check_new_role(name, mig, cfg.services[mig.service], where)
+
+
+def _check_new_role(name: str, mig: Migration, svc: Service, where: str) -> None:
+    key = f"migrations.{name}.new_role"
+    if mig.strategy != "dual-role":
+        if mig.new_role is not None:
+            raise ConfigError(
+                f'{key}: only used with strategy = "dual-role" (this migration is {mig.strategy!r})',
+                where=where,
+                hint='remove it, or set strategy = "dual-role"',
+            )
+        return
+    new = new_role_for(mig, svc)
+    if not _ROLE_NAME.fullmatch(new) or new.lower().startswith("pg_"):
+        raise ConfigError(
+            f"{key}: {new!r} is not a usable role name",
+            where=where,
+            hint="use 1-63 letters, digits and _, starting with a letter or _, not pg_… (e.g. twenty_v2)",
+        )
+    if new in (svc.role, svc.admin_role):
+        raise ConfigError(
+            f"{key}: {new!r} is the service's {'role' if new == svc.role else 'admin_role'}",
+            where=where,
+            hint=f"dual-role needs a second role beside {svc.role!r}, e.g. {svc.role}_v2",
+        )
 
 
 def _check_service_hosts(cfg: Config, name: str, svc: Service, where: str) -> None:

@@ -39,6 +39,10 @@ def phases_for(strategy: str) -> list[Phase]:
     match strategy:
         case "rotate":
             return [Preflight(), Backup(), Stage(), Rotate(), Switch(), Verify(), Cleanup()]
+        case "dual-role":
+            from nixmig.phases import dualrole
+
+            return dualrole.phases()
         case _:
             raise UsageError(
                 f"strategy {strategy!r} is not implemented yet", hint='use strategy = "rotate" in nixmig.toml'

@@ -82,7 +82,12 @@ class Journal:
         return step.data if step else {}
 
     def begin(self, phase: str) -> None:
-        self.steps[phase] = Step(phase, "running", time.time())
+        # A phase that ran before and did not finish (killed, or failed) keeps its data: it
+        # may hold rollback material written before the change (a sealed old verifier), and a
+        # re-run that finds the change already made (check) must not lose it.
+        prev = self.steps.get(phase)
+        kept = dict(prev.data) if prev is not None and prev.state in ("running", "failed") else {}
+        self.steps[phase] = Step(phase, "running", time.time(), data=kept)
         self.save()
 
     def finish(self, phase: str, data: dict[str, Any] | None = None) -> None:

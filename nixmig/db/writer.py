@@ -3,6 +3,14 @@
 Each insert commits on its own; the id of every committed row is recorded as
 "acknowledged". On an authentication failure it re-reads the connection URL
 from its env file (as a restarted service would) and reconnects.
+
+It counts ``failed_attempts`` (every attempt that raised: a refused login, a
+dropped connection, a failed insert) and, among them, ``failed_connects`` (a new
+connection that could not be opened: for a service, a refused login is one).
+With ``reconnect_every`` it opens a new connection for the next write once its
+connection is that old (seconds), as a pool with a short max lifetime or a
+worker that connects per job does: a password change the service has not
+picked up yet then shows as failed connects.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ class Writer:
     generation: Callable[[], object] = lambda: 0
     acknowledged: list[int] = field(default_factory=list)
     failed_attempts: int = 0
+    failed_connects: int = 0
+    reconnect_every: float | None = None
     longest_gap: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -52,6 +62,7 @@ class Writer:
     def _run(self) -> None:
         conn: psycopg.Connection[tuple[object, ...]] | None = None
         last_ack = time.monotonic()
+        opened = 0.0
         gen = self.generation()
         while not self._stop.is_set():
             try:
@@ -60,8 +71,17 @@ class Writer:
                     if conn is not None:
                         conn.close()
                     conn = None
+                expired = self.reconnect_every is not None and time.monotonic() - opened >= self.reconnect_every
+                if conn is not None and expired:
+                    conn.close()
+                    conn = None
                 if conn is None or conn.closed:
-                    conn = self._connect()
+                    try:
+                        conn = self._connect()
+                    except psycopg.Error:
+                        self.failed_connects += 1
+                        raise
+                    opened = time.monotonic()
                 row = conn.execute("INSERT INTO app_writes (at) VALUES (now()) RETURNING id").fetchone()
                 assert row is not None
                 self.acknowledged.append(int(str(row[0])))

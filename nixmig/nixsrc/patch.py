@@ -32,6 +32,7 @@ quoting (:func:`shell_quote`) are done here, explicitly, and tested.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import posixpath
@@ -41,7 +42,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from nixmig.errors import ConfigError, NixmigError, NixSyntaxError
 from nixmig.nixsrc.parse import parse_checked, text
@@ -568,6 +569,9 @@ class Spec:
     app_services: tuple[str, ...] = ()
     unit: str | None = None
     env_file: str | None = None
+    # strategy dual-role: the role the services connect as from now on (the env file's URLs
+    # and the module's `user` option beside the password option); None: `role`, unchanged
+    login_role: str | None = None
 
     @property
     def secret_on_host(self) -> str:
@@ -580,6 +584,8 @@ class Spec:
 
 def spec_for(cfg: Config, migration: str) -> Spec:
     """The Spec of one migration of a loaded nixmig.toml."""
+    from nixmig.config import new_role_for
+
     mig = cfg.migrations[migration]
     svc = cfg.services[mig.service]
     # a service on several hosts: the repo is shared, no host-specific inference
@@ -600,6 +606,7 @@ def spec_for(cfg: Config, migration: str) -> Spec:
         app_services=tuple(mig.app_services),
         unit=mig.unit,
         env_file=mig.env_file,
+        login_role=new_role_for(mig, svc) if mig.strategy == "dual-role" else None,
     )
 
 
@@ -1116,6 +1123,7 @@ class _Builder:
 
     def on_url(self, fm: FileModel, lit: Lit, value: str, url: UrlParts) -> None:
         self.mask_url(fm, lit.node, value, url)
+        url = self.as_login_role(url)
         var = lit.path[-1] if lit.path else ""
         shape = _container_shape(lit.path[:-2]) if len(lit.path) >= 2 and lit.path[-2] == "environment" else None
         systemd = _systemd_shape(lit.path)
@@ -1147,6 +1155,19 @@ class _Builder:
             self.generic_snippet(lit.path, EnvLine(var or "DATABASE_URL", url.prefix, url.suffix)),
         )
 
+    @property
+    def _new_login(self) -> bool:
+        return bool(self.spec.login_role) and self.spec.login_role != self.spec.role
+
+    def as_login_role(self, url: UrlParts) -> UrlParts:
+        """The URL with the user the services connect as after the migration (dual-role: the new role)."""
+        login = self.spec.login_role
+        if not login or not self._new_login:
+            return url
+        head = url.prefix.removesuffix(url.user + ":")
+        assert head + url.user + ":" == url.prefix, url.prefix
+        return dataclasses.replace(url, user=quote(login, safe=""), prefix=f"{head}{quote(login, safe='')}:")
+
     def url_in_container(self, fm: FileModel, lit: Lit, kind: str, name: str, prefix: NixPath, line: EnvLine) -> None:
         assert lit.bind is not None
         r = self.renderer_for_container(fm, kind, name, prefix)
@@ -1177,7 +1198,8 @@ class _Builder:
             fm,
             lit.bind.node,
             f"removes {line.var} (a URL with the hardcoded password) from the {name} container's environment, "
-            f"which lands in the world-readable Nix store: the container reads it from {env_path} instead",
+            f"which lands in the world-readable Nix store: the container reads it from {env_path} instead"
+            + (f", connecting as {self.spec.login_role} (dual-role)" if self._new_login else ""),
         )
         self.handled.add((fm.name, lit.node.start_byte))
         self.replaced.append(f"{line.var} at {fm.where(lit.node)}")
@@ -1553,6 +1575,27 @@ class _Builder:
         )
         self.need(host, ("config",))
 
+    def login_user(self) -> None:
+        """dual-role: the module's user option beside the password option (``database.user``) names the
+        new role, when it is set to the old one in the configuration."""
+        login, role = self.spec.login_role, self.spec.role
+        if not login or login == role:
+            return
+        options = [p for _, p in self.option_candidates()]
+        if self.option_literal is not None:
+            options.append(self.option_literal[2])
+        users = {(*p[:-1], u) for p in options for u in ("user", "username")}
+        for fm, b in self.all_binds():
+            if b.exact and b.path in users and decode_string(_unparen(b.value)) == role:
+                self.ed.add(
+                    fm,
+                    b.value.start_byte,
+                    b.value.end_byte,
+                    nix_string(login),
+                    f"{'.'.join(b.path)}: the service connects as {login} (the second role, strategy dual-role) "
+                    f"instead of {role}",
+                )
+
     def infer_host_file(self, option: NixPath, declared_in: FileModel | None) -> FileModel | None:
         owner = option[:2]
         cands = [
@@ -1643,6 +1686,7 @@ class _Builder:
         if db is not None or self.renderers or self.spec.module:
             self.age_secret(preferred)
         self.password_option(renderer_files or ([preferred] if preferred else []))
+        self.login_user()
         for name, names in self.needs_formals.items():
             fm = self.models[name]
             wanted = [n for n in ("config", "lib", "pkgs") if n in names]

@@ -37,20 +37,8 @@ class Verify:
         from nixmig.db.connect import try_login
 
         t, svc = ctx.t, ctx.service
-        rows: list[dict[str, Any]] = []
         # the server log first: verify's own old-password probe below must not count
-        log = ctx.runtime.log_since(t, str(ctx.journal.data("switch").get("log_mark", "0")))
-        if log is None:
-            rows.append({"check": "server log since the switch", "ok": True, "detail": "not readable, not checked"})
-        else:
-            fails = sum("password authentication failed" in line for line in log.splitlines())
-            rows.append(
-                {
-                    "check": "no authentication failure in the server log since the switch",
-                    "ok": fails == 0,
-                    "detail": f"{fails} failures" if fails else "",
-                }
-            )
+        rows: list[dict[str, Any]] = [log_row(ctx)]
         host, port = ctx.runtime.endpoint(t)
         pw = new_password(ctx)
         with t.forward(host, port) as (lhost, lport):
@@ -67,29 +55,57 @@ class Verify:
                 "detail": "",
             }
         )
-        before: dict[str, int] = ctx.journal.data("preflight").get("tables", {})
-        after = ops.snapshot(t, ctx.runtime)
-        missing = [f"{k} ({after.get(k, 'gone')} < {v})" for k, v in before.items() if after.get(k, -1) < v]
-        rows.append(
-            {
-                "check": f"{len(before)} tables, {sum(before.values())} rows at preflight, now {sum(after.values())}",
-                "ok": not missing,
-                "detail": ", ".join(missing[:5]),
-            }
-        )
-        for hc in ctx.migration.health_checks:
-            why = run_check(hc)
-            rows.append({"check": f"health {hc.url or hc.command}", "ok": why is None, "detail": why or ""})
-        for r in rows:
-            ctx.emit(f"{'ok ' if r['ok'] else 'FAIL'} {r['check']}{'  — ' + r['detail'] if r['detail'] else ''}")
-        failed = [r["check"] for r in rows if not r["ok"]]
-        if failed:
-            raise VerifyError(
-                "verification failed: " + "; ".join(failed),
-                where=t.name,
-                hint="the backup is in .nixmig/backups; `nixmig rollback` restores the old password and config",
-            )
+        row, after = tables_row(ctx)
+        rows += [row, *health_rows(ctx)]
+        conclude(ctx, rows)
         return {"checks": rows, "at": time.time(), "rows_now": after}
 
     def undo(self, ctx: Context, data: dict[str, Any]) -> None:
         return None
+
+
+def log_row(ctx: Context) -> dict[str, Any]:
+    """No 'password authentication failed' in the server log since the switch's mark."""
+    log = ctx.runtime.log_since(ctx.t, str(ctx.journal.data("switch").get("log_mark", "0")))
+    if log is None:
+        return {"check": "server log since the switch", "ok": True, "detail": "not readable, not checked"}
+    fails = sum("password authentication failed" in line for line in log.splitlines())
+    return {
+        "check": "no authentication failure in the server log since the switch",
+        "ok": fails == 0,
+        "detail": f"{fails} failures" if fails else "",
+    }
+
+
+def tables_row(ctx: Context) -> tuple[dict[str, Any], dict[str, int]]:
+    """Every table of the preflight snapshot is there with at least its row count; the counts now."""
+    before: dict[str, int] = ctx.journal.data("preflight").get("tables", {})
+    after = ops.snapshot(ctx.t, ctx.runtime)
+    missing = [f"{k} ({after.get(k, 'gone')} < {v})" for k, v in before.items() if after.get(k, -1) < v]
+    row = {
+        "check": f"{len(before)} tables, {sum(before.values())} rows at preflight, now {sum(after.values())}",
+        "ok": not missing,
+        "detail": ", ".join(missing[:5]),
+    }
+    return row, after
+
+
+def health_rows(ctx: Context) -> list[dict[str, Any]]:
+    rows = []
+    for hc in ctx.migration.health_checks:
+        why = run_check(hc)
+        rows.append({"check": f"health {hc.url or hc.command}", "ok": why is None, "detail": why or ""})
+    return rows
+
+
+def conclude(ctx: Context, rows: list[dict[str, Any]]) -> None:
+    """Print every row; raise VerifyError naming the failed ones."""
+    for r in rows:
+        ctx.emit(f"{'ok ' if r['ok'] else 'FAIL'} {r['check']}{'  — ' + r['detail'] if r['detail'] else ''}")
+    failed = [r["check"] for r in rows if not r["ok"]]
+    if failed:
+        raise VerifyError(
+            "verification failed: " + "; ".join(failed),
+            where=ctx.t.name,
+            hint="the backup is in .nixmig/backups; `nixmig rollback` restores the old password and config",
+        )
