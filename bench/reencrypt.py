@@ -5,14 +5,19 @@ columns (default N = 1,000,000) holding legacy ciphertexts (enc:v1, AES-256-GCM)
 the local key provider (key files):
 
 - reencrypt: the real runner (keyset batches, compare-and-set, checkpoint per batch,
-  decrypt + encrypt + decrypt-again) moving every value to ctx:v1;
-- floor:     the same runner, same batches and writes, with an identity transform
-  (no crypto): what reading and writing alone cost;
+  decrypt + encrypt + decrypt-again in --jobs worker processes, default as the CLI's)
+  moving every value to ctx:v1;
+- floor:     the same runner, same batches, same worker processes and writes, with an
+  identity transform (no crypto): what reading, deciding and writing alone cost;
 - row-at-a-time baseline: SELECT one row, decrypt, encrypt, UPDATE one row, commit,
   the way the original per-record tool worked, on a sample of --baseline-rows rows
   (rows/s does not depend on the table size for it);
 - peak memory (max RSS) of the reencrypt pass on N rows and on N/10 rows: each pass
-  runs in its own process.
+  runs in its own process; with worker processes, the main process's peak plus
+  jobs x the largest worker's.
+
+The machine's load average is printed at the start and the end: other work on the
+machine (on a 2-core box, anything) lowers every figure, the ratios less.
 
 Targets: reencrypt >= 0.6 x floor, >= 20 x baseline, peak RSS <= 200 MB, and not
 growing with the table size.
@@ -41,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: TID251  (the benchmark builds its own tables)
 from psycopg import sql  # noqa: TID251
 
-from nixmig.reencrypt import keys, runner
+from nixmig.reencrypt import keys, runner, workers
 from nixmig.reencrypt.schemes import Failed, Keyring, LegacyCipher, SchemeId
 from nixmig.reencrypt.spec import Column, Spec, TableSpec
 from nixmig.sensitive import Secret
@@ -67,6 +72,12 @@ class IdentityOld:
     def decrypt_many(self, context: str, values: Sequence[str]) -> list[bytes | Failed]:
         return [v[7:].encode() for v in values]
 
+    def recipe(self) -> IdentityOld:  # stateless: a worker process gets a copy
+        return self
+
+    def build(self) -> IdentityOld:
+        return self
+
 
 class IdentityNew:
     """Writes ctx:v1 + the same payload, and reads it back, without crypto."""
@@ -81,6 +92,12 @@ class IdentityNew:
 
     def decrypt_many(self, context: str, values: Sequence[str]) -> list[bytes | Failed]:
         return [v[7:].encode() for v in values]
+
+    def recipe(self) -> IdentityNew:
+        return self
+
+    def build(self) -> IdentityNew:
+        return self
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -122,7 +139,7 @@ def copy_table(dsn: str, src: str, dst: str) -> None:
 # ---- one pass, in its own process ------------------------------------------------------------
 
 
-def run_pass(dsn: str, table: str, kind: str, key_dir: Path, batch_size: int, limit: int) -> dict[str, Any]:
+def run_pass(dsn: str, table: str, kind: str, key_dir: Path, batch_size: int, limit: int, jobs: int) -> dict[str, Any]:
     if kind == "floor":
         ring = Keyring(IdentityNew(), (IdentityOld(),))
     else:
@@ -136,13 +153,14 @@ def run_pass(dsn: str, table: str, kind: str, key_dir: Path, batch_size: int, li
     try:
         plans = runner.inspect(conn, spec)
         start = time.perf_counter()
-        (stats,) = runner.run(conn, plans, ring, runner.Options(apply=True, batch_size=batch_size), writer=writer)
+        opts = runner.Options(apply=True, batch_size=batch_size, jobs=jobs)
+        (stats,) = runner.run(conn, plans, ring, opts, writer=writer)
         seconds = time.perf_counter() - start
     finally:
         conn.close()
         writer.close()
     assert stats.counts.migrated == 3 * stats.counts.scanned, stats.counts
-    return {"rows": stats.counts.scanned, "seconds": seconds, "maxrss_mb": _maxrss_mb()}
+    return {"rows": stats.counts.scanned, "seconds": seconds, "maxrss_mb": _maxrss_mb(jobs)}
 
 
 def _row_at_a_time(dsn: str, table: str, ring: Keyring, limit: int) -> dict[str, Any]:
@@ -165,17 +183,23 @@ def _row_at_a_time(dsn: str, table: str, ring: Keyring, limit: int) -> dict[str,
             conn.execute(update, (*new_values, pk))
             conn.commit()
         seconds = time.perf_counter() - start
-    return {"rows": len(ids), "seconds": seconds, "maxrss_mb": _maxrss_mb()}
+    return {"rows": len(ids), "seconds": seconds, "maxrss_mb": _maxrss_mb(0)}
 
 
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _maxrss_mb(jobs: int) -> float:
+    """Peak RSS of this process, plus ``jobs`` times the largest worker's (they have exited)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if jobs else 0
+    return (own + jobs * workers) / 1024.0
 
 
-def subprocess_pass(dsn: str, table: str, kind: str, key_dir: Path, batch_size: int, limit: int = 0) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "--_pass", kind, "--dsn", dsn, "--_table", table, "--_keys", str(key_dir)]
-    argv += ["--batch-size", str(batch_size), "--baseline-rows", str(limit)]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+def subprocess_pass(
+    dsn: str, table: str, kind: str, key_dir: Path, batch_size: int, jobs: int, limit: int = 0
+) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "--_pass", kind, "--_table", table, "--_keys", str(key_dir)]
+    argv += ["--batch-size", str(batch_size), "--baseline-rows", str(limit), "--jobs", str(jobs)]
+    env = dict(os.environ, NIXMIG_BENCH_DSN=dsn)  # not in argv: it holds the cluster's password
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -183,13 +207,14 @@ def subprocess_pass(dsn: str, table: str, kind: str, key_dir: Path, batch_size: 
 # ---- main ------------------------------------------------------------------------------------
 
 
-def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int) -> bool:
+def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int) -> bool:
     old, new = Secret(os.urandom(32)), Secret(os.urandom(32))
     key_dir = Path(tempfile.mkdtemp(prefix="nixmig-bench-keys-"))
     (key_dir / "old.key").write_text(base64.b64encode(old.reveal()).decode())
     (key_dir / "new.key").write_text(base64.b64encode(new.reveal()).decode())
     small = max(rows // 10, 1000)
     print(f"rows: {rows:,} x {len(COLUMNS)} columns, batch size {batch_size}, local key provider (key files)")
+    print(f"jobs: {jobs} worker process(es) (floor and reencrypt alike); {os.cpu_count()} CPUs; {_load()}")
     t0 = time.perf_counter()
     generate(dsn, "bench_src", rows, old)
     generate(dsn, "bench_small_src", small, old)
@@ -198,9 +223,9 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int) -> bool:
     results = {}
     for kind, src in (("floor", "bench_src"), ("reencrypt", "bench_src"), ("reencrypt_small", "bench_small_src")):
         copy_table(dsn, src, f"bench_{kind}")
-        results[kind] = subprocess_pass(dsn, f"bench_{kind}", kind.removesuffix("_small"), key_dir, batch_size)
+        results[kind] = subprocess_pass(dsn, f"bench_{kind}", kind.removesuffix("_small"), key_dir, batch_size, jobs)
     copy_table(dsn, "bench_small_src", "bench_baseline")
-    results["baseline"] = subprocess_pass(dsn, "bench_baseline", "baseline", key_dir, batch_size, baseline_rows)
+    results["baseline"] = subprocess_pass(dsn, "bench_baseline", "baseline", key_dir, batch_size, 0, baseline_rows)
 
     def rate(r: dict[str, Any]) -> float:
         return float(r["rows"]) / float(r["seconds"])
@@ -217,6 +242,7 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int) -> bool:
     ):
         r = results[key]
         print(f"{label:<28}{r['rows']:>12,}{r['seconds']:>10.2f}{rate(r):>12,.0f}{r['maxrss_mb']:>14.1f}")
+    print(f"at the end: {_load()}")
     print()
     checks = [
         (f"reencrypt / floor       = {re / fl:.2f}", re / fl >= TARGET_FLOOR, f">= {TARGET_FLOOR}"),
@@ -235,26 +261,36 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int) -> bool:
     return ok
 
 
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--baseline-rows", type=int, default=20_000, help="sample size of the row-at-a-time pass")
-    parser.add_argument("--dsn", help="an existing database (default: a throwaway cluster)")
+    parser.add_argument("--jobs", type=int, default=workers.default_jobs(), help="worker processes (0: none)")
+    parser.add_argument(
+        "--dsn", default=os.environ.get("NIXMIG_BENCH_DSN"), help="an existing database (default: a throwaway cluster)"
+    )
     parser.add_argument("--_pass", help=argparse.SUPPRESS)
     parser.add_argument("--_table", help=argparse.SUPPRESS)
     parser.add_argument("--_keys", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._pass:
-        result = run_pass(args.dsn, args._table, args._pass, Path(args._keys), args.batch_size, args.baseline_rows)
+        result = run_pass(
+            args.dsn, args._table, args._pass, Path(args._keys), args.batch_size, args.baseline_rows, args.jobs
+        )
         print(json.dumps(result))
         return
     if args.dsn:
-        sys.exit(0 if bench(args.dsn, args.rows, args.batch_size, args.baseline_rows) else 1)
+        sys.exit(0 if bench(args.dsn, args.rows, args.batch_size, args.baseline_rows, args.jobs) else 1)
     from tests.harness.postgres import running_cluster
 
     with running_cluster() as server:
-        ok = bench(server.dsn, args.rows, args.batch_size, args.baseline_rows)
+        ok = bench(server.dsn, args.rows, args.batch_size, args.baseline_rows, args.jobs)
     sys.exit(0 if ok else 1)
 
 

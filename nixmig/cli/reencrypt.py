@@ -114,9 +114,18 @@ def reencrypt(
     config: Path = ConfigOption,
     show_spec: bool = typer.Option(False, "--show-spec", help="Print the spec as TOML and exit."),
     pause: float = typer.Option(0.0, "--pause", min=0.0, help="Seconds to wait between batches."),
+    jobs: int = typer.Option(
+        None,
+        "--jobs",
+        "-j",
+        min=0,
+        show_default=False,
+        help="Worker processes that decrypt and encrypt beside the reads and writes (default: one per CPU "
+        "beyond the first, at least 1; 0: in this process). Vault keys always run in this process.",
+    ),
     json_out: bool = JsonOption,
 ) -> None:
-    from nixmig.reencrypt import keys, report, runner
+    from nixmig.reencrypt import keys, report, runner, workers
     from nixmig.reencrypt import spec as specs
 
     spec = _load_spec(column, spec_file, config, schema).select(tables)
@@ -145,6 +154,7 @@ def reencrypt(
         on_plaintext=on_plaintext,
         hmac_secret=secret,
         pause=pause,
+        jobs=workers.default_jobs() if jobs is None else jobs,
     )
     conn = runner.connect(db)
     writer = None

@@ -25,7 +25,8 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Protocol
+from itertools import compress
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from nixmig.errors import NixmigError
 from nixmig.reencrypt.errors import DatabaseError, IntegrityError, PlaintextError, SpecError
@@ -36,6 +37,8 @@ from nixmig.sensitive import Secret
 
 if TYPE_CHECKING:
     import psycopg
+
+    from nixmig.reencrypt.workers import Decider
 
 PROGRESS_TABLE = "nixmig_progress"
 MAX_LISTED_FAILURES = 100
@@ -52,6 +55,7 @@ class Options:
     on_plaintext: OnPlaintext = OnPlaintext.ERROR
     hmac_secret: Secret | None = None
     pause: float = 0.0  # seconds between batches, to spare a busy database
+    jobs: int = 0  # worker processes deciding batches (decrypt/encrypt); 0: this process
 
     @property
     def writes(self) -> bool:
@@ -221,6 +225,18 @@ def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyrin
         bad[ri] = 1
         failures.append((ri, Failure(str(rows[ri][0]), column, kind, reason)))
 
+    def cipher_of(value: str) -> object:
+        """The cipher that reads a value, _NO_KEY, or _PLAINTEXT (no scheme prefix)."""
+        j = value.find(":", value.find(":") + 1)
+        head = value[: j + 1] if j > 0 else ""
+        cipher = heads.get(head)
+        if cipher is None:
+            sid = parse(value) if head else None
+            if sid is None:
+                return _PLAINTEXT  # not cached: plaintexts have any number of heads
+            cipher = heads[head] = keyring.decoder(sid) or _NO_KEY
+        return cipher
+
     for ci, (column, context) in enumerate(zip(plan.columns, plan.contexts(), strict=True)):
         st = batch.states[ci]
         hidx = plan.hmac_of[ci]
@@ -229,9 +245,30 @@ def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyrin
         groups: dict[Any, tuple[list[int], list[str]]] = {}  # cipher -> (row indices, values)
         clear_idx: list[int] = []
         clear: list[bytes] = []
-        pos = 1 + ci
-        for ri, row in enumerate(rows):
-            value = row[pos]
+        col = [row[1 + ci] for row in rows]
+        rest: Sequence[int] = range(n)  # the rows left to the value-by-value loop below
+        # Fast path: the values sharing the first one's scheme prefix (usually all of them)
+        # are classified with a few list passes instead of a Python loop step each.
+        first = next((v for v in col if v is not None), None)
+        if first is not None:
+            cipher = cipher_of(first)
+            if first.startswith(new_prefix) or (cipher is not _PLAINTEXT and cipher is not _NO_KEY):
+                head = new_prefix if first.startswith(new_prefix) else first[: first.find(":", first.find(":") + 1) + 1]
+                hits = [v is not None and v.startswith(head) for v in col]
+                idx = list(compress(range(n), hits))
+                code = _NEW if head == new_prefix else _OLD if verify else _MIGRATED
+                for ri in idx:
+                    st[ri] = code
+                if verify and head == new_prefix:
+                    groups[new] = (idx, [col[ri] for ri in idx])
+                elif not verify and head != new_prefix:
+                    groups[cipher] = (idx, [col[ri] for ri in idx])
+                if len(idx) + col.count(None) == n:
+                    rest = ()
+                else:
+                    rest = [ri for ri in range(n) if not hits[ri] and col[ri] is not None]
+        for ri in rest:
+            value = col[ri]
             if value is None:
                 continue
             if value.startswith(new_prefix):
@@ -239,15 +276,7 @@ def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyrin
                 if verify:
                     _queue(groups, new, ri, value)
                 continue
-            j = value.find(":", value.find(":") + 1)
-            head = value[: j + 1] if j > 0 else ""
-            cipher = heads.get(head)
-            if cipher is None:
-                sid = parse(value) if head else None
-                if sid is None:
-                    cipher = _PLAINTEXT  # not cached: plaintexts have any number of heads
-                else:
-                    cipher = heads[head] = keyring.decoder(sid) or _NO_KEY
+            cipher = cipher_of(value)
             if cipher is _PLAINTEXT:
                 if encrypt_plain:
                     st[ri] = _PLAIN_MIGRATED
@@ -259,7 +288,7 @@ def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyrin
                 elif plain_error:
                     raise PlaintextError(
                         "invalid ciphertext: no prefix",
-                        where=f"{plan.name}.{column}, primary key {row[0]}",
+                        where=f"{plan.name}.{column}, primary key {rows[ri][0]}",
                         hint="for data that was never encrypted use --mode encrypt-plaintext, "
                         "or choose --on-plaintext encrypt|skip|fail",
                     )
@@ -275,13 +304,14 @@ def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyrin
                     fail(ri, column, "decrypt", f"no key for scheme {parse(value)}")
             else:
                 st[ri] = _MIGRATED
-                slot = groups.get(cipher)
-                if slot is None:
-                    slot = groups[cipher] = ([], [])
-                slot[0].append(ri)
-                slot[1].append(value)
+                _queue(groups, cast("Cipher", cipher), ri, value)
         for decoder, (idx, values) in groups.items():
-            for ri, out in zip(idx, decoder.decrypt_many(context, values), strict=True):
+            outs = decoder.decrypt_many(context, values)
+            if not verify and not any(o.__class__ is Failed for o in outs):
+                clear_idx += idx
+                clear += cast("list[bytes]", outs)
+                continue
+            for ri, out in zip(idx, outs, strict=True):
                 if isinstance(out, Failed):
                     st[ri] = _NEW_DEC_FAIL if verify else _DEC_FAIL
                     fail(ri, column, "decrypt", out.reason)
@@ -294,15 +324,18 @@ def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyrin
                     clear.append(out)
         if verify or not clear_idx:
             continue
-        todo_idx: list[int] = []
-        todo: list[bytes] = []
-        for ri, pt in zip(clear_idx, clear, strict=True):
-            if check is not None and not blind_index_matches(check, pt, rows[ri][hpos]):
-                st[ri] = _PLAIN_HMAC_FAIL if st[ri] == _PLAIN_MIGRATED else _HMAC_FAIL
-                fail(ri, column, "hmac", "HMAC verification failed")
-            else:
-                todo_idx.append(ri)
-                todo.append(pt)
+        todo_idx, todo = clear_idx, clear
+        if check is not None:
+            oks = [blind_index_matches(check, pt, rows[ri][hpos]) for ri, pt in zip(clear_idx, clear, strict=True)]
+            if not all(oks):
+                todo_idx, todo = [], []
+                for ri, pt, ok in zip(clear_idx, clear, oks, strict=True):
+                    if ok:
+                        todo_idx.append(ri)
+                        todo.append(pt)
+                    else:
+                        st[ri] = _PLAIN_HMAC_FAIL if st[ri] == _PLAIN_MIGRATED else _HMAC_FAIL
+                        fail(ri, column, "hmac", "HMAC verification failed")
         if not todo:
             continue
         cts = new.encrypt_many(context, todo)
@@ -613,18 +646,24 @@ def run(
         raise SpecError("--batch-size must be at least 1", where="--batch-size")
     if opts.writes and writer is None:
         raise ValueError("run(..., writer=) needs a second connection to write")
+    if opts.jobs < 0:
+        raise SpecError("--jobs must be 0 or more", where="--jobs")
+    from nixmig.reencrypt.workers import Decider
+
     sink = progress or _NoProgress()
     conn.rollback()
     conn.autocommit = True
     # Nothing may write through the reading connection; a dry run writes nothing at all.
     conn.execute("SET default_transaction_read_only = on")
+    decider = Decider(keyring, opts)
     try:
         if opts.writes and plans:
             assert writer is not None
             writer.rollback()
             ensure_progress_table(writer, plans[0].schema)
-        return [_run_table(conn, writer, plan, keyring, opts, sink) for plan in plans]
+        return [_run_table(conn, writer, plan, keyring, opts, sink, decider) for plan in plans]
     finally:
+        decider.close()
         if not conn.closed:
             conn.execute("RESET default_transaction_read_only")
             conn.autocommit = False
@@ -644,7 +683,13 @@ def _run_table(
     keyring: Keyring,
     opts: Options,
     sink: ProgressSink,
+    decider: Decider,
 ) -> TableStats:
+    """Three stages overlap: this thread reads batch N+k, ``decider`` decides N+1..N+k
+    (worker processes; in this thread when k = 0), the writer thread writes batch N.
+    Batches are written in order, one at a time, so each checkpoint covers every batch
+    before it."""
+    from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
     q = _statements(plan)
@@ -662,11 +707,29 @@ def _run_table(
         stats.scanned_now += done.rows
         sink.advance(plan.name, done.rows)
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nixmig-writer") if writer is not None else None
+    writes = writer is not None and opts.writes  # a dry run or verify writes nothing, even given a writer
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nixmig-writer") if writes else None
+    deciding: deque[tuple[Future[BatchResult], Any, bool]] = deque()  # (batch, its last key, last batch?)
     pending: Future[_Done] | None = None
     started = time.monotonic()
+
+    def write_next() -> None:
+        nonlocal pending
+        fut, batch_last, batch_finished = deciding.popleft()
+        batch = fut.result()
+        if pending is not None:
+            account(pending.result())
+            pending = None
+        if pool is not None and writer is not None:
+            pending = pool.submit(
+                _write_batch, writer, q, plan, keyring, opts, key, batch, batch_last, batch_finished, stats
+            )
+        else:
+            account(_tally(stats, batch, batch.counts(), 0))
+
     try:
-        while True:
+        finished = False
+        while not finished:
             try:
                 if last is None:
                     rows = conn.execute(q.first, (opts.batch_size,)).fetchall()
@@ -674,26 +737,22 @@ def _run_table(
                     rows = conn.execute(q.after, (last, opts.batch_size)).fetchall()
             except Exception as exc:
                 raise _db_error(exc, plan) from None
-            batch = process_rows(rows, plan, keyring, opts)
             finished = len(rows) < opts.batch_size
-            if pending is not None:
-                account(pending.result())
-                pending = None
             if rows:
                 last = rows[-1][0]
-            if pool is not None and writer is not None:
-                pending = pool.submit(_write_batch, writer, q, plan, keyring, opts, key, batch, last, finished, stats)
-            else:
-                account(_tally(stats, batch, batch.counts(), 0))
-            if finished:
-                break
-            if opts.pause > 0:
+            deciding.append((decider.submit(plan, rows), last, finished))
+            while len(deciding) > decider.depth or (finished and deciding):
+                write_next()
+            if opts.pause > 0 and not finished:
                 time.sleep(opts.pause)
         if pending is not None:
             account(pending.result())
             pending = None
     finally:
-        if pending is not None:  # an error in this thread: let the batch in flight end first
+        for fut, _, _ in deciding:  # an error: let the batches in flight end first
+            with contextlib.suppress(Exception):
+                fut.result()
+        if pending is not None:
             with contextlib.suppress(Exception):
                 pending.result()
         if pool is not None:

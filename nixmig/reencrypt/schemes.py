@@ -21,6 +21,12 @@ Ciphers work on whole batches (``encrypt_many``/``decrypt_many``) so that the
 Vault provider can send one ``batch_input`` request per batch and column.
 Decryption failures are values (:class:`Failed`), with a reason that never
 includes the value.
+
+A local cipher can give a :class:`LocalKey` recipe (:meth:`LegacyCipher.recipe`,
+:meth:`ContextCipher.recipe`) from which a worker process builds the same cipher: that is
+how batches are decrypted and encrypted beside the reads and writes (``--jobs``). The
+recipe holds the key bytes: it is handed to the worker on its private pipe, and its repr
+is masked. Vault ciphers have no recipe (Vault does their work).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from nixmig.reencrypt.errors import KeyProviderError
@@ -107,6 +113,37 @@ class Cipher(Protocol):
     def decrypt_many(self, context: str, values: Sequence[str]) -> list[bytes | Failed]: ...
 
 
+class CipherRecipe(Protocol):
+    """What a worker process needs to build a cipher (picklable)."""
+
+    def build(self) -> Cipher: ...
+
+
+@dataclass(frozen=True)
+class LocalKey:
+    """The recipe of a local cipher: its tag, key bytes and version. The repr masks the key."""
+
+    tag: str
+    key: bytes = field(repr=False)
+    version: int
+
+    def build(self) -> Cipher:
+        from nixmig.sensitive import Secret
+
+        key = Secret(self.key)
+        if self.tag == "enc":
+            return LegacyCipher(key, self.version)
+        if self.tag == "ctx":
+            return ContextCipher(key, self.version)
+        raise ValueError(f"no local cipher for tag {self.tag!r}")
+
+
+def recipe_of(cipher: Cipher) -> CipherRecipe | None:
+    """The recipe of a cipher that can be rebuilt in a worker process, else None."""
+    recipe = getattr(cipher, "recipe", None)
+    return recipe() if callable(recipe) else None
+
+
 def _b64(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
 
@@ -128,9 +165,13 @@ class LegacyCipher:
     def __init__(self, key: Secret, version: int = 1) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+        self._key = key
         self._aead = AESGCM(_check_key(key, f"enc:v{version} key"))
         self._scheme = SchemeId("enc", version)
         self._skip = len(self._scheme.prefix)
+
+    def recipe(self) -> LocalKey:
+        return LocalKey("enc", self._key.reveal(), self._scheme.version)
 
     @property
     def scheme(self) -> SchemeId:
@@ -151,6 +192,11 @@ class LegacyCipher:
         from cryptography.exceptions import InvalidTag
 
         dec, skip, unb64 = self._aead.decrypt, self._skip, binascii.a2b_base64
+        try:  # every value good: no per-value bookkeeping (a failure redoes the batch below)
+            raws = [unb64(v[skip:], strict_mode=True) for v in values]
+            return [dec(r[:12], r[12:], None) if len(r) >= 28 else _fail() for r in raws]
+        except (binascii.Error, ValueError, InvalidTag):
+            pass
         out: list[bytes | Failed] = []
         for value in values:
             try:
@@ -166,6 +212,10 @@ class LegacyCipher:
             except InvalidTag:
                 out.append(Failed("authentication failed: wrong key or corrupted value"))
         return out
+
+
+def _fail() -> bytes:
+    raise ValueError("truncated")
 
 
 def derive_column_key(master: bytes, context: str) -> bytes:
@@ -186,6 +236,9 @@ class ContextCipher:
         self._scheme = SchemeId("ctx", version)
         self._skip = len(self._scheme.prefix)
         self._aeads: dict[str, Any] = {}
+
+    def recipe(self) -> LocalKey:
+        return LocalKey("ctx", self._master.reveal(), self._scheme.version)
 
     @property
     def scheme(self) -> SchemeId:
@@ -211,6 +264,10 @@ class ContextCipher:
         from cryptography.exceptions import InvalidTag
 
         dec, skip, unb64 = self._aead(context).decrypt, self._skip, binascii.a2b_base64
+        try:  # every value good: no per-value bookkeeping (a failure redoes the batch below)
+            return [dec(unb64(v[skip:], strict_mode=True), None) for v in values]
+        except (binascii.Error, ValueError, InvalidTag):
+            pass
         out: list[bytes | Failed] = []
         for value in values:
             try:
@@ -243,6 +300,19 @@ class Keyring:
                 return c
         return None
 
+    def recipes(self) -> tuple[CipherRecipe, tuple[CipherRecipe, ...]] | None:
+        """Recipes of every cipher, when all can be rebuilt in a worker process (None: Vault)."""
+        new = recipe_of(self.new)
+        old = [recipe_of(c) for c in self.old]
+        if new is None or None in old:
+            return None
+        return new, tuple(r for r in old if r is not None)
+
+    @staticmethod
+    def build(recipes: tuple[CipherRecipe, tuple[CipherRecipe, ...]]) -> Keyring:
+        new, old = recipes
+        return Keyring(new.build(), tuple(r.build() for r in old))
+
 
 def blind_index(secret: bytes, plaintext: bytes) -> bytes:
     """HMAC-SHA256(secret, plaintext): what a blind-index column holds (raw or hex)."""
@@ -253,7 +323,7 @@ def blind_index_matches(secret: bytes, plaintext: bytes, stored: str | bytes | N
     """Whether a stored blind index (lowercase/uppercase hex text, or bytea) matches."""
     if stored is None:
         return False
-    digest = hmac.new(secret, plaintext, hashlib.sha256).digest()
+    digest = hmac.digest(secret, plaintext, "sha256")
     if isinstance(stored, str):
         return hmac.compare_digest(digest.hex().encode(), stored.lower().encode())
     return hmac.compare_digest(digest, bytes(stored))

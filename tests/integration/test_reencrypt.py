@@ -23,6 +23,8 @@ import pytest
 from psycopg import sql  # noqa: TID251
 
 from nixmig.reencrypt import runner, schemes
+from nixmig.reencrypt.errors import PlaintextError
+from nixmig.reencrypt.modes import Mode, OnPlaintext
 from nixmig.reencrypt.schemes import ContextCipher, Keyring, LegacyCipher
 from nixmig.reencrypt.spec import EXAMPLE_SPEC, Spec, TableSpec
 from nixmig.sensitive import Secret
@@ -332,6 +334,29 @@ def _drop(pg_db: PgServer, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _wait_gone(pids: Sequence[int], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if Path(f"/proc/{p}").exists() and _state(p) != "Z"]
+        time.sleep(0.05)
+    assert not alive, f"processes left behind: {alive}"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
 def test_sigkill_then_resume_equals_an_uninterrupted_run(pg_db: PgServer, tmp_path: Path, dataset: Dataset) -> None:
     load(pg_db.dsn, dataset)
     name_a, name_b = f"{pg_db.dbname}_a", f"{pg_db.dbname}_b"
@@ -353,9 +378,12 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(pg_db: PgServer, tmp_pa
                 if row and row[0]:
                     break
                 time.sleep(0.01)
+        children = _children(proc.pid)  # the worker process(es) deciding batches (--jobs)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL
+        assert children, "the run had started its worker processes"
+        _wait_gone(children)  # none outlives a killed run
         with psycopg.connect(b.dsn) as conn:
             state = conn.execute("SELECT table_name, done FROM nixmig_progress ORDER BY 1").fetchall()
         assert ("guest_orders", False) in state  # killed mid-table
@@ -372,6 +400,58 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(pg_db: PgServer, tmp_pa
     finally:
         _drop(pg_db, name_a)
         _drop(pg_db, name_b)
+
+
+@pytest.mark.parametrize("mode", [Mode.REENCRYPT, Mode.VERIFY])
+def test_worker_processes_decide_exactly_as_one_process(pg_db: PgServer, dataset: Dataset, mode: Mode) -> None:
+    load(pg_db.dsn, dataset)
+    ring = Keyring(ContextCipher(NEW, 1), (LegacyCipher(OLD, 1),))
+    results = {}
+    for jobs in (0, 2):
+        name = f"{pg_db.dbname}_j{jobs}"
+        db = _clone(pg_db, name)
+        try:
+            opts = runner.Options(
+                mode=mode,
+                apply=mode is not Mode.VERIFY,
+                batch_size=23,
+                on_plaintext=OnPlaintext.ENCRYPT,
+                hmac_secret=HMAC,
+                jobs=jobs,
+            )
+            conn, writer = runner.connect(db.dsn), runner.connect(db.dsn)
+            try:
+                stats = runner.run(conn, runner.inspect(conn, EXAMPLE_SPEC), ring, opts, writer=writer)
+            finally:
+                conn.close()
+                writer.close()
+            results[jobs] = ([(s.table, s.counts, s.failures) for s in stats], dump(db.dsn))
+        finally:
+            _drop(pg_db, name)
+    assert results[0] == results[2]
+    counts = {t: c for t, c, _ in results[2][0]}
+    assert counts["users"].scanned == dataset.expect["users"].scanned
+    if mode is Mode.REENCRYPT:
+        assert counts["users"].migrated > 0 and results[2][1] != dump(pg_db.dsn)
+    else:
+        assert counts["users"].old_scheme > 0 and results[2][1] == dump(pg_db.dsn)
+
+
+def test_an_error_in_a_worker_is_the_same_one_line_error(pg_db: PgServer, dataset: Dataset) -> None:
+    load(pg_db.dsn, dataset)
+    ring = Keyring(ContextCipher(NEW, 1), (LegacyCipher(OLD, 1),))
+    messages = []
+    for jobs in (0, 1):
+        conn = runner.connect(pg_db.dsn)
+        try:
+            opts = runner.Options(batch_size=10, hmac_secret=HMAC, jobs=jobs)  # --on-plaintext error
+            with pytest.raises(PlaintextError) as err:
+                runner.run(conn, runner.inspect(conn, EXAMPLE_SPEC), ring, opts)
+        finally:
+            conn.close()
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "invalid ciphertext: no prefix" in messages[0]
+    assert "encrypt-plaintext" in messages[0] and "primary key" in messages[0]
 
 
 # ---- the application keeps writing --------------------------------------------------------

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import os
+import pickle
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -18,7 +19,8 @@ from nixmig.errors import NixmigError
 from nixmig.reencrypt import keys, schemes
 from nixmig.reencrypt import spec as specs
 from nixmig.reencrypt.errors import IntegrityError, KeyProviderError, PlaintextError, SpecError
-from nixmig.reencrypt.runner import BatchResult, Mode, OnPlaintext, Options, TablePlan, process_rows
+from nixmig.reencrypt.modes import Mode, OnPlaintext
+from nixmig.reencrypt.runner import BatchResult, Options, TablePlan, process_rows
 from nixmig.reencrypt.schemes import ContextCipher, Failed, Keyring, LegacyCipher, SchemeId
 from nixmig.sensitive import Secret
 from tests.helpers import run_cli
@@ -188,6 +190,27 @@ def test_keyring_local(tmp_path: Path) -> None:
     assert ring.decoder(SchemeId("enc", 2)) is None
     with pytest.raises(KeyProviderError, match="needs the old key"):
         keys.build_keyring(keys.KeyOptions(new=str(new)), need_old=True)
+
+
+def test_local_ciphers_have_recipes_with_a_masked_key() -> None:
+    """What a worker process gets (--jobs): the same ciphers, rebuilt; the key never in a repr."""
+    ring = Keyring(ContextCipher(NEW, 2), (LegacyCipher(OLD, 1),))
+    recipes = ring.recipes()
+    assert recipes is not None
+    assert repr(NEW.reveal()) not in repr(recipes) and repr(OLD.reveal()) not in repr(recipes)
+    rebuilt = Keyring.build(pickle.loads(pickle.dumps(recipes)))
+    assert rebuilt.new.scheme == SchemeId("ctx", 2)
+    ct = ring.new.encrypt_many("users.email", [b"a@x.org"])
+    assert rebuilt.new.encrypt_many("users.email", [b"a@x.org"]) == ct  # deterministic, same key
+    assert rebuilt.old[0].decrypt_many("", LegacyCipher(OLD, 1).encrypt_many("", [b"b"])) == [b"b"]
+
+
+def test_a_cipher_without_recipe_keeps_the_work_in_this_process() -> None:
+    class Remote(ContextCipher):
+        recipe = None  # type: ignore[assignment]  # like the Vault ciphers
+
+    assert Keyring(Remote(NEW, 1), (LegacyCipher(OLD, 1),)).recipes() is None
+    assert Keyring(ContextCipher(NEW, 1), (Remote(OLD, 1),)).recipes() is None
 
 
 # ---- specs ------------------------------------------------------------------------------
