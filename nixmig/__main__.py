@@ -1,3 +1,3 @@
-from nixmig.cli import main
+from nixmig.entry import main
 
 main()

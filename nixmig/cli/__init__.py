@@ -16,7 +16,7 @@ os.environ.setdefault("TYPER_USE_RICH", "0")
 import typer
 
 from nixmig import __version__
-from nixmig.cli import demo, migrate, patch, reencrypt, scan, secret
+from nixmig.cli import demo, gc, migrate, patch, reencrypt, scan, secret
 from nixmig.cli.common import state
 from nixmig.errors import NixmigError, UsageError
 
@@ -33,6 +33,7 @@ app.add_typer(secret.app, name="secret")
 scan.register(app)
 patch.register(app)
 migrate.register(app)
+gc.register(app)
 demo.register(app)
 reencrypt.register(app)
 
