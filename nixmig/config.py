@@ -90,6 +90,36 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class ReencryptSettings:
+    """migrations.NAME.reencrypt: an optional phase after verify that re-encrypts columns
+    (what `nixmig reencrypt --apply` does) through the SSH tunnel, logged in with the new password.
+
+    Key sources as for `nixmig reencrypt`: env:NAME, file:PATH, age:PATH (agenix, decrypted with
+    the operator identity given to apply/rollback), vault[:KEY]; relative paths are taken from
+    nixmig.toml's directory. Validated by nixmig.reencrypt (spec and key sources) at load.
+    """
+
+    new_key: str
+    old_key: str | None = None
+    # "all" or a list of tables of the top-level [reencrypt] spec, or tables in its shape:
+    # tables.users = { columns = ["email"], hmac = { email = "email_hmac" } }
+    tables: Any = "all"
+    schema: str | None = None
+    mode: Literal["reencrypt", "encrypt-plaintext", "verify"] = "reencrypt"
+    on_plaintext: Literal["error", "encrypt", "skip", "fail"] = "error"
+    batch_size: int = 1000
+    jobs: int | None = None  # worker processes (default: one per CPU beyond the first; 0: none)
+    new_key_version: int | None = None
+    old_key_version: int = 1
+    # the blind indexes' HMAC secret (a key source), read only when a column has a blind index
+    hmac_secret: str = "env:ENCRYPTION_HMAC_SECRET"  # noqa: S105  (where it is, not what)
+    hmac_check: bool = True
+    vault_addr: str | None = None  # default $VAULT_ADDR; the token comes from $VAULT_TOKEN only
+    vault_key: str = "pos-encryption-key"
+    vault_mount: str = "transit"
+
+
+@dataclass(frozen=True)
 class Migration:
     """Move one service's hardcoded password onto one agenix secret."""
 
@@ -121,9 +151,21 @@ class Migration:
     unit: str | None = None
     # Where the unit renders the env file (default: /run/UNIT/SECRET.env; must be directly under /run/DIR).
     env_file: str | None = None
+    # strategy "rebuild": the docker volume the data is copied to (default VOLUME-YYYYMMDD, fixed
+    # in the journal at the first apply) and the image of the new server (default: the old
+    # container's image; a newer major version is an upgrade).
+    new_volume: str | None = None
+    new_image: str | None = None
+    # strategy "rebuild": commands run on the host (sh -c) to stop the app before the copy and
+    # start it again (default: docker stop/start of the database's compose project's other
+    # containers, or of app_services among them).
+    app_stop: str | None = None
+    app_start: str | None = None
     # strategy "dual-role": the second login role the services move to (default ROLE_v2, see
     # new_role_for); it gets the new password, membership in the old role and `SET role` to it.
     new_role: str | None = None
+    # an optional phase after verify: re-encrypt columns (see ReencryptSettings)
+    reencrypt: ReencryptSettings | None = None
 
 
 def new_role_for(mig: Migration, svc: Service) -> str:
@@ -247,6 +289,7 @@ def _cross_check(cfg: Config, where: str) -> None:
                 hint=f"define [services.{mig.service}] or use one of: {_names(cfg.services)}",
             )
         _check_fleet_deploy(cfg, name, mig, where)
+        _check_rebuild(name, mig, cfg.services[mig.service], where)
         for i, hc in enumerate(mig.health_checks):
             key = f"migrations.{name}.health_checks[{i}]"
             if hc.type == "http" and not hc.url:
@@ -254,6 +297,7 @@ def _cross_check(cfg: Config, where: str) -> None:
             if hc.type == "command" and not hc.command:
                 raise ConfigError(f"{key}.command: required for a command check", where=where)
         _check_new_role(name, mig, cfg.services[mig.service], where)
+        _check_reencrypt(cfg, name, mig, where)
 
 
 def _check_new_role(name: str, mig: Migration, svc: Service, where: str) -> None:
@@ -324,6 +368,40 @@ def _check_fleet_deploy(cfg: Config, name: str, mig: Migration, where: str) -> N
         )
 
 
+_DOCKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _check_rebuild(name: str, mig: Migration, svc: Service, where: str) -> None:
+    key = f"migrations.{name}"
+    if mig.strategy != "rebuild":
+        for k in ("new_volume", "new_image"):
+            if getattr(mig, k) is not None:
+                raise ConfigError(
+                    f'{key}.{k}: only used with strategy = "rebuild" (this migration is {mig.strategy!r})',
+                    where=where,
+                    hint='remove it, or set strategy = "rebuild"',
+                )
+        return
+    if svc.runtime != "docker" or not svc.volume:
+        raise ConfigError(
+            f'{key}: strategy "rebuild" needs a docker service with its data volume',
+            where=where,
+            hint=f'set runtime = "docker" and volume = "…" in [services.{mig.service}]',
+        )
+    if mig.new_volume is not None and (not _DOCKER_NAME.fullmatch(mig.new_volume) or mig.new_volume == svc.volume):
+        raise ConfigError(
+            f"{key}.new_volume: {mig.new_volume!r} is not a new docker volume name",
+            where=where,
+            hint=f"letters, digits, _ . -; not the current volume {svc.volume!r}",
+        )
+    if (mig.app_stop is None) != (mig.app_start is None):
+        raise ConfigError(
+            f"{key}: app_stop and app_start go together",
+            where=where,
+            hint="set both (commands run on the host), or neither (docker stop/start of the compose project's app)",
+        )
+
+
 def _names(d: dict[str, Any]) -> str:
     return ", ".join(sorted(d)) or "(none defined)"
 
@@ -380,6 +458,8 @@ def _convert(tp: Any, value: Any, path: tuple[str | int, ...], where: str) -> An
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None and len(args) < len(typing.get_args(tp)):
             return None
+        if len(args) == 1:  # X | None: X's own error (an unknown key names the key)
+            return _convert(args[0], value, path, where)
         for arg in args:
             try:
                 return _convert(arg, value, path, where)
@@ -451,3 +531,39 @@ def _build(
                 hint=f"add {name} = {_describe(hints[name])}",
             )
     return cls(**kwargs)
+
+
+def _check_reencrypt(cfg: Config, name: str, mig: Migration, where: str) -> None:
+    """The reencrypt phase's spec and key sources, checked now: nothing runs with a bad one."""
+    r = mig.reencrypt
+    if r is None:
+        return
+    from nixmig.reencrypt import keys
+    from nixmig.reencrypt import spec as specs
+    from nixmig.reencrypt.errors import ReencryptError
+
+    key = f"migrations.{name}.reencrypt"
+    if r.mode == "reencrypt" and not r.old_key:
+        raise ConfigError(
+            f'{key}.old_key: required with mode = "reencrypt"',
+            where=where,
+            hint='name the old key (env:, file:, age: or vault:), or use mode = "encrypt-plaintext"',
+        )
+    for field_name, least in (("batch_size", 1), ("jobs", 0), ("new_key_version", 1), ("old_key_version", 1)):
+        value = getattr(r, field_name)
+        if value is not None and value < least:
+            raise ConfigError(f"{key}.{field_name}: must be at least {least}, got {value}", where=where)
+    try:
+        specs.for_migration(r.tables, r.schema, cfg.reencrypt or None, migration=name, where=where)
+    except ReencryptError as exc:
+        raise ConfigError(exc.what, where=where, hint=exc.hint) from None
+    sources = [("new_key", r.new_key), ("old_key", r.old_key), ("hmac_secret", r.hmac_secret)]
+    for field_name, text in sources:
+        if text is None:
+            continue
+        try:
+            src = keys.parse_source(text, option=f"{key}.{field_name}", vault_key=r.vault_key)
+        except ReencryptError as exc:
+            raise ConfigError(f"{key}.{field_name}: {exc.what}", where=where, hint=exc.hint) from None
+        if field_name == "hmac_secret" and src.kind == "vault":
+            raise ConfigError(f"{key}.hmac_secret: cannot come from Vault", where=where, hint="use env:, file: or age:")

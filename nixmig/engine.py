@@ -43,6 +43,10 @@ def phases_for(strategy: str) -> list[Phase]:
             from nixmig.phases import dualrole
 
             return dualrole.phases()
+        case "rebuild":
+            from nixmig.phases import rebuild
+
+            return rebuild.phases()
         case _:
             raise UsageError(
                 f"strategy {strategy!r} is not implemented yet", hint='use strategy = "rotate" in nixmig.toml'

@@ -38,7 +38,7 @@ import functools
 import posixpath
 import re
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -566,6 +566,11 @@ class Spec:
     host_file: str | None = None
     password_option: str | None = None
     db_service: str | None = None
+    # strategy rebuild: the database container moves from the docker volume old_volume to
+    # new_volume (and to the image new_image, when set)
+    old_volume: str | None = None
+    new_volume: str | None = None
+    new_image: str | None = None
     app_services: tuple[str, ...] = ()
     unit: str | None = None
     env_file: str | None = None
@@ -582,8 +587,11 @@ class Spec:
         return posixpath.join("/run/secrets", self.secret)
 
 
-def spec_for(cfg: Config, migration: str) -> Spec:
-    """The Spec of one migration of a loaded nixmig.toml."""
+def spec_for(cfg: Config, migration: str, *, new_volume: str | None = None, new_image: str | None = None) -> Spec:
+    """The Spec of one migration of a loaded nixmig.toml.
+
+    ``new_volume``/``new_image`` (strategy rebuild): the volume and image the engine chose
+    (default: the migration's new_volume/new_image keys; no volume switch without either)."""
     from nixmig.config import new_role_for
 
     mig = cfg.migrations[migration]
@@ -606,6 +614,9 @@ def spec_for(cfg: Config, migration: str) -> Spec:
         app_services=tuple(mig.app_services),
         unit=mig.unit,
         env_file=mig.env_file,
+        old_volume=svc.volume if mig.strategy == "rebuild" else None,
+        new_volume=(new_volume or mig.new_volume) if mig.strategy == "rebuild" else None,
+        new_image=(new_image or mig.new_image) if mig.strategy == "rebuild" else None,
         login_role=new_role_for(mig, svc) if mig.strategy == "dual-role" else None,
     )
 
@@ -750,6 +761,28 @@ class _Edits:
     def add(self, fm: FileModel, start: int, end: int, replacement: str, why: str, at: Node | None = None) -> None:
         line, col = fm.line_col(at.start_byte if at is not None else start)
         self.items.append(Edit(fm.name, start, end, replacement.encode(), why, line, col, self.staging))
+
+    def replace_node(self, fm: FileModel, node: Node, replacement: str, why: str) -> None:
+        """Replace ``node``'s bytes; inside a span another edit already rewrites (a list written
+        out one element per line keeps its elements' bytes), the change goes into that edit."""
+        old = fm.source[node.start_byte : node.end_byte]
+        for i, e in enumerate(self.items):
+            if e.file != fm.name or e.end <= node.start_byte or e.start >= node.end_byte:
+                continue
+            if not (e.start <= node.start_byte and node.end_byte <= e.end) or e.replacement.count(old) != 1:
+                raise PatchError(f"overlapping edits at byte {node.start_byte}", where=fm.name, hint="report it")
+            self.items[i] = Edit(
+                e.file,
+                e.start,
+                e.end,
+                e.replacement.replace(old, replacement.encode()),
+                f"{e.explanation}; {why}",
+                e.line,
+                e.col,
+                e.stage,
+            )
+            return
+        self.add(fm, node.start_byte, node.end_byte, replacement, why, at=node)
 
     def insert_binding(self, fm: FileModel, attrset: Node, snippet: str, why: str, after: Node | None = None) -> None:
         """Add ``snippet`` (one or more bindings) to ``attrset``, after ``after`` or its last binding."""
@@ -1065,6 +1098,129 @@ class _Builder:
         if a is None:
             raise PatchError(f"no attrset for {'.'.join(prefix)}", where=fm.name)
         return a.node
+
+    # ------------------------------------------------ strategy rebuild: the new volume and image
+
+    def switch_data(self, db: _Db | None) -> None:
+        """Point the database container at the new data volume (and image), when the spec says so."""
+        spec = self.spec
+        if not (spec.new_volume or spec.new_image):
+            return
+        if db is None:
+            self.manual.append(
+                Manual(
+                    spec.compose or "(repository)",
+                    1,
+                    1,
+                    f"no database container found to move to the volume {spec.new_volume or '?'}",
+                    "set compose and db_service for this migration in nixmig.toml",
+                )
+            )
+            return
+        if spec.new_volume and spec.old_volume and spec.new_volume != spec.old_volume:
+            self.switch_volume(db, spec.old_volume, spec.new_volume)
+        if spec.new_image:
+            self.switch_image(db, spec.new_image)
+
+    def _compose_volumes(self, db: _Db) -> tuple[NixPath, dict[str, Bind], Callable[[str], str]]:
+        """arion: (path of docker-compose.volumes, key -> its binding, key -> the docker volume name)."""
+        fm, head = db.fm, db.prefix[:-3]
+        base = (*head, "docker-compose", "volumes")
+        decls = {b.path[-1]: b for b in fm.binds if b.exact and len(b.path) == len(base) + 1 and b.path[:-1] == base}
+        project = _project_of(db)
+
+        def docker_name(key: str) -> str:
+            named = self._bind_at(fm, (*base, key, "name"))
+            if named is not None:
+                value = decode_string(_unparen(named.value))
+                return value if value is not None else fm.text(named.value)
+            external = self._bind_at(fm, (*base, key, "external"))
+            if external is not None and fm.text(_unparen(external.value)).strip() == "true":
+                return key  # compose does not prefix an external volume's name
+            return f"{project}_{key}" if project else key
+
+        return base, decls, docker_name
+
+    def switch_volume(self, db: _Db, old: str, new: str) -> None:
+        fm = db.fm
+        vol_path = (*db.prefix, "volumes")
+        b = self._bind_at(fm, vol_path)
+        lst = _unparen(b.value) if b is not None else None
+        snippet = f"the mount of {old} in {'.'.join(vol_path)} names {new} instead"
+        if b is None or lst is None or lst.type != "list_expression":
+            at = b.value if b is not None else self._service_attrset(fm, db.prefix)
+            self.manual_here(fm, at, f"{'.'.join(vol_path)} is not a list literal naming the volume {old}", snippet)
+            return
+        if db.kind == "arion":
+            base, decls, docker_name = self._compose_volumes(db)
+        else:
+            base, decls, docker_name = (), {}, lambda key: key
+        target: tuple[Node, str, str] | None = None
+        for e in lst.named_children:
+            value = decode_string(e)
+            if value is None or value.startswith(("/", ".", "~")) or ":" not in value:
+                continue  # not a literal "volume:/path" (a bind mount, computed, ...)
+            src, rest = value.split(":", 1)
+            if docker_name(src) == new:
+                if db.kind == "arion" and src not in decls:
+                    target = (e, src, rest)  # switched, but the declaration is missing
+                    break
+                return
+            if docker_name(src) == old:
+                target = (e, src, rest)
+        if target is None:
+            self.manual_here(fm, lst, f"no literal mount of the volume {old} in {'.'.join(vol_path)}", snippet)
+            return
+        e, src, rest = target
+        key = new
+        if db.kind == "arion":
+            project = _project_of(db)
+            key = new.removeprefix(f"{project}_") if project and new != f"{project}_" else new
+            if key in decls and docker_name(key) != new:
+                key = new
+            if key in decls and docker_name(key) != new:
+                self.manual_here(fm, decls[key].node, f"docker-compose.volumes.{key} names another volume", snippet)
+                return
+        if docker_name(src) != new:
+            self.ed.replace_node(
+                fm,
+                e,
+                nix_string(f"{key}:{rest}"),
+                f"the {db.name} container's data directory is the new volume {new} from now on (filled and "
+                f"verified by `nixmig apply` before this deploy); the old volume {old} is kept, untouched, "
+                "for rollback",
+            )
+        if db.kind == "arion" and key not in decls:
+            tpl = template("arion-service.nix.j2")
+            old_decl = next((b for k, b in decls.items() if docker_name(k) == old), None)
+            root = self._bind_containing(fm, db.prefix) if db.prefix[:1] == ("virtualisation",) else None
+            self.insert_path(
+                fm,
+                root,
+                (*base, key),
+                lambda attr: str(tpl.external_volume(attr, new)),
+                f"declares the volume {new} as external: nixmig created it, and a deploy never creates it "
+                "empty (docker compose stops if it is missing)",
+                after=old_decl.node if old_decl is not None else None,
+            )
+
+    def switch_image(self, db: _Db, image: str) -> None:
+        fm = db.fm
+        path = (*db.prefix[:-1], "image", "name") if db.kind == "arion" else (*db.prefix, "image")
+        b = self._bind_at(fm, path)
+        value = decode_string(_unparen(b.value)) if b is not None else None
+        if b is None or value is None:
+            at = b.value if b is not None else self._service_attrset(fm, db.prefix)
+            self.manual_here(fm, at, f"{'.'.join(path)} is not a literal image name", f"{'.'.join(path)} = {image}")
+            return
+        if value != image:
+            self.ed.replace_node(
+                fm,
+                _unparen(b.value),
+                nix_string(image),
+                f"the {db.name} container runs {image} (was {value}): the new volume was initialised and "
+                "filled by that image's server",
+            )
 
     # ------------------------------------------------ URLs and other literals
 
@@ -1668,6 +1824,7 @@ class _Builder:
         db = self.find_db()
         if db is not None:
             self.patch_db(db)
+        self.switch_data(db)
         password = db.password if db is not None else None
         self.scan_literals(password, db)
         for name in sorted(set(self.no_project)):

@@ -29,22 +29,23 @@ class StageError(NixmigError):
     """After the stage deploy, the secret is not on the host."""
 
 
-def _patch_repo(ctx: Context, *, stage_only: bool) -> list[str]:
+def _patch_repo(ctx: Context, *, stage_only: bool, **volume: str | None) -> list[str]:
     """Write the stage config (age.secrets only) or the full patch into the repo.
 
     The originals are saved once under .nixmig/patch/MIGRATION/ for rollback. The plan
     is recomputed from the files as they are, so a half-patched tree converges.
+    ``volume``: new_volume / new_image, strategy rebuild's switch of the data volume.
     """
     if not ctx.migration.patch_repo or ctx.on_host:
         return []
     with _REPO_LOCK:
-        return _patch_repo_locked(ctx, stage_only=stage_only)
+        return _patch_repo_locked(ctx, stage_only=stage_only, **volume)
 
 
 _REPO_LOCK = threading.Lock()  # hosts of one run patch the same files
 
 
-def _patch_repo_locked(ctx: Context, *, stage_only: bool) -> list[str]:
+def _patch_repo_locked(ctx: Context, *, stage_only: bool, **volume: str | None) -> list[str]:
     from nixmig.nixsrc import patch, validate
 
     repo = ctx.cfg.repo
@@ -53,7 +54,7 @@ def _patch_repo_locked(ctx: Context, *, stage_only: bool) -> list[str]:
         rewound = _stage_from_originals(ctx, sources)
         if rewound:
             return rewound
-    plan = patch.plan(sources, patch.spec_for(ctx.cfg, ctx.name))
+    plan = patch.plan(sources, patch.spec_for(ctx.cfg, ctx.name, **volume))
     if plan.manual:
         m = plan.manual[0]
         raise StageError(

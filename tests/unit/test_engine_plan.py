@@ -56,7 +56,7 @@ def test_unknown_strategy_and_migration(tmp_path: Path) -> None:
         engine.pick_migration(cfg, "x")
     assert engine.pick_migration(cfg, None) == "twenty-db-password"
     with pytest.raises(UsageError, match="not implemented yet"):
-        engine.phases_for("rebuild")
+        engine.phases_for("blue-green")
 
 
 def test_journal_roundtrip_is_0600_and_atomic(tmp_path: Path) -> None:

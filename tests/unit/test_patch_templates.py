@@ -91,6 +91,7 @@ def rendered_snippets() -> dict[str, str]:
                 str(arion.password_file_env("POSTGRES_PASSWORD_FILE", '/run/secrets/"q"')),
                 str(arion.volumes("volumes", "/run/agenix/s", "/run/secrets/s")),
                 str(arion.env_file("env_file", ["/run/u/s.env", "/run/u/$x.env"])),
+                str(arion.external_volume("docker-compose.volumes.\"d-2\"", 'v"${x}')),
                 str(arion.unit("systemd.services.u.serviceConfig", "u", "u", ["/run/u/s.env"], "u-s-env", script)),
             ]
         )

@@ -1,0 +1,295 @@
+"""Docker and copy operations of the rebuild strategy, over a Transport.
+
+Every command is the docker CLI on the host (``docker [-H …] …``) or a bash
+pipeline between two ``docker exec`` on the host: the data streams from one
+container's pg_dump to the other's pg_restore through a pipe on the host, never
+through a file and never through nixmig. No argv holds a secret: the new
+container reads its password from the agenix file, bind-mounted read-only; role
+verifiers travel inside the pipe, with statement logging off on the receiving side.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from nixmig.config import Service
+from nixmig.db.ops import DatabaseError, psql
+from nixmig.db.runtime import DockerRuntime
+from nixmig.db.sql import ident, literal
+from nixmig.errors import NixmigError
+from nixmig.remote.base import Result, Transport, render
+
+LABEL_MIGRATION = "nixmig.migration"
+LABEL_RUN = "nixmig.run"
+LABEL_ROLE = "nixmig.role"  # "new" (the copy) or "rollback" (the old volume, for a reverse copy)
+COMPOSE_PROJECT = "com.docker.compose.project"
+COMPOSE_SERVICE = "com.docker.compose.service"
+COPY_TIMEOUT = 24 * 3600.0
+
+
+class RebuildError(NixmigError):
+    """A step of the rebuild strategy failed."""
+
+
+def docker(svc: Service, *argv: str) -> list[str]:
+    return ["docker", *(["-H", svc.docker_host] if svc.docker_host else []), *argv]
+
+
+def in_container(rt: DockerRuntime, *argv: str, stdin: bool = True) -> list[str]:
+    """``docker exec [-i] -u postgres CONTAINER argv…``."""
+    return docker(rt.service, "exec", *(["-i"] if stdin else []), "-u", "postgres", rt.container, *argv)
+
+
+def runtime_of(svc: Service, container: str) -> DockerRuntime:
+    """The same service, reached through another container (the copy, the scratch one)."""
+    return DockerRuntime(replace(svc, container=container))
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    name: str
+    image_id: str
+    image: str  # as it was asked for (Config.Image)
+    running: bool
+    status: str
+    labels: dict[str, str]
+    env: dict[str, str]
+    volumes: dict[str, str]  # volume name -> mount point
+
+    def mounts(self, volume: str) -> bool:
+        return volume in self.volumes
+
+
+def inspect_container(t: Transport, svc: Service, name: str) -> ContainerInfo | None:
+    r = t.run(docker(svc, "container", "inspect", name), check=False)
+    if not r.ok:
+        return None
+    info: dict[str, Any] = json.loads(r.stdout)[0]
+    cfg = info.get("Config") or {}
+    env = dict(e.split("=", 1) for e in cfg.get("Env") or [] if "=" in e)
+    return ContainerInfo(
+        name=name,
+        image_id=str(info.get("Image", "")),
+        image=str(cfg.get("Image", "")),
+        running=bool((info.get("State") or {}).get("Running")),
+        status=str((info.get("State") or {}).get("Status", "")),
+        labels=dict(cfg.get("Labels") or {}),
+        env=env,
+        volumes={str(m["Name"]): str(m["Destination"]) for m in info.get("Mounts") or [] if m.get("Type") == "volume"},
+    )
+
+
+def inspect_volume(t: Transport, svc: Service, name: str) -> dict[str, Any] | None:
+    r = t.run(docker(svc, "volume", "inspect", name), check=False)
+    if not r.ok:
+        return None
+    vol: dict[str, Any] = json.loads(r.stdout)[0]
+    return vol
+
+
+def image_exists(t: Transport, svc: Service, image: str) -> bool:
+    return t.run(docker(svc, "image", "inspect", "--format", "{{.Id}}", image), check=False).ok
+
+
+def create_volume_argv(svc: Service, name: str, labels: dict[str, str]) -> list[str]:
+    flags = [x for k, v in sorted(labels.items()) for x in ("--label", f"{k}={v}")]
+    return docker(svc, "volume", "create", *flags, name)
+
+
+def run_container_argv(
+    svc: Service,
+    *,
+    name: str,
+    image: str,
+    volume: str,
+    data_dir: str,
+    labels: dict[str, str],
+    env: dict[str, str],
+    binds: Sequence[str] = (),
+) -> list[str]:
+    """``docker run -d`` of a PostgreSQL container that nobody but nixmig can reach:
+    no network (``docker exec`` over the local socket is how nixmig talks to it)."""
+    argv = ["run", "-d", "--name", name, "--network", "none", "--stop-signal", "SIGINT"]
+    argv += [x for k, v in sorted(labels.items()) for x in ("--label", f"{k}={v}")]
+    argv += [x for k, v in sorted(env.items()) for x in ("-e", f"{k}={v}")]
+    argv += [x for b in binds for x in ("-v", b)]
+    argv += ["-v", f"{volume}:{data_dir}", image]
+    return docker(svc, *argv)
+
+
+def wait_ready(t: Transport, svc: Service, name: str, *, timeout: float = 300.0) -> None:
+    """Until the server in ``name`` answers on 127.0.0.1 inside the container: the image's
+    init server listens on the unix socket only, so TCP means the real server is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = t.run(docker(svc, "exec", "-u", "postgres", name, "pg_isready", "-q", "-h", "127.0.0.1"), check=False)
+        if r.ok:
+            return
+        info = inspect_container(t, svc, name)
+        if info is None or not info.running or time.monotonic() > deadline:
+            logs = t.run(docker(svc, "logs", "--tail", "15", name), check=False)
+            why = "did not become ready" if info is not None and info.running else "stopped"
+            raise RebuildError(
+                f"container {name} {why}: {logs.tail(3)}",
+                where=t.name,
+                hint=f"docker logs {name}",
+            )
+        time.sleep(0.5)
+
+
+def stop_and_remove(t: Transport, svc: Service, name: str) -> bool:
+    """Stop (SIGINT: a fast, clean shutdown, then wait) and remove; False if it did not exist."""
+    if inspect_container(t, svc, name) is None:
+        return False
+    t.run(docker(svc, "stop", "-t", "120", name), timeout=180)
+    t.run(docker(svc, "rm", name))
+    return True
+
+
+def server_major(t: Transport, rt: DockerRuntime) -> int:
+    out = psql(t, rt, "SHOW server_version_num;").strip()
+    return int(out) // 10000
+
+
+# --- the copy ----------------------------------------------------------------------------
+
+
+def pipeline(src: Sequence[str], dst: Sequence[str], *, prefix: str = "") -> list[str]:
+    """argv of bash running ``src | dst`` on the host (pipefail), optionally after
+    ``prefix`` (a printf of SQL) on the same stdin."""
+    head = f"{{ printf '%s\\n' {render([prefix])}; {render(src)}; }}" if prefix else render(src)
+    return ["bash", "-c", f"set -o pipefail; {head} | {render(dst)}"]
+
+
+def run_pipeline(t: Transport, argv: list[str], what: str) -> Result:
+    r = t.run(argv, timeout=COPY_TIMEOUT, check=False)
+    if not r.ok:
+        raise RebuildError(f"{what} failed: {r.tail()}", where=t.name)
+    return r
+
+
+_ALREADY = re.compile(r'ERROR:\s+role "((?:[^"]|"")+)" already exists')
+
+
+def copy_roles_argv(old: DockerRuntime, new: DockerRuntime) -> list[str]:
+    svc = old.service
+    dump = in_container(old, "pg_dumpall", "--roles-only", "-U", svc.admin_role, stdin=False)
+    load = in_container(new, "psql", "-X", "-q", "-U", new.service.admin_role, "-d", "postgres", "-f", "-")
+    # the roles' verifiers pass through this pipe: the new server must not log them
+    return pipeline(dump, load, prefix="SET log_statement = 'none';")
+
+
+def copy_roles(t: Transport, old: DockerRuntime, new: DockerRuntime) -> None:
+    """Every role of the old cluster, with its attributes, verifier, memberships and settings.
+
+    psql runs without ON_ERROR_STOP because pg_dumpall's ``CREATE ROLE`` of the roles
+    the new cluster already has (its bootstrap superuser) fails; every other error stops
+    the copy. Each ``CREATE ROLE`` is followed by an ``ALTER ROLE`` setting everything."""
+    existing = {ln for ln in psql(t, new, "SELECT rolname FROM pg_authid;").splitlines() if ln}
+    r = run_pipeline(t, copy_roles_argv(old, new), "copying the roles")
+    for line in r.stderr.decode("utf-8", "replace").splitlines():
+        if "ERROR:" not in line:
+            continue
+        m = _ALREADY.search(line)
+        if m is None or m.group(1).replace('""', '"') not in existing:
+            raise RebuildError(f"copying the roles failed: {line.strip()}", where=t.name)
+
+
+def restore_argv(old: DockerRuntime, new: DockerRuntime, database: str) -> list[str]:
+    svc = old.service
+    # -Z0: the pipe stays on this host, compressing would only cost CPU during the freeze
+    dump = in_container(old, "pg_dump", "-Fc", "-Z0", "--create", "-U", svc.admin_role, "-d", database, stdin=False)
+    load = in_container(
+        new, "pg_restore", "--create", "--exit-on-error", "-U", new.service.admin_role, "-d", "template1"
+    )
+    return pipeline(dump, load)
+
+
+def copy_database(t: Transport, old: DockerRuntime, new: DockerRuntime, database: str) -> None:
+    """Drop ``database`` in the new cluster if a previous attempt left it, then stream it over."""
+    psql(t, new, f"DROP DATABASE IF EXISTS {ident(database)} WITH (FORCE);", database="template1")
+    run_pipeline(t, restore_argv(old, new, database), f"copying database {database!r}")
+
+
+def copy_files_argv(old: DockerRuntime, new: DockerRuntime, src: str, dst: str) -> list[str]:
+    read = in_container(old, "cat", "--", src, stdin=False)
+    write = in_container(new, "sh", "-c", 'cat > "$1"', "sh", dst)
+    return pipeline(read, write)
+
+
+def copy_config(t: Transport, old: DockerRuntime, new: DockerRuntime) -> list[str]:
+    """pg_hba.conf and pg_ident.conf as they are on the old server, and its ALTER SYSTEM
+    settings (postgresql.auto.conf) replayed; the new server reloads. Returns what was set."""
+    for setting in ("hba_file", "ident_file"):
+        src = psql(t, old, f"SHOW {setting};").strip()
+        dst = psql(t, new, f"SHOW {setting};").strip()
+        run_pipeline(t, copy_files_argv(old, new, src, dst), f"copying {src.rsplit('/', 1)[-1]}")
+    rows = psql(
+        t,
+        old,
+        "SELECT name, setting FROM pg_file_settings WHERE sourcefile = "
+        "current_setting('data_directory') || '/postgresql.auto.conf' AND error IS NULL ORDER BY seqno;",
+    )
+    names = []
+    stmts = []
+    for line in rows.splitlines():
+        if "\t" in line:
+            name, value = line.split("\t", 1)
+            names.append(name)
+            stmts.append(f"ALTER SYSTEM SET {ident(name)} = {literal(value)};")
+    if stmts:
+        try:
+            psql(t, new, "\n".join(stmts))
+        except DatabaseError as exc:
+            raise RebuildError(
+                f"the old server's ALTER SYSTEM settings ({', '.join(names)}) do not apply to the new one: {exc.what}",
+                where=t.name,
+                hint="remove or rename the setting on the old server (ALTER SYSTEM RESET …), then `nixmig apply`",
+            ) from None
+    psql(t, new, "SELECT pg_reload_conf();")
+    return names
+
+
+# --- the freeze -----------------------------------------------------------------------------
+
+TERMINATE_SQL = """SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();"""
+
+REMAINING_SQL = """SELECT count(*) FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();"""
+
+
+def terminate_clients(t: Transport, rt: DockerRuntime) -> int:
+    """End every client session of the server but ours; returns how many there were."""
+    n = int(psql(t, rt, TERMINATE_SQL).strip() or 0)
+    return n
+
+
+def compose_project(info: ContainerInfo) -> str | None:
+    return info.labels.get(COMPOSE_PROJECT)
+
+
+def app_containers(t: Transport, svc: Service, db: ContainerInfo, services: Sequence[str]) -> list[str]:
+    """The running containers of the database container's compose project (arion), but
+    the database itself: those of ``services`` if given, else every other service."""
+    project = compose_project(db)
+    if project is None:
+        raise RebuildError(
+            f"container {db.name} was not started by docker compose (arion): nixmig cannot tell which "
+            "containers are the app",
+            where=t.name,
+            hint="set app_stop and app_start (commands run on the host) for this migration in nixmig.toml",
+        )
+    fmt = "{{.Names}}\t{{.Label " + json.dumps(COMPOSE_SERVICE) + "}}"
+    r = t.run(docker(svc, "ps", "--filter", f"label={COMPOSE_PROJECT}={project}", "--format", fmt))
+    out = []
+    for line in r.stdout.decode().splitlines():
+        name, _, service = line.partition("\t")
+        if name and name != db.name and (not services or service in services):
+            out.append(name)
+    return sorted(out)
