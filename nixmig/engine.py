@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nixmig import lock
-from nixmig.config import Config
+from nixmig.config import Config, Migration
 from nixmig.db.runtime import runtime_for
 from nixmig.errors import NixmigError, UsageError
 from nixmig.journal import Journal
@@ -35,7 +35,12 @@ from nixmig.secrets.age import Identity
 from nixmig.sensitive import Secret
 
 
-def phases_for(strategy: str) -> list[Phase]:
+def phases_for(strategy: str, migration: Migration | None = None) -> list[Phase]:
+    """The strategy's phases; given the migration, its optional ones too (reencrypt after verify)."""
+    if migration is not None and migration.reencrypt is not None:
+        from nixmig.phases.reencrypt import with_reencrypt
+
+        return with_reencrypt(phases_for(strategy), migration)
     match strategy:
         case "rotate":
             return [Preflight(), Backup(), Stage(), Rotate(), Switch(), Verify(), Cleanup()]
@@ -152,7 +157,7 @@ def plan(ctx: Context) -> list[PlanStep]:
     """What apply would do, from the journal alone (no connection)."""
     return [
         PlanStep(p.name, p.title, ctx.journal.state(p.name) or "pending", p.describe(ctx))
-        for p in phases_for(ctx.migration.strategy)
+        for p in phases_for(ctx.migration.strategy, ctx.migration)
     ]
 
 
@@ -174,7 +179,7 @@ def apply(
     on_phase: Callable[[str, str, float | None], None] | None = None,
     gate: Gate | None = None,
 ) -> None:
-    phases = phases_for(ctx.migration.strategy)
+    phases = phases_for(ctx.migration.strategy, ctx.migration)
     if ctx.journal.rolled_back:
         ctx.journal.reset()  # a rolled-back migration starts over
     held = lock.acquire(ctx.t, ctx.host.lock_dir, f"{ctx.host_name}-{ctx.name}")
@@ -212,7 +217,7 @@ def apply(
 
 
 def rollback(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | None = None) -> list[str]:
-    phases = phases_for(ctx.migration.strategy)
+    phases = phases_for(ctx.migration.strategy, ctx.migration)
     undone: list[str] = []
     todo = [p for p in undo_order(phases) if ctx.journal.state(p.name) in ("done", "failed", "running")]
     for p in todo:  # everything an undo needs is checked before the first undo

@@ -216,7 +216,7 @@ def _status_rows(ctx: Any) -> list[dict[str, Any]]:
     from nixmig import engine
 
     rows = []
-    for p in engine.phases_for(ctx.migration.strategy):
+    for p in engine.phases_for(ctx.migration.strategy, ctx.migration):
         step = ctx.journal.steps.get(p.name)
         rows.append(
             {
@@ -314,7 +314,7 @@ def register(app: typer.Typer) -> None:
         _confirm(
             yes, on_host, f"apply migration {ctx.name} on {ctx.host_name}?", "pass --yes to apply non-interactively"
         )
-        progress = _Progress(len(engine.phases_for(ctx.migration.strategy)))
+        progress = _Progress(len(engine.phases_for(ctx.migration.strategy, ctx.migration)))
         ctx.emit = progress.emit
         start = time.monotonic()
         try:
@@ -410,7 +410,7 @@ def register(app: typer.Typer) -> None:
             f"roll back migration {ctx.name} on {ctx.host_name}?",
             "pass --yes to roll back non-interactively",
         )
-        progress = _Progress(len(engine.phases_for(ctx.migration.strategy)))
+        progress = _Progress(len(engine.phases_for(ctx.migration.strategy, ctx.migration)))
         ctx.emit = progress.emit
         try:
             undone = engine.rollback(ctx, on_phase=progress.on_phase)
@@ -472,7 +472,7 @@ def _apply_fleet(target: _Target, *, yes: bool, restore_test: bool, parallel: in
 
     cfg, name = target.cfg, target.name
     mig = cfg.migrations[name]
-    phase_names = [p.name for p in engine.phases_for(mig.strategy)]
+    phase_names = [p.name for p in engine.phases_for(mig.strategy, mig)]
     done_before = [h for h in target.hosts if fleet.is_done(fleet.journal_for(cfg, name, h), phase_names)]
     todo = [h for h in target.hosts if h not in done_before]
     if todo:
@@ -529,7 +529,7 @@ def _rollback_fleet(target: _Target, *, yes: bool, parallel: int, json_out: bool
             f"roll back migration {name} on {len(todo)} host(s): {', '.join(todo[:8])}?",
             "pass --yes to roll back non-interactively",
         )
-    view = FleetView(todo, len(engine.phases_for(cfg.migrations[name].strategy)), quiet=json_out)
+    view = FleetView(todo, len(engine.phases_for(cfg.migrations[name].strategy, cfg.migrations[name])), quiet=json_out)
 
     def work(host: str, gate: fleet.Gate | None) -> list[str]:
         ctx = target.context(host, emit=view.emitter(host))
@@ -567,7 +567,7 @@ def _status_fleet(target: _Target, json_out: bool) -> None:
     from nixmig import engine, fleet
 
     cfg, name = target.cfg, target.name
-    phase_names = [p.name for p in engine.phases_for(cfg.migrations[name].strategy)]
+    phase_names = [p.name for p in engine.phases_for(cfg.migrations[name].strategy, cfg.migrations[name])]
     rows: list[dict[str, Any]] = []
     for h in target.hosts:
         j = fleet.journal_for(cfg, name, h)

@@ -62,6 +62,36 @@ def parse_source(text: str, *, option: str, vault_key: str = DEFAULT_VAULT_KEY) 
 _SOURCES_HINT = "use env:NAME, file:PATH, age:PATH (agenix, with --identity) or vault[:KEY]"
 
 
+def rebase(text: str, base: Path, *, option: str) -> str:
+    """A key source whose relative file or age path is taken from ``base`` (nixmig.toml's directory)."""
+    src = parse_source(text, option=option)
+    if src.kind in ("file", "age") and not Path(src.ref).is_absolute():
+        return f"{src.kind}:{base / src.ref}"
+    return text
+
+
+def load_secret(text: str, *, option: str, identities: Sequence[Path] = (), loaded: Sequence[Any] = ()) -> Secret:
+    """A secret of any length (the blind indexes' HMAC secret) from env:, file: or age:.
+
+    A file or .age secret loses exactly one trailing newline; a variable is taken as is.
+    """
+    src = parse_source(text, option=option)
+    if src.kind == "env":
+        value = os.environ.get(src.ref)
+        if not value:
+            raise KeyProviderError(
+                f"environment variable {src.ref} is not set or empty", where=option, hint="set it, or change " + option
+            )
+        return Secret(value)
+    if src.kind == "vault":
+        raise KeyProviderError("the HMAC secret cannot come from Vault", where=option, hint="use env:, file: or age:")
+    raw = _read(Path(src.ref)) if src.kind == "file" else agenix_decrypt(Path(src.ref), identities, loaded)
+    raw = raw[:-1] if raw.endswith(b"\n") else raw
+    if not raw:
+        raise KeyProviderError("the HMAC secret is empty", where=src.ref)
+    return Secret(raw)
+
+
 def decode_material(raw: bytes, *, where: str) -> Secret:
     """32 key bytes from base64, hex or raw text (one trailing newline ignored)."""
     data = raw[:-1] if raw.endswith(b"\n") else raw
@@ -85,8 +115,8 @@ def decode_material(raw: bytes, *, where: str) -> Secret:
     )
 
 
-def load_local(source: KeySource, identities: Sequence[Path] = ()) -> Secret:
-    """The key bytes of an env, file or age source."""
+def load_local(source: KeySource, identities: Sequence[Path] = (), loaded: Sequence[Any] = ()) -> Secret:
+    """The key bytes of an env, file or age source (``loaded``: identities already loaded)."""
     if source.kind == "env":
         value = os.environ.get(source.ref)
         if not value:
@@ -95,7 +125,7 @@ def load_local(source: KeySource, identities: Sequence[Path] = ()) -> Secret:
     if source.kind == "file":
         return decode_material(_read(Path(source.ref)), where=source.ref)
     if source.kind == "age":
-        return decode_material(agenix_decrypt(Path(source.ref), identities), where=source.ref)
+        return decode_material(agenix_decrypt(Path(source.ref), identities, loaded), where=source.ref)
     raise KeyProviderError(f"{source} is not a local key source", hint=_SOURCES_HINT)
 
 
@@ -108,9 +138,11 @@ def _read(path: Path) -> bytes:
         raise KeyProviderError(f"cannot read key file: {exc.strerror}", where=path) from None
 
 
-def agenix_decrypt(path: Path, identity_paths: Sequence[Path]) -> bytes:
-    """Decrypt an agenix ``.age`` file in memory with nixmig's age module (imported here)."""
-    if not identity_paths:
+def agenix_decrypt(path: Path, identity_paths: Sequence[Path], loaded: Sequence[Any] = ()) -> bytes:
+    """Decrypt an agenix ``.age`` file in memory with nixmig's age module (imported here).
+
+    ``loaded``: identities already loaded (the operator's, given to ``nixmig apply -i``)."""
+    if not identity_paths and not loaded:
         raise KeyProviderError(
             "an agenix key needs an identity to decrypt it",
             where=path,
@@ -119,7 +151,7 @@ def agenix_decrypt(path: Path, identity_paths: Sequence[Path]) -> bytes:
     from nixmig.secrets import age
 
     data = _read(path)
-    identities = age.load_identities(identity_paths)
+    identities = [*loaded, *age.load_identities(identity_paths)]
     return age.decrypt(data, identities, where=path).reveal()
 
 
@@ -364,6 +396,7 @@ class KeyOptions:
     new_version: int | None = None  # None: 1 for local keys, the latest for Vault
     old_version: int = 1
     identities: tuple[Path, ...] = ()
+    loaded_identities: tuple[Any, ...] = ()  # already loaded (nixmig apply -i): nixmig.secrets.age.Identity
     vault: VaultSettings | None = None
     vault_key: str = DEFAULT_VAULT_KEY
 
@@ -395,14 +428,14 @@ def build_keyring(opts: KeyOptions, *, need_old: bool) -> Any:
     if new_src.kind == "vault":
         new = VaultContextCipher(vault(), new_src.ref, opts.new_version)
     else:
-        new = ContextCipher(load_local(new_src, opts.identities), opts.new_version or 1)
+        new = ContextCipher(load_local(new_src, opts.identities, opts.loaded_identities), opts.new_version or 1)
     old: list[Cipher] = []
     if opts.old:
         old_src = parse_source(opts.old, option="--old-key", vault_key=opts.vault_key)
         if old_src.kind == "vault":
             old.append(VaultLegacyCipher(vault(), old_src.ref))
         else:
-            key = load_local(old_src, opts.identities)
+            key = load_local(old_src, opts.identities, opts.loaded_identities)
             old.append(LegacyCipher(key, opts.old_version))
             if not new.accepts(ContextCipher(key, opts.old_version).scheme):
                 # rotating context keys: ctx:vOLD values are read with the old key

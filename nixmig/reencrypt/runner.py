@@ -408,6 +408,41 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
         ) from None
 
 
+def connect_to(*, host: str, port: int, user: str, dbname: str, password: Secret) -> psycopg.Connection[Any]:
+    """:func:`connect` from parts (the migration engine's tunnel, logged in with the new password)."""
+    from psycopg.conninfo import make_conninfo
+
+    dsn = make_conninfo(
+        host=host,
+        port=port,
+        user=user,
+        dbname=dbname,
+        password=password.reveal_str(),
+        sslmode="prefer",
+        connect_timeout=10,
+    )
+    return connect(dsn)
+
+
+def passes_done(conn: psycopg.Connection[Any], plans: Sequence[TablePlan], mode: Mode, keyring: Keyring) -> bool:
+    """Whether every table's checkpoint for this pass (mode, new scheme, columns) says it ran to the end."""
+    from psycopg import sql
+
+    if not plans:
+        return True
+    schema = plans[0].schema
+    try:
+        exists = conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, PROGRESS_TABLE))
+        row = exists.fetchone()
+        if row is None or row[0] is None:
+            return False
+        query = sql.SQL("SELECT run_key, table_name FROM {} WHERE done").format(sql.Identifier(schema, PROGRESS_TABLE))
+        done = {(str(k), str(t)) for k, t in conn.execute(query)}
+    finally:
+        conn.rollback()
+    return all((p.run_key(mode, keyring), p.name) in done for p in plans)
+
+
 def _first_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines and lines[0].startswith("connection failed") else (lines or [""])[0]

@@ -1,7 +1,7 @@
 """Which tables and columns to re-encrypt: the shipped example, a TOML spec, or flags.
 
-A spec is TOML, either a file of its own or the ``[reencrypt]`` table of
-nixmig.toml::
+A spec is TOML: a file of its own, the ``[reencrypt]`` table of nixmig.toml, or the
+``tables`` of a migration's reencrypt phase (:func:`for_migration`)::
 
     [reencrypt]
     schema = "public"                      # optional
@@ -18,8 +18,9 @@ checked by :func:`nixmig.reencrypt.runner.inspect` before anything runs.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from nixmig.reencrypt.errors import SpecError
 
@@ -139,9 +140,6 @@ def load(path: Path, *, required: bool = True) -> Spec | None:
     With ``required=False`` (nixmig.toml read for other reasons) a file without a
     ``[reencrypt]`` table gives None.
     """
-    from nixmig import config
-    from nixmig.errors import ConfigError
-
     where = str(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -151,18 +149,63 @@ def load(path: Path, *, required: bool = True) -> Spec | None:
         raise SpecError(f"cannot read: {exc.strerror}", where=where) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"not valid TOML: {exc}", where=where) from None
-    prefix: tuple[str | int, ...] = ()
+    prefix: tuple[str, ...] = ()
     if "reencrypt" in data:
         data, prefix = data["reencrypt"], ("reencrypt",)
         if not isinstance(data, dict):
             raise SpecError("reencrypt: expected a table", where=where)
     elif not required:
         return None
+    return from_mapping(data, path=prefix, where=where)
+
+
+def from_mapping(data: dict[str, Any], *, path: tuple[str, ...], where: str) -> Spec:
+    """A spec from parsed TOML in the ``[reencrypt]`` shape found at ``path`` of file ``where``."""
+    from nixmig import config
+    from nixmig.errors import ConfigError
+
     try:
-        raw = config._build(_TomlSpec, {k.replace("-", "_"): v for k, v in data.items()}, prefix, where)
+        raw = config._build(_TomlSpec, {k.replace("-", "_"): v for k, v in data.items()}, path, where)
     except ConfigError as exc:
         raise SpecError(exc.what, where=exc.where, hint=exc.hint) from None
-    return _from_toml(raw, ".".join(str(p) for p in prefix), where)
+    return _from_toml(raw, ".".join(path), where)
+
+
+def for_migration(tables: Any, schema: str | None, top: dict[str, Any] | None, *, migration: str, where: str) -> Spec:
+    """The spec of the reencrypt phase of a migration (``migrations.MIGRATION.reencrypt``).
+
+    ``tables`` is ``"all"`` or a list of table names of the top-level ``[reencrypt]`` spec
+    (``top``), or tables written in its shape (``tables.users = { columns = [...] }``).
+    """
+    key = f"migrations.{migration}.reencrypt"
+    if isinstance(tables, dict):
+        data: dict[str, Any] = {"tables": tables}
+        if schema:
+            data["schema"] = schema
+        return from_mapping(data, path=("migrations", migration, "reencrypt"), where=where)
+    names: str | None
+    if tables == "all":
+        names = None
+    elif isinstance(tables, list) and tables and all(isinstance(t, str) for t in tables):
+        names = ",".join(tables)
+    else:
+        raise SpecError(
+            f'{key}.tables: expected "all", a list of table names, or tables like [reencrypt.tables.NAME]',
+            where=where,
+            hint=f'e.g. tables = ["users", "invitations"], or [{key}.tables.users] with columns = [...]',
+        )
+    if not top:
+        raise SpecError(
+            f"{key}.tables: names tables of [reencrypt], but nixmig.toml has no [reencrypt] table",
+            where=where,
+            hint=f"add [reencrypt.tables.NAME] with columns = [...], or write them here: [{key}.tables.NAME]",
+        )
+    base = from_mapping(top, path=("reencrypt",), where=where)
+    try:
+        spec = base.select(names)
+    except SpecError as exc:
+        raise SpecError(f"{key}.tables: {exc.what}", where=where, hint=exc.hint) from None
+    return replace(spec, schema=schema) if schema else spec
 
 
 def _from_toml(raw: _TomlSpec, prefix: str, where: str) -> Spec:
