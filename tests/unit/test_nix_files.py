@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -419,13 +420,14 @@ class FakeProfile:
         path.chmod(0o755)
 
     def evaluate(self, migrations: list[str], **extra: str) -> dict[str, Any]:
-        args = {"nixmig": str(self.nixmig), "base": str(self.base), "migrations": json.dumps(migrations), **extra}
+        args = {"nixmig": str(self.nixmig), "base": str(self.base), "migrations": json.dumps(migrations)}
+        args.update(extra)
         out: dict[str, Any] = _eval(STUBS / "eval-deploy-rs.nix", args=args)
         return out
 
-    def build(self, migrations: list[str], **extra: str) -> Path:
+    def build(self, migrations: list[str], *, nixmig: str | None = None, **extra: str) -> Path:
         """Run the profile's build command (runCommand's) with bash, as the builder would."""
-        ev = self.evaluate(migrations, **extra)
+        ev = self.evaluate(migrations, **({"nixmig": nixmig} if nixmig else {}), **extra)
         script = self.root / "hook.sh"
         script.write_text("#!/bin/bash\n" + ev["script"])
         script.chmod(0o755)
@@ -556,3 +558,21 @@ def test_deploy_rs_refuses_an_empty_migration_list(fake: FakeProfile) -> None:
         check=False,
     )
     assert proc.returncode != 0 and "migrations must be a non-empty list" in proc.stderr
+
+
+def test_deploy_rs_dry_activate_plans_with_the_real_nixmig_and_the_module_config(
+    fake: FakeProfile, tmp_path: Path
+) -> None:
+    """The whole chain without fakes for nixmig: the module renders nixmig.toml into the
+    new generation's /etc, the hook's dry-activate runs `nixmig plan --on-host` on it."""
+    rendered = _module(tmp_path, WORKED_EXAMPLE)["toml"]
+    (fake.base / "etc" / "nixmig" / "nixmig.toml").write_text(rendered)
+    real = tmp_path / "real-nixmig"
+    (real / "bin").mkdir(parents=True)
+    FakeProfile._script(real / "bin" / "nixmig", f'exec {sys.executable} -m nixmig "$@"')
+    profile = fake.build(["twenty-db-password"], nixmig=str(real))
+    proc = fake.activate(profile, DRY_ACTIVATE="1", NIXMIG_STATE_DIR=str(tmp_path / "state"), PYTHONPATH=str(ROOT))
+    assert proc.returncode == 0, proc.stderr
+    assert "migration twenty-db-password: postgres@docker container twenty-db-1 on newton (on-host)" in proc.stdout
+    assert "ALTER ROLE" in proc.stdout and "********" in proc.stdout
+    assert not (tmp_path / "state").exists(), "a dry activation writes nothing"
