@@ -178,7 +178,11 @@ let
           type = types.listOf healthCheckType;
           default = [ ];
           example = literalExpression ''[ { type = "http"; url = "http://127.0.0.1:3000/healthz"; timeout = 60; } ]'';
-          description = "Checks that must pass after the switch for the migration to count as done.";
+          description = ''
+            Checks that must pass after the switch, written to nixmig.toml for `nixmig apply`
+            run from an operator's machine. The on-host run (the `nixmig-<name>` unit, the
+            deploy-rs hook) leaves them out: the application starts after it.
+          '';
         };
         database = mkOption {
           type = databaseType;
