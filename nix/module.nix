@@ -169,6 +169,32 @@ let
           default = null;
           description = "`dual-role`: the second login role (default `<role>_v2`).";
         };
+        newVolume = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "twenty_db-data-v2";
+          description = "`rebuild`: the docker volume the data is copied to (default `<volume>-YYYYMMDD`).";
+        };
+        newImage = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "postgres:17";
+          description = "`rebuild`: the image of the new server (default: the old container's; a newer major version upgrades).";
+        };
+        appStop = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "systemctl stop twenty-server.service";
+          description = ''
+            `rebuild`: command (run with `sh -c`) that stops the application before the copy;
+            with `appStart`. Default: docker stop / start of the compose project's other containers.
+          '';
+        };
+        appStart = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "`rebuild`: command (run with `sh -c`) that starts the application again.";
+        };
         retentionDays = mkOption {
           type = types.ints.positive;
           default = 7;
@@ -414,6 +440,14 @@ in
         {
           assertion = m.database.runtime != "docker" || m.database.container != null;
           message = "services.nixmig.migrations.${name}.database.container must be set when database.runtime = \"docker\".";
+        }
+        {
+          assertion = m.strategy == "rebuild" || (m.newVolume == null && m.newImage == null);
+          message = "services.nixmig.migrations.${name}.newVolume / newImage are only used with strategy = \"rebuild\".";
+        }
+        {
+          assertion = (m.appStop == null) == (m.appStart == null);
+          message = "services.nixmig.migrations.${name}: set appStop and appStart together (or neither).";
         }
         {
           assertion = m.newRole == null || m.strategy == "dual-role";

@@ -70,6 +70,10 @@ let
       secret = m.secret;
       strategy = m.strategy;
       new_role = m.newRole;
+      new_volume = m.newVolume;
+      new_image = m.newImage;
+      app_stop = m.appStop;
+      app_start = m.appStart;
       retention_days = m.retentionDays;
       # on the host there is no repository to patch: the NixOS config is already the new one
       patch_repo = false;

@@ -300,6 +300,21 @@ def test_native_defaults_follow_the_host_config(tmp_path: Path) -> None:
     assert out["units"]["app-db"]["before"] == ["app.service"]
 
 
+def test_rebuild_options_reach_nixmig(tmp_path: Path) -> None:
+    migration = dict(WORKED_EXAMPLE["migrations"]["twenty-db-password"])  # type: ignore[index]
+    migration |= {
+        "strategy": "rebuild",
+        "newVolume": "twenty_db-data-v2",
+        "newImage": "nixmig-vm/postgres:17",
+        "appStop": "systemctl stop twenty-server",
+        "appStart": "systemctl start twenty-server",
+    }
+    settings = WORKED_EXAMPLE | {"migrations": {"twenty-db-password": migration}}
+    mig = _load(tmp_path, _module(tmp_path, settings)["toml"]).migrations["twenty-db-password"]
+    assert (mig.strategy, mig.new_volume, mig.new_image) == ("rebuild", "twenty_db-data-v2", "nixmig-vm/postgres:17")
+    assert (mig.app_stop, mig.app_start) == ("systemctl stop twenty-server", "systemctl start twenty-server")
+
+
 def test_settings_are_merged_over_the_options(tmp_path: Path) -> None:
     settings = dict(WORKED_EXAMPLE)
     settings["settings"] = {
