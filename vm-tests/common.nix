@@ -157,7 +157,8 @@ let
         }
         // (if switched then { env_file = [ envFile ]; } else { environment.PG_DATABASE_URL = dbUrlHardcoded; });
     in
-    pkgs.writeText "twenty-compose-${phase}.json" (
+    # "before" and "stage" are the same file (the stage deploy must not restart the project)
+    pkgs.writeText "twenty-compose-${if switched then "switch" else "before"}.json" (
       builtins.toJSON {
         name = "twenty";
         services = {
