@@ -16,7 +16,7 @@ pkgs.testers.runNixOSTest {
   name = "nixmig-native-postgresql";
 
   nodes.machine =
-    { lib, ... }:
+    { ... }:
     {
       imports = [
         common.nativeModule
