@@ -109,6 +109,7 @@ class ReencryptSettings:
     on_plaintext: Literal["error", "encrypt", "skip", "fail"] = "error"
     batch_size: int = 1000
     jobs: int | None = None  # worker processes (default: one per CPU beyond the first; 0: none)
+    pause: float = 0.0  # seconds between batches, to spare a busy database
     new_key_version: int | None = None
     old_key_version: int = 1
     # the blind indexes' HMAC secret (a key source), read only when a column has a blind index
@@ -549,7 +550,8 @@ def _check_reencrypt(cfg: Config, name: str, mig: Migration, where: str) -> None
             where=where,
             hint='name the old key (env:, file:, age: or vault:), or use mode = "encrypt-plaintext"',
         )
-    for field_name, least in (("batch_size", 1), ("jobs", 0), ("new_key_version", 1), ("old_key_version", 1)):
+    limits = (("batch_size", 1), ("jobs", 0), ("new_key_version", 1), ("old_key_version", 1), ("pause", 0))
+    for field_name, least in limits:
         value = getattr(r, field_name)
         if value is not None and value < least:
             raise ConfigError(f"{key}.{field_name}: must be at least {least}, got {value}", where=where)

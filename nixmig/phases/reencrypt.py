@@ -1,6 +1,9 @@
 """reencrypt (optional, after verify): re-encrypt columns through the tunnel, with the new password.
 
-Configured by ``migrations.NAME.reencrypt`` (:class:`nixmig.config.ReencryptSettings`), it runs
+Configured by ``migrations.NAME.reencrypt`` (:class:`nixmig.config.ReencryptSettings`). Two phases:
+``reencrypt-check`` right after preflight (the spec against the catalog, read with psql like
+preflight; the keys and the HMAC secret loaded: a mistake stops the run before the backup), and
+``reencrypt`` right after verify, which runs
 what ``nixmig reencrypt --apply`` runs (:mod:`nixmig.reencrypt.runner`): keyset batches, each
 committed with its checkpoint in ``nixmig_progress``, compare-and-set against the
 application's writes, blind indexes checked and every new ciphertext decrypted again before
@@ -60,6 +63,7 @@ def with_reencrypt(phases: Sequence[Phase], migration: Migration) -> list[Phase]
     names = [p.name for p in out]
     at = names.index("verify") + 1 if "verify" in names else len(out)
     out.insert(at, Reencrypt())
+    out.insert(names.index("preflight") + 1 if "preflight" in names else 0, ReencryptCheck())
     return out
 
 
@@ -130,6 +134,7 @@ def _options(ctx: Context, run: _Run, mode: Mode, *, apply: bool, hmac: Secret |
         on_plaintext=OnPlaintext(r.on_plaintext),
         hmac_secret=hmac,
         jobs=workers.default_jobs() if r.jobs is None else r.jobs,
+        pause=r.pause,
     )
 
 
@@ -199,6 +204,49 @@ def _failures(stats: Sequence[TableStats], opts: Options) -> str | None:
     head = "HMAC verification failed: check the HMAC secret; " if hmac else ""
     more = "; ..." if total > len(listed) else ""
     return f"{head}{total} value(s) not migrated ({'; '.join(listed)}{more})"
+
+
+class ReencryptCheck:
+    """Right after preflight: the tables, columns, primary keys and column types are checked in
+    the catalog (psql as the admin role, like preflight) and the keys and the HMAC secret are
+    loaded, so that a wrong spec or an unreadable key stops the run before the backup, not after
+    the switch. Read-only; nothing to undo."""
+
+    name = "reencrypt-check"
+    title = "check the re-encryption spec and keys"
+
+    def describe(self, ctx: Context) -> list[Action]:
+        run = _resolve(ctx)
+        r = run.settings
+        names = ", ".join(t.name for t in run.spec.tables)
+        sources = ", ".join(x for x in (r.old_key, r.new_key, r.hmac_secret if run.indexed else None) if x is not None)
+        return [
+            Action("sql", f"catalog (read-only): tables, columns, primary keys and column types of {names}"),
+            Action("local", f"load {sources}"),
+        ]
+
+    def check(self, ctx: Context) -> bool:
+        return False  # read-only and quick: always run
+
+    def do(self, ctx: Context) -> dict[str, Any]:
+        from nixmig.db import ops
+        from nixmig.db.sql import literal
+        from nixmig.reencrypt import keys, runner
+
+        run = _resolve(ctx)
+        keyring = keys.build_keyring(run.key_opts, need_old=run.mode is Mode.REENCRYPT)
+        _hmac_secret(ctx, run)
+
+        def fetch(schema: str, table: str) -> runner.Catalog:
+            query = runner.CATALOG_SQL.format(schema=literal(schema), table=literal(table))
+            return runner.Catalog.from_json(ops.psql(ctx.t, ctx.runtime, query + ";").strip())
+
+        plans = runner.inspect_with(run.spec, fetch)
+        ctx.emit(f"{len(plans)} table(s) to re-encrypt, new scheme {keyring.new.scheme}")
+        return {"tables": [p.name for p in plans], "scheme": str(keyring.new.scheme)}
+
+    def undo(self, ctx: Context, data: dict[str, Any]) -> None:
+        return None
 
 
 class Reencrypt:

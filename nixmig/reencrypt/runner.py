@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from itertools import compress
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -450,14 +450,29 @@ def _first_line(text: str) -> str:
 
 def inspect(conn: psycopg.Connection[Any], spec: Spec) -> list[TablePlan]:
     """Check every table of the spec against the catalog; fail before anything runs."""
+    from psycopg import sql
+
+    def fetch(schema: str, table: str) -> Catalog:
+        query = sql.SQL(CATALOG_SQL).format(schema=sql.Literal(schema), table=sql.Literal(table))
+        row = conn.execute(query).fetchone()
+        assert row is not None
+        return Catalog.from_json(row[0])
+
+    try:
+        return inspect_with(spec, fetch)
+    finally:
+        conn.rollback()
+
+
+def inspect_with(spec: Spec, fetch: Callable[[str, str], Catalog]) -> list[TablePlan]:
+    """:func:`inspect` with the catalog read by ``fetch(schema, table)`` (psycopg, or psql on the target)."""
     plans = []
     problems: list[SpecError] = []
     for t in spec.tables:
         try:
-            plans.append(_inspect_table(conn, spec.schema, t))
+            plans.append(plan_table(spec.schema, t, fetch(spec.schema, t.name)))
         except SpecError as exc:
             problems.append(exc)
-    conn.rollback()
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
@@ -465,46 +480,56 @@ def inspect(conn: psycopg.Connection[Any], spec: Spec) -> list[TablePlan]:
     return plans
 
 
-def _inspect_table(conn: psycopg.Connection[Any], schema: str, t: TableSpec) -> TablePlan:
+# One row, one JSON value: what inspect needs to know about a table. {schema} and {table} are
+# SQL literals (psycopg's sql.Literal, or nixmig.db.sql.literal for psql).
+CATALOG_SQL = """\
+WITH t AS (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = {schema} AND c.relname = {table} AND c.relkind IN ('r', 'p'))
+SELECT json_build_object(
+  'exists', EXISTS (SELECT 1 FROM t),
+  'tables', (SELECT coalesce(json_agg(x.relname ORDER BY x.relname), '[]') FROM
+             (SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = {schema} AND c.relkind IN ('r', 'p') ORDER BY 1 LIMIT 20) x),
+  'types', (SELECT coalesce(json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod),
+                                                      format_type(a.atttypid, NULL)) ORDER BY a.attnum), '[]')
+            FROM pg_attribute a
+            WHERE a.attrelid = (SELECT oid FROM t) AND a.attnum > 0 AND NOT a.attisdropped),
+  'pk', (SELECT coalesce(json_agg(a.attname ORDER BY array_position(i.indkey, a.attnum)), '[]')
+         FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+         WHERE i.indrelid = (SELECT oid FROM t) AND i.indisprimary))"""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What the catalog says about one table."""
+
+    exists: bool
+    tables: tuple[str, ...]  # the schema's tables (the first 20), for the hint when it does not exist
+    types: dict[str, tuple[str, str]]  # column -> (type with modifiers, type without)
+    pk: tuple[str, ...]  # primary key columns, in key order
+
+    @classmethod
+    def from_json(cls, data: Any) -> Catalog:
+        if isinstance(data, str):
+            data = json.loads(data)
+        return cls(
+            bool(data["exists"]),
+            tuple(str(x) for x in data["tables"]),
+            {str(n): (str(full), str(base)) for n, full, base in data["types"]},
+            tuple(str(x) for x in data["pk"]),
+        )
+
+
+def plan_table(schema: str, t: TableSpec, cat: Catalog) -> TablePlan:
+    """A table of the spec checked against its catalog entry (pure)."""
     where = f"{schema}.{t.name}"
-    row = conn.execute(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-        (schema, t.name),
-    ).fetchone()
-    if row is None:
-        existing = [
-            r[0]
-            for r in conn.execute(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY 1 LIMIT 20",
-                (schema,),
-            )
-        ]
+    if not cat.exists:
         raise SpecError(
             f"table {t.name!r} does not exist in schema {schema!r}",
             where=where,
-            hint="fix the spec or --tables; tables there: " + (", ".join(existing) or "(none)"),
+            hint="fix the spec or --tables; tables there: " + (", ".join(cat.tables) or "(none)"),
         )
-    oid = row[0]
-    types: dict[str, tuple[str, str]] = {
-        name: (typ, base)
-        for name, typ, base in conn.execute(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
-            "format_type(a.atttypid, NULL) FROM pg_attribute a "
-            "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            (oid,),
-        )
-    }
-    pk_cols = [
-        r[0]
-        for r in conn.execute(
-            "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
-            "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
-            "WHERE i.indrelid = %s AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
-            (oid,),
-        )
-    ]
+    types, pk_cols = cat.types, list(cat.pk)
     if t.primary_key is not None:
         if t.primary_key not in types:
             raise SpecError(f"primary_key column {t.primary_key!r} does not exist in {t.name}", where=where)
