@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +138,11 @@ def _stop_cluster(t: Target) -> None:
     )
 
 
+def _generation(env: Path) -> Callable[[], object]:
+    """The app restarts when its env file changes (the writer reconnects)."""
+    return lambda: env.exists() and env.stat().st_mtime
+
+
 @pytest.fixture
 def fleet(sshd_factory: StartSshd) -> Iterator[Fleet]:
     root = Path(tempfile.mkdtemp(prefix="nixmig-fleet-"))
@@ -210,8 +215,7 @@ def fleet(sshd_factory: StartSshd) -> Iterator[Fleet]:
         assert ssh0.user  # every sshd lets the session's client key in as this user
         f = Fleet(root, repo, nodes, admin_key, password)
         for nd in nodes.values():
-            env = nd.t.env_file
-            nd.writer = Writer(url_source=nd.app_url, generation=lambda e=env: e.exists() and e.stat().st_mtime)
+            nd.writer = Writer(url_source=nd.app_url, generation=_generation(nd.t.env_file))
             nd.writer.start()
         yield f
     finally:
