@@ -340,3 +340,39 @@ def test_rollback_waits_for_the_new_role_to_be_unused(dual: Dual, monkeypatch: p
     engine.rollback(dual.ctx())
     assert_not_migrated(dual)
     assert try_login("127.0.0.1", dual.t.port, NEW_ROLE, Secret(NEW_PASSWORD), "default") is not None
+
+
+def test_a_plain_app_role_gets_its_privileges_and_nothing_more(dual: Dual) -> None:
+    """Not a superuser: CREATEDB and a connection limit, a schema it owns, grants on another
+    owner's table, a search_path. The second role can do exactly what it could, and what it
+    creates as itself goes back to the old role when it is dropped."""
+    dual.sql(
+        "CREATE ROLE app LOGIN CREATEDB CONNECTION LIMIT 20;\n"
+        "CREATE SCHEMA crm AUTHORIZATION app;\n"
+        "GRANT SELECT, INSERT ON person TO app;\n"
+        "GRANT USAGE ON SEQUENCE person_id_seq TO app;\n"
+        "ALTER ROLE app SET search_path = crm, public;\n",
+        database="default",
+    )
+    ctx = dual.ctx()
+    old = roles.info(ctx.t, ctx.runtime, "app")
+    roles.create(ctx.t, ctx.runtime, old, "app_v2", Secret("app-v2-password"), roles.mark("app", "m"), exists=False)
+    info = roles.info(ctx.t, ctx.runtime, "app_v2")
+    assert info.attributes == ("CREATEDB",) and info.connection_limit == 20 and info.member_of == ("app",)
+    with psycopg.connect(
+        host="127.0.0.1", port=dual.t.port, user="app_v2", password="app-v2-password", dbname="default", autocommit=True
+    ) as conn:
+        assert conn.execute("SELECT current_user, current_setting('search_path')").fetchone() == ("app", "crm, public")
+        conn.execute("INSERT INTO person (email) VALUES ('v2@example.org')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM person")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM app_writes")
+        conn.execute("CREATE TABLE made_as_app (id int)")  # in crm, the search_path's first schema
+        conn.execute("SET ROLE NONE")  # as itself now: what it creates is its own
+        conn.execute("CREATE TABLE crm.made_as_v2 (id int)")
+    owners = "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'crm' ORDER BY 1;"
+    assert dual.sql(owners, database="default").split() == ["made_as_app", "app", "made_as_v2", "app_v2"]
+    assert roles.drop(ctx.t, ctx.runtime, "app_v2", "app") == ["default"]
+    assert dual.sql(owners, database="default").split() == ["made_as_app", "app", "made_as_v2", "app"]
+    assert not roles.info(ctx.t, ctx.runtime, "app_v2").exists
