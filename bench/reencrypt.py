@@ -7,8 +7,10 @@ the local key provider (key files):
 - reencrypt: the real runner (keyset batches, compare-and-set, checkpoint per batch,
   decrypt + encrypt + decrypt-again in --jobs worker processes, default as the CLI's)
   moving every value to ctx:v1;
-- floor:     the same runner, same batches, same worker processes and writes, with an
-  identity transform (no crypto): what reading, deciding and writing alone cost;
+- floor:     the same runner, same batches and writes, with an identity transform (no
+  crypto): what reading, deciding and writing alone cost; run with the same worker
+  processes and with none, and the faster of the two is the floor (shipping a batch to a
+  worker costs more than the identity transform saves);
 - row-at-a-time baseline: SELECT one row, decrypt, encrypt, UPDATE one row, commit,
   the way the original per-record tool worked, on a sample of --baseline-rows rows
   (rows/s does not depend on the table size for it);
@@ -214,38 +216,52 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int) -
     (key_dir / "new.key").write_text(base64.b64encode(new.reveal()).decode())
     small = max(rows // 10, 1000)
     print(f"rows: {rows:,} x {len(COLUMNS)} columns, batch size {batch_size}, local key provider (key files)")
-    print(f"jobs: {jobs} worker process(es) (floor and reencrypt alike); {os.cpu_count()} CPUs; {_load()}")
+    print(f"jobs: {jobs} worker process(es); {os.cpu_count()} CPUs; {_load()}")
     t0 = time.perf_counter()
     generate(dsn, "bench_src", rows, old)
     generate(dsn, "bench_small_src", small, old)
     print(f"generated in {time.perf_counter() - t0:.1f} s")
 
     results = {}
-    for kind, src in (("floor", "bench_src"), ("reencrypt", "bench_src"), ("reencrypt_small", "bench_small_src")):
-        copy_table(dsn, src, f"bench_{kind}")
-        results[kind] = subprocess_pass(dsn, f"bench_{kind}", kind.removesuffix("_small"), key_dir, batch_size, jobs)
+    passes = [
+        ("floor", "bench_src", jobs),
+        ("reencrypt", "bench_src", jobs),
+        ("reencrypt_small", "bench_small_src", jobs),
+    ]
+    if jobs:  # the floor without worker processes too: the faster of the two is the floor
+        passes.insert(1, ("floor_nojobs", "bench_src", 0))
+    for name, src, n_jobs in passes:
+        copy_table(dsn, src, f"bench_{name}")
+        kind = name.removesuffix("_small").removesuffix("_nojobs")
+        results[name] = subprocess_pass(dsn, f"bench_{name}", kind, key_dir, batch_size, n_jobs)
     copy_table(dsn, "bench_small_src", "bench_baseline")
     results["baseline"] = subprocess_pass(dsn, "bench_baseline", "baseline", key_dir, batch_size, 0, baseline_rows)
 
     def rate(r: dict[str, Any]) -> float:
         return float(r["rows"]) / float(r["seconds"])
 
-    re, fl, bl = rate(results["reencrypt"]), rate(results["floor"]), rate(results["baseline"])
+    floors = [k for k in ("floor", "floor_nojobs") if k in results]
+    best_floor = max(floors, key=lambda k: rate(results[k]))
+    re, fl, bl = rate(results["reencrypt"]), rate(results[best_floor]), rate(results["baseline"])
     big_mb, small_mb = results["reencrypt"]["maxrss_mb"], results["reencrypt_small"]["maxrss_mb"]
     print()
-    print(f"{'pass':<28}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>14}")
-    for label, key in (
+    print(f"{'pass':<30}{'rows':>10}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>14}")
+    rows_out = [
         ("reencrypt", "reencrypt"),
-        ("floor (identity transform)", "floor"),
+        (f"floor (identity), jobs {jobs}", "floor"),
+        ("floor (identity), jobs 0", "floor_nojobs"),
         ("row-at-a-time baseline", "baseline"),
         (f"reencrypt, {small:,} rows", "reencrypt_small"),
-    ):
+    ]
+    for label, key in rows_out:
+        if key not in results:
+            continue
         r = results[key]
-        print(f"{label:<28}{r['rows']:>12,}{r['seconds']:>10.2f}{rate(r):>12,.0f}{r['maxrss_mb']:>14.1f}")
+        print(f"{label:<30}{r['rows']:>10,}{r['seconds']:>10.2f}{rate(r):>12,.0f}{r['maxrss_mb']:>14.1f}")
     print(f"at the end: {_load()}")
     print()
     checks = [
-        (f"reencrypt / floor       = {re / fl:.2f}", re / fl >= TARGET_FLOOR, f">= {TARGET_FLOOR}"),
+        (f"reencrypt / floor       = {re / fl:.2f} (the faster floor)", re / fl >= TARGET_FLOOR, f">= {TARGET_FLOOR}"),
         (f"reencrypt / row-at-time = {re / bl:.1f}x", re / bl >= TARGET_BASELINE, f">= {TARGET_BASELINE:.0f}x"),
         (f"peak RSS                = {big_mb:.1f} MB", big_mb <= TARGET_MB, f"<= {TARGET_MB:.0f} MB"),
         (
