@@ -304,6 +304,7 @@ class Reencrypt:
 
     def do(self, ctx: Context) -> dict[str, Any]:
         from nixmig.reencrypt import keys, runner
+        from nixmig.reencrypt.errors import PlaintextError
 
         run = _resolve(ctx)
         keyring = keys.build_keyring(run.key_opts, need_old=run.mode is Mode.REENCRYPT)
@@ -317,7 +318,17 @@ class Reencrypt:
                     f"run, and at least {KEEP_OLD_KEY_DAYS} days: they and rollback need it"
                 )
             verb = "verifying" if run.mode is Mode.VERIFY else "re-encrypting"
-            stats = runner.run(conn, plans, keyring, opts, _Lines(ctx, verb), writer=writer if opts.writes else None)
+            try:
+                stats = runner.run(
+                    conn, plans, keyring, opts, _Lines(ctx, verb), writer=writer if opts.writes else None
+                )
+            except PlaintextError as exc:
+                raise PlaintextError(
+                    exc.what,
+                    where=exc.where,
+                    hint=f'for data that was never encrypted set mode = "encrypt-plaintext" in {run.key}, '
+                    'or on_plaintext = "encrypt", "skip" or "fail"; the batches before it are kept',
+                ) from None
         for line in _summary(stats):
             ctx.emit(line)
         problem = _failures(stats, opts)

@@ -295,3 +295,23 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_plaintext_stops_the_phase_then_the_fixed_config_resumes(target: Target) -> None:
+    truth = _seed(target)
+    with psycopg.connect(host=str(target.socket_dir), port=target.port, user="postgres", dbname="default") as conn:
+        conn.execute("UPDATE users SET first_name = 'Plain' WHERE id = 333")  # never encrypted
+    truth["users"]["333"] = (truth["users"]["333"][0], "Plain")
+    _configure(target)
+    r = _run(target, "apply", "--yes", "-i", str(target.admin_key))
+    assert r.returncode == 1
+    line = r.stderr.strip().splitlines()[-1]
+    assert "invalid ciphertext: no prefix" in line and "users.first_name, primary key 333" in line
+    assert 'mode = "encrypt-plaintext"' in line and "Plain" not in r.stdout + r.stderr
+    assert _states(target)["reencrypt"] == "failed" and role_matches(target, NEW_PASSWORD)
+
+    cfg = target.repo / "nixmig.toml"
+    cfg.write_text(cfg.read_text() + 'on_plaintext = "encrypt"\n')
+    r = _run(target, "apply", "--yes", "-i", str(target.admin_key))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _dump(target) == _expect_new(truth)
