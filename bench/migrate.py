@@ -47,14 +47,36 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
+class Busy:
+    """How many of the machine's cores were busy (all processes, ours and others') between
+    start and stop: this machine is shared, and a neighbour's load slows the pipeline of
+    nixmig (several processes) and the bare pg_dump (one) differently."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+        return sum(v) - v[3] - v[4], sum(v)  # busy (all but idle and iowait), total
+
+    def cores(self) -> float:
+        end = self._read()
+        busy, total = end[0] - self.start[0], end[1] - self.start[1]
+        return busy / max(total, 1) * (os.cpu_count() or 1)
+
+
 def bare_dump(db: ts.Db, out: Path) -> float:
     """`docker exec twenty-db-1 pg_dump -Fc > file`: what the hand-written plan did, nothing more."""
     argv = db.docker("exec", "-u", "postgres", ts.CONTAINER, "pg_dump", "-Fc", "-U", ts.ROLE, "-d", ts.DATABASE)
+    busy = Busy()
     start = time.perf_counter()
     with out.open("wb") as fh:
         subprocess.run(argv, stdout=fh, check=True)
     secs = time.perf_counter() - start
-    say(f"  bare pg_dump -Fc: {secs:.2f}s, {out.stat().st_size / 2**20:.1f} MiB")
+    mib = out.stat().st_size / 2**20
+    say(f"  bare pg_dump -Fc: {secs:.2f}s, {mib:.1f} MiB (machine: {busy.cores():.2f} cores busy)")
     out.unlink()
     return secs
 
@@ -132,9 +154,11 @@ def main() -> int:
             marks = restart_app(site)
             say("nixmig apply:")
             began = time.time()
+            busy = Busy()
             start = time.perf_counter()
             run = ts.nixmig(site, "apply", "--yes", "-i", str(site.keys.admin_key), timeout=6 * 3600)
             apply_secs = time.perf_counter() - start
+            apply_busy = busy.cores()
             ended = time.time()
             if run.returncode != 0:
                 writer.stop()
@@ -144,7 +168,7 @@ def main() -> int:
             journal = json.loads(site.journal.read_text())
             for s in journal["steps"]:
                 say(f"  {s['phase']:10} {s['finished'] - s['started']:7.2f}s")
-            say(f"  total      {apply_secs:7.2f}s (wall, process start to exit)")
+            say(f"  total      {apply_secs:7.2f}s (wall, process start to exit; machine: {apply_busy:.2f} cores busy)")
             say("baseline again:")
             dumps.append(bare_dump(db, root / "bare.dump"))
             time.sleep(0.5)
