@@ -2,7 +2,7 @@
 
 A NixOS unit runs `nixmig apply --on-host` on every activation; when its journal
 says done it must exit at once, so that case is answered here, before typer and
-the command modules are imported (see nixmig.onhost.fast_path).
+the command modules are imported (see nixmig.onhost_fast).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 def main() -> None:
     argv = sys.argv[1:]
     if "--on-host" in argv:
-        from nixmig.onhost import fast_path
+        from nixmig.onhost_fast import fast_path
 
         line = fast_path(argv)
         if line is not None:

@@ -7,10 +7,11 @@ wrapper call on every activation. The sequence on the host:
 1. activation: agenix decrypts the secret to /run/agenix/NAME; the database unit runs;
    the app unit, changed to read the secret, is stopped (it starts after step 2).
 2. `nixmig apply --on-host` (implies --yes: nothing prompts):
-   - fast path, with no database connection and no heavy import (this module needs
-     only the standard library, nixmig.config and nixmig.journal): the journal says
-     every phase is done, not rolled back, and the secret agenix wrote now hashes to
-     the one the run applied (a salted PBKDF2 kept in the journal) -> exit 0 at once;
+   - fast path (nixmig.onhost_fast), with no database connection and nothing but
+     the standard library imported: the config file is byte for byte the one the
+     last completed run validated, its journal says every phase is done and not
+     rolled back, and the secret agenix wrote hashes to the one that run applied (a
+     salted PBKDF2 kept in the journal) -> one line, exit 0;
    - otherwise the engine runs the phases with the local transport, the lock in the
      host's lock_dir (/run/nixmig):
        preflight  the database answers, the role exists, row counts (secrets.nix is
@@ -41,23 +42,24 @@ still runs nixmig-<migration> (like apply does off-host).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+import json
 import os
-import secrets
 import socket
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from nixmig import config as cfgmod
+from nixmig import onhost_fast
 from nixmig.errors import UsageError
+from nixmig.fsutil import write_atomic
 from nixmig.journal import Journal
+from nixmig.onhost_fast import fast_path, secret_tag, tag_matches
 
-STATE_DIR = Path("/var/lib/nixmig")
-SYSTEM_CONFIG = Path("/etc/nixmig/nixmig.toml")
-_KDF_ROUNDS = 4096  # what a SCRAM-SHA-256 verifier in pg_authid costs: the journal is no weaker than the catalog
+__all__ = ["fast_path", "secret_tag", "tag_matches"]
+
+STATE_DIR = Path(onhost_fast.STATE_DIR)
+SYSTEM_CONFIG = Path(onhost_fast.SYSTEM_CONFIG)
 
 
 def state_dir(option: Path | None = None) -> Path:
@@ -106,41 +108,30 @@ def this_host(cfg: cfgmod.Config, migration: str, option: str | None = None) -> 
     )
 
 
-def secret_tag(value: bytes, salt: bytes | None = None) -> str:
-    """A salted PBKDF2-SHA256 of the secret: says whether the secret changed, reveals nothing usable."""
-    salt = salt if salt is not None else secrets.token_bytes(16)
-    digest = hashlib.pbkdf2_hmac("sha256", value, salt, _KDF_ROUNDS)
-    return f"pbkdf2-sha256${_KDF_ROUNDS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def tag_matches(tag: object, value: bytes) -> bool:
-    if not isinstance(tag, str):
-        return False
-    try:
-        kind, rounds, salt, digest = tag.split("$")
-        if kind != "pbkdf2-sha256" or int(rounds) != _KDF_ROUNDS:
-            return False
-        mine = secret_tag(value, base64.b64decode(salt)).rsplit("$", 1)[1]
-    except ValueError:
-        return False
-    return hmac.compare_digest(mine, digest)
-
-
 def secret_file(cfg: cfgmod.Config, host: str, migration: str) -> Path:
     return Path(cfg.hosts[host].agenix_dir) / cfg.migrations[migration].secret
 
 
 def up_to_date(journal: Journal, secret: Path) -> bool:
     """Every phase done, not rolled back, and the secret is the one that run applied."""
-    if journal.completed is None or journal.rolled_back or not journal.steps:
-        return False
-    if any(s.state != "done" for s in journal.steps.values()):
-        return False
     try:
         value = secret.read_bytes()
     except OSError:
         return False
-    return tag_matches(journal.meta.get("secret"), value)
+    raw: dict[str, Any] = {"completed": journal.completed, "rolled_back": journal.rolled_back, "meta": journal.meta}
+    raw["steps"] = [{"state": s.state} for s in journal.steps.values()]
+    return onhost_fast.journal_done(raw, value)
+
+
+def remember(
+    state: Path, config: Path, migration: str | None, host: str | None, journal: Journal, secret: Path
+) -> None:
+    """Leave the index the fast path reads (see nixmig.onhost_fast) after a completed run."""
+    key = onhost_fast.index_key(config.read_bytes(), migration, host or os.environ.get("NIXMIG_HOST"))
+    path = Path(onhost_fast.index_path(str(state), key))
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    body = {"journal": str(journal.path), "secret": str(secret)}
+    write_atomic(path, json.dumps(body).encode(), 0o600)
 
 
 def archive(journal: Journal) -> Path:
@@ -154,41 +145,3 @@ def archive(journal: Journal) -> Path:
 def ensure_state_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.chmod(0o700)
-
-
-# --- the fast path: called by nixmig.entry before typer is imported -----------------
-
-_VALUE_OPTS = {"-c": "config", "--config": "config", "-m": "migration", "--migration": "migration"}
-_VALUE_OPTS |= {"--host": "host", "--state-dir": "state_dir"}
-_FLAGS = {"--on-host", "--yes", "-y"}
-
-
-def fast_path(argv: Sequence[str]) -> str | None:
-    """For `apply --on-host` with nothing to do: the line to print. None: run the full command
-    (it also reports every error: this path never fails, it only declines)."""
-    if len(argv) < 2 or argv[0] != "apply" or "--on-host" not in argv:
-        return None
-    opts: dict[str, str] = {}
-    args = list(argv[1:])
-    while args:
-        a = args.pop(0)
-        key, eq, val = a.partition("=")
-        if a in _FLAGS:
-            continue
-        if key in _VALUE_OPTS and eq:
-            opts[_VALUE_OPTS[key]] = val
-        elif a in _VALUE_OPTS and args:
-            opts[_VALUE_OPTS[a]] = args.pop(0)
-        else:
-            return None  # anything else (-i, --debug, --help, a typo): the full command decides
-    try:
-        cfg = cfgmod.load(config_path(Path(opts["config"]) if "config" in opts else None))
-        name = pick_migration(cfg, opts.get("migration"))
-        host = this_host(cfg, name, opts.get("host"))
-        root = state_dir(Path(opts["state_dir"]) if "state_dir" in opts else None)
-        journal = Journal.open(root / "journal", host, name)
-        if not up_to_date(journal, secret_file(cfg, host, name)):
-            return None
-    except Exception:  # declining is always safe: the full command runs and reports
-        return None
-    return f"nixmig: {name} on {host}: done, nothing to do (journal {journal.path})"

@@ -161,6 +161,7 @@ class _Target:
             self.state_dir = onhost.state_dir(state_dir)
             host_name = onhost.this_host(self.cfg, self.name, host)
             self.ctx = self.context(host_name)
+            self.ctx.extra["fast_index"] = (self.cfg.path, migration, host)  # the options as given
         elif hosts or all_hosts:
             self.cfg = _with_inventory(self.cfg, self.name)
             self.hosts = fleet.select(self.cfg, self.name, hosts, all_hosts)
@@ -451,6 +452,7 @@ def _apply_on_host(ctx: Any, progress: _Progress) -> None:
                 hint="check that the configuration has age.secrets." + ctx.migration.secret + " (journalctl -u agenix)",
             )
         if onhost.up_to_date(ctx.journal, secret):
+            _remember(ctx, secret)
             ctx.emit("done before, nothing to do")
             return
         when = time.ctime(ctx.journal.completed)
@@ -461,6 +463,14 @@ def _apply_on_host(ctx: Any, progress: _Progress) -> None:
     engine.apply(ctx, on_phase=progress.on_phase)
     ctx.journal.meta["secret"] = onhost.secret_tag(ctx.t.get(str(secret)))
     ctx.journal.save()
+    _remember(ctx, secret)
+
+
+def _remember(ctx: Any, secret: Path) -> None:
+    from nixmig import onhost
+
+    config, migration, host = ctx.extra["fast_index"]
+    onhost.remember(ctx.state_dir, config, migration, host, ctx.journal, secret)
 
 
 # --- several hosts -----------------------------------------------------------------

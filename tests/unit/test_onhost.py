@@ -48,6 +48,7 @@ def make(tmp_path: Path, *, secret: bytes = b"s3cret-value", applied: bytes | No
         j.finish(p)
     j.meta["secret"] = onhost.secret_tag(secret if applied is None else applied)
     j.complete()
+    onhost.remember(state, cfg, None, None, j, agenix / "db-password")  # what a completed run leaves
     return cfg, state
 
 
@@ -61,7 +62,24 @@ def test_done_and_same_secret_is_answered(tmp_path: Path) -> None:
     assert (
         line == f"nixmig: db-password on newton: done, nothing to do (journal {state}/journal/newton/db-password.json)"
     )
-    assert fast(cfg, state, "--yes", "-m", "db-password", "--host=newton") == line
+    assert fast(cfg, state, "--yes") == line
+    # other options: the full command answers once (and leaves the index for them)
+    assert fast(cfg, state, "-m", "db-password", "--host=newton") is None
+    j = Journal.open(state / "journal", "newton", "db-password")
+    onhost.remember(state, cfg, "db-password", "newton", j, tmp_path / "agenix" / "db-password")
+    assert fast(cfg, state, "-m", "db-password", "--host=newton") == line
+
+
+def test_declines_when_the_config_changed(tmp_path: Path) -> None:
+    cfg, state = make(tmp_path)
+    cfg.write_text(cfg.read_text() + "\n# an edit\n")
+    assert fast(cfg, state) is None
+
+
+def test_host_from_the_environment_is_part_of_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, state = make(tmp_path)
+    monkeypatch.setenv("NIXMIG_HOST", "other")
+    assert fast(cfg, state) is None
 
 
 def test_declines_whenever_the_full_command_must_decide(tmp_path: Path) -> None:
@@ -115,8 +133,9 @@ def test_the_executable_answers_without_heavy_imports(tmp_path: Path) -> None:
         "from nixmig.entry import main\n"
         f"sys.argv = ['nixmig', 'apply', '--on-host', '-c', {str(cfg)!r}]\n"
         "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
-        "heavy = {'typer', 'click', 'rich', 'paramiko', 'docker', 'psycopg', 'pyrage', 'cryptography', 'jinja2'}\n"
-        "ours = {'nixmig.engine', 'nixmig.cli', 'nixmig.db.runtime', 'nixmig.secrets.age'}\n"
+        "heavy = {'typer', 'click', 'rich', 'paramiko', 'docker', 'psycopg', 'pyrage', 'cryptography', 'jinja2',\n"
+        "         'pathlib', 'tomllib', 'dataclasses', 'base64', 'socket'}\n"
+        "ours = {'nixmig.engine', 'nixmig.cli', 'nixmig.config', 'nixmig.journal', 'nixmig.onhost'}\n"
         "print(code, sorted(({m.split('.')[0] for m in sys.modules} & heavy) | (set(sys.modules) & ours)))\n"
     )
     out = subprocess.run(
