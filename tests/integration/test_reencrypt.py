@@ -620,6 +620,20 @@ def test_connection_error_is_one_line_without_the_password(tmp_path: Path) -> No
     assert "SEKRIT" not in res.stderr
 
 
+def test_a_primary_key_of_another_type_goes_through_text_copy(pg_db: PgServer, tmp_path: Path) -> None:
+    with psycopg.connect(pg_db.dsn) as conn:
+        conn.execute("CREATE TABLE t (id numeric(12, 2) PRIMARY KEY, a text)")
+        conn.execute("INSERT INTO t SELECT g / 4.0, 'v' || g FROM generate_series(1, 130) g")
+    args = ("--column", "t.a", "--mode", "encrypt-plaintext", "--batch-size", "20", "--apply", "--json")
+    res = cli(pg_db.dsn, tmp_path, *args)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["tables"][0]["migrated"] == 130
+    c = ContextCipher(NEW, 1)
+    with psycopg.connect(pg_db.dsn) as conn:
+        for pk, value in conn.execute("SELECT id, a FROM t"):
+            assert c.decrypt_many("t.a", [value]) == [f"v{int(pk * 4)}".encode()]
+
+
 def test_ciphertext_too_long_for_a_varchar(pg_db: PgServer, tmp_path: Path) -> None:
     with psycopg.connect(pg_db.dsn) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, a varchar(10))")
