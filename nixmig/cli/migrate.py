@@ -385,9 +385,17 @@ def register(app: typer.Typer) -> None:
         host: str | None = HostOpt,
         state_dir: Path | None = StateDirOpt,
         json_out: bool = JsonOption,
+        force: bool = typer.Option(
+            False,
+            "--force",
+            help="strategy rebuild, after the switch to a newer major version: go back to the old volume "
+            "although the writes made since the switch cannot be copied back into it (they stay on the "
+            "new volume only). Without it such a rollback is refused.",
+        ),
     ) -> None:
         """Undo the completed phases in reverse: old password restored, previous config deployed.
 
+        Strategy rebuild: writes made after the switch are copied back into the old volume first.
         On-host the configuration is left as it is: activate the previous generation after it."""
         from nixmig import engine
 
@@ -405,6 +413,7 @@ def register(app: typer.Typer) -> None:
             _rollback_fleet(target, yes=yes, parallel=parallel, json_out=json_out)
             return
         ctx = target.ctx
+        ctx.extra["force"] = force
         _confirm(
             yes,
             False,  # rollback asks even on-host: nothing runs it unattended

@@ -134,7 +134,7 @@ def split_key(key: str) -> tuple[str, str, str]:
 
 def databases(t: Transport, rt: Runtime) -> list[str]:
     """The databases a copy must carry: every one that accepts connections, templates aside."""
-    return [ln for ln in psql(t, rt, DATABASES_SQL).splitlines() if ln]
+    return [ln for ln in psql(t, rt, DATABASES_SQL, database="template1").splitlines() if ln]
 
 
 def parse(out: str, db: str) -> tuple[dict[str, str], dict[str, Secret]]:
@@ -157,7 +157,7 @@ def parse(out: str, db: str) -> tuple[dict[str, str], dict[str, Secret]]:
 def take(t: Transport, rt: Runtime, dbs: Iterable[str] | None = None) -> Fingerprint:
     """The fingerprint of the cluster behind ``rt`` (databases: ``dbs``, default all of them)."""
     names = list(dbs) if dbs is not None else databases(t, rt)
-    items, passwords = parse(psql(t, rt, CLUSTER_SQL), CLUSTER)
+    items, passwords = parse(psql(t, rt, CLUSTER_SQL, database="template1"), CLUSTER)
     for db in names:
         more, _ = parse(psql(t, rt, DATABASE_SQL + TABLES_SQL, database=db), db)
         items.update(more)

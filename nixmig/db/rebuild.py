@@ -92,8 +92,13 @@ def inspect_volume(t: Transport, svc: Service, name: str) -> dict[str, Any] | No
     return vol
 
 
+def image_id(t: Transport, svc: Service, image: str) -> str | None:
+    r = t.run(docker(svc, "image", "inspect", "--format", "{{.Id}}", image), check=False)
+    return r.stdout.decode().strip() if r.ok else None
+
+
 def image_exists(t: Transport, svc: Service, image: str) -> bool:
-    return t.run(docker(svc, "image", "inspect", "--format", "{{.Id}}", image), check=False).ok
+    return image_id(t, svc, image) is not None
 
 
 def create_volume_argv(svc: Service, name: str, labels: dict[str, str]) -> list[str]:
@@ -152,7 +157,7 @@ def stop_and_remove(t: Transport, svc: Service, name: str) -> bool:
 
 
 def server_major(t: Transport, rt: DockerRuntime) -> int:
-    out = psql(t, rt, "SHOW server_version_num;").strip()
+    out = psql(t, rt, "SHOW server_version_num;", database="template1").strip()
     return int(out) // 10000
 
 
@@ -190,7 +195,7 @@ def copy_roles(t: Transport, old: DockerRuntime, new: DockerRuntime) -> None:
     psql runs without ON_ERROR_STOP because pg_dumpall's ``CREATE ROLE`` of the roles
     the new cluster already has (its bootstrap superuser) fails; every other error stops
     the copy. Each ``CREATE ROLE`` is followed by an ``ALTER ROLE`` setting everything."""
-    existing = {ln for ln in psql(t, new, "SELECT rolname FROM pg_authid;").splitlines() if ln}
+    existing = {ln for ln in psql(t, new, "SELECT rolname FROM pg_authid;", database="template1").splitlines() if ln}
     r = run_pipeline(t, copy_roles_argv(old, new), "copying the roles")
     for line in r.stderr.decode("utf-8", "replace").splitlines():
         if "ERROR:" not in line:
@@ -226,14 +231,15 @@ def copy_config(t: Transport, old: DockerRuntime, new: DockerRuntime) -> list[st
     """pg_hba.conf and pg_ident.conf as they are on the old server, and its ALTER SYSTEM
     settings (postgresql.auto.conf) replayed; the new server reloads. Returns what was set."""
     for setting in ("hba_file", "ident_file"):
-        src = psql(t, old, f"SHOW {setting};").strip()
-        dst = psql(t, new, f"SHOW {setting};").strip()
+        src = psql(t, old, f"SHOW {setting};", database="template1").strip()
+        dst = psql(t, new, f"SHOW {setting};", database="template1").strip()
         run_pipeline(t, copy_files_argv(old, new, src, dst), f"copying {src.rsplit('/', 1)[-1]}")
     rows = psql(
         t,
         old,
         "SELECT name, setting FROM pg_file_settings WHERE sourcefile = "
         "current_setting('data_directory') || '/postgresql.auto.conf' AND error IS NULL ORDER BY seqno;",
+        database="template1",
     )
     names = []
     stmts = []
@@ -244,14 +250,14 @@ def copy_config(t: Transport, old: DockerRuntime, new: DockerRuntime) -> list[st
             stmts.append(f"ALTER SYSTEM SET {ident(name)} = {literal(value)};")
     if stmts:
         try:
-            psql(t, new, "\n".join(stmts))
+            psql(t, new, "\n".join(stmts), database="template1")
         except DatabaseError as exc:
             raise RebuildError(
                 f"the old server's ALTER SYSTEM settings ({', '.join(names)}) do not apply to the new one: {exc.what}",
                 where=t.name,
                 hint="remove or rename the setting on the old server (ALTER SYSTEM RESET …), then `nixmig apply`",
             ) from None
-    psql(t, new, "SELECT pg_reload_conf();")
+    psql(t, new, "SELECT pg_reload_conf();", database="template1")
     return names
 
 
@@ -266,7 +272,7 @@ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();"""
 
 def terminate_clients(t: Transport, rt: DockerRuntime) -> int:
     """End every client session of the server but ours; returns how many there were."""
-    n = int(psql(t, rt, TERMINATE_SQL).strip() or 0)
+    n = int(psql(t, rt, TERMINATE_SQL, database="template1").strip() or 0)
     return n
 
 

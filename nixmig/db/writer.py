@@ -11,6 +11,9 @@ With ``reconnect_every`` it opens a new connection for the next write once its
 connection is that old (seconds), as a pool with a short max lifetime or a
 worker that connects per job does: a password change the service has not
 picked up yet then shows as failed connects.
+
+``stopped`` plays a service that was stopped (``systemctl stop``, ``docker stop``):
+while it returns true the writer holds no connection and attempts nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Writer:
     failed_attempts: int = 0
     failed_connects: int = 0
     reconnect_every: float | None = None
+    stopped: Callable[[], bool] = lambda: False
     longest_gap: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -65,6 +69,12 @@ class Writer:
         opened = 0.0
         gen = self.generation()
         while not self._stop.is_set():
+            if self.stopped():
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                time.sleep(self.interval)
+                continue
             try:
                 if gen != self.generation():
                     gen = self.generation()

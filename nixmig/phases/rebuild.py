@@ -370,6 +370,8 @@ class Provision:
         elif not info.running:
             t.run(rb.docker(svc, "start", n.scratch))
         rb.wait_ready(t, svc, n.scratch)
+        info = rb.inspect_container(t, svc, n.scratch)
+        data["new_image_id"] = info.image_id if info is not None else None
         data["new_major"] = rb.server_major(t, scratch_rt(ctx))
         if data["new_major"] < data["old_major"]:
             raise rb.RebuildError(
@@ -450,9 +452,9 @@ class Copy:
             rb.terminate_clients(t, old)  # a resumed run: nobody may have come back
             dbs = fp.databases(t, old)
             rb.copy_roles(t, old, new)
-            ops.set_password(t, new, svc.role, new_password(ctx))
             for db in dbs:
                 rb.copy_database(t, old, new, db)
+            ops.set_password(t, new, svc.role, new_password(ctx))  # (psql connects to the service's database)
             settings = rb.copy_config(t, old, new)
         except NixmigError:
             back_to_old(ctx)
@@ -724,8 +726,12 @@ class RebuildVerify(Verify):
         if cur is None or not cur.mounts(n.new_volume) or cur.mounts(n.old_volume):
             raise VerifyError(f"{svc.container} does not run on {n.new_volume} alone", where=ctx.t.name)
         prov = ctx.journal.data("provision")
-        if prov.get("new_image") and cur.image_id != prov["new_image"] and cur.image != prov["new_image"]:
-            raise VerifyError(f"{svc.container} runs {cur.image}, not {prov['new_image']}", where=ctx.t.name)
+        want = prov.get("new_image_id")
+        if want and cur.image_id != want:
+            raise VerifyError(
+                f"{svc.container} runs {cur.image} ({cur.image_id[:19]}), not {prov.get('new_image')} ({want[:19]})",
+                where=ctx.t.name,
+            )
         ctx.emit(f"ok   {svc.container} runs on {n.new_volume} ({cur.image})")
         return super().do(ctx)
 

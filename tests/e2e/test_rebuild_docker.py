@@ -1,0 +1,277 @@
+"""Strategy rebuild on real parts: the worked example's twenty stack over a real sshd and dockerd.
+
+The database is twenty-db-1 on twenty_db-data; the deploy plays activation and arion's
+``up`` of the db service from the patched compose file, evaluated by nix
+(tests/harness/arion.py), so the switch to the new volume is what the patched Nix says.
+The app stand-in writes every ~10 ms; ``app_stop`` makes it stop as a stopped unit would.
+Every test starts from a fresh twenty-db-1 (a rebuild replaces it).
+
+Asserted: nothing acknowledged is lost (writes during the freeze fail and are not
+acknowledged), the copy is verified exactly and a difference stops before the switch,
+a SIGKILL after any phase resumes, rollback (copying writes made after the switch back
+into the old volume), a new image (the test image under a second tag standing in for a
+16 image: the binaries are the same PostgreSQL 15, so the major version does not change).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker  # noqa: TID251  (test harness, not product code)
+import pytest
+
+from nixmig.db.writer import Writer, count_found
+from tests.e2e import rebuild_stack as rs
+from tests.e2e import twenty_stack as ts
+from tests.harness.dockerd import MANAGED_ROOT, DockerEngine
+from tests.harness.sshd import SshServer
+
+
+@dataclass(frozen=True)
+class Stack:
+    client: docker.DockerClient
+    image: str
+    docker_host: str
+    keys: ts.Keys
+    ssh: SshServer
+
+
+@pytest.fixture(scope="module")
+def stack(
+    docker_engine: DockerEngine,
+    docker_client: docker.DockerClient,
+    pg_image: str,
+    sshd: SshServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    with ts.exclusive():
+        try:
+            yield Stack(
+                docker_client, pg_image, docker_engine.base_url, ts.make_keys(tmp_path_factory.mktemp("keys")), sshd
+            )
+        finally:
+            rs.cleanup(docker_client)
+
+
+@pytest.fixture
+def db(stack: Stack) -> Iterator[ts.Db]:
+    rs.cleanup(stack.client)
+    yield ts.start_db(stack.client, stack.image, stack.docker_host)
+    rs.cleanup(stack.client)
+
+
+@pytest.fixture
+def writers() -> Iterator[list[Writer]]:
+    """Every app stand-in a test starts is stopped when it ends, whatever happened."""
+    started: list[Writer] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+def site_for(stack: Stack, db: ts.Db, root: Path, **kw: object) -> rs.RebuildSite:
+    return rs.rebuild_site(root, stack.keys, db, stack.ssh, stack.image, **kw)  # type: ignore[arg-type]
+
+
+def start_writer(r: rs.RebuildSite, writers: list[Writer]) -> Writer:
+    w = r.act.writer()
+    writers.append(w)
+    w.start()
+    ts.wait_until(lambda: len(w.acknowledged) >= 10)
+    return w
+
+
+def stop_and_count(r: rs.RebuildSite, w: Writer) -> tuple[int, int]:
+    n = len(w.acknowledged)
+    ts.wait_until(lambda: len(w.acknowledged) >= n + 10, timeout=30)  # it writes again after the run
+    w.stop()
+    return len(w.acknowledged), count_found(r.act.app_url(), w.acknowledged)
+
+
+def states(r: rs.RebuildSite) -> list[str]:
+    out = ts.nixmig(r.site, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return [p["state"] for p in json.loads(out.stdout)["phases"]]
+
+
+def journal(r: rs.RebuildSite) -> dict[str, dict[str, object]]:
+    return {s["phase"]: s for s in json.loads(r.site.journal.read_text())["steps"]}
+
+
+def volume_names(stack: Stack) -> set[str]:
+    return {v.name for v in stack.client.volumes.list()}
+
+
+def assert_switched(r: rs.RebuildSite, new_volume: str) -> None:
+    assert r.volumes() == {new_volume}
+    assert r.login(r.site.password.reveal_str()) is None
+    refused = r.login(ts.OLD_PASSWORD)
+    assert refused is not None and "password authentication failed" in refused
+
+
+def assert_on_old_volume(r: rs.RebuildSite) -> None:
+    assert r.volumes() == {ts.VOLUME}
+    assert r.login(ts.OLD_PASSWORD) is None
+
+
+def test_apply_new_image_then_rollback_keeps_every_write(
+    stack: Stack, db: ts.Db, tmp_path: Path, writers: list[Writer]
+) -> None:
+    stack.client.images.get(stack.image).tag(rs.UPGRADE_TAG)
+    new_volume = "twenty_db-data-v2"
+    r = site_for(stack, db, tmp_path / "site", new_volume=new_volume, new_image=rs.UPGRADE_TAG)
+    needles = ts.secret_needles(r.site.password)
+    sampler = ts.CmdlineSampler(needles)
+    app = start_writer(r, writers)
+    try:
+        plan = ts.nixmig(r.site, "plan", "--json")
+        assert plan.returncode == 0, plan.stderr
+        assert [s["phase"] for s in json.loads(plan.stdout)] == rs.PHASES
+        run = ts.nixmig(r.site, "apply", "--yes", "-i", str(r.site.keys.admin_key))
+    finally:
+        report = sampler.stop()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert states(r) == ["done"] * len(rs.PHASES)
+
+    # the service runs on the new volume with the new image; new password in, old out
+    assert_switched(r, new_volume)
+    assert r.image() == rs.UPGRADE_TAG
+    compose = (r.site.repo / rs.COMPOSE).read_text()
+    assert f'image.name = "{rs.UPGRADE_TAG}";' in compose
+    assert f'name = "{new_volume}"' in compose and "external = true;" in compose
+    steps = journal(r)
+    assert steps["compare"]["data"]["rows"] > 20000  # type: ignore[index]
+    retain = steps["switch"]["data"]["retain"]  # type: ignore[index]
+    assert [(x["kind"], x["name"]) for x in retain] == [("volume", ts.VOLUME)]
+    assert ts.VOLUME in volume_names(stack)  # kept, untouched: nothing mounts it
+    assert not stack.client.containers.list(all=True, filters={"volume": ts.VOLUME})
+    assert f"{ts.CONTAINER}-nixmig-new" not in {c.name for c in stack.client.containers.list(all=True)}
+    acked, found = stop_and_count(r, app)
+    assert acked > 50 and found == acked
+
+    # no secret in any command line, the journal, the output or a log
+    assert report.hits == [] and report.sweeps > 100
+    assert any("pg_restore" in c for c in report.docker_exec), report.docker_exec[:8]
+    texts = {
+        "journal": r.site.journal.read_text(),
+        "plan": plan.stdout + plan.stderr,
+        "apply output": run.stdout + run.stderr,
+        "sshd log": stack.ssh.log.read_text(errors="replace"),
+        "container log": subprocess.run(
+            db.docker("logs", ts.CONTAINER), capture_output=True, text=True, check=True
+        ).stderr,
+    }
+    dockerd_log = MANAGED_ROOT / "dockerd.log"
+    if db.docker_host == f"unix://{MANAGED_ROOT / 'docker.sock'}" and dockerd_log.exists():
+        texts["dockerd log"] = dockerd_log.read_text(errors="replace")
+    for what, text in texts.items():
+        for n in needles:
+            assert n not in text, f"the password is in the {what}"
+
+    # rollback while the app writes on the new database: those writes are copied back
+    app2 = start_writer(r, writers)
+    back = ts.nixmig(r.site, "rollback", "--yes", "-i", str(r.site.keys.admin_key))
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "copying it back into twenty_db-data" in back.stdout
+    assert "copied back and verified" in back.stdout
+    assert_on_old_volume(r)
+    assert new_volume in volume_names(stack)  # retained
+    retain = journal(r)["switch"]["data"]["retain"]  # type: ignore[index]
+    assert [(x["kind"], x["name"]) for x in retain] == [("volume", new_volume)]
+    acked2, found2 = stop_and_count(r, app2)
+    assert found2 == acked2 and acked2 > 20
+    assert count_found(r.act.app_url(), app.acknowledged) == len(app.acknowledged)  # the first run's too
+    assert json.loads(ts.nixmig(r.site, "status", "--json").stdout)["rolled_back"] is True
+
+
+def test_a_writer_nixmig_does_not_know_makes_the_copy_differ_and_nothing_switches(
+    stack: Stack, db: ts.Db, tmp_path: Path, writers: list[Writer]
+) -> None:
+    """A client that ignores the freeze (not one of the app's services) keeps writing to the
+    old database while it is copied: the comparison finds it and the switch does not happen."""
+    r = site_for(stack, db, tmp_path / "site")
+    app = start_writer(r, writers)
+    rogue = Writer(url_source=lambda: r.act.resolve(f"postgres://postgres:postgres@db:5432/{ts.DATABASE}"))
+    writers.append(rogue)
+    rogue.start()
+    ts.wait_until(lambda: len(rogue.acknowledged) >= 10)
+    run = ts.nixmig(r.site, "apply", "--yes", "-i", str(r.site.keys.admin_key))
+    assert run.returncode == 1, run.stdout + run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the copy is not exact" in lines[0], run.stderr
+    assert "table default: public.app_writes:" in lines[0] and "rows in the old database" in lines[0]
+    assert "nothing was switched" in lines[0] and "Traceback" not in run.stdout + run.stderr
+    assert "nothing switched: the app was started again on the old database" in run.stdout
+    # the old volume still serves, with the old password; the app writes again
+    assert_on_old_volume(r)
+    assert not r.act.stopped_file.exists()
+    n = len(app.acknowledged)
+    ts.wait_until(lambda: len(app.acknowledged) > n + 10)
+    assert states(r)[:8] == ["done", "done", "done", "done", "undone", "undone", "failed", "pending"]
+
+    # without the stray writer, apply again: it freezes and copies again, and switches
+    rogue.stop()
+    again = ts.nixmig(r.site, "apply", "--yes", "-i", str(r.site.keys.admin_key))
+    assert again.returncode == 0, again.stdout + again.stderr
+    new_volume = journal(r)["preflight"]["data"]["new_volume"]  # type: ignore[index]
+    assert isinstance(new_volume, str) and new_volume.startswith(f"{ts.VOLUME}-20")  # VOLUME-YYYYMMDD
+    assert_switched(r, new_volume)
+    acked, found = stop_and_count(r, app)
+    assert found == acked
+    assert count_found(r.act.app_url(), rogue.acknowledged) == len(rogue.acknowledged)
+
+
+def test_a_changed_row_in_the_copy_is_caught_and_rollback_removes_the_copy(
+    stack: Stack, db: ts.Db, tmp_path: Path, writers: list[Writer]
+) -> None:
+    """Same row counts, one row different: the checksum finds it before the switch."""
+    r = site_for(stack, db, tmp_path / "site")
+    app = start_writer(r, writers)
+    killed = ts.nixmig(r.site, "apply", "--yes", env={"NIXMIG_TEST_SIGKILL_AFTER": "copy"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    scratch = f"{ts.CONTAINER}-nixmig-new"
+    subprocess.run(
+        db.docker("exec", "-i", "-u", "postgres", scratch, "psql", "-v", "ON_ERROR_STOP=1", "-d", ts.DATABASE),
+        input=b"UPDATE person SET name = 'tampered' WHERE id = 1;",
+        check=True,
+        capture_output=True,
+    )
+    run = ts.nixmig(r.site, "apply", "--yes", "-i", str(r.site.keys.admin_key))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "table default: public.person: same 3000 rows, different content" in run.stderr
+    assert "tampered" not in run.stdout + run.stderr
+    assert_on_old_volume(r)
+    new_volume = journal(r)["preflight"]["data"]["new_volume"]  # type: ignore[index]
+    assert new_volume in volume_names(stack)
+
+    back = ts.nixmig(r.site, "rollback", "--yes", "-i", str(r.site.keys.admin_key))
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert new_volume not in volume_names(stack)  # only a copy: removed
+    assert scratch not in {c.name for c in stack.client.containers.list(all=True)}
+    assert_on_old_volume(r)
+    assert not r.act.stopped_file.exists()
+    acked, found = stop_and_count(r, app)
+    assert found == acked
+
+
+@pytest.mark.parametrize("phase", rs.PHASES[:-1])
+def test_sigkill_after_each_phase_then_apply_again(
+    stack: Stack, db: ts.Db, tmp_path: Path, writers: list[Writer], phase: str
+) -> None:
+    r = site_for(stack, db, tmp_path / "site", new_volume="twenty_db-data-next")
+    app = start_writer(r, writers)
+    killed = ts.nixmig(r.site, "apply", "--yes", env={"NIXMIG_TEST_SIGKILL_AFTER": phase})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    done = {k: v["state"] for k, v in journal(r).items()}
+    assert done[phase] == "done" and len(done) == rs.PHASES.index(phase) + 1
+    resumed = ts.nixmig(r.site, "apply", "--yes", "-i", str(r.site.keys.admin_key))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert resumed.stdout.count("done before, skipped") == rs.PHASES.index(phase) + 1
+    assert states(r) == ["done"] * len(rs.PHASES)
+    assert_switched(r, "twenty_db-data-next")
+    acked, found = stop_and_count(r, app)
+    assert found == acked
