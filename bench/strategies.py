@@ -22,6 +22,9 @@ Each strategy is rolled back after it is measured, and the database reset, so th
 one starts from the same state; a lost acknowledged write fails the run.
 
 A strategy plugs in by name: add a Strategy to STRATEGIES (see `prepare_common`).
+rebuild's deploy also plays arion's `up` of the db service from the patched compose
+file (tests/harness/arion.py), and its apps are stopped by its freeze (app_stop), as
+stopped services: they make no attempt then, and their window is the freeze.
 
     flock /tmp/nixmig-e2e.lock .venv/bin/python bench/strategies.py --size-mb 200
     .venv/bin/python bench/strategies.py --strategies dual-role --size-mb 50
@@ -30,6 +33,7 @@ A strategy plugs in by name: add a Strategy to STRATEGIES (see `prepare_common`)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -57,9 +61,10 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Bench:
-    """What every strategy shares in one run."""
+    """What every strategy shares in one run (a rebuild's rollback recreates twenty-db-1:
+    its reset updates ``db`` to the new container's address)."""
 
     root: Path
     db: ts.Db
@@ -114,9 +119,32 @@ def reset_common(b: Bench) -> None:
     ts.reset_db(b.db)
 
 
+def prepare_rebuild(b: Bench, root: Path) -> Prepared:
+    """strategy rebuild (tests/e2e/rebuild_stack.py): the deploy also plays arion's `up` of the db
+    service from the patched compose file, the app resolves `db` at each connect and can be stopped."""
+    from tests.e2e import rebuild_stack as rs
+
+    r = rs.rebuild_site(root, b.keys, b.db, b.ssh, rs.container_image(b.db.docker_host))
+    return Prepared(r.site, r.act)
+
+
+def reset_rebuild(b: Bench) -> None:
+    """No copy left (scratch containers, the volumes a rebuild made); twenty-db-1 as it is now."""
+    from tests.e2e import rebuild_stack as rs
+
+    client = client_for(b.db.docker_host)
+    try:
+        rs.remove_copies(client)
+    finally:
+        client.close()
+    b.db = dataclasses.replace(b.db, ip=rs.container_ip(b.db.docker_host))
+    reset_common(b)
+
+
 STRATEGIES: dict[str, Strategy] = {
     "rotate": Strategy("rotate", prepare_common("rotate"), reset_common),
     "dual-role": Strategy("dual-role", prepare_common("dual-role"), reset_common),
+    "rebuild": Strategy("rebuild", prepare_rebuild, reset_rebuild),
 }
 
 

@@ -166,13 +166,25 @@ def rebuild_site(
     return RebuildSite(site, act)
 
 
-def cleanup(client: docker.DockerClient) -> None:
-    """twenty-db-1, the scratch containers and every volume a rebuild of it made."""
-    for name in (ts.CONTAINER, f"{ts.CONTAINER}-nixmig-new", f"{ts.CONTAINER}-nixmig-old"):
+def container_image(docker_host: str, name: str = ts.CONTAINER) -> str:
+    """The image twenty-db-1 runs, as it was asked for."""
+    return str(_client(docker_host).containers.get(name).attrs["Config"]["Image"])
+
+
+def remove_copies(client: docker.DockerClient) -> None:
+    """The scratch containers and every volume a rebuild made (not one still mounted)."""
+    for name in (f"{ts.CONTAINER}-nixmig-new", f"{ts.CONTAINER}-nixmig-old"):
         with contextlib.suppress(docker.errors.NotFound):
             client.containers.get(name).remove(force=True)
     for v in client.volumes.list(filters={"label": f"nixmig.migration={ts.MIGRATION}"}):
         with contextlib.suppress(docker.errors.APIError):
-            v.remove(force=True)
+            v.remove()
+
+
+def cleanup(client: docker.DockerClient) -> None:
+    """twenty-db-1, the scratch containers and every volume a rebuild of it made."""
+    with contextlib.suppress(docker.errors.NotFound):
+        client.containers.get(ts.CONTAINER).remove(force=True)
+    remove_copies(client)
     with contextlib.suppress(docker.errors.NotFound):
         client.volumes.get(ts.VOLUME).remove(force=True)
