@@ -15,9 +15,9 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import paramiko
 
@@ -51,6 +51,30 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
             hint=f"check the fingerprint on the host (ssh-keygen -lf /etc/ssh/ssh_host_{kind}_key.pub), "
             f"then add it: ssh-keyscan {port}-t {kind} {addr} >> {self.known_hosts}",
         )
+
+
+class _Transport(paramiko.Transport):
+    """paramiko's transport with AES-GCM first: an AEAD cipher needs no separate HMAC,
+    which cuts the CPU of receiving a backup by a third (bench/migrate.py). CTR stays
+    as the fallback; CBC and 3DES are not offered."""
+
+    _preferred_ciphers = (
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "aes128-ctr",
+        "aes192-ctr",
+        "aes256-ctr",
+    )
+
+
+def _transport_factory(
+    sock: Any,
+    *,
+    gss_kex: bool = False,
+    gss_deleg_creds: bool = True,
+    disabled_algorithms: Mapping[str, Iterable[str]] | None = None,
+) -> paramiko.Transport:
+    return _Transport(sock, disabled_algorithms=disabled_algorithms)  # no GSS-API here
 
 
 class SshTransport:
@@ -87,6 +111,7 @@ class SshTransport:
                 timeout=timeout,
                 banner_timeout=timeout,
                 auth_timeout=timeout,
+                transport_factory=_transport_factory,
             )
         except TransportError as exc:
             client.close()
