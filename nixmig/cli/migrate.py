@@ -312,6 +312,8 @@ def register(app: typer.Typer) -> None:
             return
         ctx = target.ctx
         ctx.restore_test = restore_test
+        if restore_test and ctx.journal.state("backup") == "done" and "restore_test" not in ctx.journal.data("backup"):
+            typer.echo("note: the backup was taken by an earlier run without --restore-test; it is not restored again")
         _confirm(
             yes, on_host, f"apply migration {ctx.name} on {ctx.host_name}?", "pass --yes to apply non-interactively"
         )

@@ -121,6 +121,9 @@ def test_restore_test_fails_on_a_table_the_backup_lost(target: Target) -> None:
     # the same backup without the restore test goes through: the restore test is what saw it
     r = nixmig(target, "apply", "--yes", "-i", str(target.admin_key))
     assert r.returncode == 0, r.stdout + r.stderr
+    # asking for it afterwards does not pretend: that backup is done and was not restore-tested
+    r = nixmig(target, "apply", "--yes", "--restore-test", "-i", str(target.admin_key))
+    assert r.returncode == 0 and "not restored again" in r.stdout, r.stdout + r.stderr
 
 
 def test_tampered_counts_and_a_truncated_backup_are_caught(target: Target) -> None:
