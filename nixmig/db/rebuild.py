@@ -171,10 +171,19 @@ def pipeline(src: Sequence[str], dst: Sequence[str], *, prefix: str = "") -> lis
     return ["bash", "-c", f"set -o pipefail; {head} | {render(dst)}"]
 
 
+def first_error(stderr: bytes) -> str:
+    """The first error line of pg_dump / pg_restore / psql, without the CONTEXT, DETAIL or
+    "Command was" lines that follow it (they may quote the data or a role's verifier)."""
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        if "error" in line.lower() or "fatal" in line.lower():
+            return line.strip()[:300]
+    return "(no error message)"
+
+
 def run_pipeline(t: Transport, argv: list[str], what: str) -> Result:
     r = t.run(argv, timeout=COPY_TIMEOUT, check=False)
     if not r.ok:
-        raise RebuildError(f"{what} failed: {r.tail()}", where=t.name)
+        raise RebuildError(f"{what} failed (exit {r.exit_code}): {first_error(r.stderr)}", where=t.name)
     return r
 
 

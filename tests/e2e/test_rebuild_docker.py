@@ -275,3 +275,68 @@ def test_sigkill_after_each_phase_then_apply_again(
     assert_switched(r, "twenty_db-data-next")
     acked, found = stop_and_count(r, app)
     assert found == acked
+
+
+def test_rollback_across_major_versions_refuses_to_drop_writes_unless_forced(
+    stack: Stack, db: ts.Db, tmp_path: Path, writers: list[Writer]
+) -> None:
+    """A dump of a newer server does not restore into the older one. The test image is
+    PostgreSQL 15 under both tags, so the journal is told the new server is one major
+    version newer: that is all rollback reads to decide."""
+    r = site_for(stack, db, tmp_path / "site", new_volume="twenty_db-data-up")
+    run = ts.nixmig(r.site, "apply", "--yes", "-i", str(r.site.keys.admin_key))
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = json.loads(r.site.journal.read_text())
+    prov = next(s for s in doc["steps"] if s["phase"] == "provision")
+    prov["data"]["new_major"] = prov["data"]["old_major"] + 1
+    r.site.journal.write_text(json.dumps(doc))
+
+    app = start_writer(r, writers)  # writes on the new database after the switch
+    refused = ts.nixmig(r.site, "rollback", "--yes", "-i", str(r.site.keys.admin_key))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    line = refused.stderr.strip().splitlines()
+    assert len(line) == 1 and "has changed since the switch" in line[0] and "--force" in line[0], refused.stderr
+    assert states(r) == ["done"] * len(rs.PHASES)  # nothing undone
+    assert_switched(r, "twenty_db-data-up")
+
+    forced = ts.nixmig(r.site, "rollback", "--yes", "--force", "-i", str(r.site.keys.admin_key))
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "--force: the writes since the switch stay on twenty_db-data-up only" in forced.stdout
+    assert_on_old_volume(r)
+    assert "twenty_db-data-up" in volume_names(stack)
+    acked, found = stop_and_count(r, app)
+    assert found < acked  # exactly what --force says: the writes on the new volume are not here
+
+
+def test_the_app_is_found_by_its_compose_project(stack: Stack) -> None:
+    """Without app_stop: the running containers of the database's compose project are the app."""
+    from nixmig.config import Service
+    from nixmig.db import rebuild as rb
+    from nixmig.remote.local import LocalTransport
+
+    made = []
+    try:
+        for svc in ("db", "server", "worker"):
+            made.append(
+                stack.client.containers.run(
+                    stack.image,
+                    ["sleep", "300"],
+                    name=f"nixmig-test-proj-{svc}-1",
+                    detach=True,
+                    labels={"nixmig.test": "1", rb.COMPOSE_PROJECT: "nixmigproj", rb.COMPOSE_SERVICE: svc},
+                )
+            )
+        made.append(stack.client.containers.run(stack.image, ["sleep", "300"], name="nixmig-test-loose", detach=True))
+        t = LocalTransport()
+        service = Service(host="h", container="nixmig-test-proj-db-1", docker_host=stack.docker_host)
+        info = rb.inspect_container(t, service, "nixmig-test-proj-db-1")
+        assert info is not None
+        assert rb.app_containers(t, service, info, ()) == ["nixmig-test-proj-server-1", "nixmig-test-proj-worker-1"]
+        assert rb.app_containers(t, service, info, ("worker",)) == ["nixmig-test-proj-worker-1"]
+        loose = rb.inspect_container(t, service, "nixmig-test-loose")
+        assert loose is not None
+        with pytest.raises(rb.RebuildError, match="set app_stop and app_start"):
+            rb.app_containers(t, service, loose, ())
+    finally:
+        for c in made:
+            c.remove(force=True)

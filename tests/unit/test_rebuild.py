@@ -338,3 +338,17 @@ def test_parse_keeps_passwords_apart() -> None:
     assert pws["app"].reveal_str() == "abc" and "abc" not in repr(pws)
     with pytest.raises(Exception, match="unexpected fingerprint line"):
         fp.parse("table\tx\n", "d")
+
+
+def test_copy_errors_keep_only_the_error_line() -> None:
+    from nixmig.db.rebuild import first_error
+
+    stderr = (
+        b"pg_restore: while PROCESSING TOC:\n"
+        b'pg_restore: error: COPY failed for table "keys": ERROR:  value too long\n'
+        b"CONTEXT:  COPY keys, line 1, column k: \"sk_live_secret\"\n"
+        b"Command was: ALTER ROLE app PASSWORD 'SCRAM-SHA-256$4096:abc'\n"
+    )
+    line = first_error(stderr)
+    assert line == 'pg_restore: error: COPY failed for table "keys": ERROR:  value too long'
+    assert first_error(b"") == "(no error message)"
