@@ -134,6 +134,11 @@ def test_on_host_apply_is_idempotent_and_follows_the_secret(host: Host) -> None:
     (archived,) = host.journal.parent.glob(f"{SECRET}@*.json")
     assert json.loads(archived.read_text())["meta"] == j["meta"]
     assert len(list((host.state / "backups" / "newton").glob("*.dump.age"))) == 2
+    gc = host.nixmig("gc", "--on-host", "--yes", "--json")  # both within retention: kept
+    assert gc.returncode == 0, gc.stderr
+    items = json.loads(gc.stdout)["items"]
+    assert [(i["kind"], i["action"]) for i in items] == [("backup", "keep"), ("backup", "keep")]
+    assert all(i["name"].startswith(str(host.state / "backups" / "newton")) for i in items)
     assert host.nixmig("apply", "--on-host").stdout.endswith("done, nothing to do (journal " + f"{host.journal})\n")
 
     status = json.loads(host.nixmig("status", "--on-host", "--json").stdout)

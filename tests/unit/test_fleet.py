@@ -274,3 +274,33 @@ def test_an_internal_error_on_one_host_is_contained() -> None:
     results = fleet.run(["a", "b"], work, parallel=2, barrier=False)
     assert results[0].outcome == "done"
     assert results[1].outcome == "failed" and results[1].error == "internal error: KeyError: 'boom'"
+
+
+def test_fleet_view_plain_lines_and_live_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from nixmig.cli.fleetview import FleetView
+
+    view = FleetView(["alpha", "gamma"], 7)
+    assert not view.tty  # pytest's stdout is not a terminal: plain lines
+    with view:
+        view.on_phase("alpha", "preflight", "running", None)
+        view.emitter("gamma")("| activating gamma (stage)")
+        view.on_phase("gamma", "preflight", "done", None)
+        view.on_result(fleet.HostResult("gamma", "failed", "switch", "deploy (switch) exited 1", 1.25))
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "alpha  [1/7] preflight: running",
+        "gamma    | activating gamma (stage)",
+        "gamma  [1/7] preflight: done before, skipped",
+        "gamma  FAILED after 1.2s: deploy (switch) exited 1",
+    ]
+    live = FleetView(["alpha", "gamma"], 7)
+    live.tty = True  # the rich table a terminal gets, rendered to the captured stdout
+    with live:
+        live.on_phase("alpha", "backup", "running", None)
+        live.on_result(fleet.HostResult("gamma", "done", seconds=2.0))
+    text = capsys.readouterr().out
+    assert "alpha" in text and "backup" in text and "running" in text and "done" in text
+    quiet = FleetView(["alpha"], 7, quiet=True)
+    with quiet:
+        quiet.on_phase("alpha", "backup", "running", None)
+    assert capsys.readouterr().out == ""
