@@ -190,14 +190,14 @@ def _classify(res: HostResult, journal: Callable[[str], Journal] | None) -> None
     res.outcome = "failed" if phase is not None or res.phases_run else "untouched"
 
 
-def summary_lines(results: Sequence[HostResult], verb: str = "done") -> list[str]:
+def summary_lines(results: Sequence[HostResult], verb: str = "done", skipped: str | None = None) -> list[str]:
     groups: dict[str, list[HostResult]] = {}
     for r in results:
         groups.setdefault(r.outcome, []).append(r)
     lines = []
     for outcome, label in (
         ("done", verb),
-        ("skipped", f"{verb} before, not contacted"),
+        ("skipped", skipped or f"{verb} before, not contacted"),
         ("failed", "failed"),
         ("untouched", "untouched"),
     ):

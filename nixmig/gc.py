@@ -352,11 +352,18 @@ def check_on_host(side: HostSide, items: list[Item], *, remove: bool) -> list[st
             held = []
         items += _scratch(t, side, busy)
         for i in items:
-            _confirm(t, side, i)
+            try:
+                _confirm(t, side, i)
+            except NixmigError as exc:  # cannot tell: keep it
+                i.action, i.reason = "keep", f"cannot check it: {exc.what}"
+                errors.append(f"{side.host}: {i.kind} {i.name}: {exc.what}")
         if remove and busy is None:
             for i in items:
                 if i.action == "remove":
-                    _remove(t, side, i)
+                    try:
+                        _remove(t, side, i)
+                    except NixmigError as exc:
+                        i.error = exc.what
                     if i.error:
                         errors.append(f"{side.host}: {i.kind} {i.name}: {i.error}")
     finally:

@@ -565,10 +565,14 @@ def _rollback_fleet(target: _Target, *, yes: bool, parallel: int, json_out: bool
         results = fleet.run(todo, work, parallel=parallel, barrier=False, on_result=view.on_result)
     results += [fleet.HostResult(h, "skipped") for h in nothing]
     results.sort(key=lambda r: target.hosts.index(r.host))
-    _fleet_summary(name, results, json_out, time.monotonic() - start, verb="rolled back")
+    _fleet_summary(
+        name, results, json_out, time.monotonic() - start, verb="rolled back", skipped="nothing to undo, not contacted"
+    )
 
 
-def _fleet_summary(name: str, results: list[Any], json_out: bool, seconds: float, *, verb: str) -> None:
+def _fleet_summary(
+    name: str, results: list[Any], json_out: bool, seconds: float, *, verb: str, skipped: str | None = None
+) -> None:
     from nixmig import fleet
 
     ok = all(r.outcome in ("done", "skipped") for r in results)
@@ -576,7 +580,7 @@ def _fleet_summary(name: str, results: list[Any], json_out: bool, seconds: float
         print_json({"migration": name, "ok": ok, "seconds": round(seconds, 2), "hosts": [r.as_json() for r in results]})
     else:
         typer.echo(f"migration {name}: {len(results)} host(s) in {seconds:.1f}s")
-        for line in fleet.summary_lines(results, verb=verb):
+        for line in fleet.summary_lines(results, verb=verb, skipped=skipped):
             typer.echo(line)
         if not ok:
             typer.echo(f"run the same command again to retry the hosts not {verb}; `nixmig status --all` shows each")

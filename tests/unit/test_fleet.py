@@ -304,3 +304,9 @@ def test_fleet_view_plain_lines_and_live_table(capsys: pytest.CaptureFixture[str
     with quiet:
         quiet.on_phase("alpha", "backup", "running", None)
     assert capsys.readouterr().out == ""
+
+
+def test_summary_of_a_rollback_names_the_hosts_with_nothing_to_undo() -> None:
+    results = [fleet.HostResult("a", "done"), fleet.HostResult("b", "skipped")]
+    lines = fleet.summary_lines(results, verb="rolled back", skipped="nothing to undo, not contacted")
+    assert lines == ["rolled back (1): a", "nothing to undo, not contacted (1): b"]
