@@ -367,6 +367,12 @@ def _check_fleet_deploy(cfg: Config, name: str, mig: Migration, where: str) -> N
             hint='put {host} where the node name goes, e.g. deploy = "deploy --skip-checks .#{host}" '
             "(or read $NIXMIG_HOST in a script)",
         )
+    if several and mig.strategy == "rebuild" and mig.patch_repo and mig.new_volume is None:
+        raise ConfigError(
+            f"migrations.{name}.new_volume: required for a rebuild on several hosts",
+            where=where,
+            hint="the shared repo names one volume for every host; the default (VOLUME-DATE) could differ per host",
+        )
 
 
 _DOCKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

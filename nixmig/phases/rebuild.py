@@ -529,6 +529,7 @@ class Compare:
 class SwitchVolume:
     name = "switch"
     title = "deploy: the service on the new volume"
+    fleet_barrier = True  # several hosts: the shared repo moves to the new volume once all have compared
 
     def describe(self, ctx: Context) -> list[Action]:
         n, svc = names(ctx), ctx.service

@@ -75,6 +75,10 @@ def test_hosts_patterns_and_per_host(tmp_path: Path) -> None:
         (("port = 5433", 'hosts = ["a"]'), "services.app-db.per_host.db9.hosts: cannot be set per host"),
         (("port = 5433", "colour = 1"), "services.app-db.per_host.db9.colour: unknown key"),
         (
+            ('secret = "app-db-password"', 'secret = "app-db-password"\nstrategy = "rebuild"'),
+            "migrations.app-db-password.new_volume: required for a rebuild on several hosts",
+        ),
+        (
             (".#{host}", ".#web1"),
             "migrations.app-db-password.deploy: service 'app-db' runs on several hosts, the deploy command "
             "does not say which one",
