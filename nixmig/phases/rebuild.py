@@ -243,6 +243,13 @@ class RebuildPreflight(Preflight):
         ]
 
     def do(self, ctx: Context) -> dict[str, Any]:
+        if ctx.on_host:
+            raise PreflightError(
+                "strategy rebuild cannot run on-host: the switch is a deploy of a config that names the "
+                "new volume, made after the copy, and the activation running nixmig is already a deploy",
+                where=ctx.host_name,
+                hint="run `nixmig apply` from the machine holding the repo (it deploys between the phases)",
+            )
         data = super().do(ctx)
         t, svc, n = ctx.t, ctx.service, names(ctx)
         assert svc.container is not None

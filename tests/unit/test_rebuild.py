@@ -352,3 +352,13 @@ def test_copy_errors_keep_only_the_error_line() -> None:
     line = first_error(stderr)
     assert line == 'pg_restore: error: COPY failed for table "keys": ERROR:  value too long'
     assert first_error(b"") == "(no error message)"
+
+
+def test_rebuild_refuses_on_host_before_touching_anything(tmp_path: Path) -> None:
+    from nixmig.phases.preflight import PreflightError
+    from nixmig.phases.rebuild import RebuildPreflight
+
+    cfg = write_cfg(copy_example(tmp_path))
+    ctx = engine.make_context(cfg, "twenty-db-password", on_host=True, state_dir=tmp_path / "s", connect=no_connect)
+    with pytest.raises(PreflightError, match="cannot run on-host"):
+        RebuildPreflight().do(ctx)
