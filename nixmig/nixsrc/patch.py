@@ -590,8 +590,9 @@ class Spec:
 def spec_for(cfg: Config, migration: str, *, new_volume: str | None = None, new_image: str | None = None) -> Spec:
     """The Spec of one migration of a loaded nixmig.toml.
 
-    ``new_volume``/``new_image`` (strategy rebuild): the volume and image the engine chose
-    (default: the migration's new_volume/new_image keys; no volume switch without either)."""
+    ``new_volume``/``new_image`` (strategy rebuild): the volume and image the engine switches
+    to, given only by its switch phase (and preflight's check): `nixmig patch` and the stage
+    config never point the service at a copy that was not verified."""
     from nixmig.config import new_role_for
 
     mig = cfg.migrations[migration]
@@ -615,8 +616,8 @@ def spec_for(cfg: Config, migration: str, *, new_volume: str | None = None, new_
         unit=mig.unit,
         env_file=mig.env_file,
         old_volume=svc.volume if mig.strategy == "rebuild" else None,
-        new_volume=(new_volume or mig.new_volume) if mig.strategy == "rebuild" else None,
-        new_image=(new_image or mig.new_image) if mig.strategy == "rebuild" else None,
+        new_volume=new_volume if mig.strategy == "rebuild" else None,
+        new_image=new_image if mig.strategy == "rebuild" else None,
         login_role=new_role_for(mig, svc) if mig.strategy == "dual-role" else None,
     )
 

@@ -216,13 +216,33 @@ def start_app(ctx: Context, frozen: dict[str, Any]) -> None:
 
 
 def back_to_old(ctx: Context) -> None:
-    """A copy that failed or is not exact: the app runs on the old database again, and the
-    next `apply` freezes and copies again (freeze, copy and compare are marked undone)."""
+    """A copy that failed or is not exact: the app runs on the old database again, the copy is
+    removed (a deploy of the patched config, by hand or for another host of a fleet, then
+    finds no volume to start on, rather than a copy nobody verified), and the next `apply`
+    provisions and copies again (provision, freeze, copy and compare are marked undone)."""
     start_app(ctx, ctx.journal.data("freeze"))
-    for phase in ("freeze", "copy", "compare"):
+    drop_copy(ctx)
+    for phase in ("provision", "freeze", "copy", "compare"):
         if ctx.journal.state(phase) in ("done", "running"):
             ctx.journal.undone(phase)
-    ctx.emit("nothing switched: the app was started again on the old database")
+    ctx.emit("nothing switched: the app was started again on the old database, the copy removed")
+
+
+def drop_copy(ctx: Context) -> None:
+    """Remove the scratch container and the new volume, if they are this run's and unused."""
+    t, svc, n = ctx.t, ctx.service, names(ctx)
+    run = ctx.journal.data("provision").get("run")
+    info = rb.inspect_container(t, svc, n.scratch)
+    if info is not None and run and info.labels.get(rb.LABEL_RUN) == run:
+        t.run(rb.docker(svc, "rm", "-f", n.scratch))
+    vol = rb.inspect_volume(t, svc, n.new_volume)
+    if vol is None or not run or (vol.get("Labels") or {}).get(rb.LABEL_RUN) != run:
+        return
+    users = t.run(rb.docker(svc, "ps", "-a", "--filter", f"volume={n.new_volume}", "--format", "{{.Names}}"))
+    if users.stdout.strip():
+        ctx.emit(f"{n.new_volume} kept: {users.stdout.decode().split()[0]} uses it")
+        return
+    t.run(rb.docker(svc, "volume", "rm", n.new_volume))
 
 
 # --- phases ---------------------------------------------------------------------------------
@@ -410,15 +430,15 @@ class Provision:
     def undo(self, ctx: Context, data: dict[str, Any]) -> None:
         t, svc, n = ctx.t, ctx.service, names(ctx)
         run = data.get("run")
+        if ctx.journal.state("switch") is None:  # never served: only a copy
+            drop_copy(ctx)
+            ctx.emit(f"removed {n.scratch} and the volume {n.new_volume} (a copy nothing used)")
+            return
         info = rb.inspect_container(t, svc, n.scratch)
         if info is not None and run and info.labels.get(rb.LABEL_RUN) == run:
             t.run(rb.docker(svc, "rm", "-f", n.scratch))
         vol = rb.inspect_volume(t, svc, n.new_volume)
         if vol is None or not run or (vol.get("Labels") or {}).get(rb.LABEL_RUN) != run:
-            return
-        if ctx.journal.state("switch") is None:  # never served: only a copy
-            t.run(rb.docker(svc, "volume", "rm", n.new_volume))
-            ctx.emit(f"removed {n.scratch} and the volume {n.new_volume} (a copy nothing used)")
             return
         retain = {"kind": "volume", "name": n.new_volume, "until": until(ctx)}
         data["retain"] = [retain]
@@ -513,8 +533,8 @@ def compare_now(ctx: Context) -> fp.Fingerprint:
         raise CompareError(
             f"the copy is not exact, {len(diffs)} differences: {'; '.join(diffs[:4])}",
             where=t.name,
-            hint="nothing was switched and the app runs on the old database again; `nixmig apply` freezes and "
-            "copies again, `nixmig rollback` removes the copy",
+            hint="nothing was switched, the copy was removed and the app runs on the old database again; "
+            "`nixmig apply` copies again",
         )
     return b
 
@@ -536,7 +556,10 @@ class Compare:
                 "constraints, ALTER SYSTEM settings, pg_hba.conf / pg_ident.conf",
             ),
             Action("check", f"role {ctx.service.role}'s password in the copy is the new one"),
-            Action("note", "any difference: the app is started again on the old database; nothing switches"),
+            Action(
+                "note",
+                "any difference: the app is started again on the old database, the copy is removed; nothing switches",
+            ),
         ]
 
     def check(self, ctx: Context) -> bool:

@@ -205,13 +205,16 @@ def test_a_writer_nixmig_does_not_know_makes_the_copy_differ_and_nothing_switche
     assert len(lines) == 1 and "the copy is not exact" in lines[0], run.stderr
     assert "table default: public.app_writes:" in lines[0] and "rows in the old database" in lines[0]
     assert "nothing was switched" in lines[0] and "Traceback" not in run.stdout + run.stderr
-    assert "nothing switched: the app was started again on the old database" in run.stdout
-    # the old volume still serves, with the old password; the app writes again
+    assert "nothing switched: the app was started again on the old database, the copy removed" in run.stdout
+    # the old volume still serves, with the old password; the app writes again; no copy is left
+    # for a deploy of the patched config to start on
     assert_on_old_volume(r)
     assert not r.act.stopped_file.exists()
     n = len(app.acknowledged)
     ts.wait_until(lambda: len(app.acknowledged) > n + 10)
-    assert states(r)[:8] == ["done", "done", "done", "done", "undone", "undone", "failed", "pending"]
+    assert states(r)[:8] == ["done", "done", "done", "undone", "undone", "undone", "failed", "pending"]
+    assert not [v for v in volume_names(stack) if v.startswith(f"{ts.VOLUME}-")]
+    assert f"{ts.CONTAINER}-nixmig-new" not in {c.name for c in stack.client.containers.list(all=True)}
 
     # without the stray writer, apply again: it freezes and copies again, and switches
     rogue.stop()
@@ -246,11 +249,11 @@ def test_a_changed_row_in_the_copy_is_caught_and_rollback_removes_the_copy(
     assert "tampered" not in run.stdout + run.stderr
     assert_on_old_volume(r)
     new_volume = journal(r)["preflight"]["data"]["new_volume"]  # type: ignore[index]
-    assert new_volume in volume_names(stack)
+    assert new_volume not in volume_names(stack)  # a copy not proven exact is removed at once
 
     back = ts.nixmig(r.site, "rollback", "--yes", "-i", str(r.site.keys.admin_key))
     assert back.returncode == 0, back.stdout + back.stderr
-    assert new_volume not in volume_names(stack)  # only a copy: removed
+    assert new_volume not in volume_names(stack)
     assert scratch not in {c.name for c in stack.client.containers.list(all=True)}
     assert_on_old_volume(r)
     assert not r.act.stopped_file.exists()
