@@ -261,8 +261,10 @@ def test_a_mount_nixmig_cannot_read_is_left_to_the_user() -> None:
 
 
 def test_an_external_old_volume_keeps_its_declaration() -> None:
-    text = (EXAMPLE / COMPOSE).read_text().replace(
-        "db-data = { };", 'db-data = { external = true; name = "twenty_db-data"; };'
+    text = (
+        (EXAMPLE / COMPOSE)
+        .read_text()
+        .replace("db-data = { };", 'db-data = { external = true; name = "twenty_db-data"; };')
     )
     src = {**sources(), COMPOSE: text.encode()}
     out = pt.plan(src, REBUILD).results(src)
@@ -349,7 +351,7 @@ def test_copy_errors_keep_only_the_error_line() -> None:
     stderr = (
         b"pg_restore: while PROCESSING TOC:\n"
         b'pg_restore: error: COPY failed for table "keys": ERROR:  value too long\n'
-        b"CONTEXT:  COPY keys, line 1, column k: \"sk_live_secret\"\n"
+        b'CONTEXT:  COPY keys, line 1, column k: "sk_live_secret"\n'
         b"Command was: ALTER ROLE app PASSWORD 'SCRAM-SHA-256$4096:abc'\n"
     )
     line = first_error(stderr)
