@@ -124,7 +124,7 @@ def read_journals(state_dir: Path) -> dict[tuple[str, str], list[Journal]]:
         except (OSError, ValueError, KeyError, TypeError):
             continue  # an unreadable journal is reported by status; its backups stay (see _backups)
         try:
-            j = Journal.open(root, host, migration) if path.name == f"{migration}.json" else _open_at(path)
+            j = Journal.open(root, host, migration) if path.name == f"{migration}.json" else Journal.read(path)
         except JournalError:
             continue
         key = (host, migration)
@@ -133,26 +133,6 @@ def read_journals(state_dir: Path) -> dict[tuple[str, str], list[Journal]]:
         else:
             out.setdefault(key, []).append(j)
     return out
-
-
-def _open_at(path: Path) -> Journal:
-    """An archived journal (any file name)."""
-    from nixmig.journal import Step
-
-    try:
-        raw = json.loads(path.read_text())
-        steps = {s["phase"]: Step(**s) for s in raw["steps"]}
-        return Journal(
-            path,
-            raw["migration"],
-            raw["host"],
-            steps,
-            bool(raw.get("rolled_back", False)),
-            raw.get("completed"),
-            dict(raw.get("meta") or {}),
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise JournalError(f"unreadable journal ({exc})", where=path) from None
 
 
 def _retention(cfg: Config, migration: str) -> int:

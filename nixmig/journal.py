@@ -56,6 +56,11 @@ class Journal:
         path = directory / host / f"{migration}.json"
         if not path.exists():
             return cls(path, migration, host)
+        return cls.read(path)
+
+    @classmethod
+    def read(cls, path: Path) -> Journal:
+        """The journal in this file, whatever its name (gc reads archived ones too)."""
         try:
             raw = json.loads(path.read_text())
             steps = {s["phase"]: Step(**s) for s in raw["steps"]}
