@@ -8,6 +8,9 @@ What it looks at:
 - what journals ask to keep for a while: any step's data may carry
   `retain = [{"kind": "volume"|"container"|"file", "name": ..., "until": ISO-8601}]`
   (the rebuild strategy keeps the old data volume this way), on the journal's host;
+  an entry with `"after": "rollback"`, written by a rollback, names what the rollback took
+  out of service (the rebuild's new volume, after the service went back to the old one):
+  it is collected after its time like the others, once the rollback is complete;
 - scratch targets a killed run left behind on the hosts: containers labelled
   `nixmig.restore-test` or `nixmig.scratch` or named `nixmig-restore-test-*` (docker
   services), databases `nixmig_restore_test_<migration>_<stamp>` (native services).
@@ -16,7 +19,8 @@ What it never removes (and says so):
 - anything of a migration whose journal is not finished (started, not completed,
   not rolled back): its backups and the journal itself, which holds the sealed old
   password a rollback needs; gc never edits or deletes a journal;
-- what a rolled-back migration retains (the rollback may have put it back in use);
+- what a rolled-back migration retained before the rollback (it may be in use again);
+  what the rollback itself retired while that migration runs again;
 - a volume a container still mounts, a retained container that runs;
 - anything on a host where a nixmig run holds the lock (checked, and held while removing);
 - a file path that is not absolute.
@@ -238,16 +242,47 @@ def retained(
             continue
         for j in js:
             state = JournalState(j)
+            running = any(JournalState(o).in_progress for o in js if o is not j)  # a new run since
             for step in j.steps.values():
-                if step.state == "undone":
-                    continue
                 for entry in step.data.get("retain") or []:
+                    by_rollback = isinstance(entry, dict) and entry.get("after") == "rollback"
+                    if (step.state == "undone") is not by_rollback:
+                        continue  # what an undone step kept going forward: its undo dealt with it
                     parsed = _parse_retain(entry)
                     if isinstance(parsed, str):
                         errors.append(f"{j.path}: {step.phase}.retain: {parsed}")
                         continue
                     kind, name, until = parsed
-                    if not state.finished:
+                    if by_rollback and entry.get("holds_writes"):
+                        why = (
+                            "holds the writes a forced rollback left behind: see what they are, "
+                            f"then remove it by hand (docker {kind} rm {name})"
+                        )
+                        items.append(Item(kind, host, name, "keep", why, mig))
+                    elif by_rollback and (running or not j.rolled_back):
+                        why = (
+                            f"the rollback of {mig} on {host} is not finished"
+                            if not j.rolled_back
+                            else f"migration {mig} on {host} runs again: it may use {name}"
+                        )
+                        items.append(Item(kind, host, name, "keep", why, mig))
+                    elif by_rollback:
+                        if until > now:
+                            left = (until - now) / 86400
+                            items.append(
+                                Item(
+                                    kind,
+                                    host,
+                                    name,
+                                    "keep",
+                                    f"retired by the rollback, retained {left:.1f} more days",
+                                    mig,
+                                )
+                            )
+                        else:
+                            why = f"retired by the rollback; retention ended {_iso(until)}"
+                            items.append(Item(kind, host, name, "remove", why, mig))
+                    elif not state.finished:
                         why = (
                             "migration rolled back: it may be in use again"
                             if j.rolled_back
@@ -259,7 +294,19 @@ def retained(
                         items.append(Item(kind, host, name, "keep", f"retained {left:.1f} more days", mig))
                     else:
                         items.append(Item(kind, host, name, "remove", f"retention ended {_iso(until)}", mig))
-    return items, errors
+    return _one_per_thing(items), errors
+
+
+def _one_per_thing(items: list[Item]) -> list[Item]:
+    """One item per (host, kind, name), kept if any journal entry keeps it (several steps or
+    journals may retain the same volume)."""
+    out: dict[tuple[str, str, str], Item] = {}
+    for item in items:
+        key = (item.host, item.kind, item.name)
+        seen = out.get(key)
+        if seen is None or (seen.action == "remove" and item.action == "keep"):
+            out[key] = item
+    return list(out.values())
 
 
 def _parse_retain(entry: Any) -> tuple[Kind, str, float] | str:

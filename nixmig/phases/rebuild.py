@@ -440,7 +440,7 @@ class Provision:
         vol = rb.inspect_volume(t, svc, n.new_volume)
         if vol is None or not run or (vol.get("Labels") or {}).get(rb.LABEL_RUN) != run:
             return
-        retain = {"kind": "volume", "name": n.new_volume, "until": until(ctx)}
+        retain = {"kind": "volume", "name": n.new_volume, "until": until(ctx), "after": "rollback"}
         data["retain"] = [retain]
         ctx.journal.save()
         ctx.emit(f"kept the volume {n.new_volume} until {retain['until']}: the service ran on it")
@@ -692,6 +692,8 @@ class SwitchVolume:
                         f"{n.new_volume} only)",
                     )
                 ctx.emit(f"--force: the writes since the switch stay on {n.new_volume} only, not on {n.old_volume}")
+                data["left_writes"] = True  # journaled now: a re-run of this undo no longer sees them
+                ctx.journal.save()
             else:
                 copy_back(ctx, now, frozen)
         _restore_repo(ctx)
@@ -705,7 +707,10 @@ class SwitchVolume:
             )
         rb.wait_ready(t, svc, svc.container)
         start_app(ctx, frozen)
-        data["retain"] = [{"kind": "volume", "name": n.new_volume, "until": until(ctx)}]
+        kept: dict[str, Any] = {"kind": "volume", "name": n.new_volume, "until": until(ctx), "after": "rollback"}
+        if data.get("left_writes"):  # --force across major versions left writes on the new volume
+            kept["holds_writes"] = True  # gc never removes it: only a person decides about those writes
+        data["retain"] = [kept]
         ctx.journal.save()
         ctx.emit(
             f"{svc.container} runs on {n.old_volume} again; {n.new_volume} kept until {data['retain'][0]['until']}"

@@ -20,6 +20,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker  # noqa: TID251  (test harness, not product code)
 import pytest
@@ -181,7 +182,10 @@ def test_apply_new_image_then_rollback_keeps_every_write(
     assert_on_old_volume(r)
     assert new_volume in volume_names(stack)  # retained
     retain = journal(r)["switch"]["data"]["retain"]  # type: ignore[index]
-    assert [(x["kind"], x["name"]) for x in retain] == [("volume", new_volume)]
+    assert [(x["kind"], x["name"], x["after"]) for x in retain] == [("volume", new_volume, "rollback")]
+    assert not retain[0].get("holds_writes")  # copied back: gc may remove it after retention
+    kept = gc_items(r)[new_volume]
+    assert kept["action"] == "keep" and kept["reason"].startswith("retired by the rollback, retained "), kept
     acked2, found2 = stop_and_count(r, app2)
     assert found2 == acked2 and acked2 > 20
     assert count_found(r.act.app_url(), app.acknowledged) == len(app.acknowledged)  # the first run's too
@@ -309,6 +313,17 @@ def test_rollback_across_major_versions_refuses_to_drop_writes_unless_forced(
     assert "twenty_db-data-up" in volume_names(stack)
     acked, found = stop_and_count(r, app)
     assert found < acked  # exactly what --force says: the writes on the new volume are not here
+    (retain,) = journal(r)["switch"]["data"]["retain"]  # type: ignore[index]
+    assert retain["name"] == "twenty_db-data-up" and retain["holds_writes"] is True
+    kept = gc_items(r)["twenty_db-data-up"]
+    assert kept["action"] == "keep" and "writes a forced rollback left behind" in kept["reason"], kept
+
+
+def gc_items(r: rs.RebuildSite) -> dict[str, dict[str, Any]]:
+    """`nixmig gc --json` of the site: its items by name (a listing: nothing is removed without --yes)."""
+    out = ts.nixmig(r.site, "gc", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    return {i["name"]: i for i in json.loads(out.stdout)["items"]}
 
 
 def test_the_app_is_found_by_its_compose_project(stack: Stack) -> None:

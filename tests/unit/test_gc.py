@@ -219,3 +219,66 @@ def test_report_json_shape(tmp_path: Path) -> None:
         "kept": 0,
         "errors": ["e"],
     }
+
+
+def rolled_back(state: Path, host: str, migration: str, *entries: dict[str, object], complete: bool = True) -> None:
+    """A rebuild rolled back past its switch: the switch step undone, its undo's `retain` entries."""
+    j = Journal.open(state / "journal", host, migration)
+    j.begin("preflight")
+    j.finish("preflight")
+    j.begin("switch")
+    j.finish("switch", {"retain": [{"kind": "volume", "name": "old_data", "until": iso(+3)}]})
+    j.steps["switch"].data["retain"] = list(entries)  # what the undo writes
+    j.undone("switch")
+    if complete:
+        j.undone("preflight")
+        j.rolled_back = True
+        j.save()
+
+
+def test_what_a_rollback_retired_is_collected_after_its_time(tmp_path: Path) -> None:
+    _, state = setup(tmp_path)
+    rolled_back(
+        state, "newton", "db-password", {"kind": "volume", "name": "new_a", "until": iso(-1), "after": "rollback"}
+    )
+    rolled_back(state, "pascal", "other", {"kind": "volume", "name": "new_b", "until": iso(+2), "after": "rollback"})
+    v = verdicts(gc.retained(gc.read_journals(state), now=NOW)[0])
+    assert v["new_a"][0] == "remove" and v["new_a"][1].startswith("retired by the rollback; retention ended ")
+    assert v["new_b"][0] == "keep" and "more days" in v["new_b"][1]
+    assert "old_data" not in v  # the forward entry of the undone step: back in use, never listed
+
+
+def test_what_a_forced_rollback_left_writes_on_is_never_removed(tmp_path: Path) -> None:
+    _, state = setup(tmp_path)
+    entry = {"kind": "volume", "name": "new_a", "until": iso(-30), "after": "rollback", "holds_writes": True}
+    rolled_back(state, "newton", "db-password", entry)
+    (item,) = gc.retained(gc.read_journals(state), now=NOW)[0]
+    assert item.action == "keep" and "writes a forced rollback left behind" in item.reason
+
+
+def test_a_rollback_retirement_is_kept_while_unfinished_or_while_the_migration_runs_again(tmp_path: Path) -> None:
+    _, state = setup(tmp_path)
+    entry = {"kind": "volume", "name": "new_a", "until": iso(-1), "after": "rollback"}
+    rolled_back(state, "newton", "db-password", entry, complete=False)
+    (item,) = gc.retained(gc.read_journals(state), now=NOW)[0]
+    assert (item.action, item.reason) == ("keep", "the rollback of db-password on newton is not finished")
+    cur = state / "journal" / "newton" / "db-password.json"
+    cur.unlink()
+    rolled_back(state, "newton", "db-password", entry)
+    cur.rename(cur.with_name("db-password@20260101T000000Z.json"))
+    journal(state, "newton", "db-password", done=False)  # a new run, killed midway
+    (item,) = gc.retained(gc.read_journals(state), now=NOW)[0]
+    assert (item.action, item.reason) == ("keep", "migration db-password on newton runs again: it may use new_a")
+
+
+def test_one_verdict_per_thing_and_keep_wins(tmp_path: Path) -> None:
+    _, state = setup(tmp_path)
+    rolled_back(
+        state,
+        "newton",
+        "db-password",
+        {"kind": "volume", "name": "new_a", "until": iso(-1), "after": "rollback"},
+        {"kind": "volume", "name": "new_a", "until": iso(+1), "after": "rollback"},
+    )
+    (item,) = gc.retained(gc.read_journals(state), now=NOW)[0]
+    assert item.action == "keep"
