@@ -215,7 +215,7 @@ def subprocess_pass(
 def _one(dsn: str, name: str, src: str, key_dir: Path, batch_size: int, jobs: int, limit: int) -> dict[str, Any]:
     table = f"bench_{name}"
     copy_table(dsn, src, table)
-    kind = name.removesuffix("_small").removesuffix("_nojobs")
+    kind = "floor" if name.startswith("floor") else name.removesuffix("_small")
     try:
         return subprocess_pass(dsn, table, kind, key_dir, batch_size, jobs, limit)
     finally:
@@ -231,6 +231,7 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int, r
     small = max(rows // 10, 1000)
     print(f"rows: {rows:,} x {len(COLUMNS)} columns, batch size {batch_size}, local key provider (key files)")
     print(f"jobs: {jobs} worker process(es); {os.cpu_count()} CPUs; {_load()}")
+    print(f"server: {_durability(dsn)}")
     t0 = time.perf_counter()
     generate(dsn, "bench_src", rows, old)
     generate(dsn, "bench_small_src", small, old)
@@ -240,9 +241,8 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int, r
     # round (floor, reencrypt, baseline, then baseline, reencrypt, floor, ...) so that other
     # work on the machine hits them alike; the fastest run of each kind counts. A pass's
     # table is dropped after it, so autovacuum of its dead rows does not slow the next pass.
-    kinds = [("floor", "bench_src", jobs)]
-    if jobs:  # the floor without worker processes too: the faster of the two is the floor
-        kinds.append(("floor_nojobs", "bench_src", 0))
+    # The floor with these worker processes, with one and with none: the fastest is the floor.
+    kinds = [(f"floor_jobs{j}", "bench_src", j) for j in sorted({jobs, min(jobs, 1), 0}, reverse=True)]
     kinds += [("reencrypt", "bench_src", jobs), ("baseline", "bench_small_src", 0)]
     runs: dict[str, list[dict[str, Any]]] = {}
     for round_ in range(repeat):
@@ -255,7 +255,7 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int, r
         return float(r["rows"]) / float(r["seconds"])
 
     results = {name: max(rs, key=rate) for name, rs in runs.items()}
-    floors = [k for k in ("floor", "floor_nojobs") if k in results]
+    floors = [k for k in results if k.startswith("floor")]
     best_floor = max(floors, key=lambda k: rate(results[k]))
     re, fl, bl = rate(results["reencrypt"]), rate(results[best_floor]), rate(results["baseline"])
     big_mb, small_mb = results["reencrypt"]["maxrss_mb"], results["reencrypt_small"]["maxrss_mb"]
@@ -263,8 +263,7 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int, r
     print(f"{'pass':<30}{'rows':>10}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>14}   runs (rows/s)")
     rows_out = [
         ("reencrypt", "reencrypt"),
-        (f"floor (identity), jobs {jobs}", "floor"),
-        ("floor (identity), jobs 0", "floor_nojobs"),
+        *((f"floor (identity), jobs {k.removeprefix('floor_jobs')}", k) for k in results if k.startswith("floor")),
         ("row-at-a-time baseline", "baseline"),
         (f"reencrypt, {small:,} rows", "reencrypt_small"),
     ]
@@ -293,6 +292,13 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int, r
     return ok
 
 
+def _durability(dsn: str) -> str:
+    names = ("fsync", "synchronous_commit", "full_page_writes")
+    with psycopg.connect(dsn) as conn:
+        got = [f"{n}={conn.execute(sql.SQL('SHOW {}').format(sql.Identifier(n))).fetchone()[0]}" for n in names]  # type: ignore[index]
+    return ", ".join(got)
+
+
 def _load() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
@@ -305,6 +311,13 @@ def main() -> None:
     parser.add_argument("--baseline-rows", type=int, default=20_000, help="sample size of the row-at-a-time pass")
     parser.add_argument("--jobs", type=int, default=workers.default_jobs(), help="worker processes (0: none)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each pass; the fastest counts")
+    parser.add_argument(
+        "--durable",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the throwaway cluster with PostgreSQL's default fsync/synchronous_commit/full_page_writes "
+        "(default), or --no-durable: all three off, as the tests run it",
+    )
     parser.add_argument(
         "--dsn", default=os.environ.get("NIXMIG_BENCH_DSN"), help="an existing database (default: a throwaway cluster)"
     )
@@ -322,7 +335,7 @@ def main() -> None:
         sys.exit(0 if bench(args.dsn, args.rows, args.batch_size, args.baseline_rows, args.jobs, args.repeat) else 1)
     from tests.harness.postgres import running_cluster
 
-    with running_cluster() as server:
+    with running_cluster(durable=args.durable) as server:
         ok = bench(server.dsn, args.rows, args.batch_size, args.baseline_rows, args.jobs, args.repeat)
     sys.exit(0 if ok else 1)
 

@@ -168,7 +168,7 @@ class BatchResult:
 
     rows: Sequence[Sequence[Any]]
     states: list[bytearray]  # per column, one code per row
-    values: list[list[Any]]  # per row: the column values to write (unchanged ones as read)
+    values: list[list[Any]]  # per column, one per row: the value to write (unchanged ones as read)
     changed: bytearray  # per row: at least one new ciphertext
     bad: bytearray  # per row: a failure, the row is not written
     failures: list[tuple[int, Failure]]
@@ -176,6 +176,10 @@ class BatchResult:
     def to_write(self) -> list[int]:
         changed, bad = self.changed, self.bad
         return [i for i in range(len(self.rows)) if changed[i] and not bad[i]]
+
+    def row(self, ri: int) -> list[Any]:
+        """The column values to write for one row."""
+        return [col[ri] for col in self.values]
 
     def drop(self, indices: Sequence[int]) -> None:
         """Forget rows (changed meanwhile: they are decided again from a new read)."""
@@ -208,8 +212,9 @@ def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyrin
     and the column, never the value.
     """
     n, ncol = len(rows), len(plan.columns)
+    cols = [[row[1 + ci] for row in rows] for ci in range(ncol)]
     batch = BatchResult(
-        rows, [bytearray(n) for _ in range(ncol)], [list(r[1 : 1 + ncol]) for r in rows], bytearray(n), bytearray(n), []
+        rows, [bytearray(n) for _ in range(ncol)], [list(c) for c in cols], bytearray(n), bytearray(n), []
     )
     verify = opts.mode is Mode.VERIFY
     encrypt_plain = opts.mode is Mode.ENCRYPT_PLAINTEXT or opts.on_plaintext is OnPlaintext.ENCRYPT
@@ -237,6 +242,7 @@ def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyrin
             cipher = heads[head] = keyring.decoder(sid) or _NO_KEY
         return cipher
 
+    every = list(range(n))
     for ci, (column, context) in enumerate(zip(plan.columns, plan.contexts(), strict=True)):
         st = batch.states[ci]
         hidx = plan.hmac_of[ci]
@@ -245,7 +251,7 @@ def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyrin
         groups: dict[Any, tuple[list[int], list[str]]] = {}  # cipher -> (row indices, values)
         clear_idx: list[int] = []
         clear: list[bytes] = []
-        col = [row[1 + ci] for row in rows]
+        col = cols[ci]
         rest: Sequence[int] = range(n)  # the rows left to the value-by-value loop below
         # Fast path: the values sharing the first one's scheme prefix (usually all of them)
         # are classified with a few list passes instead of a Python loop step each.
@@ -257,12 +263,14 @@ def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyrin
                 hits = [v is not None and v.startswith(head) for v in col]
                 idx = list(compress(range(n), hits))
                 code = _NEW if head == new_prefix else _OLD if verify else _MIGRATED
-                for ri in idx:
-                    st[ri] = code
-                if verify and head == new_prefix:
-                    groups[new] = (idx, [col[ri] for ri in idx])
-                elif not verify and head != new_prefix:
-                    groups[cipher] = (idx, [col[ri] for ri in idx])
+                if len(idx) == n:
+                    st[:] = bytes((code,)) * n
+                else:
+                    for ri in idx:
+                        st[ri] = code
+                if (verify and head == new_prefix) or (not verify and head != new_prefix):
+                    values = col if len(idx) == n else [col[ri] for ri in idx]
+                    groups[new if head == new_prefix else cipher] = (idx, values)
                 if len(idx) + col.count(None) == n:
                     rest = ()
                 else:
@@ -347,9 +355,13 @@ def process_rows(rows: Sequence[Sequence[Any]], plan: TablePlan, keyring: Keyrin
                 where=f"{plan.name}.{column}, primary key {rows[ri][0]}",
                 hint="nothing of this batch was written; check the new key and report this",
             )
-        out_values, changed = batch.values, batch.changed
+        if len(todo_idx) == n and todo_idx == every:  # every row, in order: the column is replaced
+            batch.values[ci] = cts
+            batch.changed[:] = b"\x01" * n
+            continue
+        out_values, changed = batch.values[ci], batch.changed
         for ri, ct in zip(todo_idx, cts, strict=True):
-            out_values[ri][ci] = ct
+            out_values[ri] = ct
             changed[ri] = 1
     # rows with a failure are not written: what they would have migrated is not counted
     if failures:
@@ -980,17 +992,19 @@ def _write(
     """COPY the rows to write into the stage, then one compare-and-set UPDATE; the keys written."""
     ncol = len(plan.columns)
     rows, values = batch.rows, batch.values
+    # Column by column: (pk, old0, new0, old1, new1, ..., hmac columns) as the stage has them.
+    staged: list[list[Any]] = [[rows[i][0] for i in todo]]
+    for ci in range(ncol):
+        new = values[ci]
+        staged.append([rows[i][1 + ci] for i in todo])
+        staged.append([new[i] for i in todo])
+    for hi in range(1 + ncol, len(rows[0]) if rows else 0):
+        staged.append([rows[i][hi] for i in todo])
     with conn.cursor() as cur:
         with cur.copy(q.copy_stage) as cp:
             if q.copy_types is not None:
                 cp.set_types(q.copy_types)
-            for i in todo:
-                row, new = rows[i], values[i]
-                rec: list[Any] = [row[0]]
-                for ci in range(ncol):
-                    rec.append(row[1 + ci])
-                    rec.append(new[ci])
-                rec.extend(row[1 + ncol :])
+            for rec in zip(*staged, strict=True):
                 cp.write_row(rec)
         bounds = (batch_bounds[0], batch_bounds[1])
         return {r[0] for r in cur.execute(q.update, bounds).fetchall()}

@@ -105,8 +105,12 @@ def _run(argv: list[str], *, timeout: float = 120, log: Path | None = None) -> N
 
 
 @contextlib.contextmanager
-def running_cluster(superuser: str = "postgres") -> Iterator[PgServer]:
-    """Start a fresh cluster; stop it (immediate) and delete it on exit, whatever happened."""
+def running_cluster(superuser: str = "postgres", *, durable: bool = False) -> Iterator[PgServer]:
+    """Start a fresh cluster; stop it (immediate) and delete it on exit, whatever happened.
+
+    Tests run with fsync, synchronous_commit and full_page_writes off (nothing here must
+    survive a power cut); ``durable=True`` keeps PostgreSQL's defaults, as on a real host
+    (what the benchmarks measure: a commit waits for its WAL to reach the disk)."""
     bindir = pg_bindir()
     initdb = require_binary(str(bindir / "initdb"), PG_APT_PACKAGE)
     pg_ctl = require_binary(str(bindir / "pg_ctl"), PG_APT_PACKAGE)
@@ -141,9 +145,7 @@ def running_cluster(superuser: str = "postgres") -> Iterator[PgServer]:
                 "listen_addresses": f"'{host}'",
                 "port": str(port),
                 "unix_socket_directories": f"'{sock}'",
-                "fsync": "off",
-                "synchronous_commit": "off",
-                "full_page_writes": "off",
+                **({} if durable else {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}),
                 "password_encryption": "'scram-sha-256'",
                 "max_connections": "100",
                 "log_min_messages": "warning",

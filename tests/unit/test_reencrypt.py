@@ -320,12 +320,12 @@ def test_rows_are_reencrypted_and_checked() -> None:
     ]
     results = process_rows(rows, PLAN, RING, opts())
     assert results.to_write() == [0, 5]
-    assert results.values[0] == [new("email", "a@x.org"), new("name", "Ann")]
+    assert results.row(0) == [new("email", "a@x.org"), new("name", "Ann")]
     assert not results.changed[1]  # already new: not rewritten
     assert [f.kind for f in results.row_failures(2)] == ["hmac"]
     assert [f.kind for f in results.row_failures(3)] == ["decrypt"]
     assert not results.changed[4]
-    assert results.values[5][1] == rows[5][2]  # the new one kept as read
+    assert results.row(5)[1] == rows[5][2]  # the new one kept as read
     assert total(results) == {
         "scanned": 0,
         "migrated": 3,
@@ -366,7 +366,7 @@ def test_plaintext_policies(mode: Mode, policy: OnPlaintext, write: bool, migrat
     assert r.counts().plaintext == 1 and r.counts().migrated == migrated
     assert [f.kind for f in r.row_failures(0)] == failures
     if write and migrated == 2:
-        assert r.values[0] == [new("email", "g@x.org"), new("name", "Gus")]
+        assert r.row(0) == [new("email", "g@x.org"), new("name", "Gus")]
 
 
 def test_plaintext_with_wrong_blind_index_is_not_encrypted() -> None:
@@ -379,7 +379,7 @@ def test_encrypt_plaintext_without_old_key_leaves_old_values() -> None:
     ring = Keyring(ContextCipher(NEW, 1))
     rows = [(9, legacy("i@x.org"), "Ivy", hm("i@x.org"))]
     r = process_rows(rows, PLAN, ring, opts(mode=Mode.ENCRYPT_PLAINTEXT))
-    assert r.to_write() == [0] and r.values[0] == [rows[0][1], new("name", "Ivy")]
+    assert r.to_write() == [0] and r.row(0) == [rows[0][1], new("name", "Ivy")]
     assert (r.counts().old_scheme, r.counts().migrated) == (1, 1)
 
 
