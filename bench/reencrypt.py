@@ -48,9 +48,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg  # noqa: TID251  (the benchmark builds its own tables)
-from psycopg import sql  # noqa: TID251
-
 from nixmig.reencrypt import keys, runner, workers
 from nixmig.reencrypt.schemes import Failed, Keyring, LegacyCipher, SchemeId
 from nixmig.reencrypt.spec import Column, Spec, TableSpec
@@ -109,6 +106,11 @@ class IdentityNew:
 
 
 def generate(dsn: str, table: str, rows: int, old: Secret) -> None:
+    # psycopg is imported in the functions, not at the top: the worker processes (spawned)
+    # import this module, and should weigh what the CLI's workers weigh.
+    import psycopg  # noqa: TID251  (the benchmark builds its own tables)
+    from psycopg import sql  # noqa: TID251
+
     legacy = LegacyCipher(old, 1)
     with psycopg.connect(dsn) as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
@@ -131,6 +133,9 @@ def generate(dsn: str, table: str, rows: int, old: Secret) -> None:
 
 
 def copy_table(dsn: str, src: str, dst: str) -> None:
+    import psycopg  # noqa: TID251
+    from psycopg import sql  # noqa: TID251
+
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(dst)))
         conn.execute(
@@ -169,6 +174,9 @@ def run_pass(dsn: str, table: str, kind: str, key_dir: Path, batch_size: int, li
 
 
 def _row_at_a_time(dsn: str, table: str, ring: Keyring, limit: int) -> dict[str, Any]:
+    import psycopg  # noqa: TID251
+    from psycopg import sql  # noqa: TID251
+
     tbl = sql.Identifier(table)
     select = sql.SQL("SELECT first_name, last_name, email FROM {} WHERE id = %s").format(tbl)
     update = sql.SQL("UPDATE {} SET first_name = %s, last_name = %s, email = %s WHERE id = %s").format(tbl)
@@ -213,6 +221,9 @@ def subprocess_pass(
 
 
 def _one(dsn: str, name: str, src: str, key_dir: Path, batch_size: int, jobs: int, limit: int) -> dict[str, Any]:
+    import psycopg  # noqa: TID251
+    from psycopg import sql  # noqa: TID251
+
     table = f"bench_{name}"
     copy_table(dsn, src, table)
     kind = "floor" if name.startswith("floor") else name.removesuffix("_small")
@@ -293,6 +304,9 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int, r
 
 
 def _durability(dsn: str) -> str:
+    import psycopg  # noqa: TID251
+    from psycopg import sql  # noqa: TID251
+
     names = ("fsync", "synchronous_commit", "full_page_writes")
     with psycopg.connect(dsn) as conn:
         got = [f"{n}={conn.execute(sql.SQL('SHOW {}').format(sql.Identifier(n))).fetchone()[0]}" for n in names]  # type: ignore[index]

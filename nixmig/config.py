@@ -108,7 +108,7 @@ class ReencryptSettings:
     mode: Literal["reencrypt", "encrypt-plaintext", "verify"] = "reencrypt"
     on_plaintext: Literal["error", "encrypt", "skip", "fail"] = "error"
     batch_size: int = 1000
-    jobs: int | None = None  # worker processes (default: one per CPU beyond the first; 0: none)
+    jobs: int | None = None  # worker processes (default: workers.default_jobs(); 0: none)
     pause: float = 0.0  # seconds between batches, to spare a busy database
     new_key_version: int | None = None
     old_key_version: int = 1

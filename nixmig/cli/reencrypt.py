@@ -121,7 +121,7 @@ def reencrypt(
         min=0,
         show_default=False,
         help="Worker processes that decrypt and encrypt beside the reads and writes (default: one per CPU "
-        "beyond the first, at least 1; 0: in this process). Vault keys always run in this process.",
+        "beyond the first, 2 on 2 CPUs, at most 4; 0: in this process). Vault keys always run in this process.",
     ),
     json_out: bool = JsonOption,
 ) -> None:

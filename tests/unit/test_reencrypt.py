@@ -479,3 +479,20 @@ def test_usage_errors_are_one_line(args: list[str], code: int, message: str) -> 
 
 def test_errors_are_nixmig_errors() -> None:
     assert issubclass(SpecError, NixmigError) and issubclass(KeyProviderError, NixmigError)
+
+
+@pytest.mark.parametrize(("cpus", "jobs"), [(1, 1), (2, 2), (3, 2), (4, 3), (5, 4), (64, 4)])
+def test_default_worker_processes(cpus: int, jobs: int) -> None:
+    from nixmig.reencrypt.workers import default_jobs
+
+    assert default_jobs(cpus) == jobs
+
+
+def test_whole_column_replaced_only_when_every_row_is_migrated_in_order() -> None:
+    """Every row of a column migrated, but a plaintext row (encrypt-plaintext) is queued before
+    the legacy row above it: the values land on their own rows, not in the order encrypted."""
+    rows = [(1, legacy("a@x.org"), legacy("Ann"), hm("a@x.org")), (2, "b@x.org", legacy("Bob"), hm("b@x.org"))]
+    r = process_rows(rows, PLAN, RING, opts(on_plaintext=OnPlaintext.ENCRYPT))
+    assert r.to_write() == [0, 1]
+    assert r.row(0) == [new("email", "a@x.org"), new("name", "Ann")]
+    assert r.row(1) == [new("email", "b@x.org"), new("name", "Bob")]
