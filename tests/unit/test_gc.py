@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from nixmig import config, gc
@@ -221,14 +222,14 @@ def test_report_json_shape(tmp_path: Path) -> None:
     }
 
 
-def rolled_back(state: Path, host: str, migration: str, *entries: dict[str, object], complete: bool = True) -> None:
+def rolled_back(state: Path, host: str, migration: str, *entries: Mapping[str, object], complete: bool = True) -> None:
     """A rebuild rolled back past its switch: the switch step undone, its undo's `retain` entries."""
     j = Journal.open(state / "journal", host, migration)
     j.begin("preflight")
     j.finish("preflight")
     j.begin("switch")
     j.finish("switch", {"retain": [{"kind": "volume", "name": "old_data", "until": iso(+3)}]})
-    j.steps["switch"].data["retain"] = list(entries)  # what the undo writes
+    j.steps["switch"].data["retain"] = [dict(e) for e in entries]  # what the undo writes
     j.undone("switch")
     if complete:
         j.undone("preflight")
