@@ -412,7 +412,7 @@ def register(app: typer.Typer) -> None:
             all_hosts=all_hosts,
         )
         if target.several:
-            _rollback_fleet(target, yes=yes, parallel=parallel, json_out=json_out)
+            _rollback_fleet(target, yes=yes, parallel=parallel, json_out=json_out, force=force)
             return
         ctx = target.ctx
         ctx.extra["force"] = force
@@ -536,7 +536,7 @@ def _apply_fleet(target: _Target, *, yes: bool, restore_test: bool, parallel: in
     _fleet_summary(name, results, json_out, time.monotonic() - start, verb="done")
 
 
-def _rollback_fleet(target: _Target, *, yes: bool, parallel: int, json_out: bool) -> None:
+def _rollback_fleet(target: _Target, *, yes: bool, parallel: int, json_out: bool, force: bool = False) -> None:
     from nixmig import engine, fleet
     from nixmig.cli.fleetview import FleetView
 
@@ -555,6 +555,7 @@ def _rollback_fleet(target: _Target, *, yes: bool, parallel: int, json_out: bool
     def work(host: str, gate: fleet.Gate | None) -> list[str]:
         ctx = target.context(host, emit=view.emitter(host))
         ctx.extra["rollback_hosts"] = tuple(target.hosts)
+        ctx.extra["force"] = force
         try:
             return engine.rollback(ctx, on_phase=lambda p, s, secs: view.on_phase(host, p, s, secs))
         finally:

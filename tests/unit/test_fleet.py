@@ -314,3 +314,32 @@ def test_summary_of_a_rollback_names_the_hosts_with_nothing_to_undo() -> None:
     results = [fleet.HostResult("a", "done"), fleet.HostResult("b", "skipped")]
     lines = fleet.summary_lines(results, verb="rolled back", skipped="nothing to undo, not contacted")
     assert lines == ["rolled back (1): a", "nothing to undo, not contacted (1): b"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_fleet_rollback_passes_force_to_every_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool
+) -> None:
+    """`rollback --all --force` reaches each host's context as it does for one host (rebuild
+    reads it). The engine's rollback is replaced by a recorder: this is the CLI's plumbing."""
+    from typer.testing import CliRunner
+
+    from nixmig import engine
+    from nixmig.cli import app
+
+    cfg = load(tmp_path, FLEET_TOML)
+    for host in ("web1", "web2", "db9"):
+        j = fleet.journal_for(cfg, "app-db-password", host)
+        j.begin("preflight")
+        j.finish("preflight")
+    seen: dict[str, object] = {}
+
+    def recorder(ctx: object, on_phase: object = None) -> list[str]:
+        seen[ctx.host_name] = ctx.extra.get("force")  # type: ignore[attr-defined]
+        return ["preflight"]
+
+    monkeypatch.setattr(engine, "rollback", recorder)
+    argv = ["rollback", "--all", "--yes", "-c", str(tmp_path / "nixmig.toml"), "--json"]
+    result = CliRunner().invoke(app, argv + (["--force"] if force else []))
+    assert result.exit_code == 0, result.output
+    assert seen == {"web1": force, "web2": force, "db9": force}
