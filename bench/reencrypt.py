@@ -2,15 +2,18 @@
 
 In one run, on a throwaway PostgreSQL cluster (or --dsn), with N rows x 3 encrypted
 columns (default N = 1,000,000) holding legacy ciphertexts (enc:v1, AES-256-GCM) and
-the local key provider (key files):
+the local key provider (key files). The throwaway cluster keeps PostgreSQL's default
+durability (fsync, synchronous_commit, full_page_writes on), as a production server
+would; --no-durable turns the three off, as the tests run it (every pass gets faster, the
+row-at-a-time baseline, which commits per row, the most). The settings are printed.
 
 - reencrypt: the real runner (keyset batches, compare-and-set, checkpoint per batch,
   decrypt + encrypt + decrypt-again in --jobs worker processes, default as the CLI's)
   moving every value to ctx:v1;
 - floor:     the same runner, same batches and writes, with an identity transform (no
   crypto): what reading, deciding and writing alone cost; run with the same worker
-  processes and with none, and the faster of the two is the floor (shipping a batch to a
-  worker costs more than the identity transform saves);
+  processes, with one and with none, and the fastest is the floor (shipping a batch to a
+  worker can cost more than the identity transform saves);
 - row-at-a-time baseline: SELECT one row, decrypt, encrypt, UPDATE one row, commit,
   the way the original per-record tool worked, on a sample of --baseline-rows rows
   (rows/s does not depend on the table size for it);
@@ -27,7 +30,9 @@ machine (on a 2-core box, anything) lowers every figure, the ratios less.
 Targets: reencrypt >= 0.6 x floor, >= 20 x baseline, peak RSS <= 200 MB, and not
 growing with the table size.
 
-    .venv/bin/python bench/reencrypt.py                # 1,000,000 rows
+    .venv/bin/python bench/reencrypt.py                # 1,000,000 rows, default durability
+    .venv/bin/python bench/reencrypt.py --no-durable   # fsync & co. off, as the tests run
+    .venv/bin/python bench/reencrypt.py --jobs 1       # one worker process (default: as the CLI)
     .venv/bin/python bench/reencrypt.py --rows 200000  # quicker
 """
 
