@@ -25,527 +25,43 @@ What it does for a database in a container (arion or virtualisation.oci-containe
 The secret is never read at evaluation time (no ``builtins.readFile``) and its
 value never appears in a Nix string: Nix only ever holds the path.
 
-Snippets come from the Jinja2 templates in ``templates/`` (autoescape off); the
-Nix string escaping (:func:`nix_string`, :func:`nix_indented`) and the shell
-quoting (:func:`shell_quote`) are done here, explicitly, and tested.
+Snippets come from the Jinja2 templates in ``templates/`` (autoescape off), loaded
+by :mod:`nixmig.nixsrc.render`; the Nix string escaping (``nix_string``,
+``nix_indented``) and the shell quoting (``shell_quote``) are done explicitly, and
+tested, in :mod:`nixmig.nixsrc.quote`. Each file is read into a
+:class:`~nixmig.nixsrc.model.FileModel` (:mod:`nixmig.nixsrc.model`) and the edits
+are collected and applied by :mod:`nixmig.nixsrc.edits`. This module holds what to
+do (:class:`Spec`, :func:`spec_for`, :class:`Plan`, :class:`Manual`) and the
+builder that decides it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import posixpath
 import re
-import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from nixmig.errors import ConfigError, NixmigError, NixSyntaxError
-from nixmig.nixsrc.parse import parse_checked, text
-from nixmig.sensitive import MASK
+from nixmig.errors import ConfigError
+from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked
+from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
+from nixmig.nixsrc.model import AttrSet, Bind, FileModel, Lit, NixPath, bindings, decode_string, model, unparen
+from nixmig.nixsrc.parse import text
+from nixmig.nixsrc.quote import Antiquote, escape_indented, nix_attr, nix_attrpath, nix_escape, nix_string, store_name
+from nixmig.nixsrc.render import EnvFile, EnvLine, render_script, script_in_nix, template
 
 if TYPE_CHECKING:
-    from jinja2 import Environment
     from tree_sitter import Node
 
     from nixmig.config import Config
 
-TEMPLATES = Path(__file__).parent / "templates"
 DB_PASSWORD_VAR = "POSTGRES_PASSWORD"  # noqa: S105 - a variable name
 URL_SCHEMES = ("postgres", "postgresql")
-MAX_LINE = 100  # a one-line list that would grow past this is rewritten one element per line
-
-
-class PatchError(NixmigError):
-    """The Nix tree cannot be patched as asked (ambiguous, inconsistent, or an edit would not parse)."""
-
-
-# ---------------------------------------------------------------- escaping
-
-
-_NIX_KEYWORDS = frozenset({"if", "then", "else", "let", "in", "rec", "with", "inherit", "assert", "or"})
-_NIX_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")
-
-
-def nix_escape(value: str) -> str:
-    """The inside of a double-quoted Nix string that evaluates to ``value`` (every ``$`` escaped)."""
-    out = []
-    for ch in value:
-        if ch in '"\\$':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def nix_string(value: str) -> str:
-    """A double-quoted Nix string literal that evaluates to exactly ``value``."""
-    return '"' + nix_escape(value) + '"'
-
-
-def nix_attr(name: str) -> str:
-    """``name`` as one attribute of an attrpath: bare when it is an identifier, else quoted."""
-    if _NIX_IDENT.fullmatch(name) and name not in _NIX_KEYWORDS:
-        return name
-    return nix_string(name)
-
-
-def nix_attrpath(names: Sequence[str]) -> str:
-    """An attrpath from names as :func:`attr_names` gives them (an interpolated one is kept as written)."""
-    return ".".join(n if n.startswith('"') and "${" in n else nix_attr(n) for n in names)
-
-
-@dataclass(frozen=True)
-class Antiquote:
-    """Nix code spliced unescaped into an indented string as ``${code}``."""
-
-    code: str
-
-
-def _escape_indented(s: str, *, before_antiquote: bool) -> str:
-    r"""Escape one literal run of an indented string (``''...''``).
-
-    ``''`` is written ``'''`` and ``${`` as ``''${`` (a ``$`` right before an
-    antiquotation too). Those escapes start with a quote, so a single ``'`` right
-    before one of them, or right before the closing ``''``, is written ``''\'``.
-    """
-    tokens: list[str] = []
-    lone: list[int] = []  # tokens that are a single quote
-    i, n = 0, len(s)
-    while i < n:
-        c = s[i]
-        if c == "'" and s.startswith("'", i + 1):
-            tokens.append("'''")
-            i += 2
-            continue
-        if c == "'":
-            lone.append(len(tokens))
-            tokens.append("'")
-        elif c == "$" and (s.startswith("{", i + 1) or (i + 1 == n and before_antiquote)):
-            tokens.append("''$")
-        else:
-            tokens.append(c)
-        i += 1
-    for k in lone:
-        nxt = tokens[k + 1] if k + 1 < len(tokens) else None
-        if (nxt is not None and nxt.startswith("'")) or (nxt is None and not before_antiquote):
-            tokens[k] = "''\\'"
-    return "".join(tokens)
-
-
-def nix_indented(parts: Sequence[str | Antiquote], indent: str = "  ") -> str:
-    """A Nix indented string (``''`` ... ``''``) whose value is the concatenation of ``parts``.
-
-    Text is escaped, :class:`Antiquote` parts are spliced in as ``${code}``. Every
-    non-empty line is indented by ``indent`` and Nix strips exactly that, so the
-    value is the text as given as long as one of its lines starts without a space
-    (Nix would strip a common indentation of the text itself too).
-    """
-    pieces: list[str] = []
-    for k, part in enumerate(parts):
-        if isinstance(part, Antiquote):
-            pieces.append("${" + part.code + "}")
-        else:
-            nxt = parts[k + 1] if k + 1 < len(parts) else None
-            pieces.append(_escape_indented(part, before_antiquote=isinstance(nxt, Antiquote)))
-    body = "".join(pieces)
-    lines = body.split("\n")
-    ends_with_newline = lines[-1] == ""
-    if ends_with_newline:
-        lines.pop()
-    elif lines[-1] and not lines[-1].strip(" \t"):
-        # Nix drops a last line of only blanks before the closing quotes: escape one to keep them
-        lines[-1] = lines[-1][:-1] + "''\\" + lines[-1][-1]
-    inner = "\n".join(indent + ln if ln else ln for ln in lines)
-    return "''\n" + inner + ("\n''" if ends_with_newline else "''")
-
-
-def shell_quote(value: str) -> str:
-    """One POSIX shell word that expands to exactly ``value`` (single quotes; ``'`` as ``'"'"'``)."""
-    return shlex.quote(value)
-
-
-def store_name(name: str) -> str:
-    """A valid Nix store path name from ``name`` (for writeShellScript)."""
-    clean = re.sub(r"[^A-Za-z0-9+._?=-]", "-", name).lstrip(".") or "nixmig"
-    return clean[:200]
-
-
-# ---------------------------------------------------------------- templates
-
-
-@functools.cache
-def environment() -> Environment:
-    """The Jinja2 environment: autoescape off, strict undefined, our escaping as filters."""
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        autoescape=False,  # noqa: S701 - Nix and shell, not HTML: escaping is explicit (nixstr, shq)
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=False,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["nixstr"] = nix_string
-    env.filters["nixesc"] = nix_escape
-    env.filters["nixattr"] = nix_attr
-    env.filters["shq"] = shell_quote
-    return env
-
-
-class _Macros:
-    """The macros of one template, loaded on first use (jinja2 is imported only when something renders)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __getattr__(self, macro: str) -> Any:
-        return getattr(environment().get_template(self.name).module, macro)
-
-
-def template(name: str) -> Any:
-    """The macros of one template (``template("arion-service.nix.j2").env_file(...)``)."""
-    return _Macros(name)
-
-
-@dataclass(frozen=True)
-class EnvLine:
-    var: str
-    prefix: str  # the URL up to the password, as written (e.g. "postgres://postgres:")
-    suffix: str  # the URL after the password (e.g. "@db:5432/default")
-
-
-@dataclass(frozen=True)
-class EnvFile:
-    path: str
-    lines: tuple[EnvLine, ...]
-
-
-PASSWORD_FILE_PLACEHOLDER = "\x00password_file\x00"  # noqa: S105 - a marker
-
-
-def render_script(secret: str, password_file: str, files: Sequence[EnvFile]) -> str:
-    """The env-file renderer (bash). ``password_file`` is a shell word, inserted as is."""
-    tpl = environment().get_template("env-file.sh.j2")
-    return str(tpl.render(secret=secret, password_file=password_file, files=files)).strip("\n") + "\n"
-
-
-def script_in_nix(secret: str, password_file: str | Antiquote, files: Sequence[EnvFile], indent: str = "  ") -> str:
-    """The renderer as a Nix indented string.
-
-    ``password_file`` is a shell word, or an :class:`Antiquote` of Nix code that
-    evaluates to one (``lib.escapeShellArg config.age.secrets.NAME.path``).
-    """
-    if isinstance(password_file, str):
-        return nix_indented([render_script(secret, password_file, files)], indent)
-    script = render_script(secret, PASSWORD_FILE_PLACEHOLDER, files)
-    before, after = script.split(PASSWORD_FILE_PLACEHOLDER)
-    return nix_indented([before, password_file, after], indent)
-
-
-# ---------------------------------------------------------------- reading Nix
-
-
-NixPath = tuple[str, ...]
-_WRAPPERS = frozenset(
-    {"mkIf", "mkDefault", "mkForce", "mkOverride", "mkBefore", "mkAfter", "mkOrder", "mkOptionDefault"}
-)
-
-
-def _key(node: Node) -> tuple[int, int, str]:
-    return (node.start_byte, node.end_byte, node.type)
-
-
-def decode_string(node: Node) -> str | None:
-    """The value of a double-quoted string literal; None if it interpolates anything."""
-    if node.type != "string_expression":
-        return None
-    out: list[str] = []
-    for c in node.named_children:
-        if c.type == "interpolation":
-            return None
-        if c.type == "string_fragment":
-            out.append(text(c))
-        elif c.type == "escape_sequence":
-            ch = text(c)[1:]
-            out.append({"n": "\n", "r": "\r", "t": "\t"}.get(ch, ch))
-        elif c.type == "dollar_escape":
-            continue  # `\$`: the `$` follows as a fragment
-    return "".join(out)
-
-
-def _attr_name(attr: Node) -> str:
-    if attr.type == "string_expression":
-        value = decode_string(attr)
-        return value if value is not None else text(attr)
-    return text(attr)
-
-
-def attr_names(attrpath: Node) -> NixPath:
-    return tuple(_attr_name(a) for a in attrpath.named_children)
-
-
-def _apply_parts(node: Node) -> tuple[str, list[Node]]:
-    """(function name without `lib.`/`builtins.`, arguments in order) of a curried application."""
-    args: list[Node] = []
-    cur: Node | None = node
-    while cur is not None and cur.type == "apply_expression":
-        arg = cur.child_by_field_name("argument")
-        if arg is not None:
-            args.append(arg)
-        cur = cur.child_by_field_name("function")
-    args.reverse()
-    name = ""
-    if cur is not None:
-        if cur.type == "variable_expression":
-            name = text(cur)
-        elif cur.type == "select_expression":
-            ap = cur.child_by_field_name("attrpath")
-            name = attr_names(ap)[-1] if ap is not None else ""
-    return name, args
-
-
-def _unparen(node: Node) -> Node:
-    while node.type == "parenthesized_expression" and node.named_children:
-        node = node.named_children[0]
-    return node
-
-
-def _bindings(attrset: Node) -> list[Node]:
-    return [
-        b
-        for bset in attrset.named_children
-        if bset.type == "binding_set"
-        for b in bset.named_children
-        if b.type in ("binding", "inherit", "inherit_from")
-    ]
-
-
-@dataclass(eq=False)
-class Bind:
-    """``attrpath = expression;`` with the full attribute path from the file's root."""
-
-    path: NixPath
-    node: Node
-    value: Node
-    owner: Node  # the attrset holding the binding
-    exact: bool  # the path is an option path (not inside a let, a function argument ...)
-
-
-@dataclass(eq=False)
-class AttrSet:
-    path: NixPath
-    node: Node
-    exact: bool
-
-
-@dataclass(eq=False)
-class Lit:
-    """A string literal and the attribute path it is bound at (inside lists too)."""
-
-    path: NixPath
-    node: Node
-    exact: bool
-    bind: Bind | None  # the binding whose value is this string, if it is a direct value
-
-
-@dataclass(eq=False)
-class FileModel:
-    name: str
-    source: bytes
-    root: Node
-    binds: list[Bind] = field(default_factory=list)
-    attrsets: list[AttrSet] = field(default_factory=list)
-    lits: list[Lit] = field(default_factory=list)
-    paths: list[tuple[NixPath, Node]] = field(default_factory=list)
-    options: list[tuple[NixPath, Node]] = field(default_factory=list)  # declared with mkOption
-    roots: list[Node] = field(default_factory=list)  # attrsets at the config root (path ())
-
-    def line_col(self, byte: int) -> tuple[int, int]:
-        line = self.source.count(b"\n", 0, byte) + 1
-        col = byte - (self.source.rfind(b"\n", 0, byte) + 1) + 1
-        return line, col
-
-    def where(self, node: Node | int) -> str:
-        byte = node if isinstance(node, int) else node.start_byte
-        line, col = self.line_col(byte)
-        return f"{self.name}:{line}:{col}"
-
-    def text(self, node: Node) -> str:
-        return self.source[node.start_byte : node.end_byte].decode("utf-8")
-
-    def root_of(self, node: Node) -> tuple[Node, Node] | None:
-        """(config-root attrset, its binding that contains ``node``)."""
-        roots = {_key(r) for r in self.roots}
-        child = node
-        cur = node.parent
-        while cur is not None:
-            if cur.type in ("attrset_expression", "rec_attrset_expression") and _key(cur) in roots:
-                b = child
-                while b.parent is not None and b.type not in ("binding", "inherit", "inherit_from"):
-                    b = b.parent
-                return cur, b if b.type == "binding" else child
-            if cur.type in ("binding", "inherit", "inherit_from"):
-                child = cur
-            cur = cur.parent
-        return None
-
-    def function_formals(self) -> Node | None:
-        top = self.root.named_children[0] if self.root.named_children else None
-        if top is None or top.type != "function_expression":
-            return None
-        return top.child_by_field_name("formals")
-
-
-def model(name: str, source: bytes) -> FileModel:
-    """Parse one file (NixSyntaxError with file:line:col) and index its bindings and literals."""
-    try:
-        source.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = source.count(b"\n", 0, exc.start) + 1
-        col = exc.start - source.rfind(b"\n", 0, exc.start)
-        raise NixSyntaxError("not valid UTF-8", where=f"{name}:{line}:{col}", hint="Nix files are UTF-8") from None
-    tree = parse_checked(source, name)
-    fm = FileModel(name, source, tree.root_node)
-    top = tree.root_node.named_children[0] if tree.root_node.named_children else None
-    if top is not None:
-        _walk_top(fm, top)
-    return fm
-
-
-def _walk_top(fm: FileModel, node: Node) -> None:
-    node = _unparen(node)
-    while node.type in ("function_expression", "let_expression", "with_expression"):
-        if node.type == "let_expression":
-            _walk_let(fm, node)
-        body = node.child_by_field_name("body")
-        if body is None:
-            return
-        node = _unparen(body)
-    if node.type not in ("attrset_expression", "rec_attrset_expression"):
-        _walk(fm, node, (), True)
-        return
-    full_form = False
-    for b in _bindings(node):
-        ap = b.child_by_field_name("attrpath") if b.type == "binding" else None
-        if ap is not None and attr_names(ap)[:1] in (("options",), ("config",)):
-            full_form = True
-    if not full_form:
-        _walk(fm, node, (), True)
-        return
-    # { options = ...; config = ...; imports = ...; }: option paths are those under `config`
-    fm.attrsets.append(AttrSet(("<module>",), node, False))
-    for b in _bindings(node):
-        if b.type != "binding":
-            continue
-        ap, ex = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
-        if ap is None or ex is None:
-            continue
-        names = attr_names(ap)
-        if names[0] == "config":
-            path = names[1:]
-            fm.binds.append(Bind(path, b, ex, node, bool(path)))
-            _walk(fm, ex, path, True)
-        else:
-            fm.binds.append(Bind(("<module>", *names), b, ex, node, False))
-            _walk(fm, ex, names, names[0] == "options")
-
-
-def _walk_let(fm: FileModel, node: Node) -> None:
-    for bset in (c for c in node.named_children if c.type == "binding_set"):
-        for b in bset.named_children:
-            if b.type == "binding":
-                ap, ex = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
-                if ap is not None and ex is not None:
-                    _walk(fm, ex, ("<let>", *attr_names(ap)), False)
-
-
-def _string(fm: FileModel, node: Node, path: NixPath, exact: bool, bind: Bind | None) -> None:
-    fm.lits.append(Lit(path, node, exact, bind))
-    for c in node.named_children:
-        if c.type == "interpolation":
-            for e in c.named_children:
-                _walk(fm, e, path, False)
-
-
-def _walk(fm: FileModel, node: Node, path: NixPath, exact: bool) -> None:
-    t = node.type
-    if t in ("attrset_expression", "rec_attrset_expression"):
-        fm.attrsets.append(AttrSet(path, node, exact))
-        if exact and path == ():
-            fm.roots.append(node)
-        for b in _bindings(node):
-            if b.type != "binding":
-                continue
-            ap, ex = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
-            if ap is None or ex is None:
-                continue
-            sub = path + attr_names(ap)
-            bind = Bind(sub, b, ex, node, exact)
-            fm.binds.append(bind)
-            if ex.type == "string_expression":
-                _string(fm, ex, sub, exact, bind)
-            else:
-                _walk(fm, ex, sub, exact)
-    elif t == "let_expression":
-        _walk_let(fm, node)
-        body = node.child_by_field_name("body")
-        if body is not None:
-            _walk(fm, body, path, exact)
-    elif t == "function_expression":
-        body = node.child_by_field_name("body")
-        if body is not None:
-            _walk(fm, body, path, exact)
-    elif t == "with_expression":
-        body = node.child_by_field_name("body")
-        for c in node.named_children:
-            _walk(fm, c, path, exact and c == body)
-    elif t == "parenthesized_expression":
-        for c in node.named_children:
-            _walk(fm, c, path, exact)
-    elif t == "apply_expression":
-        name, args = _apply_parts(node)
-        if name in _WRAPPERS and args:
-            for a in args[:-1]:
-                _walk(fm, a, path, False)
-            _walk(fm, args[-1], path, exact)
-        elif name == "mkMerge" and args:
-            _walk(fm, args[-1], path, exact)
-        else:
-            if name == "mkOption" and path[:1] == ("options",):
-                fm.options.append((path[1:], node))
-            fn: Node | None = node
-            while fn is not None and fn.type == "apply_expression":
-                fn = fn.child_by_field_name("function")
-            if fn is not None and fn.type not in ("variable_expression", "select_expression"):
-                _walk(fm, fn, path, False)  # `(x: ...) arg`: the function's body may hold literals too
-            for a in args:
-                _walk(fm, a, path, False)
-    elif t == "list_expression":
-        for c in node.named_children:
-            _walk(fm, c, path, exact)
-    elif t == "string_expression":
-        _string(fm, node, path, exact, None)
-    elif t == "path_expression":
-        fm.paths.append((path, node))
-    elif t in ("binary_expression", "if_expression"):
-        cond = node.child_by_field_name("condition")
-        for c in node.named_children:
-            _walk(fm, c, path, exact and c != cond)
-    else:
-        for c in node.named_children:
-            _walk(fm, c, path, False)
 
 
 # ---------------------------------------------------------------- what to do
@@ -623,25 +139,6 @@ def spec_for(cfg: Config, migration: str, *, new_volume: str | None = None, new_
 
 
 @dataclass(frozen=True)
-class Edit:
-    """Replace bytes [start, end) of ``file`` (original offsets) with ``replacement``."""
-
-    file: str
-    start: int
-    end: int
-    replacement: bytes
-    explanation: str
-    line: int = 0
-    col: int = 0
-    # part of the stage config (deploy 1): only what declares the agenix secret
-    stage: bool = False
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
-
-
-@dataclass(frozen=True)
 class Manual:
     """A hardcoded literal nixmig has no template for: said, not guessed."""
 
@@ -683,192 +180,14 @@ class Plan:
         for f in self.files:
             spans = [(s, e) for (mf, s, e) in self.masks if mf == f]
             src = sources[f]
-            old = _masked(src, 0, len(src), spans).decode("utf-8", "replace")
-            new = _apply(src, [e for e in self.edits if e.file == f], spans).decode("utf-8", "replace")
+            old = masked(src, 0, len(src), spans).decode("utf-8", "replace")
+            new = apply(src, [e for e in self.edits if e.file == f], spans).decode("utf-8", "replace")
             out.extend(
                 difflib.unified_diff(
                     old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{f}", f"b/{f}", n=3
                 )
             )
         return "".join(ln if ln.endswith("\n") else ln + "\n\\ No newline at end of file\n" for ln in out)
-
-
-def _masked(src: bytes, a: int, b: int, spans: Sequence[tuple[int, int]]) -> bytes:
-    out = bytearray()
-    pos = a
-    for s, e in sorted(spans):
-        s, e = max(s, a), min(e, b)
-        if s >= e or s < pos:
-            continue
-        out += src[pos:s] + MASK.encode()
-        pos = e
-    out += src[pos:b]
-    return bytes(out)
-
-
-def _apply(src: bytes, edits: Sequence[Edit], spans: Sequence[tuple[int, int]] = ()) -> bytes:
-    out = bytearray()
-    pos = 0
-    for e in sorted(edits, key=lambda e: (e.start, e.end)):
-        if e.start < pos:
-            raise PatchError(f"overlapping edits at byte {e.start}", where=e.file, hint="a bug in nixmig: report it")
-        out += _masked(src, pos, e.start, spans) + e.replacement
-        pos = e.end
-    out += _masked(src, pos, len(src), spans)
-    return bytes(out)
-
-
-def apply_edits(source: bytes, edits: Sequence[Edit]) -> bytes:
-    """``source`` with ``edits`` applied (all offsets are into ``source``); other bytes are kept."""
-    return _apply(source, edits)
-
-
-# ---------------------------------------------------------------- edit helpers
-
-
-def _line_start(src: bytes, pos: int) -> int:
-    return src.rfind(b"\n", 0, pos) + 1
-
-
-def _line_end(src: bytes, pos: int) -> int:
-    end = src.find(b"\n", pos)
-    return len(src) if end == -1 else end
-
-
-def _indent_of(src: bytes, node: Node) -> str:
-    start = _line_start(src, node.start_byte)
-    head = src[start : node.start_byte].decode("utf-8")
-    return head[: len(head) - len(head.lstrip())]
-
-
-def reindent(snippet: str, indent: str) -> str:
-    """Prefix every non-empty line with ``indent``."""
-    return "\n".join(indent + ln if ln else ln for ln in snippet.split("\n"))
-
-
-def _rest_of_line_is_blank(src: bytes, pos: int) -> bool:
-    rest = src[pos : _line_end(src, pos)].strip()
-    return not rest or rest.startswith(b"#")
-
-
-class _Edits:
-    """Collects edits for one plan, with original line:col for each."""
-
-    def __init__(self, models: Mapping[str, FileModel]):
-        self.models = models
-        self.items: list[Edit] = []
-        self.staging = False  # edits added while True belong to the stage config
-
-    def add(self, fm: FileModel, start: int, end: int, replacement: str, why: str, at: Node | None = None) -> None:
-        line, col = fm.line_col(at.start_byte if at is not None else start)
-        self.items.append(Edit(fm.name, start, end, replacement.encode(), why, line, col, self.staging))
-
-    def replace_node(self, fm: FileModel, node: Node, replacement: str, why: str) -> None:
-        """Replace ``node``'s bytes; inside a span another edit already rewrites (a list written
-        out one element per line keeps its elements' bytes), the change goes into that edit."""
-        old = fm.source[node.start_byte : node.end_byte]
-        for i, e in enumerate(self.items):
-            if e.file != fm.name or e.end <= node.start_byte or e.start >= node.end_byte:
-                continue
-            if not (e.start <= node.start_byte and node.end_byte <= e.end) or e.replacement.count(old) != 1:
-                raise PatchError(f"overlapping edits at byte {node.start_byte}", where=fm.name, hint="report it")
-            self.items[i] = Edit(
-                e.file,
-                e.start,
-                e.end,
-                e.replacement.replace(old, replacement.encode()),
-                f"{e.explanation}; {why}",
-                e.line,
-                e.col,
-                e.stage,
-            )
-            return
-        self.add(fm, node.start_byte, node.end_byte, replacement, why, at=node)
-
-    def insert_binding(self, fm: FileModel, attrset: Node, snippet: str, why: str, after: Node | None = None) -> None:
-        """Add ``snippet`` (one or more bindings) to ``attrset``, after ``after`` or its last binding."""
-        src = fm.source
-        snippet = snippet.strip("\n")
-        bindings = _bindings(attrset)
-        if not bindings:
-            open_indent = _indent_of(src, attrset)
-            close = attrset.end_byte - 1
-            inner = open_indent + "  "
-            between = src[attrset.start_byte + 1 : close]
-            if b"\n" in between:  # `{\n  # comment\n}`: a line of its own before the brace
-                at = _line_start(src, close)
-                self.add(fm, at, at, reindent(snippet, inner) + "\n", why)
-            else:
-                self.add(fm, attrset.start_byte + 1, close, "\n" + reindent(snippet, inner) + "\n" + open_indent, why)
-            return
-        anchor = after if after is not None else bindings[-1]
-        if not _rest_of_line_is_blank(src, anchor.end_byte) or ("\n" not in snippet and _same_line(src, anchor)):
-            self.add(fm, anchor.end_byte, anchor.end_byte, " " + snippet, why)
-            return
-        at = _line_end(src, anchor.end_byte)
-        self.add(fm, at, at, "\n" + reindent(snippet, _indent_of(src, anchor)), why)
-
-    def remove_binding(self, fm: FileModel, binding: Node, why: str) -> None:
-        src = fm.source
-        start = _line_start(src, binding.start_byte)
-        alone_before = not src[start : binding.start_byte].strip()
-        if alone_before and _rest_of_line_is_blank(src, binding.end_byte):
-            end = _line_end(src, binding.end_byte)
-            self.add(fm, start, min(end + 1, len(src)), "", why, at=binding)
-            return
-        end = binding.end_byte
-        while end < len(src) and src[end : end + 1] in (b" ", b"\t"):
-            end += 1
-        self.add(fm, binding.start_byte, end, "", why)
-
-    def append_element(self, fm: FileModel, lst: Node, element: str, why: str) -> None:
-        src = fm.source
-        elems = list(lst.named_children)
-        if not elems:
-            self.add(fm, lst.start_byte + 1, lst.end_byte - 1, f" {element} ", why)
-            return
-        last = elems[-1]
-        if src.count(b"\n", lst.start_byte, lst.end_byte) == 0:
-            line = src[_line_start(src, lst.start_byte) : _line_end(src, lst.end_byte)]
-            if len(line) + len(element) + 1 <= MAX_LINE or any(e.type == "comment" for e in lst.children):
-                self.add(fm, last.end_byte, last.end_byte, f" {element}", why)
-                return
-            # too long for one line: one element per line (the elements' bytes are kept)
-            indent = _indent_of(src, lst)
-            items = [fm.text(e) for e in elems] + [element]
-            body = "".join(f"\n{indent}  {it}" for it in items)
-            self.add(fm, lst.start_byte, lst.end_byte, f"[{body}\n{indent}]", why, at=last)
-        else:
-            self.add(fm, last.end_byte, last.end_byte, "\n" + _indent_of(src, last) + element, why)
-
-    def ensure_formals(self, fm: FileModel, names: Sequence[str], why: str) -> bool:
-        """Add missing names to the file's `{ ... }:` formals. False when the file is not such a function."""
-        formals = fm.function_formals()
-        if formals is None:
-            return False
-        have = {text(n) for f in formals.named_children if f.type == "formal" for n in f.named_children[:1]}
-        missing = [n for n in names if n not in have]
-        if not missing:
-            return True
-        firsts = [c for c in formals.named_children if c.type in ("formal", "ellipses")]
-        if not firsts:
-            self.add(fm, formals.start_byte + 1, formals.end_byte - 1, " " + ", ".join(missing) + " ", why)
-            return True
-        first = firsts[0]
-        multiline = len(firsts) > 1 and fm.line_col(firsts[1].start_byte)[0] != fm.line_col(first.start_byte)[0]
-        sep = ",\n" + _indent_of(fm.source, first) if multiline else ", "
-        if firsts[-1].type == "ellipses":  # `{ config, pkgs, ... }` -> `{ config, pkgs, lib, ... }`
-            at = firsts[-1].start_byte
-            self.add(fm, at, at, sep.join(missing) + sep, why)
-        else:
-            at = firsts[-1].end_byte
-            self.add(fm, at, at, sep + sep.join(missing), why)
-        return True
-
-
-def _same_line(src: bytes, node: Node) -> bool:
-    """The binding shares its line with something before it (a one-line attrset)."""
-    return bool(src[_line_start(src, node.start_byte) : node.start_byte].strip(b" \t{"))
 
 
 # ---------------------------------------------------------------- the plan
@@ -904,7 +223,7 @@ class _Builder:
     def __init__(self, models: Mapping[str, FileModel], spec: Spec):
         self.models = models
         self.spec = spec
-        self.ed = _Edits(models)
+        self.ed = Edits(models)
         self.manual: list[Manual] = []
         self.notes: list[str] = []
         self.masks: list[tuple[str, int, int]] = []
@@ -1063,8 +382,8 @@ class _Builder:
             f"{db.name} container (only the path is in the Nix store)"
         )
         for b in fm.binds:
-            if b.path == vol_path and _unparen(b.value).type == "list_expression":
-                lst = _unparen(b.value)
+            if b.path == vol_path and unparen(b.value).type == "list_expression":
+                lst = unparen(b.value)
                 if any(decode_string(e) == mount for e in lst.named_children):
                     return
                 self.ed.append_element(fm, lst, str(tpl.volume(spec.secret_on_host, spec.secret_in_container)), why)
@@ -1133,10 +452,10 @@ class _Builder:
         def docker_name(key: str) -> str:
             named = self._bind_at(fm, (*base, key, "name"))
             if named is not None:
-                value = decode_string(_unparen(named.value))
+                value = decode_string(unparen(named.value))
                 return value if value is not None else fm.text(named.value)
             external = self._bind_at(fm, (*base, key, "external"))
-            if external is not None and fm.text(_unparen(external.value)).strip() == "true":
+            if external is not None and fm.text(unparen(external.value)).strip() == "true":
                 return key  # compose does not prefix an external volume's name
             return f"{project}_{key}" if project else key
 
@@ -1146,7 +465,7 @@ class _Builder:
         fm = db.fm
         vol_path = (*db.prefix, "volumes")
         b = self._bind_at(fm, vol_path)
-        lst = _unparen(b.value) if b is not None else None
+        lst = unparen(b.value) if b is not None else None
         snippet = f"the mount of {old} in {'.'.join(vol_path)} names {new} instead"
         if b is None or lst is None or lst.type != "list_expression":
             at = b.value if b is not None else self._service_attrset(fm, db.prefix)
@@ -1209,7 +528,7 @@ class _Builder:
         fm = db.fm
         path = (*db.prefix[:-1], "image", "name") if db.kind == "arion" else (*db.prefix, "image")
         b = self._bind_at(fm, path)
-        value = decode_string(_unparen(b.value)) if b is not None else None
+        value = decode_string(unparen(b.value)) if b is not None else None
         if b is None or value is None:
             at = b.value if b is not None else self._service_attrset(fm, db.prefix)
             self.manual_here(fm, at, f"{'.'.join(path)} is not a literal image name", f"{'.'.join(path)} = {image}")
@@ -1217,7 +536,7 @@ class _Builder:
         if value != image:
             self.ed.replace_node(
                 fm,
-                _unparen(b.value),
+                unparen(b.value),
                 nix_string(image),
                 f"the {db.name} container runs {image} (was {value}): the new volume was initialised and "
                 "filled by that image's server",
@@ -1376,7 +695,7 @@ class _Builder:
         self.handled_env.add(key)
         for b in fm.binds:
             if b.path == (*prefix, attr):
-                lst = _unparen(b.value)
+                lst = unparen(b.value)
                 if lst.type == "list_expression":
                     if not any(decode_string(e) == env_path for e in lst.named_children):
                         self.ed.append_element(fm, lst, str(tpl.env_file_entry(env_path)), why)
@@ -1445,7 +764,7 @@ class _Builder:
                 if self.spec.unit and self.spec.module:
                     mfm = self.file(self.spec.module, "module")
                     if mfm.roots:
-                        return mfm, self.spec.unit, _bindings(mfm.roots[0])[-1], self.spec.unit
+                        return mfm, self.spec.unit, bindings(mfm.roots[0])[-1], self.spec.unit
                 self.no_project.append(fm.name)
                 return None
             pfm, pname, node = hits[0]
@@ -1553,7 +872,7 @@ class _Builder:
         for fm, b in self.all_binds():
             if not b.path or b.path[-1] not in ("env_file", "environmentFiles"):
                 continue
-            lst = _unparen(b.value)
+            lst = unparen(b.value)
             for e in lst.named_children if lst.type == "list_expression" else ():
                 value = decode_string(e)
                 m = re.fullmatch(r"/run/([^/]+)/" + re.escape(self.spec.secret) + r"\.env", value or "")
@@ -1743,7 +1062,7 @@ class _Builder:
             options.append(self.option_literal[2])
         users = {(*p[:-1], u) for p in options for u in ("user", "username")}
         for fm, b in self.all_binds():
-            if b.exact and b.path in users and decode_string(_unparen(b.value)) == role:
+            if b.exact and b.path in users and decode_string(unparen(b.value)) == role:
                 self.ed.add(
                     fm,
                     b.value.start_byte,
@@ -1864,7 +1183,7 @@ def _printf_lines(secret: str, files: Sequence[EnvFile]) -> list[str]:
     """The renderer's printf lines for ``files``, as they appear escaped in the Nix source."""
     script = render_script(secret, "x", files)
     lines = [ln.strip() for ln in script.splitlines() if ln.strip().startswith("printf '%s=")]
-    return [_escape_indented(ln + "\n", before_antiquote=False)[:-1] for ln in lines]
+    return [escape_indented(ln + "\n", before_antiquote=False)[:-1] for ln in lines]
 
 
 def _listing(items: Sequence[str]) -> str:

@@ -111,7 +111,8 @@ class Activation:
 def renderer_script(repo: Path, secret: str, agenix_path: str) -> str:
     """The bash script of the ExecStartPre renderer in the patched repo, evaluated by Nix."""
     from nixmig.nixsrc.parse import parse
-    from nixmig.nixsrc.patch import nix_string, read_sources
+    from nixmig.nixsrc.patch import read_sources
+    from nixmig.nixsrc.quote import nix_string
 
     found: list[tuple[str, bytes]] = []
     for name, src in read_sources(repo).items():

@@ -14,6 +14,7 @@ from nixmig.errors import ConfigError
 from nixmig.journal import Journal
 from nixmig.nixsrc import patch as pt
 from nixmig.nixsrc import validate
+from nixmig.nixsrc.edits import apply_edits
 from nixmig.remote.base import Transport
 from tests.helpers import ADMIN_PUB, EXAMPLE, NEWTON_PUB, copy_example
 
@@ -153,7 +154,7 @@ def test_patch_moves_the_services_to_the_new_role() -> None:
     # and every byte outside the edits is kept
     for name, new in results.items():
         edits = [e for e in plan.edits if e.file == name]
-        assert pt.apply_edits(sources[name], edits) == new
+        assert apply_edits(sources[name], edits) == new
 
 
 def test_patch_leaves_a_user_option_naming_someone_else() -> None:

@@ -9,16 +9,8 @@ import subprocess
 
 import pytest
 
-from nixmig.nixsrc.patch import (
-    Antiquote,
-    nix_attr,
-    nix_attrpath,
-    nix_indented,
-    nix_path,
-    nix_string,
-    shell_quote,
-    store_name,
-)
+from nixmig.nixsrc.patch import nix_path
+from nixmig.nixsrc.quote import Antiquote, nix_attr, nix_attrpath, nix_indented, nix_string, shell_quote, store_name
 
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-bin not installed")
 

@@ -13,6 +13,7 @@ import pytest
 
 from nixmig.nixsrc import patch as pt
 from nixmig.nixsrc import validate
+from nixmig.nixsrc.quote import nix_escape, nix_string
 from tests.helpers import EXAMPLE, copy_example, run_cli, snapshot
 
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-bin not installed")
@@ -169,13 +170,9 @@ def repo_with_config(tmp_path: Path, password: str | None = None, *, encode: boo
     if password is not None:
         compose = repo / COMPOSE
         url_password = quote(password, safe="") if encode else password
+        compose.write_text(compose.read_text().replace("postgres:postgres@", f"postgres:{nix_escape(url_password)}@"))
         compose.write_text(
-            compose.read_text().replace("postgres:postgres@", f"postgres:{pt.nix_escape(url_password)}@")
-        )
-        compose.write_text(
-            compose.read_text().replace(
-                'POSTGRES_PASSWORD = "postgres"', f"POSTGRES_PASSWORD = {pt.nix_string(password)}"
-            )
+            compose.read_text().replace('POSTGRES_PASSWORD = "postgres"', f"POSTGRES_PASSWORD = {nix_string(password)}")
         )
     (repo / "nixmig.toml").write_text(NIXMIG_TOML)
     return repo

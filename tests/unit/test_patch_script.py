@@ -21,6 +21,8 @@ import pytest
 from psycopg import conninfo  # noqa: TID251 - libpq's own URL parser, as the judge of the encoding
 
 from nixmig.nixsrc import patch as pt
+from nixmig.nixsrc.quote import nix_string, shell_quote
+from nixmig.nixsrc.render import EnvFile, EnvLine, render_script
 from tests.helpers import EXAMPLE
 
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-bin not installed")
@@ -81,9 +83,9 @@ def _setup(tmp_path: Path, password: bytes) -> tuple[Path, Path]:
     return pw, run / f"{SECRET}.env"
 
 
-def _script(pw: Path, env: Path, lines: tuple[pt.EnvLine, ...] | None = None) -> str:
-    lines = lines or (pt.EnvLine("PG_DATABASE_URL", PREFIX, SUFFIX),)
-    return pt.render_script(SECRET, pt.shell_quote(str(pw)), [pt.EnvFile(str(env), lines)])
+def _script(pw: Path, env: Path, lines: tuple[EnvLine, ...] | None = None) -> str:
+    lines = lines or (EnvLine("PG_DATABASE_URL", PREFIX, SUFFIX),)
+    return render_script(SECRET, shell_quote(str(pw)), [EnvFile(str(env), lines)])
 
 
 def _check_env_file(env: Path, password: bytes) -> str:
@@ -121,16 +123,16 @@ def test_several_files_and_lines(tmp_path: Path) -> None:
     pw, env = _setup(tmp_path, b"p@ss/w:rd")
     other = env.parent / "other.env"
     files = [
-        pt.EnvFile(
+        EnvFile(
             str(env),
             (
-                pt.EnvLine("PG_DATABASE_URL", PREFIX, SUFFIX),
-                pt.EnvLine("DATABASE_URL", "postgresql+asyncpg://postgres:", "@db/app?sslmode=disable"),
+                EnvLine("PG_DATABASE_URL", PREFIX, SUFFIX),
+                EnvLine("DATABASE_URL", "postgresql+asyncpg://postgres:", "@db/app?sslmode=disable"),
             ),
         ),
-        pt.EnvFile(str(other), (pt.EnvLine("X", "postgres://u:", "@h"),)),
+        EnvFile(str(other), (EnvLine("X", "postgres://u:", "@h"),)),
     ]
-    proc = _run(pt.render_script(SECRET, pt.shell_quote(str(pw)), files), tmp_path)
+    proc = _run(render_script(SECRET, shell_quote(str(pw)), files), tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     assert env.read_text() == (
         "PG_DATABASE_URL=postgres://postgres:p%40ss%2Fw%3Ard@db:5432/default\n"
@@ -162,7 +164,7 @@ def test_the_password_is_in_no_argv(tmp_path: Path) -> None:
         if real is None:
             continue
         w = wrappers / tool
-        w.write_text(f'#!/bin/bash\nprintf "%s\\n" "{tool} $*" >> {pt.shell_quote(str(log))}\nexec {real} "$@"\n')
+        w.write_text(f'#!/bin/bash\nprintf "%s\\n" "{tool} $*" >> {shell_quote(str(log))}\nexec {real} "$@"\n')
         w.chmod(0o755)
     proc = _run(_script(pw, env), tmp_path, env={"PATH": f"{wrappers}:/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr.decode()
@@ -232,7 +234,7 @@ in m.config.systemd.services.twenty.serviceConfig // { inherit age; }
 
 
 def nix_eval_module(module: Path, pw_path: str) -> dict[str, object]:
-    expr = STUB.replace("PWPATH", pt.nix_string(pw_path)).replace("MODULE", str(module))
+    expr = STUB.replace("PWPATH", nix_string(pw_path)).replace("MODULE", str(module))
     # writeShellScript's result is interpolated into a string in the module: make it a string
     expr = expr.replace("{ inherit name text; }", '"#!name=${name}\\n${text}"')
     proc = subprocess.run(
@@ -269,10 +271,10 @@ def test_the_script_nix_builds_is_the_rendered_one_and_works(tmp_path: Path) -> 
     assert isinstance(pre, list) and len(pre) == 1
     head, script = str(pre[0]).split("\n", 1)
     assert head == "#!name=twenty-twenty-db-password-env"
-    expected = pt.render_script(
+    expected = render_script(
         SECRET,
         "'" + pw_path.replace("'", "'\\''") + "'",  # quoted as nixpkgs' lib.escapeShellArg does
-        [pt.EnvFile(f"/run/twenty/{SECRET}.env", (pt.EnvLine("PG_DATABASE_URL", PREFIX, SUFFIX),))],
+        [EnvFile(f"/run/twenty/{SECRET}.env", (EnvLine("PG_DATABASE_URL", PREFIX, SUFFIX),))],
     )
     assert script == expected  # the Nix escaping round-trips byte for byte
     for password in (b"/ + = @ : % ?", b"q'uo\"te \\ ${x} ''", b"postgres"):

@@ -18,6 +18,8 @@ import pytest
 
 from nixmig.nixsrc import patch as pt
 from nixmig.nixsrc import validate
+from nixmig.nixsrc.quote import Antiquote, nix_string, shell_quote
+from nixmig.nixsrc.render import TEMPLATES, EnvFile, EnvLine, render_script, script_in_nix, template
 
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-bin not installed")
 
@@ -69,19 +71,19 @@ def _eval(expr: str) -> object:
 # ---------------------------------------------------------------- every template parses
 
 
-def _files() -> list[pt.EnvFile]:
-    return [pt.EnvFile("/run/u/s.env", (pt.EnvLine("DATABASE_URL", "postgres://u:", "@h:5432/d?x=1&y=2"),))]
+def _files() -> list[EnvFile]:
+    return [EnvFile("/run/u/s.env", (EnvLine("DATABASE_URL", "postgres://u:", "@h:5432/d?x=1&y=2"),))]
 
 
 def rendered_snippets() -> dict[str, str]:
     """Every macro of every template, rendered with awkward values, as a Nix expression."""
-    arion = pt.template("arion-service.nix.j2")
-    oci = pt.template("oci-containers.nix.j2")
-    sysd = pt.template("systemd-credential.nix.j2")
-    age = pt.template("agenix-secret.nix.j2")
-    opt = pt.template("module-option.nix.j2")
-    script = pt.script_in_nix("s", pt.Antiquote("lib.escapeShellArg config.age.secrets.s.path"), _files())
-    cred_script = pt.script_in_nix("s", pt.credential_word("s"), _files())
+    arion = template("arion-service.nix.j2")
+    oci = template("oci-containers.nix.j2")
+    sysd = template("systemd-credential.nix.j2")
+    age = template("agenix-secret.nix.j2")
+    opt = template("module-option.nix.j2")
+    script = script_in_nix("s", Antiquote("lib.escapeShellArg config.age.secrets.s.path"), _files())
+    cred_script = script_in_nix("s", pt.credential_word("s"), _files())
     return {
         "agenix-secret.nix.j2": "{ " + str(age.entry('age.secrets."we\'ird"', "../secrets/x.age")) + " }",
         "module-option.nix.j2": "{ " + str(opt.password_file("services.x.passwordFile", "s")) + " }",
@@ -91,7 +93,7 @@ def rendered_snippets() -> dict[str, str]:
                 str(arion.password_file_env("POSTGRES_PASSWORD_FILE", '/run/secrets/"q"')),
                 str(arion.volumes("volumes", "/run/agenix/s", "/run/secrets/s")),
                 str(arion.env_file("env_file", ["/run/u/s.env", "/run/u/$x.env"])),
-                str(arion.external_volume("docker-compose.volumes.\"d-2\"", 'v"${x}')),
+                str(arion.external_volume('docker-compose.volumes."d-2"', 'v"${x}')),
                 str(arion.unit("systemd.services.u.serviceConfig", "u", "u", ["/run/u/s.env"], "u-s-env", script)),
             ]
         )
@@ -120,29 +122,27 @@ def rendered_snippets() -> dict[str, str]:
             sysd.unit("systemd.services.u.serviceConfig", "u", "s", "s", "u", ["/run/u/s.env"], "u-s-env", cred_script)
         )
         + " }",
-        "_renderer.nix.j2": "{ " + str(pt.template("_renderer.nix.j2").service_config("", "u", "n", script)) + " }",
+        "_renderer.nix.j2": "{ " + str(template("_renderer.nix.j2").service_config("", "u", "n", script)) + " }",
     }
 
 
 @needs_nix
 def test_every_template_renders_nix_that_parses() -> None:
     snippets = rendered_snippets()
-    assert set(snippets) | {"env-file.sh.j2"} == {p.name for p in pt.TEMPLATES.iterdir()}
+    assert set(snippets) | {"env-file.sh.j2"} == {p.name for p in TEMPLATES.iterdir()}
     for text in snippets.values():
         # nix-instantiate --parse also resolves variables: the snippets need exactly what modules give
         _parse("{ config, lib, pkgs, ... }: " + text)
 
 
 def test_templates_escape_values_explicitly() -> None:
-    arion = pt.template("arion-service.nix.j2")
+    arion = template("arion-service.nix.j2")
     assert str(arion.env_file("env_file", ['/run/a "b"/${x}.env'])) == 'env_file = [ "/run/a \\"b\\"/\\${x}.env" ];'
-    sysd = pt.template("systemd-credential.nix.j2")
+    sysd = template("systemd-credential.nix.j2")
     out = str(sysd.unit("serviceConfig", "u", 'we"ird', "s", "u", ["/run/u/s.env"], "n", "''\n''"))
     assert 'LoadCredential = [ "we\\"ird:${config.age.secrets.s.path}" ];' in out
     assert 'EnvironmentFile = [ "-/run/u/s.env" ];' in out
-    script = pt.render_script(
-        "s", pt.shell_quote("/p w"), [pt.EnvFile("/run/it's/s.env", (pt.EnvLine("V", "a'b", "$c"),))]
-    )
+    script = render_script("s", shell_quote("/p w"), [EnvFile("/run/it's/s.env", (EnvLine("V", "a'b", "$c"),))])
     assert "password_file='/p w'" in script
     assert "printf '%s=%s%s%s\\n' V 'a'\"'\"'b' \"$password\" '$c'" in script
     assert "mv -f -- \"$tmp\" '/run/it'\"'\"'s/s.env'" in script
@@ -217,7 +217,7 @@ def test_the_oci_and_systemd_renderers_run(tmp_path: Path, password: bytes) -> N
     pw = tmp_path / "agenix" / SECRET
     pw.parent.mkdir()
     pw.write_bytes(password)
-    expr = STUB.replace("PWPATH", pt.nix_string(str(pw))).replace("MODULE", str(module))
+    expr = STUB.replace("PWPATH", nix_string(str(pw))).replace("MODULE", str(module))
     units = _eval(expr)
     assert isinstance(units, dict)
     oci, unit = units["oci"], units["unit"]

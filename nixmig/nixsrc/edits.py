@@ -1,0 +1,213 @@
+"""Byte edits of Nix sources: :class:`Edit`, applying edits (the secret masked for a diff), and
+:class:`Edits`, which collects a plan's edits (bindings inserted or removed, list elements and
+function formals added) in the layout of the code around them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nixmig.nixsrc.errors import PatchError
+from nixmig.nixsrc.model import FileModel, bindings
+from nixmig.nixsrc.parse import text
+from nixmig.sensitive import MASK
+
+if TYPE_CHECKING:
+    from tree_sitter import Node
+
+MAX_LINE = 100  # a one-line list that would grow past this is rewritten one element per line
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace bytes [start, end) of ``file`` (original offsets) with ``replacement``."""
+
+    file: str
+    start: int
+    end: int
+    replacement: bytes
+    explanation: str
+    line: int = 0
+    col: int = 0
+    # part of the stage config (deploy 1): only what declares the agenix secret
+    stage: bool = False
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+def masked(src: bytes, a: int, b: int, spans: Sequence[tuple[int, int]]) -> bytes:
+    out = bytearray()
+    pos = a
+    for s, e in sorted(spans):
+        s, e = max(s, a), min(e, b)
+        if s >= e or s < pos:
+            continue
+        out += src[pos:s] + MASK.encode()
+        pos = e
+    out += src[pos:b]
+    return bytes(out)
+
+
+def apply(src: bytes, edits: Sequence[Edit], spans: Sequence[tuple[int, int]] = ()) -> bytes:
+    out = bytearray()
+    pos = 0
+    for e in sorted(edits, key=lambda e: (e.start, e.end)):
+        if e.start < pos:
+            raise PatchError(f"overlapping edits at byte {e.start}", where=e.file, hint="a bug in nixmig: report it")
+        out += masked(src, pos, e.start, spans) + e.replacement
+        pos = e.end
+    out += masked(src, pos, len(src), spans)
+    return bytes(out)
+
+
+def apply_edits(source: bytes, edits: Sequence[Edit]) -> bytes:
+    """``source`` with ``edits`` applied (all offsets are into ``source``); other bytes are kept."""
+    return apply(source, edits)
+
+
+def _line_start(src: bytes, pos: int) -> int:
+    return src.rfind(b"\n", 0, pos) + 1
+
+
+def _line_end(src: bytes, pos: int) -> int:
+    end = src.find(b"\n", pos)
+    return len(src) if end == -1 else end
+
+
+def _indent_of(src: bytes, node: Node) -> str:
+    start = _line_start(src, node.start_byte)
+    head = src[start : node.start_byte].decode("utf-8")
+    return head[: len(head) - len(head.lstrip())]
+
+
+def reindent(snippet: str, indent: str) -> str:
+    """Prefix every non-empty line with ``indent``."""
+    return "\n".join(indent + ln if ln else ln for ln in snippet.split("\n"))
+
+
+def _rest_of_line_is_blank(src: bytes, pos: int) -> bool:
+    rest = src[pos : _line_end(src, pos)].strip()
+    return not rest or rest.startswith(b"#")
+
+
+class Edits:
+    """Collects edits for one plan, with original line:col for each."""
+
+    def __init__(self, models: Mapping[str, FileModel]):
+        self.models = models
+        self.items: list[Edit] = []
+        self.staging = False  # edits added while True belong to the stage config
+
+    def add(self, fm: FileModel, start: int, end: int, replacement: str, why: str, at: Node | None = None) -> None:
+        line, col = fm.line_col(at.start_byte if at is not None else start)
+        self.items.append(Edit(fm.name, start, end, replacement.encode(), why, line, col, self.staging))
+
+    def replace_node(self, fm: FileModel, node: Node, replacement: str, why: str) -> None:
+        """Replace ``node``'s bytes; inside a span another edit already rewrites (a list written
+        out one element per line keeps its elements' bytes), the change goes into that edit."""
+        old = fm.source[node.start_byte : node.end_byte]
+        for i, e in enumerate(self.items):
+            if e.file != fm.name or e.end <= node.start_byte or e.start >= node.end_byte:
+                continue
+            if not (e.start <= node.start_byte and node.end_byte <= e.end) or e.replacement.count(old) != 1:
+                raise PatchError(f"overlapping edits at byte {node.start_byte}", where=fm.name, hint="report it")
+            self.items[i] = Edit(
+                e.file,
+                e.start,
+                e.end,
+                e.replacement.replace(old, replacement.encode()),
+                f"{e.explanation}; {why}",
+                e.line,
+                e.col,
+                e.stage,
+            )
+            return
+        self.add(fm, node.start_byte, node.end_byte, replacement, why, at=node)
+
+    def insert_binding(self, fm: FileModel, attrset: Node, snippet: str, why: str, after: Node | None = None) -> None:
+        """Add ``snippet`` (one or more bindings) to ``attrset``, after ``after`` or its last binding."""
+        src = fm.source
+        snippet = snippet.strip("\n")
+        existing = bindings(attrset)
+        if not existing:
+            open_indent = _indent_of(src, attrset)
+            close = attrset.end_byte - 1
+            inner = open_indent + "  "
+            between = src[attrset.start_byte + 1 : close]
+            if b"\n" in between:  # `{\n  # comment\n}`: a line of its own before the brace
+                at = _line_start(src, close)
+                self.add(fm, at, at, reindent(snippet, inner) + "\n", why)
+            else:
+                self.add(fm, attrset.start_byte + 1, close, "\n" + reindent(snippet, inner) + "\n" + open_indent, why)
+            return
+        anchor = after if after is not None else existing[-1]
+        if not _rest_of_line_is_blank(src, anchor.end_byte) or ("\n" not in snippet and _same_line(src, anchor)):
+            self.add(fm, anchor.end_byte, anchor.end_byte, " " + snippet, why)
+            return
+        at = _line_end(src, anchor.end_byte)
+        self.add(fm, at, at, "\n" + reindent(snippet, _indent_of(src, anchor)), why)
+
+    def remove_binding(self, fm: FileModel, binding: Node, why: str) -> None:
+        src = fm.source
+        start = _line_start(src, binding.start_byte)
+        alone_before = not src[start : binding.start_byte].strip()
+        if alone_before and _rest_of_line_is_blank(src, binding.end_byte):
+            end = _line_end(src, binding.end_byte)
+            self.add(fm, start, min(end + 1, len(src)), "", why, at=binding)
+            return
+        end = binding.end_byte
+        while end < len(src) and src[end : end + 1] in (b" ", b"\t"):
+            end += 1
+        self.add(fm, binding.start_byte, end, "", why)
+
+    def append_element(self, fm: FileModel, lst: Node, element: str, why: str) -> None:
+        src = fm.source
+        elems = list(lst.named_children)
+        if not elems:
+            self.add(fm, lst.start_byte + 1, lst.end_byte - 1, f" {element} ", why)
+            return
+        last = elems[-1]
+        if src.count(b"\n", lst.start_byte, lst.end_byte) == 0:
+            line = src[_line_start(src, lst.start_byte) : _line_end(src, lst.end_byte)]
+            if len(line) + len(element) + 1 <= MAX_LINE or any(e.type == "comment" for e in lst.children):
+                self.add(fm, last.end_byte, last.end_byte, f" {element}", why)
+                return
+            # too long for one line: one element per line (the elements' bytes are kept)
+            indent = _indent_of(src, lst)
+            items = [fm.text(e) for e in elems] + [element]
+            body = "".join(f"\n{indent}  {it}" for it in items)
+            self.add(fm, lst.start_byte, lst.end_byte, f"[{body}\n{indent}]", why, at=last)
+        else:
+            self.add(fm, last.end_byte, last.end_byte, "\n" + _indent_of(src, last) + element, why)
+
+    def ensure_formals(self, fm: FileModel, names: Sequence[str], why: str) -> bool:
+        """Add missing names to the file's `{ ... }:` formals. False when the file is not such a function."""
+        formals = fm.function_formals()
+        if formals is None:
+            return False
+        have = {text(n) for f in formals.named_children if f.type == "formal" for n in f.named_children[:1]}
+        missing = [n for n in names if n not in have]
+        if not missing:
+            return True
+        firsts = [c for c in formals.named_children if c.type in ("formal", "ellipses")]
+        if not firsts:
+            self.add(fm, formals.start_byte + 1, formals.end_byte - 1, " " + ", ".join(missing) + " ", why)
+            return True
+        first = firsts[0]
+        multiline = len(firsts) > 1 and fm.line_col(firsts[1].start_byte)[0] != fm.line_col(first.start_byte)[0]
+        sep = ",\n" + _indent_of(fm.source, first) if multiline else ", "
+        if firsts[-1].type == "ellipses":  # `{ config, pkgs, ... }` -> `{ config, pkgs, lib, ... }`
+            at = firsts[-1].start_byte
+            self.add(fm, at, at, sep.join(missing) + sep, why)
+        else:
+            at = firsts[-1].end_byte
+            self.add(fm, at, at, sep + sep.join(missing), why)
+        return True
+
+
+def _same_line(src: bytes, node: Node) -> bool:
+    """The binding shares its line with something before it (a one-line attrset)."""
+    return bool(src[_line_start(src, node.start_byte) : node.start_byte].strip(b" \t{"))

@@ -1,0 +1,89 @@
+"""The Jinja2 templates of `nixmig patch` (``templates/``) and the env-file renderer script.
+
+jinja2 is imported only when something renders.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nixmig.nixsrc.quote import Antiquote, nix_attr, nix_escape, nix_indented, nix_string, shell_quote
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+@functools.cache
+def environment() -> Environment:
+    """The Jinja2 environment: autoescape off, strict undefined, our escaping as filters."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=False,  # noqa: S701 - Nix and shell, not HTML: escaping is explicit (nixstr, shq)
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["nixstr"] = nix_string
+    env.filters["nixesc"] = nix_escape
+    env.filters["nixattr"] = nix_attr
+    env.filters["shq"] = shell_quote
+    return env
+
+
+class _Macros:
+    """The macros of one template, loaded on first use (jinja2 is imported only when something renders)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, macro: str) -> Any:
+        return getattr(environment().get_template(self.name).module, macro)
+
+
+def template(name: str) -> Any:
+    """The macros of one template (``template("arion-service.nix.j2").env_file(...)``)."""
+    return _Macros(name)
+
+
+@dataclass(frozen=True)
+class EnvLine:
+    var: str
+    prefix: str  # the URL up to the password, as written (e.g. "postgres://postgres:")
+    suffix: str  # the URL after the password (e.g. "@db:5432/default")
+
+
+@dataclass(frozen=True)
+class EnvFile:
+    path: str
+    lines: tuple[EnvLine, ...]
+
+
+PASSWORD_FILE_PLACEHOLDER = "\x00password_file\x00"  # noqa: S105 - a marker
+
+
+def render_script(secret: str, password_file: str, files: Sequence[EnvFile]) -> str:
+    """The env-file renderer (bash). ``password_file`` is a shell word, inserted as is."""
+    tpl = environment().get_template("env-file.sh.j2")
+    return str(tpl.render(secret=secret, password_file=password_file, files=files)).strip("\n") + "\n"
+
+
+def script_in_nix(secret: str, password_file: str | Antiquote, files: Sequence[EnvFile], indent: str = "  ") -> str:
+    """The renderer as a Nix indented string.
+
+    ``password_file`` is a shell word, or an :class:`Antiquote` of Nix code that
+    evaluates to one (``lib.escapeShellArg config.age.secrets.NAME.path``).
+    """
+    if isinstance(password_file, str):
+        return nix_indented([render_script(secret, password_file, files)], indent)
+    script = render_script(secret, PASSWORD_FILE_PLACEHOLDER, files)
+    before, after = script.split(PASSWORD_FILE_PLACEHOLDER)
+    return nix_indented([before, password_file, after], indent)
