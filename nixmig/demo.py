@@ -226,7 +226,7 @@ database = "default"
 role = "postgres"
 port = {t.port}
 socket_dir = "{t.socket_dir}"
-log_file = "{t.pg_data.parent / 'log'}"
+log_file = "{t.pg_data.parent / "log"}"
 os_user = "{t.os_user}"
 
 [migrations.{SECRET}]
