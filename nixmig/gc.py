@@ -237,6 +237,15 @@ def retained(
     The host facts (in use, running, gone) are checked later, on the host."""
     items: list[Item] = []
     errors: list[str] = []
+    # what any rollback entry says holds writes, whichever step or journal says it
+    holding = {
+        (host, entry.get("kind"), entry.get("name"))
+        for (host, _), js in journals.items()
+        for j in js
+        for step in j.steps.values()
+        for entry in step.data.get("retain") or []
+        if isinstance(entry, dict) and entry.get("after") == "rollback" and entry.get("holds_writes")
+    }
     for (host, mig), js in sorted(journals.items()):
         if (migrations is not None and mig not in migrations) or (hosts is not None and host not in hosts):
             continue
@@ -253,7 +262,7 @@ def retained(
                         errors.append(f"{j.path}: {step.phase}.retain: {parsed}")
                         continue
                     kind, name, until = parsed
-                    if by_rollback and entry.get("holds_writes"):
+                    if by_rollback and (host, kind, name) in holding:
                         why = (
                             "holds the writes a forced rollback left behind: see what they are, "
                             f"then remove it by hand (docker {kind} rm {name})"

@@ -440,7 +440,9 @@ class Provision:
         vol = rb.inspect_volume(t, svc, n.new_volume)
         if vol is None or not run or (vol.get("Labels") or {}).get(rb.LABEL_RUN) != run:
             return
-        retain = {"kind": "volume", "name": n.new_volume, "until": until(ctx), "after": "rollback"}
+        retain: dict[str, Any] = {"kind": "volume", "name": n.new_volume, "until": until(ctx), "after": "rollback"}
+        if ctx.journal.data("switch").get("left_writes"):  # as the switch's undo recorded it
+            retain["holds_writes"] = True
         data["retain"] = [retain]
         ctx.journal.save()
         ctx.emit(f"kept the volume {n.new_volume} until {retain['until']}: the service ran on it")

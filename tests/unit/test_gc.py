@@ -283,3 +283,18 @@ def test_one_verdict_per_thing_and_keep_wins(tmp_path: Path) -> None:
     )
     (item,) = gc.retained(gc.read_journals(state), now=NOW)[0]
     assert item.action == "keep"
+
+
+def test_holding_writes_wins_over_a_plain_retirement_of_the_same_volume(tmp_path: Path) -> None:
+    """As a forced rebuild rollback journals it: the switch's undo says the new volume holds
+    writes, the provision's undo retires the same volume again (an older journal may too)."""
+    _, state = setup(tmp_path)
+    rolled_back(
+        state,
+        "newton",
+        "db-password",
+        {"kind": "volume", "name": "new_a", "until": iso(+1), "after": "rollback"},
+        {"kind": "volume", "name": "new_a", "until": iso(-1), "after": "rollback", "holds_writes": True},
+    )
+    (item,) = gc.retained(gc.read_journals(state), now=NOW)[0]
+    assert item.action == "keep" and "writes a forced rollback left behind" in item.reason
