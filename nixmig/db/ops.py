@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nixmig.db import scram, sql
 from nixmig.db.runtime import Runtime
@@ -17,6 +17,58 @@ WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_s
   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
 ORDER BY 1 \gexec
 """
+
+
+# The session settings under which a row's text is the same on any server of one major
+# version (the live one and a scratch one may differ in these in postgresql.conf).
+CONTENT_SETTINGS = """SET TimeZone = 'UTC';
+SET DateStyle = 'ISO, YMD';
+SET IntervalStyle = 'postgres';
+SET extra_float_digits = 1;
+SET bytea_output = 'hex';
+SET lc_monetary = 'C';
+"""
+# Per user table: its row count and a checksum of its content: each row's text hashed with two
+# seeds (hashtextextended, 64 bits each) and the hashes summed exactly, so the order of the
+# rows does not matter (as nixmig.db.fingerprint does for a whole cluster).
+CONTENT_SQL = r"""
+SELECT format($q$SELECT %L, count(*), coalesce(sum(hashtextextended(r, 0)::numeric), 0)
+                               || ' ' || coalesce(sum(hashtextextended(r, 7)::numeric), 0)
+  FROM (SELECT t::text AS r FROM %I.%I AS t OFFSET 0) AS s$q$,
+  n.nspname || '.' || c.relname, n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+ORDER BY 1 \gexec
+"""
+
+
+@dataclass(frozen=True)
+class TableContent:
+    """A table's row count and content checksum (kept in memory: a checksum of a small table
+    is a weak hash of its values, so it is never logged or journaled)."""
+
+    rows: int
+    checksum: str = field(repr=False)
+
+
+def parse_content_line(line: str) -> tuple[str, TableContent] | None:
+    """``schema.table<TAB>rows<TAB>checksum`` as CONTENT_SQL prints it, else None."""
+    parts = line.rsplit("\t", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], TableContent(int(parts[1]), parts[2])
+
+
+def content(t: Transport, rt: Runtime) -> dict[str, TableContent]:
+    """Row count and content checksum of every user table (reads every row once)."""
+    out = psql(t, rt, CONTENT_SETTINGS + CONTENT_SQL)
+    tables: dict[str, TableContent] = {}
+    for line in out.splitlines():
+        parsed = parse_content_line(line)
+        if parsed is not None:
+            tables[parsed[0]] = parsed[1]
+    return tables
 
 
 class DatabaseError(NixmigError):

@@ -1,4 +1,4 @@
-"""An exported snapshot with the exact row count of every table in it.
+"""An exported snapshot with the exact row count and content checksum of every table in it.
 
 A backup is checked against counts taken in the very snapshot it dumps. pg_dump
 reads the database in one REPEATABLE READ transaction, so while the services keep
@@ -10,8 +10,8 @@ whatever was written in between, in either direction (inserts, deletes). So:
    ``pg_export_snapshot()`` as its first statement: the exported snapshot is the
    transaction's snapshot;
 2. pg_dump starts with ``--snapshot=<id>``: it dumps exactly that snapshot;
-3. the same session counts every table (``count(*)``) in the same transaction,
-   while pg_dump runs: the counts are of exactly the rows in the dump;
+3. the same session counts every table and checksums its rows (nixmig.db.ops.CONTENT_SQL)
+   in the same transaction, while pg_dump runs: they are of exactly the rows in the dump;
 4. the session stays open until pg_dump is done (an exported snapshot can only be
    imported while its transaction lives), then its stdin is closed and it ends.
 
@@ -26,16 +26,19 @@ import os
 import threading
 from typing import BinaryIO
 
-from nixmig.db.ops import SNAPSHOT_SQL
+from nixmig.db.ops import CONTENT_SETTINGS, CONTENT_SQL, TableContent, parse_content_line
 from nixmig.db.runtime import Runtime
 from nixmig.errors import NixmigError
 from nixmig.remote.base import Result, Transport
 
-_BEGIN = """SET lock_timeout = '60s';
+_BEGIN = (
+    CONTENT_SETTINGS
+    + """SET lock_timeout = '60s';
 SET idle_in_transaction_session_timeout = 0;
 BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
 SELECT 'nixmig-snapshot', pg_export_snapshot();
 """
+)
 _COUNTED = "SELECT 'nixmig-counted';\n"  # table names are "schema.table": no clash with the markers
 
 
@@ -57,7 +60,7 @@ class ExportedSnapshot:
         sink: BinaryIO = os.fdopen(out_w, "wb", buffering=0)
         self._result: Result | None = None
         self._failure: BaseException | None = None
-        self._counts: dict[str, int] | None = None
+        self._content: dict[str, TableContent] | None = None
 
         def session() -> None:
             try:
@@ -69,7 +72,7 @@ class ExportedSnapshot:
         self._thread = threading.Thread(target=session, name="nixmig-snapshot", daemon=True)
         self._thread.start()
         try:
-            self._stdin.write((_BEGIN + SNAPSHOT_SQL + _COUNTED).encode())
+            self._stdin.write((_BEGIN + CONTENT_SQL + _COUNTED).encode())
             line = self._stdout.readline().decode().rstrip("\n")
             if not line.startswith("nixmig-snapshot\t"):
                 raise self._error("cannot export a snapshot", line)
@@ -78,20 +81,21 @@ class ExportedSnapshot:
             self.close()
             raise
 
-    def counts(self) -> dict[str, int]:
-        """Exact row counts of every table in the exported snapshot (waits for the count to end)."""
-        if self._counts is None:
-            counts: dict[str, int] = {}
+    def content(self) -> dict[str, TableContent]:
+        """Row count and content checksum of every table in the exported snapshot (waits for
+        them: the session reads every row once, beside pg_dump)."""
+        if self._content is None:
+            tables: dict[str, TableContent] = {}
             while True:
                 line = self._stdout.readline().decode().rstrip("\n")
                 if line == "nixmig-counted":
                     break
-                if "\t" not in line:
+                parsed = parse_content_line(line)
+                if parsed is None:
                     raise self._error("the row count in the dump's snapshot failed", line)
-                name, n = line.rsplit("\t", 1)
-                counts[name] = int(n)
-            self._counts = counts
-        return dict(self._counts)
+                tables[parsed[0]] = parsed[1]
+            self._content = tables
+        return dict(self._content)
 
     def _error(self, what: str, line: str) -> SnapshotError:
         if not line:  # the session ended: say why

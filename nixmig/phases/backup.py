@@ -16,9 +16,9 @@ and pg_restore --list reads the archive's table of contents back through the
 operator's identity.
 
 ``--restore-test`` (Context.restore_test) restores the finished file into a scratch
-target and compares the row count of every table with the exact counts of the
-dump's own snapshot (nixmig.db.snapshot explains why only those are exact while
-the services keep writing); see :func:`restore_test`.
+target and compares the row count and a content checksum of every table with
+those of the dump's own snapshot (nixmig.db.snapshot explains why only those are
+exact while the services keep writing); see :func:`restore_test`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from nixmig.db import ops, scratch
+from nixmig.db.ops import TableContent
 from nixmig.db.snapshot import ExportedSnapshot
 from nixmig.errors import NixmigError
 from nixmig.phases.base import Action, Context
@@ -160,7 +161,7 @@ class Backup:
                 Action(
                     "sql",
                     "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT pg_export_snapshot(); "
-                    "exact count(*) of every table in it (held open until pg_dump ends)",
+                    "row count and content checksum of every table in it (held open until pg_dump ends)",
                 )
             )
         actions += [
@@ -168,13 +169,18 @@ class Backup:
             Action("check", "sha256 in the journal; pg_restore --list on the decrypted stream (with -i)"),
         ]
         if not ctx.restore_test:
-            actions.append(Action("check", "restore test: off (apply --restore-test restores the backup and counts)"))
+            actions.append(
+                Action("check", "restore test: off (apply --restore-test restores the backup and compares every table)")
+            )
             return actions
         target = scratch.for_backup(ctx.runtime, ctx.name, "<stamp>")
         actions += [Action("run", line) for line in target.plan()]
         actions += [
             Action("local", "age -d <backup> | " + " ".join(target.runtime.pg_restore(target.database))),
-            Action("check", f"row count of every table in {target.describe()} == its count in the dump's snapshot"),
+            Action(
+                "check",
+                f"row count and content checksum of every table in {target.describe()} == the dump's snapshot's",
+            ),
             Action("run", f"remove {target.describe()} (also on failure)"),
         ]
         return actions
@@ -206,11 +212,11 @@ class Backup:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         final = ctx.backups_dir / f"{ctx.name}-{stamp}.dump.age"
         partial = final.with_suffix(".partial")
-        expected: dict[str, int] | None = None
+        expected: dict[str, TableContent] | None = None
         if ctx.restore_test:
             with ExportedSnapshot(ctx.t, ctx.runtime) as snap:
                 sink, entries = self._dump(ctx, partial, snap.id)
-                expected = snap.counts()
+                expected = snap.content()
         else:
             sink, entries = self._dump(ctx, partial, None)
         partial.rename(final)
@@ -304,27 +310,37 @@ class Backup:
             ctx.emit(f"could not look for restore-test leftovers: {exc.line()}")
 
 
-def compare_counts(expected: dict[str, int], restored: dict[str, int]) -> list[str]:
-    """What differs between the dump's snapshot and the restored backup, one line per table."""
+def compare_tables(expected: dict[str, TableContent], restored: dict[str, TableContent]) -> list[str]:
+    """What differs between the dump's snapshot and the restored backup, one line per table
+    (never a value: a count, or that the content differs)."""
     problems = []
     for name in sorted(expected.keys() | restored.keys()):
         if name not in restored:
-            problems.append(f"table {name} ({expected[name]} rows in the dump's snapshot) is missing from the restore")
+            problems.append(
+                f"table {name} ({expected[name].rows} rows in the dump's snapshot) is missing from the restore"
+            )
         elif name not in expected:
             problems.append(f"table {name} is in the restore but was not in the dump's snapshot")
-        elif restored[name] != expected[name]:
+        elif restored[name].rows != expected[name].rows:
             problems.append(
-                f"table {name} has {restored[name]} rows in the restore, {expected[name]} in the dump's snapshot"
+                f"table {name} has {restored[name].rows} rows in the restore, "
+                f"{expected[name].rows} in the dump's snapshot"
+            )
+        elif restored[name].checksum != expected[name].checksum:
+            problems.append(
+                f"table {name} has the dump's {expected[name].rows} rows, but their content differs from the "
+                "dump's snapshot"
             )
     return problems
 
 
-def restore_test(ctx: Context, path: Path, expected: dict[str, int], stamp: str) -> dict[str, Any]:
-    """Restore the encrypted backup at ``path`` into a scratch target and compare counts.
+def restore_test(ctx: Context, path: Path, expected: dict[str, TableContent], stamp: str) -> dict[str, Any]:
+    """Restore the encrypted backup at ``path`` into a scratch target and compare every
+    table's row count and content checksum with the dump's snapshot.
 
     The file is decrypted here with the operator's identity and streamed over the
     transport into pg_restore (plaintext never on a disk but the scratch database's).
-    ``expected``: the exact counts of the dump's own snapshot (nixmig.db.snapshot).
+    ``expected``: the counts and checksums of the dump's own snapshot (nixmig.db.snapshot).
     The scratch target is removed afterwards, also when anything fails; if this
     process is killed first, the next backup, the cleanup phase or rollback removes it.
     """
@@ -342,7 +358,7 @@ def restore_test(ctx: Context, path: Path, expected: dict[str, int], stamp: str)
                 where=path,
                 hint="this backup does not restore; nothing on the target was changed; the file is kept",
             )
-        restored = ops.snapshot(ctx.t, target.runtime)
+        restored = ops.content(ctx.t, target.runtime)
     except BaseException:
         try:
             target.remove(ctx.t)
@@ -351,7 +367,7 @@ def restore_test(ctx: Context, path: Path, expected: dict[str, int], stamp: str)
         raise
     target.remove(ctx.t)
     secs = time.monotonic() - started
-    problems = compare_counts(expected, restored)
+    problems = compare_tables(expected, restored)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise BackupError(
@@ -359,14 +375,18 @@ def restore_test(ctx: Context, path: Path, expected: dict[str, int], stamp: str)
             where=path,
             hint="the backup does not hold what was dumped; nothing on the target was changed; the file is kept",
         )
-    ctx.emit(f"restore test in {target.describe()} ({secs:.1f}s): every table's row count equals the dump's snapshot")
-    width = max([len(n) for n in restored] + [5])
+    ctx.emit(
+        f"restore test in {target.describe()} ({secs:.1f}s): "
+        "every table's row count and content equal the dump's snapshot"
+    )
+    rows = {name: t.rows for name, t in restored.items()}  # counts only: checksums are never journaled
+    width = max([len(n) for n in rows] + [5])
     ctx.emit(f"  {'table':{width}}  {'rows':>10}")
-    for name in sorted(restored)[:TABLE_ROWS_SHOWN]:
-        ctx.emit(f"  {name:{width}}  {restored[name]:>10}")
-    if len(restored) > TABLE_ROWS_SHOWN:
-        ctx.emit(f"  … {len(restored) - TABLE_ROWS_SHOWN} more tables (all in the journal)")
-    return {"target": target.describe(), "seconds": round(secs, 2), "tables": restored}
+    for name in sorted(rows)[:TABLE_ROWS_SHOWN]:
+        ctx.emit(f"  {name:{width}}  {rows[name]:>10}")
+    if len(rows) > TABLE_ROWS_SHOWN:
+        ctx.emit(f"  … {len(rows) - TABLE_ROWS_SHOWN} more tables (all in the journal)")
+    return {"target": target.describe(), "seconds": round(secs, 2), "tables": rows}
 
 
 def _restore(ctx: Context, path: Path, argv: list[str]) -> tuple[Result, BaseException | None]:

@@ -75,7 +75,7 @@ def test_apply_with_restore_test_while_the_app_writes(target: Target) -> None:
         writer.stop()
     assert run.returncode == 0, run.stdout + run.stderr
     assert "restore test in scratch database nixmig_restore_test_twenty_db_password_" in run.stdout
-    assert "every table's row count equals the dump's snapshot" in run.stdout
+    assert "every table's row count and content equal the dump's snapshot" in run.stdout
     assert role_matches(target, NEW_PASSWORD)
 
     data = steps(target)
@@ -136,15 +136,24 @@ def test_tampered_counts_and_a_truncated_backup_are_caught(target: Target) -> No
     try:
         data = Backup().do(ctx)  # no writer: the live counts are the dump's
         path = Path(data["path"])
-        live = ops.snapshot(ctx.t, ctx.runtime)
+        live = ops.content(ctx.t, ctx.runtime)
         stamp = path.name.removeprefix(f"{SECRET}-").removesuffix(".dump.age")
-        assert restore_test(ctx, path, live, stamp)["tables"] == live
+        assert restore_test(ctx, path, live, stamp)["tables"] == {k: v.rows for k, v in live.items()}
 
-        tampered = {**live, "public.person": live["public.person"] + 1}
+        n = live["public.person"].rows
+        tampered = {**live, "public.person": ops.TableContent(n + 1, live["public.person"].checksum)}
         with pytest.raises(BackupError) as bad:
             restore_test(ctx, path, tampered, stamp)
-        n = live["public.person"]
         assert f"table public.person has {n} rows in the restore, {n + 1} in the dump's snapshot" in bad.value.line()
+        assert scratch_dbs(target) == []
+
+        # the same rows, one value changed since the dump: the counts agree, the content does not
+        sql(target, "UPDATE person SET name = name || '.' WHERE id = (SELECT min(id) FROM person);\n")
+        changed = ops.content(ctx.t, ctx.runtime)
+        assert changed["public.person"].rows == n and changed["public.person"] != live["public.person"]
+        with pytest.raises(BackupError) as differs:
+            restore_test(ctx, path, changed, stamp)
+        assert f"table public.person has the dump's {n} rows, but their content differs" in differs.value.line()
         assert scratch_dbs(target) == []
 
         # a backup cut short (re-encrypted, so decryption succeeds): pg_restore stops on it
@@ -226,3 +235,36 @@ def test_killed_during_the_restore_test_leaves_nothing_behind(target: Target) ->
     assert scratch_dbs(target) == [] and idle_in_transaction(target) == 0
     assert [p["state"] for p in json.loads(nixmig(target, "status", "--json").stdout)["phases"]] == ["done"] * 7
     assert role_matches(target, NEW_PASSWORD)
+
+
+def test_content_checksums_do_not_depend_on_the_server_settings(target: Target) -> None:
+    """A scratch server may be configured otherwise than the live one (time zone, date
+    style, bytea output...): the checksum reads rows under fixed session settings."""
+    ctx = engine.make_context(config.load(target.repo / "nixmig.toml"), SECRET)
+    settings = {
+        "TimeZone": "Asia/Tokyo",
+        "DateStyle": "SQL, DMY",
+        "IntervalStyle": "sql_standard",
+        "extra_float_digits": "0",
+        "bytea_output": "escape",
+    }
+    alter = "".join(
+        f"SELECT format('ALTER DATABASE %I SET {k} = %L', current_database(), '{v}') \\gexec\n"
+        for k, v in settings.items()
+    )
+    reset = "SELECT format('ALTER DATABASE %I RESET ALL', current_database()) \\gexec\n"
+    try:
+        sql(
+            target,
+            "CREATE TABLE shapes (id int PRIMARY KEY, at timestamptz, d date, f float8, b bytea, i interval);\n"
+            "INSERT INTO shapes VALUES (1, '2026-11-23 10:00:00+00', '2026-01-02', 0.1 + 0.2, '\\xdeadbeef', "
+            "'1 day 02:03:04');\n",
+        )
+        before = ops.content(ctx.t, ctx.runtime)["public.shapes"]
+        sql(target, alter)
+        shown = sql(target, "SELECT current_setting('TimeZone') || ' ' || current_setting('bytea_output');")
+        assert shown.strip() == "Asia/Tokyo escape"  # the new settings are in force for new sessions
+        assert ops.content(ctx.t, ctx.runtime)["public.shapes"] == before
+    finally:
+        sql(target, reset + "DROP TABLE IF EXISTS shapes;\n")
+        ctx.close()

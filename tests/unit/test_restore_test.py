@@ -1,4 +1,4 @@
-"""--restore-test, the pure parts: the count comparison, scratch names, and what `plan` shows."""
+"""--restore-test, the pure parts: the table comparison, scratch names, and what `plan` shows."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 from nixmig import config, engine
 from nixmig.db import scratch
+from nixmig.db.ops import TableContent, parse_content_line
 from nixmig.db.runtime import DockerRuntime, NativeRuntime
-from nixmig.phases.backup import REBLOCK, compare_counts
+from nixmig.phases.backup import REBLOCK, compare_tables
 from nixmig.remote.base import Transport
 from tests.helpers import ADMIN_PUB, NEWTON_PUB, copy_example
 
@@ -41,23 +42,39 @@ def no_connect() -> Transport:
     raise AssertionError("plan must not connect")
 
 
-def test_equal_counts_pass() -> None:
-    counts = {"public.note": 2000, "public.person": 3000, "crm.deal": 0}
-    assert compare_counts(counts, dict(counts)) == []
+def tc(rows: int, checksum: str = "") -> TableContent:
+    return TableContent(rows, checksum or f"{rows * 31} {rows * 7}")
+
+
+def test_equal_tables_pass() -> None:
+    tables = {"public.note": tc(2000), "public.person": tc(3000), "crm.deal": tc(0)}
+    assert compare_tables(tables, dict(tables)) == []
 
 
 def test_each_difference_names_its_table() -> None:
-    expected = {"public.note": 2000, "public.person": 3000, "public.ghost": 7, "public.same": 1}
-    restored = {"public.note": 1999, "public.person": 3000, "public.extra": 1, "public.same": 1}
-    assert compare_counts(expected, restored) == [
+    expected = {"public.note": tc(2000), "public.person": tc(3000), "public.ghost": tc(7), "public.same": tc(1)}
+    restored = {"public.note": tc(1999), "public.person": tc(3000), "public.extra": tc(1), "public.same": tc(1)}
+    assert compare_tables(expected, restored) == [
         "table public.extra is in the restore but was not in the dump's snapshot",
         "table public.ghost (7 rows in the dump's snapshot) is missing from the restore",
         "table public.note has 1999 rows in the restore, 2000 in the dump's snapshot",
     ]
     # one row more is as wrong as one row less
-    assert compare_counts({"public.t": 5}, {"public.t": 6}) == [
+    assert compare_tables({"public.t": tc(5)}, {"public.t": tc(6)}) == [
         "table public.t has 6 rows in the restore, 5 in the dump's snapshot"
     ]
+
+
+def test_same_count_other_content_is_a_difference_and_no_checksum_is_shown() -> None:
+    (line,) = compare_tables({"public.t": tc(5, "123 456")}, {"public.t": tc(5, "123 457")})
+    assert line == "table public.t has the dump's 5 rows, but their content differs from the dump's snapshot"
+    assert "123" not in repr(tc(5, "123 456"))  # a checksum of a small table is a weak hash of its values
+
+
+def test_content_lines_parse() -> None:
+    assert parse_content_line("public.t\t5\t1 2") == ("public.t", TableContent(5, "1 2"))
+    assert parse_content_line("odd\tname\t5\t1 2") == ("odd\tname", TableContent(5, "1 2"))
+    assert parse_content_line("SET") is None and parse_content_line("a\tb\tc") is None
 
 
 def test_scratch_names_docker(tmp_path: Path) -> None:
@@ -112,7 +129,8 @@ def test_plan_shows_the_restore_test_only_when_asked(tmp_path: Path) -> None:
         text = "\n".join(a.text for a in backup.actions)
         assert "pg_export_snapshot()" in text and "pg_dump -Fc --snapshot=<exported snapshot>" in text
         assert "TEMPLATE template0" in text and "pg_restore --no-owner --no-acl --exit-on-error" in text
-        assert f"row count of every table in {target}" in text and "== its count in the dump's snapshot" in text
+        assert f"row count and content checksum of every table in {target}" in text
+        assert "== the dump's snapshot's" in text
         assert f"remove {target}" in text
         cleanup = next(s for s in engine.plan(ctx) if s.phase == "cleanup")
         assert any("restore-test scratch targets" in a.text for a in cleanup.actions)
