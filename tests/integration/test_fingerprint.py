@@ -96,6 +96,22 @@ def test_a_restored_copy_is_equal_whatever_the_physical_order(pair: tuple[PgServ
     assert {"relation/public.v", "function/f(integer)", "constraint/public.with_pk_pkey on with_pk"} <= set(fa)
 
 
+def test_the_copy_is_equal_under_other_server_settings(pair: tuple[PgServer, PgServer, NativeRuntime]) -> None:
+    """The new server may default to another time zone, DateStyle, bytea output or (across
+    major versions) extra_float_digits: row texts are read under fixed session settings."""
+    a, b, rt = pair
+    for setting, value in (
+        ("TimeZone", "Asia/Tokyo"),
+        ("DateStyle", "SQL, DMY"),
+        ("bytea_output", "escape"),
+        ("extra_float_digits", "0"),
+    ):
+        run(b, f"ALTER DATABASE {b.dbname} SET {setting} = '{value}'")
+    with psycopg.connect(b.dsn) as conn:  # a new session has them
+        assert conn.execute("SELECT current_setting('TimeZone')").fetchone() == ("Asia/Tokyo",)
+    assert same(take(rt, a.dbname), take(rt, b.dbname)) == []
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
