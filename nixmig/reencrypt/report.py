@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from nixmig.reencrypt.core import Options, TableStats
 from nixmig.reencrypt.modes import Mode
-from nixmig.reencrypt.runner import Options, TableStats
 
 BACKUP_REMINDER = (
     "Before --apply: back up the database (pg_dump, encrypted to the operator) and both keys. "

@@ -12,7 +12,7 @@ A spec is TOML: a file of its own, the ``[reencrypt]`` table of nixmig.toml, or 
     # primary_key = "id"                   # optional: default is the table's primary key
 
 The database side (does the table exist, its primary key, the column types) is
-checked by :func:`nixmig.reencrypt.runner.inspect` before anything runs.
+checked by :func:`nixmig.reencrypt.catalog.inspect` before anything runs.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The cryptography package holds the GIL while it encrypts (measured: two threads doing
 AES-SIV take as long as one doing both halves), so on one process the ciphers and the
-database I/O take turns. With ``jobs`` worker processes, :func:`~nixmig.reencrypt.runner.process_rows`
+database I/O take turns. With ``jobs`` worker processes, :func:`~nixmig.reencrypt.core.process_rows`
 (decrypt, check the blind index, encrypt, decrypt again) of batch N+1.. runs in a worker
 while the main process reads the next batch and its writer thread writes batch N.
 
@@ -36,7 +36,7 @@ from nixmig.sensitive import Secret
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 
-    from nixmig.reencrypt.runner import BatchResult, Options, TablePlan
+    from nixmig.reencrypt.core import BatchResult, Options, TablePlan
     from nixmig.reencrypt.schemes import CipherRecipe, Keyring
 
 MAX_JOBS = 8
@@ -93,7 +93,7 @@ def _exit_with_parent() -> None:
 
 def _decide(plan: TablePlan, rows: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
     """process_rows in the worker; the result without the rows (the parent has them)."""
-    from nixmig.reencrypt.runner import process_rows
+    from nixmig.reencrypt.core import process_rows
 
     assert _worker is not None, "worker not initialised"
     keyring, opts = _worker
@@ -136,7 +136,7 @@ class Decider:
         return outer
 
     def _here(self, plan: TablePlan, rows: Sequence[Sequence[Any]]) -> Future[BatchResult]:
-        from nixmig.reencrypt.runner import process_rows
+        from nixmig.reencrypt.core import process_rows
 
         fut: Future[BatchResult] = Future()
         try:
@@ -169,7 +169,7 @@ class Decider:
 def _complete(outer: Future[BatchResult], inner: Future[tuple[Any, ...]], rows: Sequence[Sequence[Any]]) -> None:
     from concurrent.futures.process import BrokenProcessPool
 
-    from nixmig.reencrypt.runner import BatchResult
+    from nixmig.reencrypt.core import BatchResult
 
     try:
         res = inner.result()
