@@ -180,8 +180,7 @@ def apply(
     gate: Gate | None = None,
 ) -> None:
     phases = phases_for(ctx.migration.strategy, ctx.migration)
-    if ctx.journal.rolled_back:
-        ctx.journal.reset()  # a rolled-back migration starts over
+    ctx.journal.start_over()  # a rolled-back migration starts over (a copy kept for gc)
     held = lock.acquire(ctx.t, ctx.host.lock_dir, f"{ctx.host_name}-{ctx.name}")
     try:
         for i, p in enumerate(phases):

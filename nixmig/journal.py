@@ -110,6 +110,23 @@ class Journal:
         self.steps[phase].state = "undone"
         self.save()
 
+    def start_over(self) -> Path | None:
+        """Empty a rolled-back journal for a new run, after keeping a copy of it beside it
+        (MIGRATION@STAMP.json): what its rollback retired (``retain`` with ``after =
+        "rollback"``) stays visible to gc. Returns the copy's path (None: not rolled back)."""
+        if not self.rolled_back:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = self.path.with_name(f"{self.migration}@{stamp}.json")
+        n = 1
+        while dest.exists():
+            dest = self.path.with_name(f"{self.migration}@{stamp}-{n}.json")
+            n += 1
+        self.save()  # the file as this object holds it
+        fsutil.write_atomic(dest, self.path.read_bytes(), 0o600)
+        self.reset()
+        return dest
+
     def reset(self) -> None:
         self.steps.clear()
         self.rolled_back = False

@@ -298,3 +298,25 @@ def test_holding_writes_wins_over_a_plain_retirement_of_the_same_volume(tmp_path
     )
     (item,) = gc.retained(gc.read_journals(state), now=NOW)[0]
     assert item.action == "keep" and "writes a forced rollback left behind" in item.reason
+
+
+def test_a_new_run_after_a_rollback_keeps_what_the_rollback_retired_visible(tmp_path: Path) -> None:
+    """apply after a rollback starts the journal over; the copy it keeps lets gc keep the
+    retired volume while the new run is unfinished, and collect it after its time."""
+    _, state = setup(tmp_path)
+    entry = {"kind": "volume", "name": "new_a", "until": iso(-1), "after": "rollback"}
+    rolled_back(state, "newton", "db-password", entry)
+    j = Journal.open(state / "journal", "newton", "db-password")
+    copy = j.start_over()
+    assert copy is not None and copy.name.startswith("db-password@") and copy.stat().st_mode & 0o777 == 0o600
+    assert not j.steps and not j.rolled_back
+    assert Journal.open(state / "journal", "newton", "db-password").steps == {}
+    assert Journal.read(copy).rolled_back and Journal.read(copy).state("switch") == "undone"
+    assert j.start_over() is None  # nothing to keep for a journal that was not rolled back
+    j.begin("preflight")  # the new run, killed midway
+    (item,) = gc.retained(gc.read_journals(state), now=NOW)[0]
+    assert (item.action, item.reason) == ("keep", "migration db-password on newton runs again: it may use new_a")
+    j.finish("preflight")
+    j.complete()
+    (item,) = gc.retained(gc.read_journals(state), now=NOW)[0]
+    assert item.action == "remove" and item.reason.startswith("retired by the rollback; retention ended")
