@@ -36,12 +36,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from nixmig.db.ops import CONTENT_SETTINGS, DatabaseError, psql
+from nixmig.db.ops import USER_SCHEMAS as USER_SCHEMAS
 from nixmig.db.runtime import Runtime
 from nixmig.remote.base import Transport
 from nixmig.sensitive import Secret
-
-USER_SCHEMAS = """n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'"""
 
 # objects created by an extension are the extension's business (its version may differ)
 NOT_EXTENSION = """NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {catalog}::regclass

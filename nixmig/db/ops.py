@@ -10,13 +10,20 @@ from nixmig.errors import NixmigError
 from nixmig.remote.base import CommandFailed, Transport
 from nixmig.sensitive import Secret
 
-SNAPSHOT_SQL = r"""
-SELECT format('SELECT %L, count(*) FROM %I.%I', n.nspname || '.' || c.relname, n.nspname, c.relname)
+USER_SCHEMAS = """n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'"""
+# one statement per user table (plain and partitioned), run by psql's \gexec
+_EACH_TABLE = rf"""
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+WHERE c.relkind IN ('r', 'p') AND {USER_SCHEMAS}
 ORDER BY 1 \gexec
 """
+
+# (S608: constants of this module, no input in them)
+SNAPSHOT_SQL = (
+    "\nSELECT format('SELECT %L, count(*) FROM %I.%I', n.nspname || '.' || c.relname, n.nspname, c.relname)"  # noqa: S608
+    + _EACH_TABLE
+)
 
 
 # The session settings under which a row's text is the same on any server of one major
@@ -33,14 +40,10 @@ SET lc_monetary = 'C';
 # order of the rows does not matter. A changed, missing or extra row goes unseen with a chance
 # of about 2^-64: this finds a restore that differs, not an adversary (age's AEAD and the
 # journal's sha256 guard the file). One hash costs half of two (bench/restore_check.py).
-CONTENT_SQL = r"""
-SELECT format($q$SELECT %L, count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM %I.%I AS t$q$,
-  n.nspname || '.' || c.relname, n.nspname, c.relname)
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
-ORDER BY 1 \gexec
-"""
+CONTENT_SQL = (
+    "\nSELECT format($q$SELECT %L, count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM %I.%I AS t$q$,"  # noqa: S608
+    "\n  n.nspname || '.' || c.relname, n.nspname, c.relname)" + _EACH_TABLE
+)
 
 
 @dataclass(frozen=True)

@@ -228,15 +228,20 @@ def back_to_old(ctx: Context) -> None:
     ctx.emit("nothing switched: the app was started again on the old database, the copy removed")
 
 
-def drop_copy(ctx: Context) -> None:
-    """Remove the scratch container and the new volume, if they are this run's and unused."""
+def _drop_scratch_keep_volume(ctx: Context, run: str | None) -> bool:
+    """Remove this run's scratch container; whether the new volume exists and is this run's."""
     t, svc, n = ctx.t, ctx.service, names(ctx)
-    run = ctx.journal.data("provision").get("run")
     info = rb.inspect_container(t, svc, n.scratch)
     if info is not None and run and info.labels.get(rb.LABEL_RUN) == run:
         t.run(rb.docker(svc, "rm", "-f", n.scratch))
     vol = rb.inspect_volume(t, svc, n.new_volume)
-    if vol is None or not run or (vol.get("Labels") or {}).get(rb.LABEL_RUN) != run:
+    return vol is not None and bool(run) and (vol.get("Labels") or {}).get(rb.LABEL_RUN) == run
+
+
+def drop_copy(ctx: Context) -> None:
+    """Remove the scratch container and the new volume, if they are this run's and unused."""
+    t, svc, n = ctx.t, ctx.service, names(ctx)
+    if not _drop_scratch_keep_volume(ctx, ctx.journal.data("provision").get("run")):
         return
     users = t.run(rb.docker(svc, "ps", "-a", "--filter", f"volume={n.new_volume}", "--format", "{{.Names}}"))
     if users.stdout.strip():
@@ -428,21 +433,15 @@ class Provision:
         return data
 
     def undo(self, ctx: Context, data: dict[str, Any]) -> None:
-        t, svc, n = ctx.t, ctx.service, names(ctx)
-        run = data.get("run")
+        n, run = names(ctx), data.get("run")
         if ctx.journal.state("switch") is None:  # never served: only a copy
             drop_copy(ctx)
             ctx.emit(f"removed {n.scratch} and the volume {n.new_volume} (a copy nothing used)")
             return
-        info = rb.inspect_container(t, svc, n.scratch)
-        if info is not None and run and info.labels.get(rb.LABEL_RUN) == run:
-            t.run(rb.docker(svc, "rm", "-f", n.scratch))
-        vol = rb.inspect_volume(t, svc, n.new_volume)
-        if vol is None or not run or (vol.get("Labels") or {}).get(rb.LABEL_RUN) != run:
+        if not _drop_scratch_keep_volume(ctx, run):
             return
-        retain: dict[str, Any] = {"kind": "volume", "name": n.new_volume, "until": until(ctx), "after": "rollback"}
-        if ctx.journal.data("switch").get("left_writes"):  # as the switch's undo recorded it
-            retain["holds_writes"] = True
+        # (if the switch's undo left writes on it, its own entry says so: gc keeps it then)
+        retain = {"kind": "volume", "name": n.new_volume, "until": until(ctx), "after": "rollback"}
         data["retain"] = [retain]
         ctx.journal.save()
         ctx.emit(f"kept the volume {n.new_volume} until {retain['until']}: the service ran on it")
