@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from nixmig.db import scram, sql
 from nixmig.db.runtime import Runtime
@@ -74,6 +75,43 @@ def content(t: Transport, rt: Runtime) -> dict[str, TableContent]:
     return tables
 
 
+# What a session sets before a statement that carries a role's verifier, so that no log, no
+# statistics view and no activity view keeps its text (a verifier lets anyone who reads it
+# impersonate the role to a server: SCRAM's StoredKey and ServerKey): every way PostgreSQL
+# logs a statement (all of them, by duration, sampled, on error, parse-tree dumps), the
+# query text in pg_stat_activity, and pg_stat_statements' utility tracking. A name the
+# server does not have (an older major, pg_stat_statements not loaded) is skipped. Each
+# needs superuser (or GRANT SET ON PARAMETER), which the admin role has.
+HUSH: Final = (
+    ("log_statement", "none"),
+    ("log_min_duration_statement", "-1"),
+    ("log_min_error_statement", "panic"),
+    ("log_min_duration_sample", "-1"),
+    ("log_transaction_sample_rate", "0"),
+    ("debug_print_parse", "off"),
+    ("debug_print_rewritten", "off"),
+    ("debug_print_plan", "off"),
+    ("track_activities", "off"),
+    ("pg_stat_statements.track_utility", "off"),
+)
+
+
+def hush_sql(*, local: bool) -> str:
+    """One SQL statement applying HUSH: ``local``, until the end of the transaction it runs in
+    (inside BEGIN … COMMIT), else for the rest of the session. Plain SQL: psql or psycopg."""
+    values = ", ".join(f"({sql.literal(k)}, {sql.literal(v)})" for k, v in HUSH)
+    return (
+        "DO $hush$ BEGIN PERFORM set_config(s.name, v.value, "
+        + ("true" if local else "false")
+        + f") FROM (VALUES {values}) AS v(name, value) JOIN pg_settings s ON s.name = v.name; END $hush$;\n"
+    )
+
+
+def hushed(script: str) -> str:
+    """``script`` (statements that may carry a verifier) in one transaction under HUSH."""
+    return "BEGIN;\n" + hush_sql(local=True) + script + "COMMIT;\n"
+
+
 class DatabaseError(NixmigError):
     """A SQL step failed."""
 
@@ -117,9 +155,9 @@ def set_password(t: Transport, rt: Runtime, role: str, password: Secret) -> None
 
 
 def set_verifier(t: Transport, rt: Runtime, role: str, verifier: Secret) -> None:
-    # SQL on stdin only; the statement holds a verifier, not the password.
-    stmt = f"ALTER ROLE {sql.ident(role)} PASSWORD {sql.literal(verifier.reveal_str())};"
-    psql(t, rt, "SET log_statement = 'none';\n" + stmt)
+    # SQL on stdin only; the statement holds a verifier, not the password, and runs hushed.
+    stmt = f"ALTER ROLE {sql.ident(role)} PASSWORD {sql.literal(verifier.reveal_str())};\n"
+    psql(t, rt, hushed(stmt))
 
 
 def password_matches(verifier: Secret, password: Secret) -> bool:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nixmig.config import Service
-from nixmig.db.ops import DatabaseError, psql
+from nixmig.db.ops import DatabaseError, hush_sql, psql
 from nixmig.db.runtime import DockerRuntime
 from nixmig.db.sql import ident, literal
 from nixmig.errors import NixmigError
@@ -187,6 +187,7 @@ def run_pipeline(t: Transport, argv: list[str], what: str) -> Result:
     return r
 
 
+HUSH_SESSION = "\\set ON_ERROR_STOP 1\n" + hush_sql(local=False) + "\\set ON_ERROR_STOP 0"
 _ALREADY = re.compile(r'ERROR:\s+role "((?:[^"]|"")+)" already exists')
 
 
@@ -194,8 +195,9 @@ def copy_roles_argv(old: DockerRuntime, new: DockerRuntime) -> list[str]:
     svc = old.service
     dump = in_container(old, "pg_dumpall", "--roles-only", "-U", svc.admin_role, stdin=False)
     load = in_container(new, "psql", "-X", "-q", "-U", new.service.admin_role, "-d", "postgres", "-f", "-")
-    # the roles' verifiers pass through this pipe: the new server must not log them
-    return pipeline(dump, load, prefix="SET log_statement = 'none';")
+    # the roles' verifiers pass through this pipe: the new server must not log or keep them.
+    # psql runs on past errors (see copy_roles), but not past one hushing the session.
+    return pipeline(dump, load, prefix=HUSH_SESSION)
 
 
 def copy_roles(t: Transport, old: DockerRuntime, new: DockerRuntime) -> None:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 from nixmig.db import scram, sql
-from nixmig.db.ops import DatabaseError, psql
+from nixmig.db.ops import DatabaseError, hush_sql, psql
 from nixmig.db.runtime import Runtime
 from nixmig.remote.base import Transport
 from nixmig.sensitive import Secret
@@ -88,9 +88,8 @@ def create_sql(old: RoleInfo, new: str, verifier: str, comment: str, *, exists: 
     n, o = sql.ident(new), sql.ident(old.name)
     attrs = " ".join(a if a in old.attributes else f"NO{a}" for a in ATTRIBUTES)
     lines = [
-        "SET log_statement = 'none';",
-        "SET log_min_error_statement = 'panic';",  # a failing statement (with the verifier) is not logged
         "BEGIN;",
+        hush_sql(local=True).rstrip("\n"),  # no log, no statistics keep the verifier
         *([] if exists else [f"CREATE ROLE {n} LOGIN;"]),
         f"ALTER ROLE {n} WITH LOGIN INHERIT {attrs} CONNECTION LIMIT {old.connection_limit}"
         f" PASSWORD {sql.literal(verifier)};",

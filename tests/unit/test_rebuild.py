@@ -14,6 +14,7 @@ import pytest
 
 from nixmig import config, engine
 from nixmig.db import fingerprint as fp
+from nixmig.db import ops
 from nixmig.errors import ConfigError
 from nixmig.nixsrc import patch as pt
 from nixmig.nixsrc import validate
@@ -83,7 +84,9 @@ def test_plan_lists_every_command_without_connecting(tmp_path: Path) -> None:
         "docker exec -i -u postgres twenty-db-1-nixmig-new pg_restore --create --exit-on-error -U postgres -d template1"
     ) in text
     assert "pg_dumpall --roles-only -U postgres; } | docker exec -i -u postgres twenty-db-1-nixmig-new psql" in text
-    assert "SET log_statement = '\"'\"'none'\"'\"';" in text  # the verifiers in the pipe are not logged
+    # the verifiers in the pipe are neither logged nor tracked; an error there stops the copy
+    assert "ON_ERROR_STOP 1" in text and "set_config(s.name, v.value, false)" in text
+    assert all(name in text for name, _ in ops.HUSH)
     assert "PASSWORD 'SCRAM-SHA-256$4096:********'" in text
     assert "checksum of its rows" in text and "any difference: the app is started again on the old database" in text
     assert f"twenty-db-1 on volume {vol} (external)" in text
