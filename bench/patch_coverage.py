@@ -1,0 +1,358 @@
+"""How often `nixmig patch` is right: patched / refused / wrong over a corpus of case repos.
+
+A corpus is a directory of cases; a case is a directory holding a small Nix repo with its
+``nixmig.toml`` (written as a user would) and a ``case.json``::
+
+    {"source": "owner/repo path@commit", "shape": "short label",
+     "literals": ["the hardcoded password as it appears in the .nix files"], "note": "..."}
+
+A literal may carry context (``"PASSWORD 'pw'"``, ``"user:pw@"``) when the bare value also
+appears where it is no password (a role name, another secret).
+
+Each case is copied to a temp dir, made a git repo with one commit, and the real CLI runs
+there as a user would run it: ``patch --explain``, ``patch --write``, ``patch --write`` again,
+``patch --check``, ``scan --json``. Outcome:
+
+- patched: the write exits 0, no literal is left in any .nix file of the tree (a raw byte
+  search, not nixmig's scan), every changed .nix parses with ``nix-instantiate --parse``,
+  the second write changes nothing and ``--check`` exits 0;
+- refused: the write exits 1 (or 2, a usage error) and nothing else is wrong; the first
+  line of its stderr is recorded;
+- wrong: success claimed (exit 0) with a literal left, or a changed file that does not
+  parse, or a second write that changes something, or ``--check`` disagreeing with a
+  successful write, or a traceback, a timeout, or an exit code other than 0/1/2 in any step.
+
+Literals are never printed: only the file:line where one is left.
+
+    .venv/bin/python bench/patch_coverage.py --corpus /path/to/cases [--json]
+        [--only-from LIST] [--skip-from LIST]
+
+Exit status: 0 when no case is wrong, 1 otherwise, 2 on bad arguments. No timing asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS = ROOT / "tests" / "fixtures" / "shapes"
+STEP_TIMEOUT = 120.0
+GIT = (
+    "git",
+    "-c",
+    "user.name=patch-coverage",
+    "-c",
+    "user.email=patch-coverage@localhost",
+    "-c",
+    "commit.gpgsign=false",
+)
+
+
+def nixmig_command() -> list[str]:
+    """The installed entry point beside this interpreter (the .venv's), else `python -m nixmig`."""
+    entry = Path(sys.executable).parent / "nixmig"
+    if entry.is_file() and os.access(entry, os.X_OK):
+        return [str(entry)]
+    return [sys.executable, "-m", "nixmig"]
+
+
+@dataclass
+class Step:
+    args: list[str]
+    rc: int | None  # None: timed out
+    stdout: str
+    stderr: str
+
+    @property
+    def first_err(self) -> str:
+        for line in self.stderr.splitlines():
+            if line.strip() and not line.startswith("note:"):
+                return line.strip()
+        return self.stderr.strip().splitlines()[0] if self.stderr.strip() else ""
+
+    @property
+    def traceback(self) -> bool:
+        return "Traceback (most recent call last)" in self.stderr or "Traceback (most recent call last)" in self.stdout
+
+
+@dataclass
+class Result:
+    case: str
+    shape: str
+    outcome: str  # patched | refused | wrong | invalid
+    reason: str
+    problems: list[str] = field(default_factory=list)
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
+    changed_files: list[str] = field(default_factory=list)
+    literals_left: list[str] = field(default_factory=list)
+    scan_findings_before: int | None = None
+    scan_findings_after: int | None = None
+    first_stderr: str = ""
+    by_hand: list[str] = field(default_factory=list)
+    source: str = ""
+
+
+SRC: Path | None = None  # --src: run the nixmig package found there instead of the installed one
+
+
+def run(cmd: Sequence[str], cwd: Path) -> Step:
+    env = dict(os.environ, NO_COLOR="1", TERM="dumb", COLUMNS="200")
+    if SRC is not None:
+        env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("TYPER_USE_RICH", None)
+    try:
+        p = subprocess.run(
+            list(cmd), cwd=cwd, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        return Step(list(cmd), None, out, err)
+    return Step(list(cmd), p.returncode, p.stdout, p.stderr)
+
+
+def nix_files(tree: Path) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for p in sorted(tree.rglob("*.nix")):
+        rel = p.relative_to(tree)
+        if ".git" in rel.parts or p.is_symlink() or not p.is_file():
+            continue
+        out[rel.as_posix()] = p.read_bytes()
+    return out
+
+
+def all_files(tree: Path) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for p in sorted(tree.rglob("*")):
+        rel = p.relative_to(tree)
+        if ".git" in rel.parts or p.is_symlink() or not p.is_file():
+            continue
+        out[rel.as_posix()] = p.read_bytes()
+    return out
+
+
+def literals_left(files: dict[str, bytes], literals: Sequence[str]) -> list[str]:
+    """file:line (and the literal's index in case.json) of every literal still present."""
+    left: list[str] = []
+    for i, lit in enumerate(literals):
+        needle = lit.encode()
+        for name, data in files.items():
+            start = 0
+            while (at := data.find(needle, start)) >= 0:
+                line = data.count(b"\n", 0, at) + 1
+                left.append(f"{name}:{line} (literal #{i + 1})")
+                start = at + 1
+    return left
+
+
+def parse_error(path: Path) -> str | None:
+    p = subprocess.run(
+        ["nix-instantiate", "--parse", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    if p.returncode == 0:
+        return None
+    return (p.stderr.strip().splitlines() or ["(no message)"])[0]
+
+
+def scan_count(cli: list[str], tree: Path) -> tuple[int | None, Step]:
+    step = run([*cli, "scan", ".", "--json"], tree)
+    try:
+        return len(json.loads(step.stdout)["findings"]), step
+    except (ValueError, KeyError, TypeError):
+        return None, step
+
+
+def run_case(cli: list[str], case_dir: Path, work: Path) -> Result:
+    name = case_dir.name
+    try:
+        meta = json.loads((case_dir / "case.json").read_text())
+        literals = [str(x) for x in meta["literals"]]
+        shape = str(meta.get("shape", "?"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return Result(name, "?", "invalid", f"case.json unreadable: {type(exc).__name__}")
+    res = Result(name, shape, "wrong", "", source=str(meta.get("source", "")))
+    if not literals:
+        res.outcome, res.reason = "invalid", "case.json lists no literal"
+        return res
+    tree = work / name
+    shutil.copytree(case_dir, tree, symlinks=True)
+    (tree / "case.json").unlink()
+    original = nix_files(tree)
+    if not literals_left(original, literals):
+        res.outcome, res.reason = "invalid", "no literal of case.json is in the case's .nix files"
+        return res
+    for git in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "case"]):
+        g = subprocess.run([*GIT, *git], cwd=tree, capture_output=True, text=True, check=False)
+        if g.returncode != 0:
+            res.outcome, res.reason = "invalid", f"git {git[0]} failed: {g.stderr.strip()[:80]}"
+            return res
+
+    res.scan_findings_before, _ = scan_count(cli, tree)
+    steps: dict[str, Step] = {}
+    steps["explain"] = run([*cli, "patch", "--explain"], tree)
+    steps["write"] = run([*cli, "patch", "--write"], tree)
+    after_first = all_files(tree)
+    steps["write2"] = run([*cli, "patch", "--write"], tree)
+    after_second = all_files(tree)
+    steps["check"] = run([*cli, "patch", "--check"], tree)
+    res.scan_findings_after, steps["scan"] = scan_count(cli, tree)
+    res.exit_codes = {k: s.rc for k, s in steps.items()}
+    res.first_stderr = steps["write"].first_err
+    res.by_hand = [
+        ln[len("by hand: ") :][:200] for ln in steps["write"].stdout.splitlines() if ln.startswith("by hand: ")
+    ]
+
+    problems = res.problems
+    for k, s in steps.items():
+        if s.rc is None:
+            problems.append(f"{k}: timed out after {STEP_TIMEOUT:.0f}s")
+        elif s.traceback:
+            problems.append(f"{k}: traceback")
+        elif s.rc not in (0, 1, 2):
+            problems.append(f"{k}: exit {s.rc}")
+    after = nix_files(tree)
+    res.changed_files = sorted(f for f in set(original) | set(after) if original.get(f) != after.get(f))
+    for f in res.changed_files:
+        if f in after:
+            err = parse_error(tree / f)
+            if err is not None:
+                problems.append(f"{f} does not parse: {err[:100]}")
+    if after_first != after_second:
+        diff = sorted(f for f in set(after_first) | set(after_second) if after_first.get(f) != after_second.get(f))
+        problems.append(f"second --write changed {', '.join(diff)}")
+    res.literals_left = literals_left(after, literals)
+    wrc, crc = steps["write"].rc, steps["check"].rc
+    if wrc == 0:
+        if res.literals_left:
+            problems.append(f"write exit 0 with the literal left at {res.literals_left[0]}")
+        if crc != 0:
+            problems.append(f"write exit 0 but --check exit {crc}")
+    if problems:
+        res.outcome, res.reason = "wrong", problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
+    elif wrc == 0:
+        res.outcome = "patched"
+        res.reason = f"{len(res.changed_files)} file(s) changed, parse ok, idempotent, --check 0"
+    else:
+        res.outcome = "refused"
+        first = f"; first: {res.by_hand[0]}" if res.by_hand else ""
+        res.reason = f"exit {wrc}: {res.first_stderr}{first}" + (
+            f" [wrote {len(res.changed_files)} file(s); {len(res.literals_left)} literal(s) left]"
+            if res.changed_files
+            else ""
+        )
+    return res
+
+
+def case_dirs(corpora: Sequence[Path], only: set[str] | None, skip: set[str]) -> list[Path]:
+    out: list[Path] = []
+    for corpus in corpora:
+        for d in sorted(corpus.iterdir()):
+            if not d.is_dir() or d.name.startswith((".", "_")) or not (d / "nixmig.toml").is_file():
+                continue
+            if (only is not None and d.name not in only) or d.name in skip:
+                continue
+            out.append(d)
+    return out
+
+
+def read_list(path: Path | None) -> set[str] | None:
+    if path is None:
+        return None
+    names = (ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines())
+    return {n for n in names if n}
+
+
+def code_version() -> str:
+    """The commit of the code under test, and whether nixmig/ differs from it (others edit the tree)."""
+    where = SRC or ROOT
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True, check=False
+    )
+    if rev.returncode != 0 or (SRC is not None and not (SRC / ".git").exists()):
+        return f"{where} (not a git checkout)"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "nixmig"], cwd=where, capture_output=True, text=True, check=False
+    )
+    return f"{where} at {rev.stdout.strip()}" + (" + uncommitted changes in nixmig/" if dirty.stdout.strip() else "")
+
+
+def table(results: Sequence[Result]) -> str:
+    rows = [("case", "shape", "outcome", "reason")] + [(r.case, r.shape, r.outcome, r.reason) for r in results]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = min(max(len(r[1]) for r in rows), 48)
+    w2 = max(len(r[2]) for r in rows)
+    lines = [f"{a:<{w0}}  {b[:w1]:<{w1}}  {c:<{w2}}  {d}" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+def totals(results: Sequence[Result]) -> dict[str, int]:
+    t = {"cases": len(results), "patched": 0, "refused": 0, "wrong": 0, "invalid": 0}
+    for r in results:
+        t[r.outcome] += 1
+    return t
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--corpus", action="append", type=Path, help="a directory of cases (repeatable)")
+    ap.add_argument("--only-from", type=Path, help="a file listing the case names to run, one a line")
+    ap.add_argument("--skip-from", type=Path, help="a file listing case names to leave out, one a line")
+    ap.add_argument(
+        "--src", type=Path, help="a directory holding the nixmig package to test (default: the installed one)"
+    )
+    ap.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    args = ap.parse_args(argv)
+    global SRC
+    if args.src is not None:
+        if not (args.src / "nixmig" / "__main__.py").is_file():
+            print(f"patch_coverage: {args.src}: no nixmig package there", file=sys.stderr)
+            return 2
+        SRC = args.src.resolve()
+    corpora: list[Path] = args.corpus or ([DEFAULT_CORPUS] if DEFAULT_CORPUS.is_dir() else [])
+    if not corpora:
+        print(f"patch_coverage: no corpus: pass --corpus DIR ({DEFAULT_CORPUS} does not exist)", file=sys.stderr)
+        return 2
+    for c in corpora:
+        if not c.is_dir():
+            print(f"patch_coverage: {c}: not a directory", file=sys.stderr)
+            return 2
+    if shutil.which("nix-instantiate") is None:
+        print("patch_coverage: nix-instantiate not on PATH: outputs cannot be parsed", file=sys.stderr)
+        return 2
+    try:
+        only, skip = read_list(args.only_from), read_list(args.skip_from) or set()
+    except OSError as exc:
+        print(f"patch_coverage: {exc}", file=sys.stderr)
+        return 2
+    cases = case_dirs(corpora, only, skip)
+    if not cases:
+        print("patch_coverage: no case (a directory with nixmig.toml and case.json) found", file=sys.stderr)
+        return 2
+    cli = nixmig_command()
+    with tempfile.TemporaryDirectory(prefix="patch-coverage-") as tmp:
+        results = [run_case(cli, d, Path(tmp)) for d in cases]
+    t = totals(results)
+    if args.json:
+        out = {"totals": t, "code": code_version(), "cli": cli, "cases": [asdict(r) for r in results]}
+        print(json.dumps(out, indent=1))
+    else:
+        print(f"code under test: {code_version()}\n")
+        print(table(results))
+        print(
+            f"\n{t['cases']} cases: patched {t['patched']}, refused {t['refused']}, wrong {t['wrong']}"
+            + (f", invalid {t['invalid']}" if t["invalid"] else "")
+        )
+    return 1 if t["wrong"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
