@@ -41,6 +41,29 @@ def stage(path: Path, data: bytes, mode: int | None = None) -> Path:
     return Path(tmp)
 
 
+def rename_durable(src: Path, dst: Path) -> None:
+    """Rename ``src`` (already fsynced) to ``dst`` and fsync the directory, so the new name
+    survives a power cut (without it the rename may be lost while the data is not)."""
+    src.replace(dst)
+    fsync_dir(dst.parent)
+
+
+def mkdir_durable(path: Path, mode: int = 0o700) -> None:
+    """``mkdir -p`` whose new directories survive a power cut: each new one's parent is fsynced.
+    ``mode`` for ``path`` itself, as Path.mkdir(parents=True) gives it (the parents get the default)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=mode if d == path else 0o777)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: it is theirs to sync
+        fsync_dir(d.parent)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

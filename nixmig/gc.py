@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from nixmig.backupname import NAME as _BACKUP_NAME  # the backup phase's names, shared with cleanup
 from nixmig.config import Config
 from nixmig.db.runtime import Runtime
 from nixmig.errors import NixmigError
@@ -49,7 +49,6 @@ PARTIAL_STALE_SECONDS = 3600
 # scratch containers: the restore test's (nixmig.db.scratch) and any other labelled nixmig.scratch
 SCRATCH_LABELS = ("nixmig.restore-test", "nixmig.scratch")
 SCRATCH_PREFIX = "nixmig-restore-test-"
-_BACKUP_NAME = re.compile(r"^(?P<migration>.+)-(?P<stamp>\d{8}T\d{6}Z)\.[A-Za-z0-9.]+\.age$")
 
 
 @dataclass

@@ -3,7 +3,7 @@
 One pass over the dump, in threads joined by pipes, so it is never plaintext on
 any disk and nothing is read twice:
 
-    target: pg_dump -Fc | dd obs=1M  ──ssh──▶  age encrypt ──▶ file (.partial, 0600, fsync)
+    target: pg_dump -Fc | dd obs=1M  ──ssh──▶  age encrypt ──▶ file (.partial, 0600, fsync; renamed, dir fsynced)
                                                      │        └─▶ sha256
                                                      └─▶ age decrypt (operator identity) ──ssh──▶ pg_restore --list
 
@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from nixmig import backupname, fsutil
 from nixmig.db import ops, scratch
 from nixmig.db.ops import TableContent
 from nixmig.db.snapshot import ExportedSnapshot
@@ -208,10 +209,10 @@ class Backup:
         if ctx.restore_test:
             for name in scratch.remove_leftovers(ctx.t, ctx.runtime, ctx.name):
                 ctx.emit(f"removed {name}, left by an earlier run that was killed during its restore test")
-        ctx.backups_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        final = ctx.backups_dir / f"{ctx.name}-{stamp}.dump.age"
-        partial = final.with_suffix(".partial")
+        fsutil.mkdir_durable(ctx.backups_dir, 0o700)
+        stamp = time.strftime(backupname.STAMP_FORMAT, time.gmtime())
+        final = ctx.backups_dir / backupname.final(ctx.name, stamp)
+        partial = ctx.backups_dir / backupname.partial(ctx.name, stamp)
         expected: dict[str, TableContent] | None = None
         if ctx.restore_test:
             with ExportedSnapshot(ctx.t, ctx.runtime) as snap:
@@ -219,7 +220,9 @@ class Backup:
                 expected = snap.content()
         else:
             sink, entries = self._dump(ctx, partial, None)
-        partial.rename(final)
+        # the file was fsynced as it was closed; the directory now, or a power cut may lose the
+        # new name (and so the backup) after the journal says the backup is there
+        fsutil.rename_durable(partial, final)
         digest = sink.sha.hexdigest()
         what = f"{entries} archive entries" if entries >= 0 else "not test-read (no --identity)"
         ctx.emit(f"{final.name}: {sink.size} bytes encrypted, {what}, sha256 {digest[:12]}…")

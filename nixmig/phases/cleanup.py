@@ -1,12 +1,35 @@
-"""cleanup: backups past the retention period go; the newest backup always stays."""
+"""cleanup: backups past the retention period go; the newest backup always stays.
+
+Only this migration's files, by the exact name the backup phase gives them
+(nixmig.backupname: ``db-*`` would also take migration ``db-password``'s). A
+``.partial`` of this migration is one a killed run left: cleanup runs inside apply,
+which holds the lock that every run of this migration on this host takes
+(nixmig.lock), so no other run of it can be writing one. Another migration's
+``.partial`` may be its run's backup being written right now: never touched here
+(gc removes it once it is stale and that migration's lock is free).
+"""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
+from nixmig import backupname
 from nixmig.db import scratch
 from nixmig.phases.base import Action, Context
+
+
+def own_files(backups_dir: Path, migration: str) -> list[tuple[Path, backupname.BackupName]]:
+    """This migration's backups and partial files in ``backups_dir``, by exact name."""
+    if not backups_dir.is_dir():
+        return []
+    out = []
+    for f in sorted(backups_dir.iterdir()):
+        name = backupname.parse(f.name)
+        if name is not None and name.migration == migration and f.is_file():
+            out.append((f, name))
+    return out
 
 
 class Cleanup:
@@ -17,6 +40,7 @@ class Cleanup:
         return [
             Action("run", f"remove restore-test scratch targets of {ctx.name} that a killed run left behind"),
             Action("local", f"remove backups of {ctx.name} older than {ctx.migration.retention_days} days"),
+            Action("local", f"remove half-written backups of {ctx.name} (.partial) a killed run left behind"),
         ]
 
     def check(self, ctx: Context) -> bool:
@@ -28,16 +52,22 @@ class Cleanup:
             ctx.emit(f"removed {name} (restore test of a killed run)")
         keep = ctx.journal.data("backup").get("path")
         cutoff = time.time() - ctx.migration.retention_days * 86400
-        removed = []
-        for f in sorted(ctx.backups_dir.glob(f"{ctx.name}-*.dump.age")):
-            if str(f) != keep and f.stat().st_mtime < cutoff:
+        removed: list[str] = []
+        partials: list[str] = []
+        kept = 0
+        for f, parsed in own_files(ctx.backups_dir, ctx.name):
+            if parsed.partial:  # a killed run's: this run holds the migration's lock (see the module doc)
+                f.unlink(missing_ok=True)
+                partials.append(f.name)
+            elif str(f) != keep and f.stat().st_mtime < cutoff:
                 f.unlink()
                 removed.append(f.name)
-        for f in ctx.backups_dir.glob("*.partial"):
-            f.unlink()
-        kept = len(list(ctx.backups_dir.glob(f"{ctx.name}-*.dump.age")))
+            else:
+                kept += 1
+        for p in partials:
+            ctx.emit(f"removed {p} (half-written by a killed run)")
         ctx.emit(f"{len(removed)} old backups removed, {kept} kept for {ctx.migration.retention_days} days")
-        return {"removed": removed, "scratch_removed": scratches}
+        return {"removed": removed, "partial_removed": partials, "scratch_removed": scratches}
 
     def undo(self, ctx: Context, data: dict[str, Any]) -> None:
         return None

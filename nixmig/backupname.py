@@ -1,0 +1,43 @@
+"""The names of backup files, in one place: the backup phase writes them, the cleanup
+phase and gc find a migration's own by them.
+
+    MIGRATION-YYYYmmddTHHMMSSZ.dump.age        a finished backup
+    MIGRATION-YYYYmmddTHHMMSSZ.dump.partial    one being written (or left by a killed run)
+
+A prefix glob (``db-*``) is not enough: it takes ``db-password-….dump.age`` for one of
+migration ``db``'s. The migration is what comes before the last ``-STAMP``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+PARTIAL_SUFFIX = ".partial"
+# the finished file's name; a partial's is this with ".partial" in place of the last ".age"
+NAME = re.compile(r"^(?P<migration>.+)-(?P<stamp>\d{8}T\d{6}Z)\.[A-Za-z0-9.]+\.age$")
+
+
+@dataclass(frozen=True)
+class BackupName:
+    migration: str
+    stamp: str
+    partial: bool
+
+
+def final(migration: str, stamp: str) -> str:
+    return f"{migration}-{stamp}.dump.age"
+
+
+def partial(migration: str, stamp: str) -> str:
+    return f"{migration}-{stamp}.dump{PARTIAL_SUFFIX}"
+
+
+def parse(filename: str) -> BackupName | None:
+    """The migration and stamp of a backup file's name (finished or partial); None: not a backup."""
+    is_partial = filename.endswith(PARTIAL_SUFFIX)
+    m = NAME.match(filename.removesuffix(PARTIAL_SUFFIX) + ".age" if is_partial else filename)
+    if m is None:
+        return None
+    return BackupName(m.group("migration"), m.group("stamp"), is_partial)

@@ -1,0 +1,74 @@
+"""Backup file names (nixmig.backupname), shared by the backup phase, cleanup and gc, and
+the durable rename/mkdir helpers (nixmig.fsutil) the backup uses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nixmig import backupname, fsutil, gc
+
+
+@pytest.mark.parametrize(
+    ("filename", "migration", "partial"),
+    [
+        ("db-20260101T000000Z.dump.age", "db", False),
+        ("db-password-20260101T000000Z.dump.age", "db-password", False),
+        ("db-password-20260101T000000Z.dump.partial", "db-password", True),
+        ("db-20260101T000000Z.dump.partial", "db", True),
+        ("db-2026-20260101T000000Z.dump.age", "db-2026", False),
+    ],
+)
+def test_parse_names_the_exact_migration(filename: str, migration: str, partial: bool) -> None:
+    parsed = backupname.parse(filename)
+    assert parsed is not None
+    assert (parsed.migration, parsed.stamp, parsed.partial) == (migration, "20260101T000000Z", partial)
+
+
+@pytest.mark.parametrize("filename", ["notes.partial", "db.dump.age", "db-20260101.dump.age", "db-x.age", ".partial"])
+def test_parse_refuses_what_is_not_a_backup(filename: str) -> None:
+    assert backupname.parse(filename) is None
+
+
+def test_names_round_trip_and_gc_uses_the_same_pattern() -> None:
+    assert backupname.parse(backupname.final("db", "20260101T000000Z")) == backupname.BackupName(
+        "db", "20260101T000000Z", False
+    )
+    assert backupname.parse(backupname.partial("db", "20260101T000000Z")) == backupname.BackupName(
+        "db", "20260101T000000Z", True
+    )
+    assert gc._BACKUP_NAME is backupname.NAME  # type: ignore[attr-defined]
+
+
+def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_rename_durable_fsyncs_the_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "x.partial"
+    src.write_bytes(b"data")
+    synced = _record_fsyncs(monkeypatch)
+    fsutil.rename_durable(src, tmp_path / "x.age")
+    assert (tmp_path / "x.age").read_bytes() == b"data" and not src.exists()
+    assert synced == [str(tmp_path)]
+
+
+def test_mkdir_durable_fsyncs_each_new_directorys_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced = _record_fsyncs(monkeypatch)
+    leaf = tmp_path / "a" / "b" / "c"
+    fsutil.mkdir_durable(leaf, 0o700)
+    assert synced == [str(tmp_path), str(tmp_path / "a"), str(tmp_path / "a" / "b")]
+    assert leaf.stat().st_mode & 0o777 == 0o700
+    synced.clear()
+    fsutil.mkdir_durable(leaf, 0o700)  # there already: nothing to do
+    assert synced == []
