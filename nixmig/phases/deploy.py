@@ -22,6 +22,7 @@ from typing import Any
 
 from nixmig.deploy import run_deploy
 from nixmig.errors import NixmigError
+from nixmig.phases import hostsecret
 from nixmig.phases.base import Action, Context
 
 
@@ -177,26 +178,57 @@ class Stage:
         if ctx.on_host:
             return [Action("check", f"{ctx.secret_on_host} exists (agenix wrote it in this activation)")]
         return [
+            Action(
+                "check",
+                f"sha256 of {ctx.secret_on_host} on {ctx.host_name} = sha256 of {ctx.migration.secret}.age decrypted "
+                "here (-i): then in effect, nothing to deploy (digests only: the secret stays where it is)",
+            ),
             *(
                 [Action("file", "write the stage config: only age.secrets." + ctx.migration.secret)]
                 if ctx.migration.patch_repo
                 else []
             ),
             Action("deploy", f"NIXMIG_PHASE=stage {_shown(ctx)}"),
-            Action("check", f"{ctx.secret_on_host} exists on {ctx.host_name} (0400)"),
+            Action("check", f"{ctx.secret_on_host} exists on {ctx.host_name} (0400) and holds that value"),
         ]
 
     def check(self, ctx: Context) -> bool:
-        return ctx.t.run(["test", "-s", ctx.secret_on_host], check=False).ok
+        """In effect only when the host's file holds the value of the repo's NAME.age (an
+        older value there is not the stage deploy: it must run). Digests compared."""
+        if ctx.on_host:
+            return ctx.t.run(["test", "-s", ctx.secret_on_host], check=False).ok
+        hs = hostsecret.compare(ctx)
+        if hs.present and not hs.same:
+            why = (
+                f"cannot tell whether it holds the value of {hostsecret.shown(ctx, hs.age_file)} ({hs.unknown})"
+                if hs.repo is None
+                else f"holds another value than {hostsecret.shown(ctx, hs.age_file)}"
+            )
+            ctx.emit(f"stage: {hs.path} on {ctx.host_name} {why}: deploying")
+        return hs.same
 
     def do(self, ctx: Context) -> dict[str, Any]:
         patched = _patch_repo(ctx, stage_only=True)
         _deploy(ctx, "stage")
-        if not self.check(ctx):
+        where = "in this activation" if ctx.on_host else "after the deploy"
+        if ctx.on_host:
+            present, differs = self.check(ctx), False
+        else:
+            hs = hostsecret.compare(ctx)
+            present, differs = hs.present, hs.differs
+        if not present:
             raise StageError(
-                f"{ctx.secret_on_host} is missing {'in this activation' if ctx.on_host else 'after the deploy'}",
+                f"{ctx.secret_on_host} is missing {where}",
                 where=ctx.t.name,
                 hint="check that age.secrets includes it and that agenix could decrypt it (journalctl -u agenix)",
+            )
+        if differs:
+            raise StageError(
+                f"{ctx.secret_on_host} does not hold the value of {hostsecret.shown(ctx, hostsecret.age_file(ctx))} "
+                f"{where} (their sha256 differ)",
+                where=ctx.t.name,
+                hint="the deploy must build this repo's config (agenix decrypts the .age at activation): "
+                "check the deploy command and that the .age it builds from is this one (committed, pushed)",
             )
         return {"patched": patched}
 

@@ -29,6 +29,7 @@ from typing import Any
 from nixmig.config import new_role_for
 from nixmig.db import ops, roles
 from nixmig.errors import NixmigError
+from nixmig.phases import hostsecret
 from nixmig.phases.backup import Backup
 from nixmig.phases.base import Action, Context, Phase
 from nixmig.phases.cleanup import Cleanup
@@ -98,6 +99,7 @@ class AddRole:
         new, old = _new(ctx), ctx.service.role
         attrs = "/".join(roles.ATTRIBUTES)
         return [
+            *hostsecret.describe(ctx),
             Action("run", f"read {ctx.secret_on_host} (over the transport, never argv)"),
             Action(
                 "sql",
@@ -110,6 +112,8 @@ class AddRole:
         ]
 
     def check(self, ctx: Context) -> bool:
+        if hostsecret.differs(ctx):
+            return False  # do() refuses
         info = roles.info(ctx.t, ctx.runtime, _new(ctx))
         return (
             info.exists
@@ -123,6 +127,7 @@ class AddRole:
     def do(self, ctx: Context) -> dict[str, Any]:
         from nixmig.db.connect import login_roles
 
+        hostsecret.require_repo_value(ctx, self.name, DualRoleError)  # before any change
         t, rt, svc, new = ctx.t, ctx.runtime, ctx.service, _new(ctx)
         old = roles.info(t, rt, svc.role)
         if not old.exists:

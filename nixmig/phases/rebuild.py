@@ -51,6 +51,7 @@ from nixmig.db import ops, sql
 from nixmig.db import rebuild as rb
 from nixmig.db.runtime import DockerRuntime
 from nixmig.errors import NixmigError
+from nixmig.phases import hostsecret
 from nixmig.phases.backup import Backup
 from nixmig.phases.base import Action, Context, Phase
 from nixmig.phases.cleanup import Cleanup
@@ -347,6 +348,7 @@ class Provision:
         n, svc = names(ctx), ctx.service
         image = n.new_image or "<the old container's image>"
         return [
+            *hostsecret.describe(ctx),
             Action("run", render(rb.create_volume_argv(svc, n.new_volume, self._labels(ctx, "<run>")))),
             Action("run", render(self._run_argv(ctx, image, "<data dir of the old volume>", {}, "<run>"))),
             Action("check", f"docker exec {n.scratch} pg_isready -h 127.0.0.1 (the init server is socket-only)"),
@@ -379,6 +381,8 @@ class Provision:
     def do(self, ctx: Context) -> dict[str, Any]:
         t, svc, n = ctx.t, ctx.service, names(ctx)
         assert svc.container is not None
+        # the new cluster is initialised from that file: it must be the value switch deploys
+        hostsecret.require_repo_value(ctx, self.name, rb.RebuildError)
         old = rb.inspect_container(t, svc, svc.container)
         if old is None or not old.mounts(n.old_volume):
             raise rb.RebuildError(f"container {svc.container} does not mount {n.old_volume}", where=t.name)

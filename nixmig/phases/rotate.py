@@ -3,6 +3,10 @@
 The password is read from /run/agenix/NAME over the transport (never argv), a
 SCRAM verifier is computed here, and only the verifier reaches psql, on stdin.
 The old verifier is kept for rollback, age-encrypted to the operator.
+
+First, that file must hold the value of the repo's NAME.age, the one switch gives the
+services (nixmig.phases.hostsecret, digests compared): else rotate refuses before any
+ALTER ROLE, and reopens stage so that `nixmig apply` again deploys it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 
 from nixmig.db import ops
 from nixmig.errors import NixmigError
+from nixmig.phases import hostsecret
 from nixmig.phases.base import Action, Context
 from nixmig.secrets.age import decrypt, encrypt
 from nixmig.sensitive import Secret
@@ -34,18 +39,22 @@ class Rotate:
 
     def describe(self, ctx: Context) -> list[Action]:
         return [
+            *hostsecret.describe(ctx),
             Action("run", f"read {ctx.secret_on_host} (over the transport, never argv)"),
             Action("sql", f"ALTER ROLE \"{ctx.service.role}\" PASSWORD 'SCRAM-SHA-256$4096:********'  (stdin)"),
             Action("file", "old verifier kept in the journal, age-encrypted to the operator"),
         ]
 
     def check(self, ctx: Context) -> bool:
+        if hostsecret.differs(ctx):
+            return False  # do() refuses
         state = ops.role_state(ctx.t, ctx.runtime, ctx.service.role)
         return state.verifier is not None and ops.password_matches(state.verifier, new_password(ctx))
 
     def do(self, ctx: Context) -> dict[str, Any]:
         if not ctx.operator_recipients:
             raise RotateError("no operator recipients for the rollback material", where=ctx.cfg.path)
+        hostsecret.require_repo_value(ctx, self.name, RotateError)
         state = ops.role_state(ctx.t, ctx.runtime, ctx.service.role)
         old = state.verifier or Secret("")
         sealed = base64.b64encode(encrypt(old, ctx.operator_recipients)).decode()
