@@ -29,7 +29,9 @@ def patch(
     ),
     migration: str | None = typer.Option(None, "--migration", "-m", help="Migration name (default: the only one)."),
     write: bool = typer.Option(False, "--write", help="Apply the changes (every file is parsed first; all or none)."),
-    check: bool = typer.Option(False, "--check", help="Exit 1 when the tree is not patched yet (for CI)."),
+    check: bool = typer.Option(
+        False, "--check", help="Exit 1 when the tree is not patched yet or a credential is left (for CI)."
+    ),
     explain: bool = typer.Option(False, "--explain", help="Say for each change which literal it replaces and why."),
     json_out: bool = JsonOption,
 ) -> None:
@@ -39,6 +41,12 @@ def patch(
     byte-exact: nothing outside the edited spans changes, and a second run changes
     nothing. Literals in shapes nixmig has no template for are listed with the
     snippet to apply by hand.
+
+    The verdict comes from a scan of the tree as it would be after the edits: every
+    credential of this migration still there (the same password anywhere, a database
+    credential in the migration's files) is listed with file:line and why, and
+    --write / --check exit 1 while anything is left. "Nothing to change" (exit 0) only
+    when the scan finds nothing left and the tree uses the agenix secret.
     """
     from nixmig import config as cfgmod
     from nixmig.nixsrc import patch as pt
@@ -103,7 +111,11 @@ def _render(plan: Plan, diff: str, notes: list[str], *, explain: bool, check: bo
         typer.echo(f"note: {n}", err=True)
     files = len(plan.files)
     if not plan.edits:
-        summary = "nothing to change: the tree is patched" if not plan.manual else "nothing nixmig can change by itself"
+        summary = (
+            "nothing to change: the tree is patched (a scan finds none of this migration's credentials left)"
+            if not plan.manual
+            else "nothing nixmig can change by itself"
+        )
     elif checked is not None:
         summary = f"wrote {files} file{'s' * (files != 1)} ({len(plan.edits)} edits, each checked with {checked})"
     elif check:

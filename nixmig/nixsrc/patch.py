@@ -50,6 +50,7 @@ from urllib.parse import quote, unquote
 from nixmig.errors import ConfigError
 from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
+from nixmig.nixsrc.leftover import declares_secret, digest, leftovers, naming, uses_secret
 from nixmig.nixsrc.model import AttrSet, Bind, FileModel, Lit, NixPath, bindings, decode_string, model, unparen
 from nixmig.nixsrc.parse import text
 from nixmig.nixsrc.quote import Antiquote, escape_indented, nix_attr, nix_attrpath, nix_escape, nix_string, store_name
@@ -235,6 +236,7 @@ class _Builder:
         self.replaced: list[str] = []  # "VAR at file:line:col" of every literal the plan removes
         self.option_paths = {p for _, p in self.option_candidates()}
         self.option_literal: tuple[FileModel, Bind, NixPath] | None = None  # `password = "..."` beside passwordFile
+        self.known: set[bytes] = set()  # digests of the values recognised as this migration's password
 
     # ------------------------------------------------ lookups
 
@@ -345,6 +347,8 @@ class _Builder:
         tpl = template("arion-service.nix.j2" if db.kind == "arion" else "oci-containers.nix.j2")
         if db.bind is not None:
             self.mask_literal(fm, db.bind.value)
+            if db.password:
+                self.known.add(digest(db.password.encode()))
             b = db.bind
             ap = b.node.child_by_field_name("attrpath")
             assert ap is not None
@@ -569,6 +573,7 @@ class _Builder:
                 and self.option_literal is None
             ):
                 self.option_literal = (fm, lit.bind, (*lit.path[:-1], "passwordFile"))
+                self.known.add(digest(value.encode()))
                 self.handled.add((fm.name, lit.node.start_byte))
                 self.replaced.append(f"{'.'.join(lit.path)} at {fm.where(lit.node)}")
             elif password is not None and value == password and lit.bind is not None and _secret_name(lit.path):
@@ -599,6 +604,7 @@ class _Builder:
 
     def on_url(self, fm: FileModel, lit: Lit, value: str, url: UrlParts) -> None:
         self.mask_url(fm, lit.node, value, url)
+        self.known |= {digest(url.password.encode()), digest(unquote(url.password).encode())}
         url = self.as_login_role(url)
         var = lit.path[-1] if lit.path else ""
         shape = _container_shape(lit.path[:-2]) if len(lit.path) >= 2 and lit.path[-2] == "environment" else None
@@ -1091,6 +1097,48 @@ class _Builder:
             )
         return cands[0] if cands else None
 
+    # ------------------------------------------------ the verdict: what the plan would leave
+
+    def verdict(self, db: _Db | None) -> None:
+        """Scan the tree: every credential of this migration that no edit replaces is a by-hand item.
+
+        "Nothing to change" is only possible when the scan found nothing left and the tree
+        uses the secret (see :mod:`nixmig.nixsrc.leftover`)."""
+        spec = self.spec
+        used = uses_secret(self.models, spec.secret, spec.secret_on_host)
+        in_use = bool(used) and declares_secret(self.models, spec.secret)
+        recognised = bool(self.known) or db is not None or bool(self.renderers) or bool(self.ed.items)
+        idents = [n for n in (spec.container, spec.db_service, *spec.app_services, spec.unit) if n]
+        scope: set[str] | None = None
+        if recognised or in_use:
+            named = {posixpath.normpath(n) for n in (spec.module, spec.compose, spec.host_file) if n}
+            scope = {e.file for e in self.ed.items} | named | used | naming(self.models, idents)
+        found = leftovers(
+            self.models,
+            self.ed.items,
+            known=self.known,
+            scope=scope,
+            idents=idents,
+            role=spec.role,
+            skip={(m.file, m.line) for m in self.manual},
+        )
+        for left in found:
+            self.masks.append((left.file, left.start, left.end))
+            path = tuple(left.attribute.split(".")) if left.attribute else ()
+            self.manual.append(Manual(left.file, left.line, left.col, left.what, self.generic_snippet(path)))
+        if not found and not self.ed.items and not self.manual and not in_use:
+            self.manual.append(
+                Manual(
+                    "",
+                    0,
+                    0,
+                    f"found no hardcoded password of role {spec.role!r} in a shape nixmig knows, and nothing uses "
+                    f"the agenix secret {spec.secret} ({spec.secret_on_host}): nothing changed. Check the "
+                    f"migration's service and its compose/module/db_service keys, and run `nixmig scan`",
+                    "",
+                )
+            )
+
     # ------------------------------------------------ manual items and masks
 
     def manual_here(self, fm: FileModel, node: Node, what: str, snippet: str) -> None:
@@ -1171,10 +1219,7 @@ class _Builder:
                 self.manual.append(
                     Manual(name, 1, 1, f"not a `{{ {', '.join(wanted)}, ... }}:` module: the new code needs them", "")
                 )
-        if db is None and not self.renderers and not self.manual:
-            self.notes.append(
-                f"no hardcoded {DB_PASSWORD_VAR} and no URL with the password of role {self.spec.role!r} found"
-            )
+        self.verdict(db)
         edits = tuple(sorted(self.ed.items, key=lambda e: (e.file, e.start, e.end)))
         return Plan(edits, tuple(self.manual), tuple(dict.fromkeys(self.notes)), tuple(self.masks))
 
@@ -1316,7 +1361,75 @@ def plan(sources: Mapping[str, bytes], spec: Spec) -> Plan:
     when the tree is ambiguous. Applying the plan and planning again gives no edits.
     """
     models = {name: model(name, src) for name, src in sorted(sources.items())}
+    check_keys(models, spec)
     return _Builder(models, spec).run()
+
+
+def _candidates(wanted: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.5)
+    shown = close or sorted(names)[:6]
+    more = "" if close or len(names) <= 6 else f" (and {len(names) - 6} more)"
+    return ("did you mean: " if close else "candidates: ") + (", ".join(shown) + more if shown else "(none)")
+
+
+def unit_names(models: Mapping[str, FileModel]) -> set[str]:
+    """The systemd units the tree defines: systemd.services.X, arion-PROJECT (and serviceName), docker-/podman-X."""
+    out: set[str] = set()
+    for fm in models.values():
+        for b in fm.binds:
+            p = b.path
+            if len(p) >= 3 and p[:2] == ("systemd", "services"):
+                out.add(p[2])
+            elif len(p) >= 4 and p[:3] == ("virtualisation", "arion", "projects"):
+                out.add(f"arion-{p[3]}")
+                if p[4:] == ("serviceName",) and (v := decode_string(b.value)):
+                    out.add(v)
+            elif len(p) >= 4 and p[:3] == ("virtualisation", "oci-containers", "containers"):
+                out |= {f"docker-{p[3]}", f"podman-{p[3]}"}
+    return out
+
+
+def container_names(models: Mapping[str, FileModel]) -> set[str]:
+    """Every arion service and oci-containers container the tree defines."""
+    out: set[str] = set()
+    for fm in models.values():
+        for b in fm.binds:
+            for n in range(len(b.path), 1, -1):
+                shape = _container_shape(b.path[:n])
+                if shape is not None:
+                    out.add(shape[1])
+                    break
+    return out
+
+
+def check_keys(models: Mapping[str, FileModel], spec: Spec) -> None:
+    """A key of nixmig.toml that names nothing in the repo is an error with the candidates, never a silent default."""
+    files = sorted(models)
+    for key in ("module", "compose", "host_file"):
+        name = getattr(spec, key)
+        if name and posixpath.normpath(name) not in models:
+            raise ConfigError(
+                f"migrations: {key} = {name!r}: no such .nix file in the repository",
+                hint="paths are relative to the repository root; " + _candidates(posixpath.normpath(name), files),
+            )
+    containers = sorted(container_names(models))
+    for key, names in (
+        ("db_service", [spec.db_service] if spec.db_service else []),
+        ("app_services", spec.app_services),
+    ):
+        for name in names:
+            if name not in containers:
+                raise ConfigError(
+                    f"migrations: {key} names {name!r}: no arion service or oci-containers container of that name",
+                    hint=_candidates(name, containers),
+                )
+    if spec.unit:
+        units = sorted(unit_names(models))
+        if spec.unit not in units and spec.unit.removesuffix(".service") not in units and not spec.module:
+            raise ConfigError(
+                f"migrations: unit = {spec.unit!r}: no systemd service, arion project or container of that name",
+                hint=_candidates(spec.unit, units) + "; or set module to the file that defines the unit",
+            )
 
 
 def read_sources(repo: Path) -> dict[str, bytes]:

@@ -98,6 +98,9 @@ class Finding:
     value: Secret = field(repr=False, compare=False)
     secret_name: str
     rule: str  # how it was found: name, url, pem, age-identity, assignment, flag, sql, token-format
+    # byte span of the value in the source (-1: unknown); what patch's verdict compares with its edits
+    start: int = field(default=-1, compare=False)
+    end: int = field(default=-1, compare=False)
 
     @property
     def severity(self) -> Severity:
@@ -370,7 +373,7 @@ _TOKEN_FORMAT_RE: Final = re.compile(
 _VALUE: Final = rb"(\"[^\"\n]*\"|'[^'\n]*'|[^\s\"',;&)}\]#]+)"
 # the value sits in a lookahead, so `https://host/x?token=...` is tried again after `https:`
 _ASSIGN_RE: Final = re.compile(
-    rb"(?<![\w.\-$])(?:export[ \t]+)?([\"']?)(-{0,2}[A-Za-z_][\w.\-]*)\1[ \t]*(?:=>|[=:])[ \t]*(?=" + _VALUE + rb")"
+    rb"(?<![\w.\-$/])(?:export[ \t]+)?([\"']?)(-{0,2}[A-Za-z_][\w.\-]*)\1[ \t]*(?:=>|[=:])[ \t]*(?=" + _VALUE + rb")"
 )
 _SIGIL_RE: Final = re.compile(rb"(?<![\w$])\$([A-Za-z_]\w*)[ \t]*=[ \t]*(?=" + _VALUE + rb")")  # PHP, Perl
 _FLAG_RE: Final = re.compile(rb"(?<![\w.\-])--([A-Za-z][\w\-]*)[ \t]+(?=" + _VALUE + rb")")
@@ -999,6 +1002,8 @@ class _Collector:
                     url_user=url_user,
                 ),
                 rule=rule,
+                start=src_start,
+                end=src_end,
             )
         )
 

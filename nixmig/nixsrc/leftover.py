@@ -1,0 +1,143 @@
+"""patch's verdict: the hardcoded credentials a plan would leave behind, found by scanning.
+
+Pure: models, the plan's edits and what it recognised in, leftovers out. "Nothing to change"
+is an observation (STYLE 14): after the builder has decided its edits, every file of the
+repo is scanned (:func:`nixmig.nixsrc.scan.scan_source`) and each finding that no edit
+replaces is a leftover when
+
+- it holds a value the plan recognised as this migration's password (in any file), or
+- it is a database credential (a PostgreSQL / MySQL / database-named attribute, a database
+  URL, SQL, a name of this migration's containers) in a file of the migration's scope: the
+  files the plan edits, the files nixmig.toml names (module, compose, host_file), the files
+  that use the agenix secret, and the files that name the service's container, db_service,
+  app_services or unit; when the plan recognised nothing and nothing uses the secret yet,
+  every file is in scope.
+
+Each leftover says where it is, the attribute, and why nixmig has no edit for it. When there is
+no leftover, no edit, and nothing uses the secret, that is said too: a tree where nixmig found
+neither the hardcoded password nor the secret in use is not "patched".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from nixmig.nixsrc.edits import Edit
+from nixmig.nixsrc.model import FileModel
+from nixmig.nixsrc.quote import nix_attr
+from nixmig.nixsrc.scan import DESCRIPTION, Finding, Kind, scan_source, words
+
+DB_WORDS = frozenset(
+    {"postgres", "postgresql", "pg", "psql", "db", "database", "databases", "mysql", "mariadb", "sql", "dsn"}
+)
+DB_SCHEMES = frozenset({"postgres", "postgresql", "mysql", "mariadb", "mysql2", "jdbc", "pgsql"})
+_MYSQL = frozenset({"mysql", "mariadb"})
+_SCHEME_BEFORE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://[^\s\"'@]*$")
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A hardcoded credential the plan leaves in place (line/col 1-based, in the original file)."""
+
+    file: str
+    line: int
+    col: int
+    attribute: str
+    what: str
+    start: int  # byte span of the value (to mask it in a diff)
+    end: int
+
+
+def digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def uses_secret(models: Mapping[str, FileModel], secret: str, secret_on_host: str) -> set[str]:
+    """The files that read the agenix secret (``config.age.secrets.NAME.path`` or its path on the host)."""
+    refs = [f"age.secrets.{nix_attr(secret)}.path".encode(), secret_on_host.encode()]
+    return {name for name, fm in models.items() if any(r in fm.source for r in refs)}
+
+
+def declares_secret(models: Mapping[str, FileModel], secret: str) -> bool:
+    return any(b.exact and b.path[:3] == ("age", "secrets", secret) for fm in models.values() for b in fm.binds)
+
+
+def naming(models: Mapping[str, FileModel], names: Iterable[str]) -> set[str]:
+    """The files whose text names any of ``names`` as a whole word (container, service, unit names)."""
+    pats = [re.compile(rb"(?<![\w-])" + re.escape(n.encode()) + rb"(?![\w-])") for n in names if n]
+    return {name for name, fm in models.items() if any(p.search(fm.source) for p in pats)}
+
+
+def _scheme(source: bytes, start: int) -> str:
+    line_start = source.rfind(b"\n", 0, start) + 1
+    m = _SCHEME_BEFORE.search(source[line_start:start])
+    return m.group(1).decode().lower().split("+")[0] if m else ""
+
+
+def _related(f: Finding, source: bytes, idents: Collection[str]) -> bool:
+    """A database credential (by its attribute's words, its URL scheme, SQL) or one of this migration's names."""
+    ws = set(words(f.attr_path)) if f.attr_path else set()
+    if ws & DB_WORDS or f.rule == "sql":
+        return True
+    if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 and _scheme(source, f.start) in DB_SCHEMES:
+        return True
+    return any(i and i in f.attr_path.split(".") for i in idents)
+
+
+def _why(f: Finding, source: bytes, role: str) -> str:
+    ws = set(words(f.attr_path)) if f.attr_path else set()
+    scheme = _scheme(source, f.start) if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 else ""
+    if ws & _MYSQL or scheme in _MYSQL or scheme == "mysql2":
+        return "a MySQL/MariaDB credential: nixmig rotates PostgreSQL roles only"
+    if f.rule == "sql":
+        return "a password inside SQL text (an initialScript or a script): nixmig has no edit for it"
+    if f.rule in ("assignment", "flag", "config-line"):
+        return "a password inside a longer string (a script, an env or config text): nixmig has no edit for it"
+    if f.kind is Kind.URL_CREDENTIAL:
+        return (
+            f"a {scheme or 'URL'}:// credential that nixmig did not match to role {role!r} in a shape it can "
+            f"edit (a container's environment or a unit's Environment)"
+        )
+    if not f.attr_path:
+        return "a string not bound to an attribute (a let binding used elsewhere, an interpolation)"
+    return "no template for this shape"
+
+
+def _covered(f: Finding, spans: Sequence[tuple[int, int]]) -> bool:
+    return f.start >= 0 and any(s <= f.start and f.end <= e for s, e in spans)
+
+
+def leftovers(
+    models: Mapping[str, FileModel],
+    edits: Sequence[Edit],
+    *,
+    known: Collection[bytes],
+    scope: Collection[str] | None,
+    idents: Collection[str],
+    role: str,
+    skip: Collection[tuple[str, int]] = (),
+) -> list[Leftover]:
+    """Every credential finding that no edit replaces and that is this migration's (see the module doc).
+
+    ``scope`` None: every file. ``skip``: (file, line) already reported as a by-hand item.
+    """
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for e in edits:
+        spans.setdefault(e.file, []).append((e.start, e.end))
+    out: list[Leftover] = []
+    for name, fm in sorted(models.items()):
+        for f in scan_source(fm.source, name).findings:
+            if f.kind is Kind.HASH or _covered(f, spans.get(name, ())) or (name, f.line) in skip:
+                continue
+            same = digest(f.value.reveal()) in known
+            if not same and not ((scope is None or name in scope) and _related(f, fm.source, idents)):
+                continue
+            head = f"{f.attr_path or 'a string'} still holds " + (
+                "this migration's password" if same else "a " + DESCRIPTION[f.kind]
+            )
+            why = _why(f, fm.source, role)
+            out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end))
+    return out

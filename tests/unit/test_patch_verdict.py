@@ -1,0 +1,143 @@
+"""patch's verdict comes from a scan: "nothing to change" only when nothing is left (issue 12, part 1)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from nixmig.errors import ConfigError
+from nixmig.nixsrc import patch as pt
+from nixmig.nixsrc.scan import scan_source
+from tests.helpers import EXAMPLE, copy_example, run_cli, snapshot
+
+TOML = """\
+[hosts.box]
+address = "box.example.org"
+
+[services.db]
+host = "box"
+container = "{container}"
+database = "app"
+role = "{role}"
+
+[migrations.app-db]
+service = "db"
+secret = "app-db"
+"""
+
+MYSQL_ONLY = """{ config, ... }:
+{
+  age.secrets.other.file = ../secrets/other.age;
+  virtualisation.oci-containers.containers.db = {
+    image = "mariadb:11";
+    environment = {
+      MARIADB_USER = "app";
+      MARIADB_PASSWORD = "hunter2hunter2";
+    };
+  };
+}
+"""
+
+NOTHING = """{ config, ... }:
+{
+  virtualisation.oci-containers.containers.web = {
+    image = "nginx:1";
+    ports = [ "80:80" ];
+  };
+}
+"""
+
+
+def _repo(tmp: Path, files: dict[str, str], *, container: str = "db", role: str = "app") -> Path:
+    repo = tmp / "repo"
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    (repo / "nixmig.toml").write_text(TOML.format(container=container, role=role))
+    return repo
+
+
+def test_a_literal_no_rule_matches_is_reported_not_called_patched(tmp_path: Path) -> None:
+    """The shape the old patch called "nothing to change" with exit 0 while scan found the password."""
+    repo = _repo(tmp_path, {"hosts/box/db.nix": MYSQL_ONLY})
+    before = snapshot(repo)
+    for mode in ("--check", "--write"):
+        out = run_cli("patch", "--repo", str(repo), mode)
+        err, text = out.stderr.decode(), out.stdout.decode()
+        assert out.returncode == 1, (mode, text, err)
+        assert "nothing to change" not in err
+        assert "hosts/box/db.nix:8:" in text and "MARIADB_PASSWORD" in text and "MySQL/MariaDB" in text
+        assert "hunter2" not in text + err
+    assert snapshot(repo) == before
+    out = run_cli("patch", "--repo", str(repo), "--json")
+    data = json.loads(out.stdout)
+    assert data["clean"] is False
+    assert [(m["file"], m["line"]) for m in data["manual"]] == [("hosts/box/db.nix", 8)]
+
+
+def test_a_tree_with_neither_the_password_nor_the_secret_is_not_patched(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, {"hosts/box/web.nix": NOTHING})
+    out = run_cli("patch", "--repo", str(repo), "--check")
+    assert out.returncode == 1
+    assert "found no hardcoded password of role 'app'" in out.stdout.decode()
+    assert "nothing to change" not in out.stderr.decode()
+
+
+def test_a_bare_copy_of_the_password_in_another_file_is_left_and_said() -> None:
+    """The same value the plan replaces, bound elsewhere under a name no rule knows: reported by value."""
+    src = pt.read_sources(EXAMPLE)
+    name = "modules/system/linux/twenty-crm.nix"
+    src[name] = src[name].replace(
+        b"    };\n  };\n}", b'    };\n    environment.etc."x".text = "pw: postgres";\n  };\n}'
+    )
+    plan = pt.plan(src, pt.Spec(secret="twenty-db-password", host="newton", container="twenty-db-1"))
+    left = [m for m in plan.manual if m.file == name]
+    assert len(left) == 1 and "this migration's password" in left[0].what, plan.manual
+
+
+def test_scan_finds_nothing_in_what_patch_wrote(tmp_path: Path) -> None:
+    """`nixmig scan --fail-on-findings` passes right after a correct `patch --write` of the worked example
+    (it used to flag patch's own bind mount "SRC:DST:ro" as a 2-character password)."""
+    repo = copy_example(tmp_path)
+    (repo / "nixmig.toml").write_text(
+        TOML.format(container="twenty-db-1", role="postgres")
+        .replace("box", "newton")
+        .replace('secret = "app-db"', 'secret = "twenty-db-password"')
+    )
+    assert run_cli("patch", "--repo", str(repo), "--write").returncode == 0
+    out = run_cli("scan", "--fail-on-findings", str(repo))
+    assert out.returncode == 0, out.stdout.decode()
+    out = run_cli("patch", "--repo", str(repo), "--check")
+    assert out.returncode == 0 and "nothing to change" in out.stderr.decode()
+
+
+def test_volume_specs_and_agenix_paths_are_not_passwords() -> None:
+    src = b"""{ config, ... }: {
+  a.volumes = [ "/run/agenix/db-password:/run/secrets/db-password:ro" "db-secret:/x:rw" ];
+  b.passwordFile = config.age.secrets.db-password.path;
+  c.environment.PASSWORD_FILE = "/run/secrets/db-password";
+}
+"""
+    assert scan_source(src, "x.nix").findings == ()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("module", "modules/system/linux/twenty.nix", "did you mean: modules/system/linux/twenty-crm.nix"),
+        ("compose", "arion-compose.nix", "modules/system/linux/twenty/arion-compose.nix"),
+        ("host_file", "hosts/newtn/default.nix", "did you mean: hosts/newton/default.nix"),
+        ("db_service", "postgres", "candidates: db, redis, server, worker"),
+        ("app_services", "servr", "did you mean: server"),
+        ("unit", "twenty-arion", "arion-twenty"),
+    ],
+)
+def test_a_key_that_names_nothing_is_an_error_with_the_candidates(key: str, value: str, said: str) -> None:
+    spec = pt.Spec(secret="twenty-db-password", host="newton", container="twenty-db-1")
+    spec = dataclasses.replace(spec, **{key: (value,) if key == "app_services" else value})
+    with pytest.raises(ConfigError) as exc:
+        pt.plan(pt.read_sources(EXAMPLE), spec)
+    assert repr(value) in str(exc.value) and said in (exc.value.hint or ""), (str(exc.value), exc.value.hint)
