@@ -32,6 +32,7 @@ into one value the journal keeps, to tell later whether the data changed.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -130,9 +131,16 @@ class Fingerprint:
         return h.hexdigest()
 
 
+def key_of(db: str, kind: str, name: str) -> str:
+    """ "DB/kind/name", with ``%`` and ``/`` in DB escaped (a database may be named
+    ``postgresql://x``): split_key finds DB, kind and name again, and the data of such a
+    database counts in the digest. Other names are kept as they are (journaled digests stay valid)."""
+    return f"{db.replace('%', '%25').replace('/', '%2F')}/{kind}/{name}"
+
+
 def split_key(key: str) -> tuple[str, str, str]:
     db, kind, name = key.split("/", 2)
-    return db, kind, name
+    return re.sub("%(25|2F)", lambda m: "%" if m.group(1) == "25" else "/", db), kind, name
 
 
 def databases(t: Transport, rt: Runtime) -> list[str]:
@@ -153,7 +161,7 @@ def parse(out: str, db: str) -> tuple[dict[str, str], dict[str, Secret]]:
         if kind == "password":
             passwords[name] = Secret(value)
             continue
-        items[f"{db}/{kind}/{name}"] = value
+        items[key_of(db, kind, name)] = value
     return items, passwords
 
 

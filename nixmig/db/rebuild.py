@@ -20,7 +20,7 @@ from typing import Any
 from nixmig.config import Service
 from nixmig.db.ops import DatabaseError, hush_sql, psql
 from nixmig.db.runtime import DockerRuntime
-from nixmig.db.sql import ident, literal
+from nixmig.db.sql import dbname, ident, literal
 from nixmig.errors import NixmigError
 from nixmig.remote.base import Result, Transport, render
 
@@ -194,7 +194,7 @@ _ALREADY = re.compile(r'ERROR:\s+role "((?:[^"]|"")+)" already exists')
 def copy_roles_argv(old: DockerRuntime, new: DockerRuntime) -> list[str]:
     svc = old.service
     dump = in_container(old, "pg_dumpall", "--roles-only", "-U", svc.admin_role, stdin=False)
-    load = in_container(new, "psql", "-X", "-q", "-U", new.service.admin_role, "-d", "postgres", "-f", "-")
+    load = in_container(new, "psql", "-X", "-q", "-U", new.service.admin_role, "-d", dbname("postgres"), "-f", "-")
     # the roles' verifiers pass through this pipe: the new server must not log or keep them.
     # psql runs on past errors (see copy_roles), but not past one hushing the session.
     return pipeline(dump, load, prefix=HUSH_SESSION)
@@ -219,9 +219,11 @@ def copy_roles(t: Transport, old: DockerRuntime, new: DockerRuntime) -> None:
 def restore_argv(old: DockerRuntime, new: DockerRuntime, database: str) -> list[str]:
     svc = old.service
     # -Z0: the pipe stays on this host, compressing would only cost CPU during the freeze
-    dump = in_container(old, "pg_dump", "-Fc", "-Z0", "--create", "-U", svc.admin_role, "-d", database, stdin=False)
+    dump = in_container(
+        old, "pg_dump", "-Fc", "-Z0", "--create", "-U", svc.admin_role, "-d", dbname(database), stdin=False
+    )
     load = in_container(
-        new, "pg_restore", "--create", "--exit-on-error", "-U", new.service.admin_role, "-d", "template1"
+        new, "pg_restore", "--create", "--exit-on-error", "-U", new.service.admin_role, "-d", dbname("template1")
     )
     return pipeline(dump, load)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from nixmig.config import Service
+from nixmig.db.sql import dbname
 from nixmig.errors import NixmigError
 from nixmig.remote.base import Transport
 
@@ -81,19 +82,19 @@ class DockerRuntime:
 
     def psql(self, database: str | None = None) -> list[str]:
         db = database or self.service.database
-        return self._exec("psql", *PSQL_FLAGS, "-U", self.service.admin_role, "-d", db, "-f", "-")
+        return self._exec("psql", *PSQL_FLAGS, "-U", self.service.admin_role, "-d", dbname(db), "-f", "-")
 
     def pg_dump(self, snapshot: str | None = None) -> list[str]:
         snap = [f"--snapshot={snapshot}"] if snapshot else []
         return self._exec(
-            "pg_dump", "-Fc", *snap, "-U", self.service.admin_role, "-d", self.service.database, stdin=False
+            "pg_dump", "-Fc", *snap, "-U", self.service.admin_role, "-d", dbname(self.service.database), stdin=False
         )
 
     def pg_restore_list(self) -> list[str]:
         return self._exec("pg_restore", "--list")
 
     def pg_restore(self, database: str) -> list[str]:
-        return self._exec("pg_restore", *RESTORE_FLAGS, "-U", self.service.admin_role, "-d", database)
+        return self._exec("pg_restore", *RESTORE_FLAGS, "-U", self.service.admin_role, "-d", dbname(database))
 
     def check(self, t: Transport) -> None:
         r = t.run(self._docker("inspect", "--type", "container", self.container), check=False)
@@ -147,12 +148,14 @@ class NativeRuntime:
 
     def psql(self, database: str | None = None) -> list[str]:
         db = database or self.service.database
-        return self._as_os_user("psql", *PSQL_FLAGS, *self._conn(), "-U", self.service.admin_role, "-d", db, "-f", "-")
+        return self._as_os_user(
+            "psql", *PSQL_FLAGS, *self._conn(), "-U", self.service.admin_role, "-d", dbname(db), "-f", "-"
+        )
 
     def pg_dump(self, snapshot: str | None = None) -> list[str]:
         snap = [f"--snapshot={snapshot}"] if snapshot else []
         return self._as_os_user(
-            "pg_dump", "-Fc", *snap, *self._conn(), "-U", self.service.admin_role, "-d", self.service.database
+            "pg_dump", "-Fc", *snap, *self._conn(), "-U", self.service.admin_role, "-d", dbname(self.service.database)
         )
 
     def pg_restore_list(self) -> list[str]:
@@ -160,7 +163,7 @@ class NativeRuntime:
 
     def pg_restore(self, database: str) -> list[str]:
         return self._as_os_user(
-            "pg_restore", *RESTORE_FLAGS, *self._conn(), "-U", self.service.admin_role, "-d", database
+            "pg_restore", *RESTORE_FLAGS, *self._conn(), "-U", self.service.admin_role, "-d", dbname(database)
         )
 
     def check(self, t: Transport) -> None:

@@ -45,7 +45,7 @@ def test_plan_needs_no_connection_and_masks(tmp_path: Path) -> None:
     assert [s.phase for s in steps] == ["preflight", "backup", "stage", "rotate", "switch", "verify", "cleanup"]
     assert all(s.state == "pending" for s in steps)
     text = "\n".join(a.text for s in steps for a in s.actions)
-    assert "docker exec -u postgres twenty-db-1 pg_dump -Fc -U postgres -d default" in text
+    assert "docker exec -u postgres twenty-db-1 pg_dump -Fc -U postgres -d dbname=default" in text
     assert "NIXMIG_PHASE=stage deploy --skip-checks .#newton" in text
     assert "PASSWORD 'SCRAM-SHA-256$4096:********'" in text
 

@@ -80,8 +80,9 @@ def test_plan_lists_every_command_without_connecting(tmp_path: Path) -> None:
     assert "freeze: run stop the app: docker stop -t 60 <the running containers of twenty-db-1's compose" in text
     assert "pg_terminate_backend(pid, 10000)" in text
     assert (
-        "docker exec -u postgres twenty-db-1 pg_dump -Fc -Z0 --create -U postgres -d '<db>' | "
-        "docker exec -i -u postgres twenty-db-1-nixmig-new pg_restore --create --exit-on-error -U postgres -d template1"
+        "docker exec -u postgres twenty-db-1 pg_dump -Fc -Z0 --create -U postgres -d 'dbname=<db>' | "
+        "docker exec -i -u postgres twenty-db-1-nixmig-new pg_restore --create --exit-on-error -U postgres "
+        "-d dbname=template1"
     ) in text
     assert "pg_dumpall --roles-only -U postgres; } | docker exec -i -u postgres twenty-db-1-nixmig-new psql" in text
     # the verifiers in the pipe are neither logged nor tracked; an error there stops the copy

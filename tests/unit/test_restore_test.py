@@ -89,7 +89,7 @@ def test_scratch_names_docker(tmp_path: Path) -> None:
     assert "twenty-db-1" not in target.runtime.psql() and target.name in target.runtime.psql()
     restore = target.runtime.pg_restore(target.database)
     assert restore[:6] == ["docker", "exec", "-i", "-u", "postgres", target.name]
-    assert restore[-2:] == ["-d", scratch.SCRATCH_DB] and "--exit-on-error" in restore
+    assert restore[-2:] == ["-d", f"dbname={scratch.SCRATCH_DB}"] and "--exit-on-error" in restore
     run = target.plan()[0]
     assert "--network none" in run and "--label nixmig.restore-test=twenty-db-password" in run
     assert "POSTGRES_PASSWORD" not in run  # no password at all: the container has no network
@@ -104,8 +104,8 @@ def test_scratch_names_native_fit_and_match_only_their_migration(tmp_path: Path)
         assert isinstance(target, scratch.NativeScratch)
         assert len(target.database.encode()) <= 63, target.database
         assert target.database.endswith("_20261123t100341z")
-        assert target.runtime.psql()[-4:] == ["-d", target.database, "-f", "-"]
-        assert target.database in target.runtime.pg_restore(target.database)
+        assert target.runtime.psql()[-4:] == ["-d", f"dbname={target.database}", "-f", "-"]
+        assert f"dbname={target.database}" in target.runtime.pg_restore(target.database)
         assert target.runtime.service.database == target.database
         assert rt.service.database == "default"  # the source is untouched
     # the leftover pattern of migration "a" does not match the scratch of migration "a_b"
