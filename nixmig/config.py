@@ -21,6 +21,8 @@ from typing import Any, Literal
 from nixmig.errors import ConfigError
 
 DEFAULT_CONFIG = "nixmig.toml"
+# read by nixmig whatever the config says: the Vault token, the blind indexes' default HMAC secret
+NIXMIG_SECRET_ENV = frozenset({"VAULT_TOKEN", "ENCRYPTION_HMAC_SECRET"})
 
 Runtime = Literal["docker", "native"]
 Strategy = Literal["rotate", "rebuild", "dual-role"]
@@ -167,6 +169,10 @@ class Migration:
     new_role: str | None = None
     # an optional phase after verify: re-encrypt columns (see ReencryptSettings)
     reencrypt: ReencryptSettings | None = None
+    # environment variables the deploy command gets although they are named like credentials
+    # (nixmig.deploy.looks_secret: *TOKEN*, *SECRET*, *_KEY, AWS_* ...), e.g. ["CACHIX_AUTH_TOKEN"];
+    # never one nixmig reads a secret from (Config.secret_env)
+    deploy_env: tuple[str, ...] = ()
 
 
 def new_role_for(mig: Migration, svc: Service) -> str:
@@ -221,6 +227,20 @@ class Config:
     def repo(self) -> Path:
         """The directory nixmig.toml lives in: the root of the Nix repo."""
         return self.path.parent
+
+    def secret_env(self) -> frozenset[str]:
+        """The environment variables nixmig reads secrets from with this config: every
+        ``env:NAME`` key source (reencrypt's new_key, old_key, hmac_secret) and NIXMIG_SECRET_ENV.
+        The deploy command never gets them (nixmig.deploy)."""
+        names = set(NIXMIG_SECRET_ENV)
+        for mig in self.migrations.values():
+            r = mig.reencrypt
+            if r is None:
+                continue
+            for source in (r.new_key, r.old_key, r.hmac_secret):
+                if source is not None and source.startswith("env:"):
+                    names.add(source.removeprefix("env:"))
+        return frozenset(names)
 
     def host_recipients(self) -> list[str]:
         """Every host's age recipient, in file order (the default for new secrets)."""
@@ -299,6 +319,24 @@ def _cross_check(cfg: Config, where: str) -> None:
                 raise ConfigError(f"{key}.command: required for a command check", where=where)
         _check_new_role(name, mig, cfg.services[mig.service], where)
         _check_reencrypt(cfg, name, mig, where)
+        _check_deploy_env(cfg, name, mig, where)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_deploy_env(cfg: Config, name: str, mig: Migration, where: str) -> None:
+    secret = cfg.secret_env()
+    for i, var in enumerate(mig.deploy_env):
+        key = f"migrations.{name}.deploy_env[{i}]"
+        if not _ENV_NAME.fullmatch(var):
+            raise ConfigError(f"{key}: {_show(var)} is not an environment variable name", where=where)
+        if var in secret:
+            raise ConfigError(
+                f"{key}: nixmig reads a secret from {var}; the deploy command never gets it",
+                where=where,
+                hint="remove it from deploy_env (give the deploy its own variable if it needs one)",
+            )
 
 
 def _check_new_role(name: str, mig: Migration, svc: Service, where: str) -> None:

@@ -166,7 +166,14 @@ def _deploy(ctx: Context, phase: str) -> None:
             "no deploy command", where=f"migrations.{ctx.name}.deploy", hint='e.g. deploy = "deploy .#newton"'
         )
     run_deploy(
-        ctx.migration.deploy, repo=ctx.cfg.repo, phase=phase, migration=ctx.name, emit=ctx.emit, host=ctx.host_name
+        ctx.migration.deploy,
+        repo=ctx.cfg.repo,
+        phase=phase,
+        migration=ctx.name,
+        emit=ctx.emit,
+        host=ctx.host_name,
+        drop_env=ctx.cfg.secret_env(),  # nixmig's own secrets stay with nixmig
+        keep_env=ctx.migration.deploy_env,
     )
 
 
