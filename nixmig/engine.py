@@ -1,23 +1,26 @@
 """Runs a migration's phases against its journal: lock, resume, rollback.
 
-apply:    take the host lock; for each phase in order, skip it if the journal
-          says done, else ask the facts (phase.check) and journal it done if they
-          already hold, else run it and journal it done. A run killed anywhere is
-          resumed by running apply again.
-rollback: undo the done phases in reverse order (rotate before switch: undo_order), journaling each.
+apply:    take the locks (the migration's, its database's) and read the journal under them;
+          check the target is the one the journal's run was on (nixmig.target); for each
+          phase in order, skip it if the journal says done, else ask the facts (phase.check)
+          and journal it done if they already hold, else run it and journal it done. A run
+          killed anywhere is resumed by running apply again.
+rollback: the same locks and target check, then every undo's preconditions (can_undo), then
+          undo the done phases in reverse order (rotate before switch: undo_order), journaling each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from nixmig import lock
+from nixmig import lock, target
 from nixmig.config import Config, Migration
 from nixmig.db.runtime import runtime_for
 from nixmig.errors import NixmigError, UsageError
@@ -180,9 +183,9 @@ def apply(
     gate: Gate | None = None,
 ) -> None:
     phases = phases_for(ctx.migration.strategy, ctx.migration)
-    ctx.journal.start_over()  # a rolled-back migration starts over (a copy kept for gc)
-    held = lock.acquire(ctx.t, ctx.host.lock_dir, f"{ctx.host_name}-{ctx.name}")
-    try:
+    with locked(ctx):
+        ctx.journal.start_over()  # a rolled-back migration starts over (a copy kept for gc)
+        check_target(ctx, record=True)
         for i, p in enumerate(phases):
             done = ctx.journal.state(p.name) == "done"
             if gate is not None:
@@ -207,37 +210,121 @@ def apply(
                 ctx.journal.fail(p.name, f"{type(exc).__name__}: {exc}")
                 raise
             ctx.journal.finish(p.name, data)
+            _observe(ctx)
             _notify(on_phase, p.name, "done", time.monotonic() - started)
             _crash_point(p.name)
         if ctx.journal.completed is None:
             ctx.journal.complete()
-    finally:
-        held.close()
 
 
 def rollback(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | None = None) -> list[str]:
     phases = phases_for(ctx.migration.strategy, ctx.migration)
     undone: list[str] = []
-    todo = [p for p in undo_order(phases) if ctx.journal.state(p.name) in ("done", "failed", "running")]
-    for p in todo:  # everything an undo needs is checked before the first undo
-        check = getattr(p, "can_undo", None)
-        if check is not None:
-            check(ctx, ctx.journal.data(p.name))
-    held = lock.acquire(ctx.t, ctx.host.lock_dir, f"{ctx.host_name}-{ctx.name}")
-    try:
+    with locked(ctx):
+        todo = [p for p in undo_order(phases) if ctx.journal.state(p.name) in ("done", "failed", "running")]
+        if todo:
+            check_target(ctx, record=False)
+        for p in todo:  # everything an undo needs is checked before the first undo
+            check = getattr(p, "can_undo", None)
+            if check is not None:
+                check(ctx, ctx.journal.data(p.name))
         for p in todo:
             started = time.monotonic()
             _notify(on_phase, p.name, "undoing", None)
             p.undo(ctx, ctx.journal.data(p.name))
             ctx.journal.undone(p.name)
+            _observe(ctx)
             undone.append(p.name)
             _notify(on_phase, p.name, "undone", time.monotonic() - started)
         ctx.journal.rolled_back = True
         ctx.journal.completed = None
         ctx.journal.save()
-    finally:
-        held.close()
     return undone
+
+
+_LOCKED = "_locks_held"
+
+
+@contextlib.contextmanager
+def locked(ctx: Context) -> Iterator[None]:
+    """Hold the migration's lock and its database's (nixmig.lock, nixmig.target.lock_name)
+    on the target, the journal read again once they are held: every read of the journal
+    that decides something, and every write, happens under them. Re-entrant per context."""
+    if ctx.extra.get(_LOCKED):
+        yield
+        return
+    who = lock.holder(f"migration {ctx.name} on {ctx.host_name}")
+    mig_lock = f"{ctx.host_name}-{ctx.name}"
+    held = [lock.acquire(ctx.t, ctx.host.lock_dir, mig_lock, holder_text=who, guards=f"migration {ctx.name}")]
+    try:
+        name, what = target.lock_name(ctx.t, ctx.runtime)
+        held.append(lock.acquire(ctx.t, ctx.host.lock_dir, name, holder_text=who, guards=what))
+        ctx.journal = ctx.journal.reload()
+        ctx.extra[_LOCKED] = True
+        yield
+    finally:
+        ctx.extra.pop(_LOCKED, None)
+        for h in reversed(held):
+            h.close()
+
+
+def check_target(ctx: Context, *, record: bool) -> None:
+    """The journal's run was on the database the config reaches now, or stop before anything
+    is done (nixmig.target). ``record``: apply keeps the identity when the journal has none
+    (its first run); rollback, with no identity kept (an older nixmig's journal), carries on.
+    ``ctx.extra["accept_target"]`` (--accept-target): an operator's word that it is the same
+    database; the new identity is recorded."""
+    rec = ctx.journal.meta.get("target")
+    accept = bool(ctx.extra.get("accept_target"))
+    if not isinstance(rec, dict) and not record:
+        return
+    try:
+        ctx.runtime.check(ctx.t)  # the runtime's own one-line advice when the server is not there
+        now = target.take(ctx.t, ctx.runtime)
+    except NixmigError as exc:
+        if not isinstance(rec, dict):
+            raise  # a first run: nothing done yet, the error says what to fix
+        if not accept:
+            raise target.TargetUnknown(
+                f"cannot check that this is the database of the journal's run: {exc.what}",
+                where=exc.where,
+                hint="start the database server; or --accept-target to go on without that check",
+            ) from None
+        ctx.emit(f"--accept-target: not checked ({exc.what})")
+        return
+    if not isinstance(rec, dict):
+        ctx.journal.meta["target"] = now.record()
+        ctx.journal.save()
+        return
+    refusal, note = target.compare(rec, now)
+    if refusal is not None and not accept:
+        raise target.TargetChanged(
+            f"the journal of {ctx.name} belongs to another target: {refusal}; nothing was done",
+            where=ctx.journal.path,
+            hint="point nixmig.toml back at the database of the first apply; if this is that database "
+            "(moved, restored), run again with --accept-target to record it",
+        )
+    if refusal is not None:
+        ctx.emit(f"--accept-target: {refusal}; recorded as this migration's target")
+        rec.update(host=now.host, container=now.container)
+    elif note is not None:
+        ctx.emit(note)
+    if target.learn(rec, now) or refusal is not None:
+        ctx.journal.save()
+
+
+def _observe(ctx: Context) -> None:
+    """After a step: what nixmig's own step changed (a deploy re-created the container,
+    rebuild switched clusters) is still this migration's target. Best effort."""
+    rec = ctx.journal.meta.get("target")
+    if not isinstance(rec, dict):
+        return
+    try:
+        now = target.take(ctx.t, ctx.runtime)
+    except NixmigError:
+        return
+    if target.learn(rec, now):
+        ctx.journal.save()
 
 
 def undo_order(phases: Sequence[Phase]) -> list[Phase]:

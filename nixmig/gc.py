@@ -22,7 +22,8 @@ What it never removes (and says so):
 - what a rolled-back migration retained before the rollback (it may be in use again);
   what the rollback itself retired while that migration runs again;
 - a volume a container still mounts, a retained container that runs;
-- anything on a host where a nixmig run holds the lock (checked, and held while removing);
+- anything on a host where a nixmig run holds a lock, its migration's or its database's
+  (checked, and held while removing);
 - a file path that is not absolute.
 """
 
@@ -371,16 +372,22 @@ def check_on_host(side: HostSide, items: list[Item], *, remove: bool) -> list[st
     held: list[Held] = []
     try:
         busy = None
-        for name in side.locks:
+        who = lock.holder("nixmig gc")
+        try:
+            names = _lock_names(t, side)
+        except NixmigError as exc:  # cannot name a database's lock: cannot tell no run holds it
+            names, busy = [], f"cannot take the database locks: {exc.what}"
+            errors.append(f"{side.host}: {busy}")
+        for name in names:
             try:
-                held.append(lock.acquire(t, side.lock_dir, name))
+                held.append(lock.acquire(t, side.lock_dir, name, holder_text=who))
             except lock.LockedError:
-                busy = f"{side.lock_dir}/{name}.lock"
+                busy = f"a nixmig run holds {side.lock_dir}/{name}.lock on {side.host}"
                 break
         if busy is not None:
             for i in items:
                 if i.action == "remove":
-                    i.action, i.reason = "keep", f"a nixmig run holds {busy} on {side.host}"
+                    i.action, i.reason = "keep", busy
         if not remove:  # listing: do not hold them
             for h in held:
                 h.close()
@@ -406,6 +413,19 @@ def check_on_host(side: HostSide, items: list[Item], *, remove: bool) -> list[st
             h.close()
         t.close()
     return errors
+
+
+def _lock_names(t: Transport, side: HostSide) -> list[str]:
+    """The locks a run takes (nixmig.engine.locked): each migration's on this host, then each
+    of its databases' (nixmig.target.lock_name), the same files whatever name a config gives the host."""
+    from nixmig import target
+
+    names = list(side.locks)
+    for _, rt in side.runtimes:
+        name, _what = target.lock_name(t, rt)
+        if name not in names:
+            names.append(name)
+    return names
 
 
 def _scratch(t: Transport, side: HostSide, busy: str | None) -> list[Item]:
@@ -436,7 +456,7 @@ def _scratch(t: Transport, side: HostSide, busy: str | None) -> list[Item]:
     for (kind, name), (what, mig) in sorted(found.items()):
         item_kind: Kind = "scratch-database" if kind == "scratch-database" else "scratch-container"
         if busy is not None:
-            out.append(Item(item_kind, side.host, name, "keep", f"a nixmig run holds {busy}", mig))
+            out.append(Item(item_kind, side.host, name, "keep", busy, mig))
         else:
             out.append(Item(item_kind, side.host, name, "remove", f"{what} left by a killed run", mig))
     return out

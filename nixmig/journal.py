@@ -78,6 +78,12 @@ class Journal:
                 f"unreadable journal ({exc})", where=path, hint="inspect it; move it away to start over"
             ) from None
 
+    def reload(self) -> Journal:
+        """The journal as the file holds it now (read again once the locks are held)."""
+        if not self.path.exists():
+            return Journal(self.path, self.migration, self.host)
+        return Journal.read(self.path)
+
     def state(self, phase: str) -> StepState | None:
         step = self.steps.get(phase)
         return step.state if step else None

@@ -59,6 +59,13 @@ HostsOpt = typer.Option(
     None, "--hosts", help="Several hosts: comma-separated names or glob patterns among the migration's hosts."
 )
 AllOpt = typer.Option(False, "--all", help="Every host of the migration.")
+AcceptTargetOpt = typer.Option(
+    False,
+    "--accept-target",
+    help="The database the config reaches now is the one of the journal's run although its identity "
+    "changed (moved, restored; the SSH host key, the cluster's system_identifier or the container differs): "
+    "record it and carry on. Without it apply and rollback refuse, before doing anything.",
+)
 ParallelOpt = typer.Option(4, "--parallel", min=1, help="With --hosts/--all: how many hosts work at once.")
 
 
@@ -152,6 +159,7 @@ class _Target:
         self.name = engine.pick_migration(self.cfg, migration)
         self.identities = load_identities(identity or [])
         self.quiet = quiet
+        self.accept_target = False  # --accept-target (apply, rollback)
         self.state_dir: Path | None = None
         self.hosts: list[str] = []
         self.ctx: Any = None
@@ -172,7 +180,7 @@ class _Target:
     def context(self, host: str | None, emit: Any = None) -> Any:
         from nixmig import engine
 
-        return engine.make_context(
+        ctx = engine.make_context(
             self.cfg,
             self.name,
             host=host,
@@ -181,6 +189,8 @@ class _Target:
             identities=self.identities,
             emit=emit or ((lambda _m: None) if self.quiet else (lambda m: typer.echo(f"    {m}"))),
         )
+        ctx.extra["accept_target"] = self.accept_target
+        return ctx
 
     @property
     def several(self) -> bool:
@@ -289,6 +299,7 @@ def register(app: typer.Typer) -> None:
         host: str | None = HostOpt,
         state_dir: Path | None = StateDirOpt,
         json_out: bool = JsonOption,
+        accept_target: bool = AcceptTargetOpt,
     ) -> None:
         """Run the migration; resumes at the first unfinished phase after a crash.
 
@@ -307,10 +318,12 @@ def register(app: typer.Typer) -> None:
             hosts=hosts,
             all_hosts=all_hosts,
         )
+        target.accept_target = accept_target
         if target.several:
             _apply_fleet(target, yes=yes, restore_test=restore_test, parallel=parallel, json_out=json_out)
             return
         ctx = target.ctx
+        ctx.extra["accept_target"] = accept_target
         ctx.restore_test = restore_test
         if restore_test and ctx.journal.state("backup") == "done" and "restore_test" not in ctx.journal.data("backup"):
             typer.echo("note: the backup was taken by an earlier run without --restore-test; it is not restored again")
@@ -392,8 +405,10 @@ def register(app: typer.Typer) -> None:
             "--force",
             help="strategy rebuild, after the switch to a newer major version: go back to the old volume "
             "although the writes made since the switch cannot be copied back into it (they stay on the "
-            "new volume only). Without it such a rollback is refused.",
+            "new volume only). Without it such a rollback is refused. Also: the Nix files nixmig "
+            "patched are restored even where they were edited since (the edited versions are kept).",
         ),
+        accept_target: bool = AcceptTargetOpt,
     ) -> None:
         """Undo the completed phases in reverse: old password restored, previous config deployed.
 
@@ -411,10 +426,12 @@ def register(app: typer.Typer) -> None:
             hosts=hosts,
             all_hosts=all_hosts,
         )
+        target.accept_target = accept_target
         if target.several:
             _rollback_fleet(target, yes=yes, parallel=parallel, json_out=json_out, force=force)
             return
         ctx = target.ctx
+        ctx.extra["accept_target"] = accept_target
         ctx.extra["force"] = force
         _confirm(
             yes,
@@ -448,12 +465,20 @@ def _on_host_migration(ctx: Any, *, quiet: bool = False) -> None:
 
 
 def _apply_on_host(ctx: Any, progress: _Progress) -> None:
-    """The slow path of `apply --on-host` (the fast one is nixmig.onhost.fast_path)."""
+    """The slow path of `apply --on-host` (the fast one is nixmig.onhost.fast_path); the
+    journal read, archived and written under the run's locks (engine.locked)."""
+    from nixmig import engine, onhost
+
+    onhost.ensure_state_dir(ctx.state_dir)
+    with engine.locked(ctx):
+        _apply_on_host_locked(ctx, progress)
+
+
+def _apply_on_host_locked(ctx: Any, progress: _Progress) -> None:
     from nixmig import engine, onhost
     from nixmig.errors import NixmigError
     from nixmig.journal import Journal
 
-    onhost.ensure_state_dir(ctx.state_dir)
     secret = onhost.secret_file(ctx.cfg, ctx.host_name, ctx.name)
     if ctx.journal.completed is not None and not ctx.journal.rolled_back:
         if not secret.is_file():
