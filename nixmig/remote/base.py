@@ -34,6 +34,22 @@ class TransportError(NixmigError):
     """The target cannot be reached, or refused us (host key, auth, network)."""
 
 
+class ConnectionLost(TransportError):
+    """The connection to the target died while a command ran (cut, a session closed without
+    an exit status, keepalives unanswered): the command's outcome is unknown; apply resumes."""
+
+    def __init__(self, what: str, *, where: str) -> None:
+        super().__init__(
+            what, where=where, hint="check the host and the network, then `nixmig apply` resumes (or `nixmig rollback`)"
+        )
+
+
+def short(command: str, limit: int = 120) -> str:
+    """A long command (a script) cut to one readable piece for a one-line message."""
+    one = " ".join(command.split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
 @dataclass(frozen=True)
 class Result:
     command: str  # shell-quoted, safe to log: argv never holds a secret
@@ -112,7 +128,9 @@ class Transport(Protocol):
         ...
 
     def forward(self, host: str, port: int) -> AbstractContextManager[tuple[str, int]]:
-        """A local (host, port) that reaches host:port as seen from the target."""
+        """A (host, port) for libpq that reaches host:port as seen from the target. Over ssh
+        the host is a fresh 0700 directory holding the Unix socket ``.s.PGSQL.<port>``
+        (only this user reaches it, no TCP port opened here); locally it is host, port."""
         ...
 
     def get(self, path: str) -> bytes: ...

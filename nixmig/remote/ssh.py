@@ -12,7 +12,9 @@ import contextlib
 import hashlib
 import io
 import selectors
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -22,10 +24,24 @@ from typing import Any, BinaryIO
 import paramiko
 
 from nixmig.config import Host
-from nixmig.remote.base import CHUNK, DEFAULT_TIMEOUT, CommandFailed, Result, TransportError, render, stdin_bytes
+from nixmig.remote.base import (
+    CHUNK,
+    DEFAULT_TIMEOUT,
+    CommandFailed,
+    ConnectionLost,
+    Result,
+    TransportError,
+    render,
+    short,
+    stdin_bytes,
+)
 from nixmig.sensitive import Secret
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+# OpenSSH's ServerAliveInterval / ServerAliveCountMax: a keepalive after KEEPALIVE seconds
+# without sending, the connection cut after KEEPALIVE_COUNT of them without hearing the host
+KEEPALIVE = 5.0
+KEEPALIVE_COUNT = 4
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -66,6 +82,49 @@ class _Transport(paramiko.Transport):
         "aes256-ctr",
     )
 
+    def __init__(self, sock: Any, **kwargs: Any) -> None:
+        super().__init__(sock, **kwargs)
+        self.heard = time.monotonic()  # when the last packet from the host arrived
+        self.lost: str | None = None  # why the watchdog cut the connection
+        read = self.packetizer.read_message
+
+        def read_message() -> Any:
+            message = read()
+            self.heard = time.monotonic()
+            return message
+
+        self.packetizer.read_message = read_message  # type: ignore[method-assign]
+
+    def keep_alive(self, interval: float, count: int) -> None:
+        """After ``interval`` seconds without sending, ask sshd a `keepalive@openssh.com` that
+        wants a reply (paramiko's own keepalive wants none, so it can never tell a dead host);
+        ``count`` intervals without hearing anything from the host cut the connection, which
+        closes every channel: a command, a held lock and a forward end instead of hanging."""
+        self.packetizer.set_keepalive(interval, self._ping)
+        threading.Thread(target=self._watch, args=(interval, count), name="nixmig-ssh-watchdog", daemon=True).start()
+
+    def _ping(self) -> None:
+        message = paramiko.Message()
+        message.add_byte(bytes([paramiko.common.MSG_GLOBAL_REQUEST]))
+        message.add_string("keepalive@openssh.com")
+        message.add_boolean(True)  # want a reply: sshd answers (with a failure), proving it is there
+        self._send_user_message(message)  # type: ignore[attr-defined]  # not in the stubs
+
+    def _watch(self, interval: float, count: int) -> None:
+        while self.is_active():
+            time.sleep(min(interval, 1.0))
+            silent = time.monotonic() - self.heard
+            if silent > interval * count:
+                self.lost = f"no answer from it for {silent:.0f}s"
+                self.cut()
+                return
+
+    def cut(self) -> None:
+        """End the connection from any thread, even one blocked on a full send buffer."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.packetizer.close()
+
 
 def _transport_factory(
     sock: Any,
@@ -78,12 +137,21 @@ def _transport_factory(
 
 
 class SshTransport:
-    def __init__(self, client: paramiko.SSHClient, name: str) -> None:
+    def __init__(self, client: paramiko.SSHClient, name: str, label: str) -> None:
         self._client = client
         self.name = name
+        self.label = label  # the host's name alone, for "the connection to X was lost"
 
     @classmethod
-    def connect(cls, host: Host, *, label: str | None = None, timeout: float = 15.0) -> SshTransport:
+    def connect(
+        cls,
+        host: Host,
+        *,
+        label: str | None = None,
+        timeout: float = 15.0,
+        keepalive: float = KEEPALIVE,
+        keepalive_count: int = KEEPALIVE_COUNT,
+    ) -> SshTransport:
         name = label or host.address
         where = f"{name} ({host.user}@{host.address}:{host.port})"
         known = Path(host.known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
@@ -141,9 +209,9 @@ class SshTransport:
                 hint="check hosts.<name>.address and port, and that sshd runs",
             ) from None
         transport = client.get_transport()
-        if transport is not None:
-            transport.set_keepalive(15)  # notice a dead host instead of hanging
-        return cls(client, where)
+        if isinstance(transport, _Transport):
+            transport.keep_alive(keepalive, keepalive_count)  # notice a dead host instead of hanging
+        return cls(client, where, name)
 
     def run(
         self,
@@ -174,18 +242,39 @@ class SshTransport:
             raise CommandFailed(result, self.name)
         return result
 
+    def _live(self, command: str) -> paramiko.Transport:
+        transport = self._client.get_transport()
+        if transport is None:
+            raise TransportError("the SSH connection is closed", where=self.name)
+        if not transport.is_active():
+            raise self._lost(command, transport, None, started=False)
+        return transport
+
+    def _lost(
+        self, command: str, transport: paramiko.Transport, chan: paramiko.Channel | None, *, started: bool = True
+    ) -> ConnectionLost:
+        """What a command whose connection or session died raises (its outcome is unknown)."""
+        run = f"`{short(command)}`"
+        if transport.is_active() and chan is not None and chan.closed:
+            return ConnectionLost(
+                f"{run}: its SSH session closed without an exit status (the session or the command was killed)",
+                where=self.name,
+            )
+        cause = getattr(transport, "lost", None) or "closed by the host or the network"
+        when = "while running" if started else "before"
+        return ConnectionLost(f"the connection to {self.label} was lost ({cause}) {when} {run}", where=self.name)
+
     def _exec(
         self, command: str, data: bytes | BinaryIO | None, timeout: float, sink: BinaryIO | None = None
     ) -> Result:
-        transport = self._client.get_transport()
-        if transport is None or not transport.is_active():
-            raise TransportError("the SSH connection is closed", where=self.name)
-        chan = transport.open_session()
-        feeder: threading.Thread | None = None
+        transport = self._live(command)
+        chan: paramiko.Channel | None = None
         try:
+            chan = transport.open_session()
             chan.exec_command(command)
             if data is None:
                 chan.shutdown_write()
+                feeder = None
             else:
                 # Feed stdin from a thread while we read, so neither side's window can fill up.
                 src = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
@@ -204,32 +293,40 @@ class SshTransport:
                             out += chunk
                     while chan.recv_stderr_ready():
                         err += chan.recv_stderr(65536)
-                    # done once the remote closed its output (EOF) and reported its exit status:
-                    # sshd may send the status before the last of the output.
-                    if (
-                        chan.eof_received
-                        and chan.exit_status_ready()
-                        and not chan.recv_ready()
-                        and not chan.recv_stderr_ready()
-                    ):
-                        break
+                    if not chan.recv_ready() and not chan.recv_stderr_ready():
+                        # done once the remote closed its output (EOF) and reported its exit status:
+                        # sshd may send the status before the last of the output.
+                        if chan.exit_status != -1 and (chan.eof_received or chan.closed):
+                            break
+                        # a channel closed without an exit status, or a dead connection, never sends one
+                        if chan.closed or not transport.is_active():
+                            raise self._lost(command, transport, chan)
                     if time.monotonic() > deadline:
                         raise TransportError(f"`{command}` timed out after {timeout:.0f}s", where=self.name)
-                    sel.select(timeout=0.5)
+                    if chan.eof_received or chan.closed:
+                        # after EOF the channel's pipe stays readable: select would return at once
+                        # (a busy loop); wait for the exit status (or the close) instead
+                        chan.status_event.wait(0.5)
+                    else:
+                        sel.select(timeout=0.5)
             if feeder is not None:
                 feeder.join(timeout=5)
-            return Result(command, chan.recv_exit_status(), bytes(out), bytes(err))
-        except (OSError, paramiko.SSHException) as exc:
+            return Result(command, chan.exit_status, bytes(out), bytes(err))
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if not transport.is_active() or (chan is not None and chan.closed):
+                raise self._lost(command, transport, chan) from None
             raise TransportError(f"`{command}` failed: {exc}", where=self.name) from None
         finally:
-            chan.close()
+            if chan is not None:
+                chan.close()
 
     def hold(self, argv: Sequence[str], *, timeout: float = 30.0) -> _SshHeld:
         command = render(argv)
-        transport = self._client.get_transport()
-        if transport is None or not transport.is_active():
-            raise TransportError("the SSH connection is closed", where=self.name)
-        chan = transport.open_session()
+        transport = self._live(command)
+        try:
+            chan = transport.open_session()
+        except (OSError, EOFError, paramiko.SSHException):
+            raise self._lost(command, transport, None) from None
         chan.settimeout(timeout)
         chan.exec_command(command)
         buf = b""
@@ -243,6 +340,9 @@ class SshTransport:
             chan.close()
             raise TransportError(f"`{command}` did not answer in {timeout:.0f}s", where=self.name) from None
         if b"\n" not in buf:
+            if chan.exit_status == -1 and (chan.closed or not transport.is_active()):
+                chan.close()
+                raise self._lost(command, transport, chan)
             code = chan.recv_exit_status()
             err = b""
             while chan.recv_stderr_ready():
@@ -254,14 +354,22 @@ class SshTransport:
 
     @contextlib.contextmanager
     def forward(self, host: str, port: int) -> Iterator[tuple[str, int]]:
-        """A local listening socket relaying each connection over a direct-tcpip channel."""
-        transport = self._client.get_transport()
-        if transport is None:
-            raise TransportError("the SSH connection is closed", where=self.name)
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
+        """A Unix socket in a fresh 0700 directory, relaying each connection over a direct-tcpip
+        channel to host:port as seen from the target. Yields (directory, port), which libpq reads
+        as the socket ``directory/.s.PGSQL.port``: only this user can connect, where a listener
+        on 127.0.0.1 let any local user reach the database. No TCP port is opened here."""
+        what = f"forward to {host}:{port}"
+        transport = self._live(what)
+        folder = _socket_dir()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stop = threading.Event()
+        try:
+            listener.bind(str(Path(folder) / f".s.PGSQL.{port}"))
+            listener.listen(8)
+        except OSError as exc:
+            listener.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise TransportError(f"cannot open a forward socket in {folder}: {exc.strerror}", where=self.name) from None
 
         def relay(a: socket.socket | paramiko.Channel, b: socket.socket | paramiko.Channel) -> None:
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
@@ -273,24 +381,29 @@ class SshTransport:
         def accept() -> None:
             while not stop.is_set():
                 try:
-                    conn, peer = listener.accept()
+                    conn, _ = listener.accept()
                 except OSError:
                     return
                 try:
-                    chan = transport.open_channel("direct-tcpip", (host, port), peer)
-                except (paramiko.SSHException, OSError):
+                    chan = transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0))
+                except (paramiko.SSHException, OSError, EOFError):
                     conn.close()
                     continue
                 threading.Thread(target=relay, args=(conn, chan), daemon=True).start()
                 threading.Thread(target=relay, args=(chan, conn), daemon=True).start()
 
-        thread = threading.Thread(target=accept, daemon=True)
+        thread = threading.Thread(target=accept, name="nixmig-forward", daemon=True)
         thread.start()
         try:
-            yield listener.getsockname()[0], listener.getsockname()[1]
+            yield folder, port
         finally:
             stop.set()
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
             listener.close()
+            shutil.rmtree(folder, ignore_errors=True)
+        if not transport.is_active():  # what ran through it may have failed for that reason
+            raise self._lost(what, transport, None)
 
     def put(self, path: str, data: bytes | Secret, *, mode: int = 0o600) -> None:
         """Atomic write on the target: bytes go on stdin into a 0077-umask temp file, then rename."""
@@ -304,14 +417,24 @@ class SshTransport:
         self._client.close()
 
 
+def _socket_dir() -> str:
+    """A fresh directory only this user can enter (mkdtemp: 0700), short enough for a socket path."""
+    folder = tempfile.mkdtemp(prefix="nixmig-fwd-")
+    if len(folder) + len("/.s.PGSQL.65535") >= 100:  # sun_path holds 108 bytes
+        Path(folder).rmdir()
+        folder = tempfile.mkdtemp(prefix="nixmig-fwd-", dir="/tmp")
+    return folder
+
+
 def _feed(src: BinaryIO, chan: paramiko.Channel) -> None:
     try:
         while chunk := src.read(CHUNK):
             chan.sendall(chunk)
-    except (OSError, paramiko.SSHException):
-        pass
+    except (OSError, ValueError, EOFError, paramiko.SSHException):
+        pass  # the channel or the source closed under us: the command's result says why
     finally:
-        chan.shutdown_write()
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            chan.shutdown_write()
 
 
 class _SshHeld:

@@ -1,0 +1,126 @@
+"""A connection lost in the middle of a command, on a real sshd: the command ends at once
+with ConnectionLost (what ran, that the connection to the host was lost, that apply
+resumes), whether sshd's session processes are killed, the link goes silent (keepalives
+unanswered) or the session closes without an exit status; and waiting for an exit status
+is not a busy loop."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from nixmig.remote.base import ConnectionLost, Result
+from nixmig.remote.ssh import SshTransport
+from tests.e2e import ssh_cut
+from tests.e2e.test_transport_ssh import host_for
+from tests.harness.sshd import SshServer, known_hosts_line
+
+
+class Background:
+    """``t.stream(argv)`` in a thread: what it returned or raised, and when."""
+
+    def __init__(self, t: SshTransport, argv: list[str], **kwargs: object) -> None:
+        self.sink = io.BytesIO()
+        self.result: Result | None = None
+        self.error: BaseException | None = None
+        self.ended: float | None = None
+
+        def run() -> None:
+            try:
+                self.result = t.stream(argv, stdout=self.sink, **kwargs)  # type: ignore[arg-type]
+            except BaseException as exc:
+                self.error = exc
+            self.ended = time.monotonic()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def wait_output(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.sink.getvalue():
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the command printed nothing"
+            time.sleep(0.05)
+
+
+def client_port(t: SshTransport) -> int:
+    transport = t._client.get_transport()
+    assert transport is not None
+    return int(transport.sock.getsockname()[1])  # type: ignore[union-attr]
+
+
+def test_killing_the_session_ends_a_streamed_command_within_seconds(sshd: SshServer) -> None:
+    t = SshTransport.connect(host_for(sshd), label="newton")
+    try:
+        script = "while :; do echo tick; sleep 0.2; done"
+        run = Background(t, ["sh", "-c", script], timeout=6 * 3600)
+        run.wait_output()
+        cpu = time.process_time()
+        cut_at = time.monotonic()
+        assert ssh_cut.cut(sshd.port, client_port(t)), "no sshd process holds that connection"
+        run.thread.join(timeout=30)
+        assert not run.thread.is_alive(), "the command still waits on a dead connection"
+        assert run.ended is not None and run.ended - cut_at < 5
+        assert time.process_time() - cpu < 2  # no spinning meanwhile
+        assert isinstance(run.error, ConnectionLost), run.error
+        line = run.error.line()
+        assert "\n" not in line and script in line
+        assert "the connection to newton was lost" in line and "`nixmig apply` resumes" in line
+        assert line.startswith(f"newton ({sshd.user}@{sshd.host}:{sshd.port}): ")
+        # the next command says so too, at once
+        with pytest.raises(ConnectionLost, match="the connection to newton was lost"):
+            t.run(["true"])
+    finally:
+        t.close()
+
+
+def test_unanswered_keepalives_end_a_silent_command(sshd: SshServer, tmp_path: Path) -> None:
+    link = ssh_cut.Partition((sshd.host, sshd.port))
+    known = tmp_path / "known_hosts"
+    known.write_text(known_hosts_line(sshd.host, link.port, sshd.host_public_key) + "\n")
+    host = replace(host_for(sshd), port=link.port, known_hosts=str(known))
+    t = SshTransport.connect(host, label="newton", keepalive=1.0, keepalive_count=3)
+    try:
+        # a live link: a command silent for longer than 3 keepalives is not cut (sshd answers them)
+        started = time.monotonic()
+        assert t.run(["sh", "-c", "sleep 5; echo done"]).stdout == b"done\n"
+        assert time.monotonic() - started >= 5
+        run = Background(t, ["sh", "-c", "echo started; sleep 600"], timeout=6 * 3600)
+        run.wait_output()
+        link.freeze()  # no FIN, no RST: only silence
+        frozen_at = time.monotonic()
+        run.thread.join(timeout=30)
+        assert not run.thread.is_alive(), "the command still waits on a silent connection"
+        assert run.ended is not None and run.ended - frozen_at < 8  # 3 keepalives of 1s, and some
+        assert isinstance(run.error, ConnectionLost), run.error
+        assert "the connection to newton was lost (no answer from it for " in run.error.line()
+    finally:
+        t.close()
+        link.close()
+
+
+def test_a_session_closed_without_an_exit_status(sshd: SshServer) -> None:
+    t = SshTransport.connect(host_for(sshd), label="newton")
+    try:
+        with pytest.raises(ConnectionLost, match="closed without an exit status"):
+            t.run(["sh", "-c", "kill -9 $$"])  # sshd reports a signal, which is no exit status
+        assert t.run(["echo", "still there"]).stdout == b"still there\n"  # the connection itself lives
+    finally:
+        t.close()
+
+
+def test_waiting_for_the_exit_status_after_eof_is_not_a_busy_loop(sshd: SshServer) -> None:
+    t = SshTransport.connect(host_for(sshd))
+    try:
+        cpu, wall = time.process_time(), time.monotonic()
+        # closes its output at once (EOF reaches us), exits 3 s later (then the exit status)
+        result = t.run(["sh", "-c", "exec >/dev/null 2>&1; sleep 3"])
+        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+        assert result.ok and wall >= 3
+        assert cpu < 0.5, f"{cpu:.2f}s of CPU in {wall:.2f}s waiting"  # the busy loop took 1.6 s of 3.2
+    finally:
+        t.close()
