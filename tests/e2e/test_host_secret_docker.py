@@ -27,9 +27,9 @@ from tests.e2e.test_migrate_docker import (  # noqa: F401  (fixtures)
 OLDER = "an-0lder/value+from=an-earlier-attempt"
 
 
-def plant(site: ts.Site, value: str) -> Path:
+def plant(target: ts.Site, value: str) -> Path:
     """The host's agenix file holds ``value`` (0400), as an earlier activation left it."""
-    f = site.agenix_file
+    f = target.agenix_file
     f.unlink(missing_ok=True)
     f.write_text(value)
     f.chmod(0o400)
