@@ -160,7 +160,8 @@ def parse_error(path: Path) -> str | None:
     )
     if p.returncode == 0:
         return None
-    return (p.stderr.strip().splitlines() or ["(no message)"])[0]
+    lines = [ln for ln in p.stderr.strip().splitlines() if not ln.startswith("warning:")]
+    return (lines or ["(no message)"])[0]
 
 
 def scan_count(cli: list[str], tree: Path) -> tuple[int | None, Step]:
