@@ -298,6 +298,7 @@ def load(path: Path) -> Config:
 
 
 def _cross_check(cfg: Config, where: str) -> None:
+    _check_names(cfg, where)
     for name, svc in cfg.services.items():
         _check_service_hosts(cfg, name, svc, where)
         if svc.runtime == "docker" and not svc.container:
@@ -337,6 +338,52 @@ def _check_deploy_env(cfg: Config, name: str, mig: Migration, where: str) -> Non
                 where=where,
                 hint="remove it from deploy_env (give the deploy its own variable if it needs one)",
             )
+
+
+# Names that become file names, lock names, unit names, secret names: a strict pattern each,
+# so that no quoting is ever needed where they go (paths, Nix attributes, comments, argv).
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # hosts and migrations: journal/HOST/MIGRATION.json
+_SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")  # as nixmig secret new
+_UNIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9:_.@-]{0,254}")
+_RUN_PATH = re.compile(r"/run(/[A-Za-z0-9_@+][A-Za-z0-9_.@+-]*){2,}")
+
+
+def _check_names(cfg: Config, where: str) -> None:
+    def bad(key: str, value: str, what: str, hint: str) -> ConfigError:
+        return ConfigError(f"{key}: {_show(value)} is not {what}", where=where, hint=hint)
+
+    file_hint = "use letters, digits, '.', '-' and '_', starting with a letter, digit or _"
+    for h in cfg.hosts:
+        if not _FILE_NAME.fullmatch(h):
+            raise bad(f"hosts.{h}", h, "a usable host name (it names files and locks)", file_hint)
+    for name, svc in cfg.services.items():
+        shapes: list[tuple[str, dict[str, Any]]] = [("", {"container": svc.container, "volume": svc.volume})]
+        shapes += [(f".per_host.{h}", {_py(k): v for k, v in svc.per_host[h].items()}) for h in svc.per_host]
+        for at, values in shapes:
+            for k in ("container", "volume"):
+                value = values.get(k)
+                if isinstance(value, str) and not _DOCKER_NAME.fullmatch(value):
+                    raise bad(f"services.{name}{at}.{k}", value, f"a docker {k} name", "letters, digits, _ . -")
+    for name, mig in cfg.migrations.items():
+        key = f"migrations.{name}"
+        if not _FILE_NAME.fullmatch(name):
+            raise bad(key, name, "a usable migration name (it names files and locks)", file_hint)
+        if not _SECRET_NAME.fullmatch(mig.secret):
+            raise bad(f"{key}.secret", mig.secret, "an agenix secret name", "e.g. twenty-db-password")
+        if mig.unit is not None and not _UNIT_NAME.fullmatch(mig.unit):
+            raise bad(f"{key}.unit", mig.unit, "a systemd unit name", "letters, digits and : _ . @ - (e.g. arion-x)")
+        if mig.env_file is not None and not _RUN_PATH.fullmatch(mig.env_file):
+            raise bad(
+                f"{key}.env_file",
+                mig.env_file,
+                "a file in a directory under /run",
+                "e.g. /run/twenty/db.env (letters, digits and _ . @ + - in each part)",
+            )
+        apps = [(f"app_services[{i}]", s) for i, s in enumerate(mig.app_services)]
+        services = [("db_service", mig.db_service), *apps]
+        for k, value in services:
+            if value is not None and not _DOCKER_NAME.fullmatch(value):
+                raise bad(f"{key}.{k}", value, "a container or compose service name", "letters, digits, _ . -")
 
 
 def _check_new_role(name: str, mig: Migration, svc: Service, where: str) -> None:
@@ -482,8 +529,46 @@ def _describe(tp: Any) -> str:
 def _fmt_path(path: tuple[str | int, ...]) -> str:
     out = ""
     for part in path:
+        if isinstance(part, str) and _CONTROL.search(part):
+            part = repr(part)  # a key with a newline stays on the error's one line
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out or "(top level)"
+
+
+# Control characters and line separators are refused in every string and key of nixmig.toml:
+# names go into comments of the Nix and bash nixmig writes, where a newline ends the comment
+# and the rest would run as root. Commands (deploy, app_stop, app_start, a health check's
+# command) may hold tabs and newlines: they run as commands anyway, never in a comment.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_COMMAND_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_COMMAND_KEYS = frozenset({"deploy", "app_stop", "app_start", "command"})
+
+
+def _check_text(value: str, path: tuple[str | int, ...], where: str, *, key: bool = False) -> None:
+    command = not key and bool(path) and path[-1] in _COMMAND_KEYS
+    m = (_COMMAND_CONTROL if command else _CONTROL).search(value)
+    if m is None:
+        return
+    what = f"the key {_show(value)}" if key else _show(value)
+    at = path[:-1] if key else path
+    raise ConfigError(
+        f"{_fmt_path(at)}: control character {m.group()!r} in {what}",
+        where=where,
+        hint="names, paths and URLs are one line of printable text: remove it",
+    )
+
+
+def _check_any(value: Any, path: tuple[str | int, ...], where: str) -> None:
+    """A free-form value (the reencrypt spec): every string and key in it, at any depth."""
+    if isinstance(value, str):
+        _check_text(value, path, where)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(str(k), (*path, str(k)), where, key=True)
+            _check_any(v, (*path, str(k)), where)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_any(v, (*path, i), where)
 
 
 def _show(value: Any) -> str:
@@ -494,6 +579,7 @@ def _show(value: Any) -> str:
 def _convert(tp: Any, value: Any, path: tuple[str | int, ...], where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
+        _check_any(value, path, where)
         return value
 
     def bad() -> ConfigError:
@@ -525,6 +611,7 @@ def _convert(tp: Any, value: Any, path: tuple[str | int, ...], where: str) -> An
         raise bad()
     if tp is str:
         if isinstance(value, str):
+            _check_text(value, path, where)
             return value
         raise bad()
     if origin is Literal:
@@ -541,6 +628,8 @@ def _convert(tp: Any, value: Any, path: tuple[str | int, ...], where: str) -> An
         if not isinstance(value, dict):
             raise bad()
         _, vt = typing.get_args(tp)
+        for k in value:
+            _check_text(k, (*path, k), where, key=True)
         return {k: _convert(vt, v, (*path, k), where) for k, v in value.items()}
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, dict):

@@ -110,6 +110,31 @@ def nix_indented(parts: Sequence[str | Antiquote], indent: str = "  ") -> str:
     return "''\n" + inner + ("\n''" if ends_with_newline else "''")
 
 
+# what ends a `#` comment or a line somewhere: Nix ends a comment at \n or \r, bash at \n,
+# editors and Python's splitlines at \v \f \x1c-\x1e \x85 U+2028 U+2029 too
+_NOT_IN_COMMENT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def comment_text(value: str) -> str:
+    r"""``value`` made safe inside a one-line ``#`` comment of Nix or bash: every control
+    character and line separator written as an escape (``\n``, ``\x1b``, ``\u2028``), so
+    nothing after it can become code. For names from nixmig.toml or a Nix file in the
+    comments the templates write (nixmig.config refuses control characters in names too)."""
+    return _NOT_IN_COMMENT.sub(lambda m: _escape_char(m.group()), value)
+
+
+def _escape_char(ch: str) -> str:
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    if ch in named:
+        return named[ch]
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
+def nix_comment(text: str) -> str:
+    """A one-line ``#`` comment (Nix or bash) saying ``text``, whatever it holds."""
+    return "# " + comment_text(text)
+
+
 def shell_quote(value: str) -> str:
     """One POSIX shell word that expands to exactly ``value`` (single quotes; ``'`` as ``'"'"'``)."""
     return shlex.quote(value)
