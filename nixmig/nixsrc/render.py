@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nixmig.nixsrc.quote import Antiquote, nix_attr, nix_escape, nix_indented, nix_string, shell_quote
+from nixmig.nixsrc.quote import Antiquote, comment_text, nix_attr, nix_escape, nix_indented, nix_string, shell_quote
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -26,7 +26,7 @@ def environment() -> Environment:
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        autoescape=False,  # noqa: S701 - Nix and shell, not HTML: escaping is explicit (nixstr, shq)
+        autoescape=False,  # noqa: S701 - Nix and shell, not HTML: escaping is explicit (nixstr, shq, comment)
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
         trim_blocks=True,
@@ -36,6 +36,7 @@ def environment() -> Environment:
     env.filters["nixesc"] = nix_escape
     env.filters["nixattr"] = nix_attr
     env.filters["shq"] = shell_quote
+    env.filters["comment"] = comment_text  # every value in a `#` comment goes through it
     return env
 
 
