@@ -2,11 +2,12 @@
 
 Only this migration's files, by the exact name the backup phase gives them
 (nixmig.backupname: ``db-*`` would also take migration ``db-password``'s). A
-``.partial`` of this migration is one a killed run left: cleanup runs inside apply,
-which holds the lock that every run of this migration on this host takes
-(nixmig.lock), so no other run of it can be writing one. Another migration's
-``.partial`` may be its run's backup being written right now: never touched here
-(gc removes it once it is stale and that migration's lock is free).
+``.partial`` of this migration is removed only while this run holds the locks every
+run of this migration takes (engine.locked: apply already holds them, and they are
+re-entrant); then no other run of it can be writing one, it is a killed run's. When
+another run holds them, the partials stay. Another migration's ``.partial`` may be its
+run's backup being written right now: never touched here (gc removes it once it is
+stale and that migration's lock is free).
 """
 
 from __future__ import annotations
@@ -53,21 +54,38 @@ class Cleanup:
         keep = ctx.journal.data("backup").get("path")
         cutoff = time.time() - ctx.migration.retention_days * 86400
         removed: list[str] = []
-        partials: list[str] = []
         kept = 0
         for f, parsed in own_files(ctx.backups_dir, ctx.name):
-            if parsed.partial:  # a killed run's: this run holds the migration's lock (see the module doc)
-                f.unlink(missing_ok=True)
-                partials.append(f.name)
-            elif str(f) != keep and f.stat().st_mtime < cutoff:
+            if parsed.partial:
+                continue
+            if str(f) != keep and f.stat().st_mtime < cutoff:
                 f.unlink()
                 removed.append(f.name)
             else:
                 kept += 1
-        for p in partials:
-            ctx.emit(f"removed {p} (half-written by a killed run)")
+        partials = _remove_partials(ctx)
         ctx.emit(f"{len(removed)} old backups removed, {kept} kept for {ctx.migration.retention_days} days")
         return {"removed": removed, "partial_removed": partials, "scratch_removed": scratches}
 
     def undo(self, ctx: Context, data: dict[str, Any]) -> None:
         return None
+
+
+def _remove_partials(ctx: Context) -> list[str]:
+    """This migration's ``.partial`` files, removed under the locks of its runs (see the module doc)."""
+    from nixmig import engine  # engine imports the phases
+    from nixmig.lock import LockedError
+
+    if not any(parsed.partial for _, parsed in own_files(ctx.backups_dir, ctx.name)):
+        return []
+    removed: list[str] = []
+    try:
+        with engine.locked(ctx):
+            for f, parsed in own_files(ctx.backups_dir, ctx.name):
+                if parsed.partial:
+                    f.unlink(missing_ok=True)
+                    removed.append(f.name)
+                    ctx.emit(f"removed {f.name} (half-written by a killed run)")
+    except LockedError as exc:
+        ctx.emit(f"half-written backups of {ctx.name} kept: {exc.what}")
+    return removed

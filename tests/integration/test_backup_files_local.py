@@ -17,6 +17,7 @@ import pytest
 from nixmig import config, engine
 from nixmig.demo import Target
 from nixmig.phases.backup import Backup
+from nixmig.phases.cleanup import Cleanup
 from tests.integration.test_migrate_local import target  # noqa: F401  (the fixture)
 
 PHASES_BEFORE_CLEANUP = ["preflight", "backup", "stage", "rotate", "switch", "verify"]
@@ -104,3 +105,18 @@ def test_backup_fsyncs_its_folder_after_the_rename(target: Target, monkeypatch: 
     assert ("fsync", str(ctx.backups_dir)) in events[renamed + 1 :]
     # the folders the backup created (STATE/backups/HOST) are durable too: their parents were fsynced
     assert ("fsync", str(ctx.backups_dir.parent)) in events[:renamed]
+
+
+def test_cleanup_keeps_its_partials_while_another_run_holds_the_lock(target: Target) -> None:  # noqa: F811
+    cfg = _two_migrations(target)
+    lines: list[str] = []
+    ctx = engine.make_context(cfg, "db", emit=lines.append)
+    ctx.backups_dir.mkdir(parents=True, mode=0o700)
+    partial = _touch(ctx.backups_dir / "db-20200102T000000Z.dump.partial", time.time())
+    other_run = engine.make_context(cfg, "db", emit=lambda _m: None)  # another run of db, writing it
+    with engine.locked(other_run):
+        data = Cleanup().do(ctx)
+    assert partial.exists() and data["partial_removed"] == []
+    assert any(ln.startswith("half-written backups of db kept: ") for ln in lines), lines
+    data = Cleanup().do(ctx)  # that run is gone (killed): its partial goes
+    assert not partial.exists() and data["partial_removed"] == [partial.name]
