@@ -44,10 +44,16 @@ class ConnectionLost(TransportError):
         )
 
 
-def short(command: str, limit: int = 120) -> str:
-    """A long command (a script) cut to one readable piece for a one-line message."""
-    one = " ".join(command.split())
-    return one if len(one) <= limit else one[: limit - 1] + "…"
+def short(argv: Sequence[str], limit: int = 160) -> str:
+    """A command for a one-line message: a `sh -c SCRIPT sh ARGS…` wrapper shown as the program
+    it wraps, a long one cut in the middle (the program and its last arguments stay)."""
+    if len(argv) > 3 and argv[0] == "sh" and argv[1] == "-c":
+        argv = ["sh", "-c", "…", *argv[3:]]
+    one = " ".join(shlex.join(argv).split())
+    if len(one) <= limit:
+        return one
+    half = (limit - 3) // 2
+    return f"{one[:half]} … {one[-half:]}"
 
 
 @dataclass(frozen=True)

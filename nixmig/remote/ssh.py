@@ -222,7 +222,7 @@ class SshTransport:
         check: bool = True,
     ) -> Result:
         command = render(argv)
-        result = self._exec(command, stdin_bytes(stdin), timeout)
+        result = self._exec(command, stdin_bytes(stdin), timeout, shown=f"`{short(argv)}`")
         if check and not result.ok:
             raise CommandFailed(result, self.name)
         return result
@@ -237,37 +237,43 @@ class SshTransport:
         check: bool = True,
     ) -> Result:
         command = render(argv)
-        result = self._exec(command, stdin, timeout, sink=stdout)
+        result = self._exec(command, stdin, timeout, sink=stdout, shown=f"`{short(argv)}`")
         if check and not result.ok:
             raise CommandFailed(result, self.name)
         return result
 
-    def _live(self, command: str) -> paramiko.Transport:
+    def _live(self, shown: str) -> paramiko.Transport:
         transport = self._client.get_transport()
         if transport is None:
             raise TransportError("the SSH connection is closed", where=self.name)
         if not transport.is_active():
-            raise self._lost(command, transport, None, started=False)
+            raise self._lost(shown, transport, None, started=False)
         return transport
 
     def _lost(
-        self, command: str, transport: paramiko.Transport, chan: paramiko.Channel | None, *, started: bool = True
+        self, shown: str, transport: paramiko.Transport, chan: paramiko.Channel | None, *, started: bool = True
     ) -> ConnectionLost:
         """What a command whose connection or session died raises (its outcome is unknown)."""
-        run = f"`{short(command)}`"
         if transport.is_active() and chan is not None and chan.closed:
             return ConnectionLost(
-                f"{run}: its SSH session closed without an exit status (the session or the command was killed)",
+                f"{shown}: its SSH session closed without an exit status (the session or the command was killed)",
                 where=self.name,
             )
         cause = getattr(transport, "lost", None) or "closed by the host or the network"
         when = "while running" if started else "before"
-        return ConnectionLost(f"the connection to {self.label} was lost ({cause}) {when} {run}", where=self.name)
+        return ConnectionLost(f"the connection to {self.label} was lost ({cause}) {when} {shown}", where=self.name)
 
     def _exec(
-        self, command: str, data: bytes | BinaryIO | None, timeout: float, sink: BinaryIO | None = None
+        self,
+        command: str,
+        data: bytes | BinaryIO | None,
+        timeout: float,
+        sink: BinaryIO | None = None,
+        *,
+        shown: str,
     ) -> Result:
-        transport = self._live(command)
+        """``shown``: the command as a one-line message names it."""
+        transport = self._live(shown)
         chan: paramiko.Channel | None = None
         try:
             chan = transport.open_session()
@@ -300,7 +306,7 @@ class SshTransport:
                             break
                         # a channel closed without an exit status, or a dead connection, never sends one
                         if chan.closed or not transport.is_active():
-                            raise self._lost(command, transport, chan)
+                            raise self._lost(shown, transport, chan)
                     if time.monotonic() > deadline:
                         raise TransportError(f"`{command}` timed out after {timeout:.0f}s", where=self.name)
                     if chan.eof_received or chan.closed:
@@ -314,19 +320,19 @@ class SshTransport:
             return Result(command, chan.exit_status, bytes(out), bytes(err))
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if not transport.is_active() or (chan is not None and chan.closed):
-                raise self._lost(command, transport, chan) from None
+                raise self._lost(shown, transport, chan) from None
             raise TransportError(f"`{command}` failed: {exc}", where=self.name) from None
         finally:
             if chan is not None:
                 chan.close()
 
     def hold(self, argv: Sequence[str], *, timeout: float = 30.0) -> _SshHeld:
-        command = render(argv)
-        transport = self._live(command)
+        command, shown = render(argv), f"`{short(argv)}`"
+        transport = self._live(shown)
         try:
             chan = transport.open_session()
         except (OSError, EOFError, paramiko.SSHException):
-            raise self._lost(command, transport, None) from None
+            raise self._lost(shown, transport, None) from None
         chan.settimeout(timeout)
         chan.exec_command(command)
         buf = b""
@@ -342,7 +348,7 @@ class SshTransport:
         if b"\n" not in buf:
             if chan.exit_status == -1 and (chan.closed or not transport.is_active()):
                 chan.close()
-                raise self._lost(command, transport, chan)
+                raise self._lost(shown, transport, chan)
             code = chan.recv_exit_status()
             err = b""
             while chan.recv_stderr_ready():
@@ -358,7 +364,7 @@ class SshTransport:
         channel to host:port as seen from the target. Yields (directory, port), which libpq reads
         as the socket ``directory/.s.PGSQL.port``: only this user can connect, where a listener
         on 127.0.0.1 let any local user reach the database. No TCP port is opened here."""
-        what = f"forward to {host}:{port}"
+        what = f"the forward to {host}:{port}"
         transport = self._live(what)
         folder = _socket_dir()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -376,6 +382,10 @@ class SshTransport:
                 while data := a.recv(CHUNK):
                     b.sendall(data)
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                if isinstance(b, socket.socket):
+                    # close() alone sends nothing while the other relay thread is in recv() on
+                    # it: the client would wait forever on a connection whose channel died
+                    b.shutdown(socket.SHUT_RDWR)
                 b.close()
 
         def accept() -> None:
