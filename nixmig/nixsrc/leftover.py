@@ -11,7 +11,7 @@ replaces is a leftover when
   files the plan edits, the files nixmig.toml names (module, compose, host_file), the files
   that use the agenix secret, and the files that name the service's container, db_service,
   app_services or unit; when the plan recognised nothing and nothing uses the secret yet,
-  every file is in scope.
+  every credential of every file is a leftover (any of them may be the one nixmig missed).
 
 Each leftover says where it is, the attribute, and why nixmig has no edit for it. When there is
 no leftover, no edit, and nothing uses the secret, that is said too: a tree where nixmig found
@@ -133,7 +133,8 @@ def leftovers(
             if f.kind is Kind.HASH or _covered(f, spans.get(name, ())) or (name, f.line) in skip:
                 continue
             same = digest(f.value.reveal()) in known
-            if not same and not ((scope is None or name in scope) and _related(f, fm.source, idents)):
+            # nothing recognised (scope None): any credential may be this migration's, all are said
+            if not same and not (scope is None or (name in scope and _related(f, fm.source, idents))):
                 continue
             head = f"{f.attr_path or 'a string'} still holds " + (
                 "this migration's password" if same else "a " + DESCRIPTION[f.kind]

@@ -237,6 +237,11 @@ class _Builder:
         self.option_paths = {p for _, p in self.option_candidates()}
         self.option_literal: tuple[FileModel, Bind, NixPath] | None = None  # `password = "..."` beside passwordFile
         self.known: set[bytes] = set()  # digests of the values recognised as this migration's password
+        self.db: _Db | None = None
+        # the agenix file's owner/group (Nix expressions) when a non-root user reads it, and why
+        self.owner: str | None = None
+        self.group: str | None = None
+        self.owner_why = ""
 
     # ------------------------------------------------ lookups
 
@@ -313,6 +318,14 @@ class _Builder:
                 )
                 continue
             found.append(_Db(fm, kind, name, prefix, b, value))
+        # one pick over both: once the database is patched (POSTGRES_PASSWORD_FILE), an app container
+        # that also sets POSTGRES_PASSWORD must not become "the database" on the next run
+        both = found + already
+        if len(both) > 1 and found and already:
+            try:
+                return self._pick(both)[0]
+            except PatchError:
+                pass  # no container named in nixmig.toml: the one with the literal, as before
         found = self._pick(found) if len(found) > 1 else found
         if found:
             return found[0]
@@ -548,7 +561,44 @@ class _Builder:
 
     # ------------------------------------------------ URLs and other literals
 
+    def take_option_literal(self, fm: FileModel, lit: Lit, value: str, option: NixPath) -> None:
+        assert lit.bind is not None
+        self.option_literal = (fm, lit.bind, option)
+        self.known.add(digest(value.encode()))
+        self.handled.add((fm.name, lit.node.start_byte))
+        self.replaced.append(f"{'.'.join(lit.path)} at {fm.where(lit.node)}")
+
+    def take_sibling(self, found: list[tuple[FileModel, Lit, str, NixPath]]) -> None:
+        """A nixpkgs option with a file sibling (``database.password`` beside ``passwordFile``): the
+        database's one if several (or password_option's), else said, not guessed."""
+        if self.option_literal is not None or not found:
+            return
+        if self.spec.password_option:
+            want = tuple(self.spec.password_option.split("."))
+            found = [f for f in found if f[3] == want]
+        elif len(found) > 1:
+            found = [f for f in found if set(f[1].path[-2:]) & {"database", "db"} or f[1].path[-1] == "dbpass"]
+        if len(found) != 1:
+            return  # several: the verdict lists them, password_option picks one
+        fm, lit, value, option = found[0]
+        self.take_option_literal(fm, lit, value, option)
+        reader = NIXPKGS_READER.get(option[1])
+        if reader is not None:
+            self.owner, self.owner_why = reader, f"owned by the user services.{option[1]} runs as, who reads it"
+        else:
+            self.notes.append(
+                f"{'.'.join(option)}: agenix makes the file root-only (0400); if services.{option[1]} reads it as "
+                f"another user, set age.secrets.{self.spec.secret}.owner to that user"
+            )
+
     def scan_literals(self, password: str | None, db: _Db | None) -> None:
+        siblings: list[tuple[FileModel, Lit, str, NixPath]] = []
+        self._scan_literals(password, db, siblings)
+        self.take_sibling(siblings)
+
+    def _scan_literals(
+        self, password: str | None, db: _Db | None, siblings: list[tuple[FileModel, Lit, str, NixPath]]
+    ) -> None:
         for fm, lit in self.all_lits():
             if (fm.name, lit.node.start_byte) in self.handled:
                 continue
@@ -572,10 +622,12 @@ class _Builder:
                 and ((*lit.path[:-1], "passwordFile")) in self.option_paths
                 and self.option_literal is None
             ):
-                self.option_literal = (fm, lit.bind, (*lit.path[:-1], "passwordFile"))
-                self.known.add(digest(value.encode()))
-                self.handled.add((fm.name, lit.node.start_byte))
-                self.replaced.append(f"{'.'.join(lit.path)} at {fm.where(lit.node)}")
+                self.take_option_literal(fm, lit, value, (*lit.path[:-1], "passwordFile"))
+            elif (sibling := nixpkgs_file_sibling(lit.path)) is not None and lit.bind is not None and lit.exact:
+                if password is None or value == password:
+                    siblings.append((fm, lit, value, sibling))
+            elif password is not None and value == password and self.bare_in_env(fm, lit):
+                continue
             elif password is not None and value == password and lit.bind is not None and _secret_name(lit.path):
                 self.mask_literal(fm, lit.node)
                 self.manual_here(
@@ -584,6 +636,39 @@ class _Builder:
                     f"the hardcoded password is bound to {'.'.join(lit.path)}: no template for this shape",
                     self.generic_snippet(lit.path),
                 )
+
+    def bare_in_env(self, fm: FileModel, lit: Lit) -> bool:
+        """The password itself (not a URL) in a container's environment or a unit's Environment
+        (``DB_PASSWORD = "..."``, an app's own ``POSTGRES_PASSWORD``): rendered into the env file as it is."""
+        if lit.bind is None or not lit.exact or len(lit.path) < 2 or not _ENV_VAR.fullmatch(lit.path[-1]):
+            return False
+        if not _secret_name(lit.path):
+            return False  # POSTGRES_USER = "app" when the password is "app" too: a name, not the password
+        line = EnvLine(lit.path[-1], "", "", raw=True)
+        shape = _container_shape(lit.path[:-2]) if lit.path[-2] == "environment" else None
+        if shape is not None:
+            kind, name, prefix = shape
+            if self.spec.app_services and name not in self.spec.app_services:
+                return False
+            if self._other_project(fm, lit, self.db) or (
+                lit.path[-1] == DB_PASSWORD_VAR and self._is_server(fm, prefix)
+            ):
+                return False  # another project's, or another database server that has the same password
+            self.mask_literal(fm, lit.node)
+            self.url_in_container(fm, lit, kind, name, prefix, line)
+            return True
+        unit = _systemd_shape(lit.path)
+        if unit is not None:
+            self.mask_literal(fm, lit.node)
+            self.url_in_systemd(fm, lit, unit, line)
+            return True
+        return False
+
+    def _is_server(self, fm: FileModel, prefix: NixPath) -> bool:
+        """The container runs a PostgreSQL server image (its own POSTGRES_PASSWORD initialises it)."""
+        image = self._bind_at(fm, (*prefix, "image"))
+        value = decode_string(unparen(image.value)) if image is not None else None
+        return value is not None and any(w in value.lower() for w in ("postgres", "postgis", "pgvecto", "timescale"))
 
     def _other_project(self, fm: FileModel, lit: Lit, db: _Db | None) -> bool:
         """The literal is in an arion service of another project than the database's."""
@@ -679,7 +764,7 @@ class _Builder:
         self.ed.remove_binding(
             fm,
             lit.bind.node,
-            f"removes {line.var} (a URL with the hardcoded password) from the {name} container's environment, "
+            f"removes {line.var} ({_holding(line)}) from the {name} container's environment, "
             f"which lands in the world-readable Nix store: the container reads it from {env_path} instead"
             + (f", connecting as {self.spec.login_role} (dual-role)" if self._new_login else ""),
         )
@@ -804,7 +889,7 @@ class _Builder:
         self.ed.remove_binding(
             fm,
             lit.bind.node,
-            f"removes {line.var} (a URL with the hardcoded password) from the {unit} unit's Environment, which "
+            f"removes {line.var} ({_holding(line)}) from the {unit} unit's Environment, which "
             f"lands in the world-readable Nix store: the unit reads it from {env_path} (EnvironmentFile)",
         )
         self.handled.add((fm.name, lit.node.start_byte))
@@ -971,13 +1056,16 @@ class _Builder:
     def _insert_age(
         self, fm: FileModel, root: Node, spec: Spec, tpl: Any, path_expr: str, age_file: str, after: Node | None
     ) -> None:
+        if any("config." in (x or "") for x in (self.owner, self.group)):
+            self.need(fm, ("config",))
         self.insert_path(
             fm,
             root,
             ("age", "secrets", spec.secret),
-            lambda attr: str(tpl.entry(attr, path_expr)),
+            lambda attr: str(tpl.entry(attr, path_expr, self.owner, self.group)),
             f"declares the agenix secret {spec.secret}: agenix decrypts {age_file} to {spec.secret_on_host} "
-            f"(root, 0400) at activation; the path is relative to {fm.name}"
+            + (f"({self.owner_why}, 0400)" if self.owner else "(root, 0400)")
+            + f" at activation; the path is relative to {fm.name}"
             + (f"; it replaces {_listing(self.replaced)}" if self.replaced else ""),
             after=after,
         )
@@ -1189,7 +1277,7 @@ class _Builder:
     # ------------------------------------------------ all together
 
     def run(self) -> Plan:
-        db = self.find_db()
+        db = self.db = self.find_db()
         if db is not None:
             self.patch_db(db)
         self.switch_data(db)
@@ -1208,7 +1296,9 @@ class _Builder:
         if preferred is None and db is not None and db.kind == "arion":
             project = self.arion_project(db.fm, db.prefix)
             preferred = project[0] if project else None
-        if db is not None or self.renderers or self.spec.module:
+        if preferred is None and self.option_literal is not None:
+            preferred = self.option_literal[0]
+        if db is not None or self.renderers or self.spec.module or self.option_literal is not None:
             self.age_secret(preferred)
         self.password_option(renderer_files or ([preferred] if preferred else []))
         self.login_user()
@@ -1229,6 +1319,10 @@ def _printf_lines(secret: str, files: Sequence[EnvFile]) -> list[str]:
     script = render_script(secret, "x", files)
     lines = [ln.strip() for ln in script.splitlines() if ln.strip().startswith("printf '%s=")]
     return [escape_indented(ln + "\n", before_antiquote=False)[:-1] for ln in lines]
+
+
+def _holding(line: EnvLine) -> str:
+    return "the hardcoded password" if line.raw else "a URL with the hardcoded password"
 
 
 def _listing(items: Sequence[str]) -> str:
@@ -1260,6 +1354,30 @@ def nix_path(rel: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9._+\-/]+", rel) and "//" not in rel and not rel.endswith("/"):
         return rel
     return f"(./. + {nix_string('/' + rel)})"
+
+
+# nixpkgs options that hold a secret in the store and have a sibling that takes a file instead
+# (checked against nixpkgs' modules): the literal becomes the sibling, set to the agenix path
+NIXPKGS_FILE_SIBLINGS: dict[str, str] = {
+    "password": "passwordFile",  # gitea/forgejo database, mastodon smtp, ...
+    "dbpass": "dbpassFile",  # services.nextcloud.config
+    "adminpass": "adminpassFile",  # services.nextcloud.config
+    "requirePass": "requirePassFile",  # services.redis.servers.<name>
+}
+# who reads the file at runtime, when it is not root: agenix must give it that owner (never a
+# world-readable mode). Keyed by the service under `services.`; a Nix expression for the owner.
+NIXPKGS_READER: dict[str, str] = {
+    "gitea": "config.services.gitea.user",
+    "forgejo": "config.services.forgejo.user",
+    "nextcloud": '"nextcloud"',
+}
+
+
+def nixpkgs_file_sibling(path: NixPath) -> NixPath | None:
+    """``services.X...password`` -> ``services.X...passwordFile`` for the options in NIXPKGS_FILE_SIBLINGS."""
+    if len(path) < 3 or path[0] != "services" or path[-1] not in NIXPKGS_FILE_SIBLINGS:
+        return None
+    return (*path[:-1], NIXPKGS_FILE_SIBLINGS[path[-1]])
 
 
 _ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -60,6 +60,9 @@ class EnvLine:
     var: str
     prefix: str  # the URL up to the password, as written (e.g. "postgres://postgres:")
     suffix: str  # the URL after the password (e.g. "@db:5432/default")
+    # a bare password (DB_PASSWORD=...), not in a URL: written as it is, and the renderer refuses
+    # at start a password that an env file line cannot hold unquoted (anything but A-Z a-z 0-9 - . _ ~)
+    raw: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ PASSWORD_FILE_PLACEHOLDER = "\x00password_file\x00"  # noqa: S105 - a marker
 def render_script(secret: str, password_file: str, files: Sequence[EnvFile]) -> str:
     """The env-file renderer (bash). ``password_file`` is a shell word, inserted as is."""
     tpl = environment().get_template("env-file.sh.j2")
-    return str(tpl.render(secret=secret, password_file=password_file, files=files)).strip("\n") + "\n"
+    raw = any(line.raw for f in files for line in f.lines)
+    return str(tpl.render(secret=secret, password_file=password_file, files=files, raw=raw)).strip("\n") + "\n"
 
 
 def script_in_nix(secret: str, password_file: str | Antiquote, files: Sequence[EnvFile], indent: str = "  ") -> str:

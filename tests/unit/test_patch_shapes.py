@@ -1,0 +1,90 @@
+"""Every case of the shape corpus (tests/fixtures/shapes): written for nixmig, one shape each.
+
+A case is a small repo with its nixmig.toml and a case.json (shape, expect = patched|refused,
+the hardcoded literals, for a refusal the words its reason must hold). A patched case has its
+golden diff in expected.diff (NIXMIG_UPDATE_GOLDEN=1 rewrites it): the output parses with
+nix-instantiate, a second plan changes nothing, no literal is left and a scan of the patched
+tree finds nothing. A refused case writes nothing by itself and says why, at file:line.
+bench/patch_coverage.py runs the real CLI over the same corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nixmig import config
+from nixmig.nixsrc import patch as pt
+from nixmig.nixsrc import validate
+from nixmig.nixsrc.render import EnvFile, EnvLine, render_script
+from nixmig.nixsrc.scan import scan_source
+from tests.helpers import FIXTURES
+
+SHAPES = FIXTURES / "shapes"
+CASES = sorted(p.name for p in SHAPES.iterdir() if (p / "case.json").is_file())
+
+
+def _load(name: str) -> tuple[dict[str, object], dict[str, bytes], pt.Spec]:
+    case = SHAPES / name
+    meta = json.loads((case / "case.json").read_text())
+    cfg = config.load(case / "nixmig.toml")
+    (migration,) = cfg.migrations
+    return meta, pt.read_sources(case), pt.spec_for(cfg, migration)
+
+
+def test_the_corpus_has_both_outcomes() -> None:
+    outcomes = {json.loads((SHAPES / n / "case.json").read_text())["expect"] for n in CASES}
+    assert outcomes == {"patched", "refused"} and len(CASES) >= 5
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_shape(name: str) -> None:
+    meta, sources, spec = _load(name)
+    plan = pt.plan(sources, spec)
+    literals = [str(x).encode() for x in meta["literals"]]  # type: ignore[attr-defined]
+    if meta["expect"] == "refused":
+        assert plan.manual, "a refused shape must be said"
+        assert any(str(meta["why"]) in m.what and m.file and m.line > 0 for m in plan.manual), plan.manual
+        assert not any(lit in plan.diff(sources).encode() for lit in literals)
+        return
+    assert meta["expect"] == "patched"
+    assert plan.manual == (), [m.what for m in plan.manual]
+    diff = plan.diff(sources)
+    golden = SHAPES / name / "expected.diff"
+    if os.environ.get("NIXMIG_UPDATE_GOLDEN"):
+        golden.write_text(diff)
+    assert diff == golden.read_text()
+    after = {**sources, **plan.results(sources)}
+    for lit in literals:
+        assert not any(lit in text for text in after.values()), "a literal is left"
+    for f, text in after.items():
+        assert scan_source(text, f).findings == (), f
+    again = pt.plan(after, spec)
+    assert again.edits == () and again.manual == ()
+    if shutil.which("nix-instantiate"):
+        validate.check_all(plan.results(sources), use_nix=True)
+
+
+@pytest.mark.parametrize(("password", "ok"), [(b"Ab0-_.~x", True), (b"has space", False), (b"p%w", False)])
+def test_a_bare_password_line_is_written_as_is_or_refused(tmp_path: Path, password: bytes, ok: bool) -> None:
+    """DB_PASSWORD=... in an env file: docker, compose and systemd read an unquoted value alike only
+    for unreserved characters; anything else stops the unit at start with one line, nothing written."""
+    pw = tmp_path / "pw"
+    pw.write_bytes(password)
+    out = tmp_path / "run" / "app.env"
+    out.parent.mkdir()
+    files = [EnvFile(str(out), (EnvLine("DB_PASSWORD", "", "", raw=True), EnvLine("URL", "pg://u:", "@h/d")))]
+    script = render_script("app-db", shlex.quote(str(pw)), files)
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, check=False)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes() == b"DB_PASSWORD=" + password + b"\nURL=pg://u:" + password + b"@h/d\n"
+    else:
+        assert proc.returncode == 1 and not out.exists()
+        assert b"cannot hold unquoted" in proc.stderr and password not in proc.stderr
