@@ -382,7 +382,31 @@ class _Builder:
             self.replaced.append(f"{DB_PASSWORD_VAR} at {fm.where(b.value)}")
         elif not self._file_var_is_ours(db):
             return  # POSTGRES_PASSWORD_FILE points somewhere else: the user's own setup
+        self.container_user(db)
         self.ensure_volume(db, tpl)
+
+    def container_user(self, db: _Db) -> None:
+        """A database container that runs as a non-root ``user`` reads the bind-mounted file as that
+        user: agenix gives the file that owner (and group), never a world-readable mode."""
+        b = self._bind_at(db.fm, (*db.prefix, "user"))
+        if b is None:
+            return
+        value = decode_string(unparen(b.value))
+        if value is None:
+            self.manual_here(
+                db.fm,
+                b.value,
+                f"the {db.name} container's user is computed: nixmig cannot tell who must read "
+                f"{self.spec.secret_on_host}",
+                f"age.secrets.{nix_attr(self.spec.secret)}.owner = <that user or uid>;",
+            )
+            return
+        user, _, group = value.partition(":")
+        if user in ("", "0", "root"):
+            return
+        self.owner, self.owner_why = nix_string(user), f"owned by {user}, the user the {db.name} container runs as"
+        if group:
+            self.group = nix_string(group)
 
     def _file_var_is_ours(self, db: _Db) -> bool:
         for b in db.fm.binds:
