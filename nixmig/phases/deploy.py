@@ -17,11 +17,11 @@ the originals are restored only when the last host using the patch is rolled bac
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 from nixmig.deploy import run_deploy
 from nixmig.errors import NixmigError
+from nixmig.patchstate import PatchState
 from nixmig.phases import hostsecret
 from nixmig.phases.base import Action, Context
 
@@ -66,12 +66,10 @@ def _patch_repo_locked(ctx: Context, *, stage_only: bool, **volume: str | None) 
     results = plan.results(sources, stage_only=stage_only)
     if not results:
         return []
-    saved = _originals_dir(ctx)
+    state = _state(ctx)  # originals saved atomically with their digests, what is written recorded first
     for name in results:
-        keep = saved / f"{name}.orig"  # not *.nix: no tool should take these for sources
-        if not keep.exists():
-            keep.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            keep.write_bytes(sources[name])
+        state.keep_original(name, sources[name])
+    state.will_write(results)
     validate.write_all(repo, results)
     ctx.emit(f"patched {', '.join(sorted(results))} ({'stage: age.secrets only' if stage_only else 'full'})")
     return sorted(results)
@@ -82,14 +80,12 @@ def _stage_from_originals(ctx: Context, sources: dict[str, bytes]) -> list[str]:
     the fleet switched in an earlier run): deploying the tree as it is would restart this
     host's services onto the secret before its role has it. Write the stage config again,
     derived from the saved originals; the switch phase writes the full patch back."""
-    saved = _originals_dir(ctx)
-    if not saved.is_dir():
+    state = _state(ctx)
+    if not state.exists():
         return []
     from nixmig.nixsrc import patch, validate
 
-    originals = {
-        keep.relative_to(saved).as_posix().removesuffix(".orig"): keep.read_bytes() for keep in saved.rglob("*.orig")
-    }
+    originals = state.originals()  # checked against their digests: a damaged one is never used
     base = {**sources, **originals}
     plan = patch.plan(base, patch.spec_for(ctx.cfg, ctx.name))
     full = plan.results(base)
@@ -97,13 +93,14 @@ def _stage_from_originals(ctx: Context, sources: dict[str, bytes]) -> list[str]:
         return []  # not at the full patch: the normal path (recomputed from the files) applies
     staged = plan.results(base, stage_only=True)
     back = {name: staged.get(name, originals.get(name, b"")) for name in full}
+    state.will_write(back)
     validate.write_all(ctx.cfg.repo, back)
     ctx.emit(f"repo was at the full patch (other hosts switched): stage config again in {', '.join(sorted(back))}")
     return sorted(back)
 
 
-def _originals_dir(ctx: Context) -> Path:
-    return ctx.state_dir / "patch" / ctx.name / "originals"
+def _state(ctx: Context) -> PatchState:
+    return PatchState(ctx.state_dir / "patch" / ctx.name)
 
 
 def others_on_patch(ctx: Context) -> list[str]:
@@ -129,18 +126,25 @@ def others_on_patch(ctx: Context) -> list[str]:
 
 
 def _restore_repo(ctx: Context) -> None:
-    saved = _originals_dir(ctx)
-    if ctx.on_host or not saved.is_dir():
+    """The originals back into the files that hold what nixmig wrote (nixmig.patchstate):
+    a file edited since stops it (RepoChanged, before anything is written) unless --force."""
+    state = _state(ctx)
+    if ctx.on_host or not state.exists():
         return
-    from nixmig.fsutil import write_atomic
-
-    restored = []
     with _REPO_LOCK:
-        for keep in sorted(saved.rglob("*.orig")):
-            name = keep.relative_to(saved).as_posix().removesuffix(".orig")
-            write_atomic(ctx.cfg.repo / name, keep.read_bytes())
-            restored.append(name)
-    ctx.emit(f"restored {', '.join(restored)} to their state before the migration")
+        restored = state.restore(ctx.cfg.repo, force=bool(ctx.extra.get("force")), emit=ctx.emit)
+    if restored:
+        ctx.emit(f"restored {', '.join(restored)} to their state before the migration")
+
+
+def _check_repo(ctx: Context) -> None:
+    """Before any undo: the repo can be restored (no file edited since nixmig wrote it, no
+    damaged original), or stop here with a diff of each and the choices."""
+    state = _state(ctx)
+    if ctx.on_host or not state.exists():
+        return
+    with _REPO_LOCK:
+        state.check(ctx.cfg.repo, force=bool(ctx.extra.get("force")), emit=ctx.emit)
 
 
 def _check_shared_patch(ctx: Context) -> None:
@@ -241,6 +245,7 @@ class Stage:
 
     def can_undo(self, ctx: Context, data: dict[str, Any]) -> None:
         _check_shared_patch(ctx)
+        _check_repo(ctx)
 
     def undo(self, ctx: Context, data: dict[str, Any]) -> None:
         _restore_repo(ctx)
@@ -276,6 +281,7 @@ class Switch:
 
     def can_undo(self, ctx: Context, data: dict[str, Any]) -> None:
         _check_shared_patch(ctx)
+        _check_repo(ctx)
 
     def undo(self, ctx: Context, data: dict[str, Any]) -> None:
         _restore_repo(ctx)
