@@ -193,6 +193,8 @@ def apply(
             if done:
                 _notify(on_phase, p.name, "done", None)
                 continue
+            if p.name != "preflight":  # preflight only looks; every other step may change the target
+                _record(ctx)
             started = time.monotonic()
             _notify(on_phase, p.name, "running", None)
             ctx.journal.begin(p.name)
@@ -271,7 +273,9 @@ def locked(ctx: Context) -> Iterator[None]:
 def check_target(ctx: Context, *, record: bool) -> None:
     """The journal's run was on the database the config reaches now, or stop before anything
     is done (nixmig.target). ``record``: apply keeps the identity when the journal has none
-    (its first run); rollback, with no identity kept (an older nixmig's journal), carries on.
+    (its first run; a target that does not answer yet is recorded before the first step
+    after preflight, which says what is wrong); rollback, with no identity kept (an older
+    nixmig's journal), carries on.
     ``ctx.extra["accept_target"]`` (--accept-target): an operator's word that it is the same
     database; the new identity is recorded."""
     rec = ctx.journal.meta.get("target")
@@ -283,7 +287,7 @@ def check_target(ctx: Context, *, record: bool) -> None:
         now = target.take(ctx.t, ctx.runtime)
     except NixmigError as exc:
         if not isinstance(rec, dict):
-            raise  # a first run: nothing done yet, the error says what to fix
+            return  # a first run: nothing done yet; preflight says what is wrong (_record before any change)
         if not accept:
             raise target.TargetUnknown(
                 f"cannot check that this is the database of the journal's run: {exc.what}",
@@ -310,6 +314,13 @@ def check_target(ctx: Context, *, record: bool) -> None:
     elif note is not None:
         ctx.emit(note)
     if target.learn(rec, now) or refusal is not None:
+        ctx.journal.save()
+
+
+def _record(ctx: Context) -> None:
+    """The target's identity in the journal before the first step that may change it."""
+    if not isinstance(ctx.journal.meta.get("target"), dict):
+        ctx.journal.meta["target"] = target.take(ctx.t, ctx.runtime).record()
         ctx.journal.save()
 
 
