@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,7 +138,8 @@ def test_volume_specs_and_agenix_paths_are_not_passwords() -> None:
 )
 def test_a_key_that_names_nothing_is_an_error_with_the_candidates(key: str, value: str, said: str) -> None:
     spec = pt.Spec(secret="twenty-db-password", host="newton", container="twenty-db-1")
-    spec = dataclasses.replace(spec, **{key: (value,) if key == "app_services" else value})
+    given: dict[str, Any] = {key: (value,) if key == "app_services" else value}
+    spec = dataclasses.replace(spec, **given)
     with pytest.raises(ConfigError) as exc:
         pt.plan(pt.read_sources(EXAMPLE), spec)
     assert repr(value) in str(exc.value) and said in (exc.value.hint or ""), (str(exc.value), exc.value.hint)
