@@ -53,7 +53,16 @@ from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and ca
 from nixmig.nixsrc.leftover import declares_secret, digest, leftovers, naming, uses_secret
 from nixmig.nixsrc.model import AttrSet, Bind, FileModel, Lit, NixPath, bindings, decode_string, model, unparen
 from nixmig.nixsrc.parse import text
-from nixmig.nixsrc.quote import Antiquote, escape_indented, nix_attr, nix_attrpath, nix_escape, nix_string, store_name
+from nixmig.nixsrc.quote import (
+    Antiquote,
+    comment_text,
+    escape_indented,
+    nix_attr,
+    nix_attrpath,
+    nix_escape,
+    nix_string,
+    store_name,
+)
 from nixmig.nixsrc.render import EnvFile, EnvLine, render_script, script_in_nix, template
 
 if TYPE_CHECKING:
@@ -349,7 +358,7 @@ class _Builder:
         tpl = template("arion-service.nix.j2" if kind == "arion" else "oci-containers.nix.j2")
         return "\n".join(
             [
-                f"# in {'.'.join(prefix)}:",
+                "# in " + comment_text(".".join(prefix)) + ":",
                 str(tpl.password_file_env(DB_PASSWORD_VAR + "_FILE", self.spec.secret_in_container)),
                 str(tpl.volumes("volumes", self.spec.secret_on_host, self.spec.secret_in_container)),
             ]
