@@ -51,7 +51,18 @@ from nixmig.errors import ConfigError
 from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
 from nixmig.nixsrc.leftover import declares_secret, digest, leftovers, naming, uses_secret
-from nixmig.nixsrc.model import AttrSet, Bind, FileModel, Lit, NixPath, bindings, decode_string, model, unparen
+from nixmig.nixsrc.model import (
+    AttrSet,
+    Bind,
+    FileModel,
+    Lit,
+    NixPath,
+    _apply_parts,
+    bindings,
+    decode_string,
+    model,
+    unparen,
+)
 from nixmig.nixsrc.parse import text
 from nixmig.nixsrc.quote import (
     Antiquote,
@@ -247,6 +258,7 @@ class _Builder:
         self.option_literal: tuple[FileModel, Bind, NixPath] | None = None  # `password = "..."` beside passwordFile
         self.known: set[bytes] = set()  # digests of the values recognised as this migration's password
         self.db: _Db | None = None
+        self.store_file: FileModel | None = None  # where a passwordFile = pkgs.writeText ... was replaced
         # the agenix file's owner/group (Nix expressions) when a non-root user reads it, and why
         self.owner: str | None = None
         self.group: str | None = None
@@ -624,7 +636,42 @@ class _Builder:
                 f"another user, set age.secrets.{self.spec.secret}.owner to that user"
             )
 
+    def store_files(self, password: str | None) -> None:
+        """``passwordFile = pkgs.writeText "pw" "..."`` (also through toString, builtins.toFile): a file
+        with the password in the world-readable Nix store, where the option wants a path. The whole
+        value becomes the agenix path (the database's password or, with none found, the one such file)."""
+        found: list[tuple[FileModel, Bind, Node, str]] = []
+        for fm, b in self.all_binds():
+            if not b.exact or len(b.path) < 2 or not b.path[-1].endswith("File"):
+                continue
+            content = _store_file_content(b.value)
+            value = decode_string(content) if content is not None else None
+            if content is None or value is None or (password is not None and value != password):
+                continue
+            found.append((fm, b, content, value))
+        if len(found) != 1 or self.option_literal is not None:
+            return  # several: the verdict lists each, password_option cannot pick a store file
+        fm, b, content, value = found[0]
+        self.mask_literal(fm, content)
+        self.known.add(digest(value.encode()))
+        self.handled.add((fm.name, content.start_byte))
+        self.replaced.append(f"{'.'.join(b.path)} at {fm.where(content)}")
+        self.ed.add(
+            fm,
+            b.value.start_byte,
+            b.value.end_byte,
+            f"config.age.secrets.{nix_attr(self.spec.secret)}.path",
+            f"{'.'.join(b.path)} pointed at a file written into the world-readable Nix store with the password "
+            f"in it: it now names the file agenix decrypts {self.spec.secret} to at activation",
+        )
+        self.need(fm, ("config",))
+        self.store_file = fm
+        reader = NIXPKGS_READER.get(b.path[1]) if b.path[0] == "services" else None
+        if reader is not None:
+            self.owner, self.owner_why = reader, f"owned by the user services.{b.path[1]} runs as, who reads it"
+
     def scan_literals(self, password: str | None, db: _Db | None) -> None:
+        self.store_files(password)
         siblings: list[tuple[FileModel, Lit, str, NixPath]] = []
         self._scan_literals(password, db, siblings)
         self.take_sibling(siblings)
@@ -1331,7 +1378,8 @@ class _Builder:
             preferred = project[0] if project else None
         if preferred is None and self.option_literal is not None:
             preferred = self.option_literal[0]
-        if db is not None or self.renderers or self.spec.module or self.option_literal is not None:
+        preferred = preferred or self.store_file
+        if db is not None or self.renderers or self.spec.module or self.option_literal or self.store_file:
             self.age_secret(preferred)
         self.password_option(renderer_files or ([preferred] if preferred else []))
         self.login_user()
@@ -1352,6 +1400,20 @@ def _printf_lines(secret: str, files: Sequence[EnvFile]) -> list[str]:
     script = render_script(secret, "x", files)
     lines = [ln.strip() for ln in script.splitlines() if ln.strip().startswith("printf '%s=")]
     return [escape_indented(ln + "\n", before_antiquote=False)[:-1] for ln in lines]
+
+
+def _store_file_content(value: Node) -> Node | None:
+    """The content string of ``pkgs.writeText "name" "content"`` (``toString`` around it, parentheses),
+    or None when the value is anything else."""
+    node = unparen(value)
+    name, args = _apply_parts(node) if node.type == "apply_expression" else ("", [])
+    if name == "toString" and len(args) == 1:
+        node = unparen(args[0])
+        name, args = _apply_parts(node) if node.type == "apply_expression" else ("", [])
+    if name in ("writeText", "toFile") and len(args) == 2:
+        content = unparen(args[1])
+        return content if content.type == "string_expression" else None
+    return None
 
 
 def _holding(line: EnvLine) -> str:
