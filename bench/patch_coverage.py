@@ -7,7 +7,8 @@ A corpus is a directory of cases; a case is a directory holding a small Nix repo
      "literals": ["the hardcoded password as it appears in the .nix files"], "note": "..."}
 
 A literal may carry context (``"PASSWORD 'pw'"``, ``"user:pw@"``) when the bare value also
-appears where it is no password (a role name, another secret).
+appears where it is no password (a role name, another secret). An optional ``"expect"``
+(``patched`` | ``refused``, as in tests/fixtures/shapes) is compared with the outcome.
 
 Each case is copied to a temp dir, made a git repo with one commit, and the real CLI runs
 there as a user would run it: ``patch --explain``, ``patch --write``, ``patch --write`` again,
@@ -99,6 +100,7 @@ class Result:
     first_stderr: str = ""
     by_hand: list[str] = field(default_factory=list)
     source: str = ""
+    expect: str = ""  # case.json's "expect" (patched | refused), when the case says
 
 
 SRC: Path | None = None  # --src: run the nixmig package found there instead of the installed one
@@ -180,7 +182,7 @@ def run_case(cli: list[str], case_dir: Path, work: Path) -> Result:
         shape = str(meta.get("shape", "?"))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return Result(name, "?", "invalid", f"case.json unreadable: {type(exc).__name__}")
-    res = Result(name, shape, "wrong", "", source=str(meta.get("source", "")))
+    res = Result(name, shape, "wrong", "", source=str(meta.get("source", "")), expect=str(meta.get("expect", "")))
     if not literals:
         res.outcome, res.reason = "invalid", "case.json lists no literal"
         return res
@@ -278,6 +280,8 @@ def code_version() -> str:
     rev = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True, check=False
     )
+    if SRC is not None and (SRC / "REV").is_file():
+        return f"{where} (export of {(SRC / 'REV').read_text().strip()})"
     if rev.returncode != 0 or (SRC is not None and not (SRC / ".git").exists()):
         return f"{where} (not a git checkout)"
     dirty = subprocess.run(
@@ -287,7 +291,10 @@ def code_version() -> str:
 
 
 def table(results: Sequence[Result]) -> str:
-    rows = [("case", "shape", "outcome", "reason")] + [(r.case, r.shape, r.outcome, r.reason) for r in results]
+    def reason(r: Result) -> str:
+        return r.reason + (f" [case expects {r.expect}]" if r.expect and r.expect != r.outcome else "")
+
+    rows = [("case", "shape", "outcome", "reason")] + [(r.case, r.shape, r.outcome, reason(r)) for r in results]
     w0 = max(len(r[0]) for r in rows)
     w1 = min(max(len(r[1]) for r in rows), 48)
     w2 = max(len(r[2]) for r in rows)
@@ -296,9 +303,10 @@ def table(results: Sequence[Result]) -> str:
 
 
 def totals(results: Sequence[Result]) -> dict[str, int]:
-    t = {"cases": len(results), "patched": 0, "refused": 0, "wrong": 0, "invalid": 0}
+    t = {"cases": len(results), "patched": 0, "refused": 0, "wrong": 0, "invalid": 0, "unexpected": 0}
     for r in results:
         t[r.outcome] += 1
+        t["unexpected"] += bool(r.expect) and r.expect != r.outcome
     return t
 
 
@@ -351,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"\n{t['cases']} cases: patched {t['patched']}, refused {t['refused']}, wrong {t['wrong']}"
             + (f", invalid {t['invalid']}" if t["invalid"] else "")
+            + (f"; {t['unexpected']} not as case.json expects" if t["unexpected"] else "")
         )
     return 1 if t["wrong"] else 0
 

@@ -1,0 +1,107 @@
+"""bench/patch_coverage.py: its verdicts, from the real CLI and from a CLI that lies.
+
+The lying CLIs are fakes, named so: they stand for a broken nixmig (success claimed with the
+literal left, an exit code outside 0/1/2, a second run that edits again), which the real one
+must never be, so they cannot be produced with it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import FIXTURES
+
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-bin not installed"),
+]
+
+SHAPES = FIXTURES / "shapes"
+
+
+def _bench() -> Any:
+    path = Path(__file__).resolve().parents[2] / "bench" / "patch_coverage.py"
+    spec = importlib.util.spec_from_file_location("nixmig_bench_patch_coverage", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _bench()
+
+
+def _case(expect: str) -> Path:
+    for d in sorted(SHAPES.iterdir()):
+        meta = d / "case.json"
+        if meta.is_file() and json.loads(meta.read_text()).get("expect") == expect:
+            return d
+    raise AssertionError(f"tests/fixtures/shapes has no case expected to be {expect}")
+
+
+def _fake_cli(tmp_path: Path, name: str, body: str) -> list[str]:
+    script = tmp_path / f"{name}.py"
+    script.write_text("import pathlib, sys\nargs = sys.argv[1:]\n" + body)
+    return [sys.executable, str(script)]
+
+
+@pytest.mark.parametrize("expect", ["patched", "refused"])
+def test_the_real_cli_gets_the_verdict_its_shape_case_expects(tmp_path: Path, expect: str) -> None:
+    res = bench.run_case(bench.nixmig_command(), _case(expect), tmp_path)
+    assert res.outcome == expect, (res.reason, res.problems)
+    assert res.exit_codes["write"] == (0 if expect == "patched" else 1)
+    if expect == "patched":
+        assert res.changed_files and not res.literals_left and res.exit_codes["check"] == 0
+
+
+def test_success_claimed_with_the_literal_left_is_wrong(tmp_path: Path) -> None:
+    cli = _fake_cli(tmp_path, "fake_nixmig_claims_success", "print('nothing to change: the tree is patched')\n")
+    res = bench.run_case(cli, _case("patched"), tmp_path / "work")
+    assert res.outcome == "wrong"
+    assert "write exit 0 with the literal left at " in res.reason
+    assert res.literals_left and all("(literal #" in x for x in res.literals_left)
+
+
+def test_an_exit_code_outside_0_1_2_is_wrong(tmp_path: Path) -> None:
+    cli = _fake_cli(tmp_path, "fake_nixmig_exit_3", "sys.exit(3)\n")
+    res = bench.run_case(cli, _case("refused"), tmp_path / "work")
+    assert res.outcome == "wrong" and "exit 3" in res.reason
+
+
+def test_a_second_write_that_edits_again_is_wrong(tmp_path: Path) -> None:
+    # appends a line to one .nix file on every --write, and says it succeeded
+    body = (
+        "if '--write' in args:\n"
+        "    f = sorted(pathlib.Path('.').rglob('*.nix'))[0]\n"
+        "    f.write_text(f.read_text() + '# edited\\n')\n"
+    )
+    cli = _fake_cli(tmp_path, "fake_nixmig_not_idempotent", body)
+    res = bench.run_case(cli, _case("refused"), tmp_path / "work")
+    assert res.outcome == "wrong"
+    assert any(p.startswith("second --write changed ") for p in res.problems)
+
+
+def test_a_changed_file_that_does_not_parse_is_wrong(tmp_path: Path) -> None:
+    body = (
+        "if '--write' in args and not pathlib.Path('.broken').exists():\n"
+        "    pathlib.Path('.broken').write_text('')\n"
+        "    f = sorted(pathlib.Path('.').rglob('*.nix'))[0]\n"
+        "    f.write_text(f.read_text() + '{ unclosed = ;\\n')\n"
+        "    sys.exit(1)\n"
+    )
+    cli = _fake_cli(tmp_path, "fake_nixmig_writes_garbage", body)
+    res = bench.run_case(cli, _case("refused"), tmp_path / "work")
+    assert res.outcome == "wrong" and "does not parse" in res.reason
+
+
+def test_literals_left_name_file_line_and_never_the_value() -> None:
+    left = bench.literals_left({"a.nix": b'x = 1;\npw = "s3cret";\n'}, ["s3cret"])
+    assert left == ["a.nix:2 (literal #1)"]
