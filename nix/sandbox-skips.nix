@@ -20,5 +20,7 @@ in
     # parses and evaluates the repo's own .nix files (flake.nix, nix/, vm-tests/),
     # which are not part of the package's source; checks.<system>.lint runs it
     "tests/unit/test_nix_files.py" = "needs the whole repository, not the package source";
+    # downloads from PyPI (no network in the sandbox) and reads nix/ and scripts/
+    "tests/unit/test_nix_hashes.py" = "needs the network and the whole repository";
   };
 }
