@@ -1,0 +1,982 @@
+"""`nixmig init`: a nixmig.toml drafted from the Nix repository alone. Pure: sources in, TOML text out.
+
+:func:`draft` reads the repo's ``.nix`` sources (``{"repo/relative/path.nix": bytes}``) and,
+optionally, the deploy tool's nodes as ``nix eval`` printed them, and returns a
+:class:`Draft`: the TOML text, the guesses it marked ``# check:`` and what it drafted.
+
+What it reads:
+
+- scan's findings (:func:`nixmig.nixsrc.scan.scan_source`): a hardcoded ``POSTGRES_PASSWORD``
+  in an arion service or an oci-containers container whose image is PostgreSQL, a nixpkgs
+  option with a file sibling (``services.gitea.database.password``) or
+  ``services.postgresql.initialScript``'s SQL beside ``services.postgresql``; the app
+  containers holding the same value (in a URL or bare) are listed with it;
+- the container: arion (``PROJECT-SERVICE-1``, named volume ``PROJECT_VOLUME``) or
+  oci-containers (its name, a named volume as is, the backend);
+- the database and role: ``POSTGRES_USER`` / ``POSTGRES_DB`` with the postgres image's
+  defaults, ``ensureUsers`` / ``ensureDatabases`` or the SQL for the native server;
+- the hosts: ``nixosConfigurations``, deploy-rs's ``deploy.nodes`` (hostname, sshUser,
+  sshOpts), a colmena hive (``deployment.targetHost`` ...) and ``hosts/NAME/`` directories;
+  which host runs a database follows the path expressions (``imports``, ``import ./x.nix``)
+  from each host's configuration to the file that defines it;
+- secrets.nix's let-bound keys: one named after a host is its age recipient, the others
+  (or those in a ``users``/``admins`` list) are the operator's;
+- the deploy command from the tool the repo uses.
+
+Every value carries a ``# from FILE:LINE`` comment; every guess a ``# check:`` line above it.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nixmig.errors import NixSyntaxError
+from nixmig.inventory import Node as EvalNode
+from nixmig.inventory import parse_nodes
+from nixmig.nixsrc.model import FileModel, NixPath, decode_string, model
+from nixmig.nixsrc.parse import parse_checked, text
+from nixmig.nixsrc.quote import comment_text
+
+if TYPE_CHECKING:
+    from tree_sitter import Node
+
+    from nixmig.nixsrc.scan import Finding
+
+SECRETS_FILE = "secrets.nix"
+_PG_IMAGE = re.compile(r"(^|/)(postgres|postgresql|postgis|pgvector|timescaledb[a-z0-9-]*|pgautoupgrade)(:|@|$)")
+_MYSQL_IMAGE = re.compile(r"(^|/)(mariadb|mysql|percona[a-z0-9-]*)(:|@|$)")
+_DATA_DIR = "/var/lib/postgresql"
+_HOST_DIRS = frozenset({"hosts", "machines", "systems", "nodes"})
+_HOST_LISTS = re.compile(r"server|host|system|machine|node", re.IGNORECASE)
+_USER_LISTS = re.compile(r"user|admin|operator|people|person|dev|maintainer|me$", re.IGNORECASE)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_SQL_ROLE = re.compile(r"CREATE\s+(?:ROLE|USER)\s+\"?([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+_SQL_DB = re.compile(r"CREATE\s+DATABASE\s+\"?([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+_PODMAN_SOCKET = "unix:///run/podman/podman.sock"
+
+
+# ---------------------------------------------------------------- the result
+
+
+@dataclass(frozen=True)
+class Val:
+    """One value of the draft: where it came from, and what to check when it is a guess."""
+
+    value: str | int | list[str]
+    origin: str
+    check: str | None = None
+
+
+@dataclass
+class Block:
+    """One TOML table: its keys in order, and comment lines before them."""
+
+    header: str
+    notes: list[str] = field(default_factory=list)  # "# ..." lines under the header
+    keys: list[tuple[str, Val]] = field(default_factory=list)
+
+    def add(self, key: str, val: Val | None) -> None:
+        if val is not None:
+            self.keys.append((key, val))
+
+
+@dataclass(frozen=True)
+class Draft:
+    toml: str
+    checks: tuple[str, ...]
+    migrations: tuple[str, ...]
+    findings: int  # hardcoded database passwords found
+    other_findings: int  # other hardcoded secrets (not drafted)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to migrate: no hardcoded database password anywhere."""
+        return self.findings == 0
+
+
+# ---------------------------------------------------------------- reading the tree
+
+
+@dataclass(eq=False)
+class _Container:
+    fm: FileModel
+    kind: str  # "arion" | "oci"
+    name: str  # compose service or oci container name
+    prefix: NixPath  # the attrset holding environment and volumes
+    project: str = ""
+    project_origin: str = ""
+
+    def env(self, var: str) -> tuple[str, str] | None:
+        return _lit(self.fm, (*self.prefix, "environment", var))
+
+    def image(self) -> tuple[str, str] | None:
+        if self.kind == "arion":
+            return _lit(self.fm, (*self.prefix[:-1], "image", "name")) or _lit(self.fm, (*self.prefix, "image"))
+        return _lit(self.fm, (*self.prefix, "image"))
+
+    @property
+    def label(self) -> str:
+        return f"{self.project}-{self.name}" if self.kind == "arion" and self.project else self.name
+
+
+def _line(fm: FileModel, node: Node) -> int:
+    return fm.line_col(node.start_byte)[0]
+
+
+def _at(fm: FileModel, node: Node) -> str:
+    return f"{fm.name}:{_line(fm, node)}"
+
+
+def _lit(fm: FileModel, path: NixPath) -> tuple[str, str] | None:
+    """(value, FILE:LINE) of a plain string bound at ``path``."""
+    for b in fm.binds:
+        if b.path == path and b.exact:
+            v = decode_string(b.value)
+            if v is not None:
+                return v, _at(fm, b.node)
+    return None
+
+
+def _int_lit(fm: FileModel, path: NixPath) -> tuple[int, str] | None:
+    for b in fm.binds:
+        if b.path == path and b.exact and b.value.type == "integer_expression":
+            return int(text(b.value)), _at(fm, b.node)
+    return None
+
+
+def _strings(fm: FileModel, path: NixPath) -> list[tuple[str, str]]:
+    """Plain strings in the list bound at ``path``."""
+    out = []
+    for lit in fm.lits:
+        if lit.path == path and lit.exact and lit.bind is None:
+            v = decode_string(lit.node)
+            if v is not None:
+                out.append((v, _at(fm, lit.node)))
+    return out
+
+
+def _container_shape(path: NixPath) -> tuple[str, str, NixPath] | None:
+    from nixmig.nixsrc.patch import _container_shape as shape  # one definition of the shapes
+
+    for n in range(len(path), 1, -1):
+        found = shape(path[:n])
+        if found is not None:
+            return found
+    return None
+
+
+def _containers(models: Mapping[str, FileModel]) -> list[_Container]:
+    out: dict[tuple[str, NixPath], _Container] = {}
+    for fm in models.values():
+        for b in fm.binds:
+            if not b.exact:
+                continue
+            shape = _container_shape(b.path)
+            if shape is not None and (fm.name, shape[2]) not in out:
+                out[(fm.name, shape[2])] = _Container(fm, shape[0], shape[1], shape[2])
+    projects = _arion_projects(models)
+    for c in out.values():
+        if c.kind != "arion":
+            continue
+        if c.prefix[:3] == ("virtualisation", "arion", "projects"):
+            c.project, c.project_origin = c.prefix[3], f"{c.fm.name} (virtualisation.arion.projects.{c.prefix[3]})"
+        elif (found := _lit(c.fm, ("project", "name"))) is not None:
+            c.project, c.project_origin = found[0], f"{found[1]} (project.name)"
+        elif len(projects) == 1:
+            ((name, where),) = projects.items()
+            c.project, c.project_origin = name, f"{where} (the one arion project)"
+    return list(out.values())
+
+
+def _arion_projects(models: Mapping[str, FileModel]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for fm in models.values():
+        for b in fm.binds:
+            if len(b.path) >= 4 and b.path[:3] == ("virtualisation", "arion", "projects") and b.exact:
+                out.setdefault(b.path[3], _at(fm, b.node))
+    return out
+
+
+# ---------------------------------------------------------------- hosts
+
+
+@dataclass(eq=False)
+class _Host:
+    name: str
+    origin: str  # FILE:LINE (what) of its first mention
+    address: Val | None = None
+    user: Val | None = None
+    port: Val | None = None
+    identity: Val | None = None
+    recipient: Val | None = None
+    roots: set[str] = field(default_factory=set)  # files that configure it
+    deploy_rs: str | None = None  # FILE:LINE of deploy.nodes.NAME
+    colmena: str | None = None
+    nixos: str | None = None
+    reached: set[str] = field(default_factory=set)  # the files its configuration reaches
+
+
+def _segment_after(path: NixPath, word: str) -> tuple[int, str] | None:
+    for i, p in enumerate(path[:-1]):
+        if p == word:
+            return i, path[i + 1]
+    return None
+
+
+def _resolve(base_file: str, rel: str, files: Mapping[str, Any]) -> str | None:
+    if not rel.startswith(("./", "../")) and rel not in (".", ".."):
+        return None
+    target = posixpath.normpath(posixpath.join(posixpath.dirname(base_file), rel))
+    if target in files:
+        return target
+    if posixpath.join(target, "default.nix") in files:
+        return posixpath.join(target, "default.nix")
+    return None
+
+
+def _edges(models: Mapping[str, FileModel]) -> dict[str, set[str]]:
+    """file -> the .nix files its path expressions name (imports, `import ./x.nix`, `./hosts/x`)."""
+    out: dict[str, set[str]] = {}
+    for fm in models.values():
+        for _, node in fm.paths:
+            target = _resolve(fm.name, text(node), models)
+            if target is not None and target != fm.name:
+                out.setdefault(fm.name, set()).add(target)
+    return out
+
+
+def _host_dir(file: str) -> str | None:
+    parts = file.split("/")
+    for i, p in enumerate(parts[:-1]):
+        if p in _HOST_DIRS:
+            name = parts[i + 1].removesuffix(".nix")
+            if name != "default" and _NAME.fullmatch(name):
+                return name
+    return None
+
+
+def _hosts(models: Mapping[str, FileModel], nodes: Mapping[str, EvalNode] | None, eval_from: str) -> dict[str, _Host]:
+    hosts: dict[str, _Host] = {}
+    deploy_top: dict[str, tuple[Any, str]] = {}
+
+    def host(name: str, origin: str) -> _Host:
+        if name not in hosts:
+            hosts[name] = _Host(name, origin)
+        return hosts[name]
+
+    deploy_raw: dict[str, dict[str, Any]] = {}
+    deploy_where: dict[str, dict[str, str]] = {}
+    for fm in models.values():
+        hive = posixpath.basename(fm.name) == "hive.nix"
+        for b in fm.binds:
+            if not b.exact:
+                continue
+            p = b.path
+            at = _at(fm, b.node)
+            if (seg := _segment_after(p, "nixosConfigurations")) is not None:
+                i, name = seg
+                h = host(name, f"{at} (nixosConfigurations.{name})")
+                h.nixos = h.nixos or at
+                for path, node in fm.paths:
+                    if path[: i + 2] == p[: i + 2] and (t := _resolve(fm.name, text(node), models)):
+                        h.roots.add(t)
+            if (seg := _segment_after(p, "deploy")) is not None and len(p) > seg[0] + 1:
+                i = seg[0]
+                rest = p[i + 1 :]
+                if rest[0] == "nodes" and len(rest) >= 2:
+                    name = rest[1]
+                    h = host(name, f"{at} (deploy.nodes.{name})")
+                    h.deploy_rs = h.deploy_rs or at
+                    key = rest[2:]
+                    if key in (("hostname",), ("sshUser",), ("profiles", "system", "sshUser")):
+                        v = decode_string(b.value)
+                        k = key[-1]
+                        if v is not None and (k not in deploy_raw.get(name, {}) or key[0] == "profiles"):
+                            deploy_raw.setdefault(name, {})[k] = v
+                            deploy_where.setdefault(name, {})[k] = f"{at} (deploy.nodes.{name}.{'.'.join(key)})"
+                    elif key == ("sshOpts",):
+                        opts = [v for v, _ in _strings(fm, p)]
+                        deploy_raw.setdefault(name, {})["sshOpts"] = opts
+                        deploy_where.setdefault(name, {})["sshOpts"] = f"{at} (deploy.nodes.{name}.sshOpts)"
+                elif rest in (("sshUser",), ("sshOpts",)):
+                    value: Any = decode_string(b.value) if rest[0] == "sshUser" else [v for v, _ in _strings(fm, p)]
+                    deploy_top[rest[0]] = (value, f"{at} (deploy.{rest[0]})")
+            colmena = _segment_after(p, "colmena")
+            if colmena is None and hive and p and p[0] not in ("meta", "defaults"):
+                colmena = (-1, p[0])
+            if colmena is not None and colmena[1] not in ("meta", "defaults"):
+                i, name = colmena
+                h = host(name, f"{at} (colmena.{name})" if i >= 0 else f"{at} (hive node {name})")
+                h.colmena = h.colmena or at
+                for path, node in fm.paths:
+                    if path[: i + 2] == p[: i + 2] and (t := _resolve(fm.name, text(node), models)):
+                        h.roots.add(t)
+                key = p[i + 2 :]
+                if key == ("deployment", "targetHost") and (v := decode_string(b.value)):
+                    h.address = Val(v, f"{at} (deployment.targetHost)")
+                elif key == ("deployment", "targetUser") and (v := decode_string(b.value)):
+                    h.user = Val(v, f"{at} (deployment.targetUser)")
+                elif key == ("deployment", "targetPort") and b.value.type == "integer_expression":
+                    h.port = Val(int(text(b.value)), f"{at} (deployment.targetPort)")
+    # deploy-rs nodes, read the way nixmig.inventory reads what nix eval prints
+    for name, raw in deploy_raw.items():
+        where = deploy_where.get(name, {})
+        top_user = deploy_top.get("sshUser")
+        if "sshUser" not in raw and top_user is not None and top_user[0]:
+            raw["sshUser"], where["sshUser"] = top_user
+        if "sshOpts" in deploy_top:
+            raw["sshOpts"] = list(deploy_top["sshOpts"][0] or []) + list(raw.get("sshOpts", []))
+            where.setdefault("sshOpts", deploy_top["sshOpts"][1])
+        node = parse_nodes({name: {**raw, "hostname": raw.get("hostname") or name}}, where=name)[name]
+        h = hosts[name]
+        if "hostname" in raw:
+            h.address = Val(node.hostname, where["hostname"])
+        if node.user:
+            h.user = Val(node.user, where["sshUser"])
+        if node.port is not None:
+            h.port = Val(node.port, where["sshOpts"])
+        if node.identity:
+            h.identity = Val(node.identity, where["sshOpts"])
+    for name, n in (nodes or {}).items():
+        h = host(name, f"{eval_from} (node {name})")
+        src = f"{eval_from} (node {name})"
+        h.address = Val(n.hostname, f"{h.address.origin}; {src}" if h.address else src)
+        if n.user:
+            h.user = Val(n.user, src)
+        if n.port is not None:
+            h.port = Val(n.port, src)
+        if n.identity:
+            h.identity = Val(n.identity, src)
+    # hosts/NAME/ directories: roots of the named host, and hosts when nothing else names one
+    dirs: dict[str, list[str]] = {}
+    for name in models:
+        d = _host_dir(name)
+        if d is not None:
+            dirs.setdefault(d, []).append(name)
+    for d, files in dirs.items():
+        if d in hosts or not hosts or all(not h.nixos and not h.deploy_rs and not h.colmena for h in hosts.values()):
+            h = host(d, f"{files[0]} (under {files[0].split('/')[0]}/{d}/)")
+            h.roots.update(files)
+    return hosts
+
+
+def _reach(roots: set[str], edges: Mapping[str, set[str]]) -> set[str]:
+    seen = set(roots)
+    todo = list(roots)
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+# ---------------------------------------------------------------- secrets.nix
+
+
+@dataclass(frozen=True)
+class _Key:
+    var: str
+    key: str  # canonical recipient text
+    origin: str  # FILE:LINE
+
+
+@dataclass(frozen=True)
+class _Keys:
+    file: str | None
+    keys: dict[str, _Key]  # let-bound name -> key
+    lists: dict[str, tuple[list[str], str]]  # let-bound name -> (member names, FILE:LINE)
+    entries: frozenset[str]  # secret names with an entry
+
+
+def _secrets_file(sources: Mapping[str, bytes]) -> str | None:
+    found = sorted((f for f in sources if posixpath.basename(f) == SECRETS_FILE), key=lambda f: (f.count("/"), f))
+    preferred = [f for f in found if f == f"secrets/{SECRETS_FILE}"]
+    with_keys = [f for f in found if b"publicKeys" in sources[f]]
+    return (preferred or with_keys or [None])[0]
+
+
+def _read_keys(sources: Mapping[str, bytes]) -> _Keys:
+    """secrets.nix's let-bound keys and lists (NixSyntaxError / SecretsError when it does not parse)."""
+    from nixmig.secrets import recipients
+    from nixmig.secrets.rules import _top_attrset
+
+    name = _secrets_file(sources)
+    if name is None:
+        return _Keys(None, {}, {}, frozenset())
+    source = sources[name]
+    root = parse_checked(source, name).root_node
+    top, lets = _top_attrset(root, Path(name))
+    keys: dict[str, _Key] = {}
+    lists: dict[str, tuple[list[str], str]] = {}
+    for var, expr in lets.items():
+        line = f"{name}:{expr.start_point[0] + 1}"
+        if expr.type == "string_expression" and all(c.type == "string_fragment" for c in expr.named_children):
+            try:
+                r = recipients.parse(text(expr)[1:-1], where=line)
+            except Exception:  # noqa: S112 - not a key: some other let-bound string
+                continue
+            keys[var] = _Key(var, r.text, line)
+        elif expr.type == "list_expression":
+            members = [text(c) for c in expr.named_children if c.type == "variable_expression"]
+            lists[var] = (members, line)
+    entries = set()
+    for b in (b for bset in top.named_children if bset.type == "binding_set" for b in bset.named_children):
+        ap = b.child_by_field_name("attrpath") if b.type == "binding" else None
+        if ap is not None and ap.named_children:
+            first = ap.named_children[0]
+            value = decode_string(first) if first.type == "string_expression" else text(first)
+            if value:
+                entries.add(value.removesuffix(".age"))
+    return _Keys(name, keys, lists, frozenset(entries))
+
+
+# ---------------------------------------------------------------- databases
+
+
+@dataclass(eq=False)
+class _Db:
+    name: str  # service name in nixmig.toml
+    secret: str
+    file: str  # the file that defines it (for the host)
+    origin: str  # FILE:LINE of the hardcoded password
+    runtime: Val
+    container: Val | None = None
+    volume: Val | None = None
+    database: Val | None = None
+    role: Val | None = None
+    admin_role: Val | None = None
+    docker_host: Val | None = None
+    port: Val | None = None
+    notes: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    secret_origin: str = "scan's suggested name"  # noqa: S105 - where the name comes from
+    password: bytes = b""  # to find the apps holding the same value; never printed
+
+
+def _finding_path(f: Finding) -> NixPath:
+    return tuple(f.attr_path.split(".")) if f.attr_path else ()
+
+
+def _is_db_finding(f: Finding) -> bool:
+    from nixmig.nixsrc.patch import nixpkgs_file_sibling
+
+    p = _finding_path(f)
+    if f.kind.value == "url-credential":
+        return True
+    if f.kind.value != "password":
+        return False
+    last = p[-1] if p else ""
+    return (
+        last.upper() in ("POSTGRES_PASSWORD", "DB_PASSWORD", "DATABASE_PASSWORD", "PGPASSWORD")
+        or last.upper().startswith(("MARIADB_", "MYSQL_"))
+        or "initialScript" in p
+        or (nixpkgs_file_sibling(p) is not None and any(w in p for w in ("database", "db", "config")))
+        or (p[:1] == ("services",) and any(w in p for w in ("database", "db")))
+    )
+
+
+def _container_db(c: _Container, f: Finding) -> _Db | str:
+    """The service for a database container, or why it is not drafted."""
+    image = c.image()
+    mysql_var = any(c.env(v) for v in ("MARIADB_PASSWORD", "MYSQL_PASSWORD", "MARIADB_ROOT_PASSWORD"))
+    if (image is not None and _MYSQL_IMAGE.search(image[0])) or (image is None and mysql_var):
+        runs = f"runs {image[0]} ({image[1]})" if image is not None else "is a MySQL/MariaDB database"
+        return (
+            f"{c.label} {runs}: nixmig rotates PostgreSQL passwords only; "
+            "move this one to agenix by hand (nixmig scan lists it)"
+        )
+    what = f"{c.label} ({f.file}:{f.line}, {f.attr_path.rsplit('.', 1)[-1]})"
+    db = _Db(
+        name=c.label,
+        secret=f.secret_name,
+        file=c.fm.name,
+        origin=f"{f.file}:{f.line}",
+        runtime=Val("docker", f"{c.fm.name} ({'arion' if c.kind == 'arion' else 'oci-containers'})"),
+    )
+    if image is None:
+        db.checks.append(f"{what}: its image is not a plain string here; check that it is PostgreSQL")
+    # container name
+    explicit = _lit(c.fm, (*c.prefix, "container_name"))
+    if explicit is not None:
+        db.container = Val(explicit[0], f"{explicit[1]} (container_name)")
+    elif c.kind == "arion":
+        if c.project:
+            db.container = Val(f"{c.project}-{c.name}-1", f"{c.project_origin}, service {c.name}: PROJECT-SERVICE-1")
+        else:
+            db.container = Val(
+                f"{c.name}-1",
+                f"{c.fm.name} (service {c.name})",
+                f"the arion project's name is not in the repo: the container is PROJECT-{c.name}-1",
+            )
+    else:
+        b = next(b for b in c.fm.binds if b.path[: len(c.prefix)] == c.prefix)
+        db.container = Val(c.name, f"{_at(c.fm, b.node)} (virtualisation.oci-containers.containers.{c.name})")
+        backend = _backend(c)
+        if backend is None:
+            db.docker_host = None
+            db.checks.append(
+                "virtualisation.oci-containers.backend is not set: NixOS's default is podman (stateVersion "
+                f'22.05 and later); with podman set docker_host = "{_PODMAN_SOCKET}" and enable '
+                "virtualisation.podman.dockerSocket (nixmig runs the docker CLI)"
+            )
+        elif backend[0] == "podman":
+            db.docker_host = Val(
+                _PODMAN_SOCKET,
+                f"{backend[1]} (backend podman)",
+                "nixmig runs the docker CLI against podman's socket: enable virtualisation.podman.dockerSocket "
+                "and install the docker client on the host",
+            )
+    # volume
+    for v, where in _strings(c.fm, (*c.prefix, "volumes")):
+        src, _, dest = v.partition(":")
+        if not dest.split(":")[0].startswith(_DATA_DIR):
+            continue
+        if src.startswith(("/", ".", "~", "$")):
+            db.notes.append(f"the data is in the bind mount {src} ({where}): no docker volume (rebuild needs one)")
+        elif c.kind == "arion" and c.project:
+            db.volume = Val(f"{c.project}_{src}", f"{where} (volume {src} of project {c.project}: PROJECT_VOLUME)")
+        else:
+            db.volume = Val(src, f"{where} (named volume)")
+    if db.volume is None and not db.notes:
+        db.notes.append(f"no volume at {_DATA_DIR}/data in the repo: the image's anonymous volume holds the data")
+    # database and role, as the image reads them
+    user = c.env("POSTGRES_USER")
+    name = c.env("POSTGRES_DB")
+    if user is not None:
+        db.role = Val(user[0], f"{user[1]} (POSTGRES_USER)")
+    else:
+        db.role = Val("postgres", f"the postgres image's default (no POSTGRES_USER in {c.fm.name})")
+    if name is not None:
+        db.database = Val(name[0], f"{name[1]} (POSTGRES_DB)")
+    elif user is not None:
+        db.database = Val(user[0], f"{user[1]} (no POSTGRES_DB: the image names the database after POSTGRES_USER)")
+    else:
+        db.database = Val("postgres", "the postgres image's default (no POSTGRES_DB, no POSTGRES_USER)")
+    if user is not None and user[0] != "postgres":
+        db.admin_role = Val(user[0], f"{user[1]} (POSTGRES_USER is the image's superuser)")
+    return db
+
+
+def _backend(c: _Container) -> tuple[str, str] | None:
+    found = _lit(c.fm, ("virtualisation", "oci-containers", "backend"))
+    return found
+
+
+def _native_db(fm: FileModel, f: Finding, models: Mapping[str, FileModel]) -> _Db | str:
+    p = _finding_path(f)
+    pg = [m for m in models.values() if any(b.path[:2] == ("services", "postgresql") and b.exact for b in m.binds)]
+    db = _Db(
+        name="postgresql",
+        secret="",
+        file=fm.name,
+        origin=f"{f.file}:{f.line}",
+        runtime=Val("native", ""),
+    )
+    if "initialScript" in p:
+        node = fm.root.descendant_for_byte_range(f.start, max(f.start, f.end)) if f.start >= 0 else None
+        while node is not None and node.type not in ("string_expression", "indented_string_expression"):
+            node = node.parent
+        sql = text(node) if node is not None else ""
+        role = _SQL_ROLE.search(sql)
+        dbname = _SQL_DB.search(sql)
+        at = f"{f.file}:{f.line}"
+        base = node.start_byte if node is not None else 0
+
+        def line_of(m: re.Match[str]) -> str:
+            return f"{f.file}:{fm.line_col(base + len(sql[: m.start(1)].encode()))[0]}"
+
+        db.runtime = Val("native", f"{at} (services.postgresql.initialScript)")
+        db.role = Val(role.group(1), f"{line_of(role)} (CREATE ROLE in initialScript)") if role else None
+        db.database = Val(dbname.group(1), f"{line_of(dbname)} (CREATE DATABASE in initialScript)") if dbname else None
+        db.checks.append(
+            f"the password is in SQL text ({at}, services.postgresql.initialScript): nixmig patch has no "
+            "template for it (it says what to change by hand); the role's password is what apply rotates"
+        )
+    else:
+        service = p[1] if len(p) > 1 and p[0] == "services" else ""
+        if pg:
+            first = next(b.node for b in pg[0].binds if b.path[:2] == ("services", "postgresql"))
+            db.runtime = Val("native", f"{_at(pg[0], first)} (services.postgresql)")
+        else:
+            db.runtime = Val(
+                "native",
+                f"{f.file}:{f.line} ({f.attr_path})",
+                f"no services.postgresql in the repo: does services.{service} create its database locally on "
+                "this host (a nixpkgs default), or is the database elsewhere?",
+            )
+        db.role, db.database = _native_names(pg, fm, p, service)
+    if db.database is not None:
+        db.name = f"{db.database.value}-db"
+        db.secret = f"{db.database.value}-db-password"
+        db.secret_origin = "named after the database"  # noqa: S105 - where the name comes from
+    else:
+        db.secret = "postgresql-db-password"  # noqa: S105 - a secret's name
+    for m in pg:
+        port = _int_lit(m, ("services", "postgresql", "port")) or _int_lit(
+            m, ("services", "postgresql", "settings", "port")
+        )
+        if port is not None:
+            db.port = Val(port[0], f"{port[1]} (services.postgresql port)")
+    return db
+
+
+def _native_names(pg: Sequence[FileModel], fm: FileModel, p: NixPath, service: str) -> tuple[Val | None, Val | None]:
+    """(role, database) of a nixpkgs service's database: its options, else ensureUsers/ensureDatabases."""
+    parent = p[:-1]
+    role = _lit(fm, (*parent, "user"))
+    name = _lit(fm, (*parent, "name"))
+    users: list[tuple[str, str]] = []
+    dbs: list[tuple[str, str]] = []
+    for m in pg:
+        dbs += _strings(m, ("services", "postgresql", "ensureDatabases"))
+        users += [(v, w) for v, w in _strings(m, ("services", "postgresql", "ensureUsers", "name"))]
+        for b in m.binds:
+            if b.path == ("services", "postgresql", "ensureUsers", "name") and (v := decode_string(b.value)):
+                users.append((v, _at(m, b.node)))
+    role_val = Val(role[0], f"{role[1]} ({'.'.join((*parent, 'user'))})") if role else None
+    db_val = Val(name[0], f"{name[1]} ({'.'.join((*parent, 'name'))})") if name else None
+    if role_val is None:
+        match = [u for u in users if u[0] == service] or (users if len(users) == 1 else [])
+        if match:
+            role_val = Val(match[0][0], f"{match[0][1]} (services.postgresql.ensureUsers)")
+        elif service:
+            role_val = Val(service, f"{fm.name} (services.{service}: its default database user)", "the role is a guess")
+    if db_val is None:
+        match = [d for d in dbs if role_val is not None and d[0] == role_val.value] or (dbs if len(dbs) == 1 else [])
+        if match:
+            db_val = Val(match[0][0], f"{match[0][1]} (services.postgresql.ensureDatabases)")
+        elif service:
+            db_val = Val(service, f"{fm.name} (services.{service}: its default database)", "the database is a guess")
+    return role_val, db_val
+
+
+# ---------------------------------------------------------------- the draft
+
+
+def draft(
+    sources: Mapping[str, bytes],
+    *,
+    nodes: Mapping[str, EvalNode] | None = None,
+    eval_from: str = "nix eval",
+    notes: Sequence[str] = (),
+) -> Draft:
+    """The nixmig.toml for the repo ``sources`` (repo-relative posix paths -> bytes).
+
+    ``nodes``: the deploy tool's nodes as ``nix eval`` gave them (``eval_from`` says how),
+    over what the files say. ``notes``: lines for the header (e.g. why nix eval was not used).
+    Raises NixSyntaxError / SecretsError when secrets.nix does not parse.
+    """
+    from nixmig.nixsrc.scan import scan_source
+
+    keys = _read_keys(sources)
+    models: dict[str, FileModel] = {}
+    skipped: list[str] = []
+    for name, src in sorted(sources.items()):
+        try:
+            models[name] = model(name, src)
+        except NixSyntaxError as exc:
+            skipped.append(f"{exc.where}: {exc.what}")
+    findings: list[Finding] = []
+    for name, fm in models.items():
+        findings += scan_source(fm.source, name).findings
+    db_findings = [f for f in findings if _is_db_finding(f)]
+    other = len(findings) - len(db_findings)
+    if not db_findings:
+        return Draft("", (), (), 0, other)
+
+    containers = _containers(models)
+    hosts = _hosts(models, nodes, eval_from)
+    edges = _edges(models)
+    for h in hosts.values():
+        h.reached = _reach(h.roots, edges)
+
+    dbs: list[_Db] = []
+    unplaced: list[str] = []
+    used: set[int] = set()
+    # the databases: a container's POSTGRES_PASSWORD, a native option, initialScript
+    for i, f in enumerate(db_findings):
+        p = _finding_path(f)
+        shape = _container_shape(p)
+        last = p[-1].upper() if p else ""
+        fm = models[f.file]
+        result: _Db | str | None = None
+        if shape is not None:
+            c = next((c for c in containers if c.fm is fm and c.prefix == shape[2]), None)
+            image = c.image() if c is not None else None
+            postgres = last == "POSTGRES_PASSWORD" and (image is None or _PG_IMAGE.search(image[0]) is not None)
+            mysql = last.startswith(("MARIADB_", "MYSQL_")) and "ROOT" not in last
+            if c is not None and (postgres or mysql):
+                result = _container_db(c, f)  # a MySQL one is said, not drafted
+        elif p[:1] == ("services",) and f.kind.value == "password":
+            result = _native_db(fm, f, models)
+        if result is None:
+            continue
+        used.add(i)
+        if isinstance(result, str):
+            unplaced.append(result)
+            continue
+        result.password = f.value.reveal()
+        dbs.append(result)
+    # the apps: every other finding holding the same value
+    apps: dict[int, list[str]] = {}
+    for i, f in enumerate(db_findings):
+        if i in used:
+            continue
+        value = f.value.reveal()
+        owner = next((d for d in dbs if d.password == value), None)
+        if owner is None:
+            same_file = [d for d in dbs if d.file == f.file]
+            owner = same_file[0] if len(same_file) == 1 else None
+        where = f"{f.file}:{f.line} {f.attr_path or '(a string)'}"
+        if owner is None:
+            unplaced.append(f"{where}: a database credential nixmig cannot tie to a database in the repo")
+        else:
+            apps.setdefault(id(owner), []).append(where)
+
+    return _render(dbs, apps, unplaced, hosts, keys, skipped, other, notes)
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, n = name, 2
+    while out in taken:
+        out, n = f"{name}-{n}", n + 1
+    taken.add(out)
+    return out
+
+
+def _host_of(db: _Db, hosts: Mapping[str, _Host]) -> tuple[list[str], str, str | None]:
+    """(host names, origin, check) of the database's file."""
+    reached = [h for h in hosts.values() if db.file in h.reached]
+    if len(reached) == 1:
+        h = reached[0]
+        return [h.name], f"{h.origin}: its configuration reaches {db.file}", None
+    if len(reached) > 1:
+        names = [h.name for h in reached]
+        return (
+            names,
+            f"{db.file} (reached from the configurations of {', '.join(names)})",
+            ("several hosts import this file: keep those that run this database"),
+        )
+    if len(hosts) == 1:
+        (h,) = hosts.values()
+        return [h.name], f"{h.origin} (the one host)", f"nothing in the repo ties {db.file} to {h.name}"
+    if hosts:
+        names = list(hosts)
+        return [names[0]], f"{db.file}", f"which host runs it? none of {', '.join(names)} imports {db.file}"
+    return [], "", None
+
+
+def _render(
+    dbs: list[_Db],
+    apps: Mapping[int, list[str]],
+    unplaced: list[str],
+    hosts: dict[str, _Host],
+    keys: _Keys,
+    skipped: list[str],
+    other: int,
+    notes: Sequence[str],
+) -> Draft:
+    checks: list[str] = []
+    blocks: list[Block] = []
+    top = Block("")
+    # secrets.nix
+    if keys.file is not None:
+        top.add("secrets_dir", Val(posixpath.dirname(keys.file) or ".", f"{keys.file}"))
+    else:
+        top.add(
+            "secrets_dir",
+            Val("secrets", "nixmig's default", "no secrets.nix in the repo: create secrets/secrets.nix (agenix)"),
+        )
+    # no host anywhere: the hosts secrets.nix names, else one to fill in
+    if not hosts:
+        host_keys = _host_list_members(keys)
+        for var in host_keys or [k for k in keys.keys if not _USER_LISTS.search(k)][:1]:
+            hosts[var] = _Host(var, f"{keys.keys[var].origin} (a key in {keys.file})")
+    # keys: hosts by name, the others are the operator's
+    host_members = set(_host_list_members(keys))
+    user_members = {m for v, (ms, _) in keys.lists.items() if _USER_LISTS.search(v) for m in ms}
+    for h in hosts.values():
+        k = keys.keys.get(h.name)
+        if k is not None:
+            h.recipient = Val(k.key, f"{k.origin} ({k.var}, named after the host)")
+    matched = {h.name for h in hosts.values() if h.recipient is not None}
+    unmatched_host_keys = [v for v in host_members if v in keys.keys and v not in matched]
+    lone = [h for h in hosts.values() if h.recipient is None]
+    if len(lone) == 1 and len(unmatched_host_keys) == 1:
+        k = keys.keys[unmatched_host_keys[0]]
+        lone[0].recipient = Val(
+            k.key,
+            f"{k.origin} ({k.var})",
+            f"{k.var} is the one unmatched host key in {keys.file}: is it {lone[0].name}'s?",
+        )
+        matched.add(k.var)
+    operators = [
+        k
+        for v, k in keys.keys.items()
+        if v not in matched and v not in hosts and (v in user_members or v not in host_members)
+    ]
+    op = Block("operator")
+    if operators:
+        listed = [k.key for k in operators]
+        origin = ", ".join(f"{k.origin} ({k.var})" for k in operators)
+        check = None
+        if any(k.var not in user_members and not _USER_LISTS.search(k.var) for k in operators):
+            check = f"the keys in {keys.file} that no host is named after: keep only your own"
+        op.add("recipients", Val(listed, origin, check))
+    else:
+        op.notes.append(
+            "# check: no operator key found in secrets.nix: add your age or ssh public key here "
+            "(backups and rollback material are encrypted to it)"
+        )
+        op.add("recipients", Val([], "nothing in the repo"))
+    blocks.append(op)
+
+    taken_services: set[str] = set()
+    taken_migrations: set[str] = set()
+    mig_blocks: list[Block] = []
+    svc_blocks: list[Block] = []
+    used_hosts: list[str] = []
+    for db in dbs:
+        svc_name = _unique(db.name if _NAME.fullmatch(db.name) else "db", taken_services)
+        secret = db.secret if _NAME.fullmatch(db.secret) else f"{svc_name}-password"
+        mig_name = _unique(secret, taken_migrations)
+        svc = Block(f"services.{_key(svc_name)}")
+        svc.notes.append(f"# the hardcoded password: {db.origin}")
+        for where in apps.get(id(db), []):
+            svc.notes.append(f"# the same password in an app: {where}")
+        svc.notes += [f"# {n}" for n in db.notes]
+        svc.notes += [f"# check: {c}" for c in db.checks]
+        names, origin, check = _host_of(db, hosts)
+        if len(names) == 1:
+            svc.add("host", Val(names[0], origin, check))
+        elif names:
+            svc.add("hosts", Val(names, origin, check))
+        else:
+            svc.add("host", Val("HOST", "nothing in the repo", "name the host that runs it, and add [hosts.HOST]"))
+            hosts.setdefault("HOST", _Host("HOST", "nothing in the repo"))
+            names = ["HOST"]
+        used_hosts += [n for n in names if n not in used_hosts]
+        svc.add("runtime", db.runtime)
+        for attr in ("container", "volume", "database", "role", "admin_role", "docker_host", "port"):
+            svc.add(attr, getattr(db, attr))
+        svc_blocks.append(svc)
+        mig = Block(f"migrations.{_key(mig_name)}")
+        mig.add("service", Val(svc_name, "the service above"))
+        exists = f"{secret} already has an entry in {keys.file}: pick another name" if secret in keys.entries else None
+        mig.add("secret", Val(secret, f"{db.origin} ({db.secret_origin})", exists))
+        mig.notes += [
+            "# rotate (the default): the role's password changes in place. dual-role: the apps move to",
+            "# a second role, no moment where one holds a refused password. rebuild: the data moves to",
+            "# a new docker volume (a bad data directory, a new major version of the image).",
+        ]
+        mig.add("strategy", Val("rotate", "nixmig's default"))
+        mig.add("deploy", _deploy([hosts[n] for n in names], several=len(names) > 1))
+        mig_blocks.append(mig)
+    host_blocks = []
+    for name in used_hosts or list(hosts):
+        h = hosts[name]
+        hb = Block(f"hosts.{_key(name)}")
+        address = h.address or Val(
+            name, h.origin, f"nothing in the repo says how to reach {name}: its name is a guess for the address"
+        )
+        hb.add("address", address)
+        hb.add("port", h.port)
+        hb.add("user", h.user)
+        hb.add("identity", h.identity)
+        if h.recipient is None:
+            hb.notes.append(
+                f"# check: no key in {keys.file or 'secrets.nix'} is named after {name}: set age_recipient to its "
+                f"host key (ssh-keyscan -t ed25519 {address.value})"
+            )
+        hb.add("age_recipient", h.recipient)
+        host_blocks.append(hb)
+    blocks += host_blocks + [b for pair in zip(svc_blocks, mig_blocks, strict=True) for b in pair]
+
+    # the text
+    out: list[str] = [
+        "# nixmig.toml drafted by `nixmig init` from the repository. Every value says where it came",
+        "# from; `# check:` marks a guess. Review them, then run `nixmig plan`.",
+    ]
+    out += [f"# {comment_text(n)}" for n in notes]
+    out += [f"# check: {comment_text(s)} (not read)" for s in skipped]
+    if other:
+        out.append(
+            f"# {other} other hardcoded secret{'s are' if other != 1 else ' is'} not drafted here "
+            "(nixmig migrates database passwords): `nixmig scan` lists them"
+        )
+    for u in unplaced:
+        out.append(f"# check: not drafted: {comment_text(u)}")
+    for line in top.notes:
+        out.append(line)
+    for tk, tv in top.keys:
+        out += _kv(tk, tv, checks)
+    for b in blocks:
+        out.append("")
+        out.append(f"[{b.header}]")
+        for n in b.notes:
+            out.append(comment_text(n))
+            if n.startswith("# check: "):
+                checks.append(n.removeprefix("# check: "))
+        for bk, bv in b.keys:
+            out += _kv(bk, bv, checks)
+    checks += [f"{s} (not read)" for s in skipped] + [f"not drafted: {u}" for u in unplaced]
+    migrations = tuple(b.header.removeprefix("migrations.") for b in mig_blocks)
+    return Draft("\n".join(out) + "\n", tuple(checks), migrations, len(dbs) + len(unplaced), other)
+
+
+def _host_list_members(keys: _Keys) -> list[str]:
+    out: list[str] = []
+    for var, (members, _) in keys.lists.items():
+        if _HOST_LISTS.search(var) and not _USER_LISTS.search(var):
+            out += [m for m in members if m not in out]
+    return out
+
+
+def _deploy(hosts: Sequence[_Host], *, several: bool) -> Val:
+    h = hosts[0]
+    name = "{host}" if several else h.name
+    if h.deploy_rs:
+        return Val(f"deploy --skip-checks .#{name}", f"{h.deploy_rs} (deploy.nodes.{h.name}: deploy-rs)")
+    if h.colmena:
+        return Val(f"colmena apply --on {name}", f"{h.colmena} (colmena node {h.name})")
+    user = h.user.value if h.user else "root"
+    address = h.address.value if h.address else h.name
+    target = "{host}" if several else f"{user}@{address}"
+    if h.nixos:
+        cmd = f"nixos-rebuild switch --flake .#{name} --target-host {target}"
+        check = "--target-host needs the address you ssh to" if several else None
+        return Val(cmd, f"{h.nixos} (nixosConfigurations.{h.name}: nixos-rebuild)", check)
+    return Val(
+        f"nixos-rebuild switch --target-host {target}",
+        "nothing in the repo (no flake with nixosConfigurations, deploy-rs or colmena)",
+        "write the command you deploy this host with",
+    )
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
+
+
+def _toml_value(value: str | int | list[str]) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _kv(key: str, val: Val, checks: list[str]) -> list[str]:
+    lines = []
+    if val.check:
+        lines.append(f"# check: {comment_text(val.check)}")
+        checks.append(f"{key}: {val.check}")
+    lines.append(f"{key} = {_toml_value(val.value)}  # from {comment_text(val.origin)}")
+    return lines
