@@ -333,16 +333,16 @@ def _hosts(models: Mapping[str, FileModel], nodes: Mapping[str, EvalNode] | None
         if "sshOpts" in deploy_top:
             raw["sshOpts"] = list(deploy_top["sshOpts"][0] or []) + list(raw.get("sshOpts", []))
             where.setdefault("sshOpts", deploy_top["sshOpts"][1])
-        node = parse_nodes({name: {**raw, "hostname": raw.get("hostname") or name}}, where=name)[name]
+        dn = parse_nodes({name: {**raw, "hostname": raw.get("hostname") or name}}, where=name)[name]
         h = hosts[name]
         if "hostname" in raw:
-            h.address = Val(node.hostname, where["hostname"])
-        if node.user:
-            h.user = Val(node.user, where["sshUser"])
-        if node.port is not None:
-            h.port = Val(node.port, where["sshOpts"])
-        if node.identity:
-            h.identity = Val(node.identity, where["sshOpts"])
+            h.address = Val(dn.hostname, where["hostname"])
+        if dn.user:
+            h.user = Val(dn.user, where["sshUser"])
+        if dn.port is not None:
+            h.port = Val(dn.port, where["sshOpts"])
+        if dn.identity:
+            h.identity = Val(dn.identity, where["sshOpts"])
     for name, n in (nodes or {}).items():
         h = host(name, f"{eval_from} (node {name})")
         src = f"{eval_from} (node {name})"
@@ -399,7 +399,8 @@ def _secrets_file(sources: Mapping[str, bytes]) -> str | None:
     found = sorted((f for f in sources if posixpath.basename(f) == SECRETS_FILE), key=lambda f: (f.count("/"), f))
     preferred = [f for f in found if f == f"secrets/{SECRETS_FILE}"]
     with_keys = [f for f in found if b"publicKeys" in sources[f]]
-    return (preferred or with_keys or [None])[0]
+    chosen = preferred or with_keys
+    return chosen[0] if chosen else None
 
 
 def _read_keys(sources: Mapping[str, bytes]) -> _Keys:
