@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 
 from nixmig.db.ops import CONTENT_SETTINGS, DatabaseError, psql
 from nixmig.db.ops import USER_SCHEMAS as USER_SCHEMAS
+from nixmig.db.rebuild import FREEZE_BLOCK
 from nixmig.db.runtime import Runtime
+from nixmig.db.sql import literal
 from nixmig.remote.base import Transport
 from nixmig.sensitive import Secret
 
@@ -80,7 +82,7 @@ SELECT 'extension', extname, '' FROM pg_extension ORDER BY 2;
 SELECT 'largeobjects', 'count', count(*)::text FROM pg_largeobject_metadata;
 """  # noqa: S608
 
-CLUSTER_SQL = r"""
+CLUSTER_SQL_TEMPLATE = r"""
 SELECT 'database', datname, concat_ws(' ', pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate,
        datctype, datconnlimit, coalesce(datacl::text, '-'))
 FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 2;
@@ -96,9 +98,11 @@ FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase LEFT 
 ORDER BY 2;
 SELECT 'alter-system', name, coalesce(setting, '-') FROM pg_file_settings
 WHERE sourcefile = current_setting('data_directory') || '/postgresql.auto.conf' AND error IS NULL ORDER BY 2;
-SELECT 'file', 'pg_hba.conf', md5(pg_read_file(current_setting('hba_file')));
+SELECT 'file', 'pg_hba.conf', md5(replace(pg_read_file(current_setting('hba_file')), {freeze}, ''));
 SELECT 'file', 'pg_ident.conf', md5(pg_read_file(current_setting('ident_file')));
 """
+# (rebuild's freeze, a fixed block at the top of pg_hba.conf, is not part of what is compared)
+CLUSTER_SQL = CLUSTER_SQL_TEMPLATE.replace("{freeze}", literal(FREEZE_BLOCK))
 
 DATABASES_SQL = "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1;"
 

@@ -234,19 +234,29 @@ def copy_database(t: Transport, old: DockerRuntime, new: DockerRuntime, database
     run_pipeline(t, restore_argv(old, new, database), f"copying database {database!r}")
 
 
-def copy_files_argv(old: DockerRuntime, new: DockerRuntime, src: str, dst: str) -> list[str]:
-    read = in_container(old, "cat", "--", src, stdin=False)
-    write = in_container(new, "sh", "-c", 'cat > "$1"', "sh", dst)
-    return pipeline(read, write)
+def read_file(t: Transport, rt: DockerRuntime, path: str) -> bytes:
+    r = t.run(in_container(rt, "cat", "--", path, stdin=False), check=False)
+    if not r.ok:
+        raise RebuildError(f"cannot read {path} in {rt.container}: {r.tail(1)}", where=t.name)
+    return r.stdout
+
+
+def write_file(t: Transport, rt: DockerRuntime, path: str, data: bytes) -> None:
+    """Replace ``path`` in the container atomically, keeping its owner and mode."""
+    script = 'cp -p -- "$1" "$1.nixmig" && cat > "$1.nixmig" && mv -f -- "$1.nixmig" "$1"'
+    r = t.run(in_container(rt, "sh", "-c", script, "sh", path), stdin=data, check=False)
+    if not r.ok:
+        raise RebuildError(f"cannot write {path} in {rt.container}: {r.tail(1)}", where=t.name)
 
 
 def copy_config(t: Transport, old: DockerRuntime, new: DockerRuntime) -> list[str]:
-    """pg_hba.conf and pg_ident.conf as they are on the old server, and its ALTER SYSTEM
-    settings (postgresql.auto.conf) replayed; the new server reloads. Returns what was set."""
+    """pg_hba.conf and pg_ident.conf as they are on the old server (without a freeze's block),
+    and its ALTER SYSTEM settings (postgresql.auto.conf) replayed; the new server reloads.
+    Returns what was set."""
     for setting in ("hba_file", "ident_file"):
         src = psql(t, old, f"SHOW {setting};", database="template1").strip()
         dst = psql(t, new, f"SHOW {setting};", database="template1").strip()
-        run_pipeline(t, copy_files_argv(old, new, src, dst), f"copying {src.rsplit('/', 1)[-1]}")
+        write_file(t, new, dst, without_freeze(read_file(t, old, src)))
     rows = psql(
         t,
         old,
@@ -281,6 +291,86 @@ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();"""
 
 REMAINING_SQL = """SELECT count(*) FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();"""
+
+
+# At the top of pg_hba.conf while frozen: every new connection over TCP is refused (the app,
+# a cron job, a service outside the compose project, anything on the network), whatever
+# its role, superusers included; nixmig's own sessions come over the container's local
+# socket (docker exec), which the rules after it still govern. A fixed text: it is found
+# and removed exactly, and the fingerprint leaves it out (nixmig.db.fingerprint).
+FREEZE_BLOCK = (
+    "# BEGIN nixmig freeze: new connections over TCP refused until the switch (nixmig removes this block)\n"
+    "host all all all reject\n"
+    "# END nixmig freeze\n"
+)
+RELOAD_TIMEOUT = 30.0
+
+
+def without_freeze(hba: bytes) -> bytes:
+    return hba.replace(FREEZE_BLOCK.encode(), b"")
+
+
+def hba_file(t: Transport, rt: DockerRuntime) -> str:
+    return psql(t, rt, "SHOW hba_file;", database="template1").strip()
+
+
+def is_frozen(t: Transport, rt: DockerRuntime) -> bool:
+    return FREEZE_BLOCK.encode() in read_file(t, rt, hba_file(t, rt))
+
+
+def _reload(t: Transport, rt: DockerRuntime) -> None:
+    """pg_reload_conf(), and wait until the postmaster has read the files again: a session
+    started after that (pg_conf_load_time is the postmaster's, inherited) has the new rules."""
+    before = psql(t, rt, "SELECT pg_conf_load_time(); SELECT pg_reload_conf();", database="template1").split("\n")[0]
+    deadline = time.monotonic() + RELOAD_TIMEOUT
+    query = f"SELECT pg_conf_load_time() > {literal(before)}::timestamptz;"
+    while psql(t, rt, query, database="template1").strip() != "t":
+        if time.monotonic() > deadline:
+            raise RebuildError(
+                f"{rt.container} did not reload its configuration in {RELOAD_TIMEOUT:.0f}s", where=t.name
+            )
+        time.sleep(0.1)
+
+
+def _tcp_probe(t: Transport, rt: DockerRuntime) -> str:
+    """stderr of a login over TCP inside the container (no password given: it never gets in)."""
+    argv = in_container(
+        rt, "psql", "-X", "-w", "-h", "127.0.0.1", "-U", rt.service.admin_role, "-d", dbname("template1"),
+        "-c", "SELECT 1", stdin=False,
+    )  # fmt: skip
+    r = t.run(argv, check=False)
+    return (r.stdout + r.stderr).decode("utf-8", "replace")
+
+
+def refuse_connections(t: Transport, rt: DockerRuntime) -> bool:
+    """Put FREEZE_BLOCK at the top of the server's pg_hba.conf and reload; check that a new
+    login over TCP is refused now. Returns False if it was in place already (checked again)."""
+    path = hba_file(t, rt)
+    hba = read_file(t, rt, path)
+    added = FREEZE_BLOCK.encode() not in hba
+    if added:
+        write_file(t, rt, path, FREEZE_BLOCK.encode() + hba)
+    _reload(t, rt)
+    probe = _tcp_probe(t, rt)
+    if "rejects connection" not in probe and "could not connect" not in probe and "Connection refused" not in probe:
+        raise RebuildError(
+            f"{rt.container} still accepts new connections over TCP after the freeze rule in {path}",
+            where=t.name,
+            hint="check that pg_hba.conf is the file the server reads (SHOW hba_file); "
+            "`nixmig rollback` removes the rule",
+        )
+    return added
+
+
+def allow_connections(t: Transport, rt: DockerRuntime) -> bool:
+    """Remove FREEZE_BLOCK from the server's pg_hba.conf and reload; False if it was not there."""
+    path = hba_file(t, rt)
+    hba = read_file(t, rt, path)
+    if FREEZE_BLOCK.encode() not in hba:
+        return False
+    write_file(t, rt, path, without_freeze(hba))
+    _reload(t, rt)
+    return True
 
 
 def terminate_clients(t: Transport, rt: DockerRuntime) -> int:

@@ -11,8 +11,12 @@ the copy is exact. It is also the path to a new major version (new_image).
    network, initialised by the image from POSTGRES_PASSWORD_FILE = the agenix file,
    bind-mounted read-only (the password is in no argv, env value or log).
 3. freeze: the app is stopped (app_stop, or docker stop of the compose project's
-   other containers), then every client session left is ended. From here writes are
-   refused (never acknowledged and lost).
+   other containers), the old server refuses every new connection over TCP (a rule at
+   the top of its pg_hba.conf, reloaded and checked: clients that are not the app, a
+   cron job, a service outside the compose project, are refused too), then every client
+   session left is ended. From here until the switch writes are refused (never
+   acknowledged and lost); the rule is removed whenever the app starts again on the old
+   database (a failed copy or compare, rollback).
 4. copy: roles (pg_dumpall --roles-only), then each database, streamed
    ``pg_dump | pg_restore`` from container to container through a pipe on the host
    (no file), pg_hba.conf / pg_ident.conf and the ALTER SYSTEM settings; the
@@ -21,17 +25,19 @@ the copy is exact. It is also the path to a new major version (new_image).
    row counts and checksums of the rows, sequences, roles, memberships, objects.
    Any difference, or any failure of copy: the app is started again on the old
    database, nothing is switched, and `apply` starts over from the freeze.
-6. switch: the repo patched (the database container's volume and image, the
-   secret), the scratch container stopped (one server per data directory), the
-   deploy, the app started. The old volume is never written and is kept for the
-   retention period: journal key ``retain`` (for `nixmig gc`).
+6. switch: the freeze checked again and the copy compared again, then the repo
+   patched (the database container's volume and image, the secret), the scratch
+   container stopped (one server per data directory), the deploy, the app started.
+   The old volume is never written and is kept for the retention period: journal
+   key ``retain`` (for `nixmig gc`).
 7. verify, cleanup.
 
 Rollback before the switch: the app started again, the scratch container and the
 new volume removed (they only hold a copy). After the switch the app may have
-written to the new database: rollback freezes the app, and if the new database
-differs from what was switched to (a digest of its data kept in the journal), it
-copies it back into the old volume (same major version; verified exactly) before
+written to the new database: rollback freezes it the same way (app stopped, new
+connections refused), and if the new database differs from what was switched to (a
+digest of its data kept in the journal), it copies it back into the old volume (same
+major version; verified exactly, and compared again right before the deploy) before
 deploying the old config; across major versions it refuses, unless --force, which
 deploys the old config without those writes (they stay on the retained new volume).
 """
@@ -221,12 +227,29 @@ def back_to_old(ctx: Context) -> None:
     removed (a deploy of the patched config, by hand or for another host of a fleet, then
     finds no volume to start on, rather than a copy nobody verified), and the next `apply`
     provisions and copies again (provision, freeze, copy and compare are marked undone)."""
+    unfreeze(ctx)
     start_app(ctx, ctx.journal.data("freeze"))
     drop_copy(ctx)
     for phase in ("provision", "freeze", "copy", "compare"):
         if ctx.journal.state(phase) in ("done", "running"):
             ctx.journal.undone(phase)
     ctx.emit("nothing switched: the app was started again on the old database, the copy removed")
+
+
+def unfreeze(ctx: Context) -> None:
+    """Remove the freeze's rule from the pg_hba.conf of the server the service's container
+    runs now (nothing to do if it is not there), before the app starts again on it."""
+    t, svc = ctx.t, ctx.service
+    assert svc.container is not None
+    info = rb.inspect_container(t, svc, svc.container)
+    if info is None or not info.running:
+        raise rb.RebuildError(
+            f"container {svc.container} is not running: its pg_hba.conf may still refuse new connections",
+            where=t.name,
+            hint=f"start it (docker start {svc.container}), then `nixmig rollback` again",
+        )
+    if rb.allow_connections(t, old_rt(ctx)):
+        ctx.emit(f"{svc.container} accepts new connections again")
 
 
 def _drop_scratch_keep_volume(ctx: Context, run: str | None) -> bool:
@@ -458,8 +481,17 @@ class Freeze:
     def describe(self, ctx: Context) -> list[Action]:
         return [
             Action("run", f"stop the app: {describe_stop(ctx)}"),
+            Action(
+                "file",
+                f"pg_hba.conf of {ctx.service.container}: first rule `host all all all reject` (every new "
+                "connection over TCP refused, the app's or not), reloaded, checked with a login over TCP",
+            ),
             Action("sql", f"{' '.join(rb.TERMINATE_SQL.split())}  (on {ctx.service.container})"),
-            Action("note", "from here until the switch writes are refused, never acknowledged and lost"),
+            Action(
+                "note",
+                "from here until the switch writes are refused, never acknowledged and lost; the rule goes "
+                "whenever the app starts again on this database (a failed copy or compare, rollback)",
+            ),
         ]
 
     def check(self, ctx: Context) -> bool:
@@ -467,13 +499,18 @@ class Freeze:
 
     def do(self, ctx: Context) -> dict[str, Any]:
         data = stop_app(ctx)
-        ctx.journal.steps[self.name].data = data  # what to start again, if killed right here
+        # journaled before the change: what to start again and where the rule is, if killed
+        # right here (its undo removes the rule, wherever the run stopped)
+        data["refused"] = ctx.service.container
+        ctx.journal.steps[self.name].data = data
         ctx.journal.save()
+        rb.refuse_connections(ctx.t, old_rt(ctx))
         ended = rb.terminate_clients(ctx.t, old_rt(ctx))
-        ctx.emit(f"app stopped, {ended} client sessions ended")
+        ctx.emit(f"app stopped, new connections refused, {ended} client sessions ended")
         return {**data, "ended": ended, "at": time.time()}
 
     def undo(self, ctx: Context, data: dict[str, Any]) -> None:
+        unfreeze(ctx)
         start_app(ctx, data)
 
 
@@ -500,7 +537,8 @@ class Copy:
         started = time.monotonic()
         try:
             ensure_scratch(ctx)
-            rb.terminate_clients(t, old)  # a resumed run: nobody may have come back
+            rb.refuse_connections(t, old)  # a resumed run: still refused,
+            rb.terminate_clients(t, old)  # and nobody may have come back
             dbs = fp.databases(t, old)
             rb.copy_roles(t, old, new)
             for db in dbs:
@@ -601,6 +639,10 @@ class SwitchVolume:
                 if ctx.migration.patch_repo
                 else [Action("note", f"patch_repo = false: your config must mount {n.new_volume} now")]
             ),
+            Action(
+                "check",
+                f"{svc.container} still refuses new connections; the copy compared again (as in compare)",
+            ),
             Action("run", render(rb.docker(svc, "stop", "-t", "120", n.scratch)) + " && docker rm " + n.scratch),
             Action("deploy", f"NIXMIG_PHASE=switch {ctx.migration.deploy}"),
             Action("check", f"{svc.container} mounts {n.new_volume}; the app is started again"),
@@ -611,8 +653,9 @@ class SwitchVolume:
             ),
             Action(
                 "note",
-                "rollback after this point: writes made since the switch are copied back into "
-                f"{n.old_volume} first (same major version), never dropped without --force",
+                "rollback after this point: the app stopped and new connections refused again, writes made since "
+                f"the switch are copied back into {n.old_volume} first (same major version), compared again right "
+                "before the deploy, never dropped without --force",
             ),
         ]
 
@@ -624,10 +667,12 @@ class SwitchVolume:
         assert svc.container is not None
         cur = rb.inspect_container(t, svc, svc.container)
         if cur is None or not cur.mounts(n.new_volume):
-            if not ctx.extra.get("compared"):
-                # compared by an earlier run: the old database must still be what was copied
-                rb.terminate_clients(t, old_rt(ctx))
-                compare_now(ctx)
+            # right before the switch: still refused, nobody connected, and the old database
+            # still exactly what was copied (a client the refusal does not reach, on the
+            # container's own socket, would show here)
+            rb.refuse_connections(t, old_rt(ctx))
+            rb.terminate_clients(t, old_rt(ctx))
+            compare_now(ctx)
             patched = _patch_repo(ctx, stage_only=False, new_volume=n.new_volume, new_image=n.new_image)
             if rb.stop_and_remove(t, svc, n.scratch):
                 ctx.emit(f"{n.scratch} stopped and removed: {n.new_volume} is free for the service")
@@ -681,6 +726,9 @@ class SwitchVolume:
         frozen = ctx.journal.data("freeze")
         if cur is not None and cur.mounts(n.new_volume):
             frozen = stop_app(ctx)
+            data["refused"] = svc.container  # journaled first: a rollback run again removes the rule
+            ctx.journal.save()
+            rb.refuse_connections(t, old_rt(ctx))
             rb.terminate_clients(t, old_rt(ctx))
             now = fp.take(t, ctx.runtime)
             prov = ctx.journal.data("provision")
@@ -688,6 +736,7 @@ class SwitchVolume:
                 ctx.emit(f"no write since the switch: {n.old_volume} is as it was")
             elif prov.get("old_major") != prov.get("new_major"):
                 if not ctx.extra.get("force"):
+                    unfreeze(ctx)
                     start_app(ctx, frozen)
                     raise RollbackRefused(
                         f"the database on {n.new_volume} has changed since the switch and cannot be copied back "
@@ -701,6 +750,17 @@ class SwitchVolume:
                 ctx.journal.save()
             else:
                 copy_back(ctx, now, frozen)
+                # right before the deploy: nothing written since the copy back began
+                if fp.take(t, ctx.runtime).digest() != now.digest():
+                    unfreeze(ctx)
+                    start_app(ctx, frozen)
+                    raise CompareError(
+                        f"the database on {n.new_volume} changed during the copy back, though new connections "
+                        "were refused (a client on the container's own socket?)",
+                        where=t.name,
+                        hint=f"the service still runs on {n.new_volume}, nothing is lost; find that client, "
+                        "then `nixmig rollback` again",
+                    )
         _restore_repo(ctx)
         _deploy(ctx, "rollback")
         cur = rb.inspect_container(t, svc, svc.container)
@@ -711,6 +771,7 @@ class SwitchVolume:
                 hint="check the deploy; `nixmig rollback` again carries on",
             )
         rb.wait_ready(t, svc, svc.container)
+        unfreeze(ctx)  # the old volume's pg_hba.conf has the rule of the forward freeze
         start_app(ctx, frozen)
         kept: dict[str, Any] = {"kind": "volume", "name": n.new_volume, "until": until(ctx), "after": "rollback"}
         if data.get("left_writes"):  # --force across major versions left writes on the new volume
@@ -731,6 +792,7 @@ def copy_back(ctx: Context, new_fp: fp.Fingerprint, frozen: dict[str, Any]) -> N
     ctx.emit(f"the database changed since the switch: copying it back into {n.old_volume}")
     users = t.run(rb.docker(svc, "ps", "--filter", f"volume={n.old_volume}", "--format", "{{.Names}}"))
     if users.stdout.strip() and rb.inspect_container(t, svc, n.back) is None:
+        unfreeze(ctx)
         start_app(ctx, frozen)
         raise rb.RebuildError(f"volume {n.old_volume} is in use by {users.stdout.decode().split()[0]}", where=t.name)
     back = rb.runtime_of(svc, n.back)
@@ -768,6 +830,7 @@ def copy_back(ctx: Context, new_fp: fp.Fingerprint, frozen: dict[str, Any]) -> N
             )
     except NixmigError:
         rb.stop_and_remove(t, svc, n.back)
+        unfreeze(ctx)
         start_app(ctx, frozen)
         raise
     rb.stop_and_remove(t, svc, n.back)

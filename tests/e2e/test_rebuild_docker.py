@@ -192,44 +192,86 @@ def test_apply_new_image_then_rollback_keeps_every_write(
     assert json.loads(ts.nixmig(r.site, "status", "--json").stdout)["rolled_back"] is True
 
 
-def test_a_writer_nixmig_does_not_know_makes_the_copy_differ_and_nothing_switches(
+def test_a_writer_that_is_not_the_app_is_refused_during_the_freeze_and_loses_nothing(
     stack: Stack, db: ts.Db, tmp_path: Path, writers: list[Writer]
 ) -> None:
-    """A client that ignores the freeze (not one of the app's services) keeps writing to the
-    old database while it is copied: the comparison finds it and the switch does not happen."""
+    """A client nixmig does not stop (not one of the app's services: a cron job reading the
+    app's env file, connecting straight to the database container as the superuser) keeps
+    writing through apply and rollback: while the database is frozen its new connections
+    are refused, so whatever it was told is committed is on the database that serves
+    afterwards (before the fix: its writes during the freeze made the copy differ)."""
     r = site_for(stack, db, tmp_path / "site")
     app = start_writer(r, writers)
-    rogue = Writer(url_source=lambda: r.act.resolve(f"postgres://postgres:postgres@db:5432/{ts.DATABASE}"))
+    rogue = Writer(url_source=r.act.app_url, generation=r.act.generation)  # no `stopped`: app_stop misses it
     writers.append(rogue)
     rogue.start()
     ts.wait_until(lambda: len(rogue.acknowledged) >= 10)
+
+    run = ts.nixmig(r.site, "apply", "--yes", "-i", str(r.site.keys.admin_key))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "new connections refused" in run.stdout
+    new_volume = journal(r)["preflight"]["data"]["new_volume"]  # type: ignore[index]
+    assert isinstance(new_volume, str)
+    assert_switched(r, new_volume)
+    assert rogue.failed_connects > 0  # refused while frozen
+    n = len(rogue.acknowledged)
+    ts.wait_until(lambda: len(rogue.acknowledged) > n + 10)  # and writing to the new database
+    assert count_found(r.act.app_url(), rogue.acknowledged) == len(rogue.acknowledged)
+    acked, found = stop_and_count(r, app)
+    assert found == acked
+    # the new server took the old one's pg_hba.conf without the freeze's rule
+    hba = subprocess.run(
+        db.docker("exec", "-u", "postgres", ts.CONTAINER, "sh", "-c", 'cat "$PGDATA/pg_hba.conf"'),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "nixmig freeze" not in hba and "host all all all" in hba
+
+    # rollback while both write on the new database: refused while frozen, every
+    # acknowledged write copied back into the old volume
+    app2 = start_writer(r, writers)
+    failed = rogue.failed_connects
+    back = ts.nixmig(r.site, "rollback", "--yes", "-i", str(r.site.keys.admin_key))
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "copied back and verified" in back.stdout
+    assert_on_old_volume(r)
+    assert rogue.failed_connects > failed
+    n = len(rogue.acknowledged)
+    ts.wait_until(lambda: len(rogue.acknowledged) > n + 10)  # the old volume's rule is gone too
+    rogue.stop()
+    assert count_found(r.act.app_url(), rogue.acknowledged) == len(rogue.acknowledged)
+    acked2, found2 = stop_and_count(r, app2)
+    assert found2 == acked2
+
+
+def test_a_write_the_refusal_does_not_reach_stops_the_switch(
+    stack: Stack, db: ts.Db, tmp_path: Path, writers: list[Writer]
+) -> None:
+    """A session on the container's own socket is not refused (docker exec: root on the
+    host). Written after the compare of a run that was killed there, it is found by the
+    comparison the switch makes right before switching: nothing switches."""
+    r = site_for(stack, db, tmp_path / "site")
+    app = start_writer(r, writers)
+    killed = ts.nixmig(r.site, "apply", "--yes", env={"NIXMIG_TEST_SIGKILL_AFTER": "compare"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    refused = r.login(ts.OLD_PASSWORD)  # still frozen: a new login over TCP is refused
+    assert refused is not None and "pg_hba.conf rejects connection" in refused
+    subprocess.run(
+        db.docker("exec", "-i", "-u", "postgres", ts.CONTAINER, *ts.PSQL),
+        input=b"INSERT INTO app_writes (at) VALUES (now());",
+        check=True,
+        capture_output=True,
+    )
     run = ts.nixmig(r.site, "apply", "--yes", "-i", str(r.site.keys.admin_key))
     assert run.returncode == 1, run.stdout + run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "the copy is not exact" in lines[0], run.stderr
-    assert "table default: public.app_writes:" in lines[0] and "rows in the old database" in lines[0]
-    assert "nothing was switched" in lines[0] and "Traceback" not in run.stdout + run.stderr
-    assert "nothing switched: the app was started again on the old database, the copy removed" in run.stdout
-    # the old volume still serves, with the old password; the app writes again; no copy is left
-    # for a deploy of the patched config to start on
-    assert_on_old_volume(r)
+    assert "table default: public.app_writes:" in lines[0] and "nothing was switched" in lines[0]
+    assert_on_old_volume(r)  # the rule is gone: the old password logs in over TCP again
     assert not r.act.stopped_file.exists()
-    n = len(app.acknowledged)
-    ts.wait_until(lambda: len(app.acknowledged) > n + 10)
-    assert states(r)[:8] == ["done", "done", "done", "undone", "undone", "undone", "failed", "pending"]
-    assert not [v for v in volume_names(stack) if v.startswith(f"{ts.VOLUME}-")]
-    assert f"{ts.CONTAINER}-nixmig-new" not in {c.name for c in stack.client.containers.list(all=True)}
-
-    # without the stray writer, apply again: it freezes and copies again, and switches
-    rogue.stop()
-    again = ts.nixmig(r.site, "apply", "--yes", "-i", str(r.site.keys.admin_key))
-    assert again.returncode == 0, again.stdout + again.stderr
-    new_volume = journal(r)["preflight"]["data"]["new_volume"]  # type: ignore[index]
-    assert isinstance(new_volume, str) and new_volume.startswith(f"{ts.VOLUME}-20")  # VOLUME-YYYYMMDD
-    assert_switched(r, new_volume)
     acked, found = stop_and_count(r, app)
     assert found == acked
-    assert count_found(r.act.app_url(), rogue.acknowledged) == len(rogue.acknowledged)
 
 
 def test_a_changed_row_in_the_copy_is_caught_and_rollback_removes_the_copy(

@@ -79,6 +79,8 @@ def test_plan_lists_every_command_without_connecting(tmp_path: Path) -> None:
     # the freeze, the stream (a pipe, no file), the exact comparison, the switch and the way back
     assert "freeze: run stop the app: docker stop -t 60 <the running containers of twenty-db-1's compose" in text
     assert "pg_terminate_backend(pid, 10000)" in text
+    assert "pg_hba.conf of twenty-db-1: first rule `host all all all reject`" in text  # not only the app
+    assert "twenty-db-1 still refuses new connections; the copy compared again" in text
     assert (
         "docker exec -u postgres twenty-db-1 pg_dump -Fc -Z0 --create -U postgres -d 'dbname=<db>' | "
         "docker exec -i -u postgres twenty-db-1-nixmig-new pg_restore --create --exit-on-error -U postgres "
