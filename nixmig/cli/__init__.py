@@ -16,7 +16,7 @@ os.environ.setdefault("TYPER_USE_RICH", "0")
 import typer
 
 from nixmig import __version__
-from nixmig.cli import demo, gc, migrate, patch, reencrypt, scan, secret
+from nixmig.cli import demo, gc, init, migrate, patch, reencrypt, scan, secret
 from nixmig.cli.common import state
 from nixmig.errors import NixmigError, UsageError
 
@@ -31,6 +31,7 @@ app = typer.Typer(
 # Command groups and commands are registered here, one line each.
 app.add_typer(secret.app, name="secret")
 scan.register(app)
+init.register(app)
 patch.register(app)
 migrate.register(app)
 gc.register(app)
