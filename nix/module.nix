@@ -21,6 +21,16 @@ let
 
   configFile = toml.generate "nixmig.toml" (import ./render.nix cfg);
 
+  # The point where a native database's roles and databases exist. Current nixpkgs runs
+  # initialScript, ensureUsers and ensureDatabases in postgresql-setup.service, after
+  # postgresql.service is already active; postgresql.target is reached once both are.
+  # Older nixpkgs have no such target (and do that work in postgresql.service itself).
+  postgresqlReady =
+    if config.services.postgresql.enable && (config.systemd.targets or { }) ? postgresql then
+      "postgresql.target"
+    else
+      "postgresql.service";
+
   enabled = lib.filterAttrs (_: m: m.enable) cfg.migrations;
   withUnit = lib.filterAttrs (_: m: m.runOnActivation) enabled;
 
@@ -226,8 +236,12 @@ let
         };
         after = mkOption {
           type = types.listOf types.str;
-          default = if config.database.runtime == "native" then [ "postgresql.service" ] else [ "docker.service" ];
-          defaultText = literalExpression ''[ "postgresql.service" ] for native, [ "docker.service" ] for docker'';
+          default = if config.database.runtime == "native" then [ postgresqlReady ] else [ "docker.service" ];
+          defaultText = literalExpression ''
+            native: [ "postgresql.target" ] (where services.postgresql defines it: the roles and
+            databases of initialScript / ensureUsers / ensureDatabases exist then), else
+            [ "postgresql.service" ]; docker: [ "docker.service" ]
+          '';
           example = [ "arion-twenty.service" ];
           description = ''
             Units that must be started before the migration runs: the database's. For

@@ -50,7 +50,7 @@ let
           mkdir -p /tmp/www/cgi-bin
           cat > /tmp/www/cgi-bin/healthz <<'EOF'
       #!/bin/sh
-      if /bin/psql "$(/bin/cat /tmp/db-url)" -XAtqc 'select 1' >/dev/null 2>&1; then
+      if ${pg}/bin/psql "$(/bin/cat /tmp/db-url)" -XAtqc 'select 1' >/dev/null 2>&1; then
         printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nok\n'
       else
         printf 'HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\ndatabase login failed\n'
@@ -61,7 +61,7 @@ let
           ;;
         worker)
           while :; do
-            /bin/psql "$(/bin/cat /tmp/db-url)" -XAtqc 'insert into writes (at) values (now())' >/dev/null 2>&1 || sleep 1
+            ${pg}/bin/psql "$(/bin/cat /tmp/db-url)" -XAtqc 'insert into writes (at) values (now())' >/dev/null 2>&1 || sleep 1
             sleep 0.2
           done
           ;;
@@ -72,6 +72,13 @@ let
       esac
     '';
   };
+
+  # run in the image's root directory by dockerTools (tests/unit/test_nix_files.py runs it too)
+  imageExtraCommands = ''
+    mkdir -p -m 1777 tmp
+    mkdir -p run var/lib/postgresql
+    ln -s ../run var/run
+  '';
 
   pgImage = pkgs.dockerTools.buildLayeredImage {
     name = "nixmig-vm/postgres";
@@ -100,15 +107,19 @@ let
         postgres:x:999:
       '')
     ];
-    extraCommands = ''
-      mkdir -p -m 1777 tmp
-      mkdir -p var/lib/postgresql var/run/postgresql
-    '';
+    # nixpkgs builds PostgreSQL on Linux with its socket directory in /run/postgresql
+    # (patches/socketdir-in-run), and docker creates no /run in a container: the image
+    # has /run, and /var/run -> ../run as in the e2e image (tests/harness/pgimage), so
+    # the entrypoint's `mkdir -p /var/run/postgresql` makes the socket directory.
+    extraCommands = imageExtraCommands;
     config = {
       Entrypoint = [ "/bin/docker-entrypoint.sh" ];
       Cmd = [ "postgres" ];
       Env = [
-        "PATH=/bin"
+        # pg's own bin first: from 16 on nixpkgs' PostgreSQL finds its share/ and lib/
+        # relative to the path it was started by (patches/relative-to-symlinks-16+,
+        # normalize_exec_path disabled), and /bin holds symlinks whose ../share is not pg's
+        "PATH=${pg}/bin:/bin"
         "PGDATA=/var/lib/postgresql/data"
       ];
       ExposedPorts."5432/tcp" = { };
@@ -452,8 +463,10 @@ let
         systemd.services.app = {
           description = "TEST app: writes a row every 200 ms";
           wantedBy = [ "multi-user.target" ];
-          after = [ "postgresql.service" ];
-          requires = [ "postgresql.service" ];
+          # postgresql.target: reached once postgresql-setup.service has run initialScript
+          # (the role `app` and its database exist); postgresql.service is active before that
+          after = [ "postgresql.target" ];
+          requires = [ "postgresql.target" ];
           path = [
             pg
             pkgs.coreutils
@@ -504,6 +517,7 @@ in
     adminKey
     pg
     pgImage
+    imageExtraCommands
     newtonModule
     deployScript
     repo

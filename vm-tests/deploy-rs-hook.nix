@@ -103,7 +103,7 @@ pkgs.testers.runNixOSTest {
           return f"PGPASSWORD={shlex.quote(password)} psql -XAtq -h 127.0.0.1 -U app -d app -c 'SELECT 1' 2>&1"
 
       machine.start()
-      machine.wait_for_unit("postgresql.service")
+      machine.wait_for_unit("postgresql.target")  # postgresql-setup.service ran initialScript
       machine.succeed("runuser -u postgres -- psql -XAq -v ON_ERROR_STOP=1 -d app < ${common.seedSql}")
       sql("ALTER TABLE writes OWNER TO app; ALTER TABLE people OWNER TO app")  # their sequences follow
       machine.wait_for_unit("app.service")

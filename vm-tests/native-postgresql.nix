@@ -2,7 +2,7 @@
 # hardcoded password. The specialisation "migrated" is the patched configuration: the
 # agenix secret, the app reading it, and services.nixmig (this flake's NixOS module)
 # declaring the migration. Switching to it runs the nixmig-app-db oneshot (on-host
-# mode) after postgresql.service and before app.service; the test asserts the new
+# mode) after postgresql.target and before app.service; the test asserts the new
 # password works, the old one is refused, the data is intact, the app is healthy, and
 # that the unit is a no-op once done (journal in /var/lib/nixmig).
 {
@@ -59,7 +59,7 @@ pkgs.testers.runNixOSTest {
           return f"PGPASSWORD={shlex.quote(password)} psql -XAtq -h 127.0.0.1 -U app -d app -c 'SELECT 1' 2>&1"
 
       machine.start()
-      machine.wait_for_unit("postgresql.service")
+      machine.wait_for_unit("postgresql.target")  # postgresql-setup.service ran initialScript
       machine.succeed("runuser -u postgres -- psql -XAq -v ON_ERROR_STOP=1 -d app < ${common.seedSql}")
       sql("ALTER TABLE writes OWNER TO app; ALTER TABLE people OWNER TO app")  # their sequences follow
       machine.wait_for_unit("app.service")

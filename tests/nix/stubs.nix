@@ -7,7 +7,8 @@
 #   fakeLib's mkOption / types) to a value the way the module system does for these
 #   types: defaults for what is not set, a type check for what is, unknown names
 #   refused, submodules evaluated with their own `config` and `name`.
-# fakePkgs: builders that return their arguments instead of derivations.
+# fakePkgs: builders that return their arguments instead of derivations (those whose
+#   result is interpolated into a script also carry an outPath under /fake/store).
 let
   inherit (builtins)
     all
@@ -75,6 +76,20 @@ let
       toSource = args: args;
       unions = list: list;
     };
+    # what vm-tests/common.nix's modules call (nixpkgs' semantics, as plain data)
+    mkForce = content: {
+      _type = "override";
+      priority = 50;
+      inherit content;
+    };
+    mkDefault = content: {
+      _type = "override";
+      priority = 1000;
+      inherit content;
+    };
+    optional = cond: x: if cond then [ x ] else [ ];
+    optionalAttrs = cond: attrs: if cond then attrs else { };
+    optionalString = cond: s: if cond then s else "";
     licenses.mit = "mit";
     licenses.asl20 = "asl20";
     platforms.linux = [
@@ -181,8 +196,29 @@ let
       ) (attrNames decls)
     );
 
+  # a package or a file in the store: a path-like string that interpolates
+  fakeDrv = name: extra: {
+    inherit name;
+    outPath = "/fake/store/${name}";
+  } // extra;
+
   fakePkgs = {
+    lib = fakeLib;
     runtimeShell = "/bin/bash";
+    # the builders vm-tests/ use, returning their arguments (and a store path)
+    writeText = name: text: fakeDrv name { inherit text; };
+    writeTextFile = args: fakeDrv args.name args;
+    writeTextDir = path: text: fakeDrv (baseNameOf path) { inherit path text; };
+    writeShellScriptBin = name: text: fakeDrv name { inherit text; };
+    buildEnv = args: fakeDrv args.name args;
+    dockerTools.buildLayeredImage = args: fakeDrv "docker-image-${baseNameOf args.name}.tar.gz" args;
+    testers.runNixOSTest = args: args;
+    postgresql_16 = fakeDrv "postgresql-16" { };
+    busybox = fakeDrv "busybox" { };
+    bashInteractive = fakeDrv "bash-interactive" { };
+    coreutils = fakeDrv "coreutils" { };
+    util-linux = fakeDrv "util-linux" { };
+    openssh = fakeDrv "openssh" { };
     writeShellScript = name: text: {
       inherit name text;
     };
@@ -203,6 +239,7 @@ in
     evalOptions
     evalSubmodule
     undocumented
+    fakeDrv
     fakePkgs
     ;
 }

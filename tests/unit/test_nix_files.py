@@ -371,6 +371,84 @@ def test_the_module_uses_markdown_descriptions_not_mddoc() -> None:
     assert "mdDoc" not in text and "mkPackageOptionMD" not in text
 
 
+def test_native_default_after_waits_for_postgresql_target_where_nixpkgs_has_it(tmp_path: Path) -> None:
+    """Current nixpkgs creates initialScript's / ensureUsers' roles in postgresql-setup.service,
+    after postgresql.service is active; postgresql.target waits for both. Without the target
+    (older nixpkgs) the service is the right unit."""
+    settings = {
+        "enable": True,
+        "operator": {"recipients": [ADMIN_PUB]},
+        "migrations": {"app-db": {"database": {"runtime": "native", "name": "app", "role": "app"}}},
+    }
+    pg = {"services": {"postgresql": {"enable": True, "settings": {"port": 5432}}}}
+    with_target = pg | {"systemd": {"targets": {"postgresql": {}, "multi-user": {}}}}
+    assert _module(tmp_path, settings, with_target)["units"]["app-db"]["after"] == ["postgresql.target"]
+    assert _module(tmp_path, settings, pg)["units"]["app-db"]["after"] == ["postgresql.service"]
+    # a target of that name without services.postgresql (PostgreSQL run some other way): the service
+    other: dict[str, Any] = {"systemd": {"targets": {"postgresql": {}}}}
+    assert _module(tmp_path, settings, other)["units"]["app-db"]["after"] == ["postgresql.service"]
+
+
+# --------------------------------------------------------------------------- vm-tests
+
+
+def _vm() -> dict[str, Any]:
+    out: dict[str, Any] = _eval(STUBS / "eval-vm-tests.nix")
+    return out
+
+
+def test_the_postgresql_image_has_run_for_the_socket_and_var_run_links_to_it(tmp_path: Path) -> None:
+    """nixpkgs' PostgreSQL on Linux puts its socket in /run/postgresql (socketdir-in-run
+    patch) and docker creates no /run: the image's extraCommands, run here with bash in an
+    empty root as dockerTools runs them, must make run/ and var/run -> ../run, so that the
+    entrypoint's `mkdir -p /var/run/postgresql` makes the directory the server binds in."""
+    image = _vm()["image"]
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", image["extraCommands"]],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "run").is_dir() and not (root / "run").is_symlink()
+    assert (root / "var" / "run").is_symlink() and os.readlink(root / "var" / "run") == "../run"
+    assert (root / "tmp").stat().st_mode & 0o7777 == 0o1777
+    entrypoint = (ROOT / "tests" / "harness" / "pgimage" / "docker-entrypoint.sh").read_text()
+    assert "mkdir -p /var/run/postgresql" in entrypoint
+    (root / "var" / "run" / "postgresql").mkdir(parents=True, exist_ok=True)  # what that line does, in the image
+    assert (root / "run" / "postgresql").is_dir(), "the server's DEFAULT_PGSOCKET_DIR /run/postgresql"
+
+
+def test_the_postgresql_image_starts_the_server_from_its_own_bin() -> None:
+    """nixpkgs' PostgreSQL 16+ finds share/ and lib/ relative to the path it was started by
+    (relative-to-symlinks patch): started as /bin/postgres (a buildEnv symlink) it would
+    look in /share. The image's PATH must reach pg's own bin before /bin."""
+    vm = _vm()
+    env = dict(e.split("=", 1) for e in vm["image"]["config"]["Env"])
+    path = env["PATH"].split(":")
+    assert path[0] == f"{vm['pg']}/bin", path
+    assert vm["image"]["config"]["Cmd"] == ["postgres"]  # found through PATH by the entrypoint's exec
+
+
+def test_the_native_vm_tests_wait_for_postgresql_target() -> None:
+    """The native VM tests use the role and database that initialScript makes, which exist
+    once postgresql-setup.service has run: postgresql.target, not postgresql.service. The
+    test scripts are evaluated with their Nix values and compiled as Python."""
+    vm = _vm()
+    assert vm["app"] == {"after": ["postgresql.target"], "requires": ["postgresql.target"]}
+    for name, script in vm["scripts"].items():
+        compile(script, f"vm-tests/{name}.nix testScript", "exec")
+        waits = re.findall(r"wait_for_unit\(\"([^\"]+)\"\)", script)
+        assert waits and waits[0] == "postgresql.target", (name, waits)
+        assert "postgresql.service" not in waits, name
+        start = script.index("machine.start()")
+        first_use = script.index("machine.succeed(", start)  # the seed, through psql as postgres
+        assert script.index('wait_for_unit("postgresql.target")', start) < first_use, name
+
+
 # --------------------------------------------------------------------------- TOML writer
 
 
