@@ -1,0 +1,401 @@
+"""`nixmig init`: the draft of the worked example (golden), the shape corpus, the refusals.
+
+The core (nixmig.draft) is tested on sources in memory; the CLI on copies of the fixtures,
+through the real command. NIXMIG_UPDATE_GOLDEN=1 rewrites tests/fixtures/init/*.toml.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from nixmig import config
+from nixmig.draft import Draft, draft
+from nixmig.inventory import Node
+from nixmig.nixsrc.patch import read_sources
+from tests.helpers import ADMIN_PUB, EXAMPLE, FIXTURES, NEWTON_PUB, copy_example, run_cli, snapshot
+
+pytestmark = pytest.mark.unit
+
+GOLDEN = FIXTURES / "init" / "newton-dotfiles.toml"
+SHAPES = FIXTURES / "shapes"
+CASES = sorted(p.name for p in SHAPES.iterdir() if (p / "nixmig.toml").is_file())
+KEY_A = ADMIN_PUB
+KEY_H = NEWTON_PUB
+
+
+def load(tmp_path: Path, text: str) -> config.Config:
+    path = tmp_path / "draft" / "nixmig.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return config.load(path)
+
+
+def checked_keys(toml: str) -> dict[str, set[str]]:
+    """table -> the keys whose line follows a `# check:` line (guesses)."""
+    out: dict[str, set[str]] = {}
+    table, prev = "", ""
+    for line in toml.splitlines():
+        if line.startswith("["):
+            table = line.strip("[]")
+        m = re.match(r"([A-Za-z_]+) = ", line)
+        if m and prev.startswith("# check:"):
+            out.setdefault(table, set()).add(m.group(1))
+        prev = line
+    return out
+
+
+# ---------------------------------------------------------------- the worked example
+
+
+def test_worked_example_golden(tmp_path: Path) -> None:
+    d = draft(read_sources(EXAMPLE))
+    if os.environ.get("NIXMIG_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(d.toml)
+    assert d.toml == GOLDEN.read_text()
+    cfg = load(tmp_path, d.toml)
+    assert cfg.secrets_dir == "secrets"
+    assert cfg.operator.recipients == (KEY_A,)
+    assert list(cfg.hosts) == ["newton"]
+    host = cfg.hosts["newton"]
+    assert (host.address, host.user, host.age_recipient) == ("newton", "root", KEY_H)
+    svc = cfg.services["twenty-db"]
+    assert (svc.host, svc.runtime, svc.container, svc.volume) == ("newton", "docker", "twenty-db-1", "twenty_db-data")
+    assert (svc.database, svc.role, svc.admin_role) == ("default", "postgres", "postgres")
+    ((name, mig),) = cfg.migrations.items()
+    assert name == "twenty-db-password"
+    assert (mig.service, mig.secret, mig.strategy) == ("twenty-db", "twenty-db-password", "rotate")
+    assert mig.deploy == "deploy --skip-checks .#newton"
+    assert d.checks == ()  # the repo says everything the draft holds
+
+
+def test_every_value_says_where_it_came_from() -> None:
+    d = draft(read_sources(EXAMPLE))
+    values = [ln for ln in d.toml.splitlines() if re.match(r"[A-Za-z_]+ = ", ln)]
+    assert len(values) >= 15
+    for line in values:
+        assert "  # from " in line, line
+    # every FILE:LINE names a line of that file holding what the comment says
+    refs = re.findall(r"([\w./-]+\.nix):(\d+)", d.toml)
+    assert refs
+    for file, n in refs:
+        lines = (EXAMPLE / file).read_text().splitlines()
+        assert 1 <= int(n) <= len(lines), (file, n)
+    assert "flake.nix:21 (deploy.nodes.newton.hostname)" in d.toml
+    assert 'hostname = "newton"' in (EXAMPLE / "flake.nix").read_text().splitlines()[20]
+    assert "POSTGRES_DB" in (EXAMPLE / "modules/system/linux/twenty/arion-compose.nix").read_text().splitlines()[44]
+
+
+def test_apps_holding_the_password_are_listed_not_its_value() -> None:
+    d = draft(read_sources(EXAMPLE))
+    assert "arion-compose.nix:14 services.server.service.environment.PG_DATABASE_URL" in d.toml
+    assert "arion-compose.nix:29 services.worker.service.environment.PG_DATABASE_URL" in d.toml
+    assert '"postgres://' not in d.toml
+
+
+# ---------------------------------------------------------------- the shape corpus
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_shape_draft_loads_and_agrees_with_the_hand_written_one(case: str, tmp_path: Path) -> None:
+    d = draft(read_sources(SHAPES / case))
+    cfg = load(tmp_path, d.toml)
+    hand = config.load(SHAPES / case / "nixmig.toml")
+    guessed = checked_keys(d.toml)
+    assert cfg.operator.recipients == hand.operator.recipients
+    assert list(cfg.hosts) == list(hand.hosts)
+    for name, h in cfg.hosts.items():
+        assert h.age_recipient == hand.hosts[name].age_recipient
+        if h.address != hand.hosts[name].address:  # the repo cannot say how to reach it
+            assert "address" in guessed[f"hosts.{name}"]
+    if not cfg.migrations:  # not a database nixmig migrates: said in a # check: line
+        assert re.search(r"# check: not drafted: .*PostgreSQL passwords only", d.toml)
+        return
+    (hmig,) = hand.migrations.values()
+    (mig,) = cfg.migrations.values()
+    svc, hsvc = cfg.services[mig.service], hand.services[hmig.service]
+    for key in ("host", "runtime", "container", "database", "role"):
+        if getattr(svc, key) != getattr(hsvc, key):
+            assert key in guessed.get(f"services.{mig.service}", set()), (key, getattr(svc, key))
+    if mig.secret != hmig.secret:  # named after a database that is a guess
+        assert "database" in guessed.get(f"services.{mig.service}", set())
+
+
+def test_shape_podman_and_bind_mount() -> None:
+    d = draft(read_sources(SHAPES / "oci-app-bare-password"))
+    assert 'docker_host = "unix:///run/podman/podman.sock"  # from hosts/box/photos.nix:3 (backend podman)' in d.toml
+    assert "bind mount /srv/photos/db (hosts/box/photos.nix:12)" in d.toml
+    assert "photos.nix:19 virtualisation.oci-containers.containers.photos-server.environment.DB_PASSWORD" in d.toml
+    assert 'admin_role = "photos"' in d.toml  # POSTGRES_USER is the image's superuser
+
+
+def test_shape_initial_script_reads_the_sql() -> None:
+    d = draft(read_sources(SHAPES / "native-initialscript-sql"))
+    assert 'database = "ledger"  # from hosts/box/db.nix:7 (CREATE DATABASE in initialScript)' in d.toml
+    assert 'role = "ledger"  # from hosts/box/db.nix:6 (CREATE ROLE in initialScript)' in d.toml
+    assert any("SQL text" in c for c in d.checks)
+
+
+# ---------------------------------------------------------------- hosts, keys, deploy
+
+
+SECRETS = f"""let
+  HOSTNAME = "{KEY_H}";
+  me = "{KEY_A}";
+  servers = [ HOSTNAME ];
+in
+{{
+  "x.age".publicKeys = servers ++ [ me ];
+}}
+"""
+DB = """{ ... }: {
+  virtualisation.oci-containers.backend = "docker";
+  virtualisation.oci-containers.containers.db = {
+    image = "postgres:16";
+    environment.POSTGRES_PASSWORD = "hunter2-hunter2";
+    volumes = [ "pgdata:/var/lib/postgresql/data" ];
+  };
+}
+"""
+
+
+def repo(flake: str, name: str = "web1", **extra: str) -> dict[str, bytes]:
+    files = {
+        "flake.nix": flake,
+        "secrets/secrets.nix": SECRETS.replace("HOSTNAME", name),
+        "modules/db.nix": DB,
+        f"hosts/{name}/default.nix": "{ ... }: { imports = [ ../../modules/db.nix ]; }\n",
+        **extra,
+    }
+    return {k: v.encode() for k, v in files.items()}
+
+
+def test_deploy_rs_ssh_opts_give_port_and_identity(tmp_path: Path) -> None:
+    flake = """{
+  outputs = { self, nixpkgs, deploy-rs }: {
+    nixosConfigurations.web1 = nixpkgs.lib.nixosSystem { modules = [ ./hosts/web1 ]; };
+    deploy.sshUser = "deployer";
+    deploy.nodes.web1 = {
+      hostname = "10.0.0.5";
+      sshOpts = [ "-p" "2222" "-i" "~/.ssh/deploy" ];
+      profiles.system.path = null;
+    };
+  };
+}
+"""
+    d = draft(repo(flake))
+    cfg = load(tmp_path, d.toml)
+    h = cfg.hosts["web1"]
+    assert (h.address, h.port, h.user, h.identity) == ("10.0.0.5", 2222, "deployer", "~/.ssh/deploy")
+    assert h.age_recipient == KEY_H
+    assert cfg.operator.recipients == (KEY_A,)
+    svc = cfg.services["db"]
+    assert (svc.container, svc.volume, svc.database, svc.role) == ("db", "pgdata", "postgres", "postgres")
+    assert "the postgres image's default" in d.toml
+    assert cfg.migrations["db-password"].deploy == "deploy --skip-checks .#web1"
+
+
+def test_colmena_hive(tmp_path: Path) -> None:
+    flake = """{
+  outputs = { nixpkgs, ... }: {
+    colmena = {
+      meta.nixpkgs = import nixpkgs { system = "x86_64-linux"; };
+      web1 = { name, nodes, ... }: {
+        deployment.targetHost = "web1.example.org";
+        deployment.targetUser = "admin";
+        deployment.targetPort = 2200;
+        imports = [ ./hosts/web1 ];
+      };
+    };
+  };
+}
+"""
+    d = draft(repo(flake))
+    cfg = load(tmp_path, d.toml)
+    h = cfg.hosts["web1"]
+    assert (h.address, h.user, h.port) == ("web1.example.org", "admin", 2200)
+    assert list(cfg.hosts) == ["web1"]  # meta is not a node
+    assert cfg.migrations["db-password"].deploy == "colmena apply --on web1"
+    assert "host" not in checked_keys(d.toml).get("services.db", set())
+
+
+def test_nixos_rebuild_when_only_nixos_configurations(tmp_path: Path) -> None:
+    flake = """{
+  outputs = { nixpkgs, ... }: {
+    nixosConfigurations.web1 = nixpkgs.lib.nixosSystem { modules = [ ./hosts/web1 ]; };
+  };
+}
+"""
+    d = draft(repo(flake))
+    cfg = load(tmp_path, d.toml)
+    assert cfg.migrations["db-password"].deploy == "nixos-rebuild switch --flake .#web1 --target-host root@web1"
+    assert "address" in checked_keys(d.toml)["hosts.web1"]  # nothing says how to reach it
+
+
+def test_nix_eval_nodes_win_over_the_files(tmp_path: Path) -> None:
+    flake = """{
+  outputs = { self, ... }: {
+    deploy.nodes.web1 = { hostname = "old.example.org"; };
+  };
+}
+"""
+    nodes = {"web1": Node("web1", "10.9.9.9", user="ops", port=2022)}
+    d = draft(repo(flake), nodes=nodes, eval_from="nix eval .#deploy")
+    cfg = load(tmp_path, d.toml)
+    h = cfg.hosts["web1"]
+    assert (h.address, h.user, h.port) == ("10.9.9.9", "ops", 2022)
+    assert "nix eval .#deploy (node web1)" in d.toml
+
+
+def test_a_module_on_several_hosts_names_them_and_the_deploy_says_which(tmp_path: Path) -> None:
+    flake = """{
+  outputs = { self, ... }: {
+    deploy.nodes.web1.hostname = "web1";
+    deploy.nodes.web2.hostname = "web2";
+  };
+}
+"""
+    files = repo(flake, "web1")
+    files["hosts/web2/default.nix"] = b"{ ... }: { imports = [ ../../modules/db.nix ]; }\n"
+    d = draft(files)
+    cfg = load(tmp_path, d.toml)
+    assert cfg.services["db"].hosts == ("web1", "web2")
+    assert cfg.migrations["db-password"].deploy == "deploy --skip-checks .#{host}"
+    assert "hosts" in checked_keys(d.toml)["services.db"]
+
+
+def test_arion_project_named_by_its_attribute_and_apps_by_value(tmp_path: Path) -> None:
+    mod = """{ ... }: {
+  virtualisation.arion.projects.shop.settings = {
+    services.pg.service = {
+      image = "postgis/postgis:16-3.4";
+      environment = { POSTGRES_USER = "shop"; POSTGRES_PASSWORD = "s3cret-shop-pw"; };
+      volumes = [ "pg:/var/lib/postgresql/data" ];
+    };
+    services.web.service.environment.DATABASE_URL = "postgresql://shop:s3cret-shop-pw@pg/shop";
+  };
+}
+"""
+    files = repo("{ outputs = _: { }; }\n")
+    files["modules/db.nix"] = mod.encode()
+    d = draft(files)
+    cfg = load(tmp_path, d.toml)
+    svc = cfg.services["shop-pg"]
+    assert (svc.container, svc.volume, svc.database, svc.role, svc.admin_role) == (
+        "shop-pg-1",
+        "shop_pg",
+        "shop",
+        "shop",
+        "shop",
+    )
+    assert "in an app: modules/db.nix:8 virtualisation.arion.projects.shop.settings.services.web.service" in d.toml
+    assert "s3cret" not in d.toml
+
+
+def test_comments_cannot_break_out_of_their_line() -> None:
+    files = repo("{ outputs = _: { }; }\n")
+    files["hosts/web1/x\n[hosts.evil]\naddress = 'x'\n.nix"] = files.pop("modules/db.nix")
+    d = draft(files)
+    data = tomllib.loads(d.toml)
+    assert "evil" not in data["hosts"]
+    assert "\\n[hosts.evil]\\n" in d.toml
+
+
+def test_nothing_to_migrate() -> None:
+    files = {"hosts/a/default.nix": b'{ services.app.settings.api_token = "ghp_notadbpassword1234"; }\n'}
+    d = draft(files)
+    assert isinstance(d, Draft) and d.empty and d.toml == ""
+    assert d.other_findings == 1
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_cli_writes_the_golden_draft_and_plan_accepts_it(tmp_path: Path) -> None:
+    root = copy_example(tmp_path)
+    proc = run_cli("init", "--no-eval", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().startswith(f"wrote {root / 'nixmig.toml'}: 1 migration (twenty-db-password)")
+    assert (root / "nixmig.toml").read_text() == GOLDEN.read_text()
+    plan = run_cli("plan", cwd=root)
+    assert plan.returncode == 0, plan.stderr
+    assert "docker container twenty-db-1 on newton" in plan.stdout.decode()
+    assert "deploy --skip-checks .#newton" in plan.stdout.decode()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cli_plan_accepts_each_shape_draft(case: str, tmp_path: Path) -> None:
+    root = tmp_path / case
+    shutil.copytree(SHAPES / case, root)
+    (root / "nixmig.toml").unlink()
+    proc = run_cli("init", "--no-eval", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    cfg = config.load(root / "nixmig.toml")
+    if not cfg.migrations:
+        return  # MariaDB: said in a # check: line (test above), nothing for plan to run
+    plan = run_cli("plan", cwd=root)
+    assert plan.returncode == 0, plan.stderr
+    assert f"migration {next(iter(cfg.migrations))}:" in plan.stdout.decode()
+
+
+def test_cli_print_writes_nothing_and_never_overwrites(tmp_path: Path) -> None:
+    root = copy_example(tmp_path)
+    before = snapshot(root)
+    proc = run_cli("init", "--print", "--no-eval", "--repo", str(root), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == GOLDEN.read_text()
+    assert snapshot(root) == before
+    (root / "nixmig.toml").write_text("# mine\n")
+    before = snapshot(root)
+    proc = run_cli("init", "--no-eval", cwd=root)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and "nixmig.toml: already exists; nothing written" in err and "--force" in err
+    assert snapshot(root) == before
+    proc = run_cli("init", "--no-eval", "--force", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "nixmig.toml").read_text() == GOLDEN.read_text()
+    assert not list(root.glob(".nixmig.toml.*"))  # no temp file left
+
+
+def test_cli_nothing_to_migrate_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "clean"
+    (root / "hosts" / "a").mkdir(parents=True)
+    (root / "hosts" / "a" / "default.nix").write_text('{ networking.hostName = "a"; }\n')
+    proc = run_cli("init", "--no-eval", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.decode()
+    assert out.startswith("nothing to migrate: no hardcoded database password") and out.count("\n") == 1
+    assert not (root / "nixmig.toml").exists()
+
+
+def test_cli_broken_secrets_nix_is_one_error_and_writes_nothing(tmp_path: Path) -> None:
+    root = copy_example(tmp_path)
+    rules = root / "secrets" / "secrets.nix"
+    rules.write_text(rules.read_text().replace("servers = [ newton ];", "servers = [ newton ;"))
+    before = snapshot(root)
+    proc = run_cli("init", "--no-eval", cwd=root)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert err.startswith("nixmig: error: secrets/secrets.nix:") and err.count("\n") == 1, err
+    assert snapshot(root) == before
+
+
+def test_cli_nix_eval_that_cannot_evaluate_falls_back_and_writes_no_lock(tmp_path: Path) -> None:
+    """Here nix cannot fetch the flake's inputs: the hosts come from the files, the header says why."""
+    if shutil.which("nix") is None:
+        pytest.skip("no nix")
+    root = copy_example(tmp_path)
+    proc = run_cli("init", "--print", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.decode()
+    assert "# the deploy-rs nodes are read from the files: nix cannot evaluate the flake here" in out
+    assert 'address = "newton"  # from flake.nix:21 (deploy.nodes.newton.hostname)' in out
+    assert not (root / "flake.lock").exists()
+    assert not (root / "nixmig.toml").exists()
