@@ -66,9 +66,12 @@ def register(app: typer.Typer) -> None:
         from nixmig.nixsrc.patch import read_sources
 
         sources = read_sources(root)
-        notes: list[str] = []
-        nodes, eval_from = _eval_nodes(root, sources, notes) if use_eval else (None, "")
-        d = drafting.draft(sources, nodes=nodes, eval_from=eval_from, notes=notes)
+        d = drafting.draft(sources)  # secrets.nix's errors and "nothing to migrate" before any nix eval
+        if not d.empty and use_eval:
+            notes: list[str] = []
+            nodes, eval_from = _eval_nodes(root, sources, notes)
+            if nodes is not None or notes:
+                d = drafting.draft(sources, nodes=nodes, eval_from=eval_from, notes=notes)
         if d.empty:
             n = d.other_findings
             other = f" ({n} other hardcoded secret{'s' if n != 1 else ''}: `nixmig scan` lists them)" if n else ""

@@ -399,3 +399,33 @@ def test_cli_nix_eval_that_cannot_evaluate_falls_back_and_writes_no_lock(tmp_pat
     assert 'address = "newton"  # from flake.nix:21 (deploy.nodes.newton.hostname)' in out
     assert not (root / "flake.lock").exists()
     assert not (root / "nixmig.toml").exists()
+
+
+def test_cli_nodes_from_nix_eval_and_no_lock_file_written(tmp_path: Path) -> None:
+    """A flake nix can evaluate here (its one input is a local path): the nodes come from
+    `nix eval`, and the lock file nix would create is not written (--no-write-lock-file)."""
+    if shutil.which("nix") is None:
+        pytest.skip("no nix")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "flake.nix").write_text("{ outputs = _: { }; }\n")
+    flake = (
+        "{\n"
+        f'  inputs.sub.url = "path:{sub}";\n'
+        "  outputs = { self, sub }: {\n"
+        '    deploy.nodes.web1 = { hostname = "10.0.0.7"; sshUser = "ops"; sshOpts = [ "-p" "2201" ]; };\n'
+        "  };\n"
+        "}\n"
+    )
+    root = tmp_path / "repo"
+    for name, data in repo(flake).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    before = snapshot(root)
+    proc = run_cli("init", "--print", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.decode()
+    assert 'address = "10.0.0.7"  # from flake.nix:4 (deploy.nodes.web1.hostname); nix eval .#deploy (node web1)' in out
+    assert "port = 2201  # from nix eval .#deploy (node web1)" in out
+    assert 'user = "ops"  # from nix eval .#deploy (node web1)' in out
+    assert snapshot(root) == before  # no flake.lock, no nixmig.toml
