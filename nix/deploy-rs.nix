@@ -15,18 +15,30 @@
 #
 #   dry-activate   the base's (switch-to-configuration dry-activate), then
 #                  `nixmig plan --on-host` for each migration: nothing is changed
-#   boot           the base's (switch-to-configuration boot) only; with the NixOS
-#                  module the nixmig-NAME units run the migrations at that boot
+#   boot           only when the new generation has a nixmig-NAME unit for every
+#                  migration (services.nixmig, runOnActivation = true): those run them
+#                  when it boots. Then `nixmig plan --on-host` for each, the base's
+#                  (switch-to-configuration boot). Without such a unit nothing would
+#                  run the migration, yet the generation expects the new password: the
+#                  hook refuses, before anything changes, and says what to do.
 #   switch         `nixmig plan --on-host` for each migration (a wrong nixmig.toml
-#                  stops the deploy before anything changes), the base's
-#                  (switch-to-configuration switch), then `nixmig apply --on-host`
-#                  for each. If one fails the activation fails, and deploy-rs (with
-#                  autoRollback) activates the previous generation again. With
-#                  rollbackIdentity set, `nixmig rollback --on-host -i IDENTITY` first
-#                  undoes the failed migration and the ones applied before it, in
-#                  reverse, so the previous generation finds the old passwords; without
-#                  it the message says what to run (on-host rollback needs the
-#                  operator's key, which a server usually does not hold).
+#                  stops the deploy before anything changes), each one's journal read
+#                  (`nixmig status --json`), the base's (switch-to-configuration
+#                  switch), then `nixmig apply --on-host` for each. If one fails the
+#                  activation fails, and deploy-rs (with autoRollback) activates the
+#                  previous generation again. With rollbackIdentity set,
+#                  `nixmig rollback --on-host -i IDENTITY` first undoes, in reverse, the
+#                  failed migration and the ones before it, but only those whose journal
+#                  this activation changed: one done in an earlier deploy is what the
+#                  previous generation expects, and stays. Without rollbackIdentity the
+#                  message says what to run (on-host rollback needs the operator's key,
+#                  which a server usually does not hold).
+#
+# deploy-rs runs this inside its activation: with magic rollback (its default) it gives
+# up after activationTimeout (240 s unless set) and the host then deactivates the
+# profile, whatever the migrations did. Pass the node's activationTimeout here too: as a
+# backup starts, the hook warns when preflight's database size (at backupMiBPerSecond)
+# makes it likely to outlast what remains.
 #
 # The config is the new generation's /etc/nixmig/nixmig.toml (from the NixOS module;
 # set `runOnActivation = false` on its migrations to leave them to this hook).
@@ -51,6 +63,8 @@ let
       migrations,
       config,
       rollbackIdentity,
+      activationTimeout,
+      backupMiBPerSecond,
     }:
     ''
       set -euo pipefail
@@ -60,8 +74,21 @@ let
       config=${if config == null then ''"$PROFILE/etc/nixmig/nixmig.toml"'' else escape config}
       migrations=(${words migrations})
       rollback_identity=${if rollbackIdentity == null then "''" else escape rollbackIdentity}
+      activation_timeout=${if activationTimeout == null then "''" else toString activationTimeout}
+      backup_rate=${toString backupMiBPerSecond}
 
       say() { printf 'nixmig: %s\n' "$*" >&2; }
+
+      # Before anything changes: the new generation's nixmig.toml must be valid and name them all.
+      plan_all() {
+        local m
+        for m in "''${migrations[@]}"; do
+          if ! "$nixmig" plan --on-host -c "$config" --migration "$m" >/dev/null; then
+            say "plan failed for migration $m with $config; not activating (nothing was changed)"
+            exit 1
+          fi
+        done
+      }
 
       if [[ "''${DRY_ACTIVATE:-}" == 1 ]]; then
         "$base/deploy-rs-activate"
@@ -72,31 +99,87 @@ let
       fi
 
       if [[ "''${BOOT:-}" == 1 ]]; then
+        # deploy --boot: this hook cannot run them now (the new generation's secrets are not
+        # decrypted until it is active), so only the new generation's own nixmig-NAME units
+        # (services.nixmig, runOnActivation = true) can, when it boots. Without them it would
+        # boot expecting passwords nothing has set: refuse before anything changes.
+        missing=()
+        for m in "''${migrations[@]}"; do
+          [[ -e "$PROFILE/etc/systemd/system/nixmig-$m.service" ]] || missing+=("$m")
+        done
+        if ((''${#missing[@]})); then
+          say "deploy --boot: the new generation has no unit that runs migration(s) ''${missing[*]} at boot (services.nixmig.migrations.<name>.runOnActivation = false), yet it expects their new passwords; not activating (nothing was changed). Deploy without --boot (this hook then runs them during the switch), or set runOnActivation = true for them"
+          exit 1
+        fi
+        plan_all
         "$base/deploy-rs-activate"
-        say "boot activation: the migrations (''${migrations[*]}) run when this generation boots (the nixmig-NAME units of services.nixmig), not now"
+        say "boot activation: the new generation's nixmig-NAME units run the migrations (''${migrations[*]}) when it boots, not now"
         exit 0
       fi
 
-      # Before anything changes: the new generation's nixmig.toml must be valid and name them all.
-      for m in "''${migrations[@]}"; do
-        if ! "$nixmig" plan --on-host -c "$config" --migration "$m" >/dev/null; then
-          say "plan failed for migration $m with $config; not switching (nothing was changed)"
-          exit 1
+      plan_all
+
+      # What each migration's journal says before this activation: afterwards, only the
+      # migrations whose journal changed are this activation's to undo. One that was done
+      # in an earlier deploy is expected by the generation deploy-rs would go back to.
+      declare -A before=()
+      journal_of() { "$nixmig" status --on-host -c "$config" --migration "$1" --json 2>/dev/null || true; }
+      for m in "''${migrations[@]}"; do before[$m]="$(journal_of "$m")"; done
+      changed_now() {
+        local now
+        now="$(journal_of "$1")"
+        # a status that could not be read counts as changed: undoing too much is safer here
+        [[ -z "''${before[$1]}" || -z "$now" || "''${before[$1]}" != "$now" ]]
+      }
+
+      # apply, its output passed through. With deploy-rs's activationTimeout known, warn as
+      # the backup starts when preflight's database size makes it likely to outlast it.
+      watch_backup() {
+        local line mib="" est left
+        while IFS= read -r line; do
+          printf '%s\n' "$line"
+          if [[ $line =~ ^\ +[0-9]+\ tables,\ [0-9]+\ rows,\ ([0-9]+)\ MiB$ ]]; then
+            mib=''${BASH_REMATCH[1]}
+          elif [[ -n $mib && $line =~ ^==\>\ \[[0-9]+/[0-9]+\]\ backup:\ running ]]; then
+            est=$(((mib + backup_rate - 1) / backup_rate))
+            left=$((activation_timeout - SECONDS))
+            if ((est >= left)); then
+              say "migration $1: the backup of $mib MiB may take ''${est}s (at $backup_rate MiB/s) and ''${left}s remain of deploy-rs's activationTimeout (''${activation_timeout}s): if it runs out, deploy-rs gives up and (magic rollback) the host deactivates this generation although the password may have changed; raise activationTimeout on the deploy-rs node and here, or run \`nixmig apply\` before the deploy"
+            fi
+            mib=""
+          fi
+        done
+      }
+      apply() {
+        if [[ -z "$activation_timeout" ]]; then
+          "$nixmig" apply --on-host -c "$config" --migration "$1" --yes
+          return
         fi
-      done
+        local rc=0
+        "$nixmig" apply --on-host -c "$config" --migration "$1" --yes | watch_backup "$1" || {
+          rc=''${PIPESTATUS[0]}
+          ((rc)) || rc=1
+        }
+        return "$rc"
+      }
 
       "$base/deploy-rs-activate"
 
-      applied=()
-      for m in "''${migrations[@]}"; do
-        if "$nixmig" apply --on-host -c "$config" --migration "$m" --yes; then
-          applied+=("$m")
+      for i in "''${!migrations[@]}"; do
+        m=''${migrations[i]}
+        if apply "$m"; then
           continue
         fi
         say "apply failed for migration $m after the switch (\`nixmig status --on-host -c $config --migration $m\` shows how far it got)"
-        undo=("$m")
-        for ((i = ''${#applied[@]} - 1; i >= 0; i--)); do undo+=("''${applied[i]}"); done
-        if [[ -n "$rollback_identity" ]]; then
+        # this one and those before it whose journal this activation changed, in reverse
+        undo=()
+        for ((j = i; j >= 0; j--)); do
+          u=''${migrations[j]}
+          if changed_now "$u"; then undo+=("$u"); else say "migration $u: nothing changed by this activation (done before), left as it is"; fi
+        done
+        if ((''${#undo[@]} == 0)); then
+          say "nothing this activation changed needs undoing"
+        elif [[ -n "$rollback_identity" ]]; then
           for u in "''${undo[@]}"; do
             say "rolling back migration $u"
             "$nixmig" rollback --on-host -c "$config" --migration "$u" --yes -i "$rollback_identity" ||
@@ -129,6 +212,13 @@ let
       # rolled back with it before the activation fails, so deploy-rs's rollback to the
       # previous generation finds the database as that generation expects it
       rollbackIdentity ? null,
+      # deploy-rs's activationTimeout for this node (its default: 240 s), or null with
+      # magicRollback = false. With magic rollback deploy-rs gives up on an activation that
+      # takes longer and the host then deactivates the generation: the hook warns when a
+      # backup is estimated to outlast what remains of it
+      activationTimeout ? 240,
+      # the backup speed the estimate assumes (pg_dump, then age encryption, on the host)
+      backupMiBPerSecond ? 20,
     }:
     let
       pkgs = pkgsFor base.system;
@@ -139,11 +229,17 @@ let
           migrations
           config
           rollbackIdentity
+          activationTimeout
+          backupMiBPerSecond
           ;
       });
     in
     assert builtins.isList migrations && migrations != [ ]
       || throw "lib.deployRs.activateWithMigrations: migrations must be a non-empty list of names from nixmig.toml";
+    assert activationTimeout == null || builtins.isInt activationTimeout && activationTimeout > 0
+      || throw "lib.deployRs.activateWithMigrations: activationTimeout must be deploy-rs's activationTimeout in seconds, or null";
+    assert builtins.isInt backupMiBPerSecond && backupMiBPerSecond > 0
+      || throw "lib.deployRs.activateWithMigrations: backupMiBPerSecond must be a positive integer";
     pkgs.runCommand "nixmig-${base.name}"
       {
         inherit base script;

@@ -1,6 +1,7 @@
 # The deploy-rs hook on one node: lib.deployRs.activateWithMigrations wraps the new
 # generation's profile, and the test runs its deploy-rs-activate the way deploy-rs's
-# `activate` does: with PROFILE set, and DRY_ACTIVATE=1 for --dry-activate. The target
+# `activate` does: with PROFILE set, and DRY_ACTIVATE=1 for --dry-activate, BOOT=1 for
+# --boot (refused here: nothing in the new generation would run the migration). The target
 # is the native app of native-postgresql.nix; the new generation declares the
 # migration with runOnActivation = false, so the hook is what runs it.
 #
@@ -120,6 +121,13 @@ pkgs.testers.runNixOSTest {
           assert "app-db" in out, out
           machine.succeed(login("hardcoded-app-password"))
           machine.fail("test -e /run/agenix/app-db-password")  # no activation ran
+
+      with subtest("deploy --boot is refused: runOnActivation = false, so nothing would run it at boot"):
+          out = machine.fail("BOOT=1 PROFILE=${profile} ${profile}/deploy-rs-activate 2>&1")
+          print(out)
+          assert "deploy --boot" in out and "app-db" in out and "nothing was changed" in out, out
+          machine.succeed(login("hardcoded-app-password"))
+          machine.fail("test -e /run/agenix/app-db-password")  # the base's activation did not run
 
       with subtest("deploy: switch-to-configuration, then nixmig apply --on-host"):
           # what deploy-rs's activate does: point the system profile at the new profile,

@@ -9,6 +9,9 @@
   migrations,
   rollbackIdentity ? null,
   config ? null,
+  # JSON: a number or null (deploy-rs's activationTimeout); unset: the helper's default
+  activationTimeout ? null,
+  backupMiBPerSecond ? null,
 }:
 
 let
@@ -31,6 +34,8 @@ let
     }
     // (if rollbackIdentity == null then { } else { inherit rollbackIdentity; })
     // (if config == null then { } else { inherit config; })
+    // (if activationTimeout == null then { } else { activationTimeout = builtins.fromJSON activationTimeout; })
+    // (if backupMiBPerSecond == null then { } else { backupMiBPerSecond = builtins.fromJSON backupMiBPerSecond; })
   );
 in
 {

@@ -493,17 +493,31 @@ class FakeProfile:
         self._script(
             self.base / "deploy-rs-activate",
             'printf "base DRY_ACTIVATE=%s BOOT=%s PROFILE=%s\\n" \\\n'
-            '  "${DRY_ACTIVATE:-}" "${BOOT:-}" "$PROFILE" >> "$CALLS"',
+            '  "${DRY_ACTIVATE:-}" "${BOOT:-}" "$PROFILE" >> "$CALLS"\n'
+            "# a nixmig-NAME unit (runOnActivation = true) applying a migration during the switch\n"
+            'if [ -n "${SWITCH_APPLIES:-}" ]; then echo done >> "$JOURNALS/$SWITCH_APPLIES"; fi',
         )
         self._script(self.base / "activate-rs", "exit 0")
         self._script(self.base / "bin" / "switch-to-configuration", "exit 0")
         (self.nixmig / "bin").mkdir(parents=True)
-        # logs its argv (fields separated by |), fails when "$1:<migration>" is in FAKE_FAIL
+        self.journals = root / "journals"
+        self.journals.mkdir()
+        # logs its argv (fields separated by |); `status` prints the migration's fake
+        # journal (journals/<name>, "not started" when absent); `apply` adds a line to it
+        # unless it says "done" already (an earlier deploy's), printing FAKE_APPLY_OUT
+        # first; a verb:<migration> in FAKE_FAIL exits 1 (an apply after changing its
+        # journal, unless FAKE_FAIL_KEEPS_JOURNAL is set)
         self._script(
             self.nixmig / "bin" / "nixmig",
             'line=nixmig; for a in "$@"; do line="$line|$a"; done; printf "%s\\n" "$line" >> "$CALLS"\n'
             'm=""; prev=""; for a in "$@"; do [ "$prev" = --migration ] && m="$a"; prev="$a"; done\n'
-            'case " ${FAKE_FAIL:-} " in *" $1:$m "*) exit 1 ;; esac\n'
+            'j="$JOURNALS/$m"\n'
+            'if [ "$1" = status ]; then if [ -e "$j" ]; then cat "$j"; else echo "not started"; fi; exit 0; fi\n'
+            'if [ "$1" = apply ] && [ -n "${FAKE_APPLY_OUT:-}" ]; then printf "%s\\n" "$FAKE_APPLY_OUT"; fi\n'
+            'case " ${FAKE_FAIL:-} " in *" $1:$m "*)\n'
+            '  [ "$1" = apply ] && [ -z "${FAKE_FAIL_KEEPS_JOURNAL:-}" ] && echo "partly applied" >> "$j"; exit 1 ;;\n'
+            "esac\n"
+            'if [ "$1" = apply ] && ! grep -qs "^done" "$j"; then echo "done" >> "$j"; fi\n'
             "exit 0",
         )
 
@@ -534,7 +548,14 @@ class FakeProfile:
 
     def activate(self, profile: Path, *, fail: str = "", **env: str) -> subprocess.CompletedProcess[str]:
         self.log.write_text("")
-        full = {"PATH": os.environ["PATH"], "PROFILE": str(profile), "CALLS": str(self.log), "FAKE_FAIL": fail, **env}
+        full = {
+            "PATH": os.environ["PATH"],
+            "PROFILE": str(profile),
+            "CALLS": str(self.log),
+            "JOURNALS": str(self.journals),
+            "FAKE_FAIL": fail,
+            **env,
+        }
         return subprocess.run(
             [str(profile / "deploy-rs-activate")], env=full, capture_output=True, text=True, timeout=60, check=False
         )
@@ -574,6 +595,9 @@ def test_deploy_rs_switch_plans_then_switches_then_applies(fake: FakeProfile) ->
     assert fake.calls() == [
         _cmd("plan", cfg, "first"),
         _cmd("plan", cfg, "second one"),
+        # each journal as it was before this activation changed anything
+        _cmd("status", cfg, "first", "--json"),
+        _cmd("status", cfg, "second one", "--json"),
         ["base DRY_ACTIVATE= BOOT= PROFILE=" + str(profile)],
         _cmd("apply", cfg, "first", "--yes"),
         _cmd("apply", cfg, "second one", "--yes"),
@@ -592,12 +616,40 @@ def test_deploy_rs_dry_activate_only_plans(fake: FakeProfile) -> None:
     ]
 
 
-def test_deploy_rs_boot_leaves_the_migrations_to_the_boot(fake: FakeProfile) -> None:
-    profile = fake.build(["first"])
+def _unit(fake: FakeProfile, migration: str) -> None:
+    """The new generation's nixmig-NAME unit (services.nixmig with runOnActivation = true)."""
+    units = fake.base / "etc" / "systemd" / "system"
+    units.mkdir(parents=True, exist_ok=True)
+    (units / f"nixmig-{migration}.service").write_text("[Service]\n")
+
+
+def test_deploy_rs_boot_leaves_the_migrations_to_the_units_of_the_boot(fake: FakeProfile) -> None:
+    _unit(fake, "first")
+    _unit(fake, "second one")
+    profile = fake.build(["first", "second one"])
     proc = fake.activate(profile, BOOT="1")
     assert proc.returncode == 0, proc.stderr
-    assert fake.calls() == [["base DRY_ACTIVATE= BOOT=1 PROFILE=" + str(profile)]]
-    assert "run when this generation boots" in proc.stderr
+    cfg = f"{profile}/etc/nixmig/nixmig.toml"
+    assert fake.calls() == [
+        _cmd("plan", cfg, "first"),
+        _cmd("plan", cfg, "second one"),
+        ["base DRY_ACTIVATE= BOOT=1 PROFILE=" + str(profile)],
+    ]
+    assert "units run the migrations (first second one) when it boots" in proc.stderr
+
+
+def test_deploy_rs_boot_refuses_when_nothing_would_run_a_migration_at_boot(fake: FakeProfile) -> None:
+    """runOnActivation = false (what the hook's README example sets): no nixmig-NAME unit in
+    the new generation, so nothing would run the migration, and that generation expects its
+    new password. The hook refuses before anything changes, naming the migration."""
+    _unit(fake, "first")
+    profile = fake.build(["first", "second"])
+    proc = fake.activate(profile, BOOT="1")
+    assert proc.returncode == 1
+    assert fake.calls() == [], "neither the base's activation nor nixmig ran"
+    (line,) = proc.stderr.splitlines()
+    assert "deploy --boot" in line and "migration(s) second " in line and "(nothing was changed)" in line
+    assert "Deploy without --boot" in line and "runOnActivation = true" in line
 
 
 def test_deploy_rs_a_failing_plan_stops_before_the_switch(fake: FakeProfile) -> None:
@@ -605,14 +657,14 @@ def test_deploy_rs_a_failing_plan_stops_before_the_switch(fake: FakeProfile) -> 
     proc = fake.activate(profile, fail="plan:second")
     assert proc.returncode == 1
     assert [c[:2] for c in fake.calls()] == [["nixmig", "plan"], ["nixmig", "plan"]]
-    assert "not switching (nothing was changed)" in proc.stderr
+    assert "not activating (nothing was changed)" in proc.stderr
 
 
 def test_deploy_rs_a_failing_apply_fails_the_activation_and_says_what_to_run(fake: FakeProfile) -> None:
     profile = fake.build(["first", "second", "third"])
     proc = fake.activate(profile, fail="apply:second")
     assert proc.returncode == 1
-    verbs = [(c[1], c[6]) for c in fake.calls() if c[0] == "nixmig"]
+    verbs = [(c[1], c[6]) for c in fake.calls() if c[0] == "nixmig" and c[1] != "status"]
     assert verbs == [("plan", "first"), ("plan", "second"), ("plan", "third"), ("apply", "first"), ("apply", "second")]
     assert "nixmig rollback --on-host" in proc.stderr and "-i OPERATOR_KEY" in proc.stderr
     assert proc.stderr.index("--migration second") < proc.stderr.index("--migration first")
@@ -628,6 +680,128 @@ def test_deploy_rs_with_an_identity_rolls_back_in_reverse(fake: FakeProfile) -> 
     assert rollbacks == [
         _cmd("rollback", cfg, m, "--yes", "-i", "/root/operator key") for m in ("third", "second", "first")
     ]
+
+
+def test_deploy_rs_rolls_back_only_what_this_activation_changed(fake: FakeProfile) -> None:
+    """`first` was applied by an earlier deploy (its journal says done, apply exits 0 with
+    nothing to do): the generation deploy-rs goes back to expects its new password, so a
+    later failure must not roll it back. `second` is applied now, `third` fails."""
+    (fake.journals / "first").write_text("done\n")
+    profile = fake.build(["first", "second", "third"], rollbackIdentity="/root/operator key")
+    proc = fake.activate(profile, fail="apply:third")
+    assert proc.returncode == 1
+    cfg = f"{profile}/etc/nixmig/nixmig.toml"
+    rollbacks = [c for c in fake.calls() if c[1:2] == ["rollback"]]
+    assert rollbacks == [_cmd("rollback", cfg, m, "--yes", "-i", "/root/operator key") for m in ("third", "second")]
+    assert "migration first: nothing changed by this activation (done before), left as it is" in proc.stderr
+    assert (fake.journals / "first").read_text() == "done\n"
+
+
+def test_deploy_rs_without_an_identity_names_only_what_this_activation_changed(fake: FakeProfile) -> None:
+    (fake.journals / "first").write_text("done\n")
+    profile = fake.build(["first", "second"])
+    proc = fake.activate(profile, fail="apply:second")
+    assert proc.returncode == 1
+    assert "--migration second -i OPERATOR_KEY" in proc.stderr
+    assert "--migration first -i" not in proc.stderr
+
+
+def test_deploy_rs_a_migration_a_unit_applied_during_the_switch_is_this_activations(fake: FakeProfile) -> None:
+    """With runOnActivation = true the nixmig-NAME unit applies `first` inside
+    switch-to-configuration, before the hook's own apply finds it done: the journals are
+    read before the switch, so it still counts as changed by this activation."""
+    profile = fake.build(["first", "second"], rollbackIdentity="/root/k")
+    proc = fake.activate(profile, fail="apply:second", SWITCH_APPLIES="first")
+    assert proc.returncode == 1
+    rolled = [c[6] for c in fake.calls() if c[1:2] == ["rollback"]]
+    assert rolled == ["second", "first"]
+
+
+def test_deploy_rs_a_failed_migration_that_changed_nothing_is_not_rolled_back(fake: FakeProfile) -> None:
+    """An apply that fails before changing its journal (say, the new secret is missing in
+    this activation) of a migration done earlier: nothing of this activation to undo."""
+    (fake.journals / "only").write_text("done\n")
+    profile = fake.build(["only"], rollbackIdentity="/root/k")
+    proc = fake.activate(profile, fail="apply:only", FAKE_FAIL_KEEPS_JOURNAL="1")
+    assert proc.returncode == 1
+    assert [c for c in fake.calls() if c[1:2] == ["rollback"]] == []
+    assert "nothing this activation changed needs undoing" in proc.stderr
+
+
+_PREFLIGHT = "==> [1/7] preflight: running\n    3 tables, 5000 rows, {mib} MiB\n    preflight done in 0.2s"
+_BACKUP = "\n==> [2/7] backup: running"
+
+
+def test_deploy_rs_warns_before_a_backup_longer_than_the_activation_timeout(fake: FakeProfile) -> None:
+    """deploy-rs (magic rollback) gives up after activationTimeout and the host then
+    deactivates the generation: at 20 MiB/s, 6000 MiB take 300 s > 240 s."""
+    profile = fake.build(["big"])  # the helper's defaults: activationTimeout 240, 20 MiB/s
+    proc = fake.activate(profile, FAKE_APPLY_OUT=_PREFLIGHT.format(mib=6000) + _BACKUP)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 tables, 5000 rows, 6000 MiB" in proc.stdout and "backup: running" in proc.stdout  # passed through
+    (warning,) = [ln for ln in proc.stderr.splitlines() if "activationTimeout" in ln]
+    assert warning.startswith("nixmig: migration big: the backup of 6000 MiB may take 300s (at 20 MiB/s)")
+    assert "of deploy-rs's activationTimeout (240s)" in warning and "raise activationTimeout" in warning
+
+
+def test_deploy_rs_no_warning_for_a_backup_that_fits(fake: FakeProfile) -> None:
+    profile = fake.build(["small"], activationTimeout="600", backupMiBPerSecond="50")
+    proc = fake.activate(profile, FAKE_APPLY_OUT=_PREFLIGHT.format(mib=6000) + _BACKUP)  # 120 s < 600 s
+    assert proc.returncode == 0, proc.stderr
+    assert "activationTimeout" not in proc.stderr
+
+
+def test_deploy_rs_no_warning_when_the_backup_was_done_before(fake: FakeProfile) -> None:
+    """A resumed run: preflight runs again but no backup starts."""
+    resumed = _PREFLIGHT.format(mib=99999) + "\n==> [2/7] backup: done before, skipped"
+    proc = fake.activate(fake.build(["resumed"]), FAKE_APPLY_OUT=resumed)
+    assert proc.returncode == 0 and "activationTimeout" not in proc.stderr
+    assert "backup: done before, skipped" in proc.stdout
+
+
+def test_deploy_rs_without_magic_rollback_apply_runs_unfiltered(fake: FakeProfile) -> None:
+    profile = fake.build(["m"], activationTimeout="null")
+    proc = fake.activate(profile, FAKE_APPLY_OUT=_PREFLIGHT.format(mib=99999) + _BACKUP)
+    assert proc.returncode == 0 and "activationTimeout" not in proc.stderr
+    assert "99999 MiB" in proc.stdout
+
+
+def test_deploy_rs_a_failing_apply_behind_the_backup_watch_still_fails(fake: FakeProfile) -> None:
+    profile = fake.build(["m"], rollbackIdentity="/root/k")
+    proc = fake.activate(profile, fail="apply:m", FAKE_APPLY_OUT=_PREFLIGHT.format(mib=1) + _BACKUP)
+    assert proc.returncode == 1
+    assert [c[6] for c in fake.calls() if c[1:2] == ["rollback"]] == ["m"]
+
+
+def test_deploy_rs_backup_watch_reads_the_lines_apply_prints(fake: FakeProfile) -> None:
+    """The hook recognises preflight's size line and the backup's start by their text:
+    those come from nixmig's own apply progress (cli/migrate.py _Progress, non-tty) and
+    preflight's emit. If either changes, this fails and names the hook to update."""
+    import contextlib
+    import io
+
+    from nixmig.cli.migrate import _Progress
+
+    preflight = (ROOT / "nixmig" / "phases" / "preflight.py").read_text()
+    assert 'ctx.emit(f"{len(counts)} tables, {sum(counts.values())} rows, {size // 2**20} MiB")' in preflight
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        p = _Progress(7)
+        p.on_phase("preflight", "running", None)
+        p.emit("3 tables, 5000 rows, 6000 MiB")
+        p.on_phase("preflight", "done", 0.2)
+        p.on_phase("backup", "running", None)
+    # the hook's two bash regexes, as the evaluated script has them (ERE; "\\ " and "\\>" are literal)
+    size_re, backup_re = re.findall(r"\$line =~ (.+?) \]\]", fake.evaluate(["m"])["script"])
+    lines = out.getvalue().splitlines()
+    for bash_re, what in ((size_re, "preflight's size"), (backup_re, "the backup's start")):
+        py = bash_re.replace("\\ ", " ").replace("\\>", ">")
+        assert any(re.search(py, ln) for ln in lines), (what, bash_re, lines)
+    # and bash itself matches them on those lines
+    script = "".join(f"[[ $1 =~ {r} ]] && echo yes || echo no\n" for r in (size_re, backup_re))
+    for ln, want in ((lines[1], "yes\nno"), (lines[3], "no\nyes")):
+        got = subprocess.run(["bash", "-c", script, "bash", ln], capture_output=True, text=True, check=True).stdout
+        assert got.strip() == want, (ln, got)
 
 
 def test_deploy_rs_an_explicit_config_is_used_as_given(fake: FakeProfile) -> None:
