@@ -843,3 +843,19 @@ def test_deploy_rs_dry_activate_plans_with_the_real_nixmig_and_the_module_config
     assert "migration twenty-db-password: postgres@docker container twenty-db-1 on newton (on-host)" in proc.stdout
     assert "ALTER ROLE" in proc.stdout and "********" in proc.stdout
     assert not (tmp_path / "state").exists(), "a dry activation writes nothing"
+
+
+def test_the_real_nixmig_status_the_hook_compares_is_stable_and_writes_nothing(tmp_path: Path) -> None:
+    """The hook decides "changed by this activation" by comparing `nixmig status --on-host
+    --json` before the switch and after the apply: with nothing done in between, the real
+    nixmig must print the same text twice (and create no state by looking)."""
+    rendered = _module(tmp_path, WORKED_EXAMPLE)["toml"]
+    cfg = tmp_path / "nixmig.toml"
+    cfg.write_text(rendered)
+    env = {**os.environ, "NIXMIG_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "nixmig", "status", "--on-host", "-c", str(cfg)]
+    argv += ["--migration", "twenty-db-password", "--json"]
+    runs = [subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout and json.loads(runs[0].stdout)["completed"] is None
+    assert not (tmp_path / "state").exists()
