@@ -232,6 +232,8 @@ let
             Create the `nixmig-<name>` oneshot unit, started on activation and at boot.
             Turn it off when a deploy hook runs the migration instead
             (`lib.deployRs.activateWithMigrations`), or to run `nixmig apply --on-host` by hand.
+            Keep it on to deploy with `deploy --boot`: the unit is then what runs the
+            migration (the hook refuses `--boot` for a migration without one).
           '';
         };
         after = mkOption {

@@ -827,6 +827,20 @@ def test_deploy_rs_refuses_an_empty_migration_list(fake: FakeProfile) -> None:
     assert proc.returncode != 0 and "migrations must be a non-empty list" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("arg", "value", "message"),
+    [
+        ("activationTimeout", '"240"', "activationTimeout must be deploy-rs's activationTimeout in seconds, or null"),
+        ("activationTimeout", "0", "activationTimeout must be deploy-rs's activationTimeout in seconds, or null"),
+        ("backupMiBPerSecond", "0", "backupMiBPerSecond must be a positive integer"),
+    ],
+)
+def test_deploy_rs_refuses_a_wrong_timeout_or_rate(fake: FakeProfile, arg: str, value: str, message: str) -> None:
+    args = {"nixmig": str(fake.nixmig), "base": str(fake.base), "migrations": '["m"]', arg: value}
+    proc = _eval(STUBS / "eval-deploy-rs.nix", args=args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr
+
+
 def test_deploy_rs_dry_activate_plans_with_the_real_nixmig_and_the_module_config(
     fake: FakeProfile, tmp_path: Path
 ) -> None:
