@@ -16,6 +16,8 @@ from nixmig.sensitive import MASK
 if TYPE_CHECKING:
     from tree_sitter import Node
 
+# the arguments the NixOS module system passes; a function taking none of them is no module
+MODULE_ARGS = frozenset({"config", "lib", "pkgs", "options", "modulesPath", "utils", "specialArgs", "nixosConfig"})
 MAX_LINE = 100  # a one-line list that would grow past this is rewritten one element per line
 
 
@@ -36,6 +38,25 @@ class Edit:
     @property
     def where(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
+
+
+def settle(edits: Sequence[Edit], sources: Mapping[str, bytes]) -> list[Edit]:
+    """An insertion that falls inside a span another edit removes (after a binding that is itself
+    removed, e.g. a dotted ``environment.URL = ...;`` as the service's last binding) moves to the
+    start of that span: the text it anchored on is gone, the place is the same."""
+    spans = [(e.file, e.start, e.end) for e in edits if e.end > e.start]
+    out: list[Edit] = []
+    for e in edits:
+        if e.start == e.end:
+            for f, s, t in spans:
+                if f == e.file and s < e.start < t:
+                    text = e.replacement
+                    if sources[f][s - 1 : s] == b"\n" and text.startswith(b"\n"):
+                        text = text[1:] + b"\n"  # the removed lines were whole lines: so is this one
+                    e = Edit(e.file, s, s, text, e.explanation, e.line, e.col, e.stage)
+                    break
+        out.append(e)
+    return out
 
 
 def masked(src: bytes, a: int, b: int, spans: Sequence[tuple[int, int]]) -> bytes:
@@ -184,11 +205,18 @@ class Edits:
             self.add(fm, last.end_byte, last.end_byte, "\n" + _indent_of(src, last) + element, why)
 
     def ensure_formals(self, fm: FileModel, names: Sequence[str], why: str) -> bool:
-        """Add missing names to the file's `{ ... }:` formals. False when the file is not such a function."""
+        """Add missing names to the module's `{ ... }:` formals (the inner function of a curried module);
+        a bare attrset module becomes a function of them. False when the file is neither."""
         formals = fm.function_formals()
         if formals is None:
-            return False
+            bare = fm.bare_attrset()
+            if bare is None or fm.module_function() is not None:
+                return False
+            self.add(fm, bare.start_byte, bare.start_byte, "{ " + ", ".join([*names, "..."]) + " }:\n", why)
+            return True
         have = {text(n) for f in formals.named_children if f.type == "formal" for n in f.named_children[:1]}
+        if have and not have & MODULE_ARGS:
+            return False  # `{ containerConfig, ... }:`: a function someone calls, not a NixOS module
         missing = [n for n in names if n not in have]
         if not missing:
             return True

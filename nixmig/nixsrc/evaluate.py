@@ -61,7 +61,8 @@ def evaluate(source: bytes, where: str) -> Any:
     tree = parse_checked(source, where)
     ev = _Evaluator(where)
     try:
-        return ev.deep(ev.eval(tree.root_node.named_children[0], ev.builtins_env()))
+        top = next(c for c in tree.root_node.named_children if c.type != "comment")
+        return ev.deep(ev.eval(top, ev.builtins_env()))
     except RecursionError:
         raise NixEvalError("infinite recursion", where=where) from None
 

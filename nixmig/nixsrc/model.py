@@ -71,6 +71,11 @@ def _apply_parts(node: Node) -> tuple[str, list[Node]]:
     return name, args
 
 
+def top_expression(root: Node) -> Node | None:
+    """The file's expression, after any comments before it (a comment is a named node too)."""
+    return next((c for c in root.named_children if c.type != "comment"), None)
+
+
 def unparen(node: Node) -> Node:
     while node.type == "parenthesized_expression" and node.named_children:
         node = node.named_children[0]
@@ -156,11 +161,30 @@ class FileModel:
             cur = cur.parent
         return None
 
-    def function_formals(self) -> Node | None:
-        top = self.root.named_children[0] if self.root.named_children else None
-        if top is None or top.type != "function_expression":
+    def module_function(self) -> Node | None:
+        """The function that is the NixOS module: the file's top function or, for a curried module
+        (``inputs: { config, ... }: { ... }``), the innermost function it returns (through let-in)."""
+        fn = top_expression(self.root)
+        if fn is None or fn.type != "function_expression":
             return None
-        return top.child_by_field_name("formals")
+        while True:
+            body = fn.child_by_field_name("body")
+            b = unparen(body) if body is not None else None
+            while b is not None and b.type == "let_expression":
+                inner = b.child_by_field_name("body")
+                b = unparen(inner) if inner is not None else None
+            if b is None or b.type != "function_expression":
+                return fn
+            fn = b
+
+    def function_formals(self) -> Node | None:
+        fn = self.module_function()
+        return fn.child_by_field_name("formals") if fn is not None else None
+
+    def bare_attrset(self) -> Node | None:
+        """The top attrset of a module that is no function (``{ services.x = ...; }``)."""
+        top = top_expression(self.root)
+        return top if top is not None and top.type in ("attrset_expression", "rec_attrset_expression") else None
 
 
 def model(name: str, source: bytes) -> FileModel:
@@ -173,7 +197,7 @@ def model(name: str, source: bytes) -> FileModel:
         raise NixSyntaxError("not valid UTF-8", where=f"{name}:{line}:{col}", hint="Nix files are UTF-8") from None
     tree = parse_checked(source, name)
     fm = FileModel(name, source, tree.root_node)
-    top = tree.root_node.named_children[0] if tree.root_node.named_children else None
+    top = top_expression(tree.root_node)
     if top is not None:
         _walk_top(fm, top)
     return fm

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from nixmig.errors import ConfigError
-from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked
+from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
 from nixmig.nixsrc.leftover import declares_secret, digest, leftovers, naming, uses_secret
 from nixmig.nixsrc.model import (
@@ -717,6 +717,38 @@ class _Builder:
                     self.generic_snippet(lit.path),
                 )
 
+    def app_password(self) -> str | None:
+        """No database container in the repo (the database runs elsewhere): the password the apps hold
+        for the migration's role, from a URL with that user on a host named in nixmig.toml (or local),
+        or from a database password variable beside a database user variable naming the role
+        (``FORGEJO__database__USER`` / ``..._PASSWD``, ``PAPERLESS_DBUSER`` / ``PAPERLESS_DBPASS``).
+        One value, or None (several values: nothing is guessed)."""
+        hosts = {"localhost", "127.0.0.1", "::1"} | {n for n in (self.spec.container, self.spec.db_service) if n}
+        values: set[str] = set()
+        for _fm, lit in self.all_lits():
+            value = decode_string(lit.node)
+            if value is None:
+                continue
+            url = split_url(value)
+            if url is not None and unquote(url.user) == self.spec.role and url.host in hosts:
+                values.add(unquote(url.password))
+        for fm, b in self.all_binds():
+            if not b.exact or len(b.path) < 2 or b.path[-2] != "environment" or not _db_words(b.path[-1]):
+                continue
+            ws = _env_words(b.path[-1])
+            if not ws & {"pass", "passwd", "password", "pw", "pwd"}:
+                continue
+            env = b.path[:-1]
+            users = [
+                decode_string(unparen(u.value))
+                for u in fm.binds
+                if u.path[:-1] == env and _db_words(u.path[-1]) and _env_words(u.path[-1]) & {"user", "username"}
+            ]
+            value = decode_string(unparen(b.value))
+            if value is not None and self.spec.role in users:
+                values.add(value)
+        return next(iter(values)) if len(values) == 1 else None
+
     def bare_in_env(self, fm: FileModel, lit: Lit) -> bool:
         """The password itself (not a URL) in a container's environment or a unit's Environment
         (``DB_PASSWORD = "..."``, an app's own ``POSTGRES_PASSWORD``): rendered into the env file as it is."""
@@ -1361,7 +1393,7 @@ class _Builder:
         if db is not None:
             self.patch_db(db)
         self.switch_data(db)
-        password = db.password if db is not None else None
+        password = db.password if db is not None else self.app_password()
         self.scan_literals(password, db)
         for name in sorted(set(self.no_project)):
             self.notes.append(
@@ -1388,9 +1420,17 @@ class _Builder:
             wanted = [n for n in ("config", "lib", "pkgs") if n in names]
             if wanted and not self.ed.ensure_formals(fm, wanted, f"the new code uses {', '.join(wanted)}"):
                 self.manual.append(
-                    Manual(name, 1, 1, f"not a `{{ {', '.join(wanted)}, ... }}:` module: the new code needs them", "")
+                    Manual(
+                        name,
+                        1,
+                        1,
+                        f"not a NixOS module nixmig can give {', '.join(wanted)} (a function of other arguments, "
+                        f"or of one name): the new code needs them; pass them to it, or move the edits into a module",
+                        "",
+                    )
                 )
         self.verdict(db)
+        self.ed.items = settle(self.ed.items, {name: fm.source for name, fm in self.models.items()})
         edits = tuple(sorted(self.ed.items, key=lambda e: (e.file, e.start, e.end)))
         return Plan(edits, tuple(self.manual), tuple(dict.fromkeys(self.notes)), tuple(self.masks))
 
@@ -1414,6 +1454,20 @@ def _store_file_content(value: Node) -> Node | None:
         content = unparen(args[1])
         return content if content.type == "string_expression" else None
     return None
+
+
+def _env_words(name: str) -> set[str]:
+    """FORGEJO__database__PASSWD -> {forgejo, database, passwd}; PAPERLESS_DBPASS -> {paperless, db, pass, dbpass}."""
+    parts = {w.lower() for w in re.split(r"[_\W]+", name) if w}
+    for p in list(parts):
+        for head in ("db", "pg"):
+            if p.startswith(head) and len(p) > len(head):
+                parts |= {head, p[len(head) :]}
+    return parts
+
+
+def _db_words(name: str) -> bool:
+    return bool(_env_words(name) & {"db", "database", "pg", "postgres", "postgresql", "psql", "sql"})
 
 
 def _holding(line: EnvLine) -> str:

@@ -120,7 +120,7 @@ def entries_from(data: Any, path: Path) -> dict[str, Entry]:
 
 def _top_attrset(root: Node, path: Path) -> tuple[Node, dict[str, Node]]:
     """The attrset that secrets.nix evaluates to (under any let), and its let-bindings."""
-    node = root.named_children[0]
+    node = next(c for c in root.named_children if c.type != "comment")
     lets: dict[str, Node] = {}
     while node.type in ("let_expression", "parenthesized_expression", "binary_expression"):
         if node.type == "binary_expression":

@@ -53,6 +53,7 @@ in {{
     "interp": f"""let k = "{K1}"; t = "ssh-ed25519"; in {{ "i.age".publicKeys = [ "${{k}}" ]; }}""",
     "empty": "{ }\n",
     "comments_only": "{\n  # nothing yet\n}\n",
+    "leading_comment": f'# agenix rules: agenix -e NAME.age\n/* keys */\n{{\n  "a.age".publicKeys = [ "{K1}" ];\n}}\n',
 }
 
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-bin not installed")
