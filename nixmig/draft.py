@@ -49,15 +49,19 @@ if TYPE_CHECKING:
     from nixmig.nixsrc.scan import Finding
 
 SECRETS_FILE = "secrets.nix"
-_PG_IMAGE = re.compile(r"(^|/)(postgres|postgresql|postgis|pgvector|timescaledb[a-z0-9-]*|pgautoupgrade)(:|@|$)")
+# the last part of a PostgreSQL image's name: postgres, postgis/postgis, pgvector/pgvector,
+# tensorchord/pgvecto-rs, timescale/timescaledb-ha, bitnami/postgresql, supabase/postgres ...
+_PG_IMAGE = re.compile(r"(^|/)(postgres\w*|postgis|pgvector|pgvecto-rs|timescaledb[a-z0-9-]*|pgautoupgrade)(:|@|$)")
 _MYSQL_IMAGE = re.compile(r"(^|/)(mariadb|mysql|percona[a-z0-9-]*)(:|@|$)")
 _DATA_DIR = "/var/lib/postgresql"
 _HOST_DIRS = frozenset({"hosts", "machines", "systems", "nodes"})
 _HOST_LISTS = re.compile(r"server|host|system|machine|node", re.IGNORECASE)
 _USER_LISTS = re.compile(r"user|admin|operator|people|person|dev|maintainer|me$", re.IGNORECASE)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-_SQL_ROLE = re.compile(r"CREATE\s+(?:ROLE|USER)\s+\"?([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
-_SQL_DB = re.compile(r"CREATE\s+DATABASE\s+\"?([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+_DOCKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # as nixmig.config checks container and volume names
+_SQL_NAME = r"(?:IF\s+NOT\s+EXISTS\s+)?(?:\\?\"([^\"\\]+)\\?\"|([A-Za-z_][A-Za-z0-9_]*))"
+_SQL_ROLE = re.compile(r"CREATE\s+(?:ROLE|USER)\s+" + _SQL_NAME, re.IGNORECASE)
+_SQL_DB = re.compile(r"CREATE\s+DATABASE\s+" + _SQL_NAME, re.IGNORECASE)
 _PODMAN_SOCKET = "unix:///run/podman/podman.sock"
 
 
@@ -461,14 +465,20 @@ class _Db:
     password: bytes = b""  # to find the apps holding the same value; never printed
 
 
-def _finding_path(f: Finding) -> NixPath:
-    return tuple(f.attr_path.split(".")) if f.attr_path else ()
+def _finding_path(f: Finding, fm: FileModel) -> NixPath:
+    """The option path of the string holding the finding, as the model reads it (quoted names
+    unquoted, `config.` of a full-form module dropped); scan's attr_path when no string holds it."""
+    holders = [lit for lit in fm.lits if lit.node.start_byte <= f.start < lit.node.end_byte]
+    if holders:
+        path = min(holders, key=lambda lit: lit.node.end_byte - lit.node.start_byte).path
+    else:
+        path = tuple(f.attr_path.split(".")) if f.attr_path else ()
+    return path[1:] if path[:1] == ("config",) else path
 
 
-def _is_db_finding(f: Finding) -> bool:
+def _is_db_finding(f: Finding, p: NixPath) -> bool:
     from nixmig.nixsrc.patch import nixpkgs_file_sibling
 
-    p = _finding_path(f)
     if f.kind.value == "url-credential":
         return True
     if f.kind.value != "password":
@@ -534,6 +544,12 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
                 "nixmig runs the docker CLI against podman's socket: enable virtualisation.podman.dockerSocket "
                 "and install the docker client on the host",
             )
+    if db.container is not None and not _DOCKER_NAME.fullmatch(str(db.container.value)):
+        db.container = Val(
+            "CONTAINER",
+            db.container.origin,
+            f"the container's name is computed here ({comment_text(str(db.container.value))}): write the name it gets",
+        )
     # volume
     for v, where in _strings(c.fm, (*c.prefix, "volumes")):
         src, _, dest = v.partition(":")
@@ -543,23 +559,38 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
             db.notes.append(f"the data is in the bind mount {src} ({where}): no docker volume (rebuild needs one)")
         elif c.kind == "arion" and c.project:
             db.volume = Val(f"{c.project}_{src}", f"{where} (volume {src} of project {c.project}: PROJECT_VOLUME)")
-        else:
+        elif _DOCKER_NAME.fullmatch(src):
             db.volume = Val(src, f"{where} (named volume)")
     if db.volume is None and not db.notes:
         db.notes.append(f"no volume at {_DATA_DIR}/data in the repo: the image's anonymous volume holds the data")
     # database and role, as the image reads them
     user = c.env("POSTGRES_USER")
     name = c.env("POSTGRES_DB")
+    for var, found in (("POSTGRES_USER", user), ("POSTGRES_DB", name)):
+        bound = next((b for b in c.fm.binds if b.path == (*c.prefix, "environment", var)), None)
+        if found is None and bound is not None:
+            db.checks.append(
+                f"{var} is an expression at {_at(c.fm, bound.node)}, not a string: "
+                f"the {'role' if var == 'POSTGRES_USER' else 'database'} below is the image's default"
+            )
     if user is not None:
         db.role = Val(user[0], f"{user[1]} (POSTGRES_USER)")
     else:
-        db.role = Val("postgres", f"the postgres image's default (no POSTGRES_USER in {c.fm.name})")
+        db.role = Val(
+            "postgres",
+            f"the postgres image's default (no POSTGRES_USER in {c.fm.name})",
+            "the image's superuser: if the apps log in as another role, name it here",
+        )
     if name is not None:
         db.database = Val(name[0], f"{name[1]} (POSTGRES_DB)")
     elif user is not None:
         db.database = Val(user[0], f"{user[1]} (no POSTGRES_DB: the image names the database after POSTGRES_USER)")
     else:
-        db.database = Val("postgres", "the postgres image's default (no POSTGRES_DB, no POSTGRES_USER)")
+        db.database = Val(
+            "postgres",
+            "the postgres image's default (no POSTGRES_DB, no POSTGRES_USER)",
+            "the image's default database: if the apps use another one, name it here",
+        )
     if user is not None and user[0] != "postgres":
         db.admin_role = Val(user[0], f"{user[1]} (POSTGRES_USER is the image's superuser)")
     return db
@@ -570,8 +601,7 @@ def _backend(c: _Container) -> tuple[str, str] | None:
     return found
 
 
-def _native_db(fm: FileModel, f: Finding, models: Mapping[str, FileModel]) -> _Db | str:
-    p = _finding_path(f)
+def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileModel]) -> _Db | str:
     pg = [m for m in models.values() if any(b.path[:2] == ("services", "postgresql") and b.exact for b in m.binds)]
     db = _Db(
         name="postgresql",
@@ -591,11 +621,14 @@ def _native_db(fm: FileModel, f: Finding, models: Mapping[str, FileModel]) -> _D
         base = node.start_byte if node is not None else 0
 
         def line_of(m: re.Match[str]) -> str:
-            return f"{f.file}:{fm.line_col(base + len(sql[: m.start(1)].encode()))[0]}"
+            return f"{f.file}:{fm.line_col(base + len(sql[: m.start()].encode()))[0]}"
+
+        def name(m: re.Match[str]) -> str:
+            return m.group(1) or m.group(2)
 
         db.runtime = Val("native", f"{at} (services.postgresql.initialScript)")
-        db.role = Val(role.group(1), f"{line_of(role)} (CREATE ROLE in initialScript)") if role else None
-        db.database = Val(dbname.group(1), f"{line_of(dbname)} (CREATE DATABASE in initialScript)") if dbname else None
+        db.role = Val(name(role), f"{line_of(role)} (CREATE ROLE in initialScript)") if role else None
+        db.database = Val(name(dbname), f"{line_of(dbname)} (CREATE DATABASE in initialScript)") if dbname else None
         db.checks.append(
             f"the password is in SQL text ({at}, services.postgresql.initialScript): nixmig patch has no "
             "template for it (it says what to change by hand); the role's password is what apply rotates"
@@ -625,6 +658,54 @@ def _native_db(fm: FileModel, f: Finding, models: Mapping[str, FileModel]) -> _D
         )
         if port is not None:
             db.port = Val(port[0], f"{port[1]} (services.postgresql port)")
+    return db
+
+
+def _url_db(
+    fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Container], models: Mapping[str, FileModel]
+) -> _Db | None:
+    """The database a postgres:// URL with the password names: its role, database and host."""
+    from urllib.parse import unquote
+
+    from nixmig.nixsrc.patch import split_url
+
+    holders = [lit for lit in fm.lits if lit.node.start_byte <= f.start < lit.node.end_byte]
+    value = (
+        decode_string(min(holders, key=lambda lit: lit.node.end_byte - lit.node.start_byte).node) if holders else None
+    )
+    parts = split_url(value) if value else None
+    if parts is None:
+        return None
+    at = f"{f.file}:{f.line}"
+    rest = parts.suffix[1:]  # after "@"
+    host = re.split(r"[:/?#]", rest, maxsplit=1)[0]
+    path = re.split(r"[?#]", rest[len(host) :].lstrip(":0123456789"), maxsplit=1)[0].strip("/")
+    what = f"{at} ({'.'.join(p)}: a URL)"
+    role = unquote(parts.user) or "postgres"
+    db = _Db(name=f"{host or 'db'}", secret=f"{role}-db-password", file=fm.name, origin=at, runtime=Val("docker", what))
+    db.secret_origin = "named after the URL's role"  # noqa: S105 - where the name comes from
+    db.role = Val(role, f"{what}: its user")
+    db.database = Val(
+        unquote(path) or role,
+        f"{what}: its database" if path else f"{what}: no database, the role's",
+        "the database this app's URL names: any the role logs in to will do",
+    )
+    db.checks.append(f"only an app's URL names this database ({at}): its server is not defined in the repo")
+    shape = _container_shape(p)
+    local = host in ("localhost", "127.0.0.1", "::1", "") or host.startswith("%2F")
+    if shape is None and local:
+        db.runtime = Val("native", f"{what}: a local server", "is it services.postgresql on this host?")
+        db.name = f"{db.database.value}-db"
+    elif _NAME.fullmatch(host) and "." not in host and not host.replace(".", "").isdigit():
+        db.container = Val(
+            host, f"{what}: its host, the container's name on the app's network", "the container's name?"
+        )
+        db.name = host
+    else:
+        db.runtime = Val(
+            "native", what, f"the database is at {host}: on which host does it run, in a container or natively?"
+        )
+        db.name = f"{db.database.value}-db"
     return db
 
 
@@ -687,7 +768,8 @@ def draft(
     findings: list[Finding] = []
     for name, fm in models.items():
         findings += scan_source(fm.source, name).findings
-    db_findings = [f for f in findings if _is_db_finding(f)]
+    paths = {id(f): _finding_path(f, models[f.file]) for f in findings}
+    db_findings = [f for f in findings if _is_db_finding(f, paths[id(f)])]
     other = len(findings) - len(db_findings)
     if not db_findings:
         return Draft("", (), (), 0, other)
@@ -703,7 +785,7 @@ def draft(
     used: set[int] = set()
     # the databases: a container's POSTGRES_PASSWORD, a native option, initialScript
     for i, f in enumerate(db_findings):
-        p = _finding_path(f)
+        p = paths[id(f)]
         shape = _container_shape(p)
         last = p[-1].upper() if p else ""
         fm = models[f.file]
@@ -712,11 +794,11 @@ def draft(
             c = next((c for c in containers if c.fm is fm and c.prefix == shape[2]), None)
             image = c.image() if c is not None else None
             postgres = last == "POSTGRES_PASSWORD" and (image is None or _PG_IMAGE.search(image[0]) is not None)
-            mysql = last.startswith(("MARIADB_", "MYSQL_")) and "ROOT" not in last
+            mysql = last.startswith(("MARIADB_", "MYSQL_")) and image is not None and _MYSQL_IMAGE.search(image[0])
             if c is not None and (postgres or mysql):
                 result = _container_db(c, f)  # a MySQL one is said, not drafted
         elif p[:1] == ("services",) and f.kind.value == "password":
-            result = _native_db(fm, f, models)
+            result = _native_db(fm, f, p, models)
         if result is None:
             continue
         used.add(i)
@@ -725,6 +807,15 @@ def draft(
             continue
         result.password = f.value.reveal()
         dbs.append(result)
+    # a database only the apps' URLs name (its container is elsewhere, or it is another host's)
+    for i, f in enumerate(db_findings):
+        if i in used or any(d.password == f.value.reveal() for d in dbs):
+            continue
+        url = _url_db(models[f.file], f, paths[id(f)], containers, models)
+        if url is not None:
+            used.add(i)
+            url.password = f.value.reveal()
+            dbs.append(url)
     # the apps: every other finding holding the same value
     apps: dict[int, list[str]] = {}
     for i, f in enumerate(db_findings):
