@@ -486,6 +486,7 @@ def _is_db_finding(f: Finding, p: NixPath) -> bool:
     last = p[-1] if p else ""
     return (
         last.upper() in ("POSTGRES_PASSWORD", "DB_PASSWORD", "DATABASE_PASSWORD", "PGPASSWORD")
+        or (p[-2:-1] == ("environment",) and _DB_VAR.search(_PASSWORD_END.sub("", last)) is not None)
         or last.upper().startswith(("MARIADB_", "MYSQL_"))
         or "initialScript" in p
         or (nixpkgs_file_sibling(p) is not None and any(w in p for w in ("database", "db", "config")))
@@ -664,7 +665,8 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
 def _url_db(
     fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Container], models: Mapping[str, FileModel]
 ) -> _Db | None:
-    """The database a postgres:// URL with the password names: its role, database and host."""
+    """The database a postgres:// URL with the password names (its role, database and host), or
+    the one an app's variables name (DB_PASSWORD beside DB_USER, DB_HOST, DB_NAME)."""
     from urllib.parse import unquote
 
     from nixmig.nixsrc.patch import split_url
@@ -674,39 +676,83 @@ def _url_db(
         decode_string(min(holders, key=lambda lit: lit.node.end_byte - lit.node.start_byte).node) if holders else None
     )
     parts = split_url(value) if value else None
-    if parts is None:
-        return None
     at = f"{f.file}:{f.line}"
-    rest = parts.suffix[1:]  # after "@"
-    host = re.split(r"[:/?#]", rest, maxsplit=1)[0]
-    path = re.split(r"[?#]", rest[len(host) :].lstrip(":0123456789"), maxsplit=1)[0].strip("/")
-    what = f"{at} ({'.'.join(p)}: a URL)"
-    role = unquote(parts.user) or "postgres"
-    db = _Db(name=f"{host or 'db'}", secret=f"{role}-db-password", file=fm.name, origin=at, runtime=Val("docker", what))
-    db.secret_origin = "named after the URL's role"  # noqa: S105 - where the name comes from
-    db.role = Val(role, f"{what}: its user")
+    role: tuple[str, str] | None
+    database: tuple[str, str] | None
+    if parts is not None:
+        rest = parts.suffix[1:]  # after "@"
+        host = re.split(r"[:/?#]", rest, maxsplit=1)[0]
+        path = re.split(r"[?#]", rest[len(host) :].lstrip(":0123456789"), maxsplit=1)[0].strip("/")
+        what = f"{at} ({'.'.join(p)}: a URL)"
+        role = (unquote(parts.user), f"{what}: its user")
+        database = (unquote(path), f"{what}: its database") if path else None
+        where = (host, f"{what}: its host")
+    else:
+        found = _app_vars(fm, p, containers)
+        if found is None:
+            return None
+        role, database, host_var = found
+        what = f"{at} ({p[-1]})"
+        where = host_var if host_var is not None else ("", what)
+    if role is None or not role[0]:
+        return None
+    db = _Db(name="db", secret=f"{role[0]}-db-password", file=fm.name, origin=at, runtime=Val("docker", what))
+    db.secret_origin = "named after the app's role"  # noqa: S105 - where the name comes from
+    db.role = Val(role[0], role[1])
     db.database = Val(
-        unquote(path) or role,
-        f"{what}: its database" if path else f"{what}: no database, the role's",
-        "the database this app's URL names: any the role logs in to will do",
+        database[0] if database else role[0],
+        database[1] if database else f"{role[1]} (no database named: the role's)",
+        "the database this app names: any the role logs in to will do",
     )
-    db.checks.append(f"only an app's URL names this database ({at}): its server is not defined in the repo")
-    shape = _container_shape(p)
-    local = host in ("localhost", "127.0.0.1", "::1", "") or host.startswith("%2F")
-    if shape is None and local:
-        db.runtime = Val("native", f"{what}: a local server", "is it services.postgresql on this host?")
+    db.checks.append(f"only an app names this database ({at}): its server is not defined in the repo")
+    host = re.split(r":(?=\d+$)", where[0])[0]
+    local = host in ("localhost", "127.0.0.1", "::1", "") or host.startswith(("%2F", "/"))
+    if _container_shape(p) is None and local:
+        db.runtime = Val("native", f"{where[1]}: a local server", "is it services.postgresql on this host?")
         db.name = f"{db.database.value}-db"
-    elif _NAME.fullmatch(host) and "." not in host and not host.replace(".", "").isdigit():
-        db.container = Val(
-            host, f"{what}: its host, the container's name on the app's network", "the container's name?"
-        )
+    elif _DOCKER_NAME.fullmatch(host) and "." not in host:
+        db.container = Val(host, f"{where[1]}, the container's name on the app's network", "the container's name?")
         db.name = host
+    elif not host:
+        db.container = Val("CONTAINER", what, "the app does not say where its database is: name its container")
+        db.name = f"{db.database.value}-db"
     else:
         db.runtime = Val(
-            "native", what, f"the database is at {host}: on which host does it run, in a container or natively?"
+            "native", where[1], f"the database is at {host}: on which host does it run, in a container or natively?"
         )
         db.name = f"{db.database.value}-db"
     return db
+
+
+_PASSWORD_END = re.compile(r"(PASSWORD|PASSWD|PASS|PWD)$", re.IGNORECASE)
+_DB_VAR = re.compile(r"(^|_)(DB|DATABASE|POSTGRES|PG|PSQL)(_|$)", re.IGNORECASE)
+
+
+def _app_vars(
+    fm: FileModel, p: NixPath, containers: Sequence[_Container]
+) -> tuple[tuple[str, str] | None, tuple[str, str] | None, tuple[str, str] | None] | None:
+    """(role, database, host) an app container's variables beside its password variable name."""
+    shape = _container_shape(p)
+    if shape is None or len(p) < 2 or p[-2] != "environment":
+        return None
+    c = next((c for c in containers if c.fm is fm and c.prefix == shape[2]), None)
+    m = _PASSWORD_END.search(p[-1])
+    if c is None or m is None:
+        return None
+    prefix = p[-1][: m.start()].upper()
+    env: dict[str, tuple[str, str]] = {}
+    for b in c.fm.binds:
+        if b.path[:-1] == (*c.prefix, "environment") and b.exact and (v := decode_string(b.value)) is not None:
+            env[b.path[-1].upper()] = (v, f"{_at(c.fm, b.node)} ({b.path[-1]})")
+
+    def first(*suffixes: str) -> tuple[str, str] | None:
+        return next((env[prefix + s] for s in suffixes if prefix + s in env), None)
+
+    return (
+        first("USER", "USERNAME"),
+        first("NAME", "DATABASE", "DATABASE_NAME", "DB", "DBNAME"),
+        first("HOST", "HOSTNAME"),
+    )
 
 
 def _native_names(pg: Sequence[FileModel], fm: FileModel, p: NixPath, service: str) -> tuple[Val | None, Val | None]:
@@ -832,7 +878,7 @@ def draft(
         else:
             apps.setdefault(id(owner), []).append(where)
 
-    return _render(dbs, apps, unplaced, hosts, keys, skipped, other, notes)
+    return _render(dbs, apps, list(dict.fromkeys(unplaced)), hosts, keys, skipped, other, notes)
 
 
 def _unique(name: str, taken: set[str]) -> str:

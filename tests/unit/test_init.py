@@ -429,3 +429,69 @@ def test_cli_nodes_from_nix_eval_and_no_lock_file_written(tmp_path: Path) -> Non
     assert "port = 2201  # from nix eval .#deploy (node web1)" in out
     assert 'user = "ops"  # from nix eval .#deploy (node web1)' in out
     assert snapshot(root) == before  # no flake.lock, no nixmig.toml
+
+
+def _with(module: str) -> dict[str, bytes]:
+    files = repo("{ outputs = _: { }; }\n")
+    files["modules/db.nix"] = module.encode()
+    return files
+
+
+def test_a_database_only_an_app_names(tmp_path: Path) -> None:
+    """The app's variables (DB_PASS beside DB_USER, DB_HOST, DB_NAME) or its URL name the role;
+    the server is not in the repo: every key that says so is a # check:."""
+    d = draft(
+        _with("""{ ... }: {
+  virtualisation.oci-containers.containers.toot = {
+    image = "example/toot:4";
+    environment = { DB_HOST = "pg:5432"; DB_USER = "toot"; DB_NAME = "toot_prod"; DB_PASS = "t00t-pw-9"; };
+  };
+  services.vault.config.DATABASE_URL = "postgresql://vault:v4ult-pw@db.example.org/vaultdb";
+}
+""")
+    )
+    cfg = load(tmp_path, d.toml)
+    toot, vault = cfg.services["pg"], cfg.services["vaultdb-db"]
+    assert (toot.runtime, toot.container, toot.role, toot.database) == ("docker", "pg", "toot", "toot_prod")
+    assert (vault.runtime, vault.role, vault.database) == ("native", "vault", "vaultdb")
+    guessed = checked_keys(d.toml)
+    assert {"container", "database"} <= guessed["services.pg"]
+    assert {"runtime", "database"} <= guessed["services.vaultdb-db"]
+    assert "the database is at db.example.org" in d.toml
+    assert "t00t" not in d.toml and "v4ult" not in d.toml
+
+
+def test_a_mysql_client_variable_in_an_app_is_not_a_database(tmp_path: Path) -> None:
+    d = draft(
+        _with("""{ ... }: {
+  virtualisation.oci-containers.containers.cloud-db = {
+    image = "mariadb:10.5";
+    environment = { MYSQL_USER = "cloud"; MYSQL_PASSWORD = "cl0ud-pw"; };
+  };
+  virtualisation.oci-containers.containers.cloud = {
+    image = "nextcloud";
+    environment = { MYSQL_HOST = "cloud-db"; MYSQL_PASSWORD = "cl0ud-pw"; };
+  };
+}
+""")
+    )
+    assert load(tmp_path, d.toml).migrations == {}
+    assert d.toml.count("# check: not drafted: cloud-db runs mariadb:10.5") == 1
+
+
+def test_computed_names_and_expressions_are_checks_not_guesses(tmp_path: Path) -> None:
+    d = draft(
+        _with("""{ config, ... }: let svc = "forge"; in {
+  virtualisation.oci-containers.containers."${svc}-db" = {
+    image = "postgres:16";
+    environment = { POSTGRES_USER = config.forge.user; POSTGRES_PASSWORD = "f0rge-pw"; };
+  };
+}
+""")
+    )
+    cfg = load(tmp_path, d.toml)
+    (svc,) = cfg.services.values()
+    assert svc.container == "CONTAINER"
+    guessed = checked_keys(d.toml)[f"services.{next(iter(cfg.services))}"]
+    assert {"container", "role", "database"} <= guessed
+    assert "POSTGRES_USER is an expression at modules/db.nix:4" in d.toml
