@@ -706,6 +706,10 @@ def _url_db(
     )
     db.checks.append(f"only an app names this database ({at}): its server is not defined in the repo")
     host = re.split(r":(?=\d+$)", where[0])[0]
+    named = next((c for c in containers if host in (c.name, c.label)), None)
+    image = named.image() if named is not None else None
+    if image is not None and _MYSQL_IMAGE.search(image[0]):
+        return None  # the app's database is a MySQL one (said where that container is)
     local = host in ("localhost", "127.0.0.1", "::1", "") or host.startswith(("%2F", "/"))
     if _container_shape(p) is None and local:
         db.runtime = Val("native", f"{where[1]}: a local server", "is it services.postgresql on this host?")
@@ -740,6 +744,8 @@ def _app_vars(
     if c is None or m is None:
         return None
     prefix = p[-1][: m.start()].upper()
+    if prefix.startswith(("MYSQL", "MARIADB")):
+        return None
     env: dict[str, tuple[str, str]] = {}
     for b in c.fm.binds:
         if b.path[:-1] == (*c.prefix, "environment") and b.exact and (v := decode_string(b.value)) is not None:

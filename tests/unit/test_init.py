@@ -472,6 +472,10 @@ def test_a_mysql_client_variable_in_an_app_is_not_a_database(tmp_path: Path) -> 
     image = "nextcloud";
     environment = { MYSQL_HOST = "cloud-db"; MYSQL_PASSWORD = "cl0ud-pw"; };
   };
+  virtualisation.oci-containers.containers.games = {
+    image = "example/games:3";
+    environment = { DB_HOST = "cloud-db"; DB_USER = "games"; DB_PASSWD = "g4mes-pw"; };
+  };
 }
 """)
     )
