@@ -363,11 +363,21 @@ def _hosts(models: Mapping[str, FileModel], nodes: Mapping[str, EvalNode] | None
         d = _host_dir(name)
         if d is not None:
             dirs.setdefault(d, []).append(name)
+    # a directory with a configuration of its own (default.nix, configuration.nix) is a host; one
+    # holding only deeper files (hosts/server/walberla/x.nix) is a group, unless none has one
+    whole = {d for d, files in dirs.items() if any(_is_host_root(f, d) for f in files)}
     for d, files in dirs.items():
+        if whole and d not in whole and d not in hosts:
+            continue
         if d in hosts or not hosts or all(not h.nixos and not h.deploy_rs and not h.colmena for h in hosts.values()):
             h = host(d, f"{files[0]} (under {files[0].split('/')[0]}/{d}/)")
             h.roots.update(files)
     return hosts
+
+
+def _is_host_root(file: str, name: str) -> bool:
+    parts = file.split("/")
+    return (parts[-2:] in ([name, "default.nix"], [name, "configuration.nix"])) or parts[-1] == f"{name}.nix"
 
 
 def _reach(roots: set[str], edges: Mapping[str, set[str]]) -> set[str]:

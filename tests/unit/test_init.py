@@ -499,3 +499,14 @@ def test_computed_names_and_expressions_are_checks_not_guesses(tmp_path: Path) -
     guessed = checked_keys(d.toml)[f"services.{next(iter(cfg.services))}"]
     assert {"container", "role", "database"} <= guessed
     assert "POSTGRES_USER is an expression at modules/db.nix:4" in d.toml
+
+
+def test_a_directory_under_hosts_without_a_configuration_is_not_a_host(tmp_path: Path) -> None:
+    files = repo("{ outputs = _: { }; }\n", "walberla")
+    files["hosts/server/walberla/db.nix"] = files.pop("modules/db.nix")
+    files["hosts/walberla/default.nix"] = b"{ ... }: { imports = [ ../server/walberla/db.nix ]; }\n"
+    d = draft(files)
+    cfg = load(tmp_path, d.toml)
+    assert list(cfg.hosts) == ["walberla"]
+    assert cfg.services["db"].host == "walberla"
+    assert "host" not in checked_keys(d.toml)["services.db"]
