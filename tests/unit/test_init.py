@@ -510,3 +510,19 @@ def test_a_directory_under_hosts_without_a_configuration_is_not_a_host(tmp_path:
     assert list(cfg.hosts) == ["walberla"]
     assert cfg.services["db"].host == "walberla"
     assert "host" not in checked_keys(d.toml)["services.db"]
+
+
+def test_cli_json(tmp_path: Path) -> None:
+    import json
+
+    root = copy_example(tmp_path)
+    proc = run_cli("init", "--print", "--json", "--no-eval", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["written"] is False and data["file"] is None
+    assert data["migrations"] == ["twenty-db-password"] and data["checks"] == []
+    assert data["toml"] == GOLDEN.read_text()
+    assert not (root / "nixmig.toml").exists()
+    proc = run_cli("init", "--json", "--no-eval", cwd=root)
+    data = json.loads(proc.stdout)
+    assert data["written"] is True and data["file"] == str(root / "nixmig.toml") and "toml" not in data
