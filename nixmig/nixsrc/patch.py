@@ -75,6 +75,7 @@ from nixmig.nixsrc.quote import (
     store_name,
 )
 from nixmig.nixsrc.render import EnvFile, EnvLine, render_script, script_in_nix, template
+from nixmig.nixsrc.sqlpass import clauses, role_identifier
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -259,6 +260,8 @@ class _Builder:
         self.known: set[bytes] = set()  # digests of the values recognised as this migration's password
         self.db: _Db | None = None
         self.store_file: FileModel | None = None  # where a passwordFile = pkgs.writeText ... was replaced
+        self.role_units: set[str] = set()
+        self.sql_file: FileModel | None = None
         # the agenix file's owner/group (Nix expressions) when a non-root user reads it, and why
         self.owner: str | None = None
         self.group: str | None = None
@@ -670,7 +673,64 @@ class _Builder:
         if reader is not None:
             self.owner, self.owner_why = reader, f"owned by the user services.{b.path[1]} runs as, who reads it"
 
+    def sql_passwords(self, password: str | None) -> None:
+        """``services.postgresql.initialScript`` with ``CREATE/ALTER ROLE <role> ... PASSWORD '...'``: the
+        clause leaves the SQL (which stays valid) and a oneshot sets the password from the agenix
+        file after the server is up (templates/role-password.nix.j2)."""
+        for fm, b in self.all_binds():
+            if b.path != ("services", "postgresql", "initialScript") or not b.exact:
+                continue
+            node = _written_text(b.value)
+            if node is None:
+                continue
+            raw = fm.source[node.start_byte : node.end_byte]
+            for c in clauses(raw):
+                if c.role != self.spec.role or (password is not None and c.password != password) or "'" in c.password:
+                    continue  # another role's, or a value nixmig would have to unescape: the verdict says it
+                base = node.start_byte
+                self.masks.append((fm.name, base + c.value_start, base + c.value_end))
+                self.known.add(digest(c.password.encode()))
+                self.replaced.append(f"the PASSWORD of role {c.role} at {fm.where(base + c.value_start)}")
+                self.ed.add(
+                    fm,
+                    base + c.start,
+                    base + c.end,
+                    "",
+                    f"removes the literal PASSWORD of role {c.role} from services.postgresql.initialScript (a file "
+                    f"in the world-readable Nix store); the statement stays valid SQL",
+                )
+                self.role_unit(fm, b.node)
+                self.sql_file = fm
+
+    def role_unit(self, fm: FileModel, near: Node) -> None:
+        spec = self.spec
+        unit = f"nixmig-{credential_name(spec.secret)}-password"
+        if any(b.path[:3] == ("systemd", "services", unit) for _, b in self.all_binds()) or unit in self.role_units:
+            return
+        self.role_units.add(unit)
+        root = fm.root_of(near)
+        if root is None:
+            self.manual_here(fm, near, "cannot find the module's config to add the password unit to", "")
+            return
+        attrset, binding = root
+        tpl = template("role-password.nix.j2")
+        role_sql = escape_indented(role_identifier(spec.role), before_antiquote=False)
+        self.insert_path(
+            fm,
+            attrset,
+            ("systemd", "services", unit),
+            lambda attr: str(
+                tpl.unit(attr, spec.secret, nix_attr(spec.secret), spec.role, role_sql, credential_name(spec.secret))
+            ),
+            f"the oneshot {unit} sets the password of role {spec.role} from {spec.secret_on_host} after "
+            f"PostgreSQL is up, at each boot and deploy (the password is read by psql from the credential file: "
+            f"never in the store, an argv or the server's log)",
+            after=binding,
+        )
+        self.need(fm, ("config",))
+
     def scan_literals(self, password: str | None, db: _Db | None) -> None:
+        self.sql_passwords(password)
         self.store_files(password)
         siblings: list[tuple[FileModel, Lit, str, NixPath]] = []
         self._scan_literals(password, db, siblings)
@@ -1410,8 +1470,8 @@ class _Builder:
             preferred = project[0] if project else None
         if preferred is None and self.option_literal is not None:
             preferred = self.option_literal[0]
-        preferred = preferred or self.store_file
-        if db is not None or self.renderers or self.spec.module or self.option_literal or self.store_file:
+        preferred = preferred or self.store_file or self.sql_file
+        if db is not None or self.renderers or self.spec.module or self.option_literal or preferred:
             self.age_secret(preferred)
         self.password_option(renderer_files or ([preferred] if preferred else []))
         self.login_user()
@@ -1445,6 +1505,15 @@ def _printf_lines(secret: str, files: Sequence[EnvFile]) -> list[str]:
 def _store_file_content(value: Node) -> Node | None:
     """The content string of ``pkgs.writeText "name" "content"`` (``toString`` around it, parentheses),
     or None when the value is anything else."""
+    node = _written_text(value)
+    return node if node is not None and node.type == "string_expression" else None
+
+
+def _written_text(value: Node) -> Node | None:
+    """The text of ``pkgs.writeText "name" <text>`` (through toString and parentheses), or the value
+    itself when it is a string: a double-quoted or an indented string node, else None."""
+    if unparen(value).type in ("string_expression", "indented_string_expression"):
+        return unparen(value)
     node = unparen(value)
     name, args = _apply_parts(node) if node.type == "apply_expression" else ("", [])
     if name == "toString" and len(args) == 1:
@@ -1452,7 +1521,7 @@ def _store_file_content(value: Node) -> Node | None:
         name, args = _apply_parts(node) if node.type == "apply_expression" else ("", [])
     if name in ("writeText", "toFile") and len(args) == 2:
         content = unparen(args[1])
-        return content if content.type == "string_expression" else None
+        return content if content.type in ("string_expression", "indented_string_expression") else None
     return None
 
 

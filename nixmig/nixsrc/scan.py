@@ -1207,9 +1207,12 @@ def _scan_inside(data: bytes, leaf_words: Sequence[str], add: _Add, *, multiline
             if kind is None or (kind is not Kind.HASH and value.startswith("$")):
                 continue  # a shell expansion
             if regex is _ASSIGN_RE:
-                sep = data[m.end(key_group) : m.start(value_group)].strip(b"\"' \t")
+                raw_sep = data[m.end(key_group) : m.start(value_group)]
+                sep = raw_sep.strip(b"\"' \t")
                 if sep == b":" and not _ends_field(data, m.end(value_group)):
                     continue  # "password: see the docs" is prose, not YAML
+                if sep == b":" and raw_sep[:1] in (b" ", b"\t") and raw_sep.endswith(b":"):
+                    continue  # psql's variable interpolation (PASSWORD :'pw'), not a YAML key
             found((start, end), kind, rule, name.words)
     for regex, rule in ((_SQL_RE, "sql"), (_NETRC_RE, "netrc")):
         if b"password" not in low and b"identified" not in low:

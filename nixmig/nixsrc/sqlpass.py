@@ -1,0 +1,67 @@
+"""Role passwords in SQL text: ``CREATE ROLE x WITH LOGIN PASSWORD '...'``, ``ALTER USER x PASSWORD '...'``.
+
+Pure: bytes of a Nix string's source in, the password clauses out. patch removes the clause
+(`` PASSWORD '...'`` with an ``ENCRYPTED`` before it), which leaves valid SQL (``CREATE ROLE x
+WITH LOGIN;``, ``ALTER USER x WITH;`` are valid statements: the option lists may be empty),
+and sets the password from the agenix file in a oneshot instead (templates/role-password.nix.j2).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_HEAD = re.compile(rb'(?i)\b(?:CREATE|ALTER)\s+(?:ROLE|USER)\s+("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
+_CLAUSE = re.compile(rb"(?i)\s+(?:ENCRYPTED\s+)?PASSWORD\s+'((?:[^'\\\n]|'')*)'")
+
+
+@dataclass(frozen=True)
+class PasswordClause:
+    role: str  # as the server names it (unquoted: lower-cased)
+    start: int  # the clause, from the whitespace before it (offsets into the text given)
+    end: int
+    value_start: int  # the password between the quotes
+    value_end: int
+    password: str
+
+
+def _role(ident: bytes) -> str:
+    text = ident.decode("utf-8", "replace")
+    if text.startswith('"'):
+        return text[1:-1].replace('""', '"')
+    return text.lower()
+
+
+def clauses(text: bytes) -> list[PasswordClause]:
+    """Every ``PASSWORD '...'`` of a CREATE/ALTER ROLE/USER statement in ``text``.
+
+    A clause whose statement interpolates anything (``${``) or whose value is not a plain
+    literal is left out: it is not a password nixmig can move."""
+    out: list[PasswordClause] = []
+    for head in _HEAD.finditer(text):
+        stmt_end = text.find(b";", head.end())
+        stmt_end = len(text) if stmt_end == -1 else stmt_end
+        stmt = text[head.end() : stmt_end]
+        if b"${" in text[head.start() : stmt_end]:
+            continue
+        m = _CLAUSE.search(stmt)
+        if m is None:
+            continue
+        base = head.end()
+        value = m.group(1).decode("utf-8", "replace").replace("''", "'")
+        out.append(
+            PasswordClause(
+                _role(head.group(1)),
+                base + m.start(),
+                base + m.end(),
+                base + m.start(1),
+                base + m.end(1),
+                value,
+            )
+        )
+    return out
+
+
+def role_identifier(role: str) -> str:
+    """``role`` as an SQL identifier, always double-quoted (so the name is taken as written)."""
+    return '"' + role.replace('"', '""') + '"'
