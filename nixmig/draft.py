@@ -84,6 +84,7 @@ class Block:
     header: str
     notes: list[str] = field(default_factory=list)  # "# ..." lines under the header
     keys: list[tuple[str, Val]] = field(default_factory=list)
+    notes_after: list[str] = field(default_factory=list)  # "# ..." lines after the keys
 
     def add(self, key: str, val: Val | None) -> None:
         if val is not None:
@@ -520,7 +521,7 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
         secret=f.secret_name,
         file=c.fm.name,
         origin=f"{f.file}:{f.line}",
-        runtime=Val("docker", f"{c.fm.name} ({'arion' if c.kind == 'arion' else 'oci-containers'})"),
+        runtime=Val("docker", f"{_at(c.fm, _first_bind(c))} ({_KIND_WORD[c.kind]} {c.name})"),
     )
     if image is None:
         db.checks.append(f"{what}: its image is not a plain string here; check that it is PostgreSQL")
@@ -538,8 +539,7 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
                 f"the arion project's name is not in the repo: the container is PROJECT-{c.name}-1",
             )
     else:
-        b = next(b for b in c.fm.binds if b.path[: len(c.prefix)] == c.prefix)
-        db.container = Val(c.name, f"{_at(c.fm, b.node)} (virtualisation.oci-containers.containers.{c.name})")
+        db.container = Val(c.name, f"{_at(c.fm, _first_bind(c))} (virtualisation.oci-containers.containers.{c.name})")
         backend = _backend(c)
         if backend is None:
             db.docker_host = None
@@ -605,6 +605,13 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
     if user is not None and user[0] != "postgres":
         db.admin_role = Val(user[0], f"{user[1]} (POSTGRES_USER is the image's superuser)")
     return db
+
+
+_KIND_WORD = {"arion": "arion service", "oci": "oci-containers container"}
+
+
+def _first_bind(c: _Container) -> Node:
+    return next(b.node for b in c.fm.binds if b.path[: len(c.prefix)] == c.prefix)
 
 
 def _backend(c: _Container) -> tuple[str, str] | None:
@@ -1032,6 +1039,10 @@ def _render(
         ]
         mig.add("strategy", Val("rotate", "nixmig's default"))
         mig.add("deploy", _deploy([hosts[n] for n in names], several=len(names) > 1))
+        mig.notes_after = [
+            f"# a health check the app answers after the switch, e.g. [[migrations.{_key(mig_name)}.health_checks]]",
+            '# type = "http", url = "https://…/healthz" (see the README)',
+        ]
         mig_blocks.append(mig)
     host_blocks = []
     for name in used_hosts or list(hosts):
@@ -1080,6 +1091,7 @@ def _render(
                 checks.append(n.removeprefix("# check: "))
         for bk, bv in b.keys:
             out += _kv(bk, bv, checks)
+        out += [comment_text(n) for n in b.notes_after]
     checks += [f"{s} (not read)" for s in skipped] + [f"not drafted: {u}" for u in unplaced]
     migrations = tuple(b.header.removeprefix("migrations.") for b in mig_blocks)
     return Draft("\n".join(out) + "\n", tuple(checks), migrations, len(dbs) + len(unplaced), other)
