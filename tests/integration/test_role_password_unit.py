@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg  # noqa: TID251  (test, not product code)
@@ -46,7 +47,7 @@ def _sql_and_script(role: str) -> tuple[str, str]:
 
 
 @pytest.fixture
-def logged(pg: PgServer) -> PgServer:
+def logged(pg: PgServer) -> Iterator[PgServer]:
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         conn.execute("ALTER SYSTEM SET log_statement = 'all'")
         conn.execute("ALTER SYSTEM SET log_min_duration_statement = 0")

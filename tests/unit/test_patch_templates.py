@@ -123,6 +123,13 @@ def rendered_snippets() -> dict[str, str]:
         )
         + " }",
         "_renderer.nix.j2": "{ " + str(template("_renderer.nix.j2").service_config("", "u", "n", script)) + " }",
+        "role-password.nix.j2": "{ "
+        + str(
+            template("role-password.nix.j2").unit(
+                'systemd.services."nixmig-s-password"', "s", "s", 'we"ird', '"we""ird" \'\'${x}', "s"
+            )
+        )
+        + " }",
     }
 
 
