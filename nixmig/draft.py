@@ -60,7 +60,7 @@ _USER_LISTS = re.compile(r"user|admin|operator|people|person|dev|maintainer|me$"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _DOCKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # as nixmig.config checks container and volume names
 _SQL_NAME = r"(?:IF\s+NOT\s+EXISTS\s+)?(?:\\?\"([^\"\\]+)\\?\"|([A-Za-z_][A-Za-z0-9_]*))"
-_SQL_ROLE = re.compile(r"CREATE\s+(?:ROLE|USER)\s+" + _SQL_NAME, re.IGNORECASE)
+_SQL_ROLE = re.compile(r"(?:CREATE|ALTER)\s+(?:ROLE|USER)\s+" + _SQL_NAME, re.IGNORECASE)
 _SQL_DB = re.compile(r"CREATE\s+DATABASE\s+" + _SQL_NAME, re.IGNORECASE)
 _PODMAN_SOCKET = "unix:///run/podman/podman.sock"
 
@@ -633,10 +633,12 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
         while node is not None and node.type not in ("string_expression", "indented_string_expression"):
             node = node.parent
         sql = text(node) if node is not None else ""
-        role = _SQL_ROLE.search(sql)
-        dbname = _SQL_DB.search(sql)
-        at = f"{f.file}:{f.line}"
         base = node.start_byte if node is not None else 0
+        pos = len(fm.source[base : max(base, f.start)].decode("utf-8", "replace"))
+        # the role of the statement that holds the password (CREATE/ALTER ROLE name ... PASSWORD '...')
+        stmts = [m for m in _SQL_ROLE.finditer(sql) if m.start() <= pos]
+        role = stmts[-1] if stmts else _SQL_ROLE.search(sql)
+        at = f"{f.file}:{f.line}"
 
         def line_of(m: re.Match[str]) -> str:
             return f"{f.file}:{fm.line_col(base + len(sql[: m.start()].encode()))[0]}"
@@ -644,9 +646,34 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
         def name(m: re.Match[str]) -> str:
             return m.group(1) or m.group(2)
 
+        # its database: the one it owns, else the one the script creates
+        created = list(_SQL_DB.finditer(sql))
+        owned = [
+            m
+            for m in created
+            if role
+            and re.search(
+                rf"OWNER\s*=?\s*\\?\"?{re.escape(name(role))}\b",
+                sql[m.end() : m.end() + 200].split(";")[0],
+                re.IGNORECASE,
+            )
+        ]
+        dbname = owned[0] if owned else (created[0] if len(created) == 1 else None)
         db.runtime = Val("native", f"{at} (services.postgresql.initialScript)")
-        db.role = Val(name(role), f"{line_of(role)} (CREATE ROLE in initialScript)") if role else None
-        db.database = Val(name(dbname), f"{line_of(dbname)} (CREATE DATABASE in initialScript)") if dbname else None
+        db.role = (
+            Val(name(role), f"{line_of(role)} ({' '.join(role.group(0).split()[:2]).upper()} in initialScript)")
+            if role
+            else None
+        )
+        if dbname is not None:
+            check = None if owned else f"the database the script creates; is it {name(role) if role else 'the role'}'s?"
+            db.database = Val(name(dbname), f"{line_of(dbname)} (CREATE DATABASE in initialScript)", check)
+        elif role is not None:
+            db.database = Val(
+                name(role),
+                f"{line_of(role)} (named after the role)",
+                "no database in the script: which one does the role use?",
+            )
         db.checks.append(
             f"the password is in SQL text ({at}, services.postgresql.initialScript): nixmig patch has no "
             "template for it (it says what to change by hand); the role's password is what apply rotates"
@@ -873,6 +900,26 @@ def draft(
         used.add(i)
         if isinstance(result, str):
             unplaced.append(result)
+            continue
+        twin = next(
+            (
+                d
+                for d in dbs
+                if d.file == result.file
+                and d.runtime.value == "native"
+                and result.runtime.value == "native"
+                and d.database
+                and result.database
+                and d.database.value == result.database.value
+            ),
+            None,
+        )
+        if twin is not None:
+            who = f"role {result.role.value}" if result.role else "another role"
+            unplaced.append(
+                f"{result.origin}: the password of {who}, beside {twin.origin} in the same database: "
+                "a migration of its own if you move it too"
+            )
             continue
         result.password = f.value.reveal()
         dbs.append(result)
