@@ -648,16 +648,7 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
 
         # its database: the one it owns, else the one the script creates
         created = list(_SQL_DB.finditer(sql))
-        owned = [
-            m
-            for m in created
-            if role
-            and re.search(
-                rf"OWNER\s*=?\s*\\?\"?{re.escape(name(role))}\b",
-                sql[m.end() : m.end() + 200].split(";")[0],
-                re.IGNORECASE,
-            )
-        ]
+        owned = [m for m in created if role and _owner_is(sql, m, name(role))]
         dbname = owned[0] if owned else (created[0] if len(created) == 1 else None)
         db.runtime = Val("native", f"{at} (services.postgresql.initialScript)")
         db.role = (
@@ -805,6 +796,22 @@ def _app_vars(
     )
 
 
+def _owner_is(sql: str, created: re.Match[str], role: str) -> bool:
+    """Whether the CREATE DATABASE statement ``created`` gives the database to ``role`` (OWNER role)."""
+    statement = sql[created.end() : created.end() + 200].split(";")[0]
+    return re.search(rf"OWNER\s*=?\s*\\?\"?{re.escape(role)}\b", statement, re.IGNORECASE) is not None
+
+
+def _same_native_database(a: _Db, b: _Db) -> bool:
+    return (
+        a.file == b.file
+        and a.runtime.value == b.runtime.value == "native"
+        and a.database is not None
+        and b.database is not None
+        and a.database.value == b.database.value
+    )
+
+
 def _native_names(pg: Sequence[FileModel], fm: FileModel, p: NixPath, service: str) -> tuple[Val | None, Val | None]:
     """(role, database) of a nixpkgs service's database: its options, else ensureUsers/ensureDatabases."""
     parent = p[:-1]
@@ -901,19 +908,7 @@ def draft(
         if isinstance(result, str):
             unplaced.append(result)
             continue
-        twin = next(
-            (
-                d
-                for d in dbs
-                if d.file == result.file
-                and d.runtime.value == "native"
-                and result.runtime.value == "native"
-                and d.database
-                and result.database
-                and d.database.value == result.database.value
-            ),
-            None,
-        )
+        twin = next((d for d in dbs if _same_native_database(d, result)), None)
         if twin is not None:
             who = f"role {result.role.value}" if result.role else "another role"
             unplaced.append(
