@@ -697,9 +697,7 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
     return db
 
 
-def _url_db(
-    fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Container], models: Mapping[str, FileModel]
-) -> _Db | None:
+def _url_db(fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Container]) -> _Db | None:
     """The database a postgres:// URL with the password names (its role, database and host), or
     the one an app's variables name (DB_PASSWORD beside DB_USER, DB_HOST, DB_NAME)."""
     from urllib.parse import unquote
@@ -922,7 +920,7 @@ def draft(
     for i, f in enumerate(db_findings):
         if i in used or any(d.password == f.value.reveal() for d in dbs):
             continue
-        url = _url_db(models[f.file], f, paths[id(f)], containers, models)
+        url = _url_db(models[f.file], f, paths[id(f)], containers)
         if url is not None:
             used.add(i)
             url.password = f.value.reveal()
