@@ -526,3 +526,40 @@ def test_cli_json(tmp_path: Path) -> None:
     proc = run_cli("init", "--json", "--no-eval", cwd=root)
     data = json.loads(proc.stdout)
     assert data["written"] is True and data["file"] == str(root / "nixmig.toml") and "toml" not in data
+
+
+def test_colmena_hive_file_and_secrets_lists(tmp_path: Path) -> None:
+    """A hive.nix without a flake; secrets.nix elsewhere, its keys grouped in `users` and `systems`."""
+    bob = "age18550anc44kks4my3xc0n0kuu7vsuhytx6qvpc3ujm4qzy0jf033sn534j7"
+    files = {
+        "hive.nix": """{
+  meta.nixpkgs = <nixpkgs>;
+  defaults = { ... }: { };
+  db1 = { ... }: {
+    deployment.targetHost = "db1.lan";
+    imports = [ ./modules/db.nix ];
+  };
+}
+""",
+        "agenix/secrets.nix": f"""let
+  alice = "{KEY_A} alice@laptop";
+  bob = "{bob}";
+  db1 = "{KEY_H}";
+  users = [ alice bob ];
+  systems = [ db1 ];
+in
+{{ "x.age".publicKeys = users ++ systems; }}
+""",
+        "modules/db.nix": DB,
+    }
+    d = draft({k: v.encode() for k, v in files.items()})
+    cfg = load(tmp_path, d.toml)
+    assert cfg.secrets_dir == "agenix"
+    assert cfg.operator.recipients == (KEY_A, bob)  # the key without its comment
+    assert list(cfg.hosts) == ["db1"]
+    assert (cfg.hosts["db1"].address, cfg.hosts["db1"].age_recipient) == ("db1.lan", KEY_H)
+    assert cfg.services["db"].host == "db1"
+    assert cfg.migrations["db-password"].deploy == "colmena apply --on db1"
+    guessed = checked_keys(d.toml)
+    assert "recipients" not in guessed.get("operator", set())  # in a users list: no guess
+    assert "host" not in guessed["services.db"]
