@@ -665,9 +665,9 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
                 f"{line_of(role)} (named after the role)",
                 "no database in the script: which one does the role use?",
             )
-        db.checks.append(
-            f"the password is in SQL text ({at}, services.postgresql.initialScript): nixmig patch has no "
-            "template for it (it says what to change by hand); the role's password is what apply rotates"
+        db.notes.append(
+            f"the password is in SQL text ({at}, services.postgresql.initialScript): `nixmig patch --check` "
+            "shows what changes there; apply rotates the role's password on the server"
         )
     else:
         service = p[1] if len(p) > 1 and p[0] == "services" else ""
