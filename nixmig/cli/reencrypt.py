@@ -90,6 +90,14 @@ def reencrypt(
         "pos-encryption-key", "--vault-key", help="Transit key of a bare `vault` key source."
     ),
     vault_mount: str = typer.Option("transit", "--vault-mount", help="Mount path of the transit engine."),
+    vault_max_batch: int = typer.Option(
+        None,
+        "--vault-max-batch",
+        min=1,
+        show_default=False,
+        help="At most this many values per Vault batch request (default: as many as the server accepts; "
+        "a refused request is split, whatever --batch-size is).",
+    ),
     hmac_secret: str = typer.Option(
         None,
         "--hmac-secret",
@@ -143,7 +151,7 @@ def reencrypt(
         new_version=new_key_version,
         old_version=old_key_version,
         identities=tuple(identity),
-        vault=keys.VaultSettings(vault_addr or "", Secret(vault_token or ""), vault_mount),
+        vault=keys.VaultSettings(vault_addr or "", Secret(vault_token or ""), vault_mount, vault_max_batch),
         vault_key=vault_key,
     )
     keyring = keys.build_keyring(key_opts, need_old=mode is Mode.REENCRYPT)

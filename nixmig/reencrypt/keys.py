@@ -20,6 +20,7 @@ import base64
 import binascii
 import contextlib
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,11 +165,75 @@ _CAPABILITIES = {
 }
 
 
+DEFAULT_VAULT_RETRY_SECONDS = 30.0
+
+
 @dataclass(frozen=True)
 class VaultSettings:
+    """Where Vault is, and how to talk to it.
+
+    ``max_batch``: at most this many items per ``batch_input`` request (None: as many as
+    the server accepts, found by splitting a refused request). ``retry_seconds``: how long
+    an unreachable or sealed server is waited for (retrying with back-off) before the run stops.
+    """
+
     addr: str
     token: Secret
     mount: str = DEFAULT_VAULT_MOUNT
+    max_batch: int | None = None
+    retry_seconds: float = DEFAULT_VAULT_RETRY_SECONDS
+
+
+class _BatchLimit:
+    """How many items one request of a given shape may carry, learned from refusals.
+
+    Real servers cap a request's size: OpenBao refuses JSON with more than
+    ``max_request_json_strings`` strings (1,000 by default: every key and every string
+    value counts, so ~250 items with a context, ~500 without), Vault and OpenBao a body
+    larger than ``max_request_size``. A refused size halves the next try; after that the
+    size is bisected between the largest accepted and the smallest refused one, and kept
+    once they are within 1/16 of each other. ``cap`` (``--vault-max-batch``) bounds it all.
+    """
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap = cap
+        self.good = 0  # largest size accepted
+        self.bad: int | None = None  # smallest size refused
+
+    def size(self, remaining: int) -> int:
+        top = min(remaining, self.cap) if self.cap else remaining
+        if self.bad is None:
+            return top
+        if self.good and self.bad - self.good <= max(1, self.good // 16):
+            target = self.good
+        else:
+            target = (self.good + self.bad) // 2 if self.good else self.bad // 2
+        return max(1, min(top, target))
+
+    def accepted(self, n: int) -> None:
+        self.good = max(self.good, n)
+
+    def refused(self, n: int) -> None:
+        self.bad = n if self.bad is None else min(self.bad, n)
+        if self.good >= n:  # the server's limit went down (restarted with another config)
+            self.good = 0
+
+
+class _TooLarge(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _Unreachable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _too_large(message: str) -> bool:
+    low = message.lower()
+    return "high complexity" in low or "exceeded maximum number of" in low or "too large" in low
 
 
 class VaultTransit:
@@ -181,8 +246,15 @@ class VaultTransit:
             raise VaultError("no Vault address", where="--vault-addr", hint="pass --vault-addr or set VAULT_ADDR")
         if not len(settings.token):
             raise VaultError("no Vault token", where="--vault-token", hint="set VAULT_TOKEN (or --vault-token)")
+        if settings.max_batch is not None and settings.max_batch < 1:
+            raise VaultError("the batch cap must be at least 1", where="--vault-max-batch")
         self.addr = settings.addr
         self.mount = settings.mount
+        self.retry_seconds = settings.retry_seconds
+        self.max_batch = settings.max_batch
+        self._limits: dict[tuple[str, bool, bool], _BatchLimit] = {}
+        self.requests: list[int] = []  # items per batch request sent (refused ones included)
+        self.refused: list[int] = []  # items of the requests refused as too large
         self._client: Any = hvac.Client(url=settings.addr, token=settings.token.reveal_str())
 
     def read_key(self, name: str) -> dict[str, Any]:
@@ -230,30 +302,59 @@ class VaultTransit:
         return out
 
     def _batch(self, op: str, name: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Send ``items`` in as many requests as the server needs (see :class:`_BatchLimit`)."""
         if not items:
             return []
+        shape = (op, "context" in items[0], "key_version" in items[0])
+        limit = self._limits.get(shape)
+        if limit is None:
+            limit = self._limits[shape] = _BatchLimit(self.max_batch)
+        out: list[dict[str, Any]] = []
+        i = 0
+        while i < len(items):
+            n = limit.size(len(items) - i)
+            try:
+                out.extend(self._request(op, name, items[i : i + n]))
+            except _TooLarge as exc:
+                if n == 1:
+                    raise self._advice(op, name, exc.message) from None
+                limit.refused(n)
+                self.refused.append(n)
+                continue
+            limit.accepted(n)
+            i += n
+        return out
+
+    def _request(self, op: str, name: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         import hvac.exceptions  # type: ignore[import-untyped]
 
         method = "encrypt_data" if op == "encrypt" else "decrypt_data"
+        self.requests.append(len(items))
         try:
-            resp = getattr(self._client.secrets.transit, method)(name=name, batch_input=items, mount_point=self.mount)
+            resp = self._retrying(
+                lambda: getattr(self._client.secrets.transit, method)(
+                    name=name, batch_input=items, mount_point=self.mount
+                )
+            )
         except hvac.exceptions.InvalidRequest as exc:
             # Vault answers 400 when every item of a batch failed; the items still say why.
             body = exc.json if isinstance(exc.json, dict) else {}
             results = (body.get("data") or {}).get("batch_results")
             if isinstance(results, list) and len(results) == len(items):
                 return results
-            raise self._advice(op, name, _vault_message(exc)) from None
+            message = _vault_message(exc)
+            if _too_large(message):
+                raise _TooLarge(message) from None
+            raise self._advice(op, name, message) from None
         except hvac.exceptions.InvalidPath:
             raise self._advice(op, name, "not found") from None
         except hvac.exceptions.VaultError as exc:
-            raise self._advice(op, name, _vault_message(exc)) from None
-        except Exception as exc:  # requests' connection errors and the like
-            raise VaultError(
-                f"cannot reach Vault: {type(exc).__name__}",
-                where=self.addr,
-                hint="check --vault-addr / VAULT_ADDR and that Vault is unsealed",
-            ) from None
+            message = _vault_message(exc)
+            if getattr(exc, "status_code", None) == 413 or _too_large(message):
+                raise _TooLarge(message) from None
+            raise self._advice(op, name, message) from None
+        except _Unreachable as exc:
+            raise self._unreachable(exc.reason) from None
         results = resp["data"]["batch_results"]
         if len(results) != len(items):
             raise VaultError(
@@ -262,21 +363,49 @@ class VaultTransit:
             )
         return list(results)
 
+    def _retrying(self, fn: Any) -> Any:
+        """``fn()``, retried with back-off while Vault is unreachable or sealed, up to ``retry_seconds``.
+
+        Encrypt, decrypt and reading a key change nothing on the server: sending one again is harmless."""
+        import hvac.exceptions
+        import requests
+
+        deadline = time.monotonic() + self.retry_seconds
+        pause = 0.1
+        while True:
+            try:
+                return fn()
+            except hvac.exceptions.VaultDown:
+                reason = "it is sealed or not ready (503)"
+            except hvac.exceptions.VaultError:
+                raise
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                reason = f"{type(exc).__name__}"
+            except Exception as exc:  # anything else from the HTTP layer: not worth retrying
+                raise _Unreachable(type(exc).__name__) from None
+            if time.monotonic() + pause > deadline:
+                raise _Unreachable(f"{reason}, for {self.retry_seconds:g} s")
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    def _unreachable(self, reason: str) -> VaultError:
+        return VaultError(
+            f"cannot reach Vault: {reason}",
+            where=self.addr,
+            hint="check --vault-addr / VAULT_ADDR and that Vault is up and unsealed, then run again (it resumes)",
+        )
+
     def _call(self, op: str, name: str, fn: Any) -> Any:
         import hvac.exceptions
 
         try:
-            return fn(self._client.secrets.transit)
+            return self._retrying(lambda: fn(self._client.secrets.transit))
         except hvac.exceptions.InvalidPath:
             raise self._advice(op, name, "not found") from None
         except hvac.exceptions.VaultError as exc:
             raise self._advice(op, name, _vault_message(exc)) from None
-        except Exception as exc:
-            raise VaultError(
-                f"cannot reach Vault: {type(exc).__name__}",
-                where=self.addr,
-                hint="check --vault-addr / VAULT_ADDR and that Vault is unsealed",
-            ) from None
+        except _Unreachable as exc:
+            raise self._unreachable(exc.reason) from None
 
     def _advice(self, op: str, name: str, message: str) -> VaultError:
         where = f"{self.addr} {self.mount}/{'keys' if op == 'read' else op}/{name}"
@@ -296,6 +425,13 @@ class VaultTransit:
                 where=where,
                 hint=f"the token's policy lacks transit capabilities: {policy}",
             )
+        if "disallowed by policy" in low:
+            return VaultError(
+                f"Vault key {name!r} no longer decrypts this ciphertext's version (min_decryption_version)",
+                where=where,
+                hint=f"lower it while the data moves: vault write {self.mount}/keys/{name}/config "
+                "min_decryption_version=N (N: the oldest vN: in the column), then run again (it resumes)",
+            )
         if low == "not found" or "encryption key not found" in low or "no existing key" in low:
             return VaultError(
                 f"no transit key {name!r}",
@@ -307,7 +443,7 @@ class VaultTransit:
 
 def _is_fatal(err: str) -> bool:
     low = err.lower()
-    return "missing 'context'" in low or "permission denied" in low
+    return "missing 'context'" in low or "permission denied" in low or "disallowed by policy" in low
 
 
 def _vault_message(exc: Any) -> str:

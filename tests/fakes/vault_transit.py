@@ -1,4 +1,12 @@
-"""FAKE Vault transit server, for tests only: no Vault can run here.
+"""FAKE Vault transit server, for the UNIT tier only (tests/unit/test_reencrypt_keys.py).
+
+A real Vault-compatible server does run here: OpenBao (tests/harness/openbao.py), and
+every behaviour it can show is tested against it in the integration tier
+(tests/integration/test_vault_openbao.py, test_reencrypt.py): request limits and splitting,
+derived convergent keys, key versions and min_decryption_version, tokens without a
+capability, missing keys, a server restart. This fake is kept for what the real one cannot
+give the unit tier: an in-process server answering in milliseconds with no binary to start,
+for the provider's error mapping and request shapes.
 
 It speaks the subset of Vault's HTTP API that nixmig's Vault key provider uses,
 with Vault's request and response shapes, so that the real ``hvac`` client runs
