@@ -29,6 +29,7 @@ from nixmig.secrets.age import Identity, decrypt
 
 _EMPTY = hashlib.sha256(b"").hexdigest()
 _HEX = re.compile(r"^[0-9a-f]{64}$")
+_HASH = 'if [ ! -e "$1" ]; then exit 3; fi; exec sha256sum -- "$1"'
 
 
 class HostSecretError(NixmigError):
@@ -108,11 +109,11 @@ def repo_digest(ctx: Context) -> tuple[str | None, str]:
 def host_digest(ctx: Context) -> str | None:
     """sha256 of the host's file, computed there; None when it is missing or empty."""
     path = ctx.secret_on_host
-    r = ctx.t.run(["sha256sum", "--", path], check=False)
+    # exit 3: no such file (told apart by the exit code, not by a localised message)
+    r = ctx.t.run(["sh", "-c", _HASH, "sh", path], check=False)
+    if r.exit_code == 3:
+        return None
     if not r.ok:
-        err = r.stderr.decode("utf-8", "replace")
-        if "No such file" in err:
-            return None
         raise HostSecretError(f"cannot hash {path}: {r.tail()}", where=ctx.t.name, hint="nixmig reads it to compare")
     digest = r.stdout.decode("ascii", "replace").split(" ", 1)[0].lstrip("\\")
     if not _HEX.match(digest):

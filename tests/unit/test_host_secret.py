@@ -102,6 +102,9 @@ def test_compare_says_same_only_when_the_host_holds_the_repos_value(site: Site) 
     assert not hs.present and hs.differs and not hs.same
     # digests only: nothing in the result shows a value
     assert NEW not in repr(hs) and OLDER not in repr(hs)
+    (site.agenix / NAME).mkdir()  # there, but not a file it can hash: said, not taken for missing
+    with pytest.raises(hostsecret.HostSecretError, match=f"cannot hash {site.agenix / NAME}"):
+        hostsecret.compare(ctx)
 
 
 def test_without_an_identity_the_repo_value_is_unknown(site: Site) -> None:
