@@ -283,7 +283,8 @@ def check_target(ctx: Context, *, record: bool) -> None:
     if not isinstance(rec, dict) and not record:
         return
     try:
-        ctx.runtime.check(ctx.t)  # the runtime's own one-line advice when the server is not there
+        if not isinstance(rec, dict):
+            ctx.runtime.check(ctx.t)  # a first run: what preflight checks first, nothing recorded yet
         now = target.take(ctx.t, ctx.runtime)
     except NixmigError as exc:
         if not isinstance(rec, dict):
@@ -292,7 +293,8 @@ def check_target(ctx: Context, *, record: bool) -> None:
             raise target.TargetUnknown(
                 f"cannot check that this is the database of the journal's run: {exc.what}",
                 where=exc.where,
-                hint="start the database server; or --accept-target to go on without that check",
+                hint="check that the database server runs, and the service's container / socket_dir / port in "
+                "nixmig.toml; or --accept-target to go on without that check",
             ) from None
         ctx.emit(f"--accept-target: not checked ({exc.what})")
         return

@@ -356,16 +356,17 @@ class HostSide:
     runtimes: list[tuple[str, Runtime]] = field(default_factory=list)
 
 
-def check_on_host(side: HostSide, items: list[Item], *, remove: bool) -> list[str]:
+def check_on_host(side: HostSide, items: list[Item], *, remove: bool, local: Sequence[Item] = ()) -> list[str]:
     """Confirm each item's verdict against the host's facts, find scratch containers, and
-    (remove=True) remove what is still to go while holding the host's nixmig locks."""
+    (remove=True) remove what is still to go while holding the host's nixmig locks; ``local``:
+    this host's backups here, removed under those locks too (kept when they cannot be taken)."""
     from nixmig import lock
 
     errors: list[str] = []
     try:
         t = side.connect()
     except NixmigError as exc:
-        for i in items:
+        for i in [*items, *local]:
             if i.action == "remove":
                 i.action, i.reason = "keep", f"host unreachable: {exc.what}"
         return [exc.line()]
@@ -385,7 +386,7 @@ def check_on_host(side: HostSide, items: list[Item], *, remove: bool) -> list[st
                 busy = f"a nixmig run holds {side.lock_dir}/{name}.lock on {side.host}"
                 break
         if busy is not None:
-            for i in items:
+            for i in [*items, *local]:
                 if i.action == "remove":
                     i.action, i.reason = "keep", busy
         if not remove:  # listing: do not hold them
@@ -408,6 +409,7 @@ def check_on_host(side: HostSide, items: list[Item], *, remove: bool) -> list[st
                         i.error = exc.what
                     if i.error:
                         errors.append(f"{side.host}: {i.kind} {i.name}: {i.error}")
+            errors += remove_local(local)
     finally:
         for h in held:
             h.close()
@@ -558,7 +560,11 @@ def collect(
     by_host: dict[str, list[Item]] = {}
     for i in remote:
         by_host.setdefault(i.host, []).append(i)
-    reach = sides(set(by_host))
+    local: dict[str, list[Item]] = {}
+    for i in report.items:
+        local.setdefault(i.host, []).append(i)
+    reach = sides(set(by_host) | set(local))
+    unlocked = [i for h, its in local.items() if h not in reach for i in its]  # a host no longer configured
     for host in sorted(set(by_host) | set(reach)):
         items = by_host.get(host, [])
         side = reach.get(host)
@@ -568,8 +574,9 @@ def collect(
                     i.action, i.reason = "keep", f"host {host} is not in nixmig.toml"
             report.items += items
             continue
-        report.errors += check_on_host(side, items, remove=remove)
+        # this host's backups here are removed under its locks, as a run holds them (engine.locked)
+        report.errors += check_on_host(side, items, remove=remove, local=local.get(host, []))
         report.items += items
     if remove:
-        report.errors += remove_local(report.items)
+        report.errors += remove_local(unlocked)
     return report

@@ -168,6 +168,9 @@ def test_two_runs_on_one_database_cannot_run_at_once(target: Target, how: str) -
     migration = "other" if how == "second-migration" else SECRET
     host = "newton" if how == "second-migration" else "db-box"
     ops.psql(*_reach(target.repo / "nixmig.toml"), f'CREATE DATABASE "{SCRATCH_DB}";\n')
+    old_backup = other.parent / ".nixmig/backups" / host / f"{migration}-20200101T000000Z.dump.age"
+    old_backup.parent.mkdir(parents=True)
+    old_backup.write_bytes(b"age-encryption.org/v1\n")  # past retention: gc removes it, under the host's locks
     before = _verifier(target.repo / "nixmig.toml")
     ctx = engine.make_context(config.load(target.repo / "nixmig.toml"), SECRET)
     with engine.locked(ctx):  # a run of the first migration, holding its locks
@@ -184,11 +187,14 @@ def test_two_runs_on_one_database_cannot_run_at_once(target: Target, how: str) -
     items = {i["name"]: i for i in json.loads(gc.stdout)["items"]}
     assert items[SCRATCH_DB]["action"] == "keep" and not items[SCRATCH_DB]["removed"], items
     held = "/db-" if how == "host-named-differently" else f"/newton-{SECRET}.lock"  # gc takes every migration's too
-    assert "a nixmig run holds " in items[SCRATCH_DB]["reason"] and held in items[SCRATCH_DB]["reason"]
-    # released with the run: gc removes it now
+    for name in (SCRATCH_DB, str(old_backup)):
+        assert "a nixmig run holds " in items[name]["reason"] and held in items[name]["reason"], items
+    assert old_backup.exists()
+    # released with the run: gc removes them now
     gc = _run(other, "gc", "--yes", "--json")
     items = {i["name"]: i for i in json.loads(gc.stdout)["items"]}
-    assert items[SCRATCH_DB]["removed"], items
+    assert items[SCRATCH_DB]["removed"] and items[str(old_backup)]["removed"], items
+    assert not old_backup.exists()
 
 
 def _reach(cfg: Path) -> tuple[Any, Any]:
