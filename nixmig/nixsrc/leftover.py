@@ -84,7 +84,8 @@ def _related(f: Finding, source: bytes, idents: Collection[str]) -> bool:
         return True
     if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 and _scheme(source, f.start) in DB_SCHEMES:
         return True
-    return any(i and i in f.attr_path.split(".") for i in idents)
+    segments = [seg.strip('"') for seg in f.attr_path.split(".")]
+    return any(i and i in segments for i in idents)
 
 
 def _why(f: Finding, source: bytes, role: str) -> str:

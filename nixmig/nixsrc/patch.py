@@ -729,9 +729,51 @@ class _Builder:
         )
         self.need(fm, ("config",))
 
+    def etc_files(self, password: str | None) -> None:
+        """``environment.etc."app-pass".text = "..."`` read by an option as ``"/etc/app-pass"`` (a file in the
+        world-readable store): the option names the agenix file instead, and the /etc entry goes."""
+        texts: dict[str, tuple[FileModel, Bind, str]] = {}
+        for fm, b in self.all_binds():
+            if b.exact and len(b.path) == 4 and b.path[:2] == ("environment", "etc") and b.path[3] == "text":
+                value = decode_string(unparen(b.value))
+                if value is not None and (password is None or value == password):
+                    texts[b.path[2]] = (fm, b, value)
+        users = [
+            (fm, b, texts[p.removeprefix("/etc/")])
+            for fm, b in self.all_binds()
+            if b.exact
+            and len(b.path) >= 2
+            and b.path[-1].endswith("File")
+            and (p := decode_string(unparen(b.value)) or "").startswith("/etc/")
+            and p.removeprefix("/etc/") in texts
+        ]
+        if len(users) != 1 or self.option_literal is not None or self.store_file is not None:
+            return  # none, or several: the verdict lists each literal
+        fm, b, (efm, eb, value) = users[0]
+        self.known.add(digest(value.encode()))
+        self.mask_literal(efm, unparen(eb.value))
+        self.replaced.append(f"{'.'.join(eb.path)} at {efm.where(eb.value)}")
+        self.ed.add(
+            fm,
+            b.value.start_byte,
+            b.value.end_byte,
+            f"config.age.secrets.{nix_attr(self.spec.secret)}.path",
+            f"{'.'.join(b.path)} read the password from {decode_string(unparen(b.value))}, a file written into the "
+            f"world-readable Nix store: it now names the file agenix decrypts {self.spec.secret} to",
+        )
+        whole = next((x for x in efm.binds if x.exact and x.path == eb.path[:3]), None)
+        target = eb.node if whole is None else whole.node
+        self.ed.remove_binding(efm, target, f"removes /etc/{eb.path[2]}, which held the password in the Nix store")
+        self.need(fm, ("config",))
+        self.store_file = fm
+        reader = NIXPKGS_READER.get(b.path[1]) if b.path[0] == "services" else None
+        if reader is not None:
+            self.owner, self.owner_why = reader, f"owned by the user services.{b.path[1]} runs as, who reads it"
+
     def scan_literals(self, password: str | None, db: _Db | None) -> None:
         self.sql_passwords(password)
         self.store_files(password)
+        self.etc_files(password)
         siblings: list[tuple[FileModel, Lit, str, NixPath]] = []
         self._scan_literals(password, db, siblings)
         self.take_sibling(siblings)
@@ -1368,7 +1410,7 @@ class _Builder:
         used = uses_secret(self.models, spec.secret, spec.secret_on_host)
         in_use = bool(used) and declares_secret(self.models, spec.secret)
         recognised = bool(self.known) or db is not None or bool(self.renderers) or bool(self.ed.items)
-        idents = [n for n in (spec.container, spec.db_service, *spec.app_services, spec.unit) if n]
+        idents = [n for n in (spec.container, spec.db_service, *spec.app_services, spec.unit, spec.secret) if n]
         scope: set[str] | None = None
         if recognised or in_use:
             named = {posixpath.normpath(n) for n in (spec.module, spec.compose, spec.host_file) if n}
@@ -1505,14 +1547,15 @@ def _printf_lines(secret: str, files: Sequence[EnvFile]) -> list[str]:
 def _store_file_content(value: Node) -> Node | None:
     """The content string of ``pkgs.writeText "name" "content"`` (``toString`` around it, parentheses),
     or None when the value is anything else."""
-    node = _written_text(value)
+    node = _written_text(value, plain=False)
     return node if node is not None and node.type == "string_expression" else None
 
 
-def _written_text(value: Node) -> Node | None:
-    """The text of ``pkgs.writeText "name" <text>`` (through toString and parentheses), or the value
-    itself when it is a string: a double-quoted or an indented string node, else None."""
-    if unparen(value).type in ("string_expression", "indented_string_expression"):
+def _written_text(value: Node, *, plain: bool = True) -> Node | None:
+    """The text of ``pkgs.writeText "name" <text>`` (through toString and parentheses), or (``plain``)
+    the value itself when it is a string: a double-quoted or an indented string node, else None.
+    A ``*File`` option set to a plain string names a path, not a password: never ``plain`` there."""
+    if plain and unparen(value).type in ("string_expression", "indented_string_expression"):
         return unparen(value)
     node = unparen(value)
     name, args = _apply_parts(node) if node.type == "apply_expression" else ("", [])

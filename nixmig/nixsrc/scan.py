@@ -1078,6 +1078,10 @@ def _worth_a_climb(node: Node) -> bool:
             name = (last.text or b"").decode("utf-8", "replace").strip('"')
             if name in ("default", "value") or classify_name(name, plural=True) is not None:
                 return True
+            names = [(n.text or b"").decode("utf-8", "replace").strip('"') for n in ap.named_children]
+            if name == "text" and len(names) >= 2:
+                base = names[-2].rsplit("/", 1)[-1].split(".", 1)[0]
+                return classify_name(base) is not None  # environment.etc."x-admin-pass".text
             ws = words(name)
             return len(ws) > 1 and ws[-1] in _FILE_NOUNS and classify_name("_".join(ws[:-1])) is not None
         if t == "formal":
@@ -1096,6 +1100,11 @@ def _scan_string(node: Node, out: _Collector, *, every: bool = False) -> None:
     ctx = _context(node, out.memo)
     if ctx is None:
         return
+    if ctx.leaf == "text" and len(ctx.plain) >= 4 and ctx.plain[-4:-2] == ["environment", "etc"]:
+        # environment.etc."app-admin-pass".text = "...": a file in the store named for a credential
+        base = ctx.plain[-2].rsplit("/", 1)[-1].split(".", 1)[0]
+        if classify_name(base) is not None:
+            ctx = replace(ctx, leaf=base, file_content=True)
     text = _string_text(node)
     data = text.data
     taken: list[tuple[int, int]] = []
@@ -1279,6 +1288,10 @@ def _candidates(root: Node, source: bytes) -> list[Node]:
                     after = node.next_named_sibling
                     if after is not None and after.type in _STRING_TYPES:
                         found[after.id] = after  # [ "--requirepass" "..." ]
+                binding = parent.parent if parent is not None and parent.type == "attrpath" else None
+                if binding is not None and binding.type == "binding":
+                    # a quoted attribute name holds the trigger: environment.etc."app-admin-pass".text = "..."
+                    _value_strings(binding.child_by_field_name("expression"), found)
                 break
             if t == "attrpath":
                 binding = node.parent

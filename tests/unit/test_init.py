@@ -24,7 +24,22 @@ pytestmark = pytest.mark.unit
 
 GOLDEN = FIXTURES / "init" / "newton-dotfiles.toml"
 SHAPES = FIXTURES / "shapes"
-CASES = sorted(p.name for p in SHAPES.iterdir() if (p / "nixmig.toml").is_file())
+# a shape whose secret is no database password (case.json "init": "nothing"): init says so
+NOT_A_DATABASE = {
+    p.name
+    for p in SHAPES.iterdir()
+    if (p / "case.json").is_file() and '"init": "nothing"' in (p / "case.json").read_text()
+}
+CASES = sorted(p.name for p in SHAPES.iterdir() if (p / "nixmig.toml").is_file() and p.name not in NOT_A_DATABASE)
+
+
+@pytest.mark.parametrize("case", sorted(NOT_A_DATABASE))
+def test_a_shape_that_is_no_database_password_has_nothing_to_migrate(case: str) -> None:
+    proc = run_cli("init", "--print", "--no-eval", "--repo", str(SHAPES / case))
+    assert proc.returncode == 0
+    assert proc.stdout.decode().startswith("nothing to migrate: no hardcoded database password")
+
+
 KEY_A = ADMIN_PUB
 KEY_H = NEWTON_PUB
 
