@@ -143,3 +143,20 @@ def test_a_key_that_names_nothing_is_an_error_with_the_candidates(key: str, valu
     with pytest.raises(ConfigError) as exc:
         pt.plan(pt.read_sources(EXAMPLE), spec)
     assert repr(value) in str(exc.value) and said in (exc.value.hint or ""), (str(exc.value), exc.value.hint)
+
+
+def test_a_file_option_set_to_a_path_is_no_password() -> None:
+    """`adminpassFile = "/etc/x"` names a file: patch once took the path for the password, replaced it and
+    claimed success with the password (in an /etc text it did not see) left."""
+    src = {
+        "cloud.nix": b"""{ pkgs, ... }:
+{
+  environment.etc."cloud-admin".source = ./admin.txt;
+  services.nextcloud.config.adminpassFile = "/etc/cloud-admin";
+  services.keycloak.database.passwordFile = "/run/keys/kc";
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="cloud-admin-pass", role="admin"))
+    assert plan.edits == ()
+    assert plan.manual and "found no hardcoded password" in plan.manual[0].what
