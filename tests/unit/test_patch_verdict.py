@@ -153,7 +153,6 @@ def test_a_file_option_set_to_a_path_is_no_password() -> None:
 {
   environment.etc."cloud-admin".source = ./admin.txt;
   services.nextcloud.config.adminpassFile = "/etc/cloud-admin";
-  services.keycloak.database.passwordFile = "/run/keys/kc";
 }
 """
     }
