@@ -201,6 +201,22 @@ def test_a_writer_that_is_not_the_app_is_refused_during_the_freeze_and_loses_not
     are refused, so whatever it was told is committed is on the database that serves
     afterwards (before the fix: its writes during the freeze made the copy differ)."""
     r = site_for(stack, db, tmp_path / "site")
+    # and a database whose name libpq's -d would read as a connection string: copied as itself
+    odd = "dbname=default"
+    psql = [*ts.PSQL[:-6], "-U", "postgres", "-d", "postgres", "-f", "-"]
+    subprocess.run(
+        db.docker("exec", "-i", "-u", "postgres", ts.CONTAINER, *psql),
+        input=b'CREATE DATABASE "dbname=default";',
+        check=True,
+        capture_output=True,
+    )
+    into_odd = [*ts.PSQL[:-6], "-U", "postgres", "-d", "dbname='dbname=default'", "-f", "-"]
+    subprocess.run(
+        db.docker("exec", "-i", "-u", "postgres", ts.CONTAINER, *into_odd),
+        input=b"CREATE TABLE marker AS SELECT generate_series(1, 7) AS n;",
+        check=True,
+        capture_output=True,
+    )
     app = start_writer(r, writers)
     rogue = Writer(url_source=r.act.app_url, generation=r.act.generation)  # no `stopped`: app_stop misses it
     writers.append(rogue)
@@ -227,6 +243,13 @@ def test_a_writer_that_is_not_the_app_is_refused_during_the_freeze_and_loses_not
         check=True,
     ).stdout
     assert "nixmig freeze" not in hba and "host all all all" in hba
+    rows = subprocess.run(
+        db.docker("exec", "-i", "-u", "postgres", ts.CONTAINER, *into_odd),
+        input=b"SELECT current_database(), count(*) FROM marker;",
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert rows.decode().strip() == f"{odd}\t7"
 
     # rollback while both write on the new database: refused while frozen, every
     # acknowledged write copied back into the old volume
