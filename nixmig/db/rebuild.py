@@ -216,22 +216,62 @@ def copy_roles(t: Transport, old: DockerRuntime, new: DockerRuntime) -> None:
             raise RebuildError(f"copying the roles failed: {line.strip()}", where=t.name)
 
 
-def restore_argv(old: DockerRuntime, new: DockerRuntime, database: str) -> list[str]:
+@dataclass(frozen=True)
+class NewerDump:
+    """Dump with the new image's pg_dump, as PostgreSQL recommends for a major upgrade: a
+    throwaway container of that image joins the old container's PID namespace (no network)
+    and reaches the old server's unix socket as /proc/PID/root/SOCKET_DIR, as the old
+    server's own user: the same socket and login as ``docker exec -u postgres``, and the
+    freeze's TCP rule stays in force."""
+
+    image: str
+    pid: int
+    uid: str
+    socket_dir: str
+    port: str
+
+
+def newer_dump(t: Transport, old: DockerRuntime, image: str) -> NewerDump:
+    out = psql(
+        t, old, "SHOW data_directory; SHOW unix_socket_directories; SHOW port;", database="template1"
+    ).splitlines()
+    datadir, sockets, port = (ln.strip() for ln in out[:3])
+    socket_dir = next((d.strip() for d in sockets.split(",") if d.strip().startswith("/")), "")
+    if not socket_dir:
+        raise RebuildError(
+            f"{old.container}'s server has no unix socket directory (unix_socket_directories = {sockets!r})",
+            where=t.name,
+            hint="the newer pg_dump reaches the old server through its socket",
+        )
+    pid = int(read_file(t, old, f"{datadir}/postmaster.pid").split()[0])
+    uid = t.run(in_container(old, "id", "-u", stdin=False)).stdout.decode().strip()
+    return NewerDump(image, pid, uid, socket_dir, port)
+
+
+def restore_argv(old: DockerRuntime, new: DockerRuntime, database: str, newer: NewerDump | None = None) -> list[str]:
     svc = old.service
     # -Z0: the pipe stays on this host, compressing would only cost CPU during the freeze
-    dump = in_container(
-        old, "pg_dump", "-Fc", "-Z0", "--create", "-U", svc.admin_role, "-d", dbname(database), stdin=False
-    )
+    args = ("-Fc", "-Z0", "--create", "-U", svc.admin_role, "-d", dbname(database))
+    if newer is None:
+        dump = in_container(old, "pg_dump", *args, stdin=False)
+    else:
+        host = f"/proc/{newer.pid}/root{newer.socket_dir}"
+        dump = docker(
+            svc, "run", "--rm", "--pid", f"container:{old.container}", "--network", "none", "-u", newer.uid,
+            "--entrypoint", "pg_dump", newer.image, "-h", host, "-p", newer.port, *args,
+        )  # fmt: skip
     load = in_container(
         new, "pg_restore", "--create", "--exit-on-error", "-U", new.service.admin_role, "-d", dbname("template1")
     )
     return pipeline(dump, load)
 
 
-def copy_database(t: Transport, old: DockerRuntime, new: DockerRuntime, database: str) -> None:
+def copy_database(
+    t: Transport, old: DockerRuntime, new: DockerRuntime, database: str, newer: NewerDump | None = None
+) -> None:
     """Drop ``database`` in the new cluster if a previous attempt left it, then stream it over."""
     psql(t, new, f"DROP DATABASE IF EXISTS {ident(database)} WITH (FORCE);", database="template1")
-    run_pipeline(t, restore_argv(old, new, database), f"copying database {database!r}")
+    run_pipeline(t, restore_argv(old, new, database, newer), f"copying database {database!r}")
 
 
 def read_file(t: Transport, rt: DockerRuntime, path: str) -> bytes:

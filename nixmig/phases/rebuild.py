@@ -526,6 +526,7 @@ class Copy:
             Action("run", "for each database: " + " ".join(rb.restore_argv(old, new, "<db>")[2:])),
             Action("run", "pg_hba.conf and pg_ident.conf copied; ALTER SYSTEM settings replayed"),
             Action("note", "a pipe on the host: no dump file on any disk"),
+            Action("note", "to a newer major version, the dump is made by the new image's pg_dump"),
         ]
 
     def check(self, ctx: Context) -> bool:
@@ -540,9 +541,13 @@ class Copy:
             rb.refuse_connections(t, old)  # a resumed run: still refused,
             rb.terminate_clients(t, old)  # and nobody may have come back
             dbs = fp.databases(t, old)
+            prov = ctx.journal.data("provision")
+            newer = None  # a newer major: its pg_dump makes the dump (PostgreSQL's advice for upgrades)
+            if int(prov.get("new_major") or 0) > int(prov.get("old_major") or 0):
+                newer = rb.newer_dump(t, old, str(prov.get("new_image_id") or prov["new_image"]))
             rb.copy_roles(t, old, new)
             for db in dbs:
-                rb.copy_database(t, old, new, db)
+                rb.copy_database(t, old, new, db, newer)
             ops.set_password(t, new, svc.role, new_password(ctx))  # (psql connects to the service's database)
             settings = rb.copy_config(t, old, new)
         except NixmigError:
