@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nixmig import fsutil, patchstate
+from nixmig import fsutil
 from nixmig.patchstate import OriginalDamaged, PatchState, RepoChanged
 
 ORIG = b'{ config = { password = "postgres-hardcoded-1"; }; }\n'
@@ -79,10 +79,10 @@ def test_killed_between_the_digest_and_the_original(tmp_path: Path, monkeypatch:
             raise KeyboardInterrupt  # stands for the SIGKILL
         real(path, data, mode)
 
-    monkeypatch.setattr(patchstate.fsutil, "write_atomic", killed)
+    monkeypatch.setattr(fsutil, "write_atomic", killed)
     with pytest.raises(KeyboardInterrupt):
         state.keep_original("a.nix", ORIG)
-    monkeypatch.setattr(patchstate.fsutil, "write_atomic", real)
+    monkeypatch.setattr(fsutil, "write_atomic", real)
     with pytest.raises(OriginalDamaged):
         state.originals()
     state.keep_original("a.nix", ORIG)  # the next apply
