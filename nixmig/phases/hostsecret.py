@@ -166,7 +166,7 @@ def require_repo_value(ctx: Context, phase: str, error: type[NixmigError]) -> No
     raise error(
         f"{ctx.host_name}'s {hs.path} {state}: {phase} refused before changing anything, "
         "the services would get another password than the role",
-        where=f"{ctx.t.name}: {hs.path}",
+        where=ctx.t.name,
         hint=(
             "run `nixmig apply` again: stage deploys the repo's secret first"
             if reopened
