@@ -17,6 +17,8 @@ What it covers, read over the local socket (SQL on stdin, nothing written):
   the same on both sides;
 - every sequence's last value (``-`` when it was never called);
 - every relation's kind, owner and ACL, every function's owner, every constraint,
+  every table's NOT NULL columns (from pg_attribute: PostgreSQL 18 also lists them in
+  pg_constraint, as ``contype 'n'``, which 17 and older do not, so those are left out),
   schema, extension (by name: versions differ across major versions), the count of
   large objects (objects that belong to an extension are left out);
 - the cluster: databases (owner, encoding, collation, ctype, ACL, connection limit),
@@ -75,7 +77,12 @@ ORDER BY 2;
 SELECT 'constraint', n.nspname || '.' || c.conname || ' on ' || coalesce(c.conrelid::regclass::text, '-'),
        c.contype::text
 FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
-WHERE {USER_SCHEMAS} ORDER BY 2;
+WHERE {USER_SCHEMAS} AND c.contype <> 'n' ORDER BY 2;
+SELECT 'not-null', n.nspname || '.' || c.relname, string_agg(quote_ident(a.attname), ',' ORDER BY a.attnum)
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE a.attnotnull AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') AND {USER_SCHEMAS}
+  AND {NOT_EXTENSION.format(catalog="'pg_class'", oid="c.oid")}
+GROUP BY 2 ORDER BY 2;
 SELECT 'schema', n.nspname, pg_get_userbyid(n.nspowner) FROM pg_namespace n
 WHERE {USER_SCHEMAS} AND {NOT_EXTENSION.format(catalog="'pg_namespace'", oid="n.oid")} ORDER BY 2;
 SELECT 'extension', extname, '' FROM pg_extension ORDER BY 2;
