@@ -51,6 +51,7 @@ from nixmig.errors import ConfigError
 from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
 from nixmig.nixsrc.leftover import declares_secret, digest, leftovers, naming, uses_secret
+from nixmig.nixsrc.lets import let_literals, resolve
 from nixmig.nixsrc.model import (
     AttrSet,
     Bind,
@@ -75,6 +76,7 @@ from nixmig.nixsrc.quote import (
     store_name,
 )
 from nixmig.nixsrc.render import EnvFile, EnvLine, render_script, script_in_nix, template
+from nixmig.nixsrc.scan import classify_name
 from nixmig.nixsrc.sqlpass import clauses, role_identifier
 
 if TYPE_CHECKING:
@@ -258,6 +260,8 @@ class _Builder:
         self.option_paths = {p for _, p in self.option_candidates()}
         self.option_literal: tuple[FileModel, Bind, NixPath] | None = None  # `password = "..."` beside passwordFile
         self.known: set[bytes] = set()  # digests of the values recognised as this migration's password
+        self.lets = {name: let_literals(fm.root) for name, fm in models.items()}
+        self.let_used: set[tuple[str, int]] = set()  # uses of a let-bound password an edit replaces
         self.db: _Db | None = None
         self.store_file: FileModel | None = None  # where a passwordFile = pkgs.writeText ... was replaced
         self.role_units: set[str] = set()
@@ -332,7 +336,7 @@ class _Builder:
             if b.path[-1] == DB_PASSWORD_VAR + "_FILE":
                 already.append(_Db(fm, kind, name, prefix, None, None))
                 continue
-            value = decode_string(b.value)
+            value = self.value_of(fm, b.value)
             if value is None:
                 self.manual_here(
                     fm,
@@ -386,6 +390,7 @@ class _Builder:
             self.mask_literal(fm, db.bind.value)
             if db.password:
                 self.known.add(digest(db.password.encode()))
+            self.use_lets(fm, db.bind.value)
             b = db.bind
             ap = b.node.child_by_field_name("attrpath")
             assert ap is not None
@@ -614,7 +619,68 @@ class _Builder:
         self.option_literal = (fm, lit.bind, option)
         self.known.add(digest(value.encode()))
         self.handled.add((fm.name, lit.node.start_byte))
+        self.use_lets(fm, lit.node)
         self.replaced.append(f"{'.'.join(lit.path)} at {fm.where(lit.node)}")
+
+    def value_of(self, fm: FileModel, node: Node) -> str | None:
+        """The string ``node`` is: a literal, a let-bound literal, or a string only let literals fill."""
+        found = resolve(node, self.lets[fm.name])
+        return found[0] if found is not None else None
+
+    def use_lets(self, fm: FileModel, node: Node) -> None:
+        """An edit replaces ``node``: the let variables it read are used once less."""
+        found = resolve(node, self.lets[fm.name])
+        for v in found[1] if found is not None else ():
+            self.let_used.add((fm.name, v.start_byte))
+
+    def bare_variables(self, password: str | None, siblings: list[tuple[FileModel, Lit, str, NixPath]]) -> None:
+        """``DB_PASSWORD = dbPassword;`` (a let-bound password): as if the literal were written there."""
+        if password is None:
+            return
+        for fm, b in self.all_binds():
+            node = unparen(b.value)
+            if node.type != "variable_expression" or (fm.name, node.start_byte) in self.handled:
+                continue
+            if self.value_of(fm, node) != password:
+                continue
+            lit = Lit(b.path, node, b.exact, b)
+            if self.bare_in_env(fm, lit):
+                continue
+            if (sibling := nixpkgs_file_sibling(b.path)) is not None and b.exact:
+                siblings.append((fm, lit, password, sibling))
+
+    def drop_lets(self) -> None:
+        """A let-bound password: masked; its binding removed when every use of it was replaced, else each
+        use left is said (the literal stays, so the tree is not called patched)."""
+        for name, lets in self.lets.items():
+            fm = self.models[name]
+            for let in lets.values():
+                if digest(let.value.encode()) not in self.known:
+                    continue
+                if classify_name(let.name) is None:
+                    continue  # `dbUser = "app"` when the password is "app" too: a name (the verdict sees the rest)
+                left = [u for u in let.uses if (name, u.start_byte) not in self.let_used]
+                self.mask_literal(fm, let.literal)
+                if not left:
+                    self.ed.remove_binding(
+                        fm,
+                        let.binding,
+                        f"removes {let.name}, the hardcoded password every use of which now reads "
+                        f"the agenix secret {self.spec.secret}",
+                    )
+                    continue
+                for u in left:
+                    line, col = fm.line_col(u.start_byte)
+                    self.manual.append(
+                        Manual(
+                            name,
+                            line,
+                            col,
+                            f"{let.name} (the hardcoded password, bound at {fm.where(let.binding)}) is used here in a "
+                            f"shape nixmig has no edit for: the binding stays until this use reads the secret",
+                            "",
+                        )
+                    )
 
     def take_sibling(self, found: list[tuple[FileModel, Lit, str, NixPath]]) -> None:
         """A nixpkgs option with a file sibling (``database.password`` beside ``passwordFile``): the
@@ -776,6 +842,7 @@ class _Builder:
         self.etc_files(password)
         siblings: list[tuple[FileModel, Lit, str, NixPath]] = []
         self._scan_literals(password, db, siblings)
+        self.bare_variables(password, siblings)
         self.take_sibling(siblings)
 
     def _scan_literals(
@@ -784,7 +851,7 @@ class _Builder:
         for fm, lit in self.all_lits():
             if (fm.name, lit.node.start_byte) in self.handled:
                 continue
-            value = decode_string(lit.node)
+            value = self.value_of(fm, lit.node)
             if value is None:
                 continue
             url = split_url(value, password)
@@ -983,6 +1050,7 @@ class _Builder:
             + (f", connecting as {self.spec.login_role} (dual-role)" if self._new_login else ""),
         )
         self.handled.add((fm.name, lit.node.start_byte))
+        self.use_lets(fm, lit.node)
         self.replaced.append(f"{line.var} at {fm.where(lit.node)}")
         r.literals.append(f"{line.var} at {fm.where(lit.node)}")
         self.ensure_env_file(fm, kind, name, prefix, env_path, lit)
@@ -1107,6 +1175,7 @@ class _Builder:
             f"lands in the world-readable Nix store: the unit reads it from {env_path} (EnvironmentFile)",
         )
         self.handled.add((fm.name, lit.node.start_byte))
+        self.use_lets(fm, lit.node)
         self.replaced.append(f"{line.var} at {fm.where(lit.node)}")
         r.literals.append(f"{line.var} at {fm.where(lit.node)}")
 
@@ -1478,7 +1547,8 @@ class _Builder:
         )
 
     def mask_literal(self, fm: FileModel, node: Node) -> None:
-        self.masks.append((fm.name, node.start_byte + 1, node.end_byte - 1))
+        if node.type in ("string_expression", "indented_string_expression"):  # (a let variable holds no value)
+            self.masks.append((fm.name, node.start_byte + 1, node.end_byte - 1))
 
     def mask_url(self, fm: FileModel, node: Node, value: str, url: UrlParts) -> None:
         raw = fm.text(node)[1:-1]
@@ -1531,6 +1601,7 @@ class _Builder:
                         "",
                     )
                 )
+        self.drop_lets()
         self.verdict(db)
         self.ed.items = settle(self.ed.items, {name: fm.source for name, fm in self.models.items()})
         edits = tuple(sorted(self.ed.items, key=lambda e: (e.file, e.start, e.end)))

@@ -1073,7 +1073,7 @@ def _worth_a_climb(node: Node) -> bool:
         if t == "binding":
             ap = parent.child_by_field_name("attrpath")
             last = ap.named_children[-1] if ap is not None and ap.named_child_count else None
-            if last is None:
+            if ap is None or last is None:
                 return False
             name = (last.text or b"").decode("utf-8", "replace").strip('"')
             if name in ("default", "value") or classify_name(name, plural=True) is not None:

@@ -1,0 +1,107 @@
+"""A password bound once in a ``let`` and used many times (``let pw = "..."; in { ... = pw; }``).
+
+Pure: a parsed file in, its let-bound string literals and their uses out, and the value of an
+expression that only a let literal makes a string (``pw``, ``"postgres://u:${pw}@db/x"``).
+patch replaces each use it has an edit for, and removes the binding only when no use is left;
+a use it cannot replace is said, with its line (the literal stays, and so does the refusal).
+A name bound in two lets of one file, or shadowed by a function argument, is not resolved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nixmig.nixsrc.model import attr_names, decode_string, unparen
+from nixmig.nixsrc.parse import text
+
+if TYPE_CHECKING:
+    from tree_sitter import Node
+
+
+@dataclass(frozen=True)
+class LetLiteral:
+    name: str
+    binding: Node  # `name = "value";`
+    literal: Node  # the string
+    value: str
+    uses: tuple[Node, ...]  # every `name` the file reads (variable_expression nodes)
+
+
+def _walk(node: Node) -> Iterator[Node]:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(n.named_children))
+
+
+def _formal_names(root: Node) -> set[str]:
+    out: set[str] = set()
+    for n in _walk(root):
+        if n.type == "formal":
+            name = n.child_by_field_name("name")
+            if name is not None:
+                out.add(text(name))
+        elif n.type == "function_expression":
+            universal = n.child_by_field_name("universal")
+            if universal is not None:
+                out.add(text(universal))
+    return out
+
+
+def let_literals(root: Node) -> dict[str, LetLiteral]:
+    """Every ``name = "literal";`` of a let in the file, with its uses; ambiguous names left out."""
+    found: dict[str, list[tuple[Node, Node, str]]] = {}
+    for n in _walk(root):
+        if n.type != "let_expression":
+            continue
+        for bset in (c for c in n.named_children if c.type == "binding_set"):
+            for b in bset.named_children:
+                if b.type != "binding":
+                    continue
+                ap, ex = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
+                if ap is None or ex is None or ap.named_child_count != 1:
+                    continue
+                lit = unparen(ex)
+                value = decode_string(lit)
+                if value is not None and value:
+                    found.setdefault(attr_names(ap)[0], []).append((b, lit, value))
+    shadowed = _formal_names(root)
+    variables: dict[str, list[Node]] = {}
+    for n in _walk(root):
+        if n.type == "variable_expression":
+            variables.setdefault(text(n), []).append(n)
+    return {
+        name: LetLiteral(name, b, lit, value, tuple(variables.get(name, ())))
+        for name, hits in found.items()
+        if len(hits) == 1 and name not in shadowed
+        for b, lit, value in hits
+    }
+
+
+def resolve(node: Node, lets: dict[str, LetLiteral]) -> tuple[str, list[Node]] | None:
+    """The string ``node`` evaluates to when only let literals are interpolated, with the variable
+    nodes it read; None when anything else is interpolated or it is no string."""
+    node = unparen(node)
+    if node.type == "variable_expression":
+        let = lets.get(text(node))
+        return (let.value, [node]) if let is not None else None
+    if node.type != "string_expression":
+        return None
+    out: list[str] = []
+    used: list[Node] = []
+    for c in node.named_children:
+        if c.type == "interpolation":
+            inner = [x for x in c.named_children if x.type != "comment"]
+            if len(inner) != 1 or inner[0].type != "variable_expression" or text(inner[0]) not in lets:
+                return None
+            out.append(lets[text(inner[0])].value)
+            used.append(inner[0])
+        elif c.type == "string_fragment":
+            out.append(text(c))
+        elif c.type == "escape_sequence":
+            ch = text(c)[1:]
+            out.append({"n": "\n", "r": "\r", "t": "\t"}.get(ch, ch))
+    return "".join(out), used
