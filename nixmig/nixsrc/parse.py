@@ -24,9 +24,43 @@ def _parser() -> Parser:
     return Parser(Language(tree_sitter_nix.language()))
 
 
+_PIPE = re.compile(rb"\|>|<\|")
+_IN_TEXT = frozenset({"string_fragment", "comment", "string_expression", "indented_string_expression"})
+
+
 def parse(source: bytes) -> Tree:
-    """Parse Nix source. The tree may contain ERROR / MISSING nodes; see :func:`first_error`."""
-    return _parser().parse(source)
+    """Parse Nix source. The tree may contain ERROR / MISSING nodes; see :func:`first_error`.
+
+    The grammar predates Nix's pipe operators (``xs |> map f``, ``f <| x``): a file that only
+    parses with them is parsed with each operator read as ``++`` (same length, so every offset
+    and every string stays as written; an operator inside a string or comment is left alone)."""
+    tree = _parser().parse(source)
+    if not tree.root_node.has_error or _PIPE.search(source) is None:
+        return tree
+    return _parse_with_pipes(source) or tree
+
+
+def _parse_with_pipes(source: bytes) -> Tree | None:
+    spots = [m.start() for m in _PIPE.finditer(source)]
+    buf = bytearray(source)
+    for i in spots:
+        buf[i : i + 2] = b"++"
+    tree = _parser().parse(bytes(buf))
+    if tree.root_node.has_error:
+        return None
+    restored = False
+    for i in spots:
+        node: Node | None = tree.root_node.descendant_for_byte_range(i, i + 2)
+        while node is not None and node.type != "interpolation" and node.type not in _IN_TEXT:
+            node = node.parent
+        if node is not None and node.type in _IN_TEXT:
+            buf[i : i + 2] = source[i : i + 2]
+            restored = True
+    if restored:
+        tree = _parser().parse(bytes(buf))
+        if tree.root_node.has_error:
+            return None
+    return tree
 
 
 @dataclass(frozen=True)
