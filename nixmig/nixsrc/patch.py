@@ -1315,12 +1315,20 @@ class _Builder:
                 )
             )
             return
-        root = fm.roots[-1]
         existing = [b for b in fm.binds if b.exact and b.path[:2] == ("age", "secrets")]
-        if existing:
-            r = fm.root_of(existing[-1].node)
-            if r is not None:
-                root = r[0]
+        root = self.age_root(fm, existing)
+        if root is None:
+            self.manual.append(
+                Manual(
+                    fm.name,
+                    1,
+                    1,
+                    f"every config block of {fm.name} that could hold age.secrets.{spec.secret} is conditional "
+                    f"(lib.mkIf, if) and none holds this service: nixmig will not guess which; add it by hand",
+                    self.age_snippet(fm, ("age", "secrets", spec.secret)),
+                )
+            )
+            return
         age_file = posixpath.join(posixpath.normpath(spec.secrets_dir), spec.secret + ".age")
         rel = posixpath.relpath(age_file, posixpath.dirname(fm.name) or ".")
         path_expr = nix_path(rel)
@@ -1335,6 +1343,20 @@ class _Builder:
             self._insert_age(fm, root, spec, tpl, path_expr, age_file, after)
         finally:
             self.ed.staging = False
+
+    def age_root(self, fm: FileModel, existing: Sequence[Bind]) -> Node | None:
+        """Where age.secrets.NAME goes in ``fm``: the config block that holds this service (what the plan
+        edits there), else an unconditional block (the one with the other age.secrets first), never a
+        `lib.mkIf` block of something else; None when every block is conditional and none is this one's."""
+        edited = [e.start for e in self.ed.items if e.file == fm.name]
+        related = [r for r in fm.roots if any(r.start_byte <= at < r.end_byte for at in edited)]
+        if related:
+            return related[-1]
+        free = [r for r in fm.roots if not _conditional(r)]
+        with_age = [r for r in free if any(_in(b.node, r) for b in existing)]
+        if with_age or free:
+            return (with_age or free)[-1]
+        return None
 
     def _insert_age(
         self, fm: FileModel, root: Node, spec: Spec, tpl: Any, path_expr: str, age_file: str, after: Node | None
@@ -1651,6 +1673,20 @@ def _env_words(name: str) -> set[str]:
 
 def _db_words(name: str) -> bool:
     return bool(_env_words(name) & {"db", "database", "pg", "postgres", "postgresql", "psql", "sql"})
+
+
+def _conditional(node: Node) -> bool:
+    """The attrset is a `lib.mkIf COND { ... }` (or an `if` branch, `optionalAttrs`) somewhere up its chain."""
+    cur = node.parent
+    while cur is not None:
+        if cur.type == "apply_expression":
+            name, _ = _apply_parts(cur)
+            if name in ("mkIf", "optionalAttrs"):
+                return True
+        elif cur.type == "if_expression":
+            return True
+        cur = cur.parent
+    return False
 
 
 def _holding(line: EnvLine) -> str:
