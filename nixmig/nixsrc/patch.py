@@ -1539,20 +1539,70 @@ class _Builder:
         self.manual.append(Manual(fm.name, line, col, what, snippet))
 
     def generic_snippet(self, path: NixPath, line: EnvLine | None = None) -> str:
-        """For a shape without a template: the systemd pattern, with the names guessed from the path."""
+        """For a shape without a template: what nixmig would write, for the unit that really starts the
+        service (docker-/podman-NAME for an oci container, arion-PROJECT, the service's own unit) and
+        the container's own option (environmentFiles, env_file); names guessed from the path."""
         spec = self.spec
-        unit = (
-            path[2] if path[:2] == ("systemd", "services") and len(path) > 2 else (path[1] if len(path) > 1 else "UNIT")
-        )
-        line = line or EnvLine(path[-1] if path else "PASSWORD", "", "")
-        files = [EnvFile(f"/run/{unit}/{spec.secret}.env", (line,))]
+        line = line or EnvLine(path[-1] if path else "PASSWORD", "", "", raw=True)
+        if not line.prefix and not line.raw:
+            line = dataclasses.replace(line, raw=True)
         note = (
             "# remove the literal, then either point the option at the file agenix decrypts (if the module\n"
             f"# has a *File option): config.age.secrets.{nix_attr(spec.secret)}.path\n"
-            "# or render an EnvironmentFile at start from a credential, as nixmig does for systemd units:\n"
+            "# or render an env file at start from the agenix file, as nixmig does:\n"
         )
-        if not line.prefix:
-            note += "# (a bare password, not a URL: the line below then writes it percent-encoded; adapt it)\n"
+        shape = _container_shape(path[:-2]) if len(path) >= 3 and path[-2] == "environment" else None
+        if shape is not None:
+            kind, name, prefix = shape
+            files = [EnvFile(f"/run/{name}/{spec.secret}.env", (line,))]
+            script = script_in_nix(
+                spec.secret, Antiquote(f"lib.escapeShellArg config.age.secrets.{nix_attr(spec.secret)}.path"), files
+            )
+            paths = [f.path for f in files]
+            if kind == "oci":
+                tpl = template("oci-containers.nix.j2")
+                unit_seg = '"${config.virtualisation.oci-containers.backend}-' + nix_escape(name) + '"'
+                return (
+                    note
+                    + str(tpl.environment_files(nix_attrpath((*prefix, "environmentFiles")), paths))
+                    + "\n"
+                    + str(
+                        tpl.unit(
+                            f"systemd.services.{unit_seg}.serviceConfig",
+                            name,
+                            name,
+                            paths,
+                            store_name(f"{name}-{spec.secret}-env"),
+                            script,
+                        )
+                    )
+                )
+            project = prefix[3] if prefix[:3] == ("virtualisation", "arion", "projects") else "PROJECT"
+            unit = f"arion-{project}"
+            tpl = template("arion-service.nix.j2")
+            return (
+                note
+                + f"# (the unit that starts the project: {unit}, or its serviceName)\n"
+                + str(tpl.env_file(nix_attrpath((*prefix, "env_file")), paths))
+                + "\n"
+                + str(
+                    tpl.unit(
+                        f"systemd.services.{nix_attr(unit)}.serviceConfig",
+                        unit,
+                        name,
+                        paths,
+                        store_name(f"{name}-{spec.secret}-env"),
+                        script,
+                    )
+                )
+            )
+        if path[:2] == ("systemd", "services") and len(path) > 2:
+            unit = path[2]
+        elif path[:1] == ("services",) and len(path) > 1:
+            unit = path[1]  # the service's own unit, in most nixpkgs modules
+        else:
+            unit = "UNIT"
+        files = [EnvFile(f"/run/{unit}/{spec.secret}.env", (line,))]
         cred = credential_name(spec.secret)
         script = script_in_nix(spec.secret, credential_word(cred), files)
         return note + str(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from nixmig.errors import ConfigError
 from nixmig.nixsrc import patch as pt
+from nixmig.nixsrc import validate
 from nixmig.nixsrc.scan import scan_source
 from tests.helpers import EXAMPLE, copy_example, run_cli, snapshot
 
@@ -159,3 +161,34 @@ def test_a_file_option_set_to_a_path_is_no_password() -> None:
     plan = pt.plan(src, pt.Spec(secret="cloud-admin-pass", role="admin"))
     assert plan.edits == ()
     assert plan.manual and "found no hardcoded password" in plan.manual[0].what
+
+
+def test_a_by_hand_snippet_names_the_containers_real_unit_and_option() -> None:
+    """An oci container's literal nixmig leaves (here: not in app_services) gets a snippet for the unit that
+    starts it (docker-/podman-NAME through the backend option) and its environmentFiles, never
+    `systemd.services.oci-containers`; the snippet is Nix a module can hold."""
+    src = {
+        "box.nix": b"""{ config, lib, pkgs, ... }:
+{
+  virtualisation.oci-containers.containers.db = {
+    image = "postgres:16";
+    environment.POSTGRES_PASSWORD = "pw-for-db-1";
+  };
+  virtualisation.oci-containers.containers.web = {
+    image = "example/web:1";
+    environment.DATABASE_URL = "postgres://postgres:pw-for-db-1@db/web";
+  };
+  virtualisation.oci-containers.containers.api = {
+    image = "example/api:1";
+    environment.DATABASE_URL = "postgres://postgres:pw-for-db-1@db/api";
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="db-pw", container="db", app_services=("api",)))
+    (m,) = [m for m in plan.manual if m.line == 9]
+    assert '"${config.virtualisation.oci-containers.backend}-web"' in m.snippet
+    assert "virtualisation.oci-containers.containers.web.environmentFiles" in m.snippet
+    assert "systemd.services.oci-containers" not in m.snippet and "pw-for-db-1" not in m.snippet
+    if shutil.which("nix-instantiate"):
+        validate.check_all({"s.nix": ("{ config, lib, pkgs, ... }: {\n" + m.snippet + "\n}\n").encode()}, use_nix=True)
