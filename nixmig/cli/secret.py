@@ -50,6 +50,15 @@ def new(
         help="Read the secret from stdin instead of generating one (to move a secret that is "
         "hardcoded today). Exactly one trailing newline is stripped, so `echo pw |` works.",
     ),
+    from_source: str | None = typer.Option(
+        None,
+        "--from",
+        metavar="FILE:LINE[:COL]",
+        help="Take the value a Nix file hardcodes today (where `nixmig scan` finds it) instead of "
+        "generating one: for a secret that cannot be rotated now (MySQL/MariaDB, a token). The value "
+        "is never printed; it has been public in the repo's history: rotate it when you can.",
+        show_default=False,
+    ),
     like: str | None = typer.Option(None, "--like", help="Copy the publicKeys expression of this entry as written."),
     recipient: list[str] | None = typer.Option(
         None, "--recipient", "-r", help="Add this public key (ssh-ed25519, ssh-rsa, age1…); repeatable."
@@ -66,7 +75,17 @@ def new(
     from nixmig.secrets import generate, store
 
     rules_path, cfg = _rules(repo, config)
-    if stdin:
+    taken = None
+    if from_source is not None and stdin:
+        from nixmig.errors import UsageError
+
+        raise UsageError("--from and --stdin exclude each other", hint="the value comes from one place")
+    if from_source is not None:
+        from nixmig.secrets import fromsource
+
+        taken = fromsource.take(from_source, rules_path.parent.parent)
+        value = taken.value
+    elif stdin:
         if sys.stdin.isatty():
             typer.echo("Enter the secret, then Ctrl-D:", err=True)
         value = generate.from_stdin(sys.stdin.buffer.read())
@@ -91,11 +110,19 @@ def new(
                 "secrets_nix_edited": result.rules_edited,
                 "replaced": result.replaced,
                 "recipients": [r.text for r in result.recipients],
+                "from": taken.where if taken is not None else None,
             }
         )
         return
     verb = "replaced" if result.replaced else "wrote"
-    typer.echo(f"{verb} {rel} ({len(value)} characters, {len(result.recipients)} recipients)")
+    origin = f", the value hardcoded at {taken.where}" if taken is not None else ""
+    typer.echo(f"{verb} {rel} ({len(value)} characters{origin}, {len(result.recipients)} recipients)")
+    if taken is not None:
+        typer.echo(
+            f"note: that value has been public in the repository's history ({taken.where}): rotate it once the "
+            f"service reads {result.name} (for a database: `nixmig apply`; else the service's own way)",
+            err=True,
+        )
     if result.rules_edited:
         typer.echo(f'{rules_path}: "{result.name}".publicKeys = {result.expression};')
 
