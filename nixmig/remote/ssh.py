@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import logging
 import selectors
 import shutil
 import socket
@@ -36,6 +37,10 @@ from nixmig.remote.base import (
     stdin_bytes,
 )
 from nixmig.sensitive import Secret
+
+# paramiko logs a reset connection at ERROR from its thread; without a handler Python's
+# last resort prints that to stderr, a second line beside nixmig's own (--debug still shows it)
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 # OpenSSH's ServerAliveInterval / ServerAliveCountMax: a keepalive after KEEPALIVE seconds
@@ -259,7 +264,7 @@ class SshTransport:
                 f"{shown}: its SSH session closed without an exit status (the session or the command was killed)",
                 where=self.name,
             )
-        cause = getattr(transport, "lost", None) or "closed by the host or the network"
+        cause = getattr(transport, "lost", None) or _cause(transport.saved_exception)
         when = "while running" if started else "before"
         return ConnectionLost(f"the connection to {self.label} was lost ({cause}) {when} {shown}", where=self.name)
 
@@ -406,6 +411,10 @@ class SshTransport:
         thread.start()
         try:
             yield folder, port
+        except Exception as exc:
+            if not transport.is_active():  # what failed through it failed for that reason
+                raise self._lost(what, transport, None) from exc
+            raise
         finally:
             stop.set()
             with contextlib.suppress(OSError):
@@ -425,6 +434,13 @@ class SshTransport:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _cause(exc: BaseException | None) -> str:
+    """Why paramiko's transport thread ended, in a few words."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return "closed by the host or the network"
 
 
 def _socket_dir() -> str:

@@ -73,9 +73,10 @@ def test_forward_is_a_private_unix_socket(sshd: SshServer, pg: PgServer) -> None
         t.close()
 
 
-def _query_then(t: SshTransport, pg: PgServer, lose: Any) -> tuple[BaseException | None, float]:
+def _query_then(t: SshTransport, pg: PgServer, lose: Any, *, handled: bool) -> tuple[BaseException | None, float]:
     """Through the forward, a 60 s query (a reencrypt batch's stand-in) during which ``lose()``
-    drops the connection: (what the forward's block raised, seconds from the loss to it)."""
+    drops the connection: (what the forward's block raised, seconds from the loss to it).
+    ``handled``: the block catches psycopg's error, else it leaves the block (as reencrypt's does)."""
     outcome: dict[str, Any] = {}
 
     def work() -> None:
@@ -85,8 +86,8 @@ def _query_then(t: SshTransport, pg: PgServer, lose: Any) -> tuple[BaseException
                 with contextlib.closing(psycopg.connect(**args)) as conn:  # type: ignore[arg-type]
                     conn.execute("SELECT 1")
                     outcome["ready"] = time.monotonic()
-                    with contextlib.suppress(psycopg.OperationalError):  # the server is gone for it
-                        conn.execute("SELECT pg_sleep(60)")
+                    with contextlib.suppress(*([psycopg.OperationalError] if handled else [])):
+                        conn.execute("SELECT pg_sleep(60)")  # the server is gone for it
         except BaseException as exc:
             outcome["error"] = exc
         outcome["ended"] = time.monotonic()
@@ -108,10 +109,11 @@ def _query_then(t: SshTransport, pg: PgServer, lose: Any) -> tuple[BaseException
 def test_a_cut_during_a_query_through_the_forward_ends_it(sshd: SshServer, pg: PgServer) -> None:
     t = SshTransport.connect(host_for(sshd), label="newton")
     try:
-        error, secs = _query_then(t, pg, lambda: ssh_cut.cut(sshd.port, client_port(t)))
+        error, secs = _query_then(t, pg, lambda: ssh_cut.cut(sshd.port, client_port(t)), handled=False)
         assert secs < 5, secs
         assert isinstance(error, ConnectionLost), error
         assert "the connection to newton was lost" in error.line() and "the forward to " in error.line()
+        assert isinstance(error.__cause__, psycopg.OperationalError)  # what failed in the block: the cause
     finally:
         t.close()
 
@@ -125,7 +127,7 @@ def test_a_silent_link_during_a_query_through_the_forward_ends_it(
     host = replace(host_for(sshd), port=link.port, known_hosts=str(known))
     t = SshTransport.connect(host, label="newton", keepalive=1.0, keepalive_count=3)
     try:
-        error, secs = _query_then(t, pg, link.freeze)
+        error, secs = _query_then(t, pg, link.freeze, handled=True)
         assert secs < 8, secs
         assert isinstance(error, ConnectionLost), error
         assert "no answer from it for" in error.line()
