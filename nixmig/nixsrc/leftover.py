@@ -92,7 +92,10 @@ def _why(f: Finding, source: bytes, role: str) -> str:
     ws = set(words(f.attr_path)) if f.attr_path else set()
     scheme = _scheme(source, f.start) if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 else ""
     if ws & _MYSQL or scheme in _MYSQL or scheme == "mysql2":
-        return "a MySQL/MariaDB credential: nixmig rotates PostgreSQL roles only"
+        return (
+            "a MySQL/MariaDB credential: nixmig cannot rotate it; move it with a migration of its own "
+            '(strategy = "move": `nixmig secret new NAME --from FILE:LINE` keeps its value)'
+        )
     if f.rule == "sql":
         return "a password inside SQL text (an initialScript or a script): nixmig has no edit for it"
     if f.rule in ("assignment", "flag", "config-line"):

@@ -86,6 +86,7 @@ if TYPE_CHECKING:
 
 DB_PASSWORD_VAR = "POSTGRES_PASSWORD"  # noqa: S105 - a variable name
 URL_SCHEMES = ("postgres", "postgresql")
+MYSQL_SCHEMES = ("mysql", "mariadb", "mysql2")
 
 
 # ---------------------------------------------------------------- what to do
@@ -117,6 +118,22 @@ class Spec:
     # strategy dual-role: the role the services connect as from now on (the env file's URLs
     # and the module's `user` option beside the password option); None: `role`, unchanged
     login_role: str | None = None
+    # the migration's strategy: "move" keeps the value (no rotation), so the images nixmig cannot
+    # rotate (MySQL, MariaDB) can be patched too
+    strategy: str = "rotate"
+
+    @property
+    def db_vars(self) -> tuple[str, ...]:
+        """The database image variables holding this migration's password."""
+        if self.strategy != "move":
+            return (DB_PASSWORD_VAR,)
+        if self.role == "root":
+            return (DB_PASSWORD_VAR, "MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD")
+        return (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD")
+
+    @property
+    def url_schemes(self) -> tuple[str, ...]:
+        return URL_SCHEMES + (MYSQL_SCHEMES if self.strategy == "move" else ())
 
     @property
     def secret_on_host(self) -> str:
@@ -159,6 +176,7 @@ def spec_for(cfg: Config, migration: str, *, new_volume: str | None = None, new_
         new_volume=new_volume if mig.strategy == "rebuild" else None,
         new_image=new_image if mig.strategy == "rebuild" else None,
         login_role=new_role_for(mig, svc) if mig.strategy == "dual-role" else None,
+        strategy=mig.strategy,
     )
 
 
@@ -225,6 +243,9 @@ class _Db:
     prefix: NixPath  # path of the service's/container's attrset that holds environment, volumes
     bind: Bind | None  # POSTGRES_PASSWORD = "..." (None when already a file)
     password: str | None
+    var: str = (
+        "POSTGRES_PASSWORD"  # the image's variable (MYSQL_PASSWORD, MARIADB_ROOT_PASSWORD ... with strategy move)
+    )
 
 
 @dataclass(eq=False)
@@ -322,9 +343,11 @@ class _Builder:
     def find_db(self) -> _Db | None:
         found: list[_Db] = []
         already: list[_Db] = []
+        wanted = self.spec.db_vars
         for fm, b in self.all_binds():
-            if not b.exact or not b.path or b.path[-1] not in (DB_PASSWORD_VAR, DB_PASSWORD_VAR + "_FILE"):
+            if not b.exact or not b.path or b.path[-1].removesuffix("_FILE") not in wanted:
                 continue
+            var = b.path[-1].removesuffix("_FILE")
             shape = _container_shape(b.path[:-2]) if b.path[-2:-1] == ("environment",) else None
             if shape is None:
                 continue
@@ -333,8 +356,10 @@ class _Builder:
                 continue
             if self.spec.db_service and name != self.spec.db_service:
                 continue
-            if b.path[-1] == DB_PASSWORD_VAR + "_FILE":
-                already.append(_Db(fm, kind, name, prefix, None, None))
+            if var != DB_PASSWORD_VAR and not self._user_is_role(fm, prefix, var):
+                continue  # MYSQL_PASSWORD of another user than the migration's role
+            if b.path[-1].endswith("_FILE"):
+                already.append(_Db(fm, kind, name, prefix, None, None, var))
                 continue
             value = self.value_of(fm, b.value)
             if value is None:
@@ -345,7 +370,7 @@ class _Builder:
                     self.db_snippet(kind, prefix),
                 )
                 continue
-            found.append(_Db(fm, kind, name, prefix, b, value))
+            found.append(_Db(fm, kind, name, prefix, b, value, var))
         # one pick over both: once the database is patched (POSTGRES_PASSWORD_FILE), an app container
         # that also sets POSTGRES_PASSWORD must not become "the database" on the next run
         both = found + already
@@ -359,6 +384,14 @@ class _Builder:
             return found[0]
         already = self._pick(already) if len(already) > 1 else already
         return already[0] if already else None
+
+    def _user_is_role(self, fm: FileModel, prefix: NixPath, var: str) -> bool:
+        """MYSQL_PASSWORD is MYSQL_USER's (MARIADB_ same): this migration's only when that user is its role;
+        a root password is root's."""
+        if "ROOT" in var:
+            return self.spec.role == "root"
+        user = self._bind_at(fm, (*prefix, "environment", var.replace("PASSWORD", "USER")))
+        return user is not None and self.value_of(fm, user.value) == self.spec.role
 
     def _pick(self, dbs: list[_Db]) -> list[_Db]:
         c = self.spec.container
@@ -395,20 +428,25 @@ class _Builder:
             ap = b.node.child_by_field_name("attrpath")
             assert ap is not None
             last = ap.named_children[-1]
-            new = str(tpl.password_file_env(DB_PASSWORD_VAR + "_FILE", spec.secret_in_container))
+            new = str(tpl.password_file_env(db.var + "_FILE", spec.secret_in_container))
             name, _, rest = new.partition(" = ")
             self.ed.add(
                 fm,
                 last.start_byte,
                 b.node.end_byte,
                 name + fm.source[last.end_byte : b.value.start_byte].decode() + rest,
-                f"replaces the hardcoded {DB_PASSWORD_VAR} of the {db.name} container: the image reads the "
+                f"replaces the hardcoded {db.var} of the {db.name} container: the image reads the "
                 f"password from {spec.secret_in_container} (a read-only bind mount of the agenix file) when it "
-                f"initialises the data directory; the password of the existing role is changed by `nixmig apply` "
-                f"(ALTER ROLE), since the image ignores both variables once the data directory exists",
+                f"initialises the data directory; "
+                + (
+                    "strategy move keeps the value, so the existing user's password is unchanged"
+                    if spec.strategy == "move"
+                    else "the password of the existing role is changed by `nixmig apply` (ALTER ROLE), since the "
+                    "image ignores both variables once the data directory exists"
+                ),
             )
             self.handled.add((fm.name, b.value.start_byte))
-            self.replaced.append(f"{DB_PASSWORD_VAR} at {fm.where(b.value)}")
+            self.replaced.append(f"{db.var} at {fm.where(b.value)}")
         elif not self._file_var_is_ours(db):
             return  # POSTGRES_PASSWORD_FILE points somewhere else: the user's own setup
         self.container_user(db)
@@ -439,7 +477,7 @@ class _Builder:
 
     def _file_var_is_ours(self, db: _Db) -> bool:
         for b in db.fm.binds:
-            if b.path == (*db.prefix, "environment", DB_PASSWORD_VAR + "_FILE"):
+            if b.path == (*db.prefix, "environment", db.var + "_FILE"):
                 return decode_string(b.value) == self.spec.secret_in_container
         return False
 
@@ -854,7 +892,7 @@ class _Builder:
             value = self.value_of(fm, lit.node)
             if value is None:
                 continue
-            url = split_url(value, password)
+            url = split_url(value, password, self.spec.url_schemes)
             if url is not None and self._is_ours(url, password, db):
                 if self._other_project(fm, lit, db):
                     self.notes.append(
@@ -898,7 +936,7 @@ class _Builder:
             value = decode_string(lit.node)
             if value is None:
                 continue
-            url = split_url(value)
+            url = split_url(value, schemes=self.spec.url_schemes)
             if url is not None and unquote(url.user) == self.spec.role and url.host in hosts:
                 values.add(unquote(url.password))
         for fm, b in self.all_binds():
@@ -932,7 +970,7 @@ class _Builder:
             if self.spec.app_services and name not in self.spec.app_services:
                 return False
             if self._other_project(fm, lit, self.db) or (
-                lit.path[-1] == DB_PASSWORD_VAR and self._is_server(fm, prefix)
+                lit.path[-1] in self.spec.db_vars and self._is_server(fm, prefix)
             ):
                 return False  # another project's, or another database server that has the same password
             self.mask_literal(fm, lit.node)
@@ -949,7 +987,8 @@ class _Builder:
         """The container runs a PostgreSQL server image (its own POSTGRES_PASSWORD initialises it)."""
         image = self._bind_at(fm, (*prefix, "image"))
         value = decode_string(unparen(image.value)) if image is not None else None
-        return value is not None and any(w in value.lower() for w in ("postgres", "postgis", "pgvecto", "timescale"))
+        servers = ("postgres", "postgis", "pgvecto", "timescale", "mysql", "mariadb", "percona")
+        return value is not None and any(w in value.lower() for w in servers)
 
     def _other_project(self, fm: FileModel, lit: Lit, db: _Db | None) -> bool:
         """The literal is in an arion service of another project than the database's."""
@@ -1857,7 +1896,7 @@ _SCHEME = re.compile(r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://
 _USERINFO = re.compile(r"(?P<user>[^:@/?#\s]*):(?P<pw>[^@/?#\s]*)@(?P<host>[^:/?#\s]*)")
 
 
-def split_url(value: str, password: str | None = None) -> UrlParts | None:
+def split_url(value: str, password: str | None = None, schemes: Sequence[str] = URL_SCHEMES) -> UrlParts | None:
     """The first postgres:// URL with a password in its userinfo, split around the password.
 
     The URL may sit inside a longer string (``embedded``). With ``password`` given,
@@ -1865,7 +1904,7 @@ def split_url(value: str, password: str | None = None) -> UrlParts | None:
     right) is found and split around it too.
     """
     for m in _SCHEME.finditer(value):
-        if m.group("scheme").split("+")[0].lower() not in URL_SCHEMES:
+        if m.group("scheme").split("+")[0].lower() not in schemes:
             continue
         start, rest = m.start(), m.end()
         if password:

@@ -192,3 +192,39 @@ def test_a_by_hand_snippet_names_the_containers_real_unit_and_option() -> None:
     assert "systemd.services.oci-containers" not in m.snippet and "pw-for-db-1" not in m.snippet
     if shutil.which("nix-instantiate"):
         validate.check_all({"s.nix": ("{ config, lib, pkgs, ... }: {\n" + m.snippet + "\n}\n").encode()}, use_nix=True)
+
+
+MARIADB = b"""{ config, lib, pkgs, ... }:
+{
+  virtualisation.oci-containers.containers.wiki-db = {
+    image = "mariadb:11";
+    environment = {
+      MARIADB_USER = "wiki";
+      MARIADB_PASSWORD = "wiki-pw-7";
+      MARIADB_ROOT_PASSWORD = "root-pw-9";
+    };
+  };
+  virtualisation.oci-containers.containers.wiki = {
+    image = "example/wiki:2";
+    environment.DB_PASSWD = "wiki-pw-7";
+    environment.DATABASE_URL = "mysql://wiki:wiki-pw-7@wiki-db/wiki";
+  };
+}
+"""
+
+
+def test_strategy_move_patches_a_mariadb_user_and_its_apps_and_says_the_root_password() -> None:
+    src = {"wiki.nix": MARIADB}
+    rotate = pt.plan(src, pt.Spec(secret="wiki-db", role="wiki", container="wiki-db"))
+    assert rotate.edits == () and {m.line for m in rotate.manual if "MySQL/MariaDB" in m.what} == {7, 8, 14}
+    plan = pt.plan(src, pt.Spec(secret="wiki-db", role="wiki", container="wiki-db", strategy="move"))
+    out = plan.results(src)["wiki.nix"].decode()
+    assert 'MARIADB_PASSWORD_FILE = "/run/secrets/wiki-db";' in out
+    assert '"/run/agenix/wiki-db:/run/secrets/wiki-db:ro"' in out
+    assert "wiki-pw-7" not in out and "environmentFiles" in out
+    # the root password is another user's: left, and said with its line
+    assert [(m.line, "MySQL/MariaDB" in m.what) for m in plan.manual] == [(8, True)]
+    root = pt.plan(src, pt.Spec(secret="wiki-root", role="root", container="wiki-db", strategy="move"))
+    assert 'MARIADB_ROOT_PASSWORD_FILE = "/run/secrets/wiki-root";' in root.results(src)["wiki.nix"].decode()
+    if shutil.which("nix-instantiate"):
+        validate.check_all(plan.results(src), use_nix=True)
