@@ -931,14 +931,16 @@ class _Builder:
         (``FORGEJO__database__USER`` / ``..._PASSWD``, ``PAPERLESS_DBUSER`` / ``PAPERLESS_DBPASS``).
         One value, or None (several values: nothing is guessed)."""
         hosts = {"localhost", "127.0.0.1", "::1"} | {n for n in (self.spec.container, self.spec.db_service) if n}
-        values: set[str] = set()
+        near: set[str] = set()
+        far: set[str] = set()  # on another host (the database runs elsewhere): used when no near one is
         for _fm, lit in self.all_lits():
             value = decode_string(lit.node)
             if value is None:
                 continue
             url = split_url(value, schemes=self.spec.url_schemes)
-            if url is not None and unquote(url.user) == self.spec.role and url.host in hosts:
-                values.add(unquote(url.password))
+            if url is not None and unquote(url.user) == self.spec.role:
+                (near if url.host in hosts else far).add(unquote(url.password))
+        values = near or far
         for fm, b in self.all_binds():
             if not b.exact or len(b.path) < 2 or b.path[-2] != "environment" or not _db_words(b.path[-1]):
                 continue
@@ -1013,7 +1015,7 @@ class _Builder:
         url = self.as_login_role(url)
         var = lit.path[-1] if lit.path else ""
         shape = _container_shape(lit.path[:-2]) if len(lit.path) >= 2 and lit.path[-2] == "environment" else None
-        systemd = _systemd_shape(lit.path)
+        systemd = _systemd_shape(lit.path) or _env_option_shape(lit.path)
         problem = None
         if lit.bind is None or not lit.exact:
             problem = "not bound directly to an environment variable"
@@ -1200,7 +1202,10 @@ class _Builder:
         assert lit.bind is not None
         key = ("systemd", fm.name, unit)
         if key not in self.renderers:
-            anchor = self._bind_containing(fm, ("systemd", "services", unit))
+            try:
+                anchor = self._bind_containing(fm, ("systemd", "services", unit))
+            except PatchError:  # services.X.config.VAR: the unit is configured by its module
+                anchor = lit.bind.node
             self.renderers[key] = _Renderer(key, "systemd", fm, anchor, unit, unit, unit)
         r = self.renderers[key]
         env_path = self.env_path(r)
@@ -1862,6 +1867,17 @@ def _container_shape(prefix: NixPath) -> tuple[str, str, NixPath] | None:
 
 def _project_key(fm: FileModel, prefix: NixPath) -> tuple[str, str]:
     return (fm.name, prefix[3] if prefix[:3] == ("virtualisation", "arion", "projects") else "")
+
+
+# nixpkgs modules whose `config` attrs are the service's environment: VAR there can come from an
+# EnvironmentFile of the service's unit instead (the module sets Environment=, the file adds to it)
+NIXPKGS_ENV_CONFIG: dict[str, str] = {"vaultwarden": "vaultwarden"}
+
+
+def _env_option_shape(path: NixPath) -> str | None:
+    if len(path) == 4 and path[0] == "services" and path[2] == "config" and path[1] in NIXPKGS_ENV_CONFIG:
+        return NIXPKGS_ENV_CONFIG[path[1]]
+    return None
 
 
 def _systemd_shape(path: NixPath) -> str | None:
