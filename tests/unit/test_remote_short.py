@@ -9,7 +9,7 @@ from nixmig.remote.base import ConnectionLost, short
 def test_a_sh_wrapper_is_named_by_what_it_runs() -> None:
     script = "set -e; " * 40 + 'exec "$@"'
     shown = short(["sh", "-c", script, "sh", "docker", "exec", "db", "pg_dump", "-Fc", "-d", "dbname=default"])
-    assert shown == "sh -c … sh docker exec db pg_dump -Fc -d dbname=default"
+    assert shown == "sh -c '…' sh docker exec db pg_dump -Fc -d dbname=default"
 
 
 def test_a_long_command_keeps_its_head_and_tail() -> None:
