@@ -25,7 +25,9 @@ DEFAULT_CONFIG = "nixmig.toml"
 NIXMIG_SECRET_ENV = frozenset({"VAULT_TOKEN", "ENCRYPTION_HMAC_SECRET"})
 
 Runtime = Literal["docker", "native"]
-Strategy = Literal["rotate", "rebuild", "dual-role"]
+# move: keep the secret's current value (a database nixmig cannot rotate, or no database at all):
+# the deploys and the health checks only, no database change
+Strategy = Literal["rotate", "rebuild", "dual-role", "move"]
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,7 @@ def _cross_check(cfg: Config, where: str) -> None:
     _check_names(cfg, where)
     for name, svc in cfg.services.items():
         _check_service_hosts(cfg, name, svc, where)
-        if svc.runtime == "docker" and not svc.container:
+        if svc.runtime == "docker" and not svc.container and not _only_moved(cfg, name):
             raise ConfigError(f'services.{name}.container: required when runtime = "docker"', where=where)
     for name, mig in cfg.migrations.items():
         if mig.service not in cfg.services:
@@ -319,8 +321,37 @@ def _cross_check(cfg: Config, where: str) -> None:
             if hc.type == "command" and not hc.command:
                 raise ConfigError(f"{key}.command: required for a command check", where=where)
         _check_new_role(name, mig, cfg.services[mig.service], where)
+        _check_move(name, mig, where)
         _check_reencrypt(cfg, name, mig, where)
         _check_deploy_env(cfg, name, mig, where)
+
+
+def _only_moved(cfg: Config, service: str) -> bool:
+    """Every migration of this service is a move (no database is reached: host is enough)."""
+    strategies = {m.strategy for m in cfg.migrations.values() if m.service == service}
+    return strategies == {"move"}
+
+
+# what strategy "move" never uses: each logs in to, stops or copies the database
+_NOT_FOR_MOVE = (
+    ("reencrypt", "re-encrypting columns logs in to the database"),
+    ("app_stop", 'only used with strategy = "rebuild"'),
+    ("app_start", 'only used with strategy = "rebuild"'),
+)
+
+
+def _check_move(name: str, mig: Migration, where: str) -> None:
+    """strategy = "move" keeps the value and changes no database: the keys of a database
+    step are refused (new_volume, new_image and new_role are refused for it as for others)."""
+    if mig.strategy != "move":
+        return
+    for k, why in _NOT_FOR_MOVE:
+        if getattr(mig, k) is not None:
+            raise ConfigError(
+                f'migrations.{name}.{k}: strategy "move" changes no database ({why})',
+                where=where,
+                hint='remove it, or use a strategy that rotates the password ("rotate", "dual-role", "rebuild")',
+            )
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

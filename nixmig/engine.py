@@ -1,6 +1,7 @@
 """Runs a migration's phases against its journal: lock, resume, rollback.
 
-apply:    take the locks (the migration's, its database's) and read the journal under them;
+apply:    take the locks (the migration's, its database's; strategy move, which reaches no
+          database: the host configuration's) and read the journal under them;
           check the target is the one the journal's run was on (nixmig.target); for each
           phase in order, skip it if the journal says done, else ask the facts (phase.check)
           and journal it done if they already hold, else run it and journal it done. A run
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from nixmig import lock, target
 from nixmig.config import Config, Migration
@@ -55,6 +56,10 @@ def phases_for(strategy: str, migration: Migration | None = None) -> list[Phase]
             from nixmig.phases import rebuild
 
             return rebuild.phases()
+        case "move":
+            from nixmig.phases import move
+
+            return move.phases()
         case _:
             raise UsageError(
                 f"strategy {strategy!r} is not implemented yet", hint='use strategy = "rotate" in nixmig.toml'
@@ -259,7 +264,7 @@ def locked(ctx: Context) -> Iterator[None]:
     mig_lock = f"{ctx.host_name}-{ctx.name}"
     held = [lock.acquire(ctx.t, ctx.host.lock_dir, mig_lock, holder_text=who, guards=f"migration {ctx.name}")]
     try:
-        name, what = target.lock_name(ctx.t, ctx.runtime)
+        name, what = _lock_name(ctx)
         held.append(lock.acquire(ctx.t, ctx.host.lock_dir, name, holder_text=who, guards=what))
         ctx.journal = ctx.journal.reload()
         ctx.extra[_LOCKED] = True
@@ -268,6 +273,36 @@ def locked(ctx: Context) -> Iterator[None]:
         ctx.extra.pop(_LOCKED, None)
         for h in reversed(held):
             h.close()
+
+
+# strategy move reaches no database: its second lock is the host's configuration (the lock
+# directory is on the host, so one name is one lock per host, however the config names it)
+MOVE_LOCK = "host-config"
+
+
+def _lock_name(ctx: Context) -> tuple[str, str]:
+    """The lock beside the migration's: the database's, or for move the host's configuration
+    (two moves on one host never deploy at once)."""
+    strategy = ctx.migration.strategy
+    match strategy:
+        case "move":
+            return MOVE_LOCK, f"the configuration of {ctx.host_name} (strategy move)"
+        case "rotate" | "dual-role" | "rebuild":
+            return target.lock_name(ctx.t, ctx.runtime)
+        case _:
+            assert_never(strategy)
+
+
+def _take(ctx: Context) -> target.Identity:
+    """The target's identity now: the database's, or for move the host's alone (no psql)."""
+    strategy = ctx.migration.strategy
+    match strategy:
+        case "move":
+            return target.take_host(ctx.t)
+        case "rotate" | "dual-role" | "rebuild":
+            return target.take(ctx.t, ctx.runtime)
+        case _:
+            assert_never(strategy)
 
 
 def check_target(ctx: Context, *, record: bool) -> None:
@@ -283,9 +318,9 @@ def check_target(ctx: Context, *, record: bool) -> None:
     if not isinstance(rec, dict) and not record:
         return
     try:
-        if not isinstance(rec, dict):
+        if not isinstance(rec, dict) and ctx.migration.strategy != "move":
             ctx.runtime.check(ctx.t)  # a first run: what preflight checks first, nothing recorded yet
-        now = target.take(ctx.t, ctx.runtime)
+        now = _take(ctx)
     except NixmigError as exc:
         if not isinstance(rec, dict):
             return  # a first run: nothing done yet; preflight says what is wrong (_record before any change)
@@ -304,10 +339,11 @@ def check_target(ctx: Context, *, record: bool) -> None:
         return
     refusal, note = target.compare(rec, now)
     if refusal is not None and not accept:
+        thing = "host" if ctx.migration.strategy == "move" else "database"
         raise target.TargetChanged(
             f"the journal of {ctx.name} belongs to another target: {refusal}; nothing was done",
             where=ctx.journal.path,
-            hint="point nixmig.toml back at the database of the first apply; if this is that database "
+            hint=f"point nixmig.toml back at the {thing} of the first apply; if this is that {thing} "
             "(moved, restored), run again with --accept-target to record it",
         )
     if refusal is not None:
@@ -322,7 +358,7 @@ def check_target(ctx: Context, *, record: bool) -> None:
 def _record(ctx: Context) -> None:
     """The target's identity in the journal before the first step that may change it."""
     if not isinstance(ctx.journal.meta.get("target"), dict):
-        ctx.journal.meta["target"] = target.take(ctx.t, ctx.runtime).record()
+        ctx.journal.meta["target"] = _take(ctx).record()
         ctx.journal.save()
 
 
@@ -333,7 +369,7 @@ def _observe(ctx: Context) -> None:
     if not isinstance(rec, dict):
         return
     try:
-        now = target.take(ctx.t, ctx.runtime)
+        now = _take(ctx)
     except NixmigError:
         return
     if target.learn(rec, now):

@@ -38,7 +38,7 @@ class TargetUnknown(NixmigError):
 @dataclass(frozen=True)
 class Identity:
     host: str | None  # "ssh-ed25519 SHA256:…", or "machine-id …" (local transport); None: unknown
-    cluster: str  # pg_control_system().system_identifier
+    cluster: str | None  # pg_control_system().system_identifier; None: no database (strategy move)
     container: str | None = None  # docker: the container's name ...
     container_id: str | None = None  # ... and its ID
 
@@ -46,7 +46,7 @@ class Identity:
         """What the journal keeps (meta["target"]) at the first apply."""
         return {
             "host": self.host,
-            "clusters": [self.cluster],
+            "clusters": [self.cluster] if self.cluster is not None else [],
             "container": self.container,
             "container_ids": [self.container_id] if self.container_id else [],
         }
@@ -74,6 +74,11 @@ def take(t: Transport, rt: Runtime) -> Identity:
     return Identity(host_identity(t), out, container, container_id)
 
 
+def take_host(t: Transport) -> Identity:
+    """The host alone, for a migration that reaches no database (strategy move): no psql."""
+    return Identity(host_identity(t), None)
+
+
 def host_identity(t: Transport) -> str | None:
     """The SSH host key the connection verified; for the local transport, /etc/machine-id."""
     client = getattr(t, "_client", None)  # nixmig.remote.ssh.SshTransport's paramiko client
@@ -94,7 +99,7 @@ def compare(recorded: dict[str, Any], now: Identity) -> tuple[str | None, str | 
     if recorded.get("host") and now.host and recorded["host"] != now.host:
         changed.append(f"the host's key is {now.host}, the journal's run was on {recorded['host']}")
     clusters = [str(c) for c in recorded.get("clusters") or []]
-    if clusters and now.cluster not in clusters:
+    if clusters and now.cluster is not None and now.cluster not in clusters:
         changed.append(
             f"the cluster's system_identifier is {now.cluster}, the journal's run was on {' or '.join(clusters)}"
         )
@@ -121,7 +126,7 @@ def learn(recorded: dict[str, Any], now: Identity) -> bool:
         return False
     changed = False
     clusters = recorded.setdefault("clusters", [])
-    if now.cluster not in clusters:
+    if now.cluster is not None and now.cluster not in clusters:
         clusters.append(now.cluster)
         changed = True
     ids = recorded.setdefault("container_ids", [])

@@ -20,6 +20,8 @@ def _sides(cfg: Any, migrations: list[str], on_host: bool, only: str | None) -> 
     def sides(journal_hosts: set[str]) -> dict[str, gc.HostSide]:
         runtimes: dict[str, list[tuple[str, Any]]] = {}
         for m in migrations:
+            if cfg.migrations[m].strategy == "move":
+                continue  # no database: no database lock, no scratch target (its lock is in `locks`)
             svc_name = cfg.migrations[m].service
             for h in cfg.targets(svc_name):
                 if h in cfg.hosts:

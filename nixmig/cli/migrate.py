@@ -216,7 +216,11 @@ def _plan_rows(steps: list[Any]) -> list[dict[str, Any]]:
 
 def _print_plan(ctx: Any, steps: list[Any]) -> None:
     where = f"{ctx.host_name} (on-host)" if ctx.on_host else ctx.host_name
-    typer.echo(f"migration {ctx.name}: {ctx.service.role}@{ctx.runtime.describe()} on {where}")
+    if ctx.migration.strategy == "move":
+        what = f"secret {ctx.migration.secret}, strategy move (the value stays, no database is changed)"
+    else:
+        what = f"{ctx.service.role}@{ctx.runtime.describe()}"
+    typer.echo(f"migration {ctx.name}: {what} on {where}")
     for i, s in enumerate(steps, 1):
         typer.echo(f"{i}. {s.phase} [{s.state}] — {s.title}")
         for a in s.actions:

@@ -75,7 +75,9 @@ def _verifier(cfg_path: Path) -> str:
 
 def _sysid(cfg_path: Path) -> str:
     ctx = engine.make_context(config.load(cfg_path), SECRET)
-    return identity.take(ctx.t, ctx.runtime).cluster
+    cluster = identity.take(ctx.t, ctx.runtime).cluster
+    assert cluster is not None  # take reads it with psql (None only for take_host)
+    return cluster
 
 
 def test_resume_and_rollback_refuse_another_cluster(target: Target, other_cluster: Target) -> None:

@@ -1,0 +1,183 @@
+"""strategy move: the service moves onto the agenix secret with its current value.
+
+For a secret nixmig cannot rotate (a MySQL/MariaDB password today) or that is no database
+password at all (an API token, a redis password, a k3s token): `nixmig secret new NAME
+--from FILE:LINE` has put the value the Nix file hardcodes into NAME.age, and the phases are
+the deploys and the checks only, with NO database change (no query, no backup, no ALTER):
+
+- preflight: secrets.nix lists NAME.age, encrypted to the host's key, and an identity here
+  decrypts it (verify compares digests); nothing on the host;
+- stage (nixmig.phases.deploy.Stage): deploys the config that declares age.secrets.NAME; in
+  effect only when the host's /run/agenix/NAME holds the repo's value (digests compared);
+- switch: refuses, changing nothing, when the host's file is not the repo's value (stage is
+  reopened: apply again deploys it first); else deploys the patched config (the services read
+  the secret); no server log mark;
+- verify: the host's file holds the repo's value (digests, never the value) and the
+  migration's health checks pass.
+
+Rollback: the repo's original files back and a deploy (switch's and stage's undo).
+
+The value has been public in the repository's history: the plan and the end of apply say
+so, and how to rotate it (``ROTATE_LATER``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from nixmig.phases import hostsecret
+from nixmig.phases.base import Action, Context, Phase
+from nixmig.phases.deploy import Stage, StageError, Switch, _deploy, _patch_repo
+from nixmig.phases.preflight import Preflight, PreflightError
+from nixmig.phases.verify import VerifyError, health_rows
+
+
+def rotate_later(ctx: Context) -> str:
+    """The warning a move ends with: the value is public, and how to replace it."""
+    secret = ctx.migration.secret
+    return (
+        f"the value of {secret} has been public in the repository's history (it was hardcoded in a Nix file): "
+        "rotate it: issue a new value where it is checked (the database's ALTER USER, the token's issuer), "
+        f"then `nixmig secret new {secret} --force --stdin` with it and deploy"
+    )
+
+
+class MovePreflight:
+    name = "preflight"
+    title = "preflight checks (no database)"
+
+    def describe(self, ctx: Context) -> list[Action]:
+        acts = [Action("check", "strategy move: no database is queried, backed up or changed; the value stays")]
+        if not ctx.on_host:
+            acts.append(Action("check", f"secrets.nix lists {ctx.migration.secret}.age for this host's key"))
+            acts.append(Action("check", f"{ctx.migration.secret}.age decrypts here (-i): verify compares digests"))
+        return acts
+
+    def check(self, ctx: Context) -> bool:
+        return False  # facts are re-read on every run
+
+    def do(self, ctx: Context) -> dict[str, Any]:
+        if ctx.on_host:  # the repo is not on the host; agenix's file is checked by stage
+            return {}
+        Preflight()._secret_listed(ctx)
+        digest, why = hostsecret.repo_digest(ctx)
+        if digest is None:
+            raise PreflightError(
+                f"cannot decrypt {hostsecret.shown(ctx, hostsecret.age_file(ctx))} here ({why}): "
+                "nothing could confirm the host gets its value",
+                where=ctx.cfg.path,
+                hint="pass -i with a key listed for it in secrets.nix",
+            )
+        return {}
+
+    def undo(self, ctx: Context, data: dict[str, Any]) -> None:
+        return None
+
+
+class MoveSwitch(Switch):
+    """deploy 2 without the database server's log mark (move reads no server log)."""
+
+    def describe(self, ctx: Context) -> list[Action]:
+        return [*hostsecret.describe(ctx), *super().describe(ctx)]
+
+    def do(self, ctx: Context) -> dict[str, Any]:
+        require_repo_value(ctx)
+        patched = _patch_repo(ctx, stage_only=False)
+        _deploy(ctx, "switch")
+        return {"patched": patched}
+
+
+def require_repo_value(ctx: Context) -> None:
+    """Before switch: the host's file holds the repo's value, or refuse before writing or
+    deploying anything, and reopen stage so that `nixmig apply` again deploys it first."""
+    if ctx.on_host:
+        return
+    hs = hostsecret.compare(ctx)
+    if hs.same:
+        return
+    rel = hostsecret.shown(ctx, hs.age_file)
+    if hs.repo is None:
+        raise StageError(
+            f"cannot check that {hs.path} on {ctx.host_name} holds the value of {rel} ({hs.unknown}): "
+            "switch refused before changing anything",
+            where=ctx.t.name,
+            hint="pass -i with a key listed for it in secrets.nix",
+        )
+    reopened = hostsecret._reopen_stage(ctx, "switch")
+    state = "is missing" if not hs.present else f"does not hold the value of {rel} (their sha256 differ)"
+    raise StageError(
+        f"{ctx.host_name}'s {hs.path} {state}: switch refused before changing anything, "
+        "the services would get another value than the one they use today",
+        where=ctx.t.name,
+        hint=(
+            "run `nixmig apply` again: stage deploys the repo's secret first"
+            if reopened
+            else "deploy the repo's config to the host (stage), then `nixmig apply` again"
+        ),
+    )
+
+
+class MoveVerify:
+    name = "verify"
+    title = "verify (the host's secret, the health checks)"
+
+    def describe(self, ctx: Context) -> list[Action]:
+        acts: list[Action] = []
+        if ctx.on_host:
+            acts.append(Action("check", f"{ctx.secret_on_host} exists and is not empty"))
+        else:
+            acts.append(
+                Action(
+                    "check",
+                    f"sha256 of {ctx.secret_on_host} on {ctx.host_name} = sha256 of {ctx.migration.secret}.age "
+                    "decrypted here (needs an identity that decrypts it: -i)",
+                )
+            )
+        acts += [Action("check", f"health: {h.url or h.command}") for h in ctx.migration.health_checks]
+        if not ctx.migration.health_checks:
+            acts.append(Action("check", "no health checks in nixmig.toml: the service itself is not checked"))
+        acts.append(Action("note", rotate_later(ctx)))
+        return acts
+
+    def check(self, ctx: Context) -> bool:
+        return False
+
+    def do(self, ctx: Context) -> dict[str, Any]:
+        rows = [host_file_row(ctx), *health_rows(ctx)]
+        for r in rows:
+            ctx.emit(f"{'ok ' if r['ok'] else 'FAIL'} {r['check']}{'  — ' + r['detail'] if r['detail'] else ''}")
+        failed = [r["check"] for r in rows if not r["ok"]]
+        if failed:
+            raise VerifyError(
+                "verification failed: " + "; ".join(failed),
+                where=ctx.t.name,
+                hint="no database was changed; `nixmig rollback` restores the repo's files and deploys them",
+            )
+        ctx.emit("note: " + rotate_later(ctx))
+        return {"checks": rows, "at": time.time()}
+
+    def undo(self, ctx: Context, data: dict[str, Any]) -> None:
+        return None
+
+
+def host_file_row(ctx: Context) -> dict[str, Any]:
+    """The host's file holds the repo's value: proven by digests, else a failed row."""
+    check = f"{ctx.secret_on_host} holds the value of {ctx.migration.secret}.age"
+    if ctx.on_host:
+        ok = ctx.t.run(["test", "-s", ctx.secret_on_host], check=False).ok
+        return {"check": f"{ctx.secret_on_host} exists", "ok": ok, "detail": "" if ok else "missing or empty"}
+    hs = hostsecret.compare(ctx)
+    if hs.repo is None:
+        detail = f"not checked: {hs.unknown}; pass -i with a key listed for it in secrets.nix"
+    elif not hs.present:
+        detail = "missing or empty on the host"
+    elif not hs.same:
+        detail = "another value (their sha256 differ)"
+    else:
+        detail = ""
+    return {"check": check, "ok": hs.same, "detail": detail}
+
+
+def phases() -> list[Phase]:
+    return [MovePreflight(), Stage(), MoveSwitch(), MoveVerify()]
