@@ -246,3 +246,22 @@ def test_a_service_with_no_database_keys_applies_and_gc_passes(move: Move) -> No
     assert "Traceback" not in gc.stderr and "error" not in gc.stdout + gc.stderr
     back = nixmig(move, "rollback", "--yes")
     assert back.returncode == 0, back.stdout + back.stderr
+
+
+def test_on_host_the_activation_is_the_deploy(move: Move) -> None:
+    """--on-host (deploy-rs activate.custom, the NixOS unit): agenix has written the file in
+    this activation; nixmig deploys nothing, patches nothing, and needs no identity."""
+    state = move.root / "state"
+    originals = nix_files(move)
+    args = ("apply", "--on-host", "--host", "newton", "--state-dir", str(state))
+    missing = nixmig(move, *args)
+    assert missing.returncode == 1 and f"{move.agenix / SECRET} is missing in this activation" in missing.stderr
+    plant(move, VALUE)
+    run = nixmig(move, *args)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "public in the repository's history" in run.stdout
+    raw = json.loads((state / "journal" / "newton" / f"{SECRET}.json").read_text())
+    assert {s["phase"]: s["state"] for s in raw["steps"]} == dict.fromkeys(PHASES, "done")
+    assert nix_files(move) == originals and not move.env_file.exists()  # no patch, no deploy
+    again = nixmig(move, *args)
+    assert again.returncode == 0 and "done, nothing to do" in again.stdout
