@@ -48,9 +48,10 @@ def rename_durable(src: Path, dst: Path) -> None:
     fsync_dir(dst.parent)
 
 
-def mkdir_durable(path: Path, mode: int = 0o700) -> None:
+def mkdir_durable(path: Path, mode: int = 0o700, *, parents_mode: int = 0o777) -> None:
     """``mkdir -p`` whose new directories survive a power cut: each new one's parent is fsynced.
-    ``mode`` for ``path`` itself, as Path.mkdir(parents=True) gives it (the parents get the default)."""
+    ``mode`` for ``path`` itself, ``parents_mode`` for the parents it makes (as Path.mkdir(parents=True):
+    the default, less the umask)."""
     missing = []
     p = path
     while not p.exists():
@@ -58,7 +59,7 @@ def mkdir_durable(path: Path, mode: int = 0o700) -> None:
         p = p.parent
     for d in reversed(missing):
         try:
-            d.mkdir(mode=mode if d == path else 0o777)
+            d.mkdir(mode=mode if d == path else parents_mode)
         except FileExistsError:
             continue  # made meanwhile by someone else: it is theirs to sync
         fsync_dir(d.parent)

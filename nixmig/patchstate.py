@@ -88,14 +88,7 @@ class PatchState:
 
     def _mkdir(self, path: Path) -> None:
         """``path`` and its parents up to the state dir, 0700, each new one fsynced into its parent."""
-        missing = []
-        p = path
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
-        for d in reversed(missing):
-            d.mkdir(mode=0o700)
-            fsutil.fsync_dir(d.parent)
+        fsutil.mkdir_durable(path, 0o700, parents_mode=0o700)
 
     # --- at apply -------------------------------------------------------------------
 

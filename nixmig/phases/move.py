@@ -30,7 +30,7 @@ from nixmig.phases import hostsecret
 from nixmig.phases.base import Action, Context, Phase
 from nixmig.phases.deploy import Stage, StageError, Switch, _deploy, _patch_repo
 from nixmig.phases.preflight import Preflight, PreflightError
-from nixmig.phases.verify import VerifyError, health_rows
+from nixmig.phases.verify import conclude, health_rows
 
 
 def rotate_later(ctx: Context) -> str:
@@ -145,15 +145,9 @@ class MoveVerify:
 
     def do(self, ctx: Context) -> dict[str, Any]:
         rows = [host_file_row(ctx), *health_rows(ctx)]
-        for r in rows:
-            ctx.emit(f"{'ok ' if r['ok'] else 'FAIL'} {r['check']}{'  — ' + r['detail'] if r['detail'] else ''}")
-        failed = [r["check"] for r in rows if not r["ok"]]
-        if failed:
-            raise VerifyError(
-                "verification failed: " + "; ".join(failed),
-                where=ctx.t.name,
-                hint="no database was changed; `nixmig rollback` restores the repo's files and deploys them",
-            )
+        conclude(
+            ctx, rows, hint="no database was changed; `nixmig rollback` restores the repo's files and deploys them"
+        )
         ctx.emit("note: " + rotate_later(ctx))
         return {"checks": rows, "at": time.time()}
 

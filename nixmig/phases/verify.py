@@ -98,8 +98,11 @@ def health_rows(ctx: Context) -> list[dict[str, Any]]:
     return rows
 
 
-def conclude(ctx: Context, rows: list[dict[str, Any]]) -> None:
-    """Print every row; raise VerifyError naming the failed ones."""
+ROTATE_HINT = "the backup is in .nixmig/backups; `nixmig rollback` restores the old password and config"
+
+
+def conclude(ctx: Context, rows: list[dict[str, Any]], *, hint: str = ROTATE_HINT) -> None:
+    """Print every row; raise VerifyError naming the failed ones (``hint``: what to do then)."""
     for r in rows:
         ctx.emit(f"{'ok ' if r['ok'] else 'FAIL'} {r['check']}{'  — ' + r['detail'] if r['detail'] else ''}")
     failed = [r["check"] for r in rows if not r["ok"]]
@@ -107,5 +110,5 @@ def conclude(ctx: Context, rows: list[dict[str, Any]]) -> None:
         raise VerifyError(
             "verification failed: " + "; ".join(failed),
             where=ctx.t.name,
-            hint="the backup is in .nixmig/backups; `nixmig rollback` restores the old password and config",
+            hint=hint,
         )
