@@ -146,14 +146,29 @@ def differs(ctx: Context) -> bool:
     return not ctx.on_host and compare(ctx).differs
 
 
-def require_repo_value(ctx: Context, phase: str, error: type[NixmigError]) -> None:
+def require_repo_value(
+    ctx: Context,
+    phase: str,
+    error: type[NixmigError],
+    *,
+    consequence: str = "the services would get another password than the role",
+    unknown_refuses: bool = False,
+) -> None:
     """Before ``phase`` uses the host's secret: refuse, changing nothing, when it is not
-    the repo's value (and reopen stage, so that apply again deploys it first)."""
+    the repo's value (and reopen stage, so that apply again deploys it first).
+    A value that cannot be checked here (no identity) is said, or (``unknown_refuses``) refused."""
     if ctx.on_host:
         return
     hs = compare(ctx)
     rel = shown(ctx, hs.age_file)
     if hs.repo is None:
+        if unknown_refuses:
+            raise error(
+                f"cannot check that {hs.path} on {ctx.host_name} holds the value of {rel} ({hs.unknown}): "
+                f"{phase} refused before changing anything",
+                where=ctx.t.name,
+                hint="pass -i with a key listed for it in secrets.nix",
+            )
         ctx.emit(
             f"{phase}: cannot check that {hs.path} on {ctx.host_name} holds the value of {rel} "
             f"({hs.unknown}); pass --identity with a key listed for it in secrets.nix to check"
@@ -164,8 +179,7 @@ def require_repo_value(ctx: Context, phase: str, error: type[NixmigError]) -> No
     reopened = _reopen_stage(ctx, phase)
     state = "is missing" if not hs.present else f"does not hold the value of {rel} (their sha256 differ)"
     raise error(
-        f"{ctx.host_name}'s {hs.path} {state}: {phase} refused before changing anything, "
-        "the services would get another password than the role",
+        f"{ctx.host_name}'s {hs.path} {state}: {phase} refused before changing anything, {consequence}",
         where=ctx.t.name,
         hint=(
             "run `nixmig apply` again: stage deploys the repo's secret first"

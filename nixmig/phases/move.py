@@ -82,40 +82,16 @@ class MoveSwitch(Switch):
         return [*hostsecret.describe(ctx), *super().describe(ctx)]
 
     def do(self, ctx: Context) -> dict[str, Any]:
-        require_repo_value(ctx)
+        hostsecret.require_repo_value(
+            ctx,
+            "switch",
+            StageError,
+            consequence="the services would get another value than the one they use today",
+            unknown_refuses=True,
+        )
         patched = _patch_repo(ctx, stage_only=False)
         _deploy(ctx, "switch")
         return {"patched": patched}
-
-
-def require_repo_value(ctx: Context) -> None:
-    """Before switch: the host's file holds the repo's value, or refuse before writing or
-    deploying anything, and reopen stage so that `nixmig apply` again deploys it first."""
-    if ctx.on_host:
-        return
-    hs = hostsecret.compare(ctx)
-    if hs.same:
-        return
-    rel = hostsecret.shown(ctx, hs.age_file)
-    if hs.repo is None:
-        raise StageError(
-            f"cannot check that {hs.path} on {ctx.host_name} holds the value of {rel} ({hs.unknown}): "
-            "switch refused before changing anything",
-            where=ctx.t.name,
-            hint="pass -i with a key listed for it in secrets.nix",
-        )
-    reopened = hostsecret._reopen_stage(ctx, "switch")
-    state = "is missing" if not hs.present else f"does not hold the value of {rel} (their sha256 differ)"
-    raise StageError(
-        f"{ctx.host_name}'s {hs.path} {state}: switch refused before changing anything, "
-        "the services would get another value than the one they use today",
-        where=ctx.t.name,
-        hint=(
-            "run `nixmig apply` again: stage deploys the repo's secret first"
-            if reopened
-            else "deploy the repo's config to the host (stage), then `nixmig apply` again"
-        ),
-    )
 
 
 class MoveVerify:
