@@ -150,6 +150,23 @@ def _flake_ref(cfg: Config, inv: Inventory) -> str:
     return ref
 
 
+def nodes_eval_argv(flake: str, attr: str) -> list[str]:
+    """`nix eval` of the deploy tool's nodes (``attr`` "deploy" or "colmena"); a read never writes
+    the user's flake.lock."""
+    expr = NODES_DEPLOY_RS if attr == "deploy" else NODES_COLMENA
+    return [
+        "nix",
+        "--extra-experimental-features",
+        "nix-command flakes",
+        "eval",
+        "--json",
+        "--no-write-lock-file",
+        f"{flake}#{attr}",
+        "--apply",
+        expr,
+    ]
+
+
 def read_nodes(cfg: Config, *, timeout: float = 300) -> dict[str, Node]:
     """Evaluate the flake for its nodes (runs nix or colmena)."""
     inv = cfg.inventory
@@ -166,17 +183,7 @@ def read_nodes(cfg: Config, *, timeout: float = 300) -> dict[str, Node]:
                 where=where,
                 hint="install nix, or list the hosts in nixmig.toml as [hosts.NAME] tables",
             )
-        attr, expr = ("deploy", NODES_DEPLOY_RS) if inv.source == "deploy-rs" else ("colmena", NODES_COLMENA)
-        argv = [
-            "nix",
-            "--extra-experimental-features",
-            "nix-command flakes",
-            "eval",
-            "--json",
-            f"{flake}#{attr}",
-            "--apply",
-            expr,
-        ]
+        argv = nodes_eval_argv(flake, "deploy" if inv.source == "deploy-rs" else "colmena")
         cwd = None
     try:
         proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)

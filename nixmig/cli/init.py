@@ -169,20 +169,9 @@ def _eval_nodes(root: Path, sources: dict[str, bytes], notes: list[str]) -> tupl
         notes.append(f"the {source} nodes are read from the files (no nix here to evaluate the flake)")
         return None, ""
     from nixmig.errors import NixEvalError
-    from nixmig.inventory import NODES_COLMENA, NODES_DEPLOY_RS, parse_nodes
+    from nixmig.inventory import nodes_eval_argv, parse_nodes
 
-    expr = NODES_DEPLOY_RS if attr == "deploy" else NODES_COLMENA
-    argv = [
-        "nix",
-        "--extra-experimental-features",
-        "nix-command flakes",
-        "eval",
-        "--json",
-        "--no-write-lock-file",
-        f"{root.resolve()}#{attr}",
-        "--apply",
-        expr,
-    ]
+    argv = nodes_eval_argv(str(root.resolve()), attr)
     why = ""
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=EVAL_TIMEOUT, check=False)
