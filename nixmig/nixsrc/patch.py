@@ -720,6 +720,14 @@ class _Builder:
                         )
                     )
 
+    def service_reads(self, option: NixPath) -> bool:
+        """``services.X...``: the agenix file is owned by the user X runs as, where nixmig knows it
+        (NIXPKGS_READER); False when it does not."""
+        reader = NIXPKGS_READER.get(option[1]) if len(option) > 1 and option[0] == "services" else None
+        if reader is not None:
+            self.owner, self.owner_why = reader, f"owned by the user services.{option[1]} runs as, who reads it"
+        return reader is not None
+
     def take_sibling(self, found: list[tuple[FileModel, Lit, str, NixPath]]) -> None:
         """A nixpkgs option with a file sibling (``database.password`` beside ``passwordFile``): the
         database's one if several (or password_option's), else said, not guessed."""
@@ -734,10 +742,7 @@ class _Builder:
             return  # several: the verdict lists them, password_option picks one
         fm, lit, value, option = found[0]
         self.take_option_literal(fm, lit, value, option)
-        reader = NIXPKGS_READER.get(option[1])
-        if reader is not None:
-            self.owner, self.owner_why = reader, f"owned by the user services.{option[1]} runs as, who reads it"
-        else:
+        if not self.service_reads(option):
             self.notes.append(
                 f"{'.'.join(option)}: agenix makes the file root-only (0400); if services.{option[1]} reads it as "
                 f"another user, set age.secrets.{self.spec.secret}.owner to that user"
@@ -773,9 +778,7 @@ class _Builder:
         )
         self.need(fm, ("config",))
         self.store_file = fm
-        reader = NIXPKGS_READER.get(b.path[1]) if b.path[0] == "services" else None
-        if reader is not None:
-            self.owner, self.owner_why = reader, f"owned by the user services.{b.path[1]} runs as, who reads it"
+        self.service_reads(b.path)
 
     def sql_passwords(self, password: str | None) -> None:
         """``services.postgresql.initialScript`` with ``CREATE/ALTER ROLE <role> ... PASSWORD '...'``: the
@@ -870,9 +873,7 @@ class _Builder:
         self.ed.remove_binding(efm, target, f"removes /etc/{eb.path[2]}, which held the password in the Nix store")
         self.need(fm, ("config",))
         self.store_file = fm
-        reader = NIXPKGS_READER.get(b.path[1]) if b.path[0] == "services" else None
-        if reader is not None:
-            self.owner, self.owner_why = reader, f"owned by the user services.{b.path[1]} runs as, who reads it"
+        self.service_reads(b.path)
 
     def scan_literals(self, password: str | None, db: _Db | None) -> None:
         self.sql_passwords(password)
