@@ -1,7 +1,7 @@
 """Speed of `nixmig scan` on a 10,000-file tree, against grep on the same tree, in the same run.
 
-Builds the tree in a temp dir from the .nix files of the fixtures (tests/fixtures/newton-dotfiles,
-the worked example: 3 findings in 5 files, like a real repository), copied round-robin into
+Builds the tree in a temp dir from the .nix files of the worked example (nixmig/examples/newton-dotfiles:
+3 findings in 5 files, like a real repository), copied round-robin into
 nested directories, plus a `.git` directory and `result` symlinks that both tools must skip.
 --with-corpus adds the files of tests/scan_corpus: a worst case, dense with secrets (about
 5 findings per file), where each finding costs more than the parse. Then times, end to end
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [ROOT / "tests" / "fixtures" / "newton-dotfiles", ROOT / "tests" / "scan_corpus"]
+SOURCES = [ROOT / "nixmig" / "examples" / "newton-dotfiles", ROOT / "tests" / "scan_corpus"]
 GREP_PATTERN = "password|secret|://[^/]*:[^@]*@"
 TARGET_SECONDS = 10.0
 

@@ -8,16 +8,35 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nixmig import demo
+
 FIXTURES = Path(__file__).parent / "fixtures"
-EXAMPLE = FIXTURES / "newton-dotfiles"
+# The worked example is kept once: EXAMPLE is the tree nixmig ships for `nixmig demo`
+# (nixmig/examples/newton-dotfiles). Tests read it in place or work on copy_example's copy.
+# The overlay holds only what the tests add to it, never a file the example has:
+# secrets/twenty-app-secret.age, the app's existing secret as the operator's repo holds it
+# (an age file for the TEST keys in secrets.nix, made outside nixmig and kept byte for byte:
+# tests/unit/test_secrets_interop.py decrypts it with the age CLI and with nixmig, and the
+# `secret check`/`rekey`/`new --like` tests need an .age already there). The shipped example
+# lacks it on purpose: the demo makes it itself, for fresh keys.
+EXAMPLE = demo.EXAMPLE
+EXAMPLE_OVERLAY = FIXTURES / "newton-dotfiles-overlay"
 KEYS = FIXTURES / "test-keys"
 ADMIN_PUB = " ".join((KEYS / "admin_ed25519.pub").read_text().split()[:2])
 NEWTON_PUB = " ".join((KEYS / "newton_host_ed25519.pub").read_text().split()[:2])
 
 
 def copy_example(dest: Path) -> Path:
+    """dest/newton-dotfiles: a copy of the shipped worked example plus the tests' overlay."""
     repo = dest / "newton-dotfiles"
     shutil.copytree(EXAMPLE, repo)
+    for src in sorted(EXAMPLE_OVERLAY.rglob("*")):
+        if src.is_file():
+            target = repo / src.relative_to(EXAMPLE_OVERLAY)
+            if target.exists():
+                raise AssertionError(f"{src}: the overlay would replace a file of the shipped example")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
     return repo
 
 

@@ -24,7 +24,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -44,8 +43,8 @@ from nixmig.sensitive import Secret
 from tests.harness.dockerd import TEST_LABEL, container_address, wait_for_postgres
 from tests.harness.postgres import conninfo
 from tests.harness.sshd import SshServer
+from tests.helpers import copy_example
 
-FIXTURE_REPO = Path(__file__).resolve().parent.parent / "fixtures" / "newton-dotfiles"
 CONTAINER = "twenty-db-1"
 VOLUME = "twenty_db-data"
 DATABASE = "default"
@@ -358,8 +357,7 @@ def make_site(
     """Repo copy with fresh keys in secrets.nix, the new secret, activate.py and nixmig.toml."""
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
-    repo = root / "newton-dotfiles"
-    shutil.copytree(FIXTURE_REPO, repo)
+    repo = copy_example(root)
     rules = repo / "secrets" / "secrets.nix"
     text = rules.read_text()
     for prefix, key in (("  newton = ", keys.host_pub), ("  admin = ", keys.admin_pub)):
