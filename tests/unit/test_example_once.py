@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_tests_use_the_tree_the_demo_ships() -> None:
     assert EXAMPLE == demo.EXAMPLE
-    assert EXAMPLE.resolve() == ROOT / "nixmig" / "examples" / "newton-dotfiles"
+    assert EXAMPLE.parts[-3:] == ("nixmig", "examples", "newton-dotfiles")
     assert sorted(p.relative_to(EXAMPLE).as_posix() for p in EXAMPLE.rglob("*") if p.is_file()) == [
         "flake.nix",
         "hosts/newton/default.nix",
@@ -30,7 +30,7 @@ def test_no_second_copy_of_an_example_file_in_the_tests_or_benches() -> None:
     shipped = {p.read_bytes(): p.relative_to(EXAMPLE).as_posix() for p in EXAMPLE.rglob("*") if p.is_file()}
     copies = [
         f"{p.relative_to(ROOT)} is a copy of {shipped[p.read_bytes()]}"
-        for top in ("tests", "bench")
+        for top in ("tests", "bench")  # the Nix package's source has no bench/: rglob finds nothing there
         for p in sorted((ROOT / top).rglob("*"))
         if p.is_file() and "__pycache__" not in p.parts and p.read_bytes() in shipped
     ]
