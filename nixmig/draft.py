@@ -31,15 +31,17 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nixmig.errors import NixSyntaxError
 from nixmig.inventory import Node as EvalNode
 from nixmig.inventory import parse_nodes
-from nixmig.nixsrc.model import FileModel, NixPath, decode_string, model
+from nixmig.nixsrc.lets import LetLiteral, let_literals, resolve
+from nixmig.nixsrc.model import FileModel, NixPath, decode_string, model, unparen
 from nixmig.nixsrc.parse import parse_checked, text
 from nixmig.nixsrc.quote import comment_text
 
@@ -116,6 +118,8 @@ class _Container:
     prefix: NixPath  # the attrset holding environment and volumes
     project: str = ""
     project_origin: str = ""
+    plain: str = ""  # the name a computed one ("${service}-db") gets from let literals, else the name
+    plain_origin: str = ""  # " (= service of line 3)" when computed
 
     def env(self, var: str) -> tuple[str, str] | None:
         return _lit(self.fm, (*self.prefix, "environment", var))
@@ -127,7 +131,7 @@ class _Container:
 
     @property
     def label(self) -> str:
-        return f"{self.project}-{self.name}" if self.kind == "arion" and self.project else self.name
+        return f"{self.project}-{self.plain}" if self.kind == "arion" and self.project else self.plain
 
 
 def _line(fm: FileModel, node: Node) -> int:
@@ -138,13 +142,41 @@ def _at(fm: FileModel, node: Node) -> str:
     return f"{fm.name}:{_line(fm, node)}"
 
 
+_LETS: weakref.WeakKeyDictionary[FileModel, dict[str, LetLiteral]] = weakref.WeakKeyDictionary()
+
+
+def _lets(fm: FileModel) -> dict[str, LetLiteral]:
+    """The file's let-bound string literals (nixmig.nixsrc.lets), read once per file model."""
+    found = _LETS.get(fm)
+    if found is None:
+        found = _LETS[fm] = let_literals(fm.root)
+    return found
+
+
+def _value(fm: FileModel, node: Node) -> tuple[str, str] | None:
+    """(value, what it read) of a string: a literal (""), a let-bound one or a string only let
+    literals fill (" (= NAME of line N)"); None for anything else."""
+    v = decode_string(node)
+    if v is not None:
+        return v, ""
+    if unparen(node).type not in ("variable_expression", "string_expression"):
+        return None
+    found = resolve(node, _lets(fm))
+    if found is None:
+        return None
+    lets = _lets(fm)
+    read = ", ".join(dict.fromkeys(f"{text(u)} of line {_line(fm, lets[text(u)].binding)}" for u in found[1]))
+    return found[0], f" (= {read})" if read else ""
+
+
 def _lit(fm: FileModel, path: NixPath) -> tuple[str, str] | None:
-    """(value, FILE:LINE) of a plain string bound at ``path``."""
+    """(value, FILE:LINE) of a plain string bound at ``path`` (or a let-bound one: the line of
+    the binding at ``path``, then the let it reads)."""
     for b in fm.binds:
         if b.path == path and b.exact:
-            v = decode_string(b.value)
-            if v is not None:
-                return v, _at(fm, b.node)
+            found = _value(fm, b.value)
+            if found is not None:
+                return found[0], _at(fm, b.node) + found[1]
     return None
 
 
@@ -160,9 +192,9 @@ def _strings(fm: FileModel, path: NixPath) -> list[tuple[str, str]]:
     out = []
     for lit in fm.lits:
         if lit.path == path and lit.exact and lit.bind is None:
-            v = decode_string(lit.node)
-            if v is not None:
-                out.append((v, _at(fm, lit.node)))
+            found = _value(fm, lit.node)
+            if found is not None:
+                out.append((found[0], _at(fm, lit.node) + found[1]))
     return out
 
 
@@ -184,9 +216,11 @@ def _containers(models: Mapping[str, FileModel]) -> list[_Container]:
                 continue
             shape = _container_shape(b.path)
             if shape is not None and (fm.name, shape[2]) not in out:
-                out[(fm.name, shape[2])] = _Container(fm, shape[0], shape[1], shape[2])
+                out[(fm.name, shape[2])] = _Container(fm, shape[0], shape[1], shape[2], plain=shape[1])
     projects = _arion_projects(models)
     for c in out.values():
+        if c.name.startswith(('"', "${")) and (found := _computed_name(c.fm, c.name)) is not None:
+            c.plain, c.plain_origin = found
         if c.kind != "arion":
             continue
         if c.prefix[:3] == ("virtualisation", "arion", "projects"):
@@ -197,6 +231,19 @@ def _containers(models: Mapping[str, FileModel]) -> list[_Container]:
             ((name, where),) = projects.items()
             c.project, c.project_origin = name, f"{where} (the one arion project)"
     return list(out.values())
+
+
+def _computed_name(fm: FileModel, raw: str) -> tuple[str, str] | None:
+    """The value of an attribute name written ``"${service}-db"`` when only let literals fill it."""
+    for b in fm.binds:
+        ap = b.node.child_by_field_name("attrpath")
+        for a in ap.named_children if ap is not None else ():
+            if a.type not in ("string_expression", "interpolation") or text(a) != raw:
+                continue
+            inner = [x for x in a.named_children if x.type != "comment"] if a.type == "interpolation" else [a]
+            found = _value(fm, inner[0]) if len(inner) == 1 else None
+            return (found[0], found[1]) if found is not None and _DOCKER_NAME.fullmatch(found[0]) else None
+    return None
 
 
 def _arion_projects(models: Mapping[str, FileModel]) -> dict[str, str]:
@@ -487,6 +534,68 @@ def _finding_path(f: Finding, fm: FileModel) -> NixPath:
     return path[1:] if path[:1] == ("config",) else path
 
 
+@dataclass(frozen=True)
+class _LetUse:
+    """One use of a let-bound password (``POSTGRES_PASSWORD = dbPassword;``), read as a finding there."""
+
+    finding: Finding
+    path: NixPath
+    let: LetLiteral
+
+
+def _let_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
+    """A finding on a let-bound literal (``let dbPassword = "..."; in``): one finding per use of
+    the name, at the option path that reads it (a binding's value, a string only let literals
+    fill such as a URL, else the binding around the expression using it). [] when the finding is
+    no let literal nixmig.nixsrc.lets resolves (a name bound twice, shadowed) or nothing reads it."""
+    from nixmig.nixsrc.patch import split_url
+    from nixmig.nixsrc.scan import Kind
+
+    lets = _lets(fm)
+    let = next((x for x in lets.values() if x.literal.start_byte <= f.start < x.literal.end_byte), None)
+    if let is None:
+        return []
+    out: list[_LetUse] = []
+    for u in let.uses:
+        span = (u.start_byte, u.end_byte)
+        kind = Kind.PASSWORD
+        bound = [b for b in fm.binds if (unparen(b.value).start_byte, unparen(b.value).end_byte) == span]
+        strings = [
+            lit
+            for lit in fm.lits
+            if lit.node.start_byte <= u.start_byte < lit.node.end_byte and lit.node.type == "string_expression"
+        ]
+        around = [b for b in fm.binds if b.value.start_byte <= u.start_byte < b.value.end_byte]
+        if bound:
+            path = bound[0].path
+        elif strings:
+            holder = min(strings, key=lambda lit: lit.node.end_byte - lit.node.start_byte)
+            path = holder.path
+            value = resolve(holder.node, lets)
+            if value is not None and split_url(value[0]) is not None:
+                kind = Kind.URL_CREDENTIAL
+        elif around:
+            path = min(around, key=lambda b: b.value.end_byte - b.value.start_byte).path
+        else:
+            path = ()
+        path = path[1:] if path[:1] == ("config",) else path
+        line, col = fm.line_col(u.start_byte)
+        end_line, end_col = fm.line_col(u.end_byte)
+        use = replace(
+            f,
+            line=line,
+            col=col,
+            end_line=end_line,
+            end_col=end_col,
+            attr_path=".".join(path),
+            kind=kind,
+            start=u.start_byte,
+            end=u.end_byte,
+        )
+        out.append(_LetUse(use, path, let))
+    return out
+
+
 def _is_db_finding(f: Finding, p: NixPath) -> bool:
     from nixmig.nixsrc.patch import nixpkgs_file_sibling
 
@@ -531,15 +640,21 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
         db.container = Val(explicit[0], f"{explicit[1]} (container_name)")
     elif c.kind == "arion":
         if c.project:
-            db.container = Val(f"{c.project}-{c.name}-1", f"{c.project_origin}, service {c.name}: PROJECT-SERVICE-1")
+            db.container = Val(
+                f"{c.project}-{c.plain}-1",
+                f"{c.project_origin}, service {c.name}{c.plain_origin}: PROJECT-SERVICE-1",
+            )
         else:
             db.container = Val(
-                f"{c.name}-1",
-                f"{c.fm.name} (service {c.name})",
-                f"the arion project's name is not in the repo: the container is PROJECT-{c.name}-1",
+                f"{c.plain}-1",
+                f"{c.fm.name} (service {c.name}{c.plain_origin})",
+                f"the arion project's name is not in the repo: the container is PROJECT-{c.plain}-1",
             )
     else:
-        db.container = Val(c.name, f"{_at(c.fm, _first_bind(c))} (virtualisation.oci-containers.containers.{c.name})")
+        db.container = Val(
+            c.plain,
+            f"{_at(c.fm, _first_bind(c))} (virtualisation.oci-containers.containers.{c.name}{c.plain_origin})",
+        )
         backend = _backend(c)
         if backend is None:
             db.docker_host = None
@@ -705,9 +820,8 @@ def _url_db(fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Contain
     from nixmig.nixsrc.patch import split_url
 
     holders = [lit for lit in fm.lits if lit.node.start_byte <= f.start < lit.node.end_byte]
-    value = (
-        decode_string(min(holders, key=lambda lit: lit.node.end_byte - lit.node.start_byte).node) if holders else None
-    )
+    held = _value(fm, min(holders, key=lambda lit: lit.node.end_byte - lit.node.start_byte).node) if holders else None
+    value = held[0] if held is not None else None
     parts = split_url(value) if value else None
     at = f"{f.file}:{f.line}"
     role: tuple[str, str] | None
@@ -739,7 +853,7 @@ def _url_db(fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Contain
     )
     db.checks.append(f"only an app names this database ({at}): its server is not defined in the repo")
     host = re.split(r":(?=\d+$)", where[0])[0]
-    named = next((c for c in containers if host in (c.name, c.label)), None)
+    named = next((c for c in containers if host in (c.name, c.plain, c.label)), None)
     image = named.image() if named is not None else None
     if image is not None and _MYSQL_IMAGE.search(image[0]):
         return None  # the app's database is a MySQL one (said where that container is)
@@ -781,8 +895,8 @@ def _app_vars(
         return None
     env: dict[str, tuple[str, str]] = {}
     for b in c.fm.binds:
-        if b.path[:-1] == (*c.prefix, "environment") and b.exact and (v := decode_string(b.value)) is not None:
-            env[b.path[-1].upper()] = (v, f"{_at(c.fm, b.node)} ({b.path[-1]})")
+        if b.path[:-1] == (*c.prefix, "environment") and b.exact and (v := _value(c.fm, b.value)) is not None:
+            env[b.path[-1].upper()] = (v[0], f"{_at(c.fm, b.node)}{v[1]} ({b.path[-1]})")
 
     def first(*suffixes: str) -> tuple[str, str] | None:
         return next((env[prefix + s] for s in suffixes if prefix + s in env), None)
@@ -867,10 +981,20 @@ def draft(
         except NixSyntaxError as exc:
             skipped.append(f"{exc.where}: {exc.what}")
     findings: list[Finding] = []
+    paths: dict[int, NixPath] = {}
+    let_uses: dict[int, _LetUse] = {}  # a let-bound password read as a finding at each use
     for name, fm in models.items():
-        findings += scan_source(fm.source, name).findings
-    paths = {id(f): _finding_path(f, models[f.file]) for f in findings}
-    db_findings = [f for f in findings if _is_db_finding(f, paths[id(f)])]
+        for f in scan_source(fm.source, name).findings:
+            uses = _let_uses(fm, f)
+            if any(_is_db_finding(u.finding, u.path) for u in uses):
+                for u in uses:
+                    findings.append(u.finding)
+                    paths[id(u.finding)] = u.path
+                    let_uses[id(u.finding)] = u
+            else:
+                findings.append(f)
+                paths[id(f)] = _finding_path(f, fm)
+    db_findings = [f for f in findings if id(f) in let_uses or _is_db_finding(f, paths[id(f)])]
     other = len(findings) - len(db_findings)
     if not db_findings:
         return Draft("", (), (), 0, other)
@@ -915,6 +1039,8 @@ def draft(
             )
             continue
         result.password = f.value.reveal()
+        if (use := let_uses.get(id(f))) is not None:
+            result.notes.insert(0, _let_note(models[f.file], use.let))
         dbs.append(result)
     # a database only the apps' URLs name (its container is elsewhere, or it is another host's)
     for i, f in enumerate(db_findings):
@@ -924,6 +1050,8 @@ def draft(
         if url is not None:
             used.add(i)
             url.password = f.value.reveal()
+            if (use := let_uses.get(id(f))) is not None:
+                url.notes.insert(0, _let_note(models[f.file], use.let))
             dbs.append(url)
     # the apps: every other finding holding the same value
     apps: dict[int, list[str]] = {}
@@ -942,6 +1070,14 @@ def draft(
             apps.setdefault(id(owner), []).append(where)
 
     return _render(dbs, apps, list(dict.fromkeys(unplaced)), hosts, keys, skipped, other, notes)
+
+
+def _let_note(fm: FileModel, let: LetLiteral) -> str:
+    lines = ", ".join(str(_line(fm, u)) for u in let.uses)
+    return (
+        f"the password is bound once in a let ({let.name}, {_at(fm, let.binding)}) and read at line"
+        f"{'s' if len(let.uses) != 1 else ''} {lines}: `nixmig patch --check` shows the uses it moves"
+    )
 
 
 def _unique(name: str, taken: set[str]) -> str:

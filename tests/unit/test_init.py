@@ -500,8 +500,8 @@ def test_a_mysql_client_variable_in_an_app_is_not_a_database(tmp_path: Path) -> 
 
 def test_computed_names_and_expressions_are_checks_not_guesses(tmp_path: Path) -> None:
     d = draft(
-        _with("""{ config, ... }: let svc = "forge"; in {
-  virtualisation.oci-containers.containers."${svc}-db" = {
+        _with("""{ config, ... }: {
+  virtualisation.oci-containers.containers."${config.forge.name}-db" = {
     image = "postgres:16";
     environment = { POSTGRES_USER = config.forge.user; POSTGRES_PASSWORD = "f0rge-pw"; };
   };
