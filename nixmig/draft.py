@@ -851,15 +851,17 @@ def _url_db(fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Contain
         database[1] if database else f"{role[1]} (no database named: the role's)",
         "the database this app names: any the role logs in to will do",
     )
-    db.checks.append(f"only an app names this database ({at}): its server is not defined in the repo")
+    db.checks.append(f"only an app names this database ({at}): nothing in the repo ties it to its server")
     host = re.split(r":(?=\d+$)", where[0])[0]
     named = next((c for c in containers if host in (c.name, c.plain, c.label)), None)
     image = named.image() if named is not None else None
     if image is not None and _MYSQL_IMAGE.search(image[0]):
         return None  # the app's database is a MySQL one (said where that container is)
     local = host in ("localhost", "127.0.0.1", "::1", "") or host.startswith(("%2F", "/"))
-    if _container_shape(p) is None and local:
-        db.runtime = Val("native", f"{where[1]}: a local server", "is it services.postgresql on this host?")
+    if (_container_shape(p) is None and local) or host in _HOST_FROM_A_CONTAINER:
+        pg = next((b for b in fm.binds if b.path[:2] == ("services", "postgresql") and b.exact), None)
+        beside = f"; services.postgresql at {_at(fm, pg.node)}" if pg is not None else ""
+        db.runtime = Val("native", f"{where[1]}: a local server{beside}", "is it services.postgresql on this host?")
         db.name = f"{db.database.value}-db"
     elif _DOCKER_NAME.fullmatch(host) and "." not in host:
         db.container = Val(host, f"{where[1]}, the container's name on the app's network", "the container's name?")
@@ -875,6 +877,8 @@ def _url_db(fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Contain
     return db
 
 
+# the machine that runs the containers, as a container names it (podman, docker)
+_HOST_FROM_A_CONTAINER = frozenset({"host.containers.internal", "host.docker.internal"})
 _PASSWORD_END = re.compile(r"(PASSWORD|PASSWD|PASS|PWD)$", re.IGNORECASE)
 _DB_VAR = re.compile(r"(^|_)(DB|DATABASE|POSTGRES|PG|PSQL)(_|$)", re.IGNORECASE)
 
@@ -882,21 +886,26 @@ _DB_VAR = re.compile(r"(^|_)(DB|DATABASE|POSTGRES|PG|PSQL)(_|$)", re.IGNORECASE)
 def _app_vars(
     fm: FileModel, p: NixPath, containers: Sequence[_Container]
 ) -> tuple[tuple[str, str] | None, tuple[str, str] | None, tuple[str, str] | None] | None:
-    """(role, database, host) an app container's variables beside its password variable name."""
-    shape = _container_shape(p)
-    if shape is None or len(p) < 2 or p[-2] != "environment":
+    """(role, database, host) the variables beside a password variable name: an app container's
+    environment, or any other ``environment`` attrset (a unit's, one bound in a let and merged into
+    containers)."""
+    if len(p) < 2 or p[-2] != "environment":
         return None
-    c = next((c for c in containers if c.fm is fm and c.prefix == shape[2]), None)
     m = _PASSWORD_END.search(p[-1])
-    if c is None or m is None:
+    if m is None:
         return None
     prefix = p[-1][: m.start()].upper()
     if prefix.startswith(("MYSQL", "MARIADB")):
         return None
+    shape = _container_shape(p)
+    c = next((c for c in containers if c.fm is fm and c.prefix == shape[2]), None) if shape is not None else None
+    if shape is not None and c is None:
+        return None
+    env_fm, env_path = (c.fm, (*c.prefix, "environment")) if c is not None else (fm, p[:-1])
     env: dict[str, tuple[str, str]] = {}
-    for b in c.fm.binds:
-        if b.path[:-1] == (*c.prefix, "environment") and b.exact and (v := _value(c.fm, b.value)) is not None:
-            env[b.path[-1].upper()] = (v[0], f"{_at(c.fm, b.node)}{v[1]} ({b.path[-1]})")
+    for b in env_fm.binds:
+        if b.path[:-1] == env_path and (b.exact or c is None) and (v := _value(env_fm, b.value)) is not None:
+            env[b.path[-1].upper()] = (v[0], f"{_at(env_fm, b.node)}{v[1]} ({b.path[-1]})")
 
     def first(*suffixes: str) -> tuple[str, str] | None:
         return next((env[prefix + s] for s in suffixes if prefix + s in env), None)

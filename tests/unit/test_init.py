@@ -476,6 +476,23 @@ def test_a_database_only_an_app_names(tmp_path: Path) -> None:
     assert "t00t" not in d.toml and "v4ult" not in d.toml
 
 
+def test_the_host_as_a_container_names_it_is_a_server_on_this_host(tmp_path: Path) -> None:
+    """host.docker.internal / host.containers.internal in an app's URL: the machine running the
+    containers (a native server there, marked # check:), not a container named so."""
+    d = draft(
+        _with("""{ ... }: {
+  virtualisation.oci-containers.containers.wiki.environment.DB_URL = "postgres://wiki:w1ki-pw@host.docker.internal/wiki";
+}
+""")
+    )
+    cfg = load(tmp_path, d.toml)
+    svc = cfg.services["wiki-db"]
+    assert (svc.runtime, svc.container, svc.role, svc.database) == ("native", None, "wiki", "wiki")
+    assert "runtime" in checked_keys(d.toml)["services.wiki-db"]
+    assert "its host: a local server" in d.toml and "is it services.postgresql on this host?" in d.toml
+    assert "the database is at host.docker.internal" not in d.toml
+
+
 def test_a_mysql_client_variable_in_an_app_is_not_a_database(tmp_path: Path) -> None:
     d = draft(
         _with("""{ ... }: {

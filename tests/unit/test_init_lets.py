@@ -115,3 +115,33 @@ def test_a_let_bound_secret_no_database_reads_is_not_drafted() -> None:
 """)
     )
     assert d.empty and d.toml == "" and d.other_findings == 1
+
+
+def test_an_environment_bound_in_a_let_and_merged_into_containers(tmp_path: Path) -> None:
+    """``base.environment`` in a let (``// base`` in each container): the variables beside the password
+    name the role and the database; host.containers.internal is the machine that runs the containers,
+    here with services.postgresql."""
+    d = draft(
+        _with("""{ config, ... }: let
+  dbpassword = "sh4red-pw";
+  base = {
+    environment = {
+      DB_HOSTNAME = "host.containers.internal";
+      DB_USERNAME = "photos";
+      DB_PASSWORD = dbpassword;
+      DB_DATABASE_NAME = "photos";
+    };
+  };
+in {
+  services.postgresql = { enable = true; ensureDatabases = [ "photos" ]; };
+  virtualisation.oci-containers.containers.photos-server = base // { image = "example/photos:1"; };
+  virtualisation.oci-containers.containers.photos-ml = base // { image = "example/photos-ml:1"; };
+}
+""")
+    )
+    cfg = load(tmp_path, d.toml)
+    svc = cfg.services["photos-db"]
+    assert (svc.runtime, svc.role, svc.database, svc.container) == ("native", "photos", "photos", None)
+    assert "runtime" in checked_keys(d.toml)["services.photos-db"]  # is it services.postgresql on this host?
+    assert "a local server; services.postgresql at modules/db.nix:12" in d.toml
+    assert "sh4red" not in d.toml
