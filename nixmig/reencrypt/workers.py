@@ -12,7 +12,9 @@ while the main process reads the next batch and its writer thread writes batch N
 - Each worker builds its ciphers from recipes (:class:`~nixmig.reencrypt.schemes.LocalKey`):
   the key bytes and the HMAC secret travel on the worker's private pipe, never in argv,
   a file or a log. Vault ciphers have no recipe: with Vault the batches are decided in
-  this process (Vault does the crypto, one batch request per batch and column).
+  threads of this process (Vault does the crypto; its requests wait on the network, not on
+  the GIL), several at once (``VaultSettings.batches``) so that the requests of the next
+  batches are in flight while one waits; the runner still writes them one at a time, in order.
 - A worker exits when its parent dies, even by SIGKILL (it watches the parent's sentinel),
   so a killed run leaves no process behind.
 - Errors raised in a worker (a plaintext value in reencrypt mode, a failed re-check) come
@@ -34,7 +36,7 @@ from nixmig.reencrypt.errors import ReencryptError
 from nixmig.sensitive import Secret
 
 if TYPE_CHECKING:
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
     from nixmig.reencrypt.core import BatchResult, Options, TablePlan
     from nixmig.reencrypt.schemes import CipherRecipe, Keyring
@@ -107,10 +109,16 @@ def _decide(plan: TablePlan, rows: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
 # ---- the parent side ----------------------------------------------------------------------
 
 
+def batches_in_flight(keyring: Keyring) -> int:
+    """Batches to decide at once in threads: 0 unless a cipher does its work elsewhere (Vault)."""
+    ciphers = (keyring.new, *keyring.old)
+    return max((int(getattr(c, "batches_in_flight", 0)) for c in ciphers), default=0)
+
+
 class Decider:
     """Decides batches: in worker processes when ``opts.jobs`` > 0 and every cipher has a
-    recipe, else in this process. :meth:`submit` returns a future either way, so the
-    runner's pipeline is the same."""
+    recipe; in threads, several at once, when a cipher is Vault's; else in this process.
+    :meth:`submit` returns a future either way, so the runner's pipeline is the same."""
 
     def __init__(self, keyring: Keyring, opts: Options) -> None:
         self.keyring, self.opts = keyring, opts
@@ -120,13 +128,23 @@ class Decider:
             hmac = opts.hmac_secret.reveal() if opts.hmac_secret is not None else None
             self._setup = _Setup(recipes, replace(opts, hmac_secret=None), hmac)
         self._pool: ProcessPoolExecutor | None = None
+        self._threads = batches_in_flight(keyring) if self._setup is None else 0
+        self._thread_pool: ThreadPoolExecutor | None = None
 
     @property
     def depth(self) -> int:
         """How many batches may be deciding while the main process reads the next one."""
-        return self.opts.jobs if self._setup is not None else 0
+        return self.opts.jobs if self._setup is not None else self._threads
 
     def submit(self, plan: TablePlan, rows: Sequence[Sequence[Any]]) -> Future[BatchResult]:
+        if self._threads:
+            if self._thread_pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._thread_pool = ThreadPoolExecutor(self._threads, thread_name_prefix="nixmig-decide")
+            from nixmig.reencrypt.core import process_rows
+
+            return self._thread_pool.submit(process_rows, rows, plan, self.keyring, self.opts)
         if self._setup is None or (self._pool is None and len(rows) < self.opts.batch_size):
             return self._here(plan, rows)
         pool = self._start()
@@ -164,6 +182,9 @@ class Decider:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._thread_pool is not None:
+            self._thread_pool.shutdown(wait=True, cancel_futures=True)
+            self._thread_pool = None
 
 
 def _complete(outer: Future[BatchResult], inner: Future[tuple[Any, ...]], rows: Sequence[Sequence[Any]]) -> None:

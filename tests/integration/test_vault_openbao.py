@@ -174,7 +174,8 @@ def test_batches_split_to_what_the_server_accepts_and_the_cap(bao: OpenBao, tmp_
 
 
 def test_a_single_item_too_large_is_one_clear_error(tmp_path: Path) -> None:
-    with OpenBao(tmp_path / "tiny", max_json_strings=3) as tiny:
+    # one item is 3 JSON strings ("batch_input", "plaintext" and its value): 2 refuse it
+    with OpenBao(tmp_path / "tiny", max_json_strings=2) as tiny:
         tiny.enable_transit()
         tiny.create_key("k")
         t = VaultTransit(VaultSettings(tiny.url, Secret(tiny.token)))
