@@ -558,7 +558,7 @@ def _let_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
     out: list[_LetUse] = []
     for u in let.uses:
         span = (u.start_byte, u.end_byte)
-        kind = Kind.PASSWORD
+        kind = f.kind  # the let's literal is a password, or a URL holding one
         bound = [b for b in fm.binds if (unparen(b.value).start_byte, unparen(b.value).end_byte) == span]
         strings = [
             lit
@@ -572,8 +572,7 @@ def _let_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
             holder = min(strings, key=lambda lit: lit.node.end_byte - lit.node.start_byte)
             path = holder.path
             value = resolve(holder.node, lets)
-            if value is not None and split_url(value[0]) is not None:
-                kind = Kind.URL_CREDENTIAL
+            kind = Kind.URL_CREDENTIAL if value is not None and split_url(value[0]) is not None else Kind.PASSWORD
         elif around:
             path = min(around, key=lambda b: b.value.end_byte - b.value.start_byte).path
         else:
@@ -820,7 +819,13 @@ def _url_db(fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Contain
     from nixmig.nixsrc.patch import split_url
 
     holders = [lit for lit in fm.lits if lit.node.start_byte <= f.start < lit.node.end_byte]
-    held = _value(fm, min(holders, key=lambda lit: lit.node.end_byte - lit.node.start_byte).node) if holders else None
+    if holders:
+        node: Node | None = min(holders, key=lambda lit: lit.node.end_byte - lit.node.start_byte).node
+    else:  # a let-bound URL read whole (DATABASE_URL = dbUrl;)
+        node = fm.root.descendant_for_byte_range(f.start, f.end) if f.start >= 0 else None
+        if node is not None and node.parent is not None and node.parent.type == "variable_expression":
+            node = node.parent
+    held = _value(fm, node) if node is not None else None
     value = held[0] if held is not None else None
     parts = split_url(value) if value else None
     at = f"{f.file}:{f.line}"
@@ -1084,7 +1089,7 @@ def draft(
 def _let_note(fm: FileModel, let: LetLiteral) -> str:
     lines = ", ".join(str(_line(fm, u)) for u in let.uses)
     return (
-        f"the password is bound once in a let ({let.name}, {_at(fm, let.binding)}) and read at line"
+        f"{let.name}, bound once in a let at {_at(fm, let.binding)}, holds the password and is read at line"
         f"{'s' if len(let.uses) != 1 else ''} {lines}: `nixmig patch --check` shows the uses it moves"
     )
 

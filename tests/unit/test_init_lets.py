@@ -40,7 +40,8 @@ def test_the_shape_case_drafts_the_database_and_lists_each_use(tmp_path: Path) -
     for line, var in ((21, "DB_PASSWORD"), (22, "DATABASE_URL")):
         app = f"# the same password in an app: hosts/box/notes.nix:{line} "
         assert f"{app}virtualisation.oci-containers.containers.notes.environment.{var}" in d.toml
-    assert "bound once in a let (dbPassword, hosts/box/notes.nix:4) and read at lines 13, 21, 22" in d.toml
+    let = "dbPassword, bound once in a let at hosts/box/notes.nix:4, holds the password"
+    assert f"{let} and is read at lines 13, 21, 22:" in d.toml
     assert "notes-let-pw-8" not in d.toml
 
 
@@ -68,8 +69,22 @@ def test_a_let_bound_password_only_an_apps_url_reads(tmp_path: Path) -> None:
     assert (svc.runtime, svc.role, svc.database) == ("native", "app", "appdb")
     assert "the database is at db.example.org" in d.toml
     assert "runtime" in checked_keys(d.toml)["services.appdb-db"]
-    assert "bound once in a let (pw, modules/db.nix:1) and read at line 4" in d.toml
+    assert "pw, bound once in a let at modules/db.nix:1, holds the password and is read at line 4:" in d.toml
     assert "l3t-url" not in d.toml
+
+
+def test_a_let_bound_url_read_whole(tmp_path: Path) -> None:
+    d = draft(
+        _with("""{ ... }: let dbUrl = "postgresql://app:urlpw-77@db.example.org/appdb"; in {
+  virtualisation.oci-containers.containers.app = { image = "example/app:1"; environment.DATABASE_URL = dbUrl; };
+}
+""")
+    )
+    cfg = load(tmp_path, d.toml)
+    svc = cfg.services["appdb-db"]
+    assert (svc.runtime, svc.role, svc.database) == ("native", "app", "appdb")
+    assert "the database is at db.example.org" in d.toml
+    assert "urlpw" not in d.toml
 
 
 def test_a_let_bound_password_read_by_a_nixpkgs_option(tmp_path: Path) -> None:
