@@ -77,7 +77,6 @@ from nixmig.nixsrc.quote import (
 )
 from nixmig.nixsrc.render import EnvFile, EnvLine, render_script, script_in_nix, template
 from nixmig.nixsrc.scan import classify_name
-from nixmig.nixsrc.sqlpass import clauses, role_identifier
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -264,7 +263,7 @@ class _Renderer:
     literals: list[str] = field(default_factory=list)  # "VAR at file:line:col" it replaces
 
 
-class _Builder:
+class Builder:
     def __init__(self, models: Mapping[str, FileModel], spec: Spec):
         self.models = models
         self.spec = spec
@@ -748,137 +747,11 @@ class _Builder:
                 f"another user, set age.secrets.{self.spec.secret}.owner to that user"
             )
 
-    def store_files(self, password: str | None) -> None:
-        """``passwordFile = pkgs.writeText "pw" "..."`` (also through toString, builtins.toFile): a file
-        with the password in the world-readable Nix store, where the option wants a path. The whole
-        value becomes the agenix path (the database's password or, with none found, the one such file)."""
-        found: list[tuple[FileModel, Bind, Node, str]] = []
-        for fm, b in self.all_binds():
-            if not b.exact or len(b.path) < 2 or not b.path[-1].endswith("File"):
-                continue
-            content = _store_file_content(b.value)
-            value = decode_string(content) if content is not None else None
-            if content is None or value is None or (password is not None and value != password):
-                continue
-            found.append((fm, b, content, value))
-        if len(found) != 1 or self.option_literal is not None:
-            return  # several: the verdict lists each, password_option cannot pick a store file
-        fm, b, content, value = found[0]
-        self.mask_literal(fm, content)
-        self.known.add(digest(value.encode()))
-        self.handled.add((fm.name, content.start_byte))
-        self.replaced.append(f"{'.'.join(b.path)} at {fm.where(content)}")
-        self.ed.add(
-            fm,
-            b.value.start_byte,
-            b.value.end_byte,
-            f"config.age.secrets.{nix_attr(self.spec.secret)}.path",
-            f"{'.'.join(b.path)} pointed at a file written into the world-readable Nix store with the password "
-            f"in it: it now names the file agenix decrypts {self.spec.secret} to at activation",
-        )
-        self.need(fm, ("config",))
-        self.store_file = fm
-        self.service_reads(b.path)
-
-    def sql_passwords(self, password: str | None) -> None:
-        """``services.postgresql.initialScript`` with ``CREATE/ALTER ROLE <role> ... PASSWORD '...'``: the
-        clause leaves the SQL (which stays valid) and a oneshot sets the password from the agenix
-        file after the server is up (templates/role-password.nix.j2)."""
-        for fm, b in self.all_binds():
-            if b.path != ("services", "postgresql", "initialScript") or not b.exact:
-                continue
-            node = _written_text(b.value)
-            if node is None:
-                continue
-            raw = fm.source[node.start_byte : node.end_byte]
-            for c in clauses(raw):
-                if c.role != self.spec.role or (password is not None and c.password != password) or "'" in c.password:
-                    continue  # another role's, or a value nixmig would have to unescape: the verdict says it
-                base = node.start_byte
-                self.masks.append((fm.name, base + c.value_start, base + c.value_end))
-                self.known.add(digest(c.password.encode()))
-                self.replaced.append(f"the PASSWORD of role {c.role} at {fm.where(base + c.value_start)}")
-                self.ed.add(
-                    fm,
-                    base + c.start,
-                    base + c.end,
-                    "",
-                    f"removes the literal PASSWORD of role {c.role} from services.postgresql.initialScript (a file "
-                    f"in the world-readable Nix store); the statement stays valid SQL",
-                )
-                self.role_unit(fm, b.node)
-                self.sql_file = fm
-
-    def role_unit(self, fm: FileModel, near: Node) -> None:
-        spec = self.spec
-        unit = f"nixmig-{credential_name(spec.secret)}-password"
-        if any(b.path[:3] == ("systemd", "services", unit) for _, b in self.all_binds()) or unit in self.role_units:
-            return
-        self.role_units.add(unit)
-        root = fm.root_of(near)
-        if root is None:
-            self.manual_here(fm, near, "cannot find the module's config to add the password unit to", "")
-            return
-        attrset, binding = root
-        tpl = template("role-password.nix.j2")
-        role_sql = escape_indented(role_identifier(spec.role), before_antiquote=False)
-        self.insert_path(
-            fm,
-            attrset,
-            ("systemd", "services", unit),
-            lambda attr: str(
-                tpl.unit(attr, spec.secret, nix_attr(spec.secret), spec.role, role_sql, credential_name(spec.secret))
-            ),
-            f"the oneshot {unit} sets the password of role {spec.role} from {spec.secret_on_host} after "
-            f"PostgreSQL is up, at each boot and deploy (the password is read by psql from the credential file: "
-            f"never in the store, an argv or the server's log)",
-            after=binding,
-        )
-        self.need(fm, ("config",))
-
-    def etc_files(self, password: str | None) -> None:
-        """``environment.etc."app-pass".text = "..."`` read by an option as ``"/etc/app-pass"`` (a file in the
-        world-readable store): the option names the agenix file instead, and the /etc entry goes."""
-        texts: dict[str, tuple[FileModel, Bind, str]] = {}
-        for fm, b in self.all_binds():
-            if b.exact and len(b.path) == 4 and b.path[:2] == ("environment", "etc") and b.path[3] == "text":
-                value = decode_string(unparen(b.value))
-                if value is not None and (password is None or value == password):
-                    texts[b.path[2]] = (fm, b, value)
-        users = [
-            (fm, b, texts[p.removeprefix("/etc/")])
-            for fm, b in self.all_binds()
-            if b.exact
-            and len(b.path) >= 2
-            and b.path[-1].endswith("File")
-            and (p := decode_string(unparen(b.value)) or "").startswith("/etc/")
-            and p.removeprefix("/etc/") in texts
-        ]
-        if len(users) != 1 or self.option_literal is not None or self.store_file is not None:
-            return  # none, or several: the verdict lists each literal
-        fm, b, (efm, eb, value) = users[0]
-        self.known.add(digest(value.encode()))
-        self.mask_literal(efm, unparen(eb.value))
-        self.replaced.append(f"{'.'.join(eb.path)} at {efm.where(eb.value)}")
-        self.ed.add(
-            fm,
-            b.value.start_byte,
-            b.value.end_byte,
-            f"config.age.secrets.{nix_attr(self.spec.secret)}.path",
-            f"{'.'.join(b.path)} read the password from {decode_string(unparen(b.value))}, a file written into the "
-            f"world-readable Nix store: it now names the file agenix decrypts {self.spec.secret} to",
-        )
-        whole = next((x for x in efm.binds if x.exact and x.path == eb.path[:3]), None)
-        target = eb.node if whole is None else whole.node
-        self.ed.remove_binding(efm, target, f"removes /etc/{eb.path[2]}, which held the password in the Nix store")
-        self.need(fm, ("config",))
-        self.store_file = fm
-        self.service_reads(b.path)
-
     def scan_literals(self, password: str | None, db: _Db | None) -> None:
-        self.sql_passwords(password)
-        self.store_files(password)
-        self.etc_files(password)
+        from nixmig.nixsrc.shapes import SHAPES  # the shapes import this module's helpers
+
+        for shape in SHAPES:
+            shape.apply(self, password)
         siblings: list[tuple[FileModel, Lit, str, NixPath]] = []
         self._scan_literals(password, db, siblings)
         self.bare_variables(password, siblings)
@@ -1732,14 +1605,14 @@ def _printf_lines(secret: str, files: Sequence[EnvFile]) -> list[str]:
     return [escape_indented(ln + "\n", before_antiquote=False)[:-1] for ln in lines]
 
 
-def _store_file_content(value: Node) -> Node | None:
+def store_file_content(value: Node) -> Node | None:
     """The content string of ``pkgs.writeText "name" "content"`` (``toString`` around it, parentheses),
     or None when the value is anything else."""
-    node = _written_text(value, plain=False)
+    node = written_text(value, plain=False)
     return node if node is not None and node.type == "string_expression" else None
 
 
-def _written_text(value: Node, *, plain: bool = True) -> Node | None:
+def written_text(value: Node, *, plain: bool = True) -> Node | None:
     """The text of ``pkgs.writeText "name" <text>`` (through toString and parentheses), or (``plain``)
     the value itself when it is a string: a double-quoted or an indented string node, else None.
     A ``*File`` option set to a plain string names a path, not a password: never ``plain`` there."""
@@ -1954,7 +1827,7 @@ def plan(sources: Mapping[str, bytes], spec: Spec) -> Plan:
     """
     models = {name: model(name, src) for name, src in sorted(sources.items())}
     check_keys(models, spec)
-    return _Builder(models, spec).run()
+    return Builder(models, spec).run()
 
 
 def _candidates(wanted: str, names: Sequence[str]) -> str:

@@ -12,6 +12,10 @@ import re
 from dataclasses import dataclass
 
 _HEAD = re.compile(rb'(?i)\b(?:CREATE|ALTER)\s+(?:ROLE|USER)\s+("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
+# the same in a shell command's double quotes (``psql -c "CREATE ROLE \\"x-y\\" ..."``): quotes escaped
+_HEAD_SHELL = re.compile(
+    rb'(?i)\b(?:CREATE|ALTER)\s+(?:ROLE|USER)\s+(\\"(?:[^"\\]|"")+\\"|"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+)
 _CLAUSE = re.compile(rb"(?i)\s+(?:ENCRYPTED\s+)?PASSWORD\s+'((?:[^'\\\n]|'')*)'")
 
 
@@ -27,18 +31,21 @@ class PasswordClause:
 
 def _role(ident: bytes) -> str:
     text = ident.decode("utf-8", "replace")
+    if text.startswith('\\"'):
+        text = text[1:-2] + '"'
     if text.startswith('"'):
         return text[1:-1].replace('""', '"')
     return text.lower()
 
 
-def clauses(text: bytes) -> list[PasswordClause]:
-    """Every ``PASSWORD '...'`` of a CREATE/ALTER ROLE/USER statement in ``text``.
+def clauses(text: bytes, *, in_shell: bool = False) -> list[PasswordClause]:
+    """Every ``PASSWORD '...'`` of a CREATE/ALTER ROLE/USER statement in ``text``; ``in_shell``: the
+    SQL is inside a shell command's double quotes, where a quoted identifier is ``\\"x\\"``.
 
     A clause whose statement interpolates anything (``${``) or whose value is not a plain
     literal is left out: it is not a password nixmig can move."""
     out: list[PasswordClause] = []
-    for head in _HEAD.finditer(text):
+    for head in (_HEAD_SHELL if in_shell else _HEAD).finditer(text):
         stmt_end = text.find(b";", head.end())
         stmt_end = len(text) if stmt_end == -1 else stmt_end
         stmt = text[head.end() : stmt_end]

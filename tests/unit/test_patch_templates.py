@@ -130,6 +130,23 @@ def rendered_snippets() -> dict[str, str]:
             )
         )
         + " }",
+        "role-password-exec.nix.j2": "{ "
+        + str(
+            template("role-password-exec.nix.j2").unit(
+                'systemd.services."nixmig-s-password"',
+                "s",
+                "s",
+                'we"ird',
+                '\\"we""ird\\" \'\'${x}',
+                "s",
+                "${pkgs.podman}/bin/podman exec",
+                "postgres",
+                "pg",
+                ["make-db.service", "podman-pg.service"],
+                "make-db",
+            )
+        )
+        + " }",
     }
 
 

@@ -1,0 +1,65 @@
+"""``environment.etc."app-pass".text = "..."`` read by an option as ``"/etc/app-pass"``.
+
+/etc files are links into the world-readable Nix store: the option names the agenix file
+instead, and the /etc entry goes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.model import decode_string, unparen
+from nixmig.nixsrc.quote import nix_attr
+from nixmig.nixsrc.shapes import Shape
+
+if TYPE_CHECKING:
+    from nixmig.nixsrc.model import Bind, FileModel
+    from nixmig.nixsrc.patch import Builder
+
+
+def apply(b: Builder, password: str | None) -> None:
+    texts: dict[str, tuple[FileModel, Bind, str]] = {}
+    for fm, bind in b.all_binds():
+        if bind.exact and len(bind.path) == 4 and bind.path[:2] == ("environment", "etc") and bind.path[3] == "text":
+            value = decode_string(unparen(bind.value))
+            if value is not None and (password is None or value == password):
+                texts[bind.path[2]] = (fm, bind, value)
+    users = [
+        (fm, bind, texts[p.removeprefix("/etc/")])
+        for fm, bind in b.all_binds()
+        if bind.exact
+        and len(bind.path) >= 2
+        and bind.path[-1].endswith("File")
+        and (p := decode_string(unparen(bind.value)) or "").startswith("/etc/")
+        and p.removeprefix("/etc/") in texts
+    ]
+    if len(users) != 1 or b.option_literal is not None or b.store_file is not None:
+        return  # none, or several: the verdict lists each literal
+    fm, bind, (efm, eb, value) = users[0]
+    b.known.add(digest(value.encode()))
+    b.mask_literal(efm, unparen(eb.value))
+    b.replaced.append(f"{'.'.join(eb.path)} at {efm.where(eb.value)}")
+    b.ed.add(
+        fm,
+        bind.value.start_byte,
+        bind.value.end_byte,
+        f"config.age.secrets.{nix_attr(b.spec.secret)}.path",
+        f"{'.'.join(bind.path)} read the password from {decode_string(unparen(bind.value))}, a file written into "
+        f"the world-readable Nix store: it now names the file agenix decrypts {b.spec.secret} to",
+    )
+    whole = next((x for x in efm.binds if x.exact and x.path == eb.path[:3]), None)
+    target = eb.node if whole is None else whole.node
+    b.ed.remove_binding(efm, target, f"removes /etc/{eb.path[2]}, which held the password in the Nix store")
+    b.need(fm, ("config",))
+    b.store_file = fm
+    b.service_reads(bind.path)
+
+
+SHAPE = Shape(
+    "etc-file",
+    'environment.etc."x".text with the password, read by an option as "/etc/x": the option names the agenix '
+    "file, the /etc entry goes",
+    apply,
+    ("native-etc-text-password-file",),
+)

@@ -1,0 +1,61 @@
+"""``passwordFile = pkgs.writeText "pw" "..."`` (also through ``toString``, ``builtins.toFile``).
+
+A file with the password in the world-readable Nix store, where the option wants a path: the
+whole value becomes the agenix path (the database's password or, with none found, the one such
+file), owned by the user the service runs as where nixmig knows it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.model import decode_string
+from nixmig.nixsrc.quote import nix_attr
+from nixmig.nixsrc.shapes import Shape
+
+if TYPE_CHECKING:
+    from tree_sitter import Node
+
+    from nixmig.nixsrc.model import Bind, FileModel
+    from nixmig.nixsrc.patch import Builder
+
+
+def apply(b: Builder, password: str | None) -> None:
+    from nixmig.nixsrc.patch import store_file_content
+
+    found: list[tuple[FileModel, Bind, Node, str]] = []
+    for fm, bind in b.all_binds():
+        if not bind.exact or len(bind.path) < 2 or not bind.path[-1].endswith("File"):
+            continue
+        content = store_file_content(bind.value)
+        value = decode_string(content) if content is not None else None
+        if content is None or value is None or (password is not None and value != password):
+            continue
+        found.append((fm, bind, content, value))
+    if len(found) != 1 or b.option_literal is not None:
+        return  # several: the verdict lists each, password_option cannot pick a store file
+    fm, bind, content, value = found[0]
+    b.mask_literal(fm, content)
+    b.known.add(digest(value.encode()))
+    b.handled.add((fm.name, content.start_byte))
+    b.replaced.append(f"{'.'.join(bind.path)} at {fm.where(content)}")
+    b.ed.add(
+        fm,
+        bind.value.start_byte,
+        bind.value.end_byte,
+        f"config.age.secrets.{nix_attr(b.spec.secret)}.path",
+        f"{'.'.join(bind.path)} pointed at a file written into the world-readable Nix store with the password "
+        f"in it: it now names the file agenix decrypts {b.spec.secret} to at activation",
+    )
+    b.need(fm, ("config",))
+    b.store_file = fm
+    b.service_reads(bind.path)
+
+
+SHAPE = Shape(
+    "store-file",
+    "a *File option set to pkgs.writeText/builtins.toFile with the password: it names the agenix file",
+    apply,
+    ("native-writetext-passwordfile",),
+)
