@@ -24,6 +24,7 @@ from nixmig.errors import NixmigError
 from nixmig.patchstate import PatchState
 from nixmig.phases import hostsecret
 from nixmig.phases.base import Action, Context
+from nixmig.remote.base import traced
 
 
 class StageError(NixmigError):
@@ -169,16 +170,17 @@ def _deploy(ctx: Context, phase: str) -> None:
         raise StageError(
             "no deploy command", where=f"migrations.{ctx.name}.deploy", hint='e.g. deploy = "deploy .#newton"'
         )
-    run_deploy(
-        ctx.migration.deploy,
-        repo=ctx.cfg.repo,
-        phase=phase,
-        migration=ctx.name,
-        emit=ctx.emit,
-        host=ctx.host_name,
-        drop_env=ctx.cfg.secret_env(),  # nixmig's own secrets stay with nixmig
-        keep_env=ctx.migration.deploy_env,
-    )
+    with traced("deploy", f"NIXMIG_PHASE={phase} (the deploy command)"):
+        run_deploy(
+            ctx.migration.deploy,
+            repo=ctx.cfg.repo,
+            phase=phase,
+            migration=ctx.name,
+            emit=ctx.emit,
+            host=ctx.host_name,
+            drop_env=ctx.cfg.secret_env(),  # nixmig's own secrets stay with nixmig
+            keep_env=ctx.migration.deploy_env,
+        )
 
 
 class Stage:

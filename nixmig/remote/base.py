@@ -7,8 +7,12 @@ on stdin or in 0400 files), and the text that may be logged is produced here.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shlex
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -145,3 +149,28 @@ class Transport(Protocol):
 
 
 CHUNK = 1 << 16
+
+TRACE_ENV = "NIXMIG_TRACE"
+
+
+@contextlib.contextmanager
+def traced(kind: str, argv: Sequence[str] | str) -> Iterator[None]:
+    """Round trips to the target, for bench/migrate.py: with NIXMIG_TRACE=FILE set, each
+    command, held process, forward and connection appends one JSON line (when it started,
+    how long it took, its kind, the command as a one-line message shows it: argv never
+    holds a secret, see render) to FILE, created 0600. Unset: nothing is written."""
+    path = os.environ.get(TRACE_ENV)
+    if not path:
+        yield
+        return
+    started, t0 = time.time(), time.perf_counter()
+    try:
+        yield
+    finally:
+        shown = argv if isinstance(argv, str) else short(argv, 200)
+        line = json.dumps({"at": started, "secs": time.perf_counter() - t0, "kind": kind, "cmd": shown})
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from nixmig import fsutil
-from nixmig.remote.base import CHUNK, DEFAULT_TIMEOUT, CommandFailed, Result, TransportError, render, stdin_bytes
+from nixmig.remote.base import (
+    CHUNK,
+    DEFAULT_TIMEOUT,
+    CommandFailed,
+    Result,
+    TransportError,
+    render,
+    stdin_bytes,
+    traced,
+)
 from nixmig.sensitive import Secret
 
 
@@ -19,6 +28,17 @@ class LocalTransport:
     name = "local"
 
     def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | Secret | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        check: bool = True,
+    ) -> Result:
+        with traced("run", argv):
+            return self._run(argv, stdin=stdin, timeout=timeout, check=check)
+
+    def _run(
         self,
         argv: Sequence[str],
         *,
@@ -46,6 +66,18 @@ class LocalTransport:
         return result
 
     def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: BinaryIO | None = None,
+        stdout: BinaryIO | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        check: bool = True,
+    ) -> Result:
+        with traced("stream", argv):
+            return self._stream(argv, stdin=stdin, stdout=stdout, timeout=timeout, check=check)
+
+    def _stream(
         self,
         argv: Sequence[str],
         *,
@@ -93,6 +125,10 @@ class LocalTransport:
         return result
 
     def hold(self, argv: Sequence[str], *, timeout: float = 30.0) -> _LocalHeld:
+        with traced("hold", argv):
+            return self._hold(argv, timeout)
+
+    def _hold(self, argv: Sequence[str], timeout: float) -> _LocalHeld:
         command = render(argv)
         proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdout is not None and proc.stderr is not None

@@ -35,6 +35,7 @@ from nixmig.remote.base import (
     render,
     short,
     stdin_bytes,
+    traced,
 )
 from nixmig.sensitive import Secret
 
@@ -174,18 +175,19 @@ class SshTransport:
         if identity is not None and not Path(identity).is_file():
             raise TransportError(f"identity file {identity} does not exist", where=where)
         try:
-            client.connect(
-                host.address,
-                port=host.port,
-                username=host.user,
-                key_filename=identity,
-                look_for_keys=identity is None,
-                allow_agent=True,
-                timeout=timeout,
-                banner_timeout=timeout,
-                auth_timeout=timeout,
-                transport_factory=_transport_factory,
-            )
+            with traced("connect", f"ssh {host.user}@{host.address}:{host.port}"):
+                client.connect(
+                    host.address,
+                    port=host.port,
+                    username=host.user,
+                    key_filename=identity,
+                    look_for_keys=identity is None,
+                    allow_agent=True,
+                    timeout=timeout,
+                    banner_timeout=timeout,
+                    auth_timeout=timeout,
+                    transport_factory=_transport_factory,
+                )
         except TransportError as exc:
             client.close()
             raise TransportError(exc.what, where=where, hint=exc.hint) from None
@@ -227,7 +229,8 @@ class SshTransport:
         check: bool = True,
     ) -> Result:
         command = render(argv)
-        result = self._exec(command, stdin_bytes(stdin), timeout, shown=f"`{short(argv)}`")
+        with traced("run", argv):
+            result = self._exec(command, stdin_bytes(stdin), timeout, shown=f"`{short(argv)}`")
         if check and not result.ok:
             raise CommandFailed(result, self.name)
         return result
@@ -242,7 +245,8 @@ class SshTransport:
         check: bool = True,
     ) -> Result:
         command = render(argv)
-        result = self._exec(command, stdin, timeout, sink=stdout, shown=f"`{short(argv)}`")
+        with traced("stream", argv):
+            result = self._exec(command, stdin, timeout, sink=stdout, shown=f"`{short(argv)}`")
         if check and not result.ok:
             raise CommandFailed(result, self.name)
         return result
@@ -332,6 +336,10 @@ class SshTransport:
                 chan.close()
 
     def hold(self, argv: Sequence[str], *, timeout: float = 30.0) -> _SshHeld:
+        with traced("hold", argv):
+            return self._hold(argv, timeout)
+
+    def _hold(self, argv: Sequence[str], timeout: float) -> _SshHeld:
         command, shown = render(argv), f"`{short(argv)}`"
         transport = self._live(shown)
         try:
@@ -400,7 +408,8 @@ class SshTransport:
                 except OSError:
                     return
                 try:
-                    chan = transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0))
+                    with traced("channel", f"direct-tcpip {host}:{port}"):
+                        chan = transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0))
                 except (paramiko.SSHException, OSError, EOFError):
                     conn.close()
                     continue
