@@ -217,7 +217,8 @@ def apply(
                 ctx.journal.fail(p.name, f"{type(exc).__name__}: {exc}")
                 raise
             ctx.journal.finish(p.name, data)
-            _observe(ctx)
+            if not getattr(p, "keeps_target", False):  # a deploy may re-create the container, rebuild switches
+                _observe(ctx)
             _notify(on_phase, p.name, "done", time.monotonic() - started)
             _crash_point(p.name)
         if ctx.journal.completed is None:
@@ -308,18 +309,19 @@ def _take(ctx: Context) -> target.Identity:
 def check_target(ctx: Context, *, record: bool) -> None:
     """The journal's run was on the database the config reaches now, or stop before anything
     is done (nixmig.target). ``record``: apply keeps the identity when the journal has none
-    (its first run; a target that does not answer yet is recorded before the first step
-    after preflight, which says what is wrong); rollback, with no identity kept (an older
+    (its first run: for a database, the identity preflight read in this run, recorded before
+    the first step after preflight, which says what is wrong when the target does not
+    answer; strategy move: the host's, at once); rollback, with no identity kept (an older
     nixmig's journal), carries on.
     ``ctx.extra["accept_target"]`` (--accept-target): an operator's word that it is the same
     database; the new identity is recorded."""
     rec = ctx.journal.meta.get("target")
     accept = bool(ctx.extra.get("accept_target"))
-    if not isinstance(rec, dict) and not record:
+    if not isinstance(rec, dict) and (not record or ctx.migration.strategy != "move"):
+        # a first run on a database: nothing done yet; preflight checks the runtime and reads
+        # the identity (target.SEEN), _record keeps it before the first step that may change it
         return
     try:
-        if not isinstance(rec, dict) and ctx.migration.strategy != "move":
-            ctx.runtime.check(ctx.t)  # a first run: what preflight checks first, nothing recorded yet
         now = _take(ctx)
     except NixmigError as exc:
         if not isinstance(rec, dict):
@@ -356,15 +358,21 @@ def check_target(ctx: Context, *, record: bool) -> None:
 
 
 def _record(ctx: Context) -> None:
-    """The target's identity in the journal before the first step that may change it."""
+    """The target's identity in the journal before the first step that may change it: the
+    one preflight read in this run (target.SEEN), else read now."""
+    seen = ctx.extra.pop(target.SEEN, None)  # what this run's preflight read: no second look
     if not isinstance(ctx.journal.meta.get("target"), dict):
-        ctx.journal.meta["target"] = _take(ctx).record()
+        now = seen if isinstance(seen, target.Identity) else _take(ctx)
+        ctx.journal.meta["target"] = now.record()
         ctx.journal.save()
 
 
 def _observe(ctx: Context) -> None:
     """After a step: what nixmig's own step changed (a deploy re-created the container,
-    rebuild switched clusters) is still this migration's target. Best effort."""
+    rebuild switched clusters) is still this migration's target. Best effort. Apply skips
+    it after a phase that says ``keeps_target = True`` (it never re-creates the container
+    nor moves the cluster: preflight, backup, rotate, verify, cleanup): a psql and a docker
+    inspect that could learn nothing."""
     rec = ctx.journal.meta.get("target")
     if not isinstance(rec, dict):
         return

@@ -26,6 +26,8 @@ from nixmig.db.runtime import DockerRuntime, Runtime
 from nixmig.errors import NixmigError
 from nixmig.remote.base import Transport
 
+SEEN = "target_seen"  # Context.extra: the Identity preflight read in this run (engine._record)
+
 
 class TargetChanged(NixmigError):
     """The config now reaches another host, cluster or container than the journal's run did."""

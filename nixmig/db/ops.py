@@ -135,18 +135,77 @@ def snapshot(t: Transport, rt: Runtime) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
+class Facts:
+    """What preflight reads, in one psql: whether the role exists (from pg_roles: no
+    verifier is read), the database's size, the cluster's system_identifier, and the exact
+    row count of every user table."""
+
+    role_exists: bool
+    db_bytes: int
+    cluster: str
+    tables: dict[str, int]
+
+
+_FACT = "nixmig-"  # a marker: table names are "schema.table", a marker has no dot
+
+
+def facts(t: Transport, rt: Runtime, role: str) -> Facts:
+    """Facts in one round trip (preflight's: each psql is a command on the target)."""
+    out = psql(
+        t,
+        rt,
+        f"SELECT '{_FACT}role', count(*) FROM pg_roles WHERE rolname = {sql.literal(role)};\n"  # noqa: S608 - literal() quotes it
+        f"SELECT '{_FACT}size', pg_database_size(current_database());\n"
+        f"SELECT '{_FACT}cluster', system_identifier FROM pg_control_system();\n" + SNAPSHOT_SQL,
+    )
+    found: dict[str, str] = {}
+    tables: dict[str, int] = {}
+    for line in out.splitlines():
+        if "\t" not in line:
+            continue
+        name, value = line.rsplit("\t", 1)
+        if name.startswith(_FACT) and "." not in name:
+            found[name.removeprefix(_FACT)] = value
+        else:
+            tables[name] = int(value)
+    if set(found) != {"role", "size", "cluster"} or not found["cluster"].isdigit():
+        raise DatabaseError(f"unexpected output of psql: {out[:80]!r}", where=f"{t.name}: {rt.describe()}")
+    return Facts(found["role"] != "0", int(found["size"] or 0), found["cluster"], tables)
+
+
+@dataclass(frozen=True)
 class RoleState:
     exists: bool
     verifier: Secret | None  # the stored SCRAM/md5 verifier: secret-grade, never logged
 
 
+def _verifier_sql(role: str, marker: str = "") -> str:
+    head = f"SELECT {sql.literal(marker)}, " if marker else "SELECT "
+    return head + "coalesce(rolpassword, '') FROM pg_authid WHERE rolname = " + sql.literal(role) + ";\n"
+
+
 def role_state(t: Transport, rt: Runtime, role: str) -> RoleState:
-    query = "SELECT coalesce(rolpassword, '') FROM pg_authid WHERE rolname = " + sql.literal(role) + ";"  # noqa: S608 - literal() quotes it
-    out = psql(t, rt, query)
+    out = psql(t, rt, _verifier_sql(role))
     lines = out.splitlines()
     if not lines:
         return RoleState(False, None)
     return RoleState(True, Secret(lines[0]) if lines[0] else None)
+
+
+def role_state_and_snapshot(t: Transport, rt: Runtime, role: str) -> tuple[RoleState, dict[str, int]]:
+    """role_state and snapshot in one psql (verify's: one round trip, not two)."""
+    marker = _FACT + "verifier"
+    out = psql(t, rt, _verifier_sql(role, marker) + SNAPSHOT_SQL)
+    state = RoleState(False, None)
+    counts: dict[str, int] = {}
+    for line in out.splitlines():
+        if line.startswith(marker + "\t"):
+            value = line.split("\t", 1)[1]
+            state = RoleState(True, Secret(value) if value else None)
+        elif "\t" in line:
+            name, n = line.rsplit("\t", 1)
+            counts[name] = int(n)
+    return state, counts
 
 
 def set_password(t: Transport, rt: Runtime, role: str, password: Secret) -> None:

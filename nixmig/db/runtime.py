@@ -45,8 +45,9 @@ class Runtime(Protocol):
         """argv of pg_restore reading an archive on stdin into ``database`` (no owners, no grants)."""
         ...
 
-    def check(self, t: Transport) -> None:
-        """Raise RuntimeError_ with advice when the runtime is not there."""
+    def check(self, t: Transport) -> str | None:
+        """Raise RuntimeError_ with advice when the runtime is not there; docker: return the
+        container's ID (read by the same inspect: nixmig.target records it), native: None."""
         ...
 
     def endpoint(self, t: Transport) -> tuple[str, int]:
@@ -96,7 +97,7 @@ class DockerRuntime:
     def pg_restore(self, database: str) -> list[str]:
         return self._exec("pg_restore", *RESTORE_FLAGS, "-U", self.service.admin_role, "-d", dbname(database))
 
-    def check(self, t: Transport) -> None:
+    def check(self, t: Transport) -> str | None:
         r = t.run(self._docker("inspect", "--type", "container", self.container), check=False)
         if not r.ok:
             raise RuntimeError_(
@@ -114,6 +115,7 @@ class DockerRuntime:
                 where=t.name,
                 hint="check services.<name>.volume (docker inspect shows the mounts)",
             )
+        return str(info.get("Id") or "") or None
 
     def endpoint(self, t: Transport) -> tuple[str, int]:
         fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
@@ -166,7 +168,7 @@ class NativeRuntime:
             "pg_restore", *RESTORE_FLAGS, *self._conn(), "-U", self.service.admin_role, "-d", dbname(database)
         )
 
-    def check(self, t: Transport) -> None:
+    def check(self, t: Transport) -> str | None:
         r = t.run(self._as_os_user("pg_isready", *self._conn()), check=False)
         if not r.ok:
             raise RuntimeError_(
@@ -174,6 +176,7 @@ class NativeRuntime:
                 where=t.name,
                 hint="check services.<name>.socket_dir / port, and that postgresql.service runs",
             )
+        return None
 
     def endpoint(self, t: Transport) -> tuple[str, int]:
         return "127.0.0.1", self.service.port

@@ -153,6 +153,7 @@ def _drain(src: BinaryIO) -> None:
 class Backup:
     name = "backup"
     title = "encrypted backup"
+    keeps_target = True  # a restore test uses a scratch target: engine._observe skipped
 
     def describe(self, ctx: Context) -> list[Action]:
         snap = "<exported snapshot>" if ctx.restore_test else None

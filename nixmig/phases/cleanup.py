@@ -36,6 +36,7 @@ def own_files(backups_dir: Path, migration: str) -> list[tuple[Path, backupname.
 class Cleanup:
     name = "cleanup"
     title = "cleanup"
+    keeps_target = True  # no container re-created, no cluster moved: engine._observe skipped
 
     def describe(self, ctx: Context) -> list[Action]:
         return [

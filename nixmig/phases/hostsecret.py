@@ -8,8 +8,9 @@ role's password to a value the app never gets: an outage until a rollback).
 
 The repo's NAME.age is decrypted here with the operator identity (--identity, else
 agenix's defaults ~/.ssh/id_ed25519 and id_rsa) and hashed in memory; the host's file is
-hashed there (`sha256sum`, through the transport). Only the two digests meet, and
-neither is printed or journaled (the digest of a short password can be guessed offline).
+hashed there (`sha256sum`, through the transport); rotate, which reads the password
+anyway, hashes what it read here instead (one round trip, not two). Only the two digests
+meet, and neither is printed or journaled (the digest of a short password can be guessed offline).
 
 Stage deploys unless the digests are equal. Rotate, dual-role's add-role and rebuild's
 provision refuse, before they change anything, when they differ; they reopen stage in the
@@ -26,6 +27,7 @@ from pathlib import Path
 from nixmig.errors import IdentityError, NixmigError
 from nixmig.phases.base import Action, Context
 from nixmig.secrets.age import Identity, decrypt
+from nixmig.sensitive import Secret
 
 _EMPTY = hashlib.sha256(b"").hexdigest()
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -121,11 +123,17 @@ def host_digest(ctx: Context) -> str | None:
     return None if digest == _EMPTY else digest
 
 
-def compare(ctx: Context) -> HostSecret:
+def compare(ctx: Context, value: Secret | None = None) -> HostSecret:
     """Both digests (off-host only: on-host the repo is not there, and the activation
-    running nixmig has just written the deployed value)."""
+    running nixmig has just written the deployed value). ``value``: the host's file as a
+    phase that reads it anyway (rotate) just read it, hashed here: no second round trip."""
     repo, why = repo_digest(ctx)
-    return HostSecret(ctx.secret_on_host, age_file(ctx), host_digest(ctx), repo, why)
+    if value is None:
+        host = host_digest(ctx)
+    else:
+        digest = hashlib.sha256(value.reveal()).hexdigest()
+        host = None if digest == _EMPTY else digest
+    return HostSecret(ctx.secret_on_host, age_file(ctx), host, repo, why)
 
 
 def describe(ctx: Context) -> list[Action]:
@@ -153,13 +161,15 @@ def require_repo_value(
     *,
     consequence: str = "the services would get another password than the role",
     unknown_refuses: bool = False,
+    checked: HostSecret | None = None,
 ) -> None:
     """Before ``phase`` uses the host's secret: refuse, changing nothing, when it is not
     the repo's value (and reopen stage, so that apply again deploys it first).
-    A value that cannot be checked here (no identity) is said, or (``unknown_refuses``) refused."""
+    A value that cannot be checked here (no identity) is said, or (``unknown_refuses``) refused.
+    ``checked``: the comparison the phase made just now (compare(ctx, value)), else made here."""
     if ctx.on_host:
         return
-    hs = compare(ctx)
+    hs = checked if checked is not None else compare(ctx)
     rel = shown(ctx, hs.age_file)
     if hs.repo is None:
         if unknown_refuses:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from nixmig import target
 from nixmig.db import ops
+from nixmig.db.runtime import DockerRuntime
 from nixmig.errors import NixmigError
 from nixmig.phases.base import Action, Context
 from nixmig.secrets import rules as rl
@@ -19,6 +21,7 @@ class PreflightError(NixmigError):
 class Preflight:
     name = "preflight"
     title = "preflight checks"
+    keeps_target = True  # no container re-created, no cluster moved: engine._observe skipped
 
     def describe(self, ctx: Context) -> list[Action]:
         h = ctx.host
@@ -41,9 +44,9 @@ class Preflight:
 
     def do(self, ctx: Context) -> dict[str, Any]:
         t = ctx.t
-        ctx.runtime.check(t)
-        role = ops.role_state(t, ctx.runtime, ctx.service.role)
-        if not role.exists:
+        container_id = ctx.runtime.check(t)
+        facts = ops.facts(t, ctx.runtime, ctx.service.role)  # one psql: role, size, cluster, counts
+        if not facts.role_exists:
             raise PreflightError(
                 f"role {ctx.service.role!r} does not exist in {ctx.runtime.describe()}",
                 where=t.name,
@@ -51,8 +54,7 @@ class Preflight:
             )
         if not ctx.on_host:
             self._secret_listed(ctx)
-        counts = ops.snapshot(t, ctx.runtime)
-        size = int(ops.psql(t, ctx.runtime, "SELECT pg_database_size(current_database());").strip() or 0)
+        counts, size = facts.tables, facts.db_bytes
         ctx.backups_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         free = shutil.disk_usage(ctx.backups_dir).free
         if free < size:  # a custom-format dump is smaller than the database: this is a safe bound
@@ -61,6 +63,10 @@ class Preflight:
                 where=ctx.backups_dir,
                 hint="free some space or move the repo's .nixmig/backups to a larger disk",
             )
+        # the target's identity, from what was just read (engine._record keeps it in the journal)
+        container = ctx.runtime.container if isinstance(ctx.runtime, DockerRuntime) else None
+        seen = target.Identity(target.host_identity(t), facts.cluster, container, container_id)
+        ctx.extra[target.SEEN] = seen
         ctx.emit(f"{len(counts)} tables, {sum(counts.values())} rows, {size // 2**20} MiB")
         return {"tables": counts, "db_bytes": size}
 

@@ -12,6 +12,7 @@ ALTER ROLE, and reopens stage so that `nixmig apply` again deploys it.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from typing import Any
 
 from nixmig.db import ops
@@ -33,9 +34,38 @@ def new_password(ctx: Context) -> Secret:
     return Secret(raw)
 
 
+_READ = 'if [ ! -e "$1" ]; then exit 3; fi; exec cat -- "$1"'  # exit 3: no such file
+_FACTS = "rotate_facts"  # Context.extra: what check() read, for do() right after it
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What rotate reads before it changes anything, one round trip each: the host's
+    secret (None: missing or empty) and its comparison with the repo's value (digests, the
+    host's made here from the value read: rotate reads it anyway; None on-host), the role."""
+
+    password: Secret | None
+    checked: hostsecret.HostSecret | None
+    role: ops.RoleState | None  # None: not read, the host's secret is known to differ
+
+
+def _facts(ctx: Context) -> _Facts:
+    path = ctx.secret_on_host
+    r = ctx.t.run(["sh", "-c", _READ, "sh", path], check=False)
+    if not r.ok and r.exit_code != 3:  # stderr only: stdout may hold the secret
+        why = " | ".join(r.stderr.decode("utf-8", "replace").split("\n")[-3:]).strip() or f"exit {r.exit_code}"
+        raise RotateError(f"cannot read {path}: {why}", where=ctx.t.name)
+    password = Secret(r.stdout) if r.ok and r.stdout else None
+    checked = None if ctx.on_host else hostsecret.compare(ctx, password or Secret(b""))
+    if checked is not None and checked.differs:
+        return _Facts(password, checked, None)  # do() refuses: the database is not asked
+    return _Facts(password, checked, ops.role_state(ctx.t, ctx.runtime, ctx.service.role))
+
+
 class Rotate:
     name = "rotate"
     title = "rotate the role's password"
+    keeps_target = True  # no container re-created, no cluster moved: engine._observe skipped
 
     def describe(self, ctx: Context) -> list[Action]:
         return [
@@ -46,23 +76,33 @@ class Rotate:
         ]
 
     def check(self, ctx: Context) -> bool:
-        if hostsecret.differs(ctx):
+        facts = _facts(ctx)
+        if facts.checked is not None and facts.checked.differs:
+            ctx.extra[_FACTS] = facts
             return False  # do() refuses
-        state = ops.role_state(ctx.t, ctx.runtime, ctx.service.role)
-        return state.verifier is not None and ops.password_matches(state.verifier, new_password(ctx))
+        verifier = facts.role.verifier if facts.role is not None else None
+        done = verifier is not None and facts.password is not None and ops.password_matches(verifier, facts.password)
+        if not done:
+            ctx.extra[_FACTS] = facts  # do() runs next (engine.apply): the same facts, not read twice
+        return done
 
     def do(self, ctx: Context) -> dict[str, Any]:
+        facts = ctx.extra.pop(_FACTS, None)
         if not ctx.operator_recipients:
             raise RotateError("no operator recipients for the rollback material", where=ctx.cfg.path)
-        hostsecret.require_repo_value(ctx, self.name, RotateError)
-        state = ops.role_state(ctx.t, ctx.runtime, ctx.service.role)
-        old = state.verifier or Secret("")
+        if not isinstance(facts, _Facts):
+            facts = _facts(ctx)
+        hostsecret.require_repo_value(ctx, self.name, RotateError, checked=facts.checked)
+        if facts.password is None:
+            raise RotateError(f"{ctx.secret_on_host} is missing or empty", where=ctx.t.name)
+        role = facts.role or ops.role_state(ctx.t, ctx.runtime, ctx.service.role)
+        old = role.verifier or Secret("")
         sealed = base64.b64encode(encrypt(old, ctx.operator_recipients)).decode()
         # Journal the sealed old verifier before changing anything: a crash right after
         # ALTER ROLE must still be able to roll back.
         ctx.journal.steps[self.name].data = {"old_verifier_age": sealed}
         ctx.journal.save()
-        ops.set_password(ctx.t, ctx.runtime, ctx.service.role, new_password(ctx))
+        ops.set_password(ctx.t, ctx.runtime, ctx.service.role, facts.password)
         return {"old_verifier_age": sealed}
 
     def can_undo(self, ctx: Context, data: dict[str, Any]) -> None:

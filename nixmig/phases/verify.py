@@ -19,6 +19,7 @@ class VerifyError(NixmigError):
 class Verify:
     name = "verify"
     title = "verify"
+    keeps_target = True  # no container re-created, no cluster moved: engine._observe skipped
 
     def describe(self, ctx: Context) -> list[Action]:
         acts = [
@@ -47,7 +48,7 @@ class Verify:
             if ctx.old_password is not None and ctx.old_password != pw:
                 old = try_login(lhost, lport, svc.role, ctx.old_password, svc.database)
                 rows.append({"check": "old password refused", "ok": old is not None, "detail": old or "it still works"})
-        state = ops.role_state(t, ctx.runtime, svc.role)
+        state, counts = ops.role_state_and_snapshot(t, ctx.runtime, svc.role)  # one psql
         rows.append(
             {
                 "check": "stored verifier is the new password's",
@@ -55,7 +56,7 @@ class Verify:
                 "detail": "",
             }
         )
-        row, after = tables_row(ctx)
+        row, after = tables_row(ctx, counts)
         rows += [row, *health_rows(ctx)]
         conclude(ctx, rows)
         return {"checks": rows, "at": time.time(), "rows_now": after}
@@ -77,10 +78,11 @@ def log_row(ctx: Context) -> dict[str, Any]:
     }
 
 
-def tables_row(ctx: Context) -> tuple[dict[str, Any], dict[str, int]]:
-    """Every table of the preflight snapshot is there with at least its row count; the counts now."""
+def tables_row(ctx: Context, now: dict[str, int] | None = None) -> tuple[dict[str, Any], dict[str, int]]:
+    """Every table of the preflight snapshot is there with at least its row count; the counts
+    now (``now``: just read, else read here)."""
     before: dict[str, int] = ctx.journal.data("preflight").get("tables", {})
-    after = ops.snapshot(ctx.t, ctx.runtime)
+    after = now if now is not None else ops.snapshot(ctx.t, ctx.runtime)
     missing = [f"{k} ({after.get(k, 'gone')} < {v})" for k, v in before.items() if after.get(k, -1) < v]
     row = {
         "check": f"{len(before)} tables, {sum(before.values())} rows at preflight, now {sum(after.values())}",
