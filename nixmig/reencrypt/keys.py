@@ -346,6 +346,8 @@ class VaultTransit:
         self._limits: dict[tuple[str, bool, bool], _BatchLimit] = {}
         self.requests: list[int] = []  # items per batch request sent (refused ones included)
         self.refused: list[int] = []  # items of the requests refused as too large
+        self.in_flight = 0  # batch requests sent and not yet answered
+        self.peak_in_flight = 0  # the most at once
         self._hvac: Any = lambda: hvac.Client(url=settings.addr, token=settings.token.reveal_str())
         self._lean = _LeanHttp.for_addr(settings.addr, settings.token)  # None: batch requests through hvac
         self._local = threading.local()  # one client (HTTP session) per thread
@@ -464,6 +466,16 @@ class VaultTransit:
 
     def _request(self, op: str, name: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         self.requests.append(len(items))
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return self._send(op, name, items)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _send(self, op: str, name: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self._lean is None:
             return self._request_hvac(op, name, items)
         body = json.dumps({"batch_input": items}, separators=(",", ":")).encode()
@@ -510,8 +522,12 @@ class VaultTransit:
 
             conn.close()
             self._local.conn = None
-            if isinstance(exc, ssl.SSLCertVerificationError):
-                raise _Unreachable(f"TLS: {exc.verify_message}") from None
+            if isinstance(exc, ssl.SSLCertVerificationError):  # waiting does not fix a certificate
+                raise VaultError(
+                    f"Vault's TLS certificate is not trusted: {exc.verify_message}",
+                    where=self.addr,
+                    hint="set VAULT_CACERT to the PEM file of the CA that signed it (or VAULT_CAPATH to a directory)",
+                ) from None
             raise requests.ConnectionError(type(exc).__name__) from None
         if resp.status == 503:
             raise hvac.exceptions.VaultDown()
@@ -574,7 +590,7 @@ class VaultTransit:
                 return fn()
             except hvac.exceptions.VaultDown:
                 reason = "it is sealed or not ready (503)"
-            except (hvac.exceptions.VaultError, _Unreachable):
+            except (hvac.exceptions.VaultError, _Unreachable, VaultError):
                 raise
             except (requests.ConnectionError, requests.Timeout) as exc:
                 reason = f"{type(exc).__name__}"

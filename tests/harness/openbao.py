@@ -10,7 +10,9 @@ installs it into .venv). Two ways to run it:
   :meth:`OpenBao.unseal`);
 - ``audit=True``: a file audit device (:meth:`OpenBao.batch_sizes` reads what each request carried);
 - ``max_json_strings=N``: the listener's ``max_request_json_strings`` (OpenBao's default, 1,000,
-  is what refuses nixmig's default batches), with a config file and ``storage "inmem"`` (so with ``audit``).
+  is what refuses nixmig's default batches), with a config file and ``storage "inmem"`` (so with ``audit``);
+- ``tls=True``: an ``https://`` listener whose certificate (for 127.0.0.1) is signed by a CA made
+  for the run (:attr:`OpenBao.ca_file`, TEST ONLY), with a config file too.
 
 The dev root token is TEST ONLY.
 """
@@ -22,6 +24,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -71,13 +74,21 @@ class OpenBao:
     """One OpenBao server in ``root``; use as a context manager."""
 
     def __init__(
-        self, root: Path, *, persistent: bool = False, max_json_strings: int | None = None, audit: bool = False
+        self,
+        root: Path,
+        *,
+        persistent: bool = False,
+        max_json_strings: int | None = None,
+        audit: bool = False,
+        tls: bool = False,
     ) -> None:
         self.root, self.persistent, self.max_json_strings = root, persistent, max_json_strings
         self.audit = root / "audit.log" if audit else None
-        self.dev = not persistent and max_json_strings is None and not audit
+        self.dev = not persistent and max_json_strings is None and not audit and not tls
+        self.tls = tls
+        self.ca_file = root / "ca.pem"  # with tls: the CA that signed the server's certificate
         self.port = _two_free_ports()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.token = ROOT_TOKEN
         self.unseal_key = ""
         self.log = root / "bao.log"
@@ -111,7 +122,12 @@ class OpenBao:
             self._init_and_unseal()
 
     def _write_config(self) -> Path:
-        listener = f'  address = "127.0.0.1:{self.port}"\n  tls_disable = true\n'
+        listener = f'  address = "127.0.0.1:{self.port}"\n'
+        if self.tls:
+            cert, key = self._make_certificate()
+            listener += f'  tls_cert_file = "{cert}"\n  tls_key_file = "{key}"\n'
+        else:
+            listener += "  tls_disable = true\n"
         if self.max_json_strings is not None:
             listener += f"  max_request_json_strings = {self.max_json_strings}\n"
         text = f'listener "tcp" {{\n{listener}}}\n'
@@ -126,6 +142,48 @@ class OpenBao:
         path = self.root / "bao.hcl"
         path.write_text(text)
         return path
+
+    def _make_certificate(self) -> tuple[Path, Path]:
+        """A throwaway CA (:attr:`ca_file`) and a server certificate for 127.0.0.1 signed by it."""
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        now = datetime.datetime.now(datetime.UTC)
+
+        def build(subject: str, key: Any, issuer: str, signer: Any, *, ca: bool) -> x509.Certificate:
+            b = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            )
+            if not ca:
+                san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+                b = b.add_extension(san, critical=False)
+            return b.sign(signer, hashes.SHA256())
+
+        ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        ca = build("nixmig test CA (TEST ONLY)", ca_key, "nixmig test CA (TEST ONLY)", ca_key, ca=True)
+        cert = build("127.0.0.1", key, "nixmig test CA (TEST ONLY)", ca_key, ca=False)
+        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        cert_file, key_file = self.root / "server.pem", self.root / "server.key"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        key_file.chmod(0o600)
+        return cert_file, key_file
 
     def _init_and_unseal(self) -> None:
         state = self.http("GET", "/v1/sys/init", token=False)
@@ -184,7 +242,8 @@ class OpenBao:
             req.add_header("X-Vault-Token", self.token)
         if data is not None:
             req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        context = ssl.create_default_context(cafile=str(self.ca_file)) if self.tls else None
+        with urllib.request.urlopen(req, timeout=30, context=context) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else {}
 

@@ -184,6 +184,133 @@ def test_a_single_item_too_large_is_one_clear_error(tmp_path: Path) -> None:
         assert t.refused == [2]
 
 
+# ---- several batches in flight ---------------------------------------------------------------
+
+
+def _run_in_process(dsn: str, settings: VaultSettings, old: str, new: str, batch_size: int) -> tuple[Any, Any]:
+    from nixmig.reencrypt import keys, runner
+    from nixmig.reencrypt.spec import Column, Spec, TableSpec
+
+    transit = VaultTransit(settings)
+    ring = schemes.Keyring(VaultContextCipher(transit, new), (VaultLegacyCipher(transit, old),))
+    spec = Spec(
+        (
+            TableSpec("users", (Column("email", "email_hmac"), Column("first_name"))),
+            TableSpec("invitations", (Column("email"), Column("token"))),
+        )
+    )
+    conn, writer = runner.connect(dsn), runner.connect(dsn)
+    try:
+        opts = runner.Options(apply=True, batch_size=batch_size, hmac_secret=Secret(HMAC))
+        stats = runner.run(conn, runner.inspect(conn, spec), ring, opts, writer=writer)
+    finally:
+        conn.close()
+        writer.close()
+        transit.close()
+    assert keys.DEFAULT_VAULT_BATCHES > 1
+    return transit, stats
+
+
+def test_batches_are_decided_several_at_once_and_written_in_order(pg_db: PgServer, bao: OpenBao) -> None:
+    """At --batch-size 100 every batch's decrypt, encrypt and decrypt-again are one request each:
+    requests overlap only if several batches are decided at once. They are (VaultSettings.batches),
+    and every value still lands in its own row, the counters exact."""
+    old, new = _keys(bao)
+    plain = seed(pg_db.dsn, bao, old)
+    transit, stats = _run_in_process(pg_db.dsn, VaultSettings(bao.url, Secret(bao.token)), old, new, 100)
+    assert max(transit.requests) <= 100 and transit.peak_in_flight > 1, transit.peak_in_flight
+    assert [(s.table, s.counts.migrated, s.counts.already_new) for s in stats] == [
+        ("users", 2 * USERS, 0),
+        ("invitations", 2 * INVITATIONS, 0),
+    ]
+    assert_moved(pg_db.dsn, bao, new, plain, 1)
+
+
+def test_one_batch_at_a_time_when_asked(pg_db: PgServer, bao: OpenBao) -> None:
+    """The control of the test above: with batches=1 no two requests are ever in flight."""
+    old, new = _keys(bao)
+    plain = seed(pg_db.dsn, bao, old, 400, 50)
+    settings = VaultSettings(bao.url, Secret(bao.token), batches=1)
+    transit, _ = _run_in_process(pg_db.dsn, settings, old, new, 100)
+    assert transit.peak_in_flight == 1
+    assert_moved(pg_db.dsn, bao, new, plain, 1)
+
+
+def test_sigkill_with_batches_in_flight_resumes_every_row_once(pg_db: PgServer, bao: OpenBao) -> None:
+    """Killed while several batches are being decided (and one written): the next run resumes
+    from the last checkpoint, which covers every batch before it (batches are written in order),
+    so every row is moved, none twice (already_new stays 0)."""
+    old, new = _keys(bao)
+    plain = seed(pg_db.dsn, bao, old, 3000, 20)
+    proc = run(pg_db.dsn, bao, old, new, "--apply", "--json", "--batch-size", "50", popen=True)
+    deadline = time.monotonic() + 60
+    n: Any = None
+    while time.monotonic() < deadline:
+        with psycopg.connect(pg_db.dsn) as conn:
+            n = conn.execute("SELECT count(*) FROM users WHERE email LIKE 'vctx:%'").fetchone()
+        if n and n[0] >= 300:
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert n is not None and 300 <= n[0] < 3000, n  # killed mid-table
+    res = run(pg_db.dsn, bao, old, new, "--apply", "--json")
+    assert res.returncode == 0, res.stderr
+    tables = {t["table"]: t for t in json.loads(res.stdout)["tables"]}
+    assert tables["users"]["resumed"] is True, tables["users"]
+    assert tables["users"]["migrated"] == 2 * 3000 and tables["users"]["already_new"] == 0, tables["users"]
+    assert_moved(pg_db.dsn, bao, new, plain, 1)
+
+
+# ---- how batch requests travel: kept-alive connections, TLS, proxies ---------------------------
+
+
+def test_https_trusts_vault_cacert_and_refuses_an_unknown_ca(
+    pg_db: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch requests go over nixmig's own kept-alive connections (not hvac): over https they
+    trust what hvac trusts, VAULT_CACERT, and an unknown CA is one clear error at once."""
+    for var in ("VAULT_CACERT", "VAULT_CAPATH", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    with OpenBao(tmp_path / "tls", tls=True) as srv:
+        srv.enable_transit()
+        old, new = _keys(srv)
+        untrusted = VaultTransit(VaultSettings(srv.url, Secret(srv.token)))
+        started = time.monotonic()
+        with pytest.raises(VaultError, match="Vault's TLS certificate is not trusted") as exc:
+            untrusted.encrypt(old, [b"x"], None, None)
+        assert time.monotonic() - started < 5  # not retried for 30 s: waiting does not fix a certificate
+        assert "VAULT_CACERT" in str(exc.value.hint) and srv.token not in str(exc.value) + str(exc.value.hint)
+
+        monkeypatch.setenv("VAULT_CACERT", str(srv.ca_file))
+        transit = VaultTransit(VaultSettings(srv.url, Secret(srv.token)))
+        values = [f"v{i}".encode() for i in range(600)]
+        legacy = transit.encrypt(old, values, None, None)
+        assert transit.decrypt(old, legacy, None) == values
+        # the whole run over https, key reads (hvac) and batches (nixmig's connections) alike
+        plain = seed(pg_db.dsn, srv, old, 300, 20)
+        res = run(pg_db.dsn, srv, old, new, "--apply", "--json")
+        assert res.returncode == 0, res.stderr
+        assert_moved(pg_db.dsn, srv, new, plain, 1)
+
+
+def test_a_proxy_from_the_environment_is_honoured(bao: OpenBao, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy that applies to VAULT_ADDR (HTTP_PROXY without a NO_PROXY match) carries the batch
+    requests too: they go through hvac (requests) then. Here nothing listens at the proxy."""
+    old, _ = _keys(bao)
+    for var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    direct = VaultTransit(VaultSettings(bao.url, Secret(bao.token)))
+    assert direct.decrypt(old, direct.encrypt(old, [b"x"], None, None), None) == [b"x"]
+    monkeypatch.setenv("no_proxy", "")
+    proxied = VaultTransit(VaultSettings(bao.url, Secret(bao.token), retry_seconds=0.3))
+    with pytest.raises(VaultError, match="cannot reach Vault"):
+        proxied.encrypt(old, [b"x"], None, None)
+
+
 # ---- key versions -----------------------------------------------------------------------------
 
 
