@@ -204,6 +204,16 @@ class Edits:
         else:
             self.add(fm, last.end_byte, last.end_byte, "\n" + _indent_of(src, last) + element, why)
 
+    @staticmethod
+    def can_have_formals(fm: FileModel) -> bool:
+        """ensure_formals would succeed: a module function (or a bare attrset module) nixmig may give
+        more arguments, not a function of other arguments someone calls."""
+        formals = fm.function_formals()
+        if formals is None:
+            return fm.bare_attrset() is not None and fm.module_function() is None
+        have = {text(n) for f in formals.named_children if f.type == "formal" for n in f.named_children[:1]}
+        return not have or bool(have & MODULE_ARGS)
+
     def ensure_formals(self, fm: FileModel, names: Sequence[str], why: str) -> bool:
         """Add missing names to the module's `{ ... }:` formals (the inner function of a curried module);
         a bare attrset module becomes a function of them. False when the file is neither."""

@@ -411,7 +411,7 @@ class Builder:
             [
                 "# in " + comment_text(".".join(prefix)) + ":",
                 str(tpl.password_file_env(DB_PASSWORD_VAR + "_FILE", self.spec.secret_in_container)),
-                str(tpl.volumes("volumes", self.spec.secret_on_host, self.spec.secret_in_container)),
+                str(tpl.volumes("volumes", nix_escape(self.spec.secret_on_host), self.spec.secret_in_container)),
             ]
         )
 
@@ -481,9 +481,18 @@ class Builder:
         return False
 
     def ensure_volume(self, db: _Db, tpl: Any) -> None:
+        """The read-only bind mount of the agenix file into the database container. In a NixOS module
+        (oci-containers) the source is ``${config.age.secrets.NAME.path}`` (wherever age.secretsDir
+        is); arion's compose files have arion's own ``config``, so there it is the path written out."""
         fm, spec = db.fm, self.spec
         vol_path = (*db.prefix, "volumes")
         mount = f"{spec.secret_on_host}:{spec.secret_in_container}:ro"
+        if db.kind == "oci" and self.ed.can_have_formals(fm):
+            source = f"${{config.age.secrets.{nix_attr(spec.secret)}.path}}"
+            self.need(fm, ("config",))
+        else:
+            source = nix_escape(spec.secret_on_host)
+        volume = str(tpl.volume(source, spec.secret_in_container))
         why = (
             f"bind-mounts the agenix file {spec.secret_on_host} read-only at {spec.secret_in_container} in the "
             f"{db.name} container (only the path is in the Nix store)"
@@ -491,17 +500,12 @@ class Builder:
         for b in fm.binds:
             if b.path == vol_path and unparen(b.value).type == "list_expression":
                 lst = unparen(b.value)
-                if any(decode_string(e) == mount for e in lst.named_children):
+                if any(decode_string(e) == mount or fm.text(e) == volume for e in lst.named_children):
                     return
-                self.ed.append_element(fm, lst, str(tpl.volume(spec.secret_on_host, spec.secret_in_container)), why)
+                self.ed.append_element(fm, lst, volume, why)
                 return
             if b.path == vol_path:
-                self.manual_here(
-                    fm,
-                    b.value,
-                    f"{'.'.join(vol_path)} is not a list literal",
-                    str(tpl.volume(spec.secret_on_host, spec.secret_in_container)),
-                )
+                self.manual_here(fm, b.value, f"{'.'.join(vol_path)} is not a list literal", volume)
                 return
         anchor = self._bind_at(fm, (*db.prefix, "environment"))
         root = self._service_attrset(fm, db.prefix)
@@ -509,7 +513,7 @@ class Builder:
             fm,
             root,
             vol_path,
-            lambda attr: str(tpl.volumes(attr, spec.secret_on_host, spec.secret_in_container)),
+            lambda attr: str(tpl.volumes(attr, source, spec.secret_in_container)),
             why,
             after=anchor.node if anchor else None,
         )
@@ -1003,7 +1007,7 @@ class Builder:
             key = ("oci", fm.name, name)
             if key not in self.renderers:
                 containers = self._bind_containing(fm, prefix)
-                unit_seg = '"${config.virtualisation.oci-containers.backend}-' + nix_escape(name) + '"'
+                unit_seg = oci_unit_seg(fm, name)
                 self.renderers[key] = _Renderer(key, "oci", fm, containers, unit_seg, name, name, container=name)
             return self.renderers[key]
         # arion: the project (and its unit) that brings this compose file up
@@ -1479,7 +1483,9 @@ class Builder:
             paths = [f.path for f in files]
             if kind == "oci":
                 tpl = template("oci-containers.nix.j2")
-                unit_seg = '"${config.virtualisation.oci-containers.backend}-' + nix_escape(name) + '"'
+                segs = {oci_unit_seg(fm, name) for fm in self.models.values()}
+                literal = sorted(seg for seg in segs if not seg.startswith('"'))
+                unit_seg = nix_attrpath((literal[0] if literal else oci_unit_seg(None, name),))
                 return (
                     note
                     + str(tpl.environment_files(nix_attrpath((*prefix, "environmentFiles")), paths))
@@ -1719,6 +1725,18 @@ def nixpkgs_file_sibling(path: NixPath) -> NixPath | None:
 _ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SAFE_URL_PART = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]*")
 _SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
+
+
+def oci_unit_seg(fm: FileModel | None, name: str) -> str:
+    """The attribute under systemd.services of an oci container's unit, as patch writes it: the unit
+    ``fm`` already binds by its literal name (compose2nix writes ``systemd.services."docker-NAME"``;
+    a second binding beside it through the backend option would be a duplicate attribute), else
+    through ``virtualisation.oci-containers.backend``."""
+    for backend in ("docker", "podman"):
+        unit = f"{backend}-{name}"
+        if fm is not None and any(b.exact and b.path[:3] == ("systemd", "services", unit) for b in fm.binds):
+            return unit
+    return '"${config.virtualisation.oci-containers.backend}-' + nix_escape(name) + '"'
 
 
 def _secret_name(path: NixPath) -> bool:

@@ -102,7 +102,7 @@ def rendered_snippets() -> dict[str, str]:
         + "\n".join(
             [
                 str(oci.environment_files("environmentFiles", ["/run/c/s.env"])),
-                str(oci.volumes("volumes", "/run/agenix/s", "/run/secrets/s")),
+                str(oci.volumes("volumes", "${config.age.secrets.s.path}", "/run/secrets/s")),
                 str(oci.password_file_env("POSTGRES_PASSWORD_FILE", "/run/secrets/s")),
                 str(
                     oci.unit(
@@ -191,7 +191,7 @@ def test_oci_containers_and_systemd_patterns(tmp_path: Path) -> None:
     )
     # database container: a password file, bind-mounted read-only
     assert 'environment = { POSTGRES_PASSWORD_FILE = "/run/secrets/app-db"; };' in out
-    assert 'volumes = [ "/run/agenix/app-db:/run/secrets/app-db:ro" ];' in out
+    assert 'volumes = [ "${config.age.secrets.app-db.path}:/run/secrets/app-db:ro" ];' in out
     # app container: the URL leaves environment for environmentFiles, rendered by its unit
     assert 'DATABASE_URL = "postgresql' not in out
     assert 'environmentFiles = [ "/run/app/app-db.env" ];' in out

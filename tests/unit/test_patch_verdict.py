@@ -220,7 +220,7 @@ def test_strategy_move_patches_a_mariadb_user_and_its_apps_and_says_the_root_pas
     plan = pt.plan(src, pt.Spec(secret="wiki-db", role="wiki", container="wiki-db", strategy="move"))
     out = plan.results(src)["wiki.nix"].decode()
     assert 'MARIADB_PASSWORD_FILE = "/run/secrets/wiki-db";' in out
-    assert '"/run/agenix/wiki-db:/run/secrets/wiki-db:ro"' in out
+    assert '"${config.age.secrets.wiki-db.path}:/run/secrets/wiki-db:ro"' in out
     assert "wiki-pw-7" not in out and "environmentFiles" in out
     # the root password is another user's: left, and said with its line
     assert [(m.line, "MySQL/MariaDB" in m.what) for m in plan.manual] == [(8, True)]
