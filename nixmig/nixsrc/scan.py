@@ -1079,6 +1079,8 @@ def _worth_a_climb(node: Node) -> bool:
             if name in ("default", "value") or classify_name(name, plural=True) is not None:
                 return True
             names = [(n.text or b"").decode("utf-8", "replace").strip('"') for n in ap.named_children]
+            if _keyed_by_user(names[-2] if len(names) >= 2 else _outer_name(parent)) is not None:
+                return True
             if name == "text" and len(names) >= 2:
                 base = names[-2].rsplit("/", 1)[-1].split(".", 1)[0]
                 return classify_name(base) is not None  # environment.etc."x-admin-pass".text
@@ -1141,6 +1143,8 @@ def _scan_string(node: Node, out: _Collector, *, every: bool = False) -> None:
             ws = words(leaf)
             leaf = "_".join(ws[:-1] if ws and ws[-1] in _FILE_NOUNS else ws)
         cls = classify_name(leaf, plural=ctx.plural) if leaf else None
+        if cls is None and not ctx.file_content and len(ctx.plain) >= 2 and ctx.plain[-1] == ctx.leaf:
+            cls = _keyed_by_user(ctx.plain[-2])  # ensurePasswords.alice = "..."
         if cls is None and ctx.basic_auth:
             cls = NameClass(Kind.PASSWORD, (*words(ctx.leaf), "password"))
         if cls is None and out.secrets_file and ctx.in_attrset and not ctx.plural and not ctx.file_content:
@@ -1157,6 +1161,29 @@ def _scan_string(node: Node, out: _Collector, *, every: bool = False) -> None:
             add((0, len(data)), kind, "name", cls.words)
             return
     _scan_inside(data, leaf_words, add, multiline=node.type == "indented_string_expression")
+
+
+def _outer_name(binding: Node) -> str:
+    """The last attribute name of the binding whose attrset holds ``binding`` ("" if none)."""
+    node = binding.parent
+    for _ in range(3):
+        if node is None:
+            return ""
+        if node.type == "binding":
+            ap = node.child_by_field_name("attrpath")
+            last = ap.named_children[-1] if ap is not None and ap.named_child_count else None
+            return (last.text or b"").decode("utf-8", "replace").strip('"') if last is not None else ""
+        node = node.parent
+    return ""
+
+
+def _keyed_by_user(parent: str) -> NameClass | None:
+    """A map from a name to its password: ``ensurePasswords.umami = "..."``, ``passwords.alice = "..."``
+    (the attribute names a user, its parent says what the value is)."""
+    ws = words(parent)
+    if not ws or ws[-1] not in ("passwords", "passwds", "passphrases"):
+        return None
+    return classify_name(parent, plural=True)
 
 
 class _Add(Protocol):
