@@ -93,8 +93,9 @@ def _why(f: Finding, source: bytes, role: str) -> str:
     scheme = _scheme(source, f.start) if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 else ""
     if ws & _MYSQL or scheme in _MYSQL or scheme == "mysql2":
         return (
-            "a MySQL/MariaDB credential: nixmig cannot rotate it; move it with a migration of its own "
-            '(strategy = "move": `nixmig secret new NAME --from FILE:LINE` keeps its value)'
+            'a MySQL/MariaDB credential: nixmig cannot rotate it; a migration with strategy = "move" moves one '
+            "such value (the service's role names whose: the MySQL user, or root; `nixmig secret new NAME --from "
+            "FILE:LINE` keeps the value)"
         )
     if f.rule == "sql":
         return "a password inside SQL text (an initialScript or a script): nixmig has no edit for it"

@@ -86,6 +86,7 @@ if TYPE_CHECKING:
 DB_PASSWORD_VAR = "POSTGRES_PASSWORD"  # noqa: S105 - a variable name
 URL_SCHEMES = ("postgres", "postgresql")
 MYSQL_SCHEMES = ("mysql", "mariadb", "mysql2")
+_MYSQL_ROOT_VARS = ("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD")
 
 
 # ---------------------------------------------------------------- what to do
@@ -127,7 +128,9 @@ class Spec:
         if self.strategy != "move":
             return (DB_PASSWORD_VAR,)
         if self.role == "root":
-            return (DB_PASSWORD_VAR, "MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD")
+            return (DB_PASSWORD_VAR, *_MYSQL_ROOT_VARS)
+        if self.role == "postgres":  # no role set (a MySQL server has no postgres user): the user's, else root's
+            return (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD", *_MYSQL_ROOT_VARS)
         return (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD")
 
     @property
@@ -387,9 +390,14 @@ class Builder:
     def _user_is_role(self, fm: FileModel, prefix: NixPath, var: str) -> bool:
         """MYSQL_PASSWORD is MYSQL_USER's (MARIADB_ same): this migration's only when that user is its role;
         a root password is root's."""
+        user_var = var.replace("ROOT_", "").replace("PASSWORD", "USER")
+        user = self._bind_at(fm, (*prefix, "environment", user_var))
+        if self.spec.role == "postgres":  # no role set: the user's password, or root's when there is none
+            user_pw = self._bind_at(fm, (*prefix, "environment", var.replace("ROOT_", "")))
+            user_pw = user_pw or self._bind_at(fm, (*prefix, "environment", var.replace("ROOT_", "") + "_FILE"))
+            return user_pw is None if "ROOT" in var else user is not None
         if "ROOT" in var:
             return self.spec.role == "root"
-        user = self._bind_at(fm, (*prefix, "environment", var.replace("PASSWORD", "USER")))
         return user is not None and self.value_of(fm, user.value) == self.spec.role
 
     def _pick(self, dbs: list[_Db]) -> list[_Db]:
