@@ -19,6 +19,7 @@ same target (said, and recorded), a cluster nixmig never saw is not.
 from __future__ import annotations
 
 import hashlib
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,23 +57,35 @@ class Identity:
 
 def take(t: Transport, rt: Runtime) -> Identity:
     """The identity of the database this transport and runtime reach now."""
-    from nixmig.db import ops
-
+    query = b"SELECT system_identifier FROM pg_control_system();\n"
+    container = container_id = None
+    argv = rt.psql()
+    if isinstance(rt, DockerRuntime):
+        # one round trip, not two: the container's ID (an empty line when inspect fails), then psql
+        container = rt.container
+        inspect = shlex.join(rt._docker("inspect", "--type", "container", "-f", "{{.Id}}", container))
+        script = f"id=$({inspect} </dev/null 2>/dev/null) || id=; printf '%s\\n' \"$id\"; exec {shlex.join(argv)}"
+        argv = ["sh", "-c", script]
     try:
-        out = ops.psql(t, rt, "SELECT system_identifier FROM pg_control_system();\n").strip()
+        r = t.run(argv, stdin=query, check=False)
     except NixmigError as exc:
         raise TargetUnknown(
             f"cannot read the cluster's system_identifier ({exc.what})",
             where=t.name,
             hint="start the database server and run the command again",
         ) from None
+    lines = r.stdout.decode("utf-8", "replace").splitlines()
+    if container is not None:
+        container_id = (lines.pop(0).strip() if lines else "") or None
+    if not r.ok:
+        raise TargetUnknown(
+            f"cannot read the cluster's system_identifier (psql failed: {r.tail()})",
+            where=t.name,
+            hint="start the database server and run the command again",
+        )
+    out = "".join(lines).strip()
     if not out.isdigit():
         raise TargetUnknown(f"unexpected system_identifier {out[:40]!r}", where=t.name)
-    container = container_id = None
-    if isinstance(rt, DockerRuntime):
-        container = rt.container
-        r = t.run(rt._docker("inspect", "--type", "container", "-f", "{{.Id}}", container), check=False)
-        container_id = (r.stdout.decode().strip() or None) if r.ok else None
     return Identity(host_identity(t), out, container, container_id)
 
 

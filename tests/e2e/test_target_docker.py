@@ -8,10 +8,15 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import docker  # noqa: TID251  (test harness, not product code)
 import pytest
 
+from nixmig import config, engine
+from nixmig import target as identity
+from nixmig.db.runtime import runtime_for
 from tests.e2e import twenty_stack as ts
 from tests.e2e.test_migrate_docker import Stack, assert_not_rotated, assert_rotated, states
 from tests.e2e.test_migrate_docker import site as site
@@ -85,3 +90,26 @@ def test_resume_and_rollback_refuse_another_container(stack: Stack, site: ts.Sit
     assert r.returncode == 0, r.stdout + r.stderr
     assert_not_rotated(site)
     assert _verifier(stack.db, other_db) == theirs
+
+
+def test_take_reads_container_and_cluster_in_one_round_trip(
+    stack: Stack, site: ts.Site, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """target.take over SSH: the container's ID and the cluster's system_identifier in one
+    command on the host (apply takes it after each deploy); a container that is gone is a
+    TargetUnknown, not an ID."""
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("NIXMIG_TRACE", str(trace))
+    ctx = engine.make_context(config.load(site.config), ts.MIGRATION)
+    try:
+        t = ctx.t  # connected first: the connection is a round trip of its own
+        trace.unlink(missing_ok=True)
+        now = identity.take(t, ctx.runtime)
+        assert now.container == ts.CONTAINER and now.container_id == stack.db.container_id
+        assert now.cluster is not None and now.cluster.isdigit()
+        assert len(trace.read_text().splitlines()) == 1
+        gone = replace(ctx.service, container="nixmig-test-no-such-container")
+        with pytest.raises(identity.TargetUnknown, match="system_identifier"):
+            identity.take(t, runtime_for(gone))
+    finally:
+        ctx.close()
