@@ -33,28 +33,43 @@ def parse(source: bytes) -> Tree:
 
     The grammar predates Nix's pipe operators (``xs |> map f``, ``f <| x``): a file that only
     parses with them is parsed with each operator read as ``++`` (same length, so every offset
-    and every string stays as written; an operator inside a string or comment is left alone)."""
+    and every string stays as written; an operator inside a string or comment is left alone).
+    It also refuses a comma after the last formal (``{ a, b, }:``), which Nix takes: read as a space."""
     tree = _parser().parse(source)
-    if not tree.root_node.has_error or _PIPE.search(source) is None:
+    if not tree.root_node.has_error:
         return tree
-    return _parse_with_pipes(source) or tree
+    if _TRAILING_COMMA.search(source) is not None:
+        fixed = _parse_replacing(source, [(m.start(), b" ") for m in _TRAILING_COMMA.finditer(source)])
+        if fixed is not None:
+            return fixed
+    if _PIPE.search(source) is None:
+        return tree
+    return _parse_replacing(source, [(m.start(), b"++") for m in _PIPE.finditer(source)]) or tree
 
 
-def _parse_with_pipes(source: bytes) -> Tree | None:
-    spots = [m.start() for m in _PIPE.finditer(source)]
+# a comma after the last formal (`{ system, version, }:`): Nix takes it, the grammar does not; read as a space
+_TRAILING_COMMA = re.compile(rb",(?=(?:\s|#[^\n]*\n|/\*(?:[^*]|\*(?!/))*\*/)*\}\s*(?::|@))")
+
+
+def _parse_replacing(source: bytes, swaps: list[tuple[int, bytes]]) -> Tree | None:
+    """Parse with the bytes at each spot swapped for others of the same length; a spot that turns out
+    to be inside a string or a comment gets its bytes back. None when it still does not parse."""
+    spots = [i for i, _ in swaps]
+    width = {i: len(w) for i, w in swaps}
     buf = bytearray(source)
-    for i in spots:
-        buf[i : i + 2] = b"++"
+    for i, w in swaps:
+        buf[i : i + len(w)] = w
     tree = _parser().parse(bytes(buf))
     if tree.root_node.has_error:
         return None
     restored = False
     for i in spots:
-        node: Node | None = tree.root_node.descendant_for_byte_range(i, i + 2)
+        n = width[i]
+        node: Node | None = tree.root_node.descendant_for_byte_range(i, i + n)
         while node is not None and node.type != "interpolation" and node.type not in _IN_TEXT:
             node = node.parent
         if node is not None and node.type in _IN_TEXT:
-            buf[i : i + 2] = source[i : i + 2]
+            buf[i : i + n] = source[i : i + n]
             restored = True
     if restored:
         tree = _parser().parse(bytes(buf))
@@ -106,10 +121,16 @@ def parse_checked(source: bytes, where: str | Path) -> Tree:
         pos = position(err)
         what = f"missing {err.type!r}" if err.is_missing else "syntax error"
         snippet = _line(source, err.start_point[0]).strip()
+        if shutil.which("nix-instantiate") is not None:  # nix parsed it: the grammar nixmig reads with lacks it
+            raise NixSyntaxError(
+                f"nixmig's Nix parser (tree-sitter-nix) cannot read this valid Nix near {snippet[:60]!r}",
+                where=f"{where}:{pos}",
+                hint="rewrite that construct plainly for nixmig, or edit this file by hand; please report it",
+            )
         raise NixSyntaxError(
             f"{what} near {snippet[:60]!r}",
             where=f"{where}:{pos}",
-            hint="fix the Nix syntax (nix-instantiate --parse FILE shows it too)",
+            hint="fix the Nix syntax (nix-instantiate --parse FILE shows where)",
         )
     return tree
 
