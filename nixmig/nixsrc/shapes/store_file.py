@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.model import decode_string
 from nixmig.nixsrc.quote import nix_attr
+from nixmig.nixsrc.scan import words
 from nixmig.nixsrc.shapes import Shape
 
 if TYPE_CHECKING:
@@ -33,6 +34,11 @@ def apply(b: Builder, password: str | None) -> None:
         if content is None or value is None or (password is not None and value != password):
             continue
         found.append((fm, bind, content, value))
+    if password is None:  # the one holding the password an earlier shape recognised (the role's, in SQL),
+        # else one the migration names: a database's, or one named like the secret (not gitlab's
+        # initialRootPasswordFile for a secret gitlab-db-password, on this run or the next)
+        known = [f for f in found if digest(f[3].encode()) in b.known]
+        found = known or [f for f in found if _named_by(b, f[1].path)]
     if len(found) != 1 or b.option_literal is not None:
         return  # several: the verdict lists each, password_option cannot pick a store file
     fm, bind, content, value = found[0]
@@ -51,6 +57,17 @@ def apply(b: Builder, password: str | None) -> None:
     b.need(fm, ("config",))
     b.store_file = fm
     b.service_reads(bind.path)
+
+
+_PLAIN = frozenset({"password", "passwd", "pass", "file", "secret", "path"})
+
+
+def _named_by(b: Builder, option: tuple[str, ...]) -> bool:
+    if b.spec.password_option and tuple(b.spec.password_option.split(".")) == option:
+        return True
+    names = option[2:] if option[:1] == ("services",) else option  # services.keycloak.database.passwordFile
+    have = {w for n in names for w in words(n)} - _PLAIN
+    return bool(have & {"database", "db"} or have & (set(words(b.spec.secret)) - _PLAIN))
 
 
 SHAPE = Shape(
