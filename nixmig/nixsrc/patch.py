@@ -1633,6 +1633,9 @@ def written_text(value: Node, *, plain: bool = True) -> Node | None:
     if plain and unparen(value).type in ("string_expression", "indented_string_expression"):
         return unparen(value)
     node = unparen(value)
+    inner = _sole_interpolation(node)
+    if inner is not None:  # "${pkgs.writeText "pw" "..."}": the store path as a string
+        node = inner
     name, args = _apply_parts(node) if node.type == "apply_expression" else ("", [])
     if name == "toString" and len(args) == 1:
         node = unparen(args[0])
@@ -1641,6 +1644,16 @@ def written_text(value: Node, *, plain: bool = True) -> Node | None:
         content = unparen(args[1])
         return content if content.type in ("string_expression", "indented_string_expression") else None
     return None
+
+
+def _sole_interpolation(node: Node) -> Node | None:
+    """The expression of ``"${expr}"`` (a string that is one interpolation and nothing else)."""
+    if node.type != "string_expression":
+        return None
+    parts = [c for c in node.named_children]
+    if len(parts) != 1 or parts[0].type != "interpolation" or parts[0].named_child_count != 1:
+        return None
+    return unparen(parts[0].named_children[0])
 
 
 def _env_words(name: str) -> set[str]:

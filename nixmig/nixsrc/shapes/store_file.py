@@ -67,7 +67,10 @@ def _named_by(b: Builder, option: tuple[str, ...]) -> bool:
         return True
     names = option[2:] if option[:1] == ("services",) else option  # services.keycloak.database.passwordFile
     have = {w for n in names for w in words(n)} - _PLAIN
-    return bool(have & {"database", "db"} or have & (set(words(b.spec.secret)) - _PLAIN))
+    if have & {"database", "db"}:
+        return True
+    wanted = {w for w in (*words(b.spec.secret), b.spec.role) if len(w) >= 3} - _PLAIN
+    return any(w in h for w in wanted for h in have)  # "admin" in adminpassFile
 
 
 SHAPE = Shape(
