@@ -21,7 +21,19 @@ there as a user would run it: ``patch --explain``, ``patch --write``, ``patch --
   line of its stderr is recorded;
 - wrong: success claimed (exit 0) with a literal left, or a changed file that does not
   parse, or a second write that changes something, or ``--check`` disagreeing with a
-  successful write, or a traceback, a timeout, or an exit code other than 0/1/2 in any step.
+  successful write, or a traceback, a timeout, or an exit code other than 0/1/2 in any step,
+  or a changed file that no longer evaluates (below).
+
+Evaluation (no nixpkgs here): every changed .nix file, and its original, is evaluated with
+``nix-instantiate --eval`` through bench/nixstubs.nix: stub ``lib``/``pkgs``/``config`` (the
+file's own definitions through mkIf/mkMerge over stubs; oci-containers.backend = the case's,
+docker unless a file sets podman; age.secrets.<x>.path = /run/agenix/<x> for the secrets the
+file declares or secrets.nix has a rule for), forcing the attribute names of the result, of
+systemd.services, age.secrets and virtualisation.oci-containers.containers, then every value.
+The original is the control: eval is ``n/a`` when the original does not evaluate with the stubs
+(a stub gap is never "wrong"), ``failed`` (the case is wrong) when the patched file stops short of
+a level its original reaches, ``ok`` otherwise ("names only" when the original reaches only the
+names). A file patch created has no control: failed only when not even its names evaluate.
 
 Literals are never printed: only the file:line where one is left.
 
@@ -36,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +59,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT / "tests" / "fixtures" / "shapes"
+STUBS = Path(__file__).resolve().parent / "nixstubs.nix"
 STEP_TIMEOUT = 120.0
+EVAL_TIMEOUT = 60.0
 GIT = (
     "git",
     "-c",
@@ -101,6 +116,8 @@ class Result:
     by_hand: list[str] = field(default_factory=list)
     source: str = ""
     expect: str = ""  # case.json's "expect" (patched | refused), when the case says
+    eval: str = ""  # ok | n/a | failed | none (no changed .nix file to evaluate): see eval_changed
+    eval_detail: str = ""
 
 
 SRC: Path | None = None  # --src: run the nixmig package found there instead of the installed one
@@ -166,6 +183,123 @@ def parse_error(path: Path) -> str | None:
     return (lines or ["(no message)"])[0]
 
 
+# ---- evaluation with stub module arguments (bench/nixstubs.nix) --------------------------------
+
+IDENT = re.compile(rb'[A-Za-z_][A-Za-z0-9_\'-]*|"([^"\\$\n]{1,80})"')
+AGE_RULE = re.compile(rb'"([^"/\\$\n]+)\.age"')
+OCI_BACKEND = re.compile(rb'oci-containers\.backend\s*=\s*"(docker|podman)"')
+LEVELS = ("none", "names", "values")  # how far a file evaluates: nothing, the attribute names, every value
+
+
+@dataclass(frozen=True)
+class FileEval:
+    level: int  # index in LEVELS
+    error: str  # the nix error's first line at the first level that failed ("" when every level passed)
+
+
+def stub_names(*texts: bytes) -> list[str]:
+    """Every identifier and short quoted string of the texts: the attributes the `stub` value has."""
+    out: set[str] = {"docker", "podman"}
+    for text in texts:
+        for m in IDENT.finditer(text):
+            out.add((m.group(1) or m.group(0)).decode(errors="replace"))
+    return sorted(out)
+
+
+def stub_context(*trees: dict[str, bytes]) -> tuple[str, list[str]]:
+    """The case's oci-containers backend (docker unless a file sets podman) and its agenix secret names
+    (the rules of secrets.nix and the .age files), from the original and patched trees alike."""
+    backend, secrets = "docker", set()
+    for files in trees:
+        for name, data in files.items():
+            if name.endswith(".age"):
+                secrets.add(Path(name).name[: -len(".age")])
+            elif name.endswith(".nix"):
+                secrets.update(m.group(1).decode(errors="replace") for m in AGE_RULE.finditer(data))
+                if any(m.group(1) == b"podman" for m in OCI_BACKEND.finditer(data)):
+                    backend = "podman"
+    return backend, sorted(secrets)
+
+
+def nix_error(stderr: str, roots: Sequence[Path]) -> str:
+    """The first `error:` line, with the first `at FILE:L:C` naming a file of the case, paths made relative."""
+    lines = [ln.strip() for ln in stderr.splitlines()]
+    errs = [ln for ln in lines if ln.startswith("error:")]
+    first = errs[0] if errs else next((ln for ln in lines if ln and not ln.startswith("warning:")), "(no message)")
+    prefixes = [str(r) + "/" for r in roots]
+    if not any(p in first for p in prefixes):
+        where = next((ln for ln in lines if ln.startswith("at ") and any(p in ln for p in prefixes)), "")
+        if where:
+            first += " (" + where.rstrip(":") + ")"
+    for p in prefixes:
+        first = first.replace(p, "")
+    return first
+
+
+def nix_eval(path: Path, params: dict[str, object], level: str, roots: Sequence[Path]) -> str | None:
+    """None when `path` evaluates to `level` with the stubs, else the error's first line."""
+    cmd = [
+        "nix-instantiate", "--eval", "--strict", "--json", "--readonly-mode", str(STUBS),
+        "--argstr", "file", str(path.resolve()),
+        "--argstr", "params", json.dumps({**params, "level": level}),
+    ]  # fmt: skip
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=EVAL_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        return f"evaluation timed out after {EVAL_TIMEOUT:.0f}s"
+    return None if p.returncode == 0 else nix_error(p.stderr, roots)
+
+
+def eval_file(path: Path, params: dict[str, object], roots: Sequence[Path]) -> FileEval:
+    err = nix_eval(path, params, "values", roots)
+    if err is None:
+        return FileEval(2, "")
+    names_err = nix_eval(path, params, "names", roots)
+    return FileEval(1, err) if names_err is None else FileEval(0, names_err)
+
+
+def eval_verdict(name: str, original: FileEval | None, patched: FileEval) -> tuple[str, str]:
+    """ok | n/a | failed for one changed file, and the detail. The original is the control: a level
+    the original does not reach with the stubs is a stub gap, not the patch's fault."""
+    if original is None:  # a file patch created: no control
+        if patched.level == 0:
+            return "failed", f"{name} (new) does not evaluate: {patched.error}"
+        return "ok", ""
+    if original.level == 0:
+        return "n/a", f"original does not evaluate with stubs: {name}: {original.error}"
+    if patched.level < original.level:
+        what = LEVELS[patched.level + 1]
+        return "failed", f"{name} no longer evaluates ({what}; the original does): {patched.error}"
+    return "ok", "" if original.level == 2 else f"{name}: names only"
+
+
+def eval_changed(
+    orig_root: Path, new_root: Path, changed: Sequence[str], original: dict[str, bytes], after: dict[str, bytes]
+) -> tuple[str, str]:
+    """The case's eval result over its changed .nix files: failed > n/a > ok; "none" with no file to evaluate.
+    Both sides get the same stubs (names of both texts, the backend and secrets of both trees)."""
+    files = [f for f in changed if f in after]
+    if not files:
+        return "none", ""
+    backend, secrets = stub_context(all_files(orig_root), all_files(new_root))
+    verdicts: list[tuple[str, str]] = []
+    for f in files:
+        params: dict[str, object] = {
+            "names": stub_names(original.get(f, b""), after[f]),
+            "backend": backend,
+            "secrets": secrets,
+        }
+        roots = (new_root.resolve(), orig_root.resolve())
+        before = eval_file(orig_root / f, params, roots) if f in original else None
+        verdicts.append(eval_verdict(f, before, eval_file(new_root / f, params, roots)))
+    for status in ("failed", "n/a"):
+        hits = [d for s, d in verdicts if s == status]
+        if hits:
+            return status, hits[0] + (f" (+{len(hits) - 1} more)" if len(hits) > 1 else "")
+    partial = [d for _, d in verdicts if d]
+    return "ok", "; ".join(partial)
+
+
 def scan_count(cli: list[str], tree: Path) -> tuple[int | None, Step]:
     step = run([*cli, "scan", ".", "--json"], tree)
     try:
@@ -224,11 +358,17 @@ def run_case(cli: list[str], case_dir: Path, work: Path) -> Result:
             problems.append(f"{k}: exit {s.rc}")
     after = nix_files(tree)
     res.changed_files = sorted(f for f in set(original) | set(after) if original.get(f) != after.get(f))
+    unparsed = set()
     for f in res.changed_files:
         if f in after:
             err = parse_error(tree / f)
             if err is not None:
+                unparsed.add(f)
                 problems.append(f"{f} does not parse: {err[:100]}")
+    evaluable = [f for f in res.changed_files if f not in unparsed]
+    res.eval, res.eval_detail = eval_changed(case_dir, tree, evaluable, original, after)
+    if res.eval == "failed":
+        problems.append(res.eval_detail)
     if after_first != after_second:
         diff = sorted(f for f in set(after_first) | set(after_second) if after_first.get(f) != after_second.get(f))
         problems.append(f"second --write changed {', '.join(diff)}")
@@ -243,7 +383,7 @@ def run_case(cli: list[str], case_dir: Path, work: Path) -> Result:
         res.outcome, res.reason = "wrong", problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
     elif wrc == 0:
         res.outcome = "patched"
-        res.reason = f"{len(res.changed_files)} file(s) changed, parse ok, idempotent, --check 0"
+        res.reason = f"{len(res.changed_files)} file(s) changed, parse ok, idempotent, --check 0; {eval_note(res)}"
     else:
         res.outcome = "refused"
         first = f"; first: {res.by_hand[0]}" if res.by_hand else ""
@@ -252,7 +392,17 @@ def run_case(cli: list[str], case_dir: Path, work: Path) -> Result:
             if res.changed_files
             else ""
         )
+        if res.eval != "none":
+            res.reason += f"; {eval_note(res)}"
     return res
+
+
+def eval_note(res: Result) -> str:
+    if res.eval == "ok":
+        return "eval ok" + (f" ({res.eval_detail})" if res.eval_detail else "")
+    if res.eval == "n/a":
+        return f"eval n/a ({res.eval_detail})"
+    return f"eval {res.eval}" + (f": {res.eval_detail}" if res.eval_detail else "")
 
 
 def case_dirs(corpora: Sequence[Path], only: set[str] | None, skip: set[str]) -> list[Path]:
@@ -304,8 +454,11 @@ def table(results: Sequence[Result]) -> str:
 
 def totals(results: Sequence[Result]) -> dict[str, int]:
     t = {"cases": len(results), "patched": 0, "refused": 0, "wrong": 0, "invalid": 0, "unexpected": 0}
+    t.update({"eval ok": 0, "eval n/a": 0, "eval failed": 0, "eval none": 0})
     for r in results:
         t[r.outcome] += 1
+        if r.eval:
+            t[f"eval {r.eval}"] += 1
         t["unexpected"] += bool(r.expect) and r.expect != r.outcome
     return t
 
@@ -360,6 +513,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\n{t['cases']} cases: patched {t['patched']}, refused {t['refused']}, wrong {t['wrong']}"
             + (f", invalid {t['invalid']}" if t["invalid"] else "")
             + (f"; {t['unexpected']} not as case.json expects" if t["unexpected"] else "")
+        )
+        print(
+            f"eval (changed .nix files with stub module args, original as control): ok {t['eval ok']}, "
+            f"n/a {t['eval n/a']}, failed {t['eval failed']}; {t['eval none']} case(s) changed no .nix file"
         )
     return 1 if t["wrong"] else 0
 
