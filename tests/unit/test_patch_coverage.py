@@ -60,6 +60,7 @@ def test_the_real_cli_gets_the_verdict_its_shape_case_expects(tmp_path: Path, ex
     assert res.exit_codes["write"] == (0 if expect == "patched" else 1)
     if expect == "patched":
         assert res.changed_files and not res.literals_left and res.exit_codes["check"] == 0
+        assert res.eval == "ok", res.eval_detail  # the written module evaluates with the stubs, as its original
 
 
 def test_success_claimed_with_the_literal_left_is_wrong(tmp_path: Path) -> None:
