@@ -902,6 +902,11 @@ class Builder:
         var = lit.path[-1] if lit.path else ""
         shape = _container_shape(lit.path[:-2]) if len(lit.path) >= 2 and lit.path[-2] == "environment" else None
         systemd = _systemd_shape(lit.path) or _env_option_shape(lit.path)
+        assignment = _environment_assignment(lit, value, url)
+        if assignment is not None and _SAFE_URL_PART.fullmatch(url.suffix):
+            unit, line = assignment
+            self.url_in_systemd(fm, lit, unit, line)
+            return
         problem = None
         if lit.bind is None or not lit.exact:
             problem = "not bound directly to an environment variable"
@@ -1085,13 +1090,15 @@ class Builder:
         return pfm, pname, anchor, unit
 
     def url_in_systemd(self, fm: FileModel, lit: Lit, unit: str, line: EnvLine) -> None:
-        assert lit.bind is not None
+        """``systemd.services.U.environment.VAR``, ``serviceConfig.Environment = [ "VAR=url" ]`` or a module's
+        env-var config: the unit renders the line into an EnvironmentFile from a systemd credential."""
+        drop = lit.bind.node if lit.bind is not None else lit.node  # the binding, or the list element
         key = ("systemd", fm.name, unit)
         if key not in self.renderers:
             try:
                 anchor = self._bind_containing(fm, ("systemd", "services", unit))
             except PatchError:  # services.X.config.VAR: the unit is configured by its module
-                anchor = lit.bind.node
+                anchor = drop
             self.renderers[key] = _Renderer(key, "systemd", fm, anchor, unit, unit, unit)
         r = self.renderers[key]
         env_path = self.env_path(r)
@@ -1100,7 +1107,7 @@ class Builder:
             existing.append(line)
         self.ed.remove_binding(
             fm,
-            lit.bind.node,
+            drop,
             f"removes {line.var} ({_holding(line)}) from the {unit} unit's Environment, which "
             f"lands in the world-readable Nix store: the unit reads it from {env_path} (EnvironmentFile)",
         )
@@ -1791,6 +1798,28 @@ def _env_option_shape(path: NixPath) -> str | None:
     if len(path) == 4 and path[0] == "services" and path[2] == "config" and path[1] in NIXPKGS_ENV_CONFIG:
         return NIXPKGS_ENV_CONFIG[path[1]]
     return None
+
+
+def _environment_assignment(lit: Lit, value: str, url: UrlParts) -> tuple[str, EnvLine] | None:
+    """``systemd.services.U.serviceConfig.Environment = "VAR=url"`` (or an element of its list): the unit
+    and the line, when the string is exactly one plain assignment of the URL."""
+    path = lit.path
+    if len(path) != 5 or path[:2] != ("systemd", "services") or path[3:] != ("serviceConfig", "Environment"):
+        return None
+    if not lit.exact or (lit.bind is None and (lit.node.parent is None or lit.node.parent.type != "list_expression")):
+        return None
+    var, sep, rest = value.partition("=")
+    if (
+        not sep
+        or not _ENV_VAR.fullmatch(var)
+        or not url.prefix.startswith(var + "=")
+        or not rest.startswith(url.scheme)
+    ):
+        return None
+    prefix = url.prefix[len(var) + 1 :]
+    if not _SAFE_URL_PART.fullmatch(prefix):
+        return None
+    return path[2], EnvLine(var, prefix, url.suffix)
 
 
 def _systemd_shape(path: NixPath) -> str | None:
