@@ -16,7 +16,8 @@
 # level = "names": the attribute names of the result, of systemd.services, age.secrets and
 # virtualisation.oci-containers.containers (what a duplicate dynamic attribute breaks);
 # level = "values": every value of the result walked (strings forced, functions not called,
-# stubs and derivations not entered), which includes the names.
+# stubs and derivations not entered), which includes the names. Both levels also force the stub
+# config (see `skeleton`).
 # A stub gap fails the original file as well: the bench only compares original and patched.
 { file, params }:
 let
@@ -284,6 +285,17 @@ let
     else if b.isList v then b.all (x: walk (d + 1) (norm x)) v
     else if b.isFunction v then true
     else b.seq v true;
+  # The stub config itself, forced on both sides: a patched file that reads config where its
+  # original did not must not fail on a stub gap the original never reached (an option declared
+  # under a special arg's name, say): this makes the original fail as well, hence n/a.
+  optionNames = o:
+    if b.isAttrs o && !(isStubOrDrv o) && (o._type or null) != "option" then b.all (n: optionNames (norm o.${n})) (b.attrNames o)
+    else true;
+  skeleton =
+    b.length (b.attrNames merged) > 0
+    && optionNames (norm ((unwrap result).options or { }))
+    && b.seq config.virtualisation.oci-containers.backend true
+    && b.all (n: b.seq config.age.secrets.${n}.path true) (b.attrNames config.age.secrets);
 in
-if p.level == "names" then names
-else b.deepSeq names (walk 0 view)
+if p.level == "names" then b.seq skeleton names
+else b.deepSeq names (skeleton && walk 0 view)

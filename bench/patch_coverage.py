@@ -185,7 +185,8 @@ def parse_error(path: Path) -> str | None:
 
 # ---- evaluation with stub module arguments (bench/nixstubs.nix) --------------------------------
 
-IDENT = re.compile(rb'[A-Za-z_][A-Za-z0-9_\'-]*|"([^"\\$\n]{1,80})"')
+IDENT = re.compile(rb"[A-Za-z_][A-Za-z0-9_'-]*")
+QUOTED = re.compile(rb'"([^"\\$\n]{1,80})"')
 AGE_RULE = re.compile(rb'"([^"/\\$\n]+)\.age"')
 OCI_BACKEND = re.compile(rb'oci-containers\.backend\s*=\s*"(docker|podman)"')
 LEVELS = ("none", "names", "values")  # how far a file evaluates: nothing, the attribute names, every value
@@ -201,8 +202,9 @@ def stub_names(*texts: bytes) -> list[str]:
     """Every identifier and short quoted string of the texts: the attributes the `stub` value has."""
     out: set[str] = {"docker", "podman"}
     for text in texts:
-        for m in IDENT.finditer(text):
-            out.add((m.group(1) or m.group(0)).decode(errors="replace"))
+        # separate passes: a quoted match may span the text between two strings
+        out.update(m.group(0).decode(errors="replace") for m in IDENT.finditer(text))
+        out.update(m.group(1).decode(errors="replace") for m in QUOTED.finditer(text))
     return sorted(out)
 
 

@@ -131,6 +131,24 @@ def test_an_original_that_does_not_evaluate_with_the_stubs_is_not_applicable(tmp
     assert "not-in-the-case.nix" in detail
 
 
+def test_a_stub_gap_only_the_patched_file_reaches_through_config_is_not_applicable(tmp_path: Path) -> None:
+    # options declared under a special arg's name: the stub stands for `prefix` but cannot be an
+    # attribute name, so the stub config (built over the options' defaults) fails. The original
+    # never reads config; the patched file does (the secret's path). Forcing the stub config on
+    # both sides turns this into n/a, not a false "failed".
+    header = '{ lib, config, prefix, ... }:\n{\n  options.${prefix}.box.enable = lib.mkEnableOption "box";\n'
+    original = header + '  config.environment.etc."box/pw".text = "hunter2-literal";\n}\n'
+    patched = (
+        header
+        + "  config.age.secrets.box-pw.file = ../../secrets/box-pw.age;\n"
+        + '  config.environment.etc."box/pw".source = config.age.secrets.box-pw.path;\n}\n'
+    )
+    orig, new, before, after = _trees(tmp_path, original, patched)
+    status, detail = bench.eval_changed(orig, new, [MODULE], before, after)
+    assert status == "n/a", detail
+    assert "value is a set while a string was expected" in detail
+
+
 @pytest.mark.parametrize(
     ("original", "patched", "expected"),
     [
@@ -187,3 +205,9 @@ def test_a_patch_that_parses_but_does_not_evaluate_makes_the_case_wrong(tmp_path
     assert res.eval == "failed"
     assert "dynamic attribute 'docker-app' already defined" in res.reason
     assert bench.totals([res])["eval failed"] == 1
+
+
+def test_stub_names_keep_identifiers_between_two_strings() -> None:
+    # one regex for both would read `"; group = h.group; m = "` as a string and lose `group`
+    names = bench.stub_names(b'{ a = "${x}/s"; group = h.group; m = "0755"; b = c."foo-bar"; }')
+    assert {"group", "h", "foo-bar", "x", "docker", "podman"} <= set(names)
