@@ -10,7 +10,15 @@ from its env file; a deploy command that plays activation and restarts the app.
 - ratio: wall time of `nixmig apply` (every phase: preflight snapshot, encrypted
   backup streamed over SSH and test-read, two deploys, ALTER ROLE, verify) divided
   by a bare `docker exec twenty-db-1 pg_dump -Fc > file` on the host (the mean of
-  one run before and one after the apply). Target <= 1.3.
+  one run before and one after the apply). Target <= 1.25 under 1 GiB, <= 1.15 from 1 GiB.
+- each phase's time and its round trips (NIXMIG_TRACE, nixmig.remote.base.traced: every
+  command on the target, held process, SSH connection, forwarded channel; deploys apart),
+  by program (`psql 2, sh 1`: psql is one `docker exec … psql`), and what ran outside the
+  phases (process start-up, the locks, the engine's look at the target after a deploy).
+  --trace lists every round trip (when, how long, what).
+- fixed cost: the whole apply but the backup phase and the deploy commands. Target <= 1.0 s.
+  On this stack every round trip costs ~0.1 s (sshd starts a session's command ~0.14 s after
+  the request on this 2-core machine) and a `docker exec … psql` ~0.16 s.
 - gap: the longest gap between acknowledged writes during the apply, minus the
   app's restart time (the median gap of three restarts without nixmig). Gaps are
   taken from the rows' server timestamps. Target <= 1 s.
@@ -42,7 +50,12 @@ from tests.e2e import twenty_stack as ts
 from tests.harness.dockerd import client_for, docker_engine_context, ensure_pg_image, prune_leftovers
 from tests.harness.sshd import sshd_factory_context
 
-TARGET_RATIO, TARGET_GAP, TARGET_FIXED = 1.3, 1.0, 1.0
+TARGET_GAP, TARGET_FIXED = 1.0, 1.0
+
+
+def target_ratio(size_mib: float) -> float:
+    """apply / bare pg_dump: the fixed cost weighs more on a small database."""
+    return 1.15 if size_mib >= 1000 else 1.25
 
 
 def say(msg: str) -> None:
@@ -273,7 +286,7 @@ def main() -> int:
     )
     say(
         f"apply / bare pg_dump -Fc: {apply_secs:.2f}s / {dump:.2f}s = {ratio:.2f}  "
-        f"(target <= {TARGET_RATIO}: {'ok' if ratio <= TARGET_RATIO else 'MISSED'})"
+        f"(target <= {target_ratio(size / 2**20)}: {'ok' if ratio <= target_ratio(size / 2**20) else 'MISSED'})"
     )
     say(
         f"longest write gap during apply - app restart: {gap * 1000:.0f} ms - {restart * 1000:.0f} ms = "
