@@ -1740,6 +1740,7 @@ NIXPKGS_READER: dict[str, str] = {
     "gitea": "config.services.gitea.user",
     "forgejo": "config.services.forgejo.user",
     "nextcloud": '"nextcloud"',
+    "grafana": '"grafana"',
 }
 
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.model import decode_string
 from nixmig.nixsrc.quote import nix_attr
-from nixmig.nixsrc.scan import words
 from nixmig.nixsrc.shapes import Shape
+from nixmig.nixsrc.shapes.naming import named_by
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -38,7 +38,7 @@ def apply(b: Builder, password: str | None) -> None:
         # else one the migration names: a database's, or one named like the secret (not gitlab's
         # initialRootPasswordFile for a secret gitlab-db-password, on this run or the next)
         known = [f for f in found if digest(f[3].encode()) in b.known]
-        found = known or [f for f in found if _named_by(b, f[1].path)]
+        found = known or [f for f in found if named_by(b, f[1].path)]
     if len(found) != 1 or b.option_literal is not None:
         return  # several: the verdict lists each, password_option cannot pick a store file
     fm, bind, content, value = found[0]
@@ -59,23 +59,9 @@ def apply(b: Builder, password: str | None) -> None:
     b.service_reads(bind.path)
 
 
-_PLAIN = frozenset({"password", "passwd", "pass", "file", "secret", "path"})
-
-
-def _named_by(b: Builder, option: tuple[str, ...]) -> bool:
-    if b.spec.password_option and tuple(b.spec.password_option.split(".")) == option:
-        return True
-    names = option[2:] if option[:1] == ("services",) else option  # services.keycloak.database.passwordFile
-    have = {w for n in names for w in words(n)} - _PLAIN
-    if have & {"database", "db"}:
-        return True
-    wanted = {w for w in (*words(b.spec.secret), b.spec.role) if len(w) >= 3} - _PLAIN
-    return any(w in h for w in wanted for h in have)  # "admin" in adminpassFile
-
-
 SHAPE = Shape(
     "store-file",
     "a *File option set to pkgs.writeText/builtins.toFile with the password: it names the agenix file",
     apply,
-    ("native-writetext-passwordfile",),
+    ("native-writetext-passwordfile", "native-interpolated-writetext", "native-initialscript-and-two-store-files"),
 )

@@ -1,0 +1,26 @@
+"""Does an option name the migration's credential? For shapes that find a literal with no password
+recognised yet (a native service, no database container): the option must say so itself."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nixmig.nixsrc.scan import words
+
+if TYPE_CHECKING:
+    from nixmig.nixsrc.patch import Builder
+
+_PLAIN = frozenset({"password", "passwd", "pass", "file", "secret", "path"})
+
+
+def named_by(b: Builder, option: tuple[str, ...]) -> bool:
+    """password_option names it, a database's (``database.passwordFile``), or one named like the secret
+    or the role (``adminpassFile`` for a secret ``cloud-admin-pass``)."""
+    if b.spec.password_option and tuple(b.spec.password_option.split(".")) == option:
+        return True
+    names = option[2:] if option[:1] == ("services",) else option  # services.keycloak.database.passwordFile
+    have = {w for n in names for w in words(n)} - _PLAIN
+    if have & {"database", "db"}:
+        return True
+    wanted = {w for w in (*words(b.spec.secret), b.spec.role) if len(w) >= 3} - _PLAIN
+    return any(w in h for w in wanted for h in have)  # "admin" in adminpassFile
