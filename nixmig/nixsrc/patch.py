@@ -1598,6 +1598,7 @@ class Builder:
             self.age_secret(preferred)
         self.password_option(renderer_files or ([preferred] if preferred else []))
         self.login_user()
+        unusable = False
         for name, names in self.needs_formals.items():
             fm = self.models[name]
             wanted = [n for n in ("config", "lib", "pkgs") if n in names]
@@ -1612,6 +1613,11 @@ class Builder:
                         "",
                     )
                 )
+                unusable = True
+        if unusable:  # the edits hang together (a renderer here, its env file named there): none, all said
+            self.ed.items = []
+            self.let_used.clear()  # no use was replaced: every let-bound password stays
+            self.notes.append("nothing is written: the edits need a file nixmig cannot give config/lib/pkgs")
         self.drop_lets()
         self.verdict(db)
         self.ed.items = settle(self.ed.items, {name: fm.source for name, fm in self.models.items()})
