@@ -31,7 +31,7 @@ def apply(b: Builder, password: str | None) -> None:
         if bind.exact
         and len(bind.path) >= 2
         and bind.path[-1].endswith("File")
-        and (p := decode_string(unparen(bind.value)) or "").startswith("/etc/")
+        and (p := b.value_of(fm, unparen(bind.value)) or "").startswith("/etc/")  # a literal, or let-bound
         and p.removeprefix("/etc/") in texts
     ]
     if len(users) != 1 or b.option_literal is not None or b.store_file is not None:
@@ -45,7 +45,7 @@ def apply(b: Builder, password: str | None) -> None:
         bind.value.start_byte,
         bind.value.end_byte,
         f"config.age.secrets.{nix_attr(b.spec.secret)}.path",
-        f"{'.'.join(bind.path)} read the password from {decode_string(unparen(bind.value))}, a file written into "
+        f"{'.'.join(bind.path)} read the password from {b.value_of(fm, unparen(bind.value))}, a file written into "
         f"the world-readable Nix store: it now names the file agenix decrypts {b.spec.secret} to",
     )
     whole = next((x for x in efm.binds if x.exact and x.path == eb.path[:3]), None)
@@ -61,5 +61,5 @@ SHAPE = Shape(
     'environment.etc."x".text with the password, read by an option as "/etc/x": the option names the agenix '
     "file, the /etc entry goes",
     apply,
-    ("native-etc-text-password-file",),
+    ("native-etc-text-password-file", "native-etc-text-let-path"),
 )

@@ -195,5 +195,5 @@ SHAPE = Shape(
     "docker exec, or on the host): the clause goes, a oneshot after that unit sets the password from the agenix "
     "file with the SQL on stdin",
     apply,
-    ("oci-podman-create-role-exec", "native-script-alter-user"),
+    ("oci-podman-create-role-exec", "oci-docker-create-role-let-psql", "native-script-alter-user"),
 )
