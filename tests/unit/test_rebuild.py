@@ -245,7 +245,7 @@ def test_oci_containers_volume_is_renamed_in_place() -> None:
         "      volumes = [",
         '        "/srv/conf:/etc/x:ro"',
         '        "pgdata-16:/var/lib/postgresql/data"',
-        '        "/run/agenix/db:/run/secrets/db:ro"',
+        '        "${config.age.secrets.db.path}:/run/secrets/db:ro"',
         "      ];",
     ]
     assert added[6:] == ["  age.secrets.db = {", "    file = ./secrets/db.age;", '    mode = "0400";', "  };"]
