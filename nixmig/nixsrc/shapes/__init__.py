@@ -34,9 +34,16 @@ class Shape:
 
 
 def _table() -> tuple[Shape, ...]:
-    from nixmig.nixsrc.shapes import etc_file, file_reference, initial_script, store_file, unit_sql
+    from nixmig.nixsrc.shapes import etc_file, file_reference, initial_script, shared_env, store_file, unit_sql
 
-    return (initial_script.SHAPE, unit_sql.SHAPE, store_file.SHAPE, etc_file.SHAPE, file_reference.SHAPE)
+    return (
+        initial_script.SHAPE,
+        unit_sql.SHAPE,
+        store_file.SHAPE,
+        etc_file.SHAPE,
+        file_reference.SHAPE,
+        shared_env.SHAPE,
+    )
 
 
 SHAPES: tuple[Shape, ...] = _table()

@@ -1,0 +1,177 @@
+"""A let-bound attrset of environment variables shared by containers, holding the password.
+
+Two layouts seen in real configurations:
+
+- ``env = { DATABASE_PASSWORD = dbPassword; ... };`` and ``environment = env;`` in containers;
+- ``base = { environment = { DB_PASSWORD = dbPassword; ... }; ... };`` and ``NAME = base // { ... };``.
+
+The variable leaves the shared attrset (once) and each container that uses it gets the env file
+its unit renders at start (``environmentFiles``), as for a variable written in the container.
+Only when every use of the attrset is such a container (a use anywhere else, an ``inherit``, a
+right operand of ``//`` that sets ``environment`` or a base that sets ``environmentFiles``: the
+attrset stays and the verdict says it), and when each container's name is a literal or a
+let-bound one (``${name}``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.model import Lit, unparen
+from nixmig.nixsrc.parse import text
+from nixmig.nixsrc.render import EnvLine
+from nixmig.nixsrc.scan import words
+from nixmig.nixsrc.shapes import Shape
+
+if TYPE_CHECKING:
+    from tree_sitter import Node
+
+    from nixmig.nixsrc.model import Bind, FileModel, NixPath
+    from nixmig.nixsrc.patch import Builder
+
+
+_DB_WORDS = frozenset({"db", "database", "postgres", "postgresql", "pg", "sql", "psql"})
+
+
+def _nodes(root: Node) -> list[Node]:
+    out, stack = [], [root]
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(n.named_children)
+    return out
+
+
+def _binding_of(fm: FileModel, use: Node) -> Bind | None:
+    """The binding whose value is ``use``, or ``use // { ... }`` with ``use`` on the left."""
+    node = use
+    while node.parent is not None and node.parent.type == "parenthesized_expression":
+        node = node.parent
+    parent = node.parent
+    if parent is not None and parent.type == "binary_expression" and parent.child_by_field_name("left") == node:
+        op = parent.child_by_field_name("operator")
+        if op is None or text(op) != "//":
+            return None
+        node = parent
+    return next((b for b in fm.binds if b.exact and unparen(b.value) == node), None)
+
+
+def _right_sets(fm: FileModel, bind: Bind, name: str) -> bool:
+    """``base // { environment = ...; }``: the right operand replaces base's ``name``."""
+    value = unparen(bind.value)
+    right = value.child_by_field_name("right") if value.type == "binary_expression" else None
+    if right is None:
+        return False
+    if unparen(right).type not in ("attrset_expression", "rec_attrset_expression"):
+        return True  # not a literal: it may set anything
+    n = len(bind.path)
+    return any(x.path[:n] == bind.path and x.path[n : n + 1] == (name,) for x in fm.binds)
+
+
+def apply(b: Builder, password: str | None) -> None:
+    from nixmig.nixsrc.patch import _ENV_VAR, _secret_name
+
+    if password is None and not b.known:
+        return
+    for fm, bind in list(b.all_binds()):
+        path = bind.path
+        if len(path) not in (3, 4) or path[0] != "<let>" or (fm.name, bind.value.start_byte) in b.handled:
+            continue
+        var, set_name, inner = path[-1], path[1], path[2:-1]
+        if inner not in ((), ("environment",)) or not _ENV_VAR.fullmatch(var) or not _secret_name(path):
+            continue
+        if unparen(bind.value).type != "variable_expression" and not _DB_WORDS & set(words(var)):
+            continue  # REDIS_PASSWORD = "..." with the same value: another service's, the verdict says it
+        value = b.value_of(fm, unparen(bind.value))
+        if value is None or (value != password if password is not None else digest(value.encode()) not in b.known):
+            continue  # not the password the plan recognised (or an earlier shape took from SQL)
+        found = _containers(b, fm, set_name, inner)
+        if not found:
+            continue  # used elsewhere too, or not by a container: the verdict lists the literal
+        line = EnvLine(var, "", "", raw=True)
+        lit = Lit(path, unparen(bind.value), False, bind)
+        renderers = []
+        for kind, name, prefix in found:
+            r = b.renderer_for_container(fm, kind, name, prefix)
+            if r is None:
+                return
+            renderers.append((r, kind, name, prefix))
+        for r, kind, name, prefix in renderers:
+            env_path = b.env_path(r)
+            existing = r.files.setdefault(env_path, [])
+            if line not in existing:
+                existing.append(line)
+            r.literals.append(f"{var} at {fm.where(bind.value)}")
+            b.ensure_env_file(fm, kind, name, prefix, env_path, lit)
+        names = ", ".join(name for _, _, name, _ in renderers)
+        b.mask_literal(fm, unparen(bind.value))
+        b.ed.remove_binding(
+            fm,
+            bind.node,
+            f"removes {var} (the hardcoded password) from {set_name}, the environment shared by the "
+            f"{names} container(s), which lands in the world-readable Nix store: each reads it from its env file",
+        )
+        b.handled.add((fm.name, bind.value.start_byte))
+        b.use_lets(fm, unparen(bind.value))
+        b.replaced.append(f"{var} at {fm.where(bind.value)}")
+
+
+def _containers(b: Builder, fm: FileModel, set_name: str, inner: NixPath) -> list[tuple[str, str, NixPath]]:
+    from nixmig.nixsrc.patch import _container_shape
+
+    out: list[tuple[str, str, NixPath]] = []
+    for n in _nodes(fm.root):
+        if n.type in ("inherit", "inherit_from") and any(
+            text(i) == set_name for i in _nodes(n) if i.type == "identifier"
+        ):
+            return []  # passed on: nixmig cannot follow it
+        if n.type != "variable_expression" or text(n) != set_name:
+            continue
+        target = _binding_of(fm, n)
+        if target is None:
+            return []
+        if inner == ():
+            shape = _container_shape(target.path[:-1]) if target.path[-1:] == ("environment",) else None
+        else:
+            shape = _container_shape(target.path)
+            if shape is not None and any(_right_sets(fm, target, k) for k in ("environment", "environmentFiles")):
+                return []
+        if shape is None:
+            return []
+        kind, name, prefix = shape
+        real = _literal_name(b, fm, name)
+        if real is None:
+            return []
+        out.append((kind, real, prefix))
+    return out
+
+
+def _literal_name(b: Builder, fm: FileModel, name: str) -> str | None:
+    """A container's attribute name as written: ``web``, ``"web"``, ``${name}`` or ``"${name}-db"`` with
+    ``name`` a let literal; None when an expression nixmig cannot read names it."""
+    raw = name[1:-1] if name.startswith('"') and name.endswith('"') else name
+    lets = b.lets[fm.name]
+    out, i = "", 0
+    while i < len(raw):
+        if raw.startswith("${", i):
+            j = raw.find("}", i)
+            key = raw[i + 2 : j] if j != -1 else ""
+            if key not in lets:
+                return None
+            out += lets[key].value
+            i = j + 1
+        else:
+            out += raw[i]
+            i += 1
+    return out
+
+
+SHAPE = Shape(
+    "shared-env",
+    "a let-bound attrset of environment variables (env = { DB_PASSWORD = pw; }; environment = env; or "
+    "base = { environment = ...; }; NAME = base // { ... };) shared by containers: the variable leaves the "
+    "attrset, each container gets its env file",
+    apply,
+    ("oci-shared-env-let",),
+)

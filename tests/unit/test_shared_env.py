@@ -1,0 +1,50 @@
+"""A let-bound attrset of environment variables shared by containers (nixmig/nixsrc/shapes/shared_env.py):
+taken only when every use of it is a container's environment; anything else is left and said."""
+
+from __future__ import annotations
+
+import pytest
+
+from nixmig import config
+from nixmig.nixsrc import patch as pt
+from tests.helpers import FIXTURES
+
+CASE = FIXTURES / "shapes" / "oci-shared-env-let"
+FILE = "hosts/box/chat.nix"
+
+
+def _plan(text: bytes) -> tuple[pt.Plan, bytes]:
+    cfg = config.load(CASE / "nixmig.toml")
+    (migration,) = cfg.migrations
+    sources = {**pt.read_sources(CASE), FILE: text}
+    plan = pt.plan(sources, pt.spec_for(cfg, migration))
+    return plan, plan.results(sources).get(FILE, text)
+
+
+def test_the_case_moves_every_shared_use() -> None:
+    plan, out = _plan((CASE / FILE).read_bytes())
+    assert plan.manual == ()
+    assert b"DB_PASSWORD = dbPassword" not in out and b"PGPASSWORD = dbPassword" not in out
+    for name in (b"chat", b"chat-worker", b"chat-cron"):
+        assert b'environmentFiles = [ "/run/' + name + b'/chat-db-password.env" ];' in out
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # the shared attrset is also read by something that is no container
+        (b"in\n{", b"in\n{\n  systemd.services.report.environment = env;"),
+        # passed on by inherit
+        (b"in\n{", b"in\n{\n  _module.args = { inherit env; };"),
+        # the container's own attrset replaces base's environment
+        (b'image = "example/chat-cron:1";', b'image = "example/chat-cron:1";\n      environment = { X = "1"; };'),
+        # a container named by an expression nixmig cannot read
+        (b'"${name}-worker" = {', b'"${builtins.getEnv "X"}-worker" = {'),
+    ],
+)
+def test_a_shared_attrset_used_otherwise_is_left_and_said(old: bytes, new: bytes) -> None:
+    text = (CASE / FILE).read_bytes()
+    assert old in text
+    plan, out = _plan(text.replace(old, new, 1))
+    assert plan.manual, "what is left must be said"
+    assert b'"Chat-db-5"' in out  # the password stays until every use reads the secret
