@@ -64,3 +64,16 @@ def run_cli(*args: str, cwd: Path | None = None, stdin: bytes | None = None) -> 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under root with its bytes: to prove that nothing was written."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def plan_shape_case(case: str, file: str, text: bytes) -> tuple[object, bytes]:
+    """The plan of the shape corpus case ``case`` with ``file`` replaced by ``text``, and that file after it."""
+    from nixmig import config
+    from nixmig.nixsrc import patch as pt
+
+    root = FIXTURES / "shapes" / case
+    cfg = config.load(root / "nixmig.toml")
+    (migration,) = cfg.migrations
+    sources = {**pt.read_sources(root), file: text}
+    plan = pt.plan(sources, pt.spec_for(cfg, migration))
+    return plan, plan.results(sources).get(file, text)

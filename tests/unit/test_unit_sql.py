@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from nixmig import config
 from nixmig.nixsrc import patch as pt
 from nixmig.nixsrc.shapes.unit_sql import find_exec
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, plan_shape_case
 
 CASE = FIXTURES / "shapes" / "oci-podman-create-role-exec"
 FILE = "hosts/box/wiki.nix"
 
 
 def _plan(text: bytes) -> tuple[pt.Plan, bytes]:
-    cfg = config.load(CASE / "nixmig.toml")
-    (migration,) = cfg.migrations
-    sources = {**pt.read_sources(CASE), FILE: text}
-    plan = pt.plan(sources, pt.spec_for(cfg, migration))
-    return plan, plan.results(sources).get(FILE, text)
+    plan, out = plan_shape_case(CASE.name, FILE, text)
+    assert isinstance(plan, pt.Plan)
+    return plan, out
 
 
 def _source() -> bytes:
