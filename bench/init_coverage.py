@@ -42,9 +42,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from nixmig.config import Config, Migration
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.patch_coverage import case_dirs, nixmig_command, read_list  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, named as mypy names bench/ files
+from patch_coverage import case_dirs, nixmig_command, read_list
 
 STEP_TIMEOUT = 120.0
 KEYS = ("host", "runtime", "container", "database", "role")
