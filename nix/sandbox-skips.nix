@@ -22,5 +22,10 @@ in
     "tests/unit/test_nix_files.py" = "needs the whole repository, not the package source";
     # downloads from PyPI (no network in the sandbox) and reads nix/ and scripts/
     "tests/unit/test_nix_hashes.py" = "needs the network and the whole repository";
+    # load a bench script: bench/ is not in the package's source (scripts/test runs them)
+    "tests/unit/test_scan_corpus.py" = "loads bench/scan_quality.py";
+    "tests/unit/test_patch_coverage.py" = "loads bench/patch_coverage.py";
+    "tests/unit/test_patch_coverage_eval.py" = "loads bench/patch_coverage.py and bench/nixstubs.nix";
+    "tests/unit/test_init_coverage.py" = "loads bench/init_coverage.py";
   };
 }
