@@ -465,7 +465,7 @@ class Builder:
         b = self._bind_at(db.fm, (*db.prefix, "user"))
         if b is None:
             return
-        value = decode_string(unparen(b.value))
+        value = self.value_of(db.fm, unparen(b.value))  # a literal, or one a let binds
         if value is None:
             self.manual_here(
                 db.fm,
@@ -952,13 +952,14 @@ class Builder:
         assert lit.bind is not None
         r = self.renderer_for_container(fm, kind, name, prefix)
         if r is None:
-            self.manual_here(
-                fm,
-                lit.node,
-                f"{line.var} in the {name} container: no arion project imports {fm.name} by path, so nixmig "
-                f"cannot tell which systemd unit starts it (set unit and module for this migration)",
-                self.generic_snippet(lit.path, line),
+            why = (
+                f"no arion project imports {fm.name} by path, so nixmig cannot tell which systemd unit starts it "
+                f"(set unit and module for this migration)"
+                if kind == "arion"
+                else "its name is computed, so nixmig cannot tell its unit and runtime directory"
             )
+            snippet = self.generic_snippet(lit.path, line)
+            self.manual_here(fm, lit.node, f"{line.var} in the {name} container: {why}", snippet)
             return
         env_path = self.env_path(r)
         existing = r.files.setdefault(env_path, [])
@@ -1017,11 +1018,14 @@ class Builder:
 
     def renderer_for_container(self, fm: FileModel, kind: str, name: str, prefix: NixPath) -> _Renderer | None:
         if kind == "oci":
-            key = ("oci", fm.name, name)
+            real = self.container_name(fm, name)
+            if real is None:
+                return None  # "${f x}-db": no unit name, no runtime directory nixmig can write
+            key = ("oci", fm.name, real)
             if key not in self.renderers:
                 containers = self._bind_containing(fm, prefix)
-                unit_seg = oci_unit_seg(fm, name)
-                self.renderers[key] = _Renderer(key, "oci", fm, containers, unit_seg, name, name, container=name)
+                unit_seg = oci_unit_seg(fm, real)
+                self.renderers[key] = _Renderer(key, "oci", fm, containers, unit_seg, real, real, container=real)
             return self.renderers[key]
         # arion: the project (and its unit) that brings this compose file up
         project = self.arion_project(fm, prefix)
@@ -1032,6 +1036,27 @@ class Builder:
         if key not in self.renderers:
             self.renderers[key] = _Renderer(key, "arion", pfm, anchor, unit, unit, unit)
         return self.renderers[key]
+
+    def container_name(self, fm: FileModel, name: str) -> str | None:
+        """An oci container's attribute name as it is: ``web``, ``"web"``, or ``${svc}`` / ``"${svc}-db"`` with
+        ``svc`` a let literal; None when an expression nixmig cannot read makes it."""
+        raw = name[1:-1] if len(name) >= 2 and name.startswith('"') and name.endswith('"') else name
+        if "\\" in raw:
+            return None
+        lets = self.lets[fm.name]
+        out, i = "", 0
+        while i < len(raw):
+            if raw.startswith("${", i):
+                j = raw.find("}", i)
+                key = raw[i + 2 : j] if j != -1 else ""
+                if key not in lets:
+                    return None
+                out += lets[key].value
+                i = j + 1
+            else:
+                out += raw[i]
+                i += 1
+        return out
 
     def _bind_containing(self, fm: FileModel, prefix: NixPath) -> Node:
         for b in fm.binds:

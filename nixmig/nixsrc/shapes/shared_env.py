@@ -104,7 +104,7 @@ def apply(b: Builder, password: str | None) -> None:
                 existing.append(line)
             r.literals.append(f"{var} at {fm.where(bind.value)}")
             b.ensure_env_file(fm, kind, name, prefix, env_path, lit)
-        names = ", ".join(name for _, _, name, _ in renderers)
+        names = ", ".join(r.container or r.unit for r, _, _, _ in renderers)
         b.mask_literal(fm, unparen(bind.value))
         b.ed.remove_binding(
             fm,
@@ -140,30 +140,9 @@ def _containers(b: Builder, fm: FileModel, set_name: str, inner: NixPath) -> lis
         if shape is None:
             return []
         kind, name, prefix = shape
-        real = _literal_name(b, fm, name)
-        if real is None:
+        if b.container_name(fm, name) is None:
             return []
-        out.append((kind, real, prefix))
-    return out
-
-
-def _literal_name(b: Builder, fm: FileModel, name: str) -> str | None:
-    """A container's attribute name as written: ``web``, ``"web"``, ``${name}`` or ``"${name}-db"`` with
-    ``name`` a let literal; None when an expression nixmig cannot read names it."""
-    raw = name[1:-1] if name.startswith('"') and name.endswith('"') else name
-    lets = b.lets[fm.name]
-    out, i = "", 0
-    while i < len(raw):
-        if raw.startswith("${", i):
-            j = raw.find("}", i)
-            key = raw[i + 2 : j] if j != -1 else ""
-            if key not in lets:
-                return None
-            out += lets[key].value
-            i = j + 1
-        else:
-            out += raw[i]
-            i += 1
+        out.append((kind, name, prefix))
     return out
 
 
