@@ -11,7 +11,9 @@ migration ``db``'s. The migration is what comes before the last ``-STAMP``.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 PARTIAL_SUFFIX = ".partial"
@@ -32,6 +34,17 @@ def final(migration: str, stamp: str) -> str:
 
 def partial(migration: str, stamp: str) -> str:
     return f"{migration}-{stamp}.dump{PARTIAL_SUFFIX}"
+
+
+def free_stamp(directory: Path, migration: str) -> str:
+    """The stamp of now for a new backup of ``migration`` in ``directory``, one no file there has yet:
+    two backups within one second (a fast second apply) wait for the next second rather than write
+    over the first one's file (the stamp has whole seconds)."""
+    while True:
+        stamp = time.strftime(STAMP_FORMAT, time.gmtime())
+        if not (directory / final(migration, stamp)).exists() and not (directory / partial(migration, stamp)).exists():
+            return stamp
+        time.sleep(1.02 - time.time() % 1)
 
 
 def parse(filename: str) -> BackupName | None:

@@ -211,7 +211,7 @@ class Backup:
             for name in scratch.remove_leftovers(ctx.t, ctx.runtime, ctx.name):
                 ctx.emit(f"removed {name}, left by an earlier run that was killed during its restore test")
         fsutil.mkdir_durable(ctx.backups_dir, 0o700)
-        stamp = time.strftime(backupname.STAMP_FORMAT, time.gmtime())
+        stamp = backupname.free_stamp(ctx.backups_dir, ctx.name)
         final = ctx.backups_dir / backupname.final(ctx.name, stamp)
         partial = ctx.backups_dir / backupname.partial(ctx.name, stamp)
         expected: dict[str, TableContent] | None = None
@@ -238,7 +238,7 @@ class Backup:
         plain_r, plain_w = _pipe()
         verify = bool(ctx.identities)
         cipher_r, cipher_w = _pipe() if verify else (None, None)
-        out = partial.open("wb")
+        out = partial.open("xb")  # never over another file (free_stamp chose a name no file has)
         partial.chmod(0o600)
         sink = _Sink(out, cipher_w)
 

@@ -4,7 +4,9 @@ the durable rename/mkdir helpers (nixmig.fsutil) the backup uses."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -72,3 +74,27 @@ def test_mkdir_durable_fsyncs_each_new_directorys_parent(tmp_path: Path, monkeyp
     synced.clear()
     fsutil.mkdir_durable(leaf, 0o700)  # there already: nothing to do
     assert synced == []
+
+
+def test_a_second_backup_in_the_same_second_waits_for_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stamp has whole seconds: a fast second apply must not write over the first one's backup
+    (seen in CI once apply got faster: one file left of two)."""
+    clock = [1_796_000_000.25]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        clock[0] += s
+
+    fake = SimpleNamespace(
+        time=lambda: clock[0], gmtime=lambda: time.gmtime(clock[0]), sleep=sleep, strftime=time.strftime
+    )
+    monkeypatch.setattr("nixmig.backupname.time", fake)
+    first = backupname.free_stamp(tmp_path, "db")
+    (tmp_path / backupname.final("db", first)).write_bytes(b"first")
+    second = backupname.free_stamp(tmp_path, "db")
+    assert second != first and len(slept) == 1 and slept[0] < 1
+    (tmp_path / backupname.partial("db", second)).write_bytes(b"being written")
+    assert backupname.free_stamp(tmp_path, "db") not in (first, second)  # a partial's name is taken too
