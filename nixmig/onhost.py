@@ -52,7 +52,7 @@ from typing import Any
 from nixmig import config as cfgmod
 from nixmig import onhost_fast
 from nixmig.errors import UsageError
-from nixmig.fsutil import write_atomic
+from nixmig.fsutil import rename_durable, write_atomic
 from nixmig.journal import Journal
 from nixmig.onhost_fast import fast_path, secret_tag, tag_matches
 
@@ -138,7 +138,11 @@ def archive(journal: Journal) -> Path:
     """Move a completed journal aside (MIGRATION@STAMP.json) so a new run starts empty."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(journal.completed or time.time()))
     dest = journal.path.with_name(f"{journal.migration}@{stamp}.json")
-    journal.path.rename(dest)
+    n = 1
+    while dest.exists():  # two runs completed in one second: never over the earlier one's record
+        n += 1
+        dest = journal.path.with_name(f"{journal.migration}@{stamp}-{n}.json")
+    rename_durable(journal.path, dest)  # the directory fsynced: the move survives a power cut
     return dest
 
 

@@ -98,3 +98,18 @@ def test_a_second_backup_in_the_same_second_waits_for_the_next_one(
     assert second != first and len(slept) == 1 and slept[0] < 1
     (tmp_path / backupname.partial("db", second)).write_bytes(b"being written")
     assert backupname.free_stamp(tmp_path, "db") not in (first, second)  # a partial's name is taken too
+
+
+def test_a_journal_archived_in_the_same_second_keeps_the_earlier_one(tmp_path: Path) -> None:
+    """on-host: a completed journal moves aside as MIGRATION@STAMP.json; a second one completed in the same
+    second gets its own name (it used to replace the first record)."""
+    from nixmig import onhost
+
+    names = []
+    for n in range(2):
+        path = tmp_path / "db.json"
+        path.write_text("{}")
+        journal = SimpleNamespace(path=path, migration="db", completed=1_796_000_000.0 + n / 10)
+        names.append(onhost.archive(journal).name)  # type: ignore[arg-type]
+    assert names == ["db@20261130T005320Z.json", "db@20261130T005320Z-2.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
