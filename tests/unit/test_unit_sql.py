@@ -87,3 +87,12 @@ def test_the_exec_command_is_read(command: str, want: tuple[str, str, str, str])
 
 def test_combined_short_flags_are_not_guessed() -> None:
     assert find_exec("docker exec -iu postgres db psql -c x") is None
+
+
+def test_a_unit_named_by_an_expression_is_left_and_said() -> None:
+    """The password setter is ordered after the unit that creates the role: a name nixmig cannot
+    write (``"${name}-init"``) leaves the clause for the verdict rather than an `after` that names nothing."""
+    text = _source().replace(b"systemd.services.make-wiki-db = {", b'systemd.services."${dbName}-init" = {')
+    plan, out = _plan(text)
+    assert b"PASSWORD 'Wiki-pw-77'" in out and plan.manual
+    assert b"nixmig-wiki-db-password-password" not in out

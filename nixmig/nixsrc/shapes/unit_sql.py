@@ -124,8 +124,8 @@ def apply(b: Builder, password: str | None) -> None:
         if len(bind.path) < 4 or bind.path[:2] != ("systemd", "services") or bind.path[3:] not in COMMANDS:
             continue
         unit = bind.path[2]
-        if unit == unit_name(b):
-            continue  # nixmig's own
+        if unit == unit_name(b) or "${" in unit:
+            continue  # nixmig's own, or a unit named by an expression the setter could not be ordered after
         nodes = [
             s
             for s in _strings(bind.value)
