@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from nixmig import demo
 
@@ -77,3 +78,16 @@ def plan_shape_case(case: str, file: str, text: bytes) -> tuple[object, bytes]:
     sources = {**pt.read_sources(root), file: text}
     plan = pt.plan(sources, pt.spec_for(cfg, migration))
     return plan, plan.results(sources).get(file, text)
+
+
+def load_bench(script: str, module_name: str) -> Any:
+    """bench/SCRIPT.py as a module (bench/ is no package), registered under ``module_name``."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module

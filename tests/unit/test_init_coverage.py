@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, load_bench
 
 pytestmark = pytest.mark.unit
 
@@ -18,13 +16,7 @@ SHAPES = FIXTURES / "shapes"
 
 
 def _bench() -> Any:
-    path = Path(__file__).resolve().parents[2] / "bench" / "init_coverage.py"
-    spec = importlib.util.spec_from_file_location("nixmig_bench_init_coverage", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("init_coverage", "nixmig_bench_init_coverage")
 
 
 bench = _bench()

@@ -7,7 +7,6 @@ must never be, so they cannot be produced with it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, load_bench
 
 pytestmark = [
     pytest.mark.unit,
@@ -27,13 +26,7 @@ SHAPES = FIXTURES / "shapes"
 
 
 def _bench() -> Any:
-    path = Path(__file__).resolve().parents[2] / "bench" / "patch_coverage.py"
-    spec = importlib.util.spec_from_file_location("nixmig_bench_patch_coverage", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("patch_coverage", "nixmig_bench_patch_coverage")
 
 
 bench = _bench()

@@ -8,7 +8,6 @@ a unit through the backend option), which the real one must never be.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -17,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import load_bench
+
 pytestmark = [
     pytest.mark.unit,
     pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-bin not installed"),
@@ -24,13 +25,7 @@ pytestmark = [
 
 
 def _bench() -> Any:
-    path = Path(__file__).resolve().parents[2] / "bench" / "patch_coverage.py"
-    spec = importlib.util.spec_from_file_location("nixmig_bench_patch_coverage_eval", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("patch_coverage", "nixmig_bench_patch_coverage_eval")
 
 
 bench = _bench()

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nixmig.nixsrc.scan import Kind, scan_source
+from tests.helpers import load_bench
 
 pytestmark = pytest.mark.unit
 
 
 def _bench() -> Any:
-    """bench/scan_quality.py itself (bench/ is not a package): the test checks what it prints."""
-    path = Path(__file__).resolve().parents[2] / "bench" / "scan_quality.py"
-    spec = importlib.util.spec_from_file_location("nixmig_bench_scan_quality", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("scan_quality", "nixmig_bench_scan_quality")
 
 
 quality = _bench()
