@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import paramiko
 
 from nixmig.config import Host
+from nixmig.remote import runner
 from nixmig.remote.base import (
     CHUNK,
     DEFAULT_TIMEOUT,
@@ -147,6 +148,11 @@ class SshTransport:
         self._client = client
         self.name = name
         self.label = label  # the host's name alone, for "the connection to X was lost"
+        # one shell that runs the short commands (nixmig.remote.runner): started on the first
+        # `run`, used by one thread at a time (another thread's command gets a session of its own)
+        self._runner: paramiko.Channel | None = None
+        self._runner_lock = threading.Lock()
+        self._runner_failed = False  # the host could not run it: every command gets its own session
 
     @classmethod
     def connect(
@@ -228,12 +234,94 @@ class SshTransport:
         timeout: float = DEFAULT_TIMEOUT,
         check: bool = True,
     ) -> Result:
-        command = render(argv)
+        command, data, shown = render(argv), stdin_bytes(stdin), f"`{short(argv)}`"
         with traced("run", argv):
-            result = self._exec(command, stdin_bytes(stdin), timeout, shown=f"`{short(argv)}`")
+            result = None
+            if self._runner_lock.acquire(blocking=False):
+                try:
+                    result = self._run_in_runner(command, data, timeout, shown)
+                finally:
+                    self._runner_lock.release()
+            if result is None:
+                result = self._exec(command, data, timeout, shown=shown)
         if check and not result.ok:
             raise CommandFailed(result, self.name)
         return result
+
+    def _run_in_runner(self, command: str, data: bytes | None, timeout: float, shown: str) -> Result | None:
+        """The command through the runner shell; None when the host cannot run one."""
+        chan = self._runner_channel(shown)
+        if chan is None:
+            return None
+        try:
+            return self._converse(chan, command, data, timeout, shown)
+        except BaseException:
+            self._drop_runner()  # out of step, timed out or dead: the next command starts a new one
+            raise
+
+    def _runner_channel(self, shown: str) -> paramiko.Channel | None:
+        if self._runner is not None and not (self._runner.closed or self._runner.eof_received):
+            return self._runner
+        self._drop_runner()
+        if self._runner_failed:
+            return None
+        transport = self._live(shown)
+        try:
+            with traced("runner", "sh -c RUNNER"):
+                chan = transport.open_session()
+                chan.exec_command(render(["sh", "-c", runner.SCRIPT]))
+                self._converse(chan, ":", None, 30.0, "the command runner")
+        except (ConnectionLost, TransportError, OSError, EOFError, paramiko.SSHException):
+            if not transport.is_active():
+                raise self._lost(shown, transport, None) from None
+            # a host without sh or head: each command in a session of its own, as before
+            self._runner_failed = True
+            return None
+        self._runner = chan
+        return chan
+
+    def _drop_runner(self) -> None:
+        chan, self._runner = self._runner, None
+        if chan is not None:
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                chan.close()
+
+    def _converse(self, chan: paramiko.Channel, command: str, data: bytes | None, timeout: float, shown: str) -> Result:
+        """One frame to the runner, its output until both end markers."""
+        transport = self._live(shown)
+        token, payload = runner.frame(command, data)
+        reply = runner.Reply(token)
+        sender = None
+        try:
+            if len(payload) <= CHUNK:
+                chan.sendall(payload)
+            else:  # from a thread while we read, so neither side's window can fill up
+                sender = threading.Thread(target=_send, args=(payload, chan), daemon=True)
+                sender.start()
+            deadline = time.monotonic() + timeout
+            with selectors.DefaultSelector() as sel:
+                sel.register(chan, selectors.EVENT_READ)
+                while not reply.done:
+                    while chan.recv_ready():
+                        reply.feed_out(chan.recv(CHUNK))
+                    while chan.recv_stderr_ready():
+                        reply.feed_err(chan.recv_stderr(CHUNK))
+                    if reply.done:
+                        break
+                    if chan.closed or chan.eof_received or not transport.is_active():
+                        # the shell ended in the middle of a command (killed, or the connection died)
+                        raise self._lost(shown, transport, chan)
+                    if time.monotonic() > deadline:
+                        raise TransportError(f"`{command}` timed out after {timeout:.0f}s", where=self.name)
+                    sel.select(timeout=0.5)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if not transport.is_active() or chan.closed:
+                raise self._lost(shown, transport, chan) from None
+            raise TransportError(f"`{command}` failed: {exc}", where=self.name) from None
+        if sender is not None:
+            sender.join(timeout=5)
+        assert reply.status is not None
+        return Result(command, reply.status, bytes(reply.out), bytes(reply.err))
 
     def stream(
         self,
@@ -263,7 +351,7 @@ class SshTransport:
         self, shown: str, transport: paramiko.Transport, chan: paramiko.Channel | None, *, started: bool = True
     ) -> ConnectionLost:
         """What a command whose connection or session died raises (its outcome is unknown)."""
-        if transport.is_active() and chan is not None and chan.closed:
+        if transport.is_active() and chan is not None and (chan.closed or chan.eof_received):
             return ConnectionLost(
                 f"{shown}: its SSH session closed without an exit status (the session or the command was killed)",
                 where=self.name,
@@ -442,6 +530,7 @@ class SshTransport:
         return self.run(["cat", "--", path]).stdout
 
     def close(self) -> None:
+        self._drop_runner()
         self._client.close()
 
 
@@ -459,6 +548,11 @@ def _socket_dir() -> str:
         Path(folder).rmdir()
         folder = tempfile.mkdtemp(prefix="nixmig-fwd-", dir="/tmp")
     return folder
+
+
+def _send(payload: bytes, chan: paramiko.Channel) -> None:
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        chan.sendall(payload)  # a failure shows as the runner's end, where the reply is read
 
 
 def _feed(src: BinaryIO, chan: paramiko.Channel) -> None:

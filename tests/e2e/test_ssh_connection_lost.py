@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nixmig.remote.base import ConnectionLost, Result
+from nixmig.remote.base import CommandFailed, ConnectionLost, Result
 from nixmig.remote.ssh import SshTransport
 from tests.e2e import ssh_cut
 from tests.e2e.test_transport_ssh import host_for
@@ -107,8 +107,24 @@ def test_a_session_closed_without_an_exit_status(sshd: SshServer) -> None:
     t = SshTransport.connect(host_for(sshd), label="newton")
     try:
         with pytest.raises(ConnectionLost, match="closed without an exit status"):
-            t.run(["sh", "-c", "kill -9 $$"])  # sshd reports a signal, which is no exit status
+            t.stream(["sh", "-c", "kill -9 $$"])  # sshd reports a signal, which is no exit status
         assert t.run(["echo", "still there"]).stdout == b"still there\n"  # the connection itself lives
+        # the shell that runs the short commands (nixmig.remote.runner) killed in the middle of one:
+        # that command's outcome is unknown, and the next command gets a new shell
+        with pytest.raises(ConnectionLost, match="closed without an exit status"):
+            t.run(["sh", "-c", "pkill -9 -f 'read -r t n d'; sleep 5"])
+        assert t.run(["echo", "still there"]).stdout == b"still there\n"
+    finally:
+        t.close()
+
+
+def test_a_command_killed_by_a_signal_fails_with_its_status(sshd: SshServer) -> None:
+    t = SshTransport.connect(host_for(sshd), label="newton")
+    try:
+        with pytest.raises(CommandFailed) as exc:
+            t.run(["sh", "-c", "kill -9 $$"])  # through the runner: its shell reports 128 + 9
+        assert exc.value.result.exit_code == 137
+        assert t.run(["echo", "next"]).stdout == b"next\n"
     finally:
         t.close()
 
