@@ -48,6 +48,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from nixmig.errors import ConfigError
+from nixmig.nixsrc.containers import (
+    ENV_FILE_ATTRS,
+    KINDS,
+    base_variable,
+    container_shape,
+    env_container,
+    file_variable,
+    file_variables,
+    is_linuxserver,
+)
 from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
 from nixmig.nixsrc.leftover import declares_secret, digest, leftovers, naming, uses_secret
@@ -248,6 +258,12 @@ class _Db:
     var: str = (
         "POSTGRES_PASSWORD"  # the image's variable (MYSQL_PASSWORD, MARIADB_ROOT_PASSWORD ... with strategy move)
     )
+    image: str | None = None  # the image, when a literal: its family says how it reads a file (containers.py)
+
+    @property
+    def file_var(self) -> str:
+        """The variable the image reads the password file from (VAR_FILE, or linuxserver's FILE__VAR)."""
+        return file_variable(self.var, self.image)
 
 
 @dataclass(eq=False)
@@ -347,21 +363,22 @@ class Builder:
         already: list[_Db] = []
         wanted = self.spec.db_vars
         for fm, b in self.all_binds():
-            if not b.exact or not b.path or b.path[-1].removesuffix("_FILE") not in wanted:
+            if not b.exact or not b.path or base_variable(b.path[-1]) not in wanted:
                 continue
-            var = b.path[-1].removesuffix("_FILE")
-            shape = _container_shape(b.path[:-2]) if b.path[-2:-1] == ("environment",) else None
+            var = base_variable(b.path[-1])
+            shape = env_container(b.path)
             if shape is None:
                 continue
             kind, name, prefix = shape
+            image = self.image_of(fm, kind, prefix)
             if self.spec.compose and kind == "arion" and fm.name != posixpath.normpath(self.spec.compose):
                 continue
             if self.spec.db_service and name != self.spec.db_service:
                 continue
             if var != DB_PASSWORD_VAR and not self._user_is_role(fm, prefix, var):
                 continue  # MYSQL_PASSWORD of another user than the migration's role
-            if b.path[-1].endswith("_FILE"):
-                already.append(_Db(fm, kind, name, prefix, None, None, var))
+            if b.path[-1] != var:
+                already.append(_Db(fm, kind, name, prefix, None, None, var, image))
                 continue
             value = self.value_of(fm, b.value)
             if value is None:
@@ -369,10 +386,10 @@ class Builder:
                     fm,
                     b.value,
                     f"{'.'.join(b.path)} is computed, not a literal: nixmig cannot tell where the password comes from",
-                    self.db_snippet(kind, prefix),
+                    self.db_snippet(kind, prefix, file_variable(var, image)),
                 )
                 continue
-            found.append(_Db(fm, kind, name, prefix, b, value, var))
+            found.append(_Db(fm, kind, name, prefix, b, value, var, image))
         # one pick over both: once the database is patched (POSTGRES_PASSWORD_FILE), an app container
         # that also sets POSTGRES_PASSWORD must not become "the database" on the next run
         both = found + already
@@ -390,12 +407,13 @@ class Builder:
     def _user_is_role(self, fm: FileModel, prefix: NixPath, var: str) -> bool:
         """MYSQL_PASSWORD is MYSQL_USER's (MARIADB_ same): this migration's only when that user is its role;
         a root password is root's."""
+        env = (*prefix, *KINDS[_kind_at(prefix)].env)
         user_var = var.replace("ROOT_", "").replace("PASSWORD", "USER")
-        user = self._bind_at(fm, (*prefix, "environment", user_var))
+        user = self._bind_at(fm, (*env, user_var))
         if self.spec.role == "postgres":  # no role set: the user's password, or root's when there is none
-            user_pw = self._bind_at(fm, (*prefix, "environment", var.replace("ROOT_", "")))
-            user_pw = user_pw or self._bind_at(fm, (*prefix, "environment", var.replace("ROOT_", "") + "_FILE"))
-            return user_pw is None if "ROOT" in var else user is not None
+            user_pw_var = var.replace("ROOT_", "")
+            user_pw = any(self._bind_at(fm, (*env, v)) for v in (user_pw_var, *file_variables(user_pw_var)))
+            return not user_pw if "ROOT" in var else user is not None
         if "ROOT" in var:
             return self.spec.role == "root"
         return user is not None and self.value_of(fm, user.value) == self.spec.role
@@ -413,19 +431,26 @@ class Builder:
             hint="set db_service (and compose) for this migration in nixmig.toml",
         )
 
-    def db_snippet(self, kind: str, prefix: NixPath) -> str:
-        tpl = template("arion-service.nix.j2" if kind == "arion" else "oci-containers.nix.j2")
+    def image_of(self, fm: FileModel, kind: str, prefix: NixPath) -> str | None:
+        """The container's image when it is a literal (or let-bound): its family decides the file variable."""
+        b = self._bind_at(fm, (*prefix, *KINDS[kind].image))
+        return self.value_of(fm, unparen(b.value)) if b is not None else None
+
+    def db_snippet(self, kind: str, prefix: NixPath, file_var: str = DB_PASSWORD_VAR + "_FILE") -> str:
+        k = KINDS[kind]
+        tpl = template(k.template)
         return "\n".join(
             [
-                "# in " + comment_text(".".join(prefix)) + ":",
-                str(tpl.password_file_env(DB_PASSWORD_VAR + "_FILE", self.spec.secret_in_container)),
+                "# in " + comment_text(".".join((*prefix, *k.env))) + ":",
+                str(tpl.password_file_env(file_var, self.spec.secret_in_container)),
+                "# in " + comment_text(".".join((*prefix, *k.volumes[:-1]))) + ":" if len(k.volumes) > 1 else "",
                 str(tpl.volumes("volumes", nix_escape(self.spec.secret_on_host), self.spec.secret_in_container)),
             ]
-        )
+        ).replace("\n\n", "\n")
 
     def patch_db(self, db: _Db) -> None:
         fm, spec = db.fm, self.spec
-        tpl = template("arion-service.nix.j2" if db.kind == "arion" else "oci-containers.nix.j2")
+        tpl = template(KINDS[db.kind].template)
         if db.bind is not None:
             self.mask_literal(fm, db.bind.value)
             if db.password:
@@ -435,7 +460,7 @@ class Builder:
             ap = b.node.child_by_field_name("attrpath")
             assert ap is not None
             last = ap.named_children[-1]
-            new = str(tpl.password_file_env(db.var + "_FILE", spec.secret_in_container))
+            new = str(tpl.password_file_env(db.file_var, spec.secret_in_container))
             name, _, rest = new.partition(" = ")
             self.ed.add(
                 fm,
@@ -444,7 +469,13 @@ class Builder:
                 name + fm.source[last.end_byte : b.value.start_byte].decode() + rest,
                 f"replaces the hardcoded {db.var} of the {db.name} container: the image reads the "
                 f"password from {spec.secret_in_container} (a read-only bind mount of the agenix file) when it "
-                f"initialises the data directory; "
+                f"initialises the data directory"
+                + (
+                    f" (a linuxserver.io image: its s6-overlay init reads {db.file_var}; it ignores {db.var}_FILE)"
+                    if is_linuxserver(db.image)
+                    else ""
+                )
+                + "; "
                 + (
                     "strategy move keeps the value, so the existing user's password is unchanged"
                     if spec.strategy == "move"
@@ -457,12 +488,12 @@ class Builder:
         elif not self._file_var_is_ours(db):
             return  # POSTGRES_PASSWORD_FILE points somewhere else: the user's own setup
         self.container_user(db)
-        self.ensure_volume(db, tpl)
+        self.ensure_volume(db.fm, db.kind, db.name, db.prefix)
 
     def container_user(self, db: _Db) -> None:
         """A database container that runs as a non-root ``user`` reads the bind-mounted file as that
         user: agenix gives the file that owner (and group), never a world-readable mode."""
-        b = self._bind_at(db.fm, (*db.prefix, "user"))
+        b = self._bind_at(db.fm, (*db.prefix, *KINDS[db.kind].user))
         if b is None:
             return
         value = self.value_of(db.fm, unparen(b.value))  # a literal, or one a let binds
@@ -483,19 +514,22 @@ class Builder:
             self.group = nix_string(group)
 
     def _file_var_is_ours(self, db: _Db) -> bool:
+        env = (*db.prefix, *KINDS[db.kind].env)
         for b in db.fm.binds:
-            if b.path == (*db.prefix, "environment", db.var + "_FILE"):
+            if b.path in {(*env, v) for v in file_variables(db.var)}:
                 return decode_string(b.value) == self.spec.secret_in_container
         return False
 
-    def ensure_volume(self, db: _Db, tpl: Any) -> None:
-        """The read-only bind mount of the agenix file into the database container. In a NixOS module
-        (oci-containers) the source is ``${config.age.secrets.NAME.path}`` (wherever age.secretsDir
-        is); arion's compose files have arion's own ``config``, so there it is the path written out."""
-        fm, spec = db.fm, self.spec
-        vol_path = (*db.prefix, "volumes")
+    def ensure_volume(self, fm: FileModel, kind: str, name: str, prefix: NixPath) -> None:
+        """The read-only bind mount of the agenix file into a container. In a NixOS module
+        (oci-containers, quadlet) the source is ``${config.age.secrets.NAME.path}`` (wherever
+        age.secretsDir is); arion's compose files have arion's own ``config``, so there it is the
+        path written out."""
+        spec, k = self.spec, KINDS[kind]
+        tpl = template(k.template)
+        vol_path = (*prefix, *k.volumes)
         mount = f"{spec.secret_on_host}:{spec.secret_in_container}:ro"
-        if db.kind == "oci" and self.ed.can_have_formals(fm):
+        if kind != "arion" and self.ed.can_have_formals(fm):
             source = f"${{config.age.secrets.{nix_attr(spec.secret)}.path}}"
             self.need(fm, ("config",))
         else:
@@ -503,7 +537,7 @@ class Builder:
         volume = str(tpl.volume(source, spec.secret_in_container))
         why = (
             f"bind-mounts the agenix file {spec.secret_on_host} read-only at {spec.secret_in_container} in the "
-            f"{db.name} container (only the path is in the Nix store)"
+            f"{name} container (only the path is in the Nix store)"
         )
         for b in fm.binds:
             if b.path == vol_path and unparen(b.value).type == "list_expression":
@@ -515,8 +549,8 @@ class Builder:
             if b.path == vol_path:
                 self.manual_here(fm, b.value, f"{'.'.join(vol_path)} is not a list literal", volume)
                 return
-        anchor = self._bind_at(fm, (*db.prefix, "environment"))
-        root = self._service_attrset(fm, db.prefix)
+        anchor = self._bind_at(fm, (*prefix, *k.env))
+        root = self._service_attrset(fm, prefix)
         self.insert_path(
             fm,
             root,
@@ -582,7 +616,7 @@ class Builder:
 
     def switch_volume(self, db: _Db, old: str, new: str) -> None:
         fm = db.fm
-        vol_path = (*db.prefix, "volumes")
+        vol_path = (*db.prefix, *KINDS[db.kind].volumes)
         b = self._bind_at(fm, vol_path)
         lst = unparen(b.value) if b is not None else None
         snippet = f"the mount of {old} in {'.'.join(vol_path)} names {new} instead"
@@ -645,7 +679,7 @@ class Builder:
 
     def switch_image(self, db: _Db, image: str) -> None:
         fm = db.fm
-        path = (*db.prefix[:-1], "image", "name") if db.kind == "arion" else (*db.prefix, "image")
+        path = (*db.prefix[:-1], "image", "name") if db.kind == "arion" else (*db.prefix, *KINDS[db.kind].image)
         b = self._bind_at(fm, path)
         value = decode_string(unparen(b.value)) if b is not None else None
         if b is None or value is None:
@@ -828,7 +862,9 @@ class Builder:
                 (near if url.host in hosts else far).add(unquote(url.password))
         values = near or far
         for fm, b in self.all_binds():
-            if not b.exact or len(b.path) < 2 or b.path[-2] != "environment" or not _db_words(b.path[-1]):
+            if not b.exact or len(b.path) < 2 or b.path[-2] not in ("environment", "environments"):
+                continue
+            if not _db_words(b.path[-1]):
                 continue
             ws = _env_words(b.path[-1])
             if not ws & {"pass", "passwd", "password", "pw", "pwd"}:
@@ -852,7 +888,7 @@ class Builder:
         if not _secret_name(lit.path):
             return False  # POSTGRES_USER = "app" when the password is "app" too: a name, not the password
         line = EnvLine(lit.path[-1], "", "", raw=True)
-        shape = _container_shape(lit.path[:-2]) if lit.path[-2] == "environment" else None
+        shape = env_container(lit.path)
         if shape is not None:
             kind, name, prefix = shape
             if self.spec.app_services and name not in self.spec.app_services:
@@ -862,7 +898,11 @@ class Builder:
             ):
                 return False  # another project's, or another database server that has the same password
             self.mask_literal(fm, lit.node)
-            self.url_in_container(fm, lit, kind, name, prefix, line)
+            image = self.image_of(fm, kind, prefix)
+            if is_linuxserver(image):
+                self.file_var_in_container(fm, lit, kind, name, prefix, image)
+            else:
+                self.url_in_container(fm, lit, kind, name, prefix, line)
             return True
         unit = _systemd_shape(lit.path)
         if unit is not None:
@@ -871,9 +911,37 @@ class Builder:
             return True
         return False
 
+    def file_var_in_container(
+        self, fm: FileModel, lit: Lit, kind: str, name: str, prefix: NixPath, image: str | None
+    ) -> None:
+        """``DB_PASS = "..."`` in a linuxserver.io app container: ``FILE__DB_PASS`` names the bind-mounted
+        agenix file instead (the image's s6-overlay init reads any ``FILE__VAR`` as root at start), so no
+        env file and no renderer; any byte of the password is fine."""
+        assert lit.bind is not None
+        var = lit.path[-1]
+        ap = lit.bind.node.child_by_field_name("attrpath")
+        assert ap is not None
+        last = ap.named_children[-1]
+        file_var = file_variable(var, image)
+        new = str(template(KINDS[kind].template).password_file_env(file_var, self.spec.secret_in_container))
+        attr, _, rest = new.partition(" = ")
+        self.ed.add(
+            fm,
+            last.start_byte,
+            lit.bind.node.end_byte,
+            attr + fm.source[last.end_byte : lit.bind.value.start_byte].decode() + rest,
+            f"replaces the hardcoded {var} of the {name} container ({image}, a linuxserver.io image): its "
+            f"s6-overlay init sets {var} from the file {file_var} names, {self.spec.secret_in_container} (a "
+            f"read-only bind mount of the agenix file), at each start; linuxserver images ignore {var}_FILE",
+        )
+        self.handled.add((fm.name, lit.node.start_byte))
+        self.use_lets(fm, lit.node)
+        self.replaced.append(f"{var} at {fm.where(lit.node)}")
+        self.ensure_volume(fm, kind, name, prefix)
+
     def _is_server(self, fm: FileModel, prefix: NixPath) -> bool:
         """The container runs a PostgreSQL server image (its own POSTGRES_PASSWORD initialises it)."""
-        image = self._bind_at(fm, (*prefix, "image"))
+        image = self._bind_at(fm, (*prefix, *KINDS[_kind_at(prefix)].image))
         value = decode_string(unparen(image.value)) if image is not None else None
         servers = ("postgres", "postgis", "pgvecto", "timescale", "mysql", "mariadb", "percona")
         return value is not None and any(w in value.lower() for w in servers)
@@ -900,7 +968,7 @@ class Builder:
         self.known |= {digest(url.password.encode()), digest(unquote(url.password).encode())}
         url = self.as_login_role(url)
         var = lit.path[-1] if lit.path else ""
-        shape = _container_shape(lit.path[:-2]) if len(lit.path) >= 2 and lit.path[-2] == "environment" else None
+        shape = env_container(lit.path)
         systemd = _systemd_shape(lit.path) or _env_option_shape(lit.path)
         assignment = _environment_assignment(lit, value, url)
         if assignment is not None and _SAFE_URL_PART.fullmatch(url.suffix):
@@ -956,6 +1024,8 @@ class Builder:
                 f"no arion project imports {fm.name} by path, so nixmig cannot tell which systemd unit starts it "
                 f"(set unit and module for this migration)"
                 if kind == "arion"
+                else "a quadlet-nix container: nixmig has no env-file template for quadlet's serviceConfig"
+                if kind == "quadlet"
                 else "its name is computed, so nixmig cannot tell its unit and runtime directory"
             )
             snippet = self.generic_snippet(lit.path, line)
@@ -989,18 +1059,18 @@ class Builder:
         self.ensure_env_file(fm, kind, name, prefix, env_path, lit)
 
     def ensure_env_file(self, fm: FileModel, kind: str, name: str, prefix: NixPath, env_path: str, lit: Lit) -> None:
-        attr = "env_file" if kind == "arion" else "environmentFiles"
-        tpl = template("arion-service.nix.j2" if kind == "arion" else "oci-containers.nix.j2")
+        rel = KINDS[kind].env_files
+        tpl = template(KINDS[kind].template)
         why = (
             f"points the {name} container at {env_path}, rendered at each start by the unit's ExecStartPre "
             f"(outside the Nix store), for {lit.path[-1]} removed at {fm.where(lit.node)}"
         )
-        key = (fm.name, *prefix, attr, env_path)
+        key = (fm.name, *prefix, *rel, env_path)
         if key in self.handled_env:
             return
         self.handled_env.add(key)
         for b in fm.binds:
-            if b.path == (*prefix, attr):
+            if b.path == (*prefix, *rel):
                 lst = unparen(b.value)
                 if lst.type == "list_expression":
                     if not any(decode_string(e) == env_path for e in lst.named_children):
@@ -1010,11 +1080,11 @@ class Builder:
                     fm, b.value, f"{'.'.join(b.path)} is not a list literal", str(tpl.env_file_entry(env_path))
                 )
                 return
-        env_bind = self._bind_at(fm, (*prefix, "environment"))
+        env_bind = self._bind_at(fm, (*prefix, *KINDS[kind].env))
         after = env_bind.node if env_bind is not None else None
         macro = tpl.env_file if kind == "arion" else tpl.environment_files
         root = self._service_attrset(fm, prefix)
-        self.insert_path(fm, root, (*prefix, attr), lambda a: str(macro(a, [env_path])), why, after)
+        self.insert_path(fm, root, (*prefix, *rel), lambda a: str(macro(a, [env_path])), why, after)
 
     def renderer_for_container(self, fm: FileModel, kind: str, name: str, prefix: NixPath) -> _Renderer | None:
         if kind == "oci":
@@ -1027,6 +1097,8 @@ class Builder:
                 unit_seg = oci_unit_seg(fm, real)
                 self.renderers[key] = _Renderer(key, "oci", fm, containers, unit_seg, real, real, container=real)
             return self.renderers[key]
+        if kind != "arion":
+            return None  # quadlet: no renderer yet (url_in_container says so)
         # arion: the project (and its unit) that brings this compose file up
         project = self.arion_project(fm, prefix)
         if project is None:
@@ -1206,7 +1278,7 @@ class Builder:
         """env_file entries naming our env file when no unit renders it (a tree patched only in part)."""
         generated = {r.runtime_dir for r in self.renderers.values() if r.files}
         for fm, b in self.all_binds():
-            if not b.path or b.path[-1] not in ("env_file", "environmentFiles"):
+            if not b.path or b.path[-1] not in ENV_FILE_ATTRS:
                 continue
             lst = unparen(b.value)
             for e in lst.named_children if lst.type == "list_expression" else ():
@@ -1513,7 +1585,7 @@ class Builder:
             f"# has a *File option): config.age.secrets.{nix_attr(spec.secret)}.path\n"
             "# or render an env file at start from the agenix file, as nixmig does:\n"
         )
-        shape = _container_shape(path[:-2]) if len(path) >= 3 and path[-2] == "environment" else None
+        shape = env_container(path)
         if shape is not None:
             kind, name, prefix = shape
             files = [EnvFile(f"/run/{name}/{spec.secret}.env", (line,))]
@@ -1803,18 +1875,13 @@ def _secret_name(path: NixPath) -> bool:
     return bool(path) and bool(_SECRET_WORDS.search(path[-1]))
 
 
-def _container_shape(prefix: NixPath) -> tuple[str, str, NixPath] | None:
-    """("arion"|"oci", service name, path of the service's attrset holding environment) or None."""
-    n = len(prefix)
-    if n >= 3 and prefix[-1] == "service" and prefix[-3] == "services":
-        head = prefix[:-3]
-        if head == () or (
-            len(head) == 5 and head[:3] == ("virtualisation", "arion", "projects") and head[4] == "settings"
-        ):
-            return "arion", prefix[-2], prefix
-    if n == 4 and prefix[:3] == ("virtualisation", "oci-containers", "containers"):
-        return "oci", prefix[3], prefix
-    return None
+_container_shape = container_shape  # (kind, name, the container's attrset path), see nixsrc/containers.py
+
+
+def _kind_at(prefix: NixPath) -> str:
+    shape = container_shape(prefix)
+    assert shape is not None, prefix
+    return shape[0]
 
 
 def _project_key(fm: FileModel, prefix: NixPath) -> tuple[str, str]:

@@ -1,0 +1,112 @@
+"""Container kinds and image families (nixmig/nixsrc/containers.py) as `patch` sees them.
+
+linuxserver.io images read a variable from a file only through the ``FILE__VAR`` prefix (their
+s6-overlay init); ``VAR_FILE`` is ignored by them (linuxserver/docker-mariadb PR #36 closed
+unmerged). quadlet-nix keeps a container's settings under ``containerConfig``."""
+
+from __future__ import annotations
+
+import pytest
+
+from nixmig.nixsrc import patch as pt
+from nixmig.nixsrc.containers import base_variable, env_container, file_variable
+from nixmig.nixsrc.scan import scan_source
+
+ROOT_ONLY = """_: {{
+  virtualisation.oci-containers.containers."mariadb" = {{
+    image = "{image}";
+    environment = {{
+      PUID = "1000";
+      MYSQL_ROOT_PASSWORD = "root-pw-5";
+    }};
+    volumes = [ "mariadb:/config" ];
+  }};
+}}
+"""
+
+
+def _plan(text: str, **spec: str) -> tuple[pt.Plan, dict[str, bytes], dict[str, bytes]]:
+    sources = {"hosts/box/db.nix": text.encode()}
+    plan = pt.plan(sources, pt.Spec(**{"secret": "db-pw", **spec}))  # type: ignore[arg-type]
+    return plan, sources, {**sources, **plan.results(sources)}
+
+
+@pytest.mark.parametrize(
+    ("image", "var"),
+    [
+        ("lscr.io/linuxserver/mariadb:latest", "FILE__MYSQL_ROOT_PASSWORD"),
+        ("linuxserver/mariadb", "FILE__MYSQL_ROOT_PASSWORD"),
+        ("ghcr.io/linuxserver/mariadb:11.4.5", "FILE__MYSQL_ROOT_PASSWORD"),
+        ("mariadb:11", "MYSQL_ROOT_PASSWORD_FILE"),
+        ("docker.io/library/mysql:8", "MYSQL_ROOT_PASSWORD_FILE"),
+    ],
+)
+def test_the_database_image_family_decides_the_file_variable(image: str, var: str) -> None:
+    """realcfg 05's shape: the old code wrote MYSQL_ROOT_PASSWORD_FILE for lscr.io/linuxserver/mariadb,
+    which that image never reads (the root password would be empty at initialisation)."""
+    plan, _, after = _plan(ROOT_ONLY.format(image=image), role="root", strategy="move")
+    assert plan.manual == ()
+    out = after["hosts/box/db.nix"].decode()
+    assert f'{var} = "/run/secrets/db-pw";' in out
+    other = "MYSQL_ROOT_PASSWORD_FILE" if var.startswith("FILE__") else "FILE__MYSQL_ROOT_PASSWORD"
+    assert other not in out and "root-pw-5" not in out
+    assert '"/run/agenix/db-pw:/run/secrets/db-pw:ro"' in out
+    again = pt.plan(after, pt.Spec(secret="db-pw", role="root", strategy="move"))
+    assert again.edits == () and again.manual == ()
+    assert scan_source(after["hosts/box/db.nix"], "db.nix").findings == ()
+
+
+APP = """{ config, ... }:
+{
+  virtualisation.oci-containers.containers.db = {
+    image = "postgres:16";
+    environment.POSTGRES_PASSWORD = "app-pw-9";
+  };
+  virtualisation.oci-containers.containers.mastodon = {
+    image = "lscr.io/linuxserver/mastodon:glitch";
+    environment = {
+      DB_HOST = "db";
+      DB_USER = "mastodon";
+      DB_PASS = "app-pw-9";
+    };
+  };
+}
+"""
+
+
+def test_a_linuxserver_app_reads_its_password_through_file_prefix_not_an_env_file() -> None:
+    """realcfg 32's shape (mastodon's DB_PASS): FILE__DB_PASS + the bind mount; no renderer unit,
+    no env file (the old code rendered an env file, which also refuses passwords with other bytes
+    than A-Z a-z 0-9 - . _ ~ at start)."""
+    plan, _, after = _plan(APP, role="postgres")
+    assert plan.manual == ()
+    out = after["hosts/box/db.nix"].decode()
+    assert 'FILE__DB_PASS = "/run/secrets/db-pw";' in out
+    assert 'POSTGRES_PASSWORD_FILE = "/run/secrets/db-pw";' in out  # the official image: _FILE
+    assert out.count('"${config.age.secrets.db-pw.path}:/run/secrets/db-pw:ro"') == 2
+    assert "environmentFiles" not in out and "ExecStartPre" not in out and "app-pw-9" not in out
+    again = pt.plan(after, pt.Spec(secret="db-pw", role="postgres"))
+    assert again.edits == () and again.manual == ()
+
+
+def test_file_variable_names() -> None:
+    assert file_variable("DB_PASS", "lscr.io/linuxserver/mastodon") == "FILE__DB_PASS"
+    assert file_variable("DB_PASS", None) == "DB_PASS_FILE"
+    assert base_variable("FILE__DB_PASS") == base_variable("DB_PASS_FILE") == base_variable("DB_PASS") == "DB_PASS"
+    assert base_variable("FILE__") == "FILE__"
+
+
+def test_env_container_knows_each_kind() -> None:
+    assert env_container(("virtualisation", "oci-containers", "containers", "a", "environment", "V")) == (
+        "oci",
+        "a",
+        ("virtualisation", "oci-containers", "containers", "a"),
+    )
+    q = ("virtualisation", "quadlet", "containers", "pg")
+    assert env_container((*q, "containerConfig", "environments", "V")) == ("quadlet", "pg", q)
+    assert env_container((*q, "environment", "V")) is None
+    assert env_container(("services", "db", "service", "environment", "V")) == (
+        "arion",
+        "db",
+        ("services", "db", "service"),
+    )
