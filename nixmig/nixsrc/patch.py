@@ -280,6 +280,13 @@ class _Renderer:
     files: dict[str, list[EnvLine]] = field(default_factory=dict)
     container: str = ""
     literals: list[str] = field(default_factory=list)  # "VAR at file:line:col" it replaces
+    # where its serviceConfig bindings go: systemd.services.<unit_seg>.serviceConfig, or the
+    # container's own option (quadlet-nix: virtualisation.quadlet.containers.NAME.serviceConfig)
+    service_config: NixPath | None = None
+
+    @property
+    def service_path(self) -> NixPath:
+        return self.service_config or ("systemd", "services", self.unit_seg, "serviceConfig")
 
 
 class Builder:
@@ -1024,8 +1031,6 @@ class Builder:
                 f"no arion project imports {fm.name} by path, so nixmig cannot tell which systemd unit starts it "
                 f"(set unit and module for this migration)"
                 if kind == "arion"
-                else "a quadlet-nix container: nixmig has no env-file template for quadlet's serviceConfig"
-                if kind == "quadlet"
                 else "its name is computed, so nixmig cannot tell its unit and runtime directory"
             )
             snippet = self.generic_snippet(lit.path, line)
@@ -1097,8 +1102,26 @@ class Builder:
                 unit_seg = oci_unit_seg(fm, real)
                 self.renderers[key] = _Renderer(key, "oci", fm, containers, unit_seg, real, real, container=real)
             return self.renderers[key]
-        if kind != "arion":
-            return None  # quadlet: no renderer yet (url_in_container says so)
+        if kind == "quadlet":
+            real = self.container_name(fm, name)
+            if real is None:
+                return None
+            key = ("quadlet", fm.name, real)
+            if key not in self.renderers:
+                # quadlet-nix: the unit is NAME.service (the attribute name), configured by the
+                # container's own serviceConfig, which quadlet writes into the unit's [Service]
+                self.renderers[key] = _Renderer(
+                    key,
+                    "quadlet",
+                    fm,
+                    self._bind_containing(fm, prefix),
+                    "",
+                    f"{name}.service",
+                    real,
+                    container=real,
+                    service_config=(*prefix, "serviceConfig"),
+                )
+            return self.renderers[key]
         # arion: the project (and its unit) that brings this compose file up
         project = self.arion_project(fm, prefix)
         if project is None:
@@ -1247,7 +1270,7 @@ class Builder:
                         "\n".join(missing),
                     )
                 continue
-            path = ("systemd", "services", r.unit_seg, "serviceConfig")
+            path = r.service_path
             root = fm.root_of(r.anchor)
             if root is None:
                 snippet = self.render_unit(r, files, nix_attrpath(path))
@@ -1311,7 +1334,7 @@ class Builder:
             spec.secret, Antiquote(f"lib.escapeShellArg config.age.secrets.{secret_attr}.path"), files
         )
         tpl = template("arion-service.nix.j2" if r.kind == "arion" else "oci-containers.nix.j2")
-        return str(tpl.unit(attr, r.unit, runtime_dir, paths, self.script_name(r), script))
+        return str(tpl.unit(attr, r.container or r.unit, runtime_dir, paths, self.script_name(r), script))
 
     def need(self, fm: FileModel, names: Sequence[str]) -> None:
         self.needs_formals.setdefault(fm.name, set()).update(names)
@@ -1593,6 +1616,23 @@ class Builder:
                 spec.secret, Antiquote(f"lib.escapeShellArg config.age.secrets.{nix_attr(spec.secret)}.path"), files
             )
             paths = [f.path for f in files]
+            if kind == "quadlet":  # quadlet-nix: NAME.service, set through the container's own serviceConfig
+                tpl = template("oci-containers.nix.j2")
+                return (
+                    note
+                    + str(tpl.environment_files(nix_attrpath((*prefix, *KINDS[kind].env_files)), paths))
+                    + "\n"
+                    + str(
+                        tpl.unit(
+                            nix_attrpath((*prefix, "serviceConfig")),
+                            name,
+                            name,
+                            paths,
+                            store_name(f"{name}-{spec.secret}-env"),
+                            script,
+                        )
+                    )
+                )
             if kind == "oci":
                 tpl = template("oci-containers.nix.j2")
                 segs = {oci_unit_seg(fm, name) for fm in self.models.values()}
@@ -1683,7 +1723,7 @@ class Builder:
         self.orphan_env_files()
         renderer_files = [r.fm for r in self.renderers.values()]
         preferred = renderer_files[0] if renderer_files else None
-        if preferred is None and db is not None and db.kind == "oci":
+        if preferred is None and db is not None and db.kind in ("oci", "quadlet"):
             preferred = db.fm
         if preferred is None and db is not None and db.kind == "arion":
             project = self.arion_project(db.fm, db.prefix)

@@ -6,11 +6,17 @@ unmerged). quadlet-nix keeps a container's settings under ``containerConfig``.""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from nixmig.nixsrc import patch as pt
 from nixmig.nixsrc.containers import base_variable, env_container, file_variable
 from nixmig.nixsrc.scan import scan_source
+from tests.helpers import FIXTURES
 
 ROOT_ONLY = """_: {{
   virtualisation.oci-containers.containers."mariadb" = {{
@@ -110,3 +116,80 @@ def test_env_container_knows_each_kind() -> None:
         "db",
         ("services", "db", "service"),
     )
+
+
+QUADLET_DB = """{
+  config,
+  ...
+}:
+let
+  inherit (config.virtualisation.quadlet) networks volumes;
+in
+{
+  virtualisation.quadlet = {
+    containers.pg.containerConfig = {
+      image = "ghcr.io/immich-app/postgres:16";
+      volumes = [ "${volumes.pg.ref}:/var/lib/postgresql" ];
+      environments = {
+        POSTGRES_USER = "postgres";
+        POSTGRES_PASSWORD = "quad-pw-3";
+      };
+    };
+    volumes.pg = { };
+  };
+}
+"""
+
+
+def test_a_quadlet_database_reads_the_file_through_containerconfig() -> None:
+    """realcfg 13's shape: the old code refused it ("no template for this shape")."""
+    plan, _, after = _plan(QUADLET_DB)
+    assert plan.manual == (), [m.what for m in plan.manual]
+    out = after["hosts/box/db.nix"].decode()
+    assert 'POSTGRES_PASSWORD_FILE = "/run/secrets/db-pw";' in out
+    assert '"${config.age.secrets.db-pw.path}:/run/secrets/db-pw:ro"' in out
+    assert "age.secrets.db-pw = {" in out and "quad-pw-3" not in out
+    again = pt.plan(after, pt.Spec(secret="db-pw"))
+    assert again.edits == () and again.manual == ()
+
+
+def _nix_eval(expr: str) -> str:
+    nix = shutil.which("nix-instantiate")
+    if nix is None:
+        pytest.skip("nix-instantiate is not installed")
+    proc = subprocess.run(
+        [nix, "--eval", "--strict", "--json", "-E", expr], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_a_quadlet_app_gets_its_env_file_from_its_own_unit(tmp_path: Path) -> None:
+    """The app's password and URL leave containerConfig.environments; the env file is named in
+    containerConfig.environmentFiles and rendered by the container's own unit (NAME.service) through
+    the container's serviceConfig (quadlet-nix writes it into the unit's [Service]), never through
+    systemd.services. Checked by evaluating the patched module with stub arguments."""
+    case = FIXTURES / "shapes" / "quadlet-db-and-app"
+    sources = pt.read_sources(case)
+    plan = pt.plan(sources, pt.Spec(secret="photos-db-password", role="photos"))
+    assert plan.manual == ()
+    out = {**sources, **plan.results(sources)}["modules/photos.nix"]
+    assert b"systemd.services" not in out
+    (tmp_path / "photos.nix").write_bytes(out)
+    args = (
+        '{ config = { virtualisation.quadlet.networks.photos.ref = "photos.network";'
+        ' age.secrets.photos-db-password.path = "/run/agenix/photos-db-password"; };'
+        ' lib = { escapeShellArg = x: x; }; pkgs = { writeShellScript = n: t: "/nix/store/x-" + n; }; }'
+    )
+    expr = (
+        f"let m = import {tmp_path / 'photos.nix'} {args}; c = m.virtualisation.quadlet.containers; in"
+        " { app = c.photos.containerConfig.environments; files = c.photos.containerConfig.environmentFiles;"
+        " svc = c.photos.serviceConfig; db = c.photos-db.containerConfig; }"
+    )
+    got = json.loads(_nix_eval(expr))
+    assert got["app"] == {"DB_HOSTNAME": "photos-db", "DB_USERNAME": "photos"}
+    assert got["files"] == ["/run/photos/photos-db-password.env"]
+    assert got["svc"]["RuntimeDirectory"] == "photos" and got["svc"]["RuntimeDirectoryMode"] == "0700"
+    assert got["svc"]["ExecStartPre"] == ["/nix/store/x-photos-photos-db-password-env"]
+    assert got["db"]["environments"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/photos-db-password"
+    assert "/run/agenix/photos-db-password:/run/secrets/photos-db-password:ro" in got["db"]["volumes"]
