@@ -263,17 +263,18 @@ def locked(ctx: Context) -> Iterator[None]:
         return
     who = lock.holder(f"migration {ctx.name} on {ctx.host_name}")
     mig_lock = f"{ctx.host_name}-{ctx.name}"
-    held = [lock.acquire(ctx.t, ctx.host.lock_dir, mig_lock, holder_text=who, guards=f"migration {ctx.name}")]
+    name, what = _lock_name(ctx)  # a read of the target: no lock needed
+    # both in one process on the target (one session): taken in this order, all or none
+    held = lock.acquire_all(
+        ctx.t, ctx.host.lock_dir, [(mig_lock, f"migration {ctx.name}"), (name, what)], holder_text=who
+    )
     try:
-        name, what = _lock_name(ctx)
-        held.append(lock.acquire(ctx.t, ctx.host.lock_dir, name, holder_text=who, guards=what))
         ctx.journal = ctx.journal.reload()
         ctx.extra[_LOCKED] = True
         yield
     finally:
         ctx.extra.pop(_LOCKED, None)
-        for h in reversed(held):
-            h.close()
+        held.close()
 
 
 # strategy move reaches no database: its second lock is the host's configuration (the lock

@@ -152,6 +152,7 @@ class SshTransport:
         # `run`, used by one thread at a time (another thread's command gets a session of its own)
         self._runner: paramiko.Channel | None = None
         self._runner_lock = threading.Lock()
+        self._runner_hello: runner.Reply | None = None  # the first frame's answer, not read yet
         self._runner_failed = False  # the host could not run it: every command gets its own session
 
     @classmethod
@@ -224,7 +225,9 @@ class SshTransport:
         transport = client.get_transport()
         if isinstance(transport, _Transport):
             transport.keep_alive(keepalive, keepalive_count)  # notice a dead host instead of hanging
-        return cls(client, where, name)
+        ssh = cls(client, where, name)
+        ssh.start_runner()
+        return ssh
 
     def run(
         self,
@@ -261,43 +264,89 @@ class SshTransport:
 
     def _runner_channel(self, shown: str) -> paramiko.Channel | None:
         if self._runner is not None and not (self._runner.closed or self._runner.eof_received):
-            return self._runner
-        self._drop_runner()
-        if self._runner_failed:
-            return None
+            if self._runner_hello is None:
+                return self._runner
+        else:
+            self._drop_runner()
+            if self._runner_failed:
+                return None
+            self.start_runner()
+        chan, hello = self._runner, self._runner_hello
         transport = self._live(shown)
         try:
-            with traced("runner", "sh -c RUNNER"):
-                chan = transport.open_session()
-                chan.exec_command(render(["sh", "-c", runner.SCRIPT]))
-                self._converse(chan, ":", None, 30.0, "the command runner")
-        except (ConnectionLost, TransportError, OSError, EOFError, paramiko.SSHException):
+            if chan is None or hello is None:
+                raise TransportError("the command runner did not start", where=self.name)
+            self._receive(chan, hello, None, 30.0, ":", "the command runner")
+        except (TransportError, OSError, EOFError, paramiko.SSHException):
+            self._drop_runner()
             if not transport.is_active():
                 raise self._lost(shown, transport, None) from None
             # a host without sh or head: each command in a session of its own, as before
             self._runner_failed = True
             return None
-        self._runner = chan
+        self._runner_hello = None
         return chan
 
+    def start_runner(self) -> None:
+        """Open the runner's session and send it a first frame, without waiting: sshd starts
+        its shell meanwhile (connect calls this, so that start overlaps the first lock's);
+        the first command reads the answer."""
+        if self._runner is not None or self._runner_failed:
+            return
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            return
+        try:
+            with traced("runner", "sh -c RUNNER"):
+                chan = transport.open_session()
+                chan.exec_command(render(["sh", "-c", runner.SCRIPT]))
+                self._runner_hello = self._send_frame(chan, ":", None)[0]
+        except (OSError, EOFError, paramiko.SSHException):
+            self._runner_failed = not transport.is_active()  # a dead link: the next command says so
+            return
+        self._runner = chan
+
     def _drop_runner(self) -> None:
-        chan, self._runner = self._runner, None
+        chan, self._runner, self._runner_hello = self._runner, None, None
         if chan is not None:
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                 chan.close()
 
+    @staticmethod
+    def _send_frame(
+        chan: paramiko.Channel, command: str, data: bytes | None
+    ) -> tuple[runner.Reply, threading.Thread | None]:
+        token, payload = runner.frame(command, data)
+        if len(payload) <= CHUNK:
+            chan.sendall(payload)
+            return runner.Reply(token), None
+        # from a thread while we read, so neither side's window can fill up
+        sender = threading.Thread(target=_send, args=(payload, chan), daemon=True)
+        sender.start()
+        return runner.Reply(token), sender
+
     def _converse(self, chan: paramiko.Channel, command: str, data: bytes | None, timeout: float, shown: str) -> Result:
         """One frame to the runner, its output until both end markers."""
         transport = self._live(shown)
-        token, payload = runner.frame(command, data)
-        reply = runner.Reply(token)
-        sender = None
         try:
-            if len(payload) <= CHUNK:
-                chan.sendall(payload)
-            else:  # from a thread while we read, so neither side's window can fill up
-                sender = threading.Thread(target=_send, args=(payload, chan), daemon=True)
-                sender.start()
+            reply, sender = self._send_frame(chan, command, data)
+        except (OSError, EOFError, paramiko.SSHException):
+            raise self._lost(shown, transport, chan) from None
+        self._receive(chan, reply, sender, timeout, command, shown)
+        assert reply.status is not None
+        return Result(command, reply.status, bytes(reply.out), bytes(reply.err))
+
+    def _receive(
+        self,
+        chan: paramiko.Channel,
+        reply: runner.Reply,
+        sender: threading.Thread | None,
+        timeout: float,
+        command: str,
+        shown: str,
+    ) -> None:
+        transport = self._live(shown)
+        try:
             deadline = time.monotonic() + timeout
             with selectors.DefaultSelector() as sel:
                 sel.register(chan, selectors.EVENT_READ)
@@ -320,8 +369,6 @@ class SshTransport:
             raise TransportError(f"`{command}` failed: {exc}", where=self.name) from None
         if sender is not None:
             sender.join(timeout=5)
-        assert reply.status is not None
-        return Result(command, reply.status, bytes(reply.out), bytes(reply.err))
 
     def stream(
         self,
