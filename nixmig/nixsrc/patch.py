@@ -301,6 +301,7 @@ class Builder:
         self.handled: set[tuple[str, int]] = set()
         self.needs_formals: dict[str, set[str]] = {}
         self.handled_env: set[tuple[str, ...]] = set()
+        self.mounted: set[tuple[str, ...]] = set()  # (file, *container path) given the bind mount by this plan
         self.no_project: list[str] = []
         self.replaced: list[str] = []  # "VAR at file:line:col" of every literal the plan removes
         self.option_paths = {p for _, p in self.option_candidates()}
@@ -312,6 +313,7 @@ class Builder:
         self.store_file: FileModel | None = None  # where a passwordFile = pkgs.writeText ... was replaced
         self.role_units: set[str] = set()
         self.sql_file: FileModel | None = None
+        self.mount_file: FileModel | None = None  # where an app container got the bind mount (FILE__VAR)
         # the agenix file's owner/group (Nix expressions) when a non-root user reads it, and why
         self.owner: str | None = None
         self.group: str | None = None
@@ -533,6 +535,9 @@ class Builder:
         age.secretsDir is); arion's compose files have arion's own ``config``, so there it is the
         path written out."""
         spec, k = self.spec, KINDS[kind]
+        if (fm.name, *prefix) in self.mounted:
+            return  # one mount per container, however many of its variables read the file
+        self.mounted.add((fm.name, *prefix))
         tpl = template(k.template)
         vol_path = (*prefix, *k.volumes)
         mount = f"{spec.secret_on_host}:{spec.secret_in_container}:ro"
@@ -871,8 +876,8 @@ class Builder:
         for fm, b in self.all_binds():
             if not b.exact or len(b.path) < 2 or b.path[-2] not in ("environment", "environments"):
                 continue
-            if not _db_words(b.path[-1]):
-                continue
+            if not _db_words(b.path[-1]) or base_variable(b.path[-1]) != b.path[-1]:
+                continue  # FILE__DB_PASS / DB_PASS_FILE: a path, not the password
             ws = _env_words(b.path[-1])
             if not ws & {"pass", "passwd", "password", "pw", "pwd"}:
                 continue
@@ -894,6 +899,8 @@ class Builder:
             return False
         if not _secret_name(lit.path):
             return False  # POSTGRES_USER = "app" when the password is "app" too: a name, not the password
+        if base_variable(lit.path[-1]) != lit.path[-1]:
+            return False  # FILE__VAR / VAR_FILE: names a file, holds no password
         line = EnvLine(lit.path[-1], "", "", raw=True)
         shape = env_container(lit.path)
         if shape is not None:
@@ -945,6 +952,7 @@ class Builder:
         self.use_lets(fm, lit.node)
         self.replaced.append(f"{var} at {fm.where(lit.node)}")
         self.ensure_volume(fm, kind, name, prefix)
+        self.mount_file = self.mount_file or fm
 
     def _is_server(self, fm: FileModel, prefix: NixPath) -> bool:
         """The container runs a PostgreSQL server image (its own POSTGRES_PASSWORD initialises it)."""
@@ -1611,6 +1619,7 @@ class Builder:
         shape = env_container(path)
         if shape is not None:
             kind, name, prefix = shape
+            name = name.strip('"')  # virtualisation.oci-containers.containers."web": the container is web
             files = [EnvFile(f"/run/{name}/{spec.secret}.env", (line,))]
             script = script_in_nix(
                 spec.secret, Antiquote(f"lib.escapeShellArg config.age.secrets.{nix_attr(spec.secret)}.path"), files
@@ -1730,7 +1739,7 @@ class Builder:
             preferred = project[0] if project else None
         if preferred is None and self.option_literal is not None:
             preferred = self.option_literal[0]
-        preferred = preferred or self.store_file or self.sql_file
+        preferred = preferred or self.store_file or self.sql_file or self.mount_file
         if db is not None or self.renderers or self.spec.module or self.option_literal or preferred:
             self.age_secret(preferred)
         self.password_option(renderer_files or ([preferred] if preferred else []))

@@ -193,3 +193,32 @@ def test_a_quadlet_app_gets_its_env_file_from_its_own_unit(tmp_path: Path) -> No
     assert got["svc"]["ExecStartPre"] == ["/nix/store/x-photos-photos-db-password-env"]
     assert got["db"]["environments"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/photos-db-password"
     assert "/run/agenix/photos-db-password:/run/secrets/photos-db-password:ro" in got["db"]["volumes"]
+
+
+APP_ONLY = """{ config, ... }:
+{
+  virtualisation.oci-containers.containers."mastodon" = {
+    image = "lscr.io/linuxserver/mastodon:4";
+    environment = {
+      DB_HOST = "pgroonga";
+      DB_USER = "mastodon";
+      DB_PASS = "app-pw-77";
+      ES_PASS = "app-pw-77";
+    };
+    volumes = [ "mastodon:/config" ];
+  };
+}
+"""
+
+
+def test_a_linuxserver_app_without_its_database_in_the_repo_is_patched_once() -> None:
+    """realcfg 32: the database runs elsewhere, the password comes from DB_USER/DB_PASS. One bind mount
+    for both variables; the second run must not take FILE__DB_PASS's path for the password (it wrote
+    FILE__FILE__DB_PASS before the fix)."""
+    plan, _, after = _plan(APP_ONLY, role="mastodon")
+    assert plan.manual == ()
+    out = after["hosts/box/db.nix"].decode()
+    assert 'FILE__DB_PASS = "/run/secrets/db-pw";' in out and 'FILE__ES_PASS = "/run/secrets/db-pw";' in out
+    assert out.count(":/run/secrets/db-pw:ro") == 1 and "age.secrets.db-pw = {" in out
+    again = pt.plan(after, pt.Spec(secret="db-pw", role="mastodon"))
+    assert again.edits == () and again.manual == (), again.diff(after)
