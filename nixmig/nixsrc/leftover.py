@@ -88,6 +88,29 @@ def _related(f: Finding, source: bytes, idents: Collection[str]) -> bool:
     return any(i and i in segments for i in idents)
 
 
+_COMMAND_LINES = frozenset(
+    {"ExecStart", "ExecStartPre", "ExecStartPost", "ExecReload", "ExecStop", "ExecStopPost", "ExecCondition"}
+)
+
+
+def string_shape(path: Sequence[str]) -> str | None:
+    """The shape of a string nixmig has no edit for, named by where it is bound (None: not one of these)."""
+    segs = [seg.strip('"') for seg in path]
+    if "activationScripts" in segs:
+        return (
+            "a password written by an activation script (system.activationScripts: the script is in the "
+            "world-readable Nix store): nixmig has no edit for it; render that file from "
+            "config.age.secrets.NAME.path in an ExecStartPre of the unit that reads it instead"
+        )
+    if any(seg in _COMMAND_LINES for seg in segs):
+        return (
+            f"a password in a command line ({segs[-1] if segs[-1] in _COMMAND_LINES else 'ExecStart'}: in the "
+            "world-readable Nix store and in `ps`): nixmig has no edit for it; pass it from a file rendered at "
+            "start (podman/docker run --env-file, a tool's password-file flag)"
+        )
+    return None
+
+
 def _why(f: Finding, source: bytes, role: str) -> str:
     ws = set(words(f.attr_path)) if f.attr_path else set()
     scheme = _scheme(source, f.start) if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 else ""
@@ -99,6 +122,9 @@ def _why(f: Finding, source: bytes, role: str) -> str:
         )
     if f.rule == "sql":
         return "a password inside SQL text (an initialScript or a script): nixmig has no edit for it"
+    named = string_shape(f.attr_path.split(".")) if f.attr_path else None
+    if named is not None:
+        return named
     if f.rule in ("assignment", "flag", "config-line"):
         return "a password inside a longer string (a script, an env or config text): nixmig has no edit for it"
     if f.kind is Kind.URL_CREDENTIAL:

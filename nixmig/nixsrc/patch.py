@@ -60,7 +60,7 @@ from nixmig.nixsrc.containers import (
 )
 from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
-from nixmig.nixsrc.leftover import declares_secret, digest, leftovers, naming, uses_secret
+from nixmig.nixsrc.leftover import declares_secret, digest, leftovers, naming, string_shape, uses_secret
 from nixmig.nixsrc.lets import let_literals, resolve
 from nixmig.nixsrc.model import (
     AttrSet,
@@ -766,16 +766,28 @@ class Builder:
                     continue
                 for u in left:
                     line, col = fm.line_col(u.start_byte)
+                    where = self._bound_at(fm, u)
+                    shape = string_shape(where) if where else None
                     self.manual.append(
                         Manual(
                             name,
                             line,
                             col,
-                            f"{let.name} (the hardcoded password, bound at {fm.where(let.binding)}) is used here in a "
-                            f"shape nixmig has no edit for: the binding stays until this use reads the secret",
+                            f"{let.name} (the hardcoded password, bound at {fm.where(let.binding)}) is used here"
+                            + (f", in {'.'.join(where)}: {shape}" if shape else " in a shape nixmig has no edit for")
+                            + ": the binding stays until this use reads the secret",
                             "",
                         )
                     )
+
+    def _bound_at(self, fm: FileModel, node: Node) -> NixPath:
+        """The option path of the innermost binding whose value holds ``node`` (() when none)."""
+        best: Bind | None = None
+        for b in fm.binds:
+            inside = b.value.start_byte <= node.start_byte and node.end_byte <= b.value.end_byte
+            if inside and (best is None or b.value.start_byte >= best.value.start_byte):
+                best = b
+        return best.path if best is not None else ()
 
     def service_reads(self, option: NixPath) -> bool:
         """``services.X...``: the agenix file is owned by the user X runs as, where nixmig knows it
@@ -1583,7 +1595,8 @@ class Builder:
         for left in found:
             self.masks.append((left.file, left.start, left.end))
             path = tuple(left.attribute.split(".")) if left.attribute else ()
-            self.manual.append(Manual(left.file, left.line, left.col, left.what, self.generic_snippet(path)))
+            snippet = "" if string_shape(path) else self.generic_snippet(path)  # the line says what to do
+            self.manual.append(Manual(left.file, left.line, left.col, left.what, snippet))
         if not found and not self.ed.items and not self.manual and not in_use:
             self.manual.append(
                 Manual(
