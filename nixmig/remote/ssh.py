@@ -154,6 +154,10 @@ class SshTransport:
         self._runner_lock = threading.Lock()
         self._runner_hello: runner.Reply | None = None  # the first frame's answer, not read yet
         self._runner_failed = False  # the host could not run it: every command gets its own session
+        # one session started ahead (runner.SPARE), for the next command that needs a session of
+        # its own (a stream, a held lock): sshd's start of it is then already paid
+        self._spare: paramiko.Channel | None = None
+        self._spare_lock = threading.Lock()
 
     @classmethod
     def connect(
@@ -227,6 +231,7 @@ class SshTransport:
             transport.keep_alive(keepalive, keepalive_count)  # notice a dead host instead of hanging
         ssh = cls(client, where, name)
         ssh.start_runner()
+        ssh._start_spare()
         return ssh
 
     def run(
@@ -305,6 +310,34 @@ class SshTransport:
             self._runner_failed = not transport.is_active()  # a dead link: the next command says so
             return
         self._runner = chan
+
+    def _start_spare(self) -> None:
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            return
+        try:
+            chan = transport.open_session()
+            chan.exec_command(render(["sh", "-c", runner.SPARE]))
+        except (OSError, EOFError, paramiko.SSHException):
+            return  # none ahead: the next session starts when it is needed
+        with self._spare_lock:
+            old, self._spare = self._spare, chan
+        if old is not None:
+            old.close()
+
+    def _session(self, transport: paramiko.Transport, command: str) -> paramiko.Channel:
+        """A session running ``command``: the spare one when it is ready, else a new one."""
+        with self._spare_lock:
+            chan, self._spare = self._spare, None
+        if chan is not None:
+            if _ready(chan):
+                chan.sendall(runner.handover(command))
+                threading.Thread(target=self._start_spare, name="nixmig-ssh-spare", daemon=True).start()
+                return chan
+            chan.close()  # it died, or the host's shell said more than it should: not used
+        chan = transport.open_session()
+        chan.exec_command(command)
+        return chan
 
     def _drop_runner(self) -> None:
         chan, self._runner, self._runner_hello = self._runner, None, None
@@ -420,8 +453,7 @@ class SshTransport:
         transport = self._live(shown)
         chan: paramiko.Channel | None = None
         try:
-            chan = transport.open_session()
-            chan.exec_command(command)
+            chan = self._session(transport, command)
             if data is None:
                 chan.shutdown_write()
                 feeder = None
@@ -478,11 +510,10 @@ class SshTransport:
         command, shown = render(argv), f"`{short(argv)}`"
         transport = self._live(shown)
         try:
-            chan = transport.open_session()
+            chan = self._session(transport, command)
         except (OSError, EOFError, paramiko.SSHException):
             raise self._lost(shown, transport, None) from None
         chan.settimeout(timeout)
-        chan.exec_command(command)
         buf = b""
         try:
             while b"\n" not in buf:
@@ -578,6 +609,10 @@ class SshTransport:
 
     def close(self) -> None:
         self._drop_runner()
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
         self._client.close()
 
 
@@ -595,6 +630,24 @@ def _socket_dir() -> str:
         Path(folder).rmdir()
         folder = tempfile.mkdtemp(prefix="nixmig-fwd-", dir="/tmp")
     return folder
+
+
+def _ready(chan: paramiko.Channel, timeout: float = 10.0) -> bool:
+    """Whether a spare session said exactly runner.READY (waiting for it as long as a new
+    session would take to start)."""
+    got = b""
+    chan.settimeout(timeout)
+    try:
+        while len(got) < len(runner.READY):
+            chunk = chan.recv(len(runner.READY) - len(got))
+            if not chunk:
+                return False
+            got += chunk
+    except (OSError, EOFError, paramiko.SSHException):
+        return False
+    finally:
+        chan.settimeout(None)
+    return got == runner.READY and not chan.recv_stderr_ready()
 
 
 def _send(payload: bytes, chan: paramiko.Channel) -> None:

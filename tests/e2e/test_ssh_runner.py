@@ -4,8 +4,10 @@ each still get a right answer."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -82,5 +84,39 @@ def test_a_host_that_cannot_run_the_loop_gets_a_session_per_command(
         assert t.run(["cat"], stdin=b"still works").stdout == b"still works"
         assert t.run(["sh", "-c", "exit 5"], check=False).exit_code == 5
         assert t._runner_failed and t._runner is None
+    finally:
+        t.close()
+
+
+def test_streams_and_held_processes_take_the_session_started_ahead(sshd: SshServer, tmp_path: Path) -> None:
+    t = SshTransport.connect(host_for(sshd))
+    try:
+        for i in range(3):
+            ahead = t._spare
+            assert ahead is not None
+            sink = io.BytesIO()
+            r = t.stream(
+                ["sh", "-c", 'cat; echo "$0" >&2; exit 3', f"arg {i}"],
+                stdin=io.BytesIO(b"in"),
+                stdout=sink,
+                check=False,
+            )
+            assert (r.exit_code, sink.getvalue(), r.stderr) == (3, b"in", f"arg {i}\n".encode())
+            assert t._spare is not ahead  # it was used; another one is being started
+            deadline = time.monotonic() + 10
+            while t._spare is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+        held = t.hold(["sh", "-c", f"echo up; exec cat > {tmp_path / 'out'}"])
+        assert held.first_line == "up"
+        held.close()
+    finally:
+        t.close()
+
+
+def test_a_spare_that_says_anything_else_is_not_used(sshd: SshServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "SPARE", "echo motd; " + runner.SPARE)  # a chatty login shell
+    t = SshTransport.connect(host_for(sshd))
+    try:
+        assert t.stream(["echo", "clean"]).stdout == b"clean\n"
     finally:
         t.close()
