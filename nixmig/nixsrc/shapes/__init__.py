@@ -34,7 +34,15 @@ class Shape:
 
 
 def _table() -> tuple[Shape, ...]:
-    from nixmig.nixsrc.shapes import etc_file, file_reference, initial_script, shared_env, store_file, unit_sql
+    from nixmig.nixsrc.shapes import (
+        etc_file,
+        file_reference,
+        initial_script,
+        run_argv,
+        shared_env,
+        store_file,
+        unit_sql,
+    )
 
     return (
         initial_script.SHAPE,
@@ -43,6 +51,7 @@ def _table() -> tuple[Shape, ...]:
         etc_file.SHAPE,
         file_reference.SHAPE,
         shared_env.SHAPE,
+        run_argv.SHAPE,
     )
 
 

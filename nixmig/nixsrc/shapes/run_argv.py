@@ -1,0 +1,124 @@
+"""A URL with the password passed to a container on a unit's command line:
+``ExecStart = "${pkgs.podman}/bin/podman run ... -e 'DATABASE_URL=postgresql://u:${dbPassword}@db/x' IMAGE ..."``.
+
+The command line is in the world-readable Nix store and, while it runs, in the process table. The
+``-e 'VAR=URL'`` argument becomes ``--env-file /run/UNIT/SECRET.env``, and the unit renders that
+file at each start from the agenix secret, handed to it as a systemd credential (the same renderer
+as a unit's Environment, templates/systemd-credential.nix.j2); ``podman run`` / ``docker run`` read
+the file on the host. Only a plain token is edited: ``-e``/``--env``, then ``VAR=URL`` bare or in
+single quotes, inside a double-quoted Nix string, every interpolation in it a let-bound literal of
+the same file, the URL this migration's; the unit's name a literal or made of such let literals.
+Anything else stays, and the verdict says it (a password in a command line).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.model import unparen
+from nixmig.nixsrc.render import EnvLine
+from nixmig.nixsrc.shapes import Shape
+
+if TYPE_CHECKING:
+    from tree_sitter import Node
+
+    from nixmig.nixsrc.model import FileModel
+    from nixmig.nixsrc.patch import Builder, UrlParts
+
+COMMAND_LINES = ("ExecStart", "ExecStartPre", "ExecStartPost")
+# podman/docker [container] run|create: the command that takes -e for the new container
+_RUN = re.compile(r"(?:^|[\s/])(?:podman|docker)\s+(?:container\s+)?(?:run|create)\s")
+# -e 'VAR=value' | -e VAR=value | --env=VAR=value (value: no quote, no space)
+_FLAG = re.compile(
+    r"(?<![\w-])(?:-e|--env)(?:\s+|=)(?P<q>'?)(?P<var>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>[^'\s\"]+)(?P=q)(?=\s|$)"
+)
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w'-]*)\}")
+
+
+def _resolve(raw: str, lets: dict[str, str]) -> str | None:
+    """``raw`` with every ``${name}`` replaced by its let literal; None when one is something else."""
+    names = _INTERPOLATION.findall(raw)
+    if any(n not in lets for n in names):
+        return None
+    out = _INTERPOLATION.sub(lambda m: lets[m.group(1)], raw)
+    return None if "$" in out else out
+
+
+def apply(b: Builder, password: str | None) -> None:
+    from nixmig.nixsrc.patch import _SAFE_URL_PART, split_url
+
+    if password is None:
+        return  # the URL's password must be the one the plan recognised
+    for fm, bind in list(b.all_binds()):
+        path = bind.path
+        if not (bind.exact and len(path) == 5 and path[:2] == ("systemd", "services")):
+            continue
+        if path[3] != "serviceConfig" or path[4] not in COMMAND_LINES:
+            continue
+        node = unparen(bind.value)
+        if node.type != "string_expression" or (fm.name, node.start_byte) in b.handled:
+            continue
+        raw = fm.text(node)[1:-1]
+        if "\\" in raw or not _RUN.search(raw):
+            continue
+        unit = b.container_name(fm, path[2])  # a literal, or made of let literals
+        if unit is None or not re.fullmatch(r"[\w.@-]+", unit):
+            continue
+        lets = {name: let.value for name, let in b.lets[fm.name].items()}
+        for m in _FLAG.finditer(raw):
+            value = _resolve(m.group("value"), lets)
+            url = split_url(value, password, b.spec.url_schemes) if value is not None else None
+            if url is None or url.embedded or not b._is_ours(url, password, b.db):
+                continue
+            if not (_SAFE_URL_PART.fullmatch(url.prefix) and _SAFE_URL_PART.fullmatch(url.suffix)):
+                continue
+            b.known.add(digest(password.encode()))
+            _take(b, fm, node, path[2], unit, m, url)
+
+
+def _take(b: Builder, fm: FileModel, node: Node, unit_seg: str, unit: str, m: re.Match[str], url: UrlParts) -> None:
+    from nixmig.nixsrc.patch import _Renderer
+
+    raw = fm.text(node)[1:-1]
+    if "${" not in m.group("value"):  # a literal password: masked in the diff
+        at = node.start_byte + 1 + len(raw[: m.start("value")].encode()) + len(url.prefix.encode())
+        b.masks.append((fm.name, at, at + len(url.password.encode())))
+    url = b.as_login_role(url)
+    line = EnvLine(m.group("var"), url.prefix, url.suffix)
+    key = ("systemd", fm.name, unit_seg)
+    if key not in b.renderers:
+        anchor = b._bind_containing(fm, ("systemd", "services", unit_seg, "serviceConfig"))
+        b.renderers[key] = _Renderer(key, "systemd", fm, anchor, unit_seg, unit, unit)
+    r = b.renderers[key]
+    env_path = b.env_path(r)
+    existing = r.files.setdefault(env_path, [])
+    if line not in existing:
+        existing.append(line)
+    start = node.start_byte + 1 + len(raw[: m.start()].encode())
+    end = node.start_byte + 1 + len(raw[: m.end()].encode())
+    for child in node.named_children:  # the let variables the token read are used once less
+        if child.type == "interpolation" and start <= child.start_byte and child.end_byte <= end:
+            for expr in child.named_children:
+                b.use_lets(fm, expr)
+    b.ed.add(
+        fm,
+        start,
+        end,
+        f"--env-file {env_path}",
+        f"replaces {m.group('var')} on the command line of {unit} (in the world-readable Nix store and in `ps`): "
+        f"the container reads it from {env_path}, rendered by the unit at each start from the agenix secret",
+    )
+    b.handled.add((fm.name, node.start_byte))
+    b.replaced.append(f"{line.var} at {fm.where(node)}")
+    r.literals.append(f"{line.var} at {fm.where(node)}")
+
+
+SHAPE = Shape(
+    "run-argv",
+    "a URL with the password in `podman|docker run -e 'VAR=URL'` on a unit's ExecStart: --env-file, rendered by "
+    "the unit from the agenix secret",
+    apply,
+    ("oci-execstart-argv-password",),
+)
