@@ -309,6 +309,7 @@ class Builder:
         self.known: set[bytes] = set()  # digests of the values recognised as this migration's password
         self.lets = {name: let_literals(fm.root) for name, fm in models.items()}
         self.let_used: set[tuple[str, int]] = set()  # uses of a let-bound password an edit replaces
+        self.let_kept: set[tuple[str, int]] = set()  # (file, line) of let-bound passwords kept for a use left
         self.db: _Db | None = None
         self.store_file: FileModel | None = None  # where a passwordFile = pkgs.writeText ... was replaced
         self.role_units: set[str] = set()
@@ -764,6 +765,8 @@ class Builder:
                         f"the agenix secret {self.spec.secret}",
                     )
                     continue
+                # the literal stays with its binding: said once, at each use left (not again by the verdict)
+                self.let_kept.add((name, fm.line_col(let.literal.start_byte)[0]))
                 for u in left:
                     line, col = fm.line_col(u.start_byte)
                     where = self._bound_at(fm, u)
@@ -1590,7 +1593,7 @@ class Builder:
             scope=scope,
             idents=idents,
             role=spec.role,
-            skip={(m.file, m.line) for m in self.manual},
+            skip={(m.file, m.line) for m in self.manual} | self.let_kept,
         )
         for left in found:
             self.masks.append((left.file, left.start, left.end))

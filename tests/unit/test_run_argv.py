@@ -49,3 +49,17 @@ def test_another_command_or_another_password_is_left_for_the_verdict() -> None:
         assert "--env-file" not in after["notes.nix"].decode()
         if "docker exec" in text:  # the same password left on a command line: said, with its shape
             assert any("a password in a command line" in m.what for m in plan.manual), plan.manual
+
+
+def test_a_kept_let_binding_is_said_once_at_its_use() -> None:
+    """A let-bound password with a use nixmig cannot edit: one line, at the use, naming the shape and
+    the binding (the verdict used to add a second line at the binding: "no template for this shape")."""
+    from tests.helpers import FIXTURES
+
+    case = FIXTURES / "shapes" / "oci-execstart-argv-computed"
+    sources = pt.read_sources(case)
+    plan = pt.plan(sources, pt.Spec(secret="notes-db-password", role="notes"))
+    assert len(plan.manual) == 1, [m.what for m in plan.manual]
+    (m,) = plan.manual
+    assert m.line == 21 and "a password in a command line" in m.what and "bound at hosts/box/notes.nix:4:3" in m.what
+    assert b"argv-pw-6" not in plan.diff(sources).encode()
