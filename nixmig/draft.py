@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 from nixmig.errors import NixSyntaxError
 from nixmig.inventory import Node as EvalNode
 from nixmig.inventory import parse_nodes
+from nixmig.nixsrc.containers import KINDS
+from nixmig.nixsrc.containers import Kind as KindPaths
 from nixmig.nixsrc.lets import LetLiteral, let_literals, resolve
 from nixmig.nixsrc.model import FileModel, NixPath, decode_string, model, unparen
 from nixmig.nixsrc.parse import parse_checked, text
@@ -121,13 +123,17 @@ class _Container:
     plain: str = ""  # the name a computed one ("${service}-db") gets from let literals, else the name
     plain_origin: str = ""  # " (= service of line 3)" when computed
 
+    @property
+    def where(self) -> KindPaths:
+        return KINDS[self.kind]  # where this kind keeps environment, volumes, image (nixsrc/containers.py)
+
     def env(self, var: str) -> tuple[str, str] | None:
-        return _lit(self.fm, (*self.prefix, "environment", var))
+        return _lit(self.fm, (*self.prefix, *self.where.env, var))
 
     def image(self) -> tuple[str, str] | None:
         if self.kind == "arion":
             return _lit(self.fm, (*self.prefix[:-1], "image", "name")) or _lit(self.fm, (*self.prefix, "image"))
-        return _lit(self.fm, (*self.prefix, "image"))
+        return _lit(self.fm, (*self.prefix, *self.where.image))
 
     @property
     def label(self) -> str:
@@ -605,7 +611,7 @@ def _is_db_finding(f: Finding, p: NixPath) -> bool:
     last = p[-1] if p else ""
     return (
         last.upper() in ("POSTGRES_PASSWORD", "DB_PASSWORD", "DATABASE_PASSWORD", "PGPASSWORD")
-        or (p[-2:-1] == ("environment",) and _DB_VAR.search(_PASSWORD_END.sub("", last)) is not None)
+        or (p[-2:-1] in (("environment",), ("environments",)) and bool(_DB_VAR.search(_PASSWORD_END.sub("", last))))
         or last.upper().startswith(("MARIADB_", "MYSQL_"))
         or "initialScript" in p
         or (nixpkgs_file_sibling(p) is not None and any(w in p for w in ("database", "db", "config")))
@@ -649,6 +655,16 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
                 f"{c.fm.name} (service {c.name}{c.plain_origin})",
                 f"the arion project's name is not in the repo: the container is PROJECT-{c.plain}-1",
             )
+    elif c.kind == "quadlet":  # quadlet-nix: podman, the container named by containerConfig.name or the attribute
+        named = _lit(c.fm, (*c.prefix, "containerConfig", "name"))
+        at = f"{_at(c.fm, _first_bind(c))} (virtualisation.quadlet.containers.{c.name}{c.plain_origin})"
+        db.container = Val(named[0], f"{named[1]} (containerConfig.name)") if named is not None else Val(c.plain, at)
+        db.docker_host = Val(
+            _PODMAN_SOCKET,
+            f"{_at(c.fm, _first_bind(c))} (quadlet-nix runs podman)",
+            "nixmig runs the docker CLI against podman's socket: enable virtualisation.podman.dockerSocket "
+            "and install the docker client on the host",
+        )
     else:
         db.container = Val(
             c.plain,
@@ -676,7 +692,7 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
             f"the container's name is computed here ({comment_text(str(db.container.value))}): write the name it gets",
         )
     # volume
-    for v, where in _strings(c.fm, (*c.prefix, "volumes")):
+    for v, where in _strings(c.fm, (*c.prefix, *c.where.volumes)):
         src, _, dest = v.partition(":")
         if not dest.split(":")[0].startswith(_DATA_DIR):
             continue
@@ -692,7 +708,7 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
     user = c.env("POSTGRES_USER")
     name = c.env("POSTGRES_DB")
     for var, found in (("POSTGRES_USER", user), ("POSTGRES_DB", name)):
-        bound = next((b for b in c.fm.binds if b.path == (*c.prefix, "environment", var)), None)
+        bound = next((b for b in c.fm.binds if b.path == (*c.prefix, *c.where.env, var)), None)
         if found is None and bound is not None:
             db.checks.append(
                 f"{var} is an expression at {_at(c.fm, bound.node)}, not a string: "
@@ -721,7 +737,7 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
     return db
 
 
-_KIND_WORD = {"arion": "arion service", "oci": "oci-containers container"}
+_KIND_WORD = {"arion": "arion service", "oci": "oci-containers container", "quadlet": "quadlet-nix container"}
 
 
 def _first_bind(c: _Container) -> Node:
@@ -894,7 +910,7 @@ def _app_vars(
     """(role, database, host) the variables beside a password variable name: an app container's
     environment, or any other ``environment`` attrset (a unit's, one bound in a let and merged into
     containers)."""
-    if len(p) < 2 or p[-2] != "environment":
+    if len(p) < 2 or p[-2] not in ("environment", "environments"):
         return None
     m = _PASSWORD_END.search(p[-1])
     if m is None:
@@ -906,7 +922,7 @@ def _app_vars(
     c = next((c for c in containers if c.fm is fm and c.prefix == shape[2]), None) if shape is not None else None
     if shape is not None and c is None:
         return None
-    env_fm, env_path = (c.fm, (*c.prefix, "environment")) if c is not None else (fm, p[:-1])
+    env_fm, env_path = (c.fm, (*c.prefix, *c.where.env)) if c is not None else (fm, p[:-1])
     env: dict[str, tuple[str, str]] = {}
     for b in env_fm.binds:
         if b.path[:-1] == env_path and (b.exact or c is None) and (v := _value(env_fm, b.value)) is not None:

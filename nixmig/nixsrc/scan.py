@@ -841,7 +841,7 @@ def _scope(plain: Sequence[str]) -> tuple[str | None, str | None]:
         if nxt is None:
             break
         prev = plain[i - 1] if i > 0 else ""
-        if (seg, prev) in (("projects", "arion"), ("containers", "oci-containers")):
+        if (seg, prev) in (("projects", "arion"), ("containers", "oci-containers"), ("containers", "quadlet")):
             project = nxt
         elif seg == "containers" and i == 0:
             project = nxt  # NixOS containers.<name>

@@ -222,3 +222,14 @@ def test_a_linuxserver_app_without_its_database_in_the_repo_is_patched_once() ->
     assert out.count(":/run/secrets/db-pw:ro") == 1 and "age.secrets.db-pw = {" in out
     again = pt.plan(after, pt.Spec(secret="db-pw", role="mastodon"))
     assert again.edits == () and again.manual == (), again.diff(after)
+
+
+def test_init_drafts_a_quadlet_database() -> None:
+    """`nixmig init` on quadlet-nix: the container, podman's socket and the secret's name come from
+    containerConfig (it stopped with KeyError 'quadlet' once the kind existed)."""
+    from nixmig.draft import draft
+
+    toml = draft(pt.read_sources(FIXTURES / "shapes" / "quadlet-db-and-app")).toml
+    assert 'container = "photos-db"  # from modules/photos.nix:7 (virtualisation.quadlet.containers.photos-db)' in toml
+    assert 'docker_host = "unix:///run/podman/podman.sock"  # from modules/photos.nix:7 (quadlet-nix runs' in toml
+    assert 'database = "photos"' in toml and "[migrations.photos-db-password]" in toml
