@@ -27,7 +27,7 @@ def test_all_or_none_and_the_refusal_names_the_busy_lock(tmp_path: Path) -> None
     try:
         assert (tmp_path / "locks" / "newton-m.lock").read_text() == "run A\n"
         assert (tmp_path / "locks" / "db-1.lock").read_text() == "run A\n"
-        with pytest.raises(lock.LockedError, match="on migration m .*run A"):
+        with pytest.raises(lock.LockedError, match=r"on migration m .*run A"):
             lock.acquire_all(t, d, [("newton-m", "migration m")], holder_text="run D")
     finally:
         both.close()
