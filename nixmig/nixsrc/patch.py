@@ -86,7 +86,7 @@ from nixmig.nixsrc.quote import (
     store_name,
 )
 from nixmig.nixsrc.render import EnvFile, EnvLine, render_script, script_in_nix, template
-from nixmig.nixsrc.scan import classify_name
+from nixmig.nixsrc.scan import classify_name, words
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -867,7 +867,13 @@ class Builder:
                 self.manual_here(
                     fm,
                     lit.node,
-                    f"the hardcoded password is bound to {'.'.join(lit.path)}: no template for this shape",
+                    f"the hardcoded password is bound to {'.'.join(lit.path)}: "
+                    + (
+                        "another credential with the database's value (two secrets in one: give it its own "
+                        "secret, or a move migration, so a rotation does not change it)"
+                        if _other_credential(lit.path)
+                        else "no template for this shape"
+                    ),
                     self.generic_snippet(lit.path),
                 )
 
@@ -914,6 +920,8 @@ class Builder:
             return False
         if not _secret_name(lit.path):
             return False  # POSTGRES_USER = "app" when the password is "app" too: a name, not the password
+        if _other_credential(lit.path):
+            return False  # NEXTCLOUD_ADMIN_PASSWORD = the same value: another credential, the verdict says it
         if base_variable(lit.path[-1]) != lit.path[-1]:
             return False  # FILE__VAR / VAR_FILE: names a file, holds no password
         line = EnvLine(lit.path[-1], "", "", raw=True)
@@ -1920,6 +1928,26 @@ def nixpkgs_file_sibling(path: NixPath) -> NixPath | None:
 
 
 _ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# A variable that names another credential: the same value there is two secrets in one, and moving it
+# onto the database's secret would change it at each rotation (the admin's login kept the old one)
+_DATABASE_WORDS = frozenset({"db", "database", "postgres", "postgresql", "pg", "sql", "psql", "mysql", "mariadb"})
+_OTHER_WORDS = frozenset(
+    {"admin", "redis", "smtp", "mail", "email", "ldap", "jwt", "secret", "key", "token", "api", "oidc", "s3"}
+    | {"minio", "vapid", "session", "cookie", "superuser", "initial"}
+)
+
+
+def _other_credential(path: NixPath) -> bool:
+    """``...environment.NEXTCLOUD_ADMIN_PASSWORD``, ``...REDIS_PASSWORD``: not the database's
+    (``DB_ADMIN_PASSWORD`` is, and so is an option ``database.adminPassword``)."""
+    if not path:
+        return False
+    named = {w.lower() for w in words(path[-1])}
+    near = named | {w.lower() for p in path[-2:-1] for w in words(p)}
+    return bool(named & _OTHER_WORDS) and not near & _DATABASE_WORDS
+
+
 _SAFE_URL_PART = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]*")
 _SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
 
