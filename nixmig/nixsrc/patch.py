@@ -1924,6 +1924,8 @@ def nixpkgs_file_sibling(path: NixPath) -> NixPath | None:
     """``services.X...password`` -> ``services.X...passwordFile`` for the options in NIXPKGS_FILE_SIBLINGS."""
     if len(path) < 3 or path[0] != "services" or path[-1] not in NIXPKGS_FILE_SIBLINGS:
         return None
+    if "ensureUsers" in path:
+        return None  # nixpkgs' mysql/postgresql ensureUsers entries have neither password nor passwordFile
     return (*path[:-1], NIXPKGS_FILE_SIBLINGS[path[-1]])
 
 
