@@ -1252,10 +1252,7 @@ class Builder:
                 anchor = drop
             self.renderers[key] = _Renderer(key, "systemd", fm, anchor, unit, unit, unit)
         r = self.renderers[key]
-        env_path = self.env_path(r)
-        existing = r.files.setdefault(env_path, [])
-        if line not in existing:
-            existing.append(line)
+        env_path = self.add_env_line(r, line)
         self.ed.remove_binding(
             fm,
             drop,
@@ -1266,6 +1263,14 @@ class Builder:
         self.use_lets(fm, lit.node)
         self.replaced.append(f"{line.var} at {fm.where(lit.node)}")
         r.literals.append(f"{line.var} at {fm.where(lit.node)}")
+
+    def add_env_line(self, r: _Renderer, line: EnvLine) -> str:
+        """``line`` into the env file ``r`` renders (once); that file's path."""
+        env_path = self.env_path(r)
+        existing = r.files.setdefault(env_path, [])
+        if line not in existing:
+            existing.append(line)
+        return env_path
 
     def env_path(self, r: _Renderer) -> str:
         if self.spec.env_file:

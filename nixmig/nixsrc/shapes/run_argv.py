@@ -92,10 +92,7 @@ def _take(b: Builder, fm: FileModel, node: Node, unit_seg: str, unit: str, m: re
         anchor = b._bind_containing(fm, ("systemd", "services", unit_seg, "serviceConfig"))
         b.renderers[key] = _Renderer(key, "systemd", fm, anchor, unit_seg, unit, unit)
     r = b.renderers[key]
-    env_path = b.env_path(r)
-    existing = r.files.setdefault(env_path, [])
-    if line not in existing:
-        existing.append(line)
+    env_path = b.add_env_line(r, line)
     start = node.start_byte + 1 + len(raw[: m.start()].encode())
     end = node.start_byte + 1 + len(raw[: m.end()].encode())
     for child in node.named_children:  # the let variables the token read are used once less

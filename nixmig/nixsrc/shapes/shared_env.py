@@ -98,10 +98,7 @@ def apply(b: Builder, password: str | None) -> None:
                 return
             renderers.append((r, kind, name, prefix))
         for r, kind, name, prefix in renderers:
-            env_path = b.env_path(r)
-            existing = r.files.setdefault(env_path, [])
-            if line not in existing:
-                existing.append(line)
+            env_path = b.add_env_line(r, line)
             r.literals.append(f"{var} at {fm.where(bind.value)}")
             b.ensure_env_file(fm, kind, name, prefix, env_path, lit)
         names = ", ".join(r.container or r.unit for r, _, _, _ in renderers)
