@@ -31,7 +31,7 @@ def test_short_commands_share_one_session(sshd: SshServer, tmp_path: Path, monke
         sessions = set()  # sshd starts each session's processes in a process session of its own
         for i in range(20):
             data = bytes([i]) * i if i % 2 else None
-            r = t.run(["sh", "-c", 'cat; echo " $(ps -o sid= -p $$)"'], stdin=data)
+            r = t.run(["sh", "-c", 'cat; echo " $(ps -o sid= -p $$ | tr -d " ")"'], stdin=data)
             body, _, sid = r.stdout.rpartition(b" ")
             assert body == (data or b"")
             sessions.add(sid.strip())
