@@ -111,7 +111,16 @@ class Writer:
 
 
 def count_found(dsn_url: str, ids: list[int]) -> int:
-    """How many of the acknowledged ids are in the table."""
+    """How many of the acknowledged ids are in the table (of a copy of ``ids`` taken now)."""
+    return len(ids := list(ids)) - len(lost(dsn_url, ids))
+
+
+def lost(dsn_url: str, ids: list[int]) -> list[int]:
+    """The acknowledged ids that are not in the table.
+
+    ``ids`` is copied first: a running writer keeps appending to its list, and a count
+    compared with a ``len`` taken later would report its newest write as lost."""
+    ids = list(ids)
     u = urlsplit(dsn_url)
     with psycopg.connect(
         host=u.hostname,
@@ -120,5 +129,6 @@ def count_found(dsn_url: str, ids: list[int]) -> int:
         password=unquote(u.password or ""),
         dbname=u.path.lstrip("/"),
     ) as conn:
-        row = conn.execute("SELECT count(*) FROM app_writes WHERE id = ANY(%s)", (ids,)).fetchone()
-        return int(str(row[0])) if row else 0
+        rows = conn.execute("SELECT id FROM app_writes WHERE id = ANY(%s)", (ids,)).fetchall()
+    found = {int(str(r[0])) for r in rows}
+    return [i for i in ids if i not in found]
