@@ -15,14 +15,13 @@ import logging
 import selectors
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
-
-import paramiko
 
 from nixmig.config import Host
 from nixmig.remote import runner
@@ -39,6 +38,20 @@ from nixmig.remote.base import (
     traced,
 )
 from nixmig.sensitive import Secret
+
+# paramiko without the import of invoke it tries (~35 ms of a run's start-up, with invoke's own
+# imports of asyncio and unittest.mock): paramiko.config uses invoke only for ssh_config's
+# `Match exec`, and nixmig reads no ssh_config. Only while paramiko loads (None in
+# sys.modules: the import system's "not installed"): `import invoke` works as before
+# afterwards, and a process that has imported either already is left as it is.
+_NO_INVOKE = "invoke" not in sys.modules and "paramiko" not in sys.modules
+if _NO_INVOKE:
+    sys.modules["invoke"] = None  # type: ignore[assignment]
+try:
+    import paramiko
+finally:
+    if _NO_INVOKE:
+        del sys.modules["invoke"]
 
 # paramiko logs a reset connection at ERROR from its thread; without a handler Python's
 # last resort prints that to stderr, a second line beside nixmig's own (--debug still shows it)
