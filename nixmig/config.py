@@ -175,6 +175,11 @@ class Migration:
     # (nixmig.deploy.looks_secret: *TOKEN*, *SECRET*, *_KEY, AWS_* ...), e.g. ["CACHIX_AUTH_TOKEN"];
     # never one nixmig reads a secret from (Config.secret_env)
     deploy_env: tuple[str, ...] = ()
+    # companion credentials moved with this migration, their values kept (as strategy "move"):
+    # VAR = "secret-name", e.g. { MYSQL_ROOT_PASSWORD = "mysql-root-password" }. Each VAR, in the
+    # containers and units this migration patches, reads its own agenix secret (NAME.age, made
+    # first with `nixmig secret new NAME --from FILE:LINE`) instead of its literal
+    also: dict[str, str] = field(default_factory=dict)
 
 
 def new_role_for(mig: Migration, svc: Service) -> str:
@@ -324,6 +329,7 @@ def _cross_check(cfg: Config, where: str) -> None:
         _check_move(name, mig, where)
         _check_reencrypt(cfg, name, mig, where)
         _check_deploy_env(cfg, name, mig, where)
+        _check_also(name, mig, where)
 
 
 def _only_moved(cfg: Config, service: str) -> bool:
@@ -369,6 +375,45 @@ def _check_deploy_env(cfg: Config, name: str, mig: Migration, where: str) -> Non
                 where=where,
                 hint="remove it from deploy_env (give the deploy its own variable if it needs one)",
             )
+
+
+def _check_also(name: str, mig: Migration, where: str) -> None:
+    """also = { VAR = "secret-name" }: environment variable names, agenix secret names, each secret once
+    and none the migration's own (one value per secret: a rotation of the migration's would change it)."""
+    seen: dict[str, str] = {}
+    for var, secret in mig.also.items():
+        key = f"migrations.{name}.also.{var}"
+        if not _ENV_NAME.fullmatch(var):
+            raise ConfigError(
+                f"migrations.{name}.also: {_show(var)} is not an environment variable name",
+                where=where,
+                hint="letters, digits and _, not starting with a digit (e.g. MYSQL_ROOT_PASSWORD)",
+            )
+        if not _SECRET_NAME.fullmatch(secret):
+            raise ConfigError(
+                f"{key}: {_show(secret)} is not an agenix secret name",
+                where=where,
+                hint="letters, digits and . _ - (e.g. mysql-root-password), as for `nixmig secret new`",
+            )
+        if secret == mig.secret:
+            raise ConfigError(
+                f"{key}: {secret!r} is this migration's own secret",
+                where=where,
+                hint=f"give {var} a secret of its own (e.g. {also_name(var)}): it keeps its value, the "
+                "migration's secret may be rotated",
+            )
+        if secret in seen:
+            raise ConfigError(
+                f"{key}: {secret!r} is also the secret of {seen[secret]}",
+                where=where,
+                hint="one secret per variable (a secret holds one value)",
+            )
+        seen[secret] = var
+
+
+def also_name(var: str) -> str:
+    """The secret name a refusal suggests for a companion credential: MYSQL_ROOT_PASSWORD -> mysql-root-password."""
+    return re.sub(r"-+", "-", var.lower().replace("_", "-")).strip("-") or "secret"
 
 
 # Names that become file names, lock names, unit names, secret names: a strict pattern each,

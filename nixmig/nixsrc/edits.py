@@ -185,24 +185,29 @@ class Edits:
         self.add(fm, binding.start_byte, end, "", why)
 
     def append_element(self, fm: FileModel, lst: Node, element: str, why: str) -> None:
+        self.append_elements(fm, lst, [element], why)
+
+    def append_elements(self, fm: FileModel, lst: Node, elements: Sequence[str], why: str) -> None:
+        """Add ``elements`` at the end of the list literal ``lst``, in its layout (one edit)."""
         src = fm.source
         elems = list(lst.named_children)
         if not elems:
-            self.add(fm, lst.start_byte + 1, lst.end_byte - 1, f" {element} ", why)
+            self.add(fm, lst.start_byte + 1, lst.end_byte - 1, f" {' '.join(elements)} ", why)
             return
         last = elems[-1]
         if src.count(b"\n", lst.start_byte, lst.end_byte) == 0:
             line = src[_line_start(src, lst.start_byte) : _line_end(src, lst.end_byte)]
-            if len(line) + len(element) + 1 <= MAX_LINE or any(e.type == "comment" for e in lst.children):
-                self.add(fm, last.end_byte, last.end_byte, f" {element}", why)
+            added = sum(len(e) + 1 for e in elements)
+            if len(line) + added <= MAX_LINE or any(e.type == "comment" for e in lst.children):
+                self.add(fm, last.end_byte, last.end_byte, "".join(f" {e}" for e in elements), why)
                 return
             # too long for one line: one element per line (the elements' bytes are kept)
             indent = _indent_of(src, lst)
-            items = [fm.text(e) for e in elems] + [element]
+            items = [fm.text(e) for e in elems] + list(elements)
             body = "".join(f"\n{indent}  {it}" for it in items)
             self.add(fm, lst.start_byte, lst.end_byte, f"[{body}\n{indent}]", why, at=last)
         else:
-            self.add(fm, last.end_byte, last.end_byte, "\n" + _indent_of(src, last) + element, why)
+            self.add(fm, last.end_byte, last.end_byte, "".join("\n" + _indent_of(src, last) + e for e in elements), why)
 
     @staticmethod
     def can_have_formals(fm: FileModel) -> bool:

@@ -25,6 +25,8 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from nixmig.config import also_name
+from nixmig.nixsrc.containers import base_variable, env_container
 from nixmig.nixsrc.edits import Edit
 from nixmig.nixsrc.model import FileModel
 from nixmig.nixsrc.quote import nix_attr
@@ -111,10 +113,25 @@ def string_shape(path: Sequence[str]) -> str | None:
     return None
 
 
-def _why(f: Finding, source: bytes, role: str) -> str:
+def companion_fix(migration: str, var: str, file: str, line: int) -> str:
+    """What moves a second credential of a container onto its own secret, value kept (nixmig.toml's also)."""
+    name = also_name(var)
+    return (
+        f"run `nixmig secret new {name} --from {file}:{line}` (keeps its value), then add "
+        f'also = {{ {var} = "{name}" }} to [migrations.{migration or "NAME"}]'
+    )
+
+
+def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str = "") -> str:
     ws = set(words(f.attr_path)) if f.attr_path else set()
     scheme = _scheme(source, f.start) if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 else ""
     if ws & _MYSQL or scheme in _MYSQL or scheme == "mysql2":
+        path = tuple(seg.strip('"') for seg in f.attr_path.split(".")) if f.attr_path else ()
+        if env_container(path) is not None and base_variable(path[-1]) == path[-1]:
+            return (
+                "a second MySQL/MariaDB credential of this container (nixmig cannot rotate it, and this "
+                f"migration moves one value): {companion_fix(migration, path[-1], file, f.line)}"
+            )
         return (
             'a MySQL/MariaDB credential: nixmig cannot rotate it; a migration with strategy = "move" moves one '
             "such value (the service's role names whose: the MySQL user, or root; `nixmig secret new NAME --from "
@@ -150,6 +167,7 @@ def leftovers(
     idents: Collection[str],
     role: str,
     skip: Collection[tuple[str, int]] = (),
+    migration: str = "",
 ) -> list[Leftover]:
     """Every credential finding that no edit replaces and that is this migration's (see the module doc).
 
@@ -170,6 +188,6 @@ def leftovers(
             head = f"{f.attr_path or 'a string'} still holds " + (
                 "this migration's password" if same else "a " + DESCRIPTION[f.kind]
             )
-            why = _why(f, fm.source, role)
+            why = _why(f, fm.source, role, name, migration)
             out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end))
     return out

@@ -60,7 +60,15 @@ from nixmig.nixsrc.containers import (
 )
 from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
-from nixmig.nixsrc.leftover import declares_secret, digest, leftovers, naming, string_shape, uses_secret
+from nixmig.nixsrc.leftover import (
+    companion_fix,
+    declares_secret,
+    digest,
+    leftovers,
+    naming,
+    string_shape,
+    uses_secret,
+)
 from nixmig.nixsrc.lets import let_literals, resolve
 from nixmig.nixsrc.model import (
     AttrSet,
@@ -85,7 +93,7 @@ from nixmig.nixsrc.quote import (
     nix_string,
     store_name,
 )
-from nixmig.nixsrc.render import EnvFile, EnvLine, render_script, script_in_nix, template
+from nixmig.nixsrc.render import EnvFile, EnvLine, also_secrets, render_script, script_in_nix, template
 from nixmig.nixsrc.scan import classify_name, words
 
 if TYPE_CHECKING:
@@ -131,17 +139,24 @@ class Spec:
     # the migration's strategy: "move" keeps the value (no rotation), so the images nixmig cannot
     # rotate (MySQL, MariaDB) can be patched too
     strategy: str = "rotate"
+    # the migration's name (for the fix a refusal names: `also = { ... }` in [migrations.NAME])
+    migration: str = ""
+    # companion credentials (nixmig.toml's `also`): (VAR, secret) each moved onto its own secret, value kept
+    also: tuple[tuple[str, str], ...] = ()
 
     @property
     def db_vars(self) -> tuple[str, ...]:
-        """The database image variables holding this migration's password."""
+        """The database image variables holding this migration's password (never a companion's)."""
         if self.strategy != "move":
-            return (DB_PASSWORD_VAR,)
-        if self.role == "root":
-            return (DB_PASSWORD_VAR, *_MYSQL_ROOT_VARS)
-        if self.role == "postgres":  # no role set (a MySQL server has no postgres user): the user's, else root's
-            return (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD", *_MYSQL_ROOT_VARS)
-        return (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD")
+            found: tuple[str, ...] = (DB_PASSWORD_VAR,)
+        elif self.role == "root":
+            found = (DB_PASSWORD_VAR, *_MYSQL_ROOT_VARS)
+        elif self.role == "postgres":  # no role set (a MySQL server has no postgres user): the user's, else root's
+            found = (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD", *_MYSQL_ROOT_VARS)
+        else:
+            found = (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD")
+        companions = {var for var, _ in self.also}
+        return tuple(v for v in found if v not in companions)
 
     @property
     def url_schemes(self) -> tuple[str, ...]:
@@ -189,6 +204,8 @@ def spec_for(cfg: Config, migration: str, *, new_volume: str | None = None, new_
         new_image=new_image if mig.strategy == "rebuild" else None,
         login_role=new_role_for(mig, svc) if mig.strategy == "dual-role" else None,
         strategy=mig.strategy,
+        migration=migration,
+        also=tuple(mig.also.items()),
     )
 
 
@@ -301,7 +318,9 @@ class Builder:
         self.handled: set[tuple[str, int]] = set()
         self.needs_formals: dict[str, set[str]] = {}
         self.handled_env: set[tuple[str, ...]] = set()
-        self.mounted: set[tuple[str, ...]] = set()  # (file, *container path) given the bind mount by this plan
+        self.mounted: set[tuple[str, ...]] = set()  # (secret, file, *container path) given the bind mount
+        # (file, *container path) -> (file, kind, name, container path, the secrets mounted there)
+        self.pending_volumes: dict[tuple[str, ...], tuple[FileModel, str, str, NixPath, list[str]]] = {}
         self.no_project: list[str] = []
         self.replaced: list[str] = []  # "VAR at file:line:col" of every literal the plan removes
         self.option_paths = {p for _, p in self.option_candidates()}
@@ -319,6 +338,14 @@ class Builder:
         self.owner: str | None = None
         self.group: str | None = None
         self.owner_why = ""
+        # companion credentials (spec.also): the containers this migration patches, (file, *prefix) ->
+        # (kind, name); per companion secret its owner (owner, group, why), the literals it replaces,
+        # and the digests of their values (a let binding of one is dropped like the password's)
+        self.also_vars = dict(spec.also)
+        self.touched: dict[tuple[str, ...], tuple[FileModel, str, str, NixPath]] = {}
+        self.also_owner: dict[str, tuple[str, str | None, str]] = {}
+        self.also_replaced: dict[str, list[str]] = {}
+        self.also_known: set[bytes] = set()
 
     # ------------------------------------------------ lookups
 
@@ -497,31 +524,40 @@ class Builder:
             self.replaced.append(f"{db.var} at {fm.where(b.value)}")
         elif not self._file_var_is_ours(db):
             return  # POSTGRES_PASSWORD_FILE points somewhere else: the user's own setup
+        self.touched[(fm.name, *db.prefix)] = (fm, db.kind, db.name, db.prefix)
         self.container_user(db)
         self.ensure_volume(db.fm, db.kind, db.name, db.prefix)
 
     def container_user(self, db: _Db) -> None:
         """A database container that runs as a non-root ``user`` reads the bind-mounted file as that
         user: agenix gives the file that owner (and group), never a world-readable mode."""
-        b = self._bind_at(db.fm, (*db.prefix, *KINDS[db.kind].user))
+        found = self.reader_of(db.fm, db.kind, db.name, db.prefix, self.spec.secret)
+        if found is not None:
+            self.owner, self.group, self.owner_why = found
+
+    def reader_of(
+        self, fm: FileModel, kind: str, name: str, prefix: NixPath, secret: str
+    ) -> tuple[str, str | None, str] | None:
+        """(owner, group, why) of the agenix file ``secret`` bind-mounted into a container that runs as
+        a non-root ``user`` (Nix expressions); None for root. A computed user is a by-hand item."""
+        b = self._bind_at(fm, (*prefix, *KINDS[kind].user))
         if b is None:
-            return
-        value = self.value_of(db.fm, unparen(b.value))  # a literal, or one a let binds
+            return None
+        value = self.value_of(fm, unparen(b.value))  # a literal, or one a let binds
         if value is None:
             self.manual_here(
-                db.fm,
+                fm,
                 b.value,
-                f"the {db.name} container's user is computed: nixmig cannot tell who must read "
-                f"{self.spec.secret_on_host}",
-                f"age.secrets.{nix_attr(self.spec.secret)}.owner = <that user or uid>;",
+                f"the {name} container's user is computed: nixmig cannot tell who must read "
+                f"{posixpath.join(self.spec.agenix_dir, secret)}",
+                f"age.secrets.{nix_attr(secret)}.owner = <that user or uid>;",
             )
-            return
+            return None
         user, _, group = value.partition(":")
         if user in ("", "0", "root"):
-            return
-        self.owner, self.owner_why = nix_string(user), f"owned by {user}, the user the {db.name} container runs as"
-        if group:
-            self.group = nix_string(group)
+            return None
+        why = f"owned by {user}, the user the {name} container runs as"
+        return nix_string(user), (nix_string(group) if group else None), why
 
     def _file_var_is_ours(self, db: _Db) -> bool:
         env = (*db.prefix, *KINDS[db.kind].env)
@@ -530,37 +566,54 @@ class Builder:
                 return decode_string(b.value) == self.spec.secret_in_container
         return False
 
-    def ensure_volume(self, fm: FileModel, kind: str, name: str, prefix: NixPath) -> None:
-        """The read-only bind mount of the agenix file into a container. In a NixOS module
-        (oci-containers, quadlet) the source is ``${config.age.secrets.NAME.path}`` (wherever
-        age.secretsDir is); arion's compose files have arion's own ``config``, so there it is the
-        path written out."""
+    def ensure_volume(self, fm: FileModel, kind: str, name: str, prefix: NixPath, secret: str | None = None) -> None:
+        """The read-only bind mount of the agenix file (the migration's, or the companion ``secret``'s)
+        into a container, written by :meth:`emit_volumes` (one edit per container however many
+        files it mounts)."""
+        secret = secret or self.spec.secret
+        if (secret, fm.name, *prefix) in self.mounted:
+            return  # one mount per container and secret, however many of its variables read the file
+        self.mounted.add((secret, fm.name, *prefix))
+        self.pending_volumes.setdefault((fm.name, *prefix), (fm, kind, name, prefix, []))[4].append(secret)
+
+    def emit_volumes(self) -> None:
+        """The bind mounts :meth:`ensure_volume` asked for. In a NixOS module (oci-containers, quadlet)
+        the source is ``${config.age.secrets.NAME.path}`` (wherever age.secretsDir is); arion's compose
+        files have arion's own ``config``, so there it is the path written out."""
+        for fm, kind, name, prefix, secrets in self.pending_volumes.values():
+            self._emit_volume(fm, kind, name, prefix, secrets)
+
+    def _emit_volume(self, fm: FileModel, kind: str, name: str, prefix: NixPath, secrets: Sequence[str]) -> None:
         spec, k = self.spec, KINDS[kind]
-        if (fm.name, *prefix) in self.mounted:
-            return  # one mount per container, however many of its variables read the file
-        self.mounted.add((fm.name, *prefix))
         tpl = template(k.template)
         vol_path = (*prefix, *k.volumes)
-        mount = f"{spec.secret_on_host}:{spec.secret_in_container}:ro"
-        if kind != "arion" and self.ed.can_have_formals(fm):
-            source = f"${{config.age.secrets.{nix_attr(spec.secret)}.path}}"
-            self.need(fm, ("config",))
-        else:
-            source = nix_escape(spec.secret_on_host)
-        volume = str(tpl.volume(source, spec.secret_in_container))
+        wanted: list[tuple[str, str, str, str]] = []  # (mount as docker reads it, element, source, container path)
+        for secret in secrets:
+            on_host, in_container = posixpath.join(spec.agenix_dir, secret), posixpath.join("/run/secrets", secret)
+            if kind != "arion" and self.ed.can_have_formals(fm):
+                source = f"${{config.age.secrets.{nix_attr(secret)}.path}}"
+                self.need(fm, ("config",))
+            else:
+                source = nix_escape(on_host)
+            wanted.append((f"{on_host}:{in_container}:ro", str(tpl.volume(source, in_container)), source, in_container))
+        shown = [
+            f"{posixpath.join(spec.agenix_dir, s)} read-only at {posixpath.join('/run/secrets', s)}" for s in secrets
+        ]
         why = (
-            f"bind-mounts the agenix file {spec.secret_on_host} read-only at {spec.secret_in_container} in the "
+            f"bind-mounts the agenix file{'s' if len(shown) > 1 else ''} {' and '.join(shown)} in the "
             f"{name} container (only the path is in the Nix store)"
         )
         for b in fm.binds:
             if b.path == vol_path and unparen(b.value).type == "list_expression":
                 lst = unparen(b.value)
-                if any(decode_string(e) == mount or fm.text(e) == volume for e in lst.named_children):
+                have = {decode_string(e) for e in lst.named_children} | {fm.text(e) for e in lst.named_children}
+                new = [element for mount, element, _, _ in wanted if mount not in have and element not in have]
+                if not new:
                     return
-                self.ed.append_element(fm, lst, volume, why)
+                self.ed.append_elements(fm, lst, new, why)
                 return
             if b.path == vol_path:
-                self.manual_here(fm, b.value, f"{'.'.join(vol_path)} is not a list literal", volume)
+                self.manual_here(fm, b.value, f"{'.'.join(vol_path)} is not a list literal", wanted[0][1])
                 return
         anchor = self._bind_at(fm, (*prefix, *k.env))
         root = self._service_attrset(fm, prefix)
@@ -568,7 +621,7 @@ class Builder:
             fm,
             root,
             vol_path,
-            lambda attr: str(tpl.volumes(attr, source, spec.secret_in_container)),
+            lambda attr: str(tpl.volume_list(attr, [(source, path) for _, _, source, path in wanted])),
             why,
             after=anchor.node if anchor else None,
         )
@@ -751,7 +804,8 @@ class Builder:
         for name, lets in self.lets.items():
             fm = self.models[name]
             for let in lets.values():
-                if digest(let.value.encode()) not in self.known:
+                ours = digest(let.value.encode()) in self.known
+                if not ours and digest(let.value.encode()) not in self.also_known:
                     continue
                 if classify_name(let.name) is None:
                     continue  # `dbUser = "app"` when the password is "app" too: a name (the verdict sees the rest)
@@ -762,7 +816,7 @@ class Builder:
                         fm,
                         let.binding,
                         f"removes {let.name}, the hardcoded password every use of which now reads "
-                        f"the agenix secret {self.spec.secret}",
+                        + (f"the agenix secret {self.spec.secret}" if ours else "its own agenix secret (also)"),
                     )
                     continue
                 # the literal stays with its binding: said once, at each use left (not again by the verdict)
@@ -834,8 +888,8 @@ class Builder:
         self, password: str | None, db: _Db | None, siblings: list[tuple[FileModel, Lit, str, NixPath]]
     ) -> None:
         for fm, lit in self.all_lits():
-            if (fm.name, lit.node.start_byte) in self.handled:
-                continue
+            if (fm.name, lit.node.start_byte) in self.handled or self.companion(lit.path):
+                continue  # a companion credential (also) is moved onto its own secret by patch_also
             value = self.value_of(fm, lit.node)
             if value is None:
                 continue
@@ -864,13 +918,19 @@ class Builder:
                 continue
             elif password is not None and value == password and lit.bind is not None and _secret_name(lit.path):
                 self.mask_literal(fm, lit.node)
+                line = fm.line_col(lit.node.start_byte)[0]
+                fix = (
+                    companion_fix(self.spec.migration, lit.path[-1], fm.name, line)
+                    if env_container(lit.path) is not None and _ENV_VAR.fullmatch(lit.path[-1])
+                    else "give it its own secret, or a move migration"
+                )
                 self.manual_here(
                     fm,
                     lit.node,
                     f"the hardcoded password is bound to {'.'.join(lit.path)}: "
                     + (
-                        "another credential with the database's value (two secrets in one: give it its own "
-                        "secret, or a move migration, so a rotation does not change it)"
+                        "another credential with the database's value (two secrets in one; a rotation must not "
+                        f"change it): {fix}"
                         if _other_credential(lit.path)
                         else "no template for this shape"
                     ),
@@ -918,6 +978,8 @@ class Builder:
         (``DB_PASSWORD = "..."``, an app's own ``POSTGRES_PASSWORD``): rendered into the env file as it is."""
         if lit.bind is None or not lit.exact or len(lit.path) < 2 or not _ENV_VAR.fullmatch(lit.path[-1]):
             return False
+        if self.companion(lit.path):
+            return False  # moved onto its own secret (also), by patch_also
         if not _secret_name(lit.path):
             return False  # POSTGRES_USER = "app" when the password is "app" too: a name, not the password
         if _other_credential(lit.path):
@@ -974,6 +1036,7 @@ class Builder:
         self.handled.add((fm.name, lit.node.start_byte))
         self.use_lets(fm, lit.node)
         self.replaced.append(f"{var} at {fm.where(lit.node)}")
+        self.touched[(fm.name, *prefix)] = (fm, kind, name, prefix)
         self.ensure_volume(fm, kind, name, prefix)
         self.mount_file = self.mount_file or fm
 
@@ -1092,6 +1155,7 @@ class Builder:
         self.use_lets(fm, lit.node)
         self.replaced.append(f"{line.var} at {fm.where(lit.node)}")
         r.literals.append(f"{line.var} at {fm.where(lit.node)}")
+        self.touched[(fm.name, *prefix)] = (fm, kind, name, prefix)
         self.ensure_env_file(fm, kind, name, prefix, env_path, lit)
 
     def ensure_env_file(self, fm: FileModel, kind: str, name: str, prefix: NixPath, env_path: str, lit: Lit) -> None:
@@ -1287,6 +1351,164 @@ class Builder:
             )
         return next(iter(dirs)).removeprefix("/run/")
 
+    # ------------------------------------------------ companion credentials (also)
+
+    def companion(self, path: NixPath) -> bool:
+        """``path`` binds a variable of a container's environment that nixmig.toml's ``also`` names."""
+        return bool(path) and path[-1] in self.also_vars and env_container(path) is not None
+
+    def patch_also(self) -> None:
+        """Each ``also = { VAR = "NAME" }``: VAR, in the containers this migration patches, reads the agenix
+        secret NAME (its value kept): ``VAR_FILE`` / ``FILE__VAR`` and a bind mount where the image reads
+        one, else a line of the env file the container's unit already renders. A VAR found nowhere in
+        scope, or in a shape nixmig cannot edit, is said (never ignored)."""
+        for var, secret in self.spec.also:
+            found = False
+            for fm, b in list(self.all_binds()):
+                if not b.exact or not b.path or b.path[-1] != var:
+                    continue
+                shape = env_container(b.path)
+                if shape is None:
+                    if decode_string(unparen(b.value)) is not None or self.value_of(fm, b.value) is not None:
+                        found = True
+                        self.manual_here(
+                            fm,
+                            b.value,
+                            f"{'.'.join(b.path)} is named in also ({var} = {secret!r}), but nixmig moves a "
+                            f"companion credential only out of a container's environment: move it by hand",
+                            self.generic_snippet(b.path),
+                        )
+                    continue
+                kind, name, prefix = shape
+                found = True
+                if (fm.name, *prefix) not in self.touched:
+                    self.manual_here(
+                        fm,
+                        b.value,
+                        f"{var} is named in also ({var} = {secret!r}), but the {name} container is not one this "
+                        f"migration patches (it holds neither the database's password nor a URL with it): give "
+                        f"{var} of {name} its own migration, or move it by hand",
+                        "",
+                    )
+                    continue
+                self.move_companion(fm, b, kind, name, prefix, var, secret)
+            if not found and not self.companion_done(var, secret):
+                touched = sorted({n for _, _, n, _ in self.touched.values()})
+                self.manual.append(
+                    Manual(
+                        "",
+                        0,
+                        0,
+                        f"also names {var} (secret {secret!r}), but no container this migration patches sets it"
+                        + (f" ({', '.join(touched)})" if touched else "")
+                        + f": remove {var} from also in [migrations.{self.spec.migration or '…'}], or check its name",
+                        "",
+                    )
+                )
+
+    def companion_done(self, var: str, secret: str) -> bool:
+        """A tree patched already: VAR_FILE / FILE__VAR names the companion's file (its mount and
+        age.secrets are checked again), or a renderer writes VAR from it."""
+        in_container = posixpath.join("/run/secrets", secret)
+        done = False
+        for fm, b in list(self.all_binds()):
+            if not b.exact or not b.path or b.path[-1] not in file_variables(var):
+                continue
+            shape = env_container(b.path)
+            if shape is not None and decode_string(unparen(b.value)) == in_container:
+                kind, name, prefix = shape
+                done = True
+                self.ensure_volume(fm, kind, name, prefix, secret)
+                self.companion_owner(fm, kind, name, prefix, secret)
+                self.also_replaced.setdefault(secret, [])
+        line = _printf_lines(self.spec.secret, [EnvFile("x", (EnvLine(var, "", "", secret=secret),))])[0]
+        if any(line.encode() in fm.source for fm in self.models.values()):
+            done = True
+            self.also_replaced.setdefault(secret, [])
+        return done
+
+    def companion_owner(self, fm: FileModel, kind: str, name: str, prefix: NixPath, secret: str) -> None:
+        if is_linuxserver(self.image_of(fm, kind, prefix)):
+            return  # FILE__VAR: read by the image's init, as root
+        found = self.reader_of(fm, kind, name, prefix, secret)
+        if found is not None:
+            self.also_owner[secret] = found
+
+    def move_companion(
+        self, fm: FileModel, b: Bind, kind: str, name: str, prefix: NixPath, var: str, secret: str
+    ) -> None:
+        """One companion literal onto its own secret (see :meth:`patch_also`)."""
+        value = self.value_of(fm, b.value)
+        if value is None:
+            self.manual_here(
+                fm,
+                b.value,
+                f"{'.'.join(b.path)} (also: {secret!r}) is computed, not a literal: nixmig cannot tell what it holds",
+                "",
+            )
+            return
+        image = self.image_of(fm, kind, prefix)
+        db = self.db
+        is_db = db is not None and db.fm is fm and db.prefix == prefix
+        file_var = None
+        if is_linuxserver(image):
+            file_var = file_variable(var, image)
+        elif var in _FILE_VARIANT_VARS and (is_db or self._is_server(fm, prefix)):
+            file_var = f"{var}_FILE"
+        where = f"{var} at {fm.where(b.value)}"
+        if file_var is not None:
+            ap = b.node.child_by_field_name("attrpath")
+            assert ap is not None
+            last = ap.named_children[-1]
+            in_container = posixpath.join("/run/secrets", secret)
+            new = str(template(KINDS[kind].template).password_file_env(file_var, in_container))
+            attr, _, rest = new.partition(" = ")
+            self.ed.add(
+                fm,
+                last.start_byte,
+                b.node.end_byte,
+                attr + fm.source[last.end_byte : b.value.start_byte].decode() + rest,
+                f"replaces the hardcoded {var} of the {name} container (also): the image reads it from "
+                f"{in_container}, a read-only bind mount of the agenix secret {secret}, which keeps its value"
+                + (" (a linuxserver.io image: its s6-overlay init reads FILE__VAR)" if is_linuxserver(image) else ""),
+            )
+            self.ensure_volume(fm, kind, name, prefix, secret)
+            self.companion_owner(fm, kind, name, prefix, secret)
+        else:
+            r = self.renderer_for_container(fm, kind, name, prefix)
+            if r is None or not (r.files or self.has_renderer(r.runtime_dir)):
+                self.manual_here(
+                    fm,
+                    b.value,
+                    f"{var} (also: {secret!r}) in the {name} container: the image reads no file for it and no "
+                    f"env file is rendered for that container: move it by hand",
+                    self.generic_snippet(b.path),
+                )
+                return
+            if not _ALSO_VALUE.fullmatch(value):
+                self.manual_here(
+                    fm,
+                    b.value,
+                    f"{var} (also: {secret!r}) in the {name} container holds characters an env file line cannot "
+                    f"hold unquoted (only A-Z a-z 0-9 - . _ ~ + / = : @ , %): move it by hand",
+                    "",
+                )
+                return
+            env_path = self.add_env_line(r, EnvLine(var, "", "", secret=secret))
+            self.ed.remove_binding(
+                fm,
+                b.node,
+                f"removes {var} (also) from the {name} container's environment, which lands in the "
+                f"world-readable Nix store: the container reads it from {env_path}, rendered from the agenix "
+                f"secret {secret} (its value kept)",
+            )
+            r.literals.append(where)
+        self.mask_literal(fm, b.value)
+        self.also_known.add(digest(value.encode()))
+        self.handled.add((fm.name, unparen(b.value).start_byte))
+        self.use_lets(fm, b.value)
+        self.also_replaced.setdefault(secret, []).append(where)
+
     # ------------------------------------------------ renderers
 
     def emit_renderers(self) -> None:
@@ -1366,8 +1588,11 @@ class Builder:
             script = script_in_nix(spec.secret, credential_word(cred), files)
             tpl = template("systemd-credential.nix.j2")
             return str(tpl.unit(attr, r.unit, cred, secret_attr, runtime_dir, paths, self.script_name(r), script))
+        also = [
+            (n, Antiquote(f"lib.escapeShellArg config.age.secrets.{nix_attr(n)}.path")) for n in also_secrets(files)
+        ]
         script = script_in_nix(
-            spec.secret, Antiquote(f"lib.escapeShellArg config.age.secrets.{secret_attr}.path"), files
+            spec.secret, Antiquote(f"lib.escapeShellArg config.age.secrets.{secret_attr}.path"), files, also=also
         )
         tpl = template("arion-service.nix.j2" if r.kind == "arion" else "oci-containers.nix.j2")
         return str(tpl.unit(attr, r.container or r.unit, runtime_dir, paths, self.script_name(r), script))
@@ -1377,9 +1602,12 @@ class Builder:
 
     # ------------------------------------------------ age.secrets and the option
 
-    def age_secret(self, preferred: FileModel | None) -> None:
+    def age_secret(self, preferred: FileModel | None, name: str | None = None) -> None:
+        """age.secrets.NAME (the migration's secret, or the companion ``name``) in the module that holds
+        the service, unless the tree declares it already."""
         spec = self.spec
-        if any(b.exact and b.path[:3] == ("age", "secrets", spec.secret) for _, b in self.all_binds()):
+        name = name or spec.secret
+        if any(b.exact and b.path[:3] == ("age", "secrets", name) for _, b in self.all_binds()):
             return
         fm = self.file(spec.module, "module") if spec.module else None
         if fm is None:
@@ -1403,8 +1631,8 @@ class Builder:
                     "",
                     0,
                     0,
-                    f"no module to declare age.secrets.{spec.secret} in",
-                    self.age_snippet(None, ("age", "secrets", spec.secret)),
+                    f"no module to declare age.secrets.{name} in",
+                    self.age_snippet(None, ("age", "secrets", name), name),
                 )
             )
             return
@@ -1416,24 +1644,24 @@ class Builder:
                     fm.name,
                     1,
                     1,
-                    f"every config block of {fm.name} that could hold age.secrets.{spec.secret} is conditional "
+                    f"every config block of {fm.name} that could hold age.secrets.{name} is conditional "
                     f"(lib.mkIf, if) and none holds this service: nixmig will not guess which; add it by hand",
-                    self.age_snippet(fm, ("age", "secrets", spec.secret)),
+                    self.age_snippet(fm, ("age", "secrets", name), name),
                 )
             )
             return
-        age_file = posixpath.join(posixpath.normpath(spec.secrets_dir), spec.secret + ".age")
+        age_file = posixpath.join(posixpath.normpath(spec.secrets_dir), name + ".age")
         rel = posixpath.relpath(age_file, posixpath.dirname(fm.name) or ".")
         path_expr = nix_path(rel)
         tpl = template("agenix-secret.nix.j2")
-        target = self.attrset_at(fm, ("age", "secrets", spec.secret), within=root)
+        target = self.attrset_at(fm, ("age", "secrets", name), within=root)
         after = None
         if target is not None and target.path == ():
             last_age = [b for b in existing if _in(b.node, target.node)]
             after = last_age[-1].node if last_age else None
         self.ed.staging = True
         try:
-            self._insert_age(fm, root, spec, tpl, path_expr, age_file, after)
+            self._insert_age(fm, root, name, tpl, path_expr, age_file, after)
         finally:
             self.ed.staging = False
 
@@ -1452,24 +1680,32 @@ class Builder:
         return None
 
     def _insert_age(
-        self, fm: FileModel, root: Node, spec: Spec, tpl: Any, path_expr: str, age_file: str, after: Node | None
+        self, fm: FileModel, root: Node, name: str, tpl: Any, path_expr: str, age_file: str, after: Node | None
     ) -> None:
-        if any("config." in (x or "") for x in (self.owner, self.group)):
+        if name == self.spec.secret:
+            owner, group, owner_why, replaced = self.owner, self.group, self.owner_why, self.replaced
+            kept = ""
+        else:
+            owner, group, owner_why = self.also_owner.get(name, (None, None, ""))
+            replaced = self.also_replaced.get(name, [])
+            kept = " (a companion credential, nixmig.toml's also: its value is kept)"
+        if any("config." in (x or "") for x in (owner, group)):
             self.need(fm, ("config",))
         self.insert_path(
             fm,
             root,
-            ("age", "secrets", spec.secret),
-            lambda attr: str(tpl.entry(attr, path_expr, self.owner, self.group)),
-            f"declares the agenix secret {spec.secret}: agenix decrypts {age_file} to {spec.secret_on_host} "
-            + (f"({self.owner_why}, 0400)" if self.owner else "(root, 0400)")
+            ("age", "secrets", name),
+            lambda attr: str(tpl.entry(attr, path_expr, owner, group)),
+            f"declares the agenix secret {name}{kept}: agenix decrypts {age_file} to "
+            f"{posixpath.join(self.spec.agenix_dir, name)} "
+            + (f"({owner_why}, 0400)" if owner else "(root, 0400)")
             + f" at activation; the path is relative to {fm.name}"
-            + (f"; it replaces {_listing(self.replaced)}" if self.replaced else ""),
+            + (f"; it replaces {_listing(replaced)}" if replaced else ""),
             after=after,
         )
 
-    def age_snippet(self, fm: FileModel | None, path: NixPath) -> str:
-        age_file = posixpath.join(self.spec.secrets_dir, self.spec.secret + ".age")
+    def age_snippet(self, fm: FileModel | None, path: NixPath, name: str | None = None) -> str:
+        age_file = posixpath.join(self.spec.secrets_dir, (name or self.spec.secret) + ".age")
         rel = posixpath.relpath(age_file, posixpath.dirname(fm.name) if fm else ".")
         return str(template("agenix-secret.nix.j2").entry(nix_attrpath(path), nix_path(rel)))
 
@@ -1607,6 +1843,7 @@ class Builder:
             idents=idents,
             role=spec.role,
             skip={(m.file, m.line) for m in self.manual} | self.let_kept,
+            migration=spec.migration,
         )
         for left in found:
             self.masks.append((left.file, left.start, left.end))
@@ -1757,6 +1994,8 @@ class Builder:
             self.notes.append(
                 f"{name}: no arion project imports this file by path: set unit and module for this migration"
             )
+        self.patch_also()
+        self.emit_volumes()
         self.emit_renderers()
         self.orphan_env_files()
         renderer_files = [r.fm for r in self.renderers.values()]
@@ -1771,6 +2010,8 @@ class Builder:
         preferred = preferred or self.store_file or self.sql_file or self.mount_file
         if db is not None or self.renderers or self.spec.module or self.option_literal or preferred:
             self.age_secret(preferred)
+        for secret in self.also_replaced:  # each companion moved (or found moved): its own age.secrets
+            self.age_secret(preferred or self.mount_file, secret)
         self.password_option(renderer_files or ([preferred] if preferred else []))
         self.login_user()
         unusable = False
@@ -1802,7 +2043,7 @@ class Builder:
 
 def _printf_lines(secret: str, files: Sequence[EnvFile]) -> list[str]:
     """The renderer's printf lines for ``files``, as they appear escaped in the Nix source."""
-    script = render_script(secret, "x", files)
+    script = render_script(secret, "x", files, [(name, "x") for name in also_secrets(files)])
     lines = [ln.strip() for ln in script.splitlines() if ln.strip().startswith("printf '%s=")]
     return [escape_indented(ln + "\n", before_antiquote=False)[:-1] for ln in lines]
 
@@ -1955,6 +2196,14 @@ def _other_credential(path: NixPath) -> bool:
     return bool(named & _OTHER_WORDS) and not near & _DATABASE_WORDS
 
 
+# the official images' variables that have a VAR_FILE twin (postgres, mysql, mariadb entrypoints: file_env)
+_FILE_VARIANT_VARS = frozenset(
+    {"POSTGRES_PASSWORD", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "MARIADB_PASSWORD", "MARIADB_ROOT_PASSWORD"}
+    | {"MARIADB_REPLICATION_PASSWORD", "MYSQL_REPLICATION_PASSWORD"}
+)
+# a companion's value written as it is on an env file line: what docker's --env-file, compose's
+# env_file and systemd's EnvironmentFile all read alike unquoted (no quotes, $, #, \\, spaces)
+_ALSO_VALUE = re.compile(r"[A-Za-z0-9._~+/=:@,%-]+")
 _SAFE_URL_PART = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]*")
 _SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
 

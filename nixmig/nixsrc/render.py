@@ -63,6 +63,9 @@ class EnvLine:
     # a bare password (DB_PASSWORD=...), not in a URL: written as it is, and the renderer refuses
     # at start a password that an env file line cannot hold unquoted (anything but A-Z a-z 0-9 - . _ ~)
     raw: bool = False
+    # a companion credential (nixmig.toml's `also`): VAR=<the value of this agenix secret, kept as it
+    # was>, read from that secret's own file; "" for the migration's password
+    secret: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,21 +77,46 @@ class EnvFile:
 PASSWORD_FILE_PLACEHOLDER = "\x00password_file\x00"  # noqa: S105 - a marker
 
 
-def render_script(secret: str, password_file: str, files: Sequence[EnvFile]) -> str:
-    """The env-file renderer (bash). ``password_file`` is a shell word, inserted as is."""
+def also_secrets(files: Sequence[EnvFile]) -> list[str]:
+    """The companion secrets ``files`` read (EnvLine.secret), in order of first use."""
+    return list(dict.fromkeys(line.secret for f in files for line in f.lines if line.secret))
+
+
+def render_script(
+    secret: str, password_file: str, files: Sequence[EnvFile], also: Sequence[tuple[str, str]] = ()
+) -> str:
+    """The env-file renderer (bash). ``password_file`` is a shell word, inserted as is; ``also``:
+    (secret, shell word of its file) for each companion secret the lines read."""
     tpl = environment().get_template("env-file.sh.j2")
     raw = any(line.raw for f in files for line in f.lines)
-    return str(tpl.render(secret=secret, password_file=password_file, files=files, raw=raw)).strip("\n") + "\n"
+    index = {name: i for i, (name, _) in enumerate(also, start=1)}
+    missing = [n for n in also_secrets(files) if n not in index]
+    if missing:
+        raise ValueError(f"no file given for the companion secret {missing[0]!r}")  # a caller's bug
+    text = tpl.render(secret=secret, password_file=password_file, files=files, raw=raw, also=also, also_index=index)
+    return str(text).strip("\n") + "\n"
 
 
-def script_in_nix(secret: str, password_file: str | Antiquote, files: Sequence[EnvFile], indent: str = "  ") -> str:
+def script_in_nix(
+    secret: str,
+    password_file: str | Antiquote,
+    files: Sequence[EnvFile],
+    indent: str = "  ",
+    also: Sequence[tuple[str, str | Antiquote]] = (),
+) -> str:
     """The renderer as a Nix indented string.
 
-    ``password_file`` is a shell word, or an :class:`Antiquote` of Nix code that
-    evaluates to one (``lib.escapeShellArg config.age.secrets.NAME.path``).
+    ``password_file`` (and each file of ``also``, see :func:`render_script`) is a shell word, or
+    an :class:`Antiquote` of Nix code that evaluates to one (``lib.escapeShellArg
+    config.age.secrets.NAME.path``).
     """
-    if isinstance(password_file, str):
-        return nix_indented([render_script(secret, password_file, files)], indent)
-    script = render_script(secret, PASSWORD_FILE_PLACEHOLDER, files)
-    before, after = script.split(PASSWORD_FILE_PLACEHOLDER)
-    return nix_indented([before, password_file, after], indent)
+    words: list[str | Antiquote] = [password_file, *(w for _, w in also)]
+    marks = [PASSWORD_FILE_PLACEHOLDER if i == 0 else f"\x00also_file_{i}\x00" for i in range(len(words))]
+    shown = [m if isinstance(w, Antiquote) else w for w, m in zip(words, marks, strict=True)]
+    script = render_script(secret, shown[0], files, [(n, w) for (n, _), w in zip(also, shown[1:], strict=True)])
+    parts: list[str | Antiquote] = []
+    for word, mark in zip(words, marks, strict=True):
+        if isinstance(word, Antiquote):
+            before, script = script.split(mark)
+            parts += [before, word]
+    return nix_indented([*parts, script], indent)

@@ -29,7 +29,7 @@ from typing import Any
 from nixmig.phases import hostsecret
 from nixmig.phases.base import Action, Context, Phase
 from nixmig.phases.deploy import Stage, StageError, Switch, _deploy, _patch_repo
-from nixmig.phases.preflight import Preflight, PreflightError
+from nixmig.phases.preflight import Preflight, PreflightError, also_actions
 from nixmig.phases.verify import conclude, health_rows
 
 
@@ -52,7 +52,7 @@ class MovePreflight:
         if not ctx.on_host:
             acts.append(Action("check", f"secrets.nix lists {ctx.migration.secret}.age for this host's key"))
             acts.append(Action("check", f"{ctx.migration.secret}.age decrypts here (-i): verify compares digests"))
-        return acts
+        return [*acts, *also_actions(ctx)]
 
     def check(self, ctx: Context) -> bool:
         return False  # facts are re-read on every run

@@ -18,6 +18,32 @@ class PreflightError(NixmigError):
     """A precondition does not hold; nothing was changed."""
 
 
+def also_actions(ctx: Context) -> list[Action]:
+    """The companion credentials (nixmig.toml's also): their secrets checked, and the note that their
+    values (kept, not rotated) have been public in the repository's history."""
+    also = ctx.migration.also
+    if not also:
+        return []
+    acts = (
+        []
+        if ctx.on_host
+        else [
+            Action("check", f"secrets.nix lists {name}.age for this host's key (also: {var})")
+            for var, name in also.items()
+        ]
+    )
+    names = ", ".join(f"{var} ({name})" for var, name in also.items())
+    acts.append(
+        Action(
+            "note",
+            f"also moves {names} with their values kept: those values have been public in the repository's "
+            "history (hardcoded in a Nix file): rotate each where it is checked (the database's ALTER USER, the "
+            "app's admin settings, the token's issuer), then `nixmig secret new NAME --force --stdin` and deploy",
+        )
+    )
+    return acts
+
+
 class Preflight:
     name = "preflight"
     title = "preflight checks"
@@ -36,6 +62,7 @@ class Preflight:
                 if ctx.on_host  # the repo is not on the host; agenix's file is checked by stage
                 else [Action("check", f"secrets.nix lists {ctx.migration.secret}.age for this host's key")]
             ),
+            *also_actions(ctx),
             Action("check", "free disk on this machine covers the backup"),
         ]
 
@@ -71,6 +98,7 @@ class Preflight:
         return {"tables": counts, "db_bytes": size}
 
     def _secret_listed(self, ctx: Context) -> None:
+        """The migration's secret, and each companion's (also), listed and encrypted to the host's key."""
         rules = rl.load(store.find_rules(ctx.cfg.repo, ctx.cfg.secrets_dir))
         entry = rules.entries.get(f"{ctx.migration.secret}.age")
         if entry is None or not rules.file_for(entry).is_file():
@@ -79,6 +107,19 @@ class Preflight:
                 where=rules.path,
                 hint=f"create it: nixmig secret new {ctx.migration.secret}",
             )
+        self._for_host(ctx, rules, entry)
+        for var, name in ctx.migration.also.items():  # their values are kept: made from the Nix file first
+            entry = rules.entries.get(f"{name}.age")
+            if entry is None or not rules.file_for(entry).is_file():
+                raise PreflightError(
+                    f"secret {name}.age (also: {var}) is not in secrets.nix or its file is missing",
+                    where=rules.path,
+                    hint=f"create it with its current value: nixmig secret new {name} --from FILE:LINE "
+                    f"(where {var} is hardcoded; `nixmig patch` names it)",
+                )
+            self._for_host(ctx, rules, entry)
+
+    def _for_host(self, ctx: Context, rules: rl.Rules, entry: rl.Entry) -> None:
         if ctx.host.age_recipient:
             keys = {" ".join(k.split()[:2]) for k in entry.public_keys}
             if " ".join(ctx.host.age_recipient.split()[:2]) not in keys:
