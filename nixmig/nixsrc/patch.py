@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from nixmig.errors import ConfigError
+from nixmig.nixsrc.clients import silent_clients
 from nixmig.nixsrc.containers import (
     ENV_FILE_ATTRS,
     KINDS,
@@ -1843,7 +1844,7 @@ class Builder:
             idents=idents,
             role=spec.role,
             skip={(m.file, m.line) for m in self.manual} | self.let_kept,
-            migration=spec.migration,
+            migration=spec.migration if db is not None or self.known else None,
         )
         for left in found:
             self.masks.append((left.file, left.start, left.end))
@@ -1864,6 +1865,16 @@ class Builder:
             )
 
     # ------------------------------------------------ manual items and masks
+
+    def silent_clients(self, db: _Db | None) -> None:
+        """A container that uses the database with a password nixmig does not see (see nixsrc/clients.py)
+        would be locked out by a rotation: said, by hand (strategy move changes no password)."""
+        if db is None or self.spec.strategy == "move":
+            return
+        for c in silent_clients(self.models, db.kind, db.name):
+            if self.spec.app_services and c.name.strip('"') not in self.spec.app_services:
+                continue  # the user listed the database's clients
+            self.manual_here(c.fm, c.depends.node, c.what(db.name, db.password), "")
 
     def manual_here(self, fm: FileModel, node: Node, what: str, snippet: str) -> None:
         line, col = fm.line_col(node.start_byte)
@@ -1990,6 +2001,7 @@ class Builder:
         self.switch_data(db)
         password = db.password if db is not None else self.app_password()
         self.scan_literals(password, db)
+        self.silent_clients(db)
         for name in sorted(set(self.no_project)):
             self.notes.append(
                 f"{name}: no arion project imports this file by path: set unit and module for this migration"

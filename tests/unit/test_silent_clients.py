@@ -1,0 +1,48 @@
+"""Containers that use the database with a password nixmig cannot see (nixsrc/clients.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nixmig.nixsrc.clients import silent_clients
+from nixmig.nixsrc.model import model
+
+SHAPES = Path(__file__).parent.parent / "fixtures" / "shapes"
+
+
+def clients(text: str, db: str = "db", kind: str = "oci") -> list[str]:
+    return [c.name for c in silent_clients({"m.nix": model("m.nix", text.encode())}, kind, db)]
+
+
+def test_the_fixture_names_the_app_and_not_adminer() -> None:
+    src = (SHAPES / "oci-app-image-default-password" / "hosts" / "box" / "docs.nix").read_bytes()
+    (c,) = silent_clients({"docs.nix": model("docs.nix", src)}, "oci", "docs-db")
+    assert c.name == "docs" and c.default == ("PAPERLESS_DBPASS", "paperless")
+    assert "default the password today" in c.what("docs-db", "paperless")
+    assert "default 'paperless'" in c.what("docs-db", "other")
+
+
+def test_a_client_with_a_credential_in_sight_is_not_named() -> None:
+    base = 'virtualisation.oci-containers.containers.app = {{ image = "x/app:1"; dependsOn = [ "db" ]; {} }};'
+    assert clients("{ " + base.format('environment.DB_HOST = "db";') + " }") == ["app"]
+    for seen in (
+        'environment = { DB_HOST = "db"; DB_PASSWORD = "pw"; };',
+        'environment = { DB_HOST = "db"; DATABASE_URL = cfg.url; };',
+        'environment = { DB_HOST = "db"; CONN = "postgres://u:p@db/x"; };',
+        'environment.DB_HOST = "db"; environmentFiles = [ "/run/app.env" ];',
+        'environment.REDIS_URL = "redis://r:6379";',  # no sign it talks to the database
+    ):
+        assert clients("{ " + base.format(seen) + " }") == [], seen
+
+
+def test_only_clients_of_this_database_and_compose_depends_on() -> None:
+    other = (
+        '{ virtualisation.oci-containers.containers.app = { dependsOn = [ "cache" ]; environment.DB_HOST = "x"; }; }'
+    )
+    assert clients(other) == []
+    arion = (
+        '{ services.app.service = { depends_on = { db = { condition = "service_healthy"; }; }; '
+        'environment.PGHOST = "db"; }; }'
+    )
+    assert clients(arion, kind="arion") == ["app"]
+    assert clients(arion, kind="oci") == []
