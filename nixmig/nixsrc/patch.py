@@ -540,7 +540,25 @@ class Builder:
         self, fm: FileModel, kind: str, name: str, prefix: NixPath, secret: str
     ) -> tuple[str, str | None, str] | None:
         """(owner, group, why) of the agenix file ``secret`` bind-mounted into a container that runs as
-        a non-root ``user`` (Nix expressions); None for root. A computed user is a by-hand item."""
+        a non-root ``user`` (Nix expressions); None for root. A computed user is a by-hand item, and so
+        is a rootless quadlet-nix container (``rootlessConfig``): its podman runs as that user, who
+        cannot read a root-owned 0400 file."""
+        rootless = next((b for b in fm.binds if b.path[: len(prefix) + 1] == (*prefix, "rootlessConfig")), None)
+        owned = any(
+            [seg.strip('"') for seg in b.path] == ["age", "secrets", secret, "owner"]
+            for m in self.models.values()
+            for b in m.binds
+        )
+        if kind == "quadlet" and rootless is not None and not owned:
+            self.manual_here(
+                fm,
+                rootless.node,
+                f"the {name} container runs rootless ({'.'.join(rootless.path[len(prefix) :])}): its podman runs "
+                f"as that user, who cannot read {posixpath.join(self.spec.agenix_dir, secret)} (root, 0400); "
+                f"set age.secrets.{nix_attr(secret)}.owner to that user (agenix chowns it), then run patch again",
+                f"age.secrets.{nix_attr(secret)}.owner = <the rootless user>;",
+            )
+            return None
         b = self._bind_at(fm, (*prefix, *KINDS[kind].user))
         if b is None:
             return None
