@@ -21,8 +21,8 @@ there as a user would run it: ``patch --explain``, ``patch --write``, ``patch --
   line of its stderr is recorded;
 - wrong: success claimed (exit 0) with a literal left, or a changed file that does not
   parse, or a second write that changes something, or ``--check`` disagreeing with a
-  successful write, or a traceback, a timeout, or an exit code other than 0/1/2 in any step,
-  or a changed file that no longer evaluates (below).
+  successful write, or a traceback (or the CLI's "internal error" line), a timeout, or an
+  exit code other than 0/1/2 in any step, or a changed file that no longer evaluates (below).
 
 Evaluation (no nixpkgs here): every changed .nix file, and its original, is evaluated with
 ``nix-instantiate --eval`` through bench/nixstubs.nix: stub ``lib``/``pkgs``/``config`` (the
@@ -97,7 +97,9 @@ class Step:
 
     @property
     def traceback(self) -> bool:
-        return "Traceback (most recent call last)" in self.stderr or "Traceback (most recent call last)" in self.stdout
+        # the CLI turns a bug into one line, "nixmig: internal error: ..." (exit 1, like a refusal): a traceback
+        marks = ("Traceback (most recent call last)", "nixmig: internal error:")
+        return any(m in self.stderr or m in self.stdout for m in marks)
 
 
 @dataclass
