@@ -69,6 +69,13 @@ def patch(
         notes.append(
             f"{age_file.relative_to(root)} does not exist yet: create it with `nixmig secret new {spec.secret}`"
         )
+    for var, secret in spec.also:  # companions keep their value: made from the line that hardcodes it
+        if not (root / spec.secrets_dir / f"{secret}.age").exists():
+            notes.append(
+                f"{spec.secrets_dir}/{secret}.age (also: {var}) does not exist yet: create it with its current "
+                f"value, `nixmig secret new {secret} --from FILE:LINE` (the line that hardcodes {var}, before --write "
+                "removes it), or --stdin"
+            )
     diff = plan.diff(sources)
     checked = None
     if write and plan.edits:

@@ -122,12 +122,13 @@ def companion_fix(migration: str, var: str, file: str, line: int) -> str:
     )
 
 
-def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str = "") -> str:
+def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | None = None, same: bool = False) -> str:
     ws = set(words(f.attr_path)) if f.attr_path else set()
     scheme = _scheme(source, f.start) if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 else ""
+    path = tuple(seg.strip('"') for seg in f.attr_path.split(".")) if f.attr_path else ()
+    path = path[1:] if path[:1] == ("config",) else path  # a module's `config = { ... }` block
     if ws & _MYSQL or scheme in _MYSQL or scheme == "mysql2":
-        path = tuple(seg.strip('"') for seg in f.attr_path.split(".")) if f.attr_path else ()
-        if env_container(path) is not None and base_variable(path[-1]) == path[-1]:
+        if migration is not None and env_container(path) is not None and base_variable(path[-1]) == path[-1]:
             return (
                 "a second MySQL/MariaDB credential of this container (nixmig cannot rotate it, and this "
                 f"migration moves one value): {companion_fix(migration, path[-1], file, f.line)}"
@@ -151,6 +152,11 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str = 
         )
     if not f.attr_path:
         return "a string not bound to an attribute (a let binding used elsewhere, an interpolation)"
+    if same and migration is not None and env_container(path) is not None and base_variable(path[-1]) == path[-1]:
+        return (
+            f"{path[-1]} is no database variable nixmig knows: if it is another credential that holds the "
+            f"database's value (a rotation must not change it), {companion_fix(migration, path[-1], file, f.line)}"
+        )
     return "no template for this shape"
 
 
@@ -167,11 +173,13 @@ def leftovers(
     idents: Collection[str],
     role: str,
     skip: Collection[tuple[str, int]] = (),
-    migration: str = "",
+    migration: str | None = None,
 ) -> list[Leftover]:
     """Every credential finding that no edit replaces and that is this migration's (see the module doc).
 
-    ``scope`` None: every file. ``skip``: (file, line) already reported as a by-hand item.
+    ``scope`` None: every file. ``skip``: (file, line) already reported as a by-hand item. ``migration``:
+    its name when the plan found its own password, so that a second MySQL credential of a container is
+    told how to move too (nixmig.toml's also); None: the migration's own may be that one.
     """
     spans: dict[str, list[tuple[int, int]]] = {}
     for e in edits:
@@ -188,6 +196,6 @@ def leftovers(
             head = f"{f.attr_path or 'a string'} still holds " + (
                 "this migration's password" if same else "a " + DESCRIPTION[f.kind]
             )
-            why = _why(f, fm.source, role, name, migration)
+            why = _why(f, fm.source, role, name, migration, same)
             out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end))
     return out

@@ -265,3 +265,49 @@ def test_the_plan_says_the_companions_were_public(tmp_path: Path) -> None:
 
 def _no_connect() -> Transport:
     raise AssertionError("must not connect")
+
+
+# ---------------------------------------------------------------- the refusals name the fix
+
+
+def test_another_variable_with_the_database_value_is_told_how_to_move(tmp_path: Path) -> None:
+    """PHOTOS_API_TOKEN (no pass/secret word: no "another credential" line from the builder) holding the
+    database's value: the verdict names the also line for it."""
+    plan, _ = _plan(
+        tmp_path,
+        "oci-app-admin-password-same-value-also",
+        '{ OTHER = "photos-other" }',
+        ("PHOTOS_ADMIN_PASSWORD", "PHOTOS_API_TOKEN"),
+    )
+    hits = [m for m in plan.manual if m.what.startswith("virtualisation.oci-containers.containers.photos-server")]
+    assert len(hits) == 1 and hits[0].line == 20, plan.manual
+    assert "PHOTOS_API_TOKEN is no database variable nixmig knows" in hits[0].what
+    assert (
+        "run `nixmig secret new photos-api-token --from hosts/box/photos.nix:20` (keeps its value), then add "
+        'also = { PHOTOS_API_TOKEN = "photos-api-token" } to [migrations.photos-db-password]' in hits[0].what
+    )
+
+
+def test_a_mysql_migration_that_found_nothing_is_not_told_also() -> None:
+    """strategy rotate on MariaDB: the migration's own password is the MySQL one: the line says
+    strategy move, not also (which would move a second credential of a migration that has none)."""
+    root = SHAPES / "oci-mariadb"
+    cfg = config.load(root / "nixmig.toml")
+    (migration,) = cfg.migrations
+    plan = pt.plan(pt.read_sources(root), pt.spec_for(cfg, migration))
+    whats = [m.what for m in plan.manual]
+    assert any('strategy = "move"' in w for w in whats), whats
+    assert not any("also =" in w for w in whats), whats
+
+
+def test_patch_notes_a_missing_companion_age_file(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(SHAPES / "oci-mysql-user-and-root-also", repo)
+    r = run_cli("patch", "--repo", str(repo))
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.decode()
+    assert (
+        "secrets/shop-db-root-password.age (also: MYSQL_ROOT_PASSWORD) does not exist yet: create it with its "
+        "current value, `nixmig secret new shop-db-root-password --from FILE:LINE`" in err
+    ), err
+    assert b"shop-root-52" not in r.stdout + r.stderr
