@@ -67,7 +67,12 @@ def patch(
     age_file = root / spec.secrets_dir / f"{spec.secret}.age"
     if not age_file.exists():
         notes.append(
-            f"{age_file.relative_to(root)} does not exist yet: create it with `nixmig secret new {spec.secret}`"
+            f"{age_file.relative_to(root)} does not exist yet: create it with `nixmig secret new {spec.secret}"
+            + (
+                " --from FILE:LINE` (strategy move keeps the value: the line that hardcodes it)"
+                if spec.strategy == "move"
+                else "`"
+            )
         )
     for var, secret in spec.also:  # companions keep their value: made from the line that hardcodes it
         if not (root / spec.secrets_dir / f"{secret}.age").exists():
