@@ -14,6 +14,7 @@ user binds it to today's value, and the next run moves it into the env file like
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -60,7 +61,7 @@ class Client:
         )
 
 
-def silent_clients(models: dict[str, FileModel], db_kind: str, db_name: str) -> list[Client]:
+def silent_clients(models: Mapping[str, FileModel], db_kind: str, db_name: str) -> list[Client]:
     """The containers that depend on ``db_name`` and talk to a database with no credential in sight."""
     want = _bare(db_name)
     out: list[Client] = []

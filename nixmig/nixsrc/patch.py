@@ -1440,8 +1440,11 @@ class Builder:
                 self.ensure_volume(fm, kind, name, prefix, secret)
                 self.companion_owner(fm, kind, name, prefix, secret)
                 self.also_replaced.setdefault(secret, [])
+        # the renderer's line for VAR (its also_N is the companion's place in that script) and the file it reads
         line = _printf_lines(self.spec.secret, [EnvFile("x", (EnvLine(var, "", "", secret=secret),))])[0]
-        if any(line.encode() in fm.source for fm in self.models.values()):
+        head = line[: line.index('"$also_') + len('"$also_')].encode()
+        reads = f"config.age.secrets.{nix_attr(secret)}.path".encode()
+        if any(head in fm.source and reads in fm.source for fm in self.models.values()):
             done = True
             self.also_replaced.setdefault(secret, [])
         return done

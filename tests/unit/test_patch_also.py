@@ -315,3 +315,30 @@ def test_patch_notes_a_missing_companion_age_file(tmp_path: Path) -> None:
         "--from FILE:LINE` (strategy move keeps the value" in err
     ), err
     assert b"shop-root-52" not in r.stdout + r.stderr
+
+
+def test_a_second_run_over_several_env_file_companions_changes_nothing(tmp_path: Path) -> None:
+    """Two companions in one renderer (also_1, also_2): the patched tree plans no edit and no by-hand item."""
+    both = '{ PHOTOS_ADMIN_PASSWORD = "photos-admin-password", PHOTOS_SESSION_SECRET = "photos-session-secret" }'
+    plan, sources = _plan(
+        tmp_path,
+        "oci-app-admin-password-same-value-also",
+        both,
+        (
+            'PHOTOS_ADMIN_PASSWORD = "photos-pw-42";',
+            'PHOTOS_ADMIN_PASSWORD = "photos-pw-42";\n        PHOTOS_SESSION_SECRET = "s-3";',
+        ),
+    )
+    assert plan.manual == (), plan.manual
+    after = {**sources, **plan.results(sources)}
+    assert b'"$also_2"' in after["hosts/box/photos.nix"]
+    cfg_text = (SHAPES / "oci-app-admin-password-same-value-also" / "nixmig.toml").read_text()
+    cfg = load_text(
+        tmp_path,
+        cfg_text.replace(
+            'also = { PHOTOS_ADMIN_PASSWORD = "photos-admin-password" }',
+            f"also = {both}",
+        ),
+    )
+    again = pt.plan(after, pt.spec_for(cfg, "photos-db-password"))
+    assert again.edits == () and again.manual == (), again.manual
