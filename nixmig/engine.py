@@ -373,11 +373,15 @@ def _observe(ctx: Context) -> None:
     rebuild switched clusters) is still this migration's target. Best effort. Apply skips
     it after a phase that says ``keeps_target = True`` (it never re-creates the container
     nor moves the cluster: preflight, backup, rotate, verify, cleanup): a psql and a docker
-    inspect that could learn nothing."""
+    inspect that could learn nothing. After the others, a docker container the journal
+    already has, by ID (not re-created by the deploy), is the whole look: its cluster cannot
+    have changed (target.container_kept: a docker inspect, not a psql)."""
     rec = ctx.journal.meta.get("target")
     if not isinstance(rec, dict):
         return
     try:
+        if ctx.migration.strategy != "move" and target.container_kept(ctx.t, ctx.runtime, rec):
+            return
         now = _take(ctx)
     except NixmigError:
         return

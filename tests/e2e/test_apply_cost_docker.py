@@ -1,0 +1,84 @@
+"""apply's round trips on the worked example's stack (real sshd, real dockerd), counted with
+NIXMIG_TRACE: the engine's look at the target after a deploy that did not re-create the
+database container is one docker inspect, not a psql (target.container_kept); a container
+the journal does not know is still looked at in full and learned."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nixmig import config, engine
+from tests.e2e import twenty_stack as ts
+from tests.e2e.test_migrate_docker import Stack, assert_rotated
+from tests.e2e.test_migrate_docker import site as site
+from tests.e2e.test_migrate_docker import stack as stack
+
+
+def _psql(r: dict[str, Any]) -> bool:
+    return "psql" in r["cmd"].split()
+
+
+def _windows(trace: list[dict[str, Any]], steps: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each phase's round trips; "after:PHASE": between its end and the next phase's start."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in trace:
+        where = "before"
+        for s in steps:
+            if r["at"] >= s["started"]:
+                where = s["phase"] if r["at"] <= s["finished"] else f"after:{s['phase']}"
+        out.setdefault(where, []).append(r)
+    return out
+
+
+def test_the_look_after_a_deploy_is_one_docker_inspect(stack: Stack, site: ts.Site, tmp_path: Path) -> None:
+    trace_file = tmp_path / "trace.jsonl"
+    run = ts.nixmig(site, "apply", "--yes", "-i", str(site.keys.admin_key), env={"NIXMIG_TRACE": str(trace_file)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert_rotated(site)
+    trace = [json.loads(line) for line in trace_file.read_text().splitlines()]
+    journal = json.loads(site.journal.read_text())
+    windows = _windows(trace, journal["steps"])
+    shown = {k: [r["cmd"][:70] for r in v] for k, v in windows.items()}
+    # the stack's deploys restart the app, not the database container: its ID is the journal's
+    for phase in ("stage", "switch"):
+        look = windows[f"after:{phase}"]
+        assert len(look) == 1 and not _psql(look[0]), shown
+        assert look[0]["cmd"].split()[3:6] == ["inspect", "--type", "container"], shown
+    # psql: preflight's facts, rotate's role and ALTER ROLE, verify's role and counts; no other
+    assert sum(map(_psql, trace)) == 4, shown
+    rec = journal["meta"]["target"]
+    assert rec["container_ids"] == [stack.db.container_id] and len(rec["clusters"]) == 1, rec
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_a_container_the_journal_does_not_have_is_looked_at_in_full(
+    stack: Stack, site: ts.Site, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, known: bool
+) -> None:
+    """After a deploy that re-created the container (here: a record holding another ID), the
+    engine reads the cluster too (after the inspect, take: one round trip with a psql) and
+    learns both; with the ID recorded, one docker inspect and nothing learned."""
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("NIXMIG_TRACE", str(trace))
+    ctx = engine.make_context(config.load(site.config), ts.MIGRATION)
+    old = "0" * 64
+    ids = [old, stack.db.container_id] if known else [old]
+    try:
+        assert ctx.t is not None  # connected first: the connection is a round trip of its own
+        trace.unlink(missing_ok=True)
+        ctx.journal.meta["target"] = {"host": None, "clusters": [], "container": ts.CONTAINER, "container_ids": ids}
+        engine._observe(ctx)
+        rec = ctx.journal.meta["target"]
+        looks = [json.loads(line) for line in trace.read_text().splitlines()]
+        assert not _psql(looks[0]), looks  # the container's ID first
+        if known:
+            assert len(looks) == 1 and rec["clusters"] == [] and rec["container_ids"] == ids, looks
+        else:
+            assert len(looks) == 2 and _psql(looks[1]), looks  # then target.take: ID and cluster
+            assert rec["container_ids"] == [old, stack.db.container_id]
+            assert len(rec["clusters"]) == 1 and rec["clusters"][0].isdigit()
+    finally:
+        ctx.close()
