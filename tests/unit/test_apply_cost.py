@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from nixmig.nixsrc import validate
 
 
 def test_ssh_transport_does_not_import_invoke() -> None:
@@ -24,3 +31,39 @@ def test_ssh_transport_keeps_an_invoke_already_imported() -> None:
     code = "import sys, invoke\nimport nixmig.remote.ssh\nprint(sys.modules['invoke'] is invoke)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True", out.stdout + out.stderr
+
+
+# A probe, not a fake: it records that it started, waits (up to 3 s) until every process of
+# the check has started, then runs the real nix-instantiate with the same arguments and stdin.
+_PROBE = """#!/bin/sh
+dir=$(dirname "$0")
+: > "$dir/started.$$"
+i=0
+while [ "$(ls "$dir" | grep -c '^started\\.')" -lt {n} ] && [ $i -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
+ls "$dir" | grep -c '^started\\.' >> "$dir/seen"
+exec {real} "$@"
+"""
+
+
+@pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-instantiate not installed")
+def test_the_files_of_a_patch_are_parsed_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # nix-instantiate takes ~40 ms to start: each deploy's patch checks its files with it, and
+    # one after the other they were most of the patch's time (validate._nix_parse)
+    real = shutil.which("nix-instantiate")
+    probe = tmp_path / "bin" / "nix-instantiate"
+    probe.parent.mkdir()
+    probe.write_text(_PROBE.format(n=3, real=real))
+    probe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{probe.parent}{os.pathsep}{os.environ['PATH']}")
+    files = {"a.nix": b"{ a = 1; }\n", "b.nix": b"{ b = 2; }\n", "c.nix": b"{ c = 3; }\n"}
+    assert validate.check_all(files) == "nix-instantiate --parse"
+    assert (probe.parent / "seen").read_text().split() == ["3", "3", "3"]  # each saw all three started
+    # and a file that does not parse is still named, with nix-instantiate's position
+    for f in probe.parent.glob("started.*"):
+        f.unlink()
+    (probe.parent / "seen").unlink()
+    bad = {**files, "b.nix": b"{ b = ; }\n"}
+    with pytest.raises(validate.WouldNotParse) as exc:
+        validate.check_all(bad)
+    assert exc.value.where == "b.nix:1:7", exc.value.line()
+    assert "(nix-instantiate --parse)" in str(exc.value)
