@@ -2019,7 +2019,6 @@ class Builder:
         db = self.db = self.find_db()
         if db is not None:
             self.patch_db(db)
-        self.switch_data(db)
         password = db.password if db is not None else self.app_password()
         self.scan_literals(password, db)
         self.silent_clients(db)
@@ -2029,6 +2028,7 @@ class Builder:
             )
         self.patch_also()
         self.emit_volumes()
+        self.switch_data(db)  # after the bind mounts: a volume renamed in a list they rewrite goes into that edit
         self.emit_renderers()
         self.orphan_env_files()
         renderer_files = [r.fm for r in self.renderers.values()]
