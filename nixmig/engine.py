@@ -188,6 +188,7 @@ def apply(
     gate: Gate | None = None,
 ) -> None:
     phases = phases_for(ctx.migration.strategy, ctx.migration)
+    _prepare(ctx, phases)
     with locked(ctx):
         ctx.journal.start_over()  # a rolled-back migration starts over (a copy kept for gc)
         check_target(ctx, record=True)
@@ -223,6 +224,21 @@ def apply(
             _crash_point(p.name)
         if ctx.journal.completed is None:
             ctx.journal.complete()
+
+
+def _prepare(ctx: Context, phases: Sequence[Phase]) -> None:
+    """Connect, then load what the phases still to run will need in this process (a phase's
+    optional ``prepare``: tree-sitter and jinja2 for the repo's patch, psycopg for verify's
+    login; ~0.1 s) while the target starts the connection's command shell (sshd's start of a
+    session, ~0.1 s, that the first command would wait for: nixmig.remote.ssh.start_runner),
+    so that the two overlap instead of adding up. Nothing on the target is read or changed;
+    the journal read before the locks only says which phases to load for (a done one loads
+    nothing), it decides nothing."""
+    ctx.t  # noqa: B018 - the connection, now: its runner's start is what the loading overlaps
+    for p in phases:
+        prepare = getattr(p, "prepare", None)
+        if prepare is not None and ctx.journal.state(p.name) != "done":
+            prepare(ctx)
 
 
 def rollback(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | None = None) -> list[str]:

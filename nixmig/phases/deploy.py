@@ -100,6 +100,17 @@ def _stage_from_originals(ctx: Context, sources: dict[str, bytes]) -> list[str]:
     return sorted(back)
 
 
+def _prepare_patch(ctx: Context) -> None:
+    """What _patch_repo uses, loaded ahead (engine._prepare): the patcher, the Nix parser and
+    the templates (tree-sitter-nix and jinja2)."""
+    if not ctx.migration.patch_repo or ctx.on_host:
+        return
+    from nixmig.nixsrc import parse, patch, render, validate  # noqa: F401 - loaded for _patch_repo_locked
+
+    parse.parse(b"{ }")  # tree-sitter-nix's parser (made once, cached)
+    render.environment()  # the Jinja2 environment (made once, cached)
+
+
 def _state(ctx: Context) -> PatchState:
     return PatchState(ctx.state_dir / "patch" / ctx.name)
 
@@ -205,6 +216,9 @@ class Stage:
             Action("check", f"{ctx.secret_on_host} exists on {ctx.host_name} (0400) and holds that value"),
         ]
 
+    def prepare(self, ctx: Context) -> None:
+        _prepare_patch(ctx)
+
     def check(self, ctx: Context) -> bool:
         """In effect only when the host's file holds the value of the repo's NAME.age (an
         older value there is not the stage deploy: it must run). Digests compared."""
@@ -271,6 +285,9 @@ class Switch:
             *([Action("file", "write the full patch (see `nixmig patch`)")] if ctx.migration.patch_repo else []),
             Action("deploy", f"NIXMIG_PHASE=switch {_shown(ctx)}"),
         ]
+
+    def prepare(self, ctx: Context) -> None:
+        _prepare_patch(ctx)
 
     def check(self, ctx: Context) -> bool:
         return False  # a deploy is idempotent: re-running it is harmless

@@ -31,6 +31,10 @@ class Verify:
         acts += [Action("check", f"health: {h.url or h.command}") for h in ctx.migration.health_checks]
         return acts
 
+    def prepare(self, ctx: Context) -> None:
+        """psycopg, for the login below, loaded ahead (engine._prepare)."""
+        from nixmig.db import connect  # noqa: F401
+
     def check(self, ctx: Context) -> bool:
         return False
 

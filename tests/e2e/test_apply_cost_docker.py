@@ -6,6 +6,8 @@ the journal does not know is still looked at in full and learned."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +84,49 @@ def test_a_container_the_journal_does_not_have_is_looked_at_in_full(
             assert len(rec["clusters"]) == 1 and rec["clusters"][0].isdigit()
     finally:
         ctx.close()
+
+
+_FIRST_COMMAND = """
+import json, sys
+from pathlib import Path
+from nixmig import config, engine
+from nixmig.remote import ssh
+from nixmig.secrets.age import load_identities
+
+cfg_path, key, migration = sys.argv[1:4]
+loaded = []
+real_run = ssh.SshTransport.run
+
+
+def run(self, *args, **kwargs):  # the real run, after noting what this process had loaded by then
+    if not loaded:
+        loaded.append(sorted(m for m in ("psycopg", "tree_sitter", "jinja2") if m in sys.modules))
+    return real_run(self, *args, **kwargs)
+
+
+ssh.SshTransport.run = run
+ctx = engine.make_context(
+    config.load(Path(cfg_path)), migration, identities=load_identities([Path(key)]), emit=lambda _m: None
+)
+try:
+    engine.apply(ctx)
+finally:
+    ctx.close()
+print(json.dumps(loaded[0]))
+"""
+
+
+def test_what_the_phases_need_is_loaded_while_the_runner_starts(stack: Stack, site: ts.Site) -> None:
+    """engine._prepare: psycopg (verify), tree-sitter and jinja2 (the repo's patch) are loaded
+    before the first command on the target, while sshd starts the runner's session (which
+    that command waits for), not in the middle of the phases."""
+    r = subprocess.run(
+        [sys.executable, "-c", _FIRST_COMMAND, str(site.config), str(site.keys.admin_key), ts.MIGRATION],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == ["jinja2", "psycopg", "tree_sitter"]
+    assert_rotated(site)
