@@ -1679,7 +1679,9 @@ class Builder:
         target = self.attrset_at(fm, ("age", "secrets", name), within=root)
         after = None
         if target is not None and target.path == ():
-            last_age = [b for b in existing if _in(b.node, target.node)]
+            # the entries themselves (age.secrets.X = { ... }), never a binding inside one (its `mode`)
+            entries = [b for b in existing if not any(o.node != b.node and _in(b.node, o.node) for o in existing)]
+            last_age = [b for b in entries if _in(b.node, target.node)]
             after = last_age[-1].node if last_age else None
         self.ed.staging = True
         try:

@@ -342,3 +342,29 @@ def test_a_second_run_over_several_env_file_companions_changes_nothing(tmp_path:
     )
     again = pt.plan(after, pt.spec_for(cfg, "photos-db-password"))
     assert again.edits == () and again.manual == (), again.manual
+
+
+def test_also_added_after_a_refused_write_converges(tmp_path: Path) -> None:
+    """The user's path: `patch --write` without also (root's literal refused, the rest written), then
+    also added: the second write moves root's, its age.secrets entry goes beside the first (not inside
+    it), and a third plan changes nothing."""
+    root = SHAPES / "oci-mysql-user-and-root-no-also"
+    sources = pt.read_sources(root)
+    text = (root / "nixmig.toml").read_text()
+    first = pt.plan(sources, pt.spec_for(load_text(tmp_path, text), "shop-db-password"))
+    assert first.manual and first.edits
+    once = {**sources, **first.results(sources)}
+    cfg = load_text(tmp_path, text + 'also = { MYSQL_ROOT_PASSWORD = "mysql-root-password" }\n')
+    second = pt.plan(once, pt.spec_for(cfg, "shop-db-password"))
+    assert second.manual == (), second.manual
+    twice = {**once, **second.results(once)}
+    shop = twice["hosts/box/shop.nix"].decode()
+    assert "shop-root-52" not in shop and 'MYSQL_ROOT_PASSWORD_FILE = "/run/secrets/mysql-root-password";' in shop
+    assert "\n  age.secrets.mysql-root-password = {" in shop  # at the module's top level
+    assert shop.count("\n  age.secrets.") == 2 and "\n    age.secrets." not in shop  # two entries, none nested
+    if shutil.which("nix-instantiate"):
+        from nixmig.nixsrc import validate
+
+        validate.check_all(second.results(once), use_nix=True)
+    third = pt.plan(twice, pt.spec_for(cfg, "shop-db-password"))
+    assert third.edits == () and third.manual == (), third.manual
