@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from nixmig.config import also_name
 from nixmig.nixsrc.containers import base_variable, env_container
 from nixmig.nixsrc.edits import Edit
-from nixmig.nixsrc.model import FileModel
+from nixmig.nixsrc.model import Bind, FileModel, unparen
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.scan import DESCRIPTION, Finding, Kind, scan_source, words
 
@@ -64,7 +64,18 @@ def uses_secret(models: Mapping[str, FileModel], secret: str, secret_on_host: st
 
 
 def declares_secret(models: Mapping[str, FileModel], secret: str) -> bool:
-    return any(b.exact and b.path[:3] == ("age", "secrets", secret) for fm in models.values() for b in fm.binds)
+    """age.secrets.SECRET says where its .age file is (``file``, agenix-rekey's ``rekeyFile``, or an
+    entry computed as a whole). An entry with only ``owner``/``mode`` is not a declaration: agenix
+    has no default for ``file``, the evaluation fails."""
+    return any(declares_file(b, secret) for fm in models.values() for b in fm.binds)
+
+
+def declares_file(b: Bind, secret: str) -> bool:
+    if not b.exact or b.path[:3] != ("age", "secrets", secret):
+        return False
+    if b.path[3:] in (("file",), ("rekeyFile",)):
+        return True
+    return len(b.path) == 3 and unparen(b.value).type not in ("attrset_expression", "rec_attrset_expression")
 
 
 def naming(models: Mapping[str, FileModel], names: Iterable[str]) -> set[str]:

@@ -63,6 +63,7 @@ from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
 from nixmig.nixsrc.leftover import (
     companion_fix,
+    declares_file,
     declares_secret,
     digest,
     leftovers,
@@ -1629,7 +1630,11 @@ class Builder:
         the service, unless the tree declares it already."""
         spec = self.spec
         name = name or spec.secret
-        if any(b.exact and b.path[:3] == ("age", "secrets", name) for _, b in self.all_binds()):
+        entry = [(fm, b) for fm, b in self.all_binds() if b.exact and b.path[:3] == ("age", "secrets", name)]
+        if any(declares_file(b, name) for _, b in entry):
+            return
+        if entry:  # written by hand without its file (owner, mode): the file goes beside them
+            self.age_file_beside(entry[0][0], name)
             return
         fm = self.file(spec.module, "module") if spec.module else None
         if fm is None:
@@ -1686,6 +1691,21 @@ class Builder:
         self.ed.staging = True
         try:
             self._insert_age(fm, root, name, tpl, path_expr, age_file, after)
+        finally:
+            self.ed.staging = False
+
+    def age_file_beside(self, fm: FileModel, name: str) -> None:
+        age_file = posixpath.join(posixpath.normpath(self.spec.secrets_dir), name + ".age")
+        path_expr = nix_path(posixpath.relpath(age_file, posixpath.dirname(fm.name) or "."))
+        self.ed.staging = True
+        try:
+            self.insert_path(
+                fm,
+                None,
+                ("age", "secrets", name, "file"),
+                lambda attr: f"{attr} = {path_expr};",
+                f"age.secrets.{name} is set here without its file (agenix has no default for it): {age_file}",
+            )
         finally:
             self.ed.staging = False
 
