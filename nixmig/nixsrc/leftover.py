@@ -133,11 +133,20 @@ def companion_fix(migration: str, var: str, file: str, line: int) -> str:
     )
 
 
+ENSURE_USERS = (
+    "nixpkgs' ensureUsers entries (services.mysql, services.postgresql) have no password option and no "
+    "passwordFile (a module of its own, or one nixpkgs rejects): nixmig has no edit for it; set the user's "
+    "password from the agenix file in a oneshot after the server starts (SQL read from the file, not the store)"
+)
+
+
 def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | None = None, same: bool = False) -> str:
     ws = set(words(f.attr_path)) if f.attr_path else set()
     scheme = _scheme(source, f.start) if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 else ""
     path = tuple(seg.strip('"') for seg in f.attr_path.split(".")) if f.attr_path else ()
     path = path[1:] if path[:1] == ("config",) else path  # a module's `config = { ... }` block
+    if "ensureUsers" in path:
+        return ENSURE_USERS
     if ws & _MYSQL or scheme in _MYSQL or scheme == "mysql2":
         if migration is not None and env_container(path) is not None and base_variable(path[-1]) == path[-1]:
             return (

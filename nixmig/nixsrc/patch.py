@@ -62,6 +62,7 @@ from nixmig.nixsrc.containers import (
 from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
 from nixmig.nixsrc.leftover import (
+    ENSURE_USERS,
     companion_fix,
     declares_file,
     declares_secret,
@@ -952,6 +953,8 @@ class Builder:
                         "another credential with the database's value (two secrets in one; a rotation must not "
                         f"change it): {fix}"
                         if _other_credential(lit.path)
+                        else ENSURE_USERS
+                        if "ensureUsers" in lit.path
                         else "no template for this shape"
                     ),
                     self.generic_snippet(lit.path),
