@@ -12,7 +12,9 @@ appears where it is no password (a role name, another secret). An optional ``"ex
 
 Each case is copied to a temp dir, made a git repo with one commit, and the real CLI runs
 there as a user would run it: ``patch --explain``, ``patch --write``, ``patch --write`` again,
-``patch --check``, ``scan --json``. Outcome:
+``patch --check``, ``scan --json``. When the write refuses because a kept value (strategy move,
+``also``) has no .age yet, the bench runs the ``nixmig secret new NAME --from FILE:LINE`` commands
+the refusal names (that refusal must have written nothing) and writes again. Outcome:
 
 - patched: the write exits 0, no literal is left in any .nix file of the tree (a raw byte
   search, not nixmig's scan), every changed .nix parses with ``nix-instantiate --parse``,
@@ -123,6 +125,10 @@ class Result:
 
 
 SRC: Path | None = None  # --src: run the nixmig package found there instead of the installed one
+
+
+# patch --write refuses to remove the only copy of a kept value before its .age exists, naming the commands
+TAKE_FIRST = re.compile(r"take the value\(s\) first: ((?:nixmig secret new \S+ --from \S+(?: && )?)+); then")
 
 
 def run(cmd: Sequence[str], cwd: Path) -> Step:
@@ -340,7 +346,16 @@ def run_case(cli: list[str], case_dir: Path, work: Path) -> Result:
     res.scan_findings_before, _ = scan_count(cli, tree)
     steps: dict[str, Step] = {}
     steps["explain"] = run([*cli, "patch", "--explain"], tree)
+    before_write = all_files(tree)
     steps["write"] = run([*cli, "patch", "--write"], tree)
+    takes = TAKE_FIRST.search(steps["write"].stderr) if steps["write"].rc == 1 else None
+    if takes is not None:  # a kept value (strategy move, also) goes into its .age first, as the line says
+        if all_files(tree) != before_write:
+            res.problems.append("write: refused for a missing .age but changed files")
+        for cmd in takes.group(1).split(" && "):
+            words = cmd.split()
+            steps[f"take {words[3]}"] = run([*cli, *words[1:]], tree)
+        steps["write"] = run([*cli, "patch", "--write"], tree)
     after_first = all_files(tree)
     steps["write2"] = run([*cli, "patch", "--write"], tree)
     after_second = all_files(tree)

@@ -36,13 +36,14 @@ RepoOption = typer.Option(
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
 
-def load_config_if_any(path: Path | None) -> Any:
-    """The Config from -c PATH (required to exist) or ./nixmig.toml (optional)."""
+def load_config_if_any(path: Path | None, repo: Path | None = None) -> Any:
+    """The Config from -c PATH (required to exist), else REPO/nixmig.toml with --repo (as `patch`
+    reads it), else ./nixmig.toml; None when there is none (optional)."""
     from nixmig import config
 
     if path is not None:
         return config.load(path)
-    default = Path(config.DEFAULT_CONFIG)
+    default = (repo or Path()) / config.DEFAULT_CONFIG
     return config.load(default) if default.exists() else None
 
 

@@ -84,6 +84,7 @@ def patch(
     diff = plan.diff(sources)
     checked = None
     if write and plan.edits:
+        _refuse_losing_kept_values(root, spec.secrets_dir, plan)
         checked = validate.write_all(root, plan.results(sources))
     elif plan.edits:
         validate.check_all(plan.results(sources))  # refuse early: the diff shown is one that parses
@@ -94,6 +95,22 @@ def patch(
         _render(plan, diff, notes, explain=explain, check=check, checked=checked)
     if (check and not plan.clean) or (write and plan.manual):
         raise typer.Exit(1)
+
+
+def _refuse_losing_kept_values(root: Path, secrets_dir: str, plan: Plan) -> None:
+    """A value that is kept (strategy move, also) must be in its .age before --write removes the line
+    that holds it: after the write, `secret new --from` has nothing to read. Nothing is written."""
+    from nixmig.errors import ConfigError
+
+    missing = [(name, at) for name, at in plan.kept if not (root / secrets_dir / f"{name}.age").exists()]
+    if missing:
+        name, at = missing[0]
+        first = " && ".join(f"nixmig secret new {n} --from {a}" for n, a in missing)
+        raise ConfigError(
+            f"{secrets_dir}/{name}.age does not exist, and this write removes the line that holds the value it "
+            f"keeps ({at}); nothing written",
+            hint=f"take the value(s) first: {first}; then patch --write again",
+        )
 
 
 def _pick_migration(cfg: Any, name: str | None) -> str:

@@ -27,7 +27,7 @@ IdentityOption = typer.Option(
 def _rules(repo: Path | None, config: Path | None) -> tuple[Path, object]:
     from nixmig.secrets.store import find_rules
 
-    cfg = load_config_if_any(config)
+    cfg = load_config_if_any(config, repo)
     root = resolve_repo(repo, cfg)
     return find_rules(root, cfg.secrets_dir if cfg else "secrets"), cfg
 

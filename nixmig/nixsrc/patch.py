@@ -233,6 +233,9 @@ class Plan:
     manual: tuple[Manual, ...]
     notes: tuple[str, ...]
     masks: tuple[tuple[str, int, int], ...]  # spans of the hardcoded secret in the original sources
+    # the secrets whose value is kept (strategy move; also's companions) and the FILE:LINE of a literal
+    # the edits remove that holds it: `nixmig secret new NAME --from FILE:LINE` reads it there
+    kept: tuple[tuple[str, str], ...] = ()
 
     @property
     def files(self) -> list[str]:
@@ -2096,7 +2099,20 @@ class Builder:
         self.verdict(db)
         self.ed.items = settle(self.ed.items, {name: fm.source for name, fm in self.models.items()})
         edits = tuple(sorted(self.ed.items, key=lambda e: (e.file, e.start, e.end)))
-        return Plan(edits, tuple(self.manual), tuple(dict.fromkeys(self.notes)), tuple(self.masks))
+        kept = [(self.spec.secret, self.replaced)] if self.spec.strategy == "move" else []
+        kept += list(self.also_replaced.items())
+        return Plan(
+            edits,
+            tuple(self.manual),
+            tuple(dict.fromkeys(self.notes)),
+            tuple(self.masks),
+            tuple((name, _file_line(places[0])) for name, places in kept if places),
+        )
+
+
+def _file_line(replaced: str) -> str:
+    """ "VAR at file:line:col" -> "file:line"."""
+    return replaced.rpartition(" at ")[2].rpartition(":")[0]
 
 
 def _printf_lines(secret: str, files: Sequence[EnvFile]) -> list[str]:

@@ -228,3 +228,28 @@ def test_strategy_move_patches_a_mariadb_user_and_its_apps_and_says_the_root_pas
     assert 'MARIADB_ROOT_PASSWORD_FILE = "/run/secrets/wiki-root";' in root.results(src)["wiki.nix"].decode()
     if shutil.which("nix-instantiate"):
         validate.check_all(plan.results(src), use_nix=True)
+
+
+def test_a_write_that_would_lose_a_kept_value_is_refused_and_names_the_commands(tmp_path: Path) -> None:
+    """strategy move and also keep today's value: --write removes the only line that holds it, so
+    before its .age exists the write is refused, nothing written, with the `secret new --from`
+    commands; after them, the same write goes through (before: it wrote, and --from had nothing left)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(Path(__file__).parent.parent / "fixtures" / "shapes" / "oci-mysql-user-and-root-also", repo)
+    (repo / "case.json").unlink()
+    (repo / "expected.diff").unlink()
+    before = snapshot(repo)
+    out = run_cli("patch", "--repo", str(repo), "--write")
+    err = out.stderr.decode()
+    assert out.returncode == 1, err
+    assert "secrets/shop-db-password.age does not exist, and this write removes the line" in err
+    assert snapshot(repo) == before
+    takes = err.split("take the value(s) first: ")[1].split("; then")[0].split(" && ")
+    assert [t.split()[3] for t in takes] == ["shop-db-password", "shop-db-root-password"]
+    for t in takes:
+        made = run_cli(*t.split()[1:], "--repo", str(repo))
+        assert made.returncode == 0, made.stderr.decode()
+    out = run_cli("patch", "--repo", str(repo), "--write")
+    assert out.returncode == 0, out.stderr.decode()
+    assert run_cli("patch", "--repo", str(repo), "--check").returncode == 0
+    assert run_cli("scan", str(repo), "--fail-on-findings").returncode == 0
