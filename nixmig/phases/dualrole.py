@@ -36,7 +36,7 @@ from nixmig.phases.cleanup import Cleanup
 from nixmig.phases.deploy import Stage, Switch
 from nixmig.phases.preflight import Preflight, PreflightError
 from nixmig.phases.rotate import new_password
-from nixmig.phases.verify import conclude, health_rows, log_row, tables_row
+from nixmig.phases.verify import conclude, health_actions, health_rows, log_row, tables_row
 from nixmig.secrets.age import decrypt, encrypt
 from nixmig.sensitive import Secret
 
@@ -192,7 +192,7 @@ class DualVerify:
             Action("check", f'log in over TCP as "{new}" with the new password; the session acts as "{old}"'),
             Action("check", f'no client is logged in as "{old}" over TCP any more (waits {OLD_SESSIONS_WAIT:.0f}s)'),
             Action("sql", "every table of the preflight snapshot is there with at least its row count"),
-            *(Action("check", f"health: {h.url or h.command}") for h in ctx.migration.health_checks),
+            *health_actions(ctx),
         ]
 
     def check(self, ctx: Context) -> bool:

@@ -23,6 +23,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nixmig.errors import IdentityError, NixmigError
 from nixmig.phases.base import Action, Context
@@ -64,10 +65,16 @@ class HostSecret:
         return self.repo is not None and self.host != self.repo
 
 
-def age_file(ctx: Context) -> Path:
+def age_file(ctx: Context, name: str | None = None) -> Path:
+    """The repo's NAME.age (the migration's secret, or the companion ``name``: nixmig.toml's also)."""
     from nixmig.secrets import store
 
-    return store.find_rules(ctx.cfg.repo, ctx.cfg.secrets_dir).parent / f"{ctx.migration.secret}.age"
+    return store.find_rules(ctx.cfg.repo, ctx.cfg.secrets_dir).parent / f"{name or ctx.migration.secret}.age"
+
+
+def on_host(ctx: Context, name: str | None = None) -> str:
+    """Where agenix decrypts NAME on the host."""
+    return f"{ctx.host.agenix_dir}/{name}" if name else ctx.secret_on_host
 
 
 def shown(ctx: Context, path: Path) -> str:
@@ -89,14 +96,16 @@ def _identities(ctx: Context) -> list[Identity]:
         return []  # e.g. a passphrase-protected ~/.ssh/id_ed25519: not usable here
 
 
-def repo_digest(ctx: Context) -> tuple[str | None, str]:
+def repo_digest(ctx: Context, name: str | None = None) -> tuple[str | None, str]:
     """sha256 of the value of the repo's NAME.age, or (None, why not)."""
-    path = age_file(ctx)
+    path = age_file(ctx, name)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise HostSecretError(
-            "the secret's file is missing", where=path, hint=f"create it: nixmig secret new {ctx.migration.secret}"
+            "the secret's file is missing",
+            where=path,
+            hint=f"create it: nixmig secret new {name or ctx.migration.secret}",
         ) from None
     identities = _identities(ctx)
     if not identities:
@@ -108,9 +117,9 @@ def repo_digest(ctx: Context) -> tuple[str | None, str]:
     return hashlib.sha256(value.reveal()).hexdigest(), ""
 
 
-def host_digest(ctx: Context) -> str | None:
+def host_digest(ctx: Context, name: str | None = None) -> str | None:
     """sha256 of the host's file, computed there; None when it is missing or empty."""
-    path = ctx.secret_on_host
+    path = on_host(ctx, name)
     # exit 3: no such file (told apart by the exit code, not by a localised message)
     r = ctx.t.run(["sh", "-c", _HASH, "sh", path], check=False)
     if r.exit_code == 3:
@@ -123,17 +132,43 @@ def host_digest(ctx: Context) -> str | None:
     return None if digest == _EMPTY else digest
 
 
-def compare(ctx: Context, value: Secret | None = None) -> HostSecret:
+def compare(ctx: Context, value: Secret | None = None, name: str | None = None) -> HostSecret:
     """Both digests (off-host only: on-host the repo is not there, and the activation
     running nixmig has just written the deployed value). ``value``: the host's file as a
-    phase that reads it anyway (rotate) just read it, hashed here: no second round trip."""
-    repo, why = repo_digest(ctx)
+    phase that reads it anyway (rotate) just read it, hashed here: no second round trip.
+    ``name``: a companion secret (also) instead of the migration's."""
+    repo, why = repo_digest(ctx, name)
     if value is None:
-        host = host_digest(ctx)
+        host = host_digest(ctx, name)
     else:
         digest = hashlib.sha256(value.reveal()).hexdigest()
         host = None if digest == _EMPTY else digest
-    return HostSecret(ctx.secret_on_host, age_file(ctx), host, repo, why)
+    return HostSecret(on_host(ctx, name), age_file(ctx, name), host, repo, why)
+
+
+def host_file_row(ctx: Context, name: str | None = None) -> dict[str, Any]:
+    """The host's file holds the repo's value (the migration's secret, or the companion ``name``):
+    proven by digests, else a failed row."""
+    path, secret = on_host(ctx, name), name or ctx.migration.secret
+    if ctx.on_host:
+        ok = ctx.t.run(["test", "-s", path], check=False).ok
+        return {"check": f"{path} exists", "ok": ok, "detail": "" if ok else "missing or empty"}
+    hs = compare(ctx, name=name)
+    if hs.repo is None:
+        detail = f"not checked: {hs.unknown}; pass -i with a key listed for it in secrets.nix"
+    elif not hs.present:
+        detail = "missing or empty on the host"
+    elif not hs.same:
+        detail = "another value (their sha256 differ)"
+    else:
+        detail = ""
+    return {"check": f"{path} holds the value of {secret}.age", "ok": hs.same, "detail": detail}
+
+
+def also_rows(ctx: Context) -> list[dict[str, Any]]:
+    """Each companion's file on the host (nixmig.toml's also) holds its repo value: agenix
+    deployed it, else the container that reads it does not start, or starts with another."""
+    return [host_file_row(ctx, name) for name in ctx.migration.also.values()]
 
 
 def describe(ctx: Context) -> list[Action]:

@@ -30,7 +30,7 @@ from nixmig.phases import hostsecret
 from nixmig.phases.base import Action, Context, Phase
 from nixmig.phases.deploy import Stage, StageError, Switch, _deploy, _patch_repo
 from nixmig.phases.preflight import Preflight, PreflightError, also_actions
-from nixmig.phases.verify import conclude, health_rows
+from nixmig.phases.verify import conclude, health_actions, health_rows
 
 
 def rotate_later(ctx: Context) -> str:
@@ -110,7 +110,7 @@ class MoveVerify:
                     "decrypted here (needs an identity that decrypts it: -i)",
                 )
             )
-        acts += [Action("check", f"health: {h.url or h.command}") for h in ctx.migration.health_checks]
+        acts += health_actions(ctx)
         if not ctx.migration.health_checks:
             acts.append(Action("check", "no health checks in nixmig.toml: the service itself is not checked"))
         acts.append(Action("note", rotate_later(ctx)))
@@ -120,7 +120,7 @@ class MoveVerify:
         return False
 
     def do(self, ctx: Context) -> dict[str, Any]:
-        rows = [host_file_row(ctx), *health_rows(ctx)]
+        rows = [hostsecret.host_file_row(ctx), *health_rows(ctx)]
         conclude(
             ctx, rows, hint="no database was changed; `nixmig rollback` restores the repo's files and deploys them"
         )
@@ -129,24 +129,6 @@ class MoveVerify:
 
     def undo(self, ctx: Context, data: dict[str, Any]) -> None:
         return None
-
-
-def host_file_row(ctx: Context) -> dict[str, Any]:
-    """The host's file holds the repo's value: proven by digests, else a failed row."""
-    check = f"{ctx.secret_on_host} holds the value of {ctx.migration.secret}.age"
-    if ctx.on_host:
-        ok = ctx.t.run(["test", "-s", ctx.secret_on_host], check=False).ok
-        return {"check": f"{ctx.secret_on_host} exists", "ok": ok, "detail": "" if ok else "missing or empty"}
-    hs = hostsecret.compare(ctx)
-    if hs.repo is None:
-        detail = f"not checked: {hs.unknown}; pass -i with a key listed for it in secrets.nix"
-    elif not hs.present:
-        detail = "missing or empty on the host"
-    elif not hs.same:
-        detail = "another value (their sha256 differ)"
-    else:
-        detail = ""
-    return {"check": check, "ok": hs.same, "detail": detail}
 
 
 def phases() -> list[Phase]:

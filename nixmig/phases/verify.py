@@ -28,7 +28,7 @@ class Verify:
             Action("check", "the old password is refused"),
             Action("sql", "every table of the preflight snapshot is there with at least its row count"),
         ]
-        acts += [Action("check", f"health: {h.url or h.command}") for h in ctx.migration.health_checks]
+        acts += health_actions(ctx)
         return acts
 
     def prepare(self, ctx: Context) -> None:
@@ -96,8 +96,21 @@ def tables_row(ctx: Context, now: dict[str, int] | None = None) -> tuple[dict[st
     return row, after
 
 
+def health_actions(ctx: Context) -> list[Action]:
+    """What :func:`health_rows` checks, as the plan says it."""
+    acts = [
+        Action("check", f"{ctx.host.agenix_dir}/{name} holds the value of {name}.age (also: {var})")
+        for var, name in ctx.migration.also.items()
+    ]
+    return acts + [Action("check", f"health: {h.url or h.command}") for h in ctx.migration.health_checks]
+
+
 def health_rows(ctx: Context) -> list[dict[str, Any]]:
-    rows = []
+    """The checks every strategy's verify ends with: each companion secret (also) on the host
+    holds its repo value, then the health checks of nixmig.toml."""
+    from nixmig.phases import hostsecret
+
+    rows = hostsecret.also_rows(ctx)
     for hc in ctx.migration.health_checks:
         why = run_check(hc)
         rows.append({"check": f"health {hc.url or hc.command}", "ok": why is None, "detail": why or ""})

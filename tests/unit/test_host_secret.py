@@ -179,3 +179,30 @@ def test_on_host_compares_nothing(tmp_path: Path, site: Site) -> None:
     assert Stage().check(ctx) is True
     hostsecret.require_repo_value(ctx, "rotate", RotateError)
     assert hostsecret.describe(ctx) == []
+
+
+def test_verify_checks_each_companion_file_on_the_host(site: Site) -> None:
+    """nixmig.toml's also: every strategy's verify ends with each companion's host file against its
+    .age (before: only the migration's own secret was compared; a companion agenix never deployed
+    passed verify, and the container reading it failed after)."""
+    from nixmig.phases.verify import health_rows
+
+    cfg = site.repo / "nixmig.toml"
+    cfg.write_text(cfg.read_text() + 'also = { ROOT_PASSWORD = "db-root" }\n')
+    store.new_secret(site.repo / "secrets" / "secrets.nix", "db-root", Secret("root-kept"), like="twenty-app-secret")
+    ctx = site.ctx()
+    (row,) = health_rows(ctx)
+    assert row == {
+        "check": f"{site.agenix / 'db-root'} holds the value of db-root.age",
+        "ok": False,
+        "detail": "missing or empty on the host",
+    }
+    (site.agenix / "db-root").write_text("another")
+    assert health_rows(ctx)[0]["detail"] == "another value (their sha256 differ)"
+    (site.agenix / "db-root").write_text("root-kept")
+    assert health_rows(ctx)[0]["ok"] is True
+    assert "root-kept" not in repr(health_rows(ctx))
+    from nixmig.phases.verify import Verify
+
+    said = [a.text for a in Verify().describe(ctx)]
+    assert f"{site.agenix}/db-root holds the value of db-root.age (also: ROOT_PASSWORD)" in said
