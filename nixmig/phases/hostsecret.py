@@ -167,8 +167,22 @@ def host_file_row(ctx: Context, name: str | None = None) -> dict[str, Any]:
 
 def also_rows(ctx: Context) -> list[dict[str, Any]]:
     """Each companion's file on the host (nixmig.toml's also) holds its repo value: agenix
-    deployed it, else the container that reads it does not start, or starts with another."""
-    return [host_file_row(ctx, name) for name in ctx.migration.also.values()]
+    deployed it, else the container that reads it does not start, or starts with another.
+    With no identity here that decrypts it (rotate runs without one), its presence is what is
+    checked, and the row says so."""
+    rows = []
+    for name in ctx.migration.also.values():
+        row = host_file_row(ctx, name)
+        if not ctx.on_host and row["detail"].startswith("not checked: "):
+            present = host_digest(ctx, name) is not None
+            why = row["detail"].removeprefix("not checked: ")
+            row = {
+                "check": f"{on_host(ctx, name)} exists (its value not compared: {why})",
+                "ok": present,
+                "detail": "" if present else "missing or empty on the host",
+            }
+        rows.append(row)
+    return rows
 
 
 def describe(ctx: Context) -> list[Action]:

@@ -202,6 +202,12 @@ def test_verify_checks_each_companion_file_on_the_host(site: Site) -> None:
     (site.agenix / "db-root").write_text("root-kept")
     assert health_rows(ctx)[0]["ok"] is True
     assert "root-kept" not in repr(health_rows(ctx))
+    (no_id,) = health_rows(site.ctx(identity=False))  # rotate runs without -i: presence, said as such
+    assert no_id["ok"] is True and no_id["check"].startswith(
+        f"{site.agenix / 'db-root'} exists (its value not compared"
+    )
+    (site.agenix / "db-root").unlink()
+    assert health_rows(site.ctx(identity=False))[0]["ok"] is False
     from nixmig.phases.verify import Verify
 
     said = [a.text for a in Verify().describe(ctx)]
