@@ -4,6 +4,8 @@ function formals added) in the layout of the code around them."""
 
 from __future__ import annotations
 
+import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -121,6 +123,7 @@ class Edits:
         self.models = models
         self.items: list[Edit] = []
         self.staging = False  # edits added while True belong to the stage config
+        self.modules = imported_modules(models)  # files an `imports` list names and no one calls
 
     def add(self, fm: FileModel, start: int, end: int, replacement: str, why: str, at: Node | None = None) -> None:
         line, col = fm.line_col(at.start_byte if at is not None else start)
@@ -209,15 +212,19 @@ class Edits:
         else:
             self.add(fm, last.end_byte, last.end_byte, "".join("\n" + _indent_of(src, last) + e for e in elements), why)
 
-    @staticmethod
-    def can_have_formals(fm: FileModel) -> bool:
+    def can_have_formals(self, fm: FileModel) -> bool:
         """ensure_formals would succeed: a module function (or a bare attrset module) nixmig may give
         more arguments, not a function of other arguments someone calls."""
         formals = fm.function_formals()
         if formals is None:
             return fm.bare_attrset() is not None and fm.module_function() is None
         have = {text(n) for f in formals.named_children if f.type == "formal" for n in f.named_children[:1]}
-        return not have or bool(have & MODULE_ARGS)
+        return not have or bool(have & MODULE_ARGS) or self._module_with_ellipsis(fm, formals)
+
+    def _module_with_ellipsis(self, fm: FileModel, formals: Node) -> bool:
+        """`{ username, ... }:` taking specialArgs only: a module when an `imports` list names the file
+        (and nothing calls it with arguments), so config, lib and pkgs can join its formals."""
+        return fm.name in self.modules and any(c.type == "ellipses" for c in formals.named_children)
 
     def ensure_formals(self, fm: FileModel, names: Sequence[str], why: str) -> bool:
         """Add missing names to the module's `{ ... }:` formals (the inner function of a curried module);
@@ -230,7 +237,7 @@ class Edits:
             self.add(fm, bare.start_byte, bare.start_byte, "{ " + ", ".join([*names, "..."]) + " }:\n", why)
             return True
         have = {text(n) for f in formals.named_children if f.type == "formal" for n in f.named_children[:1]}
-        if have and not have & MODULE_ARGS:
+        if have and not have & MODULE_ARGS and not self._module_with_ellipsis(fm, formals):
             return False  # `{ containerConfig, ... }:`: a function someone calls, not a NixOS module
         missing = [n for n in names if n not in have]
         if not missing:
@@ -249,6 +256,39 @@ class Edits:
             at = firsts[-1].end_byte
             self.add(fm, at, at, sep + sep.join(missing), why)
         return True
+
+
+def imported_modules(models: Mapping[str, FileModel]) -> set[str]:
+    """The files some `imports = [ ./x.nix ... ]` names by a relative path and that no file calls
+    (`import ./x.nix { ... }`, `callPackage ./x.nix`): NixOS modules, whatever their formals."""
+    named: set[str] = set()
+    for fm in models.values():
+        for b in fm.binds:
+            if b.path[-1:] != ("imports",):
+                continue
+            value = b.value
+            while value.type == "parenthesized_expression" and value.named_children:
+                value = value.named_children[0]
+            if value.type != "list_expression":
+                continue
+            for e in value.named_children:
+                while e.type == "parenthesized_expression" and e.named_children:
+                    e = e.named_children[0]
+                if e.type == "path_expression":
+                    rel = text(e)
+                    if rel.startswith("./") or rel.startswith("../"):
+                        target = posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), rel))
+                        named.add(target if target.endswith(".nix") else posixpath.join(target, "default.nix"))
+    called = set()
+    for fm in models.values():
+        for m in _CALLED.finditer(fm.source):
+            rel = m.group(1).decode("utf-8", "replace")
+            called.add(posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), rel)))
+    return named - called
+
+
+# `import ./x.nix { ... }`, `import ./x.nix args`, `callPackage ./x.nix { }`: a function with its arguments
+_CALLED = re.compile(rb"(?:\bimport|callPackage)\s*\(?\s*(\.{1,2}/[\w./-]+)\s*\)?\s*[{(\w]")
 
 
 def _same_line(src: bytes, node: Node) -> bool:
