@@ -84,7 +84,7 @@ def patch(
     diff = plan.diff(sources)
     checked = None
     if write and plan.edits:
-        _refuse_losing_kept_values(root, spec.secrets_dir, plan)
+        _refuse_losing_kept_values(root, spec.secrets_dir, plan, sources)
         checked = validate.write_all(root, plan.results(sources))
     elif plan.edits:
         validate.check_all(plan.results(sources))  # refuse early: the diff shown is one that parses
@@ -97,12 +97,13 @@ def patch(
         raise typer.Exit(1)
 
 
-def _refuse_losing_kept_values(root: Path, secrets_dir: str, plan: Plan) -> None:
+def _refuse_losing_kept_values(root: Path, secrets_dir: str, plan: Plan, sources: dict[str, bytes]) -> None:
     """A value that is kept (strategy move, also) must be in its .age before --write removes the line
     that holds it: after the write, `secret new --from` has nothing to read. Nothing is written."""
     from nixmig.errors import ConfigError
 
-    missing = [(name, at) for name, at in plan.kept if not (root / secrets_dir / f"{name}.age").exists()]
+    missing = [(name, _literal_at(places, plan, sources)) for name, places in plan.kept]
+    missing = [(name, at) for name, at in missing if not (root / secrets_dir / f"{name}.age").exists()]
     if missing:
         name, at = missing[0]
         first = " && ".join(f"nixmig secret new {n} --from {a}" for n, a in missing)
@@ -111,6 +112,21 @@ def _refuse_losing_kept_values(root: Path, secrets_dir: str, plan: Plan) -> None
             f"keeps ({at}); nothing written",
             hint=f"take the value(s) first: {first}; then patch --write again",
         )
+
+
+def _literal_at(places: tuple[str, ...], plan: Plan, sources: dict[str, bytes]) -> str:
+    """The first FILE:LINE where scan finds the literal: among ``places``, else a masked literal of the
+    same files (a use through a let binding points at the name; the value is where the let binds it)."""
+    from nixmig.nixsrc.scan import scan_source
+
+    files = {at.rpartition(":")[0] for at in places}
+    nl = b"\n"
+    masked = [f"{f}:{sources[f].count(nl, 0, start) + 1}" for f, start, _ in plan.masks if f in files and f in sources]
+    for at in (*places, *masked):
+        file, _, line = at.rpartition(":")
+        if file in sources and any(str(f.line) == line for f in scan_source(sources[file], file).findings):
+            return at
+    return places[0]
 
 
 def _pick_migration(cfg: Any, name: str | None) -> str:

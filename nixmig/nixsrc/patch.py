@@ -233,9 +233,9 @@ class Plan:
     manual: tuple[Manual, ...]
     notes: tuple[str, ...]
     masks: tuple[tuple[str, int, int], ...]  # spans of the hardcoded secret in the original sources
-    # the secrets whose value is kept (strategy move; also's companions) and the FILE:LINE of a literal
-    # the edits remove that holds it: `nixmig secret new NAME --from FILE:LINE` reads it there
-    kept: tuple[tuple[str, str], ...] = ()
+    # the secrets whose value is kept (strategy move; also's companions) and the FILE:LINE of each use
+    # the edits remove: `nixmig secret new NAME --from FILE:LINE` reads the value at one that holds it
+    kept: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def files(self) -> list[str]:
@@ -2106,7 +2106,7 @@ class Builder:
             tuple(self.manual),
             tuple(dict.fromkeys(self.notes)),
             tuple(self.masks),
-            tuple((name, _file_line(places[0])) for name, places in kept if places),
+            tuple((name, tuple(dict.fromkeys(_file_line(p) for p in places))) for name, places in kept if places),
         )
 
 

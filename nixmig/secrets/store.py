@@ -101,11 +101,13 @@ def new_secret(
     ename = entry_name(name)
     rules = rl.load(rules_path, use_nix=use_nix)
     target = rules.dir / ename
-    exists = ename in rules.entries or target.exists()
+    # a rule with no .age yet (written first, the agenix way) is filled in with its own keys; a value
+    # that exists is replaced only with --force
+    exists = target.exists()
     if exists and not force:
         raise SecretsError(
             f"secret {ename} already exists",
-            where=rules.path if ename in rules.entries else target,
+            where=target,
             hint="pass --force to replace its value (and --like/--recipient to change its keys)",
         )
     expression = _expression(rules, ename, like, recipients, default_recipients)

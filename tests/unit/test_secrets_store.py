@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from nixmig.errors import NixmigError
 from nixmig.secrets import store
 from nixmig.secrets.age import header, load_identities
 from nixmig.sensitive import Secret
@@ -78,6 +79,24 @@ def test_force_replaces_value_and_keeps_expression(repo: Path, tmp_path: Path) -
     assert (repo / "secrets/twenty-app-secret.age").read_bytes() != old
     ident = private_key(tmp_path, "admin_ed25519")
     assert store.show(rules, "twenty-app-secret", load_identities([ident])).reveal() == b"new-value"
+
+
+def test_a_rule_written_first_gets_its_value_with_its_own_keys(repo: Path, tmp_path: Path) -> None:
+    """The agenix way: the rule in secrets.nix first, then the value. Before, a rule with no .age was
+    "already exists" (pass --force); now it is filled in, secrets.nix untouched."""
+    rules = repo / "secrets/secrets.nix"
+    rules.write_text(
+        rules.read_text().replace(
+            '"twenty-app-secret.age"', '"db.age".publicKeys = [ admin ];\n  "twenty-app-secret.age"', 1
+        )
+    )
+    before = rules.read_bytes()
+    made = store.new_secret(rules, "db", Secret("first-value"))
+    assert rules.read_bytes() == before and not made.replaced
+    ident = private_key(tmp_path, "admin_ed25519")
+    assert store.show(rules, "db", load_identities([ident])).reveal() == b"first-value"
+    with pytest.raises(NixmigError, match=r"secret db\.age already exists"):  # a value there: --force only
+        store.new_secret(rules, "db", Secret("second"))
 
 
 @pytest.mark.parametrize(
