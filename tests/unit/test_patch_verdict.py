@@ -34,7 +34,7 @@ secret = "app-db"
 MYSQL_ONLY = """{ config, ... }:
 {
   age.secrets.other.file = ../secrets/other.age;
-  virtualisation.oci-containers.containers.db = {
+  virtualisation.oci-containers.containers.shop-db = {
     image = "mariadb:11";
     environment = {
       MARIADB_USER = "app";
@@ -170,7 +170,7 @@ def test_a_by_hand_snippet_names_the_containers_real_unit_and_option() -> None:
     src = {
         "box.nix": b"""{ config, lib, pkgs, ... }:
 {
-  virtualisation.oci-containers.containers.db = {
+  virtualisation.oci-containers.containers.shop-db = {
     image = "postgres:16";
     environment.POSTGRES_PASSWORD = "pw-for-db-1";
   };
@@ -253,3 +253,22 @@ def test_a_write_that_would_lose_a_kept_value_is_refused_and_names_the_commands(
     assert out.returncode == 0, out.stderr.decode()
     assert run_cli("patch", "--repo", str(repo), "--check").returncode == 0
     assert run_cli("scan", str(repo), "--fail-on-findings").returncode == 0
+
+
+def test_the_refusal_names_the_let_binding_that_holds_a_kept_value(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(Path(__file__).parent.parent / "fixtures" / "shapes" / "oci-mysql-user-and-root-also", repo)
+    for extra in ("case.json", "expected.diff"):
+        (repo / extra).unlink()
+    toml = repo / "nixmig.toml"
+    toml.write_text("\n".join(ln for ln in toml.read_text().splitlines() if not ln.startswith("also")) + "\n")
+    (nix,) = [p for p in repo.rglob("*.nix") if "secrets" not in p.parts]
+    nix.write_text(
+        '{ config, ... }:\nlet\n  pw = "let-bound-pw-9";\nin\n{\n'
+        '  virtualisation.oci-containers.containers.shop-db = {\n    image = "mysql:8.0";\n'
+        '    environment = { MYSQL_USER = "shop"; MYSQL_DATABASE = "shop"; MYSQL_PASSWORD = pw; };\n  };\n}\n'
+    )
+    rel = nix.relative_to(repo).as_posix()
+    out = run_cli("patch", "--repo", str(repo), "--write")
+    assert out.returncode == 1
+    assert f"take the value(s) first: nixmig secret new shop-db-password --from {rel}:3;" in out.stderr.decode()
