@@ -32,6 +32,11 @@ _DEPENDS: Final = {"oci": "dependsOn", "quadlet": "dependsOn", "arion": "depends
 _DB_WORDS: Final = {"db", "database", "pg", "postgres", "postgresql", "mysql", "mariadb", "sql"}
 _PASSWORD: Final = re.compile(r"pass(word)?|passwd|pwd", re.IGNORECASE)
 _DB_URL: Final = re.compile(r"(postgres(ql)?|mysql2?|mariadb)://", re.IGNORECASE)
+# a settings file mounted into the container, where apps keep their database password (piped's
+# config.properties, a config.php, an .env): SRC:DST[:ro] with a file name in SRC
+_SETTINGS_FILE: Final = re.compile(
+    r"^[^:]*?([\w.-]+\.(?:properties|conf|cfg|ini|env|ya?ml|json|toml|php|xml))(?::[^:]*){1,2}$", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class Client:
     depends: Bind  # its dependsOn / depends_on binding (where patch points)
     image: str | None
     default: tuple[str, str] | None  # (variable, default value) when the image's is known
+    settings: str | None = None  # a settings file it mounts, when that is the only sign it logs in
 
     def what(self, db: str, password: str | None) -> str:
         head = (
@@ -53,6 +59,14 @@ class Client:
                 f"{head}: its image ({self.image}) logs in with {var}, default {today}"
                 f"; rotating would lock it out. Bind {var} in its environment to today's value, and run patch "
                 f"again: it moves {var} into the env file with the rest"
+            )
+        if self.settings is not None:
+            return (
+                f"the {self.name} container depends on {db} and mounts {self.settings}, with no password in its "
+                f"environment: if its database password is in that file, nixmig cannot edit it and rotating would "
+                f"lock it out. Give it the password through its environment (bind the variable to today's value, "
+                f'then patch again), use strategy = "move", or list the containers that use the database in '
+                f"app_services"
             )
         return (
             f"{head}: it logs in with a password nixmig does not see (its image's default, a file of its own); "
@@ -80,9 +94,12 @@ def silent_clients(models: Mapping[str, FileModel], db_kind: str, db_name: str) 
                 continue  # a credential nixmig sees: handled, or said, where it is
             image = _image(fm, kind, prefix)
             default = _default(image)
+            settings = None
             if default is None and not any(_words(v) & _DB_WORDS for v in env):
-                continue  # no sign it logs in to the database (an admin UI, a proxy)
-            out.append(Client(fm, name, b, image, default))
+                settings = _settings_file(fm, kind, prefix)
+                if settings is None:
+                    continue  # no sign it logs in to the database (an admin UI, a proxy)
+            out.append(Client(fm, name, b, image, default, settings))
     return out
 
 
@@ -125,6 +142,19 @@ def _credential(var: str, value: str | None) -> bool:
     if ws & {"url", "uri", "dsn"} and (ws & _DB_WORDS or value is None):
         return True  # DATABASE_URL, or a URL computed where nixmig cannot read it
     return value is not None and bool(_DB_URL.search(value))
+
+
+def _settings_file(fm: FileModel, kind: str, prefix: NixPath) -> str | None:
+    """The first settings file the container mounts (its name), or None."""
+    path = (*prefix, *KINDS[kind].volumes)
+    for b in fm.binds:
+        if b.path == path and unparen(b.value).type == "list_expression":
+            for e in unparen(b.value).named_children:
+                spec = fm.text(e).strip('"') if e.type in ("string_expression", "indented_string_expression") else ""
+                m = _SETTINGS_FILE.match(spec)
+                if m is not None:
+                    return m.group(1)
+    return None
 
 
 def _has_env_files(fm: FileModel, kind: str, prefix: NixPath) -> bool:

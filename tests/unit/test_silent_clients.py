@@ -46,3 +46,15 @@ def test_only_clients_of_this_database_and_compose_depends_on() -> None:
     )
     assert clients(arion, kind="arion") == ["app"]
     assert clients(arion, kind="oci") == []
+
+
+def test_a_mounted_settings_file_is_a_sign_it_logs_in() -> None:
+    base = '{{ virtualisation.oci-containers.containers.app = {{ dependsOn = [ "db" ]; volumes = [ {} ]; }}; }}'
+    (c,) = silent_clients(
+        {"m.nix": model("m.nix", base.format('"${dir}/config.properties:/app/config.properties:ro"').encode())},
+        "oci",
+        "db",
+    )
+    assert c.settings == "config.properties" and "mounts config.properties" in c.what("db", "pw")
+    for other in ('"app-data:/var/lib/app"', '"/srv/app/media:/media"'):  # data, not settings
+        assert clients(base.format(other)) == [], other
