@@ -282,8 +282,10 @@ def imported_modules(models: Mapping[str, FileModel]) -> set[str]:
     called = set()
     for fm in models.values():
         for m in _CALLED.finditer(fm.source):
-            rel = m.group(1).decode("utf-8", "replace")
-            called.add(posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), rel)))
+            target = posixpath.normpath(
+                posixpath.join(posixpath.dirname(fm.name), m.group(1).decode("utf-8", "replace"))
+            )
+            called.add(target if target.endswith(".nix") else posixpath.join(target, "default.nix"))
     return named - called
 
 

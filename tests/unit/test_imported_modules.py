@@ -23,3 +23,4 @@ def test_named_by_imports_and_not_called() -> None:
 def test_callpackage_and_a_caller_elsewhere_make_it_a_function() -> None:
     assert modules({"default.nix": b"{ imports = [ ./m.nix ]; p = pkgs.callPackage ./m.nix { }; }"}) == []
     assert modules({"default.nix": b"{ imports = [ ./m.nix ]; }"}) == ["m.nix"]
+    assert modules({"default.nix": b"{ imports = [ ./m ]; x = import ./m { }; }"}) == []  # a directory: m/default.nix
