@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from nixmig.nixsrc.containers import KINDS, container_shape
+from nixmig.nixsrc.containers import KINDS, container_shape, env_words
 from nixmig.nixsrc.model import Bind, FileModel, NixPath, decode_string, unparen
 
 # image (a substring of its name, lower case) -> (the variable holding the database password, its
@@ -95,7 +95,7 @@ def silent_clients(models: Mapping[str, FileModel], db_kind: str, db_name: str) 
             image = _image(fm, kind, prefix)
             default = _default(image)
             settings = None
-            if default is None and not any(_words(v) & _DB_WORDS for v in env):
+            if default is None and not any(env_words(v) & _DB_WORDS for v in env):
                 settings = _settings_file(fm, kind, prefix)
                 if settings is None:
                     continue  # no sign it logs in to the database (an admin UI, a proxy)
@@ -138,7 +138,7 @@ def _credential(var: str, value: str | None) -> bool:
     """A password variable, a database URL (by its name or its value): a credential patch sees."""
     if _PASSWORD.search(var):
         return True
-    ws = _words(var)
+    ws = env_words(var)
     if ws & {"url", "uri", "dsn"} and (ws & _DB_WORDS or value is None):
         return True  # DATABASE_URL, or a URL computed where nixmig cannot read it
     return value is not None and bool(_DB_URL.search(value))
@@ -175,13 +175,3 @@ def _default(image: str | None) -> tuple[str, str] | None:
         return None
     repo = image.lower().split("@")[0].rsplit("/", 1)[-1].split(":")[0]  # ghcr.io/x/paperless-ngx:2 -> paperless-ngx
     return IMAGE_DEFAULTS.get(repo)
-
-
-def _words(name: str) -> set[str]:
-    """PAPERLESS_DBHOST -> {paperless, dbhost, db, host}."""
-    parts = {w.lower() for w in re.split(r"[_\W]+", name) if w}
-    for p in list(parts):
-        for head in ("db", "pg"):
-            if p.startswith(head) and len(p) > len(head):
-                parts |= {head, p[len(head) :]}
-    return parts

@@ -22,6 +22,7 @@ unmerged; issue #104 "MYSQL_ROOT_PASSWORD_FILE not working").
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -93,6 +94,17 @@ def env_container(path: NixPath) -> tuple[str, str, NixPath] | None:
 def env_attrset(path: NixPath) -> tuple[str, str, NixPath] | None:
     """The container whose environment attrset is ``path`` itself (``...environment``), or None."""
     return env_container((*path, "X"))
+
+
+def env_words(name: str) -> set[str]:
+    """An environment variable's words, "db"/"pg" split off a word they start:
+    FORGEJO__database__PASSWD -> {forgejo, database, passwd}; PAPERLESS_DBPASS -> {paperless, db, pass, dbpass}."""
+    parts = {w.lower() for w in re.split(r"[_\W]+", name) if w}
+    for p in list(parts):
+        for head in ("db", "pg"):
+            if p.startswith(head) and len(p) > len(head):
+                parts |= {head, p[len(head) :]}
+    return parts
 
 
 # ---------------------------------------------------------------- image families

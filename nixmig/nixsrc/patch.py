@@ -55,6 +55,7 @@ from nixmig.nixsrc.containers import (
     base_variable,
     container_shape,
     env_container,
+    env_words,
     file_variable,
     file_variables,
     is_linuxserver,
@@ -985,14 +986,14 @@ class Builder:
                 continue
             if not _db_words(b.path[-1]) or base_variable(b.path[-1]) != b.path[-1]:
                 continue  # FILE__DB_PASS / DB_PASS_FILE: a path, not the password
-            ws = _env_words(b.path[-1])
+            ws = env_words(b.path[-1])
             if not ws & {"pass", "passwd", "password", "pw", "pwd"}:
                 continue
             env = b.path[:-1]
             users = [
                 decode_string(unparen(u.value))
                 for u in fm.binds
-                if u.path[:-1] == env and _db_words(u.path[-1]) and _env_words(u.path[-1]) & {"user", "username"}
+                if u.path[:-1] == env and _db_words(u.path[-1]) and env_words(u.path[-1]) & {"user", "username"}
             ]
             value = decode_string(unparen(b.value))
             if value is not None and self.spec.role in users:
@@ -2159,18 +2160,8 @@ def _sole_interpolation(node: Node) -> Node | None:
     return unparen(parts[0].named_children[0])
 
 
-def _env_words(name: str) -> set[str]:
-    """FORGEJO__database__PASSWD -> {forgejo, database, passwd}; PAPERLESS_DBPASS -> {paperless, db, pass, dbpass}."""
-    parts = {w.lower() for w in re.split(r"[_\W]+", name) if w}
-    for p in list(parts):
-        for head in ("db", "pg"):
-            if p.startswith(head) and len(p) > len(head):
-                parts |= {head, p[len(head) :]}
-    return parts
-
-
 def _db_words(name: str) -> bool:
-    return bool(_env_words(name) & {"db", "database", "pg", "postgres", "postgresql", "psql", "sql"})
+    return bool(env_words(name) & {"db", "database", "pg", "postgres", "postgresql", "psql", "sql"})
 
 
 def _conditional(node: Node) -> bool:

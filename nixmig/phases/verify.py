@@ -8,6 +8,7 @@ from typing import Any
 from nixmig.db import ops
 from nixmig.errors import NixmigError
 from nixmig.health import run_check
+from nixmig.phases import hostsecret
 from nixmig.phases.base import Action, Context
 from nixmig.phases.rotate import new_password
 
@@ -108,8 +109,6 @@ def health_actions(ctx: Context) -> list[Action]:
 def health_rows(ctx: Context) -> list[dict[str, Any]]:
     """The checks every strategy's verify ends with: each companion secret (also) on the host
     holds its repo value, then the health checks of nixmig.toml."""
-    from nixmig.phases import hostsecret
-
     rows = hostsecret.also_rows(ctx)
     for hc in ctx.migration.health_checks:
         why = run_check(hc)
