@@ -603,6 +603,7 @@ def _let_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
 
 def _is_db_finding(f: Finding, p: NixPath) -> bool:
     from nixmig.nixsrc.patch import nixpkgs_file_sibling
+    from nixmig.nixsrc.shapes.env_file_option import SERVICES as ENV_FILE_SERVICES
 
     if f.kind.value == "url-credential":
         return True
@@ -616,6 +617,7 @@ def _is_db_finding(f: Finding, p: NixPath) -> bool:
         or "initialScript" in p
         or (nixpkgs_file_sibling(p) is not None and any(w in p for w in ("database", "db", "config")))
         or (p[:1] == ("services",) and any(w in p for w in ("database", "db")))
+        or (len(p) == 4 and p[1] in ENV_FILE_SERVICES and last in ENV_FILE_SERVICES[p[1]].variables)
     )
 
 

@@ -35,6 +35,7 @@ class Shape:
 
 def _table() -> tuple[Shape, ...]:
     from nixmig.nixsrc.shapes import (
+        env_file_option,
         etc_file,
         file_reference,
         initial_script,
@@ -52,6 +53,7 @@ def _table() -> tuple[Shape, ...]:
         file_reference.SHAPE,
         shared_env.SHAPE,
         run_argv.SHAPE,
+        env_file_option.SHAPE,
     )
 
 
