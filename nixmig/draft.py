@@ -537,7 +537,10 @@ def _finding_path(f: Finding, fm: FileModel) -> NixPath:
         path = min(holders, key=lambda lit: lit.node.end_byte - lit.node.start_byte).path
     else:
         path = tuple(f.attr_path.split(".")) if f.attr_path else ()
-    return path[1:] if path[:1] == ("config",) else path
+    path = path[1:] if path[:1] == ("config",) else path
+    if path[:1] == ("containers",) and path[2:4] == ("config", "services"):
+        return path[3:]  # a service inside a declarative NixOS container: patch gives it the host's secret
+    return path
 
 
 @dataclass(frozen=True)
@@ -618,6 +621,7 @@ def _is_db_finding(f: Finding, p: NixPath) -> bool:
         or (nixpkgs_file_sibling(p) is not None and any(w in p for w in ("database", "db", "config")))
         or (p[:1] == ("services",) and any(w in p for w in ("database", "db")))
         or (len(p) == 4 and p[1] in ENV_FILE_SERVICES and last in ENV_FILE_SERVICES[p[1]].variables)
+        or (p[:1] == ("services",) and last.startswith("dbpass"))  # nextcloud's dbpassFile = pkgs.writeText ...
     )
 
 

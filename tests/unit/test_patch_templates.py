@@ -123,6 +123,41 @@ def rendered_snippets() -> dict[str, str]:
         )
         + " }",
         "_renderer.nix.j2": "{ " + str(template("_renderer.nix.j2").service_config("", "u", "n", script)) + " }",
+        "env-file-unit.nix.j2": "{ "
+        + str(
+            template("env-file-unit.nix.j2").unit(
+                'systemd.services."s-env"',
+                'we"ird',
+                "s-env",
+                ["a", 'b"${x}'],
+                "config.services.x.user",
+                "s",
+                "s",
+                "s-env",
+                "/run/s-env/s.env",
+                "s-env-render",
+                cred_script,
+            )
+        )
+        + " }",
+        "container-secret.nix.j2": "{ "
+        + "\n".join(
+            [
+                str(template("container-secret.nix.j2").bind_mount('containers.c.bindMounts."/run/a/s"', "s")),
+                str(
+                    template("container-secret.nix.j2").copy_unit(
+                        'containers.c.config.systemd.services."s-copy"',
+                        's"${x}',
+                        "s",
+                        "/run/s/s",
+                        "nextcloud",
+                        ["nextcloud-setup", 'we"ird'],
+                        "''\n  install -- /run/a/s /run/s/s\n''",
+                    )
+                ),
+            ]
+        )
+        + " }",
         "role-password.nix.j2": "{ "
         + str(
             template("role-password.nix.j2").unit(

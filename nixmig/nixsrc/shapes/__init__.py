@@ -35,11 +35,13 @@ class Shape:
 
 def _table() -> tuple[Shape, ...]:
     from nixmig.nixsrc.shapes import (
+        container_store_file,
         env_file_option,
         etc_file,
         file_reference,
         initial_script,
         run_argv,
+        settings_url,
         shared_env,
         store_file,
         unit_sql,
@@ -48,12 +50,14 @@ def _table() -> tuple[Shape, ...]:
     return (
         initial_script.SHAPE,
         unit_sql.SHAPE,
+        container_store_file.SHAPE,
         store_file.SHAPE,
         etc_file.SHAPE,
         file_reference.SHAPE,
         shared_env.SHAPE,
         run_argv.SHAPE,
         env_file_option.SHAPE,
+        settings_url.SHAPE,
     )
 
 

@@ -29,6 +29,8 @@ def apply(b: Builder, password: str | None) -> None:
     for fm, bind in b.all_binds():
         if not bind.exact or len(bind.path) < 2 or not bind.path[-1].endswith("File"):
             continue
+        if bind.path[0] == "containers" and bind.path[2:3] == ("config",):
+            continue  # inside a NixOS container `config` is the container's, with no age.secrets: container_store_file
         content = store_file_content(bind.value)
         value = decode_string(content) if content is not None else None
         if content is None or value is None or (password is not None and value != password):
