@@ -62,7 +62,7 @@ def patch(
     name = _pick_migration(cfg, migration)
     spec = pt.spec_for(cfg, name)
     sources = pt.read_sources(root)
-    plan = pt.plan(sources, spec)
+    plan = pt.plan(sources, spec, find_companions=True)
     notes = list(plan.notes)
     age_file = root / spec.secrets_dir / f"{spec.secret}.age"
     if not age_file.exists():
@@ -74,17 +74,31 @@ def patch(
                 else "`"
             )
         )
-    for var, secret in spec.also:  # companions keep their value: made from the line that hardcodes it
+    for var, secret in (*spec.also, *plan.auto_also):  # companions keep their value: made from the line
         if not (root / spec.secrets_dir / f"{secret}.age").exists():
             notes.append(
                 f"{spec.secrets_dir}/{secret}.age (also: {var}) does not exist yet: create it with its current "
                 f"value, `nixmig secret new {secret} --from FILE:LINE` (the line that hardcodes {var}, before --write "
                 "removes it), or --stdin"
             )
-    diff = plan.diff(sources)
+    toml = _with_companions(cfg_path, name, plan)
+    for var, secret in plan.auto_also:
+        notes.append(
+            f"{var} is a credential of its own that held a hardcoded value of this migration's files (the "
+            f"database's password, or a second MySQL credential): it moves onto its own secret {secret}, its value "
+            f"kept (a rotation must not change it), and --write adds it to also in [migrations.{name}] of "
+            f"{cfg_path.name} (verify checks it on the host); that value is public in the history: rotate it "
+            "its own way"
+        )
+    diff = plan.diff(sources) + (_toml_diff(cfg_path, root, toml) if toml is not None else "")
     checked = None
     if write and plan.edits:
         _refuse_losing_kept_values(root, spec.secrets_dir, plan, sources)
+        if toml is not None:  # before the Nix files (checked first): a run killed between them plans them again
+            from nixmig import fsutil
+
+            validate.check_all(plan.results(sources))
+            fsutil.write_atomic(cfg_path.resolve(), toml.encode())
         checked = validate.write_all(root, plan.results(sources))
     elif plan.edits:
         validate.check_all(plan.results(sources))  # refuse early: the diff shown is one that parses
@@ -95,6 +109,30 @@ def patch(
         _render(plan, diff, notes, explain=explain, check=check, checked=checked)
     if (check and not plan.clean) or (write and plan.manual):
         raise typer.Exit(1)
+
+
+def _with_companions(cfg_path: Path, migration: str, plan: Plan) -> str | None:
+    """nixmig.toml with the companions the plan found by itself added to the migration's also (None: none).
+    Computed before anything is written: a layout nixmig cannot extend refuses the whole write."""
+    if not plan.auto_also or not plan.edits:
+        return None
+    from nixmig.tomledit import add_also
+
+    return add_also(cfg_path.read_text(encoding="utf-8"), migration, plan.auto_also, where=cfg_path)
+
+
+def _toml_diff(cfg_path: Path, root: Path, new: str) -> str:
+    import difflib
+
+    try:
+        shown = cfg_path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        shown = str(cfg_path)
+    old = cfg_path.read_text(encoding="utf-8")
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{shown}", f"b/{shown}", n=2
+    )
+    return "".join(ln if ln.endswith("\n") else ln + "\n" for ln in lines)
 
 
 def _refuse_losing_kept_values(root: Path, secrets_dir: str, plan: Plan, sources: dict[str, bytes]) -> None:

@@ -51,6 +51,9 @@ class Leftover:
     what: str
     start: int  # byte span of the value (to mask it in a diff)
     end: int
+    # the container variable, when this is a second credential of a container this migration can move
+    # onto its own secret with its value kept (nixmig.toml's also): patch offers that by itself
+    companion: str = ""
 
 
 def digest(value: bytes) -> bytes:
@@ -143,8 +146,7 @@ ENSURE_USERS = (
 def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | None = None, same: bool = False) -> str:
     ws = set(words(f.attr_path)) if f.attr_path else set()
     scheme = _scheme(source, f.start) if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 else ""
-    path = tuple(seg.strip('"') for seg in f.attr_path.split(".")) if f.attr_path else ()
-    path = path[1:] if path[:1] == ("config",) else path  # a module's `config = { ... }` block
+    path = _attr_path(f.attr_path) if f.attr_path else ()
     if "ensureUsers" in path:
         return ENSURE_USERS
     if ws & _MYSQL or scheme in _MYSQL or scheme == "mysql2":
@@ -178,6 +180,29 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             f"database's value (a rotation must not change it), {companion_fix(migration, path[-1], file, f.line)}"
         )
     return "no template for this shape"
+
+
+def _companion_var(f: Finding, source: bytes, migration: str | None, same: bool) -> str:
+    """The variable of a container's environment that _why tells to move as a companion (also), or ""."""
+    if migration is None or not f.attr_path or "ensureUsers" in f.attr_path:
+        return ""
+    path = _attr_path(f.attr_path)
+    if env_container(path) is None or base_variable(path[-1]) != path[-1]:
+        return ""
+    ws = set(words(f.attr_path))
+    named = {w.lower() for w in words(path[-1])}
+    if ws & _MYSQL:  # _why: "a second MySQL/MariaDB credential of this container": root's (the user's is
+        return path[-1] if "root" in named and f.kind is not Kind.URL_CREDENTIAL else ""  # the migration's)
+    if not same or f.rule in ("sql", "assignment", "flag", "config-line") or f.kind is Kind.URL_CREDENTIAL:
+        return ""
+    if named & DB_WORDS:
+        return ""  # a database's variable (an app's DB_PASSWORD): the migration's own, not a companion
+    return "" if string_shape(f.attr_path.split(".")) is not None else path[-1]  # _why: "no database variable"
+
+
+def _attr_path(attr_path: str) -> tuple[str, ...]:
+    path = tuple(seg.strip('"') for seg in attr_path.split("."))
+    return path[1:] if path[:1] == ("config",) else path  # a module's `config = { ... }` block
 
 
 def _covered(f: Finding, spans: Sequence[tuple[int, int]]) -> bool:
@@ -217,5 +242,6 @@ def leftovers(
                 "this migration's password" if same else "a " + DESCRIPTION[f.kind]
             )
             why = _why(f, fm.source, role, name, migration, same)
-            out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end))
+            var = _companion_var(f, fm.source, migration, same)
+            out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end, var))
     return out

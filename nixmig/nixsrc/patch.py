@@ -41,12 +41,13 @@ import dataclasses
 import difflib
 import posixpath
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
+from nixmig.config import also_name
 from nixmig.errors import ConfigError
 from nixmig.nixsrc.clients import silent_clients
 from nixmig.nixsrc.containers import (
@@ -147,6 +148,9 @@ class Spec:
     migration: str = ""
     # companion credentials (nixmig.toml's `also`): (VAR, secret) each moved onto its own secret, value kept
     also: tuple[tuple[str, str], ...] = ()
+    # secret names other migrations of nixmig.toml use (theirs and their also's): a companion found by
+    # the plan is never given one of them
+    taken: frozenset[str] = frozenset()
 
     @property
     def db_vars(self) -> tuple[str, ...]:
@@ -210,6 +214,9 @@ def spec_for(cfg: Config, migration: str, *, new_volume: str | None = None, new_
         strategy=mig.strategy,
         migration=migration,
         also=tuple(mig.also.items()),
+        taken=frozenset(
+            n for other, m in cfg.migrations.items() if other != migration for n in (m.secret, *m.also.values())
+        ),
     )
 
 
@@ -222,6 +229,8 @@ class Manual:
     col: int
     what: str
     snippet: str
+    # a container variable this item would be gone for if it moved as a companion (also), value kept
+    companion: str = ""
 
     @property
     def where(self) -> str:
@@ -237,6 +246,9 @@ class Plan:
     # the secrets whose value is kept (strategy move; also's companions) and the FILE:LINE of each use
     # the edits remove: `nixmig secret new NAME --from FILE:LINE` reads the value at one that holds it
     kept: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # companions the plan found by itself (a container's other credential with the database's value, a
+    # second MySQL credential): (VAR, secret) moved like nixmig.toml's also, to be added there by --write
+    auto_also: tuple[tuple[str, str], ...] = ()
 
     @property
     def files(self) -> list[str]:
@@ -962,6 +974,7 @@ class Builder:
                         else "no template for this shape"
                     ),
                     self.generic_snippet(lit.path),
+                    lit.path[-1] if _other_credential(lit.path) and fix.startswith("run ") else "",
                 )
 
     def app_password(self) -> str | None:
@@ -1900,7 +1913,7 @@ class Builder:
             self.masks.append((left.file, left.start, left.end))
             path = tuple(left.attribute.split(".")) if left.attribute else ()
             snippet = "" if string_shape(path) else self.generic_snippet(path)  # the line says what to do
-            self.manual.append(Manual(left.file, left.line, left.col, left.what, snippet))
+            self.manual.append(Manual(left.file, left.line, left.col, left.what, snippet, left.companion))
         if not found and not self.ed.items and not self.manual and not in_use:
             self.manual.append(
                 Manual(
@@ -1926,9 +1939,9 @@ class Builder:
                 continue  # the user listed the database's clients
             self.manual_here(c.fm, c.depends.node, c.what(db.name, db.password), "")
 
-    def manual_here(self, fm: FileModel, node: Node, what: str, snippet: str) -> None:
+    def manual_here(self, fm: FileModel, node: Node, what: str, snippet: str, companion: str = "") -> None:
         line, col = fm.line_col(node.start_byte)
-        self.manual.append(Manual(fm.name, line, col, what, snippet))
+        self.manual.append(Manual(fm.name, line, col, what, snippet, companion))
 
     def generic_snippet(self, path: NixPath, line: EnvLine | None = None) -> str:
         """For a shape without a template: what nixmig would write, for the unit that really starts the
@@ -2400,15 +2413,56 @@ def split_url(value: str, password: str | None = None, schemes: Sequence[str] = 
     return None
 
 
-def plan(sources: Mapping[str, bytes], spec: Spec) -> Plan:
+def plan(sources: Mapping[str, bytes], spec: Spec, *, find_companions: bool = False) -> Plan:
     """Every edit for ``spec`` over ``sources`` (repo-relative posix paths -> bytes).
+
+    ``find_companions`` (`nixmig patch`): a container's other credential that a first plan leaves
+    by hand as a companion (the database's value under another name, a second MySQL credential)
+    is moved onto a secret of its own, value kept, as if nixmig.toml's ``also`` named it; the plan
+    lists those in ``auto_also`` for --write to add to nixmig.toml. The engine never does this: a
+    companion needs its .age made from the line first, and its ``also`` entry for verify.
 
     Raises NixSyntaxError (file:line:col) when a file does not parse, PatchError
     when the tree is ambiguous. Applying the plan and planning again gives no edits.
     """
     models = {name: model(name, src) for name, src in sorted(sources.items())}
     check_keys(models, spec)
-    return Builder(models, spec).run()
+    first = Builder(models, spec).run()
+    found = companions_of(first, spec) if find_companions and first.edits else ()  # none: nothing recognised
+    if not found:
+        return first
+    return dataclasses.replace(
+        Builder(models, dataclasses.replace(spec, also=spec.also + found)).run(), auto_also=found
+    )
+
+
+def companions_of(first: Plan, spec: Spec) -> tuple[tuple[str, str], ...]:
+    """(VAR, secret) for each container variable the plan's by-hand items name as a companion it could
+    move (not one nixmig.toml's also has), each with a secret name no migration uses (:func:`companion_secret`)."""
+    configured = {var for var, _ in spec.also}
+    taken = set(spec.taken) | {spec.secret} | {s for _, s in spec.also}
+    out: list[tuple[str, str]] = []
+    for m in first.manual:
+        if m.companion in spec.db_vars and (spec.role == "root" or m.companion not in _MYSQL_ROOT_VARS):
+            continue  # the migration's own variable, not a companion (root's is one when no role is named)
+        if m.companion and m.companion not in configured and m.companion not in {v for v, _ in out}:
+            name = companion_secret(m.companion, spec, taken)
+            taken.add(name)
+            out.append((m.companion, name))
+    return tuple(out)
+
+
+def companion_secret(var: str, spec: Spec, taken: Collection[str]) -> str:
+    """A companion's secret name: the variable's (MYSQL_ROOT_PASSWORD -> mysql-root-password), prefixed
+    with the migration's secret when another secret has that name (never one that is taken)."""
+    name = also_name(var)
+    if name not in taken:
+        return name
+    name = f"{spec.secret}-{name}"
+    n = 2
+    while name in taken:
+        name, n = f"{spec.secret}-{also_name(var)}-{n}", n + 1
+    return name
 
 
 def _candidates(wanted: str, names: Sequence[str]) -> str:

@@ -10,6 +10,7 @@ bench/patch_coverage.py runs the real CLI over the same corpus.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -46,7 +47,8 @@ def test_the_corpus_has_both_outcomes() -> None:
 @pytest.mark.parametrize("name", CASES)
 def test_shape(name: str) -> None:
     meta, sources, spec = _load(name)
-    plan = pt.plan(sources, spec)
+    plan = pt.plan(sources, spec, find_companions=True)  # as `nixmig patch` plans
+    assert dict(plan.auto_also) == meta.get("auto_also", {}), "the companions patch finds by itself"
     literals = [str(x).encode() for x in meta["literals"]]  # type: ignore[attr-defined]
     if meta["expect"] == "refused":
         assert plan.manual, "a refused shape must be said"
@@ -67,7 +69,7 @@ def test_shape(name: str) -> None:
         assert not any(lit in text for text in after.values()), "a literal is left"
     for f, text in after.items():
         assert scan_source(text, f).findings == (), f
-    again = pt.plan(after, spec)
+    again = pt.plan(after, dataclasses.replace(spec, also=spec.also + plan.auto_also), find_companions=True)
     assert again.edits == () and again.manual == ()
     if shutil.which("nix-instantiate"):
         validate.check_all(plan.results(sources), use_nix=True)
