@@ -84,8 +84,8 @@ def patch(
     toml = _with_companions(cfg_path, name, plan)
     for var, secret in plan.auto_also:
         notes.append(
-            f"{var} is a credential of its own that held a hardcoded value of this migration's files (the "
-            f"database's password, or a second MySQL credential): it moves onto its own secret {secret}, its value "
+            f"{var} is a credential of its own, hardcoded in a container this migration patches (the database's "
+            f"password under another name, root's, another token): it moves onto its own secret {secret}, its value "
             f"kept (a rotation must not change it), and --write adds it to also in [migrations.{name}] of "
             f"{cfg_path.name} (verify checks it on the host); that value is public in the history: rotate it "
             "its own way"

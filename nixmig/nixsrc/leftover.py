@@ -193,11 +193,13 @@ def _companion_var(f: Finding, source: bytes, migration: str | None, same: bool)
     named = {w.lower() for w in words(path[-1])}
     if ws & _MYSQL:  # _why: "a second MySQL/MariaDB credential of this container": root's (the user's is
         return path[-1] if "root" in named and f.kind is not Kind.URL_CREDENTIAL else ""  # the migration's)
-    if not same or f.rule in ("sql", "assignment", "flag", "config-line") or f.kind is Kind.URL_CREDENTIAL:
+    if f.rule in ("sql", "assignment", "flag", "config-line") or f.kind is Kind.URL_CREDENTIAL:
         return ""
     if named & DB_WORDS:
-        return ""  # a database's variable (an app's DB_PASSWORD): the migration's own, not a companion
-    return "" if string_shape(f.attr_path.split(".")) is not None else path[-1]  # _why: "no database variable"
+        return ""  # a database's variable (an app's DB_PASSWORD, another database's): not a companion
+    # the database's value under another name, or another token/secret of a container this migration
+    # patches (compose2nix gives every container of a project the same environment)
+    return "" if string_shape(f.attr_path.split(".")) is not None else path[-1]
 
 
 def _attr_path(attr_path: str) -> tuple[str, ...]:

@@ -1198,12 +1198,15 @@ class Builder:
         self.touched[(fm.name, *prefix)] = (fm, kind, name, prefix)
         self.ensure_env_file(fm, kind, name, prefix, env_path, lit)
 
-    def ensure_env_file(self, fm: FileModel, kind: str, name: str, prefix: NixPath, env_path: str, lit: Lit) -> None:
+    def ensure_env_file(
+        self, fm: FileModel, kind: str, name: str, prefix: NixPath, env_path: str, lit: Lit | Bind
+    ) -> None:
         rel = KINDS[kind].env_files
         tpl = template(KINDS[kind].template)
+        node = lit.node if isinstance(lit, Lit) else lit.value
         why = (
             f"points the {name} container at {env_path}, rendered at each start by the unit's ExecStartPre "
-            f"(outside the Nix store), for {lit.path[-1]} removed at {fm.where(lit.node)}"
+            f"(outside the Nix store), for {lit.path[-1]} removed at {fm.where(node)}"
         )
         key = (fm.name, *prefix, *rel, env_path)
         if key in self.handled_env:
@@ -1519,12 +1522,13 @@ class Builder:
             self.companion_owner(fm, kind, name, prefix, secret)
         else:
             r = self.renderer_for_container(fm, kind, name, prefix)
-            if r is None or not (r.files or self.has_renderer(r.runtime_dir)):
+            if r is None:
                 self.manual_here(
                     fm,
                     b.value,
-                    f"{var} (also: {secret!r}) in the {name} container: the image reads no file for it and no "
-                    f"env file is rendered for that container: move it by hand",
+                    f"{var} (also: {secret!r}) in the {name} container: the image reads no file for it and "
+                    f"nixmig cannot tell the unit that starts the container (a computed name, an arion file no "
+                    f"project imports): move it by hand",
                     self.generic_snippet(b.path),
                 )
                 return
@@ -1538,6 +1542,7 @@ class Builder:
                 )
                 return
             env_path = self.add_env_line(r, EnvLine(var, "", "", secret=secret))
+            self.ensure_env_file(fm, kind, name, prefix, env_path, b)  # the container's first env file, maybe
             self.ed.remove_binding(
                 fm,
                 b.node,

@@ -147,16 +147,21 @@ def test_a_var_outside_a_container_environment_is_said(tmp_path: Path) -> None:
     assert "only out of a container's environment" in hits[0].what
 
 
-def test_a_db_container_var_without_a_file_twin_or_env_file_is_said(tmp_path: Path) -> None:
-    """MYSQL_ROOT_HOST has no _FILE twin and nothing renders an env file for the database container."""
-    plan, _ = _plan(
+def test_a_db_container_var_without_a_file_twin_gets_an_env_file_of_its_own(tmp_path: Path) -> None:
+    """MYSQL_ROOT_HOST has no _FILE twin and nothing rendered an env file for the database container
+    (its password is read from a file): the container's unit renders one for the companion alone, and
+    the container reads it (before: a by-hand item)."""
+    plan, sources = _plan(
         tmp_path,
         "oci-mysql-user-and-root-also",
         '{ MYSQL_ROOT_PASSWORD = "shop-db-root-password", MYSQL_ROOT_HOST = "shop-root-host" }',
         ('MYSQL_USER = "shop";', 'MYSQL_USER = "shop";\n      MYSQL_ROOT_HOST = "h-1";'),
     )
-    hits = [m for m in plan.manual if "MYSQL_ROOT_HOST (also" in m.what]
-    assert len(hits) == 1 and "no env file is rendered for that container" in hits[0].what, plan.manual
+    assert plan.manual == (), plan.manual
+    after = {**sources, **plan.results(sources)}
+    shop = after["hosts/box/shop.nix"]
+    assert b"h-1" not in shop and b'environmentFiles = [ "/run/shop-db/shop-db-password.env" ];' in shop
+    assert b"config.age.secrets.shop-root-host.path" in shop and b"MYSQL_ROOT_HOST" in shop
 
 
 def test_without_also_the_main_plan_is_unchanged() -> None:
