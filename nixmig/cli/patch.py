@@ -223,5 +223,6 @@ def _as_json(plan: Plan, migration: str, diff: str, notes: list[str], *, written
             {"file": m.file, "line": m.line, "col": m.col, "what": m.what, "snippet": m.snippet} for m in plan.manual
         ],
         "notes": notes,
+        "also_added": dict(plan.auto_also),  # companions found by patch, added to nixmig.toml by --write
         "diff": diff,
     }

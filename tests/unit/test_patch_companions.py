@@ -9,6 +9,7 @@ the naming, nixmig.toml's edit (nixmig/tomledit.py) and the user's path through 
 
 from __future__ import annotations
 
+import json
 import shutil
 import tomllib
 from pathlib import Path
@@ -142,6 +143,8 @@ def test_patch_write_moves_a_found_companion_and_records_it(tmp_path: Path) -> N
     for name, line in (("shop-db-password", 8), ("mysql-root-password", 9)):
         made = run_cli("secret", "new", name, "--from", f"hosts/box/shop.nix:{line}", "--repo", str(repo))
         assert made.returncode == 0, made.stderr
+    shown = run_cli("patch", "--repo", str(repo), "--json")
+    assert json.loads(shown.stdout)["also_added"] == {"MYSQL_ROOT_PASSWORD": "mysql-root-password"}
     r = run_cli("patch", "--repo", str(repo), "--write")
     assert r.returncode == 0, r.stderr
     assert "MYSQL_ROOT_PASSWORD is a credential of its own" in r.stderr.decode()
