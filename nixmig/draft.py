@@ -622,6 +622,7 @@ def _is_db_finding(f: Finding, p: NixPath) -> bool:
         or (p[:1] == ("services",) and any(w in p for w in ("database", "db")))
         or (len(p) == 4 and p[1] in ENV_FILE_SERVICES and last in ENV_FILE_SERVICES[p[1]].variables)
         or (p[:1] == ("services",) and last.startswith("dbpass"))  # nextcloud's dbpassFile = pkgs.writeText ...
+        or (p[:1] == ("services",) and last.upper() == "DATABASE_URL")  # a libpq DSN: host=... password=...
     )
 
 

@@ -140,6 +140,19 @@ def rendered_snippets() -> dict[str, str]:
             )
         )
         + " }",
+        "pgpass-unit.nix.j2": "{ "
+        + str(
+            template("pgpass-unit.nix.j2").unit(
+                "systemd.services.u.serviceConfig",
+                'we"ird',
+                's"${x}',
+                "s",
+                "/run/u/s.pgpass",
+                "u-s-pgpass",
+                cred_script,
+            )
+        )
+        + " }",
         "container-secret.nix.j2": "{ "
         + "\n".join(
             [

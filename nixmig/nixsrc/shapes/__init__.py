@@ -40,6 +40,7 @@ def _table() -> tuple[Shape, ...]:
         etc_file,
         file_reference,
         initial_script,
+        libpq_dsn,
         run_argv,
         settings_url,
         shared_env,
@@ -58,6 +59,7 @@ def _table() -> tuple[Shape, ...]:
         run_argv.SHAPE,
         env_file_option.SHAPE,
         settings_url.SHAPE,
+        libpq_dsn.SHAPE,
     )
 
 
