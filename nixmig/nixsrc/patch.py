@@ -1890,7 +1890,7 @@ class Builder:
 
     # ------------------------------------------------ the verdict: what the plan would leave
 
-    def verdict(self, db: _Db | None) -> None:
+    def verdict(self, db: _Db | None, *, given_up: bool = False) -> None:
         """Scan the tree: every credential of this migration that no edit replaces is a by-hand item.
 
         "Nothing to change" is only possible when the scan found nothing left and the tree
@@ -1918,6 +1918,11 @@ class Builder:
             self.masks.append((left.file, left.start, left.end))
             path = tuple(left.attribute.split(".")) if left.attribute else ()
             snippet = "" if string_shape(path) else self.generic_snippet(path)  # the line says what to do
+            if given_up and left.start in {m for f, m, _ in self.masks[:-1] if f == left.file}:
+                # a literal the plan had an edit for: the reason it stays is the file above, not its shape
+                what = left.what.partition(": ")[0] + ": left as it is: every edit was given up (the first item)"
+                self.manual.append(Manual(left.file, left.line, left.col, what, ""))
+                continue
             self.manual.append(Manual(left.file, left.line, left.col, left.what, snippet, left.companion))
         if not found and not self.ed.items and not self.manual and not in_use:
             self.manual.append(
@@ -2115,7 +2120,7 @@ class Builder:
             self.let_used.clear()  # no use was replaced: every let-bound password stays
             self.notes.append("nothing is written: the edits need a file nixmig cannot give config/lib/pkgs")
         self.drop_lets()
-        self.verdict(db)
+        self.verdict(db, given_up=unusable)
         self.ed.items = settle(self.ed.items, {name: fm.source for name, fm in self.models.items()})
         edits = tuple(sorted(self.ed.items, key=lambda e: (e.file, e.start, e.end)))
         kept = [(self.spec.secret, self.replaced)] if self.spec.strategy == "move" else []
