@@ -23,6 +23,7 @@ from typing import Protocol, assert_never
 
 from nixmig import lock, target
 from nixmig.config import Config, Migration
+from nixmig.db import shells
 from nixmig.db.runtime import runtime_for
 from nixmig.errors import NixmigError, UsageError
 from nixmig.journal import Journal
@@ -189,6 +190,19 @@ def apply(
 ) -> None:
     phases = phases_for(ctx.migration.strategy, ctx.migration)
     _prepare(ctx, phases)
+    try:
+        _apply(ctx, phases, on_phase, gate)
+    finally:
+        if ctx._transport is not None:
+            shells.close(ctx._transport)  # the container's shell ends with the run
+
+
+def _apply(
+    ctx: Context,
+    phases: Sequence[Phase],
+    on_phase: Callable[[str, str, float | None], None] | None,
+    gate: Gate | None,
+) -> None:
     with locked(ctx):
         ctx.journal.start_over()  # a rolled-back migration starts over (a copy kept for gc)
         check_target(ctx, record=True)
@@ -204,6 +218,8 @@ def apply(
             started = time.monotonic()
             _notify(on_phase, p.name, "running", None)
             ctx.journal.begin(p.name)
+            # psql through one shell in the database's container while it is not re-created under it
+            shells.reuse(ctx.t, ctx.runtime if getattr(p, "keeps_target", False) else None)
             try:
                 if p.check(ctx):
                     ctx.emit(f"{p.name}: already in effect on the target")
@@ -391,13 +407,18 @@ def _observe(ctx: Context) -> None:
     nor moves the cluster: preflight, backup, rotate, verify, cleanup): a psql and a docker
     inspect that could learn nothing. After the others, a docker container the journal
     already has, by ID (not re-created by the deploy), is the whole look: its cluster cannot
-    have changed (target.container_kept: a docker inspect, not a psql)."""
+    have changed (target.container_kept: a docker inspect, not a psql). That look also tells
+    the container's shell (nixmig.db.shells), if one is open in that ID, that it is still the
+    database's: its next psql needs no inspect of its own."""
     rec = ctx.journal.meta.get("target")
     if not isinstance(rec, dict):
         return
     try:
-        if ctx.migration.strategy != "move" and target.container_kept(ctx.t, ctx.runtime, rec):
-            return
+        if ctx.migration.strategy != "move":
+            kept = target.container_kept(ctx.t, ctx.runtime, rec)
+            if kept is not None:
+                shells.seen(ctx.t, ctx.runtime, kept)
+                return
         now = _take(ctx)
     except NixmigError:
         return

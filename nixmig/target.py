@@ -89,21 +89,21 @@ def take(t: Transport, rt: Runtime) -> Identity:
     return Identity(host_identity(t), out, container, container_id)
 
 
-def container_kept(t: Transport, rt: Runtime, recorded: dict[str, Any]) -> bool:
+def container_kept(t: Transport, rt: Runtime, recorded: dict[str, Any]) -> str | None:
     """docker: the runtime's container is one the journal recorded, by ID: it was not
     re-created since. A container's mounts are fixed when it is created, so its cluster is
     the one it had then, and a look at the cluster (``take``: a psql, ~0.1 s over SSH) would
     learn nothing: ``learn`` only adds what a re-created container or a new cluster brings.
-    One docker inspect. False (look at everything) for a native server, another container
-    name, or an ID the record does not have."""
+    One docker inspect; its ID when kept. None (look at everything) for a native server,
+    another container name, or an ID the record does not have."""
     if not isinstance(rt, DockerRuntime) or recorded.get("container") != rt.container:
-        return False
+        return None
     ids = [str(i) for i in recorded.get("container_ids") or []]
     if not ids:
-        return False
+        return None
     r = t.run(rt._docker("inspect", "--type", "container", "-f", "{{.Id}}", rt.container), check=False)
     now = r.stdout.decode("utf-8", "replace").strip() if r.ok else ""
-    return bool(now) and now in ids
+    return now if now and now in ids else None
 
 
 def take_host(t: Transport) -> Identity:

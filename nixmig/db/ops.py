@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from nixmig.db import scram, sql
+from nixmig.db import scram, shells, sql
 from nixmig.db.runtime import Runtime
 from nixmig.errors import NixmigError
 from nixmig.remote.base import CommandFailed, Transport
@@ -117,8 +117,15 @@ class DatabaseError(NixmigError):
 
 
 def psql(t: Transport, rt: Runtime, script: str, *, database: str | None = None) -> str:
+    """psql with ``script`` on stdin; its output. Through the container's shell while the
+    engine allows it (nixmig.db.shells), else ``docker exec … psql`` (or native psql)."""
     try:
-        return t.run(rt.psql(database), stdin=script.encode()).stdout.decode()
+        r = shells.psql(t, rt, database=database, stdin=script.encode())
+        if r is None:
+            return t.run(rt.psql(database), stdin=script.encode()).stdout.decode()
+        if not r.ok:
+            raise CommandFailed(r, t.name)
+        return r.stdout.decode()
     except CommandFailed as exc:
         raise DatabaseError(f"psql failed: {exc.result.tail()}", where=f"{t.name}: {rt.describe()}") from None
 

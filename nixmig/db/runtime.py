@@ -81,9 +81,20 @@ class DockerRuntime:
     def _exec(self, *argv: str, stdin: bool = True) -> list[str]:
         return self._docker("exec", *(["-i"] if stdin else []), "-u", "postgres", self.container, *argv)
 
-    def psql(self, database: str | None = None) -> list[str]:
+    def exec_words(self) -> list[str]:
+        """``docker exec -i -u postgres``: a container's name or ID, then a command, follow."""
+        return self._docker("exec", "-i", "-u", "postgres")
+
+    def exec_in(self, container: str) -> list[str]:
+        return [*self.exec_words(), container]
+
+    def psql_inside(self, database: str | None = None) -> list[str]:
+        """psql's own argv, as it runs inside the container (``psql`` is exec_in + this)."""
         db = database or self.service.database
-        return self._exec("psql", *PSQL_FLAGS, "-U", self.service.admin_role, "-d", dbname(db), "-f", "-")
+        return ["psql", *PSQL_FLAGS, "-U", self.service.admin_role, "-d", dbname(db), "-f", "-"]
+
+    def psql(self, database: str | None = None) -> list[str]:
+        return self.exec_in(self.container) + self.psql_inside(database)
 
     def pg_dump(self, snapshot: str | None = None) -> list[str]:
         snap = [f"--snapshot={snapshot}"] if snapshot else []

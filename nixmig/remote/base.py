@@ -156,7 +156,8 @@ TRACE_ENV = "NIXMIG_TRACE"
 @contextlib.contextmanager
 def traced(kind: str, argv: Sequence[str] | str) -> Iterator[None]:
     """Round trips to the target, for bench/migrate.py: with NIXMIG_TRACE=FILE set, each
-    command, held process, forward and connection appends one JSON line (when it started,
+    command (kind "in-shell": run by a shell already open in a container, nixmig.db.shells),
+    held process, forward and connection appends one JSON line (when it started,
     how long it took, its kind, the command as a one-line message shows it: argv never
     holds a secret, see render) to FILE, created 0600. Unset: nothing is written."""
     path = os.environ.get(TRACE_ENV)

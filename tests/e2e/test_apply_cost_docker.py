@@ -11,13 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import docker  # noqa: TID251  (test harness, not product code)
 import pytest
 
 from nixmig import config, engine
+from nixmig.db import ops, shells
 from tests.e2e import twenty_stack as ts
 from tests.e2e.test_migrate_docker import Stack, assert_rotated
 from tests.e2e.test_migrate_docker import site as site
 from tests.e2e.test_migrate_docker import stack as stack
+from tests.harness.dockerd import TEST_LABEL, container_address, wait_for_postgres
+from tests.harness.postgres import conninfo
 
 
 def _psql(r: dict[str, Any]) -> bool:
@@ -130,3 +134,95 @@ def test_what_the_phases_need_is_loaded_while_the_runner_starts(stack: Stack, si
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1]) == ["jinja2", "psycopg", "tree_sitter"]
     assert_rotated(site)
+
+
+def test_rotate_and_verify_run_psql_in_one_shell_in_the_container(stack: Stack, site: ts.Site, tmp_path: Path) -> None:
+    """nixmig.db.shells: one `docker exec … sh` in the database's container, opened ahead in
+    preflight (a session of its own; preflight's psql is still a docker exec of its own), then
+    rotate's two psql and verify's one are frames to it (kind in-shell), not a docker exec
+    each (~60-75 ms apiece here). After each deploy the engine's own docker inspect is the
+    check that the container is still the shell's: no inspect of its own."""
+    trace_file = tmp_path / "trace.jsonl"
+    run = ts.nixmig(site, "apply", "--yes", "-i", str(site.keys.admin_key), env={"NIXMIG_TRACE": str(trace_file)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert_rotated(site)
+    trace = [json.loads(line) for line in trace_file.read_text().splitlines()]
+    windows = _windows(trace, json.loads(site.journal.read_text())["steps"])
+    shown = {k: [(r["kind"], r["cmd"][:70]) for r in v] for k, v in windows.items()}
+    opened = [r for r in trace if r["kind"] == "shell"]
+    assert len(opened) == 1 and opened[0] in windows["preflight"], shown
+    kinds = {phase: [r["kind"] for r in windows[phase] if _psql(r)] for phase in ("preflight", "rotate", "verify")}
+    assert kinds == {"preflight": ["run"], "rotate": ["in-shell", "in-shell"], "verify": ["in-shell"]}, shown
+    assert not any("inspect" in r["cmd"].split() for r in windows["rotate"]), shown
+
+
+_CLUSTER = "SELECT system_identifier FROM pg_control_system();\n"
+
+
+def _wait_ready(container: Any, password: str) -> None:
+    ip, _ = container_address(container)
+    wait_for_postgres(container, conninfo(host=ip, port=5432, user=ts.ROLE, password=password, dbname=ts.DATABASE))
+
+
+def test_the_shell_is_left_once_its_container_stops_or_is_not_the_one_of_that_name(
+    stack: Stack,
+    site: ts.Site,
+    docker_client: docker.DockerClient,
+    pg_image: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """What a deploy may do under an open shell: restart the database's container (the shell
+    ends with it: psql is a docker exec again, and a new shell is opened ahead), and put
+    another container under its name while the old one still runs (renamed: the shell, in the
+    old one by ID, is alive; the docker inspect after the deploy tells them apart, and psql
+    reaches the new container's cluster, never the old one's)."""
+    trace_file = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("NIXMIG_TRACE", str(trace_file))
+    ctx = engine.make_context(config.load(site.config), ts.MIGRATION)
+    t, rt = ctx.t, ctx.runtime
+    other = None
+
+    def psql() -> tuple[str, str]:
+        """(the cluster psql reached, how: run = docker exec, in-shell = the shell)."""
+        trace_file.unlink(missing_ok=True)
+        out = ops.psql(t, rt, _CLUSTER).strip()
+        kinds = [r["kind"] for r in map(json.loads, trace_file.read_text().splitlines()) if _psql(r)]
+        assert len(kinds) == 1, kinds
+        return out, kinds[0]
+
+    try:
+        shells.reuse(t, rt)  # a phase that keeps the target: the shell is opened ahead
+        old, how = psql()
+        assert how == "run" and old.isdigit()  # still opening: a docker exec, not a wait
+        shells.reuse(t, rt)  # the next phase waits for it
+        assert psql() == (old, "in-shell")
+
+        subprocess.run(stack.db.docker("restart", ts.CONTAINER), check=True, capture_output=True)
+        _wait_ready(docker_client.containers.get(ts.CONTAINER), ts.OLD_PASSWORD)
+        assert psql() == (old, "run")  # the shell ended with the container's processes
+        shells.reuse(t, rt)
+        assert psql() == (old, "in-shell")  # another one, opened ahead
+
+        shells.reuse(t, None)  # a deploy: another container under the name, the old one still running
+        subprocess.run(stack.db.docker("rename", ts.CONTAINER, f"{ts.CONTAINER}-old"), check=True)
+        other = docker_client.containers.run(
+            pg_image,
+            ["postgres", "-c", "fsync=off"],
+            name=ts.CONTAINER,
+            detach=True,
+            environment={"POSTGRES_USER": ts.ROLE, "POSTGRES_PASSWORD": "x", "POSTGRES_DB": ts.DATABASE},
+            labels={TEST_LABEL: "1"},
+        )
+        _wait_ready(other, "x")
+        shells.reuse(t, rt)
+        new, how = psql()
+        assert how == "run" and new.isdigit() and new != old  # the new container's cluster
+        shells.reuse(t, rt)
+        assert psql() == (new, "in-shell")  # a shell in the new one
+    finally:
+        shells.close(t)
+        ctx.close()
+        if other is not None:
+            other.remove(force=True, v=True)
+        subprocess.run(stack.db.docker("rename", f"{ts.CONTAINER}-old", ts.CONTAINER), check=False)
