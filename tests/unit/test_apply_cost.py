@@ -67,3 +67,45 @@ def test_the_files_of_a_patch_are_parsed_side_by_side(tmp_path: Path, monkeypatc
         validate.check_all(bad)
     assert exc.value.where == "b.nix:1:7", exc.value.line()
     assert "(nix-instantiate --parse)" in str(exc.value)
+
+
+# A process ending through nixmig.entry: an object whose __del__ says when the interpreter
+# tears its modules down, an atexit handler, and (optionally) a thread that is not a daemon.
+_ENDING = """
+import atexit, sys, threading, time
+class Teardown:
+    def __del__(self):
+        print("module teardown", flush=True)
+kept = Teardown()
+atexit.register(lambda: print("atexit handlers ran", flush=True))
+if sys.argv[1] == "thread":
+    threading.Thread(target=time.sleep, args=(0.2,)).start()
+sys.argv = ["nixmig", *sys.argv[2:]]
+from nixmig.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"), [(["--version"], 0), (["apply", "--yes", "-c", "{tmp}/none.toml"], 1), (["apply", "--x"], 2)]
+)
+def test_a_finished_command_ends_without_the_teardown_of_every_module(
+    tmp_path: Path, args: list[str], code: int
+) -> None:
+    # ~50 ms of an apply's fixed cost (paramiko, psycopg, jinja2, tree-sitter loaded): skipped,
+    # with output flushed, atexit handlers run and the exit status kept
+    argv = [a.format(tmp=tmp_path) for a in args]
+    r = subprocess.run([sys.executable, "-c", _ENDING, "-", *argv], capture_output=True, text=True, check=False)
+    assert r.returncode == code, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == "atexit handlers ran", r.stdout
+    assert "module teardown" not in r.stdout
+    if code == 1:
+        assert r.stderr.startswith("nixmig: error: "), r.stderr  # the error line got out before the end
+
+
+def test_a_thread_still_running_gets_the_interpreters_own_exit() -> None:
+    r = subprocess.run(
+        [sys.executable, "-c", _ENDING, "thread", "--version"], capture_output=True, text=True, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-2:] == ["atexit handlers ran", "module teardown"], r.stdout
