@@ -13,7 +13,8 @@ from its env file; a deploy command that plays activation and restarts the app.
   one run before and one after the apply). Target <= 1.25 under 1 GiB, <= 1.15 from 1 GiB.
 - each phase's time and its round trips (NIXMIG_TRACE, nixmig.remote.base.traced: every
   command on the target, held process, SSH connection, forwarded channel; deploys apart),
-  by program (`psql 2, sh 1`: psql is one `docker exec … psql`), and what ran outside the
+  by program (`psql 2, sh 1`: psql is one `docker exec … psql`, `psql in shell` a frame to
+  the shell nixmig keeps open in the container, nixmig.db.shells), and what ran outside the
   phases (process start-up, the locks, the engine's look at the target after a deploy).
   --trace lists every round trip (when, how long, what).
 - fixed cost: the whole apply but the backup phase and the deploy commands. Target <= 1.0 s.
@@ -174,6 +175,8 @@ def round_trips(trace: list[dict[str, Any]]) -> str:
         if r["kind"] == "deploy":
             continue
         name = {"connect": "ssh connect", "channel": "tcp channel"}.get(r["kind"], program(r["cmd"]))
+        if r["kind"] == "in-shell":  # a frame to the shell open in the container (nixmig.db.shells)
+            name += " in shell"
         counts[name] = counts.get(name, 0) + 1
     parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     return f"{sum(counts.values()):3d}" + (f" ({parts})" if parts else "")
