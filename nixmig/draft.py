@@ -56,6 +56,9 @@ SECRETS_FILE = "secrets.nix"
 # the last part of a PostgreSQL image's name: postgres, postgis/postgis, pgvector/pgvector,
 # tensorchord/pgvecto-rs, timescale/timescaledb-ha, bitnami/postgresql, supabase/postgres ...
 _PG_IMAGE = re.compile(r"(^|/)(postgres\w*|postgis|pgvector|pgvecto-rs|timescaledb[a-z0-9-]*|pgautoupgrade)(:|@|$)")
+_MYSQL_USER_VARS = ("MARIADB_PASSWORD", "MYSQL_PASSWORD")
+_MYSQL_ROOT_VARS = ("MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD")
+_ROLE = re.compile(r"[A-Za-z_][A-Za-z0-9_$.-]{0,62}")  # a MySQL user / database name nixmig.toml takes as is
 _MYSQL_IMAGE = re.compile(r"(^|/)(mariadb|mysql|percona[a-z0-9-]*)(:|@|$)")
 _DATA_DIR = "/var/lib/postgresql"
 _HOST_DIRS = frozenset({"hosts", "machines", "systems", "nodes"})
@@ -527,6 +530,8 @@ class _Db:
     checks: list[str] = field(default_factory=list)
     secret_origin: str = "scan's suggested name"  # noqa: S105 - where the name comes from
     password: bytes = b""  # to find the apps holding the same value; never printed
+    # move: a database nixmig cannot rotate (MySQL, MariaDB): the value is kept, the service moves onto it
+    strategy: str = "rotate"
 
 
 def _finding_path(f: Finding, fm: FileModel) -> NixPath:
@@ -630,12 +635,11 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
     """The service for a database container, or why it is not drafted."""
     image = c.image()
     mysql_var = any(c.env(v) for v in ("MARIADB_PASSWORD", "MYSQL_PASSWORD", "MARIADB_ROOT_PASSWORD"))
-    if (image is not None and _MYSQL_IMAGE.search(image[0])) or (image is None and mysql_var):
-        runs = f"runs {image[0]} ({image[1]})" if image is not None else "is a MySQL/MariaDB database"
-        return (
-            f"{c.label} {runs}: nixmig rotates PostgreSQL passwords only; "
-            "move this one to agenix by hand (nixmig scan lists it)"
-        )
+    mysql = (image is not None and _MYSQL_IMAGE.search(image[0])) or (image is None and mysql_var)
+    var = f.attr_path.rsplit(".", 1)[-1].strip('"').upper()
+    user_var = next((v for v in _MYSQL_USER_VARS if c.env(v) is not None), None) if mysql else None
+    if mysql and user_var is not None and var in _MYSQL_ROOT_VARS:
+        return ""  # root's beside the user's: patch moves it as a companion of the user's migration
     what = f"{c.label} ({f.file}:{f.line}, {f.attr_path.rsplit('.', 1)[-1]})"
     db = _Db(
         name=c.label,
@@ -644,9 +648,86 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
         origin=f"{f.file}:{f.line}",
         runtime=Val("docker", f"{_at(c.fm, _first_bind(c))} ({_KIND_WORD[c.kind]} {c.name})"),
     )
+    if mysql:
+        runs = f"runs {image[0]} ({image[1]})" if image is not None else "is a MySQL/MariaDB database"
+        db.strategy = "move"
+        db.notes.append(
+            f"{c.label} {runs}: nixmig rotates PostgreSQL passwords only, so this migration moves the value "
+            "(strategy move, below)"
+        )
+        if user_var is not None:
+            root = next((v for v in _MYSQL_ROOT_VARS if c.env(v) is not None), None)
+            if root is not None and (at := c.env(root)) is not None:
+                db.notes.append(
+                    f"{root} ({at[1]}) is a second credential of {c.label}: `nixmig patch` "
+                    "moves it onto its own secret, value kept, and adds it to this migration's also"
+                )
+            user = next((c.env(v) for v in ("MARIADB_USER", "MYSQL_USER") if c.env(v) is not None), None)
+            if user is not None and _ROLE.fullmatch(user[0]):
+                db.role = Val(user[0], user[1])
+        else:
+            db.role = Val(
+                "root",
+                f"{f.file}:{f.line} ({var}: no user's password in {c.label})",
+                "the password hardcoded here is root's: this migration moves it (strategy move)",
+            )
+        named = next((c.env(v) for v in ("MARIADB_DATABASE", "MYSQL_DATABASE") if c.env(v) is not None), None)
+        if named is not None and _ROLE.fullmatch(named[0]):  # informative: a move connects to no database
+            db.database = Val(named[0], named[1])
+        if image is None:
+            db.checks.append(f"{what}: its image is not a plain string here; check that it is MySQL/MariaDB")
+        return _container_name(c, db)
     if image is None:
         db.checks.append(f"{what}: its image is not a plain string here; check that it is PostgreSQL")
-    # container name
+    _container_name(c, db)
+    # volume
+    for v, where in _strings(c.fm, (*c.prefix, *c.where.volumes)):
+        src, _, dest = v.partition(":")
+        if not dest.split(":")[0].startswith(_DATA_DIR):
+            continue
+        if src.startswith(("/", ".", "~", "$")):
+            db.notes.append(f"the data is in the bind mount {src} ({where}): no docker volume (rebuild needs one)")
+        elif c.kind == "arion" and c.project:
+            db.volume = Val(f"{c.project}_{src}", f"{where} (volume {src} of project {c.project}: PROJECT_VOLUME)")
+        elif _DOCKER_NAME.fullmatch(src):
+            db.volume = Val(src, f"{where} (named volume)")
+    if db.volume is None and not db.notes:
+        db.notes.append(f"no volume at {_DATA_DIR}/data in the repo: the image's anonymous volume holds the data")
+    # database and role, as the image reads them
+    user = c.env("POSTGRES_USER")
+    name = c.env("POSTGRES_DB")
+    for var, found in (("POSTGRES_USER", user), ("POSTGRES_DB", name)):
+        bound = next((b for b in c.fm.binds if b.path == (*c.prefix, *c.where.env, var)), None)
+        if found is None and bound is not None:
+            db.checks.append(
+                f"{var} is an expression at {_at(c.fm, bound.node)}, not a string: "
+                f"the {'role' if var == 'POSTGRES_USER' else 'database'} below is the image's default"
+            )
+    if user is not None:
+        db.role = Val(user[0], f"{user[1]} (POSTGRES_USER)")
+    else:
+        db.role = Val(
+            "postgres",
+            f"the postgres image's default (no POSTGRES_USER in {c.fm.name})",
+            "the image's superuser: if the apps log in as another role, name it here",
+        )
+    if name is not None:
+        db.database = Val(name[0], f"{name[1]} (POSTGRES_DB)")
+    elif user is not None:
+        db.database = Val(user[0], f"{user[1]} (no POSTGRES_DB: the image names the database after POSTGRES_USER)")
+    else:
+        db.database = Val(
+            "postgres",
+            "the postgres image's default (no POSTGRES_DB, no POSTGRES_USER)",
+            "the image's default database: if the apps use another one, name it here",
+        )
+    if user is not None and user[0] != "postgres":
+        db.admin_role = Val(user[0], f"{user[1]} (POSTGRES_USER is the image's superuser)")
+    return db
+
+
+def _container_name(c: _Container, db: _Db) -> _Db:
+    """The container's name as docker knows it (and podman's socket when the backend is podman)."""
     explicit = _lit(c.fm, (*c.prefix, "container_name"))
     if explicit is not None:
         db.container = Val(explicit[0], f"{explicit[1]} (container_name)")
@@ -698,49 +779,6 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
             db.container.origin,
             f"the container's name is computed here ({comment_text(str(db.container.value))}): write the name it gets",
         )
-    # volume
-    for v, where in _strings(c.fm, (*c.prefix, *c.where.volumes)):
-        src, _, dest = v.partition(":")
-        if not dest.split(":")[0].startswith(_DATA_DIR):
-            continue
-        if src.startswith(("/", ".", "~", "$")):
-            db.notes.append(f"the data is in the bind mount {src} ({where}): no docker volume (rebuild needs one)")
-        elif c.kind == "arion" and c.project:
-            db.volume = Val(f"{c.project}_{src}", f"{where} (volume {src} of project {c.project}: PROJECT_VOLUME)")
-        elif _DOCKER_NAME.fullmatch(src):
-            db.volume = Val(src, f"{where} (named volume)")
-    if db.volume is None and not db.notes:
-        db.notes.append(f"no volume at {_DATA_DIR}/data in the repo: the image's anonymous volume holds the data")
-    # database and role, as the image reads them
-    user = c.env("POSTGRES_USER")
-    name = c.env("POSTGRES_DB")
-    for var, found in (("POSTGRES_USER", user), ("POSTGRES_DB", name)):
-        bound = next((b for b in c.fm.binds if b.path == (*c.prefix, *c.where.env, var)), None)
-        if found is None and bound is not None:
-            db.checks.append(
-                f"{var} is an expression at {_at(c.fm, bound.node)}, not a string: "
-                f"the {'role' if var == 'POSTGRES_USER' else 'database'} below is the image's default"
-            )
-    if user is not None:
-        db.role = Val(user[0], f"{user[1]} (POSTGRES_USER)")
-    else:
-        db.role = Val(
-            "postgres",
-            f"the postgres image's default (no POSTGRES_USER in {c.fm.name})",
-            "the image's superuser: if the apps log in as another role, name it here",
-        )
-    if name is not None:
-        db.database = Val(name[0], f"{name[1]} (POSTGRES_DB)")
-    elif user is not None:
-        db.database = Val(user[0], f"{user[1]} (no POSTGRES_DB: the image names the database after POSTGRES_USER)")
-    else:
-        db.database = Val(
-            "postgres",
-            "the postgres image's default (no POSTGRES_DB, no POSTGRES_USER)",
-            "the image's default database: if the apps use another one, name it here",
-        )
-    if user is not None and user[0] != "postgres":
-        db.admin_role = Val(user[0], f"{user[1]} (POSTGRES_USER is the image's superuser)")
     return db
 
 
@@ -1065,7 +1103,8 @@ def draft(
             continue
         used.add(i)
         if isinstance(result, str):
-            unplaced.append(result)
+            if result:  # "": a credential that moves with another migration (said in its notes)
+                unplaced.append(result)
             continue
         twin = next((d for d in dbs if _same_native_database(d, result)), None)
         if twin is not None:
@@ -1245,12 +1284,20 @@ def _render(
         mig.add("service", Val(svc_name, "the service above"))
         exists = f"{secret} already has an entry in {keys.file}: pick another name" if secret in keys.entries else None
         mig.add("secret", Val(secret, f"{db.origin} ({db.secret_origin})", exists))
-        mig.notes += [
-            "# rotate (the default): the role's password changes in place. dual-role: the apps move to",
-            "# a second role, no moment where one holds a refused password. rebuild: the data moves to",
-            "# a new docker volume (a bad data directory, a new major version of the image).",
-        ]
-        mig.add("strategy", Val("rotate", "nixmig's default"))
+        if db.strategy == "move":
+            mig.notes += [
+                "# move: the value is kept (nixmig cannot rotate a MySQL/MariaDB password): make its .age",
+                f"# from the line first, `nixmig secret new {secret} --from {db.origin}`; rotate it later",
+                "# the database's way.",
+            ]
+            mig.add("strategy", Val("move", "a MySQL/MariaDB database (see the service's notes)"))
+        else:
+            mig.notes += [
+                "# rotate (the default): the role's password changes in place. dual-role: the apps move to",
+                "# a second role, no moment where one holds a refused password. rebuild: the data moves to",
+                "# a new docker volume (a bad data directory, a new major version of the image).",
+            ]
+            mig.add("strategy", Val("rotate", "nixmig's default"))
         mig.add("deploy", _deploy([hosts[n] for n in names], several=len(names) > 1))
         mig.notes_after = [
             f"# a health check the app answers after the switch, e.g. [[migrations.{_key(mig_name)}.health_checks]]",
