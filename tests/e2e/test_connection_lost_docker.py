@@ -162,7 +162,25 @@ def test_cut_during_a_deploy_then_apply_resumes(
 
 
 def test_cut_during_rotate_then_apply_resumes(stack: Stack, site: ts.Site, app: Writer) -> None:
-    code, err, secs = apply_and_cut(stack, site, lambda _: state_of(site, "rotate") == "running")
+    # rotate's ALTER ROLE waits for a transaction of this test that altered the role (to what it
+    # was) and has not ended: the cut lands in rotate, at its ALTER ROLE, however fast rotate's
+    # round trips are (~0.05 s since its psql go to the container's shell: a 50 ms poll of the
+    # journal alone often cut in switch). The ALTER goes on once the lock is gone (the psql in the
+    # container outlives the cut), and the resumed run finds it done or does it.
+    url = site.db.url(ts.OLD_PASSWORD)
+    with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as look:
+        holder.execute(f"ALTER ROLE {ts.ROLE} CONNECTION LIMIT -1")  # its row stays locked until the rollback
+
+        def altering(_pid: int) -> bool:
+            if state_of(site, "rotate") != "running":
+                return False
+            row = look.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted")
+            return int((row.fetchone() or (0,))[0]) > 0
+
+        try:
+            code, err, secs = apply_and_cut(stack, site, altering)
+        finally:
+            holder.rollback()
     assert code == 1, err
     assert secs < 15, f"the run took {secs:.1f}s to stop"
     line = one_line(err)
