@@ -127,6 +127,43 @@ def string_shape(path: Sequence[str]) -> str | None:
     return None
 
 
+def unknown_shape(path: Sequence[str]) -> str:
+    """Why nixmig has no edit for a literal at ``path`` that no rule took: what was seen, by where it is
+    bound (never just "no template"), and what nixmig would need."""
+    segs = [seg.strip('"') for seg in path]
+    segs = segs[1:] if segs[:1] == ["config"] else segs
+    what = ".".join(segs)
+    if len(segs) >= 3 and segs[0] == "containers" and segs[2] == "config":
+        return (
+            f"no template for this shape: inside the declarative NixOS container {segs[1]} "
+            f"(containers.{segs[1]}.config), {'.'.join(segs[3:])} has no edit nixmig knows there; the host's "
+            "agenix file reaches the container through containers.NAME.bindMounts"
+        )
+    if len(segs) >= 3 and segs[0] == "specialisation":
+        return (
+            f"no template for this shape: inside specialisation.{segs[1]} (a configuration of its own): nixmig "
+            "edits only a host's top-level configuration; move the setting out of the specialisation, or by hand"
+        )
+    if len(segs) >= 3 and segs[0] == "services":
+        return (
+            f"no template for this shape: {what} is an option of services.{segs[1]} with no file variant nixmig "
+            f"knows (no {segs[-1]}File, no environmentFile that reads it): nixmig cannot keep it out of the "
+            "Nix store; set it from a file by hand, if the module allows"
+        )
+    if len(segs) >= 2 and segs[-2] in ("environment", "environments", "env"):
+        return (
+            f"no template for this shape: {segs[-1]} in {'.'.join(segs[:-1])}, an environment attrset nixmig "
+            "does not see used by a container or a unit it can edit (a let binding, a custom option, a "
+            "function's argument): move the variable into the container's own environment, or by hand"
+        )
+    if len(segs) >= 2:
+        return (
+            f"no template for this shape: {what} is an attribute nixmig does not see read by a service it "
+            f"can edit (an option of a custom module, an attrset read elsewhere as {segs[0]}.…): by hand"
+        )
+    return "no template for this shape: a string nixmig does not see used by a service it can edit: by hand"
+
+
 def companion_fix(migration: str, var: str, file: str, line: int) -> str:
     """What moves a second credential of a container onto its own secret, value kept (nixmig.toml's also)."""
     name = also_name(var)
@@ -179,7 +216,7 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             f"{path[-1]} is no database variable nixmig knows: if it is another credential that holds the "
             f"database's value (a rotation must not change it), {companion_fix(migration, path[-1], file, f.line)}"
         )
-    return "no template for this shape"
+    return unknown_shape(path)
 
 
 def _companion_var(f: Finding, source: bytes, migration: str | None, same: bool) -> str:

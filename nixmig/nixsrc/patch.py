@@ -72,6 +72,7 @@ from nixmig.nixsrc.leftover import (
     leftovers,
     naming,
     string_shape,
+    unknown_shape,
     uses_secret,
 )
 from nixmig.nixsrc.lets import let_literals, resolve
@@ -971,7 +972,7 @@ class Builder:
                         if _other_credential(lit.path)
                         else ENSURE_USERS
                         if "ensureUsers" in lit.path
-                        else "no template for this shape"
+                        else unknown_shape(lit.path)
                     ),
                     self.generic_snippet(lit.path),
                     lit.path[-1] if _other_credential(lit.path) and fix.startswith("run ") else "",

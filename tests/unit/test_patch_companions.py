@@ -184,3 +184,25 @@ def test_a_nixmig_toml_patch_cannot_extend_stops_the_write_before_anything(tmp_p
     r = run_cli("patch", "--repo", str(repo), "--write")
     assert r.returncode == 1 and snapshot(repo) == before
     assert "cannot add the companion credentials to [migrations.shop-db-password]" in r.stderr.decode()
+
+
+# ---------------------------------------------------------------- a refusal names what it saw
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        (("containers", "cloud", "config", "services", "nextcloud", "config", "adminpassFile"), "declarative NixOS"),
+        (("specialisation", "pg", "configuration", "services", "postgresql", "initialScript"), "specialisation.pg"),
+        (("services", "couchdb", "adminPass"), "no adminPassFile"),
+        (("immichBase", "environment", "REDIS_PASSWORD"), "REDIS_PASSWORD in immichBase.environment"),
+        (("defaultConfig", "database", "password"), "defaultConfig.…"),
+        ((), "a string nixmig does not see used"),
+    ],
+)
+def test_no_template_names_what_was_seen(path: tuple[str, ...], says: str) -> None:
+    """ "no template for this shape" alone named nothing (issue 12: one line naming its shape)."""
+    from nixmig.nixsrc.leftover import unknown_shape
+
+    line = unknown_shape(path)
+    assert line.startswith("no template for this shape: ") and says in line and "\n" not in line
