@@ -70,7 +70,7 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-OPEN_WAIT = 30.0  # seconds a psql waits for a shell opening since an earlier phase
+OPEN_WAIT = 10.0  # seconds a psql waits for a shell opening since an earlier phase (then: docker exec)
 
 _STATES: weakref.WeakKeyDictionary[Transport, _State] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
