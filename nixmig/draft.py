@@ -631,6 +631,19 @@ def _is_db_finding(f: Finding, p: NixPath) -> bool:
     )
 
 
+def _in_nixos_container(f: Finding, models: Mapping[str, FileModel]) -> str | None:
+    """The declarative NixOS container whose config holds ``f`` and runs its own database server there."""
+    path = [seg.strip('"') for seg in f.attr_path.split(".")] if f.attr_path else []
+    path = path[1:] if path[:1] == ["config"] else path
+    if len(path) < 4 or path[0] != "containers" or path[2] != "config":
+        return None
+    server = ("containers", path[1], "config", "services")
+    for m in models.values():
+        if any(b.path[:4] == server and b.path[4:5] in (("postgresql",), ("mysql",)) for b in m.binds):
+            return path[1]
+    return None
+
+
 def _container_db(c: _Container, f: Finding) -> _Db | str:
     """The service for a database container, or why it is not drafted."""
     image = c.image()
@@ -1099,6 +1112,14 @@ def draft(
                 result = _container_db(c, f)  # a MySQL one is said, not drafted
         elif p[:1] == ("services",) and f.kind.value == "password":
             result = _native_db(fm, f, p, models)
+            inside = _in_nixos_container(f, models)
+            if isinstance(result, _Db) and inside is not None:
+                result.strategy = "move"
+                result.notes.append(
+                    f"the database runs inside the declarative NixOS container {inside} "
+                    f"(containers.{inside}.config.services.postgresql/mysql): nixmig's database phases run on "
+                    "the host, so this migration moves the value (strategy move, below); rotate it inside later"
+                )
         if result is None:
             continue
         used.add(i)
@@ -1286,11 +1307,11 @@ def _render(
         mig.add("secret", Val(secret, f"{db.origin} ({db.secret_origin})", exists))
         if db.strategy == "move":
             mig.notes += [
-                "# move: the value is kept (nixmig cannot rotate a MySQL/MariaDB password): make its .age",
+                "# move: the value is kept (nixmig cannot rotate this database's password): make its .age",
                 f"# from the line first, `nixmig secret new {secret} --from {db.origin}`; rotate it later",
                 "# the database's way.",
             ]
-            mig.add("strategy", Val("move", "a MySQL/MariaDB database (see the service's notes)"))
+            mig.add("strategy", Val("move", "the service's notes"))
         else:
             mig.notes += [
                 "# rotate (the default): the role's password changes in place. dual-role: the apps move to",

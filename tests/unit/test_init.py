@@ -622,3 +622,12 @@ in
     guessed = checked_keys(d.toml)
     assert "recipients" not in guessed.get("operator", set())  # in a users list: no guess
     assert "host" not in guessed["services.db"]
+
+
+def test_a_database_inside_a_nixos_container_is_drafted_as_a_move(tmp_path: Path) -> None:
+    """nextcloud and its postgresql inside containers.NAME.config: apply's psql runs on the host and
+    cannot reach that server, so the draft moves the value instead of rotating it (patch refuses rotate)."""
+    d = draft(read_sources(SHAPES / "native-container-nextcloud-writetext"))
+    (mig,) = load(tmp_path, d.toml).migrations.values()
+    assert mig.strategy == "move"
+    assert "runs inside the declarative NixOS container cloud" in d.toml

@@ -10,6 +10,9 @@ it), so the host cannot make the file its: a oneshot inside the container copies
 as root, to ``/run/SECRET/SECRET`` owned by that user (0400, in a 0750 root:USER runtime directory)
 before the service's units start, and the option names the copy. Works for both readers.
 
+A database inside the same container (``containers.NAME.config.services.postgresql``) is refused
+unless the migration's strategy is ``move``: apply's psql runs on the host, not in the container.
+
 Not handled (the verdict says the literal): ``privateUsers`` set (the container's root is not the
 host's: it cannot read a root-only file of the host), a container whose attrset goes through a
 function (``mkContainer cfg { ... }``: not an option path nixmig can prove), several such files.
@@ -85,6 +88,30 @@ def apply(b: Builder, password: str | None) -> None:
             f"read the host's root-only agenix file through a bind mount. By hand: give age.secrets.{secret} "
             f"owner the host uid that {user} of the container maps to, bind-mount it read-only and point "
             f"{inner[-1]} at the mount",
+            "",
+        )
+        return
+    local_db = next(
+        (
+            x
+            for m in b.models.values()
+            for x in m.binds
+            if x.path[:4] == (*prefix, "config", "services") and x.path[4:5] in (("postgresql",), ("mysql",))
+        ),
+        None,
+    )
+    if local_db is not None and b.spec.strategy != "move":
+        b.mask_literal(fm, content)
+        b.known.add(digest(value.encode()))
+        b.handled.add((fm.name, content.start_byte))
+        b.manual_here(
+            fm,
+            content,
+            f"{'.'.join(bind.path)}: the database runs inside the declarative NixOS container {container} "
+            f"(services.{local_db.path[4]} at {fm.where(local_db.node) if local_db in fm.binds else 'its config'}), "
+            f"and nixmig's database phases run on the host: a rotation would reach the host's server, not the "
+            f'container\'s. Set strategy = "move" for this migration (the value is kept, no database is '
+            f"touched; `nixmig secret new {secret} --from FILE:LINE`), then patch again",
             "",
         )
         return
