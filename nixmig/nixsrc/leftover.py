@@ -144,6 +144,13 @@ def unknown_shape(path: Sequence[str]) -> str:
             f"no template for this shape: inside specialisation.{segs[1]} (a configuration of its own): nixmig "
             "edits only a host's top-level configuration; move the setting out of the specialisation, or by hand"
         )
+    if len(segs) >= 3 and segs[0] == "services" and segs[-1].endswith("File"):
+        return (
+            f"no template for this shape: {what} names a file written into the world-readable Nix store "
+            "(pkgs.writeText ...) that nixmig did not tie to this migration's database (another credential?): "
+            "give it its own secret (`nixmig secret new NAME --from FILE:LINE` keeps the value) and point the "
+            "option at config.age.secrets.NAME.path, owned by the service's user"
+        )
     if len(segs) >= 3 and segs[0] == "services":
         return (
             f"no template for this shape: {what} is an option of services.{segs[1]} with no file variant nixmig "

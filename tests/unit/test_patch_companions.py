@@ -195,6 +195,7 @@ def test_a_nixmig_toml_patch_cannot_extend_stops_the_write_before_anything(tmp_p
         (("containers", "cloud", "config", "services", "nextcloud", "config", "adminpassFile"), "declarative NixOS"),
         (("specialisation", "pg", "configuration", "services", "postgresql", "initialScript"), "specialisation.pg"),
         (("services", "couchdb", "adminPass"), "no adminPassFile"),
+        (("services", "nextcloud", "config", "adminpassFile"), "names a file written into the world-readable Nix"),
         (("immichBase", "environment", "REDIS_PASSWORD"), "REDIS_PASSWORD in immichBase.environment"),
         (("defaultConfig", "database", "password"), "defaultConfig.…"),
         ((), "a string nixmig does not see used"),

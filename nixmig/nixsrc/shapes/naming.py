@@ -19,8 +19,8 @@ def named_by(b: Builder, option: tuple[str, ...]) -> bool:
     if b.spec.password_option and tuple(b.spec.password_option.split(".")) == option:
         return True
     names = option[2:] if option[:1] == ("services",) else option  # services.keycloak.database.passwordFile
-    have = {w for n in names for w in words(n)} - _PLAIN
-    if have & {"database", "db"}:
+    have = {w.lower() for n in names for w in words(n)} - _PLAIN
+    if any(h.startswith(("db", "database")) for h in have):  # database.passwordFile, nextcloud's dbpassFile
         return True
     wanted = {w for w in (*words(b.spec.secret), b.spec.role) if len(w) >= 3} - _PLAIN
     return any(w in h for w in wanted for h in have)  # "admin" in adminpassFile
