@@ -17,6 +17,10 @@ reaches the next. Only the docker exec is shared.
   ``reuse(t, None)``); the first psql after that checks with a docker inspect that the
   container of that name is still the shell's, else the shell is closed and another opened
   ahead. A shell that ended (the container stopped or restarted) is replaced the same way.
+  Within a phase the shell is not checked again: something other than nixmig that put another
+  container under the name while the old one kept running (renamed) would not be seen until
+  the next deploy's check; compose, arion, oci-containers and podman stop the old container
+  first, which ends the shell.
 - Elsewhere (a rollback, a native server, the local transport, a container without sh or
   head, a restore test's scratch container, a second thread) psql runs as ``docker exec …
   psql`` each time, as before.
