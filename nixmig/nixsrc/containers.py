@@ -124,6 +124,24 @@ def is_linuxserver(image: str | None) -> bool:
     return image is not None and image.strip().lower().startswith(LINUXSERVER_PREFIXES)
 
 
+# images whose entrypoint reads VAR_FILE (docker-library's file_env): the official postgres, mysql,
+# mariadb and percona images, and images built FROM the official postgres one. Any other image (Oracle's
+# mysql-server and what is built on it, hardened or vendor builds, a computed image) may ignore VAR_FILE:
+# its variable goes into an env file instead (docker-library/mysql#237; docker-hardened-images/catalog#91)
+_FILE_ENV_IMAGES = re.compile(
+    r"(?:(?:docker\.io|index\.docker\.io|registry-1\.docker\.io)/)?"
+    r"(?:(?:library/)?(?:postgres|mysql|mariadb|percona)"
+    r"|pgvector/pgvector|postgis/postgis|timescale/timescaledb|tensorchord/pgvecto-rs|ankane/pgvector"
+    r"|ghcr\.io/immich-app/postgres|quay\.io/mariadb-foundation/mariadb-devel)"
+    r"(?::[A-Za-z0-9_.-]+)?(?:@sha256:[0-9a-f]{64})?"
+)
+
+
+def reads_file_env(image: str | None) -> bool:
+    """``image`` reads ``VAR_FILE`` for its database variables (see :data:`_FILE_ENV_IMAGES`)."""
+    return image is not None and _FILE_ENV_IMAGES.fullmatch(image.strip().lower()) is not None
+
+
 def file_variable(var: str, image: str | None) -> str:
     """The variable that makes ``image`` read ``var`` from a file: ``FILE__VAR`` (linuxserver.io) or ``VAR_FILE``."""
     return f"{LINUXSERVER_FILE_PREFIX}{var}" if is_linuxserver(image) else f"{var}_FILE"

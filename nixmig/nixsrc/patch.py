@@ -60,6 +60,7 @@ from nixmig.nixsrc.containers import (
     file_variable,
     file_variables,
     is_linuxserver,
+    reads_file_env,
 )
 from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
@@ -491,6 +492,8 @@ class Builder:
     def image_of(self, fm: FileModel, kind: str, prefix: NixPath) -> str | None:
         """The container's image when it is a literal (or let-bound): its family decides the file variable."""
         b = self._bind_at(fm, (*prefix, *KINDS[kind].image))
+        if b is None and kind == "arion":  # arion's own option: services.NAME.image.name, beside .service
+            b = self._bind_at(fm, (*prefix[:-1], "image", "name"))
         return self.value_of(fm, unparen(b.value)) if b is not None else None
 
     def db_snippet(self, kind: str, prefix: NixPath, file_var: str = DB_PASSWORD_VAR + "_FILE") -> str:
@@ -508,6 +511,8 @@ class Builder:
     def patch_db(self, db: _Db) -> None:
         fm, spec = db.fm, self.spec
         tpl = template(KINDS[db.kind].template)
+        if db.bind is not None and self.db_by_env_file(db):
+            return
         if db.bind is not None:
             self.mask_literal(fm, db.bind.value)
             if db.password:
@@ -547,6 +552,60 @@ class Builder:
         self.touched[(fm.name, *db.prefix)] = (fm, db.kind, db.name, db.prefix)
         self.container_user(db)
         self.ensure_volume(db.fm, db.kind, db.name, db.prefix)
+
+    def db_by_env_file(self, db: _Db) -> bool:
+        """The database's variable into the env file its unit renders, not ``VAR_FILE``, when the image is
+        not one known to read ``VAR_FILE`` (Oracle's mysql-server and images built on it ignore it: the
+        database would initialise without the user), or the container reads env files already (one may
+        hold VAR: the official entrypoints stop on VAR and VAR_FILE both set; nixmig's file comes last,
+        and the last one wins). linuxserver.io images read ``FILE__VAR`` (as before). True: done here."""
+        assert db.bind is not None
+        if is_linuxserver(db.image):
+            return False
+        others = self.env_files_of(db.fm, db.kind, db.prefix)
+        if reads_file_env(db.image) and not others:
+            return False
+        lit = next((x for x in db.fm.lits if x.bind is db.bind), None)
+        if lit is None:
+            return False
+        why = (
+            f"it reads env files already ({', '.join(others)}): one may hold {db.var}, and the image stops when "
+            f"{db.var} and {db.var}_FILE are both set"
+            if others
+            else f"its image ({db.image or 'computed here'}) is not one known to read {db.var}_FILE"
+        )
+        value = db.password or ""
+        if self.spec.strategy == "move" and not _RAW_ENV_VALUE.fullmatch(value):
+            self.mask_literal(db.fm, db.bind.value)
+            self.handled.add((db.fm.name, lit.node.start_byte))
+            self.manual_here(
+                db.fm,
+                db.bind.value,
+                f"{db.var} of the {db.name} container: {why}, so it goes into an env file, and the value strategy "
+                f"move keeps has characters an env file line cannot hold unquoted (only A-Z a-z 0-9 - . _ ~): "
+                f"by hand",
+                "",
+            )
+            return True
+        self.notes.append(f"{db.name}: {db.var} goes into the env file its unit renders, not {db.var}_FILE: {why}")
+        if db.password:
+            self.known.add(digest(db.password.encode()))
+        self.mask_literal(db.fm, lit.node)
+        self.url_in_container(db.fm, lit, db.kind, db.name, db.prefix, EnvLine(db.var, "", "", raw=True))
+        return True
+
+    def env_files_of(self, fm: FileModel, kind: str, prefix: NixPath) -> list[str]:
+        """The env files a container reads already (not one nixmig renders)."""
+        out: list[str] = []
+        for lit in fm.lits:
+            if lit.path == (*prefix, *KINDS[kind].env_files) and lit.bind is None:
+                value = decode_string(lit.node)
+                if value is not None and not self.has_renderer(posixpath.dirname(value).removeprefix("/run/")):
+                    out.append(value)
+        for b in fm.binds:  # a computed list, or a single string
+            if b.path == (*prefix, *KINDS[kind].env_files) and unparen(b.value).type != "list_expression":
+                out.append(text(b.value))
+        return out
 
     def container_user(self, db: _Db) -> None:
         """A database container that runs as a non-root ``user`` reads the bind-mounted file as that
@@ -955,6 +1014,7 @@ class Builder:
             elif password is not None and value == password and self.bare_in_env(fm, lit):
                 continue
             elif password is not None and value == password and lit.bind is not None and _secret_name(lit.path):
+                other = _other_credential(lit.path) or self.other_user(fm, lit.path)
                 self.mask_literal(fm, lit.node)
                 line = fm.line_col(lit.node.start_byte)[0]
                 fix = (
@@ -969,13 +1029,13 @@ class Builder:
                     + (
                         "another credential with the database's value (two secrets in one; a rotation must not "
                         f"change it): {fix}"
-                        if _other_credential(lit.path)
+                        if other
                         else ENSURE_USERS
                         if "ensureUsers" in lit.path
                         else unknown_shape(lit.path)
                     ),
                     self.generic_snippet(lit.path),
-                    lit.path[-1] if _other_credential(lit.path) and fix.startswith("run ") else "",
+                    lit.path[-1] if other and fix.startswith("run ") else "",
                 )
 
     def app_password(self) -> str | None:
@@ -1023,7 +1083,7 @@ class Builder:
             return False  # moved onto its own secret (also), by patch_also
         if not _secret_name(lit.path):
             return False  # POSTGRES_USER = "app" when the password is "app" too: a name, not the password
-        if _other_credential(lit.path):
+        if _other_credential(lit.path) or self.other_user(fm, lit.path):
             return False  # NEXTCLOUD_ADMIN_PASSWORD = the same value: another credential, the verdict says it
         if base_variable(lit.path[-1]) != lit.path[-1]:
             return False  # FILE__VAR / VAR_FILE: names a file, holds no password
@@ -1049,6 +1109,23 @@ class Builder:
             self.mask_literal(fm, lit.node)
             self.url_in_systemd(fm, lit, unit, line)
             return True
+        return False
+
+    def other_user(self, fm: FileModel, path: NixPath) -> bool:
+        """``ES_PASS`` beside ``ES_USER = "admin"`` (not the migration's role), no database word in its name:
+        the password of another account that holds the database's value (mastodon's ZincSearch login), not
+        the database's: a rotation must not change it."""
+        var = path[-1] if path else ""
+        if not var or {w.lower() for w in env_words(var)} & _DATABASE_WORDS:
+            return False
+        stem = _PASSWORD_SUFFIX.sub("", var)
+        if stem == var:
+            return False
+        users = {stem + u for u in ("USER", "USERNAME", "LOGIN", "user", "username")}
+        for b in fm.binds:
+            if b.exact and b.path[:-1] == path[:-1] and b.path[-1] in users:
+                who = decode_string(unparen(b.value))
+                return who is not None and who != self.spec.role and who != self.spec.login_role
         return False
 
     def file_var_in_container(
@@ -1500,8 +1577,13 @@ class Builder:
         file_var = None
         if is_linuxserver(image):
             file_var = file_variable(var, image)
-        elif var in _FILE_VARIANT_VARS and (is_db or self._is_server(fm, prefix)):
-            file_var = f"{var}_FILE"
+        elif (
+            var in _FILE_VARIANT_VARS
+            and (is_db or self._is_server(fm, prefix))
+            and reads_file_env(image)
+            and not self.env_files_of(fm, kind, prefix)
+        ):
+            file_var = f"{var}_FILE"  # else (an image not known to read it, env files already): an env file line
         where = f"{var} at {fm.where(b.value)}"
         if file_var is not None:
             ap = b.node.child_by_field_name("attrpath")
@@ -2293,6 +2375,8 @@ _FILE_VARIANT_VARS = frozenset(
 # a companion's value written as it is on an env file line: what docker's --env-file, compose's
 # env_file and systemd's EnvironmentFile all read alike unquoted (no quotes, $, #, \\, spaces)
 _ALSO_VALUE = re.compile(r"[A-Za-z0-9._~+/=:@,%-]+")
+_PASSWORD_SUFFIX = re.compile(r"(?:PASSWORD|PASSWD|PASS|PWD|password|passwd|pass|pwd)$")
+_RAW_ENV_VALUE = re.compile(r"[A-Za-z0-9._~-]+")  # what the renderer writes as a bare VAR=value line
 _SAFE_URL_PART = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]*")
 _SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
 
