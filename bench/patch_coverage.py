@@ -318,7 +318,28 @@ def scan_count(cli: list[str], tree: Path) -> tuple[int | None, Step]:
         return None, step
 
 
-def run_case(cli: list[str], case_dir: Path, work: Path) -> Result:
+def draft_config(cli: list[str], tree: Path, hand: Path) -> tuple[list[str], str]:
+    """--draft: nixmig.toml replaced by `nixmig init`'s draft, as the README's first steps make it (no
+    edit of it: the `# check:` lines are left as they are). The migration patched is the draft's one
+    whose secret is the hand-written one's, else its first. ([], why) when init drafts none."""
+    (tree / "nixmig.toml").unlink()
+    step = run([*cli, "init", "--no-eval"], tree)
+    drafted = tree / "nixmig.toml"
+    if step.rc != 0 or not drafted.is_file():
+        return [], f"init exit {step.rc}: {step.first_err}"
+    import tomllib
+
+    migs = tomllib.loads(drafted.read_text()).get("migrations", {})
+    if not migs:
+        return [], "init drafted no migration: " + next(
+            (ln for ln in drafted.read_text().splitlines() if ln.startswith("# check: not drafted")), "nothing said"
+        )
+    wanted = {m.get("secret") for m in tomllib.loads(hand.read_text()).get("migrations", {}).values()}
+    name = next((n for n, m in migs.items() if m.get("secret") in wanted), next(iter(migs)))
+    return ["--migration", name], ""
+
+
+def run_case(cli: list[str], case_dir: Path, work: Path, *, draft: bool = False) -> Result:
     name = case_dir.name
     try:
         meta = json.loads((case_dir / "case.json").read_text())
@@ -343,11 +364,20 @@ def run_case(cli: list[str], case_dir: Path, work: Path) -> Result:
             res.outcome, res.reason = "invalid", f"git {git[0]} failed: {g.stderr.strip()[:80]}"
             return res
 
+    patch = [*cli, "patch"]
+    if draft:
+        mig, why = draft_config(cli, tree, case_dir / "nixmig.toml")
+        if not mig:
+            res.outcome, res.reason = "refused", why
+            return res
+        patch += mig
+        for git in (["add", "-A"], ["commit", "-q", "-m", "init's draft"]):
+            subprocess.run([*GIT, *git], cwd=tree, capture_output=True, text=True, check=False)
     res.scan_findings_before, _ = scan_count(cli, tree)
     steps: dict[str, Step] = {}
-    steps["explain"] = run([*cli, "patch", "--explain"], tree)
+    steps["explain"] = run([*patch, "--explain"], tree)
     before_write = all_files(tree)
-    steps["write"] = run([*cli, "patch", "--write"], tree)
+    steps["write"] = run([*patch, "--write"], tree)
     takes = TAKE_FIRST.search(steps["write"].stderr) if steps["write"].rc == 1 else None
     if takes is not None:  # a kept value (strategy move, also) goes into its .age first, as the line says
         if all_files(tree) != before_write:
@@ -355,11 +385,11 @@ def run_case(cli: list[str], case_dir: Path, work: Path) -> Result:
         for cmd in takes.group(1).split(" && "):
             words = cmd.split()
             steps[f"take {words[3]}"] = run([*cli, *words[1:]], tree)
-        steps["write"] = run([*cli, "patch", "--write"], tree)
+        steps["write"] = run([*patch, "--write"], tree)
     after_first = all_files(tree)
-    steps["write2"] = run([*cli, "patch", "--write"], tree)
+    steps["write2"] = run([*patch, "--write"], tree)
     after_second = all_files(tree)
-    steps["check"] = run([*cli, "patch", "--check"], tree)
+    steps["check"] = run([*patch, "--check"], tree)
     res.scan_findings_after, steps["scan"] = scan_count(cli, tree)
     res.exit_codes = {k: s.rc for k, s in steps.items()}
     res.first_stderr = steps["write"].first_err
@@ -491,6 +521,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--src", type=Path, help="a directory holding the nixmig package to test (default: the installed one)"
     )
     ap.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    ap.add_argument(
+        "--draft",
+        action="store_true",
+        help="replace each case's nixmig.toml with `nixmig init`'s draft first (the README's path for a new user)",
+    )
     args = ap.parse_args(argv)
     global SRC
     if args.src is not None:
@@ -520,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cli = nixmig_command()
     with tempfile.TemporaryDirectory(prefix="patch-coverage-") as tmp:
-        results = [run_case(cli, d, Path(tmp)) for d in cases]
+        results = [run_case(cli, d, Path(tmp), draft=args.draft) for d in cases]
     t = totals(results)
     if args.json:
         out = {"totals": t, "code": code_version(), "cli": cli, "cases": [asdict(r) for r in results]}

@@ -59,7 +59,7 @@ _PG_IMAGE = re.compile(r"(^|/)(postgres\w*|postgis|pgvector|pgvecto-rs|timescale
 _MYSQL_USER_VARS = ("MARIADB_PASSWORD", "MYSQL_PASSWORD")
 _MYSQL_ROOT_VARS = ("MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD")
 _ROLE = re.compile(r"[A-Za-z_][A-Za-z0-9_$.-]{0,62}")  # a MySQL user / database name nixmig.toml takes as is
-_MYSQL_IMAGE = re.compile(r"(^|/)(mariadb|mysql|percona[a-z0-9-]*)(:|@|$)")
+_MYSQL_IMAGE = re.compile(r"(^|[/_-])(mariadb|mysql|percona)[a-z0-9_-]*(:|@|$)")  # also example-mysql, mysql-server
 _DATA_DIR = "/var/lib/postgresql"
 _HOST_DIRS = frozenset({"hosts", "machines", "systems", "nodes"})
 _HOST_LISTS = re.compile(r"server|host|system|machine|node", re.IGNORECASE)
@@ -644,7 +644,7 @@ def _in_nixos_container(f: Finding, models: Mapping[str, FileModel]) -> str | No
     return None
 
 
-def _container_db(c: _Container, f: Finding) -> _Db | str:
+def _container_db(c: _Container, f: Finding, models: Mapping[str, FileModel] | None = None) -> _Db | str:
     """The service for a database container, or why it is not drafted."""
     image = c.image()
     mysql_var = any(c.env(v) for v in ("MARIADB_PASSWORD", "MYSQL_PASSWORD", "MARIADB_ROOT_PASSWORD"))
@@ -689,10 +689,10 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
             db.database = Val(named[0], named[1])
         if image is None:
             db.checks.append(f"{what}: its image is not a plain string here; check that it is MySQL/MariaDB")
-        return _container_name(c, db)
+        return _container_name(c, db, models)
     if image is None:
         db.checks.append(f"{what}: its image is not a plain string here; check that it is PostgreSQL")
-    _container_name(c, db)
+    _container_name(c, db, models)
     # volume
     for v, where in _strings(c.fm, (*c.prefix, *c.where.volumes)):
         src, _, dest = v.partition(":")
@@ -739,7 +739,7 @@ def _container_db(c: _Container, f: Finding) -> _Db | str:
     return db
 
 
-def _container_name(c: _Container, db: _Db) -> _Db:
+def _container_name(c: _Container, db: _Db, models: Mapping[str, FileModel] | None = None) -> _Db:
     """The container's name as docker knows it (and podman's socket when the backend is podman)."""
     explicit = _lit(c.fm, (*c.prefix, "container_name"))
     if explicit is not None:
@@ -771,7 +771,7 @@ def _container_name(c: _Container, db: _Db) -> _Db:
             c.plain,
             f"{_at(c.fm, _first_bind(c))} (virtualisation.oci-containers.containers.{c.name}{c.plain_origin})",
         )
-        backend = _backend(c)
+        backend = _backend(c, models)
         if backend is None:
             db.docker_host = None
             db.checks.append(
@@ -802,9 +802,14 @@ def _first_bind(c: _Container) -> Node:
     return next(b.node for b in c.fm.binds if b.path[: len(c.prefix)] == c.prefix)
 
 
-def _backend(c: _Container) -> tuple[str, str] | None:
-    found = _lit(c.fm, ("virtualisation", "oci-containers", "backend"))
-    return found
+def _backend(c: _Container, models: Mapping[str, FileModel] | None = None) -> tuple[str, str] | None:
+    """virtualisation.oci-containers.backend: in the container's file, else the one value the repo sets."""
+    path = ("virtualisation", "oci-containers", "backend")
+    found = _lit(c.fm, path)
+    if found is not None or models is None:
+        return found
+    values = {v for m in models.values() if (v := _lit(m, path)) is not None}
+    return next(iter(values)) if len({v[0] for v in values}) == 1 else None
 
 
 def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileModel]) -> _Db | str:
@@ -1109,7 +1114,7 @@ def draft(
             postgres = last == "POSTGRES_PASSWORD" and (image is None or _PG_IMAGE.search(image[0]) is not None)
             mysql = last.startswith(("MARIADB_", "MYSQL_")) and image is not None and _MYSQL_IMAGE.search(image[0])
             if c is not None and (postgres or mysql):
-                result = _container_db(c, f)  # a MySQL one is said, not drafted
+                result = _container_db(c, f, models)
         elif p[:1] == ("services",) and f.kind.value == "password":
             result = _native_db(fm, f, p, models)
             inside = _in_nixos_container(f, models)

@@ -99,3 +99,20 @@ def test_a_changed_file_that_does_not_parse_is_wrong(tmp_path: Path) -> None:
 def test_literals_left_name_file_line_and_never_the_value() -> None:
     left = bench.literals_left({"a.nix": b'x = 1;\npw = "s3cret";\n'}, ["s3cret"])
     assert left == ["a.nix:2 (literal #1)"]
+
+
+def test_draft_runs_patch_on_inits_draft_as_the_readme_says(tmp_path: Path) -> None:
+    """--draft: the case's nixmig.toml is replaced by `nixmig init`'s draft (the MySQL case: strategy
+    move, root's password as the companion patch finds); the draft's migration is the one patched."""
+    case = SHAPES / "oci-mysql-user-and-root-no-also"
+    res = bench.run_case(bench.nixmig_command(), case, tmp_path, draft=True)
+    assert res.outcome == "patched", (res.reason, res.problems)
+    drafted = (tmp_path / case.name / "nixmig.toml").read_text()
+    assert "nixmig init" in drafted and 'strategy = "move"' in drafted
+    assert 'also = { MYSQL_ROOT_PASSWORD = "' in drafted  # added by patch --write
+
+
+def test_draft_with_nothing_drafted_is_refused_with_inits_line(tmp_path: Path) -> None:
+    cli = _fake_cli(tmp_path, "init-nothing", "pathlib.Path('nixmig.toml').write_text('# check: not drafted: x\\n')\n")
+    res = bench.run_case(cli, _case("patched"), tmp_path, draft=True)
+    assert res.outcome == "refused" and res.reason == "init drafted no migration: # check: not drafted: x"
