@@ -244,7 +244,9 @@ class SshTransport:
             transport.keep_alive(keepalive, keepalive_count)  # notice a dead host instead of hanging
         ssh = cls(client, where, name)
         ssh.start_runner()
-        ssh._start_spare()
+        # the spare from a thread: its session's open and exec are two round trips to sshd
+        # (~40 ms here) that connect need not wait for; the first held lock comes later
+        threading.Thread(target=ssh._start_spare, name="nixmig-ssh-spare", daemon=True).start()
         return ssh
 
     def run(

@@ -92,6 +92,9 @@ def test_streams_and_held_processes_take_the_session_started_ahead(sshd: SshServ
     t = SshTransport.connect(host_for(sshd))
     try:
         for i in range(3):
+            deadline = time.monotonic() + 10  # started from a thread (connect's, then the last use's)
+            while t._spare is None and time.monotonic() < deadline:
+                time.sleep(0.01)
             ahead = t._spare
             assert ahead is not None
             sink = io.BytesIO()
@@ -103,13 +106,36 @@ def test_streams_and_held_processes_take_the_session_started_ahead(sshd: SshServ
             )
             assert (r.exit_code, sink.getvalue(), r.stderr) == (3, b"in", f"arg {i}\n".encode())
             assert t._spare is not ahead  # it was used; another one is being started
-            deadline = time.monotonic() + 10
-            while t._spare is None and time.monotonic() < deadline:
-                time.sleep(0.01)
         held = t.hold(["sh", "-c", f"echo up; exec cat > {tmp_path / 'out'}"])
         assert held.first_line == "up"
         held.close()
     finally:
+        t.close()
+
+
+def test_connect_does_not_wait_for_the_spare_session(sshd: SshServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # its open and exec are two round trips to sshd (~40 ms of each apply's start): a thread's
+    release, started = threading.Event(), threading.Event()
+    real = SshTransport._start_spare
+
+    def held_back(self: SshTransport) -> None:
+        started.set()
+        release.wait(10)
+        real(self)
+
+    monkeypatch.setattr(SshTransport, "_start_spare", held_back)
+    t = SshTransport.connect(host_for(sshd))  # returns while the spare is held back
+    try:
+        assert started.wait(10) and t._spare is None
+        assert t.run(["echo", "runs"]).stdout == b"runs\n"
+        release.set()
+        deadline = time.monotonic() + 10
+        while t._spare is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert t._spare is not None
+        assert t.hold(["sh", "-c", "echo up; exec cat >/dev/null"]).first_line == "up"
+    finally:
+        release.set()
         t.close()
 
 
