@@ -6,6 +6,7 @@ import functools
 import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,15 +14,29 @@ from typing import TYPE_CHECKING
 from nixmig.errors import NixSyntaxError
 
 if TYPE_CHECKING:
-    from tree_sitter import Node, Parser, Tree
+    from tree_sitter import Language, Node, Parser, Tree
 
 
 @functools.cache
-def _parser() -> Parser:
+def _language() -> Language:
     import tree_sitter_nix
-    from tree_sitter import Language, Parser
+    from tree_sitter import Language
 
-    return Parser(Language(tree_sitter_nix.language()))
+    return Language(tree_sitter_nix.language())
+
+
+_LOCAL = threading.local()
+
+
+def _parser() -> Parser:
+    """One parser per thread: py-tree-sitter releases the GIL while it parses, and a Parser is not safe
+    to share (a fleet's hosts run their phases in threads, each parsing secrets.nix and the tree)."""
+    parser: Parser | None = getattr(_LOCAL, "parser", None)
+    if parser is None:
+        from tree_sitter import Parser
+
+        parser = _LOCAL.parser = Parser(_language())
+    return parser
 
 
 _PIPE = re.compile(rb"\|>|<\|")
