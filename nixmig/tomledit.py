@@ -17,7 +17,8 @@ from typing import Any
 
 from nixmig.errors import ConfigError
 
-_HEADER = re.compile(r"^[ \t]*\[[ \t]*(?P<key>[^\[\]\n]+?)[ \t]*\][ \t]*(#[^\n]*)?$", re.MULTILINE)
+# a table header, or an array-of-tables one ([[migrations.m.health_checks]]: it ends the table above too)
+_HEADER = re.compile(r"^[ \t]*\[\[?[ \t]*(?P<key>[^\[\]\n]+?)[ \t]*\]\]?[ \t]*(#[^\n]*)?$", re.MULTILINE)
 _INLINE_ALSO = re.compile(r"^(?P<head>[ \t]*also[ \t]*=[ \t]*\{)(?P<body>[^\n{}]*)(?P<tail>\}[ \t]*(#[^\n]*)?)$")
 
 

@@ -49,6 +49,7 @@ def patch(
     when the scan finds nothing left and the tree uses the agenix secret.
     """
     from nixmig import config as cfgmod
+    from nixmig.errors import ConfigError
     from nixmig.nixsrc import patch as pt
     from nixmig.nixsrc import validate
 
@@ -81,7 +82,13 @@ def patch(
                 f"value, `nixmig secret new {secret} --from FILE:LINE` (the line that hardcodes {var}, before --write "
                 "removes it), or --stdin"
             )
-    toml = _with_companions(cfg_path, name, plan)
+    try:
+        toml = _with_companions(cfg_path, name, plan)
+    except ConfigError as e:
+        if write:
+            raise
+        toml = None  # shown, not written: --write refuses with this line
+        notes.append(f"{e} ({e.hint})" if e.hint else str(e))
     for var, secret in plan.auto_also:
         notes.append(
             f"{var} is a credential of its own, hardcoded in a container this migration patches (the database's "

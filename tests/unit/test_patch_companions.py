@@ -184,6 +184,19 @@ def test_a_nixmig_toml_patch_cannot_extend_stops_the_write_before_anything(tmp_p
     r = run_cli("patch", "--repo", str(repo), "--write")
     assert r.returncode == 1 and snapshot(repo) == before
     assert "cannot add the companion credentials to [migrations.shop-db-password]" in r.stderr.decode()
+    shown = run_cli("patch", "--repo", str(repo))  # without --write: the diff, and the same line as a note
+    assert shown.returncode == 0 and b"+++ b/hosts/box/shop.nix" in shown.stdout
+    assert b"nixmig.toml: cannot add the companion credentials" in shown.stderr and snapshot(repo) == before
+
+
+def test_an_array_of_tables_after_the_migration_ends_its_table() -> None:
+    text = BASE.replace(
+        "\n\n[migrations.n]", '\n\n[[migrations.m.health_checks]]\ntype = "http"\nalso = { B = "b" }\n\n[migrations.n]'
+    )
+    with pytest.raises(ConfigError):  # the also found is the health check's, not the migration's: not extended
+        add_also(text.replace('secret = "m-pw"\n', 'secret = "m-pw"\nalso.C = "c"\n'), "m", [("A", "a-pw")])
+    new = add_also(text, "m", [("A", "a-pw")])
+    assert tomllib.loads(new)["migrations"]["m"]["also"] == {"A": "a-pw"}
 
 
 # ---------------------------------------------------------------- a refusal names what it saw
