@@ -1149,6 +1149,8 @@ def _scan_string(node: Node, out: _Collector, *, every: bool = False) -> None:
             cls = NameClass(Kind.PASSWORD, (*words(ctx.leaf), "password"))
         if cls is None and out.secrets_file and ctx.in_attrset and not ctx.plural and not ctx.file_content:
             cls = _secrets_file_class(ctx.leaf, data)
+        if cls is None and not ctx.file_content:
+            cls = _random_under_secret_name(ctx.leaf, data)
     if cls is None and node.parent is not None and node.parent.type == "list_expression":
         cls = _previous_flag(node)
     if cls is not None:
@@ -1205,6 +1207,34 @@ def _secrets_file_class(name: str, value: bytes) -> NameClass | None:
     if not ws or ws[-1] in _NOT_SECRET_LAST or value.startswith(_PUBLIC_KEY_PREFIXES):
         return None
     return NameClass(Kind.KEY if ws[-1] == "key" else Kind.PASSWORD, tuple(ws))
+
+
+_GENERATED_NOT_LAST: Final = _NOT_SECRET_LAST | frozenset(
+    {"format", "length", "size", "algorithm", "algo", "ref", "env", "var", "field", "location", "version"}
+    | {"count", "bits", "hash"}
+)
+_GENERATED_NOT_WORDS: Final = frozenset(
+    {"public", "pub", "host", "ssh", "gpg", "pgp", "fingerprint", "cert", "certificate", "signed", "verify"}
+)
+_RANDOM_VALUE_RE: Final = re.compile(rb"[A-Za-z0-9_+/=.~-]{24,}")
+
+
+def _random_under_secret_name(leaf: str, data: bytes) -> NameClass | None:
+    """A name whose key word has a qualifier scan does not know (``RESEND_KEY``) or that holds "secret"
+    before another word (``WEBHOOK_SECRET_HEADER``), bound to a value that looks generated: 24+
+    characters of a key alphabet with letters and digits, never a public key, a path or a URL.
+    Names alone leave these out (``*_KEY`` is as often a public key or a key's name)."""
+    ws = [w.lower() for w in words(leaf)]
+    if not ws or ws[-1] in _GENERATED_NOT_LAST or set(ws) & _GENERATED_NOT_WORDS:
+        return None
+    if not (ws[-1] == "key" or "secret" in ws[:-1]):
+        return None
+    if _RANDOM_VALUE_RE.fullmatch(data) is None or data.startswith((*_PUBLIC_KEY_PREFIXES, b"/", b"./")):
+        return None
+    has = sum(bool(re.search(p, data)) for p in (rb"[a-z]", rb"[A-Z]", rb"[0-9]"))
+    if has < 2 or len(set(data)) < 10:
+        return None
+    return NameClass(Kind.KEY if ws[-1] == "key" else Kind.TOKEN, tuple(ws))
 
 
 def _scan_inside(data: bytes, leaf_words: Sequence[str], add: _Add, *, multiline: bool = True) -> int:
