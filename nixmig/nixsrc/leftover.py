@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from nixmig.config import also_name
 from nixmig.nixsrc.containers import base_variable, env_container
 from nixmig.nixsrc.edits import Edit
-from nixmig.nixsrc.model import Bind, FileModel, unparen
+from nixmig.nixsrc.model import Bind, FileModel, decode_string, unparen
 from nixmig.nixsrc.quote import nix_attr
-from nixmig.nixsrc.scan import DESCRIPTION, Finding, Kind, scan_source, words
+from nixmig.nixsrc.scan import DESCRIPTION, Finding, Kind, classify_name, scan_source, words
 
 DB_WORDS = frozenset(
     {"postgres", "postgresql", "pg", "psql", "db", "database", "databases", "mysql", "mariadb", "sql", "dsn"}
@@ -143,6 +143,13 @@ def unknown_shape(path: Sequence[str]) -> str:
         return (
             f"no template for this shape: inside specialisation.{segs[1]} (a configuration of its own): nixmig "
             "edits only a host's top-level configuration; move the setting out of the specialisation, or by hand"
+        )
+    if segs[:2] == ["environment", "etc"] and len(segs) >= 3:
+        return (
+            f"no template for this shape: /etc/{segs[2]} (environment.etc, a link into the world-readable Nix "
+            "store) holds it, and nixmig did not tie that file to this migration's database (another "
+            "credential? give it its own secret, `nixmig secret new NAME --from FILE:LINE`, and point what reads "
+            "it at config.age.secrets.NAME.path)"
         )
     if len(segs) >= 3 and segs[0] == "services" and segs[-1].endswith("File"):
         return (
@@ -290,4 +297,42 @@ def leftovers(
             why = _why(f, fm.source, role, name, migration, same)
             var = _companion_var(f, fm.source, migration, same)
             out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end, var))
+        # the password itself where scan saw none (a value that reads like a placeholder,
+        # "SECURE_PASSWORD_HERE"): the plan recognised it as the password, so it is one here too
+        seen = {(o.file, o.line) for o in out if o.file == name}
+        for lit in fm.lits:
+            value = decode_string(lit.node) if lit.exact else None
+            start, end = lit.node.start_byte, lit.node.end_byte
+            if value is None or not value or digest(value.encode()) not in known or not _credential_place(lit.path):
+                continue  # the same bytes as a user name ("postgres") are no password there
+            line, col = fm.line_col(start)
+            if (name, line) in seen or (name, line) in skip or _covered_span(start, end, spans.get(name, ())):
+                continue
+            seen.add((name, line))
+            attr = ".".join(lit.path)
+            why = string_shape(lit.path) or unknown_shape(lit.path)
+            out.append(
+                Leftover(
+                    name,
+                    line,
+                    col,
+                    attr,
+                    f"{attr or 'a string'} still holds this migration's password: {why}",
+                    start,
+                    end,
+                )
+            )
     return out
+
+
+def _credential_place(path: Sequence[str]) -> bool:
+    """An attribute whose name says it holds a credential (``adminPassword``), or an /etc file named so
+    (``environment.etc."nextcloud-admin-pass".text``): where scan finds one, placeholders aside."""
+    segs = [seg.strip('"') for seg in path]
+    if len(segs) >= 4 and segs[:2] == ["environment", "etc"] and segs[-1] in ("text", "source"):
+        return classify_name(segs[2]) is not None
+    return bool(segs) and classify_name(segs[-1]) is not None
+
+
+def _covered_span(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:
+    return any(s <= start and end <= e for s, e in spans)

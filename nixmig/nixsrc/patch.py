@@ -563,7 +563,8 @@ class Builder:
         if is_linuxserver(db.image):
             return False
         others = self.env_files_of(db.fm, db.kind, db.prefix)
-        if reads_file_env(db.image) and not others:
+        named = self.user_by_name(db.fm, db.kind, db.prefix)
+        if reads_file_env(db.image) and not others and named is None:
             return False
         lit = next((x for x in db.fm.lits if x.bind is db.bind), None)
         if lit is None:
@@ -572,6 +573,9 @@ class Builder:
             f"it reads env files already ({', '.join(others)}): one may hold {db.var}, and the image stops when "
             f"{db.var} and {db.var}_FILE are both set"
             if others
+            else f"it runs as user {named!r}, a name its image resolves (agenix would resolve an owner of that "
+            f"name on the host, another uid or none): the env file is read by the container engine, as root"
+            if named is not None
             else f"its image ({db.image or 'computed here'}) is not one known to read {db.var}_FILE"
         )
         value = db.password or ""
@@ -593,6 +597,18 @@ class Builder:
         self.mask_literal(db.fm, lit.node)
         self.url_in_container(db.fm, lit, db.kind, db.name, db.prefix, EnvLine(db.var, "", "", raw=True))
         return True
+
+    def user_by_name(self, fm: FileModel, kind: str, prefix: NixPath) -> str | None:
+        """The container's ``user`` when it names a user or group (``mysql:mysql``) rather than a uid: the
+        name means the image's /etc/passwd entry, which the host's agenix cannot give a file to."""
+        b = self._bind_at(fm, (*prefix, *KINDS[kind].user))
+        value = self.value_of(fm, unparen(b.value)) if b is not None else None
+        if value is None:
+            return None
+        user, _, group = value.partition(":")
+        if user in ("", "0", "root") and group in ("", "0", "root"):
+            return None
+        return None if all(x == "" or x.isdigit() for x in (user, group)) else value
 
     def env_files_of(self, fm: FileModel, kind: str, prefix: NixPath) -> list[str]:
         """The env files a container reads already (not one nixmig renders)."""
@@ -1582,6 +1598,7 @@ class Builder:
             and (is_db or self._is_server(fm, prefix))
             and reads_file_env(image)
             and not self.env_files_of(fm, kind, prefix)
+            and self.user_by_name(fm, kind, prefix) is None
         ):
             file_var = f"{var}_FILE"  # else (an image not known to read it, env files already): an env file line
         where = f"{var} at {fm.where(b.value)}"

@@ -12,6 +12,7 @@ from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.model import decode_string, unparen
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.shapes import Shape
+from nixmig.nixsrc.shapes.naming import named_by
 
 if TYPE_CHECKING:
     from nixmig.nixsrc.model import Bind, FileModel
@@ -34,6 +35,8 @@ def apply(b: Builder, password: str | None) -> None:
         and (p := b.value_of(fm, unparen(bind.value)) or "").startswith("/etc/")  # a literal, or let-bound
         and p.removeprefix("/etc/") in texts
     ]
+    if len(users) > 1 and password is None:  # dbpassFile and adminpassFile each read one: the database's
+        users = [u for u in users if named_by(b, u[1].path)] or users
     if len(users) != 1 or b.option_literal is not None or b.store_file is not None:
         return  # none, or several: the verdict lists each literal
     fm, bind, (efm, eb, value) = users[0]
