@@ -56,6 +56,10 @@ def test_shape(name: str) -> None:
         assert not any(lit in plan.diff(sources).encode() for lit in literals)
         if plan.edits and shutil.which("nix-instantiate"):  # what a refusal still writes must parse
             validate.check_all(plan.results(sources), use_nix=True)
+        if plan.edits:  # what a refusal writes is written once: a second --write changes nothing more
+            after = {**sources, **plan.results(sources)}
+            spec2 = dataclasses.replace(spec, also=spec.also + plan.auto_also)
+            assert pt.plan(after, spec2, find_companions=True).edits == ()
         return
     assert meta["expect"] == "patched"
     assert plan.manual == (), [m.what for m in plan.manual]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.leftover import digest, uses_secret
 from nixmig.nixsrc.model import decode_string, unparen
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.shapes import Shape
@@ -35,7 +35,10 @@ def apply(b: Builder, password: str | None) -> None:
         and (p := b.value_of(fm, unparen(bind.value)) or "").startswith("/etc/")  # a literal, or let-bound
         and p.removeprefix("/etc/") in texts
     ]
-    if len(users) > 1 and password is None:  # dbpassFile and adminpassFile each read one: the database's
+    if password is None and uses_secret(b.models, b.spec.secret, b.spec.secret_on_host):
+        # a tree patched already: another /etc file left is another credential's, unless named for the database
+        users = [u for u in users if named_by(b, u[1].path)]
+    elif len(users) > 1 and password is None:  # dbpassFile and adminpassFile each read one: the database's
         users = [u for u in users if named_by(b, u[1].path)] or users
     if len(users) != 1 or b.option_literal is not None or b.store_file is not None:
         return  # none, or several: the verdict lists each literal
