@@ -637,11 +637,9 @@ def _in_nixos_container(f: Finding, models: Mapping[str, FileModel]) -> str | No
     path = path[1:] if path[:1] == ["config"] else path
     if len(path) < 4 or path[0] != "containers" or path[2] != "config":
         return None
-    server = ("containers", path[1], "config", "services")
-    for m in models.values():
-        if any(b.path[:4] == server and b.path[4:5] in (("postgresql",), ("mysql",)) for b in m.binds):
-            return path[1]
-    return None
+    from nixmig.nixsrc.shapes.container_store_file import database_server
+
+    return path[1] if database_server(models, path[1]) is not None else None
 
 
 def _container_db(c: _Container, f: Finding, models: Mapping[str, FileModel] | None = None) -> _Db | str:

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import unquote, urlsplit
 
 import psycopg
@@ -121,6 +122,13 @@ def lost(dsn_url: str, ids: list[int]) -> list[int]:
     ``ids`` is copied first: a running writer keeps appending to its list, and a count
     compared with a ``len`` taken later would report its newest write as lost."""
     ids = list(ids)
+    found = written_at(dsn_url, ids)
+    return [i for i in ids if i not in found]
+
+
+def written_at(dsn_url: str, ids: list[int]) -> dict[int, datetime]:
+    """id -> the server's ``at`` of the rows with those ids (a row whose id another writer reused has
+    another time)."""
     u = urlsplit(dsn_url)
     with psycopg.connect(
         host=u.hostname,
@@ -128,7 +136,7 @@ def lost(dsn_url: str, ids: list[int]) -> list[int]:
         user=unquote(u.username or ""),
         password=unquote(u.password or ""),
         dbname=u.path.lstrip("/"),
+        connect_timeout=5,
     ) as conn:
-        rows = conn.execute("SELECT id FROM app_writes WHERE id = ANY(%s)", (ids,)).fetchall()
-    found = {int(str(r[0])) for r in rows}
-    return [i for i in ids if i not in found]
+        rows = conn.execute("SELECT id, at FROM app_writes WHERE id = ANY(%s)", (list(ids),)).fetchall()
+    return {int(str(i)): at for i, at in rows if isinstance(at, datetime)}

@@ -18,16 +18,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import docker  # noqa: TID251  (test harness, not product code)
-import psycopg  # noqa: TID251  (test harness, not product code)
 import pytest
 
-from nixmig.db.writer import Writer
+from nixmig.db.writer import Writer, written_at
 from tests.e2e import rebuild_stack as rs
 from tests.e2e import twenty_stack as ts
 from tests.e2e.test_rebuild_docker import (
@@ -93,21 +90,6 @@ def table_digests(db: ts.Db) -> dict[str, str]:
     return dict(line.split("\t") for line in db.psql(sql + ";").splitlines() if line)
 
 
-def app_rows(url: str, ids: list[int]) -> dict[int, datetime]:
-    """id -> the server's `at` of the writer's rows with those ids."""
-    u = urlsplit(url)
-    with psycopg.connect(
-        host=u.hostname,
-        port=u.port or 5432,
-        user=unquote(u.username or ""),
-        password=unquote(u.password or ""),
-        dbname=u.path.lstrip("/"),
-        connect_timeout=5,
-    ) as conn:
-        rows = conn.execute("SELECT id, at FROM app_writes WHERE id = ANY(%s)", (list(ids),)).fetchall()
-    return {int(str(i)): at for i, at in rows if isinstance(at, datetime)}
-
-
 def server_version(db: ts.Db) -> int:
     return int(db.psql("SHOW server_version_num;").strip())
 
@@ -153,7 +135,7 @@ def test_upgrade_15_to_18_with_a_writer_then_rollback_force(
     assert len(helpers) >= len(steps["copy"]["data"]["databases"]), names
     acked, found = stop_and_count(r, app)
     assert acked > 50 and found == acked
-    on18 = app_rows(r.act.app_url(), app.acknowledged)  # every one of them, each with its server time
+    on18 = written_at(r.act.app_url(), app.acknowledged)  # every one of them, each with its server time
 
     # gc on the new major: the 15 volume is kept (retention), nothing removed without --yes
     kept = gc_items(r)[ts.VOLUME]
@@ -178,7 +160,7 @@ def test_upgrade_15_to_18_with_a_writer_then_rollback_force(
     # waited for) are on 18 only, as --force says. Ids are the table's serial, which goes on on 15 from
     # its value at the switch, so app2's writes there can reuse those ids (a count by id passed by luck):
     # what 15 lacks, or holds with another time, may only be the first writer's newest writes on 18.
-    on15 = app_rows(r.act.app_url(), app.acknowledged)
+    on15 = written_at(r.act.app_url(), app.acknowledged)
     differ = {i for i in app.acknowledged if on15.get(i) != on18[i]}
     same = set(app.acknowledged) - differ
     assert len(differ) >= 10 and same  # the 10+ writes after the run are 18's only

@@ -32,6 +32,8 @@ from nixmig.nixsrc.shapes import Shape
 from nixmig.nixsrc.shapes.naming import named_by
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from tree_sitter import Node
 
     from nixmig.nixsrc.model import Bind, FileModel
@@ -77,12 +79,11 @@ def apply(b: Builder, password: str | None) -> None:
     secret = b.spec.secret
     private = next((x for x in fm.binds if x.exact and x.path == (*prefix, "privateUsers")), None)
     if private is not None:
-        b.mask_literal(fm, content)
-        b.known.add(digest(value.encode()))
-        b.handled.add((fm.name, content.start_byte))
-        b.manual_here(
+        _refuse(
+            b,
             fm,
             content,
+            value,
             f"{'.'.join(bind.path)} holds the hardcoded password in a store file, and containers.{container}."
             f"privateUsers is set ({fm.where(private.node)}): the container's root is not the host's and cannot "
             f"read the host's root-only agenix file through a bind mount. By hand: give age.secrets.{secret} "
@@ -91,22 +92,13 @@ def apply(b: Builder, password: str | None) -> None:
             "",
         )
         return
-    local_db = next(
-        (
-            x
-            for m in b.models.values()
-            for x in m.binds
-            if x.path[:4] == (*prefix, "config", "services") and x.path[4:5] in (("postgresql",), ("mysql",))
-        ),
-        None,
-    )
+    local_db = database_server(b.models, container)
     if local_db is not None and b.spec.strategy != "move":
-        b.mask_literal(fm, content)
-        b.known.add(digest(value.encode()))
-        b.handled.add((fm.name, content.start_byte))
-        b.manual_here(
+        _refuse(
+            b,
             fm,
             content,
+            value,
             f"{'.'.join(bind.path)}: the database runs inside the declarative NixOS container {container} "
             f"(services.{local_db.path[4]} at {fm.where(local_db.node) if local_db in fm.binds else 'its config'}), "
             f"and nixmig's database phases run on the host: a rotation would reach the host's server, not the "
@@ -155,6 +147,29 @@ def apply(b: Builder, password: str | None) -> None:
     )
     b.need(fm, ("config",))
     b.store_file = b.store_file or fm
+
+
+def database_server(models: Mapping[str, FileModel], container: str) -> Bind | None:
+    """A binding of ``containers.CONTAINER.config.services.postgresql`` (or mysql): the declarative NixOS
+    container runs its own database server, which apply's psql on the host cannot reach."""
+    server = ("containers", container, "config", "services")
+    return next(
+        (
+            x
+            for m in models.values()
+            for x in m.binds
+            if x.path[:4] == server and x.path[4:5] in (("postgresql",), ("mysql",))
+        ),
+        None,
+    )
+
+
+def _refuse(b: Builder, fm: FileModel, content: Node, value: str, what: str, snippet: str) -> None:
+    """The literal is this migration's password, said by hand (masked, known, never taken by another rule)."""
+    b.mask_literal(fm, content)
+    b.known.add(digest(value.encode()))
+    b.handled.add((fm.name, content.start_byte))
+    b.manual_here(fm, content, what, snippet)
 
 
 SHAPE = Shape(
