@@ -16,12 +16,13 @@ os.environ.setdefault("TYPER_USE_RICH", "0")
 import typer
 
 from nixmig import __version__
-from nixmig.cli import demo, gc, init, migrate, patch, reencrypt, scan, secret
+from nixmig.cli import demo, gc, init, migrate, patch, plain, reencrypt, scan, secret
 from nixmig.cli.common import state
 from nixmig.errors import NixmigError, UsageError
 
 app = typer.Typer(
     name="nixmig",
+    cls=plain.Group,  # option values coerced without pydantic where typer's result is plain
     help="Move NixOS services off hardcoded credentials onto agenix secrets, safely.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,

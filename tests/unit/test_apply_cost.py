@@ -109,3 +109,19 @@ def test_a_thread_still_running_gets_the_interpreters_own_exit() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-2:] == ["atexit handlers ran", "module teardown"], r.stdout
+
+
+def test_apply_parses_its_options_without_pydantic(tmp_path: Path) -> None:
+    # typer 0.2x coerces each option's value with a pydantic TypeAdapter: the import of
+    # pydantic was ~60-90 ms of every apply's start-up (nixmig.cli.plain)
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('pydantic' in sys.modules, flush=True))\n"
+        "sys.argv = ['nixmig', *sys.argv[1:]]\n"
+        "from nixmig.entry import main\n"
+        "main()\n"
+    )
+    argv = ["--debug", "apply", "--yes", "-c", str(tmp_path / "none.toml"), "-i", str(tmp_path / "key")]
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=False)
+    assert r.returncode == 1 and "none.toml" in r.stderr, r.stdout + r.stderr  # parsed, then the config
+    assert r.stdout.split() == ["False"], r.stdout + r.stderr
