@@ -361,6 +361,8 @@ def _check_move(name: str, mig: Migration, where: str) -> None:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# an also key that is a NixOS option taking a file (services.nextcloud.config.adminpassFile)
+OPTION_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*(\.[A-Za-z_][A-Za-z0-9_'-]*)+")
 
 
 def _check_deploy_env(cfg: Config, name: str, mig: Migration, where: str) -> None:
@@ -383,11 +385,12 @@ def _check_also(name: str, mig: Migration, where: str) -> None:
     seen: dict[str, str] = {}
     for var, secret in mig.also.items():
         key = f"migrations.{name}.also.{var}"
-        if not _ENV_NAME.fullmatch(var):
+        if not _ENV_NAME.fullmatch(var) and not OPTION_PATH.fullmatch(var):
             raise ConfigError(
                 f"migrations.{name}.also: {_show(var)} is not an environment variable name",
                 where=where,
-                hint="letters, digits and _, not starting with a digit (e.g. MYSQL_ROOT_PASSWORD)",
+                hint="letters, digits and _, not starting with a digit (e.g. MYSQL_ROOT_PASSWORD), or a NixOS "
+                'option that takes a file, quoted (e.g. "services.nextcloud.config.adminpassFile")',
             )
         if not _SECRET_NAME.fullmatch(secret):
             raise ConfigError(
@@ -412,7 +415,13 @@ def _check_also(name: str, mig: Migration, where: str) -> None:
 
 
 def also_name(var: str) -> str:
-    """The secret name a refusal suggests for a companion credential: MYSQL_ROOT_PASSWORD -> mysql-root-password."""
+    """The secret name a refusal suggests for a companion credential: MYSQL_ROOT_PASSWORD -> mysql-root-password;
+    an option that takes a file, by its service and its name: services.nextcloud.config.adminpassFile ->
+    nextcloud-adminpass."""
+    if OPTION_PATH.fullmatch(var):
+        parts = var.split(".")
+        last = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", parts[-1].removesuffix("File")) or "secret"
+        var = f"{parts[1] if parts[0] == 'services' and len(parts) > 2 else parts[0]}-{last}"
     return re.sub(r"-+", "-", var.lower().replace("_", "-")).strip("-") or "secret"
 
 

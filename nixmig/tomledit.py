@@ -9,6 +9,7 @@ ConfigError with the line to add by hand, and the caller writes nothing.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Sequence
@@ -37,8 +38,13 @@ def _key_parts(key: str) -> list[str]:
     return parts
 
 
+def _key(var: str) -> str:
+    """``var`` as a TOML key: bare when it can be, else quoted (an option path: its dots are part of it)."""
+    return var if re.fullmatch(r"[A-Za-z0-9_-]+", var) else json.dumps(var)
+
+
 def also_line(entries: Sequence[tuple[str, str]]) -> str:
-    return "also = { " + ", ".join(f'{var} = "{secret}"' for var, secret in entries) + " }"
+    return "also = { " + ", ".join(f'{_key(var)} = "{secret}"' for var, secret in entries) + " }"
 
 
 def add_also(text: str, migration: str, entries: Sequence[tuple[str, str]], where: str | Path | None = None) -> str:
@@ -59,7 +65,8 @@ def add_also(text: str, migration: str, entries: Sequence[tuple[str, str]], wher
             f"cannot add the companion credentials to [migrations.{migration}] of nixmig.toml by itself "
             "(its also is written in a layout nixmig does not edit); nothing written",
             where=where,
-            hint=f"add {', '.join(f'{v} = {s!r}' for v, s in entries)} to its also by hand, then patch --write again",
+            hint=f"add {', '.join(f'{_key(v)} = {s!r}' for v, s in entries)} to its also by hand, then patch "
+            "--write again",
         )
     expected: dict[str, Any] = {**before}
     expected["migrations"] = {**before["migrations"], migration: {**mig, "also": {**old, **dict(entries)}}}
@@ -88,7 +95,7 @@ def _edit(text: str, migration: str, entries: Sequence[tuple[str, str]], *, has_
     if sub is not None:
         sub_end = text.find("\n", sub.end())
         at = len(text) if sub_end < 0 else sub_end + 1
-        lines = "".join(f'{var} = "{secret}"\n' for var, secret in entries)
+        lines = "".join(f'{_key(var)} = "{secret}"\n' for var, secret in entries)
         return text[:at] + ("" if sub_end >= 0 else "\n") + lines + text[at:]
     section = text[after_header:end]
     found = [m for m in (_INLINE_ALSO.match(ln) for ln in section.split("\n")) if m]
@@ -96,7 +103,7 @@ def _edit(text: str, migration: str, entries: Sequence[tuple[str, str]], *, has_
         return None
     m = found[0]
     body = m.group("body").rstrip()
-    added = ", ".join(f'{var} = "{secret}"' for var, secret in entries)
+    added = ", ".join(f'{_key(var)} = "{secret}"' for var, secret in entries)
     new_line = m.group("head") + (f"{body}, {added} " if body.strip() else f" {added} ") + m.group("tail")
     start = after_header + section.index(m.group(0))
     return text[:start] + new_line + text[start + len(m.group(0)) :]

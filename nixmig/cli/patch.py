@@ -90,9 +90,15 @@ def patch(
         toml = None  # shown, not written: --write refuses with this line
         notes.append(f"{e} ({e.hint})" if e.hint else str(e))
     for var, secret in plan.auto_also:
+        held = (
+            f"{var} reads a credential of its own from the Nix store (the database's value, or another secret of the "
+            f"service this migration patches)"
+            if "." in var  # an option that takes a file (nixsrc/shapes/option_companion.py)
+            else f"{var} is a credential of its own, hardcoded in a container this migration patches (the database's "
+            f"password under another name, root's, another token)"
+        )
         notes.append(
-            f"{var} is a credential of its own, hardcoded in a container this migration patches (the database's "
-            f"password under another name, root's, another token): it moves onto its own secret {secret}, its value "
+            f"{held}: it moves onto its own secret {secret}, its value "
             f"kept (a rotation must not change it), and --write adds it to also in [migrations.{name}] of "
             f"{cfg_path.name} (verify checks it on the host); that value is public in the history: rotate it "
             "its own way"

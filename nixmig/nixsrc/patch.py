@@ -1499,7 +1499,12 @@ class Builder:
         secret NAME (its value kept): ``VAR_FILE`` / ``FILE__VAR`` and a bind mount where the image reads
         one, else a line of the env file the container's unit already renders. A VAR found nowhere in
         scope, or in a shape nixmig cannot edit, is said (never ignored)."""
+        from nixmig.nixsrc.shapes import option_companion
+
         for var, secret in self.spec.also:
+            if option_companion.is_option_key(var):  # an option that takes a file: its own shape module
+                option_companion.move(self, var, secret)
+                continue
             found = False
             for fm, b in list(self.all_binds()):
                 if not b.exact or not b.path or b.path[-1] != var:
@@ -1995,6 +2000,8 @@ class Builder:
 
         "Nothing to change" is only possible when the scan found nothing left and the tree
         uses the secret (see :mod:`nixmig.nixsrc.leftover`)."""
+        from nixmig.nixsrc.shapes import option_companion
+
         spec = self.spec
         used = uses_secret(self.models, spec.secret, spec.secret_on_host)
         in_use = bool(used) and declares_secret(self.models, spec.secret)
@@ -2023,7 +2030,8 @@ class Builder:
                 what = left.what.partition(": ")[0] + ": left as it is: every edit was given up (the first item)"
                 self.manual.append(Manual(left.file, left.line, left.col, what, ""))
                 continue
-            self.manual.append(Manual(left.file, left.line, left.col, left.what, snippet, left.companion))
+            companion = left.companion or option_companion.key_at(self, left)  # a native option's (also) too
+            self.manual.append(Manual(left.file, left.line, left.col, left.what, snippet, companion))
         if not found and not self.ed.items and not self.manual and not in_use:
             self.manual.append(
                 Manual(
