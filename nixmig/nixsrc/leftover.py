@@ -253,6 +253,14 @@ def _companion_var(f: Finding, source: bytes, migration: str | None, same: bool)
     return "" if string_shape(f.attr_path.split(".")) is not None else path[-1]
 
 
+def _in_container(f: Finding, file: str, containers: Collection[tuple[str, ...]]) -> bool:
+    """The finding binds a variable of the environment of one of ``containers`` ((file, *prefix))."""
+    if not f.attr_path or not containers:
+        return False
+    shape = env_container(_attr_path(f.attr_path))
+    return shape is not None and (file, *shape[2]) in containers
+
+
 def _attr_path(attr_path: str) -> tuple[str, ...]:
     path = tuple(seg.strip('"') for seg in attr_path.split("."))
     return path[1:] if path[:1] == ("config",) else path  # a module's `config = { ... }` block
@@ -272,12 +280,15 @@ def leftovers(
     role: str,
     skip: Collection[tuple[str, int]] = (),
     migration: str | None = None,
+    containers: Collection[tuple[str, ...]] = (),
 ) -> list[Leftover]:
     """Every credential finding that no edit replaces and that is this migration's (see the module doc).
 
     ``scope`` None: every file. ``skip``: (file, line) already reported as a by-hand item. ``migration``:
     its name when the plan found its own password, so that a second MySQL credential of a container is
     told how to move too (nixmig.toml's also); None: the migration's own may be that one.
+    ``containers``: (file, *prefix) of the containers the plan patches: every credential of their
+    environment is a leftover (a companion to move), not only a database's.
     """
     spans: dict[str, list[tuple[int, int]]] = {}
     for e in edits:
@@ -289,13 +300,23 @@ def leftovers(
                 continue
             same = digest(f.value.reveal()) in known
             # nothing recognised (scope None): any credential may be this migration's, all are said
-            if not same and not (scope is None or (name in scope and _related(f, fm.source, idents))):
+            if not same and not (
+                scope is None
+                or (name in scope and _related(f, fm.source, idents))
+                or _in_container(f, name, containers)
+            ):
                 continue
             head = f"{f.attr_path or 'a string'} still holds " + (
                 "this migration's password" if same else "a " + DESCRIPTION[f.kind]
             )
             why = _why(f, fm.source, role, name, migration, same)
             var = _companion_var(f, fm.source, migration, same)
+            if var and not same and _in_container(f, name, containers):
+                fix = companion_fix(migration or "", var, name, f.line)
+                why = (
+                    "another credential of a container this migration patches (it leaves the Nix store with "
+                    f"the database's password, onto its own secret): {fix}"
+                )
             out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end, var))
         # the password itself where scan saw none (a value that reads like a placeholder,
         # "SECURE_PASSWORD_HERE"): the plan recognised it as the password, so it is one here too

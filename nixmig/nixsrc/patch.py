@@ -338,6 +338,10 @@ class Builder:
         self.renderers: dict[tuple[str, ...], _Renderer] = {}
         self.handled: set[tuple[str, int]] = set()
         self.needs_formals: dict[str, set[str]] = {}
+        # (file, *prefix) of each container this plan gives an env file: its other credentials are this
+        # migration's to move too (companions), not another service's
+        self.patched_containers: set[tuple[str, ...]] = set()
+        self.also_values: dict[str, str] = {}  # companion secret -> the value its first literal holds
         self.handled_env: set[tuple[str, ...]] = set()
         self.mounted: set[tuple[str, ...]] = set()  # (secret, file, *container path) given the bind mount
         # (file, *container path) -> (file, kind, name, container path, the secrets mounted there)
@@ -1303,6 +1307,7 @@ class Builder:
             f"(outside the Nix store), for {lit.path[-1]} removed at {fm.where(node)}"
         )
         key = (fm.name, *prefix, *rel, env_path)
+        self.patched_containers.add((fm.name, *prefix))
         if key in self.handled_env:
             return
         self.handled_env.add(key)
@@ -1589,6 +1594,19 @@ class Builder:
                 fm,
                 b.value,
                 f"{'.'.join(b.path)} (also: {secret!r}) is computed, not a literal: nixmig cannot tell what it holds",
+                "",
+            )
+            return
+        if value == "":
+            return  # an empty variable holds no secret (compose2nix copies a project's variables, set or not)
+        first = self.also_values.setdefault(secret, value)
+        if value != first:
+            self.manual_here(
+                fm,
+                b.value,
+                f"{var} (also: {secret!r}) in the {name} container holds another value than where the secret "
+                f"{secret} takes it from: one secret holds one value; give this one its own migration, or make "
+                "them equal first",
                 "",
             )
             return
@@ -2019,7 +2037,8 @@ class Builder:
             idents=idents,
             role=spec.role,
             skip={(m.file, m.line) for m in self.manual} | self.let_kept,
-            migration=spec.migration if db is not None or self.known else None,
+            migration=spec.migration if db is not None or self.known or self.patched_containers else None,
+            containers=self.patched_containers | ({(db.fm.name, *db.prefix)} if db is not None else set()),
         )
         for left in found:
             self.masks.append((left.file, left.start, left.end))

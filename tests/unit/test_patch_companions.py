@@ -220,3 +220,40 @@ def test_no_template_names_what_was_seen(path: tuple[str, ...], says: str) -> No
 
     line = unknown_shape(path)
     assert line.startswith("no template for this shape: ") and says in line and "\n" not in line
+
+
+def _with_worker(value: str) -> dict[str, bytes]:
+    """oci-app-own-admin-password-companion with a second app container (compose2nix copies a project's
+    variables into each container) whose ADMIN_PASSWORD is ``value``."""
+    sources, _ = _spec(SHAPES / "oci-app-own-admin-password-companion")
+    name = "hosts/box/feeds.nix"
+    worker = (
+        "    feeds-worker = {\n"
+        '      image = "ghcr.io/example/feeds:2.1";\n'
+        "      environment = {\n"
+        '        DATABASE_URL = "postgres://feeds:feeds-db-Qx81@feeds-db/feeds";\n'
+        f'        ADMIN_PASSWORD = "{value}";\n'
+        "      };\n"
+        "    };\n"
+    ).encode()
+    src = sources[name]
+    at = src.rindex(b"  };\n}")
+    return {**sources, name: src[:at] + worker + src[at:]}
+
+
+def test_a_companion_left_empty_in_another_container_is_no_secret_there() -> None:
+    """compose2nix gives every container the project's variables, set or not: ADMIN_PASSWORD = "" holds
+    nothing to move (before, it was a by-hand item: "" matched no value an env file line can hold)."""
+    _, spec = _spec(SHAPES / "oci-app-own-admin-password-companion")
+    plan = pt.plan(_with_worker(""), spec, find_companions=True)
+    assert plan.auto_also == (("ADMIN_PASSWORD", "admin-password"),)
+    assert plan.manual == ()
+
+
+def test_a_companion_with_another_value_in_another_container_is_not_given_the_first_one() -> None:
+    """One secret holds one value: a container whose ADMIN_PASSWORD differs would silently get the
+    other's. It stays, said."""
+    _, spec = _spec(SHAPES / "oci-app-own-admin-password-companion")
+    plan = pt.plan(_with_worker("another-admin-pw-99"), spec, find_companions=True)
+    (m,) = plan.manual
+    assert "feeds-worker container holds another value" in m.what and m.line > 20
