@@ -810,6 +810,11 @@ def _backend(c: _Container, models: Mapping[str, FileModel] | None = None) -> tu
     return next(iter(values)) if len({v[0] for v in values}) == 1 else None
 
 
+def _in_host_or_specialisation(p: NixPath) -> NixPath:
+    """``specialisation.NAME.configuration.services.X...`` -> ``services.X...`` (patch puts the oneshot there)."""
+    return p[3:] if len(p) > 3 and p[0] == "specialisation" and p[2] == "configuration" else p
+
+
 def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileModel]) -> _Db | str:
     pg = [m for m in models.values() if any(b.path[:2] == ("services", "postgresql") and b.exact for b in m.binds)]
     db = _Db(
@@ -1087,7 +1092,8 @@ def draft(
                 paths[id(f)] = _finding_path(f, fm)
     db_findings = [f for f in findings if id(f) in let_uses or _is_db_finding(f, paths[id(f)])]
     other = len(findings) - len(db_findings)
-    if not db_findings:
+    moves = [] if db_findings else _option_moves(findings, paths)
+    if not db_findings and not moves:
         return Draft("", (), (), 0, other)
 
     containers = _containers(models)
@@ -1095,6 +1101,8 @@ def draft(
     edges = _edges(models)
     for h in hosts.values():
         h.reached = _reach(h.roots, edges)
+    if moves:  # no database password anywhere: the services' own hardcoded secrets, each moved (value kept)
+        return _render(moves, {}, [], hosts, keys, skipped, other - len(moves), notes)
 
     dbs: list[_Db] = []
     unplaced: list[str] = []
@@ -1113,8 +1121,8 @@ def draft(
             mysql = last.startswith(("MARIADB_", "MYSQL_")) and image is not None and _MYSQL_IMAGE.search(image[0])
             if c is not None and (postgres or mysql):
                 result = _container_db(c, f, models)
-        elif p[:1] == ("services",) and f.kind.value == "password":
-            result = _native_db(fm, f, p, models)
+        elif _in_host_or_specialisation(p)[:1] == ("services",) and f.kind.value == "password":
+            result = _native_db(fm, f, _in_host_or_specialisation(p), models)
             inside = _in_nixos_container(f, models)
             if isinstance(result, _Db) and inside is not None:
                 result.strategy = "move"
@@ -1170,6 +1178,49 @@ def draft(
             apps.setdefault(id(owner), []).append(where)
 
     return _render(dbs, apps, list(dict.fromkeys(unplaced)), hosts, keys, skipped, other, notes)
+
+
+def _option_moves(findings: Sequence[Finding], paths: Mapping[int, NixPath]) -> list[_Db]:
+    """With no database password in the repo: a native service's own hardcoded secret (a redis
+    ``requirePass``, an admin password, a token: ``services.NAME.…``), one strategy move migration per
+    service, the first such secret of each. nixmig cannot rotate these; move keeps the value and takes
+    it out of the Nix store (`nixmig patch` says what it can edit)."""
+    out: list[_Db] = []
+    for f in findings:
+        p = paths[id(f)]
+        if len(p) < 3 or p[0] != "services" or f.kind.value not in ("password", "token", "key"):
+            continue
+        if not _movable_option(p):
+            continue  # no file variant nixmig knows: `nixmig scan` lists it, nothing to draft
+        if f.rule not in ("name", "url", "token-format") or any(d.name == p[1] for d in out):
+            continue
+        if not _NAME.fullmatch(p[1]) or not _NAME.fullmatch(f.secret_name):
+            continue
+        out.append(
+            _Db(
+                name=p[1],
+                secret=f.secret_name,
+                file=f.file,
+                origin=f"{f.file}:{f.line}",
+                runtime=Val("native", f"{f.file}:{f.line} ({f.attr_path})"),
+                notes=[
+                    f"not a database's password: {f.attr_path} ({f.file}:{f.line}), an option of "
+                    f"services.{p[1]}; nixmig cannot rotate it, so this migration moves it (strategy move, "
+                    "below): the service reads the value from its agenix file"
+                ],
+                strategy="move",
+            )
+        )
+    return out
+
+
+def _movable_option(p: NixPath) -> bool:
+    """An option `nixmig patch` can point at a file: one with a file sibling (requirePass ->
+    requirePassFile), a ``*File`` option set to a store file, a setting that reads a file reference."""
+    from nixmig.nixsrc.patch import nixpkgs_file_sibling
+    from nixmig.nixsrc.shapes.file_reference import READS_FILE_REFERENCE
+
+    return nixpkgs_file_sibling(p) is not None or p[-1].endswith("File") or p[1] in READS_FILE_REFERENCE
 
 
 def _let_note(fm: FileModel, let: LetLiteral) -> str:
@@ -1310,9 +1361,9 @@ def _render(
         mig.add("secret", Val(secret, f"{db.origin} ({db.secret_origin})", exists))
         if db.strategy == "move":
             mig.notes += [
-                "# move: the value is kept (nixmig cannot rotate this database's password): make its .age",
-                f"# from the line first, `nixmig secret new {secret} --from {db.origin}`; rotate it later",
-                "# the database's way.",
+                "# move: the value is kept (nixmig cannot rotate this password): make its .age from the",
+                f"# line first, `nixmig secret new {secret} --from {db.origin}`; rotate it later its own",
+                "# way (the database's, the service's).",
             ]
             mig.add("strategy", Val("move", "the service's notes"))
         else:

@@ -30,7 +30,16 @@ NOT_A_DATABASE = {
     for p in SHAPES.iterdir()
     if (p / "case.json").is_file() and '"init": "nothing"' in (p / "case.json").read_text()
 }
-CASES = sorted(p.name for p in SHAPES.iterdir() if (p / "nixmig.toml").is_file() and p.name not in NOT_A_DATABASE)
+# a native service's own secret with a file variant (case.json "init": "move"), no database password in
+# the repo: init drafts a strategy move migration for the service, and patch moves the secret with it
+SERVICE_SECRET = {
+    p.name
+    for p in SHAPES.iterdir()
+    if (p / "case.json").is_file() and '"init": "move"' in (p / "case.json").read_text()
+}
+CASES = sorted(
+    p.name for p in SHAPES.iterdir() if (p / "nixmig.toml").is_file() and p.name not in NOT_A_DATABASE | SERVICE_SECRET
+)
 
 
 @pytest.mark.parametrize("case", sorted(NOT_A_DATABASE))
@@ -38,6 +47,24 @@ def test_a_shape_that_is_no_database_password_has_nothing_to_migrate(case: str) 
     proc = run_cli("init", "--print", "--no-eval", "--repo", str(SHAPES / case))
     assert proc.returncode == 0
     assert proc.stdout.decode().startswith("nothing to migrate: no hardcoded database password")
+
+
+@pytest.mark.parametrize("case", sorted(SERVICE_SECRET))
+def test_a_service_secret_alone_is_drafted_as_a_move_that_patch_moves(case: str, tmp_path: Path) -> None:
+    from nixmig.nixsrc import patch as pt
+
+    repo = tmp_path / case
+    shutil.copytree(SHAPES / case, repo)
+    (repo / "nixmig.toml").unlink()
+    proc = run_cli("init", "--no-eval", "--repo", str(repo))
+    assert proc.returncode == 0, proc.stderr.decode()
+    cfg = config.load(repo / "nixmig.toml")
+    (name, mig) = next(iter(cfg.migrations.items()))
+    assert len(cfg.migrations) == 1 and mig.strategy == "move"
+    assert cfg.services[mig.service].runtime == "native"
+    assert "not a database's password" in (repo / "nixmig.toml").read_text()
+    plan = pt.plan(read_sources(repo), pt.spec_for(cfg, name))
+    assert plan.edits and not plan.manual  # the draft names what patch moves, nothing left
 
 
 KEY_A = ADMIN_PUB
