@@ -18,24 +18,45 @@ from nixmig.nixsrc.sqlpass import clauses, role_identifier
 if TYPE_CHECKING:
     from tree_sitter import Node
 
-    from nixmig.nixsrc.model import FileModel
+    from nixmig.nixsrc.model import FileModel, NixPath
     from nixmig.nixsrc.patch import Builder
+
+
+INITIAL_SCRIPT = ("services", "postgresql", "initialScript")
 
 
 def apply(b: Builder, password: str | None) -> None:
     from nixmig.nixsrc.patch import written_text
 
     for fm, bind in b.all_binds():
-        if bind.path != ("services", "postgresql", "initialScript") or not bind.exact:
+        if bind.path[-3:] != INITIAL_SCRIPT or not bind.exact:
+            continue
+        prefix = bind.path[:-3]  # the host's own configuration, or a specialisation's (the oneshot goes there)
+        if prefix and (len(prefix) != 3 or prefix[0] != "specialisation" or prefix[2] != "configuration"):
             continue
         node = written_text(bind.value)
         if node is None:
             continue
-        if remove_clauses(
-            b, fm, node, password, "services.postgresql.initialScript (a file in the world-readable Nix store)"
-        ):
-            role_unit(b, fm, bind.node)
+        if prefix and not _inherits(b, prefix):
+            b.manual_here(
+                fm,
+                bind.value,
+                f"services.postgresql.initialScript inside specialisation.{prefix[1]}, which sets "
+                f"inheritParentConfig = false: the host's age.secrets do not reach that configuration, and "
+                f"nixmig will not declare the secret twice; move the database out of it, or patch by hand",
+                "",
+            )
+            continue
+        where = ".".join(bind.path) + " (a file in the world-readable Nix store)"
+        if remove_clauses(b, fm, node, password, where):
+            role_unit(b, fm, bind.node, prefix=prefix)
             b.sql_file = fm
+
+
+def _inherits(b: Builder, prefix: NixPath) -> bool:
+    """specialisation.NAME inherits the host's configuration (nixpkgs' default), so its age.secrets."""
+    inherit = (*prefix[:2], "inheritParentConfig")
+    return not any(x.exact and x.path == inherit and fm.text(x.value) != "true" for fm, x in b.all_binds())
 
 
 def remove_clauses(
@@ -78,11 +99,13 @@ def unit_name(b: Builder) -> str:
     return f"nixmig-{credential_name(b.spec.secret)}-password"
 
 
-def add_unit(b: Builder, fm: FileModel, near: Node, render: object, why: str) -> None:
+def add_unit(b: Builder, fm: FileModel, near: Node, render: object, why: str, prefix: NixPath = ()) -> None:
     """Bind ``systemd.services.<unit_name>`` (rendered by ``render(attr)``) in the config root that holds
-    ``near``, once per plan and only when the tree has no such unit yet."""
+    ``near`` (under ``prefix`` there: a specialisation's configuration), once per plan and only when the
+    tree has no such unit yet."""
     unit = unit_name(b)
-    if any(x.path[:3] == ("systemd", "services", unit) for _, x in b.all_binds()) or unit in b.role_units:
+    path = (*prefix, "systemd", "services", unit)
+    if any(x.path[: len(path)] == path for _, x in b.all_binds()) or unit in b.role_units:
         return
     b.role_units.add(unit)
     root = fm.root_of(near)
@@ -90,11 +113,11 @@ def add_unit(b: Builder, fm: FileModel, near: Node, render: object, why: str) ->
         b.manual_here(fm, near, "cannot find the module's config to add the password unit to", "")
         return
     attrset, binding = root
-    b.insert_path(fm, attrset, ("systemd", "services", unit), render, why, after=binding)
+    b.insert_path(fm, attrset, path, render, why, after=binding)
     b.need(fm, ("config",))
 
 
-def role_unit(b: Builder, fm: FileModel, near: Node, after: str | None = None) -> None:
+def role_unit(b: Builder, fm: FileModel, near: Node, after: str | None = None, prefix: NixPath = ()) -> None:
     from nixmig.nixsrc.patch import credential_name
 
     spec = b.spec
@@ -109,7 +132,9 @@ def role_unit(b: Builder, fm: FileModel, near: Node, after: str | None = None) -
         ),
         f"the oneshot {unit_name(b)} sets the password of role {spec.role} from {spec.secret_on_host} after "
         f"PostgreSQL is up, at each boot and deploy (the password is read by psql from the credential file: "
-        f"never in the store, an argv or the server's log)",
+        f"never in the store, an argv or the server's log)"
+        + (f"; in specialisation.{prefix[1]}, beside the server it sets" if prefix else ""),
+        prefix,
     )
 
 
