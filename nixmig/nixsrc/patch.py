@@ -1660,7 +1660,7 @@ class Builder:
                     fm,
                     b.value,
                     f"{var} (also: {secret!r}) in the {name} container holds characters an env file line cannot "
-                    f"hold unquoted (only A-Z a-z 0-9 - . _ ~ + / = : @ , %): move it by hand",
+                    f"hold unquoted (only {ALSO_CHARS}): move it by hand",
                     "",
                 )
                 return
@@ -2416,9 +2416,12 @@ _FILE_VARIANT_VARS = frozenset(
     {"POSTGRES_PASSWORD", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "MARIADB_PASSWORD", "MARIADB_ROOT_PASSWORD"}
     | {"MARIADB_REPLICATION_PASSWORD", "MYSQL_REPLICATION_PASSWORD"}
 )
-# a companion's value written as it is on an env file line: what docker's --env-file, compose's
-# env_file and systemd's EnvironmentFile all read alike unquoted (no quotes, $, #, \\, spaces)
-_ALSO_VALUE = re.compile(r"[A-Za-z0-9._~+/=:@,%-]+")
+# a companion's value written as it is on an env file line: what docker's and podman's --env-file (the
+# rest of the line, raw), compose's env_file (unquoted: $, a leading quote, " #" and trailing blanks are
+# special) and systemd's EnvironmentFile all read alike unquoted (no quotes, $, #, \\, blanks, and none
+# of the shell's & | ; < > ( ): the renderer's `case` pattern would need them quoted)
+_ALSO_VALUE = re.compile(r"[A-Za-z0-9._~+/=:@,%\[\]{}*?!^-]+")
+ALSO_CHARS = "A-Z a-z 0-9 - . _ ~ + / = : @ , % [ ] { } * ? ! ^"
 _PASSWORD_SUFFIX = re.compile(r"(?:PASSWORD|PASSWD|PASS|PWD|password|passwd|pass|pwd)$")
 _RAW_ENV_VALUE = re.compile(r"[A-Za-z0-9._~-]+")  # what the renderer writes as a bare VAR=value line
 _SAFE_URL_PART = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]*")

@@ -289,3 +289,33 @@ def test_the_script_nix_builds_is_the_rendered_one_and_works(tmp_path: Path) -> 
         assert proc.returncode == 0, proc.stderr.decode()
         _check_env_file(run / f"{SECRET}.env", password)
         pw.unlink()
+
+
+ALSO_OK = [b"plain", b"opfUryV5FBAD7]yT[7py73IsqmU3M[lN", b"a{b}*c?d!e^f", b"base64:Zm9v+/=", b"~x,y%z@h:1"]
+ALSO_REFUSED = [b"", b"with space", b"a$b", b"a#b", b"a'b", b'a"b', b"a\\b", b"a&b", b"a|b", b"a;b", b"(x)", b"a\nb"]
+
+
+@pytest.mark.parametrize("value", ALSO_OK + ALSO_REFUSED, ids=lambda v: repr(v)[:30])
+def test_a_companion_value_is_written_as_it_is_or_refused_alike_by_shell_and_python(
+    tmp_path: Path, value: bytes
+) -> None:
+    """A companion's line is VAR=value, unquoted (docker's and podman's --env-file read the rest of the
+    line raw; compose and systemd unquote): the renderer's `case` pattern and patch's check at plan time
+    (_ALSO_VALUE) take the same values. [ ] { } * ? ! ^ are plain there (a Laravel APP_KEY holds them)."""
+    pw, env = _setup(tmp_path, b"dbpw")
+    also = tmp_path / "agenix" / "app-key"
+    also.write_bytes(value)
+    lines = (EnvLine("PG_DATABASE_URL", PREFIX, SUFFIX), EnvLine("APP_KEY", "", "", secret="app-key"))
+    script = render_script(
+        SECRET, shell_quote(str(pw)), [EnvFile(str(env), lines)], [("app-key", shell_quote(str(also)))]
+    )
+    proc = _run(script, tmp_path)
+    allowed = pt._ALSO_VALUE.fullmatch(value.decode("utf-8", "replace")) is not None
+    assert allowed == (value in ALSO_OK)
+    if allowed:
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert env.read_bytes().splitlines()[1] == b"APP_KEY=" + value
+    else:
+        assert proc.returncode == 1 and not env.exists()
+        assert b"cannot hold unquoted" in proc.stderr or b"missing or empty" in proc.stderr
+        assert value.strip() == b"" or value not in proc.stderr
