@@ -1514,6 +1514,8 @@ class Builder:
             for fm, b in list(self.all_binds()):
                 if not b.exact or not b.path or b.path[-1] != var:
                     continue
+                if decode_string(unparen(b.value)) == "":
+                    continue  # an empty variable holds no secret (compose2nix copies a project's variables)
                 shape = env_container(b.path)
                 if shape is None:
                     if decode_string(unparen(b.value)) is not None or self.value_of(fm, b.value) is not None:
@@ -1597,8 +1599,6 @@ class Builder:
                 "",
             )
             return
-        if value == "":
-            return  # an empty variable holds no secret (compose2nix copies a project's variables, set or not)
         first = self.also_values.setdefault(secret, value)
         if value != first:
             self.manual_here(
