@@ -810,6 +810,39 @@ def _backend(c: _Container, models: Mapping[str, FileModel] | None = None) -> tu
     return next(iter(values)) if len({v[0] for v in values}) == 1 else None
 
 
+def _mysql_script_db(db: _Db, fm: FileModel, f: Finding) -> _Db:
+    """services.mysql.initialScript's ``IDENTIFIED BY '...'``: the account's user, strategy move (patch:
+    nixsrc/shapes/mysql_initial_script.py)."""
+    from nixmig.nixsrc.shapes.mysql_initial_script import statements
+
+    at = f"{f.file}:{f.line}"
+    node = fm.root.descendant_for_byte_range(f.start, max(f.start, f.end)) if f.start >= 0 else None
+    while node is not None and node.type not in ("string_expression", "indented_string_expression"):
+        node = node.parent
+    sql = text(node) if node is not None else ""
+    pos = len(fm.source[node.start_byte : max(node.start_byte, f.start)].decode("utf-8", "replace")) if node else 0
+    q = 2 if node is not None and node.type == "indented_string_expression" else 1  # the SQL between '' or "
+    mine = [s for s in statements(sql[q:-q]) if s.clause is not None and s.clause[0] <= pos - q < s.clause[1]]
+    db.runtime = Val("native", f"{at} (services.mysql.initialScript)")
+    db.strategy = "move"
+    if mine and _ROLE.fullmatch(mine[0].user):
+        db.role = Val(mine[0].user, f"{at} (the account {mine[0].account} IDENTIFIED BY gives a password)")
+    created = _SQL_DB.search(sql)
+    if created is not None:  # informative: a move connects to no database
+        db.database = Val(created.group(1) or created.group(2), f"{at} (CREATE DATABASE in initialScript)")
+    if db.database is not None:
+        db.name, db.secret = f"{db.database.value}-db", f"{db.database.value}-db-password"
+        db.secret_origin = "named after the database"  # noqa: S105 - where the name comes from
+    else:
+        db.name, db.secret = "mysql", "mysql-db-password"
+    db.notes.append(
+        f"the password is in MySQL's SQL text ({at}, services.mysql.initialScript): nixmig rotates PostgreSQL "
+        "passwords only, so this migration moves the value (strategy move, below); `nixmig patch` locks the "
+        "account in the script and sets its password from the agenix file in a oneshot"
+    )
+    return db
+
+
 def _in_host_or_specialisation(p: NixPath) -> NixPath:
     """``specialisation.NAME.configuration.services.X...`` -> ``services.X...`` (patch puts the oneshot there)."""
     return p[3:] if len(p) > 3 and p[0] == "specialisation" and p[2] == "configuration" else p
@@ -824,6 +857,8 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
         origin=f"{f.file}:{f.line}",
         runtime=Val("native", ""),
     )
+    if p[:2] == ("services", "mysql") and "initialScript" in p:
+        return _mysql_script_db(db, fm, f)
     if "initialScript" in p:
         node = fm.root.descendant_for_byte_range(f.start, max(f.start, f.end)) if f.start >= 0 else None
         while node is not None and node.type not in ("string_expression", "indented_string_expression"):

@@ -41,6 +41,7 @@ def _table() -> tuple[Shape, ...]:
         file_reference,
         initial_script,
         libpq_dsn,
+        mysql_initial_script,
         run_argv,
         settings_url,
         shared_env,
@@ -50,6 +51,7 @@ def _table() -> tuple[Shape, ...]:
 
     return (
         initial_script.SHAPE,
+        mysql_initial_script.SHAPE,
         unit_sql.SHAPE,
         container_store_file.SHAPE,
         store_file.SHAPE,

@@ -1,0 +1,200 @@
+"""``services.mysql.initialScript`` with ``IDENTIFIED BY '...'``, under strategy move (MySQL/MariaDB).
+
+nixpkgs' mysql module pipes initialScript into the client (as services.mysql.user over the socket)
+in mysql.service's postStart, on the first start only; the script is a file in the world-readable
+Nix store. nixmig cannot rotate a MySQL password, so this is strategy move: the value is kept
+(``nixmig secret new NAME --from FILE:LINE``), and
+
+- ``CREATE USER a IDENTIFIED BY '...'`` / ``ALTER USER a IDENTIFIED BY '...'``: the clause becomes
+  ``ACCOUNT LOCK`` (the account is never left with an empty password);
+- ``GRANT ... TO a IDENTIFIED BY '...'`` (MariaDB, MySQL 5.7): the clause goes, and the script's own
+  ``CREATE USER a`` before it gets ``ACCOUNT LOCK`` (without one, GRANT is what creates the account:
+  refused, said);
+- a oneshot after mysql.service sets each account's password from the agenix file and unlocks it
+  (templates/mysql-user-password.nix.j2), at each boot.
+
+Which accounts: the service's role (the MySQL user) when nixmig.toml names one, else the one user
+the script gives a password. Anything else (another user's password, ``SET PASSWORD``, an
+``IDENTIFIED BY`` nixmig cannot read) is left for the verdict, which says it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.quote import nix_attr
+from nixmig.nixsrc.render import template
+from nixmig.nixsrc.shapes import Shape
+
+if TYPE_CHECKING:
+    from tree_sitter import Node
+
+    from nixmig.nixsrc.model import FileModel
+    from nixmig.nixsrc.patch import Builder
+
+INITIAL_SCRIPT = ("services", "mysql", "initialScript")
+_NAME = r"(?:'[A-Za-z0-9_.%:-]+'|`[A-Za-z0-9_.%:-]+`|\"[A-Za-z0-9_.%:-]+\"|[A-Za-z0-9_]+)"
+_ACCOUNT = rf"(?P<user>{_NAME})(?:\s*@\s*(?P<host>{_NAME}))?"
+_HEAD = re.compile(
+    rf"(?is)^\s*(?P<verb>CREATE\s+USER(?:\s+IF\s+NOT\s+EXISTS)?|ALTER\s+USER(?:\s+IF\s+EXISTS)?)\s+{_ACCOUNT}"
+)
+_GRANT_TO = re.compile(rf"(?is)^\s*GRANT\s.*?\sTO\s+{_ACCOUNT}")
+_CLAUSE = re.compile(r"(?is)\s+IDENTIFIED\s+BY\s+'(?P<pw>(?:[^'\\\n]|'')*)'")
+
+
+@dataclass(frozen=True)
+class Statement:
+    verb: str  # "create" | "alter" | "grant"
+    user: str
+    host: str
+    start: int  # of the statement, without its ';' (offsets into the text given)
+    end: int
+    clause: tuple[int, int, str] | None  # the IDENTIFIED BY clause (start, end, password)
+
+    @property
+    def account(self) -> str:
+        return f"'{self.user}'@'{self.host}'"
+
+
+def _unquote(name: str) -> str:
+    return name[1:-1] if name[:1] in "'`\"" else name
+
+
+def statements(text: str) -> list[Statement]:
+    """The CREATE USER / ALTER USER / GRANT ... TO statements of an SQL text, each with its account
+    (MySQL's default host '%') and its ``IDENTIFIED BY '...'`` clause, if any. A statement that
+    interpolates anything (``${``) is left out."""
+    out: list[Statement] = []
+    pos = 0
+    for part in text.split(";"):
+        start, end = pos, pos + len(part)
+        pos = end + 1
+        if "${" in part:
+            continue
+        head = _HEAD.match(part)
+        grant = None if head is not None else _GRANT_TO.match(part)
+        m = head or grant
+        if m is None:
+            continue
+        verb = "grant" if grant is not None else m.group("verb").split()[0].lower()
+        c = _CLAUSE.search(part, m.end())
+        clause = (start + c.start(), start + c.end(), c.group("pw").replace("''", "'")) if c else None
+        host = _unquote(m.group("host")) if m.group("host") else "%"
+        out.append(Statement(verb, _unquote(m.group("user")), host, start, end, clause))
+    return out
+
+
+def apply(b: Builder, password: str | None) -> None:
+    from nixmig.nixsrc.patch import written_text
+
+    if b.spec.strategy != "move":
+        return  # nixmig cannot rotate a MySQL password: the verdict says so, and names strategy move
+    for fm, bind in b.all_binds():
+        if bind.path != INITIAL_SCRIPT or not bind.exact:
+            continue
+        node = written_text(bind.value)
+        if node is not None:
+            _patch(b, fm, bind.node, node, password)
+
+
+def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | None) -> None:
+    from nixmig.nixsrc.patch import Manual
+
+    quote = 2 if node.type == "indented_string_expression" else 1  # '' or ": the SQL is between them
+    base = node.start_byte + quote
+    raw = fm.source[base : node.end_byte - quote].decode("utf-8", "surrogateescape")
+    stmts = statements(raw)
+
+    def at(i: int) -> int:  # a character offset of raw -> a byte offset of the file
+        return base + len(raw[:i].encode("utf-8", "surrogateescape"))
+
+    def said(i: int, what: str) -> None:  # at the clause's line: the verdict's line for it is this one
+        b.manual.append(Manual(fm.name, *fm.line_col(at(i)), what, ""))
+
+    with_pw = [s for s in stmts if s.clause is not None]
+    users = {s.user for s in with_pw}
+    role = b.spec.role
+    wanted = role if role in users else (next(iter(users)) if role == "postgres" and len(users) == 1 else None)
+    ours = [s for s in with_pw if s.user == wanted]
+    if not ours:
+        return
+    values = {s.clause[2] for s in ours if s.clause is not None}
+    if len(values) != 1 or (password is not None and password not in values):
+        said(
+            ours[0].clause[0] if ours[0].clause else 0,
+            f"services.mysql.initialScript gives {wanted} {len(values)} passwords"
+            + ("" if len(values) != 1 else " other than the one the plan recognised")
+            + ": one secret holds one value; by hand",
+        )
+        return
+    (value,) = values
+    edits: list[tuple[int, int, str, str]] = []
+    for s in ours:
+        assert s.clause is not None
+        start, end, _ = s.clause
+        if s.verb in ("create", "alter"):
+            edits.append((start, end, " ACCOUNT LOCK", f"{s.verb.upper()} USER {s.account}"))
+            continue
+        created = [c for c in stmts if c.verb == "create" and c.end <= s.start and (c.user, c.host) == (s.user, s.host)]
+        if not created:
+            said(
+                start,
+                f"services.mysql.initialScript: GRANT ... TO {s.account} IDENTIFIED BY creates the account, and "
+                f"without the clause it would have no password: add CREATE USER {s.account} ACCOUNT LOCK; before "
+                "it, then patch again",
+            )
+            return
+        edits.append((start, end, "", f"GRANT ... TO {s.account}"))
+        c = created[-1]
+        if c.clause is None and "ACCOUNT" not in raw[c.start : c.end].upper():
+            edits.append((c.end, c.end, " ACCOUNT LOCK", f"CREATE USER {c.account} (locked until the oneshot)"))
+    for start, end, new, what in edits:
+        b.ed.add(
+            fm,
+            at(start),
+            at(end),
+            new,
+            f"{what}: the literal password leaves services.mysql.initialScript (a file in the world-readable "
+            + "Nix store)"
+            + ("; the account stays locked until the oneshot sets its password" if new else ""),
+        )
+    for s in ours:
+        assert s.clause is not None
+        b.masks.append((fm.name, at(s.clause[0]), at(s.clause[1])))
+        b.replaced.append(f"the IDENTIFIED BY of {s.account} at {fm.where(at(s.clause[0]))}")
+    b.known.add(digest(value.encode()))
+    b.sql_file = fm
+    _unit(b, fm, near, sorted({s.account for s in ours}))
+
+
+def _unit(b: Builder, fm: FileModel, near: Node, accounts: list[str]) -> None:
+    from nixmig.nixsrc.patch import credential_name
+    from nixmig.nixsrc.shapes.initial_script import add_unit, unit_name
+
+    spec = b.spec
+    tpl = template("mysql-user-password.nix.j2")
+    shown = ", ".join(accounts)
+    add_unit(
+        b,
+        fm,
+        near,
+        lambda attr: str(
+            tpl.unit(attr, spec.secret, nix_attr(spec.secret), shown, accounts, credential_name(spec.secret))
+        ),
+        f"the oneshot {unit_name(b)} sets the MySQL password of {shown} from {spec.secret_on_host} after "
+        "mysql.service is up, at each boot and deploy, and unlocks the account (the value is read from the "
+        "credential file by the shell and sent on the client's stdin: never in the store, an argv or the server's "
+        "logs)",
+    )
+
+
+SHAPE = Shape(
+    "mysql-initial-script",
+    "services.mysql.initialScript with IDENTIFIED BY '...' (strategy move): the clause goes (the account locked), "
+    "a oneshot sets the password from the agenix file",
+    apply,
+    ("native-mysql-initialscript-grant-identified", "native-mysql-initialscript-grant-creates-user"),
+)
