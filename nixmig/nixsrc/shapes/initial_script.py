@@ -7,6 +7,7 @@ initialScript is a file in the world-readable Nix store.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from nixmig.nixsrc.leftover import digest
@@ -48,9 +49,65 @@ def apply(b: Builder, password: str | None) -> None:
             )
             continue
         where = ".".join(bind.path) + " (a file in the world-readable Nix store)"
+        unit = (*prefix, "systemd", "services", unit_name(b))
         if remove_clauses(b, fm, node, password, where):
             role_unit(b, fm, bind.node, prefix=prefix)
             b.sql_file = fm
+        elif not any(x.path[: len(unit)] == unit for _, x in b.all_binds()):
+            continue  # not this migration's script (nor one patched already)
+        _mysql_syntax(b, fm, node, where)
+        _other_roles(b, fm, node)
+
+
+def _other_roles(b: Builder, fm: FileModel, node: Node) -> None:
+    """Another role's PASSWORD beside the migration's: left, and said as what it is (at its line, so the
+    verdict's line for it is this one)."""
+    from nixmig.nixsrc.patch import Manual
+
+    raw = fm.source[node.start_byte : node.end_byte]
+    for c in clauses(raw):
+        if c.role != b.spec.role:
+            line, col = fm.line_col(node.start_byte + c.value_start)
+            b.masks.append((fm.name, node.start_byte + c.value_start, node.start_byte + c.value_end))  # diffs
+            b.manual.append(
+                Manual(
+                    fm.name,
+                    line,
+                    col,
+                    f"services.postgresql.initialScript sets the password of role {c.role}, another role than this "
+                    f"migration's ({b.spec.role}): it stays in the Nix store; give role {c.role} a migration of its "
+                    "own in nixmig.toml (its own secret: patch moves its clause the same way), or remove it",
+                    "",
+                )
+            )
+
+
+# MySQL's account syntax ('user'@'host') in a PostgreSQL script: PostgreSQL rejects the statement (psql,
+# as nixpkgs runs initialScript, reports it and goes on), so its password never set anything
+_MYSQL_ACCOUNT = re.compile(
+    rb"(?i)\b(?:CREATE|ALTER)\s+USER\s+'(?P<user>[A-Za-z0-9_.-]+)'\s*@\s*'[^'\n]*'[^;']*?"
+    rb"(?P<clause>\s+(?:PASSWORD|IDENTIFIED\s+BY)\s+'(?P<pw>(?:[^'\\\n]|'')*)')"
+)
+
+
+def _mysql_syntax(b: Builder, fm: FileModel, node: Node, where: str) -> None:
+    """``CREATE USER 'role'@'host' ... PASSWORD '...'`` naming the migration's role: a statement that never
+    ran (see _MYSQL_ACCOUNT); its literal leaves the store, the statement stays as it was otherwise."""
+    raw = fm.source[node.start_byte : node.end_byte]
+    for m in _MYSQL_ACCOUNT.finditer(raw):
+        if m.group("user").decode().lower() != b.spec.role.lower() or b"${" in m.group(0):
+            continue
+        start, end = node.start_byte + m.start("clause"), node.start_byte + m.end("clause")
+        b.masks.append((fm.name, node.start_byte + m.start("pw"), node.start_byte + m.end("pw")))
+        b.ed.add(
+            fm,
+            start,
+            end,
+            "",
+            f"removes a literal password from {where}: its statement names role {b.spec.role} in MySQL's "
+            "'user'@'host' syntax, which PostgreSQL rejects (psql reports it and goes on): it never set a "
+            "password, and stays as it was otherwise",
+        )
 
 
 def _inherits(b: Builder, prefix: NixPath) -> bool:
