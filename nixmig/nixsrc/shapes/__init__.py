@@ -35,6 +35,7 @@ class Shape:
 
 def _table() -> tuple[Shape, ...]:
     from nixmig.nixsrc.shapes import (
+        activation_heredoc,
         container_store_file,
         env_file_option,
         etc_file,
@@ -58,6 +59,7 @@ def _table() -> tuple[Shape, ...]:
         etc_file.SHAPE,
         file_reference.SHAPE,
         shared_env.SHAPE,
+        activation_heredoc.SHAPE,
         run_argv.SHAPE,
         env_file_option.SHAPE,
         settings_url.SHAPE,
