@@ -1504,7 +1504,7 @@ class Builder:
         secret NAME (its value kept): ``VAR_FILE`` / ``FILE__VAR`` and a bind mount where the image reads
         one, else a line of the env file the container's unit already renders. A VAR found nowhere in
         scope, or in a shape nixmig cannot edit, is said (never ignored)."""
-        from nixmig.nixsrc.shapes import option_companion
+        from nixmig.nixsrc.shapes import activation_heredoc, option_companion
 
         for var, secret in self.spec.also:
             if option_companion.is_option_key(var):  # an option that takes a file: its own shape module
@@ -1541,6 +1541,8 @@ class Builder:
                     )
                     continue
                 self.move_companion(fm, b, kind, name, prefix, var, secret)
+            if not found and activation_heredoc.move_companion(self, var, secret):
+                continue  # a line of an activation script's heredoc, read by containers
             if not found and not self.companion_done(var, secret):
                 touched = sorted({n for _, _, n, _ in self.touched.values()})
                 self.manual.append(
@@ -2018,7 +2020,7 @@ class Builder:
 
         "Nothing to change" is only possible when the scan found nothing left and the tree
         uses the secret (see :mod:`nixmig.nixsrc.leftover`)."""
-        from nixmig.nixsrc.shapes import option_companion
+        from nixmig.nixsrc.shapes import activation_heredoc, option_companion
 
         spec = self.spec
         used = uses_secret(self.models, spec.secret, spec.secret_on_host)
@@ -2049,7 +2051,9 @@ class Builder:
                 what = left.what.partition(": ")[0] + ": left as it is: every edit was given up (the first item)"
                 self.manual.append(Manual(left.file, left.line, left.col, what, ""))
                 continue
-            companion = left.companion or option_companion.key_at(self, left)  # a native option's (also) too
+            companion = (  # a native option's (also) too, and a heredoc line's
+                left.companion or option_companion.key_at(self, left) or activation_heredoc.companion_at(self, left)
+            )
             self.manual.append(Manual(left.file, left.line, left.col, left.what, snippet, companion))
         if not found and not self.ed.items and not self.manual and not in_use:
             self.manual.append(

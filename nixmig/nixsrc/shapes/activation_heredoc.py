@@ -15,12 +15,16 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.leftover import DB_WORDS, digest
 from nixmig.nixsrc.model import Lit, decode_string, unparen
 from nixmig.nixsrc.render import EnvLine
+from nixmig.nixsrc.scan import words
 from nixmig.nixsrc.shapes import Shape
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from nixmig.nixsrc.leftover import Leftover
     from nixmig.nixsrc.model import Bind, FileModel, NixPath
     from nixmig.nixsrc.patch import Builder
 
@@ -81,21 +85,67 @@ def _readers(b: Builder, fm: FileModel, path: str) -> list[tuple[str, str, NixPa
     return out
 
 
-def apply(b: Builder, password: str | None) -> None:
-    if password is None and not b.known:
-        return
+Line = tuple["FileModel", "Bind", int, "re.Match[bytes]", str]  # (file, script, its start, VAR=value, the path)
+
+
+def _lines(b: Builder) -> Iterator[Line]:
+    """Every plain ``VAR=value`` line of a heredoc an activation script writes to a literal path."""
     for fm, bind in _scripts(b):
         node = unparen(bind.value)
         raw = fm.source[node.start_byte : node.end_byte]
         for path, start, end in heredocs(raw):
             for m in _LINE.finditer(raw, start, end):
-                value = m.group("value").decode()
-                if value != password if password is not None else digest(value.encode()) not in b.known:
-                    continue
-                readers = _readers(b, fm, path)
-                if not readers:
-                    continue  # read by nothing nixmig sees, or by something it cannot edit: the verdict says it
-                _move(b, fm, bind, node.start_byte, m, path, readers)
+                yield fm, bind, node.start_byte, m, path
+
+
+def apply(b: Builder, password: str | None) -> None:
+    if password is None and not b.known:
+        return
+    for fm, bind, base, m, path in _lines(b):
+        value = m.group("value").decode()
+        if value != password if password is not None else digest(value.encode()) not in b.known:
+            continue
+        if not _database_variable(m.group("var").decode()):
+            continue  # the database's value under another credential's name: a companion (companion_at)
+        readers = _readers(b, fm, path)
+        if not readers:
+            continue  # read by nothing nixmig sees, or by something it cannot edit: the verdict says it
+        _move(b, fm, bind, base, m, path, readers)
+
+
+def _database_variable(var: str) -> bool:
+    """A variable named for a database (AUTHENTIK_POSTGRESQL__PASSWORD, WIKI_DB__PASSWORD): the password's;
+    any other (a bootstrap password, a token) holding the same value is another credential."""
+    return bool({w.lower() for w in words(var)} & DB_WORDS)
+
+
+def companion_at(b: Builder, left: Leftover) -> str:
+    """The variable (nixmig.toml's ``also``) that would move ``left`` when it is a heredoc line holding the
+    database's value under another credential's name, read by containers nixmig can give an env file."""
+    for fm, _bind, base, m, path in _lines(b):
+        if fm.name != left.file or not (base + m.start("value") <= left.start < base + m.end("value")):
+            continue
+        value = m.group("value").decode()
+        if digest(value.encode()) in b.known and _readers(b, fm, path):
+            return m.group("var").decode()
+    return ""
+
+
+def move_companion(b: Builder, var: str, secret: str) -> bool:
+    """``also = { VAR = "secret" }`` for a heredoc line (see :func:`companion_at`): moved like the password's
+    line, onto ``secret`` (its value kept); False when no heredoc line sets VAR."""
+    found = [
+        x
+        for x in _lines(b)
+        if x[3].group("var").decode() == var and (x[0].name, x[2] + x[3].start("value")) not in b.handled
+    ]
+    moved = False
+    for fm, bind, base, m, path in found:
+        readers = _readers(b, fm, path)
+        if readers:
+            _move(b, fm, bind, base, m, path, readers, secret)
+            moved = True
+    return moved
 
 
 def _move(
@@ -106,9 +156,11 @@ def _move(
     m: re.Match[bytes],
     path: str,
     readers: list[tuple[str, str, NixPath]],
+    secret: str = "",
 ) -> None:
     var, value = m.group("var").decode(), m.group("value").decode()
     at = base + m.start("value")
+    kept = f" (also: the agenix secret {secret}, its value kept)" if secret else " (the hardcoded password)"
     renderers = []
     for kind, name, prefix in readers:
         r = b.renderer_for_container(fm, kind, name, prefix)
@@ -116,7 +168,7 @@ def _move(
             return
         renderers.append((r, kind, name, prefix))
     lit = Lit((*bind.path, var), unparen(bind.value), False, None)
-    line = EnvLine(var, "", "", raw=True)
+    line = EnvLine(var, "", "", raw=not secret, secret=secret)
     for r, kind, name, prefix in renderers:
         env_path = b.add_env_line(r, line)
         r.literals.append(f"{var} at {fm.where(at)}")
@@ -130,14 +182,18 @@ def _move(
         line_start,
         line_end,
         "",
-        f"removes {var} (the hardcoded password) from the heredoc of system.activationScripts.{bind.path[2]} that "
+        f"removes {var}{kept} from the heredoc of system.activationScripts.{bind.path[2]} that "
         f"writes {path} (the script is in the world-readable Nix store): the {names} container(s) read it from "
         "their own env file, rendered at each start from the agenix file and listed after it",
     )
     b.masks.append((fm.name, at, base + m.end("value")))
-    b.known.add(digest(value.encode()))
     b.handled.add((fm.name, at))
-    b.replaced.append(f"{var} at {fm.where(at)}")
+    if secret:
+        b.also_known.add(digest(value.encode()))
+        b.also_replaced.setdefault(secret, []).append(f"{var} at {fm.where(at)}")
+    else:
+        b.known.add(digest(value.encode()))
+        b.replaced.append(f"{var} at {fm.where(at)}")
 
 
 SHAPE = Shape(
