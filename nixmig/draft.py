@@ -1198,6 +1198,7 @@ def draft(
             dbs.append(url)
     # the apps: every other finding holding the same value
     apps: dict[int, list[str]] = {}
+    app_dbs: dict[int, dict[str, str]] = {}  # the databases the apps' URLs name -> where, by owner
     for i, f in enumerate(db_findings):
         if i in used:
             continue
@@ -1211,6 +1212,10 @@ def draft(
             unplaced.append(f"{where}: a database credential nixmig cannot tie to a database in the repo")
         else:
             apps.setdefault(id(owner), []).append(where)
+            if f.kind.value == "url-credential" and f.start >= 0:
+                app_dbs.setdefault(id(owner), {}).setdefault(_url_database(models[f.file], f), where)
+    for d in dbs:
+        _apps_database(d, app_dbs.get(id(d), {}))
 
     return _render(dbs, apps, list(dict.fromkeys(unplaced)), hosts, keys, skipped, other, notes)
 
@@ -1256,6 +1261,45 @@ def _movable_option(p: NixPath) -> bool:
     from nixmig.nixsrc.shapes.file_reference import READS_FILE_REFERENCE
 
     return nixpkgs_file_sibling(p) is not None or p[-1].endswith("File") or p[1] in READS_FILE_REFERENCE
+
+
+def _url_database(fm: FileModel, f: Finding) -> str:
+    """The database a URL finding's path names (``postgres://u:pw@h:5432/NAME?...``), or ""."""
+    end = fm.source.find(b'"', f.end)
+    rest = fm.source[f.end : end if end != -1 else len(fm.source)].decode("utf-8", "replace")
+    m = re.match(r"@[^/?#\s]*/([A-Za-z0-9_.-]+)", rest)
+    return m.group(1) if m else ""
+
+
+def _apps_database(db: _Db, named: Mapping[str, str]) -> None:
+    """The apps' URLs name the database they use: the data is there. One name other than the draft's
+    takes the place of the image's default (POSTGRES_USER's name when no POSTGRES_DB), with a check;
+    beside a database the configuration names, the difference is a check."""
+    names = {n: w for n, w in named.items() if n}
+    if db.database is None or not names or db.strategy == "move":
+        return
+    if len(names) > 1:
+        listed = ", ".join(f"{n} ({w})" for n, w in names.items())
+        check = f"the apps' URLs name several databases: {listed}; which one holds the data?"
+        db.database = replace(db.database, check=check)
+        return
+    ((name, where),) = names.items()
+    if name == db.database.value:
+        return
+    if any(w in db.database.origin for w in ("no POSTGRES_DB", "image's default", "no database named")):
+        made = (
+            f"the image creates {db.database.value!r}, the app uses {name!r} (created by the app?)"
+            if "no POSTGRES_DB" in db.database.origin or "image's default" in db.database.origin
+            else f"the app's URL names {name!r}"
+        )
+        db.database = Val(
+            name,
+            f"{where} (the database the app's URL names; nothing else names one)",
+            f"{made}: the backup and verify read this one",
+        )
+    else:
+        check = f"the app's URL names database {name!r} ({where}): is the data there?"
+        db.database = replace(db.database, check=db.database.check or check)
 
 
 def _let_note(fm: FileModel, let: LetLiteral) -> str:

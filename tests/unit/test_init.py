@@ -658,3 +658,34 @@ def test_a_database_inside_a_nixos_container_is_drafted_as_a_move(tmp_path: Path
     (mig,) = load(tmp_path, d.toml).migrations.values()
     assert mig.strategy == "move"
     assert "runs inside the declarative NixOS container cloud" in d.toml
+
+
+def _app_and_db(db_env: str) -> dict[str, bytes]:
+    return {
+        "hosts/box/default.nix": (
+            "{ ... }: {\n"
+            "  virtualisation.oci-containers.containers.db = {\n"
+            '    image = "postgres:16";\n'
+            f'    environment = {{ {db_env} POSTGRES_PASSWORD = "tw-pw-7731x"; }};\n'
+            "  };\n"
+            "  virtualisation.oci-containers.containers.server = {\n"
+            '    image = "example/server:1";\n'
+            '    environment.PG_DATABASE_URL = "postgres://app:tw-pw-7731x@db:5432/appdata";\n'
+            "  };\n"
+            "}\n"
+        ).encode()
+    }
+
+
+def test_the_apps_url_names_the_database_when_the_container_names_none() -> None:
+    """No POSTGRES_DB: the image creates POSTGRES_USER's database, but the app's URL names the one it
+    uses (twenty: /default). The backup and verify must read that one (before: 'app', unmarked)."""
+    d = draft(_app_and_db('POSTGRES_USER = "app";'))
+    assert re.search(r'^database = "appdata"  # from hosts/box/default.nix:8 ', d.toml, re.M), d.toml
+    assert "# check: the image creates 'app', the app uses 'appdata'" in d.toml
+
+
+def test_a_database_the_container_names_stays_with_a_check_when_the_url_names_another() -> None:
+    d = draft(_app_and_db('POSTGRES_USER = "app"; POSTGRES_DB = "main";'))
+    assert re.search(r'^database = "main"  # from hosts/box/default.nix:4 ', d.toml, re.M), d.toml
+    assert "# check: the app's URL names database 'appdata'" in d.toml
