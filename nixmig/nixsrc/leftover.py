@@ -311,7 +311,7 @@ def leftovers(
             )
             why = _why(f, fm.source, role, name, migration, same)
             var = _companion_var(f, fm.source, migration, same)
-            if var and not same and _in_container(f, name, containers):
+            if var and not same and _in_container(f, name, containers) and "also = {" not in why:
                 fix = companion_fix(migration or "", var, name, f.line)
                 why = (
                     "another credential of a container this migration patches (it leaves the Nix store with "

@@ -2013,6 +2013,31 @@ class Builder:
             )
         return cands[0] if cands else None
 
+    def mysql_under_rotation(self) -> bool:
+        """The password the plan would move is a MySQL/MariaDB database's (its image's MYSQL_PASSWORD,
+        MARIADB_PASSWORD ... holds it) while the strategy changes it: apply's phases are PostgreSQL's, so
+        the rotation cannot happen. Said at that line (strategy move keeps the value); True: give up."""
+        if self.spec.strategy == "move":
+            return False
+        places = [p for p in map(_mysql_place, self.replaced) if p is not None]
+        if not places:
+            return False
+        var, file, line, col = places[0]
+        mig = self.spec.migration or "NAME"
+        self.manual.append(
+            Manual(
+                file,
+                line,
+                col,
+                f"{var} holds this migration's password: the database is MySQL/MariaDB, and nixmig cannot "
+                f'rotate its password (strategy {self.spec.strategy}): set strategy = "move" in '
+                f"[migrations.{mig}] (the value is kept: `nixmig secret new {self.spec.secret} --from "
+                f"{file}:{line}`), and role to the MySQL user (or root)",
+                "",
+            )
+        )
+        return True
+
     # ------------------------------------------------ the verdict: what the plan would leave
 
     def verdict(self, db: _Db | None, *, given_up: bool = False) -> None:
@@ -2054,6 +2079,8 @@ class Builder:
             companion = (  # a native option's (also) too, and a heredoc line's
                 left.companion or option_companion.key_at(self, left) or activation_heredoc.companion_at(self, left)
             )
+            if given_up:
+                companion = ""  # nothing moves: no companion to take first
             self.manual.append(Manual(left.file, left.line, left.col, left.what, snippet, companion))
         if not found and not self.ed.items and not self.manual and not in_use:
             self.manual.append(
@@ -2250,6 +2277,11 @@ class Builder:
             self.ed.items = []
             self.let_used.clear()  # no use was replaced: every let-bound password stays
             self.notes.append("nothing is written: the edits need a file nixmig cannot give config/lib/pkgs")
+        elif self.mysql_under_rotation():
+            unusable = True
+            self.ed.items = []
+            self.let_used.clear()
+            self.notes.append("nothing is written: the password is a MySQL/MariaDB database's (strategy move)")
         self.drop_lets()
         self.verdict(db, given_up=unusable)
         self.ed.items = settle(self.ed.items, {name: fm.source for name, fm in self.models.items()})
@@ -2263,6 +2295,19 @@ class Builder:
             tuple(self.masks),
             tuple((name, tuple(dict.fromkeys(_file_line(p) for p in places))) for name, places in kept if places),
         )
+
+
+_MYSQL_PASSWORD_VARS = frozenset({"MYSQL_PASSWORD", "MARIADB_PASSWORD", *_MYSQL_ROOT_VARS})
+
+
+def _mysql_place(replaced: str) -> tuple[str, str, int, int] | None:
+    """ "MARIADB_PASSWORD at f:12:9" -> (var, f, 12, 9) for a MySQL/MariaDB image's password variable."""
+    var, _, where = replaced.rpartition(" at ")
+    file, _, line_col = where.partition(":")
+    line, _, col = line_col.partition(":")
+    if var not in _MYSQL_PASSWORD_VARS or not line.isdigit() or not col.isdigit():
+        return None
+    return var, file, int(line), int(col)
 
 
 def _file_line(replaced: str) -> str:

@@ -272,3 +272,40 @@ def test_the_refusal_names_the_let_binding_that_holds_a_kept_value(tmp_path: Pat
     out = run_cli("patch", "--repo", str(repo), "--write")
     assert out.returncode == 1
     assert f"take the value(s) first: nixmig secret new shop-db-password --from {rel}:3;" in out.stderr.decode()
+
+
+def test_a_mariadb_password_an_app_names_by_its_user_is_refused_under_rotate() -> None:
+    """The app's DB_USER / DB_PASSWD name the role, so the plan takes DB_PASSWD's value as the password,
+    and MARIADB_PASSWORD holds it too. Under rotate that was moved like any app variable and patch
+    said done (realcfg 39, romm): apply would then run PostgreSQL's phases against MariaDB. Nothing
+    is written; the line names strategy move."""
+    src = {
+        "romm.nix": b"""{ config, lib, pkgs, ... }:
+{
+  virtualisation.oci-containers.containers.games-db = {
+    image = "mariadb:11";
+    environment = {
+      MARIADB_DATABASE = "games";
+      MARIADB_USER = "games_user";
+      MARIADB_PASSWORD = "games-pw-4411";
+    };
+  };
+  virtualisation.oci-containers.containers.games = {
+    image = "example/games:3";
+    environment = {
+      DB_HOST = "games-db";
+      DB_USER = "games_user";
+      DB_PASSWD = "games-pw-4411";
+    };
+  };
+}
+"""
+    }
+    spec = pt.Spec(secret="games-db-password", role="games_user", container="games-db", migration="games")
+    plan = pt.plan(src, spec, find_companions=True)
+    assert plan.edits == () and plan.auto_also == ()
+    first = plan.manual[0]
+    assert first.line == 8 and 'set strategy = "move" in [migrations.games]' in first.what
+    assert "--from romm.nix:8" in first.what and "nothing is written" in " ".join(plan.notes)
+    moved = pt.plan(src, dataclasses.replace(spec, strategy="move"), find_companions=True)
+    assert moved.edits and moved.manual == ()
