@@ -177,6 +177,15 @@ def _literal_at(places: tuple[str, ...], plan: Plan, sources: dict[str, bytes]) 
         file, _, line = at.rpartition(":")
         if file in sources and any(str(f.line) == line for f in scan_source(sources[file], file).findings):
             return at
+    # scan sees no secret there (a value that reads like a placeholder): FILE:LINE:COL of the masked string,
+    # which `secret new --from` takes as pointed at
+    for at in places:
+        file, _, line = at.rpartition(":")
+        here = [
+            s for f, s, _ in plan.masks if f == file and f in sources and sources[f].count(nl, 0, s) + 1 == int(line)
+        ]
+        if len(here) == 1:
+            return f"{at}:{here[0] - sources[file].rfind(nl, 0, here[0])}"
     return places[0]
 
 

@@ -52,6 +52,8 @@ def take(spec: str, root: Path) -> Taken:
     if result.problem is not None:
         raise UsageError(f"--from: {result.problem}", hint="fix the Nix syntax first")
     here = [f for f in result.findings if f.line == line and (col is None or f.col == col)]
+    if not here and col is not None and (pointed := _string_at(source, name, line, col)) is not None:
+        return pointed  # FILE:LINE:COL names the string itself: a value scan reads as a placeholder
     if not here:
         found = ", ".join(f"{f.line}:{f.col}" for f in result.findings) or "none"
         raise UsageError(
@@ -67,3 +69,18 @@ def take(spec: str, root: Path) -> Taken:
     if f.kind is Kind.URL_CREDENTIAL:
         value = Secret(unquote_to_bytes(value.reveal()))  # the userinfo is percent-encoded
     return Taken(value, f"{name}:{f.line}:{f.col}", f.attr_path)
+
+
+def _string_at(source: bytes, name: str, line: int, col: int) -> Taken | None:
+    """The string literal (no interpolation, not empty) whose value starts at ``line``:``col`` or whose
+    quotes do: ``nixmig patch`` names a kept value there when scan does not see it as a secret (a value
+    that reads like a placeholder, "CHANGE_ME_PASSWORD"). Only with a column: the user points at it."""
+    from nixmig.nixsrc.model import decode_string, model
+
+    fm = model(name, source)
+    for lit in fm.lits:
+        value = decode_string(lit.node)
+        start = fm.line_col(lit.node.start_byte)
+        if value and start[0] == line and col in (start[1], start[1] + 1):
+            return Taken(Secret(value.encode()), f"{name}:{line}:{col}", ".".join(lit.path))
+    return None

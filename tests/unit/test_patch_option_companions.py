@@ -141,3 +141,30 @@ def test_patch_write_moves_option_companions_and_records_them(tmp_path: Path) ->
     assert run_cli("patch", "--repo", str(repo), "--check").returncode == 0
     for out in (r, again):
         assert b"lab-pw-31" not in out.stdout + out.stderr
+
+
+def test_a_kept_value_scan_reads_as_a_placeholder_is_taken_by_its_column(tmp_path: Path) -> None:
+    """nextcloud's admin /etc file holds "CHANGE_ME_PASSWORD" (the database's value too): scan sees no
+    secret there, so `secret new --from FILE:LINE` cannot take it. patch names FILE:LINE:COL of the
+    string instead, which --from takes as pointed at; without the column it is still refused."""
+    from nixmig.secrets import store
+    from nixmig.secrets.age import load_identities
+    from tests.helpers import private_key
+
+    repo = tmp_path / "repo"
+    shutil.copytree(SHAPES / "native-etc-dbpass-and-adminpass-placeholder", repo)
+    r = run_cli("patch", "--repo", str(repo), "--write")
+    assert r.returncode == 1
+    assert "nixmig secret new nextcloud-adminpass --from hosts/box/cloud.nix:5:50;" in r.stderr.decode()
+    bare = run_cli("secret", "new", "nextcloud-adminpass", "--from", "hosts/box/cloud.nix:5", "--repo", str(repo))
+    assert bare.returncode == 2 and b"no hardcoded secret there" in bare.stderr
+    for args in (("nextcloud-adminpass", "--from", "hosts/box/cloud.nix:5:50"), ("nextcloud-db-password",)):
+        made = run_cli("secret", "new", *args, "--repo", str(repo))
+        assert made.returncode == 0, made.stderr
+        assert b"CHANGE_ME_PASSWORD" not in made.stdout + made.stderr
+    ident = load_identities([private_key(tmp_path, "admin_ed25519")])
+    assert store.show(repo / "secrets/secrets.nix", "nextcloud-adminpass", ident).reveal() == b"CHANGE_ME_PASSWORD"
+    r = run_cli("patch", "--repo", str(repo), "--write")
+    assert r.returncode == 0, r.stderr
+    assert b"CHANGE_ME_PASSWORD" not in (repo / "hosts/box/cloud.nix").read_bytes()
+    assert run_cli("patch", "--repo", str(repo), "--check").returncode == 0
