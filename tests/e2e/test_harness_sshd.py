@@ -69,3 +69,15 @@ def test_extra_authorised_key_and_sftp(sshd_factory: StartSshd, tmp_path: Path) 
         "-i", str(server.identity), "-P", str(server.port), f"{server.user}@{server.host}",
     ], stdin="pwd\n")  # fmt: skip
     assert sftp.returncode == 0, sftp.stderr
+
+
+def test_commands_do_not_source_the_login_users_bashrc(sshd: SshServer) -> None:
+    # bash run by sshd at the top level (SHLVL unset) sources ~/.bashrc before the command:
+    # this machine's root one (pyenv init) was 0.1-0.3 s of every session's start, which a
+    # NixOS host's shell does not pay. sshd's SetEnv SHLVL=1 puts bash one level down.
+    import pwd
+
+    shell = pwd.getpwnam(sshd.user).pw_shell
+    proc = run(sshd.ssh_argv('echo "$SHLVL"'))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("2" if shell.endswith("/bash") else "1"), (shell, proc.stdout)
