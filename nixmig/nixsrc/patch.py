@@ -971,16 +971,20 @@ class Builder:
             self.owner, self.owner_why = reader, f"owned by the user services.{option[1]} runs as, who reads it"
         return reader is not None
 
-    def take_sibling(self, found: list[tuple[FileModel, Lit, str, NixPath]]) -> None:
+    def take_sibling(self, found: list[tuple[FileModel, Lit, str, NixPath]], recognised: bool) -> None:
         """A nixpkgs option with a file sibling (``database.password`` beside ``passwordFile``): the
-        database's one if several (or password_option's), else said, not guessed."""
+        database's one if several (or password_option's), else said, not guessed. ``recognised``: the
+        plan found the password elsewhere (a database container, a URL, SQL): then an option of no
+        database (redis' ``requirePass`` with the same value) is another credential, a companion the
+        verdict offers (its own secret, value kept), never moved onto the database's secret: a rotation
+        would change it while the clients that read it as a companion keep the old value."""
         if self.option_literal is not None or not found:
             return
         if self.spec.password_option:
             want = tuple(self.spec.password_option.split("."))
             found = [f for f in found if f[3] == want]
-        elif len(found) > 1:
-            found = [f for f in found if set(f[1].path[-2:]) & {"database", "db"} or f[1].path[-1] == "dbpass"]
+        elif recognised or len(found) > 1:
+            found = [f for f in found if database_option(f[1].path)]
         if len(found) != 1:
             return  # several: the verdict lists them, password_option picks one
         fm, lit, value, option = found[0]
@@ -999,11 +1003,13 @@ class Builder:
         siblings: list[tuple[FileModel, Lit, str, NixPath]] = []
         self._scan_literals(password, db, siblings)
         self.bare_variables(password, siblings)
-        self.take_sibling(siblings)
+        self.take_sibling(siblings, recognised=password is not None or bool(self.known))
 
     def _scan_literals(
         self, password: str | None, db: _Db | None, siblings: list[tuple[FileModel, Lit, str, NixPath]]
     ) -> None:
+        from nixmig.nixsrc.shapes import shared_env
+
         for fm, lit in self.all_lits():
             if (fm.name, lit.node.start_byte) in self.handled or self.companion(lit.path):
                 continue  # a companion credential (also) is moved onto its own secret by patch_also
@@ -1037,9 +1043,10 @@ class Builder:
                 other = _other_credential(lit.path) or self.other_user(fm, lit.path)
                 self.mask_literal(fm, lit.node)
                 line = fm.line_col(lit.node.start_byte)[0]
+                in_env = env_container(lit.path) is not None or shared_env.shared_var(self, fm, lit.bind) is not None
                 fix = (
                     companion_fix(self.spec.migration, lit.path[-1], fm.name, line)
-                    if env_container(lit.path) is not None and _ENV_VAR.fullmatch(lit.path[-1])
+                    if in_env and _ENV_VAR.fullmatch(lit.path[-1])
                     else "give it its own secret, or a move migration"
                 )
                 self.manual_here(
@@ -1496,15 +1503,16 @@ class Builder:
     # ------------------------------------------------ companion credentials (also)
 
     def companion(self, path: NixPath) -> bool:
-        """``path`` binds a variable of a container's environment that nixmig.toml's ``also`` names."""
-        return bool(path) and path[-1] in self.also_vars and env_container(path) is not None
+        """``path`` binds a variable of a container's environment (or of a let-bound one containers share)
+        that nixmig.toml's ``also`` names."""
+        return bool(path) and path[-1] in self.also_vars and (env_container(path) is not None or path[0] == "<let>")
 
     def patch_also(self) -> None:
         """Each ``also = { VAR = "NAME" }``: VAR, in the containers this migration patches, reads the agenix
         secret NAME (its value kept): ``VAR_FILE`` / ``FILE__VAR`` and a bind mount where the image reads
         one, else a line of the env file the container's unit already renders. A VAR found nowhere in
         scope, or in a shape nixmig cannot edit, is said (never ignored)."""
-        from nixmig.nixsrc.shapes import activation_heredoc, option_companion
+        from nixmig.nixsrc.shapes import activation_heredoc, option_companion, shared_env
 
         for var, secret in self.spec.also:
             if option_companion.is_option_key(var):  # an option that takes a file: its own shape module
@@ -1512,11 +1520,18 @@ class Builder:
                 continue
             found = False
             for fm, b in list(self.all_binds()):
-                if not b.exact or not b.path or b.path[-1] != var:
-                    continue
+                if not b.path or b.path[-1] != var or not (b.exact or b.path[0] == "<let>"):
+                    continue  # (a let-bound environment shared by containers: shared_env.shared_var)
                 if decode_string(unparen(b.value)) == "":
                     continue  # an empty variable holds no secret (compose2nix copies a project's variables)
                 shape = env_container(b.path)
+                shared = shared_env.shared_var(self, fm, b) if shape is None else None
+                if shared is not None:  # a let-bound environment every container using it is patched
+                    found = True
+                    self.move_shared_companion(fm, b, shared, var, secret)
+                    continue
+                if not b.exact:
+                    continue  # another let binding: not a container's
                 if shape is None:
                     if decode_string(unparen(b.value)) is not None or self.value_of(fm, b.value) is not None:
                         found = True
@@ -1588,29 +1603,78 @@ class Builder:
         if found is not None:
             self.also_owner[secret] = found
 
+    def companion_value(
+        self, fm: FileModel, b: Bind, where: str, var: str, secret: str, *, env_line: bool = True
+    ) -> str | None:
+        """A companion literal's value, when it can move: a literal, not empty, one value per secret and
+        (``env_line``) one an env file line holds unquoted; else None (said at its line, or nothing to move)."""
+        value = self.value_of(fm, b.value)
+        why = None
+        if value is None:
+            why = f"{'.'.join(b.path)} (also: {secret!r}) is computed, not a literal: nixmig cannot tell what it holds"
+        elif value == "":
+            return None  # an empty variable holds no secret
+        elif value != self.also_values.setdefault(secret, value):
+            why = (
+                f"{var} (also: {secret!r}) in {where} holds another value than where the secret {secret} takes "
+                "it from: one secret holds one value; give this one its own migration, or make them equal first"
+            )
+        elif env_line and not _ALSO_VALUE.fullmatch(value):
+            why = (
+                f"{var} (also: {secret!r}) in {where} holds characters an env file line cannot hold unquoted "
+                f"(only {ALSO_CHARS}): move it by hand"
+            )
+        if why is not None:
+            self.manual_here(fm, b.value, why, "")
+            return None
+        return value
+
+    def move_shared_companion(
+        self, fm: FileModel, b: Bind, containers: Sequence[tuple[str, str, NixPath]], var: str, secret: str
+    ) -> None:
+        """A companion in a let-bound environment attrset shared by containers this plan patches: the
+        variable leaves the attrset once, each container's env file gets its line (value kept)."""
+        names = ", ".join(name for _, name, _ in containers)
+        value = self.companion_value(fm, b, f"{b.path[1]}, the environment of {names},", var, secret)
+        if value is None:
+            return
+        where = f"{var} at {fm.where(b.value)}"
+        renderers = []
+        for kind, name, prefix in containers:
+            r = self.renderer_for_container(fm, kind, name, prefix)
+            if r is None:
+                self.manual_here(
+                    fm,
+                    b.value,
+                    f"{var} (also: {secret!r}) in {b.path[1]}: nixmig cannot tell the unit that starts the {name} "
+                    "container: move it by hand",
+                    "",
+                )
+                return
+            renderers.append((r, kind, name, prefix))
+        for r, kind, name, prefix in renderers:
+            env_path = self.add_env_line(r, EnvLine(var, "", "", secret=secret))
+            self.ensure_env_file(fm, kind, name, prefix, env_path, b)
+            r.literals.append(where)
+        self.ed.remove_binding(
+            fm,
+            b.node,
+            f"removes {var} (also) from {b.path[1]}, the environment shared by the {names} container(s), which "
+            f"lands in the world-readable Nix store: each reads it from its env file, rendered from the agenix "
+            f"secret {secret} (its value kept)",
+        )
+        self.mask_literal(fm, unparen(b.value))
+        self.also_known.add(digest(value.encode()))
+        self.handled.add((fm.name, unparen(b.value).start_byte))
+        self.use_lets(fm, b.value)
+        self.also_replaced.setdefault(secret, []).append(where)
+
     def move_companion(
         self, fm: FileModel, b: Bind, kind: str, name: str, prefix: NixPath, var: str, secret: str
     ) -> None:
         """One companion literal onto its own secret (see :meth:`patch_also`)."""
-        value = self.value_of(fm, b.value)
+        value = self.companion_value(fm, b, f"the {name} container", var, secret, env_line=False)
         if value is None:
-            self.manual_here(
-                fm,
-                b.value,
-                f"{'.'.join(b.path)} (also: {secret!r}) is computed, not a literal: nixmig cannot tell what it holds",
-                "",
-            )
-            return
-        first = self.also_values.setdefault(secret, value)
-        if value != first:
-            self.manual_here(
-                fm,
-                b.value,
-                f"{var} (also: {secret!r}) in the {name} container holds another value than where the secret "
-                f"{secret} takes it from: one secret holds one value; give this one its own migration, or make "
-                "them equal first",
-                "",
-            )
             return
         image = self.image_of(fm, kind, prefix)
         db = self.db
@@ -1658,13 +1722,8 @@ class Builder:
                 )
                 return
             if not _ALSO_VALUE.fullmatch(value):
-                self.manual_here(
-                    fm,
-                    b.value,
-                    f"{var} (also: {secret!r}) in the {name} container holds characters an env file line cannot "
-                    f"hold unquoted (only {ALSO_CHARS}): move it by hand",
-                    "",
-                )
+                what = f"holds characters an env file line cannot hold unquoted (only {ALSO_CHARS}): move it by hand"
+                self.manual_here(fm, b.value, f"{var} (also: {secret!r}) in the {name} container {what}", "")
                 return
             env_path = self.add_env_line(r, EnvLine(var, "", "", secret=secret))
             self.ensure_env_file(fm, kind, name, prefix, env_path, b)  # the container's first env file, maybe
@@ -2045,7 +2104,7 @@ class Builder:
 
         "Nothing to change" is only possible when the scan found nothing left and the tree
         uses the secret (see :mod:`nixmig.nixsrc.leftover`)."""
-        from nixmig.nixsrc.shapes import activation_heredoc, option_companion
+        from nixmig.nixsrc.shapes import activation_heredoc, option_companion, shared_env
 
         spec = self.spec
         used = uses_secret(self.models, spec.secret, spec.secret_on_host)
@@ -2077,7 +2136,10 @@ class Builder:
                 self.manual.append(Manual(left.file, left.line, left.col, what, ""))
                 continue
             companion = (  # a native option's (also) too, and a heredoc line's
-                left.companion or option_companion.key_at(self, left) or activation_heredoc.companion_at(self, left)
+                left.companion
+                or option_companion.key_at(self, left)
+                or activation_heredoc.companion_at(self, left)
+                or shared_env.companion_at(self, left)
             )
             if given_up:
                 companion = ""  # nothing moves: no companion to take first
@@ -2428,6 +2490,12 @@ NIXPKGS_READER: dict[str, str] = {
     "nextcloud": '"nextcloud"',
     "grafana": '"grafana"',
 }
+
+
+def database_option(path: NixPath) -> bool:
+    """An option that holds a database's password (``services.gitea.database.password``, nextcloud's
+    ``dbpass``), not another service's (redis' ``requirePass``, an smtp or admin password)."""
+    return bool(set(path[-2:]) & {"database", "db"}) or path[-1] == "dbpass"
 
 
 def nixpkgs_file_sibling(path: NixPath) -> NixPath | None:

@@ -54,6 +54,17 @@ READERS: dict[NixPath, str | None] = {
 }
 
 
+def literal_sibling(path: NixPath) -> NixPath | None:
+    """The file option that takes ``path``'s literal instead: :data:`LITERAL_SIBLINGS`, or nixpkgs'
+    ``<name>File`` sibling of an option that holds no database's password (redis' ``requirePass``)."""
+    from nixmig.nixsrc.patch import database_option, nixpkgs_file_sibling
+
+    if path in LITERAL_SIBLINGS:
+        return LITERAL_SIBLINGS[path]
+    sibling = nixpkgs_file_sibling(path)
+    return sibling if sibling is not None and not database_option(path) else None
+
+
 def is_option_key(key: str) -> bool:
     """An ``also`` key that is an option path (``services.X.….fooFile``), not an environment variable."""
     return OPTION_PATH.fullmatch(key) is not None
@@ -95,11 +106,11 @@ def candidates(b: Builder) -> list[Found]:
         path = bind.path
         if not bind.exact or len(path) < 3 or path[0] != "services":
             continue
-        if path in LITERAL_SIBLINGS:
+        if (sibling := literal_sibling(path)) is not None:
             node = unparen(bind.value)
             value = b.value_of(fm, node)
             if value is not None and node.type == "string_expression":
-                out.append(Found(LITERAL_SIBLINGS[path], fm, node, value, None, sibling=bind))
+                out.append(Found(sibling, fm, node, value, None, sibling=bind))
             continue
         if not path[-1].endswith("File"):
             continue

@@ -27,6 +27,7 @@ from nixmig.nixsrc.shapes import Shape
 if TYPE_CHECKING:
     from tree_sitter import Node
 
+    from nixmig.nixsrc.leftover import Leftover
     from nixmig.nixsrc.model import Bind, FileModel, NixPath
     from nixmig.nixsrc.patch import Builder
 
@@ -112,6 +113,37 @@ def apply(b: Builder, password: str | None) -> None:
         b.handled.add((fm.name, bind.value.start_byte))
         b.use_lets(fm, unparen(bind.value))
         b.replaced.append(f"{var} at {fm.where(bind.value)}")
+
+
+def shared_var(b: Builder, fm: FileModel, bind: Bind) -> list[tuple[str, str, NixPath]] | None:
+    """``bind`` is a variable of a let-bound environment attrset whose every use is a container this
+    plan patches: those containers (kind, name, prefix); None when it is anything else."""
+    from nixmig.nixsrc.patch import _ENV_VAR
+
+    path = bind.path
+    if len(path) not in (3, 4) or path[0] != "<let>" or not _ENV_VAR.fullmatch(path[-1]):
+        return None
+    set_name, inner = path[1], path[2:-1]
+    if inner not in ((), ("environment",)):
+        return None
+    found = _containers(b, fm, set_name, inner)
+    patched = b.patched_containers | set(b.touched)
+    if not found or any((fm.name, *prefix) not in patched for _, _, prefix in found):
+        return None
+    return found
+
+
+def companion_at(b: Builder, left: Leftover) -> str:
+    """The variable a leftover binds in an environment attrset shared by containers this plan patches
+    (the database's value under REDIS_PASSWORD beside DB_PASSWORD): a companion, as in a container."""
+    fm = b.models.get(left.file)
+    if fm is None:
+        return ""
+    for bind in fm.binds:
+        value = unparen(bind.value)
+        if value.start_byte <= left.start < value.end_byte and shared_var(b, fm, bind) is not None:
+            return bind.path[-1]
+    return ""
 
 
 def _containers(b: Builder, fm: FileModel, set_name: str, inner: NixPath) -> list[tuple[str, str, NixPath]]:
