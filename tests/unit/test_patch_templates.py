@@ -171,6 +171,13 @@ def rendered_snippets() -> dict[str, str]:
             ]
         )
         + " }",
+        "mysql-user-password.nix.j2": "{ "
+        + str(
+            template("mysql-user-password.nix.j2").unit(
+                'systemd.services."nixmig-s-password"', "s", "s", 'we"ird', ["'we'@'localhost'", "'b'@'%'"], "s"
+            )
+        )
+        + " }",
         "role-password.nix.j2": "{ "
         + str(
             template("role-password.nix.j2").unit(
