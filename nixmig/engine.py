@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -189,10 +190,11 @@ def apply(
     gate: Gate | None = None,
 ) -> None:
     phases = phases_for(ctx.migration.strategy, ctx.migration)
-    _prepare(ctx, phases)
+    loading = _prepare(ctx, phases)
     try:
-        _apply(ctx, phases, on_phase, gate)
+        _apply(ctx, phases, on_phase, gate, loading)
     finally:
+        loading.join()  # never left running past the run (a failure before the phases)
         if ctx._transport is not None:
             shells.close(ctx._transport)  # the container's shell ends with the run
 
@@ -202,10 +204,12 @@ def _apply(
     phases: Sequence[Phase],
     on_phase: Callable[[str, str, float | None], None] | None,
     gate: Gate | None,
+    loading: _Loading,
 ) -> None:
     with locked(ctx):
         ctx.journal.start_over()  # a rolled-back migration starts over (a copy kept for gc)
         check_target(ctx, record=True)
+        loading.wait()  # what the phases need is loaded before the first of them starts
         for i, p in enumerate(phases):
             done = ctx.journal.state(p.name) == "done"
             if gate is not None:
@@ -242,19 +246,49 @@ def _apply(
             ctx.journal.complete()
 
 
-def _prepare(ctx: Context, phases: Sequence[Phase]) -> None:
+def _prepare(ctx: Context, phases: Sequence[Phase]) -> _Loading:
     """Connect, then load what the phases still to run will need in this process (a phase's
     optional ``prepare``: tree-sitter and jinja2 for the repo's patch, psycopg for verify's
-    login; ~0.1 s) while the target starts the connection's command shell (sshd's start of a
-    session, ~0.1 s, that the first command would wait for: nixmig.remote.ssh.start_runner),
-    so that the two overlap instead of adding up. Nothing on the target is read or changed;
-    the journal read before the locks only says which phases to load for (a done one loads
-    nothing), it decides nothing."""
+    login; ~0.1-0.15 s of CPU) from a thread, while this one takes the locks and checks the
+    target: those wait on the target (sshd's start of the connection's command shell,
+    nixmig.remote.ssh.start_runner; the lock's name; the held lock's session), so the loading
+    and the waits overlap instead of adding up. The first phase starts once it is done
+    (_apply: ``loading.wait()``): nothing of a phase runs beside it, and no module is imported
+    by two threads at once. Nothing on the target is read or changed by it; the journal read
+    before the locks only says which phases to load for (a done one loads nothing), it decides
+    nothing."""
     ctx.t  # noqa: B018 - the connection, now: its runner's start is what the loading overlaps
-    for p in phases:
-        prepare = getattr(p, "prepare", None)
-        if prepare is not None and ctx.journal.state(p.name) != "done":
-            prepare(ctx)
+    todo = [
+        prepare
+        for p in phases
+        if (prepare := getattr(p, "prepare", None)) is not None and ctx.journal.state(p.name) != "done"
+    ]
+    return _Loading(lambda: [prepare(ctx) for prepare in todo])
+
+
+class _Loading:
+    """A thread running ``load``; its exception is raised by :meth:`wait`."""
+
+    def __init__(self, load: Callable[[], object]) -> None:
+        self._failure: BaseException | None = None
+
+        def run() -> None:
+            try:
+                load()
+            except BaseException as exc:
+                self._failure = exc
+
+        self._thread = threading.Thread(target=run, name="nixmig-prepare", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
 
 
 def rollback(ctx: Context, *, on_phase: Callable[[str, str, float | None], None] | None = None) -> list[str]:

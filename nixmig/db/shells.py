@@ -11,7 +11,12 @@ reaches the next. Only the docker exec is shared.
 
 - Opened ahead: when the engine turns reuse on and there is no shell yet, a thread opens it
   (a new SSH session, ~0.2-0.4 s here) while the phase goes on; in that phase psql is a
-  ``docker exec`` as before (preflight's), a later phase waits for it (rotate's, verify's).
+  ``docker exec`` as before, a later phase waits for it (rotate's, verify's).
+- Opened early: preflight's ``prepare`` (engine._prepare, right after the connection, before
+  the locks) opens it the same way (:func:`open_early`), so that preflight's psql goes
+  through it too. Opened before the locks, it is used only once a look under them names its
+  container: preflight's own docker inspect (the runtime's check, :func:`seen`), else a
+  docker inspect of its own before its first psql, as after a deploy.
 - By ID: the shell runs in the container ``docker inspect`` named when it opened, never by
   name. The engine turns reuse off for a phase that may re-create the container (a deploy:
   ``reuse(t, None)``); the first psql after that checks with a docker inspect that the
@@ -69,6 +74,8 @@ class _State:
     opening: dict[str, tuple[int, threading.Event]] = field(default_factory=dict)
     phase: int = 0  # reuse() calls: a phase of the engine each
     suspect: set[str] = field(default_factory=set)  # open since before a phase that may re-create it
+    # the container's ID a look of the engine's (or preflight's) read since the last phase that may re-create it
+    seen: dict[str, str] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)  # its shell did not start: docker exec each time
     closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -101,21 +108,36 @@ def reuse(t: Transport, rt: Runtime | None) -> None:
         if rt is None:
             st.suspect.update(st.shells)
             st.suspect.update(st.opening)  # its opener may have read the ID before the deploy
+            st.seen.clear()
         st.reuse = _key(rt) if isinstance(rt, DockerRuntime) else None
         st.phase += 1
     if isinstance(rt, DockerRuntime):
         _open_ahead(t, rt, st, _key(rt))
 
 
+def open_early(t: Transport, rt: Runtime) -> None:
+    """preflight's prepare, before the locks: the container's shell opened ahead (from a
+    thread), to be checked before its first use (a look under the locks: :func:`seen`, else
+    a docker inspect of its own)."""
+    if not isinstance(rt, DockerRuntime):
+        return
+    st, key = _state(t), _key(rt)
+    with st.lock:
+        st.suspect.add(key)
+    _open_ahead(t, rt, st, key)
+
+
 def seen(t: Transport, rt: Runtime, container_id: str) -> None:
-    """engine, after a deploy: a docker inspect (its own look at the target) found the
-    container of that name to be ``container_id``: a shell open in it needs no check."""
+    """engine, after a deploy, and preflight, under the locks: a docker inspect (their own
+    look at the target) found the container of that name to be ``container_id``: a shell in
+    it, open or opening, needs no check of its own until the next phase that may re-create it."""
     with _LOCK:
         st = _STATES.get(t)
     if st is None or not isinstance(rt, DockerRuntime):
         return
     key = _key(rt)
     with st.lock:
+        st.seen[key] = container_id
         sh = st.shells.get(key)
         if sh is not None and sh.first_line == container_id:
             st.suspect.discard(key)
@@ -165,6 +187,8 @@ def _ready(t: Transport, rt: DockerRuntime, st: _State, key: str) -> Shell | Non
         opened.wait(OPEN_WAIT)
     with st.lock:
         sh, check = st.shells.get(key), key in st.suspect
+        if sh is not None and st.seen.get(key) == sh.first_line:
+            check = False  # the container of that name since the last phase that may re-create it
         st.suspect.discard(key)
     if sh is not None and check:
         r = t.run(rt._docker("inspect", "--type", "container", "-f", "{{.Id}}", rt.container), check=False)

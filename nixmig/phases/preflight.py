@@ -6,7 +6,7 @@ import shutil
 from typing import Any
 
 from nixmig import target
-from nixmig.db import ops
+from nixmig.db import ops, shells
 from nixmig.db.runtime import DockerRuntime
 from nixmig.errors import NixmigError
 from nixmig.phases.base import Action, Context
@@ -66,12 +66,19 @@ class Preflight:
             Action("check", "free disk on this machine covers the backup"),
         ]
 
+    def prepare(self, ctx: Context) -> None:
+        """engine._prepare, before the locks: the database container's shell opened ahead, for
+        the psql below (nixmig.db.shells.open_early; used once do's docker inspect names it)."""
+        shells.open_early(ctx.t, ctx.runtime)
+
     def check(self, ctx: Context) -> bool:
         return False  # facts are re-read on every run
 
     def do(self, ctx: Context) -> dict[str, Any]:
         t = ctx.t
         container_id = ctx.runtime.check(t)
+        if container_id is not None:
+            shells.seen(t, ctx.runtime, container_id)  # the container of that name, under the locks
         facts = ops.facts(t, ctx.runtime, ctx.service.role)  # one psql: role, size, cluster, counts
         if not facts.role_exists:
             raise PreflightError(

@@ -102,10 +102,9 @@ loaded = []
 real_run = ssh.SshTransport.run
 
 
-def run(self, *args, **kwargs):  # the real run, after noting what this process had loaded by then
-    if not loaded:
-        loaded.append(sorted(m for m in ("psycopg", "tree_sitter", "jinja2") if m in sys.modules))
-    return real_run(self, *args, **kwargs)
+def run(self, argv, *args, **kwargs):  # the real run, after noting what this process had loaded by then
+    loaded.append((argv[3:5], sorted(m for m in ("psycopg", "tree_sitter", "jinja2") if m in sys.modules)))
+    return real_run(self, argv, *args, **kwargs)
 
 
 ssh.SshTransport.run = run
@@ -116,14 +115,15 @@ try:
     engine.apply(ctx)
 finally:
     ctx.close()
-print(json.dumps(loaded[0]))
+print(json.dumps(loaded))
 """
 
 
-def test_what_the_phases_need_is_loaded_while_the_runner_starts(stack: Stack, site: ts.Site) -> None:
+def test_what_the_phases_need_is_loaded_while_the_locks_are_taken(stack: Stack, site: ts.Site) -> None:
     """engine._prepare: psycopg (verify), tree-sitter and jinja2 (the repo's patch) are loaded
-    before the first command on the target, while sshd starts the runner's session (which
-    that command waits for), not in the middle of the phases."""
+    from a thread while the first commands on the target (the lock's name, then the locks)
+    wait for it, and before the first phase: not before the first command (it was, and the
+    loading and the waits added up), nor in the middle of the phases."""
     r = subprocess.run(
         [sys.executable, "-c", _FIRST_COMMAND, str(site.config), str(site.keys.admin_key), ts.MIGRATION],
         capture_output=True,
@@ -132,16 +132,23 @@ def test_what_the_phases_need_is_loaded_while_the_runner_starts(stack: Stack, si
         check=False,
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == ["jinja2", "psycopg", "tree_sitter"]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen[0][0] == ["info", "-f"], seen  # the first command: docker info, the database lock's name
+    assert seen[0][1] != ["jinja2", "psycopg", "tree_sitter"], seen  # sent while they load
+    first = next(i for i, (words, _) in enumerate(seen) if words == ["inspect", "--type"])  # preflight's
+    assert all(mods == ["jinja2", "psycopg", "tree_sitter"] for _, mods in seen[first:]), seen
     assert_rotated(site)
 
 
-def test_rotate_and_verify_run_psql_in_one_shell_in_the_container(stack: Stack, site: ts.Site, tmp_path: Path) -> None:
-    """nixmig.db.shells: one `docker exec … sh` in the database's container, opened ahead in
-    preflight (a session of its own; preflight's psql is still a docker exec of its own), then
-    rotate's two psql and verify's one are frames to it (kind in-shell), not a docker exec
-    each (~60-75 ms apiece here). After each deploy the engine's own docker inspect is the
-    check that the container is still the shell's: no inspect of its own."""
+def test_every_psql_of_a_run_goes_through_one_shell_in_the_container(
+    stack: Stack, site: ts.Site, tmp_path: Path
+) -> None:
+    """nixmig.db.shells: one `docker exec … sh` in the database's container, opened early
+    (preflight's prepare, right after the connection: a session of its own), then preflight's
+    psql, rotate's two and verify's one are frames to it (kind in-shell), not a docker exec
+    each (~60-75 ms apiece here). Preflight's docker inspect, under the locks, is the check
+    that the container of that name is the shell's, and after each deploy the engine's own:
+    no inspect of its own."""
     trace_file = tmp_path / "trace.jsonl"
     run = ts.nixmig(site, "apply", "--yes", "-i", str(site.keys.admin_key), env={"NIXMIG_TRACE": str(trace_file)})
     assert run.returncode == 0, run.stdout + run.stderr
@@ -150,10 +157,13 @@ def test_rotate_and_verify_run_psql_in_one_shell_in_the_container(stack: Stack, 
     windows = _windows(trace, json.loads(site.journal.read_text())["steps"])
     shown = {k: [(r["kind"], r["cmd"][:70]) for r in v] for k, v in windows.items()}
     opened = [r for r in trace if r["kind"] == "shell"]
-    assert len(opened) == 1 and opened[0] in windows["preflight"], shown
+    assert len(opened) == 1 and opened[0] in windows["before"], shown
+    locks = [r for r in windows["before"] if r["kind"] == "hold"]
+    assert len(locks) == 1 and opened[0]["at"] < locks[0]["at"], shown  # opened before the locks are held
     kinds = {phase: [r["kind"] for r in windows[phase] if _psql(r)] for phase in ("preflight", "rotate", "verify")}
-    assert kinds == {"preflight": ["run"], "rotate": ["in-shell", "in-shell"], "verify": ["in-shell"]}, shown
-    assert not any("inspect" in r["cmd"].split() for r in windows["rotate"]), shown
+    assert kinds == {"preflight": ["in-shell"], "rotate": ["in-shell", "in-shell"], "verify": ["in-shell"]}, shown
+    for phase in ("preflight", "rotate"):  # preflight's one inspect is the runtime's check
+        assert sum("inspect" in r["cmd"].split() for r in windows[phase]) == (phase == "preflight"), shown
 
 
 _CLUSTER = "SELECT system_identifier FROM pg_control_system();\n"

@@ -472,7 +472,8 @@ docker = sorted(
     for c in seen
     if c.split(b"\0")[0].endswith(b"docker") and b"exec" in c.split(b"\0")
 )
-print(json.dumps({"sweeps": sweeps, "reads": reads, "hits": hits, "docker_exec": docker}))
+psql = sorted(c.replace(b"\0", b" ").decode(errors="replace") for c in seen if c.split(b"\0")[0].endswith(b"psql"))
+print(json.dumps({"sweeps": sweeps, "reads": reads, "hits": hits, "docker_exec": docker, "psql": psql}))
 """
 
 
@@ -482,6 +483,8 @@ class SampleReport:
     reads: int
     hits: list[str]
     docker_exec: list[str]  # distinct `docker … exec …` command lines seen (proof the sampler sees nixmig's)
+    # distinct psql command lines seen, a container's too (nixmig's psql runs in one through its shell)
+    psql: list[str]
 
 
 class CmdlineSampler:
