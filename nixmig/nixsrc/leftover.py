@@ -151,6 +151,16 @@ def unknown_shape(path: Sequence[str]) -> str:
             "credential? give it its own secret, `nixmig secret new NAME --from FILE:LINE`, and point what reads "
             "it at config.age.secrets.NAME.path)"
         )
+    from nixmig.nixsrc.patch import database_option, nixpkgs_file_sibling
+
+    sibling = nixpkgs_file_sibling(tuple(segs))
+    if sibling is not None and not database_option(tuple(segs)):
+        return (
+            f"{what} is no database's password (its file option is {sibling[-1]}): a rotation would give it the "
+            "new database password while what reads it keeps the old one; nixmig moves it with its value kept: "
+            'a strategy "move" migration of its own (`nixmig init` drafts one when the repo has no database '
+            'password), or also = { "' + ".".join(sibling) + '" = "NAME" } beside the database\'s'
+        )
     if len(segs) >= 3 and segs[0] == "services" and segs[-1].endswith("File"):
         return (
             f"no template for this shape: {what} names a file written into the world-readable Nix store "

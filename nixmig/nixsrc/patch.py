@@ -983,7 +983,9 @@ class Builder:
         if self.spec.password_option:
             want = tuple(self.spec.password_option.split("."))
             found = [f for f in found if f[3] == want]
-        elif recognised or len(found) > 1:
+        elif recognised or len(found) > 1 or self.spec.strategy != "move":
+            # (under a strategy that changes the value, only a database's option is this migration's: a
+            # redis requirePass alone would get the rotated value while its clients keep the old one)
             found = [f for f in found if database_option(f[1].path)]
         if len(found) != 1:
             return  # several: the verdict lists them, password_option picks one
@@ -2489,6 +2491,7 @@ NIXPKGS_READER: dict[str, str] = {
     "forgejo": "config.services.forgejo.user",
     "nextcloud": '"nextcloud"',
     "grafana": '"grafana"',
+    "peertube": "config.services.peertube.user",  # its unit's script cats database/redis passwordFile
 }
 
 

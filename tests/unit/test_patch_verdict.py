@@ -309,3 +309,48 @@ def test_a_mariadb_password_an_app_names_by_its_user_is_refused_under_rotate() -
     assert "--from romm.nix:8" in first.what and "nothing is written" in " ".join(plan.notes)
     moved = pt.plan(src, dataclasses.replace(spec, strategy="move"), find_companions=True)
     assert moved.edits and moved.manual == ()
+
+
+REDIS_ONLY = {
+    "redis.nix": b"""{ config, ... }:
+{
+  services.redis.servers.forge = {
+    enable = true;
+    requirePass = "forge-redis-83";
+  };
+}
+"""
+}
+
+
+def test_a_redis_password_is_never_rotated_as_the_migration_s_own() -> None:
+    """requirePass is no database's password: under rotate it would get the new database password while
+    redis' clients keep the old one (realcfg 33: patch moved it onto the rotated secret, exit 0). Under
+    rotate it is refused, naming strategy move; under move (init's draft for it) it moves, value kept."""
+    rotate = pt.plan(REDIS_ONLY, pt.Spec(secret="forge-redis", role="forge", migration="forge-redis"))
+    assert rotate.edits == ()
+    (m,) = rotate.manual
+    assert m.line == 5 and "no database's password" in m.what and 'strategy "move"' in m.what
+    move = pt.plan(REDIS_ONLY, pt.Spec(secret="forge-redis", role="forge", strategy="move"))
+    out = move.results(REDIS_ONLY)["redis.nix"].decode()
+    assert "requirePassFile = config.age.secrets.forge-redis.path;" in out and move.manual == ()
+
+
+def test_peertube_reads_its_database_password_file_as_its_own_user() -> None:
+    """nixpkgs' peertube unit cats database.passwordFile in its script, as services.peertube.user: a
+    root-only agenix file would leave peertube unable to log in (realcfg 36, by eye)."""
+    src = {
+        "peertube.nix": b"""{ config, pkgs, ... }:
+{
+  services.peertube.database.user = "tube";
+  services.peertube.database.passwordFile = pkgs.writeText "tube-db" "tube-pw-552";
+  services.postgresql.initialScript = pkgs.writeText "init.sql" ''
+    CREATE ROLE tube LOGIN PASSWORD 'tube-pw-552';
+  '';
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="tube-db-password", role="tube"))
+    out = plan.results(src)["peertube.nix"].decode()
+    assert "owner = config.services.peertube.user;" in out, out
+    assert "tube-pw-552" not in out and plan.manual == ()
