@@ -689,3 +689,24 @@ def test_a_database_the_container_names_stays_with_a_check_when_the_url_names_an
     d = draft(_app_and_db('POSTGRES_USER = "app"; POSTGRES_DB = "main";'))
     assert re.search(r'^database = "main"  # from hosts/box/default.nix:4 ', d.toml, re.M), d.toml
     assert "# check: the app's URL names database 'appdata'" in d.toml
+
+
+def test_an_app_variable_naming_postgresql_is_a_database_password() -> None:
+    """AUTHENTIK_POSTGRESQL__PASSWORD beside __USER / __NAME / __HOST (authentik's settings): a database
+    password, drafted from the app (before: "nothing to migrate", the POSTGRESQL word was not one)."""
+    files = {
+        "hosts/server/auth.nix": b"""{ ... }: {
+  virtualisation.oci-containers.containers.auth-server = {
+    image = "ghcr.io/goauthentik/server:2024.8";
+    environment = {
+      AUTHENTIK_POSTGRESQL__HOST = "host.docker.internal";
+      AUTHENTIK_POSTGRESQL__NAME = "auth";
+      AUTHENTIK_POSTGRESQL__USER = "auth";
+      AUTHENTIK_POSTGRESQL__PASSWORD = "Xq81-auth-pw";
+    };
+  };
+}
+"""
+    }
+    d = draft(files)
+    assert not d.empty and 'role = "auth"' in d.toml and 'database = "auth"' in d.toml, d.toml
