@@ -30,7 +30,7 @@ from nixmig.nixsrc.containers import base_variable, env_container
 from nixmig.nixsrc.edits import Edit
 from nixmig.nixsrc.model import Bind, FileModel, decode_string, unparen
 from nixmig.nixsrc.quote import nix_attr
-from nixmig.nixsrc.scan import DESCRIPTION, Finding, Kind, classify_name, scan_source, words
+from nixmig.nixsrc.scan import DESCRIPTION, Finding, Kind, classify_name, credential_file_name, scan_source, words
 
 DB_WORDS = frozenset(
     {"postgres", "postgresql", "pg", "psql", "db", "database", "databases", "mysql", "mariadb", "sql", "dsn"}
@@ -361,7 +361,7 @@ def _credential_place(path: Sequence[str]) -> bool:
     (``environment.etc."nextcloud-admin-pass".text``): where scan finds one, placeholders aside."""
     segs = [seg.strip('"') for seg in path]
     if len(segs) >= 4 and segs[:2] == ["environment", "etc"] and segs[-1] in ("text", "source"):
-        return classify_name(segs[2]) is not None
+        return credential_file_name(segs[2].rsplit("/", 1)[-1].split(".", 1)[0]) is not None
     return bool(segs) and classify_name(segs[-1]) is not None
 
 

@@ -1083,7 +1083,7 @@ def _worth_a_climb(node: Node) -> bool:
                 return True
             if name == "text" and len(names) >= 2:
                 base = names[-2].rsplit("/", 1)[-1].split(".", 1)[0]
-                return classify_name(base) is not None  # environment.etc."x-admin-pass".text
+                return credential_file_name(base) is not None  # environment.etc."x-admin-pass".text
             ws = words(name)
             return len(ws) > 1 and ws[-1] in _FILE_NOUNS and classify_name("_".join(ws[:-1])) is not None
         if t == "formal":
@@ -1096,6 +1096,19 @@ def _worth_a_climb(node: Node) -> bool:
     return True
 
 
+_FILE_CREDENTIAL_WORDS = ("password", "passwd", "secret", "token")
+
+
+def credential_file_name(base: str) -> str | None:
+    """A file named for the credential it holds (``nextcloud-admin-pass``, ``password-redis-db``): the
+    name scan classifies it by, or None. A file's name may put the credential word first, which an
+    attribute's may not (``password_db`` could name a database)."""
+    if classify_name(base) is not None:
+        return base
+    found = [w for w in words(base) if w.lower() in _FILE_CREDENTIAL_WORDS]
+    return found[0].lower() if found else None
+
+
 def _scan_string(node: Node, out: _Collector, *, every: bool = False) -> None:
     if not every and not _worth_a_climb(node):
         return
@@ -1105,8 +1118,9 @@ def _scan_string(node: Node, out: _Collector, *, every: bool = False) -> None:
     if ctx.leaf == "text" and len(ctx.plain) >= 4 and ctx.plain[-4:-2] == ["environment", "etc"]:
         # environment.etc."app-admin-pass".text = "...": a file in the store named for a credential
         base = ctx.plain[-2].rsplit("/", 1)[-1].split(".", 1)[0]
-        if classify_name(base) is not None:
-            ctx = replace(ctx, leaf=base, file_content=True)
+        named = credential_file_name(base)
+        if named is not None:
+            ctx = replace(ctx, leaf=base if classify_name(base) is not None else named, file_content=True)
     text = _string_text(node)
     data = text.data
     taken: list[tuple[int, int]] = []

@@ -418,3 +418,19 @@ def test_disambiguate_one_name_per_distinct_value() -> None:
     )
     names = [f.secret_name for f in disambiguate(f.masked(key) for f in found)]
     assert names == ["twenty-a-password", "twenty-a-password", "twenty-a-password-2"]
+
+
+def test_an_etc_file_named_with_the_credential_word_first_is_a_finding() -> None:
+    """environment.etc."peertube/password-redis-db".text: a file named for what it holds, with the word
+    first (an attribute's name must end with it: `password_db` may name a database). Both were missed
+    (realcfg 36, by eye: the database's value in /etc, scan silent)."""
+    src = """{ ... }: {
+  environment.etc = {
+    "peertube/password-posgressql-db".text = "tube-Kx81-pw";
+    "peertube/password-redis-db".text = "tube-Kx81-pw";
+    "peertube/db-name".text = "peertube_local";
+  };
+}
+"""
+    found = scan(src)
+    assert [(f.line, f.kind) for f in found] == [(3, Kind.PASSWORD), (4, Kind.PASSWORD)]
