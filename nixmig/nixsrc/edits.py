@@ -124,6 +124,7 @@ class Edits:
         self.items: list[Edit] = []
         self.staging = False  # edits added while True belong to the stage config
         self.modules = imported_modules(models)  # files an `imports` list names and no one calls
+        self.given_module_args = called_with_module_args(models)  # `import ./x.nix { inherit config lib pkgs; }`
 
     def add(self, fm: FileModel, start: int, end: int, replacement: str, why: str, at: Node | None = None) -> None:
         line, col = fm.line_col(at.start_byte if at is not None else start)
@@ -224,7 +225,8 @@ class Edits:
     def _module_with_ellipsis(self, fm: FileModel, formals: Node) -> bool:
         """`{ username, ... }:` taking specialArgs only: a module when an `imports` list names the file
         (and nothing calls it with arguments), so config, lib and pkgs can join its formals."""
-        return fm.name in self.modules and any(c.type == "ellipses" for c in formals.named_children)
+        ellipsis = any(c.type == "ellipses" for c in formals.named_children)
+        return ellipsis and (fm.name in self.modules or fm.name in self.given_module_args)
 
     def ensure_formals(self, fm: FileModel, names: Sequence[str], why: str) -> bool:
         """Add missing names to the module's `{ ... }:` formals (the inner function of a curried module);
@@ -287,6 +289,112 @@ def imported_modules(models: Mapping[str, FileModel]) -> set[str]:
             )
             called.add(target if target.endswith(".nix") else posixpath.join(target, "default.nix"))
     return named - called
+
+
+_MODULE_ARGS = ("config", "lib", "pkgs")
+
+
+def called_with_module_args(models: Mapping[str, FileModel]) -> set[str]:
+    """The files every call of which passes config, lib and pkgs in an attrset (``import ./x.nix
+    { inherit config lib pkgs; ... }``, the attrset maybe let-bound, the path maybe ``dir + "/${name}"``
+    over a directory): a function of other arguments with ``...`` may take those three too.
+
+    A file called once without them (or by a call nixmig cannot read) is not in the set."""
+    good: set[str] = set()
+    bad: set[str] = set()
+    for fm in models.values():
+        nodes = _descendants(fm.root)
+        lets = {  # every let binding of the file by name (no scoping: a name bound twice is not read)
+            text(ap): value
+            for n in nodes
+            if n.type == "let_expression"
+            for bset in n.named_children
+            if bset.type == "binding_set"
+            for b in bset.named_children
+            if b.type == "binding"
+            and (ap := b.child_by_field_name("attrpath")) is not None
+            and (value := b.child_by_field_name("expression")) is not None
+        }
+        for node in nodes:
+            if node.type != "apply_expression":
+                continue
+            fn, arg = node.child_by_field_name("function"), node.child_by_field_name("argument")
+            if fn is None or arg is None or fn.type != "apply_expression":
+                continue
+            head, target = fn.child_by_field_name("function"), fn.child_by_field_name("argument")
+            if head is None or target is None or text(head) != "import":
+                continue
+            files = _import_targets(fm, target, lets, models)
+            if not files:
+                continue
+            ok = _passes_module_args(arg, lets)
+            (good if ok else bad).update(files)
+    return good - bad
+
+
+def _descendants(root: Node) -> list[Node]:
+    out, stack = [], [root]
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(n.named_children)
+    return out
+
+
+def _unparen(node: Node) -> Node:
+    while node.type == "parenthesized_expression" and node.named_children:
+        node = node.named_children[0]
+    return node
+
+
+def _import_targets(fm: FileModel, target: Node, lets: Mapping[str, Node], models: Mapping[str, FileModel]) -> set[str]:
+    """The repo files ``import TARGET`` may load: ``./x.nix``, or ``DIR + "/${name}"`` (every .nix file of
+    DIR but its default.nix), DIR a path or a let-bound one."""
+    target = _unparen(target)
+    here = posixpath.dirname(fm.name)
+
+    def path_of(node: Node) -> str | None:
+        node = _unparen(node)
+        if node.type == "variable_expression" and text(node) in lets:
+            node = _unparen(lets[text(node)])
+        if node.type != "path_expression" or not text(node).startswith(("./", "../")):
+            return None
+        return posixpath.normpath(posixpath.join(here, text(node)))
+
+    single = path_of(target)
+    if single is not None:
+        name = single if single.endswith(".nix") else posixpath.join(single, "default.nix")
+        return {name} if name in models else set()
+    if target.type == "binary_expression":
+        left = target.child_by_field_name("left")
+        right = target.child_by_field_name("right")
+        folder = path_of(left) if left is not None else None
+        if folder is not None and right is not None and _unparen(right).type == "string_expression":
+            return {
+                n
+                for n in models
+                if posixpath.dirname(n) == folder and n.endswith(".nix") and posixpath.basename(n) != "default.nix"
+            }
+    return set()
+
+
+def _passes_module_args(arg: Node, lets: Mapping[str, Node]) -> bool:
+    """The call's argument is an attrset (or a let-bound one) that gives config, lib and pkgs by name."""
+    arg = _unparen(arg)
+    if arg.type == "variable_expression" and text(arg) in lets:
+        arg = _unparen(lets[text(arg)])
+    if arg.type not in ("attrset_expression", "rec_attrset_expression"):
+        return False
+    given: set[str] = set()
+    for bset in (c for c in arg.named_children if c.type == "binding_set"):
+        for b in bset.named_children:
+            if b.type == "inherit":
+                given |= {text(i) for i in _descendants(b) if i.type == "identifier"}
+            elif b.type == "binding":
+                ap, value = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
+                if ap is not None and value is not None and text(ap) == text(_unparen(value)):
+                    given.add(text(ap))  # config = config;
+    return all(a in given for a in _MODULE_ARGS)
 
 
 # `import ./x.nix { ... }`, `import ./x.nix args`, `callPackage ./x.nix { }`: a function with its arguments

@@ -354,3 +354,17 @@ def test_peertube_reads_its_database_password_file_as_its_own_user() -> None:
     out = plan.results(src)["peertube.nix"].decode()
     assert "owner = config.services.peertube.user;" in out, out
     assert "tube-pw-552" not in out and plan.manual == ()
+
+
+def test_function_files_called_without_config_stay_refused() -> None:
+    """The fixture oci-function-files-called-with-module-args, with a caller that passes pkgs and lib
+    but not config: the files cannot take config, so nothing is written and the first line says why."""
+    root = Path(__file__).parent.parent / "fixtures" / "shapes" / "oci-function-files-called-with-module-args"
+    sources = pt.read_sources(root)
+    caller = "hosts/box/containers/default.nix"
+    sources[caller] = sources[caller].replace(b"inherit config pkgs lib;", b"inherit pkgs lib;")
+    spec = pt.Spec(secret="wiki-db-password", role="wiki", container="wiki-db")
+    plan = pt.plan(sources, spec)
+    assert plan.edits == ()
+    assert "not a NixOS module nixmig can give" in plan.manual[0].what
+    assert pt.plan(pt.read_sources(root), spec).edits  # with config passed: patched (the fixture)
