@@ -610,7 +610,7 @@ def _let_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
 
 
 def _is_db_finding(f: Finding, p: NixPath) -> bool:
-    from nixmig.nixsrc.patch import nixpkgs_file_sibling
+    from nixmig.nixsrc.patch import database_option, nixpkgs_file_sibling
     from nixmig.nixsrc.shapes.env_file_option import SERVICES as ENV_FILE_SERVICES
 
     if f.kind.value == "url-credential":
@@ -623,7 +623,7 @@ def _is_db_finding(f: Finding, p: NixPath) -> bool:
         or (p[-2:-1] in (("environment",), ("environments",)) and bool(_DB_VAR.search(_PASSWORD_END.sub("", last))))
         or last.upper().startswith(("MARIADB_", "MYSQL_"))
         or "initialScript" in p
-        or (nixpkgs_file_sibling(p) is not None and any(w in p for w in ("database", "db", "config")))
+        or (nixpkgs_file_sibling(p) is not None and database_option(p))  # not redis' requirePass, an adminpass
         or (p[:1] == ("services",) and any(w in p for w in ("database", "db")))
         or (len(p) == 4 and p[1] in ENV_FILE_SERVICES and last in ENV_FILE_SERVICES[p[1]].variables)
         or (p[:1] == ("services",) and last.startswith("dbpass"))  # nextcloud's dbpassFile = pkgs.writeText ...

@@ -710,3 +710,24 @@ def test_an_app_variable_naming_postgresql_is_a_database_password() -> None:
     }
     d = draft(files)
     assert not d.empty and 'role = "auth"' in d.toml and 'database = "auth"' in d.toml, d.toml
+
+
+def test_nextcloud_s_admin_password_alone_is_a_move_of_its_own_not_the_database_s() -> None:
+    """config.adminpass is no database's password (its `config` segment made it one): with a local
+    postgresql and no database password anywhere, the draft was a rotate of role nextcloud, which would
+    have rotated the admin's initial password as if it were the database's (realcfg2 10, --draft)."""
+    files = {
+        "hosts/xfix/default.nix": b"{ ... }: { imports = [ ../../services/nextcloud.nix ]; }\n",
+        "services/nextcloud.nix": b"""{ ... }: {
+  services.nextcloud.enable = true;
+  services.nextcloud.config.dbtype = "pgsql";
+  services.nextcloud.config.adminpass = "Nc-admin-4471";
+  services.postgresql.enable = true;
+  services.postgresql.ensureDatabases = [ "nextcloud" ];
+  services.postgresql.ensureUsers = [ { name = "nextcloud"; ensureDBOwnership = true; } ];
+}
+""",
+    }
+    d = draft(files)
+    assert d.migrations == ("nextcloud-admin-password",), d.toml
+    assert 'strategy = "move"' in d.toml and "[services.nextcloud]" in d.toml
