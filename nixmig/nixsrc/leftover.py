@@ -334,14 +334,23 @@ def leftovers(
         for lit in fm.lits:
             value = decode_string(lit.node) if lit.exact else None
             start, end = lit.node.start_byte, lit.node.end_byte
-            if value is None or not value or digest(value.encode()) not in known or not _credential_place(lit.path):
+            if value is None or not value or digest(value.encode()) not in known:
+                continue
+            in_env = _secret_variable(lit.path)
+            if not in_env and not _credential_place(lit.path):
                 continue  # the same bytes as a user name ("postgres") are no password there
             line, col = fm.line_col(start)
             if (name, line) in seen or (name, line) in skip or _covered_span(start, end, spans.get(name, ())):
                 continue
             seen.add((name, line))
             attr = ".".join(lit.path)
-            why = string_shape(lit.path) or unknown_shape(lit.path)
+            var = lit.path[-1] if in_env and migration is not None else ""
+            why = (
+                "another credential with the database's value under a name scan does not read as one (a rotation "
+                f"must not change it): {companion_fix(migration or '', var, name, line)}"
+                if var
+                else string_shape(lit.path) or unknown_shape(lit.path)
+            )
             out.append(
                 Leftover(
                     name,
@@ -351,9 +360,24 @@ def leftovers(
                     f"{attr or 'a string'} still holds this migration's password: {why}",
                     start,
                     end,
+                    var,
                 )
             )
     return out
+
+
+# words of a variable that holds a name, not a secret: the password may equal the user's or the database's
+_NAME_WORDS = frozenset({"user", "username", "name", "db", "database", "host", "hostname", "schema", "login", "owner"})
+
+
+def _secret_variable(path: Sequence[str]) -> bool:
+    """A container's environment variable (not a VAR_FILE path) whose name says nothing of a user, a
+    database or a host: holding the database's password, it is a credential whatever scan reads in its
+    name (a typo'd SECREY_KEY, an APP_SALT)."""
+    if env_container(tuple(path)) is None or not path:
+        return False
+    var = path[-1]
+    return base_variable(var) == var and not (set(words(var.lower())) & _NAME_WORDS)
 
 
 def _credential_place(path: Sequence[str]) -> bool:
