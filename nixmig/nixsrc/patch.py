@@ -1778,9 +1778,28 @@ class Builder:
                 f"{spec.secret_on_host} at each start (RuntimeDirectory 0700, file 0400, password percent-encoded), "
                 f"so the URL is never in the Nix store; it replaces {_listing(r.literals)}"
             )
-            snippet = self.render_unit(r, files, nix_attrpath(path[len(target.path) :]))
+            own_env_files = not (r.kind == "systemd" and self.append_environment_file(fm, r, files))
+            snippet = self.render_unit(r, files, nix_attrpath(path[len(target.path) :]), env_files=own_env_files)
             self.ed.insert_binding(fm, target.node, snippet, why, after=after)
             self.need(fm, ("config", "lib", "pkgs"))
+
+    def append_environment_file(self, fm: FileModel, r: _Renderer, files: Sequence[EnvFile]) -> bool:
+        """The unit's serviceConfig sets EnvironmentFile already (a string, an expression or a list):
+        the rendered files join it, listed after (they win), instead of a second EnvironmentFile that would
+        not parse. True when it did."""
+        found = [b for b in fm.binds if b.exact and b.path == (*r.service_path, "EnvironmentFile")]
+        if len(found) != 1:
+            return False
+        value = unparen(found[0].value)
+        ours = " ".join(nix_string("-" + f.path) for f in files)
+        why = f"{r.unit} reads {', '.join(f.path for f in files)} too, after the EnvironmentFile it sets (so it wins)"
+        if value.type == "list_expression":
+            close = value.end_byte - 1
+            self.ed.add(fm, close, close, f"{ours} ", why)
+        else:
+            old = fm.text(value)
+            self.ed.add(fm, value.start_byte, value.end_byte, f"[ ({old}) {ours} ]", why)
+        return True
 
     def script_name(self, r: _Renderer) -> str:
         return store_name(f"{r.runtime_dir}-{self.spec.secret}-env")
@@ -1811,8 +1830,9 @@ class Builder:
                         "",
                     )
 
-    def render_unit(self, r: _Renderer, files: Sequence[EnvFile], attr: str) -> str:
-        """The serviceConfig bindings of a renderer unit, written at ``attr`` ("" for inside serviceConfig)."""
+    def render_unit(self, r: _Renderer, files: Sequence[EnvFile], attr: str, *, env_files: bool = True) -> str:
+        """The serviceConfig bindings of a renderer unit, written at ``attr`` ("" for inside serviceConfig);
+        without EnvironmentFile when the unit sets one already (``env_files`` false: the files join it)."""
         spec = self.spec
         secret_attr = nix_attr(spec.secret)
         paths = [f.path for f in files]
@@ -1821,7 +1841,9 @@ class Builder:
             cred = credential_name(spec.secret)
             script = script_in_nix(spec.secret, credential_word(cred), files)
             tpl = template("systemd-credential.nix.j2")
-            return str(tpl.unit(attr, r.unit, cred, secret_attr, runtime_dir, paths, self.script_name(r), script))
+            return str(
+                tpl.unit(attr, r.unit, cred, secret_attr, runtime_dir, paths, self.script_name(r), script, env_files)
+            )
         also = [
             (n, Antiquote(f"lib.escapeShellArg config.age.secrets.{nix_attr(n)}.path")) for n in also_secrets(files)
         ]
