@@ -2514,6 +2514,7 @@ NIXPKGS_READER: dict[str, str] = {
     "nextcloud": '"nextcloud"',
     "grafana": '"grafana"',
     "peertube": "config.services.peertube.user",  # its unit's script cats database/redis passwordFile
+    "freshrss": "config.services.freshrss.user",  # freshrss-config (User = freshrss) cats database.passFile
 }
 
 

@@ -368,3 +368,24 @@ def test_function_files_called_without_config_stay_refused() -> None:
     assert plan.edits == ()
     assert "not a NixOS module nixmig can give" in plan.manual[0].what
     assert pt.plan(pt.read_sources(root), spec).edits  # with config passed: patched (the fixture)
+
+
+def test_freshrss_reads_its_database_pass_file_as_its_own_user() -> None:
+    """nixpkgs' freshrss-config runs as services.freshrss.user and cats database.passFile: the agenix file
+    is owned by that user (realcfg6 15, the held-out set's by-eye review: root-only 0400, permission denied)."""
+    src = {
+        "rss.nix": b"""{ config, pkgs, ... }:
+{
+  services.freshrss.database = { type = "pgsql"; user = "rss"; passFile = pkgs.writeText "p" "rss-pw-8812"; };
+  services.postgresql.initialScript = pkgs.writeText "init.sql" ''
+    CREATE ROLE rss LOGIN PASSWORD 'rss-pw-8812';
+  '';
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="rss-db-password", role="rss"))
+    out = plan.results(src)["rss.nix"].decode()
+    assert "owner = config.services.freshrss.user;" in out, out
+    assert "rss-pw-8812" not in out and plan.manual == ()
+    # and the oneshot finds a server on another port (settings.port names its socket; 07 of the same set)
+    assert "-p ${toString (config.services.postgresql.settings.port or config.services.postgresql.port or 5432)}" in out
