@@ -1085,7 +1085,10 @@ class Builder:
                 (near if url.host in hosts else far).add(unquote(url.password))
         values = near or far
         for fm, b in self.all_binds():
-            if not b.exact or len(b.path) < 2 or b.path[-2] not in ("environment", "environments"):
+            shared = len(b.path) in (3, 4) and b.path[0] == "<let>"  # a let-bound environment (shared_env)
+            if not (b.exact or shared) or len(b.path) < 2:
+                continue
+            if b.path[-2] not in ("environment", "environments") and not (shared and len(b.path) == 3):
                 continue
             if not _db_words(b.path[-1]) or base_variable(b.path[-1]) != b.path[-1]:
                 continue  # FILE__DB_PASS / DB_PASS_FILE: a path, not the password
