@@ -210,6 +210,13 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
     path = _attr_path(f.attr_path) if f.attr_path else ()
     if "ensureUsers" in path:
         return ENSURE_USERS
+    held = module_as_value(path)
+    if held:
+        return (
+            f"inside {held}, a NixOS module held as a value (flake-parts' flake.modules.nixos, a module registry, "
+            "a flake's inline modules list): nixmig edits the modules that are a host's configuration files; "
+            "move that module into a file of its own that the host imports, or by hand"
+        )
     if ws & _MYSQL or scheme in _MYSQL or scheme == "mysql2":
         if migration is not None and env_container(path) is not None and base_variable(path[-1]) == path[-1]:
             return (
@@ -241,6 +248,25 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             f"database's value (a rotation must not change it), {companion_fix(migration, path[-1], file, f.line)}"
         )
     return unknown_shape(path)
+
+
+_OPTION_ROOTS = frozenset({"virtualisation", "services", "systemd", "environment", "containers", "age", "users"})
+
+
+def module_as_value(path: Sequence[str]) -> str:
+    """The prefix before a NixOS option path that does not start the attribute path (``flake.modules.nixos.
+    "services.mariadb".virtualisation.oci-containers...``, ``moduleRegistry.nixos.postgresql.config.services...``,
+    ``outputs.nixosConfigurations.x.modules.services...``): a module held as a value; "" otherwise."""
+    segs = [seg.strip('"') for seg in path]
+    if not segs or segs[0] in _OPTION_ROOTS or segs[0] in ("<let>", "<module>", "specialisation"):
+        return ""
+    for i in range(1, len(segs) - 2):
+        rest = segs[i + 1 :] if segs[i] == "config" else segs[i:]
+        if rest[:2] in (["virtualisation", "oci-containers"], ["virtualisation", "arion"]) or (
+            rest[:1] == ["services"] and len(rest) >= 3
+        ):
+            return ".".join(segs[:i])
+    return ""
 
 
 def _companion_var(f: Finding, source: bytes, migration: str | None, same: bool) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from nixmig.errors import ConfigError
+from nixmig.nixsrc import leftover as lo
 from nixmig.nixsrc import patch as pt
 from nixmig.nixsrc import validate
 from nixmig.nixsrc.scan import scan_source
@@ -389,3 +390,25 @@ def test_freshrss_reads_its_database_pass_file_as_its_own_user() -> None:
     assert "rss-pw-8812" not in out and plan.manual == ()
     # and the oneshot finds a server on another port (settings.port names its socket; 07 of the same set)
     assert "-p ${toString (config.services.postgresql.settings.port or config.services.postgresql.port or 5432)}" in out
+
+
+def test_a_module_held_as_a_value_is_said_as_such() -> None:
+    """flake-parts' flake.modules.nixos.X = { config, ... }: { ... }: the container is not at an option path
+    of the host, and the line says so (before: 'a migration with strategy move moves one such value' to a
+    nixmig.toml that had one: realcfg6 05)."""
+    src = {
+        "modules/db.nix": b"""{ inputs, ... }:
+{
+  flake.modules.nixos.wikidb = { config, lib, ... }: {
+    virtualisation.oci-containers.containers.wikidb = {
+      image = "lscr.io/linuxserver/mariadb";
+      environment = { MYSQL_USER = "wiki"; MYSQL_PASSWORD = "Wiki-db-7781"; };
+    };
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="wiki-db", role="wiki", container="wikidb", strategy="move"))
+    (m,) = [m for m in plan.manual if m.line == 6]
+    assert "inside flake.modules.nixos.wikidb, a NixOS module held as a value" in m.what
+    assert lo.module_as_value(("virtualisation", "oci-containers", "containers", "x", "environment", "V")) == ""
