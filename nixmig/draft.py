@@ -1156,6 +1156,12 @@ def draft(
             mysql = last.startswith(("MARIADB_", "MYSQL_")) and image is not None and _MYSQL_IMAGE.search(image[0])
             if c is not None and (postgres or mysql):
                 result = _container_db(c, f, models)
+        elif p[:3] == ("services", "podman", "containers"):  # home-manager's, not a NixOS service
+            result = (
+                f"{f.file}:{f.line} {f.attr_path}: a container of home-manager's services.podman (rootless, in "
+                "a user's session): nixmig migrates NixOS-level containers (virtualisation.oci-containers); "
+                "not drafted"
+            )
         elif _in_host_or_specialisation(p)[:1] == ("services",) and f.kind.value == "password":
             result = _native_db(fm, f, _in_host_or_specialisation(p), models)
             inside = _in_nixos_container(f, models)

@@ -210,6 +210,12 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
     path = _attr_path(f.attr_path) if f.attr_path else ()
     if "ensureUsers" in path:
         return ENSURE_USERS
+    if tuple(seg.strip('"') for seg in path[:3]) == ("services", "podman", "containers"):
+        return (
+            "a container of home-manager's services.podman (rootless, in a user's session, started by the user's "
+            "systemd): nixmig patches NixOS-level containers (virtualisation.oci-containers); by hand: its "
+            "environmentFile from a file only that user can read (agenix for home-manager, owner that user)"
+        )
     held = module_as_value(path)
     if held:
         return (

@@ -731,3 +731,20 @@ def test_nextcloud_s_admin_password_alone_is_a_move_of_its_own_not_the_database_
     d = draft(files)
     assert d.migrations == ("nextcloud-admin-password",), d.toml
     assert 'strategy = "move"' in d.toml and "[services.nextcloud]" in d.toml
+
+
+def test_home_manager_podman_containers_are_said_not_drafted() -> None:
+    """home-manager's services.podman.containers (rootless) are no NixOS service: the draft said
+    database = "podman", role = "podman" (realcfg6 19); now each credential is a `not drafted` line."""
+    files = {
+        "home/dawn/containers.nix": b"""{ config, ... }: {
+  services.podman.containers.postgres = {
+    image = "docker.io/library/postgres:16";
+    environment = { POSTGRES_USER = "apps"; POSTGRES_PASSWORD = "Hm-pg-pw-2231"; };
+  };
+}
+"""
+    }
+    d = draft(files)
+    assert d.migrations == () and "podman" not in "".join(ln for ln in d.toml.splitlines() if not ln.startswith("#"))
+    assert "# check: not drafted: home/dawn/containers.nix:4" in d.toml and "home-manager's services.podman" in d.toml
