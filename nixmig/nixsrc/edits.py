@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from nixmig.nixsrc.errors import PatchError
 from nixmig.nixsrc.model import FileModel, bindings
-from nixmig.nixsrc.parse import text
+from nixmig.nixsrc.parse import descendants, text
 from nixmig.sensitive import MASK
 
 if TYPE_CHECKING:
@@ -303,7 +303,7 @@ def called_with_module_args(models: Mapping[str, FileModel]) -> set[str]:
     good: set[str] = set()
     bad: set[str] = set()
     for fm in models.values():
-        nodes = _descendants(fm.root)
+        nodes = descendants(fm.root)
         lets = {  # every let binding of the file by name (no scoping: a name bound twice is not read)
             text(ap): value
             for n in nodes
@@ -330,15 +330,6 @@ def called_with_module_args(models: Mapping[str, FileModel]) -> set[str]:
             ok = _passes_module_args(arg, lets)
             (good if ok else bad).update(files)
     return good - bad
-
-
-def _descendants(root: Node) -> list[Node]:
-    out, stack = [], [root]
-    while stack:
-        n = stack.pop()
-        out.append(n)
-        stack.extend(n.named_children)
-    return out
 
 
 def _unparen(node: Node) -> Node:
@@ -389,7 +380,7 @@ def _passes_module_args(arg: Node, lets: Mapping[str, Node]) -> bool:
     for bset in (c for c in arg.named_children if c.type == "binding_set"):
         for b in bset.named_children:
             if b.type == "inherit":
-                given |= {text(i) for i in _descendants(b) if i.type == "identifier"}
+                given |= {text(i) for i in descendants(b) if i.type == "identifier"}
             elif b.type == "binding":
                 ap, value = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
                 if ap is not None and value is not None and text(ap) == text(_unparen(value)):

@@ -178,3 +178,13 @@ def _line(source: bytes, row: int) -> str:
 def text(node: Node) -> str:
     raw = node.text
     return raw.decode("utf-8") if raw is not None else ""
+
+
+def descendants(root: Node) -> list[Node]:
+    """``root`` and every named node under it (depth first, no order promised)."""
+    out, stack = [], [root]
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(n.named_children)
+    return out

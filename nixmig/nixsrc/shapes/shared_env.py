@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.model import Lit, unparen
-from nixmig.nixsrc.parse import text
+from nixmig.nixsrc.parse import descendants, text
 from nixmig.nixsrc.render import EnvLine
 from nixmig.nixsrc.scan import words
 from nixmig.nixsrc.shapes import Shape
@@ -33,15 +33,6 @@ if TYPE_CHECKING:
 
 
 _DB_WORDS = frozenset({"db", "database", "postgres", "postgresql", "pg", "sql", "psql"})
-
-
-def _nodes(root: Node) -> list[Node]:
-    out, stack = [], [root]
-    while stack:
-        n = stack.pop()
-        out.append(n)
-        stack.extend(n.named_children)
-    return out
 
 
 def _binding_of(fm: FileModel, use: Node) -> Bind | None:
@@ -150,9 +141,9 @@ def _containers(b: Builder, fm: FileModel, set_name: str, inner: NixPath) -> lis
     from nixmig.nixsrc.patch import _container_shape
 
     out: list[tuple[str, str, NixPath]] = []
-    for n in _nodes(fm.root):
+    for n in descendants(fm.root):
         if n.type in ("inherit", "inherit_from") and any(
-            text(i) == set_name for i in _nodes(n) if i.type == "identifier"
+            text(i) == set_name for i in descendants(n) if i.type == "identifier"
         ):
             return []  # passed on: nixmig cannot follow it
         if n.type != "variable_expression" or text(n) != set_name:
