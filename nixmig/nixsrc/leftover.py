@@ -26,7 +26,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nixmig.config import also_name
-from nixmig.nixsrc.containers import base_variable, env_container
+from nixmig.nixsrc.containers import base_variable, env_container, env_words
 from nixmig.nixsrc.edits import Edit
 from nixmig.nixsrc.model import Bind, FileModel, decode_string, unparen
 from nixmig.nixsrc.quote import nix_attr
@@ -409,7 +409,7 @@ def _secret_variable(path: Sequence[str]) -> bool:
     if env_container(tuple(path)) is None or not path:
         return False
     var = path[-1]
-    return base_variable(var) == var and not (set(words(var.lower())) & _NAME_WORDS)
+    return base_variable(var) == var and not (env_words(var) & _NAME_WORDS)  # PGUSER: pg + user
 
 
 def _credential_place(path: Sequence[str]) -> bool:

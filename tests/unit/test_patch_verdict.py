@@ -412,3 +412,29 @@ def test_a_module_held_as_a_value_is_said_as_such() -> None:
     (m,) = [m for m in plan.manual if m.line == 6]
     assert "inside flake.modules.nixos.wikidb, a NixOS module held as a value" in m.what
     assert lo.module_as_value(("virtualisation", "oci-containers", "containers", "x", "environment", "V")) == ""
+
+
+def test_a_variable_naming_a_user_or_database_with_the_password_s_value_is_no_credential() -> None:
+    """password == user name is common ("postgres"): PGUSER / PGDATABASE holding it are names, not a
+    companion to move (env_words splits PGUSER into pg + user); HASHING_SEED holding it is one."""
+    src = {
+        "app.nix": b"""{ config, ... }:
+{
+  virtualisation.oci-containers.containers.db = {
+    image = "postgres:16";
+    environment = { POSTGRES_PASSWORD = "postgres"; };
+  };
+  virtualisation.oci-containers.containers.app = {
+    image = "example/app:1";
+    environment = {
+      DATABASE_URL = "postgres://postgres:postgres@db/postgres";
+      PGUSER = "postgres";
+      PGDATABASE = "postgres";
+      HASHING_SEED = "postgres";
+    };
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="db-password", role="postgres", container="db", migration="m"))
+    assert [m.companion for m in plan.manual] == ["HASHING_SEED"], [m.what for m in plan.manual]
