@@ -33,7 +33,11 @@ MODULE = """{ pkgs, ... }:
 """
 
 
-def _sql_and_script(role: str) -> tuple[str, str]:
+PORT_IN_NIX = "${toString (config.services.postgresql.settings.port or config.services.postgresql.port or 5432)}"
+
+
+def _sql_and_script(role: str, port: int) -> tuple[str, str]:
+    """The patched SQL, and the unit's script as Nix would write it for a server on ``port``."""
     spec = pt.Spec(secret="synapse-db", role=role)
     src = {"db.nix": MODULE.replace("matrix-synapse", role).encode()}
     plan = pt.plan(src, spec)
@@ -43,6 +47,8 @@ def _sql_and_script(role: str) -> tuple[str, str]:
     assert sql is not None and script is not None, out
     assert "old-synapse-pw" not in out
     body = "\n".join(line.removeprefix("      ") for line in script.group(1).splitlines())
+    assert PORT_IN_NIX in body  # the server's port names its socket: a server off 5432 is found (realcfg6 07)
+    body = body.replace(PORT_IN_NIX, str(port))
     return sql.group(1), body.replace("${config.services.postgresql.package}/bin/psql", str(pg_bindir() / "psql"))
 
 
@@ -62,7 +68,7 @@ def logged(pg: PgServer) -> Iterator[PgServer]:
 def test_the_patched_sql_runs_and_the_unit_sets_the_password(logged: PgServer, tmp_path: Path) -> None:
     pg = logged
     role = f"matrix-synapse-{secrets.token_hex(3)}"
-    sql, script = _sql_and_script(role)
+    sql, script = _sql_and_script(role, pg.port)
     assert f'CREATE ROLE "{role}" WITH LOGIN;' in sql and f'ALTER USER "{role}" WITH;' in sql
     assert "PASSWORD 'not-ours'" in sql  # another role's clause is left (the verdict lists it)
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
@@ -76,8 +82,7 @@ def test_the_patched_sql_runs_and_the_unit_sets_the_password(logged: PgServer, t
     env = {
         **os.environ,
         "CREDENTIALS_DIRECTORY": str(creds),
-        "PGHOST": pg.host,
-        "PGPORT": str(pg.port),
+        "PGHOST": pg.host,  # no PGPORT: the script's own -p must reach the server (not on 5432)
         "PGUSER": pg.user,
         "PGPASSWORD": pg.password,
     }
