@@ -121,3 +121,16 @@ class Group(typer.core.TyperGroup):
         if cmd is not None:
             install(cmd)
         return cmd
+
+    def invoke(self, ctx: Any) -> Any:
+        """An EOFError out of a command is a connection that ended (paramiko raises it when the
+        transport closes under a read): one line and exit 1 like any ConnectionLost, not click's bare
+        "Aborted!" (its standalone mode takes EOFError for a closed stdin)."""
+        from nixmig.remote.base import ConnectionLost
+
+        try:
+            return super().invoke(ctx)
+        except EOFError as exc:
+            raise ConnectionLost(
+                "the connection to the target ended while a command ran (EOF)", where=ctx.command_path
+            ) from exc

@@ -117,3 +117,26 @@ def test_the_plain_values_need_no_adapter(tmp_path: Path, monkeypatch: pytest.Mo
     assert code == 0 and seen and built == [float, Color], built  # a float and an enum: typer's own
     assert seen[0]["config"] == (f, "PosixPath") and seen[0]["ident"] == ([Path("k")], "list")
     assert _run(plain.Group, ["run", "-h"])[0] == 0 and built == [float, Color], built
+
+
+def test_an_eof_out_of_a_command_is_a_lost_connection_not_click_s_aborted() -> None:
+    """paramiko raises EOFError when the transport closes under a read; click's standalone mode took it
+    for a closed stdin and printed a bare "Aborted!" (e2e test_cut_during_the_backup_then_apply_resumes,
+    once in CI): now nixmig's main reports it in one line as a ConnectionLost."""
+    import typer
+
+    from nixmig.cli import plain
+    from nixmig.remote.base import ConnectionLost
+
+    app = typer.Typer(cls=plain.Group)
+
+    @app.command()
+    def cut() -> None:
+        raise EOFError
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    with pytest.raises(ConnectionLost, match="ended while a command ran"):
+        app(["cut"], prog_name="nixmig")
