@@ -24,6 +24,7 @@ exact while the services keep writing); see :func:`restore_test`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -45,6 +46,7 @@ from nixmig.secrets.age import decrypt_stream, encrypt_stream
 # Runs "$@" with its output regrouped into 1 MiB blocks, keeping its exit status (POSIX sh: no pipefail).
 REBLOCK = 'exec 3>&1; s=$( { { "$@"; echo $? >&4; } | dd ibs=65536 obs=1048576 status=none >&3; } 4>&1 ); exit $s'
 TABLE_ROWS_SHOWN = 12
+PIPE_SIZE = 1 << 20  # fs.pipe-max-size's default: any user may ask for it
 
 
 class BackupError(NixmigError):
@@ -60,10 +62,15 @@ def _sha256(path: Path) -> str:
 
 
 def _pipe(*, raw: bool = False) -> tuple[BinaryIO, BinaryIO]:
+    """A pipe between two threads of the backup: PIPE_SIZE in the kernel (Linux's default is
+    64 KiB: the encrypting thread's 1 MiB writes and the dump's reads then switched threads
+    every 64 KiB) and a read buffer as big (age reads 8 KiB at a time)."""
     r, w = os.pipe()
+    with contextlib.suppress(OSError):  # above fs.pipe-max-size, or not Linux: the default
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     if raw:
         return os.fdopen(r, "rb", buffering=0), os.fdopen(w, "wb", buffering=0)
-    return os.fdopen(r, "rb"), os.fdopen(w, "wb")
+    return os.fdopen(r, "rb", buffering=PIPE_SIZE), os.fdopen(w, "wb")
 
 
 def dump_argv(ctx: Context, snapshot: str | None = None) -> list[str]:

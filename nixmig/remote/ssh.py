@@ -62,6 +62,12 @@ DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 # without sending, the connection cut after KEEPALIVE_COUNT of them without hearing the host
 KEEPALIVE = 5.0
 KEEPALIVE_COUNT = 4
+# A read from a channel takes all it holds (at most its window: paramiko's 2 MiB). paramiko
+# keeps a channel's input in an array and moves what a read leaves to the array's front: a
+# stream read 64 KiB at a time from a full window moved ~16 times its own bytes, CPU taken
+# from the pg_dump beside it when the reader falls behind (a loaded machine). Never a
+# socket's recv (that allocates the size asked for).
+RECV_ALL = 1 << 26
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -403,9 +409,9 @@ class SshTransport:
                 sel.register(chan, selectors.EVENT_READ)
                 while not reply.done:
                     while chan.recv_ready():
-                        reply.feed_out(chan.recv(CHUNK))
+                        reply.feed_out(chan.recv(RECV_ALL))
                     while chan.recv_stderr_ready():
-                        reply.feed_err(chan.recv_stderr(CHUNK))
+                        reply.feed_err(chan.recv_stderr(RECV_ALL))
                     if reply.done:
                         break
                     if chan.closed or chan.eof_received or not transport.is_active():
@@ -486,13 +492,13 @@ class SshTransport:
                 sel.register(chan, selectors.EVENT_READ)
                 while True:
                     while chan.recv_ready():
-                        chunk = chan.recv(CHUNK)
+                        chunk = chan.recv(RECV_ALL)
                         if sink is not None:
                             sink.write(chunk)
                         else:
                             out += chunk
                     while chan.recv_stderr_ready():
-                        err += chan.recv_stderr(65536)
+                        err += chan.recv_stderr(RECV_ALL)
                     if not chan.recv_ready() and not chan.recv_stderr_ready():
                         # done once the remote closed its output (EOF) and reported its exit status:
                         # sshd may send the status before the last of the output.

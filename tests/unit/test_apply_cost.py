@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -125,3 +126,17 @@ def test_apply_parses_its_options_without_pydantic(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=False)
     assert r.returncode == 1 and "none.toml" in r.stderr, r.stdout + r.stderr  # parsed, then the config
     assert r.stdout.split() == ["False"], r.stdout + r.stderr
+
+
+def test_the_backup_s_pipes_hold_a_mebibyte() -> None:
+    # Linux's 64 KiB pipe switched the backup's threads (the dump's reader, age's encryption,
+    # the test-decryption) every 64 KiB: CPU taken from the pg_dump beside them on a busy machine
+    from nixmig.phases import backup
+
+    r, w = backup._pipe()
+    assert isinstance(r, io.BufferedReader)
+    with r, w:
+        os.set_blocking(w.fileno(), False)
+        assert os.write(w.fileno(), b"x" * (768 << 10)) == 768 << 10  # 64 KiB without: EAGAIN after
+        assert len(r.read(8192)) == 8192  # age's read size
+        assert len(r.peek()) == (768 << 10) - 8192  # the rest is in the reader's buffer: no more syscalls
