@@ -548,6 +548,52 @@ def _finding_path(f: Finding, fm: FileModel) -> NixPath:
     return path
 
 
+_ENV_LINE = re.compile(rb"(?m)^[ \t]*([A-Za-z_][A-Za-z0-9_]*)=([^\n]*)$")
+
+
+def _is_etc_text(p: NixPath) -> bool:
+    return len(p) >= 4 and p[:2] == ("environment", "etc") and p[3] == "text"
+
+
+def _etc_env_var(fm: FileModel, f: Finding, p: NixPath) -> NixPath:
+    """An /etc entry's text that is an env file (``DB_PASSWORD=...`` lines): the finding's path ends with
+    its line's variable, as a container's environment would (``environment.etc.P.text.DB_PASSWORD``)."""
+    if f.rule != "assignment" or f.start < 0:
+        return p
+    holder = next(
+        (
+            b.path
+            for b in fm.binds
+            if b.exact
+            and len(b.path) == 4
+            and _is_etc_text(b.path)
+            and b.value.start_byte <= f.start < b.value.end_byte
+        ),
+        None,
+    )
+    if holder is None:
+        return p
+    p = holder
+    start = fm.source.rfind(b"\n", 0, f.start) + 1
+    m = _ENV_LINE.match(fm.source, start)
+    return (*p, m.group(1).decode()) if m is not None and m.end(2) >= f.end else p
+
+
+def _etc_env(fm: FileModel, p: NixPath) -> dict[str, tuple[str, str]]:
+    """The plain ``VAR=value`` lines of the /etc env text at ``p[:4]`` (value, where)."""
+    bind = next((b for b in fm.binds if b.exact and b.path == p[:4]), None)
+    if bind is None:
+        return {}
+    node = unparen(bind.value)
+    out: dict[str, tuple[str, str]] = {}
+    for m in _ENV_LINE.finditer(fm.source, node.start_byte, node.end_byte):
+        value = m.group(2).decode().strip()
+        if re.fullmatch(r"[A-Za-z0-9._~:/@%+-]+", value):
+            line = fm.source.count(b"\n", 0, m.start(1)) + 1
+            out[m.group(1).decode().upper()] = (value, f"{fm.name}:{line} ({m.group(1).decode()} in /etc/{p[2]})")
+    return out
+
+
 @dataclass(frozen=True)
 class _LetUse:
     """One use of a let-bound password (``POSTGRES_PASSWORD = dbPassword;``), read as a finding there."""
@@ -621,6 +667,12 @@ def _is_db_finding(f: Finding, p: NixPath) -> bool:
     return (
         last.upper() in ("POSTGRES_PASSWORD", "DB_PASSWORD", "DATABASE_PASSWORD", "PGPASSWORD")
         or (p[-2:-1] in (("environment",), ("environments",)) and bool(_DB_VAR.search(_PASSWORD_END.sub("", last))))
+        or (
+            len(p) == 5
+            and _is_etc_text(p)
+            and _PASSWORD_END.search(last) is not None
+            and bool(_DB_VAR.search(_PASSWORD_END.sub("", last)))
+        )
         or last.upper().startswith(("MARIADB_", "MYSQL_"))
         or "initialScript" in p
         or (nixpkgs_file_sibling(p) is not None and database_option(p))  # not redis' requirePass, an adminpass
@@ -1011,7 +1063,8 @@ def _app_vars(
     """(role, database, host) the variables beside a password variable name: an app container's
     environment, or any other ``environment`` attrset (a unit's, one bound in a let and merged into
     containers)."""
-    if len(p) < 2 or p[-2] not in ("environment", "environments"):
+    etc = len(p) == 5 and _is_etc_text(p)
+    if len(p) < 2 or (p[-2] not in ("environment", "environments") and not etc):
         return None
     m = _PASSWORD_END.search(p[-1])
     if m is None:
@@ -1024,8 +1077,8 @@ def _app_vars(
     if shape is not None and c is None:
         return None
     env_fm, env_path = (c.fm, (*c.prefix, *c.where.env)) if c is not None else (fm, p[:-1])
-    env: dict[str, tuple[str, str]] = {}
-    for b in env_fm.binds:
+    env: dict[str, tuple[str, str]] = _etc_env(fm, p) if etc else {}
+    for b in () if etc else env_fm.binds:
         if b.path[:-1] == env_path and (b.exact or c is None) and (v := _value(env_fm, b.value)) is not None:
             env[b.path[-1].upper()] = (v[0], f"{_at(env_fm, b.node)}{v[1]} ({b.path[-1]})")
 
@@ -1124,7 +1177,7 @@ def draft(
                     let_uses[id(u.finding)] = u
             else:
                 findings.append(f)
-                paths[id(f)] = _finding_path(f, fm)
+                paths[id(f)] = _etc_env_var(fm, f, _finding_path(f, fm))
     db_findings = [f for f in findings if id(f) in let_uses or _is_db_finding(f, paths[id(f)])]
     other = len(findings) - len(db_findings)
     moves = [] if db_findings else _option_moves(findings, paths)

@@ -118,6 +118,14 @@ def string_shape(path: Sequence[str]) -> str | None:
             "world-readable Nix store): nixmig has no edit for it; render that file from "
             "config.age.secrets.NAME.path in an ExecStartPre of the unit that reads it instead"
         )
+    if segs[:2] == ["environment", "etc"] and len(segs) >= 4 and segs[-1] == "text":
+        name = ".".join(segs[2:-1])  # a dotted path split as a string: "app/secrets.env"
+        return (
+            f"a password in the text of /etc/{name} (environment.etc: a link into the world-readable Nix store): "
+            "nixmig moves it when the file is the password alone, read by an option nixmig knows, or a line of an "
+            "env file whose every reader is a container's env file list (environmentFiles, env_file) in the same "
+            "file; else point what reads it at config.age.secrets.NAME.path, or at a file rendered from it at start"
+        )
     if any(seg in _COMMAND_LINES for seg in segs):
         return (
             f"a password in a command line ({segs[-1] if segs[-1] in _COMMAND_LINES else 'ExecStart'}: in the "

@@ -1,4 +1,4 @@
-"""An env file written by an activation script's heredoc, read by containers as an env file.
+"""An env file written by an activation script's heredoc or as an /etc file, read by containers as an env file.
 
 ``system.activationScripts.X = '' ... cat > /run/app/env << EOF\\nDB_PASSWORD=...\\nEOF ... '';`` with
 ``environmentFiles = [ "/run/app/env" ];`` (oci-containers; arion's ``env_file``): the script is in
@@ -8,6 +8,10 @@ agenix file, listed after the activation script's file (a later env file wins). 
 is a plain word (no ``$``, quotes or backslashes: the heredoc would expand them), every container
 reading the file is one nixmig can give an env file, and the script is in the same file as they are;
 else the verdict says the line (see :func:`nixmig.nixsrc.leftover.string_shape`).
+
+The same for an env file that is an /etc entry: ``environment.etc."app/.env".text = ''\\n DB_PASSWORD=...\\n '';``
+(a link into the store, whatever its ``mode``) read as ``environmentFiles = [ "/etc/app/.env" ]`` (a
+string or a path literal): the whole text is the env file; the line leaves it the same way.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ from typing import TYPE_CHECKING
 
 from nixmig.nixsrc.leftover import DB_WORDS, digest
 from nixmig.nixsrc.model import Lit, decode_string, unparen
+from nixmig.nixsrc.parse import text
+from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.render import EnvLine
 from nixmig.nixsrc.scan import words
 from nixmig.nixsrc.shapes import Shape
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from tree_sitter import Node
 
     from nixmig.nixsrc.leftover import Leftover
     from nixmig.nixsrc.model import Bind, FileModel, NixPath
@@ -51,14 +59,23 @@ def heredocs(raw: bytes) -> list[tuple[str, int, int]]:
     return out
 
 
-def _scripts(b: Builder) -> list[tuple[FileModel, Bind]]:
-    out = []
+def _texts(b: Builder) -> list[tuple[FileModel, Bind, str | None]]:
+    """Activation scripts (None), and /etc entries' texts with the path they are at."""
+    out: list[tuple[FileModel, Bind, str | None]] = []
     for fm, bind in b.all_binds():
         p = bind.path
-        script = p[:2] == ("system", "activationScripts") and (len(p) == 3 or p[3:] == ("text",))
-        if bind.exact and script and unparen(bind.value).type in ("indented_string_expression", "string_expression"):
-            out.append((fm, bind))
+        if not bind.exact or unparen(bind.value).type not in ("indented_string_expression", "string_expression"):
+            continue
+        if p[:2] == ("system", "activationScripts") and (len(p) == 3 or p[3:] == ("text",)):
+            out.append((fm, bind, None))
+        elif len(p) == 4 and p[:2] == ("environment", "etc") and p[3] == "text" and not p[2].startswith("/"):
+            out.append((fm, bind, "/etc/" + p[2]))
     return out
+
+
+def _names_path(node: Node, path: str) -> bool:
+    """An env-file list element naming ``path``: a string, or a path literal (``toString``: not copied)."""
+    return decode_string(node) == path or (node.type == "path_expression" and text(node) == path)
 
 
 def _readers(b: Builder, fm: FileModel, path: str) -> list[tuple[str, str, NixPath]] | None:
@@ -74,7 +91,7 @@ def _readers(b: Builder, fm: FileModel, path: str) -> list[tuple[str, str, NixPa
             or bind.path[-1:] not in (("environmentFiles",), ("env_file",))
         ):
             continue
-        if not any(decode_string(e) == path for e in node.named_children):
+        if not any(_names_path(e, path) for e in node.named_children):
             continue
         shape = _container_shape(bind.path[:-1])
         if other is not fm or shape is None or _ENV_FILES.get(shape[0]) != bind.path[-1]:
@@ -85,23 +102,31 @@ def _readers(b: Builder, fm: FileModel, path: str) -> list[tuple[str, str, NixPa
     return out
 
 
-Line = tuple["FileModel", "Bind", int, "re.Match[bytes]", str]  # (file, script, its start, VAR=value, the path)
+Line = tuple["FileModel", "Bind", int, "re.Match[bytes]", str]  # (file, text, its start, VAR=value, the path)
 
 
 def _lines(b: Builder) -> Iterator[Line]:
-    """Every plain ``VAR=value`` line of a heredoc an activation script writes to a literal path."""
-    for fm, bind in _scripts(b):
+    """Every plain ``VAR=value`` line of a heredoc an activation script writes to a literal path, and of an
+    /etc entry's text."""
+    for fm, bind, etc in _texts(b):
         node = unparen(bind.value)
         raw = fm.source[node.start_byte : node.end_byte]
-        for path, start, end in heredocs(raw):
+        bodies = heredocs(raw) if etc is None else [(etc, 0, len(raw))]
+        for path, start, end in bodies:
             for m in _LINE.finditer(raw, start, end):
                 yield fm, bind, node.start_byte, m, path
 
 
 def apply(b: Builder, password: str | None) -> None:
+    lines = list(_lines(b))
     if password is None and not b.known:
-        return
-    for fm, bind, base, m, path in _lines(b):
+        # no value seen elsewhere (the database is not in the repo, or reads a file already): a line
+        # named for the database's password is the password, when every such line holds one value
+        named = {m.group("value").decode() for _, _, _, m, _ in lines if _database_password(m.group("var").decode())}
+        if len(named) != 1:
+            return
+        password = named.pop()
+    for fm, bind, base, m, path in lines:
         value = m.group("value").decode()
         if value != password if password is not None else digest(value.encode()) not in b.known:
             continue
@@ -111,6 +136,11 @@ def apply(b: Builder, password: str | None) -> None:
         if not readers:
             continue  # read by nothing nixmig sees, or by something it cannot edit: the verdict says it
         _move(b, fm, bind, base, m, path, readers)
+
+
+def _database_password(var: str) -> bool:
+    """DB_PASSWORD, POSTGRES_PASS: a database's password by its name (not DB_USERNAME)."""
+    return _database_variable(var) and re.search(r"(?:PASSWORD|PASSWD|PASS|PWD)$", var.upper()) is not None
 
 
 def _database_variable(var: str) -> bool:
@@ -177,14 +207,18 @@ def _move(
     line_start, line_end = base + m.start(), base + m.end()
     if fm.source[line_end : line_end + 1] == b"\n":
         line_end += 1
+    where = (
+        f"the heredoc of system.activationScripts.{bind.path[2]} that writes {path} (the script is in"
+        if bind.path[0] == "system"
+        else f"environment.etc.{nix_attr(bind.path[2])}.text (an /etc entry is a link into"
+    )
     b.ed.add(
         fm,
         line_start,
         line_end,
         "",
-        f"removes {var}{kept} from the heredoc of system.activationScripts.{bind.path[2]} that "
-        f"writes {path} (the script is in the world-readable Nix store): the {names} container(s) read it from "
-        "their own env file, rendered at each start from the agenix file and listed after it",
+        f"removes {var}{kept} from {where} the world-readable Nix store): the {names} container(s) read it "
+        "from their own env file, rendered at each start from the agenix file and listed after it",
     )
     b.masks.append((fm.name, at, base + m.end("value")))
     b.handled.add((fm.name, at))
@@ -198,8 +232,8 @@ def _move(
 
 SHAPE = Shape(
     "activation-heredoc",
-    "an env file written by an activation script's heredoc (cat > PATH << EOF ... VAR=... EOF) and read by "
-    "containers: the line leaves the heredoc, each container gets VAR from its rendered env file",
+    "an env file written by an activation script's heredoc (cat > PATH << EOF ... VAR=... EOF) or as an /etc "
+    "entry, read by containers: the line leaves it, each container gets VAR from its rendered env file",
     apply,
-    ("activation-script-env-file",),
+    ("activation-script-env-file", "oci-etc-env-file-text"),
 )
