@@ -303,10 +303,12 @@ class SshTransport:
             if chan is None or hello is None:
                 raise TransportError("the command runner did not start", where=self.name)
             self._receive(chan, hello, None, 30.0, ":", "the command runner")
-        except (TransportError, OSError, EOFError, paramiko.SSHException):
+        except (TransportError, OSError, EOFError, paramiko.SSHException) as exc:
             self._drop_runner()
-            if not transport.is_active():
-                raise self._lost(shown, transport, None) from None
+            if isinstance(exc, ConnectionLost):
+                raise
+            if _broken(exc) or not transport.is_active():
+                raise self._lost(shown, transport, None, broken=_broken(exc)) from None
             # a host without sh or head: each command in a session of its own, as before
             self._runner_failed = True
             return None
@@ -344,7 +346,7 @@ class SshTransport:
         with self._spare_lock:
             old, self._spare = self._spare, chan
         if old is not None:
-            old.close()
+            _close(old)
 
     def _session(self, transport: paramiko.Transport, command: str, *, fresh: bool = False) -> paramiko.Channel:
         """A session running ``command``: the spare one when it is ready, else a new one;
@@ -358,7 +360,7 @@ class SshTransport:
                 chan.sendall(runner.handover(command))
                 threading.Thread(target=self._start_spare, name="nixmig-ssh-spare", daemon=True).start()
                 return chan
-            chan.close()  # it died, or the host's shell said more than it should: not used
+            _close(chan)  # it died, or the host's shell said more than it should: not used
         chan = transport.open_session()
         chan.exec_command(command)
         return chan
@@ -387,8 +389,8 @@ class SshTransport:
         transport = self._live(shown)
         try:
             reply, sender = self._send_frame(chan, command, data)
-        except (OSError, EOFError, paramiko.SSHException):
-            raise self._lost(shown, transport, chan) from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._lost(shown, transport, chan, broken=_broken(exc)) from None
         self._receive(chan, reply, sender, timeout, command, shown)
         assert reply.status is not None
         return Result(command, reply.status, bytes(reply.out), bytes(reply.err))
@@ -421,8 +423,8 @@ class SshTransport:
                         raise TransportError(f"`{command}` timed out after {timeout:.0f}s", where=self.name)
                     sel.select(timeout=0.5)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            if not transport.is_active() or chan.closed:
-                raise self._lost(shown, transport, chan) from None
+            if _broken(exc) or not transport.is_active() or chan.closed:
+                raise self._lost(shown, transport, chan, broken=_broken(exc)) from None
             raise TransportError(f"`{command}` failed: {exc}", where=self.name) from None
         if sender is not None:
             sender.join(timeout=5)
@@ -452,10 +454,19 @@ class SshTransport:
         return transport
 
     def _lost(
-        self, shown: str, transport: paramiko.Transport, chan: paramiko.Channel | None, *, started: bool = True
+        self,
+        shown: str,
+        transport: paramiko.Transport,
+        chan: paramiko.Channel | None,
+        *,
+        started: bool = True,
+        broken: bool = False,
     ) -> ConnectionLost:
-        """What a command whose connection or session died raises (its outcome is unknown)."""
-        if transport.is_active() and chan is not None and (chan.closed or chan.eof_received):
+        """What a command whose connection or session died raises (its outcome is unknown).
+        ``broken``: paramiko raised EOFError in this thread (_broken)."""
+        if broken:
+            _cut(transport)
+        elif transport.is_active() and chan is not None and (chan.closed or chan.eof_received):
             return ConnectionLost(
                 f"{shown}: its SSH session closed without an exit status (the session or the command was killed)",
                 where=self.name,
@@ -519,12 +530,12 @@ class SshTransport:
                 feeder.join(timeout=5)
             return Result(command, chan.exit_status, bytes(out), bytes(err))
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            if not transport.is_active() or (chan is not None and chan.closed):
-                raise self._lost(shown, transport, chan) from None
+            if _broken(exc) or not transport.is_active() or (chan is not None and chan.closed):
+                raise self._lost(shown, transport, chan, broken=_broken(exc)) from None
             raise TransportError(f"`{command}` failed: {exc}", where=self.name) from None
         finally:
             if chan is not None:
-                chan.close()
+                _close(chan)
 
     def hold(self, argv: Sequence[str], *, timeout: float = 30.0) -> _SshHeld:
         with traced("hold", argv):
@@ -535,8 +546,8 @@ class SshTransport:
         transport = self._live(shown)
         try:
             chan = self._session(transport, command, fresh=fresh)
-        except (OSError, EOFError, paramiko.SSHException):
-            raise self._lost(shown, transport, None) from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._lost(shown, transport, None, broken=_broken(exc)) from None
         chan.settimeout(timeout)
         buf = b""
         try:
@@ -546,17 +557,17 @@ class SshTransport:
                     break
                 buf += chunk
         except TimeoutError:
-            chan.close()
+            _close(chan)
             raise TransportError(f"`{command}` did not answer in {timeout:.0f}s", where=self.name) from None
         if b"\n" not in buf:
             if chan.exit_status == -1 and (chan.closed or not transport.is_active()):
-                chan.close()
+                _close(chan)
                 raise self._lost(shown, transport, chan)
             code = chan.recv_exit_status()
             err = b""
             while chan.recv_stderr_ready():
                 err += chan.recv_stderr(4096)
-            chan.close()
+            _close(chan)
             raise CommandFailed(Result(command, code, buf, err), self.name)
         chan.settimeout(None)
         return _SshHeld(chan, buf.split(b"\n", 1)[0].decode().strip())
@@ -575,11 +586,14 @@ class SshTransport:
             try:
                 reply, sender = self._send_frame(chan, ":", None)
                 self._receive(chan, reply, sender, timeout, ":", shown)
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                _close(chan)
+                raise self._lost(shown, chan.get_transport(), chan, broken=_broken(exc)) from None
             except BaseException:
-                chan.close()
+                _close(chan)
                 raise
             if reply.status != 0:
-                chan.close()
+                _close(chan)
                 raise TransportError(f"{shown} did not start its shell (exit {reply.status})", where=self.name)
         return SshShell(self, chan, held.first_line)
 
@@ -658,8 +672,37 @@ class SshTransport:
         with self._spare_lock:
             spare, self._spare = self._spare, None
         if spare is not None:
-            spare.close()
+            _close(spare)
         self._client.close()
+
+
+def _broken(exc: BaseException) -> bool:
+    """paramiko raises EOFError only where the connection's socket is dead: its send of any
+    message (a window adjust, a channel's EOF or close) failed, or a read found the end. In
+    the thread that sends, that can come before paramiko's own thread has heard the end
+    (the transport still says active): it is a lost connection all the same, never a bare
+    EOFError out of nixmig (click's "Aborted!")."""
+    return isinstance(exc, EOFError)
+
+
+def _cut(transport: paramiko.Transport) -> None:
+    """A transport whose socket is dead (_broken) ended now, so every thread sees the loss:
+    once this returns it says inactive and its channels closed (a shell's caller tells a
+    lost connection from an ended shell by that: SshShell.run)."""
+    if isinstance(transport, _Transport):
+        transport.cut()
+    else:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            transport.close()
+    if threading.current_thread() is not transport:
+        transport.join(timeout=5)  # its thread's end: reads fail at once on the shut socket
+
+
+def _close(chan: paramiko.Channel) -> None:
+    """Close a channel quietly: on a dead socket paramiko's send of the close raises EOFError
+    (_broken), which must not take the place of what the caller raises or returns."""
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        chan.close()
 
 
 def _cause(exc: BaseException | None) -> str:
@@ -766,7 +809,7 @@ class _SshHeld:
         self.first_line = first_line
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, paramiko.SSHException):
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
             self.chan.shutdown_write()
             self.chan.recv_exit_status()
-        self.chan.close()
+        _close(self.chan)

@@ -7,6 +7,7 @@ is not a busy loop."""
 from __future__ import annotations
 
 import io
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -140,3 +141,82 @@ def test_waiting_for_the_exit_status_after_eof_is_not_a_busy_loop(sshd: SshServe
         assert cpu < 0.5, f"{cpu:.2f}s of CPU in {wall:.2f}s waiting"  # the busy loop took 1.6 s of 3.2
     finally:
         t.close()
+
+
+class _CutOnFirstWrite(io.RawIOBase):
+    """A stream's consumer that breaks the connection's sending side while the command's
+    output is still arriving: the first write waits for a full window, then shuts the
+    socket for writing (a link that fails in the sending direction first). paramiko's next
+    send (the window adjust of the following read) fails in this thread with EOFError,
+    before its own thread has heard the end from sshd."""
+
+    def __init__(self, t: SshTransport) -> None:
+        self.t = t
+        self.writes = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        self.writes += 1
+        if self.writes == 1:
+            time.sleep(1.0)
+            transport = self.t._client.get_transport()
+            assert transport is not None and transport.is_active()
+            transport.sock.shutdown(socket.SHUT_WR)
+        return len(data)  # type: ignore[arg-type]
+
+
+def test_a_send_that_fails_under_a_stream_is_a_lost_connection(sshd: SshServer, tmp_path: Path) -> None:
+    # paramiko raises EOFError where a send fails (window adjust, close): out of a backup's
+    # stream that was click's bare "Aborted!" (CI, test_cut_during_the_backup_then_apply_resumes)
+    data = tmp_path / "data"
+    data.write_bytes(b"\0" * (32 << 20))
+    t = SshTransport.connect(host_for(sshd))
+    try:
+        with pytest.raises(ConnectionLost) as lost:
+            t.stream(["cat", "--", str(data)], stdout=_CutOnFirstWrite(t))  # type: ignore[arg-type]
+        assert "the connection to 127.0.0.1 was lost" in str(lost.value), lost.value
+        assert "`cat -- " in str(lost.value) and "`nixmig apply` resumes" in lost.value.line()
+        with pytest.raises(ConnectionLost):  # the connection is known dead: no command tries it
+            t.run(["true"])
+    finally:
+        t.close()  # quiet on a dead socket too
+
+
+def test_a_held_lock_and_the_connection_close_quietly_on_a_dead_socket(sshd: SshServer) -> None:
+    # the engine releases its locks (and the CLI closes the transport) on the way out of a
+    # phase that lost its connection: an EOFError there took the place of the ConnectionLost
+    t = SshTransport.connect(host_for(sshd))
+    held = t.hold(["sh", "-c", "echo locked; cat >/dev/null"])
+    assert held.first_line == "locked"
+    transport = t._client.get_transport()
+    assert transport is not None
+    transport.sock.shutdown(socket.SHUT_WR)
+    held.close()
+    t.close()
+
+
+def test_a_dead_socket_under_a_shell_s_command_is_a_lost_connection_not_an_ended_shell(sshd: SshServer) -> None:
+    # nixmig.db.shells: a shell that ends mid-command is a failed command (exit 255, the
+    # container stopped), a lost connection is ConnectionLost; the send that finds the socket
+    # dead (EOFError) comes before paramiko's thread says inactive
+    t = SshTransport.connect(host_for(sshd))
+    try:
+        script = 'echo here; exec sh -c "$0"'
+        shell = t.shell(["sh", "-c", script, runner_script()])
+        transport = t._client.get_transport()
+        assert transport is not None
+        assert shell.run(["echo", "hi"], shown_as=["echo", "hi"]).stdout == b"hi\n"
+        transport.sock.shutdown(socket.SHUT_WR)
+        with pytest.raises(ConnectionLost) as lost:
+            shell.run(["echo", "hi"], shown_as=["psql", "-c", "SELECT 1"])
+        assert "the connection to 127.0.0.1 was lost" in str(lost.value) and "`psql -c 'SELECT 1'`" in str(lost.value)
+    finally:
+        t.close()
+
+
+def runner_script() -> str:
+    from nixmig.remote import runner
+
+    return runner.SCRIPT
