@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from tree_sitter import Node
 
     from nixmig.nixsrc.scan import Finding
+    from nixmig.nixsrc.shapes.let_script import SqlAccount
 
 SECRETS_FILE = "secrets.nix"
 # the last part of a PostgreSQL image's name: postgres, postgis/postgis, pgvector/pgvector,
@@ -895,6 +896,36 @@ def _mysql_script_db(db: _Db, fm: FileModel, f: Finding) -> _Db:
     return db
 
 
+def _unit_sql_db(f: Finding, account: SqlAccount) -> _Db:
+    """A let-bound password read only by SQL a systemd unit runs (``mysql -e "GRANT ... IDENTIFIED BY
+    '${cfg.password}'"``, ``psql -c "ALTER ROLE x PASSWORD '${pw}'"``): the account the SQL names, on
+    the host's own server (patch: nixsrc/shapes/let_script.py). MySQL/MariaDB: strategy move."""
+    at = f"{f.file}:{f.line}"
+    why = f"{account.where} (the SQL systemd.services.{account.unit} runs gives {account.user} this password)"
+    db = _Db(
+        name="mysql" if account.mysql else "postgresql",
+        secret="",
+        file=f.file,
+        origin=at,
+        runtime=Val("native", why),
+        role=Val(account.user, why),
+    )
+    if account.database is not None:
+        db.database = Val(account.database, f"{account.where} (GRANT ... ON {account.database}.*)")
+        db.name, db.secret = f"{account.database}-db", f"{account.database}-db-password"
+        db.secret_origin = "named after the database"  # noqa: S105 - where the name comes from
+    else:
+        db.secret = f"{db.name}-db-password"
+    if account.mysql:
+        db.strategy = "move"
+        db.notes.append(
+            f"the password is bound at {at} and read by MySQL SQL in systemd.services.{account.unit}: nixmig "
+            "rotates PostgreSQL passwords only, so this migration moves the value (strategy move, below); "
+            "`nixmig patch` has the unit read it from the agenix file at start"
+        )
+    return db
+
+
 def _in_host_or_specialisation(p: NixPath) -> NixPath:
     """``specialisation.NAME.configuration.services.X...`` -> ``services.X...`` (patch puts the oneshot there)."""
     return p[3:] if len(p) > 3 and p[0] == "specialisation" and p[2] == "configuration" else p
@@ -1155,6 +1186,7 @@ def draft(
     Raises NixSyntaxError / SecretsError when secrets.nix does not parse.
     """
     from nixmig.nixsrc.scan import scan_source
+    from nixmig.nixsrc.shapes.let_script import sql_account
 
     keys = _read_keys(sources)
     models: dict[str, FileModel] = {}
@@ -1167,10 +1199,16 @@ def draft(
     findings: list[Finding] = []
     paths: dict[int, NixPath] = {}
     let_uses: dict[int, _LetUse] = {}  # a let-bound password read as a finding at each use
+    unit_sql: dict[int, SqlAccount] = {}  # a let-bound password read only by SQL a unit runs
     for name, fm in models.items():
         for f in scan_source(fm.source, name).findings:
             uses = _let_uses(fm, f)
-            if any(_is_db_finding(u.finding, u.path) for u in uses):
+            account = sql_account(fm, f.start) if f.kind.value == "password" and f.start >= 0 else None
+            if account is not None:
+                findings.append(f)
+                paths[id(f)] = ("systemd", "services", account.unit)
+                unit_sql[id(f)] = account
+            elif any(_is_db_finding(u.finding, u.path) for u in uses):
                 for u in uses:
                     findings.append(u.finding)
                     paths[id(u.finding)] = u.path
@@ -1178,7 +1216,7 @@ def draft(
             else:
                 findings.append(f)
                 paths[id(f)] = _etc_env_var(fm, f, _finding_path(f, fm))
-    db_findings = [f for f in findings if id(f) in let_uses or _is_db_finding(f, paths[id(f)])]
+    db_findings = [f for f in findings if id(f) in let_uses or id(f) in unit_sql or _is_db_finding(f, paths[id(f)])]
     other = len(findings) - len(db_findings)
     moves = [] if db_findings else _option_moves(findings, paths)
     if not db_findings and not moves:
@@ -1202,7 +1240,9 @@ def draft(
         last = p[-1].upper() if p else ""
         fm = models[f.file]
         result: _Db | str | None = None
-        if shape is not None:
+        if id(f) in unit_sql:
+            result = _unit_sql_db(f, unit_sql[id(f)])
+        elif shape is not None:
             c = next((c for c in containers if c.fm is fm and c.prefix == shape[2]), None)
             image = c.image() if c is not None else None
             postgres = last == "POSTGRES_PASSWORD" and (image is None or _PG_IMAGE.search(image[0]) is not None)

@@ -1,0 +1,577 @@
+"""A password bound once in a ``let`` and read by a systemd unit's script or command line.
+
+The value is a ``let`` string (``uri = "postgresql://postgres:PW@localhost";``, ``pw = "PW";``) or a
+field of a let-bound attrset (``statsConfig = { user = "stats"; password = "PW"; };``), interpolated
+into ``systemd.services.U.{script,preStart,postStart}`` (run by bash) or ``serviceConfig.ExecStart``
+(and ExecStartPre/ExecStartPost: a command line systemd itself splits):
+
+- in a script, each ``${uri}`` becomes a shell variable, quoted for where it sits (``"$nixmig_uri"``
+  as a bare word, ``${nixmig_uri}`` inside double quotes, ``'"$nixmig_uri"'`` inside single quotes;
+  inside an SQL string ``'...'`` in double quotes: the value with its quotes doubled, and for a
+  MySQL client its backslashes too). Lines at the top of the script set the variable at run time
+  from the agenix file, which systemd hands to the unit as a credential (LoadCredential: the script
+  reads ``$CREDENTIALS_DIRECTORY``; a URL's password is percent-encoded byte by byte);
+- on a command line, each use becomes ``${VAR}``, which systemd substitutes from the unit's
+  environment: an ExecStartPre renders ``VAR=...`` into an EnvironmentFile from the credential (the
+  systemd renderer of patch.py; a bare password only when it needs no quoting, else the unit stops
+  at start with one line).
+
+The value is then in no file of the Nix store; while a command that takes it as an argument runs
+(``psql URL``, ``mysql -e "... IDENTIFIED BY '...'"``) it is in that command's argv, as it was before:
+the explain text says so. The binding goes when every use is replaced. A use nixmig cannot replace
+(another attribute, a heredoc, a command substitution inside double quotes, a unit named by an
+expression, a nested script) leaves the whole value as it is and is said, with its line: never part.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.model import attr_names, decode_string, unparen
+from nixmig.nixsrc.parse import descendants, text
+from nixmig.nixsrc.quote import escape_indented, nix_attr, nix_escape, shell_quote
+from nixmig.nixsrc.render import EnvLine
+from nixmig.nixsrc.scan import classify_name
+from nixmig.nixsrc.shapes import Shape
+
+if TYPE_CHECKING:
+    from tree_sitter import Node
+
+    from nixmig.nixsrc.model import Bind, FileModel
+    from nixmig.nixsrc.patch import Builder, UrlParts
+
+SCRIPTS = (("script",), ("preStart",), ("postStart",))
+COMMAND_LINES = (("serviceConfig", "ExecStart"), ("serviceConfig", "ExecStartPre"), ("serviceConfig", "ExecStartPost"))
+_STRINGS = ("string_expression", "indented_string_expression")
+_HOLE = "\x00"  # an interpolation in the decoded shell text (a word of its own, no quote in it)
+_MYSQL = re.compile(r"(?:^|[\s/}])(?:mysql|mariadb)\b")
+_CLAUSE_BEFORE = re.compile(r"(?i)(?:IDENTIFIED\s+BY|PASSWORD)\s*'$")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A string a let binds once: ``name = "v";`` or the field ``name.field = "v";`` of a let attrset."""
+
+    shown: str  # uri | statsConfig.password
+    binding: Node  # what goes when no use is left
+    literal: Node
+    value: str
+    uses: tuple[Node, ...]  # variable_expression (a let string) or select_expression (a field)
+    whole: tuple[Node, ...]  # a field's attrset read as a whole (inherit (x) ..., x // ...): unknown reads
+
+
+@dataclass(frozen=True)
+class Use:
+    node: Node  # the interpolation
+    unit: str  # systemd.services.<unit>
+    bind: Bind  # the script or command line
+    script: bool  # bash (True) or a command line systemd splits (False)
+    context: str  # bare | dq | sq | sql (an SQL string in double quotes)
+    mysql: bool  # the command is a MySQL/MariaDB client (backslashes escape in its strings)
+
+
+def _walk_lets(root: Node) -> list[Node]:
+    return [n for n in descendants(root) if n.type == "let_expression"]
+
+
+def _let_bindings(root: Node) -> list[tuple[str, Node, Node]]:
+    out: list[tuple[str, Node, Node]] = []
+    for let in _walk_lets(root):
+        for bset in (c for c in let.named_children if c.type == "binding_set"):
+            for b in bset.named_children:
+                ap, ex = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
+                if b.type == "binding" and ap is not None and ex is not None and ap.named_child_count == 1:
+                    out.append((attr_names(ap)[0], b, unparen(ex)))
+    return out
+
+
+def fields(fm: FileModel, shadowed: set[str]) -> list[Bound]:
+    """Every string field of an attrset a let binds once (``cfg = { password = "..."; };``), with its
+    reads ``cfg.password``; a read of the attrset as a whole is kept apart (it may read the field)."""
+    lets = _let_bindings(fm.root)
+    counts: dict[str, int] = {}
+    for name, _, _ in lets:
+        counts[name] = counts.get(name, 0) + 1
+    variables: dict[str, list[Node]] = {}
+    for n in descendants(fm.root):
+        if n.type == "variable_expression":
+            variables.setdefault(text(n), []).append(n)
+    out: list[Bound] = []
+    for name, _, value in lets:
+        if counts[name] != 1 or name in shadowed or value.type != "attrset_expression":
+            continue
+        reads: dict[str, list[Node]] = {}
+        whole: list[Node] = []
+        for v in variables.get(name, ()):
+            sel = v.parent
+            ap = sel.child_by_field_name("attrpath") if sel is not None and sel.type == "select_expression" else None
+            if sel is None or ap is None or sel.child_by_field_name("expression") != v or ap.named_child_count != 1:
+                whole.append(v)
+                continue
+            if any(c.type == "or" for c in sel.children):
+                whole.append(v)  # `cfg.password or "..."`: a default nixmig would have to read too
+                continue
+            reads.setdefault(attr_names(ap)[0], []).append(sel)
+        for fb in value.named_children:
+            if fb.type != "binding_set":
+                continue
+            for b in fb.named_children:
+                ap, ex = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
+                if b.type != "binding" or ap is None or ex is None or ap.named_child_count != 1:
+                    continue
+                lit = unparen(ex)
+                got = decode_string(lit)
+                if got:
+                    field = attr_names(ap)[0]
+                    out.append(Bound(f"{name}.{field}", b, lit, got, tuple(reads.get(field, ())), tuple(whole)))
+    return out
+
+
+def bound_values(fm: FileModel) -> list[Bound]:
+    """The let strings of ``fm`` (nixsrc/lets.py) and the string fields of its let attrsets."""
+    from nixmig.nixsrc.lets import _formal_names, let_literals
+
+    strings = [Bound(n, x.binding, x.literal, x.value, x.uses, ()) for n, x in let_literals(fm.root).items()]
+    return strings + fields(fm, _formal_names(fm.root))
+
+
+# ------------------------------------------------ the shell text around a use
+
+
+def shell_text(fm: FileModel, string: Node) -> tuple[str, dict[int, int]]:
+    """The text a Nix string evaluates to, each interpolation one _HOLE; the holes' offsets by the
+    interpolation node's start byte."""
+    out: list[str] = []
+    holes: dict[int, int] = {}
+    indented = string.type == "indented_string_expression"
+    for c in string.named_children:
+        t = fm.text(c)
+        if c.type == "interpolation":
+            holes[c.start_byte] = len("".join(out))
+            out.append(_HOLE)
+        elif c.type == "string_fragment":
+            out.append(t)
+        elif c.type == "escape_sequence":
+            if indented:
+                out.append("''" if t == "'''" else {"n": "\n", "r": "\r", "t": "\t"}.get(t[3:], t[3:]))
+            else:
+                out.append({"n": "\n", "r": "\r", "t": "\t"}.get(t[1:], t[1:]))
+        # dollar_escape: the `$` it protects is the next fragment
+    return "".join(out), holes
+
+
+def shell_context(s: str, pos: int) -> str | None:
+    """bare | dq | sq at offset ``pos`` of a bash script; None where nixmig does not follow the
+    quoting (a heredoc, a backquote, ``$(`` inside double quotes)."""
+    state = "bare"
+    i = 0
+    while i < pos:
+        c = s[i]
+        if state == "bare":
+            if c == "\\":
+                i += 2
+                continue
+            if c == "'":
+                state = "sq"
+            elif c == '"':
+                state = "dq"
+            elif c == "`" or s.startswith("<<", i):
+                return None
+            elif c == "#" and (i == 0 or s[i - 1] in " \t\n;|&("):
+                end = s.find("\n", i)
+                if end == -1 or end >= pos:
+                    return "bare"  # a comment: the word is only text there
+                i = end
+                continue
+        elif state == "sq":
+            if c == "'":
+                state = "bare"
+        else:
+            if c == "\\":
+                i += 2
+                continue
+            if c == '"':
+                state = "bare"
+            elif c == "`" or s.startswith("$(", i):
+                return None
+        i += 1
+    return state
+
+
+def _command_of(s: str, pos: int) -> str:
+    """The line (continuations joined) that holds offset ``pos``."""
+    start = s.rfind("\n", 0, pos) + 1
+    while start > 1 and s[start - 2] == "\\":
+        start = s.rfind("\n", 0, start - 2) + 1
+    end = s.find("\n", pos)
+    while end != -1 and end > 0 and s[end - 1] == "\\":
+        end = s.find("\n", end + 1)
+    return s[start : len(s) if end == -1 else end]
+
+
+def _resolved(
+    values: dict[str, str], fm: FileModel, string: Node, s: str, holes: dict[int, int], pos: int
+) -> tuple[str, int]:
+    """``s`` with the holes of let strings and let fields (``values``) put back (a role name read as
+    ``cfg.user``), and where offset ``pos`` of ``s`` is in it."""
+    out = list(s)
+    for c in string.named_children:
+        if c.type == "interpolation" and c.start_byte in holes:
+            inner = [x for x in c.named_children if x.type != "comment"]
+            got = values.get(fm.text(inner[0])) if len(inner) == 1 else None
+            if got is not None:
+                out[holes[c.start_byte]] = got
+    return "".join(out), len("".join(out[:pos]))
+
+
+# ------------------------------------------------ detect
+
+
+def _uses(values: dict[str, str], fm: FileModel, bound: Bound) -> tuple[list[Use], list[tuple[Node, str]]]:
+    """Each read of ``bound``: a use in a unit's script or command line nixmig can replace, or (node,
+    why) for one it cannot."""
+    ok: list[Use] = []
+    left: list[tuple[Node, str]] = []
+    for w in bound.whole:
+        left.append((w, f"{text(w)} is read as a whole there (it may read {bound.shown})"))
+    for u in bound.uses:
+        hole = u.parent
+        string = hole.parent if hole is not None and hole.type == "interpolation" else None
+        bind = next((x for x in fm.binds if x.exact and unparen(x.value) == string), None) if string else None
+        if hole is None or string is None or bind is None or string.type not in _STRINGS:
+            left.append((u, "not in a systemd unit's script or command line nixmig edits"))
+            continue
+        path = bind.path
+        if len(path) < 4 or path[:2] != ("systemd", "services") or path[3:] not in SCRIPTS + COMMAND_LINES:
+            left.append((u, f"in {'.'.join(path)}, not a unit's script or command line"))
+            continue
+        unit = path[2]
+        if "${" in unit or not re.fullmatch(r"[\w.@-]+", unit.strip('"')):
+            left.append((u, f"in the unit {unit}, named by an expression"))
+            continue
+        s, holes = shell_text(fm, string)
+        pos = holes[hole.start_byte]
+        script = path[3:] in SCRIPTS
+        ctx = shell_context(s, pos) if script else "bare"
+        if ctx is None:
+            left.append((u, f"in {'.'.join(path)}, inside a heredoc or a command substitution nixmig does not quote"))
+            continue
+        if script and ctx == "dq" and s[pos - 1 : pos] == "'" and s[pos + 1 : pos + 2] == "'":
+            ctx = "sql"
+        two = fm.source[max(0, hole.start_byte - 2) : hole.start_byte]
+        if ctx == "sq" and string.type == "indented_string_expression" and two[1:] == b"'" and two[:1] in b"'\\":
+            left.append((u, f"in {'.'.join(path)}, in single quotes right after an escaped quote"))
+            continue
+        command = _command_of(*_resolved(values, fm, string, s, holes, pos))
+        ok.append(Use(hole, unit.strip('"'), bind, script, ctx, bool(_MYSQL.search(command))))
+    return ok, left
+
+
+def _ours(b: Builder, fm: FileModel, bound: Bound, uses: list[Use], password: str | None) -> UrlParts | str | None:
+    """The URL (split around the password) or the bare password ``bound`` holds, when it is this
+    migration's; None when it is not."""
+    from nixmig.nixsrc.patch import split_url
+
+    url = split_url(bound.value, password, b.spec.url_schemes)
+    if url is not None and not url.embedded and b._is_ours(url, password, b.db):
+        return url
+    if url is not None:
+        return None
+    if password is not None:
+        return bound.value if bound.value == password else None
+    # nothing recognised yet (strategy move, no database in the repo): a credential's name, read only
+    # in SQL that gives the role its password (IDENTIFIED BY '...', PASSWORD '...')
+    account = _account(values_of(fm), fm, bound, uses)
+    return bound.value if account is not None and account.user == b.spec.role else None
+
+
+@dataclass(frozen=True)
+class SqlAccount:
+    user: str  # the account (MySQL) or role (PostgreSQL) the SQL gives the value as its password
+    database: str | None  # GRANT ... ON db.*
+    unit: str
+    mysql: bool
+    where: str  # file:line of the first use
+
+
+_ACCOUNT = r"['`\"]?([A-Za-z0-9_.-]+)['`\"]?(?:\s*@\s*\S+)?"
+_SQL_ACCOUNT = (
+    re.compile(rf"(?is)\bTO\s+{_ACCOUNT}\s+IDENTIFIED\s+BY\s*'$"),
+    re.compile(rf"(?is)\b(?:CREATE|ALTER)\s+USER\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?{_ACCOUNT}\s+IDENTIFIED\s+BY\s*'$"),
+    re.compile(rf"(?is)\b(?:CREATE|ALTER)\s+(?:ROLE|USER)\s+{_ACCOUNT}\b.*\bPASSWORD\s*'$"),
+)
+_ON_DB = re.compile(r"(?is)\bON\s+['`]?([A-Za-z0-9_-]+)['`]?\.\*")
+
+
+def values_of(fm: FileModel) -> dict[str, str]:
+    return {x.shown: x.value for x in bound_values(fm)}
+
+
+def _account(values: dict[str, str], fm: FileModel, bound: Bound, uses: list[Use]) -> SqlAccount | None:
+    """The one account whose password SQL in a unit sets to ``bound`` at every use of it; None when a
+    use is anything else, or the uses name different accounts."""
+    if classify_name(bound.shown.rsplit(".", 1)[-1]) is None or not uses or bound.whole:
+        return None
+    found: set[tuple[str, str | None, str, bool]] = set()
+    for use in uses:
+        string = use.node.parent
+        assert string is not None
+        s, holes = shell_text(fm, string)
+        whole, at = _resolved(values, fm, string, s, holes, holes[use.node.start_byte])
+        before = whole[:at]
+        statement = before[before.rfind(";") + 1 :]
+        m = next((m for r in _SQL_ACCOUNT if (m := r.search(statement)) is not None), None)
+        if m is None or not _CLAUSE_BEFORE.search(statement):
+            return None
+        db = _ON_DB.search(statement)
+        found.add((m.group(1), db.group(1) if db else None, use.unit, use.mysql))
+    if len({(u, m) for u, _, _, m in found}) != 1:
+        return None
+    user, database, unit, mysql = sorted(found, key=lambda x: (x[1] is None, x))[0]
+    return SqlAccount(user, database, unit, mysql, f"{fm.name}:{fm.line_col(uses[0].node.start_byte)[0]}")
+
+
+def sql_account(fm: FileModel, byte: int) -> SqlAccount | None:
+    """For init's draft: the account whose password the let-bound literal at ``byte`` is, when every
+    read of it is in SQL a systemd unit runs (``IDENTIFIED BY '${x}'``, ``PASSWORD '${x}'``)."""
+    values = values_of(fm)
+    for bound in bound_values(fm):
+        if bound.literal.start_byte <= byte < bound.literal.end_byte:
+            uses, left = _uses(values, fm, bound)
+            return _account(values, fm, bound, uses) if not left else None
+    return None
+
+
+# ------------------------------------------------ edits
+
+
+def _var(bound: Bound) -> str:
+    return "nixmig_" + re.sub(r"[^A-Za-z0-9_]", "_", bound.shown)
+
+
+def _prologue(b: Builder, bound: Bound, value: UrlParts | str, uses: list[Use], credential: str) -> list[str]:
+    """The lines (shell) that set the script's variables from the credential."""
+    from nixmig.nixsrc.patch import credential_word
+
+    word = credential_word(credential)
+    var = _var(bound)
+    lines = [
+        f"# nixmig: {var} is read at run time from the agenix secret {b.spec.secret} (a systemd credential);",
+        f"# {bound.shown} was a literal in the Nix store",
+        f'[ -s {word} ] || {{ echo "nixmig: the credential {credential} is missing or empty" >&2; exit 1; }}',
+    ]
+    if isinstance(value, str):
+        lines.append(f"{var}=$(< {word})")
+        if any(u.context == "sql" for u in uses):
+            if any(u.context == "sql" and u.mysql for u in uses):
+                lines.append(f"{var}_sql=${{{var}//\\\\/\\\\\\\\}}")
+                lines.append(f"{var}_sql=${{{var}_sql//\\'/\\'\\'}}")
+            else:
+                lines.append(f"{var}_sql=${{{var}//\\'/\\'\\'}}")
+        return lines
+    lines += [
+        f"{var}_pw=",
+        f"for nixmig_h in $(od -An -v -tx1 -- {word} | tr abcdef ABCDEF); do",
+        "  case $nixmig_h in",
+        "    3[0-9] | 4[1-9A-F] | 5[0-9A] | 6[1-9A-F] | 7[0-9A] | 2D | 2E | 5F | 7E)",
+        '      printf -v nixmig_c "\\\\x$nixmig_h"',
+        f"      {var}_pw+=$nixmig_c",
+        "      ;;",
+        f"    *) {var}_pw+=%$nixmig_h ;;",
+        "  esac",
+        "done",
+        f'{var}={shell_quote(value.prefix)}"${var}_pw"{shell_quote(value.suffix)}',
+    ]
+    return lines
+
+
+def _replacement(use: Use, var: str, indented: bool) -> str:
+    """The Nix source that replaces the interpolation."""
+    if not use.script:
+        return ("''${" if indented else "\\${") + var + "}"
+    dollar = "''${" if indented else "\\${"
+    if use.context == "bare":
+        return f'"{dollar}{var}}}"'
+    if use.context == "sq":
+        return f"'\"{dollar}{var}}}\"'"
+    if use.context == "sql":
+        return f"{dollar}{var}_sql}}"
+    return f"{dollar}{var}}}"
+
+
+def _span(fm: FileModel, use: Use, replacement: str, indented: bool) -> tuple[int, int, str]:
+    """Where the replacement goes. In single quotes inside an indented string, a quote of the script
+    right before or after it must not make two quotes with the replacement's own (that ends the
+    string): a quote that opens right before it is taken in, one right after is written escaped."""
+    start, end = use.node.start_byte, use.node.end_byte
+    src = fm.source
+    lone = src[start - 1 : start] == b"'" and src[start - 2 : start - 1] not in (b"'", b"\\")
+    if indented and replacement.startswith("''") and lone:  # with ''${ a lone quote would read '''
+        return start - 1, end, "''\\'" + replacement
+    if not (use.script and indented and use.context == "sq"):
+        return start, end, replacement
+    if src[start - 1 : start] == b"'":  # `'${x}`: the single quotes open right there (_uses checked it)
+        start, replacement = start - 1, replacement[1:]
+    if src[end : end + 1] == b"'":
+        replacement = replacement[:-1] + "''\\'"
+    return start, end, replacement
+
+
+def _insert_prologue(b: Builder, fm: FileModel, string: Node, lines: list[str], why: str) -> bool:
+    indented = string.type == "indented_string_expression"
+    src = fm.source
+    if indented:
+        after_open = string.start_byte + 2
+        nl = src.find(b"\n", after_open)
+        if nl == -1 or src[after_open:nl].strip():
+            return False  # text on the opening line: nixmig would have to re-indent the script
+        body = [ln for ln in src[nl + 1 : string.end_byte - 2].split(b"\n") if ln.strip()]
+        indent = min((len(ln) - len(ln.lstrip(b" ")) for ln in body), default=0)
+        pad = " " * indent
+        chunk = "".join(pad + escape_indented(ln, before_antiquote=False) + "\n" for ln in lines)
+        b.ed.add(fm, nl + 1, nl + 1, chunk, why)
+        return True
+    at = string.start_byte + 1
+    b.ed.add(fm, at, at, nix_escape("".join(ln + "\n" for ln in lines)), why)
+    return True
+
+
+def _load_credential(b: Builder, fm: FileModel, unit: str, bind: Bind, credential: str) -> bool:
+    """``LoadCredential`` for the unit; False when it sets one already (nixmig does not merge it)."""
+    if any(x.exact and x.path == ("systemd", "services", unit, "serviceConfig", "LoadCredential") for x in fm.binds):
+        return False
+    entry = f'[ "{credential}:${{config.age.secrets.{nix_attr(b.spec.secret)}.path}}" ]'
+    b.insert_path(
+        fm,
+        root[0] if (root := fm.root_of(bind.node)) is not None else None,
+        ("systemd", "services", bind.path[2], "serviceConfig", "LoadCredential"),
+        lambda attr: f"{attr} = {entry};",
+        f"hands the agenix secret {b.spec.secret} to {unit} as the credential {credential} "
+        f"(its scripts read it from $CREDENTIALS_DIRECTORY)",
+        after=bind.node,
+    )
+    return True
+
+
+def apply(b: Builder, password: str | None) -> None:
+    from nixmig.nixsrc.patch import _Renderer, credential_name
+
+    credential = credential_name(b.spec.secret)
+    for fm in list(b.models.values()):
+        units_with_credential: set[str] = set()
+        values = values_of(fm)
+        for bound in bound_values(fm):
+            if (fm.name, bound.literal.start_byte) in b.handled or not (bound.uses or bound.whole):
+                continue
+            uses, left = _uses(values, fm, bound)
+            if not uses:
+                continue  # not read by a unit: the rest of the pipeline (or the verdict) has it
+            value = _ours(b, fm, bound, uses, password)
+            if value is None:
+                continue
+            is_field = "." in bound.shown
+            is_url = not isinstance(value, str)
+            b.known.add(digest((value if isinstance(value, str) else value.password).encode()))
+            bad = [(u.node, "a URL inside an SQL string") for u in uses if is_url and u.context == "sql"]
+            if not is_url and not is_field:
+                left = []  # a let password's other uses are the pipeline's; drop_lets says any left
+            if left or bad:
+                node, why = (left + bad)[0]
+                b.handled.add((fm.name, bound.literal.start_byte))
+                b.mask_literal(fm, bound.literal)
+                b.manual_here(
+                    fm,
+                    node,
+                    f"{bound.shown} (the hardcoded password, bound at {fm.where(bound.binding)}) is used here, "
+                    f"{why}: nixmig replaces every use or none; this use must read the agenix secret "
+                    f"{b.spec.secret} first",
+                    "",
+                )
+                continue
+            if not isinstance(value, str):
+                value = b.as_login_role(value)
+            var = _var(bound)
+            strings: dict[int, tuple[Node, list[Use]]] = {}
+            for u in uses:
+                s = u.node.parent
+                assert s is not None
+                strings.setdefault(s.start_byte, (s, []))[1].append(u)
+            done: list[str] = []
+            for string, its in strings.values():
+                use = its[0]
+                indented = string.type == "indented_string_expression"
+                where = ".".join(use.bind.path)
+                if use.script:
+                    if use.unit not in units_with_credential and not _load_credential(
+                        b, fm, use.unit, use.bind, credential
+                    ):
+                        b.manual_here(
+                            fm,
+                            use.bind.node,
+                            f"systemd.services.{use.unit} sets LoadCredential already: add "
+                            f"{credential}:config.age.secrets.{b.spec.secret}.path to it (nixmig does not merge it)",
+                            "",
+                        )
+                        return
+                    units_with_credential.add(use.unit)
+                    lines = _prologue(b, bound, value, its, credential)
+                    if not _insert_prologue(b, fm, string, lines, f"{where} sets {var} from the credential"):
+                        b.manual_here(fm, string, f"{where} starts on the line of its opening quotes", "")
+                        return
+                else:
+                    key = ("systemd", fm.name, use.bind.path[2])
+                    if key not in b.renderers:
+                        anchor = b._bind_containing(fm, ("systemd", "services", use.bind.path[2], "serviceConfig"))
+                        b.renderers[key] = _Renderer(key, "systemd", fm, anchor, use.bind.path[2], use.unit, use.unit)
+                    r = b.renderers[key]
+                    line = (
+                        EnvLine(var.upper(), "", "", raw=True)
+                        if isinstance(value, str)
+                        else EnvLine(var.upper(), value.prefix, value.suffix)
+                    )
+                    b.add_env_line(r, line)
+                    r.literals.append(f"{bound.shown} at {fm.where(string)}")
+                for u in its:
+                    name = var.upper() if not u.script else var
+                    start, end, replacement = _span(fm, u, _replacement(u, name, indented), indented)
+                    b.ed.add(
+                        fm,
+                        start,
+                        end,
+                        replacement,
+                        f"{where} reads {bound.shown} from the agenix secret {b.spec.secret} at run time, not from "
+                        f"the Nix store"
+                        + (
+                            "; while the command runs, the value is in its argv (as before)"
+                            if u.script
+                            else f" (systemd substitutes ${{{name}}} from the unit's EnvironmentFile; the value is "
+                            "in the command's argv while it runs, as before)"
+                        ),
+                    )
+                    done.append(f"{bound.shown} at {fm.where(u.node)}")
+                    b.let_used.add((fm.name, u.node.named_children[0].start_byte))
+                b.sql_file = b.sql_file or fm
+                b.need(fm, ("config", "lib", "pkgs") if not use.script else ("config",))
+            b.handled.add((fm.name, bound.literal.start_byte))
+            b.replaced.append(f"{bound.shown} at {fm.where(bound.literal)}")
+            if is_url or is_field:  # a let password's binding is drop_lets' (it knows every use)
+                b.mask_literal(fm, bound.literal)
+                b.ed.remove_binding(
+                    fm,
+                    bound.binding,
+                    f"removes {bound.shown}, the hardcoded password every use of which now reads the agenix "
+                    f"secret {b.spec.secret}: {', '.join(done)}",
+                )
+
+
+SHAPE = Shape(
+    "let-script",
+    "a let-bound password or URL (or a field of a let attrset) interpolated into a unit's script or command "
+    "line: the script reads it from a systemd credential at run time (quoted for where it sits), a command "
+    "line from an EnvironmentFile rendered at start; the binding goes",
+    apply,
+    ("oci-let-uri-in-unit-script", "native-mysql-let-attrset-execstart"),
+)
