@@ -365,12 +365,11 @@ def _prologue(b: Builder, bound: Bound, value: UrlParts | str, uses: list[Use], 
     ]
     if isinstance(value, str):
         lines.append(f"{var}=$(< {word})")
-        if any(u.context == "sql" for u in uses):
-            if any(u.context == "sql" and u.mysql for u in uses):
-                lines.append(f"{var}_sql=${{{var}//\\\\/\\\\\\\\}}")
-                lines.append(f"{var}_sql=${{{var}_sql//\\'/\\'\\'}}")
-            else:
-                lines.append(f"{var}_sql=${{{var}//\\'/\\'\\'}}")
+        if any(u.context == "sql" and not u.mysql for u in uses):  # standard SQL: '' is a quote
+            lines.append(f"{var}_sql=${{{var}//\\'/\\'\\'}}")
+        if any(u.context == "sql" and u.mysql for u in uses):  # MySQL: a backslash escapes too
+            lines.append(f"{var}_mysql=${{{var}//\\\\/\\\\\\\\}}")
+            lines.append(f"{var}_mysql=${{{var}_mysql//\\'/\\'\\'}}")
         return lines
     lines += [
         f"{var}_pw=",
@@ -398,7 +397,7 @@ def _replacement(use: Use, var: str, indented: bool) -> str:
     if use.context == "sq":
         return f"'\"{dollar}{var}}}\"'"
     if use.context == "sql":
-        return f"{dollar}{var}_sql}}"
+        return f"{dollar}{var}_{'mysql' if use.mysql else 'sql'}}}"
     return f"{dollar}{var}}}"
 
 
@@ -481,6 +480,7 @@ def apply(b: Builder, password: str | None) -> None:
             if left or bad:
                 node, why = (left + bad)[0]
                 b.handled.add((fm.name, bound.literal.start_byte))
+                b.let_kept.add((fm.name, fm.line_col(bound.literal.start_byte)[0]))  # said here, not again
                 b.mask_literal(fm, bound.literal)
                 b.manual_here(
                     fm,
@@ -573,5 +573,5 @@ SHAPE = Shape(
     "line: the script reads it from a systemd credential at run time (quoted for where it sits), a command "
     "line from an EnvironmentFile rendered at start; the binding goes",
     apply,
-    ("oci-let-uri-in-unit-script", "native-mysql-let-attrset-execstart"),
+    ("oci-let-uri-in-unit-script", "native-mysql-let-attrset-execstart", "oci-let-uri-in-unit-script-and-app-env"),
 )

@@ -1,0 +1,188 @@
+"""A let-bound password or URL read by a systemd unit's script (nixmig/nixsrc/shapes/let_script.py).
+
+The patched scripts are evaluated by nix-instantiate and run by real bash, with the credential
+systemd would hand over in a temp dir and the commands they call (docker, psql, mysql, logger)
+replaced by stubs that record their argv (a fake, named so: no dockerd or server is needed to see
+what a command receives). A password with every character that quoting gets wrong must arrive
+exactly: percent-encoded in a URL, its quotes doubled in SQL (and its backslashes for MySQL).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from nixmig.nixsrc import patch as pt
+from nixmig.nixsrc.shapes.let_script import shell_context
+from tests.helpers import plan_shape_case
+
+CASE = "oci-let-uri-in-unit-script"
+FILE = "hosts/box/ledger.nix"
+NASTY = "p@ss w'rd\"$(x)`y`\\%/é!"
+
+MODULE = """{ config, pkgs, ... }:
+
+{
+  virtualisation.oci-containers.containers.db = {
+    image = "postgres:16";
+    environment.POSTGRES_PASSWORD = "Ldg-7pass";
+  };
+
+  systemd.services.ledger-schema =
+    let
+      dsn = "postgresql://postgres:Ldg-7pass@localhost/ledger";
+      pw = "Ldg-7pass";
+    in
+    {
+      path = [ pkgs.docker ];
+      preStart = ''
+        until docker exec db pg_isready --dbname ${dsn}; do
+          sleep 1
+        done
+      '';
+      script = ''
+        docker exec --interactive db psql "${dsn}" -v ON_ERROR_STOP=1
+        echo 'loaded into ${dsn}' | logger -t ledger-schema
+        logger '${dsn}'
+        psql -c "ALTER ROLE postgres PASSWORD '${pw}'"
+        mysql -e "ALTER USER postgres IDENTIFIED BY '${pw}'"
+      '';
+      serviceConfig.Type = "oneshot";
+    };
+}
+"""
+
+STUB = """#!/bin/bash
+# a stand-in for a command the script calls: records its name and argv (NUL-separated), reads stdin
+{ printf '%s\\0' "${0##*/}" "$@"; printf '\\n'; } >>"$ARGV_LOG"
+[ -t 0 ] || cat >/dev/null
+exit 0
+"""
+
+
+def _plan(text: str) -> tuple[pt.Plan, bytes]:
+    plan, out = plan_shape_case(CASE, FILE, text.encode())
+    assert isinstance(plan, pt.Plan)
+    return plan, out
+
+
+def _scripts(tmp_path: Path, patched: bytes) -> dict[str, Any]:
+    module = tmp_path / "ledger.nix"
+    module.write_bytes(patched)
+    expr = (
+        f'let m = import {module} {{ config.age.secrets.ledger-db-password.path = "/run/agenix/x"; '
+        'pkgs.docker = "docker"; lib = { }; }; u = m.systemd.services.ledger-schema; '
+        "in { inherit (u) preStart script; load = u.serviceConfig.LoadCredential; }"
+    )
+    out = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], capture_output=True, check=True
+    ).stdout
+    return dict(json.loads(out))
+
+
+def _run(tmp_path: Path, script: str, password: str) -> list[list[str]]:
+    bin_dir, creds = tmp_path / "bin", tmp_path / "creds"
+    bin_dir.mkdir(exist_ok=True)
+    creds.mkdir(exist_ok=True)
+    for name in ("docker", "psql", "mysql", "logger"):
+        (bin_dir / name).write_text(STUB)
+        (bin_dir / name).chmod(0o755)
+    (creds / "ledger-db-password").write_bytes(password.encode())
+    log = tmp_path / "argv.log"
+    log.write_bytes(b"")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(creds), "ARGV_LOG": str(log)}
+    proc = subprocess.run(["bash", "-e", "-c", script], env=env, capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert password.encode() not in proc.stdout + proc.stderr
+    return [rec.split("\0")[:-1] for rec in log.read_text().split("\n") if rec]
+
+
+@pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
+def test_the_patched_scripts_run_and_every_command_gets_the_secret_exactly(tmp_path: Path) -> None:
+    plan, out = _plan(MODULE)
+    assert plan.manual == (), [m.what for m in plan.manual]
+    assert b"Ldg-7pass" not in out and b"dsn =" not in out and b"pw =" not in out
+    scripts = _scripts(tmp_path, out)
+    assert scripts["load"] == ["ledger-db-password:/run/agenix/x"]
+    url = "postgresql://postgres:" + quote(NASTY, safe="") + "@localhost/ledger"
+    assert _run(tmp_path, scripts["preStart"], NASTY) == [["docker", "exec", "db", "pg_isready", "--dbname", url]]
+    calls = _run(tmp_path, scripts["script"], NASTY)
+    assert calls == [
+        ["docker", "exec", "--interactive", "db", "psql", url, "-v", "ON_ERROR_STOP=1"],
+        ["logger", "-t", "ledger-schema"],
+        ["logger", url],
+        ["psql", "-c", "ALTER ROLE postgres PASSWORD '" + NASTY.replace("'", "''") + "'"],
+        ["mysql", "-e", "ALTER USER postgres IDENTIFIED BY '" + NASTY.replace("\\", "\\\\").replace("'", "''") + "'"],
+    ]
+
+
+@pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
+def test_a_missing_credential_stops_the_script_with_one_line(tmp_path: Path) -> None:
+    _, out = _plan(MODULE)
+    script = _scripts(tmp_path, out)["script"]
+    env = {"PATH": "/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(tmp_path / "none")}
+    proc = subprocess.run(["bash", "-e", "-c", script], env=env, capture_output=True, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.decode().strip() == "nixmig: the credential ledger-db-password is missing or empty"
+
+
+def test_a_use_left_keeps_the_whole_value_and_is_said() -> None:
+    """The URL is also an app container's DATABASE_URL (a use this shape has no edit for): no script
+    is touched, the binding stays, and the one line names that use."""
+    text = MODULE.replace(
+        "      path = [ pkgs.docker ];\n",
+        "      path = [ pkgs.docker ];\n      environment.LEDGER_URL = dsn;\n",
+    )
+    plan, out = _plan(text)
+    assert b'dsn = "postgresql://postgres:Ldg-7pass@localhost/ledger";' in out
+    assert b"nixmig_dsn" not in out  # (pw, another let, is still replaced)
+    said = [m for m in plan.manual if "dsn (the hardcoded password" in m.what]
+    assert len(said) == 1 and said[0].line == text[: text.index("environment.LEDGER_URL")].count("\n") + 1
+    assert "nixmig replaces every use or none" in said[0].what
+
+
+@pytest.mark.parametrize(
+    ("script", "why"),
+    [
+        ("psql <<EOF\\n      select '${dsn}';\\n      EOF", "heredoc"),
+        ('x="$(psql ${dsn})"', "command substitution"),
+    ],
+)
+def test_a_use_whose_quoting_nixmig_does_not_follow_is_left_and_said(script: str, why: str) -> None:
+    text = MODULE.replace("logger '${dsn}'", script.replace("\\n", "\n"))
+    plan, out = _plan(text)
+    assert b"dsn = " in out and b"nixmig_dsn" not in out
+    assert any(why in m.what and "dsn (the hardcoded password" in m.what for m in plan.manual), plan.manual
+
+
+def test_a_unit_that_loads_credentials_already_is_said() -> None:
+    text = MODULE.replace(
+        'serviceConfig.Type = "oneshot";',
+        'serviceConfig.Type = "oneshot";\n      serviceConfig.LoadCredential = [ "other:/run/x" ];',
+    )
+    plan, _ = _plan(text)
+    assert any("sets LoadCredential already" in m.what for m in plan.manual), plan.manual
+
+
+@pytest.mark.parametrize(
+    ("text", "at", "want"),
+    [
+        ("echo X", 5, "bare"),
+        ('echo "a X"', 8, "dq"),
+        ("echo 'a X'", 8, "sq"),
+        ("echo 'it''s' X", 13, "bare"),
+        ('echo "a\\"b" X', 12, "bare"),
+        ("# it's X\necho X", 14, "bare"),
+        ("cat <<EOF\nX", 10, None),
+        ('echo "$(cat X)"', 12, None),
+    ],
+)
+def test_shell_context(text: str, at: int, want: str | None) -> None:
+    assert text[at] == "X"
+    assert shell_context(text, at) == want
