@@ -541,8 +541,9 @@ def _finding_path(f: Finding, fm: FileModel) -> NixPath:
     holders = [lit for lit in fm.lits if lit.node.start_byte <= f.start < lit.node.end_byte]
     if holders:
         path = min(holders, key=lambda lit: lit.node.end_byte - lit.node.start_byte).path
-    else:
-        path = tuple(f.attr_path.split(".")) if f.attr_path else ()
+    else:  # a module held as a value: from its root (model.Embedded); else as scan wrote it
+        held = fm.path_in_module_value(f.start, f.end) if f.start >= 0 else None
+        path = held if held is not None else tuple(f.attr_path.split(".")) if f.attr_path else ()
     path = path[1:] if path[:1] == ("config",) else path
     if path[:1] == ("containers",) and path[2:4] == ("config", "services"):
         return path[3:]  # a service inside a declarative NixOS container: patch gives it the host's secret

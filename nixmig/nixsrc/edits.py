@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nixmig.nixsrc.errors import PatchError
-from nixmig.nixsrc.model import FileModel, bindings
+from nixmig.nixsrc.model import Embedded, FileModel, bindings
 from nixmig.nixsrc.parse import descendants, text
 from nixmig.sensitive import MASK
 
@@ -125,6 +125,7 @@ class Edits:
         self.staging = False  # edits added while True belong to the stage config
         self.modules = imported_modules(models)  # files an `imports` list names and no one calls
         self.given_module_args = called_with_module_args(models)  # `import ./x.nix { inherit config lib pkgs; }`
+        self.formals_refused: dict[str, tuple[int, str]] = {}  # file -> (line, why) when ensure_formals said no
 
     def add(self, fm: FileModel, start: int, end: int, replacement: str, why: str, at: Node | None = None) -> None:
         line, col = fm.line_col(at.start_byte if at is not None else start)
@@ -215,7 +216,10 @@ class Edits:
 
     def can_have_formals(self, fm: FileModel) -> bool:
         """ensure_formals would succeed: a module function (or a bare attrset module) nixmig may give
-        more arguments, not a function of other arguments someone calls."""
+        more arguments, not a function of other arguments someone calls. In a file holding modules as
+        values: each of them can have them."""
+        if fm.modules:
+            return all(self._value_formals(fm, m, ("config", "lib", "pkgs"), "", dry=True) for m in fm.modules)
         formals = fm.function_formals()
         if formals is None:
             return fm.bare_attrset() is not None and fm.module_function() is None
@@ -230,7 +234,29 @@ class Edits:
 
     def ensure_formals(self, fm: FileModel, names: Sequence[str], why: str) -> bool:
         """Add missing names to the module's `{ ... }:` formals (the inner function of a curried module);
-        a bare attrset module becomes a function of them. False when the file is neither."""
+        a bare attrset module becomes a function of them. False when the file is neither.
+
+        In a file holding NixOS modules as values (model.Embedded), the modules given them are those
+        holding an edit that uses one of ``names``; False when such an edit is in none of them."""
+        if fm.modules:
+            users: list[Embedded] = []
+            for e in self.items:
+                if e.file != fm.name or not any(re.search(rb"\b%s\b" % n.encode(), e.replacement) for n in names):
+                    continue
+                m = fm.module_at(e.start)
+                if m is None:
+                    labels = ", ".join(x.label for x in fm.modules)
+                    self.formals_refused[fm.name] = (
+                        e.line,
+                        f"new code here needs {', '.join(names)} outside the NixOS modules this file holds as "
+                        f"values ({labels}): nixmig cannot give them; by hand",
+                    )
+                    return False
+                if m not in users:
+                    users.append(m)
+            return all(self._value_formals(fm, m, names, why, dry=True) for m in users) and all(
+                self._value_formals(fm, m, names, why) for m in users
+            )
         formals = fm.function_formals()
         if formals is None:
             bare = fm.bare_attrset()
@@ -241,13 +267,16 @@ class Edits:
         have = {text(n) for f in formals.named_children if f.type == "formal" for n in f.named_children[:1]}
         if have and not have & MODULE_ARGS and not self._module_with_ellipsis(fm, formals):
             return False  # `{ containerConfig, ... }:`: a function someone calls, not a NixOS module
-        missing = [n for n in names if n not in have]
+        self._add_formals(fm, formals, [n for n in names if n not in have], why)
+        return True
+
+    def _add_formals(self, fm: FileModel, formals: Node, missing: Sequence[str], why: str) -> None:
         if not missing:
-            return True
+            return
         firsts = [c for c in formals.named_children if c.type in ("formal", "ellipses")]
         if not firsts:
             self.add(fm, formals.start_byte + 1, formals.end_byte - 1, " " + ", ".join(missing) + " ", why)
-            return True
+            return
         first = firsts[0]
         multiline = len(firsts) > 1 and fm.line_col(firsts[1].start_byte)[0] != fm.line_col(first.start_byte)[0]
         sep = ",\n" + _indent_of(fm.source, first) if multiline else ", "
@@ -257,7 +286,68 @@ class Edits:
         else:
             at = firsts[-1].end_byte
             self.add(fm, at, at, sep + sep.join(missing), why)
+
+    def _value_formals(self, fm: FileModel, m: Embedded, names: Sequence[str], why: str, dry: bool = False) -> bool:
+        """ensure_formals for one module held as a value. Refused (False) where the module's new argument
+        would hide a name its code reads from around it (flake-parts' own ``config``: a module's
+        ``config`` is its own) and, for an attrset, where a function may not stand (a registry of
+        unknown type: only a nixosSystem modules list and a deferredModule take a function)."""
+        line = fm.line_col(m.node.start_byte)[0]
+
+        def no(reason: str) -> bool:
+            self.formals_refused[fm.name] = (line, f"{m.label}: a NixOS module held as a value {reason}")
+            return False
+
+        fn = m.function()
+        if fn is not None:
+            formals = fn.child_by_field_name("formals")
+            if formals is None:
+                return no("that is a function of one name (args: ...): nixmig adds arguments to a { ... }: head only")
+            have = {text(n) for f in formals.named_children if f.type == "formal" for n in f.named_children[:1]}
+            if have and not have & MODULE_ARGS and not any(c.type == "ellipses" for c in formals.named_children):
+                return no("whose arguments are no module's (no ...): nixmig will not add config/lib/pkgs to them")
+            missing = [n for n in names if n not in have]
+            outer = _reads_outer(m.node, missing)
+            if outer:
+                return no(_READS_OUTER.format(name=outer))
+            if not dry:
+                self._add_formals(fm, formals, missing, why)
+            return True
+        bare = m.attrset()
+        if bare is None:
+            return no("that nixmig cannot read as a function or an attrset")
+        if m.where == "registry":
+            return no(
+                "and a bare attrset, in a registry nixmig does not know: a function may not stand there; write it "
+                "as { config, ... }: { ... } if it may, or by hand"
+            )
+        outer = _reads_outer(m.node, names)
+        if outer:
+            return no(_READS_OUTER.format(name=outer))
+        if not dry:
+            head = "{ " + ", ".join([*names, "..."]) + " }:"
+            if m.where == "list" and m.node.type != "parenthesized_expression":  # `[ ({ ... }: { }) ]`
+                self.add(fm, bare.start_byte, bare.start_byte, "(" + head + " ", why)
+                self.add(fm, bare.end_byte, bare.end_byte, ")", why)
+            else:
+                self.add(fm, bare.start_byte, bare.start_byte, head + " ", why)
         return True
+
+
+_SHADOWING = frozenset({"config", "pkgs"})  # lib is nixpkgs' lib wherever it comes from
+
+
+_READS_OUTER = (
+    "that reads {name} from the code around it (a flake-parts module's own, not the NixOS one): a {name} argument "
+    "would hide that one; nixmig will not; pass the outer value under another name, or by hand"
+)
+
+
+def _reads_outer(value: Node, names: Sequence[str]) -> str:
+    """The one of ``names`` (config, pkgs) that the module value reads from around it (a new formal
+    would hide it), or ""."""
+    wanted = set(names) & _SHADOWING
+    return next((text(n) for n in descendants(value) if n.type == "variable_expression" and text(n) in wanted), "")
 
 
 def imported_modules(models: Mapping[str, FileModel]) -> set[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nixmig.config import also_name
 from nixmig.nixsrc.containers import base_variable, env_container, env_words
@@ -264,6 +264,16 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
     return unknown_shape(path)
 
 
+def in_module_value(fm: FileModel, f: Finding) -> Finding:
+    """``f`` with its attribute path from the root of the NixOS module held as a value that holds it
+    (model.Embedded: ``services.x.password``, not ``flake.modules.nixos.x.services.x.password``), so
+    that the rules read it as in a module file; ``f`` itself elsewhere."""
+    path = fm.path_in_module_value(f.start, f.end) if fm.modules and f.start >= 0 else None
+    if path is None:
+        return f
+    return replace(f, attr_path=".".join(f'"{seg}"' if "." in seg else seg for seg in path))
+
+
 _OPTION_ROOTS = frozenset({"virtualisation", "services", "systemd", "environment", "containers", "age", "users"})
 
 
@@ -346,6 +356,7 @@ def leftovers(
     out: list[Leftover] = []
     for name, fm in sorted(models.items()):
         for f in scan_source(fm.source, name).findings:
+            f = in_module_value(fm, f)
             if f.kind is Kind.HASH or _covered(f, spans.get(name, ())) or (name, f.line) in skip:
                 continue
             same = digest(f.value.reveal()) in known

@@ -108,6 +108,9 @@ class AttrSet:
     path: NixPath
     node: Node
     exact: bool
+    # written before a new binding's path: ("config",) for a full-form module's own attrset when its
+    # config is set as `config.services.x = ...;` (no `config = { ... }` block to add bindings to)
+    write_prefix: NixPath = ()
 
 
 @dataclass(eq=False)
@@ -121,6 +124,41 @@ class Lit:
 
 
 @dataclass(eq=False)
+class Embedded:
+    """A NixOS module held as a value inside a file that is no NixOS module itself: an element of a
+    ``nixosSystem { modules = [ ... ]; }`` list (``where`` "list"), the value of flake-parts'
+    ``flake.modules.nixos.NAME`` or a flake's ``nixosModules.NAME`` ("deferred": a deferredModule, a
+    function or an attrset), or of another registry's ``*.nixos.NAME`` ("registry": its type unknown)."""
+
+    node: Node  # the value as written (maybe parenthesized)
+    where: str
+    label: str  # its attribute path, or ``NAME.modules[i]``, for messages
+
+    def function(self) -> Node | None:
+        """The function that is the module (the innermost of a curried one, through let-in), if any."""
+        return innermost_function(unparen(self.node))
+
+    def attrset(self) -> Node | None:
+        """The module's attrset when it is no function (``{ services.x = ...; }``)."""
+        v = unparen(self.node)
+        return v if v.type in ("attrset_expression", "rec_attrset_expression") else None
+
+
+def innermost_function(fn: Node) -> Node | None:
+    if fn.type != "function_expression":
+        return None
+    while True:
+        body = fn.child_by_field_name("body")
+        b = unparen(body) if body is not None else None
+        while b is not None and b.type == "let_expression":
+            inner = b.child_by_field_name("body")
+            b = unparen(inner) if inner is not None else None
+        if b is None or b.type != "function_expression":
+            return fn
+        fn = b
+
+
+@dataclass(eq=False)
 class FileModel:
     name: str
     source: bytes
@@ -131,6 +169,8 @@ class FileModel:
     paths: list[tuple[NixPath, Node]] = field(default_factory=list)
     options: list[tuple[NixPath, Node]] = field(default_factory=list)  # declared with mkOption
     roots: list[Node] = field(default_factory=list)  # attrsets at the config root (path ())
+    embedded: set[tuple[int, int, str]] = field(default_factory=set)  # ``modules``' nodes not walked yet (model)
+    modules: list[Embedded] = field(default_factory=list)  # NixOS modules held as values (see Embedded)
 
     def line_col(self, byte: int) -> tuple[int, int]:
         line = self.source.count(b"\n", 0, byte) + 1
@@ -161,21 +201,29 @@ class FileModel:
             cur = cur.parent
         return None
 
+    def module_at(self, byte: int) -> Embedded | None:
+        """The module held as a value that contains ``byte`` (None: none, or the file is the module)."""
+        return next((m for m in self.modules if m.node.start_byte <= byte < m.node.end_byte), None)
+
+    def path_in_module_value(self, start: int, end: int) -> NixPath | None:
+        """The attribute path, from its module's root, of the innermost string or binding holding bytes
+        [start, end) inside a NixOS module held as a value (see Embedded); None outside one."""
+        if self.module_at(start) is None:
+            return None
+        lits = [x for x in self.lits if x.node.start_byte <= start and end <= x.node.end_byte]
+        if lits:
+            return min(lits, key=lambda x: x.node.end_byte - x.node.start_byte).path
+        binds = [b for b in self.binds if b.value.start_byte <= start and end <= b.value.end_byte]
+        return min(binds, key=lambda b: b.value.end_byte - b.value.start_byte).path if binds else None
+
     def module_function(self) -> Node | None:
         """The function that is the NixOS module: the file's top function or, for a curried module
-        (``inputs: { config, ... }: { ... }``), the innermost function it returns (through let-in)."""
+        (``inputs: { config, ... }: { ... }``), the innermost function it returns (through let-in).
+        In a file holding modules as values: that of its one module (None when it holds several)."""
+        if self.modules:
+            return self.modules[0].function() if len(self.modules) == 1 else None
         fn = top_expression(self.root)
-        if fn is None or fn.type != "function_expression":
-            return None
-        while True:
-            body = fn.child_by_field_name("body")
-            b = unparen(body) if body is not None else None
-            while b is not None and b.type == "let_expression":
-                inner = b.child_by_field_name("body")
-                b = unparen(inner) if inner is not None else None
-            if b is None or b.type != "function_expression":
-                return fn
-            fn = b
+        return innermost_function(fn) if fn is not None else None
 
     def function_formals(self) -> Node | None:
         fn = self.module_function()
@@ -183,6 +231,8 @@ class FileModel:
 
     def bare_attrset(self) -> Node | None:
         """The top attrset of a module that is no function (``{ services.x = ...; }``)."""
+        if self.modules:
+            return self.modules[0].attrset() if len(self.modules) == 1 else None
         top = top_expression(self.root)
         return top if top is not None and top.type in ("attrset_expression", "rec_attrset_expression") else None
 
@@ -199,11 +249,17 @@ def model(name: str, source: bytes) -> FileModel:
     fm = FileModel(name, source, tree.root_node)
     top = top_expression(tree.root_node)
     if top is not None:
-        _walk_top(fm, top)
+        fm.modules = embedded_modules(top)
+        if fm.modules:  # the file is no NixOS module: its modules are re-rooted where _walk meets them
+            fm.embedded = {_key(m.node) for m in fm.modules}
+            _walk(fm, top, ("<outer>",), False)
+        else:
+            _walk_top(fm, top)
     return fm
 
 
 def _walk_top(fm: FileModel, node: Node) -> None:
+    """Index a module: its option paths from the config root (path ()), exact."""
     node = unparen(node)
     while node.type in ("function_expression", "let_expression", "with_expression"):
         if node.type == "let_expression":
@@ -225,6 +281,10 @@ def _walk_top(fm: FileModel, node: Node) -> None:
         return
     # { options = ...; config = ...; imports = ...; }: option paths are those under `config`
     fm.attrsets.append(AttrSet(("<module>",), node, False))
+    dotted = [b for b in bindings(node) if b.type == "binding" and _names(b)[:1] == ("config",)]
+    if dotted and all(len(_names(b)) > 1 for b in dotted):  # only `config.x.y = ...;`: the module's own
+        fm.attrsets.append(AttrSet((), node, True, ("config",)))  # attrset is where `config.z` goes
+        fm.roots.append(node)
     for b in bindings(node):
         if b.type != "binding":
             continue
@@ -239,6 +299,11 @@ def _walk_top(fm: FileModel, node: Node) -> None:
         else:
             fm.binds.append(Bind(("<module>", *names), b, ex, node, False))
             _walk(fm, ex, names, names[0] == "options")
+
+
+def _names(b: Node) -> NixPath:
+    ap = b.child_by_field_name("attrpath")
+    return attr_names(ap) if ap is not None else ()
 
 
 def _walk_let(fm: FileModel, node: Node) -> None:
@@ -259,6 +324,10 @@ def _string(fm: FileModel, node: Node, path: NixPath, exact: bool, bind: Bind | 
 
 
 def _walk(fm: FileModel, node: Node, path: NixPath, exact: bool) -> None:
+    if fm.embedded and _key(node) in fm.embedded:
+        fm.embedded.discard(_key(node))  # walked once, as a module of its own
+        _walk_top(fm, node)
+        return
     t = node.type
     if t in ("attrset_expression", "rec_attrset_expression"):
         fm.attrsets.append(AttrSet(path, node, exact))
@@ -325,3 +394,132 @@ def _walk(fm: FileModel, node: Node, path: NixPath, exact: bool) -> None:
     else:
         for c in node.named_children:
             _walk(fm, c, path, False)
+
+
+# the first attribute of a NixOS module's own bindings (what makes an attrset look like one)
+_MODULE_KEYS = frozenset(
+    {
+        "age",
+        "boot",
+        "config",
+        "containers",
+        "documentation",
+        "environment",
+        "fileSystems",
+        "hardware",
+        "i18n",
+        "imports",
+        "networking",
+        "nix",
+        "nixpkgs",
+        "options",
+        "programs",
+        "security",
+        "services",
+        "sops",
+        "system",
+        "systemd",
+        "time",
+        "users",
+        "virtualisation",
+    }
+)
+_MODULE_FORMALS = frozenset({"config", "lib", "pkgs", "modulesPath", "options"})
+
+
+def _looks_like_module(value: Node) -> bool:
+    """A function of a module's arguments, or an attrset (maybe a function's body) of NixOS options."""
+    v = unparen(value)
+    fn = innermost_function(v)
+    if fn is not None:
+        formals = fn.child_by_field_name("formals")
+        names = {
+            text(n)
+            for f in (formals.named_children if formals else [])
+            if f.type == "formal"
+            for n in f.named_children[:1]
+        }
+        if names & _MODULE_FORMALS:
+            return True
+        body = fn.child_by_field_name("body")
+        v = unparen(body) if body is not None else v
+        while v.type in ("let_expression", "with_expression"):
+            inner = v.child_by_field_name("body")
+            if inner is None:
+                return False
+            v = unparen(inner)
+    if v.type not in ("attrset_expression", "rec_attrset_expression"):
+        return False
+    firsts = set()
+    for b in bindings(v):
+        ap = b.child_by_field_name("attrpath") if b.type == "binding" else None
+        if ap is not None:
+            firsts.add(attr_names(ap)[0])
+    return bool(firsts & _MODULE_KEYS)
+
+
+def _slot(path: NixPath) -> str:
+    """What holds a module value at ``path`` (see Embedded.where), "" for no such place."""
+    segs = [s for s in path if not s.startswith("<")]
+    if len(segs) < 2 or segs[0] in _MODULE_KEYS:
+        return ""  # an option of a NixOS module (documentation.nixos.*, system.nixos.*), not a registry
+    if segs[-2] == "nixosModules" or segs[-3:-1] == ["modules", "nixos"]:
+        return "deferred"
+    return "registry" if segs[-2] == "nixos" and len(segs) >= 3 else ""
+
+
+def _label(path: NixPath) -> str:
+    return ".".join(
+        s if s.replace("-", "").replace("_", "").isalnum() else f'"{s}"' for s in path if not s.startswith("<")
+    )
+
+
+def embedded_modules(top: Node) -> list[Embedded]:
+    """The NixOS modules held as values in a file (see Embedded); [] for a file that is a module."""
+    out: list[Embedded] = []
+
+    def visit(node: Node, path: NixPath) -> None:
+        t = node.type
+        if t in ("attrset_expression", "rec_attrset_expression"):
+            for b in bindings(node):
+                ap = b.child_by_field_name("attrpath") if b.type == "binding" else None
+                ex = b.child_by_field_name("expression") if ap is not None else None
+                if ap is None or ex is None:
+                    continue
+                sub = path + attr_names(ap)
+                where = _slot(sub)
+                if where and _looks_like_module(ex):
+                    out.append(Embedded(ex, where, _label(sub)))
+                else:
+                    visit(ex, sub)
+            return
+        if t == "apply_expression":
+            name, args = _apply_parts(node)
+            if (
+                name == "nixosSystem"
+                and args
+                and unparen(args[-1]).type in ("attrset_expression", "rec_attrset_expression")
+            ):
+                for b in bindings(unparen(args[-1])):
+                    ap = b.child_by_field_name("attrpath") if b.type == "binding" else None
+                    ex = b.child_by_field_name("expression") if ap is not None else None
+                    if (
+                        ap is None
+                        or ex is None
+                        or attr_names(ap) != ("modules",)
+                        or unparen(ex).type != "list_expression"
+                    ):
+                        continue
+                    for i, e in enumerate(c for c in unparen(ex).named_children if c.type != "comment"):
+                        if unparen(e).type in (
+                            "function_expression",
+                            "attrset_expression",
+                            "rec_attrset_expression",
+                        ) and _looks_like_module(e):
+                            out.append(Embedded(e, "list", f"{_label(path) or 'nixosSystem'}.modules[{i}]"))
+                return
+        for c in node.named_children:
+            visit(c, path)
+
+    visit(top, ())
+    return out

@@ -416,7 +416,7 @@ class Builder:
             raise PatchError(f"no attrset to add {'.'.join(path)} to", where=fm.name)
         rest = path[len(target.path) :]
         anchor = after if after is not None and after.parent is not None and _in(after, target.node) else None
-        self.ed.insert_binding(fm, target.node, render(nix_attrpath(rest)), why, after=anchor)
+        self.ed.insert_binding(fm, target.node, render(nix_attrpath((*target.write_prefix, *rest))), why, after=anchor)
 
     # ------------------------------------------------ the database
 
@@ -1782,7 +1782,8 @@ class Builder:
                 f"so the URL is never in the Nix store; it replaces {_listing(r.literals)}"
             )
             own_env_files = not (r.kind == "systemd" and self.append_environment_file(fm, r, files))
-            snippet = self.render_unit(r, files, nix_attrpath(path[len(target.path) :]), env_files=own_env_files)
+            attr = nix_attrpath((*target.write_prefix, *path[len(target.path) :]))
+            snippet = self.render_unit(r, files, attr, env_files=own_env_files)
             self.ed.insert_binding(fm, target.node, snippet, why, after=after)
             self.need(fm, ("config", "lib", "pkgs"))
 
@@ -1907,7 +1908,11 @@ class Builder:
                     fm.name,
                     1,
                     1,
-                    f"every config block of {fm.name} that could hold age.secrets.{name} is conditional "
+                    f"{fm.name} holds several NixOS modules as values ({', '.join(m.label for m in fm.modules)}) "
+                    f"and none holds this service: nixmig will not guess which declares age.secrets.{name}; "
+                    "add it by hand"
+                    if len(fm.modules) > 1
+                    else f"every config block of {fm.name} that could hold age.secrets.{name} is conditional "
                     f"(lib.mkIf, if) and none holds this service: nixmig will not guess which; add it by hand",
                     self.age_snippet(fm, ("age", "secrets", name), name),
                 )
@@ -1953,6 +1958,8 @@ class Builder:
         related = [r for r in fm.roots if any(r.start_byte <= at < r.end_byte for at in edited)]
         if related:
             return related[-1]
+        if len(fm.modules) > 1:  # several modules held as values, none edited: which is this host's?
+            return None
         free = [r for r in fm.roots if not _conditional(r)]
         with_age = [r for r in free if any(_in(b.node, r) for b in existing)]
         if with_age or free:
@@ -2351,16 +2358,12 @@ class Builder:
             fm = self.models[name]
             wanted = [n for n in ("config", "lib", "pkgs") if n in names]
             if wanted and not self.ed.ensure_formals(fm, wanted, f"the new code uses {', '.join(wanted)}"):
-                self.manual.append(
-                    Manual(
-                        name,
-                        1,
-                        1,
-                        f"not a NixOS module nixmig can give {', '.join(wanted)} (a function of other arguments, "
-                        f"or of one name): the new code needs them; pass them to it, or move the edits into a module",
-                        "",
-                    )
+                line, what = self.ed.formals_refused.get(name) or (
+                    1,
+                    f"not a NixOS module nixmig can give {', '.join(wanted)} (a function of other arguments, "
+                    f"or of one name): the new code needs them; pass them to it, or move the edits into a module",
                 )
+                self.manual.append(Manual(name, line, 1, what, ""))
                 unusable = True
         if unusable:  # the edits hang together (a renderer here, its env file named there): none, all said
             self.ed.items = []

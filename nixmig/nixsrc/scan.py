@@ -352,9 +352,21 @@ def is_placeholder(value: str) -> bool:
 _LDAP_HASH_RE: Final = re.compile(r"\{(?:S?SHA(?:256|384|512)?|S?MD5|CRYPT|PBKDF2[-\w]*|ARGON2|SSHA)\}\S+", re.I)
 
 
+# PostgreSQL's own password verifiers (what `ALTER ROLE ... PASSWORD` and ensureClauses.password take
+# hashed): SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> (base64), md5 + 32 hex digits
+_PG_VERIFIER_RE: Final = re.compile(
+    r"SCRAM-SHA-256\$\d+:[A-Za-z0-9+/]+=*\$[A-Za-z0-9+/]+=*:[A-Za-z0-9+/]+=*|md5[0-9a-f]{32}"
+)
+
+
 def looks_like_crypt_hash(value: str) -> bool:
-    """crypt(3) / PHC strings ($6$, $y$, $2b$, $argon2id$ ...) and LDAP {SSHA} style hashes."""
-    return _CRYPT_RE.match(value) is not None or _LDAP_HASH_RE.fullmatch(value) is not None
+    """crypt(3) / PHC strings ($6$, $y$, $2b$, $argon2id$ ...), LDAP {SSHA} style hashes and
+    PostgreSQL's SCRAM / md5 verifiers."""
+    return (
+        _CRYPT_RE.match(value) is not None
+        or _LDAP_HASH_RE.fullmatch(value) is not None
+        or _PG_VERIFIER_RE.fullmatch(value) is not None
+    )
 
 
 # Regexes run on the text of a string (bytes), with interpolations replaced by PLACEHOLDER.

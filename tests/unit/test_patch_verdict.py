@@ -392,24 +392,27 @@ def test_freshrss_reads_its_database_pass_file_as_its_own_user() -> None:
     assert "-p ${toString (config.services.postgresql.settings.port or config.services.postgresql.port or 5432)}" in out
 
 
-def test_a_module_held_as_a_value_is_said_as_such() -> None:
-    """flake-parts' flake.modules.nixos.X = { config, ... }: { ... }: the container is not at an option path
-    of the host, and the line says so (before: 'a migration with strategy move moves one such value' to a
-    nixmig.toml that had one: realcfg6 05)."""
-    src = {
-        "modules/db.nix": b"""{ inputs, ... }:
-{
-  flake.modules.nixos.wikidb = { config, lib, ... }: {
+def test_a_module_held_as_a_value_is_patched_as_a_module_file_and_a_wrapped_one_is_said_as_such() -> None:
+    """flake-parts' flake.modules.nixos.X = { config, ... }: { ... }: the module value is patched as the same
+    module in a file of its own would be (before: refused as 'a NixOS module held as a value', realcfg6 05).
+    A value nixmig does not read as a module (the author's wrapper function around it) is still said as such
+    (before that: 'a migration with strategy move moves one such value' to a nixmig.toml that had one)."""
+    module = b"""{ config, lib, ... }: {
     virtualisation.oci-containers.containers.wikidb = {
       image = "lscr.io/linuxserver/mariadb";
       environment = { MYSQL_USER = "wiki"; MYSQL_PASSWORD = "Wiki-db-7781"; };
     };
-  };
-}
-"""
-    }
-    plan = pt.plan(src, pt.Spec(secret="wiki-db", role="wiki", container="wikidb", strategy="move"))
-    (m,) = [m for m in plan.manual if m.line == 6]
+  }"""
+    spec = pt.Spec(secret="wiki-db", role="wiki", container="wikidb", strategy="move")
+    held = {"modules/db.nix": b"{ inputs, ... }:\n{\n  flake.modules.nixos.wikidb = " + module + b";\n}\n"}
+    alone = {"modules/db.nix": module + b"\n"}
+    plan, file_plan = pt.plan(held, spec), pt.plan(alone, spec)
+    assert plan.manual == () == file_plan.manual
+    assert [e.replacement for e in plan.edits] == [e.replacement for e in file_plan.edits]
+    after = plan.results(held)["modules/db.nix"].decode()
+    assert after.index("age.secrets.wiki-db") < after.rindex("};\n}")  # inside the module value
+    wrapped = {"modules/db.nix": b"{ inputs, ... }:\n{\n  flake.modules.nixos.wikidb = mkWiki (" + module + b");\n}\n"}
+    (m,) = [m for m in pt.plan(wrapped, spec).manual if m.line == 6]
     assert "inside flake.modules.nixos.wikidb, a NixOS module held as a value" in m.what
     assert lo.module_as_value(("virtualisation", "oci-containers", "containers", "x", "environment", "V")) == ""
 

@@ -1,0 +1,166 @@
+"""NixOS modules held as values (nixsrc/model.py Embedded): an element of a nixosSystem modules list,
+flake-parts' flake.modules.nixos.NAME / a flake's nixosModules.NAME, a registry's *.nixos.NAME. Each is
+patched as the same module in a file of its own would be; the fixtures module-value-* carry the golden
+diffs, these check the rules around them (issue 12)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from nixmig.nixsrc import patch as pt
+from nixmig.nixsrc import validate
+from nixmig.nixsrc.model import model
+from nixmig.nixsrc.scan import Kind, scan_source
+
+SPEC = pt.Spec(secret="notes-db-password", role="notes", container="notes-db")
+
+CONTAINERS = """
+            virtualisation.oci-containers.containers.notes-db = {
+              image = "postgres:16";
+              environment.POSTGRES_USER = "notes";
+              environment.POSTGRES_PASSWORD = "notes-pw-91";
+            };"""
+APP = """
+            virtualisation.oci-containers.containers.notes = {
+              image = "ghcr.io/example/notes:1";
+              environment.DATABASE_URL = "postgres://notes:notes-pw-91@notes-db/notes";
+            };"""
+
+
+def _flake(first: str, second: str) -> bytes:
+    return f"""{{
+  outputs = {{ self, nixpkgs }}: {{
+    nixosConfigurations.a = nixpkgs.lib.nixosSystem {{
+      modules = [ ./hosts/a.nix {first} ];
+    }};
+    nixosConfigurations.b = nixpkgs.lib.nixosSystem {{
+      modules = [ ./hosts/b.nix {second} ];
+    }};
+  }};
+}}
+""".encode()
+
+
+def _parses(results: dict[str, bytes]) -> None:
+    if shutil.which("nix-instantiate"):
+        validate.check_all(results, use_nix=True)
+
+
+def test_options_of_a_nixos_module_are_no_module_values() -> None:
+    """documentation.nixos.* and a declarative container's config are options of the host's module:
+    the file stays the module (its root is the file's), nothing is re-rooted."""
+    src = b"""{ config, pkgs, ... }:
+{
+  documentation.nixos.options = { warningsAreErrors = false; };
+  containers.wiki.config = { config, pkgs, ... }: { services.postgresql.enable = true; };
+}
+"""
+    fm = model("host.nix", src)
+    assert fm.modules == []
+    assert any(b.path == ("containers", "wiki", "config", "services", "postgresql", "enable") for b in fm.binds)
+
+
+def test_only_the_module_value_holding_the_edits_gets_formals_and_age_secrets() -> None:
+    """Two hosts' inline modules in one flake.nix: the one holding the password gets config (its bare
+    attrset becomes a parenthesized function: a lambda in a list must be), and age.secrets; the other
+    is untouched."""
+    other = '{ networking.hostName = "a"; }'
+    src = {"flake.nix": _flake(other, "{" + CONTAINERS + "\n          }")}
+    plan = pt.plan(src, SPEC)
+    assert plan.manual == ()
+    after = plan.results(src)["flake.nix"].decode()
+    assert other in after  # the first module: bytes unchanged
+    b = after.index("nixosConfigurations.b")
+    assert after.index("({ config, ... }: {", b) > b
+    assert after.index("age.secrets.notes-db-password", b) > after.index("POSTGRES_PASSWORD_FILE", b)
+    assert "}) ];" in after[b:]
+    _parses(plan.results(src))
+    again = {**src, **plan.results(src)}
+    assert pt.plan(again, SPEC).edits == ()
+
+
+def test_age_secrets_goes_into_the_module_value_not_an_unrelated_mkif_of_it() -> None:
+    """Placement inside a module value follows the module file's rule: the block that holds the service,
+    never a conditional block of something else (issue 12 part 2.7)."""
+    src = {
+        "modules/notes.nix": b"""{ inputs, ... }:
+{
+  flake.modules.nixos.notes = { config, lib, ... }: lib.mkMerge [
+    (lib.mkIf config.services.nginx.enable { services.nginx.virtualHosts.notes.root = "/srv"; })
+    {"""
+        + CONTAINERS.encode()
+        + b"""
+    }
+  ];
+}
+"""
+    }
+    plan = pt.plan(src, SPEC)
+    assert plan.manual == ()
+    after = plan.results(src)["modules/notes.nix"].decode()
+    assert after.index("age.secrets.notes-db-password") > after.index("notes-db = {")
+    assert "{ config, lib, ... }:" in after  # had them: no formal added
+    _parses(plan.results(src))
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("{" + CONTAINERS + APP + "\n  }", "in a registry nixmig does not know"),
+        ("args: {" + CONTAINERS + APP + "\n  }", "a function of one name"),
+        ("{ lib, ... }: { imports = [ config.registry.base ];" + CONTAINERS + APP + "\n  }", "reads config from the"),
+    ],
+)
+def test_a_module_value_nixmig_cannot_give_config_is_refused_at_its_line(value: str, why: str) -> None:
+    """A bare attrset in a registry of unknown type (a function may not stand there), a function of one
+    name, a module that reads the outer config: the app's env file renderer needs config, lib and pkgs,
+    so nothing is written, one line at the module's line. (The database alone needs none of them: its
+    bind mount then names /run/agenix/NAME, as in any module nixmig cannot give config.)"""
+    src = {"modules/notes.nix": f"{{ config, ... }}:\n{{\n  registry.nixos.notes = {value};\n}}\n".encode()}
+    plan = pt.plan(src, SPEC)
+    assert plan.edits == ()
+    (m,) = [m for m in plan.manual if m.line == 3]
+    assert why in m.what and m.what.startswith("registry.nixos.notes: a NixOS module held as a value")
+
+
+def test_postgresql_verifiers_are_hashes_not_passwords() -> None:
+    """ensureClauses.password takes a SCRAM-SHA-256 (or md5) verifier: a hash (low), not a clear password
+    patch must move; a password that only starts like one stays a password."""
+    scram = (
+        "SCRAM-SHA-256$4096:c2FsdA==$"
+        + "U3RvcmVkS2V5U3RvcmVkS2V5U3RvcmVkS2V5QUE=:U2VydmVyS2V5U2VydmVyS2V5U2VydmVyS2V5QUE="
+    )
+    src = f"""{{
+  services.postgresql.ensureUsers = [
+    {{ name = "a"; ensureClauses.password = "{scram}"; }}
+    {{ name = "b"; ensureClauses.password = "md5{"0a1b2c3d" * 4}"; }}
+    {{ name = "c"; ensureClauses.password = "md5-is-not-a-hash-4821"; }}
+  ];
+}}
+"""
+    kinds = [f.kind for f in scan_source(src.encode(), "db.nix").findings]
+    assert kinds == [Kind.HASH, Kind.HASH, Kind.PASSWORD]
+
+
+def test_a_full_form_module_with_dotted_config_gets_config_dotted_bindings() -> None:
+    """{ options = ...; config.services.postgresql = ...; } (no `config = { ... }` block): the oneshot and
+    age.secrets are added as config.systemd... / config.age... beside it, never as a top-level systemd
+    (which the module system rejects next to config). Before: 'cannot find the module's config'."""
+    src = {
+        "db.nix": b"""{ config, lib, pkgs, ... }:
+{
+  options.ledger.enable = lib.mkEnableOption "ledger";
+  config.services.postgresql.initialScript = pkgs.writeText "init.sql" ''
+    CREATE ROLE ledger LOGIN PASSWORD 'ledger-pw-78';
+  '';
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="ledger-db-password", role="ledger"))
+    assert plan.manual == ()
+    after = plan.results(src)["db.nix"].decode()
+    assert "\n  config.systemd.services.nixmig-ledger-db-password-password = {" in after
+    assert "\n  config.age.secrets.ledger-db-password = {" in after
+    _parses(plan.results(src))
