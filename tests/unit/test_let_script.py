@@ -186,3 +186,20 @@ def test_a_unit_that_loads_credentials_already_is_said() -> None:
 def test_shell_context(text: str, at: int, want: str | None) -> None:
     assert text[at] == "X"
     assert shell_context(text, at) == want
+
+
+@pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
+def test_a_script_in_a_double_quoted_nix_string_runs_too(tmp_path: Path) -> None:
+    """``script = "psql ${dsn} ...";``: the lines and quotes are escaped for a "..." Nix string, and the
+    script itself is no URL left for the verdict."""
+    start, end = MODULE.index("      script = ''"), MODULE.index("      serviceConfig.Type")
+    text = (
+        MODULE[:start]
+        + '      script = "docker exec db psql ${dsn} && logger \\"at ${dsn}\\" \'${dsn}\'";\n'
+        + MODULE[end:]
+    )
+    plan, out = _plan(text)
+    assert plan.manual == (), [m.what for m in plan.manual]
+    url = "postgresql://postgres:" + quote(NASTY, safe="") + "@localhost/ledger"
+    calls = _run(tmp_path, _scripts(tmp_path, out)["script"], NASTY)
+    assert calls == [["docker", "exec", "db", "psql", url], ["logger", f"at {url}", url]]

@@ -392,10 +392,11 @@ def _replacement(use: Use, var: str, indented: bool) -> str:
     if not use.script:
         return ("''${" if indented else "\\${") + var + "}"
     dollar = "''${" if indented else "\\${"
+    dq = '"' if indented else '\\"'  # a shell double quote, in an indented or a double-quoted Nix string
     if use.context == "bare":
-        return f'"{dollar}{var}}}"'
+        return f"{dq}{dollar}{var}}}{dq}"
     if use.context == "sq":
-        return f"'\"{dollar}{var}}}\"'"
+        return f"'{dq}{dollar}{var}}}{dq}'"
     if use.context == "sql":
         return f"{dollar}{var}_{'mysql' if use.mysql else 'sql'}}}"
     return f"{dollar}{var}}}"
@@ -553,6 +554,7 @@ def apply(b: Builder, password: str | None) -> None:
                     )
                     done.append(f"{bound.shown} at {fm.where(u.node)}")
                     b.let_used.add((fm.name, u.node.named_children[0].start_byte))
+                b.handled.add((fm.name, string.start_byte))  # the script is no URL left for on_url
                 b.sql_file = b.sql_file or fm
                 b.need(fm, ("config", "lib", "pkgs") if not use.script else ("config",))
             b.handled.add((fm.name, bound.literal.start_byte))
