@@ -24,13 +24,17 @@ import hashlib
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from nixmig.config import also_name
 from nixmig.nixsrc.containers import base_variable, env_container, env_words
 from nixmig.nixsrc.edits import Edit
-from nixmig.nixsrc.model import Bind, FileModel, decode_string, unparen
+from nixmig.nixsrc.model import Bind, FileModel, _apply_parts, decode_string, unparen
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.scan import DESCRIPTION, Finding, Kind, classify_name, credential_file_name, scan_source, words
+
+if TYPE_CHECKING:
+    from tree_sitter import Node
 
 DB_WORDS = frozenset(
     {"postgres", "postgresql", "pg", "psql", "db", "database", "databases", "mysql", "mariadb", "sql", "dsn"}
@@ -274,6 +278,24 @@ def in_module_value(fm: FileModel, f: Finding) -> Finding:
     return replace(f, attr_path=".".join(f'"{seg}"' if "." in seg else seg for seg in path))
 
 
+_CONDITIONAL = frozenset({"optionalAttrs", "optional", "optionals", "optionalString"})
+
+
+def under_condition(fm: FileModel, byte: int) -> str:
+    """The lib function (optionalAttrs, optional, ...) whose value argument holds ``byte``, or ""."""
+    if byte < 0:
+        return ""
+    node: Node | None = fm.root.descendant_for_byte_range(byte, byte)
+    while node is not None and node.parent is not None:
+        parent = node.parent
+        if parent.type == "apply_expression" and parent.child_by_field_name("argument") == node:
+            name, args = _apply_parts(parent)
+            if name in _CONDITIONAL and args and args[-1] == node:
+                return name
+        node = parent
+    return ""
+
+
 _OPTION_ROOTS = frozenset({"virtualisation", "services", "systemd", "environment", "containers", "age", "users"})
 
 
@@ -370,7 +392,14 @@ def leftovers(
             head = f"{f.attr_path or 'a string'} still holds " + (
                 "this migration's password" if same else "a " + DESCRIPTION[f.kind]
             )
-            why = _why(f, fm.source, role, name, migration, same)
+            cond = under_condition(fm, f.start)
+            why = (
+                f"set inside lib.{cond} (merged in only when the author's condition holds): nixmig edits values "
+                "as they are written, not under a condition (which branch runs is the author's); move it out of "
+                "the condition, or by hand"
+                if cond
+                else _why(f, fm.source, role, name, migration, same)
+            )
             var = _companion_var(f, fm.source, migration, same)
             if var and not same and _in_container(f, name, containers) and "also = {" not in why:
                 fix = companion_fix(migration or "", var, name, f.line)

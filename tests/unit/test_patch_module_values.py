@@ -164,3 +164,27 @@ def test_a_full_form_module_with_dotted_config_gets_config_dotted_bindings() -> 
     assert "\n  config.systemd.services.nixmig-ledger-db-password-password = {" in after
     assert "\n  config.age.secrets.ledger-db-password = {" in after
     _parses(plan.results(src))
+
+
+def test_a_value_under_the_author_s_condition_is_said_as_such() -> None:
+    """`environment = { ... } // lib.optionalAttrs (!hasEnvFile) { MYSQL_PASSWORD = "..."; }` (a fallback
+    beside an env file the author reads when it exists): nothing edits inside the condition, and the line
+    says why, not 'a strategy move moves one such value' to a migration that is one (realcfg6 05)."""
+    src = {
+        "modules/db.nix": b"""{ inputs, ... }:
+{
+  flake.modules.nixos.wikidb = { config, lib, ... }: {
+    virtualisation.oci-containers.containers.wikidb = {
+      image = "lscr.io/linuxserver/mariadb";
+      environment = { MYSQL_USER = "wiki"; } // lib.optionalAttrs (!inputs.self ? envFile) {
+        MYSQL_PASSWORD = "Wiki-db-7782";
+      };
+    };
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="wiki-db", role="wiki", container="wikidb", strategy="move"))
+    assert plan.edits == ()
+    (m,) = [m for m in plan.manual if m.line == 7]
+    assert "set inside lib.optionalAttrs (merged in only when the author's condition holds)" in m.what
