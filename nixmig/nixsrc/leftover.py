@@ -146,10 +146,16 @@ def unknown_shape(path: Sequence[str]) -> str:
     segs = segs[1:] if segs[:1] == ["config"] else segs
     what = ".".join(segs)
     if len(segs) >= 3 and segs[0] == "containers" and segs[2] == "config":
+        c = segs[1]
         return (
-            f"no template for this shape: inside the declarative NixOS container {segs[1]} "
-            f"(containers.{segs[1]}.config), {'.'.join(segs[3:])} has no edit nixmig knows there; the host's "
-            "agenix file reaches the container through containers.NAME.bindMounts"
+            f"no template for this shape: inside the declarative NixOS container {c} (containers.{c}.config, a "
+            f"system of its own: no agenix there), {'.'.join(segs[3:])} has no edit nixmig knows. By hand: declare "
+            f"age.secrets.NAME in the host's module; bind-mount it read-only (containers.{c}.bindMounts."
+            '"/run/agenix-host/NAME" = { hostPath = config.age.secrets.NAME.path; isReadOnly = true; }); make it '
+            "readable by the user that reads it inside: without privateUsers the container shares the host's uids, "
+            "so age.secrets.NAME.owner may be that user's uid as a number only when the container fixes it "
+            "(users.users.USER.uid); else copy it inside, as root, to a file that user owns (a oneshot before its "
+            "units); with privateUsers the host's file must belong to the shifted uid (the container's base + uid)"
         )
     if len(segs) >= 3 and segs[0] == "specialisation":
         return (

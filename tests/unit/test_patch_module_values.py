@@ -188,3 +188,33 @@ def test_a_value_under_the_author_s_condition_is_said_as_such() -> None:
     assert plan.edits == ()
     (m,) = [m for m in plan.manual if m.line == 7]
     assert "set inside lib.optionalAttrs (merged in only when the author's condition holds)" in m.what
+
+
+def test_a_shape_inside_a_declarative_container_says_how_the_secret_reaches_its_reader() -> None:
+    """A declarative NixOS container (containers.NAME.config) is a system of its own: it is no module value
+    of the host (its age.secrets would not be the host's). A literal there with no edit says the recipe:
+    decrypted on the host, bind-mounted read-only, readable by the reader inside (uids shared without
+    privateUsers, shifted with it)."""
+    src = {
+        "host.nix": b"""{ config, ... }: {
+  containers.wiki = {
+    config = { config, pkgs, ... }: {
+      services.wikijs.settings.db.pass = "wiki-pw-55";
+    };
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="wiki-db", role="wiki", strategy="move"))
+    assert plan.edits == ()
+    (m,) = plan.manual
+    assert m.line == 4
+    for part in (
+        "inside the declarative NixOS container wiki",
+        "declare age.secrets.NAME in the host's module",
+        'containers.wiki.bindMounts."/run/agenix-host/NAME" = { hostPath = config.age.secrets.NAME.path; '
+        "isReadOnly = true; }",
+        "without privateUsers the container shares the host's uids",
+        "with privateUsers the host's file must belong to the shifted uid",
+    ):
+        assert part in m.what
