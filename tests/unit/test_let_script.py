@@ -203,3 +203,27 @@ def test_a_script_in_a_double_quoted_nix_string_runs_too(tmp_path: Path) -> None
     url = "postgresql://postgres:" + quote(NASTY, safe="") + "@localhost/ledger"
     calls = _run(tmp_path, _scripts(tmp_path, out)["script"], NASTY)
     assert calls == [["docker", "exec", "db", "psql", url], ["logger", f"at {url}", url]]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "why"),
+    [
+        (
+            "      preStart = ''\n        until",
+            "      preStart = ''  until",
+            "starts on the line of its opening quotes",
+        ),
+        (
+            'serviceConfig.Type = "oneshot";',
+            'serviceConfig.Type = "oneshot";\n      serviceConfig.ExecStartPost = "/bin/docker exec db psql ${dsn}";',
+            "beside a script of the same unit",
+        ),
+    ],
+)
+def test_a_use_nixmig_cannot_finish_leaves_every_use(old: str, new: str, why: str) -> None:
+    """Checked before any edit: one use it cannot replace and no script of the value is touched."""
+    text = MODULE.replace(old, new)
+    assert text != MODULE
+    plan, out = _plan(text)
+    assert b"dsn = " in out and b"nixmig_dsn" not in out
+    assert any(why in m.what and "dsn (the hardcoded password" in m.what for m in plan.manual), plan.manual

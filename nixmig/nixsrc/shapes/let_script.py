@@ -420,29 +420,50 @@ def _span(fm: FileModel, use: Use, replacement: str, indented: bool) -> tuple[in
     return start, end, replacement
 
 
-def _insert_prologue(b: Builder, fm: FileModel, string: Node, lines: list[str], why: str) -> bool:
+def _insert_prologue(b: Builder, fm: FileModel, string: Node, lines: list[str], why: str) -> None:
     indented = string.type == "indented_string_expression"
     src = fm.source
     if indented:
         after_open = string.start_byte + 2
         nl = src.find(b"\n", after_open)
-        if nl == -1 or src[after_open:nl].strip():
-            return False  # text on the opening line: nixmig would have to re-indent the script
+        assert nl != -1 and not src[after_open:nl].strip()  # (_blocked: text on the opening line)
         body = [ln for ln in src[nl + 1 : string.end_byte - 2].split(b"\n") if ln.strip()]
         indent = min((len(ln) - len(ln.lstrip(b" ")) for ln in body), default=0)
         pad = " " * indent
         chunk = "".join(pad + escape_indented(ln, before_antiquote=False) + "\n" for ln in lines)
         b.ed.add(fm, nl + 1, nl + 1, chunk, why)
-        return True
+        return
     at = string.start_byte + 1
     b.ed.add(fm, at, at, nix_escape("".join(ln + "\n" for ln in lines)), why)
-    return True
 
 
-def _load_credential(b: Builder, fm: FileModel, unit: str, bind: Bind, credential: str) -> bool:
-    """``LoadCredential`` for the unit; False when it sets one already (nixmig does not merge it)."""
-    if any(x.exact and x.path == ("systemd", "services", unit, "serviceConfig", "LoadCredential") for x in fm.binds):
-        return False
+def _loads_credentials(fm: FileModel, bind: Bind) -> bool:
+    return any(x.exact and x.path == (*bind.path[:3], "serviceConfig", "LoadCredential") for x in fm.binds)
+
+
+def _blocked(b: Builder, fm: FileModel, groups: list[list[Use]], credential_added: set[str]) -> list[tuple[Node, str]]:
+    """Why the uses (grouped by string) cannot all be replaced, checked before any edit (none or all)."""
+    out: list[tuple[Node, str]] = []
+    scripts = credential_added | {u.unit for its in groups for u in its if u.script}
+    for its in groups:
+        use = its[0]
+        string = use.node.parent
+        assert string is not None
+        where = ".".join(use.bind.path)
+        renders = ("systemd", fm.name, use.bind.path[2]) in b.renderers
+        if _loads_credentials(fm, use.bind) and use.unit not in credential_added and not renders:
+            out.append((use.node, f"in {where}, a unit that sets LoadCredential already (nixmig does not merge it)"))
+        elif use.script and string.type == "indented_string_expression":
+            line_end = fm.source.find(b"\n", string.start_byte + 2)
+            if line_end == -1 or fm.source[string.start_byte + 2 : line_end].strip():
+                out.append((use.node, f"in {where}, a script that starts on the line of its opening quotes"))
+        elif not use.script and use.unit in scripts:
+            out.append((use.node, f"in {where}, beside a script of the same unit (one LoadCredential for both)"))
+    return out
+
+
+def _load_credential(b: Builder, fm: FileModel, unit: str, bind: Bind, credential: str) -> None:
+    """``LoadCredential`` for the unit (_blocked checked it sets none)."""
     entry = f'[ "{credential}:${{config.age.secrets.{nix_attr(b.spec.secret)}.path}}" ]'
     b.insert_path(
         fm,
@@ -453,7 +474,6 @@ def _load_credential(b: Builder, fm: FileModel, unit: str, bind: Bind, credentia
         f"(its scripts read it from $CREDENTIALS_DIRECTORY)",
         after=bind.node,
     )
-    return True
 
 
 def apply(b: Builder, password: str | None) -> None:
@@ -478,6 +498,13 @@ def apply(b: Builder, password: str | None) -> None:
             bad = [(u.node, "a URL inside an SQL string") for u in uses if is_url and u.context == "sql"]
             if not is_url and not is_field:
                 left = []  # a let password's other uses are the pipeline's; drop_lets says any left
+            strings: dict[int, tuple[Node, list[Use]]] = {}
+            for u in uses:
+                s = u.node.parent
+                assert s is not None
+                strings.setdefault(s.start_byte, (s, []))[1].append(u)
+            if not left and not bad:
+                bad = _blocked(b, fm, [its for _, its in strings.values()], units_with_credential)
             if left or bad:
                 node, why = (left + bad)[0]
                 b.handled.add((fm.name, bound.literal.start_byte))
@@ -495,33 +522,18 @@ def apply(b: Builder, password: str | None) -> None:
             if not isinstance(value, str):
                 value = b.as_login_role(value)
             var = _var(bound)
-            strings: dict[int, tuple[Node, list[Use]]] = {}
-            for u in uses:
-                s = u.node.parent
-                assert s is not None
-                strings.setdefault(s.start_byte, (s, []))[1].append(u)
             done: list[str] = []
             for string, its in strings.values():
                 use = its[0]
                 indented = string.type == "indented_string_expression"
                 where = ".".join(use.bind.path)
                 if use.script:
-                    if use.unit not in units_with_credential and not _load_credential(
-                        b, fm, use.unit, use.bind, credential
-                    ):
-                        b.manual_here(
-                            fm,
-                            use.bind.node,
-                            f"systemd.services.{use.unit} sets LoadCredential already: add "
-                            f"{credential}:config.age.secrets.{b.spec.secret}.path to it (nixmig does not merge it)",
-                            "",
-                        )
-                        return
+                    renders = ("systemd", fm.name, use.bind.path[2]) in b.renderers  # its LoadCredential is ours
+                    if use.unit not in units_with_credential and not renders:
+                        _load_credential(b, fm, use.unit, use.bind, credential)
                     units_with_credential.add(use.unit)
                     lines = _prologue(b, bound, value, its, credential)
-                    if not _insert_prologue(b, fm, string, lines, f"{where} sets {var} from the credential"):
-                        b.manual_here(fm, string, f"{where} starts on the line of its opening quotes", "")
-                        return
+                    _insert_prologue(b, fm, string, lines, f"{where} sets {var} from the credential")
                 else:
                     key = ("systemd", fm.name, use.bind.path[2])
                     if key not in b.renderers:
