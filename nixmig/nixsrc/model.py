@@ -250,11 +250,10 @@ def model(name: str, source: bytes) -> FileModel:
     top = top_expression(tree.root_node)
     if top is not None:
         fm.modules = embedded_modules(top)
-        if fm.modules:  # the file is no NixOS module: its modules are re-rooted where _walk meets them
-            fm.embedded = {_key(m.node) for m in fm.modules}
-            _walk(fm, top, ("<outer>",), False)
-        else:
-            _walk_top(fm, top)
+        fm.embedded = {_key(m.node) for m in fm.modules}  # re-rooted where _walk meets them
+        _walk_top(fm, top)
+        if fm.modules:  # the file around them is no NixOS module: no config root of its own
+            fm.roots = [r for r in fm.roots if fm.module_at(r.start_byte) is not None]
     return fm
 
 

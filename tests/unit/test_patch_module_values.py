@@ -218,3 +218,15 @@ def test_a_shape_inside_a_declarative_container_says_how_the_secret_reaches_its_
         "with privateUsers the host's file must belong to the shifted uid",
     ):
         assert part in m.what
+
+
+def test_init_still_reads_the_hosts_of_a_flake_that_holds_a_module_value() -> None:
+    """The file around a module value keeps its own paths: init finds nixosConfigurations.box in a flake.nix
+    whose modules list holds an inline module, and drafts its deploy with --flake (before the fix: 'nothing
+    in the repo', the file's paths having been read as no option paths)."""
+    from nixmig.draft import draft
+    from tests.helpers import FIXTURES
+
+    d = draft(pt.read_sources(FIXTURES / "shapes" / "module-value-flake-inline-list")).toml
+    assert 'deploy = "nixos-rebuild switch --flake .#box --target-host root@box"' in d
+    assert "from flake.nix:13 (nixosConfigurations.box)" in d
