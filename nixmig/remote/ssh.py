@@ -305,8 +305,7 @@ class SshTransport:
             self._receive(chan, hello, None, 30.0, ":", "the command runner")
         except (TransportError, OSError, EOFError, paramiko.SSHException) as exc:
             self._drop_runner()
-            if isinstance(exc, ConnectionLost):
-                raise
+            # (a dead socket found by _receive has cut the transport already: inactive)
             if _broken(exc) or not transport.is_active():
                 raise self._lost(shown, transport, None, broken=_broken(exc)) from None
             # a host without sh or head: each command in a session of its own, as before
