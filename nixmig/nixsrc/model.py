@@ -460,6 +460,7 @@ def _looks_like_module(value: Node) -> bool:
 def _slot(path: NixPath) -> str:
     """What holds a module value at ``path`` (see Embedded.where), "" for no such place."""
     segs = [s for s in path if not s.startswith("<")]
+    segs = segs[1:] if segs[:1] == ["config"] else segs  # a full-form flake-parts module's config.flake...
     if len(segs) < 2 or segs[0] in _MODULE_KEYS:
         return ""  # an option of a NixOS module (documentation.nixos.*, system.nixos.*), not a registry
     if segs[-2] == "nixosModules" or segs[-3:-1] == ["modules", "nixos"]:

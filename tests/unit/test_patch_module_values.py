@@ -230,3 +230,17 @@ def test_init_still_reads_the_hosts_of_a_flake_that_holds_a_module_value() -> No
     d = draft(pt.read_sources(FIXTURES / "shapes" / "module-value-flake-inline-list")).toml
     assert 'deploy = "nixos-rebuild switch --flake .#box --target-host root@box"' in d
     assert "from flake.nix:13 (nixosConfigurations.box)" in d
+
+
+def test_a_full_form_flake_parts_module_holds_its_module_values_under_config() -> None:
+    """`{ config, lib, ... }: { options.x = ...; config.flake.modules.nixos.db = { config, ... }: ...; }`: the
+    flake-parts module is full-form, its NixOS module is still found (and its config is its own)."""
+    src = b"""{ config, lib, ... }:
+{
+  options.flake.dbImage = lib.mkOption { default = "postgres:16"; };
+  config.flake.modules.nixos.db = { config, ... }: { services.postgresql.enable = true; };
+}
+"""
+    fm = model("modules/db.nix", src)
+    assert [m.label for m in fm.modules] == ["config.flake.modules.nixos.db"]
+    assert any(b.exact and b.path == ("services", "postgresql", "enable") for b in fm.binds)
