@@ -1,7 +1,7 @@
 """A let-bound password or URL read by a systemd unit's script (nixmig/nixsrc/shapes/let_script.py).
 
 The patched scripts are evaluated by nix-instantiate and run by real bash, with the credential
-systemd would hand over in a temp dir and the commands they call (docker, psql, mysql, logger)
+systemd would hand over in a temp dir and the commands they call (docker, psql, mysql, pg_dump)
 replaced by stubs that record their argv (a fake, named so: no dockerd or server is needed to see
 what a command receives). A password with every character that quoting gets wrong must arrive
 exactly: percent-encoded in a URL, its quotes doubled in SQL (and its backslashes for MySQL).
@@ -48,8 +48,8 @@ MODULE = """{ config, pkgs, ... }:
       '';
       script = ''
         docker exec --interactive db psql "${dsn}" -v ON_ERROR_STOP=1
-        echo 'loaded into ${dsn}' | logger -t ledger-schema
-        logger '${dsn}'
+        pg_dump --schema-only --dbname='${dsn}' -f /dev/null
+        pg_dump '${dsn}' >/dev/null
         psql -c "ALTER ROLE postgres PASSWORD '${pw}'"
         mysql -e "ALTER USER postgres IDENTIFIED BY '${pw}'"
       '';
@@ -90,7 +90,7 @@ def _run(tmp_path: Path, script: str, password: str) -> list[list[str]]:
     bin_dir, creds = tmp_path / "bin", tmp_path / "creds"
     bin_dir.mkdir(exist_ok=True)
     creds.mkdir(exist_ok=True)
-    for name in ("docker", "psql", "mysql", "logger"):
+    for name in ("docker", "psql", "mysql", "pg_dump"):
         (bin_dir / name).write_text(STUB)
         (bin_dir / name).chmod(0o755)
     (creds / "ledger-db-password").write_bytes(password.encode())
@@ -115,8 +115,8 @@ def test_the_patched_scripts_run_and_every_command_gets_the_secret_exactly(tmp_p
     calls = _run(tmp_path, scripts["script"], NASTY)
     assert calls == [
         ["docker", "exec", "--interactive", "db", "psql", url, "-v", "ON_ERROR_STOP=1"],
-        ["logger", "-t", "ledger-schema"],
-        ["logger", url],
+        ["pg_dump", "--schema-only", f"--dbname={url}", "-f", "/dev/null"],
+        ["pg_dump", url],
         ["psql", "-c", "ALTER ROLE postgres PASSWORD '" + NASTY.replace("'", "''") + "'"],
         ["mysql", "-e", "ALTER USER postgres IDENTIFIED BY '" + NASTY.replace("\\", "\\\\").replace("'", "''") + "'"],
     ]
@@ -155,7 +155,7 @@ def test_a_use_left_keeps_the_whole_value_and_is_said() -> None:
     ],
 )
 def test_a_use_whose_quoting_nixmig_does_not_follow_is_left_and_said(script: str, why: str) -> None:
-    text = MODULE.replace("logger '${dsn}'", script.replace("\\n", "\n"))
+    text = MODULE.replace("pg_dump '${dsn}' >/dev/null", script.replace("\\n", "\n"))
     plan, out = _plan(text)
     assert b"dsn = " in out and b"nixmig_dsn" not in out
     assert any(why in m.what and "dsn (the hardcoded password" in m.what for m in plan.manual), plan.manual
@@ -195,14 +195,14 @@ def test_a_script_in_a_double_quoted_nix_string_runs_too(tmp_path: Path) -> None
     start, end = MODULE.index("      script = ''"), MODULE.index("      serviceConfig.Type")
     text = (
         MODULE[:start]
-        + '      script = "docker exec db psql ${dsn} && logger \\"at ${dsn}\\" \'${dsn}\'";\n'
+        + '      script = "docker exec db psql ${dsn} && pg_dump \\"--dbname=${dsn}\\" \'${dsn}\'";\n'
         + MODULE[end:]
     )
     plan, out = _plan(text)
     assert plan.manual == (), [m.what for m in plan.manual]
     url = "postgresql://postgres:" + quote(NASTY, safe="") + "@localhost/ledger"
     calls = _run(tmp_path, _scripts(tmp_path, out)["script"], NASTY)
-    assert calls == [["docker", "exec", "db", "psql", url], ["logger", f"at {url}", url]]
+    assert calls == [["docker", "exec", "db", "psql", url], ["pg_dump", f"--dbname={url}", url]]
 
 
 @pytest.mark.parametrize(
