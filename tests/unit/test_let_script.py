@@ -20,7 +20,7 @@ import pytest
 
 from nixmig.nixsrc import patch as pt
 from nixmig.nixsrc.shapes.let_script import shell_context
-from tests.helpers import plan_shape_case
+from tests.helpers import FIXTURES, plan_shape_case
 
 CASE = "oci-let-uri-in-unit-script"
 FILE = "hosts/box/ledger.nix"
@@ -227,3 +227,16 @@ def test_a_use_nixmig_cannot_finish_leaves_every_use(old: str, new: str, why: st
     plan, out = _plan(text)
     assert b"dsn = " in out and b"nixmig_dsn" not in out
     assert any(why in m.what and "dsn (the hardcoded password" in m.what for m in plan.manual), plan.manual
+
+
+def test_a_podman_run_command_line_stays_run_argv_s() -> None:
+    """``podman run -e 'DATABASE_URL=postgresql://u:${dbPassword}@db/x'`` in a unit's ExecStart is run_argv's
+    (--env-file: the URL in no argv); let_script, earlier in the table, does not make it ``${VAR}``."""
+    case = FIXTURES / "shapes" / "oci-execstart-argv-password"
+    text = (case / "hosts/box/notes.nix").read_text()
+    assert 'systemd.services."${app}-migrate"' in text
+    text = text.replace('systemd.services."${app}-migrate"', "systemd.services.notes-migrate")
+    plan, out = plan_shape_case(case.name, "hosts/box/notes.nix", text.encode())
+    assert isinstance(plan, pt.Plan) and plan.manual == ()
+    assert b"podman run --rm --env-file /run/notes-migrate/notes-db-password.env example/notes:3" in out
+    assert b"NIXMIG_" not in out and b"argv-pw-6" not in out

@@ -36,6 +36,7 @@ from nixmig.nixsrc.quote import escape_indented, nix_attr, nix_escape, shell_quo
 from nixmig.nixsrc.render import EnvLine
 from nixmig.nixsrc.scan import classify_name
 from nixmig.nixsrc.shapes import Shape
+from nixmig.nixsrc.shapes.run_argv import _RUN
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -48,6 +49,8 @@ COMMAND_LINES = (("serviceConfig", "ExecStart"), ("serviceConfig", "ExecStartPre
 _STRINGS = ("string_expression", "indented_string_expression")
 _HOLE = "\x00"  # an interpolation in the decoded shell text (a word of its own, no quote in it)
 _MYSQL = re.compile(r"(?:^|[\s/}])(?:mysql|mariadb)\b")
+# ``podman|docker run -e 'VAR=...${x}...'`` on a command line is run_argv's (an --env-file, no argv)
+FOREIGN = "a podman/docker run command line (the run-argv shape's)"
 _CLAUSE_BEFORE = re.compile(r"(?i)(?:IDENTIFIED\s+BY|PASSWORD)\s*'$")
 
 
@@ -266,6 +269,9 @@ def _uses(values: dict[str, str], fm: FileModel, bound: Bound) -> tuple[list[Use
             left.append((u, f"in {'.'.join(path)}, in single quotes right after an escaped quote"))
             continue
         command = _command_of(*_resolved(values, fm, string, s, holes, pos))
+        if not script and _RUN.search(command):
+            left.append((u, FOREIGN))  # run_argv gives the container an --env-file: no value in argv
+            continue
         ok.append(Use(hole, unit.strip('"'), bind, script, ctx, bool(_MYSQL.search(command))))
     return ok, left
 
@@ -494,6 +500,9 @@ def apply(b: Builder, password: str | None) -> None:
                 continue
             is_field = "." in bound.shown
             is_url = not isinstance(value, str)
+            if (is_url or is_field) and any(why == FOREIGN for _, why in left):
+                continue  # run_argv's use, and the pipeline's for the rest (as before this shape)
+            left = [x for x in left if x[1] != FOREIGN]
             b.known.add(digest((value if isinstance(value, str) else value.password).encode()))
             bad = [(u.node, "a URL inside an SQL string") for u in uses if is_url and u.context == "sql"]
             if not is_url and not is_field:
