@@ -323,6 +323,12 @@ def _host_dir(file: str) -> str | None:
     return None
 
 
+def _where_it_sits(fm: FileModel, node: Node, path: NixPath) -> NixPath:
+    """``path`` read from the root of a module held as a value, from the file's root instead."""
+    m = fm.module_at(node.start_byte) if fm.modules else None
+    return (*m.path, *path) if m is not None else path
+
+
 def _hosts(models: Mapping[str, FileModel], nodes: Mapping[str, EvalNode] | None, eval_from: str) -> dict[str, _Host]:
     hosts: dict[str, _Host] = {}
     deploy_top: dict[str, tuple[Any, str]] = {}
@@ -336,16 +342,18 @@ def _hosts(models: Mapping[str, FileModel], nodes: Mapping[str, EvalNode] | None
     deploy_where: dict[str, dict[str, str]] = {}
     for fm in models.values():
         hive = posixpath.basename(fm.name) == "hive.nix"
+        # a module held as a value (a colmena hive's node): its paths as they sit in the file (model.Embedded)
+        outer = [(_where_it_sits(fm, node, path), node) for path, node in fm.paths]
         for b in fm.binds:
             if not b.exact:
                 continue
-            p = b.path
+            p = _where_it_sits(fm, b.node, b.path)
             at = _at(fm, b.node)
             if (seg := _segment_after(p, "nixosConfigurations")) is not None:
                 i, name = seg
                 h = host(name, f"{at} (nixosConfigurations.{name})")
                 h.nixos = h.nixos or at
-                for path, node in fm.paths:
+                for path, node in outer:
                     if path[: i + 2] == p[: i + 2] and (t := _resolve(fm.name, text(node), models)):
                         h.roots.add(t)
             if (seg := _segment_after(p, "deploy")) is not None and len(p) > seg[0] + 1:
@@ -376,7 +384,7 @@ def _hosts(models: Mapping[str, FileModel], nodes: Mapping[str, EvalNode] | None
                 i, name = colmena
                 h = host(name, f"{at} (colmena.{name})" if i >= 0 else f"{at} (hive node {name})")
                 h.colmena = h.colmena or at
-                for path, node in fm.paths:
+                for path, node in outer:
                     if path[: i + 2] == p[: i + 2] and (t := _resolve(fm.name, text(node), models)):
                         h.roots.add(t)
                 key = p[i + 2 :]

@@ -128,11 +128,13 @@ class Embedded:
     """A NixOS module held as a value inside a file that is no NixOS module itself: an element of a
     ``nixosSystem { modules = [ ... ]; }`` list (``where`` "list"), the value of flake-parts'
     ``flake.modules.nixos.NAME`` or a flake's ``nixosModules.NAME`` ("deferred": a deferredModule, a
-    function or an attrset), or of another registry's ``*.nixos.NAME`` ("registry": its type unknown)."""
+    function or an attrset), of a node of a colmena hive (``meta.nixpkgs`` beside it: "deferred"), or of
+    another registry's ``*.nixos.NAME`` ("registry": its type unknown)."""
 
     node: Node  # the value as written (maybe parenthesized)
     where: str
     label: str  # its attribute path, or ``NAME.modules[i]``, for messages
+    path: NixPath = ()  # where it sits in the file (the attribute path of the binding it is the value of)
 
     def function(self) -> Node | None:
         """The function that is the module (the innermost of a curried one, through let-in), if any."""
@@ -474,6 +476,23 @@ def _label(path: NixPath) -> str:
     )
 
 
+def _is_hive(attrset: Node) -> bool:
+    """A colmena hive: ``meta.nixpkgs`` beside the nodes (``meta = { nixpkgs = ...; }``, or dotted)."""
+    for b in bindings(attrset):
+        names = _names(b) if b.type == "binding" else ()
+        if names[:2] == ("meta", "nixpkgs"):
+            return True
+        ex = b.child_by_field_name("expression") if names == ("meta",) else None
+        meta = unparen(ex) if ex is not None else None
+        if (
+            meta is not None
+            and meta.type in ("attrset_expression", "rec_attrset_expression")
+            and any(_names(x)[:1] == ("nixpkgs",) for x in bindings(meta) if x.type == "binding")
+        ):
+            return True
+    return False
+
+
 def embedded_modules(top: Node) -> list[Embedded]:
     """The NixOS modules held as values in a file (see Embedded); [] for a file that is a module."""
     out: list[Embedded] = []
@@ -481,15 +500,16 @@ def embedded_modules(top: Node) -> list[Embedded]:
     def visit(node: Node, path: NixPath) -> None:
         t = node.type
         if t in ("attrset_expression", "rec_attrset_expression"):
+            hive = _is_hive(node)
             for b in bindings(node):
                 ap = b.child_by_field_name("attrpath") if b.type == "binding" else None
                 ex = b.child_by_field_name("expression") if ap is not None else None
                 if ap is None or ex is None:
                     continue
                 sub = path + attr_names(ap)
-                where = _slot(sub)
+                where = _slot(sub) or ("deferred" if hive and len(sub) == len(path) + 1 and sub[-1] != "meta" else "")
                 if where and _looks_like_module(ex):
-                    out.append(Embedded(ex, where, _label(sub)))
+                    out.append(Embedded(ex, where, _label(sub), sub))
                 else:
                     visit(ex, sub)
             return
@@ -516,7 +536,9 @@ def embedded_modules(top: Node) -> list[Embedded]:
                             "attrset_expression",
                             "rec_attrset_expression",
                         ) and _looks_like_module(e):
-                            out.append(Embedded(e, "list", f"{_label(path) or 'nixosSystem'}.modules[{i}]"))
+                            out.append(
+                                Embedded(e, "list", f"{_label(path) or 'nixosSystem'}.modules[{i}]", (*path, "modules"))
+                            )
                 return
         for c in node.named_children:
             visit(c, path)
