@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,8 @@ from nixmig.cli.common import JsonOption, RepoOption, print_json
 from nixmig.errors import UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from nixmig.nixsrc.patch import Plan
 
 
@@ -74,6 +77,12 @@ def patch(
                 if spec.strategy == "move"
                 else "`"
             )
+        )
+    if plan.edits and not agenix_in(sources):
+        notes.append(
+            "nothing in the repo's .nix files imports agenix's NixOS module (agenix.nixosModules.default, "
+            "ragenix, agenix-rekey, <agenix/modules/age.nix>): add it to the host's "
+            "modules, or the deploy fails to evaluate (The option `age' does not exist)"
         )
     for var, secret in (*spec.also, *plan.auto_also):  # companions keep their value: made from the line
         if not (root / spec.secrets_dir / f"{secret}.age").exists():
@@ -248,3 +257,16 @@ def _as_json(plan: Plan, migration: str, diff: str, notes: list[str], *, written
         "also_added": dict(plan.auto_also),  # companions found by patch, added to nixmig.toml by --write
         "diff": diff,
     }
+
+
+# agenix's NixOS module brought in: a flake's agenix/ragenix/agenix-rekey input's nixosModules, the
+# channel's path, or a setting only the module has (age.identityPaths, agenix-rekey's age.rekey) in
+# use. Not age.secrets: patch writes that itself, and a second run would take it for the import.
+_AGENIX = re.compile(
+    rb"\b(?:r?agenix|agenix-rekey)\b[^\n]*\bnixosModules?\b|/modules/age\.nix\b|\bage\.(?:identityPaths|rekey)\b"
+)
+
+
+def agenix_in(sources: Mapping[str, bytes]) -> bool:
+    """Whether the repo's Nix files bring in agenix's NixOS module (see _AGENIX)."""
+    return any(name.endswith(".nix") and _AGENIX.search(src) for name, src in sources.items())
