@@ -1406,6 +1406,9 @@ class Builder:
         for b in fm.binds:
             if b.exact and b.path and prefix[: len(b.path)] == b.path:
                 return b.node
+        for b in fm.binds:  # only dotted bindings under it (containers.web.image = ...; containers.web.env... = ...)
+            if b.exact and b.path[: len(prefix)] == prefix:
+                return b.node
         raise PatchError(f"no binding for {'.'.join(prefix)}", where=fm.name)
 
     def arion_project(self, fm: FileModel, prefix: NixPath) -> tuple[FileModel, str, Node, str] | None:
