@@ -30,7 +30,9 @@ def patch(
         help="Path to nixmig.toml (default: nixmig.toml in --repo, else in the current directory).",
         show_default=False,
     ),
-    migration: str | None = typer.Option(None, "--migration", "-m", help="Migration name (default: the only one)."),
+    migration: str | None = typer.Option(
+        None, "--migration", "-m", help="Migration name (default: every migration of nixmig.toml, one after another)."
+    ),
     write: bool = typer.Option(False, "--write", help="Apply the changes (every file is parsed first; all or none)."),
     check: bool = typer.Option(
         False, "--check", help="Exit 1 when the tree is not patched yet or a credential is left (for CI)."
@@ -50,11 +52,11 @@ def patch(
     credential in the migration's files) is listed with file:line and why, and
     --write / --check exit 1 while anything is left. "Nothing to change" (exit 0) only
     when the scan finds nothing left and the tree uses the agenix secret.
+
+    Without --migration, every migration of nixmig.toml in turn (each planned against
+    what the one before wrote); the exit is 1 if any of them calls for it.
     """
     from nixmig import config as cfgmod
-    from nixmig.errors import ConfigError
-    from nixmig.nixsrc import patch as pt
-    from nixmig.nixsrc import validate
 
     if write and check:
         raise UsageError("--write and --check exclude each other", hint="--check only reports; --write applies")
@@ -63,7 +65,58 @@ def patch(
     cfg_path = config or ((repo or Path.cwd()) / cfgmod.DEFAULT_CONFIG)
     cfg = cfgmod.load(cfg_path)
     root = repo or cfg.repo
-    name = _pick_migration(cfg, migration)
+    names = _pick_migrations(cfg, migration)
+    if len(names) == 1:
+        one = names[0]
+        ok, report = _patch_one(cfg, cfg_path, root, one, write=write, check=check, explain=explain, quiet=json_out)
+        if json_out:
+            print_json(report)
+        if not ok:
+            raise typer.Exit(1)
+        return
+    # several: each in turn, planned against what the one before wrote (and with the also it added). A
+    # migration's verdict lists the others' literals as left until they are patched, so with --write the
+    # verdict is a second pass over the tree all of them wrote (what is left then is really left).
+    written: list[dict[str, Any]] = []
+    if write:
+        for name in names:
+            _, report = _patch_one(
+                cfgmod.load(cfg_path), cfg_path, root, name, write=True, check=False, explain=False, quiet=True
+            )
+            written.append(report)
+            if not json_out:
+                did = f"wrote {len(report['files'])} file(s), {len(report['edits'])} edits" if report["written"] else ""
+                typer.echo(f"== migration {name}: {did or 'nothing written'}", err=True)
+    failed, reports = False, []
+    for name in names:
+        if not json_out:
+            typer.echo(f"== migration {name}" + (": what is left" if write else ""), err=True)
+        ok, report = _patch_one(
+            cfgmod.load(cfg_path),
+            cfg_path,
+            root,
+            name,
+            write=False,
+            check=check or write,
+            explain=explain,
+            quiet=json_out,
+        )
+        failed |= not ok
+        reports.append(report)
+    if json_out:
+        print_json({"migrations": written or reports, "verdict": reports, "clean": all(r["clean"] for r in reports)})
+    if failed:
+        raise typer.Exit(1)
+
+
+def _patch_one(
+    cfg: Any, cfg_path: Path, root: Path, name: str, *, write: bool, check: bool, explain: bool, quiet: bool
+) -> tuple[bool, dict[str, Any]]:
+    """Patch (or explain, or check) one migration: (no exit 1 due, its JSON report); ``quiet``: print nothing."""
+    from nixmig.errors import ConfigError
+    from nixmig.nixsrc import patch as pt
+    from nixmig.nixsrc import validate
+
     spec = pt.spec_for(cfg, name)
     sources = pt.read_sources(root)
     plan = pt.plan(sources, spec, find_companions=True)
@@ -125,12 +178,10 @@ def patch(
     elif plan.edits:
         validate.check_all(plan.results(sources))  # refuse early: the diff shown is one that parses
 
-    if json_out:
-        print_json(_as_json(plan, name, diff, notes, written=checked is not None))
-    else:
+    if not quiet:
         _render(plan, diff, notes, explain=explain, check=check, checked=checked)
-    if (check and not plan.clean) or (write and plan.manual):
-        raise typer.Exit(1)
+    ok = not ((check and not plan.clean) or (write and plan.manual))
+    return ok, _as_json(plan, name, diff, notes, written=checked is not None)
 
 
 def _with_companions(cfg_path: Path, migration: str, plan: Plan) -> str | None:
@@ -198,16 +249,16 @@ def _literal_at(places: tuple[str, ...], plan: Plan, sources: dict[str, bytes]) 
     return places[0]
 
 
-def _pick_migration(cfg: Any, name: str | None) -> str:
-    """--migration NAME, or the only one (as `nixmig plan` picks it, without importing the engine)."""
+def _pick_migrations(cfg: Any, name: str | None) -> list[str]:
+    """--migration NAME, or every migration in the file's order (init drafts one per database)."""
     defined = ", ".join(cfg.migrations) or "(none)"
     if name is not None:
         if name not in cfg.migrations:
             raise UsageError(f"no migration {name!r}", where=cfg.path, hint="defined: " + defined)
-        return name
-    if len(cfg.migrations) != 1:
-        raise UsageError("which migration?", where=cfg.path, hint="pass --migration NAME; defined: " + defined)
-    return str(next(iter(cfg.migrations)))
+        return [name]
+    if not cfg.migrations:
+        raise UsageError("no migration defined", where=cfg.path, hint="add a [migrations.NAME] table (nixmig init)")
+    return [str(n) for n in cfg.migrations]
 
 
 def _render(plan: Plan, diff: str, notes: list[str], *, explain: bool, check: bool, checked: str | None) -> None:

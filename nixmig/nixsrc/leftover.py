@@ -413,7 +413,10 @@ def leftovers(
                     "another credential of a container this migration patches (it leaves the Nix store with "
                     f"the database's password, onto its own secret): {fix}"
                 )
-            out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end, var))
+            # a companion only of a container this migration patches: another database's container in the
+            # same file (its MYSQL_ROOT_PASSWORD) is another migration's
+            mine = var if same or not containers or _in_container(f, name, containers) else ""
+            out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end, mine))
         # the password itself where scan saw none (a value that reads like a placeholder,
         # "SECURE_PASSWORD_HERE"): the plan recognised it as the password, so it is one here too
         seen = {(o.file, o.line) for o in out if o.file == name}

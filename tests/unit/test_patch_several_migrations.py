@@ -1,0 +1,100 @@
+"""`nixmig patch` without --migration patches every migration of nixmig.toml (init drafts one per database)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from nixmig import config
+from tests.helpers import run_cli
+
+SHAPES = Path(__file__).resolve().parents[1] / "fixtures" / "shapes"
+ADMIN = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIWGQejmv1vqcqb2xrIuLEd6YFeWLHzeobl7s3js0eT3"
+BOX = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG8IX+GbwvuhhTIXuwLJpZ4x7RNzQwb4yKIOiP1pQGSi"
+
+MODULE = """{ config, ... }:
+{
+  virtualisation.oci-containers.containers = {
+    photos-db = {
+      image = "postgres:16";
+      environment = { POSTGRES_USER = "photos"; POSTGRES_PASSWORD = "photos-pw-1"; };
+    };
+    photos = {
+      image = "example/photos:2";
+      environment.DATABASE_URL = "postgres://photos:photos-pw-1@photos-db/photos";
+    };
+    rss-db = {
+      image = "postgres:16";
+      environment = { POSTGRES_USER = "rss"; POSTGRES_PASSWORD = "rss-pw-2"; };
+    };
+    cloud-db = {
+      image = "mariadb:11";
+      environment = { MYSQL_USER = "cloud"; MYSQL_PASSWORD = "cloud-pw-3"; MYSQL_ROOT_PASSWORD = "cloud-root-4"; };
+    };
+  };
+}
+"""
+
+TOML = f"""[operator]
+recipients = ["{ADMIN}"]
+
+[hosts.box]
+address = "box.example.org"
+age_recipient = "{BOX}"
+
+[services.photos-db]
+host = "box"
+container = "photos-db"
+database = "photos"
+role = "photos"
+
+[services.rss-db]
+host = "box"
+container = "rss-db"
+database = "rss"
+role = "rss"
+
+[migrations.photos-db-password]
+service = "photos-db"
+secret = "photos-db-password"
+
+[migrations.rss-db-password]
+service = "rss-db"
+secret = "rss-db-password"
+"""
+
+
+CLOUD = """    cloud-db = {
+      image = "mariadb:11";
+      environment = { MYSQL_USER = "cloud"; MYSQL_PASSWORD = "cloud-pw-3"; MYSQL_ROOT_PASSWORD = "cloud-root-4"; };
+    };
+"""
+
+
+def _repo(tmp_path: Path, *, cloud: bool = False) -> Path:
+    repo = tmp_path / "r"
+    (repo / "hosts" / "box").mkdir(parents=True)
+    shutil.copytree(SHAPES / "oci-mariadb" / "secrets", repo / "secrets")
+    (repo / "hosts" / "box" / "apps.nix").write_text(MODULE if cloud else MODULE.replace(CLOUD, ""))
+    (repo / "nixmig.toml").write_text(TOML)
+    return repo
+
+
+def test_every_migration_is_patched_in_turn_and_checked_together(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    explained = run_cli("patch", "--explain", cwd=repo)
+    err = explained.stderr.decode()
+    assert "== migration photos-db-password" in err and "== migration rss-db-password" in err
+    wrote = run_cli("patch", "--write", cwd=repo)
+    assert wrote.returncode == 0, wrote.stdout.decode() + wrote.stderr.decode()
+    text = (repo / "hosts" / "box" / "apps.nix").read_text()
+    assert "photos-pw-1" not in text and "rss-pw-2" not in text
+    assert run_cli("patch", "--check", "-m", "photos-db-password", cwd=repo).returncode == 0
+    assert run_cli("patch", "--check", cwd=repo).returncode == 0
+
+
+def test_another_database_s_root_password_in_the_same_file_is_no_companion(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, cloud=True)
+    run_cli("patch", "--write", "-m", "photos-db-password", cwd=repo)
+    cfg = config.load(repo / "nixmig.toml")
+    assert dict(cfg.migrations["photos-db-password"].also) == {}  # not cloud-db's MYSQL_ROOT_PASSWORD
