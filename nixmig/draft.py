@@ -840,10 +840,15 @@ def _container_name(c: _Container, db: _Db, models: Mapping[str, FileModel] | No
                 "virtualisation.podman.dockerSocket (nixmig runs the docker CLI)"
             )
         elif backend[0] == "podman":
+            rootless = _lit(c.fm, (*c.prefix, "podman", "user"))
             db.docker_host = Val(
                 _PODMAN_SOCKET,
                 f"{backend[1]} (backend podman)",
-                "nixmig runs the docker CLI against podman's socket: enable virtualisation.podman.dockerSocket "
+                f"the container runs rootless as podman.user {rootless[0]} ({rootless[1]}): root's podman socket "
+                f"does not see it; set docker_host to {rootless[0]}'s (unix:///run/user/UID/podman/podman.sock, "
+                "its podman.socket enabled) and install the docker client on the host"
+                if rootless is not None and rootless[0] not in ("", "root")
+                else "nixmig runs the docker CLI against podman's socket: enable virtualisation.podman.dockerSocket "
                 "and install the docker client on the host",
             )
     if db.container is not None and not _DOCKER_NAME.fullmatch(str(db.container.value)):

@@ -657,6 +657,25 @@ class Builder:
                 f"age.secrets.{nix_attr(secret)}.owner = <the rootless user>;",
             )
             return None
+        rootless_user = self._bind_at(fm, (*prefix, "podman", "user")) if kind == "oci" else None
+        if rootless_user is not None:  # nixpkgs' rootless podman: the host user's podman reads the mount
+            value = self.value_of(fm, unparen(rootless_user.value))
+            if value is None:
+                self.manual_here(
+                    fm,
+                    rootless_user.value,
+                    f"the {name} container runs rootless as a computed podman.user: nixmig cannot tell who must "
+                    f"read {posixpath.join(self.spec.agenix_dir, secret)}",
+                    f"age.secrets.{nix_attr(secret)}.owner = <the podman.user>;",
+                )
+                return None
+            if value not in ("", "root"):
+                return (
+                    nix_string(value),
+                    None,
+                    f"owned by {value}, the podman.user whose rootless podman runs the {name} container (its root "
+                    "is that user: a root-owned 0400 file would be unreadable)",
+                )
         b = self._bind_at(fm, (*prefix, *KINDS[kind].user))
         if b is None:
             return None
