@@ -1805,9 +1805,26 @@ class Builder:
             )
             own_env_files = not (r.kind == "systemd" and self.append_environment_file(fm, r, files))
             attr = nix_attrpath((*target.write_prefix, *path[len(target.path) :]))
-            snippet = self.render_unit(r, files, attr, env_files=own_env_files)
+            snippet = self.join_exec_start_pre(fm, r, self.render_unit(r, files, attr, env_files=own_env_files))
             self.ed.insert_binding(fm, target.node, snippet, why, after=after)
             self.need(fm, ("config", "lib", "pkgs"))
+
+    def join_exec_start_pre(self, fm: FileModel, r: _Renderer, snippet: str) -> str:
+        """The unit's serviceConfig sets ExecStartPre already (``...serviceConfig.ExecStartPre = [ build ];``):
+        the renderer's command goes first in that list, and the snippet loses its own ExecStartPre (a
+        second one would not parse). A value that is no list becomes ``[ ours ] ++ lib.toList (old)``."""
+        found = [b for b in fm.binds if b.exact and b.path == (*r.service_path, "ExecStartPre")]
+        m = _SNIPPET_EXEC_START_PRE.search(snippet)
+        if len(found) != 1 or m is None:
+            return snippet
+        value = unparen(found[0].value)
+        why = f"{r.unit}: the renderer's command runs first among the ExecStartPre the unit sets already"
+        if value.type == "list_expression":
+            self.ed.add(fm, value.start_byte + 1, value.start_byte + 1, f" {m.group(1)}", why)
+        else:
+            old = fm.text(value)
+            self.ed.add(fm, value.start_byte, value.end_byte, f"[ {m.group(1)} ] ++ lib.toList ({old})", why)
+        return snippet[: m.start()] + snippet[m.end() :]
 
     def append_environment_file(self, fm: FileModel, r: _Renderer, files: Sequence[EnvFile]) -> bool:
         """The unit's serviceConfig sets EnvironmentFile already (a string, an expression or a list):
@@ -2597,6 +2614,8 @@ _PASSWORD_SUFFIX = re.compile(r"(?:PASSWORD|PASSWD|PASS|PWD|password|passwd|pass
 _RAW_ENV_VALUE = re.compile(r"[A-Za-z0-9._~-]+")  # what the renderer writes as a bare VAR=value line
 _SAFE_URL_PART = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]*")
 _SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
+# the renderer's ExecStartPre line in a rendered unit snippet (its script is an indented string ending ''})
+_SNIPPET_EXEC_START_PRE = re.compile(r"(?ms)^[ \t]*ExecStartPre = \[ (\"\$\{pkgs\.writeShellScript .*?''\}\") \];\n")
 
 
 def oci_unit_seg(fm: FileModel | None, name: str) -> str:
