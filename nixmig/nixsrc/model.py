@@ -493,6 +493,27 @@ def _is_hive(attrset: Node) -> bool:
     return False
 
 
+def _is_nixops_network(attrset: Node) -> bool:
+    """A NixOps network: ``network.*`` beside the machines, or a machine's module that sets
+    ``deployment.*`` (targetEnv, targetHost: NixOps' per-machine options)."""
+    for b in bindings(attrset):
+        names = _names(b) if b.type == "binding" else ()
+        if names[:1] == ("network",):
+            return True
+        ex = b.child_by_field_name("expression") if names else None
+        body = unparen(ex) if ex is not None else None
+        while body is not None and body.type == "function_expression":
+            inner = body.child_by_field_name("body")
+            body = unparen(inner) if inner is not None else None
+        if (
+            body is not None
+            and body.type in ("attrset_expression", "rec_attrset_expression")
+            and any(_names(x)[:1] == ("deployment",) for x in bindings(body) if x.type == "binding")
+        ):
+            return True
+    return False
+
+
 def embedded_modules(top: Node) -> list[Embedded]:
     """The NixOS modules held as values in a file (see Embedded); [] for a file that is a module."""
     out: list[Embedded] = []
@@ -500,14 +521,15 @@ def embedded_modules(top: Node) -> list[Embedded]:
     def visit(node: Node, path: NixPath) -> None:
         t = node.type
         if t in ("attrset_expression", "rec_attrset_expression"):
-            hive = _is_hive(node)
+            hive = _is_hive(node) or _is_nixops_network(node)
             for b in bindings(node):
                 ap = b.child_by_field_name("attrpath") if b.type == "binding" else None
                 ex = b.child_by_field_name("expression") if ap is not None else None
                 if ap is None or ex is None:
                     continue
                 sub = path + attr_names(ap)
-                where = _slot(sub) or ("deferred" if hive and len(sub) == len(path) + 1 and sub[-1] != "meta" else "")
+                node_name = len(sub) == len(path) + 1 and sub[-1] not in ("meta", "network")
+                where = _slot(sub) or ("deferred" if hive and node_name else "")
                 if where and _looks_like_module(ex):
                     out.append(Embedded(ex, where, _label(sub), sub))
                 else:

@@ -107,6 +107,7 @@ if TYPE_CHECKING:
     from tree_sitter import Node
 
     from nixmig.config import Config
+    from nixmig.nixsrc.model import Embedded
 
 DB_PASSWORD_VAR = "POSTGRES_PASSWORD"  # noqa: S105 - a variable name
 URL_SCHEMES = ("postgres", "postgresql")
@@ -1974,6 +1975,47 @@ class Builder:
         finally:
             self.ed.staging = False
 
+    def age_missing_in_module_values(self) -> bool:
+        """Edits that read ``config.age.secrets.NAME`` in two NixOS modules held as values of one file (a
+        colmena node, a NixOps machine: hosts of their own) need age.secrets.NAME in each; nixmig declares
+        it in one. True (nothing is written, each said) when a module reads one it does not declare."""
+        missing = False
+        for fm in self.models.values():
+            if len(fm.modules) < 2:
+                continue
+            reads: dict[tuple[int, str], Embedded] = {}
+            declares: set[tuple[int, str]] = set()
+            for e in self.ed.items:
+                m = fm.module_at(e.start) if e.file == fm.name else None
+                if m is None:
+                    continue
+                for name in _AGE_READ.findall(e.replacement.decode(errors="replace")):
+                    reads[(id(m), name.strip('"'))] = m
+                for name in _AGE_DECLARED.findall(e.replacement.decode(errors="replace")):
+                    declares.add((id(m), name.strip('"')))
+            for b in fm.binds:
+                m = fm.module_at(b.node.start_byte)
+                if m is not None and b.path[:2] == ("age", "secrets") and len(b.path) >= 3:
+                    declares.add((id(m), b.path[2]))
+            for (key, name), m in reads.items():
+                if (key, name) in declares:
+                    continue
+                others = sorted({o.label for (k, n), o in reads.items() if n == name and k != key})
+                self.manual.append(
+                    Manual(
+                        fm.name,
+                        fm.source.count(b"\n", 0, m.node.start_byte) + 1,
+                        1,
+                        f"{m.label} reads config.age.secrets.{name}.path, and so does {', '.join(others)}: NixOS "
+                        f"modules held as values in {fm.name} (hosts of their own: a colmena node, a NixOps "
+                        f"machine) each need age.secrets.{name}, and nixmig declares it in one module only; "
+                        "nothing is written: declare it in each by hand (the snippet), then run patch again",
+                        self.age_snippet(fm, ("age", "secrets", name), name),
+                    )
+                )
+                missing = True
+        return missing
+
     def age_file_beside(self, fm: FileModel, name: str) -> None:
         age_file = posixpath.join(posixpath.normpath(self.spec.secrets_dir), name + ".age")
         path_expr = nix_path(posixpath.relpath(age_file, posixpath.dirname(fm.name) or "."))
@@ -2392,7 +2434,8 @@ class Builder:
             self.age_secret(preferred or self.mount_file, secret)
         self.password_option(renderer_files or ([preferred] if preferred else []))
         self.login_user()
-        unusable = False
+        age_missing = self.age_missing_in_module_values()
+        unusable = age_missing
         for name, names in self.needs_formals.items():
             fm = self.models[name]
             wanted = [n for n in ("config", "lib", "pkgs") if n in names]
@@ -2407,7 +2450,14 @@ class Builder:
         if unusable:  # the edits hang together (a renderer here, its env file named there): none, all said
             self.ed.items = []
             self.let_used.clear()  # no use was replaced: every let-bound password stays
-            self.notes.append("nothing is written: the edits need a file nixmig cannot give config/lib/pkgs")
+            self.notes.append(
+                "nothing is written: "
+                + (
+                    "age.secrets is needed in several NixOS modules held as values (above)"
+                    if age_missing
+                    else "the edits need a file nixmig cannot give config/lib/pkgs"
+                )
+            )
         elif self.mysql_under_rotation():
             unusable = True
             self.ed.items = []
@@ -2614,6 +2664,9 @@ _PASSWORD_SUFFIX = re.compile(r"(?:PASSWORD|PASSWD|PASS|PWD|password|passwd|pass
 _RAW_ENV_VALUE = re.compile(r"[A-Za-z0-9._~-]+")  # what the renderer writes as a bare VAR=value line
 _SAFE_URL_PART = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]*")
 _SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
+# what an edit reads and declares of agenix (the names as written: a bare attribute or a quoted one)
+_AGE_READ = re.compile(r"config\.age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\.path")
+_AGE_DECLARED = re.compile(r"(?m)^\s*age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\s*=")
 # the renderer's ExecStartPre line in a rendered unit snippet (its script is an indented string ending ''})
 _SNIPPET_EXEC_START_PRE = re.compile(r"(?ms)^[ \t]*ExecStartPre = \[ (\"\$\{pkgs\.writeShellScript .*?''\}\") \];\n")
 
