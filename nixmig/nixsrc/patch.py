@@ -2668,7 +2668,9 @@ _SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
 _AGE_READ = re.compile(r"config\.age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\.path")
 _AGE_DECLARED = re.compile(r"(?m)^\s*age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\s*=")
 # the renderer's ExecStartPre line in a rendered unit snippet (its script is an indented string ending ''})
-_SNIPPET_EXEC_START_PRE = re.compile(r"(?ms)^[ \t]*ExecStartPre = \[ (\"\$\{pkgs\.writeShellScript .*?''\}\") \];\n")
+_SNIPPET_EXEC_START_PRE = re.compile(
+    r"(?ms)^[ \t]*ExecStartPre = (?:lib\.mkBefore )?\[ (\"\$\{pkgs\.writeShellScript .*?''\}\") \];\n"
+)
 
 
 def oci_unit_seg(fm: FileModel | None, name: str) -> str:

@@ -271,6 +271,7 @@ def test_oci_and_systemd_results_parse_and_converge(tmp_path: Path) -> None:
 STUB = """
 let
   lib.escapeShellArg = arg: "'${builtins.replaceStrings ["'"] ["'\\\\''"] (toString arg)}'";
+  lib.mkBefore = xs: xs;  # nixpkgs' mkOrder 500: an order among definitions, none to merge here
   pkgs = { writeShellScript = name: text: text; hello = "/hello"; };
   config = {
     age.secrets.app-db.path = PWPATH;
