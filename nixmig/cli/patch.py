@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from nixmig.cli.common import JsonOption, RepoOption, print_json
-from nixmig.errors import UsageError
+from nixmig.errors import NixmigError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -80,9 +80,14 @@ def patch(
     written: list[dict[str, Any]] = []
     if write:
         for name in names:
-            _, report = _patch_one(
-                cfgmod.load(cfg_path), cfg_path, root, name, write=True, check=False, explain=False, quiet=True
-            )
+            try:
+                _, report = _patch_one(
+                    cfgmod.load(cfg_path), cfg_path, root, name, write=True, check=False, explain=False, quiet=True
+                )
+            except NixmigError:
+                if not json_out:  # the error's line follows; the migrations before this one are written
+                    typer.echo(f"== migration {name}: nothing written for it (below)", err=True)
+                raise
             written.append(report)
             if not json_out:
                 did = f"wrote {len(report['files'])} file(s), {len(report['edits'])} edits" if report["written"] else ""
