@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -211,8 +212,16 @@ class NativeRuntime:
 
 
 def _host_time(t: Transport) -> str:
-    r = t.run(["date", "+%s"], check=False)
-    return r.stdout.decode().strip() if r.ok else "0"
+    """The host's clock as seconds.nanoseconds, which `docker logs --since` and `journalctl --since @`
+    both read. Whole seconds were too coarse: a client's failed login in the same second just before
+    the mark (between rotate and the switch, expected) counted as one after it. A `date` without %N
+    (busybox) gives whole seconds."""
+    r = t.run(["date", "+%s.%N"], check=False)
+    out = r.stdout.decode().strip() if r.ok else ""
+    if re.fullmatch(r"\d+\.\d{9}", out):
+        return out
+    whole = out.split(".", 1)[0]
+    return whole if whole.isdigit() else "0"
 
 
 def runtime_for(service: Service) -> Runtime:
