@@ -192,6 +192,13 @@ def unknown_shape(path: Sequence[str]) -> str:
             f"knows (no {segs[-1]}File, no environmentFile that reads it): nixmig cannot keep it out of the "
             "Nix store; set it from a file by hand, if the module allows"
         )
+    shape = env_container(tuple(segs))
+    if shape is not None:  # a container's own environment, of a container this migration does not patch
+        return (
+            f"{segs[-1]} of the {shape[1]} container holds a password that is not this migration's (another "
+            "database's, or another account's): a migration of its own moves it (`nixmig init` drafts one per "
+            "database it can tie; strategy move keeps the value), or by hand"
+        )
     if len(segs) >= 2 and segs[-2] in ("environment", "environments", "env"):
         return (
             f"no template for this shape: {segs[-1]} in {'.'.join(segs[:-1])}, an environment attrset nixmig "

@@ -98,3 +98,11 @@ def test_another_database_s_root_password_in_the_same_file_is_no_companion(tmp_p
     run_cli("patch", "--write", "-m", "photos-db-password", cwd=repo)
     cfg = config.load(repo / "nixmig.toml")
     assert dict(cfg.migrations["photos-db-password"].also) == {}  # not cloud-db's MYSQL_ROOT_PASSWORD
+
+
+def test_another_migration_s_container_is_said_as_such(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    out = run_cli("patch", "--explain", "-m", "photos-db-password", cwd=repo).stdout.decode()
+    line = next(ln for ln in out.splitlines() if ln.startswith("by hand:") and "rss-db" in ln)
+    # not "an environment attrset nixmig does not see used by a container" (it is one's own environment)
+    assert "POSTGRES_PASSWORD of the rss-db container holds a password that is not this migration's" in line
