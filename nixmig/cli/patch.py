@@ -79,6 +79,7 @@ def patch(
     # verdict is a second pass over the tree all of them wrote (what is left then is really left).
     written: list[dict[str, Any]] = []
     if write:
+        _refuse_missing_in_any(cfg, root, names)
         for name in names:
             try:
                 _, report = _patch_one(
@@ -112,6 +113,22 @@ def patch(
         print_json({"migrations": written or reports, "verdict": reports, "clean": all(r["clean"] for r in reports)})
     if failed:
         raise typer.Exit(1)
+
+
+def _refuse_missing_in_any(cfg: Any, root: Path, names: list[str]) -> None:
+    """Before any of several migrations writes: every value any of them keeps is in its .age already, or
+    nothing is written and one line names them all (a migration written, the next refused, was half a run)."""
+    from nixmig.nixsrc import patch as pt
+
+    sources = pt.read_sources(root)
+    missing: list[tuple[str, str]] = []
+    secrets_dir = ""
+    for name in names:
+        spec = pt.spec_for(cfg, name)
+        secrets_dir = spec.secrets_dir
+        plan = pt.plan(sources, spec, find_companions=True)
+        missing += [m for m in _missing_kept_values(root, spec.secrets_dir, plan, sources) if m not in missing]
+    _refuse_missing(secrets_dir, missing)
 
 
 def _patch_one(
@@ -213,13 +230,15 @@ def _toml_diff(cfg_path: Path, root: Path, new: str) -> str:
     return "".join(ln if ln.endswith("\n") else ln + "\n" for ln in lines)
 
 
-def _refuse_losing_kept_values(root: Path, secrets_dir: str, plan: Plan, sources: dict[str, bytes]) -> None:
-    """A value that is kept (strategy move, also) must be in its .age before --write removes the line
-    that holds it: after the write, `secret new --from` has nothing to read. Nothing is written."""
+def _missing_kept_values(root: Path, secrets_dir: str, plan: Plan, sources: dict[str, bytes]) -> list[tuple[str, str]]:
+    """(secret, FILE:LINE) of each value the plan keeps (strategy move, also) whose .age is not there yet."""
+    missing = [(name, _literal_at(places, plan, sources)) for name, places in plan.kept]
+    return [(name, at) for name, at in missing if not (root / secrets_dir / f"{name}.age").exists()]
+
+
+def _refuse_missing(secrets_dir: str, missing: list[tuple[str, str]]) -> None:
     from nixmig.errors import ConfigError
 
-    missing = [(name, _literal_at(places, plan, sources)) for name, places in plan.kept]
-    missing = [(name, at) for name, at in missing if not (root / secrets_dir / f"{name}.age").exists()]
     if missing:
         name, at = missing[0]
         first = " && ".join(f"nixmig secret new {n} --from {a}" for n, a in missing)
@@ -228,6 +247,12 @@ def _refuse_losing_kept_values(root: Path, secrets_dir: str, plan: Plan, sources
             f"keeps ({at}); nothing written",
             hint=f"take the value(s) first: {first}; then patch --write again",
         )
+
+
+def _refuse_losing_kept_values(root: Path, secrets_dir: str, plan: Plan, sources: dict[str, bytes]) -> None:
+    """A value that is kept (strategy move, also) must be in its .age before --write removes the line
+    that holds it: after the write, `secret new --from` has nothing to read. Nothing is written."""
+    _refuse_missing(secrets_dir, _missing_kept_values(root, secrets_dir, plan, sources))
 
 
 def _literal_at(places: tuple[str, ...], plan: Plan, sources: dict[str, bytes]) -> str:

@@ -106,3 +106,21 @@ def test_another_migration_s_container_is_said_as_such(tmp_path: Path) -> None:
     line = next(ln for ln in out.splitlines() if ln.startswith("by hand:") and "rss-db" in ln)
     # not "an environment attrset nixmig does not see used by a container" (it is one's own environment)
     assert "POSTGRES_PASSWORD of the rss-db container holds a password that is not this migration's" in line
+
+
+def test_a_value_one_of_them_keeps_is_taken_before_any_writes(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, cloud=True)
+    toml = repo / "nixmig.toml"
+    toml.write_text(
+        toml.read_text()
+        + '\n[services.cloud-db]\nhost = "box"\ncontainer = "cloud-db"\nrole = "cloud"\n\n'
+        + '[migrations.cloud-db-password]\nservice = "cloud-db"\nsecret = "cloud-db-password"\nstrategy = "move"\n'
+    )
+    before = (repo / "hosts" / "box" / "apps.nix").read_bytes()
+    refused = run_cli("patch", "--write", cwd=repo)
+    assert refused.returncode != 0
+    err = refused.stderr.decode()
+    assert "nothing written" in err and "nixmig secret new cloud-db-password --from hosts/box/apps.nix:" in err
+    # the first migrations did not write either: a run that stops half-way is none
+    assert (repo / "hosts" / "box" / "apps.nix").read_bytes() == before
+    assert "wrote" not in err
