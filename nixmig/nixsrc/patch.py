@@ -1998,8 +1998,8 @@ class Builder:
                 if m is not None and b.path[:2] == ("age", "secrets") and len(b.path) >= 3:
                     declares.add((id(m), b.path[2]))
             for (key, name), m in reads.items():
-                if (key, name) in declares:
-                    continue
+                if (key, name) in declares or not any(n == name for _, n in declares):
+                    continue  # declared here, or in no module value of this file (another file's: its import)
                 others = sorted({o.label for (k, n), o in reads.items() if n == name and k != key})
                 self.manual.append(
                     Manual(

@@ -244,3 +244,21 @@ def test_a_full_form_flake_parts_module_holds_its_module_values_under_config() -
     fm = model("modules/db.nix", src)
     assert [m.label for m in fm.modules] == ["config.flake.modules.nixos.db"]
     assert any(b.exact and b.path == ("services", "postgresql", "enable") for b in fm.binds)
+
+
+def test_a_module_value_reading_a_secret_another_file_declares_is_not_refused() -> None:
+    """Two hosts' inline modules; the one with the containers reads config.age.secrets.X, which the
+    host's own file declares already: no module value of flake.nix declares it, so nothing says the
+    other host needs it (only a declaration in a sibling module value does)."""
+    declared = b"""{ config, ... }:
+{
+  age.secrets.notes-db-password = { file = ../secrets/notes-db-password.age; mode = "0400"; };
+}
+"""
+    src = {
+        "flake.nix": _flake('{ networking.hostName = "a"; }', "{" + CONTAINERS + APP + "\n          }"),
+        "hosts/b.nix": declared,
+    }
+    plan = pt.plan(src, SPEC)
+    assert plan.manual == (), [m.what for m in plan.manual]
+    assert "age.secrets.notes-db-password = " not in plan.results(src)["flake.nix"].decode()
