@@ -140,7 +140,9 @@ def apply(b: Builder, password: str | None) -> None:
 
 def _database_password(var: str) -> bool:
     """DB_PASSWORD, POSTGRES_PASS: a database's password by its name (not DB_USERNAME)."""
-    return _database_variable(var) and re.search(r"(?:PASSWORD|PASSWD|PASS|PWD)$", var.upper()) is not None
+    from nixmig.nixsrc.patch import _PASSWORD_SUFFIX
+
+    return _database_variable(var) and _PASSWORD_SUFFIX.search(var) is not None
 
 
 def _database_variable(var: str) -> bool:
