@@ -1010,6 +1010,16 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
                 "this host (a nixpkgs default), or is the database elsewhere?",
             )
         db.role, db.database = _native_names(pg, fm, p, service)
+        stem = p[-1].removesuffix("_PASSWORD")
+        driver = _lit(fm, (*p[:-1], stem + "_DRIVER")) if stem != p[-1] else None
+        if driver is not None and driver[0].lower() in ("mysql", "mariadb"):
+            db.runtime = Val("native", f"{driver[1]} ({'.'.join(p[:-1])} names the {driver[0]} driver)")
+            db.strategy = "move"
+            db.notes.append(
+                f"services.{service} logs in to MySQL/MariaDB ({driver[1]}): nixmig rotates PostgreSQL passwords "
+                "only, so this migration moves the value (strategy move, below); rotate it the database's own way "
+                "once the service reads the agenix file"
+            )
     if db.database is not None:
         db.name = f"{db.database.value}-db"
         db.secret = f"{db.database.value}-db-password"
@@ -1156,8 +1166,14 @@ def _same_native_database(a: _Db, b: _Db) -> bool:
 def _native_names(pg: Sequence[FileModel], fm: FileModel, p: NixPath, service: str) -> tuple[Val | None, Val | None]:
     """(role, database) of a nixpkgs service's database: its options, else ensureUsers/ensureDatabases."""
     parent = p[:-1]
-    role = _lit(fm, (*parent, "user"))
-    name = _lit(fm, (*parent, "name"))
+    role_keys, name_keys = ["user"], ["name"]
+    if p[-1].endswith("_PASSWORD"):  # env-style settings: PHOTOPRISM_DATABASE_{USER,NAME} beside _PASSWORD
+        stem = p[-1].removesuffix("_PASSWORD")
+        role_keys, name_keys = [stem + "_USER", stem + "_USERNAME"], [stem + "_NAME"]
+    role_key = next((k for k in role_keys if _lit(fm, (*parent, k))), role_keys[0])
+    name_key = name_keys[0]
+    role = _lit(fm, (*parent, role_key))
+    name = _lit(fm, (*parent, name_key))
     users: list[tuple[str, str]] = []
     dbs: list[tuple[str, str]] = []
     for m in pg:
@@ -1166,8 +1182,8 @@ def _native_names(pg: Sequence[FileModel], fm: FileModel, p: NixPath, service: s
         for b in m.binds:
             if b.path == ("services", "postgresql", "ensureUsers", "name") and (v := decode_string(b.value)):
                 users.append((v, _at(m, b.node)))
-    role_val = Val(role[0], f"{role[1]} ({'.'.join((*parent, 'user'))})") if role else None
-    db_val = Val(name[0], f"{name[1]} ({'.'.join((*parent, 'name'))})") if name else None
+    role_val = Val(role[0], f"{role[1]} ({'.'.join((*parent, role_key))})") if role else None
+    db_val = Val(name[0], f"{name[1]} ({'.'.join((*parent, name_key))})") if name else None
     if role_val is None:
         match = [u for u in users if u[0] == service] or (users if len(users) == 1 else [])
         if match:

@@ -41,7 +41,7 @@ import dataclasses
 import difflib
 import posixpath
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +49,7 @@ from urllib.parse import quote, unquote
 
 from nixmig.config import also_name
 from nixmig.errors import ConfigError
-from nixmig.nixsrc.clients import silent_clients
+from nixmig.nixsrc.clients import Client, silent_clients
 from nixmig.nixsrc.containers import (
     ENV_FILE_ATTRS,
     KINDS,
@@ -986,6 +986,8 @@ class Builder:
     def service_reads(self, option: NixPath) -> bool:
         """``services.X...``: the agenix file is owned by the user X runs as, where nixmig knows it
         (NIXPKGS_READER); False when it does not."""
+        if option in ROOT_READ_OPTIONS:
+            return True  # systemd reads it (LoadCredential) as root: agenix's root-only file is right
         reader = NIXPKGS_READER.get(option[1]) if len(option) > 1 and option[0] == "services" else None
         if reader is not None:
             self.owner, self.owner_why = reader, f"owned by the user services.{option[1]} runs as, who reads it"
@@ -1010,6 +1012,20 @@ class Builder:
         if len(found) != 1:
             return  # several: the verdict lists them, password_option picks one
         fm, lit, value, option = found[0]
+        readers = environment_readers(self.models.values(), option[1]) if option[:-1] != lit.path[:-1] else []
+        if readers:  # another unit copies the service's environment: moved, it would lose the password
+            rfm, node = readers[0]
+            self.mask_literal(fm, lit.node)
+            self.manual_here(
+                fm,
+                lit.node,
+                f"{'.'.join(lit.path)}: {rfm.where(node)} ({rfm.text(node)}) copies services.{option[1]}'s "
+                f"environment, this password with it; with {'.'.join(option)} the module exports the password in "
+                "its own unit's script only, so that copy would run without it: no template for this shape; move "
+                f"it by hand (that unit needs the password too: LoadCredential from the agenix file)",
+                "",
+            )
+            return
         self.take_option_literal(fm, lit, value, option)
         if not self.service_reads(option):
             self.notes.append(
@@ -1329,12 +1345,12 @@ class Builder:
         self.ensure_env_file(fm, kind, name, prefix, env_path, lit)
 
     def ensure_env_file(
-        self, fm: FileModel, kind: str, name: str, prefix: NixPath, env_path: str, lit: Lit | Bind
+        self, fm: FileModel, kind: str, name: str, prefix: NixPath, env_path: str, lit: Lit | Bind, why: str = ""
     ) -> None:
         rel = KINDS[kind].env_files
         tpl = template(KINDS[kind].template)
         node = lit.node if isinstance(lit, Lit) else lit.value
-        why = (
+        why = why or (
             f"points the {name} container at {env_path}, rendered at each start by the unit's ExecStartPre "
             f"(outside the Nix store), for {lit.path[-1]} removed at {fm.where(node)}"
         )
@@ -2036,6 +2052,8 @@ class Builder:
         edits there), else an unconditional block (the one with the other age.secrets first), never a
         `lib.mkIf` block of something else; None when every block is conditional and none is this one's."""
         edited = [e.start for e in self.ed.items if e.file == fm.name]
+        if self.option_literal is not None and self.option_literal[0] is fm:  # edited after age.secrets
+            edited.append(self.option_literal[1].node.start_byte)
         related = [r for r in fm.roots if any(r.start_byte <= at < r.end_byte for at in edited)]
         if related:
             return related[-1]
@@ -2089,6 +2107,24 @@ class Builder:
         if self.option_literal is not None:
             tpl = template("module-option.nix.j2")
             fm, b, found = self.option_literal
+            if found[:-1] != b.path[:-1]:  # the file option is elsewhere in the module (NIXPKGS_PATH_SIBLINGS)
+                self.mask_literal(fm, b.value)
+                self.ed.remove_binding(
+                    fm,
+                    b.node,
+                    f"removes the hardcoded {'.'.join(b.path)}: services.{found[1]} reads the password from "
+                    f"{'.'.join(found)} instead",
+                )
+                self.insert_path(
+                    fm,
+                    None,
+                    found,
+                    lambda attr: f"{attr} = config.age.secrets.{secret_attr}.path;",
+                    f"{'.'.join(found)} names the file agenix decrypts {spec.secret} to (only the path is in the "
+                    "Nix store; the module reads the file at runtime)",
+                )
+                self.need(fm, ("config",))
+                return
             ap = b.node.child_by_field_name("attrpath")
             assert ap is not None
             last = ap.named_children[-1]
@@ -2282,7 +2318,35 @@ class Builder:
         for c in silent_clients(self.models, db.kind, db.name):
             if self.spec.app_services and c.name.strip('"') not in self.spec.app_services:
                 continue  # the user listed the database's clients
-            self.manual_here(c.fm, c.depends.node, c.what(db.name, db.password), "")
+            if not self.image_default_client(c, db):
+                self.manual_here(c.fm, c.depends.node, c.what(db.name, db.password), "")
+
+    def image_default_client(self, c: Client, db: _Db) -> bool:
+        """A client whose image logs in with a known default variable (paperless-ngx' PAPERLESS_DBPASS,
+        default "paperless") that is the database's password today: the variable is set in its env file,
+        rendered from the agenix secret like any other, so a rotation reaches it. False: said by hand."""
+        shape = container_shape(c.depends.path[:-1])
+        if c.default is None or db.password is None or c.default[1] != db.password or shape is None:
+            return False
+        kind, name, prefix = shape
+        r = self.renderer_for_container(c.fm, kind, name, prefix)
+        if r is None:
+            return False
+        var = c.default[0]
+        env_path = self.add_env_line(r, EnvLine(var, "", "", raw=True))
+        self.ensure_env_file(
+            c.fm,
+            kind,
+            name,
+            prefix,
+            env_path,
+            c.depends,
+            why=f"points the {name} container at {env_path}, rendered at each start by the unit's ExecStartPre: "
+            f"its image ({c.image}) logs in with {var}, whose default is the database's password today; set "
+            "there from the agenix secret, a rotation reaches it",
+        )
+        r.literals.append(f"{var} (the {c.image} image's default) for {c.fm.where(c.depends.node)}")
+        return True
 
     def manual_here(self, fm: FileModel, node: Node, what: str, snippet: str, companion: str = "") -> None:
         line, col = fm.line_col(node.start_byte)
@@ -2613,14 +2677,55 @@ NIXPKGS_READER: dict[str, str] = {
 }
 
 
+# a database's password in a nixpkgs module's settings whose file option sits elsewhere in the module
+# (not a `<name>File` beside it). Checked in nixpkgs: photoprism's module loads databasePasswordFile
+# with LoadCredential (so root reads it) and exports PHOTOPRISM_DATABASE_PASSWORD from it in the unit's
+# script and preStart; a nixpkgs from before that option fails to evaluate, loudly, naming it.
+NIXPKGS_PATH_SIBLINGS: dict[NixPath, NixPath] = {
+    ("services", "photoprism", "settings", "PHOTOPRISM_DATABASE_PASSWORD"): (
+        "services",
+        "photoprism",
+        "databasePasswordFile",
+    ),
+}
+# file options that systemd's LoadCredential reads (root): agenix's root-only 0400 file is right for them
+ROOT_READ_OPTIONS: frozenset[NixPath] = frozenset({("services", "photoprism", "databasePasswordFile")})
+
+
+def environment_readers(models: Iterable[FileModel], service: str) -> list[tuple[FileModel, Node]]:
+    """Expressions that copy a service's environment elsewhere: ``config.systemd.services.S.environment``
+    (also by ``inherit (config.systemd.services.S) environment``) or ``config.services.S.settings``."""
+    from nixmig.nixsrc.parse import descendants
+
+    unit = f"config.systemd.services.{service}"
+    out: list[tuple[FileModel, Node]] = []
+    for fm in models:
+        for node in descendants(fm.root):
+            if node.type not in ("select_expression", "inherit_from"):
+                continue
+            text = re.sub(r"\s+", "", fm.text(node))
+            copies = (
+                text.startswith((f"{unit}.environment", f"config.services.{service}.settings"))
+                if node.type == "select_expression"
+                else text.startswith(f"inherit({unit})") and "environment" in text
+            )
+            if copies:
+                out.append((fm, node))
+    return out
+
+
 def database_option(path: NixPath) -> bool:
     """An option that holds a database's password (``services.gitea.database.password``, nextcloud's
-    ``dbpass``), not another service's (redis' ``requirePass``, an smtp or admin password)."""
-    return bool(set(path[-2:]) & {"database", "db"}) or path[-1] == "dbpass"
+    ``dbpass``, photoprism's ``settings.PHOTOPRISM_DATABASE_PASSWORD``), not another service's (redis'
+    ``requirePass``, an smtp or admin password)."""
+    return bool(set(path[-2:]) & {"database", "db"}) or path[-1] == "dbpass" or path in NIXPKGS_PATH_SIBLINGS
 
 
 def nixpkgs_file_sibling(path: NixPath) -> NixPath | None:
-    """``services.X...password`` -> ``services.X...passwordFile`` for the options in NIXPKGS_FILE_SIBLINGS."""
+    """``services.X...password`` -> ``services.X...passwordFile`` for the options in NIXPKGS_FILE_SIBLINGS,
+    and the options of NIXPKGS_PATH_SIBLINGS."""
+    if path in NIXPKGS_PATH_SIBLINGS:
+        return NIXPKGS_PATH_SIBLINGS[path]
     if len(path) < 3 or path[0] != "services" or path[-1] not in NIXPKGS_FILE_SIBLINGS:
         return None
     if "ensureUsers" in path:
