@@ -133,6 +133,10 @@ class Migration:
     strategy: Strategy = "rotate"
     deploy: str | None = None
     retention_days: int = 7
+    # verify: seconds to watch the database server's log after the switch's deploy finished before
+    # counting authentication failures, for clients that connect now and then (a cron job, a worker):
+    # one still on the old password shows only when it connects. 0: read the log once, at once.
+    verify_watch: int = 0
     # apply patches the repo's Nix files itself: the stage config before deploy 1, the full
     # patch before deploy 2, the originals back on rollback. false: you manage the files.
     patch_repo: bool = True
@@ -451,6 +455,8 @@ def _check_names(cfg: Config, where: str) -> None:
                     raise bad(f"services.{name}{at}.{k}", value, f"a docker {k} name", "letters, digits, _ . -")
     for name, mig in cfg.migrations.items():
         key = f"migrations.{name}"
+        if not 0 <= mig.verify_watch <= 3600:
+            raise bad(f"{key}.verify_watch", str(mig.verify_watch), "0 to 3600 seconds", "e.g. verify_watch = 60")
         if not _FILE_NAME.fullmatch(name):
             raise bad(key, name, "a usable migration name (it names files and locks)", file_hint)
         if not _SECRET_NAME.fullmatch(mig.secret):

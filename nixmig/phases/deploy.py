@@ -17,6 +17,7 @@ the originals are restored only when the last host using the patch is rolled bac
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from nixmig.deploy import run_deploy
@@ -294,9 +295,12 @@ class Switch:
 
     def do(self, ctx: Context) -> dict[str, Any]:
         patched = _patch_repo(ctx, stage_only=False)
-        mark = ctx.runtime.log_mark(ctx.t)  # verify reads the server log from here
+        mark = ctx.runtime.log_mark(ctx.t)  # dual-role's verify reads the server log from here
         _deploy(ctx, "switch")
-        return {"log_mark": mark, "patched": patched}
+        # rotate's verify from here: until the deploy restarts them, the apps log in with the old
+        # password (refused since rotate, as expected); a failure after it is a client nixmig missed
+        deployed = ctx.runtime.log_mark(ctx.t)
+        return {"log_mark": mark, "deployed_mark": deployed, "deployed_at": time.time(), "patched": patched}
 
     def can_undo(self, ctx: Context, data: dict[str, Any]) -> None:
         _check_shared_patch(ctx)

@@ -24,7 +24,11 @@ class Verify:
 
     def describe(self, ctx: Context) -> list[Action]:
         acts = [
-            Action("check", "no 'password authentication failed' in the server log since the switch"),
+            Action(
+                "check",
+                "no 'password authentication failed' in the server log since the switch's deploy finished"
+                + (f" (watched {ctx.migration.verify_watch} s)" if ctx.migration.verify_watch else ""),
+            ),
             Action("check", f"log in over TCP as {ctx.service.role} with the new password"),
             Action("check", "the old password is refused"),
             Action("sql", "every table of the preflight snapshot is there with at least its row count"),
@@ -44,7 +48,7 @@ class Verify:
 
         t, svc = ctx.t, ctx.service
         # the server log first: verify's own old-password probe below must not count
-        rows: list[dict[str, Any]] = [log_row(ctx)]
+        rows: list[dict[str, Any]] = [log_row(ctx, after_deploy=True)]
         host, port = ctx.runtime.endpoint(t)
         pw = new_password(ctx)
         with t.forward(host, port) as (lhost, lport):
@@ -70,16 +74,25 @@ class Verify:
         return None
 
 
-def log_row(ctx: Context) -> dict[str, Any]:
-    """No 'password authentication failed' in the server log since the switch's mark."""
-    log = ctx.runtime.log_since(ctx.t, str(ctx.journal.data("switch").get("log_mark", "0")))
+def log_row(ctx: Context, *, after_deploy: bool = False) -> dict[str, Any]:
+    """No 'password authentication failed' in the server log since the switch's mark, or since its
+    deploy finished (``after_deploy``: rotate, whose apps are refused until the deploy restarts them
+    onto the new password), after watching it ``verify_watch`` seconds from there."""
+    data = ctx.journal.data("switch")
+    deployed = data.get("deployed_mark") if after_deploy else None
+    watch = ctx.migration.verify_watch - (time.time() - float(data.get("deployed_at", 0)))
+    if watch > 0:
+        ctx.emit(f"watching the server log {watch:.0f} s for clients still on the old password (verify_watch)")
+        time.sleep(watch)
+    log = ctx.runtime.log_since(ctx.t, str(deployed or data.get("log_mark", "0")))
+    since = "since the switch's deploy finished" if deployed else "since the switch"
     if log is None:
-        return {"check": "server log since the switch", "ok": True, "detail": "not readable, not checked"}
+        return {"check": f"server log {since}", "ok": True, "detail": "not readable, not checked"}
     fails = sum("password authentication failed" in line for line in log.splitlines())
     return {
-        "check": "no authentication failure in the server log since the switch",
+        "check": f"no authentication failure in the server log {since}",
         "ok": fails == 0,
-        "detail": f"{fails} failures" if fails else "",
+        "detail": f"{fails} failures: a client still on the old password (one nixmig did not patch?)" if fails else "",
     }
 
 

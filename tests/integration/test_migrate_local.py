@@ -201,24 +201,47 @@ def test_identities_required_for_rollback_of_rotate(target: Target) -> None:
     assert target.env_file.exists() and load_identities([target.admin_key])
 
 
-def test_verify_fails_on_auth_failures_after_switch(target: Target) -> None:
-    """An app still on the old password after the switch shows in the server log: verify fails."""
+def _stale_client_deploy(target: Target, during: str, watch: int = 0) -> None:
+    """The deploy command, then at the switch ``during`` (shell) with STALE: a login with the old password."""
     cfg = target.repo / "nixmig.toml"
     text = cfg.read_text()
     deploy = text.split('deploy = "')[1].split('"')[0]
     script = target.root / "deploy-stale-app.sh"
+    stale = (
+        f"PGPASSWORD={OLD_PASSWORD} PGCONNECT_TIMEOUT=5 psql -h 127.0.0.1 -p {target.port} -U postgres"
+        " -d default -c 'select 1' >/dev/null 2>&1 || true"
+    )
     script.write_text(
-        "#!/bin/sh\nset -e\n"
-        f"{deploy}\n"
-        'if [ "$NIXMIG_PHASE" = switch ]; then\n'
-        f"  PGPASSWORD={OLD_PASSWORD} PGCONNECT_TIMEOUT=5 psql -h 127.0.0.1 -p {target.port} -U postgres"
-        " -d default -c 'select 1' >/dev/null 2>&1 || true\n"
-        "fi\n"
+        f'#!/bin/sh\nset -e\n{deploy}\nif [ "$NIXMIG_PHASE" = switch ]; then\n  {during.replace("STALE", stale)}\nfi\n'
     )
     script.chmod(0o755)
-    cfg.write_text(text.replace(f'deploy = "{deploy}"', f'deploy = "{script}"'))
+    new = f'deploy = "{script}"' + (f"\nverify_watch = {watch}" if watch else "")
+    cfg.write_text(text.replace(f'deploy = "{deploy}"', new))
+
+
+def test_verify_fails_on_auth_failures_after_the_switch_deploy(target: Target) -> None:
+    """A client still on the old password after the switch's deploy (one nixmig did not patch, a worker
+    that connects every 0.2 s and goes on after the deploy) shows in the server log while verify watches
+    it (verify_watch): verify fails."""
+    _stale_client_deploy(
+        target, "( i=0; while [ $i -lt 40 ]; do STALE; sleep 0.2; i=$((i+1)); done ) >/dev/null 2>&1 &", watch=3
+    )
     r = nixmig(target, "apply", "--yes")
     assert r.returncode == 1
-    assert "verification failed: no authentication failure in the server log since the switch" in r.stderr
+    assert "watching the server log" in r.stdout + r.stderr
+    assert (
+        "verification failed: no authentication failure in the server log since the switch's deploy finished"
+        in r.stderr
+    )
     states = {s["phase"]: s["state"] for s in journal(target)["steps"]}  # type: ignore[attr-defined]
     assert states["verify"] == "failed" and states["switch"] == "done"
+
+
+def test_verify_counts_no_failure_of_the_apps_before_the_deploy_restarted_them(target: Target) -> None:
+    """Under rotate the apps are refused from the rotation until the switch's deploy restarts them onto
+    the new password (a busy app logs failures then): expected, not a failed verify. Before, verify
+    counted from before the deploy and failed here, and again at each resume."""
+    _stale_client_deploy(target, "STALE")  # the app's last login on the old password, during the deploy
+    r = nixmig(target, "apply", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok  no authentication failure in the server log since the switch's deploy finished" in r.stdout

@@ -184,3 +184,14 @@ def test_the_env_file_script_runs_no_injected_command(tmp_path: Path, brk: str) 
     assert proc.returncode == 0, proc.stderr.decode()
     assert not (tmp_path / "INJECTED").exists()
     assert out.read_text() == "URL=postgres://u:s3cret@h/d\n"
+
+
+@pytest.mark.parametrize(("value", "ok"), [("0", True), ("60", True), ("3600", True), ("-1", False), ("3601", False)])
+def test_verify_watch_is_a_bounded_number_of_seconds(tmp_path: Path, value: str, ok: bool) -> None:
+    text = EXAMPLE_TOML.replace(MIG, f"{MIG}verify_watch = {value}\n")
+    if ok:
+        assert load_text(tmp_path, text).migrations["twenty-db-password"].verify_watch == int(value)
+        return
+    with pytest.raises(ConfigError) as exc:
+        load_text(tmp_path, text)
+    assert f"migrations.twenty-db-password.verify_watch: '{value}' is not 0 to 3600 seconds" in str(exc.value)
