@@ -940,6 +940,61 @@ def _unit_sql_db(f: Finding, account: SqlAccount) -> _Db:
     return db
 
 
+def _unit_sql_exec_db(fm: FileModel, f: Finding) -> _Db | None:
+    """A literal in SQL a systemd unit runs (``podman exec -i postgres psql -c "CREATE ROLE app WITH LOGIN
+    PASSWORD '...'"``, or psql on the host): the role the clause names, in the container ``exec`` names
+    (docker runtime; podman's socket) or the host's server (patch: nixsrc/shapes/unit_sql.py)."""
+    from nixmig.nixsrc.shapes.unit_sql import COMMANDS, command_text, find_exec, strings_in
+    from nixmig.nixsrc.sqlpass import clauses
+
+    if f.start < 0:
+        return None
+    for b in fm.binds:
+        if len(b.path) < 4 or b.path[:2] != ("systemd", "services") or b.path[3:] not in COMMANDS:
+            continue
+        if not b.value.start_byte <= f.start < b.value.end_byte:
+            continue
+        for node in strings_in(b.value):
+            base = node.start_byte
+            if not base <= f.start < node.end_byte:
+                continue
+            sql = fm.source[base : node.end_byte]
+            found = [c for c in clauses(sql, in_shell=True) if base + c.start <= f.start < base + c.value_end + 1]
+            if len(found) != 1 or not _ROLE.fullmatch(found[0].role):
+                return None
+            clause, unit = found[0], b.path[2]
+            how = find_exec(command_text(fm, b))
+            at = f"{f.file}:{f.line}"
+            why = f"{at} (the SQL systemd.services.{unit} runs gives role {clause.role} this password)"
+            db = _Db(name="postgresql", secret="", file=fm.name, origin=at, runtime=Val("native", why))
+            db.role = Val(clause.role, why)
+            sql_text = sql.decode("utf-8", "replace")
+            owned = [m for m in _SQL_DB.finditer(sql_text) if _owner_is(sql_text, m, clause.role)]
+            if owned:
+                dbname = owned[0].group(1) or owned[0].group(2)
+                db.database = Val(dbname, f"{at} (CREATE DATABASE ... OWNER {clause.role})")
+            else:
+                db.database = Val(clause.role, f"{at} (named after the role)", "the database is a guess")
+            if how is not None:
+                via = f"{at} (systemd.services.{unit} runs psql through `{how.runtime} exec {how.name}`)"
+                db.runtime = Val("docker", via)
+                db.container = Val(how.name, via)
+                if how.user != "postgres":
+                    db.admin_role = Val(how.user, f"{at} (psql -U {how.user})")
+                if how.runtime == "podman":
+                    db.docker_host = Val(
+                        _PODMAN_SOCKET,
+                        via,
+                        "nixmig runs the docker CLI against podman's socket: enable "
+                        "virtualisation.podman.dockerSocket and install the docker client on the host",
+                    )
+            db.name = f"{db.database.value}-db"
+            db.secret = f"{db.database.value}-db-password"
+            db.secret_origin = "named after the database"  # noqa: S105 - where the name comes from
+            return db
+    return None
+
+
 def _in_host_or_specialisation(p: NixPath) -> NixPath:
     """``specialisation.NAME.configuration.services.X...`` -> ``services.X...`` (patch puts the oneshot there)."""
     return p[3:] if len(p) > 3 and p[0] == "specialisation" and p[2] == "configuration" else p
@@ -1230,11 +1285,17 @@ def draft(
     paths: dict[int, NixPath] = {}
     let_uses: dict[int, _LetUse] = {}  # a let-bound password read as a finding at each use
     unit_sql: dict[int, SqlAccount] = {}  # a let-bound password read only by SQL a unit runs
+    unit_exec: dict[int, _Db] = {}  # a literal in SQL a unit runs (psql, maybe through podman/docker exec)
     for name, fm in models.items():
         for f in scan_source(fm.source, name).findings:
             uses = _let_uses(fm, f)
             account = sql_account(fm, f.start) if f.kind.value == "password" and f.start >= 0 else None
-            if account is not None:
+            direct = _unit_sql_exec_db(fm, f) if account is None and f.kind.value == "password" else None
+            if direct is not None:
+                findings.append(f)
+                paths[id(f)] = _finding_path(f, fm)
+                unit_exec[id(f)] = direct
+            elif account is not None:
                 findings.append(f)
                 paths[id(f)] = ("systemd", "services", account.unit)
                 unit_sql[id(f)] = account
@@ -1246,7 +1307,11 @@ def draft(
             else:
                 findings.append(f)
                 paths[id(f)] = _etc_env_var(fm, f, _finding_path(f, fm))
-    db_findings = [f for f in findings if id(f) in let_uses or id(f) in unit_sql or _is_db_finding(f, paths[id(f)])]
+    db_findings = [
+        f
+        for f in findings
+        if id(f) in let_uses or id(f) in unit_sql or id(f) in unit_exec or _is_db_finding(f, paths[id(f)])
+    ]
     other = len(findings) - len(db_findings)
     moves = [] if db_findings else _option_moves(findings, paths)
     if not db_findings and not moves:
@@ -1270,7 +1335,9 @@ def draft(
         last = p[-1].upper() if p else ""
         fm = models[f.file]
         result: _Db | str | None = None
-        if id(f) in unit_sql:
+        if id(f) in unit_exec:
+            result = unit_exec[id(f)]
+        elif id(f) in unit_sql:
             result = _unit_sql_db(f, unit_sql[id(f)])
         elif shape is not None:
             c = next((c for c in containers if c.fm is fm and c.prefix == shape[2]), None)

@@ -441,3 +441,40 @@ def test_a_variable_naming_a_user_or_database_with_the_password_s_value_is_no_cr
     }
     plan = pt.plan(src, pt.Spec(secret="db-password", role="postgres", container="db", migration="m"))
     assert [m.companion for m in plan.manual] == ["HASHING_SEED"], [m.what for m in plan.manual]
+
+
+def test_an_env_text_logging_in_as_another_role_is_not_taken_for_this_one_s_on_a_second_run() -> None:
+    """The SQL a unit runs gives role immich its password; the apps' /etc env text logs in as postgres
+    with another value. The first --write moves the SQL's; a second run, with no literal of role immich
+    left, took the env text's DB_PASSWORD (and DB_USERNAME, its value the same) for immich's and moved
+    them: a second --write changed the tree (realcfg 25 with init's draft, `wrong`)."""
+    src = {
+        "immich.nix": b"""{ config, pkgs, ... }:
+{
+  systemd.services.create-immich-db = {
+    after = [ "podman-postgres.service" ];
+    serviceConfig.Type = "oneshot";
+    serviceConfig.ExecStart = ''
+      ${pkgs.podman}/bin/podman exec -i postgres psql -U postgres \\
+        -c "CREATE ROLE immich WITH LOGIN PASSWORD 'Immich-sql-41';"
+    '';
+  };
+  environment.etc."immich/.env".text = ''
+    DB_HOSTNAME=postgres
+    DB_USERNAME=postgres
+    DB_PASSWORD=postgres
+  '';
+  virtualisation.oci-containers.containers.immich = {
+    image = "ghcr.io/immich-app/immich-server:release";
+    environmentFiles = [ /etc/immich/.env ];
+  };
+}
+"""
+    }
+    spec = pt.Spec(secret="immich-db-password", role="immich", container="postgres", migration="immich-db-password")
+    first = pt.plan(src, spec)
+    after = {**src, **first.results(src)}
+    out = after["immich.nix"].decode()
+    assert "Immich-sql-41" not in out and "DB_PASSWORD=postgres" in out and "DB_USERNAME=postgres" in out
+    again = pt.plan(after, spec)
+    assert again.edits == (), [e.explanation for e in again.edits]

@@ -27,14 +27,14 @@ def test_the_case_is_cut_and_a_unit_added() -> None:
     plan, out = _plan(_source())
     assert plan.manual == ()
     assert b"PASSWORD 'Wiki-pw-77'" not in out and b'CREATE ROLE \\"wiki-js\\" WITH LOGIN;' in out
-    assert b"systemd.services.nixmig-wiki-db-password-password" in out
+    assert b"systemd.services.nixmig-wiki-js-db-password-password" in out
     assert b"podman exec -i pg psql" in out
 
 
 def test_another_roles_clause_is_left_and_said() -> None:
     plan, out = _plan(_source().replace(b'ROLE \\"wiki-js\\" WITH', b"ROLE reports WITH"))
     assert b"PASSWORD 'Wiki-pw-77'" in out
-    assert b"nixmig-wiki-db-password-password" not in out
+    assert b"nixmig-wiki-js-db-password-password" not in out
     assert any("SQL" in m.what for m in plan.manual), plan.manual
 
 
@@ -95,4 +95,4 @@ def test_a_unit_named_by_an_expression_is_left_and_said() -> None:
     text = _source().replace(b"systemd.services.make-wiki-db = {", b'systemd.services."${dbName}-init" = {')
     plan, out = _plan(text)
     assert b"PASSWORD 'Wiki-pw-77'" in out and plan.manual
-    assert b"nixmig-wiki-db-password-password" not in out
+    assert b"nixmig-wiki-js-db-password-password" not in out

@@ -123,8 +123,9 @@ def apply(b: Builder, password: str | None) -> None:
         # no value seen elsewhere (the database is not in the repo, or reads a file already): a line
         # named for the database's password is the password, when every such line holds one value
         named = {m.group("value").decode() for _, _, _, m, _ in lines if _database_password(m.group("var").decode())}
-        if len(named) != 1:
-            return
+        users = {m.group("value").decode() for _, _, _, m, _ in lines if _database_user(m.group("var").decode())}
+        if len(named) != 1 or users - {b.spec.role}:
+            return  # several values, or the text logs in as another role (DB_USERNAME=postgres): not this one's
         password = named.pop()
     for fm, bind, base, m, path in lines:
         value = m.group("value").decode()
@@ -132,6 +133,8 @@ def apply(b: Builder, password: str | None) -> None:
             continue
         if not _database_variable(m.group("var").decode()):
             continue  # the database's value under another credential's name: a companion (companion_at)
+        if _database_user(m.group("var").decode()):
+            continue  # DB_USERNAME=postgres when the password is "postgres" too: a name, not the password
         readers = _readers(b, fm, path)
         if not readers:
             continue  # read by nothing nixmig sees, or by something it cannot edit: the verdict says it
@@ -143,6 +146,12 @@ def _database_password(var: str) -> bool:
     from nixmig.nixsrc.patch import _PASSWORD_SUFFIX
 
     return _database_variable(var) and _PASSWORD_SUFFIX.search(var) is not None
+
+
+def _database_user(var: str) -> bool:
+    """DB_USERNAME, POSTGRES_USER: the role a database variable names."""
+    ws = [w.lower() for w in words(var)]
+    return _database_variable(var) and bool(ws) and ws[-1] in ("user", "username")
 
 
 def _database_variable(var: str) -> bool:

@@ -61,7 +61,7 @@ class Exec:
     user: str  # psql's -U
 
 
-def _strings(node: Node) -> list[Node]:
+def strings_in(node: Node) -> list[Node]:
     out: list[Node] = []
     stack = [node]
     while stack:
@@ -76,7 +76,7 @@ def _lets(fm: FileModel, node: Node) -> dict[str, str]:
     """Names bound to a plain string by the ``let`` expressions inside ``node`` (``psql = "podman exec
     ... psql";``), as the string's source text."""
     found: dict[str, str] = {}
-    for s in _strings(node):
+    for s in strings_in(node):
         binding = s.parent
         if binding is None or binding.type != "binding" or binding.parent is None:
             continue
@@ -128,7 +128,7 @@ def apply(b: Builder, password: str | None) -> None:
             continue  # nixmig's own, or a unit named by an expression the setter could not be ordered after
         nodes = [
             s
-            for s in _strings(bind.value)
+            for s in strings_in(bind.value)
             if any(
                 c.role == b.spec.role and not (set(c.password) & _SHELL_SPECIAL)
                 for c in clauses(fm.source[s.start_byte : s.end_byte], in_shell=True)
