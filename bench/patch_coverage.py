@@ -318,25 +318,23 @@ def scan_count(cli: list[str], tree: Path) -> tuple[int | None, Step]:
         return None, step
 
 
-def draft_config(cli: list[str], tree: Path, hand: Path) -> tuple[list[str], str]:
+def draft_config(cli: list[str], tree: Path) -> tuple[bool, str]:
     """--draft: nixmig.toml replaced by `nixmig init`'s draft, as the README's first steps make it (no
-    edit of it: the `# check:` lines are left as they are). The migration patched is the draft's one
-    whose secret is the hand-written one's, else its first. ([], why) when init drafts none."""
+    edit of it: the `# check:` lines are left as they are), then `nixmig patch` runs every migration it
+    drafted, as the README's next step does. (False, why) when init drafts none."""
     (tree / "nixmig.toml").unlink()
     step = run([*cli, "init", "--no-eval"], tree)
     drafted = tree / "nixmig.toml"
     if step.rc != 0 or not drafted.is_file():
-        return [], f"init exit {step.rc}: {step.first_err}"
+        return False, f"init exit {step.rc}: {step.first_err}"
     import tomllib
 
     migs = tomllib.loads(drafted.read_text()).get("migrations", {})
     if not migs:
-        return [], "init drafted no migration: " + next(
+        return False, "init drafted no migration: " + next(
             (ln for ln in drafted.read_text().splitlines() if ln.startswith("# check: not drafted")), "nothing said"
         )
-    wanted = {m.get("secret") for m in tomllib.loads(hand.read_text()).get("migrations", {}).values()}
-    name = next((n for n, m in migs.items() if m.get("secret") in wanted), next(iter(migs)))
-    return ["--migration", name], ""
+    return True, ""
 
 
 def run_case(cli: list[str], case_dir: Path, work: Path, *, draft: bool = False) -> Result:
@@ -366,11 +364,10 @@ def run_case(cli: list[str], case_dir: Path, work: Path, *, draft: bool = False)
 
     patch = [*cli, "patch"]
     if draft:
-        mig, why = draft_config(cli, tree, case_dir / "nixmig.toml")
-        if not mig:
+        drafted, why = draft_config(cli, tree)
+        if not drafted:
             res.outcome, res.reason = "refused", why
             return res
-        patch += mig
         for git in (["add", "-A"], ["commit", "-q", "-m", "init's draft"]):
             subprocess.run([*GIT, *git], cwd=tree, capture_output=True, text=True, check=False)
     res.scan_findings_before, _ = scan_count(cli, tree)

@@ -103,7 +103,7 @@ def test_literals_left_name_file_line_and_never_the_value() -> None:
 
 def test_draft_runs_patch_on_inits_draft_as_the_readme_says(tmp_path: Path) -> None:
     """--draft: the case's nixmig.toml is replaced by `nixmig init`'s draft (the MySQL case: strategy
-    move, root's password as the companion patch finds); the draft's migration is the one patched."""
+    move, root's password as the companion patch finds); patch runs every migration of the draft."""
     case = SHAPES / "oci-mysql-user-and-root-no-also"
     res = bench.run_case(bench.nixmig_command(), case, tmp_path, draft=True)
     assert res.outcome == "patched", (res.reason, res.problems)
