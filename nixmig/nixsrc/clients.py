@@ -21,11 +21,16 @@ from typing import Final
 from nixmig.nixsrc.containers import KINDS, container_shape, env_words
 from nixmig.nixsrc.model import Bind, FileModel, NixPath, decode_string, unparen
 
-# image (a substring of its name, lower case) -> (the variable holding the database password, its
+# image (its repository's last part, lower case) -> (the variable holding the database password, its
 # default). paperless-ngx: docs.paperless-ngx.com/configuration, PAPERLESS_DBPASS "Defaults to paperless".
 IMAGE_DEFAULTS: Final[dict[str, tuple[str, str]]] = {
     "paperless-ngx": ("PAPERLESS_DBPASS", "paperless"),
     "paperless-ng": ("PAPERLESS_DBPASS", "paperless"),
+}
+# image -> (the variable naming the role it logs in as, its default): PAPERLESS_DBUSER "Defaults to paperless"
+IMAGE_USERS: Final[dict[str, tuple[str, str]]] = {
+    "paperless-ngx": ("PAPERLESS_DBUSER", "paperless"),
+    "paperless-ng": ("PAPERLESS_DBUSER", "paperless"),
 }
 
 _DEPENDS: Final = {"oci": "dependsOn", "quadlet": "dependsOn", "arion": "depends_on"}
@@ -47,6 +52,7 @@ class Client:
     image: str | None
     default: tuple[str, str] | None  # (variable, default value) when the image's is known
     settings: str | None = None  # a settings file it mounts, when that is the only sign it logs in
+    login: str | None = None  # the role it logs in as, when its image's user variable is known (a string)
 
     def what(self, db: str, password: str | None) -> str:
         head = (
@@ -99,7 +105,7 @@ def silent_clients(models: Mapping[str, FileModel], db_kind: str, db_name: str) 
                 settings = _settings_file(fm, kind, prefix)
                 if settings is None:
                     continue  # no sign it logs in to the database (an admin UI, a proxy)
-            out.append(Client(fm, name, b, image, default, settings))
+            out.append(Client(fm, name, b, image, default, settings, _login(image, env)))
     return out
 
 
@@ -170,8 +176,21 @@ def _image(fm: FileModel, kind: str, prefix: NixPath) -> str | None:
     return None
 
 
+def _login(image: str | None, env: Mapping[str, str | None]) -> str | None:
+    """The role the image logs in as: its user variable's value here, else its default (None: not known,
+    or computed)."""
+    found = IMAGE_USERS.get(_repo(image)) if image is not None else None
+    if found is None:
+        return None
+    var, default = found
+    return env.get(var, default)
+
+
+def _repo(image: str) -> str:
+    return image.lower().split("@")[0].rsplit("/", 1)[-1].split(":")[0]  # ghcr.io/x/paperless-ngx:2 -> paperless-ngx
+
+
 def _default(image: str | None) -> tuple[str, str] | None:
     if image is None:
         return None
-    repo = image.lower().split("@")[0].rsplit("/", 1)[-1].split(":")[0]  # ghcr.io/x/paperless-ngx:2 -> paperless-ngx
-    return IMAGE_DEFAULTS.get(repo)
+    return IMAGE_DEFAULTS.get(_repo(image))

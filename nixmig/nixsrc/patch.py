@@ -2322,12 +2322,15 @@ class Builder:
                 self.manual_here(c.fm, c.depends.node, c.what(db.name, db.password), "")
 
     def image_default_client(self, c: Client, db: _Db) -> bool:
-        """A client whose image logs in with a known default variable (paperless-ngx' PAPERLESS_DBPASS,
-        default "paperless") that is the database's password today: the variable is set in its env file,
+        """A client whose image logs in as the migration's role with a known default variable (paperless-ngx'
+        PAPERLESS_DBPASS, default "paperless") that is the database's password today: the variable is set
+        in its env file,
         rendered from the agenix secret like any other, so a rotation reaches it. False: said by hand."""
         shape = container_shape(c.depends.path[:-1])
         if c.default is None or db.password is None or c.default[1] != db.password or shape is None:
             return False
+        if c.login != self.spec.role:
+            return False  # it logs in as another role (or one nixmig cannot read): the rotation is not its
         kind, name, prefix = shape
         r = self.renderer_for_container(c.fm, kind, name, prefix)
         if r is None:

@@ -58,3 +58,23 @@ def test_a_mounted_settings_file_is_a_sign_it_logs_in() -> None:
     assert c.settings == "config.properties" and "mounts config.properties" in c.what("db", "pw")
     for other in ('"app-data:/var/lib/app"', '"/srv/app/media:/media"'):  # data, not settings
         assert clients(base.format(other)) == [], other
+
+
+def test_the_image_default_is_set_from_the_secret_only_for_a_client_of_this_role() -> None:
+    """paperless logs in as PAPERLESS_DBUSER (default paperless) with PAPERLESS_DBPASS (default paperless):
+    patch sets PAPERLESS_DBPASS in its env file only when that role is the migration's; a client of another
+    role keeps its default and is said (the rotation is not its)."""
+    from nixmig.nixsrc import patch as pt
+
+    src = (SHAPES / "oci-app-image-default-password" / "hosts" / "box" / "docs.nix").read_bytes()
+    spec = pt.Spec(secret="docs-db-password", role="paperless", container="docs-db", db_service="docs-db")
+    (c,) = silent_clients({"docs.nix": model("docs.nix", src)}, "oci", "docs-db")
+    assert c.login == "paperless"  # the image's default role
+    plan = pt.plan({"docs.nix": src}, spec)
+    assert plan.manual == () and b"PAPERLESS_DBPASS" in plan.results({"docs.nix": src})["docs.nix"]
+    other = src.replace(
+        b'PAPERLESS_DBHOST = "docs-db";', b'PAPERLESS_DBHOST = "docs-db";\n        PAPERLESS_DBUSER = "reader";'
+    )
+    plan = pt.plan({"docs.nix": other}, spec)
+    assert any("PAPERLESS_DBPASS" in m.what for m in plan.manual), plan.manual
+    assert b"PAPERLESS_DBPASS '''" not in plan.results({"docs.nix": other}).get("docs.nix", b"")
