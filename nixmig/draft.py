@@ -541,6 +541,9 @@ class _Db:
     password: bytes = b""  # to find the apps holding the same value; never printed
     # move: a database nixmig cannot rotate (MySQL, MariaDB): the value is kept, the service moves onto it
     strategy: str = "rotate"
+    # the password was found on the database's side (its container's POSTGRES_PASSWORD, SQL that sets it):
+    # with no app in the repo holding it, its clients are elsewhere (the draft says so)
+    server_side: bool = False
 
 
 def _finding_path(f: Finding, fm: FileModel) -> NixPath:
@@ -752,6 +755,7 @@ def _container_db(c: _Container, f: Finding, models: Mapping[str, FileModel] | N
         return _container_name(c, db, models)
     if image is None:
         db.checks.append(f"{what}: its image is not a plain string here; check that it is PostgreSQL")
+    db.server_side = True
     _container_name(c, db, models)
     # volume
     for v, where in _strings(c.fm, (*c.prefix, *c.where.volumes)):
@@ -968,6 +972,7 @@ def _unit_sql_exec_db(fm: FileModel, f: Finding) -> _Db | None:
             why = f"{at} (the SQL systemd.services.{unit} runs gives role {clause.role} this password)"
             db = _Db(name="postgresql", secret="", file=fm.name, origin=at, runtime=Val("native", why))
             db.role = Val(clause.role, why)
+            db.server_side = True
             sql_text = sql.decode("utf-8", "replace")
             owned = [m for m in _SQL_DB.finditer(sql_text) if _owner_is(sql_text, m, clause.role)]
             if owned:
@@ -1034,6 +1039,7 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
         owned = [m for m in created if role and _owner_is(sql, m, name(role))]
         dbname = owned[0] if owned else (created[0] if len(created) == 1 else None)
         db.runtime = Val("native", f"{at} (services.postgresql.initialScript)")
+        db.server_side = True
         db.role = (
             Val(name(role), f"{line_of(role)} ({' '.join(role.group(0).split()[:2]).upper()} in initialScript)")
             if role
@@ -1616,6 +1622,12 @@ def _render(
             svc.notes.append(f"# the same password in an app: {where}")
         svc.notes += [f"# {n}" for n in db.notes]
         svc.notes += [f"# check: {c}" for c in db.checks]
+        if db.server_side and db.strategy == "rotate" and not apps.get(id(db)):
+            svc.notes.append(
+                "# no app in the repo logs in with this password (no URL, variable or option holds it): "
+                "a client that has it elsewhere (another host, a sops or agenix file, an app outside this repo) "
+                'is refused after the rotation; give it the new secret, or use strategy = "move" (value kept)'
+            )
         names, origin, check = _host_of(db, hosts)
         if len(names) == 1:
             svc.add("host", Val(names[0], origin, check))

@@ -748,3 +748,26 @@ def test_home_manager_podman_containers_are_said_not_drafted() -> None:
     d = draft(files)
     assert d.migrations == () and "podman" not in "".join(ln for ln in d.toml.splitlines() if not ln.startswith("#"))
     assert "# check: not drafted: home/dawn/containers.nix:4" in d.toml and "home-manager's services.podman" in d.toml
+
+
+def test_a_database_password_no_app_in_the_repo_holds_is_said_before_a_rotation() -> None:
+    """A database container alone (its clients on another host, or reading the password from elsewhere):
+    a rotation locks them out, and nothing in the repo shows them; the draft says so (realcfg7 03, by eye).
+    With the app's URL in the repo, nothing is said."""
+    db = """{ ... }:
+{
+  virtualisation.oci-containers.containers.db = {
+    image = "postgres:16";
+    environment = { POSTGRES_USER = "app"; POSTGRES_PASSWORD = "Lonely-db-pw-8"; };
+  };
+}
+"""
+    alone = draft({"hosts/box/db.nix": db.encode()})
+    assert "no app in the repo logs in with this password" in alone.toml
+    app = db.replace(
+        "  };\n}",
+        '  };\n  virtualisation.oci-containers.containers.web.environment.DATABASE_URL = "postgres://app:Lonely-db-pw-8@db/app";\n}',
+    )
+    with_app = draft({"hosts/box/db.nix": app.encode()})
+    assert "the same password in an app" in with_app.toml
+    assert "no app in the repo logs in with this password" not in with_app.toml
