@@ -14,8 +14,8 @@ would: ``nixmig init --print --json --no-eval``. Outcome:
   nixmig.config, a draft whose migrations none matches the hand-written one, a traceback,
   a timeout, an exit code other than 0.
 
-The draft's migration for the hand-written one: the one with the same secret, else the one
-whose service has the same container (or database, for a native server), else the only one.
+The draft's migration for the hand-written one: the one whose service has the same role and
+database, else the one with the same secret, else the one whose service has the same container (or database, for a native server), else the only one.
 No value of any case is printed but the service keys compared.
 
     .venv/bin/python bench/init_coverage.py --corpus /work/realcfg [--skip-from LIST | --only-from LIST]
@@ -107,6 +107,7 @@ def _counterpart(draft: Config, hand: Config, hmig: Migration) -> Migration | No
     hsvc = hand.services[hmig.service]
     migs = list(draft.migrations.values())
     for pick in (
+        lambda m: (draft.services[m.service].role, draft.services[m.service].database) == (hsvc.role, hsvc.database),
         lambda m: m.secret == hmig.secret,
         lambda m: hsvc.container is not None and draft.services[m.service].container == hsvc.container,
         lambda m: hsvc.container is None and draft.services[m.service].database == hsvc.database,

@@ -544,6 +544,7 @@ class _Db:
     # the password was found on the database's side (its container's POSTGRES_PASSWORD, SQL that sets it):
     # with no app in the repo holding it, its clients are elsewhere (the draft says so)
     server_side: bool = False
+    role_apps: int = 0  # apps that log in as its role with another value today (drafted as its apps)
 
 
 def _finding_path(f: Finding, fm: FileModel) -> NixPath:
@@ -942,6 +943,35 @@ def _unit_sql_db(f: Finding, account: SqlAccount) -> _Db:
             "`nixmig patch` has the unit read it from the agenix file at start"
         )
     return db
+
+
+def _beside_container(app: _Db, here: Sequence[_Db]) -> None:
+    """An app that names no host for its database (a "local server" guess) in a file whose one drafted
+    database runs in a container (a unit's ``podman exec postgres psql``): that container, as a guess."""
+    if app.container is not None or app.runtime.value != "native" or "a local server" not in app.runtime.origin:
+        return
+    if len(here) != 1 or here[0].runtime.value != "docker" or here[0].container is None:
+        return
+    d = here[0]
+    assert d.container is not None
+    why = f"the only database container of {app.file} ({d.container.origin})"
+    check = f"the app names no host: is its database the container {d.container.value}?"
+    app.runtime = Val("docker", why, check)
+    app.container = Val(d.container.value, why, check)
+    app.docker_host = d.docker_host
+    app.name = f"{app.database.value}-db" if app.database is not None else app.name
+
+
+def _same_role(known: _Db, app: _Db) -> bool:
+    """The app's database is one drafted already: the same role, and no other container or database named
+    (an app names its database's container by a host name nixmig may not tie: a guess is no other)."""
+    if known.role is None or app.role is None or known.role.value != app.role.value or known.strategy == "move":
+        return False
+    if app.database is not None and known.database is not None and app.database.value != known.database.value:
+        return False
+    if app.container is None or app.container.check is not None or app.container.value == "CONTAINER":
+        return True
+    return known.container is not None and known.container.value == app.container.value
 
 
 def _unit_sql_exec_db(fm: FileModel, f: Finding) -> _Db | None:
@@ -1388,18 +1418,28 @@ def draft(
             result.notes.insert(0, _let_note(models[f.file], use.let))
         dbs.append(result)
     # a database only the apps' URLs name (its container is elsewhere, or it is another host's)
+    apps: dict[int, list[str]] = {}
     for i, f in enumerate(db_findings):
         if i in used or any(d.password == f.value.reveal() for d in dbs):
             continue
         url = _url_db(models[f.file], f, paths[id(f)], containers)
+        same = next((d for d in dbs if url is not None and _same_role(d, url)), None)
+        if same is not None:  # an app of a database drafted already (its role), with another value today
+            used.add(i)
+            same.role_apps += 1
+            same.notes.append(
+                f"an app logs in as the same role with another value today: {f.file}:{f.line} "
+                f"{f.attr_path or '(a string)'} (patch gives it this secret: after the rotation both hold the new one)"
+            )
+            continue
         if url is not None:
             used.add(i)
+            _beside_container(url, [d for d in dbs if d.file == url.file and d.container is not None])
             url.password = f.value.reveal()
             if (use := let_uses.get(id(f))) is not None:
                 url.notes.insert(0, _let_note(models[f.file], use.let))
             dbs.append(url)
     # the apps: every other finding holding the same value
-    apps: dict[int, list[str]] = {}
     app_dbs: dict[int, dict[str, str]] = {}  # the databases the apps' URLs name -> where, by owner
     for i, f in enumerate(db_findings):
         if i in used:
@@ -1622,7 +1662,7 @@ def _render(
             svc.notes.append(f"# the same password in an app: {where}")
         svc.notes += [f"# {n}" for n in db.notes]
         svc.notes += [f"# check: {c}" for c in db.checks]
-        if db.server_side and db.strategy == "rotate" and not apps.get(id(db)):
+        if db.server_side and db.strategy == "rotate" and not apps.get(id(db)) and not db.role_apps:
             svc.notes.append(
                 "# no app in the repo logs in with this password (no URL, variable or option holds it): "
                 "a client that has it elsewhere (another host, a sops or agenix file, an app outside this repo) "

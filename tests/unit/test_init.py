@@ -771,3 +771,68 @@ def test_a_database_password_no_app_in_the_repo_holds_is_said_before_a_rotation(
     with_app = draft({"hosts/box/db.nix": app.encode()})
     assert "the same password in an app" in with_app.toml
     assert "no app in the repo logs in with this password" not in with_app.toml
+
+
+def test_an_app_of_the_same_role_with_another_value_is_the_database_s_app_not_a_second_database() -> None:
+    """The SQL a unit runs gives role penpot one value, the app logs in as penpot with another (a config
+    published with one of them changed): one migration, the app said as its client (patch gives it the
+    secret; the rotation makes both the new value), not a second database with a guessed container."""
+    src = """{ pkgs, ... }:
+{
+  virtualisation.oci-containers.containers.penpot-backend = {
+    image = "penpotapp/backend:latest";
+    environment = {
+      PENPOT_DATABASE_URI = "postgresql://postgres/penpot";
+      PENPOT_DATABASE_USERNAME = "penpot";
+      PENPOT_DATABASE_PASSWORD = "App-side-pw-71";
+    };
+  };
+  systemd.services.create-penpot-db = {
+    serviceConfig.Type = "oneshot";
+    serviceConfig.ExecStart = ''
+      ${pkgs.podman}/bin/podman exec -i postgres psql -U postgres \\
+        -c "CREATE ROLE penpot WITH LOGIN PASSWORD 'Sql-side-pw-72';" \\
+        -c "CREATE DATABASE penpot OWNER penpot;"
+    '';
+  };
+}
+"""
+    d = draft({"hosts/box/penpot.nix": src.encode()})
+    assert d.migrations == ("penpot-db-password",), d.toml
+    assert "an app logs in as the same role with another value today" in d.toml
+    assert "no app in the repo logs in with this password" not in d.toml
+
+
+def test_an_app_naming_no_host_beside_the_file_s_one_database_container_is_guessed_to_use_it() -> None:
+    """An /etc env text logs in as postgres with no DB_HOSTNAME; the same file's unit creates role immich
+    through `podman exec postgres psql`: the app's database is guessed to be that container (marked
+    `# check:`), not a native server the file does not have (realcfg 25)."""
+    src = """{ config, pkgs, ... }:
+{
+  systemd.services.create-immich-db = {
+    serviceConfig.Type = "oneshot";
+    serviceConfig.ExecStart = ''
+      ${pkgs.podman}/bin/podman exec -i postgres psql -U postgres \\
+        -c "CREATE ROLE immich WITH LOGIN PASSWORD 'Immich-sql-41';" -c "CREATE DATABASE immich OWNER immich;"
+    '';
+  };
+  environment.etc."immich/.env".text = ''
+    DB_USERNAME=postgres
+    DB_PASSWORD=Postgres-app-pw-42
+    DB_DATABASE_NAME=immich
+  '';
+  virtualisation.oci-containers.containers.immich = {
+    image = "ghcr.io/immich-app/immich-server:release";
+    environmentFiles = [ /etc/immich/.env ];
+  };
+}
+"""
+    d = draft({"hosts/box/immich.nix": src.encode()})
+    cfg = tomllib.loads(d.toml)
+    by_role = {s["role"]: s for s in cfg["services"].values()}
+    assert by_role["immich"]["container"] == "postgres" and by_role["immich"]["runtime"] == "docker"
+    assert by_role["postgres"]["container"] == "postgres" and by_role["postgres"]["runtime"] == "docker"
+    assert (
+        "container"
+        in checked_keys(d.toml)[f"services.{next(k for k, s in cfg['services'].items() if s['role'] == 'postgres')}"]
+    )
