@@ -2121,7 +2121,8 @@ class Builder:
                     found,
                     lambda attr: f"{attr} = config.age.secrets.{secret_attr}.path;",
                     f"{'.'.join(found)} names the file agenix decrypts {spec.secret} to (only the path is in the "
-                    "Nix store; the module reads the file at runtime)",
+                    "Nix store; the module reads the file at runtime; a nixpkgs whose module lacks the option fails "
+                    "to evaluate, naming it: update nixpkgs)",
                 )
                 self.need(fm, ("config",))
                 return
