@@ -33,7 +33,7 @@ from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.model import attr_names, decode_string, unparen
 from nixmig.nixsrc.parse import descendants, text
 from nixmig.nixsrc.quote import escape_indented, nix_attr, nix_escape, shell_quote
-from nixmig.nixsrc.render import EnvLine
+from nixmig.nixsrc.render import EnvLine, template
 from nixmig.nixsrc.scan import classify_name
 from nixmig.nixsrc.shapes import Shape
 from nixmig.nixsrc.shapes.run_argv import _RUN
@@ -377,17 +377,12 @@ def _prologue(b: Builder, bound: Bound, value: UrlParts | str, uses: list[Use], 
             lines.append(f"{var}_mysql=${{{var}//\\\\/\\\\\\\\}}")
             lines.append(f"{var}_mysql=${{{var}_mysql//\\'/\\'\\'}}")
         return lines
+    encode = template("percent-encode.sh.j2").percent_encode(
+        f"{var}_pw", f"$(od -An -v -tx1 -- {word} | tr abcdef ABCDEF)", "nixmig_h", "nixmig_c"
+    )
     lines += [
         f"{var}_pw=",
-        f"for nixmig_h in $(od -An -v -tx1 -- {word} | tr abcdef ABCDEF); do",
-        "  case $nixmig_h in",
-        "    3[0-9] | 4[1-9A-F] | 5[0-9A] | 6[1-9A-F] | 7[0-9A] | 2D | 2E | 5F | 7E)",
-        '      printf -v nixmig_c "\\\\x$nixmig_h"',
-        f"      {var}_pw+=$nixmig_c",
-        "      ;;",
-        f"    *) {var}_pw+=%$nixmig_h ;;",
-        "  esac",
-        "done",
+        *str(encode).splitlines(),
         f'{var}={shell_quote(value.prefix)}"${var}_pw"{shell_quote(value.suffix)}',
     ]
     return lines
