@@ -15,7 +15,8 @@ would: ``nixmig init --print --json --no-eval``. Outcome:
   a timeout, an exit code other than 0.
 
 The draft's migration for the hand-written one: the one whose service has the same role and
-database, else the one with the same secret, else the one whose service has the same container (or database, for a native server), else the only one.
+database, else the one with the same secret, else the one whose service has the same container
+(or database, for a native server), else the only one.
 No value of any case is printed but the service keys compared.
 
     .venv/bin/python bench/init_coverage.py --corpus /work/realcfg [--skip-from LIST | --only-from LIST]
