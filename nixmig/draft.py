@@ -544,7 +544,7 @@ class _Db:
     # the password was found on the database's side (its container's POSTGRES_PASSWORD, SQL that sets it):
     # with no app in the repo holding it, its clients are elsewhere (the draft says so)
     server_side: bool = False
-    role_apps: int = 0  # apps that log in as its role with another value today (drafted as its apps)
+    clients_seen: int = 0  # other holders of it in the repo: an app of its role, a heredoc, a script
 
 
 def _finding_path(f: Finding, fm: FileModel) -> NixPath:
@@ -1426,7 +1426,7 @@ def draft(
         same = next((d for d in dbs if url is not None and _same_role(d, url)), None)
         if same is not None:  # an app of a database drafted already (its role), with another value today
             used.add(i)
-            same.role_apps += 1
+            same.clients_seen += 1
             same.notes.append(
                 f"an app logs in as the same role with another value today: {f.file}:{f.line} "
                 f"{f.attr_path or '(a string)'} (patch gives it this secret: after the rotation both hold the new one)"
@@ -1458,6 +1458,9 @@ def draft(
                 app_dbs.setdefault(id(owner), {}).setdefault(_url_database(models[f.file], f), where)
     for d in dbs:
         _apps_database(d, app_dbs.get(id(d), {}))
+        # another holder of the same value anywhere (a heredoc an activation script writes, a script's
+        # PGPASSWORD): a client in the repo, even one init does not draft as an app
+        d.clients_seen += max(0, sum(f.value.reveal() == d.password for f in findings) - 1) if d.password else 0
 
     return _render(dbs, apps, list(dict.fromkeys(unplaced)), hosts, keys, skipped, other, notes)
 
@@ -1662,7 +1665,7 @@ def _render(
             svc.notes.append(f"# the same password in an app: {where}")
         svc.notes += [f"# {n}" for n in db.notes]
         svc.notes += [f"# check: {c}" for c in db.checks]
-        if db.server_side and db.strategy == "rotate" and not apps.get(id(db)) and not db.role_apps:
+        if db.server_side and db.strategy == "rotate" and not apps.get(id(db)) and not db.clients_seen:
             svc.notes.append(
                 "# no app in the repo logs in with this password (no URL, variable or option holds it): "
                 "a client that has it elsewhere (another host, a sops or agenix file, an app outside this repo) "

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from nixmig.config import also_name
 from nixmig.nixsrc.containers import base_variable, env_container, env_words
 from nixmig.nixsrc.edits import Edit
+from nixmig.nixsrc.lets import LetLiteral, let_literals
 from nixmig.nixsrc.model import Bind, FileModel, _apply_parts, decode_string, unparen
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.scan import DESCRIPTION, Finding, Kind, classify_name, credential_file_name, scan_source, words
@@ -427,13 +428,15 @@ def leftovers(
         # the password itself where scan saw none (a value that reads like a placeholder,
         # "SECURE_PASSWORD_HERE"): the plan recognised it as the password, so it is one here too
         seen = {(o.file, o.line) for o in out if o.file == name}
+        lets = {ll.literal.start_byte: ll for ll in let_literals(fm.root).values()}
         for lit in fm.lits:
-            value = decode_string(lit.node) if lit.exact else None
+            value = decode_string(lit.node) if lit.exact or lit.path[:1] == ("<let>",) else None
             start, end = lit.node.start_byte, lit.node.end_byte
             if value is None or not value or digest(value.encode()) not in known:
                 continue
             in_env = _secret_variable(lit.path)
-            if not in_env and not _credential_place(lit.path):
+            reader = _credential_reader(fm, lets.get(start), spans.get(name, ()))
+            if not in_env and not _credential_place(lit.path) and reader is None:
                 continue  # the same bytes as a user name ("postgres") are no password there
             line, col = fm.line_col(start)
             if (name, line) in seen or (name, line) in skip or _covered_span(start, end, spans.get(name, ())):
@@ -445,6 +448,10 @@ def leftovers(
                 "another credential with the database's value under a name scan does not read as one (a rotation "
                 f"must not change it): {companion_fix(migration or '', var, name, line)}"
                 if var
+                else f"bound to a name scan does not read as a credential, and read as one by "
+                f"{'.'.join(reader.path)} at {fm.where(reader.node)}: nixmig has no edit for that use; give it the "
+                "agenix secret by hand (an env file, a *File option), or bind the password under its own name"
+                if reader is not None and not in_env and not _credential_place(lit.path)
                 else string_shape(lit.path) or unknown_shape(lit.path)
             )
             out.append(
@@ -483,6 +490,21 @@ def _credential_place(path: Sequence[str]) -> bool:
     if len(segs) >= 4 and segs[:2] == ["environment", "etc"] and segs[-1] in ("text", "source"):
         return credential_file_name(segs[2].rsplit("/", 1)[-1].split(".", 1)[0]) is not None
     return bool(segs) and classify_name(segs[-1]) is not None
+
+
+def _credential_reader(fm: FileModel, let: LetLiteral | None, edited: Sequence[tuple[int, int]]) -> Bind | None:
+    """A binding no edit replaces that reads the let-bound literal ``let`` as a credential
+    (``DB_PASSWORD = v;``), when its own name says nothing (``v``)."""
+    if let is None:
+        return None
+    uses = {u.start_byte for u in let.uses}
+    for b in fm.binds:
+        node = unparen(b.value)
+        reads = node.type == "variable_expression" and node.start_byte in uses
+        reads = reads and not _covered_span(b.node.start_byte, b.node.end_byte, edited)
+        if reads and (_secret_variable(b.path) or _credential_place(b.path)):
+            return b
+    return None
 
 
 def _covered_span(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:

@@ -920,20 +920,24 @@ class Builder:
             self.let_used.add((fm.name, v.start_byte))
 
     def bare_variables(self, password: str | None, siblings: list[tuple[FileModel, Lit, str, NixPath]]) -> None:
-        """``DB_PASSWORD = dbPassword;`` (a let-bound password): as if the literal were written there."""
-        if password is None:
+        """``DB_PASSWORD = dbPassword;`` (a let-bound password): as if the literal were written there. The
+        password: the one the plan found, else a value a shape recognised as it (SQL a unit runs)."""
+        if password is None and not self.known:
             return
         for fm, b in self.all_binds():
             node = unparen(b.value)
             if node.type != "variable_expression" or (fm.name, node.start_byte) in self.handled:
                 continue
-            if self.value_of(fm, node) != password:
+            value = self.value_of(fm, node)
+            if value is None or (
+                value != password if password is not None else digest(value.encode()) not in self.known
+            ):
                 continue
             lit = Lit(b.path, node, b.exact, b)
             if self.bare_in_env(fm, lit):
                 continue
             if (sibling := nixpkgs_file_sibling(b.path)) is not None and b.exact:
-                siblings.append((fm, lit, password, sibling))
+                siblings.append((fm, lit, value, sibling))
 
     def drop_lets(self) -> None:
         """A let-bound password: masked; its binding removed when every use of it was replaced, else each
@@ -944,9 +948,11 @@ class Builder:
                 ours = digest(let.value.encode()) in self.known
                 if not ours and digest(let.value.encode()) not in self.also_known:
                     continue
-                if classify_name(let.name) is None:
-                    continue  # `dbUser = "app"` when the password is "app" too: a name (the verdict sees the rest)
                 left = [u for u in let.uses if (name, u.start_byte) not in self.let_used]
+                if classify_name(let.name) is None and len(left) == len(let.uses):
+                    # `dbUser = "app"` when the password is "app" too: a name (the verdict sees the rest); a
+                    # name that says nothing (`v`) is the password once a use of it was replaced as one
+                    continue
                 self.mask_literal(fm, let.literal)
                 if not left:
                     self.ed.remove_binding(

@@ -836,3 +836,28 @@ def test_an_app_naming_no_host_beside_the_file_s_one_database_container_is_guess
         "container"
         in checked_keys(d.toml)[f"services.{next(k for k, s in cfg['services'].items() if s['role'] == 'postgres')}"]
     )
+
+
+def test_a_heredoc_holding_the_database_s_password_is_a_client_in_the_repo() -> None:
+    """The SQL a unit runs gives role auth its password; an activation script's heredoc writes the same
+    value into the app's env file. That heredoc is a client in the repo: no "no app" note (realcfg 24,
+    by eye: the note said the opposite of the truth)."""
+    src = """{ pkgs, ... }:
+{
+  system.activationScripts.auth-env = ''
+    cat > /run/secrets/auth.env << EOF
+    AUTH_POSTGRESQL__PASSWORD=Auth-db-pw-63
+    EOF
+  '';
+  systemd.services.auth-db = {
+    serviceConfig.Type = "oneshot";
+    serviceConfig.ExecStart = ''
+      ${pkgs.podman}/bin/podman exec -i postgres psql -U postgres \\
+        -c "CREATE ROLE auth WITH LOGIN PASSWORD 'Auth-db-pw-63';" -c "CREATE DATABASE auth OWNER auth;"
+    '';
+  };
+}
+"""
+    d = draft({"hosts/box/auth.nix": src.encode()})
+    assert d.migrations == ("auth-db-password",), d.toml
+    assert "no app in the repo logs in with this password" not in d.toml

@@ -15,7 +15,9 @@ from nixmig.nixsrc import leftover as lo
 from nixmig.nixsrc import patch as pt
 from nixmig.nixsrc import validate
 from nixmig.nixsrc.scan import scan_source
-from tests.helpers import EXAMPLE, copy_example, run_cli, snapshot
+from tests.helpers import EXAMPLE, FIXTURES, copy_example, run_cli, snapshot
+
+SHAPES = FIXTURES / "shapes"
 
 TOML = """\
 [hosts.box]
@@ -478,3 +480,20 @@ def test_an_env_text_logging_in_as_another_role_is_not_taken_for_this_one_s_on_a
     assert "Immich-sql-41" not in out and "DB_PASSWORD=postgres" in out and "DB_USERNAME=postgres" in out
     again = pt.plan(after, spec)
     assert again.edits == (), [e.explanation for e in again.edits]
+
+
+def test_a_password_bound_under_a_plain_name_and_read_elsewhere_too_is_said_not_called_patched() -> None:
+    """`s = "..."` (a name that says nothing) read by the app's NOTES_DB_PASSWORD and by a hash in an /etc
+    file; the SQL a unit runs holds the same value. The app's use is moved, the binding must stay for the
+    other use: said, with that use's line, never "patched" (before: exit 0 with the literal left)."""
+    src = (SHAPES / "oci-let-plain-name-password-and-unit-sql" / "hosts" / "box" / "notes.nix").read_bytes()
+    src = src.replace(
+        b"  systemd.services.notes-db-init",
+        b'  environment.etc."notes/hash".text = builtins.hashString "sha256" s;\n  systemd.services.notes-db-init',
+    )
+    spec = pt.Spec(secret="notes-db-password", role="notes", container="postgres")
+    plan = pt.plan({"notes.nix": src}, spec)
+    assert any(
+        "the hardcoded password, bound at notes.nix" in m.what and "/etc/notes/hash" in m.what for m in plan.manual
+    )
+    assert b"Notes-pw-2218" in plan.results({"notes.nix": src})["notes.nix"]  # the binding stays, said
