@@ -1317,7 +1317,8 @@ class Builder:
                 f"no arion project imports {fm.name} by path, so nixmig cannot tell which systemd unit starts it "
                 f"(set unit and module for this migration)"
                 if kind == "arion"
-                else "its name is computed, so nixmig cannot tell its unit and runtime directory"
+                else "its name or its unit's (serviceName) is computed, so nixmig cannot tell its unit and runtime "
+                "directory"
             )
             snippet = self.generic_snippet(lit.path, line)
             self.manual_here(fm, lit.node, f"{line.var} in the {name} container: {why}", snippet)
@@ -1390,7 +1391,14 @@ class Builder:
             key = ("oci", fm.name, real)
             if key not in self.renderers:
                 containers = self._bind_containing(fm, prefix)
-                unit_seg = oci_unit_seg(fm, real)
+                service = self._bind_at(fm, (*prefix, "serviceName"))  # nixpkgs: the unit, <backend>-<name> by default
+                if service is not None:
+                    named = decode_string(unparen(service.value))
+                    if named is None or not named or "/" in named:
+                        return None  # a unit named by an expression: nixmig cannot tell which one to give it
+                    unit_seg = nix_attrpath((named.removesuffix(".service"),))
+                else:
+                    unit_seg = oci_unit_seg(fm, real)
                 self.renderers[key] = _Renderer(key, "oci", fm, containers, unit_seg, real, real, container=real)
             return self.renderers[key]
         if kind == "quadlet":
@@ -2404,6 +2412,13 @@ class Builder:
             if kind == "oci":
                 tpl = template("oci-containers.nix.j2")
                 segs = {oci_unit_seg(fm, name) for fm in self.models.values()}
+                named = [
+                    v
+                    for fm in self.models.values()
+                    if (b := self._bind_at(fm, (*prefix, "serviceName"))) is not None
+                    if (v := decode_string(unparen(b.value)))
+                ]
+                segs = {named[0].removesuffix(".service")} if named else segs  # the container's serviceName
                 literal = sorted(seg for seg in segs if not seg.startswith('"'))
                 unit_seg = nix_attrpath((literal[0] if literal else oci_unit_seg(None, name),))
                 return (

@@ -497,3 +497,15 @@ def test_a_password_bound_under_a_plain_name_and_read_elsewhere_too_is_said_not_
         "the hardcoded password, bound at notes.nix" in m.what and "/etc/notes/hash" in m.what for m in plan.manual
     )
     assert b"Notes-pw-2218" in plan.results({"notes.nix": src})["notes.nix"]  # the binding stays, said
+
+
+def test_a_container_whose_unit_name_is_computed_is_said_not_rendered_for_a_unit_that_may_not_exist() -> None:
+    """serviceName set by an expression: nixmig cannot tell the unit that starts the container, so it
+    writes no ExecStartPre for a guessed one (the container's --env-file would name a file nothing writes)."""
+    src = (SHAPES / "oci-container-service-name" / "hosts" / "box" / "wiki.nix").read_bytes()
+    src = src.replace(b'serviceName = "wiki-server";', b'serviceName = "${config.networking.hostName}-wiki";')
+    spec = pt.Spec(secret="wiki-db-password", role="wiki", container="wiki-db")
+    plan = pt.plan({"wiki.nix": src}, spec)
+    out = plan.results({"wiki.nix": src}).get("wiki.nix", b"")
+    assert b'-wiki".serviceConfig' not in out and b"environmentFiles" not in out
+    assert any("WIKI_DB_PASSWORD" in m.what or "unit" in m.what for m in plan.manual), plan.manual
