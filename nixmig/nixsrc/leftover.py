@@ -187,6 +187,13 @@ def unknown_shape(path: Sequence[str]) -> str:
             "give it its own secret (`nixmig secret new NAME --from FILE:LINE` keeps the value) and point the "
             "option at config.age.secrets.NAME.path, owned by the service's user"
         )
+    if len(segs) >= 4 and segs[0] == "services" and "settings" in segs[2:-1]:
+        return (
+            f"no template for this shape: {what} is a key of services.{segs[1]}'s settings (a config file "
+            "nixpkgs writes into the world-readable Nix store, with no file twin for a key): nixmig has no edit "
+            f"for it; if services.{segs[1]} has a file option for it (a database.passwordFile, an environmentFile, "
+            "a secrets file merged at start), set it by hand, readable by the user the service runs as"
+        )
     if len(segs) >= 3 and segs[0] == "services":
         return (
             f"no template for this shape: {what} is an option of services.{segs[1]} with no file variant nixmig "

@@ -2753,6 +2753,10 @@ def nixpkgs_file_sibling(path: NixPath) -> NixPath | None:
         return NIXPKGS_PATH_SIBLINGS[path]
     if len(path) < 3 or path[0] != "services" or path[-1] not in NIXPKGS_FILE_SIBLINGS:
         return None
+    if env_container(path) is not None:
+        return None  # an arion service's environment (services.NAME.service.environment.dbpass): a variable
+    if "settings" in path[2:-1]:
+        return None  # a freeform settings attrset (RFC 42): its keys are the program's, no nixpkgs *File twin
     if "ensureUsers" in path:
         return None  # nixpkgs' mysql/postgresql ensureUsers entries have neither password nor passwordFile
     return (*path[:-1], NIXPKGS_FILE_SIBLINGS[path[-1]])
