@@ -98,13 +98,23 @@ def _scheme(source: bytes, start: int) -> str:
     return m.group(1).decode().lower().split("+")[0] if m else ""
 
 
+# the variables PostgreSQL's and MySQL's clients read their password from
+_CLIENT_VARS = frozenset({"PGPASSWORD", "MYSQL_PWD"})
+_ASSIGNED = re.compile(rb"([A-Za-z_]\w*)[\"']?[ \t]*[=:][ \t]*[\"']?$")
+
+
 def _related(f: Finding, source: bytes, idents: Collection[str]) -> bool:
     """A database credential (by its attribute's words, its URL scheme, SQL) or one of this migration's names."""
     ws = set(words(f.attr_path)) if f.attr_path else set()
-    if ws & DB_WORDS or f.rule == "sql":
+    if ws & DB_WORDS or f.rule in ("sql", "dsn"):
         return True
     if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 and _scheme(source, f.start) in DB_SCHEMES:
         return True
+    if f.rule == "assignment" and f.start >= 0:  # PGPASSWORD=... in a script: a database client's
+        m = _ASSIGNED.search(source[max(0, f.start - 80) : f.start])
+        name = m.group(1).decode() if m is not None else ""
+        if name.upper() in _CLIENT_VARS or {w.lower() for w in words(name)} & DB_WORDS:
+            return True
     segments = [seg.strip('"') for seg in f.attr_path.split(".")]
     return any(i and i in segments for i in idents)
 
@@ -248,6 +258,12 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             "a container of home-manager's services.podman (rootless, in a user's session, started by the user's "
             "systemd): nixmig patches NixOS-level containers (virtualisation.oci-containers); by hand: its "
             "environmentFile from a file only that user can read (agenix for home-manager, owner that user)"
+        )
+    if f.rule == "dsn":
+        return (
+            "no template for this shape: a Go MySQL DSN (user:password@tcp(host)/db, go-sql-driver/mysql) "
+            "holds it: nixmig has no edit for a DSN yet; by hand: move the variable to an env file rendered "
+            "from the agenix secret (a container's environmentFiles), or a *_FILE variable if the app reads one"
         )
     held = module_as_value(path)
     if held:

@@ -97,7 +97,7 @@ class Finding:
     kind: Kind
     value: Secret = field(repr=False, compare=False)
     secret_name: str
-    rule: str  # how it was found: name, url, pem, age-identity, assignment, flag, sql, token-format
+    rule: str  # how it was found: name, url, dsn, pem, age-identity, assignment, flag, sql, token-format
     # byte span of the value in the source (-1: unknown); what patch's verdict compares with its edits
     start: int = field(default=-1, compare=False)
     end: int = field(default=-1, compare=False)
@@ -289,6 +289,8 @@ def classify_name(name: str, *, plural: bool = False) -> NameClass | None:
         return None
     expanded = [*ws[:-1], *([prefix] if prefix else []), noun]
     if noun in ("password", "passwd", "passphrase", "pass", "pwd", "pw", "psk"):
+        if expanded[0] in ("mysql", "mariadb") and {"random", "allow", "empty", "onetime"} & set(expanded[1:-1]):
+            return None  # the images' flags: MYSQL_RANDOM_ROOT_PASSWORD = "1", MARIADB_ALLOW_EMPTY_ROOT_PASSWORD
         if any(w in _HASH_WORDS for w in expanded[:-1]):
             return NameClass(Kind.HASH, tuple(expanded))
         return NameClass(Kind.PASSWORD, tuple(expanded))
@@ -399,7 +401,10 @@ _AUTH_HEADER_RE: Final = re.compile(
 # cheap file-level gate: no trigger, nothing to walk (syntax is still checked)
 _TRIGGER_RE: Final = re.compile(
     rb"(?i)pass|pw|secret|token|key|cred|psk|cookie|identified|authorization|://|basicauth|gh[pousr]_|glpat-|xox|sk_live_"
+    rb"|@tcp\(|@unix\("
 )
+# Go's MySQL driver DSN (go-sql-driver/mysql): user:password@tcp(host:port)/db, or @unix(/run/mysqld.sock)
+_DSN_RE: Final = re.compile(rb"(?<![\w.+-])([\w.-]+):([^\s@/:'\"\\]+)@(?:tcp|unix)\(")
 
 
 # --------------------------------------------------------------------------- tree context
@@ -1063,6 +1068,7 @@ def _previous_flag(node: Node) -> NameClass | None:
 
 _TEXT_ONLY_TRIGGER_RE: Final = re.compile(
     rb"pass|pw|secret|token|key|cred|psk|cookie|identified|authorization|gh[pousr]_|github_pat_|glpat-|xox|sk_live_"
+    rb"|@tcp\(|@unix\("
 )
 
 
@@ -1148,6 +1154,10 @@ def _scan_string(node: Node, out: _Collector, *, every: bool = False) -> None:
             if not is_placeholder(m.group(3).decode("utf-8", "replace")):
                 add(m.span(3), Kind.URL_CREDENTIAL, "url", leaf_words,
                     host=m.group(4).decode("utf-8", "replace"), user=m.group(2).decode("utf-8", "replace"))  # fmt: skip
+    if b"@tcp(" in data or b"@unix(" in data:  # a Go MySQL DSN: no scheme, the password before the @
+        for m in _DSN_RE.finditer(data):
+            if not is_placeholder(m.group(2).decode("utf-8", "replace")):
+                add(m.span(2), Kind.PASSWORD, "dsn", [*leaf_words, "password"])
     if ctx.attr_name or node.type == "uri_expression":
         return
 
@@ -1336,7 +1346,7 @@ def _scan_inside(data: bytes, leaf_words: Sequence[str], add: _Add, *, multiline
 _TRIGGER_WORDS: Final = (
     b"pass", b"pw", b"secret", b"token", b"key", b"cred", b"psk", b"cookie", b"identified",
     b"authorization", b"://", b"default", b"value", b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_",
-    b"github_pat_", b"glpat-", b"xox", b"sk_live_",
+    b"github_pat_", b"glpat-", b"xox", b"sk_live_", b"@tcp(", b"@unix(",
 )  # fmt: skip
 _TRIGGER_SCAN_RE: Final = re.compile(b"|".join(re.escape(w) for w in _TRIGGER_WORDS))
 _STRING_TYPES: Final = frozenset({"string_expression", "indented_string_expression", "uri_expression"})
