@@ -509,3 +509,28 @@ def test_a_container_whose_unit_name_is_computed_is_said_not_rendered_for_a_unit
     out = plan.results({"wiki.nix": src}).get("wiki.nix", b"")
     assert b'-wiki".serviceConfig' not in out and b"environmentFiles" not in out
     assert any("WIKI_DB_PASSWORD" in m.what or "unit" in m.what for m in plan.manual), plan.manual
+
+
+def test_a_script_s_pgpassword_is_said_on_the_second_run_too() -> None:
+    """PGPASSWORD=... in a unit's script: said by hand on the first run (the value is the database's); after
+    the database's variable moved, the second run must still say it, not call the tree patched (a sweep of
+    real files, stop 18: exit 1, then exit 0 with the literal still there)."""
+    src = {
+        "app.nix": b"""{ pkgs, ... }:
+{
+  virtualisation.oci-containers.containers.db = {
+    image = "postgres:16";
+    environment = { POSTGRES_USER = "app"; POSTGRES_PASSWORD = "Report-pw-61"; };
+  };
+  systemd.services.report.script = ''
+    PGPASSWORD=Report-pw-61 ${pkgs.postgresql}/bin/psql -h localhost -U app -c 'select 1'
+  '';
+}
+"""
+    }
+    spec = pt.Spec(secret="app-db-password", role="app", container="db")
+    first = pt.plan(src, spec)
+    assert any("systemd.services.report.script" in m.what for m in first.manual)
+    after = {**src, **first.results(src)}
+    again = pt.plan(after, spec)
+    assert any("systemd.services.report.script" in m.what for m in again.manual), again.manual
