@@ -939,6 +939,49 @@ class Builder:
             if (sibling := nixpkgs_file_sibling(b.path)) is not None and b.exact:
                 siblings.append((fm, lit, value, sibling))
 
+    def comments_with_values(self) -> None:
+        """A comment holding a value the plan takes out of the tree (``# MARIADB_PASSWORD = "...";``, a copy
+        left commented out): the file's text is in the Nix store and the repo, the comment with it. A comment
+        alone on its line goes; one after code is said. Only in files the plan edits."""
+        names = {n.encode() for n in (self.spec.role, self.spec.container, self.spec.db_service, self.spec.secret) if n}
+        values: set[bytes] = set()
+        for name, start, end in self.masks:
+            value = self.models[name].source[start:end] if name in self.models else b""
+            if len(value) >= 6 and b"*" not in value and value not in names:
+                values.add(value)  # (a password that is the role's name: a comment naming the role is no copy)
+        if not values:
+            return
+        from nixmig.nixsrc.parse import descendants
+
+        token = re.compile(b"|".join(rb"(?<![\w-])" + re.escape(v) + rb"(?![\w-])" for v in sorted(values)))
+        for name in sorted({e.file for e in self.ed.items}):
+            fm = self.models[name]
+            for node in descendants(fm.root):
+                found = (
+                    list(token.finditer(fm.source, node.start_byte, node.end_byte)) if node.type == "comment" else []
+                )
+                if not found:
+                    continue
+                self.masks += [(name, m.start(), m.end()) for m in found]  # masked in the diff patch prints
+                start = fm.source.rfind(b"\n", 0, node.start_byte) + 1
+                if fm.source[start : node.start_byte].strip() or any(
+                    e.file == name and e.start < node.end_byte and node.start_byte < e.end for e in self.ed.items
+                ):
+                    self.manual_here(
+                        fm,
+                        node,
+                        "a comment holds this migration's password (a copy left commented out): the file's text is "
+                        "in the Nix store and the repository; delete it from the comment",
+                        "",
+                    )
+                    continue
+                self.ed.remove_binding(
+                    fm,
+                    node,
+                    "removes a comment that held this migration's password (a copy left commented out): the file's "
+                    "text is in the Nix store and the repository",
+                )
+
     def drop_lets(self) -> None:
         """A let-bound password: masked; its binding removed when every use of it was replaced, else each
         use left is said (the literal stays, so the tree is not called patched)."""
@@ -2553,6 +2596,8 @@ class Builder:
             self.let_used.clear()
             self.notes.append("nothing is written: the password is a MySQL/MariaDB database's (strategy move)")
         self.drop_lets()
+        if not unusable:
+            self.comments_with_values()
         self.verdict(db, given_up=unusable)
         self.ed.items = settle(self.ed.items, {name: fm.source for name, fm in self.models.items()})
         edits = tuple(sorted(self.ed.items, key=lambda e: (e.file, e.start, e.end)))

@@ -534,3 +534,28 @@ def test_a_script_s_pgpassword_is_said_on_the_second_run_too() -> None:
     after = {**src, **first.results(src)}
     again = pt.plan(after, spec)
     assert any("systemd.services.report.script" in m.what for m in again.manual), again.manual
+
+
+def test_a_comment_holding_the_password_goes_or_is_said() -> None:
+    """A copy of the password left commented out is in the file's text (the Nix store, the repo): a comment
+    alone on its line goes, one after code is said; masked in the diff either way (a sweep, stop 18: it was
+    left, exit 0, and printed in clear as the diff's context)."""
+    src = {
+        "db.nix": b"""{ ... }:
+{
+  virtualisation.oci-containers.containers.db = {
+    image = "postgres:16";
+    environment = {
+      # POSTGRES_PASSWORD = "Old-copy-pw-72";
+      POSTGRES_USER = "app"; # was app / Old-copy-pw-72
+      POSTGRES_PASSWORD = "Old-copy-pw-72";
+    };
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app", container="db"))
+    out = plan.results(src)["db.nix"].decode()
+    assert "# POSTGRES_PASSWORD" not in out and "# was app / Old-copy-pw-72" in out
+    assert [m.line for m in plan.manual] == [7] and "a comment holds" in plan.manual[0].what
+    assert "Old-copy-pw-72" not in plan.diff(src)
