@@ -102,6 +102,13 @@ def register(app: typer.Typer) -> None:
             typer.echo(d.toml, nl=False)
         else:
             n = len(d.migrations)
+            if n == 0:
+                typer.echo(
+                    f"wrote {target}: no migration: init could not tie the hardcoded password(s) to a database "
+                    "(its `# check: not drafted:` lines say why); add a [services.NAME] and a [migrations.NAME] "
+                    "by hand (the README's nixmig.toml section), then run `nixmig plan`"
+                )
+                return
             typer.echo(
                 f"wrote {target}: {n} migration{'s' if n != 1 else ''}"
                 f"{' (' + ', '.join(d.migrations) + ')' if n else ''}, "

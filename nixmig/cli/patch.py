@@ -287,7 +287,12 @@ def _pick_migrations(cfg: Any, name: str | None) -> list[str]:
             raise UsageError(f"no migration {name!r}", where=cfg.path, hint="defined: " + defined)
         return [name]
     if not cfg.migrations:
-        raise UsageError("no migration defined", where=cfg.path, hint="add a [migrations.NAME] table (nixmig init)")
+        raise UsageError(
+            "no migration defined",
+            where=cfg.path,
+            hint="add a [migrations.NAME] table by hand (README: nixmig.toml); where `nixmig init` could not draft "
+            "one, its `# check: not drafted:` lines say why",
+        )
     return [str(n) for n in cfg.migrations]
 
 

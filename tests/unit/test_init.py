@@ -861,3 +861,22 @@ def test_a_heredoc_holding_the_database_s_password_is_a_client_in_the_repo() -> 
     d = draft({"hosts/box/auth.nix": src.encode()})
     assert d.migrations == ("auth-db-password",), d.toml
     assert "no app in the repo logs in with this password" not in d.toml
+
+
+def test_a_draft_with_no_migration_says_what_to_do_and_patch_does_not_send_the_user_back_to_init(
+    tmp_path: Path,
+) -> None:
+    """init writes hosts and keys but ties no password to a database: it says so (not "0 migrations ...
+    then run nixmig plan"), and patch's error names the by-hand step, not `nixmig init` again (a sweep of
+    real files, stop 18: 9 of 63 drafts had no migration and patch's hint was circular)."""
+    (tmp_path / "hosts" / "box").mkdir(parents=True)
+    (tmp_path / "hosts" / "box" / "a.nix").write_text(
+        '{ lib, ... }:\nlet\n  environment = { MYSQL_ROOT_PASSWORD = "Zero-mig-pw-3"; '
+        'APP_DATABASE_PASSWORD = "Zero-mig-pw-3"; };\nin\n{\n'
+        '  virtualisation.oci-containers.containers.app = { image = "example/app"; inherit environment; };\n}\n'
+    )
+    proc = run_cli("init", "--no-eval", cwd=tmp_path)
+    assert proc.returncode == 0 and "no migration: init could not tie" in proc.stdout.decode()
+    proc = run_cli("patch", cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "no migration defined" in err and "by hand" in err, err
