@@ -76,7 +76,7 @@ from nixmig.nixsrc.leftover import (
     unknown_shape,
     uses_secret,
 )
-from nixmig.nixsrc.lets import let_literals, resolve
+from nixmig.nixsrc.lets import LetLiteral, let_literals, resolve
 from nixmig.nixsrc.model import (
     AttrSet,
     Bind,
@@ -101,7 +101,7 @@ from nixmig.nixsrc.quote import (
     store_name,
 )
 from nixmig.nixsrc.render import EnvFile, EnvLine, also_secrets, render_script, script_in_nix, template
-from nixmig.nixsrc.scan import classify_name, words
+from nixmig.nixsrc.scan import Kind, classify_name, words
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -1007,6 +1007,23 @@ class Builder:
                     continue
                 # the literal stays with its binding: said once, at each use left (not again by the verdict)
                 self.let_kept.add((name, fm.line_col(let.literal.start_byte)[0]))
+                named = classify_name(let.name)
+                if ours and not self.let_used_in(name, let) and named is not None and named.kind is not Kind.PASSWORD:
+                    # `penpotSecretKey = "..."` with the database's value: another credential, not this password
+                    line, col = fm.line_col(let.literal.start_byte)
+                    self.manual.append(
+                        Manual(
+                            name,
+                            line,
+                            col,
+                            f"{let.name} holds the database's value under another credential's name (a "
+                            f"{named.kind.value}): two secrets in one, and not this migration's to move (a rotation "
+                            f"must not change it): give it its own secret, `nixmig secret new NAME --from "
+                            f"{name}:{line}`, and change it its own way",
+                            "",
+                        )
+                    )
+                    continue
                 for u in left:
                     line, col = fm.line_col(u.start_byte)
                     where = self._bound_at(fm, u)
@@ -1022,6 +1039,10 @@ class Builder:
                             "",
                         )
                     )
+
+    def let_used_in(self, name: str, let: LetLiteral) -> bool:
+        """Some use of ``let`` was replaced by an edit."""
+        return any((name, u.start_byte) in self.let_used for u in let.uses)
 
     def _bound_at(self, fm: FileModel, node: Node) -> NixPath:
         """The option path of the innermost binding whose value holds ``node`` (() when none)."""

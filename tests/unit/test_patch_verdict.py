@@ -559,3 +559,29 @@ def test_a_comment_holding_the_password_goes_or_is_said() -> None:
     assert "# POSTGRES_PASSWORD" not in out and "# was app / Old-copy-pw-72" in out
     assert [m.line for m in plan.manual] == [7] and "a comment holds" in plan.manual[0].what
     assert "Old-copy-pw-72" not in plan.diff(src)
+
+
+def test_a_let_named_for_another_credential_with_the_database_s_value_is_said_as_another_credential() -> None:
+    """`appSecretKey = "..."` holding the database's value, read where nixmig has no edit: said as another
+    credential (its own secret), not as "the hardcoded password ... the binding stays until this use reads
+    the secret" (which told the user to give a secret key the database's secret; by-eye review, stop 18)."""
+    src = {
+        "a.nix": b"""{ pkgs, ... }:
+let
+  appSecretKey = "Same-redacted-9";
+in
+{
+  virtualisation.oci-containers.containers.db = {
+    image = "postgres:16";
+    environment = { POSTGRES_USER = "app"; POSTGRES_PASSWORD = "Same-redacted-9"; };
+  };
+  virtualisation.oci-containers.containers.web = {
+    image = "example/web";
+    cmd = [ "--secret" appSecretKey ];
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app", container="db"))
+    (m,) = plan.manual
+    assert m.line == 3 and "under another credential's name (a key)" in m.what, m.what
