@@ -1381,7 +1381,7 @@ class Builder:
                 f"no arion project imports {fm.name} by path, so nixmig cannot tell which systemd unit starts it "
                 f"(set unit and module for this migration)"
                 if kind == "arion"
-                else "its name or its unit's (serviceName) is computed, so nixmig cannot tell its unit and runtime "
+                else "its name is computed (or its unit's, serviceName), so nixmig cannot tell its unit and runtime "
                 "directory"
             )
             snippet = self.generic_snippet(lit.path, line)
