@@ -61,7 +61,7 @@ def test_the_patched_sql_runs_and_the_exec_unit_sets_the_password(
     new = "it's a \\ $HOME `x` pw'"
     creds = tmp_path / "creds"
     creds.mkdir()
-    (creds / "wiki-db-password").write_text(new + "\n")
+    (creds / "wiki-js-db-password").write_text(new + "\n")
     env = {**os.environ, "CREDENTIALS_DIRECTORY": str(creds)}
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
