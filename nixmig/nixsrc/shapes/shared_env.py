@@ -145,7 +145,11 @@ def _containers(b: Builder, fm: FileModel, set_name: str, inner: NixPath) -> lis
         if n.type in ("inherit", "inherit_from") and any(
             text(i) == set_name for i in descendants(n) if i.type == "identifier"
         ):
-            return []  # passed on: nixmig cannot follow it
+            inherited = _inherited_environment(fm, n, set_name, inner)
+            if inherited is None:
+                return []  # passed on: nixmig cannot follow it
+            out.append(inherited)
+            continue
         if n.type != "variable_expression" or text(n) != set_name:
             continue
         target = _binding_of(fm, n)
@@ -164,6 +168,21 @@ def _containers(b: Builder, fm: FileModel, set_name: str, inner: NixPath) -> lis
             return []
         out.append((kind, name, prefix))
     return out
+
+
+def _inherited_environment(fm: FileModel, node: Node, set_name: str, inner: NixPath) -> tuple[str, str, NixPath] | None:
+    """``inherit environment;`` inside a container's attrset, with ``environment`` the let-bound attrset:
+    ``environment = environment;`` (kind, name, prefix); None for any other inherit (``inherit (x) ...``,
+    another name: the set would be bound under that name, not as the container's environment)."""
+    from nixmig.nixsrc.patch import _container_shape
+
+    if node.type != "inherit" or set_name != "environment" or inner != ():
+        return None
+    holders = [a for a in fm.attrsets if a.node.start_byte < node.start_byte and node.end_byte <= a.node.end_byte]
+    if not holders:
+        return None
+    holder = min(holders, key=lambda a: a.node.end_byte - a.node.start_byte)
+    return _container_shape(holder.path) if holder.exact else None
 
 
 SHAPE = Shape(
