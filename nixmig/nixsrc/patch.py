@@ -1242,7 +1242,7 @@ class Builder:
             else:
                 self.url_in_container(fm, lit, kind, name, prefix, line)
             return True
-        unit = _systemd_shape(lit.path)
+        unit = _systemd_shape(lit.path) or _env_option_shape(lit.path)
         if unit is not None:
             self.mask_literal(fm, lit.node)
             self.url_in_systemd(fm, lit, unit, line)
@@ -2902,14 +2902,19 @@ def _project_key(fm: FileModel, prefix: NixPath) -> tuple[str, str]:
     return (fm.name, prefix[3] if prefix[:3] == ("virtualisation", "arion", "projects") else "")
 
 
-# nixpkgs modules whose `config` attrs are the service's environment: VAR there can come from an
-# EnvironmentFile of the service's unit instead (the module sets Environment=, the file adds to it)
-NIXPKGS_ENV_CONFIG: dict[str, str] = {"vaultwarden": "vaultwarden"}
+# nixpkgs modules whose attrs (services.X.<attr>.VAR) are the environment of a unit: VAR there can come
+# from an EnvironmentFile of that unit instead (the module sets Environment=, the file adds to it).
+# vaultwarden: config; n8n: environment (the n8n unit's environment, DynamicUser: the renderer reads a
+# systemd credential and writes into the unit's own runtime directory, as that user)
+NIXPKGS_ENV_CONFIG: dict[tuple[str, str], str] = {
+    ("vaultwarden", "config"): "vaultwarden",
+    ("n8n", "environment"): "n8n",
+}
 
 
 def _env_option_shape(path: NixPath) -> str | None:
-    if len(path) == 4 and path[0] == "services" and path[2] == "config" and path[1] in NIXPKGS_ENV_CONFIG:
-        return NIXPKGS_ENV_CONFIG[path[1]]
+    if len(path) == 4 and path[0] == "services" and (path[1], path[2]) in NIXPKGS_ENV_CONFIG:
+        return NIXPKGS_ENV_CONFIG[(path[1], path[2])]
     return None
 
 
