@@ -309,7 +309,7 @@ PLACEHOLDER: Final = "\x00"  # stands for an interpolation inside a string's tex
 
 _PATH_RE: Final = re.compile(r"(?:/|\./|\.\./|~/)[^\s]*")
 _PLACEHOLDER_RES: Final = (
-    re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?"),  # $VAR, ${VAR}
+    re.compile(r"\$?\$\{?[A-Za-z_][A-Za-z0-9_]*\}?"),  # $VAR, ${VAR}; $${VAR}: Nix's escape of ${, filled at run time
     re.compile(r"\$\(.*\)", re.S),  # $(cat /run/...)
     re.compile(r"\$__(?:file|env|vault)\{.*\}"),  # grafana $__file{...}
     re.compile(r"@[A-Za-z_][A-Za-z0-9_-]*@"),  # substituteAll @pass@

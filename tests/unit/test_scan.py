@@ -449,3 +449,16 @@ def test_a_go_mysql_dsn_holds_a_password_and_the_images_password_flags_do_not() 
 """
     found = scan_source(src, "x.nix").findings
     assert [(f.rule, f.value.reveal()) for f in found] == [("dsn", b"Dsn-pw-9"), ("dsn", b"Dsn-pw-10")]
+
+
+def test_nix_s_escaped_interpolation_is_a_run_time_reference_not_a_password() -> None:
+    """`"postgresql://postgres:$${DATABASE_PASSWORD}@db/x"`: $${ is Nix's escape of ${, the app fills it
+    from its own secret at run time. Read as a 21-character password, patch replaced a working sops-backed
+    URL with a new agenix secret (a second sweep of real files, stop 18, W8)."""
+    src = b"""{
+  a.environment.DATABASE_URL = "postgresql://postgres:$${DATABASE_PASSWORD}@db/app";
+  b.environment.DB_PASSWORD = "$${DB_PASSWORD}";
+  c.environment.DATABASE_URL = "postgresql://postgres:Real-pw-12@db/app";
+}
+"""
+    assert [f.value.reveal() for f in scan_source(src, "x.nix").findings] == [b"Real-pw-12"]
