@@ -1225,6 +1225,21 @@ class Builder:
             return False  # NEXTCLOUD_ADMIN_PASSWORD = the same value: another credential, the verdict says it
         if base_variable(lit.path[-1]) != lit.path[-1]:
             return False  # FILE__VAR / VAR_FILE: names a file, holds no password
+        kept = self.value_of(fm, lit.node) if self.spec.strategy == "move" else None
+        if kept is not None and not _RAW_ENV_VALUE.fullmatch(kept):
+            # move keeps this value, and the renderer writes a bare line only for A-Z a-z 0-9 - . _ ~: it would
+            # stop the unit at every start (its advice, a new value, is a rotation move does not do)
+            self.mask_literal(fm, lit.node)
+            self.handled.add((fm.name, lit.node.start_byte))
+            self.manual_here(
+                fm,
+                lit.node,
+                f"{'.'.join(lit.path)}: the value strategy move keeps has characters an env file line cannot hold "
+                "unquoted (only A-Z a-z 0-9 - . _ ~), and the renderer would stop the unit at each start: by hand "
+                "(a *_FILE variable if the app reads one), or rotate it first",
+                "",
+            )
+            return True
         line = EnvLine(lit.path[-1], "", "", raw=True)
         shape = env_container(lit.path)
         if shape is not None:

@@ -585,3 +585,25 @@ in
     plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app", container="db"))
     (m,) = plan.manual
     assert m.line == 3 and "under another credential's name (a key)" in m.what, m.what
+
+
+def test_a_kept_value_an_env_file_line_cannot_hold_is_refused_for_an_app_under_move() -> None:
+    """strategy move keeps the value; an app's bare DB_PASSWORD goes into an env file line that the renderer
+    writes only for A-Z a-z 0-9 - . _ ~. With `&^*` in it the unit stopped at every start while patch said
+    the tree was patched (a second sweep of real files, stop 18, W9): said instead, by hand."""
+    src = {
+        "app.nix": b"""{ ... }: {
+  virtualisation.oci-containers.containers.db = {
+    image = "mariadb:11";
+    environment = { MYSQL_USER = "app"; MYSQL_PASSWORD = "B&Bpa^ss*1"; MYSQL_DATABASE = "app"; };
+  };
+  virtualisation.oci-containers.containers.app = {
+    image = "example/app";
+    environment = { DB_HOST = "db"; DB_USER = "app"; DB_PASSWORD = "B&Bpa^ss*1"; };
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app", container="db", strategy="move"))
+    assert any("DB_PASSWORD: the value strategy move keeps" in m.what for m in plan.manual), plan.manual
+    assert b"DB_PASSWORD ''' " not in plan.results(src)["app.nix"]
