@@ -385,8 +385,11 @@ def _attr_path(attr_path: str) -> tuple[str, ...]:
     return path[1:] if path[:1] == ("config",) else path  # a module's `config = { ... }` block
 
 
-def _covered(f: Finding, spans: Sequence[tuple[int, int]]) -> bool:
-    return f.start >= 0 and any(s <= f.start and f.end <= e for s, e in spans)
+def _written_back(source: bytes, f: Finding, e: Edit) -> bool:
+    """The edit's text holds the finding's value where it was, with the bytes around it (an edit that wraps
+    what it covers); not merely the same bytes elsewhere (a short password inside a new file path)."""
+    around = source[max(e.start, f.start - 12) : min(e.end, f.end + 12)]
+    return around in e.replacement
 
 
 def leftovers(
@@ -416,7 +419,12 @@ def leftovers(
     for name, fm in sorted(models.items()):
         for f in scan_source(fm.source, name).findings:
             f = in_module_value(fm, f)
-            if f.kind is Kind.HASH or _covered(f, spans.get(name, ())) or (name, f.line) in skip:
+            if f.kind is Kind.HASH or (name, f.line) in skip:
+                continue
+            # covered by an edit that does not write the value back (an edit that wraps a binding, the
+            # renderer put before a unit's own ExecStartPre, keeps the text it covers: the value too)
+            kept = [e for e in edits if e.file == name and e.start <= f.start and f.end <= e.end]
+            if f.start >= 0 and kept and not any(_written_back(fm.source, f, e) for e in kept):
                 continue
             same = digest(f.value.reveal()) in known
             # nothing recognised (scope None): any credential may be this migration's, all are said

@@ -607,3 +607,27 @@ def test_a_kept_value_an_env_file_line_cannot_hold_is_refused_for_an_app_under_m
     plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app", container="db", strategy="move"))
     assert any("DB_PASSWORD: the value strategy move keeps" in m.what for m in plan.manual), plan.manual
     assert b"DB_PASSWORD ''' " not in plan.results(src)["app.nix"]
+
+
+def test_a_literal_inside_a_binding_an_edit_wraps_is_still_said_on_the_first_run() -> None:
+    """The renderer goes first among a unit's own ExecStartPre (an edit that wraps the binding and keeps its
+    text): the SQL in that ExecStartPre still sets the old password at every start. The first run said
+    nothing (the literal was "covered" by the edit) and exit 0; only a second run saw it (a second sweep of
+    real files, stop 18, W6)."""
+    src = {
+        "app.nix": b"""{ config, lib, pkgs, ... }: {
+  services.mysql = { enable = true; package = pkgs.mariadb; ensureDatabases = [ "app" ];
+    ensureUsers = [ { name = "app"; ensurePermissions."app.*" = "ALL PRIVILEGES"; } ]; };
+  systemd.services.app = {
+    wantedBy = [ "multi-user.target" ];
+    environment = { DATABASE_USERNAME = "app"; DATABASE_PASSWORD = "Wrapped-pw-44"; };
+    serviceConfig.ExecStartPre = "+${pkgs.writeShellScript "db-init" ''
+      echo "ALTER USER 'app'@'localhost' IDENTIFIED BY 'Wrapped-pw-44';" | ${pkgs.mariadb}/bin/mariadb
+    ''}";
+    serviceConfig.ExecStart = "${pkgs.hello}/bin/hello";
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app", strategy="move"))
+    assert any("ExecStartPre still holds" in m.what for m in plan.manual), plan.manual
