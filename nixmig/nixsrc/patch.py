@@ -154,6 +154,9 @@ class Spec:
     # secret names other migrations of nixmig.toml use (theirs and their also's): a companion found by
     # the plan is never given one of them
     taken: frozenset[str] = frozenset()
+    # nixmig.toml's service key: for a move of a native service's own secret (no database), init names it
+    # after the nixpkgs service (services.<service>.…): the options of that service are this migration's
+    service: str | None = None
 
     @property
     def db_vars(self) -> tuple[str, ...]:
@@ -220,6 +223,7 @@ def spec_for(cfg: Config, migration: str, *, new_volume: str | None = None, new_
         taken=frozenset(
             n for other, m in cfg.migrations.items() if other != migration for n in (m.secret, *m.also.values())
         ),
+        service=mig.service,
     )
 
 
@@ -1063,6 +1067,18 @@ class Builder:
             self.owner, self.owner_why = reader, f"owned by the user services.{option[1]} runs as, who reads it"
         return reader is not None
 
+    def own_service(self, paths: Sequence[NixPath]) -> list[int]:
+        """Under a move of a native service's own secret (no database recognised), the indexes of ``paths``
+        that are options of the migration's service (services.<service>.…) when some are: another service's
+        secret in the same file is another migration's (lanraragi's passwordFile, redis' requirePass)."""
+        everything = list(range(len(paths)))
+        service = self.spec.service
+        if self.spec.strategy != "move" or not service or self.known or self.db is not None:
+            return everything
+        if not any(b.path[:2] == ("services", service) for _, b in self.all_binds()):
+            return everything  # the key names no nixpkgs service of the tree: nothing to go by
+        return [i for i, p in enumerate(paths) if len(p) > 1 and p[0] == "services" and p[1] == service]
+
     def take_sibling(self, found: list[tuple[FileModel, Lit, str, NixPath]], recognised: bool) -> None:
         """A nixpkgs option with a file sibling (``database.password`` beside ``passwordFile``): the
         database's one if several (or password_option's), else said, not guessed. ``recognised``: the
@@ -1072,6 +1088,7 @@ class Builder:
         would change it while the clients that read it as a companion keep the old value."""
         if self.option_literal is not None or not found:
             return
+        found = [found[i] for i in self.own_service([f[1].path for f in found])]
         if self.spec.password_option:
             want = tuple(self.spec.password_option.split("."))
             found = [f for f in found if f[3] == want]

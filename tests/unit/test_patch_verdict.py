@@ -631,3 +631,28 @@ def test_a_literal_inside_a_binding_an_edit_wraps_is_still_said_on_the_first_run
     }
     plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app", strategy="move"))
     assert any("ExecStartPre still holds" in m.what for m in plan.manual), plan.manual
+
+
+def test_a_move_of_one_service_s_secret_never_takes_another_service_s_in_the_same_file() -> None:
+    """Two strategy-move migrations init drafts from one file, lanraragi's passwordFile (a store file) and
+    redis' requirePass: each took the other's (the secrets swapped, lanraragi's store file left) and both
+    said patched (a second sweep of real files, stop 18, W7). The migration's service key names the nixpkgs
+    service: only its options are this migration's; several there is said, not guessed."""
+    src = {
+        "app.nix": b"""{ pkgs, ... }: {
+  services.lanraragi = {
+    enable = true;
+    passwordFile = pkgs.writeText "lrr-pass" "Lrr-admin-pw-1";
+    redis.passwordFile = pkgs.writeText "lrr-pass" "Lrr-redis-pw-2";
+  };
+  services.redis.servers.other = { enable = true; port = 9998; requirePass = "Other-redis-pw-3"; };
+}
+"""
+    }
+    redis = pt.plan(src, pt.Spec(secret="redis-password", strategy="move", service="redis", migration="redis-password"))
+    out = redis.results(src)["app.nix"].decode()
+    assert "requirePassFile = config.age.secrets.redis-password.path" in out
+    assert 'writeText "lrr-pass" "Lrr-redis-pw-2"' in out  # lanraragi's own redis password: not this one
+    lrr = pt.plan(src, pt.Spec(secret="lanraragi-password", strategy="move", service="lanraragi", migration="l"))
+    assert lrr.manual  # two store files of lanraragi: which is the one? said, not guessed
+    assert b"lanraragi-password" not in lrr.results(src).get("app.nix", src["app.nix"]).split(b"servers.other")[1]

@@ -36,6 +36,7 @@ def apply(b: Builder, password: str | None) -> None:
         if content is None or value is None or (password is not None and value != password):
             continue
         found.append((fm, bind, content, value))
+    found = [found[i] for i in b.own_service([f[1].path for f in found])]
     if password is None:  # the one holding the password an earlier shape recognised (the role's, in SQL),
         # else one the migration names: a database's, or one named like the secret (not gitlab's
         # initialRootPasswordFile for a secret gitlab-db-password, on this run or the next)
