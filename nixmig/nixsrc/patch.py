@@ -996,9 +996,10 @@ class Builder:
                 if not ours and digest(let.value.encode()) not in self.also_known:
                     continue
                 left = [u for u in let.uses if (name, u.start_byte) not in self.let_used]
-                if classify_name(let.name) is None and len(left) == len(let.uses):
+                if classify_name(let.name) is None and not self.used_as_password(fm, let, left):
                     # `dbUser = "app"` when the password is "app" too: a name (the verdict sees the rest); a
-                    # name that says nothing (`v`) is the password once a use of it was replaced as one
+                    # name that says nothing (`v`) is the password once a use of it as one was replaced
+                    # (`DB_PASSWORD = v;`), not when it was a part of a replaced URL (`${service}` as its user)
                     continue
                 self.mask_literal(fm, let.literal)
                 if not left:
@@ -1043,6 +1044,17 @@ class Builder:
                             "",
                         )
                     )
+
+    def used_as_password(self, fm: FileModel, let: LetLiteral, left: Sequence[Node]) -> bool:
+        """A use of ``let`` an edit replaced was the whole value of a binding named for a secret."""
+        replaced = {u.start_byte for u in let.uses} - {u.start_byte for u in left}
+        return any(
+            b.exact
+            and unparen(b.value).start_byte in replaced
+            and unparen(b.value).type == "variable_expression"
+            and _secret_name(b.path)
+            for b in fm.binds
+        )
 
     def let_used_in(self, name: str, let: LetLiteral) -> bool:
         """Some use of ``let`` was replaced by an edit."""
