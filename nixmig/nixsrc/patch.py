@@ -767,6 +767,16 @@ class Builder:
             after=anchor.node if anchor else None,
         )
 
+    def service_name(self, models: Sequence[FileModel], prefix: NixPath) -> str | None:
+        """An oci container's ``serviceName`` (nixpkgs: the unit that runs it, ``<backend>-<name>`` by default)
+        as a unit name; None when not set, "" when set by an expression nixmig cannot read."""
+        for fm in models:
+            bind = self._bind_at(fm, (*prefix, "serviceName"))
+            if bind is not None:
+                named = decode_string(unparen(bind.value))
+                return named.removesuffix(".service") if named and "/" not in named else ""
+        return None
+
     def _bind_at(self, fm: FileModel, path: NixPath) -> Bind | None:
         for b in fm.binds:
             if b.path == path and b.exact:
@@ -1072,7 +1082,9 @@ class Builder:
     def service_reads(self, option: NixPath) -> bool:
         """``services.X...``: the agenix file is owned by the user X runs as, where nixmig knows it
         (NIXPKGS_READER); False when it does not."""
-        if option in ROOT_READ_OPTIONS:
+        from nixmig.nixsrc.shapes.option_companion import READERS
+
+        if option in READERS and READERS[option] is None:
             return True  # systemd reads it (LoadCredential) as root: agenix's root-only file is right
         reader = NIXPKGS_READER.get(option[1]) if len(option) > 1 and option[0] == "services" else None
         if reader is not None:
@@ -1499,14 +1511,10 @@ class Builder:
             key = ("oci", fm.name, real)
             if key not in self.renderers:
                 containers = self._bind_containing(fm, prefix)
-                service = self._bind_at(fm, (*prefix, "serviceName"))  # nixpkgs: the unit, <backend>-<name> by default
-                if service is not None:
-                    named = decode_string(unparen(service.value))
-                    if named is None or not named or "/" in named:
-                        return None  # a unit named by an expression: nixmig cannot tell which one to give it
-                    unit_seg = nix_attrpath((named.removesuffix(".service"),))
-                else:
-                    unit_seg = oci_unit_seg(fm, real)
+                service = self.service_name([fm], prefix)
+                if service == "":
+                    return None  # a unit named by an expression: nixmig cannot tell which one to give it
+                unit_seg = nix_attrpath((service,)) if service is not None else oci_unit_seg(fm, real)
                 self.renderers[key] = _Renderer(key, "oci", fm, containers, unit_seg, real, real, container=real)
             return self.renderers[key]
         if kind == "quadlet":
@@ -2520,13 +2528,8 @@ class Builder:
             if kind == "oci":
                 tpl = template("oci-containers.nix.j2")
                 segs = {oci_unit_seg(fm, name) for fm in self.models.values()}
-                named = [
-                    v
-                    for fm in self.models.values()
-                    if (b := self._bind_at(fm, (*prefix, "serviceName"))) is not None
-                    if (v := decode_string(unparen(b.value)))
-                ]
-                segs = {named[0].removesuffix(".service")} if named else segs  # the container's serviceName
+                named = self.service_name(list(self.models.values()), prefix)
+                segs = {named} if named else segs  # the container's serviceName
                 literal = sorted(seg for seg in segs if not seg.startswith('"'))
                 unit_seg = nix_attrpath((literal[0] if literal else oci_unit_seg(None, name),))
                 return (
@@ -2823,8 +2826,6 @@ NIXPKGS_PATH_SIBLINGS: dict[NixPath, NixPath] = {
         "databasePasswordFile",
     ),
 }
-# file options that systemd's LoadCredential reads (root): agenix's root-only 0400 file is right for them
-ROOT_READ_OPTIONS: frozenset[NixPath] = frozenset({("services", "photoprism", "databasePasswordFile")})
 
 
 def environment_readers(models: Iterable[FileModel], service: str) -> list[tuple[FileModel, Node]]:

@@ -49,6 +49,7 @@ LITERAL_SIBLINGS: dict[NixPath, NixPath] = {
 # checked in nixpkgs. Not listed: the service's user from patch.NIXPKGS_READER, else root with a note.
 READERS: dict[NixPath, str | None] = {
     ("services", "photoprism", "passwordFile"): None,  # LoadCredential=PHOTOPRISM_ADMIN_PASSWORD:<file>
+    ("services", "photoprism", "databasePasswordFile"): None,  # LoadCredential=PHOTOPRISM_DATABASE_PASSWORD:<file>
     # nextcloud-setup reads it as nextcloud up to nixpkgs 24.11, through LoadCredential after
     ("services", "nextcloud", "config", "adminpassFile"): '"nextcloud"',
 }
