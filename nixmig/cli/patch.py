@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,22 +78,32 @@ def patch(
     # several: each in turn, planned against what the one before wrote (and with the also it added). A
     # migration's verdict lists the others' literals as left until they are patched, so with --write the
     # verdict is a second pass over the tree all of them wrote (what is left then is really left).
-    written: list[dict[str, Any]] = []
     if write:
         _refuse_missing_in_any(cfg, root, names)
-        for name in names:
-            try:
-                _, report = _patch_one(
-                    cfgmod.load(cfg_path), cfg_path, root, name, write=True, check=False, explain=False, quiet=True
-                )
-            except NixmigError:
-                if not json_out:  # the error's line follows; the migrations before this one are written
-                    typer.echo(f"== migration {name}: nothing written for it (below)", err=True)
-                raise
-            written.append(report)
-            if not json_out:
-                did = f"wrote {len(report['files'])} file(s), {len(report['edits'])} edits" if report["written"] else ""
-                typer.echo(f"== migration {name}: {did or 'nothing written'}", err=True)
+        with tempfile.TemporaryDirectory(prefix="nixmig-patch-") as tmp:
+            _write_all_migrations(cfg_path, root, Path(tmp), names, explain=explain, json_out=json_out)
+        return
+    failed, reports = _verdicts(cfg_path, root, names, check=check, write=False, explain=explain, json_out=json_out)
+    if json_out:
+        print_json({"migrations": reports, "verdict": reports, "clean": all(r["clean"] for r in reports)})
+    if failed:
+        raise typer.Exit(1)
+
+
+def _verdicts(
+    cfg_path: Path,
+    root: Path,
+    names: list[str],
+    *,
+    check: bool,
+    write: bool,
+    explain: bool,
+    json_out: bool,
+    carry: dict[str, set[bytes]] | None = None,
+) -> tuple[bool, list[dict[str, Any]]]:
+    """Each migration planned against the tree as it is (after the writes): (any exit 1 due, the reports)."""
+    from nixmig import config as cfgmod
+
     failed, reports = False, []
     for name in names:
         if not json_out:
@@ -106,11 +117,81 @@ def patch(
             check=check or write,
             explain=explain,
             quiet=json_out,
+            carry=carry,
         )
         failed |= not ok
         reports.append(report)
-    if json_out:
-        print_json({"migrations": written or reports, "verdict": reports, "clean": all(r["clean"] for r in reports)})
+    return failed, reports
+
+
+def _write_all_migrations(
+    cfg_path: Path, root: Path, shadow: Path, names: list[str], *, explain: bool, json_out: bool
+) -> None:
+    """Several migrations' --write: all or nothing. Each is written in turn into a copy of the tree (its
+    .nix files, nixmig.toml and the secrets' names), planned against what the one before wrote; then the
+    verdict is a second pass over that copy (one migration's literals are not "left" by another). Only
+    when nothing is left are the changed files written back to the repo; else nothing is written."""
+    from nixmig import config as cfgmod
+    from nixmig import fsutil
+    from nixmig.nixsrc import patch as pt
+    from nixmig.nixsrc import validate
+
+    sources = pt.read_sources(root)
+    for name, data in sources.items():
+        (shadow / name).parent.mkdir(parents=True, exist_ok=True)
+        (shadow / name).write_bytes(data)
+    shadow_cfg = shadow / ".nixmig-patch.toml"
+    shadow_cfg.write_bytes(cfg_path.read_bytes())
+    secrets_dir = cfgmod.load(cfg_path).secrets_dir
+    if (root / secrets_dir).is_dir():
+        (shadow / secrets_dir).mkdir(parents=True, exist_ok=True)
+        for age in (root / secrets_dir).glob("*.age"):
+            (shadow / secrets_dir / age.name).touch()  # patch asks only whether it exists
+    written: list[dict[str, Any]] = []
+    carry: dict[str, set[bytes]] = {}
+    for name in names:
+        try:
+            _, report = _patch_one(
+                cfgmod.load(shadow_cfg),
+                shadow_cfg,
+                shadow,
+                name,
+                write=True,
+                check=False,
+                explain=False,
+                quiet=True,
+                partial=True,
+                carry=carry,
+            )
+        except NixmigError:
+            if not json_out:  # the error's line follows
+                typer.echo(f"== migration {name}: refused, nothing written for any migration (below)", err=True)
+            raise
+        written.append(report)
+    failed, reports = _verdicts(
+        shadow_cfg, shadow, names, check=True, write=True, explain=explain, json_out=json_out, carry=carry
+    )
+    changed = {n: d for n, d in pt.read_sources(shadow).items() if sources.get(n) != d}
+    if not failed:
+        if shadow_cfg.read_bytes() != cfg_path.read_bytes():  # before the Nix files, as one migration does
+            fsutil.write_atomic(cfg_path.resolve(), shadow_cfg.read_bytes())
+        if changed:
+            validate.write_all(root, changed)
+    if not json_out:
+        for name, report in zip(names, written, strict=True):
+            did = f"{len(report['files'])} file(s), {len(report['edits'])} edits" if report["written"] else ""
+            what = ("wrote " + did if not failed else f"would write {did}; nothing written") if did else "no edit"
+            typer.echo(f"== migration {name}: {what}", err=True)
+        if failed:
+            typer.echo(
+                f"nothing written: {sum(len(r['manual']) for r in reports)} item(s) left by hand (above) once every "
+                "migration's edits are in; do them, then patch --write again",
+                err=True,
+            )
+    else:
+        for r in written:
+            r["written"] = r["written"] and not failed
+        print_json({"migrations": written, "verdict": reports, "clean": all(r["clean"] for r in reports)})
     if failed:
         raise typer.Exit(1)
 
@@ -132,16 +213,34 @@ def _refuse_missing_in_any(cfg: Any, root: Path, names: list[str]) -> None:
 
 
 def _patch_one(
-    cfg: Any, cfg_path: Path, root: Path, name: str, *, write: bool, check: bool, explain: bool, quiet: bool
+    cfg: Any,
+    cfg_path: Path,
+    root: Path,
+    name: str,
+    *,
+    write: bool,
+    check: bool,
+    explain: bool,
+    quiet: bool,
+    partial: bool = False,
+    carry: dict[str, set[bytes]] | None = None,
 ) -> tuple[bool, dict[str, Any]]:
-    """Patch (or explain, or check) one migration: (no exit 1 due, its JSON report); ``quiet``: print nothing."""
+    """Patch (or explain, or check) one migration: (no exit 1 due, its JSON report); ``quiet``: print nothing.
+
+    --write writes nothing while anything is left by hand (a half-moved service does not deploy, or runs on
+    a stale copy): ``partial`` writes anyway, for several migrations' shadow copy (_write_all_migrations).
+    ``carry``: the values this migration's plan takes out, kept in memory by migration name (a write pass
+    fills it, the verdict pass after it reads it: the tree it sees no longer holds the database's value)."""
     from nixmig.errors import ConfigError
     from nixmig.nixsrc import patch as pt
     from nixmig.nixsrc import validate
 
     spec = pt.spec_for(cfg, name)
     sources = pt.read_sources(root)
-    plan = pt.plan(sources, spec, find_companions=True)
+    taken = carry.get(name, set()) if carry is not None and not write else set()
+    plan = pt.plan(sources, spec, find_companions=True, taken_values=taken)
+    if carry is not None and write:
+        carry[name] = {sources[f][s:e] for f, s, e in plan.masks if f in sources}
     notes = list(plan.notes)
     age_file = root / spec.secrets_dir / f"{spec.secret}.age"
     if not age_file.exists():
@@ -189,7 +288,15 @@ def _patch_one(
         )
     diff = plan.diff(sources) + (_toml_diff(cfg_path, root, toml) if toml is not None else "")
     checked = None
-    if write and plan.edits:
+    withheld = write and bool(plan.manual) and bool(plan.edits) and not partial
+    if withheld:
+        notes.append(
+            f"nothing written: {len(plan.manual)} item(s) nixmig has no edit for (above) would be left beside these "
+            "edits, and half a move does not deploy safely; do them by hand (or name what nixmig.toml should take), "
+            "then patch --write again"
+        )
+        validate.check_all(plan.results(sources))
+    elif write and plan.edits:
         _refuse_losing_kept_values(root, spec.secrets_dir, plan, sources)
         if toml is not None:  # before the Nix files (checked first): a run killed between them plans them again
             from nixmig import fsutil
@@ -201,7 +308,7 @@ def _patch_one(
         validate.check_all(plan.results(sources))  # refuse early: the diff shown is one that parses
 
     if not quiet:
-        _render(plan, diff, notes, explain=explain, check=check, checked=checked)
+        _render(plan, diff, notes, explain=explain, check=check, checked=checked, withheld=withheld)
     ok = not ((check and not plan.clean) or (write and plan.manual))
     return ok, _as_json(plan, name, diff, notes, written=checked is not None)
 
@@ -296,7 +403,9 @@ def _pick_migrations(cfg: Any, name: str | None) -> list[str]:
     return [str(n) for n in cfg.migrations]
 
 
-def _render(plan: Plan, diff: str, notes: list[str], *, explain: bool, check: bool, checked: str | None) -> None:
+def _render(
+    plan: Plan, diff: str, notes: list[str], *, explain: bool, check: bool, checked: str | None, withheld: bool = False
+) -> None:
     if diff and not check:
         typer.echo(diff, nl=False)
     if explain and plan.edits:
@@ -318,6 +427,8 @@ def _render(plan: Plan, diff: str, notes: list[str], *, explain: bool, check: bo
         )
     elif checked is not None:
         summary = f"wrote {files} file{'s' * (files != 1)} ({len(plan.edits)} edits, each checked with {checked})"
+    elif withheld:
+        summary = f"nothing written: {len(plan.edits)} edits in {files} file{'s' * (files != 1)} held back"
     elif check:
         summary = (
             f"not patched: {len(plan.edits)} edits pending in {files} file{'s' * (files != 1)} (nixmig patch --write)"

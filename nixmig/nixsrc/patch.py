@@ -66,6 +66,7 @@ from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
 from nixmig.nixsrc.leftover import (
     ENSURE_USERS,
+    Leftover,
     companion_fix,
     declares_file,
     declares_secret,
@@ -333,9 +334,10 @@ class _Renderer:
 
 
 class Builder:
-    def __init__(self, models: Mapping[str, FileModel], spec: Spec):
+    def __init__(self, models: Mapping[str, FileModel], spec: Spec, taken_values: Collection[bytes] = ()):
         self.models = models
         self.spec = spec
+        self.taken_values = frozenset(taken_values)  # (plan's taken_values)
         self.ed = Edits(models)
         self.manual: list[Manual] = []
         self.notes: list[str] = []
@@ -363,6 +365,7 @@ class Builder:
         self.store_file: FileModel | None = None  # where a passwordFile = pkgs.writeText ... was replaced
         self.role_units: set[str] = set()
         self.sql_file: FileModel | None = None
+        self.credential_units: set[tuple[str, str]] = set()  # (file, unit attribute) given LoadCredential by a shape
         self.mount_file: FileModel | None = None  # where an app container got the bind mount (FILE__VAR)
         # the agenix file's owner/group (Nix expressions) when a non-root user reads it, and why
         self.owner: str | None = None
@@ -953,16 +956,66 @@ class Builder:
             if (sibling := nixpkgs_file_sibling(b.path)) is not None and b.exact:
                 siblings.append((fm, lit, value, sibling))
 
+    def masked_values(self) -> set[bytes]:
+        """The values the plan takes out of the tree (the bytes it masks), each at least 6 bytes long and no
+        name the migration uses (a password that is the role's name: a text naming the role is no copy)."""
+        names = {n.encode() for n in (self.spec.role, self.spec.container, self.spec.db_service, self.spec.secret) if n}
+        values: set[bytes] = set()
+        taken = [self.models[n].source[s:e] for n, s, e in self.masks if n in self.models]
+        for value in (*taken, *self.taken_values):
+            if len(value) >= 6 and b"*" not in value and value not in names:
+                values.add(value)
+        return values
+
+    def copies_left(self, found: Sequence[Leftover]) -> list[Leftover]:
+        """A copy of a value the plan takes out that sits inside a longer string no edit covers, where scan
+        reads no credential (``mysql -pPW``, ``echo PW | ...``): still this migration's password."""
+        values = self.masked_values()
+        if not values:
+            return []
+        token = re.compile(
+            b"|".join(rb"(?:(?<![\w-])|(?<=\s-p))" + re.escape(v) + rb"(?![\w-])" for v in sorted(values))
+        )
+        said = {(x.file, x.line) for x in found} | {(m.file, m.line) for m in self.manual} | self.let_kept
+        out: list[Leftover] = []
+        from nixmig.nixsrc.parse import descendants
+
+        for name, fm in sorted(self.models.items()):
+            spans = [(e.start, e.end) for e in self.ed.items if e.file == name]
+            bound = {unparen(b.value).start_byte: b.path for b in fm.binds}
+            for node in descendants(fm.root):
+                if node.type not in ("string_expression", "indented_string_expression"):
+                    continue
+                path = bound.get(node.start_byte, ())
+                for m in token.finditer(fm.source, node.start_byte, node.end_byte):
+                    line, col = fm.line_col(m.start())
+                    if (name, line) in said or any(s <= m.start() and m.end() <= e for s, e in spans):
+                        continue
+                    said.add((name, line))
+                    attr = ".".join(path)
+                    out.append(
+                        Leftover(
+                            name,
+                            line,
+                            col,
+                            attr,
+                            f"{attr or 'a string'} still holds this migration's password: "
+                            + (
+                                string_shape(path)
+                                or "a password inside a longer string (a script, an env or "
+                                "config text) where scan reads no credential: nixmig has no edit for it"
+                            ),
+                            m.start(),
+                            m.end(),
+                        )
+                    )
+        return out
+
     def comments_with_values(self) -> None:
         """A comment holding a value the plan takes out of the tree (``# MARIADB_PASSWORD = "...";``, a copy
         left commented out): the file's text is in the Nix store and the repo, the comment with it. A comment
         alone on its line goes; one after code is said. Only in files the plan edits."""
-        names = {n.encode() for n in (self.spec.role, self.spec.container, self.spec.db_service, self.spec.secret) if n}
-        values: set[bytes] = set()
-        for name, start, end in self.masks:
-            value = self.models[name].source[start:end] if name in self.models else b""
-            if len(value) >= 6 and b"*" not in value and value not in names:
-                values.add(value)  # (a password that is the role's name: a comment naming the role is no copy)
+        values = self.masked_values()
         if not values:
             return
         from nixmig.nixsrc.parse import descendants
@@ -2408,6 +2461,7 @@ class Builder:
             migration=spec.migration if db is not None or self.known or self.patched_containers else None,
             containers=self.patched_containers | ({(db.fm.name, *db.prefix)} if db is not None else set()),
         )
+        found += self.copies_left(found)
         for left in found:
             self.masks.append((left.file, left.start, left.end))
             path = tuple(left.attribute.split(".")) if left.attribute else ()
@@ -3050,7 +3104,9 @@ def split_url(value: str, password: str | None = None, schemes: Sequence[str] = 
     return None
 
 
-def plan(sources: Mapping[str, bytes], spec: Spec, *, find_companions: bool = False) -> Plan:
+def plan(
+    sources: Mapping[str, bytes], spec: Spec, *, find_companions: bool = False, taken_values: Collection[bytes] = ()
+) -> Plan:
     """Every edit for ``spec`` over ``sources`` (repo-relative posix paths -> bytes).
 
     ``find_companions`` (`nixmig patch`): a container's other credential that a first plan leaves
@@ -3061,15 +3117,19 @@ def plan(sources: Mapping[str, bytes], spec: Spec, *, find_companions: bool = Fa
 
     Raises NixSyntaxError (file:line:col) when a file does not parse, PatchError
     when the tree is ambiguous. Applying the plan and planning again gives no edits.
+
+    ``taken_values``: values an earlier plan of this migration took out of the tree (several migrations
+    written in turn: the verdict pass over what they all wrote no longer sees the database's value), each
+    copy of which is still this migration's password (Builder.copies_left).
     """
     models = {name: model(name, src) for name, src in sorted(sources.items())}
     check_keys(models, spec)
-    first = Builder(models, spec).run()
+    first = Builder(models, spec, taken_values).run()
     found = companions_of(first, spec) if find_companions and first.edits else ()  # none: nothing recognised
     if not found:
         return first
     return dataclasses.replace(
-        Builder(models, dataclasses.replace(spec, also=spec.also + found)).run(), auto_also=found
+        Builder(models, dataclasses.replace(spec, also=spec.also + found), taken_values).run(), auto_also=found
     )
 
 

@@ -139,10 +139,12 @@ def test_cli_prints_by_hand_and_fails_check_and_write(tmp_path: Path) -> None:
     assert "1 to do by hand" in shown.stderr.decode()
     check = run_cli("patch", "--repo", str(repo), "--check")
     assert check.returncode == 1
+    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
     wrote = run_cli("patch", "--repo", str(repo), "--write")
-    assert wrote.returncode == 1  # the rest is written, the literal is left for the operator
-    assert "wrote 3 files" in wrote.stderr.decode()
-    assert b"postgres:postgres@" in (repo / HOST).read_bytes()
+    assert wrote.returncode == 1  # nothing is written: half a move beside a literal left does not deploy
+    assert "nothing written: 9 edits in 3 files held back; 1 to do by hand (above)" in wrote.stderr.decode()
+    assert "note: nothing written: 1 item(s) nixmig has no edit for" in wrote.stderr.decode()
+    assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts} == before
 
 
 # ---------------------------------------------------------------- an edit that would not parse

@@ -124,3 +124,32 @@ def test_a_value_one_of_them_keeps_is_taken_before_any_writes(tmp_path: Path) ->
     # the first migrations did not write either: a run that stops half-way is none
     assert (repo / "hosts" / "box" / "apps.nix").read_bytes() == before
     assert "wrote" not in err
+
+
+def test_something_left_after_every_migration_writes_nothing_at_all(tmp_path: Path) -> None:
+    """Several migrations' --write is all or nothing too: photos' and rss' edits are planned in a copy of
+    the tree, and a literal still there once both are in (an rss URL in a unit's ExecStart, no shape
+    nixmig edits) writes nothing, neither migration's nor nixmig.toml."""
+    repo = _repo(tmp_path)
+    module = repo / "hosts" / "box" / "apps.nix"
+    module.write_text(
+        module.read_text().replace(
+            "  };\n}\n",
+            '  };\n  systemd.services.rss-ping.serviceConfig.ExecStart = "/bin/ping-db rss:rss-pw-2@rss-db";\n}\n',
+        )
+    )
+    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    wrote = run_cli("patch", "--write", cwd=repo)
+    err = wrote.stderr.decode()
+    assert wrote.returncode == 1, err
+    assert "== migration photos-db-password: would write" in err and "nothing written" in err
+    assert "systemd.services.rss-ping.serviceConfig.ExecStart" in wrote.stdout.decode()
+    assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
+    # and without that line the same run writes both
+    module.write_bytes(
+        before[module]
+        .replace(b"  systemd.services.rss-ping.serviceConfig.ExecStart", b"  # ")
+        .replace(b"rss:rss-pw-2@rss-db", b"")
+    )
+    assert run_cli("patch", "--write", cwd=repo).returncode == 0
+    assert "rss-pw-2" not in module.read_text() and "photos-pw-1" not in module.read_text()

@@ -512,28 +512,36 @@ def test_a_container_whose_unit_name_is_computed_is_said_not_rendered_for_a_unit
 
 
 def test_a_script_s_pgpassword_is_said_on_the_second_run_too() -> None:
-    """PGPASSWORD=... in a unit's script: said by hand on the first run (the value is the database's); after
-    the database's variable moved, the second run must still say it, not call the tree patched (a sweep of
-    real files, stop 18: exit 1, then exit 0 with the literal still there)."""
-    src = {
-        "app.nix": b"""{ pkgs, ... }:
+    """PGPASSWORD=... in a unit's script where nixmig cannot replace it (here in a heredoc): said by hand on
+    the first run (the value is the database's); after the database's variable moved, the second run must
+    still say it, not call the tree patched (a sweep of real files, stop 18: exit 1, then exit 0 with the
+    literal still there). Written on a command line of the script it moves (shapes/script_literal.py)."""
+    heredoc = b"""cat > /run/report/env <<EOF
+    PGPASSWORD=Report-pw-61
+    EOF
+    ${pkgs.postgresql}/bin/psql -h localhost -U app -c 'select 1'"""
+    template = b"""{ pkgs, ... }:
 {
   virtualisation.oci-containers.containers.db = {
     image = "postgres:16";
     environment = { POSTGRES_USER = "app"; POSTGRES_PASSWORD = "Report-pw-61"; };
   };
   systemd.services.report.script = ''
-    PGPASSWORD=Report-pw-61 ${pkgs.postgresql}/bin/psql -h localhost -U app -c 'select 1'
+    SCRIPT
   '';
 }
 """
-    }
+    src = {"app.nix": template.replace(b"SCRIPT", heredoc)}
     spec = pt.Spec(secret="app-db-password", role="app", container="db")
     first = pt.plan(src, spec)
-    assert any("systemd.services.report.script" in m.what for m in first.manual)
+    assert any("systemd.services.report.script" in m.what for m in first.manual), first.manual
     after = {**src, **first.results(src)}
     again = pt.plan(after, spec)
     assert any("systemd.services.report.script" in m.what for m in again.manual), again.manual
+    plain = {"app.nix": template.replace(b"SCRIPT", b"PGPASSWORD=Report-pw-61 ${pkgs.postgresql}/bin/psql -U app")}
+    moved = pt.plan(plain, spec)
+    assert moved.manual == (), [m.what for m in moved.manual]
+    assert b"Report-pw-61" not in moved.results(plain)["app.nix"]
 
 
 def test_a_comment_holding_the_password_goes_or_is_said() -> None:

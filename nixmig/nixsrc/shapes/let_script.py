@@ -390,29 +390,39 @@ def _prologue(b: Builder, bound: Bound, value: UrlParts | str, uses: list[Use], 
 
 def _replacement(use: Use, var: str, indented: bool) -> str:
     """The Nix source that replaces the interpolation."""
-    if not use.script:
+    return replacement(use.script, use.context, use.mysql, var, indented)
+
+
+def replacement(script: bool, context: str, mysql: bool, var: str, indented: bool) -> str:
+    """The Nix source that reads the shell variable ``var`` where a value sat in a script (``context``:
+    bare | dq | sq | sql) or a command line (``script`` False: systemd's ``${VAR}``)."""
+    if not script:
         return ("''${" if indented else "\\${") + var + "}"
     dollar = "''${" if indented else "\\${"
     dq = '"' if indented else '\\"'  # a shell double quote, in an indented or a double-quoted Nix string
-    if use.context == "bare":
+    if context == "bare":
         return f"{dq}{dollar}{var}}}{dq}"
-    if use.context == "sq":
+    if context == "sq":
         return f"'{dq}{dollar}{var}}}{dq}'"
-    if use.context == "sql":
-        return f"{dollar}{var}_{'mysql' if use.mysql else 'sql'}}}"
+    if context == "sql":
+        return f"{dollar}{var}_{'mysql' if mysql else 'sql'}}}"
     return f"{dollar}{var}}}"
 
 
 def _span(fm: FileModel, use: Use, replacement: str, indented: bool) -> tuple[int, int, str]:
-    """Where the replacement goes. In single quotes inside an indented string, a quote of the script
-    right before or after it must not make two quotes with the replacement's own (that ends the
-    string): a quote that opens right before it is taken in, one right after is written escaped."""
-    start, end = use.node.start_byte, use.node.end_byte
+    return span(fm, use.node.start_byte, use.node.end_byte, use.script and use.context == "sq", replacement, indented)
+
+
+def span(fm: FileModel, start: int, end: int, single: bool, replacement: str, indented: bool) -> tuple[int, int, str]:
+    """Where the replacement of bytes ``start``..``end`` goes (``single``: in a script's single quotes).
+    In single quotes inside an indented string, a quote of the script right before or after it must
+    not make two quotes with the replacement's own (that ends the string): a quote that opens right
+    before it is taken in, one right after is written escaped."""
     src = fm.source
     lone = src[start - 1 : start] == b"'" and src[start - 2 : start - 1] not in (b"'", b"\\")
     if indented and replacement.startswith("''") and lone:  # with ''${ a lone quote would read '''
         return start - 1, end, "''\\'" + replacement
-    if not (use.script and indented and use.context == "sq"):
+    if not (single and indented):
         return start, end, replacement
     if src[start - 1 : start] == b"'":  # `'${x}`: the single quotes open right there (_uses checked it)
         start, replacement = start - 1, replacement[1:]
@@ -465,6 +475,7 @@ def _blocked(b: Builder, fm: FileModel, groups: list[list[Use]], credential_adde
 
 def _load_credential(b: Builder, fm: FileModel, unit: str, bind: Bind, credential: str) -> None:
     """``LoadCredential`` for the unit (_blocked checked it sets none)."""
+    b.credential_units.add((fm.name, bind.path[2]))
     entry = f'[ "{credential}:${{config.age.secrets.{nix_attr(b.spec.secret)}.path}}" ]'
     b.insert_path(
         fm,
