@@ -302,7 +302,26 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             f"{path[-1]} is no database variable nixmig knows: if it is another credential that holds the "
             f"database's value (a rotation must not change it), {companion_fix(migration, path[-1], file, f.line)}"
         )
-    return unknown_shape(path)
+    why = unknown_shape(path)
+    if not same and env_container(path) is not None and _user_beside(f, source, role):
+        why += (
+            f" (this migration's role is {role!r}, the default when its service sets none: if this is the password "
+            "of the user the container logs in as, set that user as the service's role in nixmig.toml)"
+        )
+    return why
+
+
+def _user_beside(f: Finding, source: bytes, role: str) -> bool:
+    """A database user variable (``*_DATABASE_USER``, ``DB_USER``) set to another name than ``role`` in
+    the same environment as the password variable ``f`` (the same container block, read as text)."""
+    var = f.attr_path.split(".")[-1] if f.attr_path else ""
+    if not re.search(r"(?i)(?:^|_)(?:DB|DATABASE|MYSQL|MARIADB|POSTGRES|PG)(?:_|$)", var):
+        return False
+    block = source[max(0, f.start - 1500) : f.end + 1500]
+    for m in re.finditer(rb"(?i)\b[A-Z0-9_]*(?:DB|DATABASE)_?USER(?:NAME)?\s*=\s*\"([^\"]+)\"", block):
+        if m.group(1).decode("utf-8", "replace") != role:
+            return True
+    return False
 
 
 def in_module_value(fm: FileModel, f: Finding) -> Finding:

@@ -917,6 +917,32 @@ class Builder:
 
     # ------------------------------------------------ URLs and other literals
 
+    def unread_file_option(self, fm: FileModel, lit: Lit, option: NixPath) -> bool:
+        """The repo's own module declares the service and reads the literal's option (``cfg.database.password``)
+        but no file option nixmig could point at the secret (none declared, or one no code reads): moved there,
+        the service would run without its password. Said by hand (True); False: the option may be taken."""
+        declared = [(dfm, p, n) for dfm in self.models.values() for p, n in dfm.options if p[:2] == option[:2]]
+        if not declared or not option_read([d[0] for d in declared], lit.path[-1]):
+            return False  # a nixpkgs module (not in the repo), or the repo's reads no such option either
+        mine = next(((dfm, n) for dfm, p, n in declared if p == option), None)
+        if mine is not None and option_read(self.models.values(), option[-1]):
+            return False
+        self.mask_literal(fm, lit.node)
+        self.manual_here(
+            fm,
+            lit.node,
+            f"{'.'.join(lit.path)}: services.{option[1]} is the repo's own module, which reads "
+            f"{lit.path[-1]}, and "
+            + (
+                _unread_option(mine[0], option, mine[1])
+                if mine is not None
+                else f"declares no {'.'.join(option[2:])}: nixmig has no file option to point at the secret; add one "
+                "the module reads (or name password_option), then patch again"
+            ),
+            "",
+        )
+        return True
+
     def take_option_literal(self, fm: FileModel, lit: Lit, value: str, option: NixPath) -> None:
         assert lit.bind is not None
         self.option_literal = (fm, lit.bind, option)
@@ -1156,6 +1182,17 @@ class Builder:
             return everything  # the key names no nixpkgs service of the tree: nothing to go by
         return [i for i, p in enumerate(paths) if len(p) > 1 and p[0] == "services" and p[1] == service]
 
+    def file_sibling(self, path: NixPath) -> NixPath | None:
+        """The file option that takes the literal at ``path`` instead: nixpkgs' ``<name>File`` sibling, or,
+        under strategy move (the secret may be no database's: an admin password), one of
+        option_companion.LITERAL_SIBLINGS (photoprism's settings.PHOTOPRISM_ADMIN_PASSWORD -> passwordFile)."""
+        from nixmig.nixsrc.shapes.option_companion import LITERAL_SIBLINGS
+
+        found = nixpkgs_file_sibling(path)
+        if found is None and self.spec.strategy == "move":
+            found = LITERAL_SIBLINGS.get(path)
+        return found
+
     def take_sibling(self, found: list[tuple[FileModel, Lit, str, NixPath]], recognised: bool) -> None:
         """A nixpkgs option with a file sibling (``database.password`` beside ``passwordFile``): the
         database's one if several (or password_option's), else said, not guessed. ``recognised``: the
@@ -1189,6 +1226,8 @@ class Builder:
                 f"it by hand (that unit needs the password too: LoadCredential from the agenix file)",
                 "",
             )
+            return
+        if self.unread_file_option(fm, lit, option):
             return
         self.take_option_literal(fm, lit, value, option)
         if not self.service_reads(option):
@@ -1235,8 +1274,9 @@ class Builder:
                 and ((*lit.path[:-1], "passwordFile")) in self.option_paths
                 and self.option_literal is None
             ):
-                self.take_option_literal(fm, lit, value, (*lit.path[:-1], "passwordFile"))
-            elif (sibling := nixpkgs_file_sibling(lit.path)) is not None and lit.bind is not None and lit.exact:
+                if not self.unread_file_option(fm, lit, (*lit.path[:-1], "passwordFile")):
+                    self.take_option_literal(fm, lit, value, (*lit.path[:-1], "passwordFile"))
+            elif (sibling := self.file_sibling(lit.path)) is not None and lit.bind is not None and lit.exact:
                 if password is None or value == password:
                     siblings.append((fm, lit, value, sibling))
             elif password is not None and value == password and self.bare_in_env(fm, lit):
@@ -2348,6 +2388,21 @@ class Builder:
                 if fm.text(b.value).strip() != want:
                     self.notes.append(f"{fm.where(b.node)}: {'.'.join(option)} is already set; left as it is")
                 return
+        if spec.strategy == "move" and not self.replaced and not self.known and self.db is None:
+            # the value a move keeps comes from a literal the plan takes out: with none, the option would
+            # name a secret nothing fills (and the literal would stay, as this migration's or not)
+            self.manual.append(
+                Manual(
+                    "",
+                    0,
+                    0,
+                    f"strategy move keeps a value, but nixmig found no literal of this migration to take it from: "
+                    f"{'.'.join(option)} is not set to the secret (check the migration's service and role, and run "
+                    "`nixmig scan`)",
+                    "",
+                )
+            )
+            return
         if spec.host_file:
             host: FileModel | None = self.file(spec.host_file, "host_file")
         else:
@@ -2826,6 +2881,23 @@ def _listing(items: Sequence[str]) -> str:
     return head + (items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1])
 
 
+def option_read(models: Iterable[FileModel], name: str) -> bool:
+    """Some file reads an option named ``name`` (``cfg.passwordFile``, ``inherit (cfg) passwordFile``), not
+    only defines it (``x.passwordFile = ...``): a module of the repo that declares a file option may never
+    read it, and then pointing it at the secret leaves the service without its password."""
+    word = re.escape(name.encode())
+    reads = re.compile(rb"\." + word + rb"\b(?!\s*=[^=])|\binherit\s*\([^)]*\)[^;]*\b" + word + rb"\b")
+    return any(reads.search(m.source) for m in models)
+
+
+def _unread_option(fm: FileModel, path: NixPath, node: Node) -> str:
+    return (
+        f"{'.'.join(path)}, declared at {fm.where(node)}, is read nowhere in the repo (no `.{path[-1]}`, "
+        f"no `inherit (...) {path[-1]}`): nixmig does not point an option no code reads at the secret; make the "
+        "module read it (or name password_option), then patch again"
+    )
+
+
 def credential_name(secret: str) -> str:
     """A systemd credential name for ``secret``: safe as a file name and as a bare shell word."""
     return re.sub(r"[^A-Za-z0-9_.-]", "-", secret).lstrip(".-") or "secret"
@@ -2866,6 +2938,9 @@ NIXPKGS_READER: dict[str, str] = {
     "grafana": '"grafana"',
     "peertube": "config.services.peertube.user",  # its unit's script cats database/redis passwordFile
     "freshrss": "config.services.freshrss.user",  # freshrss-config (User = freshrss) cats database.passFile
+    # bookstack-setup (User = bookstack) reads appKeyFile and database.passwordFile (public configurations set
+    # their sops/agenix owner to config.services.bookstack.user)
+    "bookstack": "config.services.bookstack.user",
 }
 
 

@@ -15,7 +15,7 @@ from nixmig.nixsrc import leftover as lo
 from nixmig.nixsrc import patch as pt
 from nixmig.nixsrc import validate
 from nixmig.nixsrc.scan import scan_source
-from tests.helpers import EXAMPLE, FIXTURES, copy_example, run_cli, snapshot
+from tests.helpers import EXAMPLE, FIXTURES, copy_example, plan_shape_case, run_cli, snapshot
 
 SHAPES = FIXTURES / "shapes"
 
@@ -664,3 +664,54 @@ def test_a_move_of_one_service_s_secret_never_takes_another_service_s_in_the_sam
     lrr = pt.plan(src, pt.Spec(secret="lanraragi-password", strategy="move", service="lanraragi", migration="l"))
     assert lrr.manual  # two store files of lanraragi: which is the one? said, not guessed
     assert b"lanraragi-password" not in lrr.results(src).get("app.nix", src["app.nix"]).split(b"servers.other")[1]
+
+
+def test_a_file_option_of_the_repo_s_own_module_is_taken_only_when_something_reads_it() -> None:
+    """The repo's module declares database.passwordFile but reads only database.password (a public
+    configuration, stop 19): pointing the option at the secret would leave the service without its
+    password. Refused, naming the declaration; once the module reads it, the option is taken."""
+    case = "native-repo-module-password-file-unread"
+    module = (SHAPES / case / "modules" / "shelf.nix").read_bytes()
+    plan, _ = plan_shape_case(case, "modules/shelf.nix", module)
+    assert isinstance(plan, pt.Plan)
+    host = (SHAPES / case / "hosts/box/shelf.nix").read_bytes()
+    assert b'database.password = "Shelf-pw-31";' in plan.results({"hosts/box/shelf.nix": host}).get(
+        "hosts/box/shelf.nix", host
+    )
+    (item,) = plan.manual
+    assert item.file == "hosts/box/shelf.nix" and item.line == 6
+    assert "services.shelf.database.passwordFile, declared at modules/shelf.nix:11:22, is read nowhere" in item.what
+    reads = module.replace(
+        b"DB_PASSWORD = cfg.database.password;", b"DB_PASSWORD_FILE = toString cfg.database.passwordFile;"
+    )
+    plan, _ = plan_shape_case(case, "modules/shelf.nix", reads)
+    assert isinstance(plan, pt.Plan)
+    assert plan.manual == (), [m.what for m in plan.manual]
+    patched = plan.results({"hosts/box/shelf.nix": host})
+    assert b"database.passwordFile = config.age.secrets.shelf-db-password.path;" in patched["hosts/box/shelf.nix"]
+
+
+def test_a_move_with_no_literal_found_sets_no_option_and_says_so() -> None:
+    """strategy move keeps a value taken from a literal: with password_option named but no literal of the
+    migration found (a published photoprism file, stop 19: exit 0, passwordFile set, the admin password
+    left in settings), nothing is set and the verdict lists what is there."""
+    src = {
+        "photos.nix": b"""{ config, ... }:
+{
+  services.photoprism = {
+    enable = true;
+    settings.PHOTOPRISM_SITE_TITLE = "Photos";
+  };
+  services.other.token = "Other-tok-93a";
+}
+"""
+    }
+    spec = pt.Spec(
+        secret="photoprism-admin-password",
+        strategy="move",
+        password_option="services.photoprism.passwordFile",
+        service="photoprism",
+    )
+    plan = pt.plan(src, spec)
+    assert not plan.edits
+    assert any("found no literal of this migration" in m.what for m in plan.manual), plan.manual

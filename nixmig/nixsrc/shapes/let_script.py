@@ -108,11 +108,19 @@ def fields(fm: FileModel, shadowed: set[str]) -> list[Bound]:
             continue
         reads: dict[str, list[Node]] = {}
         whole: list[Node] = []
+        deep: dict[str, list[Node]] = {}  # cfg.images.web: a read of another field (images), not the whole
         for v in variables.get(name, ()):
             sel = v.parent
             ap = sel.child_by_field_name("attrpath") if sel is not None and sel.type == "select_expression" else None
-            if sel is None or ap is None or sel.child_by_field_name("expression") != v or ap.named_child_count != 1:
+            if sel is None or ap is None or sel.child_by_field_name("expression") != v:
                 whole.append(v)
+                continue
+            if ap.named_child_count != 1:
+                first = ap.named_children[0]
+                if first.type != "identifier" or any(c.type == "or" for c in sel.children):
+                    whole.append(v)  # cfg.${x}.y, or a default: nixmig cannot tell which field
+                else:
+                    deep.setdefault(fm.text(first), []).append(v)
                 continue
             if any(c.type == "or" for c in sel.children):
                 whole.append(v)  # `cfg.password or "..."`: a default nixmig would have to read too
@@ -129,7 +137,11 @@ def fields(fm: FileModel, shadowed: set[str]) -> list[Bound]:
                 got = decode_string(lit)
                 if got:
                     field = attr_names(ap)[0]
-                    out.append(Bound(f"{name}.{field}", b, lit, got, tuple(reads.get(field, ())), tuple(whole)))
+                    out.append(
+                        Bound(
+                            f"{name}.{field}", b, lit, got, tuple(reads.get(field, ())), (*whole, *deep.get(field, ()))
+                        )
+                    )
     return out
 
 
