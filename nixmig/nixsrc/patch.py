@@ -2941,6 +2941,9 @@ NIXPKGS_READER: dict[str, str] = {
     # bookstack-setup (User = bookstack) reads appKeyFile and database.passwordFile (public configurations set
     # their sops/agenix owner to config.services.bookstack.user)
     "bookstack": "config.services.bookstack.user",
+    # gitlab-config (User = gitlab) reads databasePasswordFile and the secrets.* files (public configurations
+    # set their agenix owner to config.services.gitlab.user)
+    "gitlab": "config.services.gitlab.user",
 }
 
 

@@ -19,8 +19,17 @@ def named_by(b: Builder, option: tuple[str, ...]) -> bool:
     if b.spec.password_option and tuple(b.spec.password_option.split(".")) == option:
         return True
     names = option[2:] if option[:1] == ("services",) else option  # services.keycloak.database.passwordFile
-    have = {w.lower() for n in names for w in words(n)} - _PLAIN
-    if any(h.startswith(("db", "database")) for h in have):  # database.passwordFile, nextcloud's dbpassFile
+    every = {w.lower() for n in names for w in words(n)}
+    have = every - _PLAIN
+    # database.passwordFile, nextcloud's dbpassFile; not gitlab's secrets.dbFile (a key, no password)
+    says_password = bool(every & {"password", "passwd", "pass", "pw", "pwd"}) or any("pass" in h for h in have)
+    if says_password and any(h.startswith(("db", "database")) for h in have):
         return True
     wanted = {w for w in (*words(b.spec.secret), b.spec.role) if len(w) >= 3} - _PLAIN
     return any(w in h for w in wanted for h in have)  # "admin" in adminpassFile
+
+
+def password_named(option: tuple[str, ...]) -> bool:
+    """The option's name says password (``databasePasswordFile``), not only database (gitlab's
+    ``secrets.dbFile``, the key its database columns are encrypted with)."""
+    return any(w.lower() in ("password", "passwd", "pass", "pw", "pwd") for n in option[-1:] for w in words(n))

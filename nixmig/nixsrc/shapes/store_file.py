@@ -13,7 +13,7 @@ from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.model import decode_string
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.shapes import Shape
-from nixmig.nixsrc.shapes.naming import named_by
+from nixmig.nixsrc.shapes.naming import named_by, password_named
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -42,6 +42,8 @@ def apply(b: Builder, password: str | None) -> None:
         # initialRootPasswordFile for a secret gitlab-db-password, on this run or the next)
         known = [f for f in found if digest(f[3].encode()) in b.known]
         found = known or [f for f in found if named_by(b, f[1].path)]
+        if len(found) > 1:  # gitlab's databasePasswordFile beside secrets.dbFile (a key): the password's
+            found = [f for f in found if password_named(f[1].path)] or found
     if len(found) != 1 or b.option_literal is not None:
         return  # several: the verdict lists each, password_option cannot pick a store file
     fm, bind, content, value = found[0]
