@@ -266,6 +266,14 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             "from the agenix secret (a container's environmentFiles), or a *_FILE variable if the app reads one"
         )
     held = module_as_value(path)
+    rest = [seg.strip('"') for seg in path][len(held.split(".")) :] if held else []
+    if held and len(rest) >= 3 and rest[0] == "services" and rest[2] in ("environment", "service", "image"):
+        return (
+            f"inside {held}, the author's own option (a wrapper that builds containers or a compose project from "
+            f"services.{rest[1]}.{rest[2]}, or a module held as a value): nixmig patches "
+            "virtualisation.oci-containers, arion and quadlet-nix themselves, not what a wrapper turns into them; "
+            "by hand: give the wrapper's container an env file rendered from the agenix secret, if it takes one"
+        )
     if held:
         return (
             f"inside {held}, a NixOS module held as a value (flake-parts' flake.modules.nixos, a module registry, "

@@ -715,3 +715,23 @@ def test_a_move_with_no_literal_found_sets_no_option_and_says_so() -> None:
     plan = pt.plan(src, spec)
     assert not plan.edits
     assert any("found no literal of this migration" in m.what for m in plan.manual), plan.manual
+
+
+def test_a_compose_like_wrapper_option_is_said_as_the_author_s_own() -> None:
+    """elia.compose.NAME.services.APP.environment (a public configuration, stop 19): the author's wrapper
+    around containers, not "a NixOS module held as a value" with advice to move it into a file."""
+    src = {
+        "joplin.nix": b"""{ ... }:
+{
+  elia.compose.joplin.services.db = {
+    image = "postgres:16";
+    environment.POSTGRES_PASSWORD = "Jop-pw-4471";
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="joplin-db-password", role="postgres"))
+    assert not plan.edits
+    (item,) = plan.manual
+    assert "inside elia.compose.joplin, the author's own option" in item.what
+    assert "held as a value (flake-parts" not in item.what
