@@ -2,7 +2,8 @@
 
 Pure: bytes of a Nix string's source in, the password clauses out. patch removes the clause
 (`` PASSWORD '...'`` with an ``ENCRYPTED`` before it), which leaves valid SQL (``CREATE ROLE x
-WITH LOGIN;``, ``ALTER USER x WITH;`` are valid statements: the option lists may be empty),
+WITH LOGIN;`` is a valid statement: the option lists may be empty; an ``ALTER USER x WITH PASSWORD '...';``
+that sets nothing else goes whole),
 and sets the password from the agenix file in a oneshot instead (templates/role-password.nix.j2).
 """
 
@@ -16,6 +17,7 @@ _HEAD = re.compile(rb'(?i)\b(?:CREATE|ALTER)\s+(?:ROLE|USER)\s+("(?:[^"]|"")+"|[
 _HEAD_SHELL = re.compile(
     rb'(?i)\b(?:CREATE|ALTER)\s+(?:ROLE|USER)\s+(\\"(?:[^"\\]|"")+\\"|"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
 )
+_EMPTY = re.compile(rb"(?i)\s*(?:WITH)?\s*")  # what an ALTER that set only the password has left
 _CLAUSE = re.compile(rb"(?i)\s+(?:ENCRYPTED\s+)?PASSWORD\s+'((?:[^'\\\n]|'')*)'")
 
 
@@ -27,6 +29,9 @@ class PasswordClause:
     value_start: int  # the password between the quotes
     value_end: int
     password: str
+    # an ALTER ROLE/USER that sets nothing but the password: the whole statement (its line, when it is
+    # alone on it), which removing the clause would leave as ``ALTER USER x WITH;`` (valid, a no-op)
+    whole: tuple[int, int] | None = None
 
 
 def _role(ident: bytes) -> str:
@@ -56,6 +61,15 @@ def clauses(text: bytes, *, in_shell: bool = False) -> list[PasswordClause]:
             continue
         base = head.end()
         value = m.group(1).decode("utf-8", "replace").replace("''", "'")
+        rest = stmt[: m.start()] + stmt[m.end() :]
+        whole = None
+        if not in_shell and stmt_end < len(text) and head.group(0)[:5].upper() == b"ALTER" and _EMPTY.fullmatch(rest):
+            start, end = head.start(), stmt_end + 1
+            line_start = text.rfind(b"\n", 0, start) + 1
+            line_end = text.find(b"\n", end)
+            if not text[line_start:start].strip() and line_end != -1 and not text[end:line_end].strip():
+                start, end = line_start, line_end + 1
+            whole = (start, end)
         out.append(
             PasswordClause(
                 _role(head.group(1)),
@@ -64,6 +78,7 @@ def clauses(text: bytes, *, in_shell: bool = False) -> list[PasswordClause]:
                 base + m.start(1),
                 base + m.end(1),
                 value,
+                whole,
             )
         )
     return out

@@ -139,13 +139,22 @@ def remove_clauses(
         b.masks.append((fm.name, base + c.value_start, base + c.value_end))
         b.known.add(digest(c.password.encode()))
         b.replaced.append(f"the PASSWORD of role {c.role} at {fm.where(base + c.value_start)}")
-        b.ed.add(
-            fm,
-            base + c.start,
-            base + c.end,
-            "",
-            f"removes the literal PASSWORD of role {c.role} from {where}; the statement stays valid SQL",
-        )
+        if c.whole is not None:
+            b.ed.add(
+                fm,
+                base + c.whole[0],
+                base + c.whole[1],
+                "",
+                f"removes the ALTER statement that set only role {c.role}'s literal PASSWORD from {where}",
+            )
+        else:
+            b.ed.add(
+                fm,
+                base + c.start,
+                base + c.end,
+                "",
+                f"removes the literal PASSWORD of role {c.role} from {where}; the statement stays valid SQL",
+            )
         cut = True
     return cut
 
