@@ -1013,6 +1013,8 @@ class Builder:
                 if node.type not in ("string_expression", "indented_string_expression"):
                     continue
                 path = bound.get(node.start_byte, ())
+                if path and any(w.lower().endswith(("user", "username", "login")) for w in words(path[-1])):
+                    continue  # PAPERLESS_DBUSER = "postgres" with the password "postgres": a name, no copy
                 for m in token.finditer(fm.source, node.start_byte, node.end_byte):
                     line, col = fm.line_col(m.start())
                     if (name, line) in said or any(s <= m.start() and m.end() <= e for s, e in spans):

@@ -186,6 +186,30 @@ def test_shape_initial_script_reads_the_sql() -> None:
     assert "# the password is in SQL text (hosts/box/db.nix:6, services.postgresql.initialScript)" in d.toml
 
 
+def test_paperless_settings_name_their_user_and_database_beside_dbpass() -> None:
+    """PAPERLESS_DBUSER / PAPERLESS_DBNAME beside PAPERLESS_DBPASS (no underscore before PASS): the role
+    and database are read, not guessed from the service's name (a public configuration, stop 19: the
+    superuser postgres, drafted as "paperless")."""
+    src = {
+        "paperless.nix": b"""{ ... }:
+{
+  services.paperless = {
+    enable = true;
+    settings = {
+      PAPERLESS_DBHOST = "/run/postgresql";
+      PAPERLESS_DBNAME = "docs";
+      PAPERLESS_DBUSER = "postgres";
+      PAPERLESS_DBPASS = "Docs-pw-8812";
+    };
+  };
+}
+"""
+    }
+    d = draft(src)
+    assert 'role = "postgres"  # from paperless.nix:8 (services.paperless.settings.PAPERLESS_DBUSER)' in d.toml
+    assert 'database = "docs"  # from paperless.nix:7 (services.paperless.settings.PAPERLESS_DBNAME)' in d.toml
+
+
 # ---------------------------------------------------------------- hosts, keys, deploy
 
 

@@ -735,3 +735,25 @@ def test_a_compose_like_wrapper_option_is_said_as_the_author_s_own() -> None:
     (item,) = plan.manual
     assert "inside elia.compose.joplin, the author's own option" in item.what
     assert "held as a value (flake-parts" not in item.what
+
+
+def test_a_user_name_equal_to_the_password_is_no_copy_of_it() -> None:
+    """PAPERLESS_DBPASS = "postgres" beside PAPERLESS_DBUSER = "postgres" (a public configuration, stop 19):
+    the user's name is no copy of the password left behind (copies_left), whatever role the migration names."""
+    src = {
+        "paperless.nix": b"""{ ... }:
+{
+  services.paperless = {
+    enable = true;
+    settings = {
+      PAPERLESS_DBHOST = "/run/postgresql";
+      PAPERLESS_DBUSER = "postgres";
+      PAPERLESS_DBPASS = "postgres";
+    };
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="paperless-db-password", role="paperless"))
+    assert plan.edits
+    assert not any("PAPERLESS_DBUSER" in m.what for m in plan.manual), [m.what for m in plan.manual]
