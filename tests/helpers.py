@@ -91,3 +91,48 @@ def load_bench(script: str, module_name: str) -> Any:
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+ARGV_STUB = """#!/bin/bash
+# a stand-in for a command a patched script calls (a fake, named so): records its name, its argv and
+# the variables named in $RECORD_ENV (NUL-separated), one call a line; reads stdin
+{
+  printf '%s\\0' "${0##*/}" "$@"
+  for v in $RECORD_ENV; do printf '%s\\0' "$v=${!v-unset}"; done
+  printf '\\n'
+} >>"$ARGV_LOG"
+[ -t 0 ] || cat >/dev/null
+exit 0
+"""
+
+
+def run_with_credential(
+    tmp_path: Path,
+    script: str,
+    credential: str,
+    password: str,
+    commands: tuple[str, ...],
+    record_env: tuple[str, ...] = (),
+) -> list[list[str]]:
+    """Run a patched unit script in real bash as systemd would hand it the credential ``credential``
+    (``$CREDENTIALS_DIRECTORY``), each of ``commands`` replaced by ARGV_STUB: the calls it made (name,
+    argv, then NAME=value of ``record_env``). The script must succeed and print no password."""
+    bin_dir, creds = tmp_path / "bin", tmp_path / "creds"
+    bin_dir.mkdir(exist_ok=True)
+    creds.mkdir(exist_ok=True)
+    for name in commands:
+        (bin_dir / name).write_text(ARGV_STUB)
+        (bin_dir / name).chmod(0o755)
+    (creds / credential).write_bytes(password.encode())
+    log = tmp_path / "argv.log"
+    log.write_bytes(b"")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "CREDENTIALS_DIRECTORY": str(creds),
+        "ARGV_LOG": str(log),
+        "RECORD_ENV": " ".join(record_env),
+    }
+    proc = subprocess.run(["bash", "-e", "-c", script], env=env, capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert password.encode() not in proc.stdout + proc.stderr
+    return [rec.split("\0")[:-1] for rec in log.read_text().split("\n") if rec]

@@ -20,7 +20,7 @@ import pytest
 
 from nixmig.nixsrc import patch as pt
 from nixmig.nixsrc.shapes.let_script import shell_context
-from tests.helpers import FIXTURES, plan_shape_case
+from tests.helpers import FIXTURES, plan_shape_case, run_with_credential
 
 CASE = "oci-let-uri-in-unit-script"
 FILE = "hosts/box/ledger.nix"
@@ -58,13 +58,6 @@ MODULE = """{ config, pkgs, ... }:
 }
 """
 
-STUB = """#!/bin/bash
-# a stand-in for a command the script calls: records its name and argv (NUL-separated), reads stdin
-{ printf '%s\\0' "${0##*/}" "$@"; printf '\\n'; } >>"$ARGV_LOG"
-[ -t 0 ] || cat >/dev/null
-exit 0
-"""
-
 
 def _plan(text: str) -> tuple[pt.Plan, bytes]:
     plan, out = plan_shape_case(CASE, FILE, text.encode())
@@ -87,20 +80,9 @@ def _scripts(tmp_path: Path, patched: bytes) -> dict[str, Any]:
 
 
 def _run(tmp_path: Path, script: str, password: str) -> list[list[str]]:
-    bin_dir, creds = tmp_path / "bin", tmp_path / "creds"
-    bin_dir.mkdir(exist_ok=True)
-    creds.mkdir(exist_ok=True)
-    for name in ("docker", "psql", "mysql", "pg_dump"):
-        (bin_dir / name).write_text(STUB)
-        (bin_dir / name).chmod(0o755)
-    (creds / "ledger-db-password").write_bytes(password.encode())
-    log = tmp_path / "argv.log"
-    log.write_bytes(b"")
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(creds), "ARGV_LOG": str(log)}
-    proc = subprocess.run(["bash", "-e", "-c", script], env=env, capture_output=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert password.encode() not in proc.stdout + proc.stderr
-    return [rec.split("\0")[:-1] for rec in log.read_text().split("\n") if rec]
+    return run_with_credential(
+        tmp_path, script, "ledger-db-password", password, ("docker", "psql", "mysql", "pg_dump"), ()
+    )
 
 
 @pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
