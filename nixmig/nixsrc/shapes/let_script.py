@@ -156,25 +156,35 @@ def bound_values(fm: FileModel) -> list[Bound]:
 # ------------------------------------------------ the shell text around a use
 
 
+def decoded_parts(fm: FileModel, string: Node) -> list[tuple[Node, str]]:
+    """Each child of the Nix string ``string`` with the text it evaluates to (an interpolation: one
+    _HOLE; a dollar escape: nothing, the ``$`` it protects is the next fragment)."""
+    out: list[tuple[Node, str]] = []
+    indented = string.type == "indented_string_expression"
+    plain = {"n": "\n", "r": "\r", "t": "\t"}
+    for c in string.named_children:
+        t = fm.text(c)
+        if c.type == "interpolation":
+            out.append((c, _HOLE))
+        elif c.type == "string_fragment":
+            out.append((c, t))
+        elif c.type == "escape_sequence":
+            if indented:
+                out.append((c, "''" if t == "'''" else plain.get(t[3:], t[3:])))
+            else:
+                out.append((c, plain.get(t[1:], t[1:])))
+    return out
+
+
 def shell_text(fm: FileModel, string: Node) -> tuple[str, dict[int, int]]:
     """The text a Nix string evaluates to, each interpolation one _HOLE; the holes' offsets by the
     interpolation node's start byte."""
     out: list[str] = []
     holes: dict[int, int] = {}
-    indented = string.type == "indented_string_expression"
-    for c in string.named_children:
-        t = fm.text(c)
+    for c, t in decoded_parts(fm, string):
         if c.type == "interpolation":
             holes[c.start_byte] = len("".join(out))
-            out.append(_HOLE)
-        elif c.type == "string_fragment":
-            out.append(t)
-        elif c.type == "escape_sequence":
-            if indented:
-                out.append("''" if t == "'''" else {"n": "\n", "r": "\r", "t": "\t"}.get(t[3:], t[3:]))
-            else:
-                out.append({"n": "\n", "r": "\r", "t": "\t"}.get(t[1:], t[1:]))
-        # dollar_escape: the `$` it protects is the next fragment
+        out.append(t)
     return "".join(out), holes
 
 

@@ -34,6 +34,7 @@ from nixmig.nixsrc.shapes.let_script import (
     _insert_prologue,
     _load_credential,
     _loads_credentials,
+    decoded_parts,
     replacement,
     shell_context,
     shell_text,
@@ -65,14 +66,10 @@ def _copies(fm: FileModel, string: Node, password: str) -> list[Copy] | None:
     raw = password.encode()
     s, _holes = shell_text(fm, string)
     out: list[Copy] = []
-    offset = 0  # where each fragment starts in the decoded text
-    for c in string.named_children:
-        t = fm.text(c)
+    offset = 0  # where each child starts in the decoded text
+    for c, t in decoded_parts(fm, string):
         if c.type != "string_fragment":
-            if c.type == "interpolation":
-                offset += 1
-            elif c.type == "escape_sequence":
-                offset += len(_decoded_escape(string, t))
+            offset += len(t)
             if raw in fm.source[c.start_byte : c.end_byte]:
                 return None  # the password partly written with an escape or inside ${...}
             continue
@@ -98,14 +95,6 @@ def _copies(fm: FileModel, string: Node, password: str) -> list[Copy] | None:
     if len(out) != fm.source[string.start_byte : string.end_byte].count(raw):
         return None  # a copy inside a longer word: every copy or none
     return out or None
-
-
-def _decoded_escape(string: Node, t: str) -> str:
-    """What an escape sequence of ``string`` evaluates to (shell_text's rule)."""
-    plain = {"n": "\n", "r": "\r", "t": "\t"}
-    if string.type == "indented_string_expression":
-        return "''" if t == "'''" else plain.get(t[3:], t[3:])
-    return plain.get(t[1:], t[1:])
 
 
 def _token_before(s: str, pos: int) -> str:
