@@ -140,7 +140,7 @@ def _write_all_migrations(
     for name, data in sources.items():
         (shadow / name).parent.mkdir(parents=True, exist_ok=True)
         (shadow / name).write_bytes(data)
-    shadow_cfg = shadow / ".nixmig-patch.toml"
+    shadow_cfg = shadow / cfg_path.name  # (its name is in the notes)
     shadow_cfg.write_bytes(cfg_path.read_bytes())
     secrets_dir = cfgmod.load(cfg_path).secrets_dir
     if (root / secrets_dir).is_dir():
