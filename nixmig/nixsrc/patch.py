@@ -2126,8 +2126,11 @@ class Builder:
             cred = credential_name(spec.secret)
             script = script_in_nix(spec.secret, credential_word(cred), files)
             tpl = template("systemd-credential.nix.j2")
+            load = (r.fm.name, r.unit_seg) not in self.credential_units  # else a script's shape set it: one only
             return str(
-                tpl.unit(attr, r.unit, cred, secret_attr, runtime_dir, paths, self.script_name(r), script, env_files)
+                tpl.unit(
+                    attr, r.unit, cred, secret_attr, runtime_dir, paths, self.script_name(r), script, env_files, load
+                )
             )
         also = [
             (n, Antiquote(f"lib.escapeShellArg config.age.secrets.{nix_attr(n)}.path")) for n in also_secrets(files)

@@ -133,3 +133,43 @@ def test_a_literal_that_is_no_recognised_password_is_not_touched() -> None:
     text = MODULE.replace('environment.DATABASE_URL = "postgresql://ledger:Ldg-8pass@localhost/ledger";', "")
     _, out = _plan(text)
     assert b"nixmig_ledger_db_password" not in out
+
+
+@pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
+def test_a_unit_with_a_script_copy_and_a_url_to_render_loads_the_credential_once(tmp_path: Path) -> None:
+    """The same unit's preStart holds the password and its environment the URL: the script's LoadCredential
+    and the env file renderer's are one (two would not evaluate: 'attribute LoadCredential already defined')."""
+    src = {
+        "app.nix": b"""{ config, pkgs, ... }:
+{
+  services.postgresql.enable = true;
+  systemd.services.app = {
+    environment.DATABASE_URL = "postgresql://app:App-pw-991@localhost/app";
+    preStart = ''
+      PGPASSWORD=App-pw-991 psql -h localhost -U app -c 'select 1'
+    '';
+    serviceConfig.ExecStart = "${pkgs.hello}/bin/hello";
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app"))
+    assert plan.manual == (), [m.what for m in plan.manual]
+    out = plan.results(src)["app.nix"]
+    assert b"App-pw-991" not in out and out.count(b"LoadCredential") == 1
+    module = tmp_path / "app.nix"
+    module.write_bytes(out)
+    expr = (
+        f'let m = import {module} {{ config.age.secrets.app-db-password.path = "/run/agenix/x"; '
+        'pkgs = { hello = "hello"; writeShellScript = n: t: t; }; lib.mkBefore = x: x; }; '
+        "u = m.systemd.services.app; in { inherit (u) preStart; load = u.serviceConfig.LoadCredential; "
+        "pre = u.serviceConfig.ExecStartPre; }"
+    )
+    got = json.loads(
+        subprocess.run(
+            ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], capture_output=True, check=True
+        ).stdout
+    )
+    assert got["load"] == ["app-db-password:/run/agenix/x"] and len(got["pre"]) == 1
+    calls = run_with_credential(tmp_path, got["preStart"], "app-db-password", NASTY, ("psql",), ("PGPASSWORD",))
+    assert calls == [["psql", "-h", "localhost", "-U", "app", "-c", "select 1", f"PGPASSWORD={NASTY}"]]
