@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +78,8 @@ def patch(
     # migration's verdict lists the others' literals as left until they are patched, so with --write the
     # verdict is a second pass over the tree all of them wrote (what is left then is really left).
     if write:
+        import tempfile
+
         _refuse_missing_in_any(cfg, root, names)
         with tempfile.TemporaryDirectory(prefix="nixmig-patch-") as tmp:
             _write_all_migrations(cfg_path, root, Path(tmp), names, explain=explain, json_out=json_out)

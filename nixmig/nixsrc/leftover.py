@@ -310,26 +310,28 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             f"{path[-1]} is no database variable nixmig knows: if it is another credential that holds the "
             f"database's value (a rotation must not change it), {companion_fix(migration, path[-1], file, f.line)}"
         )
-    why = unknown_shape(path)
-    if not same and env_container(path) is not None and _user_beside(f, source, role):
-        why += (
-            f" (this migration's role is {role!r}, the default when its service sets none: if this is the password "
-            "of the user the container logs in as, set that user as the service's role in nixmig.toml)"
-        )
-    return why
+    return unknown_shape(path)
 
 
-def _user_beside(f: Finding, source: bytes, role: str) -> bool:
-    """A database user variable (``*_DATABASE_USER``, ``DB_USER``) set to another name than ``role`` in
-    the same environment as the password variable ``f`` (the same container block, read as text)."""
-    var = f.attr_path.split(".")[-1] if f.attr_path else ""
-    if not re.search(r"(?i)(?:^|_)(?:DB|DATABASE|MYSQL|MARIADB|POSTGRES|PG)(?:_|$)", var):
-        return False
-    block = source[max(0, f.start - 1500) : f.end + 1500]
-    for m in re.finditer(rb"(?i)\b[A-Z0-9_]*(?:DB|DATABASE)_?USER(?:NAME)?\s*=\s*\"([^\"]+)\"", block):
-        if m.group(1).decode("utf-8", "replace") != role:
-            return True
-    return False
+def _role_hint(fm: FileModel, f: Finding, role: str) -> str:
+    """A container's database password beside a database user variable (``DB_USER``,
+    ``PHOTOPRISM_DATABASE_USER``) naming another user than the migration's role: the role may be the
+    default one, left unset."""
+    path = _attr_path(f.attr_path) if f.attr_path else ()
+    if not path or env_container(path) is None or not env_words(path[-1]) & DB_WORDS:
+        return ""
+    for b in fm.binds:
+        if tuple(seg.strip('"') for seg in b.path[:-1]) != path[:-1] or not b.path:
+            continue
+        named = env_words(b.path[-1])
+        user = decode_string(unparen(b.value)) if named & DB_WORDS and named & {"user", "username"} else None
+        if user is not None and user != role:
+            return (
+                f" (this migration's role is {role!r}, the default when its service sets none: if this is the "
+                f"password of the user the container logs in as, {b.path[-1]} = {user!r}, set that user as the "
+                "service's role in nixmig.toml)"
+            )
+    return ""
 
 
 def in_module_value(fm: FileModel, f: Finding) -> Finding:
@@ -472,6 +474,8 @@ def leftovers(
                 if cond
                 else _why(f, fm.source, role, name, migration, same)
             )
+            if not same and f.attr_path and why == unknown_shape(_attr_path(f.attr_path)):
+                why += _role_hint(fm, f, role)  # "not this migration's" may be the default role's doing
             var = _companion_var(f, fm.source, migration, same)
             if var and not same and _in_container(f, name, containers) and "also = {" not in why:
                 fix = companion_fix(migration or "", var, name, f.line)
@@ -567,3 +571,54 @@ def _credential_reader(fm: FileModel, let: LetLiteral | None, edited: Sequence[t
 
 def _covered_span(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:
     return any(s <= start and end <= e for s, e in spans)
+
+
+def copies_of(values: Collection[bytes]) -> re.Pattern[bytes]:
+    """A copy of one of ``values`` as a word of its own, also right after a ``-p`` flag (``mysql -pPW``)."""
+    return re.compile(b"|".join(rb"(?:(?<![\w-])|(?<=\s-p))" + re.escape(v) + rb"(?![\w-])" for v in sorted(values)))
+
+
+def copies_in_strings(
+    models: Mapping[str, FileModel], edits: Sequence[Edit], values: Collection[bytes], said: set[tuple[str, int]]
+) -> list[Leftover]:
+    """Each copy of ``values`` (what a plan takes out of the tree) inside a string no edit covers, one per
+    line not ``said`` already: where scan reads no credential (a heredoc, ``mysql -pPW``) it is still the
+    migration's password. A string bound to a user name is none (``PAPERLESS_DBUSER = "postgres"`` beside
+    the password "postgres")."""
+    if not values:
+        return []
+    from nixmig.nixsrc.parse import descendants
+
+    token = copies_of(values)
+    out: list[Leftover] = []
+    for name, fm in sorted(models.items()):
+        spans = [(e.start, e.end) for e in edits if e.file == name]
+        bound = {unparen(b.value).start_byte: b.path for b in fm.binds}
+        for node in descendants(fm.root):
+            if node.type not in ("string_expression", "indented_string_expression"):
+                continue
+            path = bound.get(node.start_byte, ())
+            if path and any(w.lower().endswith(("user", "username", "login")) for w in words(path[-1])):
+                continue
+            for m in token.finditer(fm.source, node.start_byte, node.end_byte):
+                line, col = fm.line_col(m.start())
+                if (name, line) in said or _covered_span(m.start(), m.end(), spans):
+                    continue
+                said.add((name, line))
+                attr = ".".join(path)
+                why = string_shape(path) or (
+                    "a password inside a longer string (a script, an env or config text) where scan reads no "
+                    "credential: nixmig has no edit for it"
+                )
+                out.append(
+                    Leftover(
+                        name,
+                        line,
+                        col,
+                        attr,
+                        f"{attr or 'a string'} still holds this migration's password: {why}",
+                        m.start(),
+                        m.end(),
+                    )
+                )
+    return out

@@ -68,6 +68,8 @@ from nixmig.nixsrc.leftover import (
     ENSURE_USERS,
     Leftover,
     companion_fix,
+    copies_in_strings,
+    copies_of,
     declares_file,
     declares_secret,
     digest,
@@ -994,50 +996,10 @@ class Builder:
         return values
 
     def copies_left(self, found: Sequence[Leftover]) -> list[Leftover]:
-        """A copy of a value the plan takes out that sits inside a longer string no edit covers, where scan
-        reads no credential (``mysql -pPW``, ``echo PW | ...``): still this migration's password."""
-        values = self.masked_values()
-        if not values:
-            return []
-        token = re.compile(
-            b"|".join(rb"(?:(?<![\w-])|(?<=\s-p))" + re.escape(v) + rb"(?![\w-])" for v in sorted(values))
-        )
+        """A copy of a value the plan takes out inside a longer string no edit covers, where scan reads no
+        credential (``mysql -pPW``): still this migration's password (leftover.copies_in_strings)."""
         said = {(x.file, x.line) for x in found} | {(m.file, m.line) for m in self.manual} | self.let_kept
-        out: list[Leftover] = []
-        from nixmig.nixsrc.parse import descendants
-
-        for name, fm in sorted(self.models.items()):
-            spans = [(e.start, e.end) for e in self.ed.items if e.file == name]
-            bound = {unparen(b.value).start_byte: b.path for b in fm.binds}
-            for node in descendants(fm.root):
-                if node.type not in ("string_expression", "indented_string_expression"):
-                    continue
-                path = bound.get(node.start_byte, ())
-                if path and any(w.lower().endswith(("user", "username", "login")) for w in words(path[-1])):
-                    continue  # PAPERLESS_DBUSER = "postgres" with the password "postgres": a name, no copy
-                for m in token.finditer(fm.source, node.start_byte, node.end_byte):
-                    line, col = fm.line_col(m.start())
-                    if (name, line) in said or any(s <= m.start() and m.end() <= e for s, e in spans):
-                        continue
-                    said.add((name, line))
-                    attr = ".".join(path)
-                    out.append(
-                        Leftover(
-                            name,
-                            line,
-                            col,
-                            attr,
-                            f"{attr or 'a string'} still holds this migration's password: "
-                            + (
-                                string_shape(path)
-                                or "a password inside a longer string (a script, an env or "
-                                "config text) where scan reads no credential: nixmig has no edit for it"
-                            ),
-                            m.start(),
-                            m.end(),
-                        )
-                    )
-        return out
+        return copies_in_strings(self.models, self.ed.items, self.masked_values(), said)
 
     def comments_with_values(self) -> None:
         """A comment holding a value the plan takes out of the tree (``# MARIADB_PASSWORD = "...";``, a copy
@@ -1048,7 +1010,7 @@ class Builder:
             return
         from nixmig.nixsrc.parse import descendants
 
-        token = re.compile(b"|".join(rb"(?<![\w-])" + re.escape(v) + rb"(?![\w-])" for v in sorted(values)))
+        token = copies_of(values)
         for name in sorted({e.file for e in self.ed.items}):
             fm = self.models[name]
             for node in descendants(fm.root):

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from nixmig.nixsrc.patch import Builder
 
 _PLAIN = frozenset({"password", "passwd", "pass", "file", "secret", "path"})
+_PASSWORD = frozenset({"password", "passwd", "pass", "pw", "pwd"})
 
 
 def named_by(b: Builder, option: tuple[str, ...]) -> bool:
@@ -22,7 +23,7 @@ def named_by(b: Builder, option: tuple[str, ...]) -> bool:
     every = {w.lower() for n in names for w in words(n)}
     have = every - _PLAIN
     # database.passwordFile, nextcloud's dbpassFile; not gitlab's secrets.dbFile (a key, no password)
-    says_password = bool(every & {"password", "passwd", "pass", "pw", "pwd"}) or any("pass" in h for h in have)
+    says_password = bool(every & _PASSWORD) or any("pass" in h for h in have)
     if says_password and any(h.startswith(("db", "database")) for h in have):
         return True
     wanted = {w for w in (*words(b.spec.secret), b.spec.role) if len(w) >= 3} - _PLAIN
@@ -32,4 +33,4 @@ def named_by(b: Builder, option: tuple[str, ...]) -> bool:
 def password_named(option: tuple[str, ...]) -> bool:
     """The option's name says password (``databasePasswordFile``), not only database (gitlab's
     ``secrets.dbFile``, the key its database columns are encrypted with)."""
-    return any(w.lower() in ("password", "passwd", "pass", "pw", "pwd") for n in option[-1:] for w in words(n))
+    return any(w.lower() in _PASSWORD for w in words(option[-1]))
