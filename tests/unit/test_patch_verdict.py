@@ -757,3 +757,26 @@ def test_a_user_name_equal_to_the_password_is_no_copy_of_it() -> None:
     plan = pt.plan(src, pt.Spec(secret="paperless-db-password", role="paperless"))
     assert plan.edits
     assert not any("PAPERLESS_DBUSER" in m.what for m in plan.manual), [m.what for m in plan.manual]
+
+
+def test_a_container_password_beside_another_user_than_the_default_role_says_to_set_role() -> None:
+    """An app container's database password beside its user variable naming another user than the role
+    (the default postgres when nixmig.toml's service sets none; a public configuration, stop 19): the line
+    says which user, and to set the service's role."""
+    src = {
+        "photos.nix": b"""{ ... }:
+{
+  virtualisation.oci-containers.containers.photoprism = {
+    image = "photoprism/photoprism";
+    environment = {
+      PHOTOPRISM_DATABASE_USER = "photoprism";
+      PHOTOPRISM_DATABASE_PASSWORD = "Photo-pw-5531";
+    };
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="photoprism-db-password", strategy="move"))
+    (item,) = [m for m in plan.manual if "PHOTOPRISM_DATABASE_PASSWORD" in m.what]
+    assert "this migration's role is 'postgres'" in item.what
+    assert "PHOTOPRISM_DATABASE_USER = 'photoprism', set that user as the service's role" in item.what
