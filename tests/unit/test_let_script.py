@@ -222,3 +222,24 @@ def test_a_podman_run_command_line_stays_run_argv_s() -> None:
     assert isinstance(plan, pt.Plan) and plan.manual == ()
     assert b"podman run --rm --env-file /run/notes-migrate/notes-db-password.env example/notes:3" in out
     assert b"NIXMIG_" not in out and b"argv-pw-6" not in out
+
+
+def test_a_read_of_another_field_of_the_let_attrset_is_no_read_of_the_password() -> None:
+    """``cfg.images.web`` beside ``cfg.pw`` (a public configuration, stop 19: said as 'cfg is read as a whole'
+    at the image line): the password's uses are the unit's script, replaced; the other field stays."""
+    text = (
+        MODULE.replace(
+            "    let\n",
+            '    let\n      cfg = { pw = "Ldg-7pass"; images.web = "nginx"; };\n',
+        )
+        .replace("'${pw}'", "'${cfg.pw}'")
+        .replace('      pw = "Ldg-7pass";\n', "")
+    )
+    text = text.replace(
+        '      serviceConfig.Type = "oneshot";',
+        '      serviceConfig.Type = "oneshot";\n      description = cfg.images.web;',
+    )
+    assert "cfg.images.web" in text and "${cfg.pw}" in text
+    plan, out = _plan(text)
+    assert plan.manual == (), [m.what for m in plan.manual]
+    assert b"Ldg-7pass" not in out and b"description = cfg.images.web;" in out

@@ -780,3 +780,46 @@ def test_a_container_password_beside_another_user_than_the_default_role_says_to_
     (item,) = [m for m in plan.manual if "PHOTOPRISM_DATABASE_PASSWORD" in m.what]
     assert "this migration's role is 'postgres'" in item.what
     assert "PHOTOPRISM_DATABASE_USER = 'photoprism', set that user as the service's role" in item.what
+
+
+def test_photoprism_s_admin_password_moves_to_its_password_file_under_move() -> None:
+    """settings.PHOTOPRISM_ADMIN_PASSWORD, the migration's own secret under strategy move (a public
+    configuration, stop 19: refused, 'no file option'): the key goes, services.photoprism.passwordFile
+    names the agenix file (nixpkgs loads it with LoadCredential: root-only is right)."""
+    src = {
+        "photos.nix": b"""{ config, ... }:
+{
+  services.photoprism = {
+    enable = true;
+    settings.PHOTOPRISM_ADMIN_PASSWORD = "Admin-pw-7713";
+  };
+}
+"""
+    }
+    spec = pt.Spec(secret="photoprism-admin-password", strategy="move", service="photoprism")
+    plan = pt.plan(src, spec)
+    assert plan.manual == (), [m.what for m in plan.manual]
+    out = plan.results(src)["photos.nix"]
+    assert b"Admin-pw-7713" not in out
+    assert b"passwordFile = config.age.secrets.photoprism-admin-password.path;" in out
+    assert b"owner" not in out
+
+
+def test_bookstack_reads_its_files_as_its_user() -> None:
+    """appKeyFile from an /etc text (a public configuration, stop 19: moved root-only, which bookstack-setup,
+    running as bookstack, cannot read): the agenix file is owned by services.bookstack.user."""
+    src = {
+        "bookstack.nix": b"""{ ... }:
+{
+  services.bookstack = {
+    enable = true;
+    appKeyFile = "/etc/bookstack-appkey";
+  };
+  environment.etc."bookstack-appkey".text = "base64:Bk-key-0192837465";
+}
+"""
+    }
+    spec = pt.Spec(secret="bookstack-app-key", strategy="move", service="bookstack")
+    plan = pt.plan(src, spec)
+    assert plan.manual == (), [m.what for m in plan.manual]
+    assert b"owner = config.services.bookstack.user;" in plan.results(src)["bookstack.nix"]
