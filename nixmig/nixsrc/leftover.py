@@ -326,9 +326,11 @@ def _role_hint(fm: FileModel, f: Finding, role: str) -> str:
         named = env_words(b.path[-1])
         user = decode_string(unparen(b.value)) if named & DB_WORDS and named & {"user", "username"} else None
         if user is not None and user != role:
+            # the user's name, unless it is the password too (a value never printed)
+            said = b.path[-1] if user.encode() == f.value.reveal() else f"{b.path[-1]} = {user!r}"
             return (
                 f" (this migration's role is {role!r}, the default when its service sets none: if this is the "
-                f"password of the user the container logs in as, {b.path[-1]} = {user!r}, set that user as the "
+                f"password of the user the container logs in as, {said}, set that user as the "
                 "service's role in nixmig.toml)"
             )
     return ""

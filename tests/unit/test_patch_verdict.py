@@ -823,3 +823,24 @@ def test_bookstack_reads_its_files_as_its_user() -> None:
     plan = pt.plan(src, spec)
     assert plan.manual == (), [m.what for m in plan.manual]
     assert b"owner = config.services.bookstack.user;" in plan.results(src)["bookstack.nix"]
+
+
+def test_the_role_hint_never_prints_a_user_name_that_is_the_password() -> None:
+    """DB_USER = "Same-as-pw-4410" beside DB_PASSWORD = "Same-as-pw-4410": the hint names the variable only."""
+    src = {
+        "app.nix": b"""{ ... }:
+{
+  virtualisation.oci-containers.containers.app = {
+    image = "example/app";
+    environment = {
+      DB_USER = "Same-as-pw-4410";
+      DB_PASSWORD = "Same-as-pw-4410";
+    };
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="app-db-password", strategy="move"))
+    (item,) = [m for m in plan.manual if "DB_PASSWORD" in m.what]
+    assert "the container logs in as, DB_USER, set that user" in item.what
+    assert "Same-as-pw-4410" not in " ".join(m.what + m.snippet for m in plan.manual)
