@@ -1502,11 +1502,20 @@ def _option_moves(findings: Sequence[Finding], paths: Mapping[int, NixPath]) -> 
 
 def _movable_option(p: NixPath) -> bool:
     """An option `nixmig patch` can point at a file: one with a file sibling (requirePass ->
-    requirePassFile), a ``*File`` option set to a store file, a setting that reads a file reference."""
-    from nixmig.nixsrc.patch import nixpkgs_file_sibling
+    requirePassFile), a ``*File`` option set to a store file, a setting that reads a file reference, a
+    setting of a service that reads an env file (shapes/env_file_option.py, shapes/env_setting_move.py)."""
+    from nixmig.nixsrc.patch import NIXPKGS_ENV_CONFIG, nixpkgs_file_sibling
+    from nixmig.nixsrc.shapes import env_file_option
     from nixmig.nixsrc.shapes.file_reference import READS_FILE_REFERENCE
 
-    return nixpkgs_file_sibling(p) is not None or p[-1].endswith("File") or p[1] in READS_FILE_REFERENCE
+    env_setting = len(p) == 4 and p[1] in env_file_option.SERVICES and p[2] == env_file_option.SERVICES[p[1]].settings
+    return (
+        nixpkgs_file_sibling(p) is not None
+        or p[-1].endswith("File")
+        or p[1] in READS_FILE_REFERENCE
+        or env_setting  # paperless' settings.PAPERLESS_SECRET_KEY: into the env file environmentFile names
+        or (len(p) == 4 and (p[1], p[2]) in NIXPKGS_ENV_CONFIG)  # vaultwarden's config: an env file of its unit
+    )
 
 
 def _url_database(fm: FileModel, f: Finding) -> str:

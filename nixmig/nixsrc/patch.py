@@ -2837,6 +2837,8 @@ def _conditional(node: Node) -> bool:
 
 
 def _holding(line: EnvLine) -> str:
+    if line.quoted:
+        return "the hardcoded value"
     return "the hardcoded password" if line.raw else "a URL with the hardcoded password"
 
 

@@ -63,6 +63,11 @@ class EnvLine:
     # a bare password (DB_PASSWORD=...), not in a URL: written as it is, and the renderer refuses
     # at start a password that an env file line cannot hold unquoted (anything but A-Z a-z 0-9 - . _ ~)
     raw: bool = False
+    # the value kept as it is, single-quoted (VAR='value'): for a file only systemd's EnvironmentFile= and
+    # bash's `source` read (both take '...' literally; docker's --env-file does not, it keeps the quotes);
+    # the renderer refuses at start a value holding ' or \\ (systemd reads \\ as an escape in quotes
+    # in some versions), a newline or a carriage return
+    quoted: bool = False
     # a companion credential (nixmig.toml's `also`): VAR=<the value of this agenix secret, kept as it
     # was>, read from that secret's own file; "" for the migration's password
     secret: str = ""
@@ -89,11 +94,22 @@ def render_script(
     (secret, shell word of its file) for each companion secret the lines read."""
     tpl = environment().get_template("env-file.sh.j2")
     raw = any(line.raw for f in files for line in f.lines)
+    quoted = any(line.quoted for f in files for line in f.lines)
+    encoded = any(not (line.quoted or line.secret) for f in files for line in f.lines)
     index = {name: i for i, (name, _) in enumerate(also, start=1)}
     missing = [n for n in also_secrets(files) if n not in index]
     if missing:
         raise ValueError(f"no file given for the companion secret {missing[0]!r}")  # a caller's bug
-    text = tpl.render(secret=secret, password_file=password_file, files=files, raw=raw, also=also, also_index=index)
+    text = tpl.render(
+        secret=secret,
+        password_file=password_file,
+        files=files,
+        raw=raw,
+        quoted=quoted,
+        encoded=encoded,
+        also=also,
+        also_index=index,
+    )
     return str(text).strip("\n") + "\n"
 
 

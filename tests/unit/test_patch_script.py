@@ -319,3 +319,33 @@ def test_a_companion_value_is_written_as_it_is_or_refused_alike_by_shell_and_pyt
         assert proc.returncode == 1 and not env.exists()
         assert b"cannot hold unquoted" in proc.stderr or b"missing or empty" in proc.stderr
         assert value.strip() == b"" or value not in proc.stderr
+
+
+_UNQUOTABLE = (b"'", b"\\", b"\n", b"\r", b"\x00")
+
+
+@pytest.mark.parametrize("value", [*PASSWORDS, b"nul\x00byte", *_rng_passwords(20)], ids=lambda p: repr(p)[:40])
+def test_a_quoted_line_keeps_any_value_bash_and_systemd_read_back(tmp_path: Path, value: bytes) -> None:
+    """A value strategy move keeps, for a file systemd's EnvironmentFile= and bash's `source` read: written
+    single-quoted as it is; one that single quotes cannot hold in both (systemd's env-file parser reads a
+    backslash in quotes as an escape in some versions) is refused at start, naming no value, writing no
+    file. Bash reads the file back byte for byte."""
+    pw, env = _setup(tmp_path, value)
+    lines = (EnvLine("PAPERLESS_SECRET_KEY", "", "", quoted=True),)
+    proc = _run(_script(pw, env, lines), tmp_path)
+    assert value.strip(b"\n") == b"" or value not in proc.stdout + proc.stderr
+    if any(c in value for c in _UNQUOTABLE):
+        assert proc.returncode == 1
+        assert b"holds a quote, a backslash, a line break or a NUL byte" in proc.stderr
+        assert not env.exists() and list(env.parent.iterdir()) == []
+        return
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert stat.S_IMODE(env.stat().st_mode) == 0o400
+    assert env.read_bytes() == b"PAPERLESS_SECRET_KEY='" + value + b"'\n"
+    back = subprocess.run(
+        ["bash", "-c", 'set -a; source "$1"; printf %s "$PAPERLESS_SECRET_KEY"', "read", str(env)],
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"},
+        capture_output=True,
+        check=True,
+    )
+    assert back.stdout == value

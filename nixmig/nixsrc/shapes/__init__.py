@@ -38,6 +38,7 @@ def _table() -> tuple[Shape, ...]:
         activation_heredoc,
         container_store_file,
         env_file_option,
+        env_setting_move,
         etc_file,
         file_reference,
         initial_script,
@@ -66,6 +67,7 @@ def _table() -> tuple[Shape, ...]:
         activation_heredoc.SHAPE,
         run_argv.SHAPE,
         env_file_option.SHAPE,
+        env_setting_move.SHAPE,
         settings_url.SHAPE,
         libpq_dsn.SHAPE,
     )

@@ -18,6 +18,7 @@ service's user while the other units are stopped).
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,9 @@ from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.model import decode_string, unparen
 from nixmig.nixsrc.quote import nix_attr, nix_string, store_name
 from nixmig.nixsrc.render import EnvFile, EnvLine, script_in_nix, template
+from nixmig.nixsrc.scan import Kind, classify_name, is_placeholder
 from nixmig.nixsrc.shapes import Shape
-from nixmig.nixsrc.shapes.naming import named_by
+from nixmig.nixsrc.shapes.naming import best_named, named_by, others_note
 
 if TYPE_CHECKING:
     from nixmig.nixsrc.model import FileModel, Lit, NixPath
@@ -66,6 +68,36 @@ def _ours(b: Builder, fm: FileModel, lit: Lit, svc: EnvFileService, value: str, 
     return user is not None and decode_string(unparen(user.value)) == b.spec.role
 
 
+# what single quotes cannot hold literally for both systemd's EnvironmentFile= and bash's `source`
+UNQUOTABLE = re.compile(r"['\\\n\r\x00]")
+
+
+def _moved_setting(b: Builder) -> list[tuple[FileModel, Lit, str, str, EnvFileService]]:
+    """Under strategy move, with no database password found: the credential of a service's settings
+    (``PAPERLESS_SECRET_KEY``, an admin password) this migration moves, the one its secret's name picks
+    when there are several (``paperless-secret-key``: SECRET and KEY), else none (the verdict lists them)."""
+    found: list[tuple[FileModel, Lit, str, str, EnvFileService, tuple[str, ...]]] = []
+    for fm, lit in b.all_lits():
+        path = lit.path
+        if len(path) != 4 or path[0] != "services" or path[1] not in SERVICES:
+            continue
+        svc = SERVICES[path[1]]
+        if path[2] != svc.settings or not lit.exact or lit.bind is None:
+            continue
+        named = classify_name(path[3])
+        if named is None or named.kind is Kind.HASH or (fm.name, lit.node.start_byte) in b.handled:
+            continue
+        value = b.value_of(fm, lit.node)
+        if value is None or is_placeholder(value):
+            continue
+        found.append((fm, lit, value, path[1], svc, named.words))
+    picked = best_named(b.spec.secret, found[0][3] if found else "", [f[5] for f in found])
+    if len(picked) == 1:
+        others = [f"{'.'.join(f[1].path)} ({f[0].where(f[1].node)})" for i, f in enumerate(found) if i != picked[0]]
+        others_note(b, found[picked[0]][1], others)
+    return [found[i][:5] for i in picked]
+
+
 def apply(b: Builder, password: str | None) -> None:
     found: list[tuple[FileModel, Lit, str, str, EnvFileService]] = []
     for fm, lit in b.all_lits():
@@ -80,9 +112,24 @@ def apply(b: Builder, password: str | None) -> None:
             continue
         if _ours(b, fm, lit, svc, value, password):
             found.append((fm, lit, value, path[1], svc))
+    if not found and b.spec.strategy == "move" and password is None and not b.known:
+        found = _moved_setting(b)
     if len(found) != 1:
         return  # several: the verdict lists each
     fm, lit, value, service, svc = found[0]
+    quoted = b.spec.strategy == "move"  # the value kept as it was: any byte single quotes hold
+    if quoted and UNQUOTABLE.search(value):
+        b.mask_literal(fm, lit.node)
+        b.handled.add((fm.name, lit.node.start_byte))
+        b.manual_here(
+            fm,
+            lit.node,
+            f"{'.'.join(lit.path)}: the value strategy move keeps holds a quote, a backslash or a line break, "
+            f"which a line of services.{service}'s env file cannot hold for both systemd and bash: by hand, or "
+            "rotate it first",
+            "",
+        )
+        return
     assert lit.bind is not None
     option: NixPath = ("services", service, svc.option)
     b.mask_literal(fm, lit.node)
@@ -116,8 +163,9 @@ def apply(b: Builder, password: str | None) -> None:
     b.ed.remove_binding(
         fm,
         lit.bind.node,
-        f"removes {lit.path[-1]} (the password) from services.{service}.{svc.settings}, which the units' "
-        f"Environment= puts in the world-readable Nix store: they read it from {env_path} instead",
+        f"removes {lit.path[-1]} ({'the hardcoded value' if quoted else 'the password'}) from "
+        f"services.{service}.{svc.settings}, which the units' Environment= puts in the world-readable Nix store: "
+        f"they read it from {env_path} instead",
     )
     attrset, _ = root
     b.insert_path(
@@ -131,7 +179,8 @@ def apply(b: Builder, password: str | None) -> None:
     from nixmig.nixsrc.patch import credential_name, credential_word
 
     credential = credential_name(b.spec.secret)
-    files = [EnvFile(env_path, (EnvLine(lit.path[-1], "", "", raw=True),))]
+    line = EnvLine(lit.path[-1], "", "", quoted=True) if quoted else EnvLine(lit.path[-1], "", "", raw=True)
+    files = [EnvFile(env_path, (line,))]
     script = script_in_nix(b.spec.secret, credential_word(credential), files)
     tpl = template("env-file-unit.nix.j2")
     secret_attr = nix_attr(b.spec.secret)

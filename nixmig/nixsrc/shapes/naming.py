@@ -3,11 +3,13 @@ recognised yet (a native service, no database container): the option must say so
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from nixmig.nixsrc.scan import words
 
 if TYPE_CHECKING:
+    from nixmig.nixsrc.model import Lit
     from nixmig.nixsrc.patch import Builder
 
 _PLAIN = frozenset({"password", "passwd", "pass", "file", "secret", "path"})
@@ -34,3 +36,26 @@ def password_named(option: tuple[str, ...]) -> bool:
     """The option's name says password (``databasePasswordFile``), not only database (gitlab's
     ``secrets.dbFile``, the key its database columns are encrypted with)."""
     return any(w.lower() in _PASSWORD for w in words(option[-1]))
+
+
+def best_named(secret: str, service: str, names: Sequence[Sequence[str]]) -> list[int]:
+    """Which of several credentials (each given by its name's words) a move's secret names: the ones
+    sharing the most words with it, the service's own name left out (``paperless-secret-key`` picks
+    PAPERLESS_SECRET_KEY over PAPERLESS_ADMIN_PASSWORD); all of them when there is one; none when no
+    name shares a word (the verdict lists them)."""
+    if len(names) <= 1:
+        return list(range(len(names)))
+    wanted = {w.lower() for w in words(secret)} - {w.lower() for w in words(service)}
+    scores = [len(wanted & {w.lower() for w in n}) for n in names]
+    best = max(scores)
+    return [i for i, s in enumerate(scores) if s == best] if best else []
+
+
+def others_note(b: Builder, lit: Lit, others: Sequence[str]) -> None:
+    """The credentials of the same settings a move leaves (another one's secret): said in a note, so the
+    user gives each a migration of its own (scan lists them too)."""
+    if others:
+        b.notes.append(
+            f"{', '.join(others)}: another hardcoded credential beside {'.'.join(lit.path)}, which this migration "
+            f"moves (its secret {b.spec.secret} names it); each needs a migration of its own (strategy move)"
+        )

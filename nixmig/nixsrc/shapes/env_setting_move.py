@@ -1,0 +1,106 @@
+"""``services.vaultwarden.config.ADMIN_TOKEN = "..."`` under strategy move: a credential in the settings of a
+nixpkgs service whose settings are one unit's environment (patch.NIXPKGS_ENV_CONFIG: vaultwarden's
+``config``, n8n's ``environment``), that is no database's password (an admin token, an SMTP password, an
+encryption key). nixmig cannot rotate it; move keeps the value and takes it out of the Nix store.
+
+The literal goes; the unit gets the agenix secret as a systemd credential and renders
+``VAR='<value>'`` into an EnvironmentFile in its runtime directory before it starts (Builder.url_in_systemd,
+a quoted line: systemd reads single quotes literally). vaultwarden's camelCase keys become the
+variable its module writes (nixpkgs' nameToEnvVar: ``adminToken`` -> ``ADMIN_TOKEN``). Which credential:
+the only one of the migration's service, or the one the secret's name picks (``vaultwarden-admin-token``);
+several and none picked: left to the verdict, which lists each. A hash (an argon2 ADMIN_TOKEN) is no
+secret to move (scan reads none). A value single quotes cannot hold for systemd (a quote, a backslash, a
+line break) is left by hand, said.
+
+Checked against nixpkgs (nixos/modules/services/security/vaultwarden/default.nix): the module writes
+``config`` into a store env file (``EnvironmentFile = [ configFile ] ++ environmentFile``); systemd reads
+every EnvironmentFile= in order, the later one wins: nixmig's comes after the module's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.render import EnvLine
+from nixmig.nixsrc.scan import Kind, classify_name, is_placeholder, looks_like_crypt_hash
+from nixmig.nixsrc.shapes import Shape
+from nixmig.nixsrc.shapes.env_file_option import UNQUOTABLE
+from nixmig.nixsrc.shapes.naming import best_named, others_note
+
+if TYPE_CHECKING:
+    from nixmig.nixsrc.model import FileModel, Lit
+    from nixmig.nixsrc.patch import Builder
+
+_UPPER = re.compile(r"[A-Z0-9_]+")
+_RUNS = re.compile(r"([A-Z0-9]+)")
+
+
+def env_var_name(service: str, name: str) -> str:
+    """The variable a setting becomes: vaultwarden converts camelCase (nixpkgs' nameToEnvVar, ported:
+    ``disable2FARemember`` -> ``DISABLE_2FA_REMEMBER``; a name already upper case stays), others keep it."""
+    if service != "vaultwarden" or _UPPER.fullmatch(name):
+        return name
+    key = ""
+    for i, part in enumerate(_RUNS.split(name)):
+        if i % 2:  # a run of capitals or digits
+            key += ("_" if key and not key.endswith("_") else "") + part
+        elif key and part[:1].islower():  # the run's last capital starts this word
+            last = key[-1]
+            key = key[:-1] + ("_" if len(key) > 1 and key[-2] != "_" else "") + last + part.upper()
+        else:
+            key += part.upper()
+    return key
+
+
+def apply(b: Builder, password: str | None) -> None:
+    from nixmig.nixsrc.patch import NIXPKGS_ENV_CONFIG
+
+    if b.spec.strategy != "move" or password is not None or b.known or b.db is not None:
+        return
+    found: list[tuple[FileModel, Lit, str, str, tuple[str, ...]]] = []
+    for fm, lit in b.all_lits():
+        path = lit.path
+        if len(path) != 4 or path[0] != "services" or (path[1], path[2]) not in NIXPKGS_ENV_CONFIG:
+            continue
+        if not lit.exact or lit.bind is None or (fm.name, lit.node.start_byte) in b.handled:
+            continue
+        named = classify_name(path[3])
+        if named is None or named.kind is Kind.HASH:
+            continue
+        value = b.value_of(fm, lit.node)
+        if value is None or is_placeholder(value) or looks_like_crypt_hash(value):
+            continue
+        found.append((fm, lit, value, NIXPKGS_ENV_CONFIG[(path[1], path[2])], named.words))
+    found = [found[i] for i in b.own_service([f[1].path for f in found])]
+    picked = best_named(b.spec.secret, found[0][1].path[1] if found else "", [f[4] for f in found])
+    if len(picked) != 1:
+        return  # several, none named by the secret: the verdict lists each
+    fm, lit, value, unit, _ = found[picked[0]]
+    others = [f"{'.'.join(f[1].path)} ({f[0].where(f[1].node)})" for i, f in enumerate(found) if i != picked[0]]
+    others_note(b, lit, others)
+    var = env_var_name(lit.path[1], lit.path[3])
+    b.mask_literal(fm, lit.node)
+    if UNQUOTABLE.search(value):
+        b.handled.add((fm.name, lit.node.start_byte))
+        b.manual_here(
+            fm,
+            lit.node,
+            f"{'.'.join(lit.path)}: the value strategy move keeps holds a quote, a backslash or a line break, "
+            f"which a line of the {unit} unit's env file cannot hold: by hand, or rotate it first",
+            "",
+        )
+        return
+    b.known.add(digest(value.encode()))
+    b.url_in_systemd(fm, lit, unit, EnvLine(var, "", "", quoted=True))
+    b.need(fm, ("config", "lib", "pkgs"))
+
+
+SHAPE = Shape(
+    "env-setting-move",
+    "services.vaultwarden.config.ADMIN_TOKEN under strategy move: the value, kept, goes into an env file the "
+    "unit renders from the agenix secret",
+    apply,
+    ("native-vaultwarden-admin-token-move",),
+)
