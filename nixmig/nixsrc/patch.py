@@ -1288,6 +1288,7 @@ class Builder:
             if url is not None and unquote(url.user) == self.spec.role:
                 (near if url.host in hosts else far).add(unquote(url.password))
         values = near or far
+        any_user: set[str] = set()  # under move with no role set: whoever's (see _moves_any_user)
         for fm, b in self.all_binds():
             shared = len(b.path) in (3, 4) and b.path[0] == "<let>"  # a let-bound environment (shared_env)
             if not (b.exact or shared) or len(b.path) < 2:
@@ -1308,7 +1309,21 @@ class Builder:
             value = decode_string(unparen(b.value))
             if value is not None and self.spec.role in users:
                 values.add(value)
+            elif value is not None and self._moves_any_user(b.path):
+                any_user.add(value)
+        values = values or any_user
         return next(iter(values)) if len(values) == 1 else None
+
+    def _moves_any_user(self, path: NixPath) -> bool:
+        """A database password variable beside a user other than the role, under strategy move with no role
+        set: move changes no password, so whose it is does not matter; the secret's name must name it
+        (``photoprism-db-password`` and PHOTOPRISM_DATABASE_PASSWORD, or the container it is in)."""
+        if self.spec.strategy != "move" or self.spec.role != "postgres":
+            return False
+        wanted = {w.lower() for w in words(self.spec.secret) if len(w) >= 3} - _PLAIN_SECRET_WORDS
+        shape = env_container(path)
+        have = {w.lower() for w in env_words(path[-1])} | ({w.lower() for w in words(shape[1])} if shape else set())
+        return bool(wanted & have)
 
     def bare_in_env(self, fm: FileModel, lit: Lit) -> bool:
         """The password itself (not a URL) in a container's environment or a unit's Environment
@@ -3009,6 +3024,10 @@ ALSO_CHARS = "A-Z a-z 0-9 - . _ ~ + / = : @ , % [ ] { } * ? ! ^"
 _PASSWORD_SUFFIX = re.compile(r"(?:PASSWORD|PASSWD|PASS|PWD|password|passwd|pass|pwd)$")
 _RAW_ENV_VALUE = re.compile(r"[A-Za-z0-9._~-]+")  # what the renderer writes as a bare VAR=value line
 _SAFE_URL_PART = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]*")
+# the words of a secret's name that name no service (photoprism-db-password: photoprism)
+_PLAIN_SECRET_WORDS = frozenset(
+    {"password", "passwd", "pass", "secret", "key", "token", "env", "file", "db", "database", "pg", "mysql"}
+)
 _SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
 # what an edit reads and declares of agenix (the names as written: a bare attribute or a quoted one)
 _AGE_READ = re.compile(r"config\.age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\.path")

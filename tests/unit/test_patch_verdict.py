@@ -776,7 +776,8 @@ def test_a_container_password_beside_another_user_than_the_default_role_says_to_
 }
 """
     }
-    plan = pt.plan(src, pt.Spec(secret="photoprism-db-password", strategy="move"))
+    # (a rotation: under move, whose password it is does not matter, test_move_any_user.py)
+    plan = pt.plan(src, pt.Spec(secret="photoprism-db-password"))
     (item,) = [m for m in plan.manual if "PHOTOPRISM_DATABASE_PASSWORD" in m.what]
     assert "this migration's role is 'postgres'" in item.what
     assert "PHOTOPRISM_DATABASE_USER = 'photoprism', set that user as the service's role" in item.what
@@ -840,7 +841,7 @@ def test_the_role_hint_never_prints_a_user_name_that_is_the_password() -> None:
 }
 """
     }
-    plan = pt.plan(src, pt.Spec(secret="app-db-password", strategy="move"))
+    plan = pt.plan(src, pt.Spec(secret="app-db-password"))
     (item,) = [m for m in plan.manual if "DB_PASSWORD" in m.what]
     assert "the container logs in as, DB_USER, set that user" in item.what
     assert "Same-as-pw-4410" not in " ".join(m.what + m.snippet for m in plan.manual)

@@ -41,7 +41,10 @@ def apply(b: Builder, password: str | None) -> None:
         # else one the migration names: a database's, or one named like the secret (not gitlab's
         # initialRootPasswordFile for a secret gitlab-db-password, on this run or the next)
         known = [f for f in found if digest(f[3].encode()) in b.known]
+        own = found
         found = known or [f for f in found if named_by(b, f[1].path)]
+        if not found and _the_services_one(b, own):
+            found = own  # a move of the service's one store file (paperless' admin passwordFile)
         if len(found) > 1:  # gitlab's databasePasswordFile beside secrets.dbFile (a key): the password's
             found = [f for f in found if password_named(f[1].path)] or found
     if len(found) != 1 or b.option_literal is not None:
@@ -62,6 +65,18 @@ def apply(b: Builder, password: str | None) -> None:
     b.need(fm, ("config",))
     b.store_file = fm
     b.service_reads(bind.path)
+
+
+def _the_services_one(b: Builder, found: list[tuple[FileModel, Bind, Node, str]]) -> bool:
+    """Under strategy move, the only store file the migration's service (nixmig.toml's ``service``, a
+    nixpkgs service's name) sets: that service's credential, whatever the option's name says."""
+    service = b.spec.service
+    return (
+        b.spec.strategy == "move"
+        and bool(service)
+        and len(found) == 1
+        and found[0][1].path[:2] == ("services", service)
+    )
 
 
 SHAPE = Shape(
