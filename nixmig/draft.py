@@ -1478,7 +1478,8 @@ def _option_moves(findings: Sequence[Finding], paths: Mapping[int, NixPath]) -> 
             continue
         if not _movable_option(p):
             continue  # no file variant nixmig knows: `nixmig scan` lists it, nothing to draft
-        if f.rule not in ("name", "url", "token-format") or any(d.name == p[1] for d in out):
+        whole_text = f.rule == "assignment" and p[-1].endswith("File")  # KEY=pw in a store file's text
+        if (f.rule not in ("name", "url", "token-format") and not whole_text) or any(d.name == p[1] for d in out):
             continue
         if not _NAME.fullmatch(p[1]) or not _NAME.fullmatch(f.secret_name):
             continue

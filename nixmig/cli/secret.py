@@ -116,6 +116,11 @@ def new(
         return
     verb = "replaced" if result.replaced else "wrote"
     origin = f", the value hardcoded at {taken.where}" if taken is not None else ""
+    if taken is not None and taken.whole_text:
+        lines = value.reveal().count(b"\n") + (not value.reveal().endswith(b"\n"))
+        origin = (
+            f", the whole text ({lines} lines) of the file {taken.attribute} writes into the store, at {taken.where}"
+        )
     typer.echo(f"{verb} {rel} ({len(value)} characters{origin}, {len(result.recipients)} recipients)")
     if taken is not None:
         typer.echo(

@@ -2681,7 +2681,8 @@ class Builder:
 
     def mask_literal(self, fm: FileModel, node: Node) -> None:
         if node.type in ("string_expression", "indented_string_expression"):  # (a let variable holds no value)
-            self.masks.append((fm.name, node.start_byte + 1, node.end_byte - 1))
+            quote = 2 if node.type == "indented_string_expression" else 1  # '' ... '' or " ... "
+            self.masks.append((fm.name, node.start_byte + quote, node.end_byte - quote))
 
     def mask_url(self, fm: FileModel, node: Node, value: str, url: UrlParts) -> None:
         raw = fm.text(node)[1:-1]
@@ -2796,11 +2797,12 @@ def _printf_lines(secret: str, files: Sequence[EnvFile]) -> list[str]:
     return [escape_indented(ln + "\n", before_antiquote=False)[:-1] for ln in lines]
 
 
-def store_file_content(value: Node) -> Node | None:
+def store_file_content(value: Node, *, indented: bool = False) -> Node | None:
     """The content string of ``pkgs.writeText "name" "content"`` (``toString`` around it, parentheses),
-    or None when the value is anything else."""
+    or None when the value is anything else; ``indented``: an indented string too (a whole text)."""
     node = written_text(value, plain=False)
-    return node if node is not None and node.type == "string_expression" else None
+    kinds = ("string_expression", "indented_string_expression") if indented else ("string_expression",)
+    return node if node is not None and node.type in kinds else None
 
 
 def written_text(value: Node, *, plain: bool = True) -> Node | None:

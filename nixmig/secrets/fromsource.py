@@ -22,6 +22,7 @@ class Taken:
     value: Secret
     where: str  # file:line:col
     attribute: str
+    whole_text: bool = False  # the text of a file a *File option has written into the store (_store_file_text)
 
 
 def parse_spec(spec: str) -> tuple[str, int, int | None]:
@@ -65,6 +66,9 @@ def take(spec: str, root: Path) -> Taken:
         cols = ", ".join(f"{name}:{f.line}:{f.col} ({f.attr_path or 'a string'})" for f in here)
         raise UsageError(f"--from {spec}: several secrets on that line", hint=f"name one: {cols}")
     (f,) = here
+    whole = _store_file_text(source, name, f.start)
+    if whole is not None:
+        return whole
     value = f.value
     if f.kind is Kind.URL_CREDENTIAL:
         value = Secret(unquote_to_bytes(value.reveal()))  # the userinfo is percent-encoded
@@ -75,12 +79,47 @@ def _string_at(source: bytes, name: str, line: int, col: int) -> Taken | None:
     """The string literal (no interpolation, not empty) whose value starts at ``line``:``col`` or whose
     quotes do: ``nixmig patch`` names a kept value there when scan does not see it as a secret (a value
     that reads like a placeholder, "CHANGE_ME_PASSWORD"). Only with a column: the user points at it."""
-    from nixmig.nixsrc.model import decode_string, model
+    from nixmig.nixsrc.indented import decode_any
+    from nixmig.nixsrc.model import model
+    from nixmig.nixsrc.parse import descendants
 
     fm = model(name, source)
-    for lit in fm.lits:
-        value = decode_string(lit.node)
-        start = fm.line_col(lit.node.start_byte)
-        if value and start[0] == line and col in (start[1], start[1] + 1):
-            return Taken(Secret(value.encode()), f"{name}:{line}:{col}", ".".join(lit.path))
+    for node in descendants(fm.root):  # any string: a writeText's text is bound to no attribute
+        if node.type not in ("string_expression", "indented_string_expression"):
+            continue
+        value = decode_any(node)  # an indented string too: a whole text kept as the secret
+        start = fm.line_col(node.start_byte)
+        quote = 2 if node.type == "indented_string_expression" else 1
+        if value and start[0] == line and col in (start[1], start[1] + quote):
+            whole = _store_file_text(source, name, node.start_byte)
+            if whole is not None:
+                return whole
+            binds = [b for b in fm.binds if b.value.start_byte <= node.start_byte < b.value.end_byte]
+            attr = min(binds, key=lambda b: b.value.end_byte - b.value.start_byte).path if binds else ()
+            return Taken(Secret(value.encode()), f"{name}:{line}:{col}", ".".join(attr))
+    return None
+
+
+def _store_file_text(source: bytes, name: str, byte: int) -> Taken | None:
+    """A secret inside the text of a file written into the store for a ``*File`` option (``adminCredentialsFile
+    = pkgs.writeText "x" ''ADMIN_USERNAME=...\nADMIN_PASSWORD=...''``): the option reads the whole file, so the
+    secret is the whole text, as Nix evaluates it (``nixmig patch`` points the option at the agenix file)."""
+    from nixmig.nixsrc.indented import decode_any
+    from nixmig.nixsrc.model import model
+    from nixmig.nixsrc.patch import written_text
+
+    if byte < 0:
+        return None
+    fm = model(name, source)
+    for b in fm.binds:
+        if not (b.path and b.path[-1].endswith("File") and b.value.start_byte <= byte < b.value.end_byte):
+            continue
+        text = written_text(b.value, plain=False)
+        if text is None or not text.start_byte <= byte < text.end_byte:
+            continue
+        value = decode_any(text)
+        if value is None:
+            return None  # interpolated: the value is not all here
+        line, col = fm.line_col(text.start_byte)
+        return Taken(Secret(value.encode()), f"{name}:{line}:{col}", ".".join(b.path), whole_text=True)
     return None

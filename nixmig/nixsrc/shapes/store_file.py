@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from nixmig.nixsrc.indented import decode_any
 from nixmig.nixsrc.leftover import digest
-from nixmig.nixsrc.model import decode_string
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.shapes import Shape
 from nixmig.nixsrc.shapes.naming import named_by, password_named
@@ -31,8 +31,10 @@ def apply(b: Builder, password: str | None) -> None:
             continue
         if bind.path[0] == "containers" and bind.path[2:3] == ("config",):
             continue  # inside a NixOS container `config` is the container's, with no age.secrets: container_store_file
-        content = store_file_content(bind.value)
-        value = decode_string(content) if content is not None else None
+        # under move the whole text may be the secret (miniflux' adminCredentialsFile: USERNAME=, PASSWORD=),
+        # kept byte for byte; a rotation writes a bare password, which only a bare one may be replaced by
+        content = store_file_content(bind.value, indented=b.spec.strategy == "move")
+        value = decode_any(content) if content is not None else None
         if content is None or value is None or (password is not None and value != password):
             continue
         found.append((fm, bind, content, value))
