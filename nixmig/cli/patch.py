@@ -241,7 +241,16 @@ def _patch_one(
     taken = carry.get(name, set()) if carry is not None and not write else set()
     plan = pt.plan(sources, spec, find_companions=True, taken_values=taken)
     if carry is not None and write:
-        carry[name] = {sources[f][s:e] for f, s, e in plan.masks if f in sources}
+        # the values the edits take out of the tree: not a by-hand item's (masked in the diff only, still there
+        # for the second pass to see; carried, its word, "blocky" another role's password, would read as ours)
+        manual = {(m.file, m.line) for m in plan.manual}
+        carry[name] = {
+            sources[f][s:e]
+            for f, s, e in plan.masks
+            if f in sources
+            and (f, sources[f].count(b"\n", 0, s) + 1) not in manual
+            and any(ed.file == f and ed.start <= s and e <= ed.end for ed in plan.edits)
+        }
     notes = list(plan.notes)
     age_file = root / spec.secrets_dir / f"{spec.secret}.age"
     if not age_file.exists():

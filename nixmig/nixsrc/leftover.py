@@ -580,13 +580,23 @@ def copies_of(values: Collection[bytes]) -> re.Pattern[bytes]:
     return re.compile(b"|".join(rb"(?:(?<![\w-])|(?<=\s-p))" + re.escape(v) + rb"(?![\w-])" for v in sorted(values)))
 
 
+_NAME_SUFFIXES = tuple(sorted(_NAME_WORDS))  # as the last word's end: PAPERLESS_DBUSER's "dbuser", "dbname"
+
+
+def _names_something(attr: str) -> bool:
+    """``POSTGRES_USER``, ``EXAMPLES_DB``, ``DB_NAME``, ``database``: the attribute holds a name (of a user, a
+    database, a host), never a password, even when that name is the password's text too."""
+    ws = words(attr)
+    return bool(ws) and ws[-1].lower().endswith(_NAME_SUFFIXES)
+
+
 def copies_in_strings(
     models: Mapping[str, FileModel], edits: Sequence[Edit], values: Collection[bytes], said: set[tuple[str, int]]
 ) -> list[Leftover]:
     """Each copy of ``values`` (what a plan takes out of the tree) inside a string no edit covers, one per
     line not ``said`` already: where scan reads no credential (a heredoc, ``mysql -pPW``) it is still the
-    migration's password. A string bound to a user name is none (``PAPERLESS_DBUSER = "postgres"`` beside
-    the password "postgres")."""
+    migration's password. A string bound to a name is none (``PAPERLESS_DBUSER = "postgres"`` beside the
+    password "postgres", ``EXAMPLES_DB = "examples"``)."""
     if not values:
         return []
     from nixmig.nixsrc.parse import descendants
@@ -600,7 +610,7 @@ def copies_in_strings(
             if node.type not in ("string_expression", "indented_string_expression"):
                 continue
             path = bound.get(node.start_byte, ())
-            if path and any(w.lower().endswith(("user", "username", "login")) for w in words(path[-1])):
+            if path and _names_something(path[-1]):
                 continue
             for m in token.finditer(fm.source, node.start_byte, node.end_byte):
                 line, col = fm.line_col(m.start())

@@ -989,7 +989,14 @@ class Builder:
         name the migration uses (a password that is the role's name: a text naming the role is no copy)."""
         names = {n.encode() for n in (self.spec.role, self.spec.container, self.spec.db_service, self.spec.secret) if n}
         values: set[bytes] = set()
-        taken = [self.models[n].source[s:e] for n, s, e in self.masks if n in self.models]
+        # not a by-hand item's literal: masked in the diff only, it stays (another role's password in the same
+        # script: its word, "blocky", is the database's name too, all over the file)
+        manual = {(m.file, m.line) for m in self.manual}
+        taken = [
+            self.models[n].source[s:e]
+            for n, s, e in self.masks
+            if n in self.models and (n, self.models[n].line_col(s)[0]) not in manual
+        ]
         for value in (*taken, *self.taken_values):
             if len(value) >= 6 and b"*" not in value and value not in names:
                 values.add(value)

@@ -1,0 +1,66 @@
+"""A copy of a value is this migration's password only if the edits take that value out of the tree, and
+never when the string names something (a user, a database): two public configurations (stop 20) were
+refused with a dozen false "still holds this migration's password" lines."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from nixmig.nixsrc import patch as pt
+from tests.helpers import FIXTURES, run_cli
+
+OTHER_ROLE = b"""{ pkgs, ... }:
+{
+  services.postgresql = {
+    enable = true;
+    initialScript = pkgs.writeText "init.sql" ''
+      CREATE DATABASE blocky;
+      CREATE USER blocky WITH PASSWORD 'blocky';
+      GRANT ALL PRIVILEGES ON DATABASE blocky TO blocky;
+      CREATE ROLE ledger WITH LOGIN PASSWORD 'ledger-pw';
+      GRANT CONNECT ON DATABASE blocky TO ledger;
+    '';
+  };
+  services.blocky.settings.queryLog.type = "postgresql";
+}
+"""
+
+
+def test_another_role_s_password_is_no_copy_of_ours_in_the_second_pass(tmp_path: Path) -> None:
+    """The other role's literal is a by-hand item (masked in the diff, left in the tree); its word, the
+    database's name all over the file, is not carried to the second pass as a value the edits take out."""
+    repo = tmp_path / "repo"
+    shutil.copytree(FIXTURES / "shapes" / "native-initialscript-other-role", repo)
+    (repo / "case.json").unlink()
+    (repo / "hosts/box/db.nix").write_bytes(OTHER_ROLE)
+    proc = run_cli("patch", "--write", cwd=repo)
+    err = (proc.stdout + proc.stderr).decode()
+    assert proc.returncode == 1, err
+    assert "1 to do by hand" in err, err
+    assert err.count("by hand: ") == 1 and "sets the password of role blocky" in err, err
+    assert "still holds this migration's password" not in err, err
+
+
+def test_a_name_equal_to_a_moved_value_is_no_copy_of_it() -> None:
+    """EXAMPLES_DB = "examples" beside EXAMPLES_PASSWORD = "examples" (a companion moved onto its own
+    secret): the database's name is not its password left behind."""
+    src = {
+        "app.nix": b"""{ ... }:
+{
+  virtualisation.oci-containers.containers.db = {
+    image = "postgres:16";
+    environment = {
+      POSTGRES_PASSWORD = "Db-pw-88123";
+      EXAMPLES_DB = "examples";
+      EXAMPLES_PASSWORD = "examples";
+    };
+  };
+}
+"""
+    }
+    spec = pt.Spec(secret="db-password", host="box", container="db", also=(("EXAMPLES_PASSWORD", "examples-pw"),))
+    plan = pt.plan(src, spec)
+    assert not [m.what for m in plan.manual if "EXAMPLES_DB" in m.what], [m.what for m in plan.manual]
+    out = plan.results(src)["app.nix"]
+    assert b'EXAMPLES_DB = "examples"' in out and b"Db-pw-88123" not in out
