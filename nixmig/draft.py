@@ -1350,7 +1350,7 @@ def draft(
         if id(f) in let_uses or id(f) in unit_sql or id(f) in unit_exec or _is_db_finding(f, paths[id(f)])
     ]
     other = len(findings) - len(db_findings)
-    moves = [] if db_findings else _option_moves(findings, paths)
+    moves = [] if db_findings else _option_moves(findings, paths, models)
     if not db_findings and not moves:
         return Draft("", (), (), 0, other)
 
@@ -1466,14 +1466,19 @@ def draft(
     return _render(dbs, apps, list(dict.fromkeys(unplaced)), hosts, keys, skipped, other, notes)
 
 
-def _option_moves(findings: Sequence[Finding], paths: Mapping[int, NixPath]) -> list[_Db]:
+def _option_moves(
+    findings: Sequence[Finding], paths: Mapping[int, NixPath], models: Mapping[str, FileModel]
+) -> list[_Db]:
     """With no database password in the repo: a native service's own hardcoded secret (a redis
-    ``requirePass``, an admin password, a token: ``services.NAME.…``), one strategy move migration per
-    service, the first such secret of each. nixmig cannot rotate these; move keeps the value and takes
-    it out of the Nix store (`nixmig patch` says what it can edit)."""
+    ``requirePass``, an admin password, a token: ``services.NAME.…``; an ``environment.etc`` text a
+    service's ``*File`` option reads as ``/etc/NAME``), one strategy move migration per service, the
+    first such secret of each. nixmig cannot rotate these; move keeps the value and takes it out of the
+    Nix store (`nixmig patch` says what it can edit)."""
     out: list[_Db] = []
     for f in findings:
         p = paths[id(f)]
+        if _is_etc_text(p) and len(p) == 4 and f.kind.value in ("password", "token", "key"):
+            p = _etc_reader(models, p[2]) or p  # the option that reads it: its service's migration
         if len(p) < 3 or p[0] != "services" or f.kind.value not in ("password", "token", "key"):
             continue
         if not _movable_option(p):
@@ -1501,6 +1506,21 @@ def _option_moves(findings: Sequence[Finding], paths: Mapping[int, NixPath]) -> 
     return out
 
 
+def _etc_reader(models: Mapping[str, FileModel], name: str) -> NixPath | None:
+    """The one service option ``*File = "/etc/NAME"`` reading ``environment.etc.NAME`` (shapes/etc_file.py)."""
+    readers = {
+        b.path
+        for fm in models.values()
+        for b in fm.binds
+        if b.exact
+        and len(b.path) >= 3
+        and b.path[0] == "services"
+        and b.path[-1].endswith("File")
+        and decode_string(unparen(b.value)) == f"/etc/{name}"
+    }
+    return next(iter(readers)) if len(readers) == 1 else None
+
+
 def _movable_option(p: NixPath) -> bool:
     """An option `nixmig patch` can point at a file: one with a file sibling (requirePass ->
     requirePassFile), a ``*File`` option set to a store file, a setting that reads a file reference, a
@@ -1508,12 +1528,14 @@ def _movable_option(p: NixPath) -> bool:
     from nixmig.nixsrc.patch import NIXPKGS_ENV_CONFIG, nixpkgs_file_sibling
     from nixmig.nixsrc.shapes import env_file_option
     from nixmig.nixsrc.shapes.file_reference import READS_FILE_REFERENCE
+    from nixmig.nixsrc.shapes.option_companion import LITERAL_SIBLINGS
 
     env_setting = len(p) == 4 and p[1] in env_file_option.SERVICES and p[2] == env_file_option.SERVICES[p[1]].settings
     return (
         nixpkgs_file_sibling(p) is not None
         or p[-1].endswith("File")
         or p[1] in READS_FILE_REFERENCE
+        or p in LITERAL_SIBLINGS  # photoprism's settings.PHOTOPRISM_ADMIN_PASSWORD -> passwordFile
         or env_setting  # paperless' settings.PAPERLESS_SECRET_KEY: into the env file environmentFile names
         or (len(p) == 4 and (p[1], p[2]) in NIXPKGS_ENV_CONFIG)  # vaultwarden's config: an env file of its unit
     )

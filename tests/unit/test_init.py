@@ -904,3 +904,38 @@ def test_a_draft_with_no_migration_says_what_to_do_and_patch_does_not_send_the_u
     proc = run_cli("patch", cwd=tmp_path)
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "no migration defined" in err and "by hand" in err, err
+
+
+def test_an_etc_text_a_service_reads_as_a_file_drafts_that_service_s_move() -> None:
+    """environment.etc."NAME".text = "..." read by services.X.passwordFile = "/etc/NAME" (public configurations,
+    stop 20: init said "nothing to migrate" where patch, given a hand-written toml, moves it)."""
+    src = {
+        "docs.nix": b"""{ ... }:
+{
+  environment.etc."paperless-admin-pass".text = "Adm1n-pw-2231";
+  services.paperless = {
+    enable = true;
+    passwordFile = "/etc/paperless-admin-pass";
+  };
+}
+"""
+    }
+    d = draft(src)
+    assert "[migrations.paperless-" in d.toml and 'strategy = "move"' in d.toml, d.toml
+    assert "[services.paperless]" in d.toml, d.toml
+
+
+def test_photoprism_s_admin_password_setting_drafts_a_move() -> None:
+    """settings.PHOTOPRISM_ADMIN_PASSWORD: patch moves it onto passwordFile (option_companion.LITERAL_SIBLINGS)."""
+    src = {
+        "photos.nix": b"""{ ... }:
+{
+  services.photoprism = {
+    enable = true;
+    settings.PHOTOPRISM_ADMIN_PASSWORD = "Ph0to-admin-77";
+  };
+}
+"""
+    }
+    d = draft(src)
+    assert "[services.photoprism]" in d.toml and 'strategy = "move"' in d.toml, d.toml
