@@ -117,7 +117,7 @@ def new(
     verb = "replaced" if result.replaced else "wrote"
     origin = f", the value hardcoded at {taken.where}" if taken is not None else ""
     if taken is not None and taken.whole_text:
-        lines = value.reveal().count(b"\n") + (not value.reveal().endswith(b"\n"))
+        lines = value.reveal().count(b"\n") + (not value.reveal().endswith(b"\n"))  # several: _store_file_text
         origin = (
             f", the whole text ({lines} lines) of the file {taken.attribute} writes into the store, at {taken.where}"
         )

@@ -67,8 +67,8 @@ def take(spec: str, root: Path) -> Taken:
         raise UsageError(f"--from {spec}: several secrets on that line", hint=f"name one: {cols}")
     (f,) = here
     whole = _store_file_text(source, name, f.start)
-    if whole is not None:
-        return whole
+    if whole is not None and whole.value.reveal() != f.value.reveal():
+        return whole  # more than the password: the file's whole text (else the password, as before)
     value = f.value
     if f.kind is Kind.URL_CREDENTIAL:
         value = Secret(unquote_to_bytes(value.reveal()))  # the userinfo is percent-encoded
@@ -121,5 +121,6 @@ def _store_file_text(source: bytes, name: str, byte: int) -> Taken | None:
         if value is None:
             return None  # interpolated: the value is not all here
         line, col = fm.line_col(text.start_byte)
-        return Taken(Secret(value.encode()), f"{name}:{line}:{col}", ".".join(b.path), whole_text=True)
+        whole = "\n" in value.strip("\n")  # several lines: say that all of them are taken
+        return Taken(Secret(value.encode()), f"{name}:{line}:{col}", ".".join(b.path), whole_text=whole)
     return None
