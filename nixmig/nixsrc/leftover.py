@@ -469,6 +469,27 @@ def leftovers(
                 "this migration's password" if same else "a " + DESCRIPTION[f.kind]
             )
             cond = under_condition(fm, f.start)
+            stray = _attr_path(f.attr_path)[:1] if f.attr_path else ()
+            if stray and stray[0] in fm.stray_keys:
+                why = (
+                    f"NixOS rejects this module as written: it has a top-level `config` (or `options`) and sets "
+                    f"{', '.join('`' + k + '`' for k in fm.stray_keys)} beside it (the module system's \"unsupported "
+                    'attribute" error), so nixmig does not read those as options: move them into `config`, or '
+                    "drop `config` and write its options at the top level, then patch again"
+                )
+                out.append(
+                    Leftover(
+                        name,
+                        f.line,
+                        f.col,
+                        f.attr_path,
+                        f"{f.attr_path} still holds a {DESCRIPTION[f.kind]}: {why}",
+                        f.start,
+                        f.end,
+                        "",
+                    )
+                )
+                continue
             why = (
                 f"set inside lib.{cond} (merged in only when the author's condition holds): nixmig edits values "
                 "as they are written, not under a condition (which branch runs is the author's); move it out of "

@@ -173,6 +173,9 @@ class FileModel:
     roots: list[Node] = field(default_factory=list)  # attrsets at the config root (path ())
     embedded: set[tuple[int, int, str]] = field(default_factory=set)  # ``modules``' nodes not walked yet (model)
     modules: list[Embedded] = field(default_factory=list)  # NixOS modules held as values (see Embedded)
+    # a full-form module (a top-level `config`/`options`) that also sets options outside them (`services`):
+    # NixOS rejects it ("unsupported attribute"), those keys
+    stray_keys: list[str] = field(default_factory=list)
 
     def line_col(self, byte: int) -> tuple[int, int]:
         line = self.source.count(b"\n", 0, byte) + 1
@@ -300,6 +303,14 @@ def _walk_top(fm: FileModel, node: Node) -> None:
         else:
             fm.binds.append(Bind(("<module>", *names), b, ex, node, False))
             _walk(fm, ex, names, names[0] == "options")
+            if names[0] not in _FULL_FORM_KEYS and names[0] not in fm.stray_keys:
+                fm.stray_keys.append(names[0])
+
+
+# what a module with a top-level `config` or `options` may hold beside them (lib/modules.nix)
+_FULL_FORM_KEYS = frozenset(
+    {"options", "config", "imports", "meta", "_file", "key", "disabledModules", "freeformType", "_class"}
+)
 
 
 def _names(b: Node) -> NixPath:

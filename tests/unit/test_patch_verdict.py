@@ -845,3 +845,24 @@ def test_the_role_hint_never_prints_a_user_name_that_is_the_password() -> None:
     (item,) = [m for m in plan.manual if "DB_PASSWORD" in m.what]
     assert "the container logs in as, DB_USER, set that user" in item.what
     assert "Same-as-pw-4410" not in " ".join(m.what + m.snippet for m in plan.manual)
+
+
+def test_a_module_nixos_rejects_for_a_stray_key_beside_config_says_so() -> None:
+    """A top-level `config.services.postgresql` beside top-level `virtualisation...` (a public configuration,
+    stop 19: refused as "not this migration's"): the module system rejects such a module; the line says
+    that and how to fix it, and nothing is edited."""
+    src = {
+        "data.nix": b"""{ config, ... }:
+{
+  config.services.postgresql.enable = true;
+  virtualisation.oci-containers.containers.db = {
+    image = "postgres:16";
+    environment.POSTGRES_PASSWORD = "Stray-pw-4410";
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="db-password", container="db"))
+    assert not plan.edits
+    (item,) = [m for m in plan.manual if "POSTGRES_PASSWORD" in m.what]
+    assert "NixOS rejects this module as written" in item.what and "`virtualisation`" in item.what, item.what
