@@ -1300,7 +1300,12 @@ class Builder:
             shared = len(b.path) in (3, 4) and b.path[0] == "<let>"  # a let-bound environment (shared_env)
             if not (b.exact or shared) or len(b.path) < 2:
                 continue
-            if b.path[-2] not in ("environment", "environments") and not (shared and len(b.path) == 3):
+            env_config = _env_option_shape(b.path) is not None  # services.mealie.settings.POSTGRES_PASSWORD
+            if (
+                b.path[-2] not in ("environment", "environments")
+                and not (shared and len(b.path) == 3)
+                and not env_config
+            ):
                 continue
             if not _db_words(b.path[-1]) or base_variable(b.path[-1]) != b.path[-1]:
                 continue  # FILE__DB_PASS / DB_PASS_FILE: a path, not the password
@@ -3083,6 +3088,9 @@ def _project_key(fm: FileModel, prefix: NixPath) -> tuple[str, str]:
 NIXPKGS_ENV_CONFIG: dict[tuple[str, str], str] = {
     ("vaultwarden", "config"): "vaultwarden",
     ("n8n", "environment"): "n8n",
+    # mealie: settings are the mealie unit's environment (toString of each); its ExecStartPre (init_db, a
+    # string) merges after nixmig's (lib.mkBefore), its EnvironmentFile (credentialsFile) beside nixmig's
+    ("mealie", "settings"): "mealie",
 }
 
 

@@ -193,3 +193,36 @@ def test_vaultwarden_takes_the_credential_its_secret_names_and_leaves_hashes() -
     )
     plan, patched = plan_shape_case(VW_CASE, VW_FILE, hashed)
     assert b"EnvironmentFile" not in patched  # a hash is no secret to move: nothing moved
+
+
+@pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
+def test_mealie_reads_the_rotated_password_from_its_env_file(tmp_path: Path) -> None:
+    """services.mealie.settings.POSTGRES_PASSWORD (a rotation): the key leaves the settings (the unit's
+    Environment=); the mealie unit renders it into its EnvironmentFile from a systemd credential."""
+    case, file = "native-mealie-settings-postgres-password", "modules/mealie.nix"
+    plan, patched = plan_shape_case(case, file, (SHAPES / case / file).read_bytes())
+    assert plan.manual == (), [m.what for m in plan.manual]  # type: ignore[attr-defined]
+    module = tmp_path / "mealie.nix"
+    module.write_bytes(patched)
+    expr = (
+        f'let m = import {module} {{ config.age.secrets.mealie-db-password.path = "/run/agenix/m"; '
+        "lib.mkBefore = x: x; pkgs.writeShellScript = n: t: t; }; "
+        "s = m.systemd.services.mealie.serviceConfig; in s // { cfg = m.services.mealie.settings; }"
+    )
+    out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], capture_output=True)
+    assert out.returncode == 0, out.stderr.decode()
+    got = json.loads(out.stdout)
+    assert "POSTGRES_PASSWORD" not in got["cfg"] and got["cfg"]["POSTGRES_USER"] == "mealie"
+    assert got["LoadCredential"] == ["mealie-db-password:/run/agenix/m"]
+    assert got["EnvironmentFile"] == ["-/run/mealie/mealie-db-password.env"]
+    (script,) = got["ExecStartPre"]
+    run, creds = tmp_path / "run", tmp_path / "creds"
+    run.mkdir(mode=0o700)
+    creds.mkdir()
+    (creds / "mealie-db-password").write_text("New-pw_0.9~x")
+    env = {"PATH": "/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(creds)}
+    proc = subprocess.run(
+        ["bash", "-c", script.replace("/run/mealie/", f"{run}/")], env=env, capture_output=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (run / "mealie-db-password.env").read_text() == "POSTGRES_PASSWORD=New-pw_0.9~x\n"
