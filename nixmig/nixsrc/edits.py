@@ -170,6 +170,14 @@ class Edits:
                 self.add(fm, attrset.start_byte + 1, close, "\n" + reindent(snippet, inner) + "\n" + open_indent, why)
             return
         anchor = after if after is not None else existing[-1]
+        close = attrset.end_byte - 1
+        gap = src[anchor.end_byte : close]
+        if "\n" in snippet and anchor == existing[-1] and not gap.strip() and b"\n" not in gap:
+            # a one-line attrset (compose2nix: `serviceConfig = { Restart = ...; };`) given several lines:
+            # they go on lines of their own, indented, and the brace closes on its own line
+            open_indent = _indent_of(src, attrset)
+            self.add(fm, anchor.end_byte, close, "\n" + reindent(snippet, open_indent + "  ") + "\n" + open_indent, why)
+            return
         if not _rest_of_line_is_blank(src, anchor.end_byte) or ("\n" not in snippet and _same_line(src, anchor)):
             self.add(fm, anchor.end_byte, anchor.end_byte, " " + snippet, why)
             return
