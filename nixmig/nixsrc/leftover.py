@@ -631,8 +631,9 @@ def copies_in_strings(
             if node.type not in ("string_expression", "indented_string_expression"):
                 continue
             path = bound.get(node.start_byte, ())
-            if path and _names_something(path[-1]):
-                continue
+            whole = fm.source[node.start_byte + 1 : node.end_byte - 1]
+            if path and _names_something(path[-1]) and whole in values:
+                continue  # the whole string is the name (EXAMPLES_DB = "examples"), not NC_DB's URL holding it
             for m in token.finditer(fm.source, node.start_byte, node.end_byte):
                 line, col = fm.line_col(m.start())
                 if (name, line) in said or _covered_span(m.start(), m.end(), spans):

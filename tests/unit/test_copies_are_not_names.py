@@ -64,3 +64,27 @@ def test_a_name_equal_to_a_moved_value_is_no_copy_of_it() -> None:
     assert not [m.what for m in plan.manual if "EXAMPLES_DB" in m.what], [m.what for m in plan.manual]
     out = plan.results(src)["app.nix"]
     assert b'EXAMPLES_DB = "examples"' in out and b"Db-pw-88123" not in out
+
+
+def test_a_variable_named_like_a_database_holding_a_url_with_the_password_is_a_copy() -> None:
+    """NC_DB = "pg://db:5432?u=postgres&p=PW&d=app" (nocodb's own URL form, a blind configuration, stop 20):
+    the variable's name ends in DB, but the string is more than a name: the password in it is a copy left
+    (the name rule above made this an exit 0 with the password left, found by a helper's experiment)."""
+    src = {
+        "data.nix": b"""{ ... }:
+{
+  virtualisation.oci-containers.containers.nocodb = {
+    image = "nocodb/nocodb:latest";
+    environment.NC_DB = "pg://root_db:5432?u=postgres&p=Nc-pw-55821&d=root_db";
+  };
+  virtualisation.oci-containers.containers.root_db = {
+    image = "postgres";
+    environment.POSTGRES_PASSWORD = "Nc-pw-55821";
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="nocodb-db-password", container="root_db"))
+    assert any("NC_DB still holds this migration's password" in m.what for m in plan.manual), [
+        m.what for m in plan.manual
+    ]
