@@ -173,3 +173,22 @@ def test_a_unit_with_a_script_copy_and_a_url_to_render_loads_the_credential_once
     assert got["load"] == ["app-db-password:/run/agenix/x"] and len(got["pre"]) == 1
     calls = run_with_credential(tmp_path, got["preStart"], "app-db-password", NASTY, ("psql",), ("PGPASSWORD",))
     assert calls == [["psql", "-h", "localhost", "-U", "app", "-c", "select 1", f"PGPASSWORD={NASTY}"]]
+
+
+def test_a_copy_in_a_path_is_a_name_and_leaves_the_script_as_it_was() -> None:
+    """``exec ${pkg}/bin/NAME`` where NAME is the password's text too (a blind configuration, stop 20: the
+    program's path became the password's variable, the service would exec /bin/<new password>): a copy in a
+    path is no password, so no copy is replaced (every copy or none) and the verdict says the others."""
+    text = MODULE.replace("mysql -u ledger -pLdg-8pass -e 'SELECT 1'", "exec ${pkgs.hello}/bin/Ldg-8pass foreground")
+    plan, out = _plan(text)
+    assert b"/bin/Ldg-8pass foreground" in out
+    assert b"nixmig_ledger_db_password" not in out
+    assert any("ledger-backup" in m.what for m in plan.manual), [m.what for m in plan.manual]
+
+
+def test_a_password_that_is_the_role_s_name_is_not_replaced_in_scripts() -> None:
+    """The role's name as its password (educator_aaa / educator_aaa): a copy in a script may be the name
+    (`psql -U ledger`, a program): nixmig does not guess which copy is which."""
+    text = MODULE.replace("Ldg-8pass", "ledger")
+    plan, out = _plan(text)
+    assert b"pg_dump -U ledger ledger" in out and b"nixmig_ledger_db_password" not in out

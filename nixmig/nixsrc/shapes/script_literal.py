@@ -80,6 +80,8 @@ def _copies(fm: FileModel, string: Node, password: str) -> list[Copy] | None:
             if ctx is None:
                 return None
             after = pos + len(password)
+            if s[pos - 1 : pos] in ("/", ".") or s[after : after + 1] in ("/", "."):
+                return None  # part of a path or a host name (`${package}/bin/NAME`): a name, not the password
             if ctx == "dq" and s[pos - 1 : pos] == "'" and s[after : after + 1] == "'":
                 ctx = "sql"
                 if _CLAUSE_BEFORE.search(s[:pos]):
@@ -143,12 +145,16 @@ def apply(b: Builder, password: str | None) -> None:
 
     if not password:
         return  # only the value the plan recognised: a string in a script is no credential by its name
+    names = {n for n in (b.spec.role, b.spec.container, b.spec.db_service, b.spec.unit) if n}
+    if password in names:
+        return  # the password is a name too (role educator_aaa, password educator_aaa): which copy is which
+        # is not for nixmig to guess (a program's path, `psql -U NAME`); the verdict says each copy
     credential = credential_name(b.spec.secret)
     var = "nixmig_" + re.sub(r"[^A-Za-z0-9_]", "_", b.spec.secret)
     for fm in list(b.models.values()):
         for bind, string, unit in _scripts(fm):
-            if (fm.name, string.start_byte) in b.handled:
-                continue  # another shape's edit of this script (let-script, unit-sql)
+            if (fm.name, string.start_byte) in b.handled or password == unit:
+                continue  # another shape's edit of this script (let-script, unit-sql); a unit named like it
             copies = _copies(fm, string, password)
             if copies is None:
                 continue
