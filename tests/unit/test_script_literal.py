@@ -190,5 +190,5 @@ def test_a_password_that_is_the_role_s_name_is_not_replaced_in_scripts() -> None
     """The role's name as its password (educator_aaa / educator_aaa): a copy in a script may be the name
     (`psql -U ledger`, a program): nixmig does not guess which copy is which."""
     text = MODULE.replace("Ldg-8pass", "ledger")
-    plan, out = _plan(text)
+    _, out = _plan(text)
     assert b"pg_dump -U ledger ledger" in out and b"nixmig_ledger_db_password" not in out
