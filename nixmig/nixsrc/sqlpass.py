@@ -18,6 +18,8 @@ _HEAD_SHELL = re.compile(
     rb'(?i)\b(?:CREATE|ALTER)\s+(?:ROLE|USER)\s+(\\"(?:[^"\\]|"")+\\"|"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
 )
 _EMPTY = re.compile(rb"(?i)\s*(?:WITH)?\s*")  # what an ALTER that set only the password has left
+_WITH = re.compile(rb"(?i)\bWITH\b")
+_LEADING_WITH = re.compile(rb"(?i)\s*WITH\b")
 _CLAUSE = re.compile(rb"(?i)\s+(?:ENCRYPTED\s+)?PASSWORD\s+'((?:[^'\\\n]|'')*)'")
 
 
@@ -32,6 +34,9 @@ class PasswordClause:
     # an ALTER ROLE/USER that sets nothing but the password: the whole statement (its line, when it is
     # alone on it), which removing the clause would leave as ``ALTER USER x WITH;`` (valid, a no-op)
     whole: tuple[int, int] | None = None
+    # WITH after an option (``CREATE USER x SUPERUSER WITH LOGIN``): PostgreSQL takes WITH only right after
+    # the role's name, so the statement is a syntax error, and never created or changed the role
+    invalid: bool = False
 
 
 def _role(ident: bytes) -> str:
@@ -70,6 +75,8 @@ def clauses(text: bytes, *, in_shell: bool = False) -> list[PasswordClause]:
             if not text[line_start:start].strip() and line_end != -1 and not text[end:line_end].strip():
                 start, end = line_start, line_end + 1
             whole = (start, end)
+        unquoted = re.sub(rb"'(?:[^']|'')*'", b"''", rest)
+        invalid = bool(_WITH.search(unquoted)) and not _LEADING_WITH.match(unquoted)
         out.append(
             PasswordClause(
                 _role(head.group(1)),
@@ -79,6 +86,7 @@ def clauses(text: bytes, *, in_shell: bool = False) -> list[PasswordClause]:
                 base + m.end(1),
                 value,
                 whole,
+                invalid,
             )
         )
     return out

@@ -129,6 +129,25 @@ def remove_clauses(
         if c.role != b.spec.role or "'" in c.password:
             continue
         base = node.start_byte
+        if c.invalid:  # the statement never ran: setting the password after it would fail on a missing role
+            b.masks.append((fm.name, base + c.value_start, base + c.value_end))
+            line, col = fm.line_col(base + c.value_start)
+            from nixmig.nixsrc.patch import Manual
+
+            b.manual.append(
+                Manual(
+                    fm.name,
+                    line,
+                    col,
+                    f"the statement that sets role {c.role}'s password in {where} is not valid SQL: PostgreSQL takes "
+                    f"WITH only right after the role's name (CREATE USER {c.role} WITH SUPERUSER LOGIN ...), so it "
+                    f"never created or changed role {c.role}; fix the statement (and create the role on the host if "
+                    "the server runs already), then patch again",
+                    "",
+                )
+            )
+            continue  # no clause cut, no unit: the item is this line (the verdict skips it)
+
         if password is not None and c.password != password:
             # the role's password, whatever the value: the migration sets it, and a second run (with the
             # other copy gone) would take it anyway
