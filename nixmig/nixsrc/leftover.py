@@ -469,6 +469,14 @@ def leftovers(
                 "this migration's password" if same else "a " + DESCRIPTION[f.kind]
             )
             cond = under_condition(fm, f.start)
+            if _nixos_test(fm):
+                why = (
+                    "this file is a NixOS test (nodes and a testScript): its password is the test's own fixture, in "
+                    "VMs only the test runs; nixmig migrates hosts' configurations, not tests: leave it, or give the "
+                    "test a value of its own"
+                )
+                out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end, ""))
+                continue
             stray = _attr_path(f.attr_path)[:1] if f.attr_path else ()
             if stray and stray[0] in fm.stray_keys:
                 why = (
@@ -599,6 +607,13 @@ def _covered_span(start: int, end: int, spans: Sequence[tuple[int, int]]) -> boo
 def copies_of(values: Collection[bytes]) -> re.Pattern[bytes]:
     """A copy of one of ``values`` as a word of its own, also right after a ``-p`` flag (``mysql -pPW``)."""
     return re.compile(b"|".join(rb"(?:(?<![\w-])|(?<=\s-p))" + re.escape(v) + rb"(?![\w-])" for v in sorted(values)))
+
+
+def _nixos_test(fm: FileModel) -> bool:
+    """The file is a NixOS test (``makeTest { nodes = ...; testScript = ...; }``, ``runNixOSTest``): it binds
+    ``testScript`` and ``nodes`` (or the older ``machine``) somewhere."""
+    last = {b.path[-1] for b in fm.binds if b.path}
+    return "testScript" in last and bool(last & {"nodes", "machine"} or any("nodes" in b.path for b in fm.binds))
 
 
 _NAME_SUFFIXES = tuple(sorted(_NAME_WORDS))  # as the last word's end: PAPERLESS_DBUSER's "dbuser", "dbname"

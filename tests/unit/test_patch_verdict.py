@@ -866,3 +866,26 @@ def test_a_module_nixos_rejects_for_a_stray_key_beside_config_says_so() -> None:
     assert not plan.edits
     (item,) = [m for m in plan.manual if "POSTGRES_PASSWORD" in m.what]
     assert "NixOS rejects this module as written" in item.what and "`virtualisation`" in item.what, item.what
+
+
+def test_a_nixos_test_s_password_is_said_as_the_test_s_fixture() -> None:
+    """nodes + testScript (nixpkgs' own mysql test, a blind configuration of stop 20): the refusal names the
+    shape, a NixOS test, instead of "a module held as a value"."""
+    src = {
+        "test.nix": b"""import ./make-test-python.nix ({ pkgs, ... }: {
+  name = "db";
+  nodes.db = { ... }: {
+    services.mysql.enable = true;
+    services.mysql.initialScript = pkgs.writeText "init" "CREATE USER 'u'@'localhost' IDENTIFIED BY 'Test-pw-771';";
+  };
+  testScript = ''
+    db.wait_for_unit("mysql")
+  '';
+})
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="db-password", role="u", strategy="move"))
+    assert not plan.edits
+    assert plan.manual and all("is a NixOS test" in m.what for m in plan.manual if m.file), [
+        m.what for m in plan.manual
+    ]
