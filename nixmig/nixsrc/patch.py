@@ -1073,7 +1073,8 @@ class Builder:
                 # the literal stays with its binding: said once, at each use left (not again by the verdict)
                 self.let_kept.add((name, fm.line_col(let.literal.start_byte)[0]))
                 named = classify_name(let.name)
-                if ours and not self.let_used_in(name, let) and named is not None and named.kind is not Kind.PASSWORD:
+                other = named is not None and (named.kind is not Kind.PASSWORD or _other_credential((let.name,)))
+                if ours and not self.let_used_in(name, let) and other and named is not None:
                     # `penpotSecretKey = "..."` with the database's value: another credential, not this password
                     line, col = fm.line_col(let.literal.start_byte)
                     self.manual.append(
@@ -1314,11 +1315,11 @@ class Builder:
                 continue
             env = b.path[:-1]
             users = [
-                decode_string(unparen(u.value))
+                self.value_of(fm, unparen(u.value))
                 for u in fm.binds
                 if u.path[:-1] == env and _db_words(u.path[-1]) and env_words(u.path[-1]) & {"user", "username"}
             ]
-            value = decode_string(unparen(b.value))
+            value = self.value_of(fm, unparen(b.value))
             if value is not None and self.spec.role in users:
                 values.add(value)
             elif value is not None and self._moves_any_user(b.path):

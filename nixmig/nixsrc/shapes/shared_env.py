@@ -62,7 +62,7 @@ def _right_sets(fm: FileModel, bind: Bind, name: str) -> bool:
 
 
 def apply(b: Builder, password: str | None) -> None:
-    from nixmig.nixsrc.patch import _ENV_VAR, _secret_name
+    from nixmig.nixsrc.patch import _ENV_VAR, _other_credential, _secret_name
 
     if password is None and not b.known:
         return
@@ -75,6 +75,8 @@ def apply(b: Builder, password: str | None) -> None:
             continue
         if unparen(bind.value).type != "variable_expression" and not _DB_WORDS & set(words(var)):
             continue  # REDIS_PASSWORD = "..." with the same value: another service's, the verdict says it
+        if _other_credential(path):
+            continue  # REDIS_PASSWORD = redisPassword, a binding of its own with the same text: redis' too
         value = b.value_of(fm, unparen(bind.value))
         if value is None or (value != password if password is not None else digest(value.encode()) not in b.known):
             continue  # not the password the plan recognised (or an earlier shape took from SQL)
@@ -95,6 +97,7 @@ def apply(b: Builder, password: str | None) -> None:
             b.ensure_env_file(fm, kind, name, prefix, env_path, lit)
         names = ", ".join(r.container or r.unit for r, _, _, _ in renderers)
         b.mask_literal(fm, unparen(bind.value))
+        b.known.add(digest(value.encode()))  # its let binding goes once no use is left (Builder.drop_lets)
         b.ed.remove_binding(
             fm,
             bind.node,
