@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,34 +147,44 @@ def test_vaultwarden_names_are_the_variables_its_module_writes() -> None:
     assert env_var_name("n8n", "dbPassword") == "dbPassword"  # n8n's environment: names as written
 
 
-@pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
-def test_the_admin_token_reaches_vaultwarden_as_it_was(tmp_path: Path) -> None:
-    plan, patched = plan_shape_case(VW_CASE, VW_FILE, (SHAPES / VW_CASE / VW_FILE).read_bytes())
-    assert plan.manual == (), [m.what for m in plan.manual]  # type: ignore[attr-defined]
-    module = tmp_path / "vaultwarden.nix"
+def _unit_renders(
+    tmp_path: Path, patched: bytes, service: str, secret: str, settings: str, value: str
+) -> tuple[dict[str, Any], str]:
+    """The patched module evaluated by nix-instantiate (stub args): the unit ``service``'s serviceConfig with
+    the service's ``settings`` as ``cfg``, and the env file its ExecStartPre renders in real bash from the
+    credential ``value`` (what systemd hands over in $CREDENTIALS_DIRECTORY)."""
+    module = tmp_path / f"{service}.nix"
     module.write_bytes(patched)
     expr = (
-        f'let m = import {module} {{ config.age.secrets.vaultwarden-admin-token.path = "/run/agenix/t"; '
+        f'let m = import {module} {{ config.age.secrets.{secret}.path = "/run/agenix/s"; '
         "lib.mkBefore = x: x; pkgs.writeShellScript = n: t: t; }; "
-        "s = m.systemd.services.vaultwarden.serviceConfig; in s // { cfg = m.services.vaultwarden.config; }"
+        f"s = m.systemd.services.{service}.serviceConfig; in s // {{ cfg = m.services.{service}.{settings}; }}"
     )
     out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], capture_output=True)
     assert out.returncode == 0, out.stderr.decode()
-    got = json.loads(out.stdout)
-    assert "adminToken" not in got["cfg"] and got["cfg"]["domain"] == "https://vault.example.org"
-    assert got["LoadCredential"] == ["vaultwarden-admin-token:/run/agenix/t"]
-    assert got["EnvironmentFile"] == ["-/run/vaultwarden/vaultwarden-admin-token.env"]
+    got: dict[str, Any] = json.loads(out.stdout)
+    assert got["LoadCredential"] == [f"{secret}:/run/agenix/s"]
+    assert got["EnvironmentFile"] == [f"-/run/{service}/{secret}.env"]
     (script,) = got["ExecStartPre"]
     run, creds = tmp_path / "run", tmp_path / "creds"
     run.mkdir(mode=0o700)
     creds.mkdir()
-    (creds / "vaultwarden-admin-token").write_text(VW_TOKEN)
+    (creds / secret).write_text(value)
     env = {"PATH": "/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(creds)}
     proc = subprocess.run(
-        ["bash", "-c", script.replace("/run/vaultwarden/", f"{run}/")], env=env, capture_output=True, check=False
+        ["bash", "-c", script.replace(f"/run/{service}/", f"{run}/")], env=env, capture_output=True, check=False
     )
     assert proc.returncode == 0, proc.stderr.decode()
-    assert (run / "vaultwarden-admin-token.env").read_text() == f"ADMIN_TOKEN='{VW_TOKEN}'\n"
+    return got, (run / f"{secret}.env").read_text()
+
+
+@pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
+def test_the_admin_token_reaches_vaultwarden_as_it_was(tmp_path: Path) -> None:
+    plan, patched = plan_shape_case(VW_CASE, VW_FILE, (SHAPES / VW_CASE / VW_FILE).read_bytes())
+    assert plan.manual == (), [m.what for m in plan.manual]  # type: ignore[attr-defined]
+    got, rendered = _unit_renders(tmp_path, patched, "vaultwarden", "vaultwarden-admin-token", "config", VW_TOKEN)
+    assert "adminToken" not in got["cfg"] and got["cfg"]["domain"] == "https://vault.example.org"
+    assert rendered == f"ADMIN_TOKEN='{VW_TOKEN}'\n"
 
 
 def test_vaultwarden_takes_the_credential_its_secret_names_and_leaves_hashes() -> None:
@@ -202,27 +213,6 @@ def test_mealie_reads_the_rotated_password_from_its_env_file(tmp_path: Path) -> 
     case, file = "native-mealie-settings-postgres-password", "modules/mealie.nix"
     plan, patched = plan_shape_case(case, file, (SHAPES / case / file).read_bytes())
     assert plan.manual == (), [m.what for m in plan.manual]  # type: ignore[attr-defined]
-    module = tmp_path / "mealie.nix"
-    module.write_bytes(patched)
-    expr = (
-        f'let m = import {module} {{ config.age.secrets.mealie-db-password.path = "/run/agenix/m"; '
-        "lib.mkBefore = x: x; pkgs.writeShellScript = n: t: t; }; "
-        "s = m.systemd.services.mealie.serviceConfig; in s // { cfg = m.services.mealie.settings; }"
-    )
-    out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], capture_output=True)
-    assert out.returncode == 0, out.stderr.decode()
-    got = json.loads(out.stdout)
+    got, rendered = _unit_renders(tmp_path, patched, "mealie", "mealie-db-password", "settings", "New-pw_0.9~x")
     assert "POSTGRES_PASSWORD" not in got["cfg"] and got["cfg"]["POSTGRES_USER"] == "mealie"
-    assert got["LoadCredential"] == ["mealie-db-password:/run/agenix/m"]
-    assert got["EnvironmentFile"] == ["-/run/mealie/mealie-db-password.env"]
-    (script,) = got["ExecStartPre"]
-    run, creds = tmp_path / "run", tmp_path / "creds"
-    run.mkdir(mode=0o700)
-    creds.mkdir()
-    (creds / "mealie-db-password").write_text("New-pw_0.9~x")
-    env = {"PATH": "/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(creds)}
-    proc = subprocess.run(
-        ["bash", "-c", script.replace("/run/mealie/", f"{run}/")], env=env, capture_output=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert (run / "mealie-db-password.env").read_text() == "POSTGRES_PASSWORD=New-pw_0.9~x\n"
+    assert rendered == "POSTGRES_PASSWORD=New-pw_0.9~x\n"
