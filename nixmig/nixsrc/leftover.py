@@ -448,6 +448,7 @@ def leftovers(
         spans.setdefault(e.file, []).append((e.start, e.end))
     out: list[Leftover] = []
     for name, fm in sorted(models.items()):
+        nixos_test = _nixos_test(fm)
         for f in scan_source(fm.source, name).findings:
             f = in_module_value(fm, f)
             if f.kind is Kind.HASH or (name, f.line) in skip:
@@ -469,7 +470,7 @@ def leftovers(
                 "this migration's password" if same else "a " + DESCRIPTION[f.kind]
             )
             cond = under_condition(fm, f.start)
-            if _nixos_test(fm):
+            if nixos_test:
                 why = (
                     "this file is a NixOS test (nodes and a testScript): its password is the test's own fixture, in "
                     "VMs only the test runs; nixmig migrates hosts' configurations, not tests: leave it, or give the "

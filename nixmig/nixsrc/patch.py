@@ -1355,15 +1355,12 @@ class Builder:
         if kept is not None and not _RAW_ENV_VALUE.fullmatch(kept):
             # move keeps this value, and the renderer writes a bare line only for A-Z a-z 0-9 - . _ ~: it would
             # stop the unit at every start (its advice, a new value, is a rotation move does not do)
-            self.mask_literal(fm, lit.node)
-            self.handled.add((fm.name, lit.node.start_byte))
-            self.manual_here(
+            self.refuse_kept(
                 fm,
-                lit.node,
-                f"{'.'.join(lit.path)}: the value strategy move keeps has characters an env file line cannot hold "
-                "unquoted (only A-Z a-z 0-9 - . _ ~), and the renderer would stop the unit at each start: by hand "
-                "(a *_FILE variable if the app reads one), or rotate it first",
-                "",
+                lit,
+                "has characters an env file line cannot hold unquoted (only A-Z a-z 0-9 - . _ ~), and the "
+                "renderer would stop the unit at each start: by hand (a *_FILE variable if the app reads one), or "
+                "rotate it first",
             )
             return True
         line = EnvLine(lit.path[-1], "", "", raw=True)
@@ -2589,6 +2586,13 @@ class Builder:
     def manual_here(self, fm: FileModel, node: Node, what: str, snippet: str, companion: str = "") -> None:
         line, col = fm.line_col(node.start_byte)
         self.manual.append(Manual(fm.name, line, col, what, snippet, companion))
+
+    def refuse_kept(self, fm: FileModel, lit: Lit, why: str) -> None:
+        """A value strategy move keeps that the env file nixmig would render cannot hold: the literal stays
+        (masked in the diff), said at its line with ``why``; no other edit takes it."""
+        self.mask_literal(fm, lit.node)
+        self.handled.add((fm.name, lit.node.start_byte))
+        self.manual_here(fm, lit.node, f"{'.'.join(lit.path)}: the value strategy move keeps {why}", "")
 
     def generic_snippet(self, path: NixPath, line: EnvLine | None = None) -> str:
         """For a shape without a template: what nixmig would write, for the unit that really starts the

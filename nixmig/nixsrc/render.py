@@ -6,6 +6,7 @@ jinja2 is imported only when something renders.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,11 @@ class _Macros:
 def template(name: str) -> Any:
     """The macros of one template (``template("arion-service.nix.j2").env_file(...)``)."""
     return _Macros(name)
+
+
+# what a quoted line (EnvLine.quoted) cannot hold: single quotes are literal for systemd's EnvironmentFile= and
+# bash's `source`, except a quote, a backslash (an escape inside quotes in some systemd versions), CR, LF, NUL
+UNQUOTABLE = re.compile(r"['\\\n\r\x00]")
 
 
 @dataclass(frozen=True)

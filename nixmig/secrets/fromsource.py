@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 from nixmig.errors import UsageError
 from nixmig.sensitive import Secret
+
+if TYPE_CHECKING:
+    from nixmig.nixsrc.model import FileModel
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ def parse_spec(spec: str) -> tuple[str, int, int | None]:
 
 def take(spec: str, root: Path) -> Taken:
     """The hardcoded secret scan finds at ``spec`` (relative to ``root``, or absolute)."""
+    from nixmig.nixsrc.model import model
     from nixmig.nixsrc.scan import Kind, scan_source
 
     name, line, col = parse_spec(spec)
@@ -66,7 +71,7 @@ def take(spec: str, root: Path) -> Taken:
         cols = ", ".join(f"{name}:{f.line}:{f.col} ({f.attr_path or 'a string'})" for f in here)
         raise UsageError(f"--from {spec}: several secrets on that line", hint=f"name one: {cols}")
     (f,) = here
-    whole = _store_file_text(source, name, f.start)
+    whole = _store_file_text(model(name, source), f.start) if f.start >= 0 else None
     if whole is not None and whole.value.reveal() != f.value.reveal():
         return whole  # more than the password: the file's whole text (else the password, as before)
     value = f.value
@@ -91,7 +96,7 @@ def _string_at(source: bytes, name: str, line: int, col: int) -> Taken | None:
         start = fm.line_col(node.start_byte)
         quote = 2 if node.type == "indented_string_expression" else 1
         if value and start[0] == line and col in (start[1], start[1] + quote):
-            whole = _store_file_text(source, name, node.start_byte)
+            whole = _store_file_text(fm, node.start_byte)
             if whole is not None:
                 return whole
             binds = [b for b in fm.binds if b.value.start_byte <= node.start_byte < b.value.end_byte]
@@ -100,17 +105,16 @@ def _string_at(source: bytes, name: str, line: int, col: int) -> Taken | None:
     return None
 
 
-def _store_file_text(source: bytes, name: str, byte: int) -> Taken | None:
+def _store_file_text(fm: FileModel, byte: int) -> Taken | None:
     """A secret inside the text of a file written into the store for a ``*File`` option (``adminCredentialsFile
     = pkgs.writeText "x" ''ADMIN_USERNAME=...\nADMIN_PASSWORD=...''``): the option reads the whole file, so the
     secret is the whole text, as Nix evaluates it (``nixmig patch`` points the option at the agenix file)."""
     from nixmig.nixsrc.indented import decode_any
-    from nixmig.nixsrc.model import model
     from nixmig.nixsrc.patch import written_text
 
     if byte < 0:
         return None
-    fm = model(name, source)
+    name = fm.name
     for b in fm.binds:
         if not (b.path and b.path[-1].endswith("File") and b.value.start_byte <= byte < b.value.end_byte):
             continue

@@ -18,14 +18,13 @@ service's user while the other units are stopped).
 from __future__ import annotations
 
 import posixpath
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.model import decode_string, unparen
 from nixmig.nixsrc.quote import nix_attr, nix_string, store_name
-from nixmig.nixsrc.render import EnvFile, EnvLine, script_in_nix, template
+from nixmig.nixsrc.render import UNQUOTABLE, EnvFile, EnvLine, script_in_nix, template
 from nixmig.nixsrc.scan import Kind, classify_name, is_placeholder
 from nixmig.nixsrc.shapes import Shape
 from nixmig.nixsrc.shapes.naming import best_named, named_by, others_note
@@ -66,10 +65,6 @@ def _ours(b: Builder, fm: FileModel, lit: Lit, svc: EnvFileService, value: str, 
         return True
     user = next((x for x in fm.binds if x.exact and x.path == (*lit.path[:-1], svc.user_variable)), None)
     return user is not None and decode_string(unparen(user.value)) == b.spec.role
-
-
-# what single quotes cannot hold literally for both systemd's EnvironmentFile= and bash's `source`
-UNQUOTABLE = re.compile(r"['\\\n\r\x00]")
 
 
 def _moved_setting(b: Builder) -> list[tuple[FileModel, Lit, str, str, EnvFileService]]:
@@ -119,15 +114,11 @@ def apply(b: Builder, password: str | None) -> None:
     fm, lit, value, service, svc = found[0]
     quoted = b.spec.strategy == "move"  # the value kept as it was: any byte single quotes hold
     if quoted and UNQUOTABLE.search(value):
-        b.mask_literal(fm, lit.node)
-        b.handled.add((fm.name, lit.node.start_byte))
-        b.manual_here(
+        b.refuse_kept(
             fm,
-            lit.node,
-            f"{'.'.join(lit.path)}: the value strategy move keeps holds a quote, a backslash or a line break, "
-            f"which a line of services.{service}'s env file cannot hold for both systemd and bash: by hand, or "
-            "rotate it first",
-            "",
+            lit,
+            f"holds a quote, a backslash or a line break, which a line of services.{service}'s env file cannot "
+            "hold for both systemd and bash: by hand, or rotate it first",
         )
         return
     assert lit.bind is not None

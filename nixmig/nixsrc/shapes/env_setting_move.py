@@ -23,10 +23,9 @@ import re
 from typing import TYPE_CHECKING
 
 from nixmig.nixsrc.leftover import digest
-from nixmig.nixsrc.render import EnvLine
+from nixmig.nixsrc.render import UNQUOTABLE, EnvLine
 from nixmig.nixsrc.scan import Kind, classify_name, is_placeholder, looks_like_crypt_hash
 from nixmig.nixsrc.shapes import Shape
-from nixmig.nixsrc.shapes.env_file_option import UNQUOTABLE
 from nixmig.nixsrc.shapes.naming import best_named, others_note
 
 if TYPE_CHECKING:
@@ -81,17 +80,15 @@ def apply(b: Builder, password: str | None) -> None:
     others = [f"{'.'.join(f[1].path)} ({f[0].where(f[1].node)})" for i, f in enumerate(found) if i != picked[0]]
     others_note(b, lit, others)
     var = env_var_name(lit.path[1], lit.path[3])
-    b.mask_literal(fm, lit.node)
     if UNQUOTABLE.search(value):
-        b.handled.add((fm.name, lit.node.start_byte))
-        b.manual_here(
+        b.refuse_kept(
             fm,
-            lit.node,
-            f"{'.'.join(lit.path)}: the value strategy move keeps holds a quote, a backslash or a line break, "
-            f"which a line of the {unit} unit's env file cannot hold: by hand, or rotate it first",
-            "",
+            lit,
+            f"holds a quote, a backslash or a line break, which a line of the {unit} unit's env file cannot hold: "
+            "by hand, or rotate it first",
         )
         return
+    b.mask_literal(fm, lit.node)
     b.known.add(digest(value.encode()))
     b.url_in_systemd(fm, lit, unit, EnvLine(var, "", "", quoted=True))
     b.need(fm, ("config", "lib", "pkgs"))
