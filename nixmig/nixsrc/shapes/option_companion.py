@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 LITERAL_SIBLINGS: dict[NixPath, NixPath] = {
     ("services", "photoprism", "settings", "PHOTOPRISM_ADMIN_PASSWORD"): ("services", "photoprism", "passwordFile"),
     ("services", "nextcloud", "config", "adminpass"): ("services", "nextcloud", "config", "adminpassFile"),
+    # nixpkgs removed initialRootPassword (mkRemovedOptionModule: "Use services.mongodb.initialRootPasswordFile")
+    ("services", "mongodb", "initialRootPassword"): ("services", "mongodb", "initialRootPasswordFile"),
 }
 # who reads the file (a Nix expression for agenix's owner; None: root, through systemd's LoadCredential),
 # checked in nixpkgs. Not listed: the service's user from patch.NIXPKGS_READER, else root with a note.
@@ -52,6 +54,8 @@ READERS: dict[NixPath, str | None] = {
     ("services", "photoprism", "databasePasswordFile"): None,  # LoadCredential=PHOTOPRISM_DATABASE_PASSWORD:<file>
     # nextcloud-setup reads it as nextcloud up to nixpkgs 24.11, through LoadCredential after
     ("services", "nextcloud", "config", "adminpassFile"): '"nextcloud"',
+    # read in the mongodb unit's preStart/postStart, which run as root (PermissionsStartOnly = true)
+    ("services", "mongodb", "initialRootPasswordFile"): None,
 }
 
 
