@@ -228,6 +228,9 @@ class FileModel:
         if self.modules:
             return self.modules[0].function() if len(self.modules) == 1 else None
         fn = top_expression(self.root)
+        while fn is not None and fn.type == "let_expression":  # `let dbpass = "..."; in { pkgs, ... }: { ... }`
+            body = fn.child_by_field_name("body")
+            fn = unparen(body) if body is not None else None
         return innermost_function(fn) if fn is not None else None
 
     def function_formals(self) -> Node | None:
