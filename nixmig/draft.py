@@ -1527,6 +1527,7 @@ def _movable_option(p: NixPath) -> bool:
     setting of a service that reads an env file (shapes/env_file_option.py, shapes/env_setting_move.py)."""
     from nixmig.nixsrc.patch import NIXPKGS_ENV_CONFIG, nixpkgs_file_sibling
     from nixmig.nixsrc.shapes import env_file_option
+    from nixmig.nixsrc.shapes.env_setting_move import OPTION_ENV
     from nixmig.nixsrc.shapes.file_reference import READS_FILE_REFERENCE
     from nixmig.nixsrc.shapes.option_companion import LITERAL_SIBLINGS
 
@@ -1538,6 +1539,7 @@ def _movable_option(p: NixPath) -> bool:
         or p in LITERAL_SIBLINGS  # photoprism's settings.PHOTOPRISM_ADMIN_PASSWORD -> passwordFile
         or env_setting  # paperless' settings.PAPERLESS_SECRET_KEY: into the env file environmentFile names
         or (len(p) == 4 and (p[1], p[2]) in NIXPKGS_ENV_CONFIG)  # vaultwarden's config: an env file of its unit
+        or p in OPTION_ENV  # keycloak's initialAdminPassword: an env file of its unit
     )
 
 

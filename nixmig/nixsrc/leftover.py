@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -423,6 +423,44 @@ def _written_back(source: bytes, f: Finding, e: Edit) -> bool:
     return around in e.replacement
 
 
+def _uncovered(fm: FileModel, name: str, edits: Sequence[Edit]) -> Iterator[Finding]:
+    """scan's credential findings in ``fm`` (no hashes) that no edit replaces: an edit covering one that
+    does not write the value back (an edit that wraps a binding, the renderer put before a unit's own
+    ExecStartPre, keeps the text it covers: the value too) takes it out."""
+    for f in scan_source(fm.source, name).findings:
+        f = in_module_value(fm, f)
+        if f.kind is Kind.HASH:
+            continue
+        kept = [e for e in edits if e.file == name and e.start <= f.start and f.end <= e.end]
+        if f.start >= 0 and kept and not any(_written_back(fm.source, f, e) for e in kept):
+            continue
+        yield f
+
+
+def other_secrets(
+    models: Mapping[str, FileModel],
+    edits: Sequence[Edit],
+    *,
+    known: Collection[bytes],
+    said: Collection[tuple[str, int]],
+) -> list[str]:
+    """Notes for the credentials left in the files the edits touch that are not this migration's (another
+    value: an admin password, an API token): patch leaves them, and says so rather than stay silent about
+    a file it called done. Never the value: where, what, and how to move it."""
+    out: list[str] = []
+    for name in sorted({e.file for e in edits}):
+        fm = models[name]
+        for f in _uncovered(fm, name, edits):
+            if (name, f.line) in said or digest(f.value.reveal()) in known:
+                continue
+            out.append(
+                f"{name}:{f.line}: {f.attr_path or 'a string'} holds another {DESCRIPTION[f.kind]} (not "
+                "this migration's value): left as it is; `nixmig scan` lists it, a migration of its own (strategy "
+                "move keeps the value) takes it out of the Nix store"
+            )
+    return out
+
+
 def leftovers(
     models: Mapping[str, FileModel],
     edits: Sequence[Edit],
@@ -449,14 +487,8 @@ def leftovers(
     out: list[Leftover] = []
     for name, fm in sorted(models.items()):
         nixos_test = _nixos_test(fm)
-        for f in scan_source(fm.source, name).findings:
-            f = in_module_value(fm, f)
-            if f.kind is Kind.HASH or (name, f.line) in skip:
-                continue
-            # covered by an edit that does not write the value back (an edit that wraps a binding, the
-            # renderer put before a unit's own ExecStartPre, keeps the text it covers: the value too)
-            kept = [e for e in edits if e.file == name and e.start <= f.start and f.end <= e.end]
-            if f.start >= 0 and kept and not any(_written_back(fm.source, f, e) for e in kept):
+        for f in _uncovered(fm, name, edits):
+            if (name, f.line) in skip:
                 continue
             same = digest(f.value.reveal()) in known
             # nothing recognised (scope None): any credential may be this migration's, all are said

@@ -75,6 +75,7 @@ from nixmig.nixsrc.leftover import (
     digest,
     leftovers,
     naming,
+    other_secrets,
     string_shape,
     unknown_shape,
     uses_secret,
@@ -1022,7 +1023,13 @@ class Builder:
             fm = self.models[name]
             for node in descendants(fm.root):
                 found = (
-                    list(token.finditer(fm.source, node.start_byte, node.end_byte)) if node.type == "comment" else []
+                    [
+                        m
+                        for m in token.finditer(fm.source, node.start_byte, node.end_byte)
+                        if not _prose_word(fm.source, m)
+                    ]
+                    if node.type == "comment"
+                    else []
                 )
                 if not found:
                     continue
@@ -1130,17 +1137,24 @@ class Builder:
                 best = b
         return best.path if best is not None else ()
 
-    def service_reads(self, option: NixPath) -> bool:
+    def service_reads(self, option: NixPath) -> None:
         """``services.X...``: the agenix file is owned by the user X runs as, where nixmig knows it
-        (NIXPKGS_READER); False when it does not."""
-        from nixmig.nixsrc.shapes.option_companion import READERS
+        (NIXPKGS_READER); where it does not, the file stays root-only and a note says so."""
+        from nixmig.nixsrc.shapes.option_companion import known_reader
 
-        if option in READERS and READERS[option] is None:
-            return True  # systemd reads it (LoadCredential) as root: agenix's root-only file is right
-        reader = NIXPKGS_READER.get(option[1]) if len(option) > 1 and option[0] == "services" else None
+        listed, reader = known_reader(option)
+        if listed and reader is None:
+            return  # systemd reads it (LoadCredential) as root: agenix's root-only file is right
+        if reader is None and len(option) > 1 and option[0] == "services":
+            reader = NIXPKGS_READER.get(option[1])
         if reader is not None:
             self.owner, self.owner_why = reader, f"owned by the user services.{option[1]} runs as, who reads it"
-        return reader is not None
+            return
+        self.notes.append(
+            f"{'.'.join(option)}: agenix makes the file root-only (0400) and nixmig does not know which user "
+            f"services.{option[1]} reads it as; if not root, set age.secrets.{self.spec.secret}.owner to that user "
+            "(else the service fails to read it at start)"
+        )
 
     def own_service(self, paths: Sequence[NixPath]) -> list[int]:
         """Under a move of a native service's own secret (no database recognised), the indexes of ``paths``
@@ -1202,11 +1216,7 @@ class Builder:
         if self.unread_file_option(fm, lit, option):
             return
         self.take_option_literal(fm, lit, value, option)
-        if not self.service_reads(option):
-            self.notes.append(
-                f"{'.'.join(option)}: agenix makes the file root-only (0400); if services.{option[1]} reads it as "
-                f"another user, set age.secrets.{self.spec.secret}.owner to that user"
-            )
+        self.service_reads(option)
 
     def scan_literals(self, password: str | None, db: _Db | None) -> None:
         from nixmig.nixsrc.shapes import SHAPES  # the shapes import this module's helpers
@@ -2509,6 +2519,9 @@ class Builder:
             containers=self.patched_containers | ({(db.fm.name, *db.prefix)} if db is not None else set()),
         )
         found += self.copies_left(found)
+        if not given_up:
+            said = {(m.file, m.line) for m in self.manual} | {(x.file, x.line) for x in found}
+            self.notes += other_secrets(self.models, self.ed.items, known=self.known | self.also_known, said=said)
         for left in found:
             self.masks.append((left.file, left.start, left.end))
             path = tuple(left.attribute.split(".")) if left.attribute else ()
@@ -2832,6 +2845,7 @@ def written_text(value: Node, *, plain: bool = True) -> Node | None:
     inner = _sole_interpolation(node)
     if inner is not None:  # "${pkgs.writeText "pw" "..."}": the store path as a string
         node = inner
+    node = _out_path(node)
     name, args = _apply_parts(node) if node.type == "apply_expression" else ("", [])
     if name == "toString" and len(args) == 1:
         node = unparen(args[0])
@@ -2840,6 +2854,19 @@ def written_text(value: Node, *, plain: bool = True) -> Node | None:
         content = unparen(args[1])
         return content if content.type in ("string_expression", "indented_string_expression") else None
     return None
+
+
+def _out_path(node: Node) -> Node:
+    """``(pkgs.writeText "pw" "...").outPath`` -> the writeText (the derivation's store path, as toString
+    gives it); any other node as it is."""
+    if node.type != "select_expression":
+        return node
+    expr, attrpath = node.child_by_field_name("expression"), node.child_by_field_name("attrpath")
+    if expr is None or attrpath is None or node.child_by_field_name("default") is not None:
+        return node
+    if attrpath.text != b"outPath" or unparen(expr).type != "apply_expression":
+        return node
+    return unparen(expr)
 
 
 def _sole_interpolation(node: Node) -> Node | None:
@@ -2924,13 +2951,20 @@ def nix_path(rel: str) -> str:
     return f"(./. + {nix_string('/' + rel)})"
 
 
-# nixpkgs options that hold a secret in the store and have a sibling that takes a file instead
-# (checked against nixpkgs' modules): the literal becomes the sibling, set to the agenix path
-NIXPKGS_FILE_SIBLINGS: dict[str, str] = {
-    "password": "passwordFile",  # gitea/forgejo database, mastodon smtp, ...
-    "dbpass": "dbpassFile",  # services.nextcloud.config
-    "adminpass": "adminpassFile",  # services.nextcloud.config
-    "requirePass": "requirePassFile",  # services.redis.servers.<name>
+# nixpkgs options that hold a secret in the store and have a sibling that takes the bare secret from a
+# file instead, checked one by one against nixpkgs' modules ("*": any name): the literal becomes the
+# sibling, set to the agenix path. Only these: a `password` elsewhere may have no twin (vikunja, hydra,
+# zoneminder, selfoss), a twin of another format (roundcube's passwordFile is a .pgpass line), or sit in a
+# freeform attrset where a `passwordFile` key is read by nothing (icingaweb2's resources, limesurvey's config).
+NIXPKGS_FILE_SIBLINGS: dict[NixPath, str] = {
+    ("services", "gitea", "database", "password"): "passwordFile",
+    ("services", "forgejo", "database", "password"): "passwordFile",  # the literal is removed in newer nixpkgs
+    ("services", "tt-rss", "database", "password"): "passwordFile",
+    ("services", "redmine", "database", "password"): "passwordFile",  # the literal is removed in newer nixpkgs
+    ("services", "nextcloud", "config", "dbpass"): "dbpassFile",  # the literals are removed in newer nixpkgs
+    ("services", "nextcloud", "config", "adminpass"): "adminpassFile",
+    ("services", "redis", "servers", "*", "requirePass"): "requirePassFile",  # read by a "+" ExecStartPre (root)
+    ("services", "redis", "requirePass"): "requirePassFile",  # before servers.<name> (renamed to servers."")
 }
 # who reads the file at runtime, when it is not root: agenix must give it that owner (never a
 # world-readable mode). Keyed by the service under `services.`; a Nix expression for the owner.
@@ -2947,6 +2981,24 @@ NIXPKGS_READER: dict[str, str] = {
     # gitlab-config (User = gitlab) reads databasePasswordFile and the secrets.* files (public configurations
     # set their agenix owner to config.services.gitlab.user)
     "gitlab": "config.services.gitlab.user",
+    # checked in nixpkgs' modules: the unit (or php-fpm pool) that reads the file runs as that user
+    "mediawiki": '"mediawiki"',  # mediawiki-init (User = "mediawiki") and the php-fpm pool
+    "tt-rss": "config.services.tt-rss.user",
+    "redmine": "config.services.redmine.user",  # redmine's preStart
+    "zabbixServer": '"zabbix"',  # zabbix-server's preStart
+    "zabbixProxy": '"zabbix"',
+    "zabbixWeb": '"zabbix"',  # the php-fpm pool
+    "limesurvey": '"limesurvey"',
+    "wordpress": '"wordpress"',
+    "mastodon": "config.services.mastodon.user",  # mastodon-init-dirs
+    "writefreely": "config.services.writefreely.user",
+    "discourse": '"discourse"',
+    "kimai": '"kimai"',
+    "snipe-it": "config.services.snipe-it.user",
+    "monica": "config.services.monica.user",
+    "dolibarr": "config.services.dolibarr.user",
+    "cloudlog": "config.services.cloudlog.user",
+    "agorakit": "config.services.agorakit.user",
 }
 
 
@@ -2960,6 +3012,9 @@ NIXPKGS_PATH_SIBLINGS: dict[NixPath, NixPath] = {
         "photoprism",
         "databasePasswordFile",
     ),
+    # removed in newer nixpkgs ("Use services.zabbixServer.database.passwordFile instead."); read by
+    # zabbix-server's preStart as "zabbix"
+    ("services", "zabbixServer", "dbPassword"): ("services", "zabbixServer", "database", "passwordFile"),
 }
 
 
@@ -2997,15 +3052,10 @@ def nixpkgs_file_sibling(path: NixPath) -> NixPath | None:
     and the options of NIXPKGS_PATH_SIBLINGS."""
     if path in NIXPKGS_PATH_SIBLINGS:
         return NIXPKGS_PATH_SIBLINGS[path]
-    if len(path) < 3 or path[0] != "services" or path[-1] not in NIXPKGS_FILE_SIBLINGS:
-        return None
-    if env_container(path) is not None:
-        return None  # an arion service's environment (services.NAME.service.environment.dbpass): a variable
-    if "settings" in path[2:-1]:
-        return None  # a freeform settings attrset (RFC 42): its keys are the program's, no nixpkgs *File twin
-    if "ensureUsers" in path:
-        return None  # nixpkgs' mysql/postgresql ensureUsers entries have neither password nor passwordFile
-    return (*path[:-1], NIXPKGS_FILE_SIBLINGS[path[-1]])
+    for pattern, twin in NIXPKGS_FILE_SIBLINGS.items():
+        if len(pattern) == len(path) and all(p in ("*", q) for p, q in zip(pattern, path, strict=True)):
+            return (*path[:-1], twin)
+    return None
 
 
 _ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -3055,6 +3105,16 @@ _AGE_DECLARED = re.compile(r"(?m)^\s*age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\
 _SNIPPET_EXEC_START_PRE = re.compile(
     r"(?ms)^[ \t]*ExecStartPre = (?:lib\.mkBefore )?\[ (\"\$\{pkgs\.writeShellScript .*?''\}\") \];\n"
 )
+
+
+def _prose_word(source: bytes, m: re.Match[bytes]) -> bool:
+    """A password that is a plain word (``password``, ``changeme``) met in a comment's prose
+    (``# Should match postgres password``), not in a copy of code: no quote, ``=``, ``:`` or ``@`` beside it."""
+    if not m.group().isalpha():
+        return False
+    before = source[: m.start()].rstrip(b" \t")[-1:]
+    after = source[m.end() :].lstrip(b" \t")[:1]
+    return before not in (b'"', b"'", b"=", b":", b"/") and after not in (b'"', b"'", b"@", b";", b"=")
 
 
 def oci_unit_seg(fm: FileModel | None, name: str) -> str:

@@ -61,6 +61,9 @@ def template(name: str) -> Any:
 UNQUOTABLE = re.compile(r"['\\\n\r\x00]")
 
 
+CONSTANT_VALUE = re.compile(r"[A-Za-z0-9._-]+")  # a constant line's value: read alike by every env file reader
+
+
 @dataclass(frozen=True)
 class EnvLine:
     var: str
@@ -77,6 +80,13 @@ class EnvLine:
     # a companion credential (nixmig.toml's `also`): VAR=<the value of this agenix secret, kept as it
     # was>, read from that secret's own file; "" for the migration's password
     secret: str = ""
+    # a fixed value beside the secret (keycloak's KC_BOOTSTRAP_ADMIN_USERNAME=admin, which its module sets
+    # only with the option the move takes away): VAR=constant, no secret read; CONSTANT_VALUE characters only
+    constant: str = ""
+
+    def __post_init__(self) -> None:
+        if self.constant and not CONSTANT_VALUE.fullmatch(self.constant):
+            raise ValueError(f"a constant env line holds {self.constant!r}: only {CONSTANT_VALUE.pattern}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,7 @@ def render_script(
     tpl = environment().get_template("env-file.sh.j2")
     raw = any(line.raw for f in files for line in f.lines)
     quoted = any(line.quoted for f in files for line in f.lines)
-    encoded = any(not (line.quoted or line.secret) for f in files for line in f.lines)
+    encoded = any(not (line.quoted or line.secret or line.constant) for f in files for line in f.lines)
     index = {name: i for i, (name, _) in enumerate(also, start=1)}
     missing = [n for n in also_secrets(files) if n not in index]
     if missing:

@@ -706,8 +706,10 @@ def _context(string: Node, memo: dict[int, _Upper]) -> _Context | None:
             if node.child_by_field_name("condition") == child:
                 direct = False
         elif t == "select_expression":
-            if node.child_by_field_name("default") != child:
-                direct = False
+            attrpath = node.child_by_field_name("attrpath")
+            out_path = file_content and attrpath is not None and _text(attrpath) == "outPath"
+            if node.child_by_field_name("default") != child and not out_path:
+                direct = False  # (pkgs.writeText "pw" "...").outPath is the store file's path, as toString gives
         elif t in ("attrset_expression", "rec_attrset_expression", "binding_set", "let_attrset_expression"):
             direct = False
         elif t == "source_code":

@@ -88,3 +88,28 @@ def test_a_variable_named_like_a_database_holding_a_url_with_the_password_is_a_c
     assert any("NC_DB still holds this migration's password" in m.what for m in plan.manual), [
         m.what for m in plan.manual
     ]
+
+
+def _plain_word_case(comment: str) -> tuple[object, bytes]:
+    """oci-app-bare-password with the password "password" (a plain word) and ``comment`` after the app's line."""
+    from tests.helpers import plan_shape_case
+
+    case = "oci-app-bare-password"
+    file = "hosts/box/photos.nix"
+    text = (FIXTURES / "shapes" / case / file).read_bytes().replace(b"photos-pw-42", b"password")
+    text = text.replace(b'DB_PASSWORD = "password";', b'DB_PASSWORD = "password"; # ' + comment.encode())
+    return plan_shape_case(case, file, text)
+
+
+def test_a_plain_word_password_in_a_comment_s_prose_is_no_copy() -> None:
+    """``# Should match postgres password`` beside DB_PASSWORD = "password" (a public configuration, stop 21):
+    the comment's word is prose, not a copy left commented out; the plan is whole."""
+    plan, patched = _plain_word_case("Should match postgres password")
+    assert not plan.manual, plan.manual  # type: ignore[attr-defined]
+    assert b'"password"' not in patched
+
+
+def test_a_plain_word_password_in_commented_out_code_is_a_copy() -> None:
+    """The same word quoted in a comment (``# DB_PASSWORD = "password";``) is a copy left commented out."""
+    plan, _ = _plain_word_case('old: DB_PASSWORD = "password";')
+    assert any("a comment holds this migration's password" in m.what for m in plan.manual)  # type: ignore[attr-defined]

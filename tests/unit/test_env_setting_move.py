@@ -216,3 +216,33 @@ def test_mealie_reads_the_rotated_password_from_its_env_file(tmp_path: Path) -> 
     got, rendered = _unit_renders(tmp_path, patched, "mealie", "mealie-db-password", "settings", "New-pw_0.9~x")
     assert "POSTGRES_PASSWORD" not in got["cfg"] and got["cfg"]["POSTGRES_USER"] == "mealie"
     assert rendered == "POSTGRES_PASSWORD=New-pw_0.9~x\n"
+
+
+@pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
+def test_keycloak_s_first_admin_reaches_it_under_both_variable_names(tmp_path: Path) -> None:
+    """services.keycloak.initialAdminPassword (no file twin; its module writes KC_BOOTSTRAP_ADMIN_USERNAME =
+    "admin" and the password into the unit's Environment= only when the option is set, older modules
+    KEYCLOAK_ADMIN/_PASSWORD): the option goes, the unit's EnvironmentFile holds both pairs, the value as it was."""
+    case, file = "native-keycloak-initial-admin-password-move", "modules/keycloak.nix"
+    plan, patched = plan_shape_case(case, file, (SHAPES / case / file).read_bytes())
+    assert plan.manual == (), [m.what for m in plan.manual]  # type: ignore[attr-defined]
+    value = "Kc-b00tstrap-9 $x#&"  # what the agenix file holds: any byte single quotes take
+    got, rendered = _unit_renders(tmp_path, patched, "keycloak", "keycloak-admin-password", "settings", value)
+    assert got["cfg"]["hostname"] == "sso.example.org"
+    assert sorted(rendered.splitlines()) == sorted(
+        [
+            "KC_BOOTSTRAP_ADMIN_USERNAME=admin",
+            f"KC_BOOTSTRAP_ADMIN_PASSWORD='{value}'",
+            "KEYCLOAK_ADMIN=admin",
+            f"KEYCLOAK_ADMIN_PASSWORD='{value}'",
+        ]
+    )
+    assert b"initialAdminPassword" not in patched and b"Kc-b00tstrap-9" not in patched
+
+
+def test_a_constant_env_line_takes_plain_words_only() -> None:
+    from nixmig.nixsrc.render import EnvLine
+
+    assert EnvLine("KEYCLOAK_ADMIN", "", "", constant="admin").constant == "admin"
+    with pytest.raises(ValueError, match="constant env line"):
+        EnvLine("X", "", "", constant="a b")

@@ -889,3 +889,21 @@ def test_a_nixos_test_s_password_is_said_as_the_test_s_fixture() -> None:
     assert plan.manual and all("is a NixOS test" in m.what for m in plan.manual if m.file), [
         m.what for m in plan.manual
     ]
+
+
+def test_another_secret_in_an_edited_file_is_said_in_a_note_without_its_value() -> None:
+    """A file patch edits and calls done holds another hardcoded secret (grafana's admin password beside
+    the database's): not this migration's, so no by-hand item, but said (file:line, where), never the value."""
+
+    case, file = "oci-app-bare-password", "hosts/box/photos.nix"
+    text = (FIXTURES / "shapes" / case / file).read_bytes()
+    text = text.replace(
+        b"{\n  virtualisation",
+        b'{\n  services.grafana.settings.security.admin_password = "Gr4f-adm1n-xx";\n  virtualisation',
+        1,
+    )
+    plan, patched = plan_shape_case(case, file, text)
+    assert not plan.manual, plan.manual  # type: ignore[attr-defined]
+    notes = [n for n in plan.notes if "holds another hardcoded password" in n]  # type: ignore[attr-defined]
+    assert notes == [notes[0]] and notes[0].startswith(f"{file}:3: services.grafana.settings.security.admin_password")
+    assert "Gr4f" not in notes[0] and b"Gr4f-adm1n-xx" in patched

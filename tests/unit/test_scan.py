@@ -356,9 +356,16 @@ def test_value_on_the_next_line_and_deep_in_wrappers() -> None:
               (lib.mkForce
                 "pw26");
           services.x.adminpassFile = "${pkgs.writeText "adminpass" "pw27"}";
+          services.y.passwordFile = (pkgs.writeText "pw" "pw28").outPath;
+          services.z.passwordFile = (pkgs.writeText "pw" "pw29").name;
         }"""
     )
-    assert [(f.line, f.value) for f in found] == [(3, Secret("pw25")), (7, Secret("pw26")), (8, Secret("pw27"))]
+    assert [(f.line, f.value) for f in found] == [
+        (3, Secret("pw25")),
+        (7, Secret("pw26")),
+        (8, Secret("pw27")),
+        (9, Secret("pw28")),  # the store file's path, as toString gives it
+    ]
 
 
 def test_imports_lists_start_a_new_module() -> None:

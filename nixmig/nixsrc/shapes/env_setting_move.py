@@ -53,33 +53,60 @@ def env_var_name(service: str, name: str) -> str:
     return key
 
 
+def _password_lines(var: str) -> tuple[EnvLine, ...]:
+    return (EnvLine(var, "", "", quoted=True),)
+
+
+# a nixpkgs option with no file twin that its module writes into one unit's Environment= (checked in
+# nixpkgs): the option -> (unit, the lines nixmig's env file holds instead). EnvironmentFile= overrides
+# Environment=, so these win over what the module writes from the option's default.
+OPTION_ENV: dict[tuple[str, ...], tuple[str, tuple[EnvLine, ...]]] = {
+    # keycloak's module: KC_BOOTSTRAP_ADMIN_USERNAME = "admin" and KC_BOOTSTRAP_ADMIN_PASSWORD only when
+    # the option is set (older modules: KEYCLOAK_ADMIN / KEYCLOAK_ADMIN_PASSWORD, which keycloak 26 still
+    # reads, deprecated): both pairs, so the first start creates the admin on either. Read at first start only.
+    ("services", "keycloak", "initialAdminPassword"): (
+        "keycloak",
+        (
+            EnvLine("KC_BOOTSTRAP_ADMIN_USERNAME", "", "", constant="admin"),
+            EnvLine("KC_BOOTSTRAP_ADMIN_PASSWORD", "", "", quoted=True),
+            EnvLine("KEYCLOAK_ADMIN", "", "", constant="admin"),
+            EnvLine("KEYCLOAK_ADMIN_PASSWORD", "", "", quoted=True),
+        ),
+    ),
+}
+
+
 def apply(b: Builder, password: str | None) -> None:
     from nixmig.nixsrc.patch import NIXPKGS_ENV_CONFIG
 
     if b.spec.strategy != "move" or password is not None or b.known or b.db is not None:
         return
-    found: list[tuple[FileModel, Lit, str, str, tuple[str, ...]]] = []
+    found: list[tuple[FileModel, Lit, str, str, tuple[str, ...], tuple[EnvLine, ...]]] = []
     for fm, lit in b.all_lits():
         path = lit.path
-        if len(path) != 4 or path[0] != "services" or (path[1], path[2]) not in NIXPKGS_ENV_CONFIG:
+        env_config = len(path) == 4 and path[0] == "services" and (path[1], path[2]) in NIXPKGS_ENV_CONFIG
+        if not env_config and path not in OPTION_ENV:
             continue
         if not lit.exact or lit.bind is None or (fm.name, lit.node.start_byte) in b.handled:
             continue
-        named = classify_name(path[3])
+        named = classify_name(path[-1])
         if named is None or named.kind is Kind.HASH:
             continue
         value = b.value_of(fm, lit.node)
         if value is None or is_placeholder(value) or looks_like_crypt_hash(value):
             continue
-        found.append((fm, lit, value, NIXPKGS_ENV_CONFIG[(path[1], path[2])], named.words))
+        if env_config:
+            var = env_var_name(path[1], path[3])
+            found.append((fm, lit, value, NIXPKGS_ENV_CONFIG[(path[1], path[2])], named.words, _password_lines(var)))
+        else:
+            found.append((fm, lit, value, *OPTION_ENV[path][:1], named.words, OPTION_ENV[path][1]))
     found = [found[i] for i in b.own_service([f[1].path for f in found])]
     picked = best_named(b.spec.secret, found[0][1].path[1] if found else "", [f[4] for f in found])
     if len(picked) != 1:
         return  # several, none named by the secret: the verdict lists each
-    fm, lit, value, unit, _ = found[picked[0]]
+    fm, lit, value, unit, _, lines = found[picked[0]]
     others = [f"{'.'.join(f[1].path)} ({f[0].where(f[1].node)})" for i, f in enumerate(found) if i != picked[0]]
     others_note(b, lit, others)
-    var = env_var_name(lit.path[1], lit.path[3])
     if UNQUOTABLE.search(value):
         b.refuse_kept(
             fm,
@@ -90,14 +117,17 @@ def apply(b: Builder, password: str | None) -> None:
         return
     b.mask_literal(fm, lit.node)
     b.known.add(digest(value.encode()))
-    b.url_in_systemd(fm, lit, unit, EnvLine(var, "", "", quoted=True))
+    first = next(line for line in lines if line.quoted)
+    b.url_in_systemd(fm, lit, unit, first)
+    for line in lines:
+        b.add_env_line(b.renderers[("systemd", fm.name, unit)], line)
     b.need(fm, ("config", "lib", "pkgs"))
 
 
 SHAPE = Shape(
     "env-setting-move",
-    "services.vaultwarden.config.ADMIN_TOKEN under strategy move: the value, kept, goes into an env file the "
-    "unit renders from the agenix secret",
+    "services.vaultwarden.config.ADMIN_TOKEN (or keycloak's initialAdminPassword) under strategy move: the value, "
+    "kept, goes into an env file the unit renders from the agenix secret",
     apply,
-    ("native-vaultwarden-admin-token-move",),
+    ("native-vaultwarden-admin-token-move", "native-keycloak-initial-admin-password-move"),
 )

@@ -56,7 +56,23 @@ READERS: dict[NixPath, str | None] = {
     ("services", "nextcloud", "config", "adminpassFile"): '"nextcloud"',
     # read in the mongodb unit's preStart/postStart, which run as root (PermissionsStartOnly = true)
     ("services", "mongodb", "initialRootPasswordFile"): None,
+    ("services", "keycloak", "database", "passwordFile"): None,  # LoadCredential=db_password:<file>
+    ("services", "castopod", "database", "passwordFile"): None,  # LoadCredential
+    ("services", "miniflux", "adminCredentialsFile"): None,  # systemd reads it (EnvironmentFile / LoadCredential)
+    ("services", "miniflux", "adminPasswordFile"): None,  # LoadCredential
+    ("services", "redis", "servers", "*", "requirePassFile"): None,  # a "+" ExecStartPre (root) copies it
+    ("services", "redis", "requirePassFile"): None,
+    ("services", "immich", "secretsFile"): None,  # EnvironmentFile
+    ("services", "paperless", "passwordFile"): None,  # LoadCredential=PAPERLESS_ADMIN_PASSWORD:<file>
 }
+
+
+def known_reader(path: NixPath) -> tuple[bool, str | None]:
+    """(listed, owner) for a file option of :data:`READERS` ("*" in a key: any name); owner None: root."""
+    for key, owner in READERS.items():
+        if len(key) == len(path) and all(k in ("*", p) for k, p in zip(key, path, strict=True)):
+            return True, owner
+    return False, None
 
 
 def literal_sibling(path: NixPath) -> NixPath | None:
@@ -181,8 +197,8 @@ def _done(b: Builder, key: NixPath, secret: str) -> bool:
 def _reader(b: Builder, key: NixPath) -> tuple[str | None, str]:
     from nixmig.nixsrc.patch import NIXPKGS_READER
 
-    if key in READERS:
-        owner = READERS[key]
+    listed, owner = known_reader(key)
+    if listed:
         return owner, (f"owned by {owner.strip(chr(34))}, who reads it" if owner else "")
     owner = NIXPKGS_READER.get(key[1])
     if owner is None:

@@ -22,6 +22,14 @@ if TYPE_CHECKING:
     from nixmig.nixsrc.patch import Builder
 
 
+# nixpkgs file options whose file is no bare password (checked in nixpkgs): roundcube's database.passwordFile
+# is one .pgpass line (host:port:db:user:password) or a MySQL option file, miniflux' pgpassFile a .pgpass
+# line. Under move the file's whole text is kept; a rotation, which writes a bare password, leaves them.
+NOT_A_BARE_PASSWORD: frozenset[tuple[str, ...]] = frozenset(
+    {("services", "roundcube", "database", "passwordFile"), ("services", "miniflux", "pgpassFile")}
+)
+
+
 def apply(b: Builder, password: str | None) -> None:
     from nixmig.nixsrc.patch import store_file_content
 
@@ -37,6 +45,8 @@ def apply(b: Builder, password: str | None) -> None:
         value = decode_any(content) if content is not None else None
         if content is None or value is None or (password is not None and value != password):
             continue
+        if bind.path in NOT_A_BARE_PASSWORD and b.spec.strategy != "move":
+            continue  # a rotation would write a bare password where the module wants a .pgpass line
         found.append((fm, bind, content, value))
     found = [found[i] for i in b.own_service([f[1].path for f in found])]
     if password is None:  # the one holding the password an earlier shape recognised (the role's, in SQL),
