@@ -1146,10 +1146,15 @@ def _url_db(fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Contain
     at = f"{f.file}:{f.line}"
     role: tuple[str, str] | None
     database: tuple[str, str] | None
-    if parts is not None:
+    if parts is not None and parts.suffix.startswith("@"):
         rest = parts.suffix[1:]  # after "@"
         host = re.split(r"[:/?#]", rest, maxsplit=1)[0]
         path = re.split(r"[?#]", rest[len(host) :].lstrip(":0123456789"), maxsplit=1)[0].strip("/")
+    elif parts is not None:  # the password in the query (postgres:///db?host=...&password=...)
+        host = parts.host
+        after = parts.prefix.split("://", 1)[-1]
+        path = re.split(r"[?#]", after.partition("/")[2], maxsplit=1)[0].strip("/")
+    if parts is not None:
         what = f"{at} ({'.'.join(p)}: a URL)"
         role = (unquote(parts.user), f"{what}: its user")
         database = (unquote(path), f"{what}: its database") if path else None

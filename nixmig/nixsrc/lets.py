@@ -9,7 +9,7 @@ A name bound in two lets of one file, or shadowed by a function argument, is not
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,9 +51,12 @@ def _formal_names(root: Node) -> set[str]:
     return out
 
 
-def let_literals(root: Node) -> dict[str, LetLiteral]:
-    """Every ``name = "literal";`` of a let in the file, with its uses; ambiguous names left out."""
+def let_literals(root: Node, fields: Mapping[str, str] | None = None) -> dict[str, LetLiteral]:
+    """Every ``name = "literal";`` of a let in the file, with its uses; ambiguous names left out. With
+    ``fields`` (see :func:`resolve`), also a string only they and such literals fill
+    (``url = "postgres://u:pw@${ips.db}/x";``), as the value it evaluates to."""
     found: dict[str, list[tuple[Node, Node, str]]] = {}
+    computed: list[tuple[str, Node, Node]] = []
     for n in _walk(root):
         if n.type != "let_expression":
             continue
@@ -68,22 +71,37 @@ def let_literals(root: Node) -> dict[str, LetLiteral]:
                 value = decode_string(lit)
                 if value is not None and value:
                     found.setdefault(attr_names(ap)[0], []).append((b, lit, value))
+                elif fields and lit.type == "string_expression":
+                    computed.append((attr_names(ap)[0], b, lit))
+                    found.setdefault(attr_names(ap)[0], [])  # counted: a name bound twice is ambiguous
     shadowed = _formal_names(root)
     variables: dict[str, list[Node]] = {}
     for n in _walk(root):
         if n.type == "variable_expression":
             variables.setdefault(text(n), []).append(n)
-    return {
+    out = {
         name: LetLiteral(name, b, lit, value, tuple(variables.get(name, ())))
         for name, hits in found.items()
-        if len(hits) == 1 and name not in shadowed
+        if len(hits) == 1 and name not in shadowed and not any(c[0] == name for c in computed)
         for b, lit, value in hits
     }
+    for name, b, lit in computed:
+        if found[name] or name in shadowed or sum(c[0] == name for c in computed) != 1:
+            continue
+        got = resolve(lit, out, fields)
+        if got is not None and got[0]:
+            out[name] = LetLiteral(name, b, lit, got[0], tuple(variables.get(name, ())))
+    return out
 
 
-def resolve(node: Node, lets: dict[str, LetLiteral]) -> tuple[str, list[Node]] | None:
+def resolve(
+    node: Node, lets: dict[str, LetLiteral], fields: Mapping[str, str] | None = None
+) -> tuple[str, list[Node]] | None:
     """The string ``node`` evaluates to when only let literals are interpolated, with the variable
-    nodes it read; None when anything else is interpolated or it is no string."""
+    nodes it read; None when anything else is interpolated or it is no string. ``fields``: the string
+    fields of let attrsets (``ips.db`` -> "10.0.0.3", shapes/let_script.fields), read where interpolated
+    (``"postgres://u:pw@${ips.db}/x"``) but never returned as read: their bindings are no password's,
+    and stay whatever the edits replace."""
     node = unparen(node)
     if node.type == "variable_expression":
         let = lets.get(text(node))
@@ -95,6 +113,11 @@ def resolve(node: Node, lets: dict[str, LetLiteral]) -> tuple[str, list[Node]] |
     for c in node.named_children:
         if c.type == "interpolation":
             inner = [x for x in c.named_children if x.type != "comment"]
+            if len(inner) == 1 and inner[0].type == "select_expression" and fields:
+                key = "".join(text(inner[0]).split())
+                if key in fields:
+                    out.append(fields[key])
+                    continue
             if len(inner) != 1 or inner[0].type != "variable_expression" or text(inner[0]) not in lets:
                 return None
             out.append(lets[text(inner[0])].value)

@@ -361,8 +361,10 @@ class Builder:
         self.option_paths = {p for _, p in self.option_candidates()}
         self.option_literal: tuple[FileModel, Bind, NixPath] | None = None  # `password = "..."` beside passwordFile
         self.known: set[bytes] = set()  # digests of the values recognised as this migration's password
-        self.lets = {name: let_literals(fm.root) for name, fm in models.items()}
+        self.let_fields = {name: _let_fields(fm) for name, fm in models.items()}  # read, never dropped
+        self.lets = {name: let_literals(fm.root, self.let_fields[name]) for name, fm in models.items()}
         self.let_used: set[tuple[str, int]] = set()  # uses of a let-bound password an edit replaces
+        self.url_lets: set[tuple[str, str]] = set()  # (file, name) of let-bound URLs a use of which is replaced
         self.let_kept: set[tuple[str, int]] = set()  # (file, line) of let-bound passwords kept for a use left
         self.db: _Db | None = None
         self.store_file: FileModel | None = None  # where a passwordFile = pkgs.writeText ... was replaced
@@ -956,14 +958,60 @@ class Builder:
 
     def value_of(self, fm: FileModel, node: Node) -> str | None:
         """The string ``node`` is: a literal, a let-bound literal, or a string only let literals fill."""
-        found = resolve(node, self.lets[fm.name])
+        found = resolve(node, self.lets[fm.name], self.let_fields[fm.name])
         return found[0] if found is not None else None
 
     def use_lets(self, fm: FileModel, node: Node) -> None:
         """An edit replaces ``node``: the let variables it read are used once less."""
-        found = resolve(node, self.lets[fm.name])
+        found = resolve(node, self.lets[fm.name], self.let_fields[fm.name])
         for v in found[1] if found is not None else ():
             self.let_used.add((fm.name, v.start_byte))
+
+    def fields_written_out(self, fm: FileModel, node: Node) -> None:
+        """A URL whose text a let attrset's field fills (``"...@${ips.db}:5432/x"``, directly or through a let
+        URL): the env file's line holds the field's value written out; a note says so (change it there too)."""
+        node = unparen(node)
+        if node.type == "variable_expression":
+            let = self.lets[fm.name].get(fm.text(node))
+            node = let.literal if let is not None else node
+        reads = [
+            "".join(fm.text(c.named_children[0]).split())
+            for c in node.named_children
+            if c.type == "interpolation" and c.named_children and c.named_children[0].type == "select_expression"
+        ]
+        fields = self.let_fields[fm.name]
+        for key in dict.fromkeys(r for r in reads if r in fields):
+            self.notes.append(
+                f"{fm.where(node)}: the URL reads {key} ({fields[key]!r}); the env file's line has that value written "
+                f"out, so a change of {key} must be made in the renderer's line too"
+            )
+
+    def _let_url_read_by_bindings(self, fm: FileModel, lit: Lit) -> bool:
+        """``lit`` is a let-bound URL some binding reads as its whole value (``DATABASE_URL = url;``)."""
+        if len(lit.path) != 2 or lit.path[0] != "<let>":
+            return False
+        let = self.lets[fm.name].get(lit.path[1])
+        if let is None or let.literal.start_byte != lit.node.start_byte:
+            return False
+        return any(u.parent is not None and u.parent.type == "binding" for u in let.uses)
+
+    def url_variables(self, password: str | None, db: _Db | None) -> None:
+        """``DATABASE_URL = databaseUrl;`` where a let binds the URL (its host may be a let attrset's field,
+        ``"postgres://u:pw@${ips.db}:5432/x"``): as if the URL were written there. The binding goes when
+        every use was replaced (drop_lets), else each use left is said."""
+        for fm, b in self.all_binds():
+            node = unparen(b.value)
+            if node.type != "variable_expression" or (fm.name, node.start_byte) in self.handled:
+                continue
+            if not b.exact or (env_container(b.path) is None and _systemd_shape(b.path) is None):
+                continue  # not an environment variable: the let's other uses say it (let_script, drop_lets)
+            let = self.lets[fm.name].get(fm.text(node))
+            value = let.value if let is not None else None
+            url = split_url(value, password, self.spec.url_schemes) if value is not None else None
+            if let is None or value is None or url is None or url.embedded or not self._is_ours(url, password, db):
+                continue
+            self.url_lets.add((fm.name, let.name))
+            self.on_url(fm, Lit(b.path, node, b.exact, b), value, url)
 
     def bare_variables(self, password: str | None, siblings: list[tuple[FileModel, Lit, str, NixPath]]) -> None:
         """``DB_PASSWORD = dbPassword;`` (a let-bound password): as if the literal were written there. The
@@ -1059,11 +1107,12 @@ class Builder:
         for name, lets in self.lets.items():
             fm = self.models[name]
             for let in lets.values():
-                ours = digest(let.value.encode()) in self.known
+                url_let = (name, let.name) in self.url_lets  # a URL holding the password (url_variables)
+                ours = digest(let.value.encode()) in self.known or url_let
                 if not ours and digest(let.value.encode()) not in self.also_known:
                     continue
                 left = [u for u in let.uses if (name, u.start_byte) not in self.let_used]
-                if classify_name(let.name) is None and not self.used_as_password(fm, let, left):
+                if not url_let and classify_name(let.name) is None and not self.used_as_password(fm, let, left):
                     # `dbUser = "app"` when the password is "app" too: a name (the verdict sees the rest); a
                     # name that says nothing (`v`) is the password once a use of it as one was replaced
                     # (`DB_PASSWORD = v;`), not when it was a part of a replaced URL (`${service}` as its user)
@@ -1073,7 +1122,9 @@ class Builder:
                     self.ed.remove_binding(
                         fm,
                         let.binding,
-                        f"removes {let.name}, the hardcoded password every use of which now reads "
+                        f"removes {let.name}, the "
+                        + ("URL with the hardcoded password" if url_let else "hardcoded password")
+                        + " every use of which now reads "
                         + (f"the agenix secret {self.spec.secret}" if ours else "its own agenix secret (also)"),
                     )
                     continue
@@ -1225,6 +1276,7 @@ class Builder:
             shape.apply(self, password)
         siblings: list[tuple[FileModel, Lit, str, NixPath]] = []
         self._scan_literals(password, db, siblings)
+        self.url_variables(password, db)
         self.bare_variables(password, siblings)
         self.take_sibling(siblings, recognised=password is not None or bool(self.known))
 
@@ -1241,6 +1293,8 @@ class Builder:
                 continue
             url = split_url(value, password, self.spec.url_schemes)
             if url is not None and self._is_ours(url, password, db):
+                if self._let_url_read_by_bindings(fm, lit):
+                    continue  # its uses are edited where they are (url_variables), the binding then goes
                 if self._other_project(fm, lit, db):
                     self.notes.append(
                         f"{fm.where(lit.node)}: a URL with the same password in another arion project; "
@@ -1469,6 +1523,7 @@ class Builder:
         return url.host in hosts
 
     def on_url(self, fm: FileModel, lit: Lit, value: str, url: UrlParts) -> None:
+        self.fields_written_out(fm, lit.node)
         self.mask_url(fm, lit.node, value, url)
         self.known |= {digest(url.password.encode()), digest(unquote(url.password).encode())}
         url = self.as_login_role(url)
@@ -1517,9 +1572,24 @@ class Builder:
         login = self.spec.login_role
         if not login or not self._new_login:
             return url
-        head = url.prefix.removesuffix(url.user + ":")
-        assert head + url.user + ":" == url.prefix, url.prefix
-        return dataclasses.replace(url, user=quote(login, safe=""), prefix=f"{head}{quote(login, safe='')}:")
+        new = quote(login, safe="")
+        if url.prefix.endswith(url.user + ":"):  # the userinfo's user:password@
+            head = url.prefix.removesuffix(url.user + ":")
+            return dataclasses.replace(url, user=new, prefix=f"{head}{new}:")
+        # the password in the query: its user= parameter, or the authority's user@
+        param = re.compile(rf"([?&]user=){re.escape(url.user)}(?=[&#]|$)")
+        prefix, n = param.subn(lambda m: m.group(1) + new, url.prefix, count=1)
+        suffix = url.suffix
+        if not n:
+            suffix, n = param.subn(lambda m: m.group(1) + new, url.suffix, count=1)
+        if not n:
+            prefix, n = re.subn(rf"(://){re.escape(url.user)}@", lambda m: m.group(1) + new + "@", prefix, count=1)
+        if not n:
+            raise PatchError(
+                f"a URL with its password in the query names no user nixmig can change to {login}",
+                hint="add user= to the URL, then patch again",
+            )
+        return dataclasses.replace(url, user=new, prefix=prefix, suffix=suffix)
 
     def url_in_container(self, fm: FileModel, lit: Lit, kind: str, name: str, prefix: NixPath, line: EnvLine) -> None:
         assert lit.bind is not None
@@ -2715,6 +2785,8 @@ class Builder:
             self.masks.append((fm.name, node.start_byte + quote, node.end_byte - quote))
 
     def mask_url(self, fm: FileModel, node: Node, value: str, url: UrlParts) -> None:
+        if node.type == "variable_expression":
+            return  # a let-bound URL's use: the let's literal is masked where it is (drop_lets)
         raw = fm.text(node)[1:-1]
         if raw == value:
             start = node.start_byte + 1 + len(url.prefix.encode())
@@ -3107,6 +3179,14 @@ _SNIPPET_EXEC_START_PRE = re.compile(
 )
 
 
+def _let_fields(fm: FileModel) -> dict[str, str]:
+    """``ips.db`` -> its string, for each string field of an attrset a let binds once (not shadowed)."""
+    from nixmig.nixsrc.lets import _formal_names
+    from nixmig.nixsrc.shapes.let_script import fields
+
+    return {b.shown: b.value for b in fields(fm, _formal_names(fm.root))}
+
+
 def _prose_word(source: bytes, m: re.Match[bytes]) -> bool:
     """A password that is a plain word (``password``, ``changeme``) met in a comment's prose
     (``# Should match postgres password``), not in a copy of code: no quote, ``=``, ``:`` or ``@`` beside it."""
@@ -3219,6 +3299,30 @@ _SCHEME = re.compile(r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://
 _USERINFO = re.compile(r"(?P<user>[^:@/?#\s]*):(?P<pw>[^@/?#\s]*)@(?P<host>[^:/?#\s]*)")
 
 
+_URL_END = re.compile(r"[\s\"'`]|$")
+_QUERY_PASSWORD = re.compile(r"[?&]password=(?P<pw>[^&#\s\"'`]*)")
+
+
+def _query_password(value: str, m: re.Match[str], password: str | None) -> UrlParts | None:
+    """A libpq URI with the password as a query parameter (``postgres:///db?host=/run/postgresql&user=app
+    &password=PW``), split around it: its user is ``user=`` or the userinfo's, its host ``host=`` or the
+    authority's. libpq percent-decodes query values, so the renderer's percent-encoded password reads back."""
+    end = _URL_END.search(value, m.end())
+    url_end = end.start() if end is not None else len(value)
+    q = _QUERY_PASSWORD.search(value, m.end(), url_end)
+    if q is None or not q.group("pw") or (password is not None and unquote(q.group("pw")) != password):
+        return None
+    url = value[m.start() : url_end]
+    user_q = re.search(r"[?&]user=([^&#]*)", url)
+    host_q = re.search(r"[?&]host=([^&#]*)", url)
+    authority = re.match(r"(?:(?P<user>[^:@/?#\s]*)@)?(?P<host>[^:/?#\s]*)", value[m.end() : url_end])
+    user = user_q.group(1) if user_q else (authority.group("user") or "" if authority else "")
+    host = host_q.group(1) if host_q else (authority.group("host") if authority else "")
+    return UrlParts(
+        m.group("scheme"), user, q.group("pw"), host, value[: q.start("pw")], value[q.end("pw") :], m.start() > 0
+    )
+
+
 def split_url(value: str, password: str | None = None, schemes: Sequence[str] = URL_SCHEMES) -> UrlParts | None:
     """The first postgres:// URL with a password in its userinfo, split around the password.
 
@@ -3239,6 +3343,9 @@ def split_url(value: str, password: str | None = None, schemes: Sequence[str] = 
                 return UrlParts(m.group("scheme"), user, password, host, value[:pw_start], value[pw_end:], start > 0)
         u = _USERINFO.match(value, rest)
         if u is None or not u.group("pw"):
+            query = _query_password(value, m, password)
+            if query is not None:
+                return query
             continue
         return UrlParts(
             scheme=m.group("scheme"),

@@ -1308,8 +1308,8 @@ def _scan_inside(data: bytes, leaf_words: Sequence[str], add: _Add, *, multiline
             if value.lower() in _YAML_NON_VALUES:
                 continue
             kind = _value_kind(name, value)
-            if kind is None or (kind is not Kind.HASH and value.startswith("$")):
-                continue  # a shell expansion
+            if kind is None or (kind is not Kind.HASH and value.strip(" \t'\"").startswith("$")):
+                continue  # a shell expansion (also quoted after an empty word: password=' "$password" ')
             if regex is _ASSIGN_RE:
                 raw_sep = data[m.end(key_group) : m.start(value_group)]
                 sep = raw_sep.strip(b"\"' \t")

@@ -79,8 +79,15 @@ class Teardown:
         print("module teardown", flush=True)
 kept = Teardown()
 atexit.register(lambda: print("atexit handlers ran", flush=True))
-if sys.argv[1] == "thread":
-    threading.Thread(target=time.sleep, args=(0.2,)).start()
+import nixmig.entry
+if sys.argv[1] == "thread":  # alive when the command has returned (however slow the machine), then ends
+    returned = threading.Event()
+    threading.Thread(target=lambda: (returned.wait(30), time.sleep(1.0))).start()
+    real_exit = nixmig.entry._exit
+    def _exit(code):
+        returned.set()
+        real_exit(code)
+    nixmig.entry._exit = _exit
 sys.argv = ["nixmig", *sys.argv[2:]]
 from nixmig.entry import main
 main()

@@ -47,3 +47,18 @@ def test_another_credential_with_the_same_text_is_said_as_that() -> None:
     plan, _ = _plan(b"Imm-db-pw-881")
     (item,) = plan.manual
     assert "redisPassword holds the database's value under another credential's name" in item.what, item.what
+
+
+def test_a_let_url_filled_by_a_let_attrset_field_moves_and_says_the_field_is_written_out() -> None:
+    """``formsDbUrl = "postgres://forms:PW@${net.db}:5432/forms"`` read by two apps: the env file's line holds
+    the host as it evaluates; the field's binding stays (its other readers) and a note says the value is
+    written out there; the URL's binding goes."""
+    from tests.helpers import FIXTURES, plan_shape_case
+
+    case, file = "oci-let-url-field-host-two-apps", "hosts/box/forms.nix"
+    plan, out = plan_shape_case(case, file, (FIXTURES / "shapes" / case / file).read_bytes())
+    assert plan.manual == (), [m.what for m in plan.manual]  # type: ignore[attr-defined]
+    assert out.count(b"@10.88.0.10:5432/forms?sslmode=disable") == 2 and b'db = "10.88.0.10";' in out
+    assert b"formsDbUrl" not in out and b"Frm-db-2291" not in out
+    notes = [n for n in plan.notes if "net.db ('10.88.0.10')" in n]  # type: ignore[attr-defined]
+    assert len(notes) == 1 and "written out" in notes[0]

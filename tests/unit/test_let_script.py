@@ -115,18 +115,31 @@ def test_a_missing_credential_stops_the_script_with_one_line(tmp_path: Path) -> 
 
 
 def test_a_use_left_keeps_the_whole_value_and_is_said() -> None:
-    """The URL is also an app container's DATABASE_URL (a use this shape has no edit for): no script
-    is touched, the binding stays, and the one line names that use."""
+    """The URL is also the unit's description (a use nixmig has no edit for; an environment variable's
+    it has, url_variables): no script is touched, the binding stays, and the one line names that use."""
     text = MODULE.replace(
         "      path = [ pkgs.docker ];\n",
-        "      path = [ pkgs.docker ];\n      environment.LEDGER_URL = dsn;\n",
+        "      path = [ pkgs.docker ];\n      description = dsn;\n",
     )
     plan, out = _plan(text)
     assert b'dsn = "postgresql://postgres:Ldg-7pass@localhost/ledger";' in out
     assert b"nixmig_dsn" not in out  # (pw, another let, is still replaced)
     said = [m for m in plan.manual if "dsn (the hardcoded password" in m.what]
-    assert len(said) == 1 and said[0].line == text[: text.index("environment.LEDGER_URL")].count("\n") + 1
+    assert len(said) == 1 and said[0].line == text[: text.index("description = dsn")].count("\n") + 1
     assert "nixmig replaces every use or none" in said[0].what
+
+
+def test_a_use_in_the_unit_s_environment_moves_with_the_scripts_uses() -> None:
+    """``environment.LEDGER_URL = dsn;`` beside the scripts' ``${dsn}``: the variable goes into the unit's
+    env file (url_variables), the scripts read the credential, the binding goes: every use reads the secret."""
+    text = MODULE.replace(
+        "      path = [ pkgs.docker ];\n",
+        "      path = [ pkgs.docker ];\n      environment.LEDGER_URL = dsn;\n",
+    )
+    plan, out = _plan(text)
+    assert plan.manual == (), [m.what for m in plan.manual]
+    assert b"Ldg-7pass" not in out and b"dsn = " not in out and b"LEDGER_URL = dsn" not in out
+    assert b"nixmig_dsn" in out and b"printf '%s=%s%s%s\\n' LEDGER_URL postgresql://postgres:" in out
 
 
 @pytest.mark.parametrize(

@@ -255,6 +255,17 @@ def _resolved(
 # ------------------------------------------------ detect
 
 
+def _environment_binding(fm: FileModel, use: Node) -> bool:
+    """``use`` is the whole value of a container's or a unit's environment variable (``DATABASE_URL = dsn;``)."""
+    from nixmig.nixsrc.containers import env_container
+    from nixmig.nixsrc.patch import _systemd_shape
+
+    if use.parent is None or use.parent.type != "binding":
+        return False
+    bind = next((x for x in fm.binds if x.exact and unparen(x.value) == use), None)
+    return bind is not None and (env_container(bind.path) is not None or _systemd_shape(bind.path) is not None)
+
+
 def _uses(values: dict[str, str], fm: FileModel, bound: Bound) -> tuple[list[Use], list[tuple[Node, str]]]:
     """Each read of ``bound``: a use in a unit's script or command line nixmig can replace, or (node,
     why) for one it cannot."""
@@ -264,6 +275,8 @@ def _uses(values: dict[str, str], fm: FileModel, bound: Bound) -> tuple[list[Use
         left.append((w, f"{text(w)} is read as a whole there (it may read {bound.shown})"))
     for u in bound.uses:
         hole = u.parent
+        if _environment_binding(fm, u) and "://" in bound.value and "." not in bound.shown:
+            continue  # DATABASE_URL = dsn: a URL the pipeline edits where it is (Builder.url_variables)
         string = hole.parent if hole is not None and hole.type == "interpolation" else None
         bind = next((x for x in fm.binds if x.exact and unparen(x.value) == string), None) if string else None
         if hole is None or string is None or bind is None or string.type not in _STRINGS:
@@ -608,7 +621,9 @@ def apply(b: Builder, password: str | None) -> None:
                 b.need(fm, ("config", "lib", "pkgs") if not use.script else ("config",))
             b.handled.add((fm.name, bound.literal.start_byte))
             b.replaced.append(f"{bound.shown} at {fm.where(bound.literal)}")
-            if is_url or is_field:  # a let password's binding is drop_lets' (it knows every use)
+            if is_url and any(_environment_binding(fm, u) for u in bound.uses):
+                b.url_lets.add((fm.name, bound.shown))  # its environment uses are url_variables': drop_lets' then
+            elif is_url or is_field:  # a let password's binding is drop_lets' (it knows every use)
                 b.mask_literal(fm, bound.literal)
                 b.ed.remove_binding(
                     fm,
