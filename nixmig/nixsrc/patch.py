@@ -995,6 +995,37 @@ class Builder:
             return False
         return any(u.parent is not None and u.parent.type == "binding" for u in let.uses)
 
+    def local_roles(self) -> None:
+        """A nixpkgs module that provisions its database itself logs in as a role of its own, whatever
+        else the configuration names (NIXPKGS_LOCAL_ROLES): a rotation of another role would leave the
+        service's password and its role's apart. Said, by hand, when nixmig.toml's role is not that one."""
+        if self.spec.strategy == "move":
+            return
+        for fm, bind in self.all_binds():
+            local = NIXPKGS_LOCAL_ROLES.get(bind.path)
+            if local is None or not bind.exact:
+                continue
+            switch, role = local
+            v = bind.value
+            touched = any(
+                e.file == fm.name and e.start < v.end_byte and v.start_byte < max(e.end, e.start + 1)
+                for e in self.ed.items
+            )
+            if self.spec.role == role or not touched:
+                continue
+            off = [b for f, b in self.all_binds() if b.path == switch and f.text(unparen(b.value)) == "false"]
+            if off:
+                continue  # an external database: the role is the configuration's
+            self.manual_here(
+                fm,
+                bind.node,
+                f"services.{bind.path[1]} provisions its database itself ({'.'.join(switch)} is not false) and "
+                f"logs in as role {role!r}, whatever else the configuration names; nixmig.toml's role is "
+                f"{self.spec.role!r}: a rotation would change that role's password, not the one the service uses. "
+                f'Set role = "{role}" for this migration, then patch again',
+                "",
+            )
+
     def url_variables(self, password: str | None, db: _Db | None) -> None:
         """``DATABASE_URL = databaseUrl;`` where a let binds the URL (its host may be a let attrset's field,
         ``"postgres://u:pw@${ips.db}:5432/x"``): as if the URL were written there. The binding goes when
@@ -2107,10 +2138,19 @@ class Builder:
             if target is None:
                 raise PatchError(f"no attrset for the unit {r.unit}", where=fm.name)
             after = root_binding if target.node == attrset else None
+            lines = [ln for f in files for ln in f.lines]
+            urls = any(ln.prefix or ln.suffix for ln in lines)
+            how = (
+                "password percent-encoded"
+                if urls
+                else "the value single-quoted as it is"
+                if any(ln.quoted for ln in lines)
+                else "the value as it is"
+            )
             why = (
                 f"{r.unit}: an ExecStartPre renders {', '.join(f.path for f in files)} from "
-                f"{spec.secret_on_host} at each start (RuntimeDirectory 0700, file 0400, password percent-encoded), "
-                f"so the URL is never in the Nix store; it replaces {_listing(r.literals)}"
+                f"{spec.secret_on_host} at each start (RuntimeDirectory 0700, file 0400, {how}), "
+                f"so the {'URL' if urls else 'value'} is never in the Nix store; it replaces {_listing(r.literals)}"
             )
             own_env_files = not (r.kind == "systemd" and self.append_environment_file(fm, r, files))
             attr = nix_attrpath((*target.write_prefix, *path[len(target.path) :]))
@@ -2802,6 +2842,7 @@ class Builder:
             self.patch_db(db)
         password = db.password if db is not None else self.app_password()
         self.scan_literals(password, db)
+        self.local_roles()
         self.silent_clients(db)
         for name in sorted(set(self.no_project)):
             self.notes.append(
@@ -3073,6 +3114,18 @@ NIXPKGS_READER: dict[str, str] = {
     "agorakit": "config.services.agorakit.user",
 }
 
+
+# a nixpkgs module's database file option -> (the switch that makes the module provision the database
+# itself, the role it then logs in as, whatever database.username says). Checked in nixpkgs: keycloak's
+# keycloakPostgreSQLInit / keycloakMySQLInit create role keycloak with the password from passwordFile
+# (database.username "has no effect when a local database is automatically provisioned"; createLocally
+# defaults to true).
+NIXPKGS_LOCAL_ROLES: dict[NixPath, tuple[NixPath, str]] = {
+    ("services", "keycloak", "database", "passwordFile"): (
+        ("services", "keycloak", "database", "createLocally"),
+        "keycloak",
+    ),
+}
 
 # a database's password in a nixpkgs module's settings whose file option sits elsewhere in the module
 # (not a `<name>File` beside it). Checked in nixpkgs: photoprism's module loads databasePasswordFile

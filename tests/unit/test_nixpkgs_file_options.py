@@ -86,3 +86,19 @@ def test_a_store_file_read_through_load_credential_needs_no_note() -> None:
     case, file = "native-paperless-admin-passwordfile-writetext-move", "modules/paperless.nix"
     plan, _ = plan_shape_case(case, file, (FIXTURES / "shapes" / case / file).read_bytes())
     assert not any("does not know which user" in n for n in plan.notes)  # type: ignore[attr-defined]
+
+
+def test_a_module_that_provisions_its_database_names_the_role_to_rotate() -> None:
+    """keycloak with createLocally (its default) logs in as role keycloak, whatever database.username says: a
+    rotation of the role nixmig.toml names ("sso") would leave keycloak's password and its role's apart
+    (a public configuration, stop 21: init drafted the role from ensureUsers). Said, nothing written; with
+    createLocally = false (an external database) the configuration's role is the one."""
+    case, file = "native-writetext-passwordfile", "hosts/box/sso.nix"
+    original = (FIXTURES / "shapes" / case / file).read_bytes()
+    local = original.replace(b"      createLocally = false;", b"      # createLocally = false;")
+    plan, _ = plan_shape_case(case, file, local)
+    said = [m.what for m in plan.manual]  # type: ignore[attr-defined]
+    assert any("logs in as role 'keycloak'" in w and 'Set role = "keycloak"' in w for w in said), said
+    plan, patched = plan_shape_case(case, file, original)
+    assert plan.manual == ()  # type: ignore[attr-defined]
+    assert b"config.age.secrets.sso-db-password.path" in patched
