@@ -1259,10 +1259,24 @@ def _same_native_database(a: _Db, b: _Db) -> bool:
     )
 
 
+def _provisioned_role(fm: FileModel, p: NixPath) -> Val | None:
+    """The role a nixpkgs module that provisions its database itself logs in as (patch.NIXPKGS_LOCAL_ROLES),
+    when the file option ``p`` is such a module's and its switch is not set to false."""
+    from nixmig.nixsrc.patch import NIXPKGS_LOCAL_ROLES
+
+    found = NIXPKGS_LOCAL_ROLES.get(p)
+    if found is None:
+        return None
+    switch, role = found
+    if any(b.path == switch and fm.text(unparen(b.value)) == "false" for b in fm.binds):
+        return None
+    return Val(role, f"{fm.name} (services.{p[1]} provisions its database: {'.'.join(switch)} is not false)")
+
+
 def _native_names(pg: Sequence[FileModel], fm: FileModel, p: NixPath, service: str) -> tuple[Val | None, Val | None]:
     """(role, database) of a nixpkgs service's database: its options, else ensureUsers/ensureDatabases."""
     parent = p[:-1]
-    role_keys, name_keys = ["user"], ["name"]
+    role_keys, name_keys = ["user", "username"], ["name"]  # keycloak: database.username
     env = re.fullmatch(r"([A-Z0-9_]+?)(_?)(?:PASSWORD|PASSWD|PASS)", p[-1])
     if env is not None:  # env-style settings: PHOTOPRISM_DATABASE_{USER,NAME} beside _PASSWORD, PAPERLESS_DBUSER
         stem, sep = env.group(1), env.group(2)  # beside PAPERLESS_DBPASS
@@ -1281,6 +1295,9 @@ def _native_names(pg: Sequence[FileModel], fm: FileModel, p: NixPath, service: s
                 users.append((v, _at(m, b.node)))
     role_val = Val(role[0], f"{role[1]} ({'.'.join((*parent, role_key))})") if role else None
     db_val = Val(name[0], f"{name[1]} ({'.'.join((*parent, name_key))})") if name else None
+    local = _provisioned_role(fm, p)
+    if local is not None:  # keycloak's createLocally: its own role, whatever else is configured
+        role_val = local
     if role_val is None:
         match = [u for u in users if u[0] == service] or (users if len(users) == 1 else [])
         if match:

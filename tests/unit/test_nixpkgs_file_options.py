@@ -102,3 +102,14 @@ def test_a_module_that_provisions_its_database_names_the_role_to_rotate() -> Non
     plan, patched = plan_shape_case(case, file, original)
     assert plan.manual == ()  # type: ignore[attr-defined]
     assert b"config.age.secrets.sso-db-password.path" in patched
+
+
+def test_init_drafts_the_role_a_provisioning_module_logs_in_as() -> None:
+    from nixmig.draft import draft
+    from nixmig.nixsrc.patch import read_sources
+
+    case, file = "native-writetext-passwordfile", "hosts/box/sso.nix"
+    sources = read_sources(FIXTURES / "shapes" / case)
+    local = {**sources, file: sources[file].replace(b"      createLocally = false;", b"")}
+    assert 'role = "keycloak"' in draft(local).toml
+    assert 'role = "sso"' in draft(sources).toml  # an external database: database.username's
