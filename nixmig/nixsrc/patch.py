@@ -2629,6 +2629,10 @@ class Builder:
             containers=self.patched_containers | ({(db.fm.name, *db.prefix)} if db is not None else set()),
         )
         found += self.copies_left(found)
+        # the first item is the refusal's headline: this migration's own value first, then what the files that
+        # name the migration (its container, service, unit) hold, then the rest (a helper's default elsewhere)
+        named = naming(self.models, [*idents, spec.role])
+        found.sort(key=lambda x: ("this migration's" not in x.what, x.file not in named))
         if not given_up:
             said = {(m.file, m.line) for m in self.manual} | {(x.file, x.line) for x in found}
             self.notes += other_secrets(self.models, self.ed.items, known=self.known | self.also_known, said=said)

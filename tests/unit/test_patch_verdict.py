@@ -907,3 +907,38 @@ def test_another_secret_in_an_edited_file_is_said_in_a_note_without_its_value() 
     notes = [n for n in plan.notes if "holds another hardcoded password" in n]  # type: ignore[attr-defined]
     assert notes == [notes[0]] and notes[0].startswith(f"{file}:3: services.grafana.settings.security.admin_password")
     assert "Gr4f" not in notes[0] and b"Gr4f-adm1n-xx" in patched
+
+
+ORDER_WRAP = b"""{ lib, ... }:
+let
+  mkDb = { environment = { POSTGRES_PASSWORD = "dflt-helper-pw"; }; };
+in
+{
+  options.wrap = lib.mkOption { type = lib.types.attrs; default = { }; };
+}
+"""
+ORDER_SERVICE = b"""{ ... }:
+let
+  recipes_password = "Rcp-real-pw-41";
+in
+{
+  wrap.recipes.db.env.POSTGRES_PASSWORD = recipes_password;
+}
+"""
+
+
+def test_the_refusal_s_first_item_is_in_a_file_that_names_the_migration(tmp_path: Path) -> None:
+    """Nothing recognised (the author's own wrapper): every credential is listed, and the first, the
+    refusal's headline, is the one in the file that names the role, not a helper's default elsewhere
+    (a public configuration, stop 21: its headline was a fallback "postgres" in an unused helper)."""
+    from nixmig import config
+
+    toml = tmp_path / "nixmig.toml"
+    toml.write_text((FIXTURES / "shapes" / "native-initialscript-sql" / "nixmig.toml").read_text())
+    cfg = config.load(toml)
+    (migration,) = cfg.migrations
+    assert cfg.services[cfg.migrations[migration].service].role == "ledger"
+    sources = {"modules/wrap.nix": ORDER_WRAP, "services/ledger.nix": ORDER_SERVICE.replace(b"recipes", b"ledger")}
+    plan = pt.plan(sources, pt.spec_for(cfg, migration))
+    files = [m.file for m in plan.manual]
+    assert files[:2] == ["services/ledger.nix", "modules/wrap.nix"], files
