@@ -71,7 +71,7 @@ def let_literals(root: Node, fields: Mapping[str, str] | None = None) -> dict[st
                 value = decode_string(lit)
                 if value is not None and value:
                     found.setdefault(attr_names(ap)[0], []).append((b, lit, value))
-                elif fields and lit.type == "string_expression":
+                elif fields is not None and lit.type == "string_expression":
                     computed.append((attr_names(ap)[0], b, lit))
                     found.setdefault(attr_names(ap)[0], [])  # counted: a name bound twice is ambiguous
     shadowed = _formal_names(root)

@@ -362,6 +362,7 @@ class Builder:
         self.option_literal: tuple[FileModel, Bind, NixPath] | None = None  # `password = "..."` beside passwordFile
         self.known: set[bytes] = set()  # digests of the values recognised as this migration's password
         self.let_fields = {name: _let_fields(fm) for name, fm in models.items()}  # read, never dropped
+        # (with a field table, even an empty one, let_literals also takes the strings other lets fill)
         self.lets = {name: let_literals(fm.root, self.let_fields[name]) for name, fm in models.items()}
         self.let_used: set[tuple[str, int]] = set()  # uses of a let-bound password an edit replaces
         self.url_lets: set[tuple[str, str]] = set()  # (file, name) of let-bound URLs a use of which is replaced
@@ -1137,7 +1138,8 @@ class Builder:
         use left is said (the literal stays, so the tree is not called patched)."""
         for name, lets in self.lets.items():
             fm = self.models[name]
-            for let in lets.values():
+            # a let URL first: when its binding goes, the lets it reads (`"...:${pw}@db/x"`) are read there no more
+            for let in sorted(lets.values(), key=lambda x: (name, x.name) not in self.url_lets):
                 url_let = (name, let.name) in self.url_lets  # a URL holding the password (url_variables)
                 ours = digest(let.value.encode()) in self.known or url_let
                 if not ours and digest(let.value.encode()) not in self.also_known:
@@ -1150,6 +1152,9 @@ class Builder:
                     continue
                 self.mask_literal(fm, let.literal)
                 if not left:
+                    if url_let:
+                        found = resolve(let.literal, lets, self.let_fields[name])
+                        self.let_used |= {(name, v.start_byte) for v in (found[1] if found is not None else ())}
                     self.ed.remove_binding(
                         fm,
                         let.binding,
