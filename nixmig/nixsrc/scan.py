@@ -376,6 +376,11 @@ _URL_RE: Final = re.compile(
     rb"(?i)(?<![A-Za-z0-9+.-])([a-z][a-z0-9+.\-]{1,30})://"
     rb"([^\s/@:?#'\"\\]*):([^\s/@?#'\"\\]+)@([^\s/?#:'\"@\\]*)"
 )
+# a libpq URI with the password as a query parameter (postgres:///db?host=/run/postgresql&user=u&password=pw)
+_URL_QUERY_RE: Final = re.compile(
+    rb"(?i)(?<![A-Za-z0-9+.-])([a-z][a-z0-9+.\-]{1,30})://([^\s'\"\\]*?[?&])password=([^\s&#'\"\\]+)"
+)
+_URL_QUERY_USER_RE: Final = re.compile(rb"[?&]user=([^\s&#'\"\\]*)")
 _PEM_RE: Final = re.compile(
     rb"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----(.*?)(?:-----END \1-----|\Z)", re.S
 )
@@ -1156,6 +1161,15 @@ def _scan_string(node: Node, out: _Collector, *, every: bool = False) -> None:
             if not is_placeholder(m.group(3).decode("utf-8", "replace")):
                 add(m.span(3), Kind.URL_CREDENTIAL, "url", leaf_words,
                     host=m.group(4).decode("utf-8", "replace"), user=m.group(2).decode("utf-8", "replace"))  # fmt: skip
+        if b"password=" in data:
+            for m in _URL_QUERY_RE.finditer(data):
+                if b"@" in m.group(2).split(b"?")[0].rpartition(b"/")[0] or is_placeholder(
+                    m.group(3).decode("utf-8", "replace")
+                ):
+                    continue  # (a userinfo password too: rule 1's)
+                user = _URL_QUERY_USER_RE.search(m.group(2))
+                add(m.span(3), Kind.URL_CREDENTIAL, "url", leaf_words, host="",
+                    user=user.group(1).decode("utf-8", "replace") if user else "")  # fmt: skip
     if b"@tcp(" in data or b"@unix(" in data:  # a Go MySQL DSN: no scheme, the password before the @
         for m in _DSN_RE.finditer(data):
             if not is_placeholder(m.group(2).decode("utf-8", "replace")):

@@ -469,3 +469,22 @@ def test_nix_s_escaped_interpolation_is_a_run_time_reference_not_a_password() ->
 }
 """
     assert [f.value.reveal() for f in scan_source(src, "x.nix").findings] == [b"Real-pw-12"]
+
+
+def test_a_libpq_uri_with_its_password_in_the_query() -> None:
+    """postgres:///db?host=/run/postgresql&user=app&password=PW (a public configuration, stop 21): a URL
+    credential with its user, like a userinfo password (a query password beside a userinfo one stays the
+    assignment it was); an empty one is none."""
+    found = scan(
+        """{
+          a.Environment = "DATABASE_URL=postgres:///toph?host=/run/postgresql&user=toph&password=Tq-pw-9001";
+          b.url = "postgresql://app:Ui-pw-77@db/x?password=Q-pw-8";
+          c.url = "postgres:///x?user=a&password=";
+        }"""
+    )
+    assert [(f.line, f.kind, f.value, f.rule) for f in found] == [
+        (2, Kind.URL_CREDENTIAL, Secret("Tq-pw-9001"), "url"),
+        (3, Kind.URL_CREDENTIAL, Secret("Ui-pw-77"), "url"),
+        (3, Kind.PASSWORD, Secret("Q-pw-8"), "assignment"),
+    ]
+    assert found[0].secret_name.endswith("toph-password")
