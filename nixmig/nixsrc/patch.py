@@ -3120,7 +3120,6 @@ NIXPKGS_READER: dict[str, str] = {
     "monica": "config.services.monica.user",
     "dolibarr": "config.services.dolibarr.user",
     "cloudlog": "config.services.cloudlog.user",
-    "agorakit": "config.services.agorakit.user",
 }
 
 
