@@ -1262,14 +1262,12 @@ def _same_native_database(a: _Db, b: _Db) -> bool:
 def _provisioned_role(fm: FileModel, p: NixPath) -> Val | None:
     """The role a nixpkgs module that provisions its database itself logs in as (patch.NIXPKGS_LOCAL_ROLES),
     when the file option ``p`` is such a module's and its switch is not set to false."""
-    from nixmig.nixsrc.patch import NIXPKGS_LOCAL_ROLES
+    from nixmig.nixsrc.patch import NIXPKGS_LOCAL_ROLES, provisioned_role
 
-    found = NIXPKGS_LOCAL_ROLES.get(p)
-    if found is None:
+    role = provisioned_role(p, ((fm, b) for b in fm.binds))
+    if role is None:
         return None
-    switch, role = found
-    if any(b.path == switch and fm.text(unparen(b.value)) == "false" for b in fm.binds):
-        return None
+    switch = NIXPKGS_LOCAL_ROLES[p][0]
     return Val(role, f"{fm.name} (services.{p[1]} provisions its database: {'.'.join(switch)} is not false)")
 
 

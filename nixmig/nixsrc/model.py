@@ -13,6 +13,13 @@ if TYPE_CHECKING:
     from tree_sitter import Node
 
 NixPath = tuple[str, ...]
+
+
+def path_matches(pattern: NixPath, path: NixPath) -> bool:
+    """``path`` is ``pattern`` where a ``"*"`` segment stands for any one name (``servers.*.requirePass``)."""
+    return len(pattern) == len(path) and all(p in ("*", q) for p, q in zip(pattern, path, strict=True))
+
+
 _WRAPPERS = frozenset(
     {"mkIf", "mkDefault", "mkForce", "mkOverride", "mkBefore", "mkAfter", "mkOrder", "mkOptionDefault"}
 )

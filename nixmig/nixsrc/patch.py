@@ -91,6 +91,7 @@ from nixmig.nixsrc.model import (
     bindings,
     decode_string,
     model,
+    path_matches,
     unparen,
 )
 from nixmig.nixsrc.parse import text
@@ -1003,20 +1004,17 @@ class Builder:
         if self.spec.strategy == "move":
             return
         for fm, bind in self.all_binds():
-            local = NIXPKGS_LOCAL_ROLES.get(bind.path)
-            if local is None or not bind.exact:
+            # None: no such module's file option, or an external database (the configuration's role is right)
+            role = provisioned_role(bind.path, self.all_binds()) if bind.exact else None
+            if role is None or role == self.spec.role:
                 continue
-            switch, role = local
             v = bind.value
-            touched = any(
+            if not any(
                 e.file == fm.name and e.start < v.end_byte and v.start_byte < max(e.end, e.start + 1)
                 for e in self.ed.items
-            )
-            if self.spec.role == role or not touched:
-                continue
-            off = [b for f, b in self.all_binds() if b.path == switch and f.text(unparen(b.value)) == "false"]
-            if off:
-                continue  # an external database: the role is the configuration's
+            ):
+                continue  # not an option this plan edits
+            switch = NIXPKGS_LOCAL_ROLES[bind.path][0]
             self.manual_here(
                 fm,
                 bind.node,
@@ -1035,7 +1033,7 @@ class Builder:
             node = unparen(b.value)
             if node.type != "variable_expression" or (fm.name, node.start_byte) in self.handled:
                 continue
-            if not b.exact or (env_container(b.path) is None and _systemd_shape(b.path) is None):
+            if not b.exact or not environment_variable(b.path):
                 continue  # not an environment variable: the let's other uses say it (let_script, drop_lets)
             let = self.lets[fm.name].get(fm.text(node))
             value = let.value if let is not None else None
@@ -3135,6 +3133,18 @@ NIXPKGS_LOCAL_ROLES: dict[NixPath, tuple[NixPath, str]] = {
     ),
 }
 
+
+def provisioned_role(option: NixPath, binds: Iterable[tuple[FileModel, Bind]]) -> str | None:
+    """The role the module of the file option ``option`` logs in as when it provisions its database itself
+    (NIXPKGS_LOCAL_ROLES), unless one of ``binds`` sets its switch to false; None for any other option."""
+    local = NIXPKGS_LOCAL_ROLES.get(option)
+    if local is None:
+        return None
+    switch, role = local
+    off = any(b.path == switch and fm.text(unparen(b.value)) == "false" for fm, b in binds)
+    return None if off else role
+
+
 # a database's password in a nixpkgs module's settings whose file option sits elsewhere in the module
 # (not a `<name>File` beside it). Checked in nixpkgs: photoprism's module loads databasePasswordFile
 # with LoadCredential (so root reads it) and exports PHOTOPRISM_DATABASE_PASSWORD from it in the unit's
@@ -3186,7 +3196,7 @@ def nixpkgs_file_sibling(path: NixPath) -> NixPath | None:
     if path in NIXPKGS_PATH_SIBLINGS:
         return NIXPKGS_PATH_SIBLINGS[path]
     for pattern, twin in NIXPKGS_FILE_SIBLINGS.items():
-        if len(pattern) == len(path) and all(p in ("*", q) for p, q in zip(pattern, path, strict=True)):
+        if path_matches(pattern, path):
             return (*path[:-1], twin)
     return None
 
@@ -3326,6 +3336,11 @@ def _environment_assignment(lit: Lit, value: str, url: UrlParts) -> tuple[str, E
     if not _SAFE_URL_PART.fullmatch(prefix):
         return None
     return path[2], EnvLine(var, prefix, url.suffix)
+
+
+def environment_variable(path: NixPath) -> bool:
+    """``path`` is a variable of a container's environment or of a unit's ``environment``: what on_url edits."""
+    return env_container(path) is not None or _systemd_shape(path) is not None
 
 
 def _systemd_shape(path: NixPath) -> str | None:

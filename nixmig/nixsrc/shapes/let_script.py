@@ -257,13 +257,12 @@ def _resolved(
 
 def _environment_binding(fm: FileModel, use: Node) -> bool:
     """``use`` is the whole value of a container's or a unit's environment variable (``DATABASE_URL = dsn;``)."""
-    from nixmig.nixsrc.containers import env_container
-    from nixmig.nixsrc.patch import _systemd_shape
+    from nixmig.nixsrc.patch import environment_variable
 
     if use.parent is None or use.parent.type != "binding":
         return False
     bind = next((x for x in fm.binds if x.exact and unparen(x.value) == use), None)
-    return bind is not None and (env_container(bind.path) is not None or _systemd_shape(bind.path) is not None)
+    return bind is not None and environment_variable(bind.path)
 
 
 def _uses(values: dict[str, str], fm: FileModel, bound: Bound) -> tuple[list[Use], list[tuple[Node, str]]]:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from nixmig.config import OPTION_PATH
 from nixmig.nixsrc.leftover import digest
-from nixmig.nixsrc.model import decode_string, unparen
+from nixmig.nixsrc.model import decode_string, path_matches, unparen
 from nixmig.nixsrc.quote import nix_attr
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ READERS: dict[NixPath, str | None] = {
 def known_reader(path: NixPath) -> tuple[bool, str | None]:
     """(listed, owner) for a file option of :data:`READERS` ("*" in a key: any name); owner None: root."""
     for key, owner in READERS.items():
-        if len(key) == len(path) and all(k in ("*", p) for k, p in zip(key, path, strict=True)):
+        if path_matches(key, path):
             return True, owner
     return False, None
 
