@@ -969,9 +969,10 @@ class Builder:
         for v in found[1] if found is not None else ():
             self.let_used.add((fm.name, v.start_byte))
 
-    def fields_written_out(self, fm: FileModel, node: Node) -> None:
+    def fields_written_out(self, fm: FileModel, node: Node, url: UrlParts) -> None:
         """A URL whose text a let attrset's field fills (``"...@${ips.db}:5432/x"``, directly or through a let
-        URL): the env file's line holds the field's value written out; a note says so (change it there too)."""
+        URL): the env file's line holds the field's value written out; a note says so (change it there too).
+        Named, never shown; a field that fills the password (``${db.pass}``) is not written out: not said."""
         node = unparen(node)
         if node.type == "variable_expression":
             let = self.lets[fm.name].get(fm.text(node))
@@ -982,10 +983,11 @@ class Builder:
             if c.type == "interpolation" and c.named_children and c.named_children[0].type == "select_expression"
         ]
         fields = self.let_fields[fm.name]
-        for key in dict.fromkeys(r for r in reads if r in fields):
+        kept = url.prefix + "\0" + url.suffix  # what the env file's line writes out, around the password
+        for key in dict.fromkeys(r for r in reads if r in fields and fields[r] in kept):
             self.notes.append(
-                f"{fm.where(node)}: the URL reads {key} ({fields[key]!r}); the env file's line has that value written "
-                f"out, so a change of {key} must be made in the renderer's line too"
+                f"{fm.where(node)}: the URL reads {key}; the env file's line has its value written out, so a change "
+                f"of {key} must be made in the renderer's line too"
             )
 
     def _let_url_read_by_bindings(self, fm: FileModel, lit: Lit) -> bool:
@@ -1557,7 +1559,7 @@ class Builder:
         return url.host in hosts
 
     def on_url(self, fm: FileModel, lit: Lit, value: str, url: UrlParts) -> None:
-        self.fields_written_out(fm, lit.node)
+        self.fields_written_out(fm, lit.node, url)
         self.mask_url(fm, lit.node, value, url)
         self.known |= {digest(url.password.encode()), digest(unquote(url.password).encode())}
         url = self.as_login_role(url)

@@ -5,6 +5,7 @@ the database outside the repo's containers (a blind configuration, stop 20: refu
 from __future__ import annotations
 
 from nixmig.nixsrc import patch as pt
+from tests.helpers import FIXTURES, plan_shape_case
 
 APP = b"""{ pkgs, config, ... }:
 let
@@ -53,12 +54,41 @@ def test_a_let_url_filled_by_a_let_attrset_field_moves_and_says_the_field_is_wri
     """``formsDbUrl = "postgres://forms:PW@${net.db}:5432/forms"`` read by two apps: the env file's line holds
     the host as it evaluates; the field's binding stays (its other readers) and a note says the value is
     written out there; the URL's binding goes."""
-    from tests.helpers import FIXTURES, plan_shape_case
-
     case, file = "oci-let-url-field-host-two-apps", "hosts/box/forms.nix"
     plan, out = plan_shape_case(case, file, (FIXTURES / "shapes" / case / file).read_bytes())
     assert plan.manual == (), [m.what for m in plan.manual]  # type: ignore[attr-defined]
     assert out.count(b"@10.88.0.10:5432/forms?sslmode=disable") == 2 and b'db = "10.88.0.10";' in out
     assert b"formsDbUrl" not in out and b"Frm-db-2291" not in out
-    notes = [n for n in plan.notes if "net.db ('10.88.0.10')" in n]  # type: ignore[attr-defined]
-    assert len(notes) == 1 and "written out" in notes[0]
+    notes = [n for n in plan.notes if "the URL reads net.db;" in n]  # type: ignore[attr-defined]
+    assert len(notes) == 1 and "written out" in notes[0] and "10.88.0.10" not in notes[0]  # named, not shown
+
+
+def test_a_field_that_fills_the_password_is_never_shown() -> None:
+    """``"postgres://forms:${db.pass}@${db.host}:5432/forms"``: the host's field is said (named), the
+    password's is not written out and its value appears in no note and no by-hand item."""
+    case, file = "oci-let-url-field-host-two-apps", "hosts/box/forms.nix"
+    text = b"""{ ... }:
+let
+  db = { host = "10.88.0.10"; pass = "Frm-db-2291"; };
+in
+{
+  virtualisation.oci-containers.containers = {
+    forms-db = {
+      image = "docker.io/library/postgres:16";
+      environment = { POSTGRES_USER = "forms"; POSTGRES_DB = "forms"; POSTGRES_PASSWORD = "Frm-db-2291"; };
+    };
+    forms-api = {
+      image = "ghcr.io/example/forms:3";
+      environment.DATABASE_URL = "postgres://forms:${db.pass}@${db.host}:5432/forms";
+    };
+  };
+}
+"""
+    plan, _ = plan_shape_case(case, file, text)
+    said = [*plan.notes, *(m.what + m.snippet for m in plan.manual)]  # type: ignore[attr-defined]
+    assert not [x for x in said if "Frm-db-2291" in x], said
+    assert [n for n in plan.notes if "the URL reads" in n] == [  # type: ignore[attr-defined]
+        n
+        for n in plan.notes
+        if "the URL reads db.host;" in n  # type: ignore[attr-defined]
+    ]
