@@ -85,10 +85,8 @@ in
 }
 """
     plan, _ = plan_shape_case(case, file, text)
-    said = [*plan.notes, *(m.what + m.snippet for m in plan.manual)]  # type: ignore[attr-defined]
+    notes: list[str] = list(plan.notes)  # type: ignore[attr-defined]
+    said = [*notes, *(m.what + m.snippet for m in plan.manual)]  # type: ignore[attr-defined]
     assert not [x for x in said if "Frm-db-2291" in x], said
-    assert [n for n in plan.notes if "the URL reads" in n] == [  # type: ignore[attr-defined]
-        n
-        for n in plan.notes
-        if "the URL reads db.host;" in n  # type: ignore[attr-defined]
-    ]
+    fields = [n for n in notes if "the URL reads" in n]
+    assert len(fields) == 1 and "the URL reads db.host;" in fields[0], fields
