@@ -46,6 +46,7 @@ from nixmig.nixsrc.lets import LetLiteral, let_literals, resolve
 from nixmig.nixsrc.model import FileModel, NixPath, decode_string, model, unparen
 from nixmig.nixsrc.parse import parse_checked, text
 from nixmig.nixsrc.quote import comment_text
+from nixmig.nixsrc.shapes.file_provider import datasource_fields, grafana_datasource
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -694,6 +695,7 @@ def _is_db_finding(f: Finding, p: NixPath) -> bool:
         or (len(p) == 4 and p[1] in ENV_FILE_SERVICES and last in ENV_FILE_SERVICES[p[1]].variables)
         or (p[:1] == ("services",) and last.startswith("dbpass"))  # nextcloud's dbpassFile = pkgs.writeText ...
         or (p[:1] == ("services",) and last.upper() == "DATABASE_URL")  # a libpq DSN: host=... password=...
+        or grafana_datasource(p)  # a provisioned datasource's password: a client of the database
     )
 
 
@@ -1101,6 +1103,8 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
                 "this host (a nixpkgs default), or is the database elsewhere?",
             )
         db.role, db.database = _native_names(pg, fm, p, service)
+        if grafana_datasource(p):
+            _datasource_names(db, fm, f)
         stem = p[-1].removesuffix("_PASSWORD")
         driver = _lit(fm, (*p[:-1], stem + "_DRIVER")) if stem != p[-1] else None
         if driver is not None and driver[0].lower() in ("mysql", "mariadb"):
@@ -1124,6 +1128,25 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
         if port is not None:
             db.port = Val(port[0], f"{port[1]} (services.postgresql port)")
     return db
+
+
+def _datasource_names(db: _Db, fm: FileModel, f: Finding) -> None:
+    """A grafana datasource's role and database: its ``user`` and ``jsonData.database`` (or ``database``);
+    a MySQL datasource's password is moved (nixmig rotates PostgreSQL passwords only)."""
+    node = fm.root.descendant_for_byte_range(f.start, max(f.start, f.end)) if f.start >= 0 else None
+    fields = datasource_fields(fm, node) if node is not None else {}
+    at = f"{f.file}:{f.line} (the provisioned datasource {fields.get('name', '')!r})"
+    if "user" in fields:
+        db.role = Val(fields["user"], f"{at}: its user")
+    name = fields.get("jsonData.database") or fields.get("database")
+    if name:
+        db.database = Val(name, f"{at}: its database")
+    if fields.get("type", "").lower() == "mysql":
+        db.strategy = "move"
+        db.notes.append(
+            f"the datasource at {f.file}:{f.line} logs in to MySQL: nixmig rotates PostgreSQL passwords only, so "
+            "this migration moves the value (strategy move, below)"
+        )
 
 
 def _url_db(fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Container]) -> _Db | None:

@@ -647,7 +647,7 @@ class Builder:
         user: agenix gives the file that owner (and group), never a world-readable mode."""
         found = self.reader_of(db.fm, db.kind, db.name, db.prefix, self.spec.secret)
         if found is not None:
-            self.owner, self.group, self.owner_why = found
+            self.claim_owner(*found)
 
     def reader_of(
         self, fm: FileModel, kind: str, name: str, prefix: NixPath, secret: str
@@ -1224,7 +1224,24 @@ class Builder:
                 best = b
         return best.path if best is not None else ()
 
-    def service_reads(self, option: NixPath) -> None:
+    def claim_owner(self, owner: str, group: str | None, why: str, at: tuple[FileModel, Node] | None = None) -> None:
+        """A reader of the migration's agenix file that is not root: the file gets that owner (and group).
+        Two readers that are different users cannot both read a 0400 file: a by-hand item at ``at`` (the
+        second reader), the first owner kept (root reads any file: only non-root readers claim)."""
+        if self.owner is not None and (self.owner, self.group) != (owner, group):
+            what = (
+                f"the secret {self.spec.secret} is read by {owner.strip(chr(34))} here and by "
+                f"{self.owner.strip(chr(34))} ({self.owner_why}): agenix gives a file one owner (0400); give "
+                "one of them its own copy of the password (a second agenix secret), by hand"
+            )
+            if at is not None:
+                self.manual_here(at[0], at[1], what, "")
+            else:
+                self.manual.append(Manual("", 0, 0, what, ""))
+            return
+        self.owner, self.group, self.owner_why = owner, group, why
+
+    def service_reads(self, option: NixPath, at: tuple[FileModel, Node] | None = None) -> None:
         """``services.X...``: the agenix file is owned by the user X runs as, where nixmig knows it
         (NIXPKGS_READER); where it does not, the file stays root-only and a note says so."""
         from nixmig.nixsrc.shapes.option_companion import known_reader
@@ -1235,7 +1252,7 @@ class Builder:
         if reader is None and len(option) > 1 and option[0] == "services":
             reader = NIXPKGS_READER.get(option[1])
         if reader is not None:
-            self.owner, self.owner_why = reader, f"owned by the user services.{option[1]} runs as, who reads it"
+            self.claim_owner(reader, None, f"owned by the user services.{option[1]} runs as, who reads it", at)
             return
         self.notes.append(
             f"{'.'.join(option)}: agenix makes the file root-only (0400) and nixmig does not know which user "
@@ -1303,7 +1320,7 @@ class Builder:
         if self.unread_file_option(fm, lit, option):
             return
         self.take_option_literal(fm, lit, value, option)
-        self.service_reads(option)
+        self.service_reads(option, (fm, lit.node))
 
     def scan_literals(self, password: str | None, db: _Db | None) -> None:
         from nixmig.nixsrc.shapes import SHAPES  # the shapes import this module's helpers

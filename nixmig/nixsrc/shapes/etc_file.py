@@ -59,7 +59,7 @@ def apply(b: Builder, password: str | None) -> None:
     b.ed.remove_binding(efm, target, f"removes /etc/{eb.path[2]}, which held the password in the Nix store")
     b.need(fm, ("config",))
     b.store_file = fm
-    b.service_reads(bind.path)
+    b.service_reads(bind.path, (fm, bind.value))
 
 
 SHAPE = Shape(

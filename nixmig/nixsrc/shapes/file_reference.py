@@ -56,7 +56,7 @@ def apply(b: Builder, password: str | None) -> None:
         )
         b.need(fm, ("config",))
         b.store_file = b.store_file or fm
-        b.service_reads(path)
+        b.service_reads(path, (fm, lit.node))
 
 
 SHAPE = Shape(

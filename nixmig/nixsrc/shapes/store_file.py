@@ -76,7 +76,7 @@ def apply(b: Builder, password: str | None) -> None:
     )
     b.need(fm, ("config",))
     b.store_file = fm
-    b.service_reads(bind.path)
+    b.service_reads(bind.path, (fm, bind.value))
 
 
 def _the_services_one(b: Builder, found: list[tuple[FileModel, Bind, Node, str]]) -> bool:
