@@ -1331,6 +1331,8 @@ def _scan_inside(data: bytes, leaf_words: Sequence[str], add: _Add, *, multiline
                     continue  # "password: see the docs" is prose, not YAML
                 if sep == b":" and raw_sep[:1] in (b" ", b"\t") and raw_sep.endswith(b":"):
                     continue  # psql's variable interpolation (PASSWORD :'pw'), not a YAML key
+                if raw_sep == b":" and not m.group(1) and "." in m.group(key_group).decode("utf-8", "replace"):
+                    continue  # host.pw:443 (a domain and its port), neither YAML (key: value) nor JSON ("key":)
             found((start, end), kind, rule, name.words)
     for regex, rule in ((_SQL_RE, "sql"), (_NETRC_RE, "netrc")):
         if b"password" not in low and b"identified" not in low:

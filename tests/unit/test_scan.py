@@ -488,3 +488,18 @@ def test_a_libpq_uri_with_its_password_in_the_query() -> None:
         (3, Kind.PASSWORD, Secret("Q-pw-8"), "assignment"),
     ]
     assert found[0].secret_name.endswith("toph-password")
+
+
+def test_a_domain_ending_in_a_credential_word_and_its_port_is_no_password() -> None:
+    """nginx's `return 200 '{"m.server":"example.pw:443"}'` (a public configuration, stop 22): ``pw:443`` is
+    the .pw domain's port, not a `pw` key (YAML wants `key: value`, JSON a quoted key); those still are."""
+    found = scan(
+        """{
+          a.extraConfig = ''
+            return 200 '{"m.server":"example.pw:443"}';
+          '';
+          b.text = "db.password: Kx-pw-44";
+          c.text = ''{"password":"Jq-pw-55"}'';
+        }"""
+    )
+    assert [(f.line, f.value) for f in found] == [(5, Secret("Kx-pw-44")), (6, Secret("Jq-pw-55"))]
