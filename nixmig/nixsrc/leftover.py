@@ -59,6 +59,9 @@ class Leftover:
     # the container variable, when this is a second credential of a container this migration can move
     # onto its own secret with its value kept (nixmig.toml's also): patch offers that by itself
     companion: str = ""
+    # a password inside SQL text: the generic by-hand recipe (an env file rendered for a unit) does not
+    # fit; the line says what to do instead
+    in_sql: bool = False
 
 
 def digest(value: bytes) -> bytes:
@@ -294,7 +297,13 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             "FILE:LINE` keeps the value)"
         )
     if f.rule == "sql":
-        return "a password inside SQL text (an initialScript or a script): nixmig has no edit for it"
+        return (
+            "a password inside SQL text (an initialScript or a script): nixmig has no edit for this statement (it "
+            "takes the PASSWORD clause out of a CREATE/ALTER ROLE of the migration's role in "
+            "services.postgresql.initialScript, and sets the password from the agenix file in a oneshot after the "
+            "server is up); by hand: drop the clause, then set the password at run time from "
+            "config.age.secrets.NAME.path (psql's \\set pw `cat FILE` and ALTER ROLE ... PASSWORD :'pw')"
+        )
     named = string_shape(f.attr_path.split(".")) if f.attr_path else None
     if named is not None:
         return named
@@ -552,7 +561,9 @@ def leftovers(
             # a companion only of a container this migration patches: another database's container in the
             # same file (its MYSQL_ROOT_PASSWORD) is another migration's
             mine = var if same or not containers or _in_container(f, name, containers) else ""
-            out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end, mine))
+            out.append(
+                Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end, mine, f.rule == "sql")
+            )
         # the password itself where scan saw none (a value that reads like a placeholder,
         # "SECURE_PASSWORD_HERE"): the plan recognised it as the password, so it is one here too
         seen = {(o.file, o.line) for o in out if o.file == name}

@@ -2661,7 +2661,8 @@ class Builder:
         for left in found:
             self.masks.append((left.file, left.start, left.end))
             path = tuple(left.attribute.split(".")) if left.attribute else ()
-            snippet = "" if string_shape(path) else self.generic_snippet(path)  # the line says what to do
+            # the line says what to do
+            snippet = "" if string_shape(path) or left.in_sql else self.generic_snippet(path)
             if given_up and left.start in {m for f, m, _ in self.masks[:-1] if f == left.file}:
                 # a literal the plan had an edit for: the reason it stays is the file above, not its shape
                 what = left.what.partition(": ")[0] + ": left as it is: every edit was given up (the first item)"

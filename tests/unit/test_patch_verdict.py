@@ -942,3 +942,24 @@ def test_the_refusal_s_first_item_is_in_a_file_that_names_the_migration(tmp_path
     plan = pt.plan(sources, pt.spec_for(cfg, migration))
     files = [m.file for m in plan.manual]
     assert files[:2] == ["services/ledger.nix", "modules/wrap.nix"], files
+
+
+def test_a_password_in_sql_nixmig_cannot_edit_gets_sql_advice_not_an_env_file_recipe() -> None:
+    """`CREATE USER IF NOT EXISTS app WITH PASSWORD '...'` (MySQL's IF NOT EXISTS; a public configuration,
+    stop 22): no clause nixmig takes out, so by hand; the recipe printed under it was an env file rendered
+    for a unit, with the password as a variable named initialScript. Now: what to do with SQL, no snippet."""
+    src = {
+        "db.nix": b"""{ pkgs, ... }:
+{
+  services.postgresql.enable = true;
+  services.postgresql.initialScript = pkgs.writeText "init.sql" ''
+    CREATE USER IF NOT EXISTS app WITH PASSWORD 'app-pw-6710';
+  '';
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app"))
+    (item,) = plan.manual
+    assert (item.file, item.line) == ("db.nix", 5), item
+    assert "SQL text" in item.what and "ALTER ROLE" in item.what and item.snippet == "", item
+    assert "EnvironmentFile" not in item.what
