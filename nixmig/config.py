@@ -365,6 +365,9 @@ def _check_move(name: str, mig: Migration, where: str) -> None:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# an also key that is another PostgreSQL role whose password services.postgresql.initialScript sets
+# ("role:blocky"): its clause leaves the SQL, a oneshot sets it from its own secret (value kept)
+ROLE_KEY = re.compile(r"role:[A-Za-z_][A-Za-z0-9_]{0,62}")
 # an also key that is a NixOS option taking a file (services.nextcloud.config.adminpassFile)
 OPTION_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*(\.[A-Za-z_][A-Za-z0-9_'-]*)+")
 
@@ -389,12 +392,13 @@ def _check_also(name: str, mig: Migration, where: str) -> None:
     seen: dict[str, str] = {}
     for var, secret in mig.also.items():
         key = f"migrations.{name}.also.{var}"
-        if not _ENV_NAME.fullmatch(var) and not OPTION_PATH.fullmatch(var):
+        if not _ENV_NAME.fullmatch(var) and not OPTION_PATH.fullmatch(var) and not ROLE_KEY.fullmatch(var):
             raise ConfigError(
                 f"migrations.{name}.also: {_show(var)} is not an environment variable name",
                 where=where,
-                hint="letters, digits and _, not starting with a digit (e.g. MYSQL_ROOT_PASSWORD), or a NixOS "
-                'option that takes a file, quoted (e.g. "services.nextcloud.config.adminpassFile")',
+                hint="letters, digits and _, not starting with a digit (e.g. MYSQL_ROOT_PASSWORD), a NixOS "
+                'option that takes a file, quoted (e.g. "services.nextcloud.config.adminpassFile"), or another '
+                'PostgreSQL role whose password services.postgresql.initialScript sets, quoted (e.g. "role:blocky")',
             )
         if not _SECRET_NAME.fullmatch(secret):
             raise ConfigError(
@@ -421,8 +425,10 @@ def _check_also(name: str, mig: Migration, where: str) -> None:
 def also_name(var: str) -> str:
     """The secret name a refusal suggests for a companion credential: MYSQL_ROOT_PASSWORD -> mysql-root-password;
     an option that takes a file, by its service and its name: services.nextcloud.config.adminpassFile ->
-    nextcloud-adminpass."""
-    if OPTION_PATH.fullmatch(var):
+    nextcloud-adminpass; another role of an initialScript: role:blocky -> blocky-db-password."""
+    if ROLE_KEY.fullmatch(var):
+        var = var.removeprefix("role:") + "-db-password"
+    elif OPTION_PATH.fullmatch(var):
         parts = var.split(".")
         last = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", parts[-1].removesuffix("File")) or "secret"
         var = f"{parts[1] if parts[0] == 'services' and len(parts) > 2 else parts[0]}-{last}"

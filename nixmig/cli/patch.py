@@ -283,13 +283,21 @@ def _patch_one(
         toml = None  # shown, not written: --write refuses with this line
         notes.append(f"{e} ({e.hint})" if e.hint else str(e))
     for var, secret in plan.auto_also:
-        held = (
-            f"{var} reads a credential of its own from the Nix store (the database's value, or another secret of the "
-            f"service this migration patches)"
-            if "." in var  # an option that takes a file (nixsrc/shapes/option_companion.py)
-            else f"{var} is a credential of its own, hardcoded in a container this migration patches (the database's "
-            f"password under another name, root's, another token)"
-        )
+        if var.startswith("role:"):  # another role of an initialScript (nixsrc/shapes/initial_script.py)
+            held = (
+                f"role {var.removeprefix('role:')}'s password is set in the same services.postgresql.initialScript "
+                "(another role's credential, in the Nix store)"
+            )
+        elif "." in var:  # an option that takes a file (nixsrc/shapes/option_companion.py)
+            held = (
+                f"{var} reads a credential of its own from the Nix store (the database's value, or another secret "
+                "of the service this migration patches)"
+            )
+        else:
+            held = (
+                f"{var} is a credential of its own, hardcoded in a container this migration patches (the "
+                "database's password under another name, root's, another token)"
+            )
         notes.append(
             f"{held}: it moves onto its own secret {secret}, its value "
             f"kept (a rotation must not change it), and --write adds it to also in [migrations.{name}] of "

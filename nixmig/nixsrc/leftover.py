@@ -651,8 +651,11 @@ def _covered_span(start: int, end: int, spans: Sequence[tuple[int, int]]) -> boo
 
 
 def copies_of(values: Collection[bytes]) -> re.Pattern[bytes]:
-    """A copy of one of ``values`` as a word of its own, also right after a ``-p`` flag (``mysql -pPW``)."""
-    return re.compile(b"|".join(rb"(?:(?<![\w-])|(?<=\s-p))" + re.escape(v) + rb"(?![\w-])" for v in sorted(values)))
+    """A copy of one of ``values`` as a word of its own, also right after a ``-p`` flag (``mysql -pPW``); not a
+    segment of a dotted or slashed name (sops' ``"authentik.email.password"``, ``"paperless/password.env"``)."""
+    return re.compile(
+        b"|".join(rb"(?:(?<![\w.\-/])|(?<=\s-p))" + re.escape(v) + rb"(?![\w-]|[./]\w)" for v in sorted(values))
+    )
 
 
 def _nixos_test(fm: FileModel) -> bool:

@@ -1069,6 +1069,7 @@ class Builder:
         """The values the plan takes out of the tree (the bytes it masks), each at least 6 bytes long and no
         name the migration uses (a password that is the role's name: a text naming the role is no copy)."""
         names = {n.encode() for n in (self.spec.role, self.spec.container, self.spec.db_service, self.spec.secret) if n}
+        names |= {k.removeprefix("role:").encode() for k, _ in self.spec.also if k.startswith("role:")}  # companions'
         values: set[bytes] = set()
         # not a by-hand item's literal: masked in the diff only, it stays (another role's password in the same
         # script: its word, "blocky", is the database's name too, all over the file)
@@ -1901,11 +1902,14 @@ class Builder:
         secret NAME (its value kept): ``VAR_FILE`` / ``FILE__VAR`` and a bind mount where the image reads
         one, else a line of the env file the container's unit already renders. A VAR found nowhere in
         scope, or in a shape nixmig cannot edit, is said (never ignored)."""
-        from nixmig.nixsrc.shapes import activation_heredoc, option_companion, shared_env
+        from nixmig.nixsrc.shapes import activation_heredoc, initial_script, option_companion, shared_env
 
         for var, secret in self.spec.also:
             if option_companion.is_option_key(var):  # an option that takes a file: its own shape module
                 option_companion.move(self, var, secret)
+                continue
+            if var.startswith("role:"):  # another role of an initialScript
+                initial_script.move_role(self, var.removeprefix("role:"), secret)
                 continue
             found = False
             for fm, b in list(self.all_binds()):

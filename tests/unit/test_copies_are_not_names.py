@@ -28,18 +28,25 @@ OTHER_ROLE = b"""{ pkgs, ... }:
 
 
 def test_another_role_s_password_is_no_copy_of_ours_in_the_second_pass(tmp_path: Path) -> None:
-    """The other role's literal is a by-hand item (masked in the diff, left in the tree); its word, the
-    database's name all over the file, is not carried to the second pass as a value the edits take out."""
+    """The other role's literal moves as a companion (also "role:blocky", value kept; it was a by-hand item
+    before stop 22); its word, the database's name all over the file, is not carried to the second pass as a
+    value the edits take out: no "still holds this migration's password", and the GRANTs naming it stay."""
     repo = tmp_path / "repo"
     shutil.copytree(FIXTURES / "shapes" / "native-initialscript-other-role", repo)
     (repo / "case.json").unlink()
+    (repo / "expected.diff").unlink()
     (repo / "hosts/box/db.nix").write_bytes(OTHER_ROLE)
     proc = run_cli("patch", "--write", cwd=repo)
     err = (proc.stdout + proc.stderr).decode()
     assert proc.returncode == 1, err
-    assert "1 to do by hand" in err, err
-    assert err.count("by hand: ") == 1 and "sets the password of role blocky" in err, err
-    assert "still holds this migration's password" not in err, err
+    assert "take the value(s) first: nixmig secret new blocky-db-password --from hosts/box/db.nix:7;" in err, err
+    assert run_cli("secret", "new", "blocky-db-password", "--from", "hosts/box/db.nix:7", cwd=repo).returncode == 0
+    proc = run_cli("patch", "--write", cwd=repo)
+    err = (proc.stdout + proc.stderr).decode()
+    assert proc.returncode == 0, err
+    assert "by hand: " not in err and "still holds this migration's password" not in err, err
+    out = (repo / "hosts/box/db.nix").read_text()
+    assert "GRANT ALL PRIVILEGES ON DATABASE blocky TO blocky;" in out and "'blocky'" not in out, out
 
 
 def test_a_name_equal_to_a_moved_value_is_no_copy_of_it() -> None:

@@ -33,6 +33,12 @@ def _with_also(value: str) -> str:
 # ---------------------------------------------------------------- nixmig.toml
 
 
+def test_also_names_another_role_of_an_initial_script(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, _with_also('{ "role:blocky" = "blocky-db-password" }'))
+    assert cfg.migrations["twenty-db-password"].also == {"role:blocky": "blocky-db-password"}
+    assert config.also_name("role:blocky") == "blocky-db-password"
+
+
 def test_also_is_read_as_var_to_secret(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, _with_also('{ MYSQL_ROOT_PASSWORD = "db-root", APP_SECRET = "app/secret" }'))
     mig = cfg.migrations["twenty-db-password"]
@@ -47,6 +53,7 @@ def test_also_is_read_as_var_to_secret(tmp_path: Path) -> None:
     [
         ('{ "A-B" = "x" }', "also: 'A-B' is not an environment variable name", "letters, digits and _"),
         ('{ "1A" = "x" }', "also: '1A' is not an environment variable name", "letters, digits and _"),
+        ('{ "role:a-b" = "x" }', "also: 'role:a-b' is not an environment variable name", '"role:blocky"'),
         ('{ A = "../x" }', "also.A: '../x' is not an agenix secret name", "nixmig secret new"),
         ('{ A = "" }', "also.A: '' is not an agenix secret name", "nixmig secret new"),
         (

@@ -963,3 +963,40 @@ def test_a_password_in_sql_nixmig_cannot_edit_gets_sql_advice_not_an_env_file_re
     assert (item.file, item.line) == ("db.nix", 5), item
     assert "SQL text" in item.what and "ALTER ROLE" in item.what and item.snippet == "", item
     assert "EnvironmentFile" not in item.what
+
+
+def test_another_role_of_an_initial_script_moves_as_a_companion_its_value_kept(tmp_path: Path) -> None:
+    """initialScript setting the migration's role's password and another role's (two blind cases, stop 22):
+    the other one moves onto its own secret with its value kept (also "role:reports"), its own oneshot; the
+    first --write names the `secret new --from` that takes it from its line, the second writes, and nixmig.toml
+    gets the also entry."""
+    repo = tmp_path / "repo"
+    shutil.copytree(SHAPES / "native-initialscript-other-role", repo)
+    (repo / "case.json").unlink()
+    (repo / "expected.diff").unlink()
+    run_cli("secret", "new", "ledger-db-password", "--repo", str(repo))
+    out = run_cli("patch", "--repo", str(repo), "--write")
+    err = out.stderr.decode()
+    assert out.returncode == 1, err
+    takes = err.split("take the value(s) first: ")[1].split("; then")[0].split(" && ")
+    assert [t.split()[3:] for t in takes] == [["reports-db-password", "--from", "hosts/box/db.nix:7"]], takes
+    assert run_cli(*takes[0].split()[1:], "--repo", str(repo)).returncode == 0
+    out = run_cli("patch", "--repo", str(repo), "--write")
+    assert out.returncode == 0, out.stderr.decode()
+    nix = (repo / "hosts/box/db.nix").read_text()
+    assert "reports-pw" not in nix and "ALTER ROLE \"reports\" PASSWORD :'pw';" in nix
+    assert "config.age.secrets.reports-db-password.path" in nix
+    assert 'also = { "role:reports" = "reports-db-password" }' in (repo / "nixmig.toml").read_text()
+    assert run_cli("patch", "--repo", str(repo), "--check").returncode == 0
+    assert run_cli("scan", str(repo), "--fail-on-findings").returncode == 0
+
+
+def test_a_password_word_inside_secret_names_is_no_copy_of_it() -> None:
+    """The password "password" beside sops secret names "authentik.email.password" (a blind case, stop 22):
+    a segment of a dotted or slashed name is no copy; a word of its own still is."""
+    token = lo.copies_of([b"password"])
+    assert token.search(b'config.sops.placeholder."authentik.email.password"') is None
+    assert token.search(b"paperless/password.env") is None
+    assert token.search(b"postgres://u:password@db/x") is not None
+    assert token.search(b"PGPASSWORD=password psql") is not None
+    assert token.search(b"mysql -ppassword") is not None

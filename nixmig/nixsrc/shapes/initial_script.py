@@ -8,8 +8,10 @@ initialScript is a file in the world-readable Nix store.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from nixmig.config import ROLE_KEY, also_name
 from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.quote import escape_indented, nix_attr
 from nixmig.nixsrc.render import template
@@ -19,17 +21,20 @@ from nixmig.nixsrc.sqlpass import clauses, role_identifier
 if TYPE_CHECKING:
     from tree_sitter import Node
 
-    from nixmig.nixsrc.model import FileModel, NixPath
+    from nixmig.nixsrc.model import Bind, FileModel, NixPath
     from nixmig.nixsrc.patch import Builder
 
 
 INITIAL_SCRIPT = ("services", "postgresql", "initialScript")
 
 
-def apply(b: Builder, password: str | None) -> None:
+def _scripts(b: Builder) -> Iterator[tuple[FileModel, Bind, Node, NixPath, str]]:
+    """Each initialScript nixmig may edit: (file, binding, its SQL string, the prefix of the configuration
+    that holds it: () or a specialisation's, where to say it is). A specialisation that does not inherit
+    the host's configuration is said (by hand), not yielded."""
     from nixmig.nixsrc.patch import written_text
 
-    for fm, bind in b.all_binds():
+    for fm, bind in list(b.all_binds()):
         if bind.path[-3:] != INITIAL_SCRIPT or not bind.exact:
             continue
         prefix = bind.path[:-3]  # the host's own configuration, or a specialisation's (the oneshot goes there)
@@ -39,16 +44,22 @@ def apply(b: Builder, password: str | None) -> None:
         if node is None:
             continue
         if prefix and not _inherits(b, prefix):
-            b.manual_here(
-                fm,
-                bind.value,
-                f"services.postgresql.initialScript inside specialisation.{prefix[1]}, which sets "
-                f"inheritParentConfig = false: the host's age.secrets do not reach that configuration, and "
-                f"nixmig will not declare the secret twice; move the database out of it, or patch by hand",
-                "",
-            )
+            if (fm.name, bind.value.start_byte) not in b.handled:
+                b.handled.add((fm.name, bind.value.start_byte))
+                b.manual_here(
+                    fm,
+                    bind.value,
+                    f"services.postgresql.initialScript inside specialisation.{prefix[1]}, which sets "
+                    f"inheritParentConfig = false: the host's age.secrets do not reach that configuration, and "
+                    f"nixmig will not declare the secret twice; move the database out of it, or patch by hand",
+                    "",
+                )
             continue
-        where = ".".join(bind.path) + " (a file in the world-readable Nix store)"
+        yield fm, bind, node, prefix, ".".join(bind.path) + " (a file in the world-readable Nix store)"
+
+
+def apply(b: Builder, password: str | None) -> None:
+    for fm, bind, node, prefix, where in _scripts(b):
         unit = (*prefix, "systemd", "services", unit_name(b))
         if remove_clauses(b, fm, node, password, where):
             role_unit(b, fm, bind.node, prefix=prefix)
@@ -59,25 +70,65 @@ def apply(b: Builder, password: str | None) -> None:
         _other_roles(b, fm, node)
 
 
+def move_role(b: Builder, role: str, secret: str) -> None:
+    """``also = { "role:ROLE" = "SECRET" }``: another role's PASSWORD clause leaves the initialScript and a
+    oneshot of its own sets that role's password from SECRET (its value kept, as any companion); a tree
+    moved already (the oneshot there) is checked; nothing found is said."""
+    from nixmig.nixsrc.patch import Manual
+
+    found = False
+    for fm, bind, node, prefix, where in _scripts(b):
+        if remove_clauses(b, fm, node, None, where, role=role, companion=secret):
+            found = True
+            role_unit(b, fm, bind.node, prefix=prefix, role=role, secret=secret)
+            b.sql_file = b.sql_file or fm
+    unit = unit_name(b, secret)
+    if found or any(x.path[-3:] == ("systemd", "services", unit) for _, x in b.all_binds()):
+        b.also_replaced.setdefault(secret, [])
+        return
+    b.manual.append(
+        Manual(
+            "",
+            0,
+            0,
+            f'also names "role:{role}" (secret {secret!r}), but no services.postgresql.initialScript sets a '
+            f"password of role {role}: remove it from also in [migrations.{b.spec.migration or '…'}], or check "
+            "its name",
+            "",
+        )
+    )
+
+
 def _other_roles(b: Builder, fm: FileModel, node: Node) -> None:
     """Another role's PASSWORD beside the migration's: left, and said as what it is (at its line, so the
-    verdict's line for it is this one)."""
+    verdict's line for it is this one); a plain clause is a companion patch moves by itself (``role:NAME``,
+    its own secret, value kept), one in also is moved already (move_role)."""
     from nixmig.nixsrc.patch import Manual
 
     raw = fm.source[node.start_byte : node.end_byte]
+    moved = {k.removeprefix("role:") for k, _ in b.spec.also if k.startswith("role:")}
     for c in clauses(raw):
-        if c.role != b.spec.role:
+        if c.role != b.spec.role and c.role not in moved:
             line, col = fm.line_col(node.start_byte + c.value_start)
             b.masks.append((fm.name, node.start_byte + c.value_start, node.start_byte + c.value_end))  # diffs
+            movable = not c.invalid and "'" not in c.password and ROLE_KEY.fullmatch(f"role:{c.role}") is not None
             b.manual.append(
                 Manual(
                     fm.name,
                     line,
                     col,
                     f"services.postgresql.initialScript sets the password of role {c.role}, another role than this "
-                    f"migration's ({b.spec.role}): it stays in the Nix store; give role {c.role} a migration of its "
-                    "own in nixmig.toml (its own secret: patch moves its clause the same way), or remove it",
+                    f"migration's ({b.spec.role}): it stays in the Nix store; "
+                    + (
+                        f"give role {c.role} a migration of its own in nixmig.toml (its own secret: patch moves its "
+                        f'clause the same way), or name it in also ("role:{c.role}" = '
+                        f'"{also_name("role:" + c.role)}": its value kept)'
+                        if movable
+                        else f"nixmig does not take this clause out (a quote in its value, or a statement that never "
+                        f"ran): set role {c.role}'s password by hand, or remove it"
+                    ),
                     "",
+                    f"role:{c.role}" if movable else "",
                 )
             )
 
@@ -117,16 +168,28 @@ def _inherits(b: Builder, prefix: NixPath) -> bool:
 
 
 def remove_clauses(
-    b: Builder, fm: FileModel, node: Node, password: str | None, where: str, *, in_shell: bool = False
+    b: Builder,
+    fm: FileModel,
+    node: Node,
+    password: str | None,
+    where: str,
+    *,
+    in_shell: bool = False,
+    role: str | None = None,
+    companion: str | None = None,
 ) -> bool:
-    """Cut every ``PASSWORD '...'`` of the migration's role out of the SQL in the string ``node``;
-    True when one was. Another role's clause, or a value nixmig would have to unescape, is left
+    """Cut every ``PASSWORD '...'`` of the migration's role (or ``role``) out of the SQL in the string
+    ``node``; True when one was. Another role's clause, or a value nixmig would have to unescape, is left
     (the verdict says it); ``password`` only decides whether to say the values differ. ``in_shell``:
-    the SQL sits in a shell command (``psql -c "..."``)."""
+    the SQL sits in a shell command (``psql -c "..."``). ``companion``: the secret of another role moved
+    with its value kept (also's ``role:NAME``), not the migration's."""
+    role = role or b.spec.role
     raw = fm.source[node.start_byte : node.end_byte]
     cut = False
     for c in clauses(raw, in_shell=in_shell):
-        if c.role != b.spec.role or "'" in c.password:
+        if c.role != role or "'" in c.password:
+            continue
+        if (fm.name, node.start_byte + c.value_start) in b.handled:
             continue
         base = node.start_byte
         if c.invalid:  # the statement never ran: setting the password after it would fail on a missing role
@@ -156,8 +219,14 @@ def remove_clauses(
                 f"plan recognised; the role gets the agenix secret, the clause goes all the same"
             )
         b.masks.append((fm.name, base + c.value_start, base + c.value_end))
-        b.known.add(digest(c.password.encode()))
-        b.replaced.append(f"the PASSWORD of role {c.role} at {fm.where(base + c.value_start)}")
+        b.handled.add((fm.name, base + c.value_start))
+        place = f"the PASSWORD of role {c.role} at {fm.where(base + c.value_start)}"
+        if companion is None:
+            b.known.add(digest(c.password.encode()))
+            b.replaced.append(place)
+        else:
+            b.also_known.add(digest(c.password.encode()))
+            b.also_replaced.setdefault(companion, []).append(place)
         if c.whole is not None:
             b.ed.add(
                 fm,
@@ -178,17 +247,19 @@ def remove_clauses(
     return cut
 
 
-def unit_name(b: Builder) -> str:
+def unit_name(b: Builder, secret: str | None = None) -> str:
     from nixmig.nixsrc.patch import credential_name
 
-    return f"nixmig-{credential_name(b.spec.secret)}-password"
+    return f"nixmig-{credential_name(secret or b.spec.secret)}-password"
 
 
-def add_unit(b: Builder, fm: FileModel, near: Node, render: object, why: str, prefix: NixPath = ()) -> None:
+def add_unit(
+    b: Builder, fm: FileModel, near: Node, render: object, why: str, prefix: NixPath = (), secret: str | None = None
+) -> None:
     """Bind ``systemd.services.<unit_name>`` (rendered by ``render(attr)``) in the config root that holds
     ``near`` (under ``prefix`` there: a specialisation's configuration), once per plan and only when the
     tree has no such unit yet."""
-    unit = unit_name(b)
+    unit = unit_name(b, secret)
     path = (*prefix, "systemd", "services", unit)
     if any(x.path[: len(path)] == path for _, x in b.all_binds()) or unit in b.role_units:
         return
@@ -202,24 +273,36 @@ def add_unit(b: Builder, fm: FileModel, near: Node, render: object, why: str, pr
     b.need(fm, ("config",))
 
 
-def role_unit(b: Builder, fm: FileModel, near: Node, after: str | None = None, prefix: NixPath = ()) -> None:
+def role_unit(
+    b: Builder,
+    fm: FileModel,
+    near: Node,
+    after: str | None = None,
+    prefix: NixPath = (),
+    role: str | None = None,
+    secret: str | None = None,
+) -> None:
+    """The oneshot that sets the password of the migration's role (or a companion ``role`` from its
+    ``secret``) from the agenix file after PostgreSQL is up."""
     from nixmig.nixsrc.patch import credential_name
 
     spec = b.spec
+    role, secret = role or spec.role, secret or spec.secret
+    on_host = spec.secret_on_host if secret == spec.secret else f"config.age.secrets.{nix_attr(secret)}.path"
     tpl = template("role-password.nix.j2")
-    role_sql = escape_indented(role_identifier(spec.role), before_antiquote=False)
+    role_sql = escape_indented(role_identifier(role), before_antiquote=False)
     add_unit(
         b,
         fm,
         near,
-        lambda attr: str(
-            tpl.unit(attr, spec.secret, nix_attr(spec.secret), spec.role, role_sql, credential_name(spec.secret), after)
-        ),
-        f"the oneshot {unit_name(b)} sets the password of role {spec.role} from {spec.secret_on_host} after "
+        lambda attr: str(tpl.unit(attr, secret, nix_attr(secret), role, role_sql, credential_name(secret), after)),
+        f"the oneshot {unit_name(b, secret)} sets the password of role {role} from {on_host} after "
         f"PostgreSQL is up, at each boot and deploy (the password is read by psql from the credential file: "
         f"never in the store, an argv or the server's log)"
-        + (f"; in specialisation.{prefix[1]}, beside the server it sets" if prefix else ""),
+        + (f"; in specialisation.{prefix[1]}, beside the server it sets" if prefix else "")
+        + ("" if secret == spec.secret else " (a companion: its value kept)"),
         prefix,
+        secret,
     )
 
 
