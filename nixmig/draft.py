@@ -46,7 +46,7 @@ from nixmig.nixsrc.lets import LetLiteral, let_literals, resolve
 from nixmig.nixsrc.model import FileModel, NixPath, decode_string, model, unparen
 from nixmig.nixsrc.parse import parse_checked, text
 from nixmig.nixsrc.quote import comment_text
-from nixmig.nixsrc.shapes.file_provider import datasource_fields, grafana_datasource
+from nixmig.nixsrc.shapes.file_reference import datasource_fields, grafana_datasource
 
 if TYPE_CHECKING:
     from tree_sitter import Node

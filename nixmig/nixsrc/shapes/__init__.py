@@ -40,7 +40,6 @@ def _table() -> tuple[Shape, ...]:
         env_file_option,
         env_setting_move,
         etc_file,
-        file_provider,
         file_reference,
         initial_script,
         let_script,
@@ -70,7 +69,6 @@ def _table() -> tuple[Shape, ...]:
         env_file_option.SHAPE,
         env_setting_move.SHAPE,
         settings_url.SHAPE,
-        file_provider.SHAPE,
         libpq_dsn.SHAPE,
     )
 

@@ -1,10 +1,15 @@
 """A setting whose string value may name a file instead of holding the secret: Grafana reads
 ``$__file{PATH}`` in any of its settings (``services.grafana.settings.security.admin_password``,
-``settings.database.password``, the older ``services.grafana.security.adminPassword``).
+``settings.database.password``, the older ``services.grafana.security.adminPassword``), and in its
+provisioning files: a provisioned datasource's password
+(``services.grafana.provision.datasources.settings.datasources = [ { ...; secureJsonData.password = ...; } ]``:
+grafana's provisioning ``interpolateValue`` runs ``setting.ExpandVar`` on every string value). grafana
+reads the file and trims its whitespace.
 
 The literal becomes ``"$__file{${config.age.secrets.NAME.path}}"``: the Nix store holds the path
 only, the agenix file is owned by the user the service runs as. Which literal: the password the
-plan recognised, else one the option names (:func:`nixmig.nixsrc.shapes.naming.named_by`).
+plan recognised, else one the option names (:func:`nixmig.nixsrc.shapes.naming.named_by`), or a
+provisioned datasource's whose ``user`` is the migration's role (grafana is a client of that database).
 """
 
 from __future__ import annotations
@@ -12,17 +17,57 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nixmig.nixsrc.leftover import digest
-from nixmig.nixsrc.model import decode_string
+from nixmig.nixsrc.model import decode_string, unparen
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.scan import Kind, classify_name
 from nixmig.nixsrc.shapes import Shape
 from nixmig.nixsrc.shapes.naming import named_by
 
 if TYPE_CHECKING:
+    from tree_sitter import Node
+
+    from nixmig.nixsrc.model import FileModel, NixPath
     from nixmig.nixsrc.patch import Builder
 
 # services.X -> how a value names a file instead: (before the path, after it)
 READS_FILE_REFERENCE: dict[str, tuple[str, str]] = {"grafana": ("$__file{", "}")}
+
+DATASOURCES = ("services", "grafana", "provision", "datasources", "settings", "datasources")
+# a datasource's keys that hold its password (grafana's provisioning format), directly or in jsonData /
+# secureJsonData (where grafana wants it; jsonData.password is what some configurations write)
+_DATASOURCE_KEYS = frozenset({"password", "basicAuthPassword"})
+_DATASOURCE_NESTS = frozenset({"jsonData", "secureJsonData"})
+
+
+def grafana_datasource(path: NixPath) -> bool:
+    """``path`` is a provisioned datasource's password (a client's copy of a database's password)."""
+    if path[: len(DATASOURCES)] != DATASOURCES:
+        return False
+    rest = path[len(DATASOURCES) :]
+    return (len(rest) == 1 and rest[0] in _DATASOURCE_KEYS) or (
+        len(rest) == 2 and rest[0] in _DATASOURCE_NESTS and rest[1] in _DATASOURCE_KEYS
+    )
+
+
+def datasource_fields(fm: FileModel, node: Node) -> dict[str, str]:
+    """The literal fields (``user``, ``type``, ``jsonData.database``) of the provisioned datasource (a list
+    element under DATASOURCES) that holds ``node``; empty when ``node`` is in none."""
+    at: Node | None = node.parent
+    while at is not None and not (
+        at.type in ("attrset_expression", "rec_attrset_expression")
+        and at.parent is not None
+        and at.parent.type == "list_expression"
+    ):
+        at = at.parent
+    if at is None:
+        return {}
+    out: dict[str, str] = {}
+    for bind in fm.binds:
+        inside = at.start_byte <= bind.node.start_byte and bind.node.end_byte <= at.end_byte
+        value = decode_string(unparen(bind.value)) if inside and bind.path[: len(DATASOURCES)] == DATASOURCES else None
+        if value is not None:
+            out.setdefault(".".join(bind.path[len(DATASOURCES) :]), value)
+    return out
 
 
 def apply(b: Builder, password: str | None) -> None:
@@ -41,7 +86,12 @@ def apply(b: Builder, password: str | None) -> None:
             continue  # already a reference
         if password is not None and value != password:
             continue
-        if password is None and digest(value.encode()) not in b.known and not named_by(b, path):
+        if (
+            password is None
+            and digest(value.encode()) not in b.known
+            and not named_by(b, path)
+            and not (grafana_datasource(path) and datasource_fields(fm, lit.node).get("user") == b.spec.role)
+        ):
             continue
         b.mask_literal(fm, lit.node)
         b.known.add(digest(value.encode()))
@@ -63,5 +113,10 @@ SHAPE = Shape(
     "file-reference",
     'a setting of a service that reads "$__file{PATH}" (grafana): the literal becomes a reference to the agenix file',
     apply,
-    ("native-grafana-file-reference",),
+    (
+        "native-grafana-file-reference",
+        "native-grafana-settings-database-password",
+        "native-grafana-datasource-password",
+        "native-grafana-datasource-owned-by-gitea",
+    ),
 )
