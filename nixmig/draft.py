@@ -1298,12 +1298,14 @@ def _native_names(pg: Sequence[FileModel], fm: FileModel, p: NixPath, service: s
     """(role, database) of a nixpkgs service's database: its options, else ensureUsers/ensureDatabases."""
     parent = p[:-1]
     role_keys, name_keys = ["user", "username"], ["name"]  # keycloak: database.username
+    if parent[-1:] == ("args",):  # a driver's connection arguments (synapse's database.args): libpq's names
+        name_keys = ["database", "dbname"]
     env = re.fullmatch(r"([A-Z0-9_]+?)(_?)(?:PASSWORD|PASSWD|PASS)", p[-1])
     if env is not None:  # env-style settings: PHOTOPRISM_DATABASE_{USER,NAME} beside _PASSWORD, PAPERLESS_DBUSER
         stem, sep = env.group(1), env.group(2)  # beside PAPERLESS_DBPASS
         role_keys, name_keys = [f"{stem}{sep}USER", f"{stem}{sep}USERNAME"], [f"{stem}{sep}NAME"]
     role_key = next((k for k in role_keys if _lit(fm, (*parent, k))), role_keys[0])
-    name_key = name_keys[0]
+    name_key = next((k for k in name_keys if _lit(fm, (*parent, k))), name_keys[0])
     role = _lit(fm, (*parent, role_key))
     name = _lit(fm, (*parent, name_key))
     users: list[tuple[str, str]] = []

@@ -44,6 +44,7 @@ def _table() -> tuple[Shape, ...]:
         initial_script,
         let_script,
         libpq_dsn,
+        libpq_env,
         mysql_initial_script,
         run_argv,
         script_literal,
@@ -70,6 +71,7 @@ def _table() -> tuple[Shape, ...]:
         env_setting_move.SHAPE,
         settings_url.SHAPE,
         libpq_dsn.SHAPE,
+        libpq_env.SHAPE,
     )
 
 
