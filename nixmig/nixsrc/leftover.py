@@ -62,6 +62,8 @@ class Leftover:
     # a password inside SQL text: the generic by-hand recipe (an env file rendered for a unit) does not
     # fit; the line says what to do instead
     in_sql: bool = False
+    # it holds this migration's password (its value), not merely another hardcoded secret
+    ours: bool = False
 
 
 def digest(value: bytes) -> bytes:
@@ -561,9 +563,8 @@ def leftovers(
             # a companion only of a container this migration patches: another database's container in the
             # same file (its MYSQL_ROOT_PASSWORD) is another migration's
             mine = var if same or not containers or _in_container(f, name, containers) else ""
-            out.append(
-                Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end, mine, f.rule == "sql")
-            )
+            sql = f.rule == "sql"
+            out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end, mine, sql, same))
         # the password itself where scan saw none (a value that reads like a placeholder,
         # "SECURE_PASSWORD_HERE"): the plan recognised it as the password, so it is one here too
         seen = {(o.file, o.line) for o in out if o.file == name}
