@@ -474,6 +474,17 @@ def other_secrets(
     return out
 
 
+def _unread_let(fm: FileModel, f: Finding) -> bool:
+    """The finding is a let binding's literal whose name is no other word of the file (no variable, no
+    ``inherit``, no ``rec`` field reads it: a dead binding, 15V/05)."""
+    for let in let_literals(fm.root).values():
+        if let.literal.start_byte <= f.start < let.literal.end_byte and let.name == f.attr_path:
+            word = re.compile(rb"(?<![\w'-])" + re.escape(let.name.encode()) + rb"(?![\w'-])")
+            outside = fm.source[: let.binding.start_byte] + fm.source[let.binding.end_byte :]
+            return word.search(outside) is None
+    return False
+
+
 def leftovers(
     models: Mapping[str, FileModel],
     edits: Sequence[Edit],
@@ -551,6 +562,12 @@ def leftovers(
                 if cond
                 else _why(f, fm.source, role, name, migration, same)
             )
+            if not cond and _unread_let(fm, f):
+                why = (
+                    f"{f.attr_path} is bound in a let and its name appears nowhere else in {name}: nothing in this "
+                    "file reads it; delete the binding (the value stays in the repository's history: change it "
+                    "where it is really used)"
+                )
             if not same and f.attr_path and why == unknown_shape(_attr_path(f.attr_path)):
                 why += _role_hint(fm, f, role)  # "not this migration's" may be the default role's doing
             var = _companion_var(f, fm.source, migration, same)

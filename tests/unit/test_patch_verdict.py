@@ -1034,3 +1034,23 @@ def test_another_credential_sharing_the_database_s_value_blocks_a_move_not_a_rot
         assert "PASSWORD 'Shared-pw-4410'" not in out and 'registration_shared_secret = "Shared-pw-4410"' in out
     else:
         assert any(m.line == 6 for m in plan.manual), plan.manual
+
+
+def test_a_let_binding_nothing_reads_is_said_as_dead() -> None:
+    """`let dbPassword = "...";` that nothing in the file reads (a blind case, stop 22): the by-hand line says
+    so (delete it; the value is in the history) instead of "no template for this shape"; a name read by an
+    `inherit` elsewhere is not dead."""
+    text = b"""{ pkgs, ... }:
+let
+  dbPassword = "Dead-pw-3391";
+in
+{
+  services.nginx.enable = true;
+}
+"""
+    plan = pt.plan({"cloud.nix": text}, pt.Spec(secret="cloud-db-password", role="cloud"))
+    (m,) = plan.manual
+    assert m.line == 3 and "its name appears nowhere else in cloud.nix: nothing in this file reads it" in m.what
+    inherited = text.replace(b"services.nginx.enable = true;", b"environment.variables = { inherit dbPassword; };")
+    plan = pt.plan({"cloud.nix": inherited}, pt.Spec(secret="cloud-db-password", role="cloud"))
+    assert not any("appears nowhere else" in m.what for m in plan.manual), [m.what for m in plan.manual]
