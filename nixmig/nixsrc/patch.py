@@ -1065,12 +1065,6 @@ class Builder:
             if (sibling := nixpkgs_file_sibling(b.path)) is not None and b.exact:
                 siblings.append((fm, lit, value, sibling))
 
-    def other_secret_of_a_rotation(self, path: NixPath) -> bool:
-        """``path`` names another credential (synapse's ``registration_shared_secret``, ``REDIS_PASSWORD``) that
-        holds the database's value, under a rotation: two secrets that share a value today, and the rotation
-        separates them; it is no literal of this migration left (under move, whose value stays, it is)."""
-        return self.spec.strategy != "move" and _other_credential(path)
-
     def masked_values(self) -> set[bytes]:
         """The values the plan takes out of the tree (the bytes it masks), each at least 6 bytes long and no
         name the migration uses (a password that is the role's name: a text naming the role is no copy)."""
@@ -1178,15 +1172,6 @@ class Builder:
                 if ours and not self.let_used_in(name, let) and other and named is not None:
                     # `penpotSecretKey = "..."` with the database's value: another credential, not this password
                     line, col = fm.line_col(let.literal.start_byte)
-                    if self.other_secret_of_a_rotation((let.name,)):
-                        self.notes.append(
-                            f"{name}:{line}: {let.name} holds the database's password of today under another "
-                            f"credential's name (a {named.kind.value}): a secret of its own that shares the value; "
-                            "the rotation gives the database a new password and leaves this one as it is, still "
-                            f"hardcoded: give it its own secret (`nixmig secret new NAME --from {name}:{line}`, "
-                            "strategy move), or change it its own way"
-                        )
-                        continue
                     self.manual.append(
                         Manual(
                             name,
@@ -2695,15 +2680,19 @@ class Builder:
             )
             if given_up:
                 companion = ""  # nothing moves: no companion to take first
-            elif not companion and left.ours and self.other_secret_of_a_rotation(path):
-                self.notes.append(
-                    f"{left.file}:{left.line}: {left.attribute} holds the database's password of today under another "
-                    "credential's name: a secret of its own that shares the value; the rotation gives the database "
-                    "a new password and leaves this one as it is (no longer the database's), still hardcoded: give "
-                    "it a migration of its own (strategy move keeps its value), or change it its own way"
+            what = left.what
+            if not companion and left.ours and _other_credential(path):
+                # the database's value under another credential's name (synapse's registration_shared_secret):
+                # the generic recipe would render it from the database's secret, which a rotation changes
+                snippet = ""
+                what = (
+                    f"{left.what}; it is another credential (by its name) that shares the database's value: two "
+                    "secrets in one, which nixmig does not move onto the database's secret (a rotation would change "
+                    "it while what reads it keeps the old one): give it its own secret first (a migration of its "
+                    f"own, strategy move: `nixmig secret new NAME --from {left.file}:{left.line}`), or change its "
+                    "value, then patch again"
                 )
-                continue
-            self.manual.append(Manual(left.file, left.line, left.col, left.what, snippet, companion))
+            self.manual.append(Manual(left.file, left.line, left.col, what, snippet, companion))
         if not found and not self.ed.items and not self.manual and not in_use:
             self.manual.append(
                 Manual(

@@ -29,9 +29,9 @@ in
 """
 
 
-def _plan(redis: bytes, strategy: str = "rotate") -> tuple[pt.Plan, bytes]:
+def _plan(redis: bytes) -> tuple[pt.Plan, bytes]:
     src = {"immich.nix": APP.replace(b"RVALUE", redis)}
-    plan = pt.plan(src, pt.Spec(secret="immich-db-password", role="immich", strategy=strategy))
+    plan = pt.plan(src, pt.Spec(secret="immich-db-password", role="immich"))
     return plan, plan.results(src).get("immich.nix", src["immich.nix"])
 
 
@@ -44,16 +44,8 @@ def test_the_password_leaves_the_let_chain_and_redis_stays() -> None:
 
 
 def test_another_credential_with_the_same_text_is_said_as_that() -> None:
-    """redisPassword = the database's text: two secrets in one, said as such (not "no edit for this shape").
-    A rotation separates them (the database gets a new one, redis keeps its own): the edits are written and a
-    note says it (a blind case, stop 22); under move, whose value stays, it is by hand."""
-    plan, out = _plan(b"Imm-db-pw-881")
-    assert plan.manual == (), [m.what for m in plan.manual]
-    (note,) = [n for n in plan.notes if "redisPassword" in n]
-    assert "redisPassword holds the database's password of today under another credential's name" in note, note
-    assert "Imm-db-pw-881" not in note and b"DB_PASSWORD = dbPassword" not in out
-    assert b'redisPassword = "Imm-db-pw-881";' in out and b"REDIS_PASSWORD = redisPassword;" in out
-    plan, _ = _plan(b"Imm-db-pw-881", strategy="move")
+    """redisPassword = the database's text: two secrets in one, said as such (not "no edit for this shape")."""
+    plan, _ = _plan(b"Imm-db-pw-881")
     (item,) = plan.manual
     assert "redisPassword holds the database's value under another credential's name" in item.what, item.what
 

@@ -105,19 +105,8 @@ def test_a_literal_beside_its_file_option_set_already_is_no_companion() -> None:
     )
     plan = pt.plan({**sources, "hosts/lab/apps.nix": nix}, spec, find_companions=True)
     assert dict(plan.auto_also) == {ADMIN: "nextcloud-adminpass"}
-    # under rotate the admin's literal is another secret sharing today's value (the rotation separates them,
-    # stop 22): a note, never a companion; under move, whose value stays, it is this migration's: by hand
-    assert plan.manual == (), [m.what for m in plan.manual]
-    (note,) = [n for n in plan.notes if "PHOTOPRISM_ADMIN_PASSWORD" in n]
-    assert "under another credential's name" in note, note
-    plan = pt.plan(
-        {**sources, "hosts/lab/apps.nix": nix}, dataclasses.replace(spec, strategy="move"), find_companions=True
-    )
-    assert ADMIN in dict(plan.auto_also)
-    assert any(
-        m.what.startswith("services.photoprism.settings.PHOTOPRISM_ADMIN_PASSWORD still holds this migration's")
-        for m in plan.manual
-    ), [m.what for m in plan.manual]
+    (m,) = plan.manual
+    assert m.what.startswith("services.photoprism.settings.PHOTOPRISM_ADMIN_PASSWORD still holds this migration's")
 
 
 def test_patch_write_moves_option_companions_and_records_them(tmp_path: Path) -> None:

@@ -71,13 +71,8 @@ def test_shape(name: str) -> None:
     after = {**sources, **plan.results(sources)}
     for lit in literals:
         assert not any(lit in text for text in after.values()), "a literal is left"
-    # another secret that shares today's value (a rotation separates them) stays, said in a note: the case
-    # lists its attribute under "left"; anything else scan finds in patch's output is a defect
-    left = [(f, x.attr_path) for f, text in after.items() for x in scan_source(text, f).findings]
-    expected_left = [str(a) for a in meta.get("left", [])]  # type: ignore[attr-defined]
-    assert sorted(a for _, a in left) == sorted(expected_left), left
-    for f, attr in left:
-        assert any(n.startswith(f"{f}:") and attr in n for n in plan.notes), (attr, plan.notes)
+    for f, text in after.items():
+        assert scan_source(text, f).findings == (), f
     again = pt.plan(after, dataclasses.replace(spec, also=spec.also + plan.auto_also), find_companions=True)
     assert again.edits == () and again.manual == ()
     if shutil.which("nix-instantiate"):

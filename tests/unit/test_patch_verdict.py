@@ -590,14 +590,9 @@ in
 }
 """
     }
-    plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app", container="db", strategy="move"))
+    plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app", container="db"))
     (m,) = plan.manual
     assert m.line == 3 and "under another credential's name (a key)" in m.what, m.what
-    # a rotation separates the two (stop 22): the same said in a note, the edits written
-    plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app", container="db"))
-    assert plan.manual == () and plan.edits, [m.what for m in plan.manual]
-    (note,) = [n for n in plan.notes if "appSecretKey" in n]
-    assert note.startswith("a.nix:3: ") and "under another credential's name (a key)" in note, note
 
 
 def test_a_kept_value_an_env_file_line_cannot_hold_is_refused_for_an_app_under_move() -> None:
@@ -1018,22 +1013,19 @@ SHARED_VALUE = b"""{ pkgs, ... }:
 
 
 @pytest.mark.parametrize("strategy", ["rotate", "move"])
-def test_another_credential_sharing_the_database_s_value_blocks_a_move_not_a_rotation(strategy: str) -> None:
-    """synapse's registration_shared_secret holding the database's value (a blind case, stop 22): a rotation
-    gives the database a new password and leaves that secret as it is, so the edits are written and a note
-    names it (no value); under move, whose value stays, it is still this migration's password left: by hand."""
+def test_another_credential_sharing_the_database_s_value_is_said_as_two_secrets_in_one(strategy: str) -> None:
+    """synapse's registration_shared_secret holding the database's value (a blind case, stop 22): still a
+    literal of this migration's value, so nothing is written (any strategy); the line says it is another
+    secret sharing the value, to give its own secret first, and no snippet wires it to the database's secret
+    (the generic recipe rendered it from the database's secret, which a rotation changes)."""
     src = {"synapse.nix": SHARED_VALUE}
     plan = pt.plan(src, pt.Spec(secret="synapse-db-password", role="matrix-synapse", strategy=strategy))
     said = [m.what for m in plan.manual] + list(plan.notes)
     assert not any("Shared-pw-4410" in x for x in said), said
-    about = [x for x in said if "registration_shared_secret" in x]
-    if strategy == "rotate":
-        assert plan.manual == () and plan.edits, plan.manual
-        assert len(about) == 1 and "under another credential's name" in about[0], about
-        out = plan.results(src)["synapse.nix"].decode()
-        assert "PASSWORD 'Shared-pw-4410'" not in out and 'registration_shared_secret = "Shared-pw-4410"' in out
-    else:
-        assert any(m.line == 6 for m in plan.manual), plan.manual
+    (m,) = [m for m in plan.manual if m.line == 6]
+    assert "another credential (by its name) that shares the database's value" in m.what, m.what
+    assert "its own secret first" in m.what
+    assert m.snippet == "" and "synapse-db-password" not in m.what, m
 
 
 def test_a_let_binding_nothing_reads_is_said_as_dead() -> None:
