@@ -331,6 +331,8 @@ class _Renderer:
     # where its serviceConfig bindings go: systemd.services.<unit_seg>.serviceConfig, or the
     # container's own option (quadlet-nix: virtualisation.quadlet.containers.NAME.serviceConfig)
     service_config: NixPath | None = None
+    # the runtime directory's mode (RuntimeDirectoryMode); None: the module's own directory, left as it is
+    dir_mode: str | None = "0700"
 
     @property
     def service_path(self) -> NixPath:
@@ -1843,9 +1845,10 @@ class Builder:
                     unit = v
         return pfm, pname, anchor, unit
 
-    def url_in_systemd(self, fm: FileModel, lit: Lit, unit: str, line: EnvLine) -> None:
+    def url_in_systemd(self, fm: FileModel, lit: Lit, unit: str, line: EnvLine, removes: str = "") -> _Renderer:
         """``systemd.services.U.environment.VAR``, ``serviceConfig.Environment = [ "VAR=url" ]`` or a module's
-        env-var config: the unit renders the line into an EnvironmentFile from a systemd credential."""
+        env-var config: the unit renders the line into an EnvironmentFile from a systemd credential.
+        ``removes``: what the removed binding was, when it is no variable of the unit's Environment."""
         drop = lit.bind.node if lit.bind is not None else lit.node  # the binding, or the list element
         key = ("systemd", fm.name, unit)
         if key not in self.renderers:
@@ -1859,13 +1862,15 @@ class Builder:
         self.ed.remove_binding(
             fm,
             drop,
-            f"removes {line.var} ({_holding(line)}) from the {unit} unit's Environment, which "
+            removes.replace("{env_path}", env_path)
+            or f"removes {line.var} ({_holding(line)}) from the {unit} unit's Environment, which "
             f"lands in the world-readable Nix store: the unit reads it from {env_path} (EnvironmentFile)",
         )
         self.handled.add((fm.name, lit.node.start_byte))
         self.use_lets(fm, lit.node)
         self.replaced.append(f"{line.var} at {fm.where(lit.node)}")
         r.literals.append(f"{line.var} at {fm.where(lit.node)}")
+        return r
 
     def add_env_line(self, r: _Renderer, line: EnvLine) -> str:
         """``line`` into the env file ``r`` renders (once); that file's path."""
@@ -2262,7 +2267,17 @@ class Builder:
             load = (r.fm.name, r.unit_seg) not in self.credential_units  # else a script's shape set it: one only
             return str(
                 tpl.unit(
-                    attr, r.unit, cred, secret_attr, runtime_dir, paths, self.script_name(r), script, env_files, load
+                    attr,
+                    r.unit,
+                    cred,
+                    secret_attr,
+                    runtime_dir,
+                    paths,
+                    self.script_name(r),
+                    script,
+                    env_files,
+                    load,
+                    r.dir_mode,
                 )
             )
         also = [

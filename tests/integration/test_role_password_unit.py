@@ -95,3 +95,39 @@ def test_the_patched_sql_runs_and_the_unit_sets_the_password(logged: PgServer, t
     assert f'CREATE ROLE "{role}" WITH LOGIN' in log  # the server logged every statement
     assert new not in log and "old-synapse-pw" not in log
     assert new not in " ".join(proc.args)
+
+
+def test_a_companion_role_s_unit_sets_its_kept_value_and_skips_a_missing_role(pg: PgServer, tmp_path: Path) -> None:
+    """Another role's PASSWORD in the same script moved as a companion (also "role:NAME", stop 22): its own
+    oneshot sets that role's password from its own secret (value kept); a role that does not exist (its
+    ALTER failed in the original script too) is said and skipped, not a failed unit at every boot."""
+    suffix = secrets.token_hex(3)
+    role, other = f"synapse_{suffix}", f"reports_{suffix}"
+    spec = pt.Spec(secret="synapse-db", role=role, also=((f"role:{other}", "reports-db"),))
+    src = {"db.nix": MODULE.replace("matrix-synapse", role).replace("other", other).encode()}
+    out = pt.plan(src, spec).results(src)["db.nix"].decode()
+    assert "not-ours" not in out and f"CREATE ROLE {other} LOGIN;" in out
+    scripts = re.findall(r"    script = ''\n(.*?)    '';", out, re.S)
+    (body,) = [s for s in scripts if "reports-db" in s]
+    body = "\n".join(line.removeprefix("      ") for line in body.splitlines()).replace(PORT_IN_NIX, str(pg.port))
+    body = body.replace("${config.services.postgresql.package}/bin/psql", str(pg_bindir() / "psql"))
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "reports-db").write_text("not-ours")  # the kept value
+    env = {**os.environ, "CREDENTIALS_DIRECTORY": str(creds), "PGHOST": pg.host, "PGUSER": pg.user}
+    env["PGPASSWORD"] = pg.password
+    run = ["bash", "-euo", "pipefail", "-c", body]
+    missing = subprocess.run(run, env=env, capture_output=True, check=False)
+    assert missing.returncode == 0, missing.stderr.decode()
+    assert f"role {other} does not exist" in (missing.stdout + missing.stderr).decode()
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {other} LOGIN")
+    try:
+        made = subprocess.run(run, env=env, capture_output=True, check=False)
+        assert made.returncode == 0, made.stderr.decode()
+        dsn = conninfo(host=pg.host, port=pg.port, user=other, password="not-ours", dbname="postgres")
+        with psycopg.connect(dsn) as c:
+            assert c.execute("SELECT current_user").fetchone() == (other,)
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {other}")

@@ -295,7 +295,11 @@ def role_unit(
         b,
         fm,
         near,
-        lambda attr: str(tpl.unit(attr, secret, nix_attr(secret), role, role_sql, credential_name(secret), after)),
+        lambda attr: str(
+            tpl.unit(
+                attr, secret, nix_attr(secret), role, role_sql, credential_name(secret), after, secret != spec.secret
+            )
+        ),
         f"the oneshot {unit_name(b, secret)} sets the password of role {role} from {on_host} after "
         f"PostgreSQL is up, at each boot and deploy (the password is read by psql from the credential file: "
         f"never in the store, an argv or the server's log)"

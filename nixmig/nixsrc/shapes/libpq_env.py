@@ -8,9 +8,12 @@ starts (Builder.url_in_systemd, the renderer every unit shape uses).
 
 Checked: synapse passes ``database.args`` (but its own cp_min/cp_max) to ``psycopg2.connect``, which is
 libpq: a missing password is taken from PGPASSWORD. nixpkgs' matrix-synapse unit (User matrix-synapse)
-sets no EnvironmentFile, RuntimeDirectory or LoadCredential of its own; its ExecStartPre is a list (ours
-merges before it). Synapse's workers (``services.matrix-synapse.workers``) are units of their own that
-log in with the same settings: with workers configured, refused (each worker would need the line too).
+sets no EnvironmentFile or LoadCredential of its own; its ExecStartPre is a list (ours merges before it).
+The env file goes into /run/matrix-synapse (``RuntimeDirectory = "matrix-synapse"``, equal to the
+module's where it sets one) with no RuntimeDirectoryMode: newer modules keep synapse's unix sockets
+there for nginx, so its mode stays; the file itself is 0400, owned by matrix-synapse. Synapse's workers
+(``services.matrix-synapse.workers``) are units of their own that log in with the same settings: with
+workers configured, refused (each worker would need the line too).
 """
 
 from __future__ import annotations
@@ -82,7 +85,16 @@ def apply(b: Builder, password: str | None) -> None:
             continue
         b.mask_literal(fm, lit.node)
         b.known.add(digest(value.encode()))
-        b.url_in_systemd(fm, lit, unit, EnvLine("PGPASSWORD", "", "", quoted=True))
+        r = b.url_in_systemd(
+            fm,
+            lit,
+            unit,
+            EnvLine("PGPASSWORD", "", "", quoted=True),
+            f"removes {'.'.join(lit.path)}, which lands in a config file in the world-readable Nix store: the "
+            f"{unit} unit reads the password as PGPASSWORD from {{env_path}} (EnvironmentFile), which libpq takes "
+            "when the arguments hold none",
+        )
+        r.dir_mode = None  # /run/matrix-synapse holds synapse's unix sockets (nginx reads them): its mode stays
         b.need(fm, ("config", "lib", "pkgs"))
 
 
