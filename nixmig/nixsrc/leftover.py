@@ -155,6 +155,32 @@ def string_shape(path: Sequence[str]) -> str | None:
     return None
 
 
+_IF_NOT_EXISTS = re.compile(rb"(?is)\bCREATE\s+(?:USER|ROLE)\s+IF\s+NOT\s+EXISTS\b[^;]*$")
+
+
+def _mysql_if_not_exists(source: bytes, at: int) -> bool:
+    """The SQL statement holding byte ``at`` is ``CREATE USER|ROLE IF NOT EXISTS ...`` (not PostgreSQL)."""
+    start = max(source.rfind(b";", 0, at), source.rfind(b"''", 0, at), source.rfind(b"\n\n", 0, at)) + 1
+    return _IF_NOT_EXISTS.search(source[start:at]) is not None
+
+
+def _read_as_option(models: Mapping[str, FileModel], attr: str) -> str:
+    """Where ``config.<attr>`` is read (a custom module's option the tree sets), as " (read as ...)"."""
+    attr = attr.removeprefix("config.")  # set inside the module's own `config = { ... }`
+    if not attr or "." not in attr or attr.startswith("<let>"):
+        return ""
+    word = re.compile(rb"(?<![\w.'-])config\." + re.escape(attr.encode()) + rb"(?![\w'-])")
+    for name, fm in sorted(models.items()):
+        m = word.search(fm.source)
+        if m is not None:
+            line = fm.source.count(b"\n", 0, m.start()) + 1
+            return (
+                f"; it is read as config.{attr} at {name}:{line}: an option of the repo's own module, which nixmig "
+                "does not follow into what reads it (it follows let bindings): move the value there by hand"
+            )
+    return ""
+
+
 def unknown_shape(path: Sequence[str]) -> str:
     """Why nixmig has no edit for a literal at ``path`` that no rule took: what was seen, by where it is
     bound (never just "no template"), and what nixmig would need."""
@@ -297,6 +323,13 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             'a MySQL/MariaDB credential: nixmig cannot rotate it; a migration with strategy = "move" moves one '
             "such value (the service's role names whose: the MySQL user, or root; `nixmig secret new NAME --from "
             "FILE:LINE` keeps the value)"
+        )
+    if f.rule == "sql" and _mysql_if_not_exists(source, f.start):
+        return (
+            "a password inside SQL text, in CREATE USER/ROLE IF NOT EXISTS: MySQL's syntax, which PostgreSQL "
+            "rejects (psql reports the error and goes on), so the statement never created the role nor set this "
+            "password: fix the SQL first (CREATE ROLE name LOGIN; PostgreSQL has no IF NOT EXISTS here), then "
+            "patch again, and nixmig moves the password out of it"
         )
     if f.rule == "sql":
         return (
@@ -568,7 +601,9 @@ def leftovers(
                     "file reads it; delete the binding (the value stays in the repository's history: change it "
                     "where it is really used)"
                 )
-            if not same and f.attr_path and why == unknown_shape(_attr_path(f.attr_path)):
+            if f.attr_path and why == unknown_shape(_attr_path(f.attr_path)):
+                why += _read_as_option(models, f.attr_path)
+            if not same and f.attr_path and why.startswith(unknown_shape(_attr_path(f.attr_path))):
                 why += _role_hint(fm, f, role)  # "not this migration's" may be the default role's doing
             var = _companion_var(f, fm.source, migration, same)
             if var and not same and _in_container(f, name, containers) and "also = {" not in why:

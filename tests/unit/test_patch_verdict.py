@@ -945,15 +945,15 @@ def test_the_refusal_s_first_item_is_in_a_file_that_names_the_migration(tmp_path
 
 
 def test_a_password_in_sql_nixmig_cannot_edit_gets_sql_advice_not_an_env_file_recipe() -> None:
-    """`CREATE USER IF NOT EXISTS app WITH PASSWORD '...'` (MySQL's IF NOT EXISTS; a public configuration,
-    stop 22): no clause nixmig takes out, so by hand; the recipe printed under it was an env file rendered
-    for a unit, with the password as a variable named initialScript. Now: what to do with SQL, no snippet."""
+    """A password in SQL nixmig does not take out (here a value with a quote it would have to unescape; two
+    public configurations, stop 22): by hand; the recipe printed under it was an env file rendered for a
+    unit, with the password as a variable named initialScript. Now: what to do with SQL, no snippet."""
     src = {
         "db.nix": b"""{ pkgs, ... }:
 {
   services.postgresql.enable = true;
   services.postgresql.initialScript = pkgs.writeText "init.sql" ''
-    CREATE USER IF NOT EXISTS app WITH PASSWORD 'app-pw-6710';
+    CREATE USER app WITH PASSWORD 'app'''pw-6710';
   '';
 }
 """
@@ -1046,3 +1046,42 @@ in
     inherited = text.replace(b"services.nginx.enable = true;", b"environment.variables = { inherit dbPassword; };")
     plan = pt.plan({"cloud.nix": inherited}, pt.Spec(secret="cloud-db-password", role="cloud"))
     assert not any("appears nowhere else" in m.what for m in plan.manual), [m.what for m in plan.manual]
+
+
+def test_mysql_s_if_not_exists_in_an_initial_script_is_said_as_sql_postgres_rejects() -> None:
+    """`CREATE USER IF NOT EXISTS app WITH PASSWORD '...'` (a blind case, stop 22): PostgreSQL rejects the
+    statement, so it never set anything; the line says that, not "drop the clause" (which leaves it invalid)."""
+    src = {
+        "db.nix": b"""{ pkgs, ... }:
+{
+  services.postgresql.initialScript = pkgs.writeText "init.sql" ''
+    CREATE DATABASE app;
+    CREATE USER IF NOT EXISTS app WITH PASSWORD 'If-pw-2208';
+  '';
+}
+"""
+    }
+    (m,) = pt.plan(src, pt.Spec(secret="app-db-password", role="app")).manual
+    assert m.line == 5 and "IF NOT EXISTS: MySQL's syntax, which PostgreSQL rejects" in m.what, m.what
+
+
+def test_a_custom_option_read_elsewhere_is_said_with_where_it_is_read() -> None:
+    """`postgres.password = "..."` (the repo's own option) read as `${config.postgres.password}` in the
+    initialScript (a blind case, stop 22): the line names where it is read instead of "no service reads it"."""
+    src = {
+        "pg.nix": b"""{ lib, config, pkgs, ... }:
+{
+  options.postgres.password = lib.mkOption { type = lib.types.str; };
+  config = lib.mkMerge [
+    { postgres.password = "Opt-pw-5521"; }
+    {
+      services.postgresql.initialScript = pkgs.writeText "init.sql" ''
+        CREATE ROLE app WITH LOGIN PASSWORD '${config.postgres.password}';
+      '';
+    }
+  ];
+}
+"""
+    }
+    items = pt.plan(src, pt.Spec(secret="app-db-password", role="app")).manual
+    assert any("it is read as config.postgres.password at pg.nix:8" in m.what for m in items), items
