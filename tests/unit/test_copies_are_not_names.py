@@ -46,7 +46,7 @@ def test_another_role_s_password_is_no_copy_of_ours_in_the_second_pass(tmp_path:
     assert proc.returncode == 0, err
     assert "by hand: " not in err and "still holds this migration's password" not in err, err
     out = (repo / "hosts/box/db.nix").read_text()
-    assert "GRANT ALL PRIVILEGES ON DATABASE blocky TO blocky;" in out and "'blocky'" not in out, out
+    assert "GRANT ALL PRIVILEGES ON DATABASE blocky TO blocky;" in out and "PASSWORD 'blocky'" not in out, out
 
 
 def test_a_name_equal_to_a_moved_value_is_no_copy_of_it() -> None:
