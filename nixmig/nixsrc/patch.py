@@ -2661,7 +2661,7 @@ class Builder:
         found = leftovers(
             self.models,
             self.ed.items,
-            known=self.known,
+            known=self.known | self.also_known,  # a companion's kept value left in the store is one too
             scope=scope,
             idents=idents,
             role=spec.role,

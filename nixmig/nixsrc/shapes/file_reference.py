@@ -109,6 +109,30 @@ def apply(b: Builder, password: str | None) -> None:
         b.service_reads(path, (fm, lit.node))
 
 
+def move_datasources(b: Builder, role: str, value: str, secret: str) -> None:
+    """A companion role's clients among grafana's provisioned datasources (``user`` is ``role``, the password
+    its kept ``value``): each reads ``$__file{}`` of the companion's secret, owned by grafana (also_owner)."""
+    for fm, lit in list(b.all_lits()):
+        if not grafana_datasource(lit.path) or not lit.exact or lit.bind is None:
+            continue
+        if (fm.name, lit.node.start_byte) in b.handled or decode_string(lit.node) != value:
+            continue
+        if datasource_fields(fm, lit.node).get("user") != role:
+            continue
+        b.mask_literal(fm, lit.node)
+        b.handled.add((fm.name, lit.node.start_byte))
+        b.also_replaced.setdefault(secret, []).append(f"{'.'.join(lit.path)} at {fm.where(lit.node)}")
+        b.ed.replace_node(
+            fm,
+            lit.node,
+            f'"$__file{{${{config.age.secrets.{nix_attr(secret)}.path}}}}"',
+            f"{'.'.join(lit.path)} held role {role}'s password in the world-readable Nix store: grafana reads "
+            f"$__file{{PATH}} from the file agenix decrypts {secret} to (a companion: its value kept)",
+        )
+        b.need(fm, ("config",))
+        b.also_owner[secret] = ('"grafana"', None, "owned by grafana, which reads it through $__file{}")
+
+
 SHAPE = Shape(
     "file-reference",
     'a setting of a service that reads "$__file{PATH}" (grafana): the literal becomes a reference to the agenix file',

@@ -75,13 +75,18 @@ def move_role(b: Builder, role: str, secret: str) -> None:
     oneshot of its own sets that role's password from SECRET (its value kept, as any companion); a tree
     moved already (the oneshot there) is checked; nothing found is said."""
     from nixmig.nixsrc.patch import Manual
+    from nixmig.nixsrc.shapes.file_reference import move_datasources
 
     found = False
     for fm, bind, node, prefix, where in _scripts(b):
+        raw = fm.source[node.start_byte : node.end_byte]
+        values = {c.password for c in clauses(raw) if c.role == role}
         if remove_clauses(b, fm, node, None, where, role=role, companion=secret):
             found = True
             role_unit(b, fm, bind.node, prefix=prefix, role=role, secret=secret)
             b.sql_file = b.sql_file or fm
+            for value in values:  # its clients the tree holds, where nixmig has an edit for them
+                move_datasources(b, role, value, secret)
     unit = unit_name(b, secret)
     if found or any(x.path[-3:] == ("systemd", "services", unit) for _, x in b.all_binds()):
         b.also_replaced.setdefault(secret, [])
