@@ -1231,7 +1231,10 @@ class Builder:
         """A reader of the migration's agenix file that is not root: the file gets that owner (and group).
         Two readers that are different users cannot both read a 0400 file: a by-hand item at ``at`` (the
         second reader), the first owner kept (root reads any file: only non-root readers claim)."""
-        if self.owner is not None and (self.owner, self.group) != (owner, group):
+        if self.owner is not None and self.owner == owner:
+            self.group = self.group or group  # the same user: one claim, its group kept
+            return
+        if self.owner is not None:
             what = (
                 f"the secret {self.spec.secret} is read by {owner.strip(chr(34))} here and by "
                 f"{self.owner.strip(chr(34))} ({self.owner_why}): agenix gives a file one owner (0400); give "
