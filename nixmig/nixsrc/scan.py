@@ -191,6 +191,8 @@ class FileScan:
 
 _WORD_RE: Final = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _PASSWORD_NOUNS: Final = frozenset({"password", "passwd", "passphrase", "pass", "pwd", "pw", "psk"})
+# how people write "password" short, as public configurations do (`psswd = "..."`, 15V/02)
+_MISSPELLED: Final = frozenset({"psswd", "pswd", "passwrd", "paswd", "paswrd"})
 _TOKEN_NOUNS: Final = frozenset({"token", "secret", "credentials", "credential", "creds"})
 _KEY_QUALIFIERS: Final = frozenset(
     {
@@ -240,6 +242,8 @@ def _noun(word: str) -> tuple[str, str] | None:
     """(prefix, noun) when ``word`` is or ends with a credential noun; noun normalised."""
     if word in _PASSWORD_NOUNS or word in _TOKEN_NOUNS or word == "key":
         return "", word
+    if word in _MISSPELLED:
+        return "", "passwd"
     if word in _NOT_COMPOUNDS:
         return None
     for suffix, noun in _COMPOUND_SUFFIXES:
@@ -405,8 +409,8 @@ _AUTH_HEADER_RE: Final = re.compile(
 )
 # cheap file-level gate: no trigger, nothing to walk (syntax is still checked)
 _TRIGGER_RE: Final = re.compile(
-    rb"(?i)pass|pw|secret|token|key|cred|psk|cookie|identified|authorization|://|basicauth|gh[pousr]_|glpat-|xox|sk_live_"
-    rb"|@tcp\(|@unix\("
+    rb"(?i)pass|pw|ps?swd|secret|token|key|cred|psk|cookie|identified|authorization|://|basicauth|gh[pousr]_|glpat-|xox"
+    rb"|sk_live_|@tcp\(|@unix\("
 )
 # Go's MySQL driver DSN (go-sql-driver/mysql): user:password@tcp(host:port)/db, or @unix(/run/mysqld.sock)
 _DSN_RE: Final = re.compile(rb"(?<![\w.+-])([\w.-]+):([^\s@/:'\"\\]+)@(?:tcp|unix)\(")
@@ -1074,8 +1078,8 @@ def _previous_flag(node: Node) -> NameClass | None:
 
 
 _TEXT_ONLY_TRIGGER_RE: Final = re.compile(
-    rb"pass|pw|secret|token|key|cred|psk|cookie|identified|authorization|gh[pousr]_|github_pat_|glpat-|xox|sk_live_"
-    rb"|@tcp\(|@unix\("
+    rb"pass|pw|ps?swd|secret|token|key|cred|psk|cookie|identified|authorization|gh[pousr]_|github_pat_|glpat-|xox"
+    rb"|sk_live_|@tcp\(|@unix\("
 )
 
 
@@ -1362,7 +1366,7 @@ def _scan_inside(data: bytes, leaf_words: Sequence[str], add: _Add, *, multiline
 # credential nouns all contain one, and so do URLs with userinfo, PEM / age keys, SQL, netrc
 # lines, auth headers and the known token formats.
 _TRIGGER_WORDS: Final = (
-    b"pass", b"pw", b"secret", b"token", b"key", b"cred", b"psk", b"cookie", b"identified",
+    b"pass", b"pw", b"pswd", b"psswd", b"secret", b"token", b"key", b"cred", b"psk", b"cookie", b"identified",
     b"authorization", b"://", b"default", b"value", b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_",
     b"github_pat_", b"glpat-", b"xox", b"sk_live_", b"@tcp(", b"@unix(",
 )  # fmt: skip

@@ -503,3 +503,10 @@ def test_a_domain_ending_in_a_credential_word_and_its_port_is_no_password() -> N
         }"""
     )
     assert [(f.line, f.value) for f in found] == [(5, Secret("Kx-pw-44")), (6, Secret("Jq-pw-55"))]
+
+
+def test_a_password_key_written_short_is_one() -> None:
+    """`pgUser = { psswd = "..."; }` (a public configuration, stop 22): scan said "No hardcoded secrets", and
+    patch "found no hardcoded password"; `psswdmd5` (a hash's name) and words merely containing it are not."""
+    found = scan('{ a.psswd = "Short-xx-771"; b.pswd = "Short-xx-772"; c.psswdmd5 = "x"; d.mypsswdx = "y"; }')
+    assert [(f.attr_path, f.kind) for f in found] == [("a.psswd", Kind.PASSWORD), ("b.pswd", Kind.PASSWORD)]
