@@ -507,10 +507,10 @@ def other_secrets(
     return out
 
 
-def _unread_let(fm: FileModel, f: Finding) -> bool:
-    """The finding is a let binding's literal whose name is no other word of the file (no variable, no
-    ``inherit``, no ``rec`` field reads it: a dead binding, 15V/05)."""
-    for let in let_literals(fm.root).values():
+def _unread_let(fm: FileModel, lets: Mapping[str, LetLiteral], f: Finding) -> bool:
+    """The finding is a let binding's literal (``lets``: the file's) whose name is no other word of the file
+    (no variable, no ``inherit``, no ``rec`` field reads it: a dead binding, 15V/05)."""
+    for let in lets.values():
         if let.literal.start_byte <= f.start < let.literal.end_byte and let.name == f.attr_path:
             word = re.compile(rb"(?<![\w'-])" + re.escape(let.name.encode()) + rb"(?![\w'-])")
             outside = fm.source[: let.binding.start_byte] + fm.source[let.binding.end_byte :]
@@ -544,6 +544,7 @@ def leftovers(
     out: list[Leftover] = []
     for name, fm in sorted(models.items()):
         nixos_test = _nixos_test(fm)
+        file_lets = let_literals(fm.root)
         for f in _uncovered(fm, name, edits):
             if (name, f.line) in skip:
                 continue
@@ -595,7 +596,7 @@ def leftovers(
                 if cond
                 else _why(f, fm.source, role, name, migration, same)
             )
-            if not cond and _unread_let(fm, f):
+            if not cond and _unread_let(fm, file_lets, f):
                 why = (
                     f"{f.attr_path} is bound in a let and its name appears nowhere else in {name}: nothing in this "
                     "file reads it; delete the binding (the value stays in the repository's history: change it "
@@ -620,7 +621,7 @@ def leftovers(
         # the password itself where scan saw none (a value that reads like a placeholder,
         # "SECURE_PASSWORD_HERE"): the plan recognised it as the password, so it is one here too
         seen = {(o.file, o.line) for o in out if o.file == name}
-        lets = {ll.literal.start_byte: ll for ll in let_literals(fm.root).values()}
+        lets = {ll.literal.start_byte: ll for ll in file_lets.values()}
         for lit in fm.lits:
             value = decode_string(lit.node) if lit.exact or lit.path[:1] == ("<let>",) else None
             start, end = lit.node.start_byte, lit.node.end_byte

@@ -1848,10 +1848,10 @@ class Builder:
                     unit = v
         return pfm, pname, anchor, unit
 
-    def url_in_systemd(self, fm: FileModel, lit: Lit, unit: str, line: EnvLine, removes: str = "") -> _Renderer:
+    def url_in_systemd(self, fm: FileModel, lit: Lit, unit: str, line: EnvLine, removed: str = "") -> _Renderer:
         """``systemd.services.U.environment.VAR``, ``serviceConfig.Environment = [ "VAR=url" ]`` or a module's
         env-var config: the unit renders the line into an EnvironmentFile from a systemd credential.
-        ``removes``: what the removed binding was, when it is no variable of the unit's Environment."""
+        ``removed``: what the removed binding is, when it is no variable of the unit's Environment."""
         drop = lit.bind.node if lit.bind is not None else lit.node  # the binding, or the list element
         key = ("systemd", fm.name, unit)
         if key not in self.renderers:
@@ -1862,12 +1862,12 @@ class Builder:
             self.renderers[key] = _Renderer(key, "systemd", fm, anchor, unit, unit, unit)
         r = self.renderers[key]
         env_path = self.add_env_line(r, line)
+        removed = removed or f"{line.var} ({_holding(line)}) from the {unit} unit's Environment"
         self.ed.remove_binding(
             fm,
             drop,
-            removes.replace("{env_path}", env_path)
-            or f"removes {line.var} ({_holding(line)}) from the {unit} unit's Environment, which "
-            f"lands in the world-readable Nix store: the unit reads it from {env_path} (EnvironmentFile)",
+            f"removes {removed}, which lands in the world-readable Nix store: the unit reads {line.var} from "
+            f"{env_path} (EnvironmentFile)",
         )
         self.handled.add((fm.name, lit.node.start_byte))
         self.use_lets(fm, lit.node)

@@ -90,9 +90,7 @@ def apply(b: Builder, password: str | None) -> None:
             lit,
             unit,
             EnvLine("PGPASSWORD", "", "", quoted=True),
-            f"removes {'.'.join(lit.path)}, which lands in a config file in the world-readable Nix store: the "
-            f"{unit} unit reads the password as PGPASSWORD from {{env_path}} (EnvironmentFile), which libpq takes "
-            "when the arguments hold none",
+            f"{'.'.join(lit.path)} (a config file's key; libpq reads PGPASSWORD when the arguments hold none)",
         )
         r.dir_mode = None  # /run/matrix-synapse holds synapse's unix sockets (nginx reads them): its mode stays
         b.need(fm, ("config", "lib", "pkgs"))
