@@ -1300,6 +1300,8 @@ def _native_names(pg: Sequence[FileModel], fm: FileModel, p: NixPath, service: s
     role_keys, name_keys = ["user", "username"], ["name"]  # keycloak: database.username
     if parent[-1:] == ("args",):  # a driver's connection arguments (synapse's database.args): libpq's names
         name_keys = ["database", "dbname"]
+    if p[-1] == "db_password":  # odoo's settings.options: db_user, db_name
+        role_keys, name_keys = ["db_user"], ["db_name"]
     env = re.fullmatch(r"([A-Z0-9_]+?)(_?)(?:PASSWORD|PASSWD|PASS)", p[-1])
     if env is not None:  # env-style settings: PHOTOPRISM_DATABASE_{USER,NAME} beside _PASSWORD, PAPERLESS_DBUSER
         stem, sep = env.group(1), env.group(2)  # beside PAPERLESS_DBPASS

@@ -1,6 +1,6 @@
-"""``services.matrix-synapse.settings.database.args.password = "..."``: a database password among the
-arguments a nixpkgs service hands to libpq, which reads ``PGPASSWORD`` from its environment when they
-hold none.
+"""``services.matrix-synapse.settings.database.args.password = "..."``, ``services.odoo.settings.options.
+db_password = "..."``: a database password among the settings a nixpkgs service hands to libpq, which
+reads ``PGPASSWORD`` from its environment when they hold none.
 
 The key goes (the rest of ``args`` stays: user, database, host); the unit renders ``PGPASSWORD='...'``
 into an EnvironmentFile in its runtime directory from the agenix secret (a systemd credential) before it
@@ -14,6 +14,13 @@ module's where it sets one) with no RuntimeDirectoryMode: newer modules keep syn
 there for nginx, so its mode stays; the file itself is 0400, owned by matrix-synapse. Synapse's workers
 (``services.matrix-synapse.workers``) are units of their own that log in with the same settings: with
 workers configured, refused (each worker would need the line too).
+
+Checked for odoo: it passes ``db_password`` to psycopg2 only when set (``sql_db.connection_info_for``
+copies each ``db_*`` option that is not false), so without the key libpq reads PGPASSWORD; its workers
+are processes forked by the one ``odoo`` unit (DynamicUser, User odoo), which inherit its environment.
+nixpkgs' odoo unit sets ``Environment = [ "ODOO_RC=..." ]`` and, in newer modules, a single
+``ExecStartPre`` script (its auto-init runs ``odoo --db_user=odoo``): a list definition merges with
+it, ours first, so the auto-init has PGPASSWORD too. Its default user is libpq's: the OS user, odoo.
 """
 
 from __future__ import annotations
@@ -28,23 +35,27 @@ if TYPE_CHECKING:
     from nixmig.nixsrc.model import FileModel, Lit
     from nixmig.nixsrc.patch import Builder
 
-# the option -> (the unit that reads it, the options that start more units reading the same settings)
-LIBPQ_ARGS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
+# the option -> (the unit that reads it, the option that starts more units reading the same settings)
+LIBPQ_ARGS: dict[tuple[str, ...], tuple[str, tuple[str, ...] | None]] = {
     ("services", "matrix-synapse", "settings", "database", "args", "password"): (
         "matrix-synapse",
         ("services", "matrix-synapse", "workers"),
     ),
+    ("services", "odoo", "settings", "options", "db_password"): ("odoo", None),
 }
 
 # nixpkgs' default of the user beside it (matrix-synapse's settings.database.args.user)
 DEFAULT_USERS: dict[tuple[str, ...], str] = {
     ("services", "matrix-synapse", "settings", "database", "args", "password"): "matrix-synapse",
+    ("services", "odoo", "settings", "options", "db_password"): "odoo",
 }
+# the key beside the password that names the role, where it is no ``user``
+USER_KEYS: dict[tuple[str, ...], str] = {("services", "odoo", "settings", "options", "db_password"): "db_user"}
 
 
 def _user(b: Builder, fm: FileModel, lit: Lit) -> str | None:
     """The ``user`` beside the password in the same ``args``."""
-    want = (*lit.path[:-1], "user")
+    want = (*lit.path[:-1], USER_KEYS.get(lit.path, "user"))
     return next((b.value_of(fm, x.value) for x in fm.binds if x.exact and x.path == want), None)
 
 
@@ -66,8 +77,8 @@ def apply(b: Builder, password: str | None) -> None:
         if not ours:
             continue
         unit, more = LIBPQ_ARGS[lit.path]
-        workers = next(((wfm, x) for wfm, x in b.all_binds() if x.path[: len(more)] == more), None)
-        if workers is not None:
+        workers = next(((wfm, x) for wfm, x in b.all_binds() if more and x.path[: len(more)] == more), None)
+        if workers is not None and more is not None:
             b.mask_literal(fm, lit.node)
             b.handled.add((fm.name, lit.node.start_byte))
             b.manual_here(
@@ -92,14 +103,15 @@ def apply(b: Builder, password: str | None) -> None:
             EnvLine("PGPASSWORD", "", "", quoted=True),
             f"{'.'.join(lit.path)} (a config file's key; libpq reads PGPASSWORD when the arguments hold none)",
         )
-        r.dir_mode = None  # /run/matrix-synapse holds synapse's unix sockets (nginx reads them): its mode stays
+        if unit == "matrix-synapse":
+            r.dir_mode = None  # /run/matrix-synapse holds synapse's unix sockets (nginx reads them): its mode stays
         b.need(fm, ("config", "lib", "pkgs"))
 
 
 SHAPE = Shape(
     "libpq-env",
-    "services.matrix-synapse.settings.database.args.password: the key goes, the unit renders PGPASSWORD (which "
-    "libpq reads when the arguments hold no password) from the agenix secret",
+    "services.matrix-synapse.settings.database.args.password, services.odoo.settings.options.db_password: the key "
+    "goes, the unit renders PGPASSWORD (which libpq reads when the arguments hold no password) from the agenix secret",
     apply,
-    ("native-synapse-database-args-password", "native-synapse-workers-refused"),
+    ("native-synapse-database-args-password", "native-synapse-workers-refused", "native-odoo-settings-db-password"),
 )
