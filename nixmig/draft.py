@@ -164,6 +164,47 @@ def _lets(fm: FileModel) -> dict[str, LetLiteral]:
     return found
 
 
+def _sql_filled(fm: FileModel, node: Node) -> tuple[str, list[int]]:
+    """The text of the string ``node`` with each interpolation of a let string or a let attrset's field
+    (``CREATE ROLE ${db.user} ...``) written as its value, and each character's byte offset in the file."""
+    from nixmig.nixsrc.lets import _formal_names
+    from nixmig.nixsrc.shapes.let_script import fields
+
+    values = {n: x.value for n, x in _lets(fm).items()}
+    values.update((x.shown, x.value) for x in fields(fm, _formal_names(fm.root)))
+    out: list[str] = []
+    back: list[int] = []
+    pos = node.start_byte
+    for c in [*(x for x in node.children if x.type == "interpolation"), None]:
+        end = c.start_byte if c is not None else node.end_byte
+        chunk = fm.source[pos:end].decode("utf-8", "replace")
+        out.append(chunk)
+        back += [pos + len(chunk[:i].encode()) for i in range(len(chunk))]
+        if c is None:
+            break
+        inner = [x for x in c.named_children if x.type != "comment"]
+        key = "".join(fm.text(inner[0]).split()) if len(inner) == 1 else ""
+        value = values.get(key) if inner and inner[0].type in ("variable_expression", "select_expression") else None
+        if value is None:
+            value = fm.source[c.start_byte : c.end_byte].decode("utf-8", "replace")
+        out.append(value)
+        back += [c.start_byte] * len(value)
+        pos = c.end_byte
+    return "".join(out), back
+
+
+def _field_lets(fm: FileModel) -> list[LetLiteral]:
+    """The string fields of the file's let attrsets (``db.password``), as let literals read where they are."""
+    from nixmig.nixsrc.lets import _formal_names
+    from nixmig.nixsrc.shapes.let_script import fields
+
+    return [
+        LetLiteral(x.shown, x.binding, x.literal, x.value, x.uses)
+        for x in fields(fm, _formal_names(fm.root))
+        if x.uses  # read as a whole attrset too: patch says that read (Builder.drop_fields)
+    ]
+
+
 def _value(fm: FileModel, node: Node) -> tuple[str, str] | None:
     """(value, what it read) of a string: a literal (""), a let-bound one or a string only let
     literals fill (" (= NAME of line N)"); None for anything else."""
@@ -628,6 +669,8 @@ def _let_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
 
     lets = _lets(fm)
     let = next((x for x in lets.values() if x.literal.start_byte <= f.start < x.literal.end_byte), None)
+    if let is None:  # a let attrset's field (``db = { password = "..."; }``, read as ``db.password``)
+        let = next((x for x in _field_lets(fm) if x.literal.start_byte <= f.start < x.literal.end_byte), None)
     if let is None:
         return []
     out: list[_LetUse] = []
@@ -893,8 +936,8 @@ def _mysql_script_db(db: _Db, fm: FileModel, f: Finding) -> _Db:
     node = fm.root.descendant_for_byte_range(f.start, max(f.start, f.end)) if f.start >= 0 else None
     while node is not None and node.type not in ("string_expression", "indented_string_expression"):
         node = node.parent
-    sql = text(node) if node is not None else ""
-    pos = len(fm.source[node.start_byte : max(node.start_byte, f.start)].decode("utf-8", "replace")) if node else 0
+    sql, back = _sql_filled(fm, node) if node is not None else ("", [])  # a let's value where it is read
+    pos = next((i for i, b in enumerate(back) if b >= f.start), len(sql))
     q = 2 if node is not None and node.type == "indented_string_expression" else 1  # the SQL between '' or "
     mine = [s for s in statements(sql[q:-q]) if s.clause is not None and s.clause[0] <= pos - q < s.clause[1]]
     db.runtime = Val("native", f"{at} (services.mysql.initialScript)")
@@ -1052,16 +1095,15 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
         node = fm.root.descendant_for_byte_range(f.start, max(f.start, f.end)) if f.start >= 0 else None
         while node is not None and node.type not in ("string_expression", "indented_string_expression"):
             node = node.parent
-        sql = text(node) if node is not None else ""
-        base = node.start_byte if node is not None else 0
-        pos = len(fm.source[base : max(base, f.start)].decode("utf-8", "replace"))
+        sql, back = _sql_filled(fm, node) if node is not None else ("", [])
+        pos = next((i for i, b in enumerate(back) if b >= f.start), len(sql))
         # the role of the statement that holds the password (CREATE/ALTER ROLE name ... PASSWORD '...')
         stmts = [m for m in _SQL_ROLE.finditer(sql) if m.start() <= pos]
         role = stmts[-1] if stmts else _SQL_ROLE.search(sql)
         at = f"{f.file}:{f.line}"
 
         def line_of(m: re.Match[str]) -> str:
-            return f"{f.file}:{fm.line_col(base + len(sql[: m.start()].encode()))[0]}"
+            return f"{f.file}:{fm.line_col(back[m.start()] if m.start() < len(back) else f.start)[0]}"
 
         def name(m: re.Match[str]) -> str:
             return m.group(1) or m.group(2)

@@ -370,6 +370,8 @@ class Builder:
         self.let_used: set[tuple[str, int]] = set()  # uses of a let-bound password an edit replaces
         self.url_lets: set[tuple[str, str]] = set()  # (file, name) of let-bound URLs a use of which is replaced
         self.let_kept: set[tuple[str, int]] = set()  # (file, line) of let-bound passwords kept for a use left
+        # (file, "cfg.password"): let attrset fields a replaced use read (their binding: drop_fields)
+        self.fields_read: set[tuple[str, str]] = set()
         self.db: _Db | None = None
         self.store_file: FileModel | None = None  # where a passwordFile = pkgs.writeText ... was replaced
         self.role_units: set[str] = set()
@@ -1201,6 +1203,43 @@ class Builder:
                             + ": the binding stays until this use reads the secret",
                             "",
                         )
+                    )
+
+    def drop_fields(self) -> None:
+        """A let attrset's password field (``db.password``) some edit stopped reading (fields_read): its binding
+        goes when every read of it was replaced, else each read left is said (the literal stays)."""
+        from nixmig.nixsrc.lets import _formal_names
+        from nixmig.nixsrc.shapes.let_script import fields
+
+        for name in sorted({n for n, _ in self.fields_read}):
+            fm = self.models[name]
+            for bound in fields(fm, _formal_names(fm.root)):
+                if (name, bound.shown) not in self.fields_read or (name, bound.literal.start_byte) in self.handled:
+                    continue
+                self.handled.add((name, bound.literal.start_byte))
+                self.mask_literal(fm, bound.literal)
+                left = [u for u in bound.uses if (name, u.start_byte) not in self.let_used]
+                if not left and not bound.whole:
+                    self.ed.remove_binding(
+                        fm,
+                        bound.binding,
+                        f"removes {bound.shown}, the hardcoded password every read of which now reads the agenix "
+                        f"secret {self.spec.secret}",
+                    )
+                    continue
+                self.let_kept.add((name, fm.line_col(bound.literal.start_byte)[0]))  # said at each use left
+                for u in (*left, *bound.whole):
+                    where = self._bound_at(fm, u)
+                    whole = u in bound.whole
+                    self.manual_here(
+                        fm,
+                        u,
+                        f"{bound.shown} (the hardcoded password, bound at {fm.where(bound.binding)}) is "
+                        + ("read here as a whole attrset, which may read the field" if whole else "also read here")
+                        + (f", in {'.'.join(where)}" if where else "")
+                        + ", where nixmig has no edit for it: every read must take the agenix secret "
+                        f"{self.spec.secret}, or none; the binding stays until this one does",
+                        "",
                     )
 
     def used_as_password(self, fm: FileModel, let: LetLiteral, left: Sequence[Node]) -> bool:
@@ -2960,6 +2999,7 @@ class Builder:
             self.let_used.clear()
             self.notes.append("nothing is written: the password is a MySQL/MariaDB database's (strategy move)")
         self.drop_lets()
+        self.drop_fields()
         if not unusable:
             self.comments_with_values()
         self.verdict(db, given_up=unusable)

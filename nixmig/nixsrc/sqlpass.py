@@ -10,6 +10,7 @@ and sets the password from the agenix file in a oneshot instead (templates/role-
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 _HEAD = re.compile(rb'(?i)\b(?:CREATE|ALTER)\s+(?:ROLE|USER)\s+("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
@@ -20,6 +21,9 @@ _HEAD_SHELL = re.compile(
 _EMPTY = re.compile(rb"(?i)\s*(?:WITH)?\s*")  # what an ALTER that set only the password has left
 _WITH = re.compile(rb"(?i)\bWITH\b")
 _LEADING_WITH = re.compile(rb"(?i)\s*WITH\b")
+# a hole's value nixmig writes into no SQL, it only reads it: a name or a password SQL would hold as it is
+# between quotes (no quote, backslash or line break: what the server then got is that value)
+SAFE_HOLE = re.compile(r"[^'\\\n\r\x00\"]+")
 _CLAUSE = re.compile(rb"(?i)\s+(?:ENCRYPTED\s+)?PASSWORD\s+'((?:[^'\\\n]|'')*)'")
 
 
@@ -48,24 +52,62 @@ def _role(ident: bytes) -> str:
     return text.lower()
 
 
-def clauses(text: bytes, *, in_shell: bool = False) -> list[PasswordClause]:
+def _filled(text: bytes, holes: Mapping[tuple[int, int], str]) -> bytes:
+    """``text`` with each interpolation of ``holes`` (its offsets) replaced by an identifier of the same
+    length (``Q0___``): the statement's offsets stay those of ``text``, and no ``${`` is left there."""
+    out = bytearray(text)
+    for i, (start, end) in enumerate(sorted(holes)):
+        tag = f"Q{i}".encode()
+        if end - start < len(tag):
+            continue  # cannot happen: ``${x}`` is 4 bytes at least, and there are not 100 holes in a statement
+        out[start:end] = tag + b"_" * (end - start - len(tag))
+    return bytes(out)
+
+
+def _touches(holes: Mapping[tuple[int, int], str], start: int, end: int) -> bool:
+    return any(s < end and start < e for s, e in holes)
+
+
+def clauses(
+    text: bytes, *, in_shell: bool = False, holes: Mapping[tuple[int, int], str] | None = None
+) -> list[PasswordClause]:
     """Every ``PASSWORD '...'`` of a CREATE/ALTER ROLE/USER statement in ``text``; ``in_shell``: the
     SQL is inside a shell command's double quotes, where a quoted identifier is ``\\"x\\"``.
 
     A clause whose statement interpolates anything (``${``) or whose value is not a plain
-    literal is left out: it is not a password nixmig can move."""
+    literal is left out: it is not a password nixmig can move. ``holes``: the interpolations whose value
+    nixmig knows (a let string, a let attrset's field: ``'${dbPassword}'``), by their offsets in ``text``;
+    one that is a whole role name or a whole password counts as that value (any other use of one: left out)."""
+    holes = {k: v for k, v in (holes or {}).items() if SAFE_HOLE.fullmatch(v)}
+    filled = _filled(text, holes) if holes else text
     out: list[PasswordClause] = []
-    for head in (_HEAD_SHELL if in_shell else _HEAD).finditer(text):
-        stmt_end = text.find(b";", head.end())
-        stmt_end = len(text) if stmt_end == -1 else stmt_end
-        stmt = text[head.end() : stmt_end]
-        if b"${" in text[head.start() : stmt_end]:
+    for head in (_HEAD_SHELL if in_shell else _HEAD).finditer(filled):
+        stmt_end = filled.find(b";", head.end())
+        stmt_end = len(filled) if stmt_end == -1 else stmt_end
+        stmt = filled[head.end() : stmt_end]
+        if b"${" in filled[head.start() : stmt_end]:
             continue
         m = _CLAUSE.search(stmt)
         if m is None:
             continue
         base = head.end()
         value = m.group(1).decode("utf-8", "replace").replace("''", "'")
+        role = _role(head.group(1))
+        if holes:
+            r_start, r_end = head.span(1)
+            quoted = head.group(1)[:1] == b'"'
+            named = holes.get((r_start + quoted, r_end - quoted))
+            v_start, v_end = base + m.start(1), base + m.end(1)
+            given = holes.get((v_start, v_end))
+            partial = (named is None and _touches(holes, r_start, r_end)) or (
+                given is None and _touches(holes, v_start, v_end)
+            )
+            if partial:
+                continue  # a hole inside a name or a value (``'${prefix}-pw'``): not a value nixmig knows whole
+            if named is not None:
+                role = named if quoted else named.lower()  # as the server folds an unquoted name
+            if given is not None:
+                value = given
         rest = stmt[: m.start()] + stmt[m.end() :]
         whole = None
         if not in_shell and stmt_end < len(text) and head.group(0)[:5].upper() == b"ALTER" and _EMPTY.fullmatch(rest):
@@ -79,7 +121,7 @@ def clauses(text: bytes, *, in_shell: bool = False) -> list[PasswordClause]:
         invalid = bool(_WITH.search(unquoted)) and not _LEADING_WITH.match(unquoted)
         out.append(
             PasswordClause(
-                _role(head.group(1)),
+                role,
                 base + m.start(),
                 base + m.end(),
                 base + m.start(1),

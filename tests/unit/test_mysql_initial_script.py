@@ -68,3 +68,22 @@ def test_strategy_rotate_is_refused_with_its_line() -> None:
     plan, _ = _plan("    CREATE USER 'app'@'localhost' IDENTIFIED BY 'app-pw-9';", role="app", strategy="rotate")
     assert not plan.edits
     assert any("nixmig cannot rotate it" in m.what and 'strategy = "move"' in m.what for m in plan.manual)
+
+
+def test_statements_read_holes_nixmig_knows_as_their_values() -> None:
+    """``'${db.user}'@'localhost' IDENTIFIED BY '${db.pw}'``: holes (interpolations of a let string or a let
+    attrset's field, by offset) that are a whole name or a whole password are read as their values; a hole
+    inside a value, a value with a quote, or a hole nixmig does not know leaves the statement out."""
+    sql = "CREATE USER '${u}'@'localhost' IDENTIFIED BY '${p}';\nALTER USER 'x'@'h' IDENTIFIED BY 'ro-${p}';\n"
+
+    def at(s: str, n: int = 1) -> tuple[int, int]:
+        i = -1
+        for _ in range(n):
+            i = sql.index(s, i + 1)
+        return (i, i + len(s))
+
+    holes = {at("${u}"): "helpdesk", at("${p}"): "pw-1", at("${p}", 2): "pw-1"}
+    got = [(s.account, s.clause[2] if s.clause else None, s.read) for s in statements(sql, holes)]
+    assert got == [("'helpdesk'@'localhost'", "pw-1", at("${p}"))]
+    assert statements(sql, {at("${u}"): "helpdesk", at("${p}"): "it's"}) == []  # a quote: not read
+    assert statements(sql) == []

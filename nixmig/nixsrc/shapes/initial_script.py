@@ -58,6 +58,41 @@ def _scripts(b: Builder) -> Iterator[tuple[FileModel, Bind, Node, NixPath, str]]
         yield fm, bind, node, prefix, ".".join(bind.path) + " (a file in the world-readable Nix store)"
 
 
+def sql_holes(b: Builder, fm: FileModel, node: Node) -> dict[tuple[int, int], tuple[str, Node]]:
+    """The interpolations of the SQL string ``node`` whose value nixmig knows: a let string (``${pw}``) or
+    a field of a let attrset (``${db.password}``), by their offsets in the string's source, with the
+    expression read (sqlpass.clauses takes the values)."""
+    out: dict[tuple[int, int], tuple[str, Node]] = {}
+    fields = b.let_fields[fm.name]
+    for c in node.named_children:
+        inner = [x for x in c.named_children if x.type != "comment"] if c.type == "interpolation" else []
+        if len(inner) != 1:
+            continue
+        expr = inner[0]
+        if expr.type == "variable_expression":
+            let = b.lets[fm.name].get(fm.text(expr))
+            value = let.value if let is not None else None
+        elif expr.type == "select_expression" and not any(x.type == "or" for x in expr.children):
+            value = fields.get("".join(fm.text(expr).split()))
+        else:
+            value = None
+        if value:
+            out[(c.start_byte - node.start_byte, c.end_byte - node.start_byte)] = (value, expr)
+    return out
+
+
+def _values(holes: dict[tuple[int, int], tuple[str, Node]]) -> dict[tuple[int, int], str]:
+    return {k: v for k, (v, _) in holes.items()}
+
+
+def read_once_less(b: Builder, fm: FileModel, expr: Node) -> None:
+    """The clause that read ``expr`` (a let string, a let attrset's field) is gone: that use is replaced.
+    The binding goes with its last use (Builder.drop_lets, which says any use left)."""
+    b.let_used.add((fm.name, expr.start_byte))
+    if expr.type == "select_expression":
+        b.fields_read.add((fm.name, "".join(fm.text(expr).split())))
+
+
 def apply(b: Builder, password: str | None) -> None:
     for fm, bind, node, prefix, where in _scripts(b):
         unit = (*prefix, "systemd", "services", unit_name(b))
@@ -80,7 +115,7 @@ def move_role(b: Builder, role: str, secret: str) -> None:
     found = False
     for fm, bind, node, prefix, where in _scripts(b):
         raw = fm.source[node.start_byte : node.end_byte]
-        values = {c.password for c in clauses(raw) if c.role == role}
+        values = {c.password for c in clauses(raw, holes=_values(sql_holes(b, fm, node))) if c.role == role}
         if remove_clauses(b, fm, node, None, where, role=role, companion=secret):
             found = True
             role_unit(b, fm, bind.node, prefix=prefix, role=role, secret=secret)
@@ -112,7 +147,7 @@ def _other_roles(b: Builder, fm: FileModel, node: Node) -> None:
 
     raw = fm.source[node.start_byte : node.end_byte]
     moved = {k.removeprefix("role:") for k, _ in b.spec.also if k.startswith("role:")}
-    for c in clauses(raw):
+    for c in clauses(raw, holes=_values(sql_holes(b, fm, node))):
         if c.role != b.spec.role and c.role not in moved:
             line, col = fm.line_col(node.start_byte + c.value_start)
             b.masks.append((fm.name, node.start_byte + c.value_start, node.start_byte + c.value_end))  # diffs
@@ -191,7 +226,8 @@ def remove_clauses(
     role = role or b.spec.role
     raw = fm.source[node.start_byte : node.end_byte]
     cut = False
-    for c in clauses(raw, in_shell=in_shell):
+    holes = sql_holes(b, fm, node)
+    for c in clauses(raw, in_shell=in_shell, holes=_values(holes)):
         if c.role != role or "'" in c.password:
             continue
         if (fm.name, node.start_byte + c.value_start) in b.handled:
@@ -248,6 +284,9 @@ def remove_clauses(
                 "",
                 f"removes the literal PASSWORD of role {c.role} from {where}; the statement stays valid SQL",
             )
+        hole = holes.get((c.value_start, c.value_end))
+        if hole is not None:
+            read_once_less(b, fm, hole[1])
         cut = True
     return cut
 

@@ -21,6 +21,7 @@ the script gives a password. Anything else (another user's password, ``SET PASSW
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.render import template
 from nixmig.nixsrc.shapes import Shape
+from nixmig.nixsrc.sqlpass import SAFE_HOLE as _SAFE_HOLE
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -53,6 +55,7 @@ class Statement:
     start: int  # of the statement, without its ';' (offsets into the text given)
     end: int
     clause: tuple[int, int, str] | None  # the IDENTIFIED BY clause (start, end, password)
+    read: tuple[int, int] | None = None  # the interpolation the password is (``'${pw}'``: a hole's offsets)
 
     @property
     def account(self) -> str:
@@ -63,13 +66,36 @@ def _unquote(name: str) -> str:
     return name[1:-1] if name[:1] in "'`\"" else name
 
 
-def statements(text: str) -> list[Statement]:
+def _filled(text: str, holes: Mapping[tuple[int, int], str]) -> str:
+    """``text`` with each hole (an interpolation whose value nixmig knows) replaced by a name of the same
+    length (``Q0___``): the offsets stay those of ``text``, and no ``${`` is left there."""
+    out = text
+    for i, (start, end) in enumerate(sorted(holes)):
+        tag = f"Q{i}"
+        if end - start >= len(tag):
+            out = out[:start] + tag + "_" * (end - start - len(tag)) + out[end:]
+    return out
+
+
+def statements(text: str, holes: Mapping[tuple[int, int], str] | None = None) -> list[Statement]:
     """The CREATE USER / ALTER USER / GRANT ... TO statements of an SQL text, each with its account
     (MySQL's default host '%') and its ``IDENTIFIED BY '...'`` clause, if any. A statement that
-    interpolates anything (``${``) is left out."""
+    interpolates anything (``${``) is left out, but for ``holes``: interpolations whose value nixmig
+    knows (a let string, a let attrset's field), by their offsets in ``text``, each read as that value
+    where it is a whole user, host or password (``'${db.user}'@'localhost' IDENTIFIED BY '${db.pw}'``)."""
+    holes = {k: v for k, v in (holes or {}).items() if _SAFE_HOLE.fullmatch(v)}
+    filled = _filled(text, holes) if holes else text
+
+    def whole(start: int, end: int, quoted: bool) -> tuple[str | None, bool]:
+        """(the hole's value, whether a hole is only a part of it) for the name or value at start:end."""
+        start, end = (start + 1, end - 1) if quoted else (start, end)
+        if (start, end) in holes:
+            return holes[(start, end)], False
+        return None, any(s < end and start < e for s, e in holes)
+
     out: list[Statement] = []
     pos = 0
-    for part in text.split(";"):
+    for part in filled.split(";"):
         start, end = pos, pos + len(part)
         pos = end + 1
         if "${" in part:
@@ -81,9 +107,23 @@ def statements(text: str) -> list[Statement]:
             continue
         verb = "grant" if grant is not None else m.group("verb").split()[0].lower()
         c = _CLAUSE.search(part, m.end())
+        user, host = _unquote(m.group("user")), _unquote(m.group("host")) if m.group("host") else "%"
         clause = (start + c.start(), start + c.end(), c.group("pw").replace("''", "'")) if c else None
-        host = _unquote(m.group("host")) if m.group("host") else "%"
-        out.append(Statement(verb, _unquote(m.group("user")), host, start, end, clause))
+        read = None
+        if holes:
+            got = [
+                whole(start + m.start(g), start + m.end(g), m.group(g)[:1] in "'`\"")
+                for g in ("user", "host")
+                if m.group(g)
+            ]
+            pw = whole(start + c.start("pw"), start + c.end("pw"), False) if c else (None, False)
+            if any(partial for _, partial in (*got, pw)):
+                continue  # a hole inside a name or a value: not one nixmig knows whole
+            user = got[0][0] or user
+            host = (got[1][0] if len(got) > 1 else None) or host
+            if c is not None and pw[0] is not None:
+                clause, read = (start + c.start(), start + c.end(), pw[0]), (start + c.start("pw"), start + c.end("pw"))
+        out.append(Statement(verb, user, host, start, end, clause, read))
     return out
 
 
@@ -102,11 +142,19 @@ def apply(b: Builder, password: str | None) -> None:
 
 def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | None) -> None:
     from nixmig.nixsrc.patch import Manual
+    from nixmig.nixsrc.shapes.initial_script import read_once_less, sql_holes
 
     quote = 2 if node.type == "indented_string_expression" else 1  # '' or ": the SQL is between them
     base = node.start_byte + quote
     raw = fm.source[base : node.end_byte - quote].decode("utf-8", "surrogateescape")
-    stmts = statements(raw)
+
+    def char(byte: int) -> int:  # a byte offset of the file -> a character offset of raw
+        return len(fm.source[base:byte].decode("utf-8", "surrogateescape"))
+
+    holes = {
+        (char(node.start_byte + s), char(node.start_byte + e)): hole for (s, e), hole in sql_holes(b, fm, node).items()
+    }
+    stmts = statements(raw, {k: v for k, (v, _) in holes.items()})
 
     def at(i: int) -> int:  # a character offset of raw -> a byte offset of the file
         return base + len(raw[:i].encode("utf-8", "surrogateescape"))
@@ -165,6 +213,8 @@ def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | No
         assert s.clause is not None
         b.masks.append((fm.name, at(s.clause[0]), at(s.clause[1])))
         b.replaced.append(f"the IDENTIFIED BY of {s.account} at {fm.where(at(s.clause[0]))}")
+        if s.read is not None:
+            read_once_less(b, fm, holes[s.read][1])
     b.known.add(digest(value.encode()))
     b.sql_file = fm
     _unit(b, fm, near, sorted({s.account for s in ours}))
