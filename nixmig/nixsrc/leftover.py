@@ -712,6 +712,24 @@ def copies_of(values: Collection[bytes]) -> re.Pattern[bytes]:
     )
 
 
+def prose_word(source: bytes, m: re.Match[bytes]) -> bool:
+    """A password that is a plain word (``password``, ``changeme``, ``synapse``) met in prose (a comment's
+    ``# Should match postgres password``, a script's ``# The replication listener on the main synapse
+    process.``), not in a copy of code: no quote, ``=``, ``:``, ``/`` or ``@`` beside it, and the word before
+    it is no command-line flag (``--password synapse``, ``-p synapse``) nor a name of a secret (``password
+    synapse``)."""
+    if not m.group().isalpha():
+        return False
+    head = source[: m.start()].rstrip(b" \t")
+    before = head[-1:]
+    after = source[m.end() :].lstrip(b" \t")[:1]
+    if before in (b'"', b"'", b"=", b":", b"/") or after in (b'"', b"'", b"@", b";", b"="):
+        return False
+    word = re.search(rb"[^\s]*$", head)
+    previous = word.group().lower() if word is not None else b""
+    return not previous.startswith(b"-") and not re.search(rb"pass|pw|secret|token|key|auth", previous)
+
+
 def _nixos_test(fm: FileModel) -> bool:
     """The file is a NixOS test (``makeTest { nodes = ...; testScript = ...; }``, ``runNixOSTest``): it binds
     ``testScript`` and ``nodes`` (or the older ``machine``) somewhere."""
@@ -752,9 +770,11 @@ def copies_in_strings(
             whole = fm.source[node.start_byte + 1 : node.end_byte - 1]
             if path and _names_something(path[-1]) and whole in values:
                 continue  # the whole string is the name (EXAMPLES_DB = "examples"), not NC_DB's URL holding it
+            if path and path[-1] == "image":
+                continue  # a container image's reference ("postgres:latest" beside the password "postgres")
             for m in token.finditer(fm.source, node.start_byte, node.end_byte):
                 line, col = fm.line_col(m.start())
-                if (name, line) in said or _covered_span(m.start(), m.end(), spans):
+                if (name, line) in said or _covered_span(m.start(), m.end(), spans) or prose_word(fm.source, m):
                     continue
                 said.add((name, line))
                 attr = ".".join(path)

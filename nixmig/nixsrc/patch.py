@@ -76,6 +76,7 @@ from nixmig.nixsrc.leftover import (
     leftovers,
     naming,
     other_secrets,
+    prose_word,
     string_shape,
     unknown_shape,
     uses_secret,
@@ -1111,7 +1112,7 @@ class Builder:
                     [
                         m
                         for m in token.finditer(fm.source, node.start_byte, node.end_byte)
-                        if not _prose_word(fm.source, m)
+                        if not prose_word(fm.source, m)
                     ]
                     if node.type == "comment"
                     else []
@@ -3350,16 +3351,6 @@ def _let_fields(fm: FileModel) -> dict[str, str]:
     from nixmig.nixsrc.shapes.let_script import fields
 
     return {b.shown: b.value for b in fields(fm, _formal_names(fm.root))}
-
-
-def _prose_word(source: bytes, m: re.Match[bytes]) -> bool:
-    """A password that is a plain word (``password``, ``changeme``) met in a comment's prose
-    (``# Should match postgres password``), not in a copy of code: no quote, ``=``, ``:`` or ``@`` beside it."""
-    if not m.group().isalpha():
-        return False
-    before = source[: m.start()].rstrip(b" \t")[-1:]
-    after = source[m.end() :].lstrip(b" \t")[:1]
-    return before not in (b'"', b"'", b"=", b":", b"/") and after not in (b'"', b"'", b"@", b";", b"=")
 
 
 def oci_unit_seg(fm: FileModel | None, name: str) -> str:

@@ -1002,6 +1002,41 @@ def test_a_password_word_inside_secret_names_is_no_copy_of_it() -> None:
     assert token.search(b"mysql -ppassword") is not None
 
 
+PLAIN_WORD = b"""{ pkgs, ... }:
+{
+  services.postgresql.initialScript = pkgs.writeText "init.sql" ''
+    CREATE ROLE "matrix-synapse" WITH LOGIN PASSWORD 'synapse';
+  '';
+  virtualisation.oci-containers.containers.cache.image = "synapse:latest";
+  systemd.services.synapse-workers.script = ''
+    echo "# The replication listener on the main synapse process." > /var/lib/w.yaml
+    %s
+  '';
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("line", "copy"),
+    [
+        ("true", False),
+        ("psql --password synapse", True),
+        ("export DB_PASS=synapse", True),
+        ("mysql -p synapse -u root", True),
+        ("curl -u admin:synapse http://x", True),
+    ],
+)
+def test_a_plain_word_password_in_prose_or_an_image_name_is_no_copy_of_it(line: str, copy: bool) -> None:
+    """The password "synapse" (blind cases, stop 23): a script's prose ("the main synapse process") and a
+    container image's reference ("synapse:latest") are no copies of it, and patch is right to patch; after
+    a flag, a secret's name, ``=`` or ``:`` the word is a copy still, and nothing is written."""
+    src = {"m.nix": PLAIN_WORD % line.encode()}
+    plan = pt.plan(src, pt.Spec(secret="synapse-db-password", role="matrix-synapse"))
+    left = [m for m in plan.manual if "still holds this migration's password" in m.what]
+    assert [m.line for m in left] == ([9] if copy else []), [m.what for m in plan.manual]
+    assert plan.edits and (bool(plan.manual) == copy), [m.what for m in plan.manual]
+
+
 SHARED_VALUE = b"""{ pkgs, ... }:
 {
   services.postgresql.initialScript = pkgs.writeText "init.sql" ''
