@@ -254,10 +254,16 @@ def _patch_one(
     notes = list(plan.notes)
     age_file = root / spec.secrets_dir / f"{spec.secret}.age"
     if not age_file.exists():
+        at = dict(_missing_kept_values(root, spec.secrets_dir, plan, sources)).get(spec.secret)  # its line
         notes.append(
             f"{age_file.relative_to(root)} does not exist yet: create it with `nixmig secret new {spec.secret}"
             + (
-                " --from FILE:LINE` (strategy move keeps the value: the line that hardcodes it)"
+                f" --from {at or 'FILE:LINE'}` (strategy move keeps the value: "
+                + (
+                    "the line that hardcodes it)"
+                    if at is None
+                    else "it reads the value there, before --write removes it)"
+                )
                 if spec.strategy == "move"
                 else "`"
             )
@@ -268,12 +274,13 @@ def _patch_one(
             "ragenix, agenix-rekey, <agenix/modules/age.nix>): add it to the host's "
             "modules, or the deploy fails to evaluate (The option `age' does not exist)"
         )
+    kept_at = dict(_missing_kept_values(root, spec.secrets_dir, plan, sources))
     for var, secret in (*spec.also, *plan.auto_also):  # companions keep their value: made from the line
         if not (root / spec.secrets_dir / f"{secret}.age").exists():
             notes.append(
                 f"{spec.secrets_dir}/{secret}.age (also: {var}) does not exist yet: create it with its current "
-                f"value, `nixmig secret new {secret} --from FILE:LINE` (the line that hardcodes {var}, before --write "
-                "removes it), or --stdin"
+                f"value, `nixmig secret new {secret} --from {kept_at.get(secret, 'FILE:LINE')}` (the line that "
+                f"hardcodes {var}, before --write removes it), or --stdin"
             )
     try:
         toml = _with_companions(cfg_path, name, plan)

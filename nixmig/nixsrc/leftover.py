@@ -319,6 +319,13 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
                 "a second MySQL/MariaDB credential of this container (nixmig cannot rotate it, and this "
                 f"migration moves one value): {companion_fix(migration, path[-1], file, f.line)}"
             )
+        if path[-3:] == ("services", "mysql", "initialScript") and _mysql_account(source, f.start) not in (None, role):
+            return (
+                "the password of a MySQL/MariaDB account in the script that no migration moves (a migration moves "
+                "the account its service's role names): give this account a migration of its own (strategy = "
+                f'"move", role = its user; `nixmig secret new NAME --from {file}:{f.line}` keeps the value), '
+                "or take the clause out by hand"
+            )
         return (
             'a MySQL/MariaDB credential: nixmig cannot rotate it; a migration with strategy = "move" moves one '
             "such value (the service's role names whose: the MySQL user, or root; `nixmig secret new NAME --from "
@@ -457,6 +464,36 @@ def _in_container(f: Finding, file: str, containers: Collection[tuple[str, ...]]
     return shape is not None and (file, *shape[2]) in containers
 
 
+_MYSQL_USER_BEFORE = re.compile(
+    rb"(?is)(?:CREATE|ALTER)\s+USER(?:\s+IF\s+(?:NOT\s+)?EXISTS)?\s+['`\"]?([A-Za-z0-9_.%-]+)|GRANT\s.*?\sTO\s+['`\"]?([A-Za-z0-9_.%-]+)"
+)
+
+
+def _mysql_account(source: bytes, start: int) -> str | None:
+    """The user of the MySQL statement whose IDENTIFIED BY holds the byte at ``start`` (None: not found)."""
+    head = source[max(0, start - 400) : start]
+    head = head[head.rfind(b";") + 1 :]
+    found = list(_MYSQL_USER_BEFORE.finditer(head))
+    if not found:
+        return None
+    m = found[-1]
+    return (m.group(1) or m.group(2)).decode("utf-8", "replace")
+
+
+def _other_project(f: Finding, file: str, containers: Collection[tuple[str, ...]]) -> bool:
+    """The finding is in an arion project of ``file`` none of whose containers this plan patches, while it
+    patches another project's there (``projects.wikijs`` beside ``projects.pterodactyl``): another app's
+    database and credentials, not this migration's (a note says it is left, other_secrets)."""
+    if not f.attr_path:
+        return False
+    path = _attr_path(f.attr_path)
+    arion = ("virtualisation", "arion", "projects")
+    if path[:3] != arion or len(path) < 4:
+        return False
+    ours = {c[4] for c in containers if c[0] == file and tuple(c[1:4]) == arion and len(c) > 4}
+    return bool(ours) and path[3] not in ours
+
+
 def _attr_path(attr_path: str) -> tuple[str, ...]:
     path = tuple(seg.strip('"') for seg in attr_path.split("."))
     return path[1:] if path[:1] == ("config",) else path  # a module's `config = { ... }` block
@@ -550,10 +587,13 @@ def leftovers(
                 continue
             same = digest(f.value.reveal()) in known
             # nothing recognised (scope None): any credential may be this migration's, all are said
-            if not same and not (
-                scope is None
-                or (name in scope and _related(f, fm.source, idents))
-                or _in_container(f, name, containers)
+            if not same and (
+                not (
+                    scope is None
+                    or (name in scope and _related(f, fm.source, idents))
+                    or _in_container(f, name, containers)
+                )
+                or _other_project(f, name, containers)
             ):
                 continue
             head = f"{f.attr_path or 'a string'} still holds " + (

@@ -3054,9 +3054,14 @@ def written_text(value: Node, *, plain: bool = True) -> Node | None:
     """The text of ``pkgs.writeText "name" <text>`` (through toString and parentheses), or (``plain``)
     the value itself when it is a string: a double-quoted or an indented string node, else None.
     A ``*File`` option set to a plain string names a path, not a password: never ``plain`` there."""
-    if plain and unparen(value).type in ("string_expression", "indented_string_expression"):
-        return unparen(value)
     node = unparen(value)
+    while node.type == "apply_expression":  # lib.mkDefault (pkgs.writeText ...), mkForce, mkOverride 50 ...
+        name, args = _apply_parts(node)
+        if name not in ("mkDefault", "mkForce", "mkOverride", "mkOptionDefault") or not args:
+            break
+        node = unparen(args[-1])
+    if plain and node.type in ("string_expression", "indented_string_expression"):
+        return node
     inner = _sole_interpolation(node)
     if inner is not None:  # "${pkgs.writeText "pw" "..."}": the store path as a string
         node = inner

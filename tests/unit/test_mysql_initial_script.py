@@ -87,3 +87,19 @@ def test_statements_read_holes_nixmig_knows_as_their_values() -> None:
     assert got == [("'helpdesk'@'localhost'", "pw-1", at("${p}"))]
     assert statements(sql, {at("${u}"): "helpdesk", at("${p}"): "it's"}) == []  # a quote: not read
     assert statements(sql) == []
+
+
+def test_another_account_under_move_is_told_to_get_a_migration_of_its_own() -> None:
+    """A blind case (stop 23): the migration (move) patched its account, and the second account's line said
+    'a migration with strategy = "move" moves one such value', which it already was. It names the line to
+    take the other value from; under rotate, the migration's own account is told to use move (test above)."""
+    sql = (
+        "    -- the app\n"
+        "    CREATE USER IF NOT EXISTS 'app'@'localhost' IDENTIFIED BY 'app-pw-9';\n"
+        "    CREATE USER IF NOT EXISTS 'pma'@'localhost' IDENTIFIED BY 'pma-pw-7';"
+    )
+    plan, out = _plan(sql, role="app")
+    assert "CREATE USER IF NOT EXISTS 'app'@'localhost' ACCOUNT LOCK;" in out
+    (m,) = plan.manual
+    assert m.line == 7 and "give this account a migration of its own" in m.what
+    assert "--from db.nix:7" in m.what and "pma-pw-7" not in m.what

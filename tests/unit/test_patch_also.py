@@ -320,11 +320,11 @@ def test_patch_notes_a_missing_companion_age_file(tmp_path: Path) -> None:
     err = r.stderr.decode()
     assert (
         "secrets/shop-db-root-password.age (also: MYSQL_ROOT_PASSWORD) does not exist yet: create it with its "
-        "current value, `nixmig secret new shop-db-root-password --from FILE:LINE`" in err
+        "current value, `nixmig secret new shop-db-root-password --from hosts/box/shop.nix:9`" in err
     ), err
     assert (
         "secrets/shop-db-password.age does not exist yet: create it with `nixmig secret new shop-db-password "
-        "--from FILE:LINE` (strategy move keeps the value" in err
+        "--from hosts/box/shop.nix:8` (strategy move keeps the value" in err
     ), err
     assert b"shop-root-52" not in r.stdout + r.stderr
 

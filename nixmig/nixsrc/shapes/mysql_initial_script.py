@@ -41,9 +41,11 @@ INITIAL_SCRIPT = ("services", "mysql", "initialScript")
 _NAME = r"(?:'[A-Za-z0-9_.%:-]+'|`[A-Za-z0-9_.%:-]+`|\"[A-Za-z0-9_.%:-]+\"|[A-Za-z0-9_]+)"
 _ACCOUNT = rf"(?P<user>{_NAME})(?:\s*@\s*(?P<host>{_NAME}))?"
 _HEAD = re.compile(
-    rf"(?is)^\s*(?P<verb>CREATE\s+USER(?:\s+IF\s+NOT\s+EXISTS)?|ALTER\s+USER(?:\s+IF\s+EXISTS)?)\s+{_ACCOUNT}"
+    rf"(?is)\s*(?P<verb>CREATE\s+USER(?:\s+IF\s+NOT\s+EXISTS)?|ALTER\s+USER(?:\s+IF\s+EXISTS)?)\s+{_ACCOUNT}"
 )
-_GRANT_TO = re.compile(rf"(?is)^\s*GRANT\s.*?\sTO\s+{_ACCOUNT}")
+_GRANT_TO = re.compile(rf"(?is)\s*GRANT\s.*?\sTO\s+{_ACCOUNT}")
+# whitespace and comments before a statement: ``-- ...`` and ``# ...`` lines, ``/* ... */``
+_LEADING_COMMENTS = re.compile(r"(?s)(?:\s+|--[^\n]*|#[^\n]*|/\*.*?\*/)*")
 _CLAUSE = re.compile(r"(?is)\s+IDENTIFIED\s+BY\s+'(?P<pw>(?:[^'\\\n]|'')*)'")
 
 
@@ -100,8 +102,10 @@ def statements(text: str, holes: Mapping[tuple[int, int], str] | None = None) ->
         pos = end + 1
         if "${" in part:
             continue
-        head = _HEAD.match(part)
-        grant = None if head is not None else _GRANT_TO.match(part)
+        lead = _LEADING_COMMENTS.match(part)
+        skip = lead.end() if lead is not None else 0  # ``-- a comment`` lines before the statement
+        head = _HEAD.match(part, skip)
+        grant = None if head is not None else _GRANT_TO.match(part, skip)
         m = head or grant
         if m is None:
             continue
