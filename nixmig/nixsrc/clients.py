@@ -40,7 +40,8 @@ _DB_URL: Final = re.compile(r"(postgres(ql)?|mysql2?|mariadb)://", re.IGNORECASE
 # a settings file mounted into the container, where apps keep their database password (piped's
 # config.properties, a config.php, an .env): SRC:DST[:ro] with a file name in SRC
 _SETTINGS_FILE: Final = re.compile(
-    r"^[^:]*?([\w.-]+\.(?:properties|conf|cfg|ini|env|ya?ml|json|toml|php|xml))(?::[^:]*){1,2}$", re.IGNORECASE
+    r"^[^:]*?([\w.-]+\.(?:properties|conf|cfg|ini|env|ya?ml|json|toml|php|xml|pm|py|rb|js|lua|exs?))(?::[^:]*){1,2}$",
+    re.IGNORECASE,
 )
 
 
@@ -69,7 +70,8 @@ class Client:
         if self.settings is not None:
             return (
                 f"the {self.name} container depends on {db} and mounts {self.settings}, with no password in its "
-                f"environment: if its database password is in that file, nixmig cannot edit it and rotating would "
+                f"environment: if its database password is in {'one of them' if ', ' in self.settings else 'that file'}"
+                ", nixmig cannot edit it and rotating would "
                 f"lock it out. Give it the password through its environment (bind the variable to today's value, "
                 f'then patch again), use strategy = "move", or list the containers that use the database in '
                 f"app_services"
@@ -151,16 +153,19 @@ def _credential(var: str, value: str | None) -> bool:
 
 
 def _settings_file(fm: FileModel, kind: str, prefix: NixPath) -> str | None:
-    """The first settings file the container mounts (its name), or None."""
+    """The settings files the container mounts (their names, the first four), or None."""
     path = (*prefix, *KINDS[kind].volumes)
+    names: list[str] = []
     for b in fm.binds:
         if b.path == path and unparen(b.value).type == "list_expression":
             for e in unparen(b.value).named_children:
                 spec = fm.text(e).strip('"') if e.type in ("string_expression", "indented_string_expression") else ""
                 m = _SETTINGS_FILE.match(spec)
-                if m is not None:
-                    return m.group(1)
-    return None
+                if m is not None and m.group(1) not in names:
+                    names.append(m.group(1))
+    if not names:
+        return None
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 def _has_env_files(fm: FileModel, kind: str, prefix: NixPath) -> bool:

@@ -199,6 +199,14 @@ def unknown_shape(path: Sequence[str]) -> str:
             "(users.users.USER.uid); else copy it inside, as root, to a file that user owns (a oneshot before its "
             "units); with privateUsers the host's file must belong to the shifted uid (the container's base + uid)"
         )
+    if len(segs) >= 4 and segs[0] == "services" and segs[2] == "nixos" and segs[3] in ("configuration", "useSystemd"):
+        c = segs[1]
+        return (
+            f"no template for this shape: inside the NixOS configuration arion builds and runs in the container {c} "
+            f"(services.{c}.nixos.configuration, a system of its own whose files are in the image's Nix store: no "
+            f"agenix there), {'.'.join(segs[4:])} has no edit nixmig knows. By hand: bind-mount the host's agenix "
+            f"file read-only into {c} (services.{c}.service.volumes) and have its unit read it from there"
+        )
     if len(segs) >= 3 and segs[0] == "specialisation":
         return (
             f"no template for this shape: inside specialisation.{segs[1]} (a configuration of its own): nixmig "

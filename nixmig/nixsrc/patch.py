@@ -2365,15 +2365,29 @@ class Builder:
             else:
                 fm = preferred
         if fm is None or not fm.roots:
-            self.manual.append(
-                Manual(
-                    "",
-                    0,
-                    0,
-                    f"no module to declare age.secrets.{name} in",
-                    self.age_snippet(None, ("age", "secrets", name), name),
-                )
+            none = not any(  # a host's module: any file with a config root, but secrets.nix and arion projects
+                m.roots and posixpath.basename(m.name) != "secrets.nix" and not _arion_compose(m)
+                for m in self.models.values()
             )
+            item = Manual(
+                "",
+                0,
+                0,
+                f"no module to declare age.secrets.{name} in"
+                + (
+                    ": no .nix file of the repository is a NixOS module (an arion project run with `arion up`, a "
+                    "compose file: agenix decrypts secrets on NixOS hosts only); import the project from a host's "
+                    "virtualisation.arion.projects.NAME.settings and patch that repository, or keep this one's "
+                    "password out of it by hand"
+                    if none
+                    else ""
+                ),
+                self.age_snippet(None, ("age", "secrets", name), name),
+            )
+            if none:
+                self.manual.insert(0, item)  # the first line of the refusal: what the rest follows from
+            else:
+                self.manual.append(item)
             return
         existing = [b for b in fm.binds if b.exact and b.path[:2] == ("age", "secrets")]
         root = self.age_root(fm, existing)
@@ -2809,7 +2823,9 @@ class Builder:
 
     def manual_here(self, fm: FileModel, node: Node, what: str, snippet: str, companion: str = "") -> None:
         line, col = fm.line_col(node.start_byte)
-        self.manual.append(Manual(fm.name, line, col, what, snippet, companion))
+        item = Manual(fm.name, line, col, what, snippet, companion)
+        if item not in self.manual:  # two shapes reaching one value say it once
+            self.manual.append(item)
 
     def refuse_kept(self, fm: FileModel, lit: Lit, why: str) -> None:
         """A value strategy move keeps that the env file nixmig would render cannot hold: the literal stays
@@ -3356,6 +3372,15 @@ def _let_fields(fm: FileModel) -> dict[str, str]:
     from nixmig.nixsrc.shapes.let_script import fields
 
     return {b.shown: b.value for b in fields(fm, _formal_names(fm.root))}
+
+
+def _arion_compose(fm: FileModel) -> bool:
+    """``fm`` is an arion project's module (``services.NAME.service.*``, ``project.name``), not a host's."""
+    return any(
+        (len(b.path) >= 3 and b.path[0] == "services" and b.path[2] in ("service", "nixos", "image"))
+        or b.path[:2] == ("project", "name")
+        for b in fm.binds
+    )
 
 
 def oci_unit_seg(fm: FileModel | None, name: str) -> str:

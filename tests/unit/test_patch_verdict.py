@@ -1037,6 +1037,37 @@ def test_a_plain_word_password_in_prose_or_an_image_name_is_no_copy_of_it(line: 
     assert plan.edits and (bool(plan.manual) == copy), [m.what for m in plan.manual]
 
 
+STANDALONE_ARION = b"""{ pkgs, ... }:
+{
+  project.name = "shop";
+  services.db.service = {
+    image = "postgres:16";
+    environment.POSTGRES_PASSWORD = "Shop-arion-pw-1";
+  };
+  services.api.service = {
+    image = "shop-api";
+    environment.DATABASE_URL = "postgres://postgres:Shop-arion-pw-1@db/shop";
+  };
+  services.admin.nixos.configuration.environment.variables.ADMIN_DB_PASSWORD = "Shop-arion-pw-1";
+}
+"""
+
+
+def test_an_arion_project_no_nixos_module_runs_is_refused_by_its_first_line() -> None:
+    """Nine blind files (stop 23) were arion-compose.nix files run with `arion up`, no NixOS module in their
+    repository: refused, but each with another first line (a variable's unit, "no module to declare
+    age.secrets.X in"). The first line now says why (no host module: agenix cannot reach it), each item
+    once; a literal inside services.NAME.nixos (a NixOS system arion builds into the image) is said as that."""
+    src = {"arion-compose.nix": STANDALONE_ARION, "secrets/secrets.nix": b"{ }\n"}
+    plan = pt.plan(src, pt.Spec(secret="shop-db-password", role="postgres", container="shop-db-1"))
+    first = plan.manual[0].what
+    assert first.startswith("no module to declare age.secrets.shop-db-password in: no .nix file of the repository is")
+    keys = [(m.file, m.line, m.col, m.what) for m in plan.manual]
+    assert len(keys) == len(set(keys)), keys
+    (nixos,) = [m for m in plan.manual if m.line == 12]
+    assert "inside the NixOS configuration arion builds and runs in the container admin" in nixos.what
+
+
 SHARED_VALUE = b"""{ pkgs, ... }:
 {
   services.postgresql.initialScript = pkgs.writeText "init.sql" ''

@@ -58,6 +58,11 @@ def test_a_mounted_settings_file_is_a_sign_it_logs_in() -> None:
     assert c.settings == "config.properties" and "mounts config.properties" in c.what("db", "pw")
     for other in ('"app-data:/var/lib/app"', '"/srv/app/media:/media"'):  # data, not settings
         assert clients(base.format(other)) == [], other
+    # every settings file it mounts is named (a blind case, stop 23: the credentials were in the second of four,
+    # Config2.pm, and the line named only log.conf, the first with a known extension)
+    mounts = '"./conf/Config.pm:/opt/Config.pm" "./conf/Config2.pm:/opt/Config2.pm" "./conf/log.conf:/mnt/log.conf"'
+    (c,) = silent_clients({"m.nix": model("m.nix", base.format(mounts).encode())}, "oci", "db")
+    assert c.settings == "Config.pm, Config2.pm, log.conf" and "in one of them" in c.what("db", "pw")
 
 
 def test_the_image_default_is_set_from_the_secret_only_for_a_client_of_this_role() -> None:
