@@ -42,6 +42,19 @@ class Edit:
         return f"{self.file}:{self.line}:{self.col}"
 
 
+def _sole_let_binding(binding: Node) -> tuple[Node, Node] | None:
+    """(the let, its body) when ``binding`` is the only thing its ``let ... in`` binds (no comment, no other
+    binding or inherit): removing it leaves ``let in``, valid but noise, so the let goes with it."""
+    bset = binding.parent
+    let = bset.parent if bset is not None and bset.type == "binding_set" else None
+    if let is None or let.type != "let_expression" or bset is None or bset.named_child_count != 1:
+        return None
+    if any(c.type == "comment" for c in let.named_children):
+        return None
+    body = let.child_by_field_name("body")
+    return (let, body) if body is not None else None
+
+
 def settle(edits: Sequence[Edit], sources: Mapping[str, bytes]) -> list[Edit]:
     """An insertion that falls inside a span another edit removes (after a binding that is itself
     removed, e.g. a dotted ``environment.URL = ...;`` as the service's last binding) moves to the
@@ -186,6 +199,15 @@ class Edits:
 
     def remove_binding(self, fm: FileModel, binding: Node, why: str) -> None:
         src = fm.source
+        whole = _sole_let_binding(binding)
+        if whole is not None:  # `let pw = "...";\nin\n{ ... }`: the let goes with its only binding
+            let, body = whole
+            start = _line_start(src, let.start_byte)
+            start = start if not src[start : let.start_byte].strip() else let.start_byte
+            end = _line_start(src, body.start_byte)
+            end = end if not src[end : body.start_byte].strip() and end > let.start_byte else body.start_byte
+            self.add(fm, start, end, "", why, at=binding)
+            return
         start = _line_start(src, binding.start_byte)
         alone_before = not src[start : binding.start_byte].strip()
         if alone_before and _rest_of_line_is_blank(src, binding.end_byte):

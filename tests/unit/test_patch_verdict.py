@@ -1184,3 +1184,25 @@ def test_a_companion_role_s_grafana_datasource_reads_its_secret_and_another_clie
     src = {"db.nix": TWO_ROLES.replace(b"CLIENT", b'environment.etc."dash.conf".text = "password=Dash-pw-7782";')}
     plan = pt.plan(src, spec)
     assert [m.line for m in plan.manual] == [10], [m.what for m in plan.manual]
+
+
+def test_a_let_whose_only_binding_goes_goes_with_it() -> None:
+    """``let pw = "..."; in { ... }`` whose only binding patch removes: no ``let in`` is left behind (valid
+    Nix, but noise a reviewer would ask about); a let that binds something else too keeps the rest."""
+    mod = """{ pkgs, ... }:
+let
+%s
+in
+{
+  services.postgresql.initialScript = pkgs.writeText "init.sql" ''
+    CREATE ROLE ledger WITH LOGIN PASSWORD '${ledgerPw}';
+  '';
+}
+"""
+    for extra, kept in (("", False), ('  port = "5432";\n', True)):
+        src = {"db.nix": (mod % (extra + '  ledgerPw = "Ledger-let-9";')).encode()}
+        plan = pt.plan(src, pt.Spec(secret="ledger-db-password", role="ledger"))
+        out = plan.results(src)["db.nix"].decode()
+        assert "Ledger-let-9" not in out and plan.manual == ()
+        assert ("let\n" in out and 'port = "5432";' in out) == kept, out
+        assert out.startswith("{ pkgs, config, ... }:\n{\n") != kept, out
