@@ -413,6 +413,17 @@ _TRIGGER_RE: Final = re.compile(
     rb"|sk_live_|@tcp\(|@unix\("
 )
 # Go's MySQL driver DSN (go-sql-driver/mysql): user:password@tcp(host:port)/db, or @unix(/run/mysqld.sock)
+# a .pgpass line: host:port:database:user:password (a colon or backslash inside a field is escaped)
+_PGPASS_FIELD = rb"(?:[^:\n\\]|\\.)*"
+_PGPASS_RE: Final = re.compile(
+    rb"(?m)^[ \t]*((?:[^:\s\\#]|\\.)*:"
+    + _PGPASS_FIELD
+    + b":"
+    + _PGPASS_FIELD
+    + b":"
+    + _PGPASS_FIELD
+    + rb"):((?:[^\n\\]|\\.)+?)[ \t]*$"
+)
 _DSN_RE: Final = re.compile(rb"(?<![\w.+-])([\w.-]+):([^\s@/:'\"\\]+)@(?:tcp|unix)\(")
 
 
@@ -1178,6 +1189,11 @@ def _scan_string(node: Node, out: _Collector, *, every: bool = False) -> None:
         for m in _DSN_RE.finditer(data):
             if not is_placeholder(m.group(2).decode("utf-8", "replace")):
                 add(m.span(2), Kind.PASSWORD, "dsn", [*leaf_words, "password"])
+    if ctx.plain and any("pgpass" in seg.lower() for seg in ctx.plain) and b":" in data:
+        # a libpq password file (environment.etc."pgpass".text): host:port:database:user:password lines
+        for m in _PGPASS_RE.finditer(data):
+            if not is_placeholder(m.group(2).decode("utf-8", "replace")):
+                add(m.span(2), Kind.PASSWORD, "pgpass", [*leaf_words, "password"])
     if ctx.attr_name or node.type == "uri_expression":
         return
 

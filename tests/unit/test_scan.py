@@ -510,3 +510,21 @@ def test_a_password_key_written_short_is_one() -> None:
     patch "found no hardcoded password"; `psswdmd5` (a hash's name) and words merely containing it are not."""
     found = scan('{ a.psswd = "Short-xx-771"; b.pswd = "Short-xx-772"; c.psswdmd5 = "x"; d.mypsswdx = "y"; }')
     assert [(f.attr_path, f.kind) for f in found] == [("a.psswd", Kind.PASSWORD), ("b.pswd", Kind.PASSWORD)]
+
+
+def test_a_pgpass_file_written_into_etc_holds_its_passwords() -> None:
+    """``environment.etc."pgpass".text`` (libpq's password file, host:port:database:user:password lines) is a
+    world-readable store file: each line's password is a finding; a comment line and a line with fewer than
+    five fields are not; an escaped colon stays inside its field."""
+    src = rb"""{
+  environment.etc."pgpass".text = ''
+    # host:port:database:user:password
+    localhost:5432:app:app:Pgpass-pw-1
+    db:*:*:report:Pg\:pass-2
+    not:a:pgpass:line
+  '';
+  environment.etc."motd".text = "a:b:c:d:e";
+}
+"""
+    found = scan_source(src, "x.nix").findings
+    assert [(f.rule, f.value.reveal()) for f in found] == [("pgpass", b"Pgpass-pw-1"), ("pgpass", rb"Pg\:pass-2")]
