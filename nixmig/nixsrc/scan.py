@@ -217,7 +217,7 @@ _COMPOUND_SUFFIXES: Final = (
 )
 # short nouns glued to a known prefix: adminpass, rootpw, requirepass, dbpwd
 _SHORT_COMPOUND_RE: Final = re.compile(
-    r"^(admin|root|db|user|smtp|mail|ldap|bind|require|master|auth|rpc|vnc|web|http)(pass|pw|pwd)$"
+    r"^(admin|root|db|user|smtp|mail|ldap|bind|require|master|auth|rpc|vnc|web|http|pg|sql|mysql)(pass|pw|pwd)$"
 )
 _NOT_COMPOUNDS: Final = frozenset({"bypass", "compass", "overpass", "surpass", "trespass"})
 _HASH_WORDS: Final = frozenset({"hash", "hashed"})
@@ -410,7 +410,12 @@ _AUTH_HEADER_RE: Final = re.compile(
 # cheap file-level gate: no trigger, nothing to walk (syntax is still checked)
 _TRIGGER_RE: Final = re.compile(
     rb"(?i)pass|pw|ps?swd|secret|token|key|cred|psk|cookie|identified|authorization|://|basicauth|gh[pousr]_|glpat-|xox"
-    rb"|sk_live_|@tcp\(|@unix\("
+    rb"|sk_live_|@tcp\(|@unix\(|mysql|mariadb"
+)
+# a MySQL/MariaDB client given its password glued to -p (``mysql -uroot -pPW -e ...``; ``-p`` alone prompts)
+_MYSQL_FLAG_RE: Final = re.compile(
+    rb"(?<![\w-])(?:mysql|mariadb|mysqldump|mysqladmin|mysqlcheck|mysqlimport|mariadb-dump|mariadb-admin)\b"
+    rb"[^\n;|&]*?\s-p([^\s'\"`;|&$\\][^\s'\"`;|&\\]*)"
 )
 # Go's MySQL driver DSN (go-sql-driver/mysql): user:password@tcp(host:port)/db, or @unix(/run/mysqld.sock)
 # a .pgpass line: host:port:database:user:password (a colon or backslash inside a field is escaped)
@@ -1090,7 +1095,12 @@ def _previous_flag(node: Node) -> NameClass | None:
 
 _TEXT_ONLY_TRIGGER_RE: Final = re.compile(
     rb"pass|pw|ps?swd|secret|token|key|cred|psk|cookie|identified|authorization|gh[pousr]_|github_pat_|glpat-|xox"
-    rb"|sk_live_|@tcp\(|@unix\("
+    rb"|sk_live_|@tcp\(|@unix\(|mysql|mariadb"
+)
+# a MySQL/MariaDB client given its password glued to -p (``mysql -uroot -pPW -e ...``; ``-p`` alone prompts)
+_MYSQL_FLAG_RE: Final = re.compile(
+    rb"(?<![\w-])(?:mysql|mariadb|mysqldump|mysqladmin|mysqlcheck|mysqlimport|mariadb-dump|mariadb-admin)\b"
+    rb"[^\n;|&]*?\s-p([^\s'\"`;|&$\\][^\s'\"`;|&\\]*)"
 )
 
 
@@ -1354,6 +1364,10 @@ def _scan_inside(data: bytes, leaf_words: Sequence[str], add: _Add, *, multiline
                 if raw_sep == b":" and not m.group(1) and "." in m.group(key_group).decode("utf-8", "replace"):
                     continue  # host.pw:443 (a domain and its port), neither YAML (key: value) nor JSON ("key":)
             found((start, end), kind, rule, name.words)
+    if b"mysql" in low or b"mariadb" in low:
+        for m in _MYSQL_FLAG_RE.finditer(data):
+            if not is_placeholder(m.group(1).decode("utf-8", "replace")) and not _commented(data, m.start()):
+                found(m.span(1), Kind.PASSWORD, "mysql-flag", [*leaf_words, "password"])
     for regex, rule in ((_SQL_RE, "sql"), (_NETRC_RE, "netrc")):
         if b"password" not in low and b"identified" not in low:
             break

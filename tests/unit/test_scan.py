@@ -521,10 +521,33 @@ def test_a_pgpass_file_written_into_etc_holds_its_passwords() -> None:
     # host:port:database:user:password
     localhost:5432:app:app:Pgpass-pw-1
     db:*:*:report:Pg\:pass-2
-    not:a:pgpass:line
+    only:four:fields:here
   '';
   environment.etc."motd".text = "a:b:c:d:e";
 }
 """
     found = scan_source(src, "x.nix").findings
     assert [(f.rule, f.value.reveal()) for f in found] == [("pgpass", b"Pgpass-pw-1"), ("pgpass", rb"Pg\:pass-2")]
+
+
+def test_a_mysql_client_given_its_password_after_p_and_a_short_pg_password_name() -> None:
+    """``mysql -uroot -pPW`` in a script is the password glued to the flag (a sweep of real shapes, stop 23;
+    ``-p`` alone prompts, ``-P`` is the port, ``-p"$(cat f)"`` reads it at run time); PGPASS, sqlpw name one."""
+    src = b"""{ pkgs, ... }:
+{
+  a.script = ''
+    ${pkgs.mariadb}/bin/mysql -u root -p -e "select 1"
+    mysql --socket=/run/mysqld/mysqld.sock -p"$(cat /run/pw)" db
+    mysqldump -uroot -p''${PW} db > x
+    mysql -h db -P 3306 -u app -papp-pw-22 app
+  '';
+  b.environment.PGPASS = "Pg-short-23";
+  c.sqlpw = "Sql-short-24";
+}
+"""
+    found = scan_source(src, "x.nix").findings
+    assert [(f.rule, f.value.reveal()) for f in found] == [
+        ("mysql-flag", b"app-pw-22"),
+        ("name", b"Pg-short-23"),
+        ("name", b"Sql-short-24"),
+    ]
