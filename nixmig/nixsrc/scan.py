@@ -412,12 +412,6 @@ _TRIGGER_RE: Final = re.compile(
     rb"(?i)pass|pw|ps?swd|secret|token|key|cred|psk|cookie|identified|authorization|://|basicauth|gh[pousr]_|glpat-|xox"
     rb"|sk_live_|@tcp\(|@unix\(|mysql|mariadb"
 )
-# a MySQL/MariaDB client given its password glued to -p (``mysql -uroot -pPW -e ...``; ``-p`` alone prompts)
-_MYSQL_FLAG_RE: Final = re.compile(
-    rb"(?<![\w-])(?:mysql|mariadb|mysqldump|mysqladmin|mysqlcheck|mysqlimport|mariadb-dump|mariadb-admin)\b"
-    rb"[^\n;|&]*?\s-p([^\s'\"`;|&$\\][^\s'\"`;|&\\]*)"
-)
-# Go's MySQL driver DSN (go-sql-driver/mysql): user:password@tcp(host:port)/db, or @unix(/run/mysqld.sock)
 # a .pgpass line: host:port:database:user:password (a colon or backslash inside a field is escaped)
 _PGPASS_FIELD = rb"(?:[^:\n\\]|\\.)*"
 _PGPASS_RE: Final = re.compile(
@@ -429,6 +423,7 @@ _PGPASS_RE: Final = re.compile(
     + _PGPASS_FIELD
     + rb"):((?:[^\n\\]|\\.)+?)[ \t]*$"
 )
+# Go's MySQL driver DSN (go-sql-driver/mysql): user:password@tcp(host:port)/db, or @unix(/run/mysqld.sock)
 _DSN_RE: Final = re.compile(rb"(?<![\w.+-])([\w.-]+):([^\s@/:'\"\\]+)@(?:tcp|unix)\(")
 
 
