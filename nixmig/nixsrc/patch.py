@@ -65,6 +65,7 @@ from nixmig.nixsrc.containers import (
 from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
 from nixmig.nixsrc.leftover import (
+    DB_WORDS,
     ENSURE_USERS,
     Leftover,
     companion_fix,
@@ -278,11 +279,15 @@ class Plan:
         return {f: apply_edits(sources[f], [e for e in edits if e.file == f]) for f in sorted({e.file for e in edits})}
 
     def diff(self, sources: Mapping[str, bytes]) -> str:
-        """A unified diff of the changes, with the hardcoded secret masked."""
+        """A unified diff of the changes, with the hardcoded secret masked, and every other credential scan
+        finds in the file too (an admin password beside the database's, on a context line)."""
+        from nixmig.nixsrc.scan import scan_source
+
         out: list[str] = []
         for f in self.files:
-            spans = [(s, e) for (mf, s, e) in self.masks if mf == f]
             src = sources[f]
+            spans = [(s, e) for (mf, s, e) in self.masks if mf == f]
+            spans += [(x.start, x.end) for x in scan_source(src, f).findings if 0 <= x.start < x.end]
             old = masked(src, 0, len(src), spans).decode("utf-8", "replace")
             new = apply(src, [e for e in self.edits if e.file == f], spans).decode("utf-8", "replace")
             out.extend(
@@ -1654,6 +1659,22 @@ class Builder:
             self.url_in_systemd(fm, lit, systemd, EnvLine(var, url.prefix, url.suffix))
             return
         where = ".".join(lit.path) if lit.path else "an unbound string"
+        segs = [seg.strip('"') for seg in lit.path]
+        if (
+            len(segs) >= 3
+            and segs[-1] in ("command", "cmd", "entrypoint", "entrypoints")
+            and ((segs[0] == "services" and segs[2] == "service") or "oci-containers" in segs)
+        ):  # a container's command line: no env file line can be its argv; the generic recipe would mislead
+            self.manual_here(
+                fm,
+                lit.node,
+                f"a {url.scheme}:// URL with the hardcoded password in {where}, a container's command line (its "
+                "argv, shown by `ps` and the engine's inspect): nixmig has no edit for it; have the program read "
+                "the URL from its environment instead (most take DATABASE_URL), then patch again: nixmig moves "
+                "an environment variable into an env file rendered from the agenix secret",
+                "",
+            )
+            return
         self.manual_here(
             fm,
             lit.node,
@@ -2365,29 +2386,16 @@ class Builder:
             else:
                 fm = preferred
         if fm is None or not fm.roots:
-            none = not any(  # a host's module: any file with a config root, but secrets.nix and arion projects
-                m.roots and posixpath.basename(m.name) != "secrets.nix" and not _arion_compose(m)
-                for m in self.models.values()
-            )
-            item = Manual(
-                "",
-                0,
-                0,
-                f"no module to declare age.secrets.{name} in"
-                + (
-                    ": no .nix file of the repository is a NixOS module (an arion project run with `arion up`, a "
-                    "compose file: agenix decrypts secrets on NixOS hosts only); import the project from a host's "
-                    "virtualisation.arion.projects.NAME.settings and patch that repository, or keep this one's "
-                    "password out of it by hand"
-                    if none
-                    else ""
-                ),
-                self.age_snippet(None, ("age", "secrets", name), name),
-            )
-            if none:
-                self.manual.insert(0, item)  # the first line of the refusal: what the rest follows from
-            else:
-                self.manual.append(item)
+            if not self.standalone_arion():  # (a standalone project's first line says why: run)
+                self.manual.append(
+                    Manual(
+                        "",
+                        0,
+                        0,
+                        f"no module to declare age.secrets.{name} in",
+                        self.age_snippet(None, ("age", "secrets", name), name),
+                    )
+                )
             return
         existing = [b for b in fm.binds if b.exact and b.path[:2] == ("age", "secrets")]
         root = self.age_root(fm, existing)
@@ -2730,7 +2738,12 @@ class Builder:
         # the first item is the refusal's headline: this migration's own value first, then what the files that
         # name the migration (its container, service, unit) hold, then the rest (a helper's default elsewhere)
         named = naming(self.models, [*idents, spec.role])
-        found.sort(key=lambda x: ("this migration's" not in x.what, x.file not in named))
+        ours = DB_WORDS | {w for n in (*idents, spec.role) for w in words(n)}  # a database's, or this service's
+
+        def theirs(x: Leftover) -> bool:  # a wifi psk, an admin password: not what the refusal is about
+            return not ({w.lower() for w in words(x.attribute)} & ours)
+
+        found.sort(key=lambda x: ("this migration's" not in x.what, x.file not in named, theirs(x)))
         if not given_up:
             said = {(m.file, m.line) for m in self.manual} | {(x.file, x.line) for x in found}
             self.notes += other_secrets(self.models, self.ed.items, known=self.known | self.also_known, said=said)
@@ -2738,7 +2751,9 @@ class Builder:
             self.masks.append((left.file, left.start, left.end))
             path = tuple(left.attribute.split(".")) if left.attribute else ()
             # the line says what to do
-            snippet = "" if string_shape(path) or left.in_sql else self.generic_snippet(path)
+            # (another credential's recipe would name this migration's secret: none)
+            other = theirs(left) and "this migration's" not in left.what
+            snippet = "" if string_shape(path) or left.in_sql or other else self.generic_snippet(path)
             if given_up and left.start in {m for f, m, _ in self.masks[:-1] if f == left.file}:
                 # a literal the plan had an edit for: the reason it stays is the file above, not its shape
                 what = left.what.partition(": ")[0] + ": left as it is: every edit was given up (the first item)"
@@ -2820,6 +2835,14 @@ class Builder:
         )
         r.literals.append(f"{var} (the {c.image} image's default) for {c.fm.where(c.depends.node)}")
         return True
+
+    def standalone_arion(self) -> bool:
+        """The repository's .nix files are arion projects (run with `arion up`) and no NixOS module: nothing
+        there can declare or read an agenix secret."""
+        models = self.models.values()
+        return any(_arion_compose(m) for m in models) and not any(
+            m.roots and posixpath.basename(m.name) != "secrets.nix" and not _arion_compose(m) for m in models
+        )
 
     def manual_here(self, fm: FileModel, node: Node, what: str, snippet: str, companion: str = "") -> None:
         line, col = fm.line_col(node.start_byte)
@@ -3020,6 +3043,21 @@ class Builder:
         if not unusable:
             self.comments_with_values()
         self.verdict(db, given_up=unusable)
+        if self.standalone_arion() and self.manual:  # the refusal's first line: what the rest follows from
+            self.manual.insert(
+                0,
+                Manual(
+                    "",
+                    0,
+                    0,
+                    f"no module to declare age.secrets.{self.spec.secret} in: no .nix file of the repository is a "
+                    "NixOS module (an arion project run with `arion up`, a compose file: agenix decrypts secrets on "
+                    "NixOS hosts only); import the project from a host's virtualisation.arion.projects.NAME.settings "
+                    "and patch that repository, or keep this one's password out of it by hand",
+                    "",
+                ),
+            )
+            self.ed.items = []  # nothing here deploys: no diff to hold back
         self.ed.items = settle(self.ed.items, {name: fm.source for name, fm in self.models.items()})
         edits = tuple(sorted(self.ed.items, key=lambda e: (e.file, e.start, e.end)))
         kept = [(self.spec.secret, self.replaced)] if self.spec.strategy == "move" else []

@@ -1206,3 +1206,24 @@ in
         assert "Ledger-let-9" not in out and plan.manual == ()
         assert ("let\n" in out and 'port = "5432";' in out) == kept, out
         assert out.startswith("{ pkgs, config, ... }:\n{\n") != kept, out
+
+
+def test_the_diff_masks_every_credential_on_its_context_lines() -> None:
+    """A blind case (stop 23): gitlab's root password and secret key, store files beside the database's, were
+    printed in clear on the diff's context lines (only the migration's value was masked)."""
+    src = {
+        "gitlab.nix": b"""{ pkgs, ... }: {
+  services.gitlab = {
+    databasePasswordFile = pkgs.writeText "dbPassword" "Gitlab-db-pw-1";
+    initialRootPasswordFile = pkgs.writeText "rootPassword" "Gitlab-root-pw-2";
+    secrets.secretFile = pkgs.writeText "secret" "xlHvN7tfexeTbFVHbkVKESQbyTZXG9v1TZ1me9Tx";
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="gitlab-db-password", role="gitlab"))
+    diff = plan.diff(src)
+    assert "config.age.secrets.gitlab-db-password.path" in diff
+    for value in ("Gitlab-db-pw-1", "Gitlab-root-pw-2", "xlHvN7tfexeTbFVHbkVKESQbyTZXG9v1TZ1me9Tx"):
+        assert value not in diff, value
+    assert diff.count('"********"') == 3, diff
