@@ -32,6 +32,16 @@ def named_by(b: Builder, option: tuple[str, ...]) -> bool:
     return any(w in h for w in wanted for h in have)  # "admin" in adminpassFile
 
 
+def database_password_named(option: tuple[str, ...]) -> bool:
+    """The option's name says a database's password (``databasePasswordFile``, ``database.passwordFile``,
+    ``dbpassFile``): the file a client logs in to the database with, never another credential."""
+    names = option[2:] if option[:1] == ("services",) else option
+    every = {w.lower() for n in names for w in words(n)}
+    have = every - _PLAIN
+    says_password = bool(every & _PASSWORD) or any("pass" in h for h in have)
+    return says_password and any(h.startswith(("db", "database")) for h in have)
+
+
 def password_named(option: tuple[str, ...]) -> bool:
     """The option's name says password (``databasePasswordFile``), not only database (gitlab's
     ``secrets.dbFile``, the key its database columns are encrypted with)."""

@@ -31,6 +31,7 @@ from nixmig.config import OPTION_PATH
 from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.model import decode_string, path_matches, unparen
 from nixmig.nixsrc.quote import nix_attr
+from nixmig.nixsrc.shapes.naming import database_password_named
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -180,6 +181,10 @@ def key_at(b: Builder, left: Leftover) -> str:
         f.sibling is not None and any(x.exact and x.path == f.key for _, x in b.all_binds())
     ):
         return ""  # the migration's own, or a literal beside its file option set already: said, not offered
+    if b.spec.strategy != "move" and digest(f.value.encode()) in b.known and database_password_named(f.key):
+        # a client's database password file (nodebb's databasePasswordFile) holding the rotated value: kept
+        # as a companion, it would keep the old value while the role's changes (a lockout): said, not offered
+        return ""
     if digest(f.value.encode()) in b.known or f.key[1] in _edited_services(b):
         return ".".join(f.key)
     return ""

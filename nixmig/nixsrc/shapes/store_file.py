@@ -13,7 +13,7 @@ from nixmig.nixsrc.indented import decode_any
 from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.shapes import Shape
-from nixmig.nixsrc.shapes.naming import named_by, password_named
+from nixmig.nixsrc.shapes.naming import database_password_named, named_by, password_named
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -59,6 +59,8 @@ def apply(b: Builder, password: str | None) -> None:
             found = own  # a move of the service's one store file (paperless' admin passwordFile)
         if len(found) > 1:  # gitlab's databasePasswordFile beside secrets.dbFile (a key): the password's
             found = [f for f in found if password_named(f[1].path)] or found
+        if len(found) > 1:  # nodebb's databasePasswordFile beside admin.passwordFile, one value: the database's
+            found = [f for f in found if database_password_named(f[1].path)] or found
     if len(found) != 1 or b.option_literal is not None:
         return  # several: the verdict lists each, password_option cannot pick a store file
     fm, bind, content, value = found[0]
