@@ -2806,6 +2806,30 @@ class Builder:
             if not self.image_default_client(c, db):
                 self.manual_here(c.fm, c.depends.node, c.what(db.name, db.password), "")
 
+    def etc_config_clients(self) -> None:
+        """A native client configured by a file of the repository linked into /etc (``environment.etc.
+        "pretalx/pretalx.cfg".source = ./pretalx.cfg``; a blind case, stop 23), named for the role a rotation
+        changes: its password may be in that file, which nixmig does not read (no Nix): said, by hand."""
+        if self.spec.strategy == "move" or not (self.role_units or self.sql_file):
+            return
+        role = self.spec.role.lower()
+        for fm, bind in self.all_binds():
+            if len(bind.path) != 4 or bind.path[:2] != ("environment", "etc") or bind.path[3] != "source":
+                continue
+            value = unparen(bind.value)
+            if value.type != "path_expression" or role not in bind.path[2].strip('"').lower():
+                continue
+            name = bind.path[2].strip('"')
+            self.manual_here(
+                fm,
+                bind.node,
+                f"/etc/{name} comes from {fm.text(value)}, a file of the repository nixmig does not read (no Nix "
+                f"in it): if a client of role {self.spec.role} keeps its database password there, the rotation "
+                f'locks it out; move that password out of the file (or use strategy = "move", which changes no '
+                f"password), then patch again",
+                "",
+            )
+
     def image_default_client(self, c: Client, db: _Db) -> bool:
         """A client whose image logs in as the migration's role with a known default variable (paperless-ngx'
         PAPERLESS_DBPASS, default "paperless") that is the database's password today: the variable is set
@@ -2984,6 +3008,7 @@ class Builder:
         self.scan_literals(password, db)
         self.local_roles()
         self.silent_clients(db)
+        self.etc_config_clients()
         for name in sorted(set(self.no_project)):
             self.notes.append(
                 f"{name}: no arion project imports this file by path: set unit and module for this migration"

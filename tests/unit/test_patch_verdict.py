@@ -1227,3 +1227,27 @@ def test_the_diff_masks_every_credential_on_its_context_lines() -> None:
     for value in ("Gitlab-db-pw-1", "Gitlab-root-pw-2", "xlHvN7tfexeTbFVHbkVKESQbyTZXG9v1TZ1me9Tx"):
         assert value not in diff, value
     assert diff.count('"********"') == 3, diff
+
+
+@pytest.mark.parametrize(("strategy", "etc", "said"), [("rotate", "pretalx/pretalx.cfg", True),
+                                                       ("move", "pretalx/pretalx.cfg", False),
+                                                       ("rotate", "motd", False)])  # fmt: skip
+def test_a_repo_file_linked_into_etc_for_the_role_is_a_client_nixmig_cannot_read(
+    strategy: str, etc: str, said: bool
+) -> None:
+    """A blind case (stop 23): pretalx read its database password from /etc/pretalx/pretalx.cfg, a repository
+    file (git-crypt) linked by environment.etc.source; patch rotated the role and said nothing of it."""
+    module = """{ pkgs, ... }:
+{
+  services.postgresql.initialScript = pkgs.writeText "init.sql" ''
+    CREATE ROLE pretalx WITH LOGIN PASSWORD 'Pretalx-pw-31';
+  '';
+  environment.etc."ETC".source = ./pretalx.cfg;
+}
+"""
+    src = {"db.nix": module.replace("ETC", etc).encode()}
+    plan = pt.plan(src, pt.Spec(secret="pretalx-db-password", role="pretalx", strategy=strategy))
+    items = [m for m in plan.manual if "a file of the repository nixmig does not read" in m.what]
+    assert bool(items) == said, [m.what for m in plan.manual]
+    if said:
+        assert items[0].line == 6 and "./pretalx.cfg" in items[0].what
