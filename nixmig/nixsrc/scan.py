@@ -1129,6 +1129,8 @@ def _worth_a_climb(node: Node) -> bool:
             if name == "text" and len(names) >= 2:
                 base = names[-2].rsplit("/", 1)[-1].split(".", 1)[0]
                 return credential_file_name(base) is not None  # environment.etc."x-admin-pass".text
+            if name.endswith("File") and "secrets" in (*names[:-1], _outer_name(parent)):
+                return True  # gitlab's secrets.dbFile = pkgs.writeText ...
             ws = words(name)
             return len(ws) > 1 and ws[-1] in _FILE_NOUNS and classify_name("_".join(ws[:-1])) is not None
         if t == "formal":
@@ -1222,6 +1224,10 @@ def _scan_string(node: Node, out: _Collector, *, every: bool = False) -> None:
         cls = classify_name(leaf, plural=ctx.plural) if leaf else None
         if cls is None and not ctx.file_content and len(ctx.plain) >= 2 and ctx.plain[-1] == ctx.leaf:
             cls = _keyed_by_user(ctx.plain[-2])  # ensurePasswords.alice = "..."
+        if cls is None and ctx.file_content and "secrets" in ctx.plain[:-1] and ctx.leaf.endswith("File"):
+            # a store file under a `secrets` attrset (gitlab's secrets.dbFile, secrets.otpFile): a key, whatever
+            # its own name says
+            cls = NameClass(Kind.TOKEN, (*words(ctx.leaf)[:-1], "secret"))
         if cls is None and ctx.basic_auth:
             cls = NameClass(Kind.PASSWORD, (*words(ctx.leaf), "password"))
         if cls is None and out.secrets_file and ctx.in_attrset and not ctx.plural and not ctx.file_content:
@@ -1413,6 +1419,19 @@ def _value_strings(expr: Node | None, into: dict[int, Node]) -> None:
         stack.extend(node.named_children)
 
 
+def _secrets_files(attrpath: Node, expr: Node | None, into: dict[int, Node]) -> None:
+    """``secrets = { dbFile = pkgs.writeText ...; }`` (gitlab's): the strings of its ``*File`` bindings too."""
+    last = attrpath.named_children[-1] if attrpath.named_child_count else None
+    if last is None or (last.text or b"").strip(b'"') != b"secrets" or expr is None:
+        return
+    for bset in (c for c in expr.named_children if c.type == "binding_set"):
+        for b in bset.named_children:
+            ap = b.child_by_field_name("attrpath") if b.type == "binding" else None
+            name = (ap.named_children[-1].text or b"") if ap is not None and ap.named_child_count else b""
+            if name.endswith(b"File"):
+                _value_strings(b.child_by_field_name("expression"), into)
+
+
 def _candidates(root: Node, source: bytes) -> list[Node]:
     found: dict[int, Node] = {}
     for m in _TRIGGER_SCAN_RE.finditer(source.lower()):
@@ -1437,6 +1456,7 @@ def _candidates(root: Node, source: bytes) -> list[Node]:
                 binding = node.parent
                 if binding is not None and binding.type == "binding":
                     _value_strings(binding.child_by_field_name("expression"), found)
+                    _secrets_files(node, binding.child_by_field_name("expression"), found)
                     break
             elif t == "formal":
                 _value_strings(node.child_by_field_name("default"), found)

@@ -63,8 +63,8 @@ def test_a_service_secret_alone_is_drafted_as_a_move_that_patch_moves(case: str,
     assert len(cfg.migrations) == 1 and mig.strategy == "move"
     assert cfg.services[mig.service].runtime == "native"
     assert "not a database's password" in (repo / "nixmig.toml").read_text()
-    plan = pt.plan(read_sources(repo), pt.spec_for(cfg, name))
-    assert plan.edits and not plan.manual  # the draft names what patch moves, nothing left
+    plan = pt.plan(read_sources(repo), pt.spec_for(cfg, name), find_companions=True)  # as `nixmig patch` plans
+    assert plan.edits and not plan.manual  # the draft names what patch moves, nothing left (companions found)
 
 
 KEY_A = ADMIN_PUB

@@ -551,3 +551,21 @@ def test_a_mysql_client_given_its_password_after_p_and_a_short_pg_password_name(
         ("name", b"Pg-short-23"),
         ("name", b"Sql-short-24"),
     ]
+
+
+def test_store_files_under_a_secrets_attrset_are_secrets_whatever_their_names() -> None:
+    """gitlab's ``secrets.{secretFile,otpFile,dbFile,jwsFile}`` as pkgs.writeText (a blind case, stop 23: scan
+    and patch's notes saw the secretFile only, by its name), nested or dotted; a store file elsewhere named
+    dbFile is no secret."""
+    src = b"""{ pkgs, ... }:
+{
+  services.gitlab.secrets = {
+    otpFile = pkgs.writeText "otp" "Otp-secret-value-1";
+    dbFile = pkgs.writeText "db" "Db-secret-value-2";
+  };
+  services.gitlab.secrets.jwsFile = pkgs.writeText "jws" "Jws-secret-value-3";
+  services.other.dbFile = pkgs.writeText "db" "not-a-secret-4";
+}
+"""
+    found = scan_source(src, "x.nix").findings
+    assert [f.value.reveal() for f in found] == [b"Otp-secret-value-1", b"Db-secret-value-2", b"Jws-secret-value-3"]
