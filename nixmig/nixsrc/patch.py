@@ -3264,6 +3264,8 @@ NIXPKGS_FILE_SIBLINGS: dict[NixPath, str] = {
     ("services", "nextcloud", "config", "adminpass"): "adminpassFile",
     ("services", "redis", "servers", "*", "requirePass"): "requirePassFile",  # read by a "+" ExecStartPre (root)
     ("services", "redis", "requirePass"): "requirePassFile",  # before servers.<name> (renamed to servers."")
+    # old modules (<= 20.09) had both, asserting one; newer ones only the file (the literal dropped, no rename)
+    ("services", "gitlab", "databasePassword"): "databasePasswordFile",
 }
 # who reads the file at runtime, when it is not root: agenix must give it that owner (never a
 # world-readable mode). Keyed by the service under `services.`; a Nix expression for the owner.
@@ -3366,7 +3368,9 @@ def database_option(path: NixPath) -> bool:
     """An option that holds a database's password (``services.gitea.database.password``, nextcloud's
     ``dbpass``, photoprism's ``settings.PHOTOPRISM_DATABASE_PASSWORD``), not another service's (redis'
     ``requirePass``, an smtp or admin password)."""
-    return bool(set(path[-2:]) & {"database", "db"}) or path[-1] == "dbpass" or path in NIXPKGS_PATH_SIBLINGS
+    if bool(set(path[-2:]) & {"database", "db"}) or path[-1] == "dbpass" or path in NIXPKGS_PATH_SIBLINGS:
+        return True
+    return bool(path) and words(path[-1])[:2] == ["database", "password"]  # gitlab's old databasePassword
 
 
 def nixpkgs_file_sibling(path: NixPath) -> NixPath | None:
