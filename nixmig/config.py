@@ -431,6 +431,8 @@ def also_name(var: str) -> str:
     elif OPTION_PATH.fullmatch(var):
         parts = var.split(".")
         last = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", parts[-1].removesuffix("File")) or "secret"
+        if "secrets" in parts[:-1] and last != "secret":  # gitlab's secrets.dbFile: its db key, not a password
+            last += "-secret"
         var = f"{parts[1] if parts[0] == 'services' and len(parts) > 2 else parts[0]}-{last}"
     return re.sub(r"-+", "-", var.lower().replace("_", "-")).strip("-") or "secret"
 

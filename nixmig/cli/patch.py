@@ -308,8 +308,13 @@ def _patch_one(
         notes.append(
             f"{held}: it moves onto its own secret {secret}, its value "
             f"kept (a rotation must not change it), and --write adds it to also in [migrations.{name}] of "
-            f"{cfg_path.name} (verify checks it on the host); that value is public in the history: rotate it "
-            "its own way"
+            f"{cfg_path.name} (verify checks it on the host); that value is public in the history: "
+            + (
+                "it is a key data is encrypted with (a service's secrets.*File): changing it loses that data, "
+                "so it keeps its value; keep the repository's history private"
+                if ".secrets." in var
+                else "rotate it its own way"
+            )
         )
     diff = plan.diff(sources) + (_toml_diff(cfg_path, root, toml) if toml is not None else "")
     checked = None

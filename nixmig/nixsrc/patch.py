@@ -3083,6 +3083,7 @@ class Builder:
                 ),
             )
             self.ed.items = []  # nothing here deploys: no diff to hold back
+            self.manual = [dataclasses.replace(m, snippet="") for m in self.manual]  # no unit to give a recipe for
         self.ed.items = settle(self.ed.items, {name: fm.source for name, fm in self.models.items()})
         edits = tuple(sorted(self.ed.items, key=lambda e: (e.file, e.start, e.end)))
         kept = [(self.spec.secret, self.replaced)] if self.spec.strategy == "move" else []

@@ -80,6 +80,9 @@ def test_a_bad_also_is_one_line_naming_the_key(tmp_path: Path, value: str, messa
 def test_also_name_is_what_a_refusal_suggests() -> None:
     assert config.also_name("MYSQL_ROOT_PASSWORD") == "mysql-root-password"
     assert config.also_name("__X__Y") == "x-y"
+    # a key under a service's secrets (gitlab's db_key_base), never to be read as the database's password
+    assert config.also_name("services.gitlab.secrets.dbFile") == "gitlab-db-secret"
+    assert config.also_name("services.gitlab.secrets.secretFile") == "gitlab-secret"
 
 
 # ---------------------------------------------------------------- patch: never silently ignored
