@@ -3068,7 +3068,7 @@ class Builder:
         if not unusable:
             self.comments_with_values()
         self.verdict(db, given_up=unusable)
-        if self.standalone_arion() and self.manual:  # the refusal's first line: what the rest follows from
+        if self.standalone_arion() and (self.manual or self.ed.items):  # the refusal's first line
             self.manual.insert(
                 0,
                 Manual(

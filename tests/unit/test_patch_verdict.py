@@ -1251,3 +1251,47 @@ def test_a_repo_file_linked_into_etc_for_the_role_is_a_client_nixmig_cannot_read
     assert bool(items) == said, [m.what for m in plan.manual]
     if said:
         assert items[0].line == 6 and "./pretalx.cfg" in items[0].what
+
+
+def test_an_arion_project_with_its_database_alone_and_no_nixos_module_is_refused() -> None:
+    """The same with nothing but the database's container (three blind cases, stop 23): the plan had no other
+    item, the first line was not added, and --write wrote POSTGRES_PASSWORD_FILE and a mount of an agenix file
+    nothing declares, exit 0. Refused, nothing to write."""
+    src = {
+        "arion-compose.nix": b"""{ pkgs, ... }:
+{
+  project.name = "courier";
+  services.db.service = {
+    image = "postgres:16";
+    environment.POSTGRES_PASSWORD = "Courier-pw-5";
+  };
+}
+""",
+        "secrets/secrets.nix": b"{ }\n",
+    }
+    plan = pt.plan(src, pt.Spec(secret="courier-db-password", role="postgres", container="courier-db-1"))
+    assert plan.edits == ()
+    assert plan.manual and "no .nix file of the repository is a NixOS module" in plan.manual[0].what
+
+
+def test_a_second_write_of_a_move_leaves_the_service_s_other_store_file_alone() -> None:
+    """A blind case with init's draft (stop 23): a move of gitlab's databasePasswordFile (a store file) beside
+    initialRootPasswordFile (another); the second --write found no password left and took the service's one
+    store file left, the root password's, as the migration's: it moved it onto the database's secret."""
+    src = {
+        "gitlab.nix": b"""{ pkgs, ... }:
+{
+  services.gitlab = {
+    databasePasswordFile = pkgs.writeText "dbPassword" "Gitlab-db-pw-8";
+    initialRootPasswordFile = pkgs.writeText "rootPassword" "Gitlab-root-pw-9";
+  };
+}
+"""
+    }
+    spec = pt.Spec(secret="gitlab-database-password", role="gitlab", strategy="move", service="gitlab")
+    first = pt.plan(src, spec)
+    after = {**src, **first.results(src)}
+    assert b"databasePasswordFile = config.age.secrets.gitlab-database-password.path" in after["gitlab.nix"]
+    assert b"Gitlab-root-pw-9" in after["gitlab.nix"]
+    again = pt.plan(after, spec)
+    assert again.edits == (), [e.explanation for e in again.edits]

@@ -84,7 +84,13 @@ def apply(b: Builder, password: str | None) -> None:
 def _the_services_one(b: Builder, found: list[tuple[FileModel, Bind, Node, str]]) -> bool:
     """Under strategy move, the only store file the migration's service (nixmig.toml's ``service``, a
     nixpkgs service's name) sets: that service's credential, whatever the option's name says."""
+    from nixmig.nixsrc.leftover import uses_secret
+
     service = b.spec.service
+    if uses_secret(b.models, b.spec.secret, b.spec.secret_on_host):
+        # moved already (the service's other file reads the secret): what is left is another credential, never
+        # this one's (a blind case's second --write moved gitlab's initialRootPasswordFile onto the database's)
+        return False
     return (
         b.spec.strategy == "move"
         and bool(service)
