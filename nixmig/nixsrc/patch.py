@@ -3445,7 +3445,7 @@ def _let_fields(fm: FileModel) -> dict[str, str]:
 def _arion_compose(fm: FileModel) -> bool:
     """``fm`` is an arion project's module (``services.NAME.service.*``, ``project.name``), not a host's."""
     return any(
-        (len(b.path) >= 3 and b.path[0] == "services" and b.path[2] in ("service", "nixos", "image"))
+        (len(b.path) >= 4 and b.path[0] == "services" and b.path[2] in ("service", "nixos"))
         or b.path[:2] == ("project", "name")
         for b in fm.binds
     )
