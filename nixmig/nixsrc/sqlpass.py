@@ -12,6 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
+
+_T = TypeVar("_T", str, bytes)
 
 _HEAD = re.compile(rb'(?i)\b(?:CREATE|ALTER)\s+(?:ROLE|USER)\s+("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
 # the same in a shell command's double quotes (``psql -c "CREATE ROLE \\"x-y\\" ..."``): quotes escaped
@@ -52,16 +55,17 @@ def _role(ident: bytes) -> str:
     return text.lower()
 
 
-def _filled(text: bytes, holes: Mapping[tuple[int, int], str]) -> bytes:
-    """``text`` with each interpolation of ``holes`` (its offsets) replaced by an identifier of the same
-    length (``Q0___``): the statement's offsets stay those of ``text``, and no ``${`` is left there."""
-    out = bytearray(text)
+def fill_holes(text: _T, holes: Mapping[tuple[int, int], str]) -> _T:
+    """``text`` (SQL, bytes or str) with each interpolation of ``holes`` (its offsets) replaced by an identifier
+    of the same length (``Q0___``): the statement's offsets stay those of ``text``, and no ``${`` is left there."""
+    out = text
     for i, (start, end) in enumerate(sorted(holes)):
-        tag = f"Q{i}".encode()
+        tag = f"Q{i}"
         if end - start < len(tag):
             continue  # cannot happen: ``${x}`` is 4 bytes at least, and there are not 100 holes in a statement
-        out[start:end] = tag + b"_" * (end - start - len(tag))
-    return bytes(out)
+        pad = tag + "_" * (end - start - len(tag))
+        out = out[:start] + (pad.encode() if isinstance(out, bytes) else pad) + out[end:]
+    return out
 
 
 def _touches(holes: Mapping[tuple[int, int], str], start: int, end: int) -> bool:
@@ -79,7 +83,7 @@ def clauses(
     nixmig knows (a let string, a let attrset's field: ``'${dbPassword}'``), by their offsets in ``text``;
     one that is a whole role name or a whole password counts as that value (any other use of one: left out)."""
     holes = {k: v for k, v in (holes or {}).items() if SAFE_HOLE.fullmatch(v)}
-    filled = _filled(text, holes) if holes else text
+    filled = fill_holes(text, holes) if holes else text
     out: list[PasswordClause] = []
     for head in (_HEAD_SHELL if in_shell else _HEAD).finditer(filled):
         stmt_end = filled.find(b";", head.end())

@@ -29,7 +29,7 @@ from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.render import template
 from nixmig.nixsrc.shapes import Shape
-from nixmig.nixsrc.sqlpass import SAFE_HOLE as _SAFE_HOLE
+from nixmig.nixsrc.sqlpass import SAFE_HOLE, fill_holes
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -68,25 +68,14 @@ def _unquote(name: str) -> str:
     return name[1:-1] if name[:1] in "'`\"" else name
 
 
-def _filled(text: str, holes: Mapping[tuple[int, int], str]) -> str:
-    """``text`` with each hole (an interpolation whose value nixmig knows) replaced by a name of the same
-    length (``Q0___``): the offsets stay those of ``text``, and no ``${`` is left there."""
-    out = text
-    for i, (start, end) in enumerate(sorted(holes)):
-        tag = f"Q{i}"
-        if end - start >= len(tag):
-            out = out[:start] + tag + "_" * (end - start - len(tag)) + out[end:]
-    return out
-
-
 def statements(text: str, holes: Mapping[tuple[int, int], str] | None = None) -> list[Statement]:
     """The CREATE USER / ALTER USER / GRANT ... TO statements of an SQL text, each with its account
     (MySQL's default host '%') and its ``IDENTIFIED BY '...'`` clause, if any. A statement that
     interpolates anything (``${``) is left out, but for ``holes``: interpolations whose value nixmig
     knows (a let string, a let attrset's field), by their offsets in ``text``, each read as that value
     where it is a whole user, host or password (``'${db.user}'@'localhost' IDENTIFIED BY '${db.pw}'``)."""
-    holes = {k: v for k, v in (holes or {}).items() if _SAFE_HOLE.fullmatch(v)}
-    filled = _filled(text, holes) if holes else text
+    holes = {k: v for k, v in (holes or {}).items() if SAFE_HOLE.fullmatch(v)}
+    filled = fill_holes(text, holes) if holes else text
 
     def whole(start: int, end: int, quoted: bool) -> tuple[str | None, bool]:
         """(the hole's value, whether a hole is only a part of it) for the name or value at start:end."""

@@ -21,13 +21,10 @@ def named_by(b: Builder, option: tuple[str, ...]) -> bool:
     or the role (``adminpassFile`` for a secret ``cloud-admin-pass``)."""
     if b.spec.password_option and tuple(b.spec.password_option.split(".")) == option:
         return True
-    names = option[2:] if option[:1] == ("services",) else option  # services.keycloak.database.passwordFile
-    every = {w.lower() for n in names for w in words(n)}
-    have = every - _PLAIN
-    # database.passwordFile, nextcloud's dbpassFile; not gitlab's secrets.dbFile (a key, no password)
-    says_password = bool(every & _PASSWORD) or any("pass" in h for h in have)
-    if says_password and any(h.startswith(("db", "database")) for h in have):
+    if database_password_named(option):
         return True
+    names = option[2:] if option[:1] == ("services",) else option
+    have = {w.lower() for n in names for w in words(n)} - _PLAIN
     wanted = {w for w in (*words(b.spec.secret), b.spec.role) if len(w) >= 3} - _PLAIN
     return any(w in h for w in wanted for h in have)  # "admin" in adminpassFile
 
@@ -35,9 +32,10 @@ def named_by(b: Builder, option: tuple[str, ...]) -> bool:
 def database_password_named(option: tuple[str, ...]) -> bool:
     """The option's name says a database's password (``databasePasswordFile``, ``database.passwordFile``,
     ``dbpassFile``): the file a client logs in to the database with, never another credential."""
-    names = option[2:] if option[:1] == ("services",) else option
+    names = option[2:] if option[:1] == ("services",) else option  # services.keycloak.database.passwordFile
     every = {w.lower() for n in names for w in words(n)}
     have = every - _PLAIN
+    # not gitlab's secrets.dbFile (a key, no password)
     says_password = bool(every & _PASSWORD) or any("pass" in h for h in have)
     return says_password and any(h.startswith(("db", "database")) for h in have)
 
