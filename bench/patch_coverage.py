@@ -16,7 +16,7 @@ there as a user would run it: ``patch --explain``, ``patch --write``, ``patch --
 ``also``) has no .age yet, the bench runs the ``nixmig secret new NAME --from FILE:LINE`` commands
 the refusal names (that refusal must have written nothing) and writes again. Outcome:
 
-- patched: the write exits 0, no literal is left in any .nix file of the tree (a raw byte
+- patched: the write exits 0, no literal is left in any .nix or .sql file of the tree (a raw byte
   search, not nixmig's scan), every changed .nix parses with ``nix-instantiate --parse``,
   the second write changes nothing and ``--check`` exits 0;
 - refused: the write exits 1 (or 2, a usage error) and nothing else is wrong; the first
@@ -154,6 +154,17 @@ def nix_files(tree: Path) -> dict[str, bytes]:
         if ".git" in rel.parts or p.is_symlink() or not p.is_file():
             continue
         out[rel.as_posix()] = p.read_bytes()
+    return out
+
+
+def searched_files(tree: Path) -> dict[str, bytes]:
+    """Where a literal left counts: the .nix files and the SQL files beside them (an initialScript's
+    ``./init.sql`` goes into the Nix store too)."""
+    out = nix_files(tree)
+    for p in sorted(tree.rglob("*.sql")):
+        rel = p.relative_to(tree)
+        if ".git" not in rel.parts and not p.is_symlink() and p.is_file():
+            out[rel.as_posix()] = p.read_bytes()
     return out
 
 
@@ -353,8 +364,8 @@ def run_case(cli: list[str], case_dir: Path, work: Path, *, draft: bool = False)
     shutil.copytree(case_dir, tree, symlinks=True)
     (tree / "case.json").unlink()
     original = nix_files(tree)
-    if not literals_left(original, literals):
-        res.outcome, res.reason = "invalid", "no literal of case.json is in the case's .nix files"
+    if not literals_left(searched_files(tree), literals):
+        res.outcome, res.reason = "invalid", "no literal of case.json is in the case's .nix (or .sql) files"
         return res
     for git in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "case"]):
         g = subprocess.run([*GIT, *git], cwd=tree, capture_output=True, text=True, check=False)
@@ -418,7 +429,7 @@ def run_case(cli: list[str], case_dir: Path, work: Path, *, draft: bool = False)
     if after_first != after_second:
         diff = sorted(f for f in set(after_first) | set(after_second) if after_first.get(f) != after_second.get(f))
         problems.append(f"second --write changed {', '.join(diff)}")
-    res.literals_left = literals_left(after, literals)
+    res.literals_left = literals_left(searched_files(tree), literals)
     wrc, crc = steps["write"].rc, steps["check"].rc
     if wrc == 0:
         if res.literals_left:

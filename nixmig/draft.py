@@ -1383,17 +1383,75 @@ def _native_names(pg: Sequence[FileModel], fm: FileModel, p: NixPath, service: s
 # ---------------------------------------------------------------- the draft
 
 
+NEWLINE = b"\n"
+
+
+def _sql_file_dbs(models: Mapping[str, FileModel], texts: Mapping[str, bytes]) -> list[_Db]:
+    """A repository SQL file an initialScript names by path (``initialScript = ./init.sql``) that sets a
+    role's password (``CREATE ROLE x ... PASSWORD '...'``): the native database it belongs to, one per
+    file (its first such role; patch says the line by hand: nixmig edits no SQL file)."""
+    import posixpath
+
+    from nixmig.nixsrc.parse import descendants
+    from nixmig.nixsrc.sqlpass import clauses
+
+    out: list[_Db] = []
+    for fm in models.values():
+        for b in fm.binds:
+            if _in_host_or_specialisation(b.path) != ("services", "postgresql", "initialScript"):
+                continue
+            for node in (n for n in (b.value, *descendants(b.value)) if n.type == "path_expression"):
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), fm.text(node)))
+                raw = texts.get(target)
+                found = clauses(raw) if raw is not None and target.endswith(".sql") else []
+                if raw is None or not found or any(d.origin.startswith(target + ":") for d in out):
+                    continue
+                c = found[0]
+                sql = raw.decode("utf-8", "replace")
+                at = f"{target}:{raw[: c.value_start].count(NEWLINE) + 1}"
+                db = _Db(
+                    name="postgresql",
+                    secret="",
+                    file=fm.name,
+                    origin=at,
+                    runtime=Val("native", f"{_at(fm, b.node)} (services.postgresql.initialScript = {fm.text(node)})"),
+                    role=Val(c.role, f"{at} (the role whose PASSWORD the SQL file sets)"),
+                    server_side=True,
+                    password=c.password.encode(),
+                )
+                created = list(_SQL_DB.finditer(sql))
+                owned = [m for m in created if _owner_is(sql, m, c.role)]
+                dbname = owned[0] if owned else (created[0] if len(created) == 1 else None)
+                if dbname is not None:
+                    line = sql.count("\n", 0, dbname.start()) + 1
+                    check = None if owned else f"the database the script creates; is it {c.role}'s?"
+                    db.database = Val(dbname.group(1) or dbname.group(2), f"{target}:{line} (CREATE DATABASE)", check)
+                else:
+                    db.database = Val(c.role, f"{at} (named after the role)", "no database in the script: which one?")
+                db.name, db.secret = f"{db.database.value}-db", f"{db.database.value}-db-password"
+                db.secret_origin = "named after the database"  # noqa: S105 - where the name comes from
+                db.notes.append(
+                    f"the password is in a repository SQL file ({at}) that services.postgresql.initialScript reads: "
+                    "nixmig edits no SQL file; `nixmig patch --explain` names the clause to delete by hand, then "
+                    "patch adds the oneshot that sets the role's password from the agenix secret"
+                )
+                out.append(db)
+    return out
+
+
 def draft(
     sources: Mapping[str, bytes],
     *,
     nodes: Mapping[str, EvalNode] | None = None,
     eval_from: str = "nix eval",
     notes: Sequence[str] = (),
+    texts: Mapping[str, bytes] | None = None,
 ) -> Draft:
     """The nixmig.toml for the repo ``sources`` (repo-relative posix paths -> bytes).
 
     ``nodes``: the deploy tool's nodes as ``nix eval`` gave them (``eval_from`` says how),
     over what the files say. ``notes``: lines for the header (e.g. why nix eval was not used).
+    ``texts``: the SQL files the .nix files name (nixsrc.patch.read_texts): an initialScript's file.
     Raises NixSyntaxError / SecretsError when secrets.nix does not parse.
     """
     from nixmig.nixsrc.scan import scan_source
@@ -1439,8 +1497,9 @@ def draft(
         if id(f) in let_uses or id(f) in unit_sql or id(f) in unit_exec or _is_db_finding(f, paths[id(f)])
     ]
     other = len(findings) - len(db_findings)
-    moves = [] if db_findings else _option_moves(findings, paths, models)
-    if not db_findings and not moves:
+    sql_dbs = _sql_file_dbs(models, texts or {})
+    moves = [] if db_findings or sql_dbs else _option_moves(findings, paths, models)
+    if not db_findings and not moves and not sql_dbs:
         return Draft("", (), (), 0, other)
 
     containers = _containers(models)
@@ -1451,7 +1510,7 @@ def draft(
     if moves:  # no database password anywhere: the services' own hardcoded secrets, each moved (value kept)
         return _render(moves, {}, [], hosts, keys, skipped, other - len(moves), notes)
 
-    dbs: list[_Db] = []
+    dbs: list[_Db] = list(sql_dbs)
     unplaced: list[str] = []
     used: set[int] = set()
     # the databases: a container's POSTGRES_PASSWORD, a native option, initialScript

@@ -63,15 +63,16 @@ def register(app: typer.Typer) -> None:
                 hint="review it, or see the draft with `nixmig init --print`, or replace it with --force",
             )
         from nixmig import draft as drafting
-        from nixmig.nixsrc.patch import read_sources
+        from nixmig.nixsrc.patch import read_sources, read_texts
 
         sources = read_sources(root)
-        d = drafting.draft(sources)  # secrets.nix's errors and "nothing to migrate" before any nix eval
+        texts = read_texts(root, sources)  # an initialScript's SQL file
+        d = drafting.draft(sources, texts=texts)  # secrets.nix's errors and "nothing to migrate" before any nix eval
         if not d.empty and use_eval:
             notes: list[str] = []
             nodes, eval_from = _eval_nodes(root, sources, notes)
             if nodes is not None or notes:
-                d = drafting.draft(sources, nodes=nodes, eval_from=eval_from, notes=notes)
+                d = drafting.draft(sources, nodes=nodes, eval_from=eval_from, notes=notes, texts=texts)
         if d.empty:
             n = d.other_findings
             other = f" ({n} other hardcoded secret{'s' if n != 1 else ''}: `nixmig scan` lists them)" if n else ""

@@ -138,7 +138,7 @@ def _write_all_migrations(
     from nixmig.nixsrc import validate
 
     sources = pt.read_sources(root)
-    for name, data in sources.items():
+    for name, data in {**pt.read_texts(root, sources), **sources}.items():  # the SQL files .nix names too
         (shadow / name).parent.mkdir(parents=True, exist_ok=True)
         (shadow / name).write_bytes(data)
     shadow_cfg = shadow / cfg_path.name  # (its name is in the notes)
@@ -208,7 +208,7 @@ def _refuse_missing_in_any(cfg: Any, root: Path, names: list[str]) -> None:
     for name in names:
         spec = pt.spec_for(cfg, name)
         secrets_dir = spec.secrets_dir
-        plan = pt.plan(sources, spec, find_companions=True)
+        plan = pt.plan(sources, spec, find_companions=True, texts=pt.read_texts(root, sources))
         missing += [m for m in _missing_kept_values(root, spec.secrets_dir, plan, sources) if m not in missing]
     _refuse_missing(secrets_dir, missing)
 
@@ -239,7 +239,7 @@ def _patch_one(
     spec = pt.spec_for(cfg, name)
     sources = pt.read_sources(root)
     taken = carry.get(name, set()) if carry is not None and not write else set()
-    plan = pt.plan(sources, spec, find_companions=True, taken_values=taken)
+    plan = pt.plan(sources, spec, find_companions=True, taken_values=taken, texts=pt.read_texts(root, sources))
     if carry is not None and write:
         # the values the edits take out of the tree: not a by-hand item's (masked in the diff only, still there
         # for the second pass to see; carried, its word, "blocky" another role's password, would read as ours)

@@ -288,12 +288,57 @@ ENSURE_USERS = (
 )
 
 
+# password options nixpkgs removed (mkRemovedOptionModule): a configuration setting one does not evaluate
+REMOVED_OPTIONS: dict[tuple[str, ...], str] = {
+    ("services", "mysql", "rootPassword"): (
+        'nixpkgs removed this option ("Use socket authentication or set the password outside of the nix '
+        "store\"): a configuration that sets it does not evaluate with today's nixpkgs, and it has no file "
+        "twin; delete the line (root logs in over the socket as the system's root), or set root's password from "
+        "the agenix file in a oneshot after mysql.service starts (SQL read from the file, not the store)"
+    ),
+}
+
+
+def login_password(path: Sequence[str]) -> bool:
+    """users.users.NAME.password / initialPassword: an OS account's login password, no database's."""
+    plain = tuple(seg.strip('"') for seg in path)
+    return (
+        len(plain) == 4
+        and plain[0] == "users"
+        and plain[1] in ("users", "extraUsers")
+        and plain[3]
+        in (
+            "password",
+            "initialPassword",
+        )
+    )
+
+
+LOGIN_ACCOUNT_WHY = (
+    "an OS account's login password (in the world-readable Nix store), no database's: nixmig migrates database "
+    "credentials; by hand, if it matters: users.users.NAME.hashedPasswordFile pointing at a file agenix decrypts "
+    "(a crypt hash: `mkpasswd -m sha-512`)"
+)
+
+
+def server_option(path: Sequence[str]) -> bool:
+    """An option of the database server's own module (services.postgresql.*, services.mysql.*): the server
+    reads no env file for a role's password, so no env-file recipe fits it."""
+    plain = tuple(seg.strip('"') for seg in path)
+    return plain[:1] == ("services",) and len(plain) > 2 and plain[1] in ("postgresql", "mysql")
+
+
 def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | None = None, same: bool = False) -> str:
     ws = set(words(f.attr_path)) if f.attr_path else set()
     scheme = _scheme(source, f.start) if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 else ""
     path = _attr_path(f.attr_path) if f.attr_path else ()
     if "ensureUsers" in path:
         return ENSURE_USERS
+    if login_password(path):
+        return LOGIN_ACCOUNT_WHY
+    removed = REMOVED_OPTIONS.get(tuple(seg.strip('"') for seg in path[-3:]))
+    if removed is not None:
+        return removed
     if tuple(seg.strip('"') for seg in path[:3]) == ("services", "podman", "containers"):
         return (
             "a container of home-manager's services.podman (rootless, in a user's session, started by the user's "
@@ -571,6 +616,7 @@ def leftovers(
     scope: Collection[str] | None,
     idents: Collection[str],
     role: str,
+    also_known: Collection[bytes] = (),
     skip: Collection[tuple[str, int]] = (),
     migration: str | None = None,
     containers: Collection[tuple[str, ...]] = (),
@@ -581,7 +627,9 @@ def leftovers(
     its name when the plan found its own password, so that a second MySQL credential of a container is
     told how to move too (nixmig.toml's also); None: the migration's own may be that one.
     ``containers``: (file, *prefix) of the containers the plan patches: every credential of their
-    environment is a leftover (a companion to move), not only a database's.
+    environment is a leftover (a companion to move), not only a database's. ``also_known``: the values of
+    the companions the plan moves (kept): a credential left with one is said; a plain variable holding the
+    same bytes is not (a chat id equal to a placeholder bot token is no copy of the database's password).
     """
     spans: dict[str, list[tuple[int, int]]] = {}
     for e in edits:
@@ -593,7 +641,9 @@ def leftovers(
         for f in _uncovered(fm, name, edits):
             if (name, f.line) in skip:
                 continue
-            same = digest(f.value.reveal()) in known
+            exact = digest(f.value.reveal()) in known
+            kept = not exact and digest(f.value.reveal()) in also_known  # a companion's value, kept in the store
+            same = exact or kept
             # nothing recognised (scope None): any credential may be this migration's, all are said
             if not same and (
                 not (
@@ -605,7 +655,11 @@ def leftovers(
             ):
                 continue
             head = f"{f.attr_path or 'a string'} still holds " + (
-                "this migration's password" if same else "a " + DESCRIPTION[f.kind]
+                "this migration's password"
+                if exact
+                else "the value of a credential this migration moves onto its own secret (kept)"
+                if kept
+                else "a " + DESCRIPTION[f.kind]
             )
             cond = under_condition(fm, f.start)
             if nixos_test:

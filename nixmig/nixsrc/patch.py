@@ -75,9 +75,11 @@ from nixmig.nixsrc.leftover import (
     declares_secret,
     digest,
     leftovers,
+    login_password,
     naming,
     other_secrets,
     prose_word,
+    server_option,
     string_shape,
     unknown_shape,
     uses_secret,
@@ -346,9 +348,16 @@ class _Renderer:
 
 
 class Builder:
-    def __init__(self, models: Mapping[str, FileModel], spec: Spec, taken_values: Collection[bytes] = ()):
+    def __init__(
+        self,
+        models: Mapping[str, FileModel],
+        spec: Spec,
+        taken_values: Collection[bytes] = (),
+        texts: Mapping[str, bytes] | None = None,
+    ):
         self.models = models
         self.spec = spec
+        self.texts = texts or {}  # repository files a .nix file names by path that are no Nix (read_texts)
         self.taken_values = frozenset(taken_values)  # (plan's taken_values)
         self.ed = Edits(models)
         self.manual: list[Manual] = []
@@ -1098,7 +1107,17 @@ class Builder:
         """A copy of a value the plan takes out inside a longer string no edit covers, where scan reads no
         credential (``mysql -pPW``): still this migration's password (leftover.copies_in_strings)."""
         said = {(x.file, x.line) for x in found} | {(m.file, m.line) for m in self.manual} | self.let_kept
-        return copies_in_strings(self.models, self.ed.items, self.masked_values(), said)
+        values = self.masked_values()
+        # a companion's value (kept, not rotated) in a variable scan reads as no credential: said, not blocking
+        # (remnawave's TELEGRAM_NOTIFY_*_CHAT_ID equal to the bot token's placeholder; 18C/01)
+        theirs = {v for v in values if digest(v) in self.also_known and digest(v) not in self.known}
+        for x in copies_in_strings(self.models, self.ed.items, theirs, set(said)):
+            self.notes.append(
+                f"{x.file}:{x.line}: {x.attribute or 'a string'} holds the same bytes as a credential this migration "
+                "moves onto its own secret (its value kept): if it is a copy of that credential, move it too (also = "
+                "{ ... } in nixmig.toml); else it is left as it is"
+            )
+        return copies_in_strings(self.models, self.ed.items, values - theirs, said)
 
     def comments_with_values(self) -> None:
         """A comment holding a value the plan takes out of the tree (``# MARIADB_PASSWORD = "...";``, a copy
@@ -2726,7 +2745,8 @@ class Builder:
         found = leftovers(
             self.models,
             self.ed.items,
-            known=self.known | self.also_known,  # a companion's kept value left in the store is one too
+            known=self.known,
+            also_known=self.also_known,  # a companion's kept value left in the store is one too
             scope=scope,
             idents=idents,
             role=spec.role,
@@ -2753,7 +2773,11 @@ class Builder:
             # the line says what to do
             # (another credential's recipe would name this migration's secret: none)
             other = theirs(left) and "this migration's" not in left.what
-            snippet = "" if string_shape(path) or left.in_sql or other else self.generic_snippet(path)
+            snippet = (
+                ""
+                if string_shape(path) or left.in_sql or other or server_option(path) or login_password(path)
+                else self.generic_snippet(path)
+            )
             if given_up and left.start in {m for f, m, _ in self.masks[:-1] if f == left.file}:
                 # a literal the plan had an edit for: the reason it stays is the file above, not its shape
                 what = left.what.partition(": ")[0] + ": left as it is: every edit was given up (the first item)"
@@ -3619,7 +3643,12 @@ def split_url(value: str, password: str | None = None, schemes: Sequence[str] = 
 
 
 def plan(
-    sources: Mapping[str, bytes], spec: Spec, *, find_companions: bool = False, taken_values: Collection[bytes] = ()
+    sources: Mapping[str, bytes],
+    spec: Spec,
+    *,
+    find_companions: bool = False,
+    taken_values: Collection[bytes] = (),
+    texts: Mapping[str, bytes] | None = None,
 ) -> Plan:
     """Every edit for ``spec`` over ``sources`` (repo-relative posix paths -> bytes).
 
@@ -3635,15 +3664,18 @@ def plan(
     ``taken_values``: values an earlier plan of this migration took out of the tree (several migrations
     written in turn: the verdict pass over what they all wrote no longer sees the database's value), each
     copy of which is still this migration's password (Builder.copies_left).
+
+    ``texts``: the repository's SQL files the .nix files name by path (:func:`read_texts`): an
+    initialScript's file is read for the role's password (nixmig edits no SQL file: said by hand).
     """
     models = {name: model(name, src) for name, src in sorted(sources.items())}
     check_keys(models, spec)
-    first = Builder(models, spec, taken_values).run()
+    first = Builder(models, spec, taken_values, texts).run()
     found = companions_of(first, spec) if find_companions and first.edits else ()  # none: nothing recognised
     if not found:
         return first
     return dataclasses.replace(
-        Builder(models, dataclasses.replace(spec, also=spec.also + found), taken_values).run(), auto_also=found
+        Builder(models, dataclasses.replace(spec, also=spec.also + found), taken_values, texts).run(), auto_also=found
     )
 
 
@@ -3760,4 +3792,23 @@ def read_sources(repo: Path) -> dict[str, bytes]:
             p = Path(dirpath) / f
             if f.endswith(".nix") and not (f.startswith("result") and p.is_symlink()) and p.is_file():
                 out[p.relative_to(repo).as_posix()] = p.read_bytes()
+    return out
+
+
+_SQL_PATH = re.compile(rb"(?<![\w.~/-])((?:\.\.?/)[\w.+/-]*\.sql)\b")
+
+
+def read_texts(repo: Path, sources: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The repository's .sql files that a .nix file names by a relative path (``initialScript =
+    ./init.sql``, ``builtins.readFile ../db/init.sql``): repo-relative posix path -> bytes. A path that
+    leaves the repository, a link or a missing file is not read."""
+    out: dict[str, bytes] = {}
+    for name, src in sources.items():
+        for m in _SQL_PATH.finditer(src):
+            rel = posixpath.normpath(posixpath.join(posixpath.dirname(name), m.group(1).decode()))
+            if rel.startswith("../") or rel in out:
+                continue
+            p = repo / rel
+            if p.is_file() and not p.is_symlink():
+                out[rel] = p.read_bytes()
     return out

@@ -57,7 +57,7 @@ def _patch_repo_locked(ctx: Context, *, stage_only: bool, **volume: str | None) 
         rewound = _stage_from_originals(ctx, sources)
         if rewound:
             return rewound
-    plan = patch.plan(sources, patch.spec_for(ctx.cfg, ctx.name, **volume))
+    plan = patch.plan(sources, patch.spec_for(ctx.cfg, ctx.name, **volume), texts=patch.read_texts(repo, sources))
     if plan.manual:
         m = plan.manual[0]
         raise StageError(

@@ -353,7 +353,11 @@ class RebuildPreflight(Preflight):
         from nixmig.nixsrc import patch
 
         sources = patch.read_sources(ctx.cfg.repo)
-        plan = patch.plan(sources, patch.spec_for(ctx.cfg, ctx.name, new_volume=n.new_volume))
+        plan = patch.plan(
+            sources,
+            patch.spec_for(ctx.cfg, ctx.name, new_volume=n.new_volume),
+            texts=patch.read_texts(ctx.cfg.repo, sources),
+        )
         if plan.manual:
             m = plan.manual[0]
             raise PreflightError(

@@ -17,7 +17,7 @@ import pytest
 from nixmig import config
 from nixmig.draft import Draft, draft
 from nixmig.inventory import Node
-from nixmig.nixsrc.patch import read_sources
+from nixmig.nixsrc.patch import read_sources, read_texts
 from tests.helpers import ADMIN_PUB, EXAMPLE, FIXTURES, NEWTON_PUB, copy_example, run_cli, snapshot
 
 pytestmark = pytest.mark.unit
@@ -146,7 +146,8 @@ def test_apps_holding_the_password_are_listed_not_its_value() -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_shape_draft_loads_and_agrees_with_the_hand_written_one(case: str, tmp_path: Path) -> None:
-    d = draft(read_sources(SHAPES / case))
+    sources = read_sources(SHAPES / case)
+    d = draft(sources, texts=read_texts(SHAPES / case, sources))  # as `nixmig init` reads the repo
     cfg = load(tmp_path, d.toml)
     hand = config.load(SHAPES / case / "nixmig.toml")
     guessed = checked_keys(d.toml)

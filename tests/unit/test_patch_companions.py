@@ -264,3 +264,15 @@ def test_a_companion_with_another_value_in_another_container_is_not_given_the_fi
     plan = pt.plan(_with_worker("another-admin-pw-99"), spec, find_companions=True)
     (m,) = plan.manual
     assert "feeds-worker container holds another value" in m.what and m.line > 20
+
+
+def test_a_plain_variable_with_a_companions_bytes_is_said_not_taken_for_the_database_password() -> None:
+    """remnawave's compose2nix file (18C/01): the bot token, a placeholder, moves as a companion; chat ids
+    holding the same placeholder were by-hand items saying "this migration's password", whose recipe
+    would have written the database's secret into them. Now one note per line, nothing by hand."""
+    sources, spec = _spec(SHAPES / "oci-compose2nix-companion-value-in-plain-variable")
+    plan = pt.plan(sources, spec, find_companions=True)
+    assert plan.auto_also == (("BOT_TOKEN", "bot-token"),) and plan.manual == ()
+    (note,) = [n for n in plan.notes if "NOTIFY_CHAT_ID" in n]
+    assert note.startswith("hosts/box/crm.nix:33: ") and "holds the same bytes as a credential" in note
+    assert "change_me" not in note and "this migration's password" not in note

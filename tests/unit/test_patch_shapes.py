@@ -39,6 +39,10 @@ def _load(name: str) -> tuple[dict[str, object], dict[str, bytes], pt.Spec]:
     return meta, pt.read_sources(case), pt.spec_for(cfg, migration)
 
 
+def _texts(name: str, sources: dict[str, bytes]) -> dict[str, bytes]:
+    return pt.read_texts(SHAPES / name, sources)  # the SQL files the .nix files name, as `nixmig patch` reads
+
+
 def test_the_corpus_has_both_outcomes() -> None:
     outcomes = {json.loads((SHAPES / n / "case.json").read_text())["expect"] for n in CASES}
     assert outcomes == {"patched", "refused"} and len(CASES) >= 5
@@ -50,7 +54,8 @@ NL = b"\n"
 @pytest.mark.parametrize("name", CASES)
 def test_shape(name: str) -> None:
     meta, sources, spec = _load(name)
-    plan = pt.plan(sources, spec, find_companions=True)  # as `nixmig patch` plans
+    texts = _texts(name, sources)
+    plan = pt.plan(sources, spec, find_companions=True, texts=texts)  # as `nixmig patch` plans
     assert dict(plan.auto_also) == meta.get("auto_also", {}), "the companions patch finds by itself"
     literals = [str(x).encode() for x in meta["literals"]]  # type: ignore[attr-defined]
     if meta["expect"] == "refused":
@@ -62,7 +67,7 @@ def test_shape(name: str) -> None:
         if plan.edits:  # what a refusal writes is written once: a second --write changes nothing more
             after = {**sources, **plan.results(sources)}
             spec2 = dataclasses.replace(spec, also=spec.also + plan.auto_also)
-            assert pt.plan(after, spec2, find_companions=True).edits == ()
+            assert pt.plan(after, spec2, find_companions=True, texts=texts).edits == ()
         return
     assert meta["expect"] == "patched"
     assert plan.manual == (), [m.what for m in plan.manual]
@@ -82,7 +87,9 @@ def test_shape(name: str) -> None:
     for other in others:
         at = [f"{f}:{text.count(NL, 0, text.index(other)) + 1}:" for f, text in sources.items() if other in text]
         assert at and any(n.startswith(at[0]) and "holds another" in n for n in plan.notes), (at, plan.notes)
-    again = pt.plan(after, dataclasses.replace(spec, also=spec.also + plan.auto_also), find_companions=True)
+    again = pt.plan(
+        after, dataclasses.replace(spec, also=spec.also + plan.auto_also), find_companions=True, texts=texts
+    )
     assert again.edits == () and again.manual == ()
     if shutil.which("nix-instantiate"):
         validate.check_all(plan.results(sources), use_nix=True)

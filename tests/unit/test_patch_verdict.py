@@ -1295,3 +1295,29 @@ def test_a_second_write_of_a_move_leaves_the_service_s_other_store_file_alone() 
     assert b"Gitlab-root-pw-9" in after["gitlab.nix"]
     again = pt.plan(after, spec)
     assert again.edits == (), [e.explanation for e in again.edits]
+
+
+def test_an_os_login_password_is_said_as_no_databases_with_no_recipe() -> None:
+    """users.users.NAME.password (maptogether, 18C/02): when patch recognised nothing, every credential is said;
+    the login password's item named this migration's secret in an env-file recipe. Now: why, no recipe."""
+    src = {
+        "host.nix": b"{ ... }:\n{\n  users.users.demo = {\n    isNormalUser = true;\n"
+        b'    password = "demo-login-5";\n  };\n}\n'
+    }
+    plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app"))
+    (item,) = [m for m in plan.manual if m.line == 5]
+    assert "an OS account's login password" in item.what and "hashedPasswordFile" in item.what
+    assert item.snippet == "" and "demo-login-5" not in item.what
+
+
+def test_a_removed_mysql_root_password_option_is_said_as_removed_not_as_a_missing_move() -> None:
+    """services.mysql.rootPassword (18E/09): nixpkgs removed it; the item said to write a strategy move
+    migration, which the case's nixmig.toml was; and it offered an env file mysql.service never reads."""
+    src = {
+        "db.nix": b"{ pkgs, ... }:\n{\n  services.mysql = {\n    enable = true;\n    package = pkgs.mariadb;\n"
+        b'    rootPassword = "root-pw-93";\n  };\n}\n'
+    }
+    plan = pt.plan(src, pt.Spec(secret="mariadb-root-password", role="root", strategy="move"))
+    (item,) = [m for m in plan.manual if m.line == 6]
+    assert "nixpkgs removed this option" in item.what and 'strategy = "move"' not in item.what
+    assert item.snippet == "" and "root-pw-93" not in item.what

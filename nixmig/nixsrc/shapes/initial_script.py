@@ -93,7 +93,75 @@ def read_once_less(b: Builder, fm: FileModel, expr: Node) -> None:
         b.fields_read.add((fm.name, "".join(fm.text(expr).split())))
 
 
+def _sql_files(b: Builder) -> Iterator[tuple[FileModel, Bind, Node, str]]:
+    """Each repository SQL file the host's initialScript names by path (``initialScript = ./init.sql``, or
+    ``pkgs.writeText "init.sql" (builtins.readFile ./init.sql)``): (file, binding, the path, the SQL file)."""
+    import posixpath
+
+    from nixmig.nixsrc.parse import descendants
+
+    for fm, bind in list(b.all_binds()):
+        if bind.path[-3:] != INITIAL_SCRIPT or bind.path[:-3]:
+            continue
+        paths = {n.start_byte: n for n in (bind.value, *descendants(bind.value)) if n.type == "path_expression"}
+        for node in paths.values():
+            text = fm.text(node)
+            if not text.endswith(".sql"):
+                continue
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), text))
+            if target in b.texts:
+                yield fm, bind, node, target
+
+
+def _creates(sql: bytes, role: str) -> bool:
+    name = re.escape(role.encode())
+    quoted = re.escape(role_identifier(role).encode())
+    head = rb"(?i)\b(?:CREATE|ALTER)\s+(?:ROLE|USER)\s+"
+    return re.search(head + rb"(?:" + quoted + rb"|" + name + rb"(?![\w$]))", sql) is not None
+
+
+def sql_file_scripts(b: Builder) -> None:
+    """A repository SQL file as the initialScript: its ``PASSWORD '...'`` clauses are by-hand items at
+    their line in that file (nixmig edits Nix, not SQL; the file is copied into the world-readable Nix
+    store all the same). With the migration's role created there and no clause left, the oneshot sets its
+    password from the agenix file, as for an inline script (the user's second run, after the clause went)."""
+    from nixmig.nixsrc.patch import Manual
+
+    for fm, bind, node, target in _sql_files(b):
+        sql = b.texts[target]
+        found = clauses(sql)
+        for c in found:
+            line = sql.count(b"\n", 0, c.value_start) + 1
+            col = c.value_start - sql.rfind(b"\n", 0, c.value_start)
+            whose = (
+                f"role {c.role}'s password"
+                if c.role == b.spec.role
+                else f"role {c.role}'s password (another role than this migration's {b.spec.role})"
+            )
+            then = (
+                "then `nixmig patch --write` again: it adds the oneshot that sets the role's password from the "
+                "agenix secret after PostgreSQL starts"
+                if c.role == b.spec.role
+                else "give that role a migration of its own, or set its password another way"
+            )
+            item = Manual(
+                target,
+                line,
+                col,
+                f"{whose} in clear in {target}, the SQL file services.postgresql.initialScript reads "
+                f"({fm.where(node)}; it is copied into the world-readable Nix store): nixmig edits no SQL file; "
+                f"delete the PASSWORD '...' clause there (CREATE ROLE {c.role} WITH LOGIN; stays valid), {then}",
+                "",
+            )
+            if item not in b.manual:  # (apply runs once per shape pass)
+                b.manual.append(item)
+        if not found and b.spec.strategy != "move" and _creates(sql, b.spec.role):
+            role_unit(b, fm, bind.node)
+            b.sql_file = fm
+
+
 def apply(b: Builder, password: str | None) -> None:
+    sql_file_scripts(b)
     for fm, bind, node, prefix, where in _scripts(b):
         unit = (*prefix, "systemd", "services", unit_name(b))
         if remove_clauses(b, fm, node, password, where):
