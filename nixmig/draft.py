@@ -879,9 +879,10 @@ def _container_name(c: _Container, db: _Db, models: Mapping[str, FileModel] | No
     else:
         db.container = Val(
             c.plain,
-            f"{_at(c.fm, _first_bind(c))} (virtualisation.oci-containers.containers.{c.name}{c.plain_origin})",
+            f"{_at(c.fm, _first_bind(c))} ({'.'.join(c.prefix[:-1])}.{c.name}{c.plain_origin})",
         )
-        backend = _backend(c, models)
+        # docker-containers (before NixOS 20.09): nixpkgs maps it onto oci-containers with backend docker
+        backend = _backend(c, models) if c.prefix[0] != "docker-containers" else ("docker", "docker-containers")
         if backend is None:
             db.docker_host = None
             db.checks.append(

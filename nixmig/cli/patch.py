@@ -255,14 +255,18 @@ def _patch_one(
     age_file = root / spec.secrets_dir / f"{spec.secret}.age"
     if not age_file.exists():
         at = dict(_missing_kept_values(root, spec.secrets_dir, plan, sources)).get(spec.secret)  # its line
+        # no line the plan took the value from: the refusal's first item, which leads with the database's
+        first = next((f"{m.file}:{m.line}" for m in plan.manual if m.file.endswith(".nix") and m.line > 0), None)
         notes.append(
             f"{age_file.relative_to(root)} does not exist yet: create it with `nixmig secret new {spec.secret}"
             + (
-                f" --from {at or 'FILE:LINE'}` (strategy move keeps the value: "
+                f" --from {at or first or 'FILE:LINE'}` (strategy move keeps the value: "
                 + (
-                    "the line that hardcodes it)"
-                    if at is None
-                    else "it reads the value there, before --write removes it)"
+                    "it reads the value there, before --write removes it)"
+                    if at is not None
+                    else "the first item above, if that line holds this migration's value; else the line that does)"
+                    if first is not None
+                    else "the line that hardcodes it)"
                 )
                 if spec.strategy == "move"
                 else "`"

@@ -74,6 +74,10 @@ def container_shape(prefix: NixPath) -> tuple[str, str, NixPath] | None:
             return "arion", prefix[-2], prefix
     if n == 4 and prefix[:3] == ("virtualisation", "oci-containers", "containers"):
         return "oci", prefix[3], prefix
+    if n == 2 and prefix[0] == "docker-containers":
+        # the name before NixOS 20.09: nixpkgs maps it onto oci-containers (mkChangedOptionModule, backend
+        # docker, each container's attributes as they are but extraDockerOptions): the same options
+        return "oci", prefix[1], prefix
     if n == 4 and prefix[:3] == ("virtualisation", "quadlet", "containers"):
         return "quadlet", prefix[3], prefix
     return None

@@ -299,6 +299,19 @@ REMOVED_OPTIONS: dict[tuple[str, ...], str] = {
 }
 
 
+def removed_option(path: Sequence[str]) -> str | None:
+    """Why ``path`` is an option nixpkgs removed (a configuration setting it does not evaluate today), or None."""
+    plain = tuple(seg.strip('"') for seg in path)
+    if plain[:2] == ("services", "httpd") and "extraSubservices" in plain:
+        return (
+            "services.httpd's extraSubservices were removed from nixpkgs (a configuration that sets them does not "
+            "evaluate with today's nixpkgs); today's services.wordpress.sites.NAME.database.passwordFile (and "
+            "the other web apps' own modules) take the password from a file: move the site to that module, then "
+            "patch again"
+        )
+    return REMOVED_OPTIONS.get(plain[-3:])
+
+
 def login_password(path: Sequence[str]) -> bool:
     """users.users.NAME.password / initialPassword: an OS account's login password, no database's."""
     plain = tuple(seg.strip('"') for seg in path)
@@ -332,11 +345,11 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
     ws = set(words(f.attr_path)) if f.attr_path else set()
     scheme = _scheme(source, f.start) if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 else ""
     path = _attr_path(f.attr_path) if f.attr_path else ()
-    if "ensureUsers" in path:
+    if "ensureUsers" in path and server_option(path):
         return ENSURE_USERS
     if login_password(path):
         return LOGIN_ACCOUNT_WHY
-    removed = REMOVED_OPTIONS.get(tuple(seg.strip('"') for seg in path[-3:]))
+    removed = removed_option(path)
     if removed is not None:
         return removed
     if tuple(seg.strip('"') for seg in path[:3]) == ("services", "podman", "containers"):
@@ -470,7 +483,9 @@ def under_condition(fm: FileModel, byte: int) -> str:
     return ""
 
 
-_OPTION_ROOTS = frozenset({"virtualisation", "services", "systemd", "environment", "containers", "age", "users"})
+_OPTION_ROOTS = frozenset(
+    {"virtualisation", "services", "systemd", "environment", "containers", "age", "users", "docker-containers"}
+)
 
 
 def module_as_value(path: Sequence[str]) -> str:

@@ -393,7 +393,10 @@ def _walk(fm: FileModel, node: Node, path: NixPath, exact: bool) -> None:
         elif name == "mkMerge" and args:
             _walk(fm, args[-1], path, exact)
         else:
-            if name == "mkOption" and path[:1] == ("options",):
+            # (an mkOption inside another's type, `types.submodule { options.passwordFile = mkOption ...; }`,
+            # is an option of each attribute of that one, not one at this path: 18G/03)
+            inside = any(o.start_byte <= node.start_byte and node.end_byte <= o.end_byte for _, o in fm.options)
+            if name == "mkOption" and path[:1] == ("options",) and not inside:
                 fm.options.append((path[1:], node))
             fn: Node | None = node
             while fn is not None and fn.type == "apply_expression":

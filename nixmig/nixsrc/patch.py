@@ -79,6 +79,7 @@ from nixmig.nixsrc.leftover import (
     naming,
     other_secrets,
     prose_word,
+    removed_option,
     server_option,
     string_shape,
     unknown_shape,
@@ -2775,7 +2776,12 @@ class Builder:
             other = theirs(left) and "this migration's" not in left.what
             snippet = (
                 ""
-                if string_shape(path) or left.in_sql or other or server_option(path) or login_password(path)
+                if string_shape(path)
+                or left.in_sql
+                or other
+                or server_option(path)
+                or login_password(path)
+                or removed_option(path)
                 else self.generic_snippet(path)
             )
             if given_up and left.start in {m for f, m, _ in self.masks[:-1] if f == left.file}:
@@ -3729,6 +3735,8 @@ def unit_names(models: Mapping[str, FileModel]) -> set[str]:
                     out.add(v)
             elif len(p) >= 4 and p[:3] == ("virtualisation", "oci-containers", "containers"):
                 out |= {f"docker-{p[3]}", f"podman-{p[3]}"}
+            elif len(p) >= 2 and p[0] == "docker-containers":  # (before 20.09: docker's, containers.py)
+                out.add(f"docker-{p[1]}")
     return out
 
 
@@ -3795,20 +3803,16 @@ def read_sources(repo: Path) -> dict[str, bytes]:
     return out
 
 
-_SQL_PATH = re.compile(rb"(?<![\w.~/-])((?:\.\.?/)[\w.+/-]*\.sql)\b")
-
-
 def read_texts(repo: Path, sources: Mapping[str, bytes]) -> dict[str, bytes]:
     """The repository's .sql files that a .nix file names by a relative path (``initialScript =
     ./init.sql``, ``builtins.readFile ../db/init.sql``): repo-relative posix path -> bytes. A path that
     leaves the repository, a link or a missing file is not read."""
+    from nixmig.nixsrc.scan import sql_paths
+
     out: dict[str, bytes] = {}
     for name, src in sources.items():
-        for m in _SQL_PATH.finditer(src):
-            rel = posixpath.normpath(posixpath.join(posixpath.dirname(name), m.group(1).decode()))
-            if rel.startswith("../") or rel in out:
-                continue
+        for rel in sql_paths(src, name):
             p = repo / rel
-            if p.is_file() and not p.is_symlink():
+            if not rel.startswith("../") and rel not in out and p.is_file() and not p.is_symlink():
                 out[rel] = p.read_bytes()
     return out

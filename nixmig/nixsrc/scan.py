@@ -882,8 +882,8 @@ def _scope(plain: Sequence[str]) -> tuple[str | None, str | None]:
         prev = plain[i - 1] if i > 0 else ""
         if (seg, prev) in (("projects", "arion"), ("containers", "oci-containers"), ("containers", "quadlet")):
             project = nxt
-        elif seg == "containers" and i == 0:
-            project = nxt  # NixOS containers.<name>
+        elif seg in ("containers", "docker-containers") and i == 0:
+            project = nxt  # NixOS containers.<name>; docker-containers.<name> (oci-containers before 20.09)
         elif seg == "services":
             after = plain[i + 2] if i + 2 < n else None
             if after in ("service", "image", "nixos", "build") and i + 2 < n - 1:
@@ -1512,3 +1512,54 @@ def disambiguate(findings: Iterable[MaskedFinding]) -> list[MaskedFinding]:
         index = digests.index(f.digest)
         result.append(f if index == 0 else replace(f, secret_name=f"{f.secret_name}-{index + 1}"))
     return result
+
+
+# ---------------------------------------------------------------- SQL files the Nix files name
+
+# a relative path to a .sql file in Nix source (``initialScript = ./init.sql``, ``builtins.readFile ../db/a.sql``)
+SQL_PATH: Final = re.compile(rb"(?<![\w.~/-])((?:\.\.?/)[\w.+/-]*\.sql)\b")
+
+
+def sql_paths(source: bytes, file: str) -> list[str]:
+    """The .sql files ``source`` (the Nix file ``file``) names by a relative path, resolved against its
+    directory (posix, normalized; a path may leave the repository: the caller decides)."""
+    import posixpath
+
+    out: list[str] = []
+    for m in SQL_PATH.finditer(source):
+        p = posixpath.normpath(posixpath.join(posixpath.dirname(file), m.group(1).decode()))
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def scan_sql(source: bytes, file: str) -> list[Finding]:
+    """Each role password a SQL file sets in clear (``CREATE ROLE x ... PASSWORD '...'``): a Nix file names
+    it (an initialScript), so it goes into the world-readable Nix store with it."""
+    from nixmig.nixsrc.sqlpass import clauses
+
+    out: list[Finding] = []
+    for c in clauses(source):
+        if is_placeholder(c.password):
+            continue
+        line = source.count(b"\n", 0, c.value_start) + 1
+        col = len(source[source.rfind(b"\n", 0, c.value_start) + 1 : c.value_start].decode("utf-8", "replace")) + 1
+        end_line = source.count(b"\n", 0, c.value_end) + 1
+        end_col = len(source[source.rfind(b"\n", 0, c.value_end) + 1 : c.value_end].decode("utf-8", "replace")) + 1
+        out.append(
+            Finding(
+                file,
+                line,
+                col,
+                end_line,
+                end_col,
+                f"PASSWORD of role {c.role}",
+                Kind.PASSWORD,
+                Secret(c.password),
+                f"{c.role}-db-password",
+                "sql",
+                c.value_start,
+                c.value_end,
+            )
+        )
+    return out

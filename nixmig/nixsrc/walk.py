@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from nixmig.errors import UsageError
-from nixmig.nixsrc.scan import MaskedFinding, SyntaxProblem, disambiguate, scan_source
+from nixmig.nixsrc.scan import Finding, MaskedFinding, SyntaxProblem, disambiguate, scan_source, scan_sql, sql_paths
 
 SKIP_DIRS: Final = frozenset({".git", ".hg", ".jj", ".svn", ".direnv"})
 PARALLEL_THRESHOLD: Final = 200  # below this many files, a pool costs more than it saves
@@ -107,7 +107,20 @@ def _init_worker(key: bytes) -> None:
     _KEY = key
 
 
-def _scan_one(path: str, key: bytes) -> tuple[list[MaskedFinding], SyntaxProblem | None]:
+def _scan_sql_file(path: str) -> list[Finding] | None:
+    """A SQL file a Nix file names: its role passwords (None when it is missing, a link or unreadable)."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        with open(path, "rb") as fh:
+            return scan_sql(fh.read(), path)
+    except OSError:
+        return None
+
+
+def _scan_one(path: str, key: bytes, sql_read: set[str]) -> tuple[list[MaskedFinding], SyntaxProblem | None]:
+    """One .nix file's findings, and those of the SQL files it names (``sql_read``: the ones read)."""
     try:
         with open(path, "rb") as fh:
             source = fh.read()
@@ -115,20 +128,27 @@ def _scan_one(path: str, key: bytes) -> tuple[list[MaskedFinding], SyntaxProblem
         return [], SyntaxProblem(path, 1, 1, f"cannot read: {exc.strerror or exc}")
     try:
         result = scan_source(source, path)
+        found = list(result.findings)
+        for sql in sql_paths(source, path):  # an initialScript's ./init.sql goes into the store with it
+            in_sql = _scan_sql_file(sql)
+            if in_sql is not None:
+                sql_read.add(sql)
+                found += in_sql
     except Exception as exc:  # a scanner bug must not stop the other files
         return [], SyntaxProblem(path, 1, 1, f"not scanned: internal error {type(exc).__name__}")
-    return [f.masked(key) for f in result.findings], result.problem
+    return [f.masked(key) for f in found], result.problem
 
 
-def _scan_batch(batch: list[str]) -> tuple[list[MaskedFinding], list[SyntaxProblem]]:
+def _scan_batch(batch: list[str]) -> tuple[list[MaskedFinding], list[SyntaxProblem], set[str]]:
     findings: list[MaskedFinding] = []
     problems: list[SyntaxProblem] = []
+    sql_read: set[str] = set()
     for path in batch:
-        fs, problem = _scan_one(path, _KEY)
+        fs, problem = _scan_one(path, _KEY, sql_read)
         findings.extend(fs)
         if problem is not None:
             problems.append(problem)
-    return findings, problems
+    return findings, problems, sql_read
 
 
 def default_jobs() -> int:
@@ -156,9 +176,14 @@ def scan_files(files: Sequence[str], *, jobs: int | None = None) -> ScanRun:
     else:
         _init_worker(key)
         results = [_scan_batch(b) for b in batches]
-    for findings, problems in results:
+    sql_files: set[str] = set()
+    for findings, problems, sql_read in results:
         run.findings.extend(findings)
         run.problems.extend(problems)
+        sql_files |= sql_read
+    run.files_scanned += len(sql_files)  # the SQL files the .nix files name count as scanned
+    # a SQL file two Nix files name is found twice: once
+    run.findings = list({(f.file, f.line, f.col, f.rule): f for f in run.findings}.values())
     run.findings.sort(key=lambda f: (f.file, f.line, f.col))
     run.findings = disambiguate(run.findings)
     run.problems.sort(key=lambda p: (p.file, p.line, p.col))

@@ -14,6 +14,7 @@ from nixmig.errors import ConfigError
 from nixmig.nixsrc import leftover as lo
 from nixmig.nixsrc import patch as pt
 from nixmig.nixsrc import validate
+from nixmig.nixsrc.model import model
 from nixmig.nixsrc.scan import scan_source
 from tests.helpers import EXAMPLE, FIXTURES, copy_example, plan_shape_case, run_cli, snapshot
 
@@ -1321,3 +1322,68 @@ def test_a_removed_mysql_root_password_option_is_said_as_removed_not_as_a_missin
     (item,) = [m for m in plan.manual if m.line == 6]
     assert "nixpkgs removed this option" in item.what and 'strategy = "move"' not in item.what
     assert item.snippet == "" and "root-pw-93" not in item.what
+
+
+def test_an_option_inside_a_submodule_type_is_no_option_at_its_syntax_path() -> None:
+    """18G/03: `ensureUsers = mkOption { type = attrsOf (submodule { options.passwordFile = mkOption ...; }); }`
+    was read as an option services.nextcloud.ensureUsers.type.options.passwordFile, and patch planned to set
+    it (a user named `type`, an option nothing declares). Only the outer option is one."""
+    src = (
+        b"{ lib, ... }:\n{\n  options.services.portal.users = lib.mkOption {\n    type = lib.types.attrsOf "
+        b"(lib.types.submodule { options.passwordFile = lib.mkOption { }; });\n  };\n}\n"
+    )
+    assert [p for p, _ in model("portal.nix", src).options] == [("services", "portal", "users")]
+
+
+def test_a_move_with_no_line_taken_names_the_first_items_line(tmp_path: Path) -> None:
+    """18E/09, 18F/05, 18G/02: the missing .age's note printed `--from FILE:LINE` literally."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "secrets.nix").write_text('let box = "age1x"; in { }\n')
+    (tmp_path / "db.nix").write_text(
+        "{ pkgs, ... }:\n{\n  services.mysql = {\n    enable = true;\n    package = pkgs.mariadb;\n"
+        '    rootPassword = "root-pw-93";\n  };\n}\n'
+    )
+    (tmp_path / "nixmig.toml").write_text(
+        '[hosts.box]\naddress = "box"\n\n[services.mariadb]\nhost = "box"\nruntime = "native"\nrole = "root"\n\n'
+        '[migrations.mariadb-root-password]\nservice = "mariadb"\nsecret = "mariadb-root-password"\nstrategy = "move"\n'
+    )
+    proc = run_cli("patch", "--explain", cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert "--from db.nix:6`" in err and "FILE:LINE" not in err and "root-pw-93" not in err
+
+
+INIT_SQL = b"""{ pkgs, ... }:
+{
+  services.postgresql.enable = true;
+  services.postgresql.initialScript = pkgs.writeText "init.sql" ''
+    CREATE ROLE shop WITH LOGIN PASSWORD 'shop-sql-pw-8';
+  '';
+}
+"""
+
+
+@pytest.mark.parametrize("app", [False, True])
+def test_a_rotation_whose_password_nothing_else_holds_says_its_clients_are_elsewhere(app: bool) -> None:
+    """18F/01 (a compiled Go app), 18F/03 (a devel.cfg): the role's password only in the initialScript, its
+    clients outside the repo's Nix; patch rotated it without a word. Said once; not when an app holds it."""
+    src = {"db.nix": INIT_SQL}
+    if app:
+        src["app.nix"] = (
+            b'{ ... }:\n{\n  systemd.services.shop.environment.DATABASE_URL = "postgres://shop:shop-sql-pw-8@localhost/shop";\n}\n'
+        )
+    plan = pt.plan(src, pt.Spec(secret="shop-db-password", role="shop"))
+    said = [n for n in plan.notes if n.startswith("no other place in the repository's .nix files holds role shop's")]
+    assert len(said) == (0 if app else 1) and plan.edits
+    assert not any("shop-sql-pw-8" in n for n in plan.notes)
+
+
+def test_httpds_removed_extra_subservices_are_said_as_removed_with_no_recipe() -> None:
+    """18F/05: a WordPress dbPassword under services.httpd's extraSubservices got an env-file recipe for httpd
+    (RuntimeDirectory = "httpd", which the httpd module sets itself) that nothing would read."""
+    src = {
+        "web.nix": b"{ ... }:\n{\n  services.httpd.virtualHosts = [ {\n    extraSubservices = [ {\n"
+        b'      serviceType = "wordpress";\n      dbPassword = "wp-db-pw-55";\n    } ];\n  } ];\n}\n'
+    }
+    plan = pt.plan(src, pt.Spec(secret="wordpress-db-password", role="wordpress", strategy="move"))
+    (item,) = [m for m in plan.manual if m.line == 6]
+    assert "extraSubservices were removed from nixpkgs" in item.what and item.snippet == ""

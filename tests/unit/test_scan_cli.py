@@ -215,3 +215,25 @@ def test_unreadable_directory_is_reported(tmp_path: Path, monkeypatch: pytest.Mo
     assert [(p.file, p.message) for p in run.problems] == [
         (str(tmp_path / "locked"), "directory not scanned: Permission denied")
     ]
+
+
+def test_a_sql_file_a_nix_file_names_is_scanned_once(tmp_path: Path) -> None:
+    """initialScript = ./db/init.sql (18C/02): the SQL goes into the Nix store with the module; scan read only
+    .nix files and saw nothing. Its role password is a finding at its own line, once however many name it."""
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "init.sql").write_text("-- roles\nCREATE ROLE shop WITH LOGIN PASSWORD 'shop-sql-77';\n")
+    (tmp_path / "db" / "other.sql").write_text("CREATE ROLE x WITH LOGIN PASSWORD 'not-named-by-nix';\n")
+    (tmp_path / "a.nix").write_text("{ ... }: { services.postgresql.initialScript = ./db/init.sql; }\n")
+    (tmp_path / "b.nix").write_text('{ pkgs, ... }: { x = pkgs.writeText "i" (builtins.readFile ./db/init.sql); }\n')
+    run = scan_paths([str(tmp_path)])
+    (f,) = run.findings
+    assert (f.file, f.line, f.col, f.attr_path, f.length) == (
+        str(tmp_path / "db/init.sql"),
+        2,
+        39,
+        "PASSWORD of role shop",
+        11,
+    )
+    assert f.secret_name == "shop-db-password" and run.files_scanned == 3  # two .nix files, one SQL file
+    proc = run_cli("scan", "--format", "json", "--fail-on-findings", str(tmp_path))
+    assert b"shop-sql-77" not in proc.stdout and b'"rule": "sql"' in proc.stdout and proc.returncode == 1

@@ -164,13 +164,45 @@ def apply(b: Builder, password: str | None) -> None:
     sql_file_scripts(b)
     for fm, bind, node, prefix, where in _scripts(b):
         unit = (*prefix, "systemd", "services", unit_name(b))
+        raw = fm.source[node.start_byte : node.end_byte]
+        values = {c.password for c in clauses(raw, holes=_values(sql_holes(b, fm, node))) if c.role == b.spec.role}
         if remove_clauses(b, fm, node, password, where):
             role_unit(b, fm, bind.node, prefix=prefix)
             b.sql_file = fm
+            _unseen_clients(b, fm, node, values)
         elif not any(x.path[: len(unit)] == unit for _, x in b.all_binds()):
             continue  # not this migration's script (nor one patched already)
         _mysql_syntax(b, fm, node, where)
         _other_roles(b, fm, node)
+
+
+def _unseen_clients(b: Builder, fm: FileModel, node: Node, values: set[str]) -> None:
+    """The role's password is nowhere else in the repository's .nix files (no app's URL, variable or option
+    holds it): its clients, if any log in with it, are configured elsewhere (a compiled app, a config file of
+    their own: 18F/01, 18F/03) and keep the old one after a rotation. Said once; a client on the local socket
+    with peer authentication needs no password."""
+    if b.spec.strategy == "move" or not values or any(n.startswith("no other place in the repo") for n in b.notes):
+        return
+    from nixmig.nixsrc.scan import scan_source
+
+    names = {n for n in (b.spec.role, b.spec.container, b.spec.db_service) if n}
+    wanted = {v.encode() for v in values}
+    for other in b.models.values():
+        for f in scan_source(other.source, other.name).findings:  # a credential scan reads: a holder
+            if f.value.reveal() in wanted and not (other is fm and node.start_byte <= f.start < node.end_byte):
+                return
+        for v in values - names if all(len(v) >= 6 for v in values) else ():  # any other copy of the bytes
+            at = other.source.find(v.encode())
+            while at >= 0:
+                if not (other is fm and node.start_byte <= at < node.end_byte):
+                    return  # another holder: an app patch edits, or one the verdict says
+                at = other.source.find(v.encode(), at + 1)
+    b.notes.append(
+        f"no other place in the repository's .nix files holds role {b.spec.role}'s password: a client that "
+        "logs in with it from elsewhere (an app configured outside Nix, a config file of its own) is refused after "
+        'the rotation: give it the agenix secret, or use strategy = "move" (value kept); a client on the local '
+        "socket with peer authentication needs no password"
+    )
 
 
 def move_role(b: Builder, role: str, secret: str) -> None:

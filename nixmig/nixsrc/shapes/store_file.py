@@ -41,8 +41,13 @@ def apply(b: Builder, password: str | None) -> None:
             continue  # inside a NixOS container `config` is the container's, with no age.secrets: container_store_file
         # under move the whole text may be the secret (miniflux' adminCredentialsFile: USERNAME=, PASSWORD=),
         # kept byte for byte; a rotation writes a bare password, which only a bare one may be replaced by
-        content = store_file_content(bind.value, indented=b.spec.strategy == "move")
+        content = store_file_content(bind.value, indented=True)
         value = decode_any(content) if content is not None else None
+        if value is not None and content is not None and content.type == "indented_string_expression":
+            # a rotation replaces one bare password: an indented string that holds one line (`''pw''`, or
+            # its line and the newline after it: 18G/03) is that; a longer text is not
+            line = value.removesuffix("\n")
+            value = value if b.spec.strategy == "move" else (line if line and "\n" not in line else None)
         if content is None or value is None or (password is not None and value != password):
             continue
         if bind.path in NOT_A_BARE_PASSWORD and b.spec.strategy != "move":
