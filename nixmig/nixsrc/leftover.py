@@ -604,10 +604,16 @@ def other_secrets(
         for f in _uncovered(fm, name, edits):
             if (name, f.line) in said or digest(f.value.reveal()) in known:
                 continue
+            path = _attr_path(f.attr_path) if f.attr_path else ()
             out.append(
                 f"{name}:{f.line}: {f.attr_path or 'a string'} holds another {DESCRIPTION[f.kind]} (not "
-                "this migration's value): left as it is; `nixmig scan` lists it, a migration of its own (strategy "
-                "move keeps the value) takes it out of the Nix store"
+                "this migration's value): left as it is; "
+                + (
+                    LOGIN_ACCOUNT_WHY
+                    if login_password(path)
+                    else "`nixmig scan` lists it, a migration of its own (strategy move keeps the value) takes it out "
+                    "of the Nix store"
+                )
             )
     return out
 

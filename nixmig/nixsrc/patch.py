@@ -2756,6 +2756,14 @@ class Builder:
             containers=self.patched_containers | ({(db.fm.name, *db.prefix)} if db is not None else set()),
         )
         found += self.copies_left(found)
+        patched = self.patched_containers | ({(db.fm.name, *db.prefix)} if db is not None else set())
+        if self.ed.items and any(c[1:2] == ("docker-containers",) for c in patched):
+            self.notes.append(
+                "docker-containers is the option's name before NixOS 20.09: nixpkgs since maps it onto "
+                "virtualisation.oci-containers (backend docker), whose environmentFiles and backend these edits use; "
+                "on an older nixpkgs they do not evaluate (rename it to virtualisation.oci-containers.containers "
+                "when you can)"
+            )
         # the first item is the refusal's headline: this migration's own value first, then what the files that
         # name the migration (its container, service, unit) hold, then the rest (a helper's default elsewhere)
         named = naming(self.models, [*idents, spec.role])
@@ -2777,6 +2785,7 @@ class Builder:
             snippet = (
                 ""
                 if string_shape(path)
+                or len(path) <= 1  # a let binding's name is no variable an env file could set (18H/03)
                 or left.in_sql
                 or other
                 or server_option(path)

@@ -1387,3 +1387,35 @@ def test_httpds_removed_extra_subservices_are_said_as_removed_with_no_recipe() -
     plan = pt.plan(src, pt.Spec(secret="wordpress-db-password", role="wordpress", strategy="move"))
     (item,) = [m for m in plan.manual if m.line == 6]
     assert "extraSubservices were removed from nixpkgs" in item.what and item.snippet == ""
+
+
+def test_docker_containers_edits_say_the_nixpkgs_they_need() -> None:
+    plan, _ = plan_shape_case(
+        "oci-docker-containers-old-name",
+        "hosts/box/forum.nix",
+        (SHAPES / "oci-docker-containers-old-name/hosts/box/forum.nix").read_bytes(),
+    )
+    assert any(n.startswith("docker-containers is the option's name before NixOS 20.09") for n in plan.notes)  # type: ignore[attr-defined]
+
+
+def test_a_login_password_beside_the_patched_script_is_a_note_saying_what_it_is() -> None:
+    """18C/02 after its clause went: the note said "a migration of its own (strategy move)", which nixmig has
+    not for an OS account's password."""
+    src = {
+        "db.nix": INIT_SQL.replace(b"}\n", b'  users.users.demo.password = "demo-login-5";\n}\n')[:-1] + b"\n",
+    }
+    plan = pt.plan(src, pt.Spec(secret="shop-db-password", role="shop"))
+    (note,) = [n for n in plan.notes if "users.users.demo.password" in n]
+    assert "an OS account's login password" in note and "strategy move" not in note and plan.manual == ()
+
+
+def test_a_let_bound_password_left_gets_no_env_file_recipe_named_after_the_binding() -> None:
+    """18H/03: the recipe for `pgPassword = "..."` (read as DB_PASS=${pgPassword} by a unit) would have written
+    pgPassword=... into an env file: the binding's name is no variable anything reads."""
+    src = {
+        "net.nix": b'let\n  pgPassword = "let-pw-771";\nin\n{\n  application = { ... }: {\n'
+        b'    systemd.services.app.serviceConfig.Environment = "DB_PASS=${pgPassword}";\n  };\n}\n'
+    }
+    plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app"))
+    items = [m for m in plan.manual if m.line == 2]
+    assert items and all(m.snippet == "" for m in items)
