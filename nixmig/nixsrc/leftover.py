@@ -146,6 +146,13 @@ def string_shape(path: Sequence[str]) -> str | None:
             "env file whose every reader is a container's env file list (environmentFiles, env_file) in the same "
             "file; else point what reads it at config.age.secrets.NAME.path, or at a file rendered from it at start"
         )
+    if segs[:1] == ["environment"] and len(segs) == 3 and segs[1] in ("variables", "sessionVariables"):
+        return (
+            f"a password in environment.{segs[1]}.{segs[2]}: every login shell of the host gets it (and its text is "
+            "in the world-readable Nix store, /etc/set-environment): nixmig does not move a host-wide variable; "
+            "delete it where the services have their own (patch gives them the agenix secret), and read the "
+            "agenix file in the shell that needs it"
+        )
     if any(seg in _COMMAND_LINES for seg in segs):
         return (
             f"a password in a command line ({segs[-1] if segs[-1] in _COMMAND_LINES else 'ExecStart'}: in the "

@@ -1695,12 +1695,13 @@ class Builder:
                 "",
             )
             return
+        shaped = string_shape(lit.path)  # environment.variables (every shell's), an activation script ...
         self.manual_here(
             fm,
             lit.node,
             f"a {url.scheme}:// URL with the hardcoded password in {where}: "
-            + (problem or "no template for this shape"),
-            self.generic_snippet(lit.path, EnvLine(var or "DATABASE_URL", url.prefix, url.suffix)),
+            + (problem or shaped or "no template for this shape"),
+            "" if shaped else self.generic_snippet(lit.path, EnvLine(var or "DATABASE_URL", url.prefix, url.suffix)),
         )
 
     @property

@@ -1419,3 +1419,14 @@ def test_a_let_bound_password_left_gets_no_env_file_recipe_named_after_the_bindi
     plan = pt.plan(src, pt.Spec(secret="app-db-password", role="app"))
     items = [m for m in plan.manual if m.line == 2]
     assert items and all(m.snippet == "" for m in items)
+
+
+def test_a_url_in_environment_variables_is_said_as_every_shells_with_no_recipe() -> None:
+    """18H/01: environment.variables.DATABASE_URL (every login shell's) beside the app's own: "no template"
+    and an env-file recipe for a unit named after environment.variables."""
+    src = {
+        "host.nix": b'{ ... }:\n{\n  environment.variables.DATABASE_URL = "postgresql://inv:inv-pw-662@localhost/inv";\n}\n'
+    }
+    plan = pt.plan(src, pt.Spec(secret="inv-db-password", role="inv"))
+    (item,) = [m for m in plan.manual if m.line == 3]
+    assert "every login shell of the host gets it" in item.what and item.snippet == ""
