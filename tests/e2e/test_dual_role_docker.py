@@ -53,9 +53,22 @@ class DualSite:
 
     def writer(self) -> Writer:
         w = self.act.writer(reconnect_every=RECONNECT_EVERY)
+        _STARTED.append(w)
         w.start()
         ts.wait_until(lambda: len(w.acknowledged) >= 10)
         return w
+
+
+# the app stand-ins a test started: stopped when it ends, whatever happened (one left writing with the old
+# password after a failed test put authentication failures into the next tests' server logs: a cascade)
+_STARTED: list[Writer] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_writers() -> Iterator[None]:
+    yield
+    while _STARTED:
+        _STARTED.pop().stop()
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,16 @@ def site(stack: Stack, tmp_path: Path) -> ts.Site:
 
 
 @pytest.fixture
+def writers() -> Iterator[list[Writer]]:
+    """Every app stand-in a test starts is stopped when it ends, whatever happened: one left writing with
+    the old password after a failed test puts authentication failures into the next tests' server logs."""
+    started: list[Writer] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
 def app(site: ts.Site) -> Iterator[Writer]:
     """The app stand-in, writing from before nixmig starts until the test's checks."""
     writer = site.writer()
@@ -96,7 +106,7 @@ def assert_not_rotated(site: ts.Site) -> None:
     assert refused is not None and "password authentication failed" in refused
 
 
-def test_apply_then_rollback(stack: Stack, site: ts.Site, app: Writer) -> None:
+def test_apply_then_rollback(stack: Stack, site: ts.Site, app: Writer, writers: list[Writer]) -> None:
     ssh_log = stack.ssh.log
     needles = ts.secret_needles(site.password)
     old_verifier = site.db.verifier()
@@ -156,6 +166,7 @@ def test_apply_then_rollback(stack: Stack, site: ts.Site, app: Writer) -> None:
 
     # rollback: needs the operator's identity, then restores the old password and config
     writer = site.writer()
+    writers.append(writer)
     writer.start()
     refused = ts.nixmig(site, "rollback", "--yes")
     assert refused.returncode == 1 and "--identity" in refused.stderr
@@ -247,11 +258,14 @@ def without_app_writes(state: dict[str, object]) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("phase", ["stage", "switch"])
-def test_failing_deploy_stops_there_and_rolls_back(stack: Stack, tmp_path: Path, phase: str) -> None:
+def test_failing_deploy_stops_there_and_rolls_back(
+    stack: Stack, tmp_path: Path, phase: str, writers: list[Writer]
+) -> None:
     ts.reset_db(stack.db)
     site = ts.make_site(tmp_path / "site", stack.keys, stack.db, stack.ssh, fail_phases=[phase])
     before = without_app_writes(site.db.state())
     writer = site.writer()
+    writers.append(writer)
     writer.start()
     r = ts.nixmig(site, "apply", "--yes", "-i", str(site.keys.admin_key))
     assert r.returncode == 1, r.stdout + r.stderr
