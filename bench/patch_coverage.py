@@ -8,7 +8,9 @@ A corpus is a directory of cases; a case is a directory holding a small Nix repo
 
 A literal may carry context (``"PASSWORD 'pw'"``, ``"user:pw@"``) when the bare value also
 appears where it is no password (a role name, another secret). An optional ``"expect"``
-(``patched`` | ``refused``, as in tests/fixtures/shapes) is compared with the outcome.
+(``patched`` | ``refused``, as in tests/fixtures/shapes) is compared with the outcome. A shape
+with nothing hardcoded left (``"no_literal": true``, an empty ``literals``) is measured without
+the literal checks; any other case without a literal is invalid.
 
 Each case is copied to a temp dir, made a git repo with one commit, and the real CLI runs
 there as a user would run it: ``patch --explain``, ``patch --write``, ``patch --write`` again,
@@ -357,14 +359,17 @@ def run_case(cli: list[str], case_dir: Path, work: Path, *, draft: bool = False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return Result(name, "?", "invalid", f"case.json unreadable: {type(exc).__name__}")
     res = Result(name, shape, "wrong", "", source=str(meta.get("source", "")), expect=str(meta.get("expect", "")))
-    if not literals:
+    # a shape with nothing hardcoded left to take (an initialScript's SQL file whose clause the user deleted):
+    # `"no_literal": true` says so; a gathered case with no literal is a mistake
+    none_expected = meta.get("no_literal") is True
+    if not literals and not none_expected:
         res.outcome, res.reason = "invalid", "case.json lists no literal"
         return res
     tree = work / name
     shutil.copytree(case_dir, tree, symlinks=True)
     (tree / "case.json").unlink()
     original = nix_files(tree)
-    if not literals_left(searched_files(tree), literals):
+    if not none_expected and not literals_left(searched_files(tree), literals):
         res.outcome, res.reason = "invalid", "no literal of case.json is in the case's .nix (or .sql) files"
         return res
     for git in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "case"]):

@@ -116,3 +116,18 @@ def test_draft_with_nothing_drafted_is_refused_with_inits_line(tmp_path: Path) -
     cli = _fake_cli(tmp_path, "init-nothing", "pathlib.Path('nixmig.toml').write_text('# check: not drafted: x\\n')\n")
     res = bench.run_case(cli, _case("patched"), tmp_path, draft=True)
     assert res.outcome == "refused" and res.reason == "init drafted no migration: # check: not drafted: x"
+
+
+def test_a_case_with_no_literal_is_invalid_unless_it_says_none_is_expected(tmp_path: Path) -> None:
+    import shutil
+
+    gone = SHAPES / "native-initialscript-sql-file-clause-gone"  # the user deleted the SQL file's clause
+    res = bench.run_case(bench.nixmig_command(), gone, tmp_path / "a")
+    assert res.outcome == "patched", (res.reason, res.problems)
+    case = tmp_path / "case"
+    shutil.copytree(gone, case)
+    meta = json.loads((case / "case.json").read_text())
+    del meta["no_literal"]
+    (case / "case.json").write_text(json.dumps(meta))
+    res = bench.run_case(bench.nixmig_command(), case, tmp_path / "b")
+    assert (res.outcome, res.reason) == ("invalid", "case.json lists no literal")

@@ -1430,3 +1430,29 @@ def test_a_url_in_environment_variables_is_said_as_every_shells_with_no_recipe()
     plan = pt.plan(src, pt.Spec(secret="inv-db-password", role="inv"))
     (item,) = [m for m in plan.manual if m.line == 3]
     assert "every login shell of the host gets it" in item.what and item.snippet == ""
+
+
+KEYCLOAK_ETC = b"""{ config, pkgs, lib, ... }:
+{
+  environment.etc."kc-db-pass".text = "kc-db-pw-818";
+  services.keycloak = {
+    enable = true;
+    initialAdminPassword = "kc-admin-pw-919";
+    database.passwordFile = "/etc/kc-db-pass";
+  };
+}
+"""
+
+
+def test_a_second_write_of_a_move_does_not_take_another_credential_of_the_service() -> None:
+    """12L/04 with init's draft (a move of keycloak's own secret): the first write moves the /etc text the database
+    passwordFile reads; the second took keycloak's initialAdminPassword, another credential, as the migration's
+    and rendered it from the database's secret (the bench: "second --write changed ..."). Now nothing."""
+    spec = pt.Spec(secret="kc-db-pass-password", role="postgres", strategy="move", service="keycloak")
+    src = {"kc.nix": KEYCLOAK_ETC}
+    first = pt.plan(src, spec, find_companions=True)
+    assert first.edits and first.manual == ()
+    after = {**src, **first.results(src)}
+    assert b"kc-db-pw-818" not in after["kc.nix"] and b"kc-admin-pw-919" in after["kc.nix"]
+    again = pt.plan(after, spec, find_companions=True)
+    assert again.edits == () and again.manual == ()

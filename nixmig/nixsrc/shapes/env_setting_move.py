@@ -81,6 +81,12 @@ def apply(b: Builder, password: str | None) -> None:
 
     if b.spec.strategy != "move" or password is not None or b.known or b.db is not None:
         return
+    from nixmig.nixsrc.leftover import uses_secret
+
+    if uses_secret(b.models, b.spec.secret, b.spec.secret_on_host):
+        # moved already (an /etc text of keycloak's database password, 12L/04 with init's draft): what is left is
+        # another credential, never this one's (a second --write rendered keycloak's initialAdminPassword from it)
+        return
     found: list[tuple[FileModel, Lit, str, str, tuple[str, ...], tuple[EnvLine, ...]]] = []
     for fm, lit in b.all_lits():
         path = lit.path
