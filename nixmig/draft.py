@@ -1391,9 +1391,7 @@ def _sql_file_dbs(models: Mapping[str, FileModel], texts: Mapping[str, bytes]) -
     """A repository SQL file an initialScript names by path (``initialScript = ./init.sql``) that sets a
     role's password (``CREATE ROLE x ... PASSWORD '...'``): the native database it belongs to, one per
     file (its first such role; patch says the line by hand: nixmig edits no SQL file)."""
-    import posixpath
-
-    from nixmig.nixsrc.parse import descendants
+    from nixmig.nixsrc.shapes.initial_script import sql_file_paths
     from nixmig.nixsrc.sqlpass import clauses
 
     out: list[_Db] = []
@@ -1401,10 +1399,9 @@ def _sql_file_dbs(models: Mapping[str, FileModel], texts: Mapping[str, bytes]) -
         for b in fm.binds:
             if _in_host_or_specialisation(b.path) != ("services", "postgresql", "initialScript"):
                 continue
-            for node in (n for n in (b.value, *descendants(b.value)) if n.type == "path_expression"):
-                target = posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), fm.text(node)))
+            for node, target in sql_file_paths(fm, b.value):
                 raw = texts.get(target)
-                found = clauses(raw) if raw is not None and target.endswith(".sql") else []
+                found = clauses(raw) if raw is not None else []
                 if raw is None or not found or any(d.origin.startswith(target + ":") for d in out):
                     continue
                 c = found[0]

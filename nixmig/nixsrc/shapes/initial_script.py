@@ -93,22 +93,27 @@ def read_once_less(b: Builder, fm: FileModel, expr: Node) -> None:
         b.fields_read.add((fm.name, "".join(fm.text(expr).split())))
 
 
-def _sql_files(b: Builder) -> Iterator[tuple[FileModel, Bind, Node, str]]:
-    """Each repository SQL file the host's initialScript names by path (``initialScript = ./init.sql``, or
-    ``pkgs.writeText "init.sql" (builtins.readFile ./init.sql)``): (file, binding, the path, the SQL file)."""
+def sql_file_paths(fm: FileModel, value: Node) -> list[tuple[Node, str]]:
+    """The .sql files an initialScript's ``value`` names by path (``./init.sql``, or ``pkgs.writeText "i"
+    (builtins.readFile ./init.sql)``): (the path expression, the file, repo-relative), for patch and init."""
     import posixpath
 
     from nixmig.nixsrc.parse import descendants
 
+    paths = {n.start_byte: n for n in (value, *descendants(value)) if n.type == "path_expression"}
+    return [
+        (node, posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), fm.text(node))))
+        for node in paths.values()
+        if fm.text(node).endswith(".sql")
+    ]
+
+
+def _sql_files(b: Builder) -> Iterator[tuple[FileModel, Bind, Node, str]]:
+    """Each repository SQL file the host's initialScript names by path: (file, binding, the path, the SQL file)."""
     for fm, bind in list(b.all_binds()):
         if bind.path[-3:] != INITIAL_SCRIPT or bind.path[:-3]:
             continue
-        paths = {n.start_byte: n for n in (bind.value, *descendants(bind.value)) if n.type == "path_expression"}
-        for node in paths.values():
-            text = fm.text(node)
-            if not text.endswith(".sql"):
-                continue
-            target = posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), text))
+        for node, target in sql_file_paths(fm, bind.value):
             if target in b.texts:
                 yield fm, bind, node, target
 
