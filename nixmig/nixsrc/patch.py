@@ -3824,5 +3824,12 @@ def read_texts(repo: Path, sources: Mapping[str, bytes]) -> dict[str, bytes]:
         for rel in sql_paths(src, name):
             p = repo / rel
             if not rel.startswith("../") and rel not in out and p.is_file() and not p.is_symlink():
-                out[rel] = p.read_bytes()
+                try:
+                    out[rel] = p.read_bytes()
+                except OSError as exc:  # unread, its password would go unseen: no verdict without it
+                    raise ConfigError(
+                        f"cannot read {rel}, the SQL file {name} names: {exc.strerror or exc}",
+                        where=rel,
+                        hint="make it readable, then run again",
+                    ) from None
     return out
