@@ -308,7 +308,15 @@ class Backup:
         if not listing or not listing[0].ok:
             partial.unlink(missing_ok=True)
             tail = listing[0].tail() if listing else "(not run)"
-            raise BackupError(f"pg_restore --list rejects the backup: {tail}", where=partial)
+            if "pg_restore:" in tail:
+                raise BackupError(f"pg_restore --list rejects the backup: {tail}", where=partial)
+            # pg_restore never said a word: the command around it failed (the engine's exec
+            # stream, the SSH channel), not the backup's content
+            raise BackupError(
+                f"the backup's test-read did not finish (pg_restore --list never judged it): {tail}",
+                where=partial,
+                hint="nothing was changed on the database; run `nixmig apply` again",
+            )
         lines = listing[0].stdout.decode().splitlines()
         return sink, sum(1 for line in lines if line and not line.startswith(";"))
 

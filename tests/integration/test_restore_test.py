@@ -175,6 +175,38 @@ def test_tampered_counts_and_a_truncated_backup_are_caught(target: Target) -> No
         ctx.close()
 
 
+def test_a_test_read_cut_by_the_transport_is_not_called_a_rejected_backup(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A docker exec stream reset mid-read (seen in CI) failed the backup phase as "pg_restore
+    --list rejects the backup" although pg_restore never judged the backup: said as what it was,
+    and how to go on. pg_restore's own verdict keeps its wording."""
+    ctx = engine.make_context(
+        config.load(target.repo / "nixmig.toml"),
+        SECRET,
+        identities=load_identities([target.admin_key]),
+        emit=lambda _m: None,
+    )
+    try:
+        cut = "cat > /dev/null; echo 'error: read unix @->/run/docker.sock: read: connection reset by peer' >&2; exit 1"
+        monkeypatch.setattr(type(ctx.runtime), "pg_restore_list", lambda _self: ["sh", "-c", cut])
+        with pytest.raises(BackupError) as transport:
+            Backup().do(ctx)
+        line = transport.value.line()
+        assert "the backup's test-read did not finish (pg_restore --list never judged it)" in line
+        assert "connection reset by peer" in line and "run `nixmig apply` again" in line
+        assert "rejects" not in line
+
+        # the real pg_restore, fed a stream it cannot read, keeps the old wording
+        garbage = "cat > /dev/null; printf garbage | pg_restore --list"
+        monkeypatch.setattr(type(ctx.runtime), "pg_restore_list", lambda _self: ["sh", "-c", garbage])
+        with pytest.raises(BackupError) as judged:
+            Backup().do(ctx)
+        assert "pg_restore --list rejects the backup: pg_restore: error:" in judged.value.line()
+    finally:
+        ctx.close()
+
+
 def _grow(t: Target) -> None:
     """~60 MB more, so the dump and the restore take long enough to be killed in."""
     sql(
