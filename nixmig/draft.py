@@ -1389,49 +1389,76 @@ NEWLINE = b"\n"
 
 def _sql_file_dbs(models: Mapping[str, FileModel], texts: Mapping[str, bytes]) -> list[_Db]:
     """A repository SQL file an initialScript names by path (``initialScript = ./init.sql``) that sets a
-    role's password (``CREATE ROLE x ... PASSWORD '...'``): the native database it belongs to, one per
-    file (its first such role; patch says the line by hand: nixmig edits no SQL file)."""
+    role's password (PostgreSQL's ``CREATE ROLE x ... PASSWORD '...'``; MySQL's ``CREATE USER 'x'@'h'
+    IDENTIFIED BY '...'``, strategy move): the native database it belongs to, one per file (its first such
+    role; patch says the line by hand: nixmig edits no SQL file)."""
     from nixmig.nixsrc.shapes.initial_script import sql_file_paths
+    from nixmig.nixsrc.shapes.mysql_initial_script import statements
     from nixmig.nixsrc.sqlpass import clauses
 
     out: list[_Db] = []
     for fm in models.values():
         for b in fm.binds:
-            if _in_host_or_specialisation(b.path) != ("services", "postgresql", "initialScript"):
+            server = _in_host_or_specialisation(b.path)
+            if server not in (("services", "postgresql", "initialScript"), ("services", "mysql", "initialScript")):
                 continue
+            mysql = server == ("services", "mysql", "initialScript")
             for node, target in sql_file_paths(fm, b.value):
                 raw = texts.get(target)
-                found = clauses(raw) if raw is not None else []
-                if raw is None or not found or any(d.origin.startswith(target + ":") for d in out):
+                if raw is None or any(d.origin.startswith(target + ":") for d in out):
                     continue
-                c = found[0]
                 sql = raw.decode("utf-8", "replace")
-                at = f"{target}:{raw[: c.value_start].count(NEWLINE) + 1}"
+                if mysql:
+                    users = [st for st in statements(sql) if st.clause is not None and _ROLE.fullmatch(st.user)]
+                    if not users:
+                        continue
+                    clause = users[0].clause
+                    assert clause is not None  # (users: the statements with one)
+                    role, start, password = users[0].user, clause[0], clause[2]
+                    at = f"{target}:{sql.count(chr(10), 0, start + sql[start:].index(chr(39))) + 1}"
+                    whose = f"the account {users[0].account} IDENTIFIED BY gives a password"
+                else:
+                    found = clauses(raw)
+                    if not found:
+                        continue
+                    c = found[0]
+                    role, password = c.role, c.password
+                    at = f"{target}:{raw[: c.value_start].count(NEWLINE) + 1}"
+                    whose = "the role whose PASSWORD the SQL file sets"
                 db = _Db(
-                    name="postgresql",
+                    name=server[1],
                     secret="",
                     file=fm.name,
                     origin=at,
-                    runtime=Val("native", f"{_at(fm, b.node)} (services.postgresql.initialScript = {fm.text(node)})"),
-                    role=Val(c.role, f"{at} (the role whose PASSWORD the SQL file sets)"),
+                    runtime=Val("native", f"{_at(fm, b.node)} (services.{server[1]}.initialScript = {fm.text(node)})"),
+                    role=Val(role, f"{at} ({whose})"),
                     server_side=True,
-                    password=c.password.encode(),
+                    password=password.encode(),
                 )
+                if mysql:
+                    db.strategy = "move"
                 created = list(_SQL_DB.finditer(sql))
-                owned = [m for m in created if _owner_is(sql, m, c.role)]
+                owned = [m for m in created if _owner_is(sql, m, role)]
                 dbname = owned[0] if owned else (created[0] if len(created) == 1 else None)
                 if dbname is not None:
                     line = sql.count("\n", 0, dbname.start()) + 1
-                    check = None if owned else f"the database the script creates; is it {c.role}'s?"
+                    check = None if owned or mysql else f"the database the script creates; is it {role}'s?"
                     db.database = Val(dbname.group(1) or dbname.group(2), f"{target}:{line} (CREATE DATABASE)", check)
                 else:
-                    db.database = Val(c.role, f"{at} (named after the role)", "no database in the script: which one?")
+                    db.database = Val(role, f"{at} (named after the role)", "no database in the script: which one?")
                 db.name, db.secret = f"{db.database.value}-db", f"{db.database.value}-db-password"
                 db.secret_origin = "named after the database"  # noqa: S105 - where the name comes from
                 db.notes.append(
-                    f"the password is in a repository SQL file ({at}) that services.postgresql.initialScript reads: "
-                    "nixmig edits no SQL file; `nixmig patch --explain` names the clause to delete by hand, then "
-                    "patch adds the oneshot that sets the role's password from the agenix secret"
+                    f"the password is in a repository SQL file ({at}) that services.{server[1]}.initialScript reads: "
+                    "nixmig edits no SQL file; `nixmig patch --explain` names the clause to "
+                    + (
+                        "replace by hand (after `nixmig secret new --from` took the value: nixmig rotates "
+                        "PostgreSQL passwords only, so this migration moves it, strategy move), then patch adds the "
+                        "oneshot that sets the account's password from the agenix secret"
+                        if mysql
+                        else "delete by hand, then patch adds the oneshot that sets the role's password from the "
+                        "agenix secret"
+                    )
                 )
                 out.append(db)
     return out

@@ -256,7 +256,9 @@ def _patch_one(
     if not age_file.exists():
         at = dict(_missing_kept_values(root, spec.secrets_dir, plan, sources)).get(spec.secret)  # its line
         # no line the plan took the value from: the refusal's first item, which leads with the database's
-        first = next((f"{m.file}:{m.line}" for m in plan.manual if m.file.endswith(".nix") and m.line > 0), None)
+        first = next(
+            (f"{m.file}:{m.line}" for m in plan.manual if m.file.endswith((".nix", ".sql")) and m.line > 0), None
+        )
         notes.append(
             f"{age_file.relative_to(root)} does not exist yet: create it with `nixmig secret new {spec.secret}"
             + (

@@ -1534,18 +1534,31 @@ def sql_paths(source: bytes, file: str) -> list[str]:
 
 
 def scan_sql(source: bytes, file: str) -> list[Finding]:
-    """Each role password a SQL file sets in clear (``CREATE ROLE x ... PASSWORD '...'``): a Nix file names
-    it (an initialScript), so it goes into the world-readable Nix store with it."""
+    """Each password a SQL file sets in clear (PostgreSQL's ``CREATE ROLE x ... PASSWORD '...'``, MySQL's
+    ``CREATE USER 'x'@'h' IDENTIFIED BY '...'``): a Nix file names it (an initialScript), so it goes into
+    the world-readable Nix store with it."""
+    from nixmig.nixsrc.shapes.mysql_initial_script import statements
     from nixmig.nixsrc.sqlpass import clauses
 
-    out: list[Finding] = []
-    for c in clauses(source):
-        if is_placeholder(c.password):
+    found: list[tuple[int, int, str, str, str]] = [
+        (c.value_start, c.value_end, c.password, f"PASSWORD of role {c.role}", c.role) for c in clauses(source)
+    ]
+    text = source.decode("utf-8", "surrogateescape")
+    for st in statements(text):
+        if st.clause is None:
             continue
-        line = source.count(b"\n", 0, c.value_start) + 1
-        col = len(source[source.rfind(b"\n", 0, c.value_start) + 1 : c.value_start].decode("utf-8", "replace")) + 1
-        end_line = source.count(b"\n", 0, c.value_end) + 1
-        end_col = len(source[source.rfind(b"\n", 0, c.value_end) + 1 : c.value_end].decode("utf-8", "replace")) + 1
+        first = st.clause[0] + text[st.clause[0] : st.clause[1]].index("'") + 1
+        start = len(text[:first].encode("utf-8", "surrogateescape"))
+        end = len(text[: st.clause[1] - 1].encode("utf-8", "surrogateescape"))
+        found.append((start, end, st.clause[2], f"IDENTIFIED BY of account {st.account}", st.user))
+    out: list[Finding] = []
+    for value_start, value_end, password, attribute, role in sorted(found):
+        if is_placeholder(password):
+            continue
+        line = source.count(b"\n", 0, value_start) + 1
+        col = len(source[source.rfind(b"\n", 0, value_start) + 1 : value_start].decode("utf-8", "replace")) + 1
+        end_line = source.count(b"\n", 0, value_end) + 1
+        end_col = len(source[source.rfind(b"\n", 0, value_end) + 1 : value_end].decode("utf-8", "replace")) + 1
         out.append(
             Finding(
                 file,
@@ -1553,13 +1566,13 @@ def scan_sql(source: bytes, file: str) -> list[Finding]:
                 col,
                 end_line,
                 end_col,
-                f"PASSWORD of role {c.role}",
+                attribute,
                 Kind.PASSWORD,
-                Secret(c.password),
-                f"{c.role}-db-password",
+                Secret(password),
+                f"{role}-db-password",
                 "sql",
-                c.value_start,
-                c.value_end,
+                value_start,
+                value_end,
             )
         )
     return out

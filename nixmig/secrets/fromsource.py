@@ -46,7 +46,7 @@ def parse_spec(spec: str) -> tuple[str, int, int | None]:
 def take(spec: str, root: Path) -> Taken:
     """The hardcoded secret scan finds at ``spec`` (relative to ``root``, or absolute)."""
     from nixmig.nixsrc.model import model
-    from nixmig.nixsrc.scan import Kind, scan_source
+    from nixmig.nixsrc.scan import Kind, scan_source, scan_sql
 
     name, line, col = parse_spec(spec)
     path = Path(name) if Path(name).is_absolute() else root / name
@@ -54,14 +54,19 @@ def take(spec: str, root: Path) -> Taken:
         source = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"--from: cannot read {name}: {exc.strerror}", where=path) from None
-    result = scan_source(source, name)
-    if result.problem is not None:
-        raise UsageError(f"--from: {result.problem}", hint="fix the Nix syntax first")
-    here = [f for f in result.findings if f.line == line and (col is None or f.col == col)]
-    if not here and col is not None and (pointed := _string_at(source, name, line, col)) is not None:
+    sql = name.endswith(".sql")
+    if sql:  # an initialScript's repository SQL file: its PASSWORD / IDENTIFIED BY clauses
+        findings = scan_sql(source, name)
+    else:
+        result = scan_source(source, name)
+        if result.problem is not None:
+            raise UsageError(f"--from: {result.problem}", hint="fix the Nix syntax first")
+        findings = list(result.findings)
+    here = [f for f in findings if f.line == line and (col is None or f.col == col)]
+    if not here and not sql and col is not None and (pointed := _string_at(source, name, line, col)) is not None:
         return pointed  # FILE:LINE:COL names the string itself: a value scan reads as a placeholder
     if not here:
-        found = ", ".join(f"{f.line}:{f.col}" for f in result.findings) or "none"
+        found = ", ".join(f"{f.line}:{f.col}" for f in findings) or "none"
         raise UsageError(
             f"--from {spec}: no hardcoded secret there",
             where=path,
@@ -71,7 +76,7 @@ def take(spec: str, root: Path) -> Taken:
         cols = ", ".join(f"{name}:{f.line}:{f.col} ({f.attr_path or 'a string'})" for f in here)
         raise UsageError(f"--from {spec}: several secrets on that line", hint=f"name one: {cols}")
     (f,) = here
-    whole = _store_file_text(model(name, source), f.start) if f.start >= 0 else None
+    whole = _store_file_text(model(name, source), f.start) if f.start >= 0 and not sql else None
     if whole is not None and whole.value.reveal() != f.value.reveal():
         return whole  # more than the password: the file's whole text (else the password, as before)
     value = f.value

@@ -259,6 +259,59 @@ def test_a_write_that_would_lose_a_kept_value_is_refused_and_names_the_commands(
     assert run_cli("scan", str(repo), "--fail-on-findings").returncode == 0
 
 
+def test_a_mysql_password_set_twice_in_the_script_keeps_the_last_value(tmp_path: Path) -> None:
+    """CREATE USER ... IDENTIFIED BY 'a'; then GRANT ... IDENTIFIED BY 'b' for the same account: the script
+    ends with b (before: refused, "2 passwords"). The move keeps b: `secret new --from` is pointed at the
+    GRANT's value (its clause starts at the end of the line before), never at the dead first value."""
+    repo = tmp_path / "repo"
+    shutil.copytree(FIXTURES / "shapes" / "native-mysql-initialscript-password-set-twice", repo)
+    for extra in ("case.json", "expected.diff"):
+        (repo / extra).unlink()
+    out = run_cli("patch", "--repo", str(repo), "--write")
+    err = out.stderr.decode()
+    assert out.returncode == 1, err
+    take = err.split("take the value(s) first: ")[1].split("; then")[0]
+    assert take == "nixmig secret new cloud-db-password --from hosts/cloud/cloud.nix:13", err
+    assert "first-try-11" not in err and "cloud-live-pw-72" not in err
+    made = run_cli(*take.split()[1:], "--repo", str(repo))
+    assert made.returncode == 0, made.stderr.decode()
+    out = run_cli("patch", "--repo", str(repo), "--write")
+    assert out.returncode == 0, out.stderr.decode()
+    assert "sets the password of 'cloud'@'localhost' 2 times" in out.stderr.decode()
+    assert run_cli("scan", str(repo), "--fail-on-findings").returncode == 0
+
+
+def test_a_mysql_password_in_a_repository_sql_file_is_taken_from_its_line_then_set_by_the_oneshot(
+    tmp_path: Path,
+) -> None:
+    """services.mysql.initialScript = ./sql/setup.sql with IDENTIFIED BY '...' (before: scan saw nothing, patch
+    said it found no password). scan lists it; patch makes it a by-hand item at its line there, naming the
+    `secret new --from` that takes the value out of the SQL file; after the clause is replaced by hand, patch
+    adds the oneshot and the tree scans clean."""
+    repo = tmp_path / "repo"
+    shutil.copytree(FIXTURES / "shapes" / "native-mysql-initialscript-sql-file-password", repo)
+    (repo / "case.json").unlink()
+    sql = repo / "hosts/shop/sql/setup.sql"
+    found = run_cli("scan", str(repo), "--json")
+    assert [f["file"].endswith("setup.sql") and f["line"] for f in json.loads(found.stdout)["findings"]] == [3]
+    out = run_cli("patch", "--repo", str(repo), "--write")
+    err = out.stdout.decode() + out.stderr.decode()
+    assert out.returncode == 1 and "hosts/shop/sql/setup.sql:3:47: the password of 'shop'@'localhost'" in err, err
+    take = err.split("take the value first (`")[1].split("`")[0]
+    assert take == "nixmig secret new shop-db-password --from hosts/shop/sql/setup.sql:3"
+    made = run_cli(*take.split()[1:], "--repo", str(repo))
+    assert made.returncode == 0, made.stderr.decode()
+    assert "shop-sql-pw-58" not in made.stdout.decode() + made.stderr.decode() + err
+    sql.write_text(sql.read_text().replace(" IDENTIFIED BY 'shop-sql-pw-58'", " ACCOUNT LOCK"))
+    out = run_cli("patch", "--repo", str(repo), "--write")
+    assert out.returncode == 0, out.stderr.decode()
+    assert (
+        "ALTER USER 'shop'@'localhost' IDENTIFIED BY '$pw' ACCOUNT UNLOCK;"
+        in (repo / "hosts/shop/default.nix").read_text()
+    )
+    assert run_cli("scan", str(repo), "--fail-on-findings").returncode == 0
+
+
 def test_the_refusal_names_the_let_binding_that_holds_a_kept_value(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(Path(__file__).parent.parent / "fixtures" / "shapes" / "oci-mysql-user-and-root-also", repo)

@@ -125,12 +125,68 @@ def apply(b: Builder, password: str | None) -> None:
 
     if b.spec.strategy != "move":
         return  # nixmig cannot rotate a MySQL password: the verdict says so, and names strategy move
+    sql_files(b)
     for fm, bind in b.all_binds():
         if bind.path != INITIAL_SCRIPT or not bind.exact:
             continue
         node = written_text(bind.value)
         if node is not None:
             _patch(b, fm, bind.node, node, password)
+
+
+def sql_files(b: Builder) -> None:
+    """A repository SQL file as services.mysql.initialScript (``./init.sql``): each ``IDENTIFIED BY '...'``
+    of the migration's account is a by-hand item at its line there (nixmig edits no SQL file; the file is
+    copied into the world-readable Nix store all the same): take the value, replace the clause with
+    ACCOUNT LOCK, patch again. With the account created there and no clause left, the oneshot sets its
+    password from the agenix file, as for an inline script (top level only: inside a NixOS container,
+    the verdict says that shape)."""
+    from nixmig.nixsrc.patch import Manual
+    from nixmig.nixsrc.shapes.initial_script import sql_file_paths
+
+    for fm, bind in list(b.all_binds()):
+        if bind.path[-3:] != INITIAL_SCRIPT:
+            continue
+        for node, target in sql_file_paths(fm, bind.value):
+            if target not in b.texts:
+                continue
+            text = b.texts[target].decode("utf-8", "surrogateescape")
+            stmts = statements(text)
+            users = {s.user for s in stmts if s.clause is not None}
+            role = b.spec.role
+            wanted = role if role in users else (next(iter(users)) if role == "postgres" and len(users) == 1 else None)
+            nested = bool(bind.path[:-3])
+            for st in stmts:
+                if st.clause is None or st.user != wanted:
+                    continue
+                value_at = st.clause[0] + text[st.clause[0] : st.clause[1]].index("'") + 1
+                line = text.count("\n", 0, value_at) + 1
+                col = value_at - text.rfind("\n", 0, value_at)
+                then = (
+                    "moving it is by hand (nixmig has no edit for a database inside a NixOS container)"
+                    if nested
+                    else f"take the value first (`nixmig secret new {b.spec.secret} --from {target}:{line}`), replace "
+                    f"the IDENTIFIED BY '...' clause with ACCOUNT LOCK (CREATE USER {st.account} ACCOUNT LOCK;), then "
+                    "`nixmig patch --write` again: it adds the oneshot that sets the password from the agenix secret "
+                    "after mysql.service starts, and unlocks the account"
+                )
+                item = Manual(
+                    target,
+                    line,
+                    col,
+                    f"the password of {st.account} in clear in {target}, the SQL file {'.'.join(bind.path)} reads "
+                    f"({fm.where(node)}; it is copied into the world-readable Nix store): nixmig edits no SQL file; "
+                    + then,
+                    "",
+                )
+                if item not in b.manual:  # (apply runs once per shape pass)
+                    b.manual.append(item)
+            created = [
+                st for st in stmts if st.verb == "create" and st.user == role and st.clause is None and not nested
+            ]
+            if created and not any(st.clause is not None and st.user == role for st in stmts):
+                b.sql_file = fm
+                _unit(b, fm, bind.node, sorted({st.account for st in created}))
 
 
 def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | None) -> None:
@@ -163,6 +219,18 @@ def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | No
     if not ours:
         return
     values = {s.clause[2] for s in ours if s.clause is not None}
+    assert ours[-1].clause is not None  # (ours: the statements with a clause)
+    last = ours[-1].clause[2]
+    if len(values) > 1 and len({(s.user, s.host) for s in ours}) == 1 and password in (None, last):
+        # one account, its password set again later in the same script (CREATE USER ... IDENTIFIED BY 'a';
+        # GRANT ... IDENTIFIED BY 'b'): the script runs once, in order, so the last value is the live one;
+        # the earlier ones were nobody's password once it had run
+        b.notes.append(
+            f"services.mysql.initialScript sets the password of {ours[0].account} {len(ours)} times: the last "
+            "value is the one the account ends with, and the one the secret must hold; the earlier ones go with "
+            "their clauses"
+        )
+        values = {last}
     if len(values) != 1 or (password is not None and password not in values):
         said(
             ours[0].clause[0] if ours[0].clause else 0,
@@ -202,10 +270,13 @@ def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | No
             + "Nix store)"
             + ("; the account stays locked until the oneshot sets its password" if new else ""),
         )
-    for s in ours:
+    # the live value's clause first: a move's `secret new --from FILE:LINE` takes the value kept from the first
+    for s in sorted(ours, key=lambda s: s.clause is None or s.clause[2] != value):
         assert s.clause is not None
         b.masks.append((fm.name, at(s.clause[0]), at(s.clause[1])))
-        b.replaced.append(f"the IDENTIFIED BY of {s.account} at {fm.where(at(s.clause[0]))}")
+        # where the value is (a clause may begin at the end of the line before): `secret new --from` reads it there
+        value_at = s.clause[0] + raw[s.clause[0] : s.clause[1]].index("'") + 1
+        b.replaced.append(f"the IDENTIFIED BY of {s.account} at {fm.where(at(value_at))}")
         if s.read is not None:
             read_once_less(b, fm, holes[s.read][1])
     b.known.add(digest(value.encode()))
