@@ -188,6 +188,13 @@ def _read_as_option(models: Mapping[str, FileModel], attr: str) -> str:
     return ""
 
 
+def nixos_container(path: Sequence[str]) -> str | None:
+    """The declarative NixOS container whose own system ``path`` is set in (``containers.NAME.config...``)."""
+    segs = [seg.strip('"') for seg in path]
+    segs = segs[1:] if segs[:1] == ["config"] else segs
+    return segs[1] if len(segs) >= 4 and segs[0] == "containers" and segs[2] == "config" else None
+
+
 def unknown_shape(path: Sequence[str]) -> str:
     """Why nixmig has no edit for a literal at ``path`` that no rule took: what was seen, by where it is
     bound (never just "no template"), and what nixmig would need."""
@@ -385,6 +392,16 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             f"inside {held}, a NixOS module held as a value (flake-parts' flake.modules.nixos, a module registry, "
             "a flake's inline modules list): nixmig edits the modules that are a host's configuration files; "
             "move that module into a file of its own that the host imports, or by hand"
+        )
+    inside = nixos_container(path)
+    if inside is not None and f.rule == "sql":
+        return (
+            f"a password inside SQL text in the declarative NixOS container {inside} (containers.{inside}.config, a "
+            "system of its own: no agenix there, and nixmig's database phases run on the host, not in it): nixmig "
+            "has no edit for an initialScript there; by hand: bind-mount the host's agenix file read-only into the "
+            f"container (containers.{inside}.bindMounts), drop the clause, and set the password at run time from "
+            "the mount, inside (PostgreSQL: psql's \\set pw `cat FILE` and ALTER ROLE ... PASSWORD :'pw'; MySQL: "
+            "ALTER USER ... IDENTIFIED BY, the value read by the shell)"
         )
     if ws & _MYSQL or scheme in _MYSQL or scheme == "mysql2":
         if migration is not None and env_container(path) is not None and base_variable(path[-1]) == path[-1]:

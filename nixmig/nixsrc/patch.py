@@ -77,6 +77,7 @@ from nixmig.nixsrc.leftover import (
     leftovers,
     login_password,
     naming,
+    nixos_container,
     other_secrets,
     prose_word,
     removed_option,
@@ -2792,6 +2793,7 @@ class Builder:
                 or server_option(path)
                 or login_password(path)
                 or removed_option(path)
+                or nixos_container(path) is not None  # its own system: the item says what to do there
                 else self.generic_snippet(path)
             )
             if given_up and left.start in {m for f, m, _ in self.masks[:-1] if f == left.file}:

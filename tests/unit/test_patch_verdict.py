@@ -1525,3 +1525,39 @@ def test_an_unreadable_sql_file_a_nix_file_names_is_one_clear_error(
     monkeypatch.setattr(Path, "read_bytes", denied)
     with pytest.raises(ConfigError, match=r"cannot read init\.sql, the SQL file db\.nix names: Permission denied"):
         pt.read_texts(tmp_path, src)
+
+
+CONTAINER_SQL = """{ pkgs, ... }:
+{
+  containers.db = {
+    autoStart = true;
+    config = { ... }: {
+      services.postgresql = {
+        enable = true;
+        initialScript = pkgs.writeText "init.sql" ''
+          CREATE ROLE notes WITH LOGIN PASSWORD 'notes-ctr-pw-3';
+          CREATE DATABASE notes OWNER notes;
+        '';
+      };
+    };
+  };
+  containers.app.config = { ... }: {
+    environment.etc."notes-db-pass".text = "notes-ctr-pw-3";
+  };
+}
+"""
+
+
+@pytest.mark.parametrize("strategy", ["rotate", "move"])
+def test_sql_inside_a_nixos_container_is_said_as_that_with_no_env_file_recipe(strategy: str) -> None:
+    """An initialScript inside containers.NAME.config (19B/02, 19C/05): the item said "nixmig has no edit for
+    this statement" (of a plain CREATE ROLE of the migration's role) and the container's /etc text got an env
+    file recipe for a placeholder UNIT on the host; now each says the container, and no recipe."""
+    src = {"notes.nix": CONTAINER_SQL.encode()}
+    plan = pt.plan(src, pt.Spec(secret="notes-db-password", role="notes", strategy=strategy))
+    assert plan.edits == ()
+    by_line = {m.line: m for m in plan.manual}
+    assert "in the declarative NixOS container db (containers.db.config" in by_line[9].what
+    assert "no edit for this statement" not in by_line[9].what
+    assert "inside the declarative NixOS container app" in by_line[16].what
+    assert all(m.snippet == "" for m in plan.manual), [m.snippet[:80] for m in plan.manual]
