@@ -1468,6 +1468,14 @@ def _candidates(root: Node, source: bytes) -> list[Node]:
 
 
 def _problem(file: str, source: bytes, node: Node) -> SyntaxProblem:
+    """Where and why ``file`` does not parse: Nix's own parser's position and words when nix is installed
+    (as patch says it; tree-sitter's recovery may wrap a whole file in one error at 1:1), else tree-sitter's."""
+    from nixmig.nixsrc.parse import nix_parse_error
+
+    from_nix = nix_parse_error(source)
+    if from_nix is not None:
+        line_no, col_no, message = from_nix
+        return SyntaxProblem(file, line_no, col_no, f"{message}; not scanned (`nix-instantiate --parse` shows it)")
     row, col_bytes = node.start_point
     lines = source.split(b"\n")
     line = lines[row] if row < len(lines) else b""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 
 import pytest
 
@@ -379,6 +380,17 @@ def test_syntax_error_is_reported_not_raised() -> None:
     assert result.problem is not None
     assert (result.problem.file, result.problem.line) == ("broken.nix", 3)
     assert str(result.problem).startswith("broken.nix:3:")
+
+
+@pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="Nix's own parser names the position")
+def test_an_unclosed_module_is_placed_where_nix_places_it_not_at_one_one() -> None:
+    """A module missing its last brace (19C/02, as published): tree-sitter's recovery wraps the whole file in
+    one error at 1:1, while patch (nix-instantiate) says the end of the file; scan says what patch says."""
+    source = b'{ config, ... }:\n{\n  services.x = {\n    enable = true;\n    password = "pw-unclosed-1";\n  };\n'
+    result = scan_source(source, "open.nix")
+    assert result.problem is not None
+    assert (result.problem.line, result.problem.col) != (1, 1)
+    assert result.problem.line == 6 and "unexpected end of file" in str(result.problem)
 
 
 def test_file_without_any_trigger_is_still_syntax_checked() -> None:
