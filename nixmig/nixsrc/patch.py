@@ -1368,9 +1368,16 @@ class Builder:
         if self.spec.password_option:
             want = tuple(self.spec.password_option.split("."))
             found = [f for f in found if f[3] == want]
-        elif recognised or len(found) > 1 or self.spec.strategy != "move":
+        elif (
+            recognised
+            or len(found) > 1
+            or self.spec.strategy != "move"
+            or uses_secret(self.models, self.spec.secret, self.spec.secret_on_host)
+        ):
             # (under a strategy that changes the value, only a database's option is this migration's: a
-            # redis requirePass alone would get the rotated value while its clients keep the old one)
+            # redis requirePass alone would get the rotated value while its clients keep the old one; and once
+            # the tree uses the migration's secret, a move's first write took its value: a lone option left,
+            # nextcloud's adminpass beside the dbpassFile it wrote, is another credential, not a second value)
             found = [f for f in found if database_option(f[1].path)]
         if len(found) != 1:
             return  # several: the verdict lists them, password_option picks one
