@@ -92,12 +92,29 @@ def maria(tmp_path: Path) -> Iterator[Maria]:
         proc.wait(timeout=60)
 
 
-def _sql_and_script() -> tuple[str, str]:
+TWICE = """{ pkgs, ... }:
+{
+  services.mysql = {
+    enable = true;
+    package = pkgs.mariadb;
+    initialScript = pkgs.writeText "init.sql" ''
+      CREATE USER 'helpdesk'@'localhost' IDENTIFIED BY 'first-desk-pw';
+      CREATE DATABASE helpdesk;
+      GRANT ALL PRIVILEGES
+        ON helpdesk.* TO 'helpdesk'@'localhost'
+        IDENTIFIED BY 'old-desk-pw';
+    '';
+  };
+}
+"""
+
+
+def _sql_and_script(module: str = MODULE) -> tuple[str, str]:
     spec = pt.Spec(secret="helpdesk-db", role="helpdesk", strategy="move")
-    src = {"db.nix": MODULE.encode()}
+    src = {"db.nix": module.encode()}
     plan = pt.plan(src, spec)
     out = plan.results(src)["db.nix"].decode()
-    assert "old-desk-pw" not in out and plan.manual == (), plan.manual
+    assert "old-desk-pw" not in out and "first-desk-pw" not in out and plan.manual == (), plan.manual
     sql = re.search(r"writeText \"init.sql\" ''\n(.*?)    '';", out, re.S)
     script = re.search(r"    script = ''\n(.*?)    '';", out, re.S)
     assert sql is not None and script is not None, out
@@ -138,3 +155,30 @@ def test_the_patched_sql_runs_locked_and_the_unit_sets_the_kept_password(maria: 
         data = log.read_bytes()
         assert value.encode() not in data and b"back''slash" not in data, log
     assert b"ALTER USER" not in maria.general_log.read_bytes()  # the session's general log was off
+
+
+def test_an_account_given_a_password_twice_ends_locked_then_with_the_kept_one(maria: Maria, tmp_path: Path) -> None:
+    """CREATE USER ... IDENTIFIED BY 'a'; GRANT ... IDENTIFIED BY 'b' (MariaDB resets the password: the script
+    ends with b, the value a move keeps): patched, the script leaves the account locked, no password of the
+    two logs in, and the unit sets the kept one."""
+    maria.client(stdin=TWICE.split("''\n", 1)[1].split("    '';", 1)[0])  # the script as published: ends with b
+    assert maria.client("-e", "SELECT 1", user="helpdesk", password="old-desk-pw").strip() == "1"
+    maria.client(stdin="DROP USER 'helpdesk'@'localhost'; DROP DATABASE helpdesk;")
+    sql, script = _sql_and_script(TWICE)
+    assert "CREATE USER 'helpdesk'@'localhost' ACCOUNT LOCK;" in sql and "IDENTIFIED" not in sql
+    maria.client(stdin=sql)
+    for old in ("", "first-desk-pw", "old-desk-pw"):
+        with pytest.raises(RuntimeError, match=r"locked|denied"):
+            maria.client("-e", "SELECT 1", user="helpdesk", password=old)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "helpdesk-db").write_text("old-desk-pw\n")  # the kept value: `secret new --from` the GRANT's line
+    run = subprocess.run(
+        ["bash", "-e", "-c", script.replace("-u ${config.services.mysql.user}", f"-S {maria.socket} -u root")],
+        env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert maria.client("-e", "SELECT 1", user="helpdesk", password="old-desk-pw").strip() == "1"
