@@ -268,7 +268,8 @@ def _patch_one(
                     if at is not None
                     else "the first item above, if that line holds this migration's value; else the line that does)"
                     if first is not None
-                    else "the line that hardcodes it)"
+                    else "the line that hardcodes it; if no line holds it any more, `--stdin` with the value the "
+                    "service has now)"
                 )
                 if spec.strategy == "move"
                 else "`"

@@ -1566,3 +1566,59 @@ def test_sql_inside_a_nixos_container_is_said_as_that_with_no_env_file_recipe(st
     assert "no edit for this statement" not in by_line[9].what
     assert "inside the declarative NixOS container app" in by_line[16].what
     assert all(m.snippet == "" for m in plan.manual), [m.snippet[:80] for m in plan.manual]
+
+
+SQL_FILE_VARIANTS = {
+    # name: (setup.sql, the item's words for the first statement, the --from line, setup.sql after the by-hand step)
+    "grant-after-create": (
+        "CREATE USER 'shop'@'localhost';\nGRANT ALL ON shop.* TO 'shop'@'localhost' IDENTIFIED BY 'shop-v-pw-1';\n",
+        "delete the IDENTIFIED BY '...' clause (GRANT ... TO 'shop'@'localhost';), then",
+        2,
+        "CREATE USER 'shop'@'localhost' ACCOUNT LOCK;\nGRANT ALL ON shop.* TO 'shop'@'localhost';\n",
+    ),
+    "grant-creates": (
+        "GRANT ALL ON shop.* TO 'shop'@'localhost' IDENTIFIED BY 'shop-v-pw-1';\n",
+        "and create the account locked before it (CREATE USER 'shop'@'localhost' ACCOUNT LOCK;)",
+        1,
+        "CREATE USER 'shop'@'localhost' ACCOUNT LOCK;\nGRANT ALL ON shop.* TO 'shop'@'localhost';\n",
+    ),
+    "alter": (
+        "ALTER USER 'shop'@'localhost' IDENTIFIED BY 'shop-v-pw-1';\n",
+        "with ACCOUNT LOCK (ALTER USER 'shop'@'localhost' ACCOUNT LOCK;)",
+        1,
+        "ALTER USER 'shop'@'localhost' ACCOUNT LOCK;\n",
+    ),
+    "set-twice": (
+        "CREATE USER 'shop'@'localhost' IDENTIFIED BY 'shop-old-pw-0';\n"
+        "GRANT ALL ON shop.* TO 'shop'@'localhost'\n  IDENTIFIED BY 'shop-v-pw-1';\n",
+        "(an earlier value: the account ends with the one at line 3)",
+        3,
+        "CREATE USER 'shop'@'localhost' ACCOUNT LOCK;\nGRANT ALL ON shop.* TO 'shop'@'localhost';\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(SQL_FILE_VARIANTS))
+def test_a_mysql_sql_file_s_by_hand_step_fits_its_statement(variant: str, tmp_path: Path) -> None:
+    """Each statement's own way out of its IDENTIFIED BY (review25: GRANT ... ACCOUNT LOCK is a syntax error, an
+    ALTER USER got no oneshot, a script setting the password twice sent `--from` to the stale value)."""
+    sql_text, words, line, after = SQL_FILE_VARIANTS[variant]
+    repo = tmp_path / "repo"
+    shutil.copytree(FIXTURES / "shapes" / "native-mysql-initialscript-sql-file-password", repo)
+    (repo / "case.json").unlink()
+    sql = repo / "hosts/shop/sql/setup.sql"
+    sql.write_text(sql_text)
+    out = run_cli("patch", "--repo", str(repo), "--explain")
+    said = out.stdout.decode() + out.stderr.decode()
+    assert words in said, said
+    assert said.count(f"--from hosts/shop/sql/setup.sql:{line}`") >= 2, said  # each item, and the .age note
+    assert "shop-v-pw-1" not in said and "shop-old-pw-0" not in said
+    made = run_cli(
+        "secret", "new", "shop-db-password", "--from", f"hosts/shop/sql/setup.sql:{line}", "--repo", str(repo)
+    )
+    assert made.returncode == 0, made.stderr.decode()
+    sql.write_text(after)
+    done = run_cli("patch", "--repo", str(repo), "--write")
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    nix = (repo / "hosts/shop/default.nix").read_text()
+    assert "ALTER USER 'shop'@'localhost' IDENTIFIED BY '$pw' ACCOUNT UNLOCK;" in nix

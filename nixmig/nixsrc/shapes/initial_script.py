@@ -450,8 +450,8 @@ def role_unit(
             )
         ),
         f"the oneshot {unit_name(b, secret)} sets the password of role {role} from {on_host} after "
-        f"PostgreSQL is up, at each boot and deploy (the password is read by psql from the credential file: "
-        f"never in the store, an argv or the server's log)"
+        "PostgreSQL is up, at each boot and on a deploy that changes the unit or restarts the server (the password "
+        "is read by psql from the credential file: never in the store, an argv or the server's log)"
         + (f"; in specialisation.{prefix[1]}, beside the server it sets" if prefix else "")
         + ("" if secret == spec.secret else " (a companion: its value kept)"),
         prefix,

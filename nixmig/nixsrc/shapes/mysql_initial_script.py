@@ -134,13 +134,20 @@ def apply(b: Builder, password: str | None) -> None:
             _patch(b, fm, bind.node, node, password)
 
 
+def _place(text: str, st: Statement) -> tuple[int, int]:
+    """(line, col) of the value of ``st``'s IDENTIFIED BY clause in ``text``."""
+    assert st.clause is not None
+    at = st.clause[0] + text[st.clause[0] : st.clause[1]].index("'") + 1
+    return text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+
+
 def sql_files(b: Builder) -> None:
     """A repository SQL file as services.mysql.initialScript (``./init.sql``): each ``IDENTIFIED BY '...'``
-    of the migration's account is a by-hand item at its line there (nixmig edits no SQL file; the file is
-    copied into the world-readable Nix store all the same): take the value, replace the clause with
-    ACCOUNT LOCK, patch again. With the account created there and no clause left, the oneshot sets its
-    password from the agenix file, as for an inline script (top level only: inside a NixOS container,
-    the verdict says that shape)."""
+    of the migration's account is a by-hand item at its line there (nixmig edits no SQL file; a flake's
+    source, the file with it, is in the world-readable Nix store): take the value (the one the account ends
+    with: the last clause of one account), take the clause out as its statement allows, patch again. With
+    the account created or altered there and no clause left, the oneshot sets its password from the agenix
+    file, as for an inline script (top level only: inside a NixOS container, by hand)."""
     from nixmig.nixsrc.patch import Manual
     from nixmig.nixsrc.shapes.initial_script import sql_file_paths
 
@@ -155,38 +162,79 @@ def sql_files(b: Builder) -> None:
             users = {s.user for s in stmts if s.clause is not None}
             role = b.spec.role
             wanted = role if role in users else (next(iter(users)) if role == "postgres" and len(users) == 1 else None)
+            ours = [st for st in stmts if st.clause is not None and st.user == wanted]
+            container = bind.path[1] if bind.path[:1] == ("containers",) and len(bind.path) > 3 else None
             nested = bool(bind.path[:-3])
-            for st in stmts:
-                if st.clause is None or st.user != wanted:
-                    continue
-                value_at = st.clause[0] + text[st.clause[0] : st.clause[1]].index("'") + 1
-                line = text.count("\n", 0, value_at) + 1
-                col = value_at - text.rfind("\n", 0, value_at)
-                then = (
-                    "moving it is by hand (nixmig has no edit for a database inside a NixOS container)"
-                    if nested
-                    else f"take the value first (`nixmig secret new {b.spec.secret} --from {target}:{line}`), replace "
-                    f"the IDENTIFIED BY '...' clause with ACCOUNT LOCK (CREATE USER {st.account} ACCOUNT LOCK;), then "
-                    "`nixmig patch --write` again: it adds the oneshot that sets the password from the agenix secret "
-                    "after mysql.service starts, and unlocks the account"
-                )
+
+            one_account = len({(st.user, st.host) for st in ours}) == 1
+            values = {st.clause[2] for st in ours if st.clause is not None}
+            live = ours[-1] if ours and one_account else None  # the script runs once, in order: the last value
+            # the live value's item first: the missing .age note names the first item's line
+            for st in sorted(ours, key=lambda st: st is not live):
+                line, col = _place(text, st)
+                if nested:
+                    then = (
+                        f"it is inside the declarative NixOS container {container} (containers.{container}.config, a "
+                        "system of its own: no agenix there), which nixmig has no edit for; by hand: bind-mount the "
+                        f"host's agenix file read-only into the container (containers.{container}.bindMounts), take "
+                        "the clause out, and set the password at run time inside from the mount (ALTER USER ... "
+                        "IDENTIFIED BY, the value read by the shell)"
+                        if container
+                        else f"{'.'.join(bind.path[:-3])} holds that database, which nixmig has no edit for; by hand"
+                    )
+                elif live is None and len(values) > 1:
+                    then = (
+                        f"the script gives {len({(x.user, x.host) for x in ours})} accounts of {st.user} different "
+                        "passwords: one secret holds one value; by hand"
+                    )
+                else:
+                    kept = live or st
+                    if st.verb == "grant":
+                        created = any(
+                            c.verb == "create" and (c.user, c.host) == (st.user, st.host) and c.end <= st.start
+                            for c in stmts
+                        )
+                        fix = f"delete the IDENTIFIED BY '...' clause (GRANT ... TO {st.account};)" + (
+                            ""
+                            if created
+                            else f" and create the account locked before it (CREATE USER {st.account} "
+                            "ACCOUNT LOCK;): without the clause, GRANT creates no account"
+                        )
+                    else:
+                        fix = (
+                            f"replace the IDENTIFIED BY '...' clause with ACCOUNT LOCK ({st.verb.upper()} USER "
+                            f"{st.account} ACCOUNT LOCK;)"
+                        )
+                    earlier = (
+                        f" (an earlier value: the account ends with the one at line {_place(text, kept)[0]})"
+                        if kept is not st
+                        else ""
+                    )
+                    take = f"nixmig secret new {b.spec.secret} --from {target}:{_place(text, kept)[0]}"
+                    then = (
+                        f"take the value first (`{take}`){earlier}, {fix}, then `nixmig patch --write` again: it "
+                        "adds the oneshot that sets the "
+                        "password from the agenix secret after mysql.service starts, and unlocks the account"
+                    )
                 item = Manual(
                     target,
                     line,
                     col,
                     f"the password of {st.account} in clear in {target}, the SQL file {'.'.join(bind.path)} reads "
-                    f"({fm.where(node)}; it is copied into the world-readable Nix store): nixmig edits no SQL file; "
-                    + then,
+                    f"({fm.where(node)}; a flake's source, this file with it, is in the world-readable Nix store): "
+                    "nixmig edits no SQL file; " + then,
                     "",
                 )
                 if item not in b.manual:  # (apply runs once per shape pass)
                     b.manual.append(item)
-            created = [
-                st for st in stmts if st.verb == "create" and st.user == role and st.clause is None and not nested
+            made = [
+                st
+                for st in stmts
+                if st.verb in ("create", "alter") and st.user == role and st.clause is None and not nested
             ]
-            if created and not any(st.clause is not None and st.user == role for st in stmts):
+            if made and not any(st.clause is not None and st.user == role for st in stmts):
                 b.sql_file = fm
-                _unit(b, fm, bind.node, sorted({st.account for st in created}))
+                _unit(b, fm, bind.node, sorted({st.account for st in made}))
 
 
 def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | None) -> None:
@@ -299,9 +347,9 @@ def _unit(b: Builder, fm: FileModel, near: Node, accounts: list[str]) -> None:
             tpl.unit(attr, spec.secret, nix_attr(spec.secret), shown, accounts, credential_name(spec.secret))
         ),
         f"the oneshot {unit_name(b)} sets the MySQL password of {shown} from {spec.secret_on_host} after "
-        "mysql.service is up, at each boot and deploy, and unlocks the account (the value is read from the "
-        "credential file by the shell and sent on the client's stdin: never in the store, an argv or the server's "
-        "logs)",
+        "mysql.service is up, at each boot and on a deploy that changes the unit or restarts the server, and unlocks "
+        "the account (the value is read from the credential file by the shell and sent on the client's stdin: never "
+        "in the store, an argv or the server's logs)",
     )
 
 
