@@ -1622,3 +1622,25 @@ def test_a_mysql_sql_file_s_by_hand_step_fits_its_statement(variant: str, tmp_pa
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
     nix = (repo / "hosts/shop/default.nix").read_text()
     assert "ALTER USER 'shop'@'localhost' IDENTIFIED BY '$pw' ACCOUNT UNLOCK;" in nix
+
+
+def test_mariadb_s_create_or_replace_user_is_a_create() -> None:
+    """MariaDB's CREATE OR REPLACE USER ... IDENTIFIED BY (review25: refused, telling a move to use move)."""
+    src = {
+        "db.nix": b"""{ pkgs, ... }:
+{
+  services.mysql = {
+    enable = true;
+    package = pkgs.mariadb;
+    initialScript = pkgs.writeText "init.sql" ''
+      CREATE OR REPLACE USER 'wiki'@'localhost' IDENTIFIED BY 'wiki-orr-pw-5';
+      GRANT ALL ON wiki.* TO 'wiki'@'localhost';
+    '';
+  };
+}
+"""
+    }
+    plan = pt.plan(src, pt.Spec(secret="wiki-db", role="wiki", strategy="move"))
+    out = plan.results(src)["db.nix"].decode()
+    assert plan.manual == (), [m.what for m in plan.manual]
+    assert "CREATE OR REPLACE USER 'wiki'@'localhost' ACCOUNT LOCK;" in out and "wiki-orr-pw-5" not in out

@@ -41,7 +41,8 @@ INITIAL_SCRIPT = ("services", "mysql", "initialScript")
 _NAME = r"(?:'[A-Za-z0-9_.%:-]+'|`[A-Za-z0-9_.%:-]+`|\"[A-Za-z0-9_.%:-]+\"|[A-Za-z0-9_]+)"
 _ACCOUNT = rf"(?P<user>{_NAME})(?:\s*@\s*(?P<host>{_NAME}))?"
 _HEAD = re.compile(
-    rf"(?is)\s*(?P<verb>CREATE\s+USER(?:\s+IF\s+NOT\s+EXISTS)?|ALTER\s+USER(?:\s+IF\s+EXISTS)?)\s+{_ACCOUNT}"
+    rf"(?is)\s*(?P<verb>CREATE\s+(?:OR\s+REPLACE\s+)?USER(?:\s+IF\s+NOT\s+EXISTS)?|ALTER\s+USER(?:\s+IF\s+EXISTS)?)"
+    rf"\s+{_ACCOUNT}"
 )
 _GRANT_TO = re.compile(rf"(?is)\s*GRANT\s.*?\sTO\s+{_ACCOUNT}")
 # whitespace and comments before a statement: ``-- ...`` and ``# ...`` lines, ``/* ... */``
