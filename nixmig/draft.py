@@ -1414,8 +1414,8 @@ def _sql_file_dbs(models: Mapping[str, FileModel], texts: Mapping[str, bytes]) -
                         continue
                     clause = users[0].clause
                     assert clause is not None  # (users: the statements with one)
-                    role, start, password = users[0].user, clause[0], clause[2]
-                    at = f"{target}:{sql.count(chr(10), 0, start + sql[start:].index(chr(39))) + 1}"
+                    role, password = users[0].user, clause[2]
+                    at = f"{target}:{sql.count(chr(10), 0, users[0].value_start) + 1}"
                     whose = f"the account {users[0].account} IDENTIFIED BY gives a password"
                 else:
                     found = clauses(raw)

@@ -1555,8 +1555,7 @@ def scan_sql(source: bytes, file: str) -> list[Finding]:
     for st in statements(text):
         if st.clause is None:
             continue
-        first = st.clause[0] + text[st.clause[0] : st.clause[1]].index("'") + 1
-        start = len(text[:first].encode("utf-8", "surrogateescape"))
+        start = len(text[: st.value_start].encode("utf-8", "surrogateescape"))
         end = len(text[: st.clause[1] - 1].encode("utf-8", "surrogateescape"))
         found.append((start, end, st.clause[2], f"IDENTIFIED BY of account {st.account}", st.user))
     out: list[Finding] = []

@@ -19,6 +19,7 @@ from nixmig.db import ops
 from nixmig.db.writer import Writer
 from nixmig.demo import SECRET, Target
 from nixmig.phases.backup import Backup, BackupError, restore_test
+from nixmig.phases.base import Context
 from nixmig.secrets.age import load_identities
 from tests.integration.test_migrate_local import journal, nixmig, role_matches, target
 
@@ -56,6 +57,13 @@ def counts(t: Target) -> dict[str, int]:
 
 def steps(t: Target) -> dict[str, dict[str, object]]:
     return {s["phase"]: s for s in journal(t)["steps"]}  # type: ignore[attr-defined]
+
+
+def quiet_context(t: Target) -> Context:
+    """The run's context with the operator's identity (backups are test-read), printing nothing."""
+    return engine.make_context(
+        config.load(t.repo / "nixmig.toml"), SECRET, identities=load_identities([t.admin_key]), emit=lambda _m: None
+    )
 
 
 def writer_for(t: Target) -> Writer:
@@ -127,12 +135,7 @@ def test_restore_test_fails_on_a_table_the_backup_lost(target: Target) -> None:
 
 
 def test_tampered_counts_and_a_truncated_backup_are_caught(target: Target) -> None:
-    ctx = engine.make_context(
-        config.load(target.repo / "nixmig.toml"),
-        SECRET,
-        identities=load_identities([target.admin_key]),
-        emit=lambda _m: None,
-    )
+    ctx = quiet_context(target)
     try:
         data = Backup().do(ctx)  # no writer: the live counts are the dump's
         path = Path(data["path"])
@@ -181,12 +184,7 @@ def test_a_test_read_cut_by_the_transport_is_not_called_a_rejected_backup(
     """A docker exec stream reset mid-read (seen in CI) failed the backup phase as "pg_restore
     --list rejects the backup" although pg_restore never judged the backup: said as what it was,
     and how to go on. pg_restore's own verdict keeps its wording."""
-    ctx = engine.make_context(
-        config.load(target.repo / "nixmig.toml"),
-        SECRET,
-        identities=load_identities([target.admin_key]),
-        emit=lambda _m: None,
-    )
+    ctx = quiet_context(target)
     try:
         cut = "cat > /dev/null; echo 'error: read unix @->/run/docker.sock: read: connection reset by peer' >&2; exit 1"
         monkeypatch.setattr(type(ctx.runtime), "pg_restore_list", lambda _self: ["sh", "-c", cut])

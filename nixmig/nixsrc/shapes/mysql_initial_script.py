@@ -59,6 +59,7 @@ class Statement:
     end: int
     clause: tuple[int, int, str] | None  # the IDENTIFIED BY clause (start, end, password)
     read: tuple[int, int] | None = None  # the interpolation the password is (``'${pw}'``: a hole's offsets)
+    value_start: int = -1  # where the password itself starts, inside the clause's quotes (-1: no clause)
 
     @property
     def account(self) -> str:
@@ -117,7 +118,8 @@ def statements(text: str, holes: Mapping[tuple[int, int], str] | None = None) ->
             host = (got[1][0] if len(got) > 1 else None) or host
             if c is not None and pw[0] is not None:
                 clause, read = (start + c.start(), start + c.end(), pw[0]), (start + c.start("pw"), start + c.end("pw"))
-        out.append(Statement(verb, user, host, start, end, clause, read))
+        value_start = start + c.start("pw") if c is not None else -1
+        out.append(Statement(verb, user, host, start, end, clause, read, value_start))
     return out
 
 
@@ -137,9 +139,14 @@ def apply(b: Builder, password: str | None) -> None:
 
 def _place(text: str, st: Statement) -> tuple[int, int]:
     """(line, col) of the value of ``st``'s IDENTIFIED BY clause in ``text``."""
-    assert st.clause is not None
-    at = st.clause[0] + text[st.clause[0] : st.clause[1]].index("'") + 1
+    at = st.value_start
     return text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+
+
+def account_user(users: set[str], role: str) -> str | None:
+    """The MySQL user a migration's role names among those a script gives a password: the role, or the
+    one user when the role is unset (nixmig.toml's default "postgres")."""
+    return role if role in users else (next(iter(users)) if role == "postgres" and len(users) == 1 else None)
 
 
 def sql_files(b: Builder) -> None:
@@ -162,7 +169,7 @@ def sql_files(b: Builder) -> None:
             stmts = statements(text)
             users = {s.user for s in stmts if s.clause is not None}
             role = b.spec.role
-            wanted = role if role in users else (next(iter(users)) if role == "postgres" and len(users) == 1 else None)
+            wanted = account_user(users, role)
             ours = [st for st in stmts if st.clause is not None and st.user == wanted]
             container = bind.path[1] if bind.path[:1] == ("containers",) and len(bind.path) > 3 else None
             nested = bool(bind.path[:-3])
@@ -263,7 +270,7 @@ def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | No
     with_pw = [s for s in stmts if s.clause is not None]
     users = {s.user for s in with_pw}
     role = b.spec.role
-    wanted = role if role in users else (next(iter(users)) if role == "postgres" and len(users) == 1 else None)
+    wanted = account_user(users, role)
     ours = [s for s in with_pw if s.user == wanted]
     if not ours:
         return
@@ -324,8 +331,7 @@ def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | No
         assert s.clause is not None
         b.masks.append((fm.name, at(s.clause[0]), at(s.clause[1])))
         # where the value is (a clause may begin at the end of the line before): `secret new --from` reads it there
-        value_at = s.clause[0] + raw[s.clause[0] : s.clause[1]].index("'") + 1
-        b.replaced.append(f"the IDENTIFIED BY of {s.account} at {fm.where(at(value_at))}")
+        b.replaced.append(f"the IDENTIFIED BY of {s.account} at {fm.where(at(s.value_start))}")
         if s.read is not None:
             read_once_less(b, fm, holes[s.read][1])
     b.known.add(digest(value.encode()))
