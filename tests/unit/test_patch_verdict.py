@@ -1644,3 +1644,16 @@ def test_mariadb_s_create_or_replace_user_is_a_create() -> None:
     out = plan.results(src)["db.nix"].decode()
     assert plan.manual == (), [m.what for m in plan.manual]
     assert "CREATE OR REPLACE USER 'wiki'@'localhost' ACCOUNT LOCK;" in out and "wiki-orr-pw-5" not in out
+
+
+def test_a_move_whose_value_no_line_holds_any_more_is_told_stdin(tmp_path: Path) -> None:
+    """The clause is out, the .age not made: no FILE:LINE can give the value, so the note names `--stdin`
+    (review25: it named `--from FILE:LINE`, which leads nowhere)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(FIXTURES / "shapes" / "native-mysql-initialscript-sql-file-clause-gone", repo)
+    for extra in ("case.json", "expected.diff"):
+        (repo / extra).unlink()
+    out = run_cli("patch", "--repo", str(repo), "--explain")
+    said = out.stdout.decode() + out.stderr.decode()
+    assert "secrets/shop-db-password.age does not exist yet" in said, said
+    assert "if no line holds it any more, `--stdin` with the value the service has now" in said, said
