@@ -89,6 +89,36 @@ def unparen(node: Node) -> Node:
     return node
 
 
+# lib's wrappers of one definition's value, by arity: ``x = lib.mkForce "v";`` defines x as "v" (a
+# priority, an order or a condition around it); an edit of the value goes inside, keeping the wrapper
+_VALUE_WRAPPERS = {"mkForce": 1, "mkDefault": 1, "mkOptionDefault": 1, "mkBefore": 1, "mkAfter": 1}
+_VALUE_WRAPPERS |= {"mkOverride": 2, "mkOrder": 2, "mkIf": 2}
+
+
+def unwrap(node: Node) -> Node:
+    """A definition's value past parentheses and lib's wrappers (``lib.mkForce "v"`` -> ``"v"``)."""
+    node = unparen(node)
+    while node.type == "apply_expression":
+        name, args = _apply_parts(node)
+        if _VALUE_WRAPPERS.get(name) != len(args):
+            break
+        node = unparen(args[-1])
+    return node
+
+
+def _wrappers(node: Node) -> list[Node]:
+    """The wrapper applications :func:`unwrap` goes through, outermost first."""
+    out: list[Node] = []
+    node = unparen(node)
+    while node.type == "apply_expression":
+        name, args = _apply_parts(node)
+        if _VALUE_WRAPPERS.get(name) != len(args):
+            break
+        out.append(node)
+        node = unparen(args[-1])
+    return out
+
+
 def bindings(attrset: Node) -> list[Node]:
     return [
         b
@@ -308,10 +338,10 @@ def _walk_top(fm: FileModel, node: Node) -> None:
         names = attr_names(ap)
         if names[0] == "config":
             path = names[1:]
-            fm.binds.append(Bind(path, b, ex, node, bool(path)))
+            fm.binds.append(Bind(path, b, unwrap(ex), node, bool(path)))
             _walk(fm, ex, path, True)
         else:
-            fm.binds.append(Bind(("<module>", *names), b, ex, node, False))
+            fm.binds.append(Bind(("<module>", *names), b, unwrap(ex), node, False))
             _walk(fm, ex, names, names[0] == "options")
             if names[0] not in _FULL_FORM_KEYS and names[0] not in fm.stray_keys:
                 fm.stray_keys.append(names[0])
@@ -362,10 +392,13 @@ def _walk(fm: FileModel, node: Node, path: NixPath, exact: bool) -> None:
             if ap is None or ex is None:
                 continue
             sub = path + attr_names(ap)
-            bind = Bind(sub, b, ex, node, exact)
+            bind = Bind(sub, b, unwrap(ex), node, exact)
             fm.binds.append(bind)
-            if ex.type == "string_expression":
-                _string(fm, ex, sub, exact, bind)
+            if bind.value.type == "string_expression":
+                _string(fm, bind.value, sub, exact, bind)
+                for wrapper in _wrappers(ex):  # `mkIf cond "v"`, `mkOverride 10 "v"`: the other arguments
+                    for a in _apply_parts(wrapper)[1][:-1]:
+                        _walk(fm, a, sub, False)
             else:
                 _walk(fm, ex, sub, exact)
     elif t == "let_expression":
