@@ -1242,6 +1242,8 @@ def _scan_string(node: Node, out: _Collector, *, every: bool = False) -> None:
             return
         if ctx.file_content and _scan_inside(data, leaf_words, add) > 0:
             return  # an env file written to the store: the assignments inside are the findings
+        if b"\n" in data.strip() and _scan_inside(data, leaf_words, add, multiline=True) > 0:
+            return  # lines of SQL or config under a credential's name (`let dbPassword = ''CREATE ROLE ...''`)
         if not taken and b"://" not in data:
             add((0, len(data)), kind, "name", cls.words)
             return

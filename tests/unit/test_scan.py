@@ -581,3 +581,18 @@ def test_store_files_under_a_secrets_attrset_are_secrets_whatever_their_names() 
 """
     found = scan_source(src, "x.nix").findings
     assert [f.value.reveal() for f in found] == [b"Otp-secret-value-1", b"Db-secret-value-2", b"Jws-secret-value-3"]
+
+
+def test_sql_lines_under_a_password_name_are_findings_of_their_clauses() -> None:
+    # `let dbPassword = ''CREATE ROLE ...''`: lines of SQL, not one password of 60 bytes; the clause's value is
+    # the finding, so that patch's verdict sees the migration's password left there
+    f = one(
+        "let\n  dbPassword = ''\n    CREATE ROLE app LOGIN PASSWORD 'app-sql-pw';\n    CREATE DATABASE app;\n  '';\n"
+        'in { services.postgresql.initialScript = builtins.toFile "i.sql" dbPassword; }\n'
+    )
+    assert (f.rule, f.value.reveal(), f.line) == ("sql", b"app-sql-pw", 3)
+
+
+def test_a_one_line_password_under_a_password_name_is_still_the_whole_value() -> None:
+    f = one("{ services.app.password = ''not-sql-but-a-pw''; }\n")
+    assert (f.rule, f.value.reveal()) == ("name", b"not-sql-but-a-pw")
