@@ -32,7 +32,7 @@ import json
 import posixpath
 import re
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -601,7 +601,45 @@ def _finding_path(f: Finding, fm: FileModel) -> NixPath:
     path = path[1:] if path[:1] == ("config",) else path
     if path[:1] == ("containers",) and path[2:4] == ("config", "services"):
         return path[3:]  # a service inside a declarative NixOS container: patch gives it the host's secret
+    if not holders:
+        script = _let_read_by_initial_script(fm, f)
+        path = script if script is not None else path
     return path
+
+
+def _let_read_by_initial_script(fm: FileModel, f: Finding) -> NixPath | None:
+    """``let initSql = ''...''; in ... initialScript = pkgs.writeText "init.sql" initSql;``: the path of the
+    one initialScript that reads the let binding holding the finding (patch edits it there when nothing else
+    reads the binding, and says why not when something does)."""
+    node = fm.root.descendant_for_byte_range(f.start, f.start + 1) if f.start >= 0 else None
+    while node is not None and not (
+        node.type == "binding"
+        and node.parent
+        and node.parent.type == "binding_set"
+        and node.parent.parent
+        and node.parent.parent.type == "let_expression"
+    ):
+        node = node.parent
+    ap = node.child_by_field_name("attrpath") if node is not None else None
+    if ap is None or ap.named_child_count != 1:
+        return None
+    name = fm.text(ap)
+    readers = [
+        b
+        for b in fm.binds
+        if b.exact
+        and b.path[-1:] == ("initialScript",)
+        and any(n.type == "variable_expression" and fm.text(n) == name for n in _descendants(b.value))
+    ]
+    return readers[0].path if len(readers) == 1 else None
+
+
+def _descendants(node: Node) -> Iterator[Node]:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(n.named_children)
 
 
 _ENV_LINE = re.compile(rb"(?m)^[ \t]*([A-Za-z_][A-Za-z0-9_]*)=([^\n]*)$")

@@ -653,6 +653,23 @@ def _unread_let(fm: FileModel, lets: Mapping[str, LetLiteral], f: Finding) -> bo
     return False
 
 
+def _let_read_again(fm: FileModel, f: Finding) -> tuple[str, int] | None:
+    """(name, reads) of the let binding whose value holds the finding, when the file reads it more than once."""
+    node = fm.root.descendant_for_byte_range(f.start, f.start + 1) if f.start >= 0 else None
+    while node is not None and not (
+        node.type == "binding" and node.parent and node.parent.parent and node.parent.parent.type == "let_expression"
+    ):
+        node = node.parent
+    ap = node.child_by_field_name("attrpath") if node is not None else None
+    if ap is None or ap.named_child_count != 1:
+        return None
+    name = fm.text(ap)
+    word = re.compile(rb"(?<![\w'-])" + re.escape(name.encode()) + rb"(?![\w'-])")
+    assert node is not None
+    reads = len(word.findall(fm.source[: node.start_byte] + fm.source[node.end_byte :]))
+    return (name, reads) if reads > 1 else None
+
+
 def leftovers(
     models: Mapping[str, FileModel],
     edits: Sequence[Edit],
@@ -743,6 +760,14 @@ def leftovers(
                 if cond
                 else _why(f, fm.source, role, name, migration, same)
             )
+            shared = _let_read_again(fm, f) if f.rule == "sql" and not cond else None
+            if shared is not None:
+                why = (
+                    f"a password inside SQL text bound in a let ({shared[0]}) that {name} reads {shared[1]} times: "
+                    "nixmig takes the clause out of a let-bound initialScript only when the initialScript is its one "
+                    "reader (an edit of the let reaches every use); read it only from the initialScript and patch "
+                    "again, or drop the clause by hand and set the password at run time from the agenix file"
+                )
             if not cond and _unread_let(fm, file_lets, f):
                 why = (
                     f"{f.attr_path} is bound in a let and its name appears nowhere else in {name}: nothing in this "

@@ -94,6 +94,28 @@ def let_literals(root: Node, fields: Mapping[str, str] | None = None) -> dict[st
     return out
 
 
+def let_expression(root: Node, name: str) -> Node | None:
+    """The expression ``name`` is bound to in a let of the file (``let initSql = ''...''; in``), when the
+    file binds it once, no function argument shadows it and the file reads it exactly once: an edit of
+    that expression changes no other use."""
+    hits: list[Node] = []
+    uses = 0
+    for n in _walk(root):
+        if n.type == "let_expression":
+            for bset in (c for c in n.named_children if c.type == "binding_set"):
+                for b in bset.named_children:
+                    ap, ex = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
+                    if b.type == "binding" and ap is not None and ex is not None and attr_names(ap) == (name,):
+                        hits.append(ex)
+        elif n.type == "variable_expression" and text(n) == name:
+            uses += 1
+        elif n.type == "inherit" and any(text(a) == name for a in _walk(n) if a.type == "identifier"):
+            uses += 2  # `inherit initSql;`: read elsewhere too
+    if len(hits) != 1 or uses != 1 or name in _formal_names(root):
+        return None
+    return hits[0]
+
+
 def resolve(
     node: Node, lets: dict[str, LetLiteral], fields: Mapping[str, str] | None = None
 ) -> tuple[str, list[Node]] | None:

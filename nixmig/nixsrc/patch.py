@@ -86,7 +86,7 @@ from nixmig.nixsrc.leftover import (
     unknown_shape,
     uses_secret,
 )
-from nixmig.nixsrc.lets import LetLiteral, let_literals, resolve
+from nixmig.nixsrc.lets import LetLiteral, let_expression, let_literals, resolve
 from nixmig.nixsrc.model import (
     AttrSet,
     Bind,
@@ -3179,11 +3179,13 @@ def store_file_content(value: Node, *, indented: bool = False) -> Node | None:
     return node if node is not None and node.type in kinds else None
 
 
-def written_text(value: Node, *, plain: bool = True) -> Node | None:
+def written_text(value: Node, *, plain: bool = True, root: Node | None = None) -> Node | None:
     """The text of ``pkgs.writeText "name" <text>`` (through toString and parentheses), or (``plain``)
     the value itself when it is a string: a double-quoted or an indented string node, else None.
-    A ``*File`` option set to a plain string names a path, not a password: never ``plain`` there."""
-    node = unparen(value)
+    A ``*File`` option set to a plain string names a path, not a password: never ``plain`` there.
+    With ``root`` (the file's), a variable read once and bound once in a let of the file stands for
+    its expression, for the value or the text (``initialScript = pkgs.writeText "init.sql" initSql;``)."""
+    node = _let_bound(value, root)
     while node.type == "apply_expression":  # lib.mkDefault (pkgs.writeText ...), mkForce, mkOverride 50 ...
         name, args = _apply_parts(node)
         if name not in ("mkDefault", "mkForce", "mkOverride", "mkOptionDefault") or not args:
@@ -3200,9 +3202,18 @@ def written_text(value: Node, *, plain: bool = True) -> Node | None:
         node = unparen(args[0])
         name, args = _apply_parts(node) if node.type == "apply_expression" else ("", [])
     if name in ("writeText", "toFile") and len(args) == 2:
-        content = unparen(args[1])
+        content = _let_bound(args[1], root)
         return content if content.type in ("string_expression", "indented_string_expression") else None
     return None
+
+
+def _let_bound(node: Node, root: Node | None) -> Node:
+    node = unparen(node)
+    if root is not None and node.type == "variable_expression":
+        bound = let_expression(root, text(node))
+        if bound is not None:
+            return unparen(bound)
+    return node
 
 
 def _out_path(node: Node) -> Node:

@@ -40,7 +40,7 @@ def _scripts(b: Builder) -> Iterator[tuple[FileModel, Bind, Node, NixPath, str]]
         prefix = bind.path[:-3]  # the host's own configuration, or a specialisation's (the oneshot goes there)
         if prefix and (len(prefix) != 3 or prefix[0] != "specialisation" or prefix[2] != "configuration"):
             continue
-        node = written_text(bind.value)
+        node = written_text(bind.value, root=fm.root)
         if node is None:
             continue
         if prefix and not _inherits(b, prefix):

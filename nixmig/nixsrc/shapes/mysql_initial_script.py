@@ -132,7 +132,7 @@ def apply(b: Builder, password: str | None) -> None:
     for fm, bind in b.all_binds():
         if bind.path != INITIAL_SCRIPT or not bind.exact:
             continue
-        node = written_text(bind.value)
+        node = written_text(bind.value, root=fm.root)
         if node is not None:
             _patch(b, fm, bind.node, node, password)
 
