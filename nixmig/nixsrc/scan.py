@@ -1242,8 +1242,9 @@ def _scan_string(node: Node, out: _Collector, *, every: bool = False) -> None:
             return
         if ctx.file_content and _scan_inside(data, leaf_words, add) > 0:
             return  # an env file written to the store: the assignments inside are the findings
-        if b"\n" in data.strip() and _scan_inside(data, leaf_words, add, multiline=True) > 0:
-            return  # lines of SQL or config under a credential's name (`let dbPassword = ''CREATE ROLE ...''`)
+        sql_or_lines = b"\n" in data.strip() or _SQL_RE.search(data) is not None
+        if sql_or_lines and _scan_inside(data, leaf_words, add, multiline=b"\n" in data.strip()) > 0:
+            return  # SQL or config lines under a credential's name (`let dbPassword = ''CREATE ROLE ...''`)
         if not taken and b"://" not in data:
             add((0, len(data)), kind, "name", cls.words)
             return

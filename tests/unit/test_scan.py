@@ -596,3 +596,9 @@ def test_sql_lines_under_a_password_name_are_findings_of_their_clauses() -> None
 def test_a_one_line_password_under_a_password_name_is_still_the_whole_value() -> None:
     f = one("{ services.app.password = ''not-sql-but-a-pw''; }\n")
     assert (f.rule, f.value.reveal()) == ("name", b"not-sql-but-a-pw")
+
+
+def test_a_sql_statement_in_a_plain_secrets_file_is_a_finding_of_its_clause() -> None:
+    # every string of a secrets.nix-like file is a secret by name: one that is SQL holds the password in a clause
+    f = one("{\n  db = \"ALTER USER app WITH PASSWORD 'a1';\";\n}\n", "plain-secrets.nix")
+    assert (f.rule, f.value.reveal()) == ("sql", b"a1")
