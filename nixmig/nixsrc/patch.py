@@ -1068,19 +1068,24 @@ class Builder:
 
     def bare_variables(self, password: str | None, siblings: list[tuple[FileModel, Lit, str, NixPath]]) -> None:
         """``DB_PASSWORD = dbPassword;`` (a let-bound password): as if the literal were written there. The
-        password: the one the plan found, else a value a shape recognised as it (SQL a unit runs)."""
-        if password is None and not self.known:
-            return
+        password: the one the plan found, else a value a shape recognised as it (SQL a unit runs); with
+        neither, a let-bound value of an option with a file sibling is a candidate as a literal there is
+        (``services.gitea.database.password = dbPassword;``: take_sibling picks the migration's)."""
+        unknown = password is None and not self.known
         for fm, b in self.all_binds():
             node = unparen(b.value)
             if node.type != "variable_expression" or (fm.name, node.start_byte) in self.handled:
                 continue
             value = self.value_of(fm, node)
-            if value is None or (
-                value != password if password is not None else digest(value.encode()) not in self.known
-            ):
+            if value is None:
                 continue
             lit = Lit(b.path, node, b.exact, b)
+            if unknown:
+                if (sibling := self.file_sibling(b.path)) is not None and b.exact:
+                    siblings.append((fm, lit, value, sibling))
+                continue
+            if value != password if password is not None else digest(value.encode()) not in self.known:
+                continue
             if self.bare_in_env(fm, lit):
                 continue
             if (sibling := nixpkgs_file_sibling(b.path)) is not None and b.exact:
