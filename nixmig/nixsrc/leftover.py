@@ -188,6 +188,11 @@ def _read_as_option(models: Mapping[str, FileModel], attr: str) -> str:
     return ""
 
 
+def _private_users(source: bytes, container: str) -> bool:
+    """The file sets ``containers.CONTAINER.privateUsers`` (the container's root is not the host's)."""
+    return re.search(rb"\bprivateUsers\s*=", source) is not None and container.encode() in source
+
+
 def nixos_container(path: Sequence[str]) -> str | None:
     """The declarative NixOS container whose own system ``path`` is set in (``containers.NAME.config...``)."""
     segs = [seg.strip('"') for seg in path]
@@ -394,11 +399,27 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             "move that module into a file of its own that the host imports, or by hand"
         )
     inside = nixos_container(path)
+    pg_script = [seg.strip('"') for seg in path][-3:] == ["services", "postgresql", "initialScript"]
+    if inside is not None and f.rule == "sql" and pg_script and not _private_users(source, inside):
+        return (
+            f"a password inside SQL text in the declarative NixOS container {inside} (containers.{inside}.config, a "
+            "system of its own): nixmig's database phases run on the host and cannot reach the container's server, "
+            'so nixmig cannot rotate it; with strategy = "move" it moves it (the value kept: the clause goes, the '
+            "host's agenix file is bind-mounted read-only into the container, and a oneshot there sets the "
+            f"password from it): `nixmig secret new NAME --from {file}:{f.line}`, then patch again"
+        )
     if inside is not None and f.rule == "sql":
         return (
             f"a password inside SQL text in the declarative NixOS container {inside} (containers.{inside}.config, a "
-            "system of its own: no agenix there, and nixmig's database phases run on the host, not in it): nixmig "
-            "has no edit for an initialScript there; by hand: bind-mount the host's agenix file read-only into the "
+            "system of its own: no agenix there, and nixmig's database phases run on the host, not in it): "
+            + (
+                f"containers.{inside}.privateUsers is set, so the container's root is not the host's and cannot read "
+                "the host's root-only agenix file through a bind mount (nixmig moves such a password only without "
+                "it); by hand: give the host's file the container's shifted uid (its base + the uid inside), "
+                if pg_script
+                else "nixmig has no edit for this script there; by hand: "
+            )
+            + "bind-mount the host's agenix file read-only into the "
             f"container (containers.{inside}.bindMounts), drop the clause, and set the password at run time from "
             "the mount, inside (PostgreSQL: psql's \\set pw `cat FILE` and ALTER ROLE ... PASSWORD :'pw'; MySQL: "
             "ALTER USER ... IDENTIFIED BY, the value read by the shell)"

@@ -392,6 +392,7 @@ class Builder:
         self.db: _Db | None = None
         self.store_file: FileModel | None = None  # where a passwordFile = pkgs.writeText ... was replaced
         self.role_units: set[str] = set()
+        self.bind_mounts_added: set[tuple[str, tuple[str, ...]]] = set()  # (file, containers.X.bindMounts.P)
         self.sql_file: FileModel | None = None
         self.credential_units: set[tuple[str, str]] = set()  # (file, unit attribute) given LoadCredential by a shape
         self.mount_file: FileModel | None = None  # where an app container got the bind mount (FILE__VAR)

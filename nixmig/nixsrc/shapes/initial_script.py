@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING
 
 from nixmig.config import ROLE_KEY, also_name
 from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.model import unparen
+from nixmig.nixsrc.parse import text
 from nixmig.nixsrc.quote import escape_indented, nix_attr
 from nixmig.nixsrc.render import template
 from nixmig.nixsrc.shapes import Shape
+from nixmig.nixsrc.shapes.container_store_file import MOUNT_DIR
 from nixmig.nixsrc.sqlpass import clauses, role_identifier
 
 if TYPE_CHECKING:
@@ -37,12 +40,18 @@ def _scripts(b: Builder) -> Iterator[tuple[FileModel, Bind, Node, NixPath, str]]
     for fm, bind in list(b.all_binds()):
         if bind.path[-3:] != INITIAL_SCRIPT or not bind.exact:
             continue
-        prefix = bind.path[:-3]  # the host's own configuration, or a specialisation's (the oneshot goes there)
-        if prefix and (len(prefix) != 3 or prefix[0] != "specialisation" or prefix[2] != "configuration"):
+        prefix = bind.path[
+            :-3
+        ]  # the host's own configuration, a specialisation's or a container's: the oneshot goes there
+        container = container_of(prefix)
+        special = len(prefix) == 3 and prefix[0] == "specialisation" and prefix[2] == "configuration"
+        if prefix and not special and container is None:
             continue
         node = written_text(bind.value, root=fm.root)
         if node is None:
             continue
+        if container is not None and (b.spec.strategy != "move" or private_users(b, container) is not None):
+            continue  # the verdict says why (leftover: the database phases run on the host; privateUsers)
         if prefix and not _inherits(b, prefix):
             if (fm.name, bind.value.start_byte) not in b.handled:
                 b.handled.add((fm.name, bind.value.start_byte))
@@ -306,6 +315,37 @@ def _mysql_syntax(b: Builder, fm: FileModel, node: Node, where: str) -> None:
         )
 
 
+def container_of(prefix: NixPath) -> str | None:
+    """The declarative NixOS container whose system ``prefix`` is (``containers.NAME.config``), else None."""
+    return prefix[1] if len(prefix) == 3 and prefix[0] == "containers" and prefix[2] == "config" else None
+
+
+def private_users(b: Builder, container: str) -> Bind | None:
+    """``containers.NAME.privateUsers`` when set: the container's root is not the host's."""
+    want = ("containers", container, "privateUsers")
+    return next((x for _, x in b.all_binds() if x.exact and x.path == want), None)
+
+
+def _container_config(b: Builder, container: str) -> str:
+    """How the oneshot inside ``containers.NAME.config`` names the container's own configuration: ``config``
+    when that config is a function taking ``config`` (the container's, there), else the host's
+    ``config.containers.NAME.config`` (the container's evaluated configuration)."""
+    want = ("containers", container, "config")
+    for _, x in b.all_binds():
+        if x.exact and x.path == want:
+            fn = unparen(x.value)
+            formals = fn.child_by_field_name("formals") if fn.type == "function_expression" else None
+            names = {
+                text(n)
+                for f in (formals.named_children if formals is not None else [])
+                if f.type == "formal"
+                for n in f.named_children[:1]
+            }
+            if "config" in names:
+                return "config"
+    return f"config.containers.{nix_attr(container)}.config"
+
+
 def _inherits(b: Builder, prefix: NixPath) -> bool:
     """specialisation.NAME inherits the host's configuration (nixpkgs' default), so its age.secrets."""
     inherit = (*prefix[:2], "inheritParentConfig")
@@ -440,22 +480,60 @@ def role_unit(
     on_host = spec.secret_on_host if secret == spec.secret else f"config.age.secrets.{nix_attr(secret)}.path"
     tpl = template("role-password.nix.j2")
     role_sql = escape_indented(role_identifier(role), before_antiquote=False)
+    container = container_of(prefix)
+    mount = f"{MOUNT_DIR}/{secret}" if container is not None else None
+    cfg = _container_config(b, container) if container is not None else "config"
     add_unit(
         b,
         fm,
         near,
         lambda attr: str(
             tpl.unit(
-                attr, secret, nix_attr(secret), role, role_sql, credential_name(secret), after, secret != spec.secret
+                attr,
+                secret,
+                nix_attr(secret),
+                role,
+                role_sql,
+                credential_name(secret),
+                after,
+                secret != spec.secret,
+                credential_path=mount,
+                cfg=cfg,
             )
         ),
-        f"the oneshot {unit_name(b, secret)} sets the password of role {role} from {on_host} after "
-        "PostgreSQL is up, at each boot and on a deploy that changes the unit or restarts the server (the password "
-        "is read by psql from the credential file: never in the store, an argv or the server's log)"
-        + (f"; in specialisation.{prefix[1]}, beside the server it sets" if prefix else "")
+        f"the oneshot {unit_name(b, secret)} sets the password of role {role} from "
+        + (f"{mount} (the host's {on_host}, bind-mounted)" if mount else on_host)
+        + " after PostgreSQL is up, at each boot and on a deploy that changes the unit or restarts the server (the "
+        "password is read by psql from the credential file: never in the store, an argv or the server's log)"
+        + (
+            f"; inside the {container} container, beside the server it sets"
+            if container is not None
+            else f"; in specialisation.{prefix[1]}, beside the server it sets"
+            if prefix
+            else ""
+        )
         + ("" if secret == spec.secret else " (a companion: its value kept)"),
         prefix,
         secret,
+    )
+    if container is not None and mount is not None:
+        _bind_mount(b, fm, container, secret, mount)
+
+
+def _bind_mount(b: Builder, fm: FileModel, container: str, secret: str, mount: str) -> None:
+    """``containers.NAME.bindMounts."/run/agenix-host/SECRET"``: the host's agenix file, read-only (once)."""
+    path = ("containers", container, "bindMounts", mount)
+    if any(x.path[: len(path)] == path for _, x in b.all_binds()) or (fm.name, path) in b.bind_mounts_added:
+        return
+    b.bind_mounts_added.add((fm.name, path))
+    tpl = template("container-secret.nix.j2")
+    b.insert_path(
+        fm,
+        None,
+        path,
+        lambda attr: str(tpl.bind_mount(attr, nix_attr(secret))),
+        f"the {container} container sees the host's agenix file {b.spec.secret_on_host} at {mount} (read-only "
+        "bind mount; root inside the container reads it, as the host's root: no privateUsers)",
     )
 
 
