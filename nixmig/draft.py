@@ -1119,6 +1119,10 @@ def _in_host_or_specialisation(p: NixPath) -> NixPath:
     return p[3:] if len(p) > 3 and p[0] == "specialisation" and p[2] == "configuration" else p
 
 
+_SQL_ROTATES = "apply rotates the role's password on the server"
+_SQL_MOVES = "a oneshot beside the server sets the password from the secret (the value kept)"
+
+
 def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileModel]) -> _Db | str:
     pg = [m for m in models.values() if any(b.path[:2] == ("services", "postgresql") and b.exact for b in m.binds)]
     db = _Db(
@@ -1169,7 +1173,7 @@ def _native_db(fm: FileModel, f: Finding, p: NixPath, models: Mapping[str, FileM
             )
         db.notes.append(
             f"the password is in SQL text ({at}, services.postgresql.initialScript): `nixmig patch --check` "
-            "shows what changes there; apply rotates the role's password on the server"
+            f"shows what changes there; {_SQL_ROTATES}"
         )
     else:
         service = p[1] if len(p) > 1 and p[0] == "services" else ""
@@ -1605,6 +1609,7 @@ def draft(
             inside = _in_nixos_container(f, models)
             if isinstance(result, _Db) and inside is not None:
                 result.strategy = "move"
+                result.notes = [n.replace(_SQL_ROTATES, _SQL_MOVES) for n in result.notes]
                 result.notes.append(
                     f"the database runs inside the declarative NixOS container {inside} "
                     f"(containers.{inside}.config.services.postgresql/mysql): nixmig's database phases run on "

@@ -192,6 +192,13 @@ def test_shape_initial_script_reads_the_sql() -> None:
     assert "# the password is in SQL text (hosts/box/db.nix:6, services.postgresql.initialScript)" in d.toml
 
 
+def test_an_initial_script_inside_a_nixos_container_is_drafted_as_a_move_and_says_so() -> None:
+    d = draft(read_sources(SHAPES / "native-container-initialscript-move"))
+    assert 'strategy = "move"' in d.toml
+    assert "apply rotates" not in d.toml  # a move changes no database: the SQL note says what happens instead
+    assert "a oneshot beside the server sets the password from the secret (the value kept)" in d.toml
+
+
 def test_paperless_settings_name_their_user_and_database_beside_dbpass() -> None:
     """PAPERLESS_DBUSER / PAPERLESS_DBNAME beside PAPERLESS_DBPASS (no underscore before PASS): the role
     and database are read, not guessed from the service's name (a public configuration, stop 19: the
