@@ -3,6 +3,13 @@
 The clause leaves the SQL (which stays valid: ``CREATE ROLE x WITH LOGIN;``) and a oneshot sets
 the password from the agenix file after the server is up (templates/role-password.nix.j2): the
 initialScript is a file in the world-readable Nix store.
+
+The SQL may be bound in a let the file reads only there (``initialScript = pkgs.writeText "i.sql"
+initSql;``): the let's text is edited. The script may sit in a specialisation (the oneshot goes
+there) or, under strategy move, inside a declarative NixOS container (``containers.NAME.config``):
+the host's agenix file is bind-mounted read-only at /run/agenix-host/SECRET and the oneshot inside
+reads it through LoadCredential (the container's PID 1 is the host's root: refused with
+``privateUsers``); apply's psql runs on the host, so no rotation reaches that server.
 """
 
 from __future__ import annotations
