@@ -431,6 +431,7 @@ def run_case(cli: list[str], case_dir: Path, work: Path, *, draft: bool = False)
     res.eval, res.eval_detail = eval_changed(case_dir, tree, evaluable, original, after)
     if res.eval == "failed":
         problems.append(res.eval_detail)
+    problems.extend(misplaced_age_files(tree, res.changed_files))
     if after_first != after_second:
         diff = sorted(f for f in set(after_first) | set(after_second) if after_first.get(f) != after_second.get(f))
         problems.append(f"second --write changed {', '.join(diff)}")
@@ -457,6 +458,32 @@ def run_case(cli: list[str], case_dir: Path, work: Path, *, draft: bool = False)
         if res.eval != "none":
             res.reason += f"; {eval_note(res)}"
     return res
+
+
+AGE_FILE = re.compile(rb"\bfile\s*=\s*((?:\.\.?/)[^\s;]*\.age)\s*;")
+
+
+def misplaced_age_files(tree: Path, changed: Sequence[str]) -> list[str]:
+    """Each ``file = ../secrets/X.age;`` a changed .nix file holds that does not name a file of the
+    secrets directory (nixmig.toml's secrets_dir): agenix reads the .age at evaluation, so a path that
+    misses it fails the deploy (``path ... does not exist``), which stub evaluation cannot show."""
+    import tomllib
+
+    try:
+        secrets_dir = str(tomllib.loads((tree / "nixmig.toml").read_text()).get("secrets_dir", "secrets"))
+    except (OSError, ValueError):
+        return []
+    want = (tree / secrets_dir).resolve()
+    out: list[str] = []
+    for name in changed:
+        path = tree / name
+        if not path.is_file() or not name.endswith(".nix"):
+            continue
+        for m in AGE_FILE.finditer(path.read_bytes()):
+            target = (path.parent / m.group(1).decode()).resolve()
+            if target.parent != want:
+                out.append(f"{name}: age file {m.group(1).decode()} resolves to {target.parent}, not {secrets_dir}/")
+    return out
 
 
 def eval_note(res: Result) -> str:
