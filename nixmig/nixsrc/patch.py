@@ -1092,6 +1092,49 @@ class Builder:
             if (sibling := nixpkgs_file_sibling(b.path)) is not None and b.exact:
                 siblings.append((fm, lit, value, sibling))
 
+    def computed_clients(self) -> None:
+        """An app beside the database the plan patches whose database password variable is computed
+        (``DB_PASSWORD = secrets.db;``, ``(import ./pw.nix).db``): nixmig cannot tell what it holds. If it is
+        this password, a rotation leaves the app on the old one (a failed login after apply), and patch
+        must not call the tree done: said by hand. Under move the value is kept: nothing to say."""
+        db = self.db
+        if db is None or self.spec.strategy == "move":
+            return
+        for fm, b in self.all_binds():
+            path = b.path
+            if fm is not db.fm or not b.exact or len(path) < 3 or not _ENV_VAR.fullmatch(path[-1]):
+                continue
+            named = {w.lower() for w in words(path[-1])}
+            if not _secret_name(path) or not named & _DATABASE_WORDS or _other_credential(path):
+                continue
+            if base_variable(path[-1]) != path[-1] or self.companion(path):
+                continue  # VAR_FILE names a file; a companion moves onto its own secret
+            shape = env_container(path)
+            if shape is None or shape[2] == db.prefix:
+                continue  # the database's own variable: find_db says a computed one
+            name = shape[1]
+            if (self.spec.app_services and name not in self.spec.app_services) or self._other_project(
+                fm, Lit(path, b.value, True, b), db
+            ):
+                continue
+            node = unparen(b.value)
+            if node.type in ("string_expression", "indented_string_expression") or self.value_of(fm, node) is not None:
+                continue  # a literal (or a let's): the rules above took it or the verdict says it
+            if (fm.name, node.start_byte) in self.handled or any(
+                e.file == fm.name and e.start <= node.start_byte and node.end_byte <= e.end for e in self.ed.items
+            ):
+                continue
+            self.handled.add((fm.name, node.start_byte))
+            self.manual_here(
+                fm,
+                node,
+                f"{'.'.join(path)} is computed ({' '.join(fm.text(node).split())[:60]}): nixmig cannot tell what it "
+                f"holds; if it is the password of role {self.spec.role}, the {name} container keeps the old one when "
+                "apply rotates it (a failed login): give it the agenix secret by hand (an env file the container "
+                'reads), write the value where nixmig moves it, or use strategy = "move" (the value kept)',
+                "",
+            )
+
     def masked_values(self) -> set[bytes]:
         """The values the plan takes out of the tree (the bytes it masks), each at least 6 bytes long and no
         name the migration uses (a password that is the role's name: a text naming the role is no copy)."""
@@ -1416,6 +1459,7 @@ class Builder:
         self._scan_literals(password, db, siblings)
         self.url_variables(password, db)
         self.bare_variables(password, siblings)
+        self.computed_clients()
         self.take_sibling(siblings, recognised=password is not None or bool(self.known))
 
     def _scan_literals(
@@ -3491,6 +3535,8 @@ _PLAIN_SECRET_WORDS = frozenset(
     {"password", "passwd", "pass", "secret", "key", "token", "env", "file", "db", "database", "pg", "mysql"}
 )
 _SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
+# the words of a variable that make its password a database's (DB_PASSWORD, POSTGRES_PASSWORD, PGPASSWORD)
+_DATABASE_WORDS = frozenset({"db", "database", "postgres", "postgresql", "pg", "pgpassword", "psql", "sql", "mysql"})
 # what an edit reads and declares of agenix (the names as written: a bare attribute or a quoted one)
 _AGE_READ = re.compile(r"config\.age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\.path")
 _AGE_DECLARED = re.compile(r"(?m)^\s*age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\s*=")
