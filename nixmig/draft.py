@@ -602,15 +602,16 @@ def _finding_path(f: Finding, fm: FileModel) -> NixPath:
     if path[:1] == ("containers",) and path[2:4] == ("config", "services"):
         return path[3:]  # a service inside a declarative NixOS container: patch gives it the host's secret
     if not holders:
-        script = _let_read_by_initial_script(fm, f)
-        path = script if script is not None else path
+        reader = _let_reader(fm, f)
+        path = reader if reader is not None else path
     return path
 
 
-def _let_read_by_initial_script(fm: FileModel, f: Finding) -> NixPath | None:
-    """``let initSql = ''...''; in ... initialScript = pkgs.writeText "init.sql" initSql;``: the path of the
-    one initialScript that reads the let binding holding the finding (patch edits it there when nothing else
-    reads the binding, and says why not when something does)."""
+def _let_reader(fm: FileModel, f: Finding) -> NixPath | None:
+    """The one place that reads the let binding holding the finding, when it is an initialScript (``let
+    initSql = ''...''; in ... initialScript = pkgs.writeText "init.sql" initSql;``) or an /etc file's text
+    (``environment.etc."db-pass".text = dbPass;``, which a *File option reads): its path, as if the literal
+    were written there (patch edits it there when nothing else reads the binding, and says why when)."""
     node = fm.root.descendant_for_byte_range(f.start, f.start + 1) if f.start >= 0 else None
     while node is not None and not (
         node.type == "binding"
@@ -624,14 +625,18 @@ def _let_read_by_initial_script(fm: FileModel, f: Finding) -> NixPath | None:
     if ap is None or ap.named_child_count != 1:
         return None
     name = fm.text(ap)
-    readers = [
+    scripts = [
         b
         for b in fm.binds
-        if b.exact
-        and b.path[-1:] == ("initialScript",)
-        and any(n.type == "variable_expression" and fm.text(n) == name for n in _descendants(b.value))
+        if b.exact and b.path[-1:] == ("initialScript",) and any(_reads(fm, n, name) for n in _descendants(b.value))
     ]
+    etcs = [b for b in fm.binds if b.exact and _is_etc_text(b.path) and _reads(fm, unparen(b.value), name)]
+    readers = scripts or etcs  # (an initialScript whose SQL an /etc file shows too: the script's)
     return readers[0].path if len(readers) == 1 else None
+
+
+def _reads(fm: FileModel, node: Node, name: str) -> bool:
+    return node.type == "variable_expression" and fm.text(node) == name
 
 
 def _descendants(node: Node) -> Iterator[Node]:
@@ -1550,14 +1555,14 @@ def draft(
                 findings.append(f)
                 paths[id(f)] = ("systemd", "services", account.unit)
                 unit_sql[id(f)] = account
-            elif any(_is_db_finding(u.finding, u.path) for u in uses):
+            elif any(_is_db_finding(u.finding, _through_etc(models, u.finding, u.path)) for u in uses):
                 for u in uses:
                     findings.append(u.finding)
-                    paths[id(u.finding)] = u.path
+                    paths[id(u.finding)] = _through_etc(models, u.finding, u.path)
                     let_uses[id(u.finding)] = u
             else:
                 findings.append(f)
-                paths[id(f)] = _etc_env_var(fm, f, _finding_path(f, fm))
+                paths[id(f)] = _through_etc(models, f, _etc_env_var(fm, f, _finding_path(f, fm)))
     db_findings = [
         f
         for f in findings
@@ -1720,6 +1725,15 @@ def _option_moves(
             )
         )
     return out
+
+
+def _through_etc(models: Mapping[str, FileModel], f: Finding, p: NixPath) -> NixPath:
+    """An /etc file's text a database's *File option reads (nextcloud's ``dbpassFile = "/etc/db-pass"``):
+    that option's path, where patch (shapes/etc_file.py) puts the secret; any other path as it is."""
+    if len(p) != 4 or not _is_etc_text(p):
+        return p
+    reader = _etc_reader(models, p[2])
+    return reader if reader is not None and _is_db_finding(f, reader) else p
 
 
 def _etc_reader(models: Mapping[str, FileModel], name: str) -> NixPath | None:

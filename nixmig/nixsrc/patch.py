@@ -1319,13 +1319,17 @@ class Builder:
                     )
 
     def used_as_password(self, fm: FileModel, let: LetLiteral, left: Sequence[Node]) -> bool:
-        """A use of ``let`` an edit replaced was the whole value of a binding named for a secret."""
+        """A use of ``let`` an edit replaced was the whole value of a binding named for a secret, or the text of
+        an /etc file a password option read (etc_file removed it: ``environment.etc."db-pass".text = v;``)."""
         replaced = {u.start_byte for u in let.uses} - {u.start_byte for u in left}
         return any(
             b.exact
             and unparen(b.value).start_byte in replaced
             and unparen(b.value).type == "variable_expression"
-            and _secret_name(b.path)
+            and (
+                _secret_name(b.path)
+                or (len(b.path) == 4 and b.path[:2] == ("environment", "etc") and b.path[3] == "text")
+            )
             for b in fm.binds
         )
 

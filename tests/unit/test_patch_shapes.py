@@ -112,3 +112,19 @@ def test_a_bare_password_line_is_written_as_is_or_refused(tmp_path: Path, passwo
     else:
         assert proc.returncode == 1 and not out.exists()
         assert b"cannot hold unquoted" in proc.stderr and password not in proc.stderr
+
+
+def test_an_etc_text_let_whose_name_says_nothing_goes_with_the_etc_file_it_filled() -> None:
+    """`let v = "..."; in { environment.etc."db-pass".text = v; }` read by dbpassFile (a rewrite of a real case by
+    bench/patch_mutants.py): the binding goes once the /etc entry goes, whatever its name; patch had taken the
+    admin's /etc file onto the database's secret (a rotation) and, with the database's text found, kept the
+    binding with the password (exit 0)."""
+    meta, sources, spec = _load("native-etc-text-let-bound-beside-admin")
+    sources = {f: text.replace(b"ncDbPassword", b"textValue") for f, text in sources.items()}
+    plan = pt.plan(sources, spec, find_companions=True)
+    assert plan.manual == (), [m.what for m in plan.manual]
+    after = {**sources, **plan.results(sources)}
+    assert not any(b"nc-let-db-pw-7" in text for text in after.values())
+    assert b"textValue" not in b"".join(after.values())
+    assert any(b"dbpassFile = config.age.secrets.nextcloud-db-password.path;" in t for t in after.values())
+    assert any(b'adminpassFile = "/etc/nextcloud-admin-pass";' in t for t in after.values())

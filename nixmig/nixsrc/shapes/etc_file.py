@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nixmig.nixsrc.leftover import digest, uses_secret
-from nixmig.nixsrc.model import decode_string, unparen
+from nixmig.nixsrc.model import unparen
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.shapes import Shape
 from nixmig.nixsrc.shapes.naming import named_by
@@ -23,7 +23,7 @@ def apply(b: Builder, password: str | None) -> None:
     texts: dict[str, tuple[FileModel, Bind, str]] = {}
     for fm, bind in b.all_binds():
         if bind.exact and len(bind.path) == 4 and bind.path[:2] == ("environment", "etc") and bind.path[3] == "text":
-            value = decode_string(unparen(bind.value))
+            value = b.value_of(fm, unparen(bind.value))  # a literal, or a let-bound one (`.text = dbPass;`)
             if value is not None and (password is None or value == password):
                 texts[bind.path[2]] = (fm, bind, value)
     users = [
@@ -42,9 +42,12 @@ def apply(b: Builder, password: str | None) -> None:
         users = [u for u in users if named_by(b, u[1].path)] or users
     if len(users) != 1 or b.option_literal is not None or b.store_file is not None:
         return  # none, or several: the verdict lists each literal
+    if password is None and b.spec.strategy != "move" and not named_by(b, users[0][1].path):
+        return  # a rotation takes a database's file only (adminpassFile alone is another credential)
     fm, bind, (efm, eb, value) = users[0]
     b.known.add(digest(value.encode()))
     b.mask_literal(efm, unparen(eb.value))
+    b.use_lets(efm, unparen(eb.value))  # a let-bound text: its binding goes with its last use
     b.replaced.append(f"{'.'.join(eb.path)} at {efm.where(eb.value)}")
     b.ed.add(
         fm,
