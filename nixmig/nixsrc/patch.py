@@ -361,6 +361,9 @@ class Builder:
         self.spec = spec
         self.texts = texts or {}  # repository files a .nix file names by path that are no Nix (read_texts)
         self.taken_values = frozenset(taken_values)  # (plan's taken_values)
+        # values a shape took out whose mask covers more than the value (MySQL's whole IDENTIFIED BY clause):
+        # masked_values searches their other copies too
+        self.taken_here: set[bytes] = set()
         self.ed = Edits(models)
         self.manual: list[Manual] = []
         self.notes: list[str] = []
@@ -1149,7 +1152,7 @@ class Builder:
             for n, s, e in self.masks
             if n in self.models and (n, self.models[n].line_col(s)[0]) not in manual
         ]
-        for value in (*taken, *self.taken_values):
+        for value in (*taken, *self.taken_values, *self.taken_here):
             if len(value) >= 6 and b"*" not in value and value not in names:
                 values.add(value)
         return values

@@ -119,7 +119,7 @@ def test_an_etc_text_let_whose_name_says_nothing_goes_with_the_etc_file_it_fille
     bench/patch_mutants.py): the binding goes once the /etc entry goes, whatever its name; patch had taken the
     admin's /etc file onto the database's secret (a rotation) and, with the database's text found, kept the
     binding with the password (exit 0)."""
-    meta, sources, spec = _load("native-etc-text-let-bound-beside-admin")
+    _meta, sources, spec = _load("native-etc-text-let-bound-beside-admin")
     sources = {f: text.replace(b"ncDbPassword", b"textValue") for f, text in sources.items()}
     plan = pt.plan(sources, spec, find_companions=True)
     assert plan.manual == (), [m.what for m in plan.manual]

@@ -335,6 +335,7 @@ def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | No
         if s.read is not None:
             read_once_less(b, fm, holes[s.read][1])
     b.known.add(digest(value.encode()))
+    b.taken_here.add(value.encode())  # its copies elsewhere (`artisan ... --password=VALUE`) are still it
     b.sql_file = fm
     _unit(b, fm, near, sorted({s.account for s in ours}))
 
