@@ -431,7 +431,7 @@ def run_case(cli: list[str], case_dir: Path, work: Path, *, draft: bool = False)
     res.eval, res.eval_detail = eval_changed(case_dir, tree, evaluable, original, after)
     if res.eval == "failed":
         problems.append(res.eval_detail)
-    problems.extend(misplaced_age_files(tree, res.changed_files))
+    problems.extend(misplaced_age_files(tree, res.changed_files, original))
     if after_first != after_second:
         diff = sorted(f for f in set(after_first) | set(after_second) if after_first.get(f) != after_second.get(f))
         problems.append(f"second --write changed {', '.join(diff)}")
@@ -463,9 +463,9 @@ def run_case(cli: list[str], case_dir: Path, work: Path, *, draft: bool = False)
 AGE_FILE = re.compile(rb"\bfile\s*=\s*((?:\.\.?/)[^\s;]*\.age)\s*;")
 
 
-def misplaced_age_files(tree: Path, changed: Sequence[str]) -> list[str]:
-    """Each ``file = ../secrets/X.age;`` a changed .nix file holds that does not name a file of the
-    secrets directory (nixmig.toml's secrets_dir): agenix reads the .age at evaluation, so a path that
+def misplaced_age_files(tree: Path, changed: Sequence[str], original: dict[str, bytes]) -> list[str]:
+    """Each ``file = ../secrets/X.age;`` patch wrote (not in the file before) that does not name a file of
+    the secrets directory (nixmig.toml's secrets_dir): agenix reads the .age at evaluation, so a path that
     misses it fails the deploy (``path ... does not exist``), which stub evaluation cannot show."""
     import tomllib
 
@@ -479,7 +479,10 @@ def misplaced_age_files(tree: Path, changed: Sequence[str]) -> list[str]:
         path = tree / name
         if not path.is_file() or not name.endswith(".nix"):
             continue
+        before = {m.group(1) for m in AGE_FILE.finditer(original.get(name, b""))}
         for m in AGE_FILE.finditer(path.read_bytes()):
+            if m.group(1) in before:
+                continue  # the repo's own secret, as it was
             target = (path.parent / m.group(1).decode()).resolve()
             if target.parent != want:
                 out.append(f"{name}: age file {m.group(1).decode()} resolves to {target.parent}, not {secrets_dir}/")
