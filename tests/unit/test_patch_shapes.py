@@ -128,3 +128,13 @@ def test_an_etc_text_let_whose_name_says_nothing_goes_with_the_etc_file_it_fille
     assert b"textValue" not in b"".join(after.values())
     assert any(b"dbpassFile = config.age.secrets.nextcloud-db-password.path;" in t for t in after.values())
     assert any(b'adminpassFile = "/etc/nextcloud-admin-pass";' in t for t in after.values())
+
+
+def test_a_moved_let_bound_etc_text_is_taken_from_the_line_the_let_binds_it() -> None:
+    """Under move, `secret new --from FILE:LINE` must name the let's line (the value), not the /etc entry that
+    reads it by name (`--from` there found no secret: a rewrite of a real case by bench/patch_mutants.py)."""
+    _meta, sources, spec = _load("native-etc-text-let-bound-beside-admin")
+    plan = pt.plan(sources, dataclasses.replace(spec, strategy="move"), find_companions=True)
+    (file,) = [f for f in sources if f.endswith("cloud.nix")]
+    places = [at for name, ats in plan.kept if name == spec.secret for at in ats]
+    assert places and all(at.startswith(f"{file}:3") for at in places), places

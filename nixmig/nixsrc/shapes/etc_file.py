@@ -48,7 +48,10 @@ def apply(b: Builder, password: str | None) -> None:
     b.known.add(digest(value.encode()))
     b.mask_literal(efm, unparen(eb.value))
     b.use_lets(efm, unparen(eb.value))  # a let-bound text: its binding goes with its last use
-    b.replaced.append(f"{'.'.join(eb.path)} at {efm.where(eb.value)}")
+    text = unparen(eb.value)
+    let = b.lets[efm.name].get(efm.text(text)) if text.type == "variable_expression" else None
+    # where the value is written (a let's literal: `secret new --from FILE:LINE` reads it there)
+    b.replaced.append(f"{'.'.join(eb.path)} at {efm.where(let.literal if let is not None else eb.value)}")
     b.ed.add(
         fm,
         bind.value.start_byte,
