@@ -250,15 +250,17 @@ def lead_comment(t: Target) -> dict[Path, bytes] | None:
 
 
 def import_file(t: Target) -> dict[Path, bytes] | None:
-    """The string moves to `./plain-secrets.nix` (`{ db = "pw"; }`), read with `(import ./plain-secrets.nix).db`."""
+    """The string moves to `./plain-secrets.nix` under the name a user would give it (`{ postgresPassword =
+    "pw"; }`), read with `(import ./plain-secrets.nix).postgresPassword`."""
     if not _self_contained(t):
         return None
     other = t.file.parent / "plain-secrets.nix"
     if other.exists():
         return None
+    name = _let_name(t).encode()
     return {
-        t.file: _splice(t.source, [(t.node.start_byte, t.node.end_byte, b"(import ./plain-secrets.nix).db")]),
-        other: b"{\n  db = " + t.node.text + b";\n}\n",  # type: ignore[operator]
+        t.file: _splice(t.source, [(t.node.start_byte, t.node.end_byte, b"(import ./plain-secrets.nix)." + name)]),
+        other: b"{\n  " + name + b" = " + t.node.text + b";\n}\n",  # type: ignore[operator]
     }
 
 
