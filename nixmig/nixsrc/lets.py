@@ -101,6 +101,13 @@ def let_expression(root: Node, name: str) -> Node | None:
     hits: list[Node] = []
     uses = 0
     for n in _walk(root):
+        if n.type == "rec_attrset_expression" and any(
+            b.type == "binding" and (ap := b.child_by_field_name("attrpath")) is not None and attr_names(ap) == (name,)
+            for bset in n.named_children
+            if bset.type == "binding_set"
+            for b in bset.named_children
+        ):
+            return None  # `rec { initSql = ...; }` binds the name too: which one a use reads is not this walk's
         if n.type == "let_expression":
             for bset in (c for c in n.named_children if c.type == "binding_set"):
                 for b in bset.named_children:
