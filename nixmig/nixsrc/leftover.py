@@ -684,10 +684,15 @@ def _let_read_again(fm: FileModel, f: Finding) -> tuple[str, int] | None:
     ap = node.child_by_field_name("attrpath") if node is not None else None
     if ap is None or ap.named_child_count != 1:
         return None
+    from nixmig.nixsrc.parse import descendants
+
     name = fm.text(ap)
-    word = re.compile(rb"(?<![\w'-])" + re.escape(name.encode()) + rb"(?![\w'-])")
-    assert node is not None
-    reads = len(word.findall(fm.source[: node.start_byte] + fm.source[node.end_byte :]))
+    reads = sum(
+        1
+        for n in descendants(fm.root)
+        if (n.type == "variable_expression" and fm.text(n) == name)
+        or (n.type == "inherit" and name in fm.text(n).replace(";", " ").split())
+    )
     return (name, reads) if reads > 1 else None
 
 

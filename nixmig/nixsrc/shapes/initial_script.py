@@ -47,9 +47,8 @@ def _scripts(b: Builder) -> Iterator[tuple[FileModel, Bind, Node, NixPath, str]]
     for fm, bind in list(b.all_binds()):
         if bind.path[-3:] != INITIAL_SCRIPT or not bind.exact:
             continue
-        prefix = bind.path[
-            :-3
-        ]  # the host's own configuration, a specialisation's or a container's: the oneshot goes there
+        # the host's own configuration, a specialisation's or a container's: the oneshot goes there
+        prefix = bind.path[:-3]
         container = container_of(prefix)
         special = len(prefix) == 3 and prefix[0] == "specialisation" and prefix[2] == "configuration"
         if prefix and not special and container is None:
