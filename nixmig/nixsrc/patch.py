@@ -2801,6 +2801,7 @@ class Builder:
         from nixmig.nixsrc.shapes import activation_heredoc, option_companion, shared_env
 
         spec = self.spec
+        self.container_files_edited()
         used = uses_secret(self.models, spec.secret, spec.secret_on_host)
         in_use = bool(used) and declares_secret(self.models, spec.secret)
         recognised = bool(self.known) or db is not None or bool(self.renderers) or bool(self.ed.items)
@@ -2973,6 +2974,29 @@ class Builder:
         return any(_arion_compose(m) for m in models) and not any(
             m.roots and posixpath.basename(m.name) != "secrets.nix" and not _arion_compose(m) for m in models
         )
+
+    def container_files_edited(self) -> None:
+        """An edit in a file that is a declarative NixOS container's configuration (``containers.NAME.config =
+        ./chat.nix;``, ``import ./chat.nix``, or its ``imports``): that file is the container's system, not the
+        host's, so ``age.secrets`` and ``config.age.secrets`` written there do not exist (no agenix inside; the
+        deploy fails to evaluate). Said by hand, once per file, and nothing is written."""
+        files = container_config_files(self.models)
+        for name in sorted({e.file for e in self.ed.items} & set(files)):
+            container, at = files[name]
+            self.manual.append(
+                Manual(
+                    name,
+                    1,
+                    1,
+                    f"{name} is the configuration of the declarative NixOS container {container} ({at} names it): a "
+                    "system of its own, with no agenix, so the edits nixmig plans there (age.secrets, "
+                    "config.age.secrets paths) would not evaluate; nixmig edits a container's services only where "
+                    f"containers.{container}.config is written inline in the host's module. By hand: declare the "
+                    f"secret in the host's module, bind-mount it read-only (containers.{container}.bindMounts), "
+                    "and point the service inside at the mount",
+                    "",
+                )
+            )
 
     def manual_here(self, fm: FileModel, node: Node, what: str, snippet: str, companion: str = "") -> None:
         line, col = fm.line_col(node.start_byte)
@@ -3234,6 +3258,33 @@ def store_file_content(value: Node, *, indented: bool = False) -> Node | None:
     node = written_text(value, plain=False)
     kinds = ("string_expression", "indented_string_expression") if indented else ("string_expression",)
     return node if node is not None and node.type in kinds else None
+
+
+def container_config_files(models: Mapping[str, FileModel]) -> dict[str, tuple[str, str]]:
+    """The repository files that are a declarative NixOS container's configuration -> (container, FILE:LINE
+    that names it): ``containers.NAME.config = ./x.nix;``, ``= import ./x.nix;`` (with arguments too), or
+    ``imports = [ ./x.nix ]`` inside it (a directory: its default.nix)."""
+    out: dict[str, tuple[str, str]] = {}
+    for fm in models.values():
+        for b in fm.binds:
+            p = b.path
+            if not b.exact or len(p) < 3 or p[0] != "containers" or p[2] != "config" or len(p) not in (3, 4):
+                continue
+            if len(p) == 4 and p[3] != "imports":
+                continue
+            nodes = b.value.named_children if b.value.type == "list_expression" else [b.value]
+            for node in nodes:
+                node = unparen(node)
+                if node.type == "apply_expression":
+                    fn, args = _apply_parts(node)
+                    node = unparen(args[0]) if fn == "import" and args else node
+                if node.type != "path_expression":
+                    continue
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), fm.text(node)))
+                target = target if target in models else posixpath.join(target, "default.nix")
+                if target in models:
+                    out.setdefault(target, (p[1], fm.where(node)))
+    return out
 
 
 def written_text(value: Node, *, plain: bool = True, root: Node | None = None) -> Node | None:
