@@ -32,7 +32,7 @@ import json
 import posixpath
 import re
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,9 +42,9 @@ from nixmig.inventory import Node as EvalNode
 from nixmig.inventory import parse_nodes
 from nixmig.nixsrc.containers import KINDS
 from nixmig.nixsrc.containers import Kind as KindPaths
-from nixmig.nixsrc.lets import LetLiteral, let_literals, resolve
+from nixmig.nixsrc.lets import LetLiteral, let_binding_at, let_literals, resolve
 from nixmig.nixsrc.model import FileModel, NixPath, decode_string, model, unparen
-from nixmig.nixsrc.parse import parse_checked, text
+from nixmig.nixsrc.parse import descendants, parse_checked, text
 from nixmig.nixsrc.quote import comment_text
 from nixmig.nixsrc.shapes.file_reference import datasource_fields, grafana_datasource
 
@@ -612,23 +612,14 @@ def _let_reader(fm: FileModel, f: Finding) -> NixPath | None:
     initSql = ''...''; in ... initialScript = pkgs.writeText "init.sql" initSql;``) or an /etc file's text
     (``environment.etc."db-pass".text = dbPass;``, which a *File option reads): its path, as if the literal
     were written there (patch edits it there when nothing else reads the binding, and says why when)."""
-    node = fm.root.descendant_for_byte_range(f.start, f.start + 1) if f.start >= 0 else None
-    while node is not None and not (
-        node.type == "binding"
-        and node.parent
-        and node.parent.type == "binding_set"
-        and node.parent.parent
-        and node.parent.parent.type == "let_expression"
-    ):
-        node = node.parent
-    ap = node.child_by_field_name("attrpath") if node is not None else None
-    if ap is None or ap.named_child_count != 1:
+    found = let_binding_at(fm.root, f.start)
+    if found is None:
         return None
-    name = fm.text(ap)
+    name = found[0]
     scripts = [
         b
         for b in fm.binds
-        if b.exact and b.path[-1:] == ("initialScript",) and any(_reads(fm, n, name) for n in _descendants(b.value))
+        if b.exact and b.path[-1:] == ("initialScript",) and any(_reads(fm, n, name) for n in descendants(b.value))
     ]
     etcs = [b for b in fm.binds if b.exact and _is_etc_text(b.path) and _reads(fm, unparen(b.value), name)]
     readers = scripts or etcs  # (an initialScript whose SQL an /etc file shows too: the script's)
@@ -637,14 +628,6 @@ def _let_reader(fm: FileModel, f: Finding) -> NixPath | None:
 
 def _reads(fm: FileModel, node: Node, name: str) -> bool:
     return node.type == "variable_expression" and fm.text(node) == name
-
-
-def _descendants(node: Node) -> Iterator[Node]:
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        stack.extend(n.named_children)
 
 
 _ENV_LINE = re.compile(rb"(?m)^[ \t]*([A-Za-z_][A-Za-z0-9_]*)=([^\n]*)$")

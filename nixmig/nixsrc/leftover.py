@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from nixmig.config import also_name
 from nixmig.nixsrc.containers import base_variable, env_container, env_words
 from nixmig.nixsrc.edits import Edit
-from nixmig.nixsrc.lets import LetLiteral, let_literals
+from nixmig.nixsrc.lets import LetLiteral, let_binding_at, let_literals
 from nixmig.nixsrc.model import Bind, FileModel, _apply_parts, decode_string, unparen
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.scan import DESCRIPTION, Finding, Kind, classify_name, credential_file_name, scan_source, words
@@ -676,17 +676,12 @@ def _unread_let(fm: FileModel, lets: Mapping[str, LetLiteral], f: Finding) -> bo
 
 def _let_read_again(fm: FileModel, f: Finding) -> tuple[str, int] | None:
     """(name, reads) of the let binding whose value holds the finding, when the file reads it more than once."""
-    node = fm.root.descendant_for_byte_range(f.start, f.start + 1) if f.start >= 0 else None
-    while node is not None and not (
-        node.type == "binding" and node.parent and node.parent.parent and node.parent.parent.type == "let_expression"
-    ):
-        node = node.parent
-    ap = node.child_by_field_name("attrpath") if node is not None else None
-    if ap is None or ap.named_child_count != 1:
-        return None
     from nixmig.nixsrc.parse import descendants
 
-    name = fm.text(ap)
+    found = let_binding_at(fm.root, f.start)
+    if found is None:
+        return None
+    name = found[0]
     reads = sum(
         1
         for n in descendants(fm.root)

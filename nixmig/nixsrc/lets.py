@@ -94,6 +94,22 @@ def let_literals(root: Node, fields: Mapping[str, str] | None = None) -> dict[st
     return out
 
 
+def let_binding_at(root: Node, byte: int) -> tuple[str, Node] | None:
+    """(name, binding) of the one-name let binding whose text holds ``byte`` (``let initSql = ''...'';``)."""
+    node: Node | None = root.descendant_for_byte_range(byte, byte + 1) if byte >= 0 else None
+    while node is not None and not (
+        node.type == "binding"
+        and node.parent is not None
+        and node.parent.parent is not None
+        and node.parent.parent.type == "let_expression"
+    ):
+        node = node.parent
+    ap = node.child_by_field_name("attrpath") if node is not None else None
+    if node is None or ap is None or ap.named_child_count != 1:
+        return None
+    return text(ap), node
+
+
 def let_expression(root: Node, name: str) -> Node | None:
     """The expression ``name`` is bound to in a let of the file (``let initSql = ''...''; in``), when the
     file binds it once, no function argument shadows it and the file reads it exactly once: an edit of

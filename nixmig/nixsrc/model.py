@@ -97,13 +97,8 @@ _VALUE_WRAPPERS |= {"mkOverride": 2, "mkOrder": 2, "mkIf": 2}
 
 def unwrap(node: Node) -> Node:
     """A definition's value past parentheses and lib's wrappers (``lib.mkForce "v"`` -> ``"v"``)."""
-    node = unparen(node)
-    while node.type == "apply_expression":
-        name, args = _apply_parts(node)
-        if _VALUE_WRAPPERS.get(name) != len(args):
-            break
-        node = unparen(args[-1])
-    return node
+    wrappers = _wrappers(node)
+    return unparen(_apply_parts(wrappers[-1])[1][-1]) if wrappers else unparen(node)
 
 
 def _wrappers(node: Node) -> list[Node]:
