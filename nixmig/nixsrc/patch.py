@@ -100,7 +100,7 @@ from nixmig.nixsrc.model import (
     path_matches,
     unparen,
 )
-from nixmig.nixsrc.parse import text
+from nixmig.nixsrc.parse import descendants, text
 from nixmig.nixsrc.quote import (
     Antiquote,
     comment_text,
@@ -1128,10 +1128,13 @@ class Builder:
             ):
                 continue
             self.handled.add((fm.name, node.start_byte))
+            # the expression as written, unless a string in it may be (part of) the password: never shown
+            strings = any(n.type in ("string_expression", "indented_string_expression") for n in descendants(node))
+            shown = "an expression with strings in it" if strings else " ".join(fm.text(node).split())[:60]
             self.manual_here(
                 fm,
                 node,
-                f"{'.'.join(path)} is computed ({' '.join(fm.text(node).split())[:60]}): nixmig cannot tell what it "
+                f"{'.'.join(path)} is computed ({shown}): nixmig cannot tell what it "
                 f"holds; if it is the password of role {self.spec.role}, the {name} container keeps the old one when "
                 "apply rotates it (a failed login): give it the agenix secret by hand (an env file the container "
                 'reads), write the value where nixmig moves it, or use strategy = "move" (the value kept)',

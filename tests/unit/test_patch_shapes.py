@@ -138,3 +138,16 @@ def test_a_moved_let_bound_etc_text_is_taken_from_the_line_the_let_binds_it() ->
     (file,) = [f for f in sources if f.endswith("cloud.nix")]
     places = [at for name, ats in plan.kept if name == spec.secret for at in ats]
     assert places and all(at.startswith(f"{file}:3") for at in places), places
+
+
+def test_a_computed_app_password_built_from_strings_is_never_shown() -> None:
+    """The by-hand item for a computed DB_PASSWORD quotes the expression only when no string is in it: a
+    `"s3cr" + "et-pw-44"` may be the password itself, and a message is printed and logged."""
+    _meta, sources, spec = _load("oci-app-computed-password-import")
+    sources = {
+        f: t.replace(b"DB_PASSWORD = creds.photos;", b'DB_PASSWORD = "s3cr" + "et-pw-44";') for f, t in sources.items()
+    }
+    plan = pt.plan(sources, spec, find_companions=True)
+    (item,) = [m for m in plan.manual if "DB_PASSWORD is computed" in m.what]
+    assert "an expression with strings in it" in item.what
+    assert b"s3cr" not in item.what.encode() and b"et-pw-44" not in item.what.encode()
