@@ -138,7 +138,7 @@ let
         local line mib="" est left
         while IFS= read -r line; do
           printf '%s\n' "$line"
-          if [[ $line =~ ^\ +[0-9]+\ tables,\ [0-9]+\ rows,\ ([0-9]+)\ MiB$ ]]; then
+          if [[ $line =~ ^\ +[0-9]+\ tables,\ ([0-9]+)\ MiB$ ]]; then
             mib=''${BASH_REMATCH[1]}
           elif [[ -n $mib && $line =~ ^==\>\ \[[0-9]+/[0-9]+\]\ backup:\ running ]]; then
             est=$(((mib + backup_rate - 1) / backup_rate))

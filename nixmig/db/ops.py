@@ -144,40 +144,41 @@ def snapshot(t: Transport, rt: Runtime) -> dict[str, int]:
 @dataclass(frozen=True)
 class Facts:
     """What preflight reads, in one psql: whether the role exists (from pg_roles: no
-    verifier is read), the database's size, the cluster's system_identifier, and the exact
-    row count of every user table."""
+    verifier is read), the database's size, the cluster's system_identifier, and how many
+    user tables there are (from the catalog: no row is read; the backup phase counts the
+    rows, beside pg_dump)."""
 
     role_exists: bool
     db_bytes: int
     cluster: str
-    tables: dict[str, int]
+    table_count: int
 
 
 _FACT = "nixmig-"  # a marker: table names are "schema.table", a marker has no dot
+_TABLE_COUNT_SQL = (
+    f"SELECT '{_FACT}tables', count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"  # noqa: S608
+    f" WHERE c.relkind IN ('r', 'p') AND {USER_SCHEMAS};\n"
+)
 
 
 def facts(t: Transport, rt: Runtime, role: str) -> Facts:
-    """Facts in one round trip (preflight's: each psql is a command on the target)."""
+    """Facts in one round trip (preflight's: each psql is a command on the target). Reads the
+    catalog only: its time does not grow with the data."""
     out = psql(
         t,
         rt,
         f"SELECT '{_FACT}role', count(*) FROM pg_roles WHERE rolname = {sql.literal(role)};\n"  # noqa: S608 - literal() quotes it
         f"SELECT '{_FACT}size', pg_database_size(current_database());\n"
-        f"SELECT '{_FACT}cluster', system_identifier FROM pg_control_system();\n" + SNAPSHOT_SQL,
+        f"SELECT '{_FACT}cluster', system_identifier FROM pg_control_system();\n" + _TABLE_COUNT_SQL,
     )
     found: dict[str, str] = {}
-    tables: dict[str, int] = {}
     for line in out.splitlines():
-        if "\t" not in line:
-            continue
-        name, value = line.rsplit("\t", 1)
-        if name.startswith(_FACT) and "." not in name:
+        name, tab, value = line.partition("\t")
+        if tab and name.startswith(_FACT):
             found[name.removeprefix(_FACT)] = value
-        else:
-            tables[name] = int(value)
-    if set(found) != {"role", "size", "cluster"} or not found["cluster"].isdigit():
+    if set(found) != {"role", "size", "cluster", "tables"} or not found["cluster"].isdigit():
         raise DatabaseError(f"unexpected output of psql: {out[:80]!r}", where=f"{t.name}: {rt.describe()}")
-    return Facts(found["role"] != "0", int(found["size"] or 0), found["cluster"], tables)
+    return Facts(found["role"] != "0", int(found["size"] or 0), found["cluster"], int(found["tables"]))
 
 
 @dataclass(frozen=True)

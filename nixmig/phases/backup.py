@@ -31,6 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -173,6 +174,8 @@ class Backup:
                     "row count and content checksum of every table in it (held open until pg_dump ends)",
                 )
             )
+        else:
+            actions.append(Action("sql", "exact row count of every table, read beside pg_dump (verify's baseline)"))
         actions += [
             Action("run", " ".join(dump_argv(ctx, snap)) + "  | age -r <operator> > .nixmig/backups/…dump.age"),
             Action("check", "sha256 in the journal; pg_restore --list on the decrypted stream (with -i)"),
@@ -226,15 +229,36 @@ class Backup:
             with ExportedSnapshot(ctx.t, ctx.runtime) as snap:
                 sink, entries = self._dump(ctx, partial, snap.id)
                 expected = snap.content()
+            counted = {name: c.rows for name, c in expected.items()}
         else:
-            sink, entries = self._dump(ctx, partial, None)
+            # verify's baseline: every table's exact row count, read by a psql of its own beside
+            # pg_dump (both read every row; side by side, apply waits for one pass, not two)
+            with ThreadPoolExecutor(1, thread_name_prefix="nixmig-count") as pool:
+                counting = pool.submit(ops.snapshot, ctx.t, ctx.runtime)
+                sink, entries = self._dump(ctx, partial, None)  # on failure, the count is waited for
+                try:
+                    counted = counting.result()
+                except NixmigError as exc:
+                    partial.unlink(missing_ok=True)
+                    raise BackupError(
+                        f"cannot count the rows of every table beside pg_dump: {exc.line()}",
+                        where=ctx.t.name,
+                        hint="nothing was changed on the database; run `nixmig apply` again",
+                    ) from None
         # the file was fsynced as it was closed; the directory now, or a power cut may lose the
         # new name (and so the backup) after the journal says the backup is there
         fsutil.rename_durable(partial, final)
         digest = sink.sha.hexdigest()
         what = f"{entries} archive entries" if entries >= 0 else "not test-read (no --identity)"
         ctx.emit(f"{final.name}: {sink.size} bytes encrypted, {what}, sha256 {digest[:12]}…")
-        data: dict[str, Any] = {"path": str(final), "sha256": digest, "bytes": sink.size, "entries": entries}
+        ctx.emit(f"{len(counted)} tables, {sum(counted.values())} rows (verify checks each is still there)")
+        data: dict[str, Any] = {
+            "path": str(final),
+            "sha256": digest,
+            "bytes": sink.size,
+            "entries": entries,
+            "tables": counted,  # row counts only, never a value
+        }
         if expected is not None:
             data["restore_test"] = restore_test(ctx, final, expected, stamp)
         return data

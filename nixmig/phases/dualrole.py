@@ -191,7 +191,7 @@ class DualVerify:
             Action("check", "no 'password authentication failed' in the server log since the switch"),
             Action("check", f'log in over TCP as "{new}" with the new password; the session acts as "{old}"'),
             Action("check", f'no client is logged in as "{old}" over TCP any more (waits {OLD_SESSIONS_WAIT:.0f}s)'),
-            Action("sql", "every table of the preflight snapshot is there with at least its row count"),
+            Action("sql", "every table counted at the backup is there with at least its row count"),
             *health_actions(ctx),
         ]
 

@@ -56,7 +56,7 @@ class Preflight:
         return [
             Action("check", f"reach {ctx.host_name} via {via}"),
             Action("check", f"{ctx.runtime.describe()} answers; role {ctx.service.role!r} exists"),
-            Action("sql", "snapshot: exact row count of every table"),
+            Action("sql", "the database's size and its number of tables (the catalog: no row read)"),
             *(
                 []
                 if ctx.on_host  # the repo is not on the host; agenix's file is checked by stage
@@ -79,7 +79,7 @@ class Preflight:
         container_id = ctx.runtime.check(t)
         if container_id is not None:
             shells.seen(t, ctx.runtime, container_id)  # the container of that name, under the locks
-        facts = ops.facts(t, ctx.runtime, ctx.service.role)  # one psql: role, size, cluster, counts
+        facts = ops.facts(t, ctx.runtime, ctx.service.role)  # one psql: role, size, cluster, tables
         if not facts.role_exists:
             raise PreflightError(
                 f"role {ctx.service.role!r} does not exist in {ctx.runtime.describe()}",
@@ -88,7 +88,7 @@ class Preflight:
             )
         if not ctx.on_host:
             self._secret_listed(ctx)
-        counts, size = facts.tables, facts.db_bytes
+        size = facts.db_bytes
         ctx.backups_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         free = shutil.disk_usage(ctx.backups_dir).free
         if free < size:  # a custom-format dump is smaller than the database: this is a safe bound
@@ -101,8 +101,8 @@ class Preflight:
         container = ctx.runtime.container if isinstance(ctx.runtime, DockerRuntime) else None
         seen = target.Identity(target.host_identity(t), facts.cluster, container, container_id)
         ctx.extra[target.SEEN] = seen
-        ctx.emit(f"{len(counts)} tables, {sum(counts.values())} rows, {size // 2**20} MiB")
-        return {"tables": counts, "db_bytes": size}
+        ctx.emit(f"{facts.table_count} tables, {size // 2**20} MiB")
+        return {"table_count": facts.table_count, "db_bytes": size}
 
     def _secret_listed(self, ctx: Context) -> None:
         """The migration's secret, and each companion's (also), listed and encrypted to the host's key."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from nixmig.db import ops
@@ -31,7 +32,7 @@ class Verify:
             ),
             Action("check", f"log in over TCP as {ctx.service.role} with the new password"),
             Action("check", "the old password is refused"),
-            Action("sql", "every table of the preflight snapshot is there with at least its row count"),
+            Action("sql", "every table counted at the backup is there with at least its row count"),
         ]
         acts += health_actions(ctx)
         return acts
@@ -47,17 +48,23 @@ class Verify:
         from nixmig.db.connect import try_login
 
         t, svc = ctx.t, ctx.service
-        # the server log first: verify's own old-password probe below must not count
-        rows: list[dict[str, Any]] = [log_row(ctx, after_deploy=True)]
-        host, port = ctx.runtime.endpoint(t)
-        pw = new_password(ctx)
-        with t.forward(host, port) as (lhost, lport):
-            reason = try_login(lhost, lport, svc.role, pw, svc.database)
-            rows.append({"check": "new password logs in", "ok": reason is None, "detail": reason or ""})
-            if ctx.old_password is not None and ctx.old_password != pw:
-                old = try_login(lhost, lport, svc.role, ctx.old_password, svc.database)
-                rows.append({"check": "old password refused", "ok": old is not None, "detail": old or "it still works"})
-        state, counts = ops.role_state_and_snapshot(t, ctx.runtime, svc.role)  # one psql
+        # the stored verifier and every table's row count (one psql, which reads every row) beside
+        # the log and the logins below: no login of its own, so nothing it does reaches the log
+        with ThreadPoolExecutor(1, thread_name_prefix="nixmig-count") as pool:
+            reading = pool.submit(ops.role_state_and_snapshot, t, ctx.runtime, svc.role)
+            # the server log first: verify's own old-password probe below must not count
+            rows: list[dict[str, Any]] = [log_row(ctx, after_deploy=True)]
+            host, port = ctx.runtime.endpoint(t)
+            pw = new_password(ctx)
+            with t.forward(host, port) as (lhost, lport):
+                reason = try_login(lhost, lport, svc.role, pw, svc.database)
+                rows.append({"check": "new password logs in", "ok": reason is None, "detail": reason or ""})
+                if ctx.old_password is not None and ctx.old_password != pw:
+                    old = try_login(lhost, lport, svc.role, ctx.old_password, svc.database)
+                    rows.append(
+                        {"check": "old password refused", "ok": old is not None, "detail": old or "it still works"}
+                    )
+            state, counts = reading.result()
         rows.append(
             {
                 "check": "stored verifier is the new password's",
@@ -96,14 +103,29 @@ def log_row(ctx: Context, *, after_deploy: bool = False) -> dict[str, Any]:
     }
 
 
+def baseline(ctx: Context) -> tuple[dict[str, int], str] | None:
+    """Every table's row count before the switch, and when it was read: the backup's (counted
+    beside pg_dump, or in the dump's own snapshot with --restore-test), else preflight's (a
+    journal an older nixmig wrote); None when neither was counted."""
+    for phase, when in (("backup", "at the backup"), ("preflight", "at preflight")):
+        counts = ctx.journal.data(phase).get("tables")
+        if isinstance(counts, dict):
+            return {str(k): int(v) for k, v in counts.items()}, when
+    return None
+
+
 def tables_row(ctx: Context, now: dict[str, int] | None = None) -> tuple[dict[str, Any], dict[str, int]]:
-    """Every table of the preflight snapshot is there with at least its row count; the counts
-    now (``now``: just read, else read here)."""
-    before: dict[str, int] = ctx.journal.data("preflight").get("tables", {})
+    """Every table counted before the switch (:func:`baseline`) is there with at least its row
+    count; the counts now (``now``: just read, else read here)."""
     after = now if now is not None else ops.snapshot(ctx.t, ctx.runtime)
+    base = baseline(ctx)
+    if base is None:
+        check = f"{len(after)} tables, {sum(after.values())} rows now"
+        return {"check": check, "ok": True, "detail": "no count before the switch in the journal: not compared"}, after
+    before, when = base
     missing = [f"{k} ({after.get(k, 'gone')} < {v})" for k, v in before.items() if after.get(k, -1) < v]
     row = {
-        "check": f"{len(before)} tables, {sum(before.values())} rows at preflight, now {sum(after.values())}",
+        "check": f"{len(before)} tables, {sum(before.values())} rows {when}, now {sum(after.values())}",
         "ok": not missing,
         "detail": ", ".join(missing[:5]),
     }

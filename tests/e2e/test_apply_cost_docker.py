@@ -54,8 +54,9 @@ def test_the_look_after_a_deploy_is_one_docker_inspect(stack: Stack, site: ts.Si
         look = windows[f"after:{phase}"]
         assert len(look) == 1 and not _psql(look[0]), shown
         assert look[0]["cmd"].split()[3:6] == ["inspect", "--type", "container"], shown
-    # psql: preflight's facts, rotate's role and ALTER ROLE, verify's role and counts; no other
-    assert sum(map(_psql, trace)) == 4, shown
+    # psql: preflight's facts, the backup's counts, rotate's role and ALTER ROLE, verify's role and
+    # counts; no other
+    assert sum(map(_psql, trace)) == 5, shown
     rec = journal["meta"]["target"]
     assert rec["container_ids"] == [stack.db.container_id] and len(rec["clusters"]) == 1, rec
 

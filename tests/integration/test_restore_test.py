@@ -78,6 +78,7 @@ def test_apply_with_restore_test_while_the_app_writes(target: Target) -> None:
     writer = writer_for(target)
     writer.start()
     try:
+        before = counts(target)
         run = nixmig(target, "apply", "--yes", "--restore-test", "-i", str(target.admin_key))
     finally:
         writer.stop()
@@ -88,14 +89,16 @@ def test_apply_with_restore_test_while_the_app_writes(target: Target) -> None:
 
     data = steps(target)
     restored = data["backup"]["data"]["restore_test"]["tables"]  # type: ignore[index]
-    preflight = data["preflight"]["data"]["tables"]  # type: ignore[index]
     final = counts(target)
-    assert set(restored) == set(preflight) == set(final)
+    assert set(restored) == set(before) == set(final)
     for table in ("public.company", "public.person", "public.workspace"):  # nobody writes these
-        assert restored[table] == preflight[table] == final[table]
-    # the app kept writing: the dump's snapshot sits between the preflight and the end
-    assert preflight["public.app_writes"] <= restored["public.app_writes"] <= final["public.app_writes"]
-    assert final["public.app_writes"] > preflight["public.app_writes"]
+        assert restored[table] == before[table] == final[table]
+    # the app kept writing: the dump's snapshot sits between the start and the end
+    assert before["public.app_writes"] <= restored["public.app_writes"] <= final["public.app_writes"]
+    assert final["public.app_writes"] > before["public.app_writes"]
+    # verify's baseline is the dump's own snapshot: the counts the restore matched
+    assert data["backup"]["data"]["tables"] == restored  # type: ignore[index]
+    assert f"{len(restored)} tables, {sum(restored.values())} rows at the backup" in run.stdout
     for table, n in restored.items():
         assert f"  {table}" in run.stdout and str(n) in run.stdout  # the short table
     assert scratch_dbs(target) == []  # dropped

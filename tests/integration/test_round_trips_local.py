@@ -5,7 +5,8 @@ a real PostgreSQL cluster through the local transport and the native runtime (th
 
 - the target's identity is read once on a first run (preflight's own look), and not again
   after a phase that cannot change it (preflight, backup, rotate, verify, cleanup);
-- preflight's queries go in one psql;
+- preflight's queries go in one psql, which reads the catalog only; the rows are counted by
+  one psql beside the backup's pg_dump, and once more by verify's one psql;
 - rotate reads the host's secret once and the role once.
 
 The trace names commands only (argv never holds a secret): the new password is not in it.
@@ -61,12 +62,52 @@ def test_apply_round_trips(target: Target, tmp_path: Path) -> None:
     # no look at the target after a phase that keeps it (deploys may re-create a container: stage, switch)
     for phase in ("preflight", "backup", "rotate", "verify", "cleanup"):
         assert f"after:{phase}" not in phases, shown
-    # preflight: the runtime's check, then role, size, cluster and counts in one psql
+    # preflight: the runtime's check, then role, size, cluster and tables in one psql
     assert len(phases["preflight"]) <= 3, shown
     assert sum(map(_psql, phases["preflight"])) == 1, shown
+    # backup: the rows counted by one psql beside pg_dump, which started first
+    (count,) = [r for r in phases["backup"] if _psql(r)]
+    (dump,) = [r for r in phases["backup"] if "pg_dump" in r["cmd"].split()]
+    assert count["at"] < dump["at"] + dump.get("secs", 1e9), shown
+    # verify: the role and the counts in one psql
+    assert sum(map(_psql, phases["verify"])) == 1, shown
     # rotate: the host's secret read once (its digest compared here), the role read once, ALTER ROLE
     assert sum(map(_psql, phases["rotate"])) == 2, shown
     assert len(phases["rotate"]) <= 3, shown
     # the identity preflight read is the one recorded
     rec = journal(target)["meta"]["target"]  # type: ignore[index]
     assert rec["clusters"] and rec["host"], rec
+
+
+def test_preflight_reads_the_catalog_not_the_rows(target: Target) -> None:
+    """preflight counts no row (the backup does, beside pg_dump: verify's baseline), so its time
+    does not grow with the data: a table another session holds ACCESS EXCLUSIVE does not stop
+    it, where a count(*) of that table would wait for the lock."""
+    import subprocess
+    import threading
+
+    from nixmig import config, engine
+    from nixmig.db import ops
+    from nixmig.demo import SECRET
+
+    ctx = engine.make_context(config.load(target.repo / "nixmig.toml"), SECRET)
+    found: list[ops.Facts] = []
+    locker = subprocess.Popen(ctx.runtime.psql(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert locker.stdin is not None and locker.stdout is not None
+    try:
+        locker.stdin.write("BEGIN; LOCK TABLE public.person IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
+        locker.stdin.flush()
+        assert locker.stdout.readline().strip() == "locked"  # held until its stdin closes
+        reader = threading.Thread(target=lambda: found.append(ops.facts(ctx.t, ctx.runtime, "postgres")))
+        reader.start()
+        reader.join(20)
+        assert found, "preflight's psql waited for the lock on public.person: it read the table"
+    finally:
+        locker.stdin.close()  # psql ends, the lock goes: a reader still waiting ends
+        locker.wait(20)
+    (facts,) = found
+    assert facts.role_exists and facts.cluster.isdigit() and facts.db_bytes > 0
+    try:
+        assert facts.table_count == len(ops.snapshot(ctx.t, ctx.runtime)) > 0  # every user table
+    finally:
+        ctx.close()
