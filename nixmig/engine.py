@@ -195,6 +195,8 @@ def apply(
         _apply(ctx, phases, on_phase, gate, loading)
     finally:
         loading.join()  # never left running past the run (a failure before the phases)
+        for later in ctx.extra.pop(_LATER, ()):
+            later.join()
         if ctx._transport is not None:
             shells.close(ctx._transport)  # the container's shell ends with the run
 
@@ -224,6 +226,7 @@ def _apply(
             ctx.journal.begin(p.name)
             # psql through one shell in the database's container while it is not re-created under it
             shells.reuse(ctx.t, ctx.runtime if getattr(p, "keeps_target", False) else None)
+            later = _beside(ctx, phases, i)
             try:
                 if p.check(ctx):
                     ctx.emit(f"{p.name}: already in effect on the target")
@@ -238,12 +241,48 @@ def _apply(
                 ctx.journal.fail(p.name, f"{type(exc).__name__}: {exc}")
                 raise
             ctx.journal.finish(p.name, data)
+            if later is not None:
+                later.wait()  # the phase is done (its journal says so); a failure here is the loading's
             if not getattr(p, "keeps_target", False):  # a deploy may re-create the container, rebuild switches
                 _observe(ctx)
             _notify(on_phase, p.name, "done", time.monotonic() - started)
             _crash_point(p.name)
         if ctx.journal.completed is None:
             ctx.journal.complete()
+
+
+def _ahead_index(ctx: Context, phases: Sequence[Phase]) -> int | None:
+    """The first phase still to run that takes seconds and waits on the target most of them
+    (``loads_ahead``: the backup, whose main thread waits on pg_dump): what the phases after it
+    prepare is loaded beside it, not before the first phase."""
+    for i, p in enumerate(phases):
+        if getattr(p, "loads_ahead", False) and ctx.journal.state(p.name) != "done":
+            return i
+    return None
+
+
+_LATER = "engine_later_loading"  # Context.extra: the loading started beside a phase, joined at the end
+
+
+def _beside(ctx: Context, phases: Sequence[Phase], i: int) -> _Loading | None:
+    """Start loading what the phases after ``phases[i]`` prepare, beside it, when it is the
+    ``loads_ahead`` phase (_ahead_index); its caller waits for it when the phase is done."""
+    if i != _ahead_index(ctx, phases):
+        return None
+    todo = _prepares(ctx, phases[i + 1 :])
+    if not todo:
+        return None
+    later = _Loading(lambda: [prepare(ctx) for prepare in todo])
+    ctx.extra.setdefault(_LATER, []).append(later)
+    return later
+
+
+def _prepares(ctx: Context, phases: Sequence[Phase]) -> list[Callable[[Context], None]]:
+    return [
+        prepare
+        for p in phases
+        if (prepare := getattr(p, "prepare", None)) is not None and ctx.journal.state(p.name) != "done"
+    ]
 
 
 def _prepare(ctx: Context, phases: Sequence[Phase]) -> _Loading:
@@ -253,16 +292,18 @@ def _prepare(ctx: Context, phases: Sequence[Phase]) -> _Loading:
     target: those wait on the target (sshd's start of the connection's command shell,
     nixmig.remote.ssh.start_runner; the lock's name; the held lock's session), so the loading
     and the waits overlap instead of adding up. The first phase starts once it is done
-    (_apply: ``loading.wait()``): nothing of a phase runs beside it, and no module is imported
-    by two threads at once. Nothing on the target is read or changed by it; the journal read
-    before the locks only says which phases to load for (a done one loads nothing), it decides
-    nothing."""
+    (_apply: ``loading.wait()``). Nothing on the target is read or changed by it; the journal
+    read before the locks only says which phases to load for (a done one loads nothing), it
+    decides nothing.
+
+    With a ``loads_ahead`` phase still to run (the backup), only the phases up to it are
+    loaded here; the later ones' (stage's patch planned ahead, verify's psycopg: ~0.4 s of CPU
+    on a 2-core machine) load beside it (:func:`_beside`), while its main thread waits on
+    pg_dump, and the next phase starts once that is done too. A phase's ``prepare`` only reads
+    (the repo, modules) and keeps what it made in the Context for its own phase."""
     ctx.t  # noqa: B018 - the connection, now: its runner's start is what the loading overlaps
-    todo = [
-        prepare
-        for p in phases
-        if (prepare := getattr(p, "prepare", None)) is not None and ctx.journal.state(p.name) != "done"
-    ]
+    ahead = _ahead_index(ctx, phases)
+    todo = _prepares(ctx, phases if ahead is None else phases[: ahead + 1])
     return _Loading(lambda: [prepare(ctx) for prepare in todo])
 
 

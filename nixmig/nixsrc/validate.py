@@ -114,9 +114,13 @@ def check_all(files: Mapping[str, bytes], *, use_nix: bool | None = None) -> str
     return f"{NIX} --parse" if use_nix else "tree-sitter-nix (nix-instantiate not found)"
 
 
-def write_all(root: Path, files: Mapping[str, bytes], *, use_nix: bool | None = None) -> str:
-    """Check every file, then write them all: staged first, renamed last; nothing written on a failed check."""
-    checked = check_all(files, use_nix=use_nix)
+def write_all(
+    root: Path, files: Mapping[str, bytes], *, use_nix: bool | None = None, checked: str | None = None
+) -> str:
+    """Check every file, then write them all: staged first, renamed last; nothing written on a failed check.
+    ``checked``: what check_all returned for exactly these bytes already (a patch parsed ahead): not again."""
+    if checked is None:
+        checked = check_all(files, use_nix=use_nix)
     staged: list[tuple[Path, Path]] = []
     try:
         for name, data in sorted(files.items()):

@@ -162,6 +162,7 @@ class Backup:
     name = "backup"
     title = "encrypted backup"
     keeps_target = True  # a restore test uses a scratch target: engine._observe skipped
+    loads_ahead = True  # seconds of waiting on pg_dump: the later phases' prepare runs beside it (engine._beside)
 
     def describe(self, ctx: Context) -> list[Action]:
         snap = "<exported snapshot>" if ctx.restore_test else None

@@ -109,6 +109,22 @@ def run(self, argv, *args, **kwargs):  # the real run, after noting what this pr
 
 
 ssh.SshTransport.run = run
+for phase in engine.phases_for("rotate", None):  # each phase's start, noted the same way
+    def do(self, ctx, _real=type(phase).do, _name=phase.name):
+        loaded.append((["phase", _name], sorted(m for m in ("psycopg", "tree_sitter", "jinja2") if m in sys.modules)))
+        return _real(self, ctx)
+    type(phase).do = do
+import threading
+from nixmig.nixsrc import patch
+real_plan = patch.plan
+
+
+def plan(*args, **kwargs):  # which thread plans the repo's patch
+    loaded.append((["plan", threading.current_thread().name], []))
+    return real_plan(*args, **kwargs)
+
+
+patch.plan = plan
 ctx = engine.make_context(
     config.load(Path(cfg_path)), migration, identities=load_identities([Path(key)]), emit=lambda _m: None
 )
@@ -120,11 +136,12 @@ print(json.dumps(loaded))
 """
 
 
-def test_what_the_phases_need_is_loaded_while_the_locks_are_taken(stack: Stack, site: ts.Site) -> None:
-    """engine._prepare: psycopg (verify), tree-sitter and jinja2 (the repo's patch) are loaded
-    from a thread while the first commands on the target (the lock's name, then the locks)
-    wait for it, and before the first phase: not before the first command (it was, and the
-    loading and the waits added up), nor in the middle of the phases."""
+def test_what_the_phases_need_is_loaded_beside_the_waits(stack: Stack, site: ts.Site) -> None:
+    """engine._prepare and _beside: what the phases after the backup need, psycopg (verify),
+    tree-sitter and jinja2 (the repo's patch, planned ahead), is loaded from a thread beside the
+    backup (its main thread waits on pg_dump), and is there when the stage phase starts: not
+    before the first command on the target (it was once, and the loading and the waits added
+    up), nor before preflight (~0.4 s of CPU the first phase waited for)."""
     r = subprocess.run(
         [sys.executable, "-c", _FIRST_COMMAND, str(site.config), str(site.keys.admin_key), ts.MIGRATION],
         capture_output=True,
@@ -136,8 +153,14 @@ def test_what_the_phases_need_is_loaded_while_the_locks_are_taken(stack: Stack, 
     seen = json.loads(r.stdout.strip().splitlines()[-1])
     assert seen[0][0] == ["info", "-f"], seen  # the first command: docker info, the database lock's name
     assert seen[0][1] != ["jinja2", "psycopg", "tree_sitter"], seen  # sent while they load
-    first = next(i for i, (words, _) in enumerate(seen) if words == ["inspect", "--type"])  # preflight's
-    assert all(mods == ["jinja2", "psycopg", "tree_sitter"] for _, mods in seen[first:]), seen
+    phases = {words[1]: (i, mods) for i, (words, mods) in enumerate(seen) if words[:1] == ["phase"]}
+    assert "psycopg" not in phases["preflight"][1], seen  # verify's: loaded beside the backup
+    stage = phases["stage"][0]
+    assert all(mods == ["jinja2", "psycopg", "tree_sitter"] for _, mods in seen[stage:]), seen
+    # the stage's and the switch's patches were planned beside the backup, and used: no plan after
+    plans = [(i, words[1]) for i, (words, _) in enumerate(seen) if words[:1] == ["plan"]]
+    assert [thread for _, thread in plans] == ["nixmig-prepare", "nixmig-prepare"], seen
+    assert phases["backup"][0] < plans[0][0] and plans[-1][0] < stage, seen
     assert_rotated(site)
 
 
