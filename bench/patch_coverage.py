@@ -31,8 +31,8 @@ the refusal names (that refusal must have written nothing) and writes again. Out
 Evaluation (no nixpkgs here): every changed .nix file, and its original, is evaluated with
 ``nix-instantiate --eval`` through bench/nixstubs.nix: stub ``lib``/``pkgs``/``config`` (the
 file's own definitions through mkIf/mkMerge over stubs; oci-containers.backend = the case's,
-docker unless a file sets podman; age.secrets.<x>.path = /run/agenix/<x> for the secrets the
-file declares or secrets.nix has a rule for), forcing the attribute names of the result, of
+docker unless a file sets podman; age.secrets.<x>.path = /run/agenix/<x> for the secrets any
+module of the case declares or secrets.nix has a rule for), forcing the attribute names of the result, of
 systemd.services, age.secrets and virtualisation.oci-containers.containers, then every value.
 The original is the control: eval is ``n/a`` when the original does not evaluate with the stubs
 (a stub gap is never "wrong"), ``failed`` (the case is wrong) when the patched file stops short of
@@ -229,9 +229,13 @@ def stub_names(*texts: bytes) -> list[str]:
     return sorted(out)
 
 
+AGE_DECL = re.compile(rb'\bage\.secrets\.(?:"([^"$]+)"|([A-Za-z_][\w\'-]*))\s*=')
+
+
 def stub_context(*trees: dict[str, bytes]) -> tuple[str, list[str]]:
     """The case's oci-containers backend (docker unless a file sets podman) and its agenix secret names
-    (the rules of secrets.nix and the .age files), from the original and patched trees alike."""
+    (the rules of secrets.nix, the .age files, and each ``age.secrets.NAME = ...`` of any of its modules),
+    from the original and patched trees alike."""
     backend, secrets = "docker", set()
     for files in trees:
         for name, data in files.items():
@@ -239,6 +243,9 @@ def stub_context(*trees: dict[str, bytes]) -> tuple[str, list[str]]:
                 secrets.add(Path(name).name[: -len(".age")])
             elif name.endswith(".nix"):
                 secrets.update(m.group(1).decode(errors="replace") for m in AGE_RULE.finditer(data))
+                # declared by any module of the case (patch declares a secret once, in the host's file or the
+                # one that already declares age.secrets, and reads it from a sibling)
+                secrets.update((m.group(1) or m.group(2)).decode(errors="replace") for m in AGE_DECL.finditer(data))
                 if any(m.group(1) == b"podman" for m in OCI_BACKEND.finditer(data)):
                     backend = "podman"
     return backend, sorted(secrets)

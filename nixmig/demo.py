@@ -261,7 +261,9 @@ def activate(root: Path) -> None:
         from nixmig import config
 
         port = config.load(repo / "nixmig.toml").services["twenty-db"].port
-        pw = quote(target.read_text(), safe="")
+        from nixmig.phases.rotate import secret_value  # the renderer's rule: less the file's final line breaks
+
+        pw = quote(secret_value(target.read_bytes()), safe="")
         fd = os.open(env_file.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
         with os.fdopen(fd, "w") as fh:
             fh.write(f"PG_DATABASE_URL=postgres://postgres:{pw}@127.0.0.1:{port}/default\n")

@@ -27,10 +27,17 @@ class RotateError(NixmigError):
     """The password could not be rotated or restored."""
 
 
+def secret_value(raw: bytes) -> bytes:
+    """A secret's value from its file's bytes: less the final line breaks, as every reader of it
+    takes it (the shell's $(< FILE), the images' *_FILE, psql's backquote, nixmig's renderers:
+    nixmig.nixsrc's percent-encode.sh.j2); `agenix -e` in an editor leaves a newline at the end."""
+    return raw.rstrip(b"\n")
+
+
 def new_password(ctx: Context) -> Secret:
-    raw = ctx.t.get(ctx.secret_on_host)
+    raw = secret_value(ctx.t.get(ctx.secret_on_host))
     if not raw:
-        raise RotateError(f"{ctx.secret_on_host} is empty", where=ctx.t.name)
+        raise RotateError(f"{ctx.secret_on_host} is empty (or only line breaks)", where=ctx.t.name)
     return Secret(raw)
 
 
@@ -55,8 +62,9 @@ def _facts(ctx: Context) -> _Facts:
     if not r.ok and r.exit_code != 3:  # stderr only: stdout may hold the secret
         why = " | ".join(r.stderr.decode("utf-8", "replace").split("\n")[-3:]).strip() or f"exit {r.exit_code}"
         raise RotateError(f"cannot read {path}: {why}", where=ctx.t.name)
-    password = Secret(r.stdout) if r.ok and r.stdout else None
-    checked = None if ctx.on_host else hostsecret.compare(ctx, password or Secret(b""))
+    checked = None if ctx.on_host else hostsecret.compare(ctx, Secret(r.stdout if r.ok else b""))  # the file's bytes
+    value = secret_value(r.stdout) if r.ok else b""
+    password = Secret(value) if value else None
     if checked is not None and checked.differs:
         return _Facts(password, checked, None)  # do() refuses: the database is not asked
     return _Facts(password, checked, ops.role_state(ctx.t, ctx.runtime, ctx.service.role))

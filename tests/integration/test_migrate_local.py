@@ -137,6 +137,18 @@ def test_apply_status_rollback(target: Target) -> None:
     assert json.loads(nixmig(target, "status", "--json").stdout)["rolled_back"] is True
 
 
+def test_a_secret_ending_in_a_newline_is_the_password_without_it(target: Target) -> None:
+    """`agenix -e` in an editor leaves a newline at the end of the file. The rotation, the app's env
+    file (the demo renders it by the renderer's rule) and verify's login read the password without
+    it, as the images' *_FILE and the shell's $(< FILE) do: apply passes and the app logs in."""
+    rules = target.repo / "secrets" / "secrets.nix"
+    store.new_secret(rules, SECRET, Secret("edited-in-vi_42\n"), force=True)
+    run = nixmig(target, "apply", "--yes", "-i", str(target.admin_key))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert role_matches(target, "edited-in-vi_42") and not role_matches(target, "edited-in-vi_42\n")
+    assert ":edited-in-vi_42@" in target.app_url()
+
+
 @pytest.mark.parametrize("phase", PHASES[:-1])
 def test_sigkill_after_each_phase_then_resume(target: Target, phase: str) -> None:
     killed = nixmig(target, "apply", "--yes", env={"NIXMIG_TEST_SIGKILL_AFTER": phase})

@@ -105,6 +105,18 @@ def test_the_patched_scripts_run_and_every_command_gets_the_secret_exactly(tmp_p
 
 
 @pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
+def test_a_credential_ending_in_a_newline_gives_every_use_the_same_password(tmp_path: Path) -> None:
+    """`agenix -e` in an editor leaves a newline at the end of the file. The bare value ($(< FILE)) never
+    had it, the URL's percent-encoding did (%0A): psql and pg_dump then used another password than
+    ALTER ROLE set (realcfg20's review). Both read the file less its final line breaks now."""
+    _, out = _plan(MODULE)
+    script = _scripts(tmp_path, out)["script"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert _run(tmp_path / "a", script, NASTY + "\n") == _run(tmp_path / "b", script, NASTY)
+
+
+@pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
 def test_a_missing_credential_stops_the_script_with_one_line(tmp_path: Path) -> None:
     _, out = _plan(MODULE)
     script = _scripts(tmp_path, out)["script"]

@@ -109,6 +109,7 @@ def test_any_password_makes_a_url_libpq_reads_back(tmp_path: Path, password: byt
     proc = _run(_script(pw, env), tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout == b"" and proc.stderr == b""
+    password = password.rstrip(b"\n")  # the secret's value: the file less its final line breaks (below)
     url = _check_env_file(env, password)
     try:
         text = password.decode("utf-8")
@@ -117,6 +118,25 @@ def test_any_password_makes_a_url_libpq_reads_back(tmp_path: Path, password: byt
     parsed = conninfo.conninfo_to_dict(url)
     assert parsed["password"] == text
     assert parsed["user"] == "postgres" and parsed["host"] == "db" and parsed["dbname"] == "default"
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\n\n"])
+def test_the_final_line_breaks_of_the_file_are_not_the_password(tmp_path: Path, ending: bytes) -> None:
+    """`agenix -e` in an editor leaves a newline at the end of the file; the images' *_FILE, the
+    shell's $(< FILE), psql's backquote and nixmig's own rotation (rotate.secret_value) read the
+    password without it. The URL did carry it (%0A): the app then logged in with another password
+    than the database's (realcfg20's review)."""
+    pw, env = _setup(tmp_path, b"p@ss\nw" + ending)
+    proc = _run(_script(pw, env), tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert _check_env_file(env, b"p@ss\nw").endswith("p%40ss%0Aw" + SUFFIX)  # a line break inside stays
+
+
+def test_a_file_of_line_breaks_only_stops_the_unit(tmp_path: Path) -> None:
+    pw, env = _setup(tmp_path, b"\n")
+    proc = _run(_script(pw, env), tmp_path)
+    assert proc.returncode == 1 and not env.exists()
+    assert b"holds only line breaks" in proc.stderr
 
 
 def test_several_files_and_lines(tmp_path: Path) -> None:
@@ -334,6 +354,7 @@ def test_a_quoted_line_keeps_any_value_bash_and_systemd_read_back(tmp_path: Path
     lines = (EnvLine("PAPERLESS_SECRET_KEY", "", "", quoted=True),)
     proc = _run(_script(pw, env, lines), tmp_path)
     assert value.strip(b"\n") == b"" or value not in proc.stdout + proc.stderr
+    value = value.rstrip(b"\n")  # the secret's value: the file less its final line breaks
     if any(c in value for c in _UNQUOTABLE):
         assert proc.returncode == 1
         assert b"holds a quote, a backslash, a line break or a NUL byte" in proc.stderr

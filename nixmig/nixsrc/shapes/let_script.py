@@ -403,18 +403,20 @@ def _prologue(b: Builder, bound: Bound, value: UrlParts | str, uses: list[Use], 
         f"# {bound.shown} was a literal in the Nix store",
         f'[ -s {word} ] || {{ echo "nixmig: the credential {credential} is missing or empty" >&2; exit 1; }}',
     ]
+    empty = f'{{ echo "nixmig: the credential {credential} holds only line breaks" >&2; exit 1; }}'
     if isinstance(value, str):
-        lines.append(f"{var}=$(< {word})")
+        lines += [f"{var}=$(< {word})", f'[ -n "${var}" ] || {empty}']  # $(<): less the final line breaks
         if any(u.context == "sql" and not u.mysql for u in uses):  # standard SQL: '' is a quote
             lines.append(f"{var}_sql=${{{var}//\\'/\\'\\'}}")
         if any(u.context == "sql" and u.mysql for u in uses):  # MySQL: a backslash escapes too
             lines.append(f"{var}_mysql=${{{var}//\\\\/\\\\\\\\}}")
             lines.append(f"{var}_mysql=${{{var}_mysql//\\'/\\'\\'}}")
         return lines
-    encode = template("percent-encode.sh.j2").percent_encode(
-        f"{var}_pw", f"$(od -An -v -tx1 -- {word} | tr abcdef ABCDEF)", "nixmig_h", "nixmig_c"
-    )
+    macros = template("percent-encode.sh.j2")
+    encode = macros.percent_encode(f"{var}_pw", f"${var}_hex", "nixmig_h", "nixmig_c")
     lines += [
+        *str(macros.secret_hex(f"{var}_hex", word)).splitlines(),
+        f'[ -n "${var}_hex" ] || {empty}',
         f"{var}_pw=",
         *str(encode).splitlines(),
         f'{var}={shell_quote(value.prefix)}"${var}_pw"{shell_quote(value.suffix)}',

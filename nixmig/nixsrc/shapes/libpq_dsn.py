@@ -59,6 +59,7 @@ def _script(secret: str, credential: str, path: str) -> str:
         "fi",
         "password=",
         "IFS= read -r -d '' password <\"$password_file\" || true",
+        str(template("percent-encode.sh.j2").drop_final_newlines("password")),
         "case $password in",
         '  "" | *[!A-Za-z0-9._~-]*)',
         '    echo "nixmig: the secret in $password_file has characters a pgpass line cannot hold unescaped"'

@@ -125,7 +125,8 @@ def _prologue(b: Builder, var: str, copies: list[Copy], credential: str) -> list
         f"# nixmig: {var} is read at run time from the agenix secret {b.spec.secret} (a systemd credential);",
         "# the password was a literal in this script, in the Nix store",
         f'[ -s {word} ] || {{ echo "nixmig: the credential {credential} is missing or empty" >&2; exit 1; }}',
-        f"{var}=$(< {word})",
+        f"{var}=$(< {word})",  # $(<): the file less its final line breaks, as secret_hex below
+        f'[ -n "${var}" ] || {{ echo "nixmig: the credential {credential} holds only line breaks" >&2; exit 1; }}',
     ]
     if any(c.context == "sql" and not c.mysql for c in copies):  # standard SQL: '' is a quote
         lines.append(f"{var}_sql=${{{var}//\\'/\\'\\'}}")
@@ -133,10 +134,9 @@ def _prologue(b: Builder, var: str, copies: list[Copy], credential: str) -> list
         lines.append(f"{var}_mysql=${{{var}//\\\\/\\\\\\\\}}")
         lines.append(f"{var}_mysql=${{{var}_mysql//\\'/\\'\\'}}")
     if any(c.url for c in copies):
-        encode = template("percent-encode.sh.j2").percent_encode(
-            f"{var}_url", f"$(od -An -v -tx1 -- {word} | tr abcdef ABCDEF)", "nixmig_h", "nixmig_c"
-        )
-        lines += [f"{var}_url=", *str(encode).splitlines()]
+        macros = template("percent-encode.sh.j2")
+        encode = macros.percent_encode(f"{var}_url", f"${var}_hex", "nixmig_h", "nixmig_c")
+        lines += [*str(macros.secret_hex(f"{var}_hex", word)).splitlines(), f"{var}_url=", *str(encode).splitlines()]
     return lines
 
 
