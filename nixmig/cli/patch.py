@@ -255,10 +255,8 @@ def _patch_one(
     age_file = root / spec.secrets_dir / f"{spec.secret}.age"
     if not age_file.exists():
         at = dict(_missing_kept_values(root, spec.secrets_dir, plan, sources)).get(spec.secret)  # its line
-        # no line the plan took the value from: the refusal's first item, which leads with the database's
-        first = next(
-            (f"{m.file}:{m.line}" for m in plan.manual if m.file.endswith((".nix", ".sql")) and m.line > 0), None
-        )
+        # no line the plan took the value from: a by-hand item's, when one alone can be this migration's
+        first, lines = _kept_line(plan)
         notes.append(
             f"{age_file.relative_to(root)} does not exist yet: create it with `nixmig secret new {spec.secret}"
             + (
@@ -266,8 +264,10 @@ def _patch_one(
                 + (
                     "it reads the value there, before --write removes it)"
                     if at is not None
-                    else "the first item above, if that line holds this migration's value; else the line that does)"
+                    else "the item above at that line, if it holds this migration's value; else the line that does)"
                     if first is not None
+                    else f"the line of the item above that holds this migration's value: one of {', '.join(lines)})"
+                    if lines
                     else "the line that hardcodes it; if no line holds it any more, `--stdin` with the value the "
                     "service has now)"
                 )
@@ -348,6 +348,23 @@ def _patch_one(
         _render(plan, diff, notes, explain=explain, check=check, checked=checked, withheld=withheld)
     ok = not ((check and not plan.clean) or (write and plan.manual))
     return ok, _as_json(plan, name, diff, notes, written=checked is not None)
+
+
+_DB_WORD = re.compile(r"(?i)(?:\bdb|_db|database|postgres|\bpg|mysql|maria)")
+
+
+def _kept_line(plan: Any) -> tuple[str | None, list[str]]:
+    """For `secret new --from`: the one by-hand item's FILE:LINE that holds the migration's value, when
+    one alone can (the only one, else the only one whose attribute names a database: nextcloud's
+    dbpassFile beside its adminpassFile, realcfg20/22, whose first item was the admin's); else None
+    and every candidate's FILE:LINE (the command is then not printed whole: a wrong line stores
+    another credential as this one)."""
+    items = [m for m in plan.manual if m.file.endswith((".nix", ".sql")) and m.line > 0]
+    where = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items))
+    if len(where) == 1:
+        return where[0], where
+    named = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items if _DB_WORD.search(m.what.split(" ", 1)[0])))
+    return (named[0] if len(named) == 1 else None), where
 
 
 def _with_companions(cfg_path: Path, migration: str, plan: Plan) -> str | None:

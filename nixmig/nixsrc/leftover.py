@@ -200,6 +200,25 @@ def nixos_container(path: Sequence[str]) -> str | None:
     return segs[1] if len(segs) >= 4 and segs[0] == "containers" and segs[2] == "config" else None
 
 
+_ENV_ATTRS = ("environment", "environments", "env")
+
+
+def wrapper_container(path: Sequence[str]) -> tuple[str, str] | None:
+    """A container's variable under the repo's own container option, a wrapper that mirrors
+    oci-containers (``nixfiles.oci-containers.containers.NAME.environment.VAR``, realcfg20/19): the
+    option's path up to ``containers`` and the container's name; None for oci-containers itself."""
+    segs = [seg.strip('"') for seg in path]
+    segs = segs[1:] if segs[:1] == ["config"] else segs
+    k = len(segs) - 4
+    if k < 1 or segs[k] != "containers" or segs[k + 2] not in _ENV_ATTRS:
+        return None
+    if segs[:k] == ["virtualisation", "oci-containers"]:
+        return None
+    if segs[0] in ("containers", "<let>") or segs[:2] == ["services", "podman"]:
+        return None  # a declarative NixOS container's system; a let; home-manager's podman: said elsewhere
+    return ".".join(segs[: k + 1]), segs[k + 1]
+
+
 def unknown_shape(path: Sequence[str]) -> str:
     """Why nixmig has no edit for a literal at ``path`` that no rule took: what was seen, by where it is
     bound (never just "no template"), and what nixmig would need."""
@@ -277,7 +296,20 @@ def unknown_shape(path: Sequence[str]) -> str:
             "database's, or another account's): a migration of its own moves it (`nixmig init` drafts one per "
             "database it can tie; strategy move keeps the value), or by hand"
         )
-    if len(segs) >= 2 and segs[-2] in ("environment", "environments", "env"):
+    wrapped = wrapper_container(segs)
+    if wrapped is not None:
+        option, name = wrapped
+        return (
+            f"no template for this shape: {segs[-1]} of the container {name} in {option}, the repo's own "
+            "container option (a wrapper that makes virtualisation.oci-containers or docker/podman units of it): "
+            "nixmig patches virtualisation.oci-containers, arion and quadlet-nix themselves, not what a wrapper "
+            f"makes of them. By hand, through the wrapper: give {name} an env file rendered from the agenix "
+            "secret, by the wrapper's own option for one if it passes it on to the engine (oci-containers' "
+            "environmentFiles); a systemd EnvironmentFile= on its unit reaches only the `docker/podman run` "
+            "process, never the container. Or, for an image that reads one, a *_FILE variable "
+            "(POSTGRES_PASSWORD_FILE) naming the agenix file mounted read-only into the container"
+        )
+    if len(segs) >= 2 and segs[-2] in _ENV_ATTRS:
         return (
             f"no template for this shape: {segs[-1]} in {'.'.join(segs[:-1])}, an environment attrset nixmig "
             "does not see used by a container or a unit it can edit (a let binding, a custom option, a "

@@ -85,6 +85,7 @@ from nixmig.nixsrc.leftover import (
     string_shape,
     unknown_shape,
     uses_secret,
+    wrapper_container,
 )
 from nixmig.nixsrc.lets import LetLiteral, let_expression, let_literals, resolve
 from nixmig.nixsrc.model import (
@@ -3019,6 +3020,8 @@ class Builder:
         service (docker-/podman-NAME for an oci container, arion-PROJECT, the service's own unit) and
         the container's own option (environmentFiles, env_file); names guessed from the path."""
         spec = self.spec
+        if wrapper_container(path) is not None:
+            return ""  # the repo's own container option: a unit's EnvironmentFile= never reaches the container
         line = line or EnvLine(path[-1] if path else "PASSWORD", "", "", raw=True)
         if not line.prefix and not line.raw:
             line = dataclasses.replace(line, raw=True)

@@ -64,7 +64,7 @@ GOLDEN = r"""--- a/hosts/newton/default.nix
      };
 ~
      virtualisation.arion.projects.twenty = {
-@@ -63,5 +67,43 @@
+@@ -63,5 +67,49 @@
          ];
        };
      };
@@ -76,7 +76,7 @@ GOLDEN = r"""--- a/hosts/newton/default.nix
 +      ExecStartPre = [ "${pkgs.writeShellScript "twenty-twenty-db-password-env" ''
 +        # nixmig: renders /run/twenty/twenty-db-password.env from the twenty-db-password secret at start.
 +        # The password is percent-encoded byte by byte (all but A-Z a-z 0-9 - . _ ~), so any
-+        # password makes a valid URL; it is never in the Nix store, an argv or a log.
++        # password makes a valid URL; it is not in the Nix store, and this script puts it in no argv or log.
 +        set -euo pipefail
 +        umask 0077
 +        password_file=${lib.escapeShellArg config.age.secrets.twenty-db-password.path}
@@ -85,6 +85,12 @@ GOLDEN = r"""--- a/hosts/newton/default.nix
 +          exit 1
 +        fi
 +        hex=$(od -An -v -tx1 -- "$password_file" | tr abcdef ABCDEF)
++        hex=$(echo $hex)
++        while :; do case $hex in *0A) hex=''${hex%0A}; hex=''${hex% } ;; *) break ;; esac; done
++        if [ -z "$hex" ]; then
++          echo "nixmig: $password_file holds only line breaks:" 'is the agenix secret twenty-db-password deployed?' >&2
++          exit 1
++        fi
 +        password=
 +        for h in $hex; do
 +          case $h in
