@@ -289,8 +289,21 @@ class Edits:
             )
         formals = fm.function_formals()
         if formals is None:
+            fn = fm.module_function()
+            ignored = fn.child_by_field_name("universal") if fn is not None else None
+            if fn is not None and ignored is not None and text(ignored) == "_":
+                # `_: { ... }`: a module that ignores its arguments (the module system passes an attrset
+                # holding config, lib, pkgs); `_` read in its body (a name like any other) stays bound
+                body = fn.child_by_field_name("body")
+                reads = body is not None and any(
+                    n.type == "variable_expression" and text(n) == "_" for n in descendants(body)
+                )
+                head = "{ " + ", ".join([*names, "..."]) + " }"
+                at = (ignored.start_byte, ignored.start_byte) if reads else (ignored.start_byte, ignored.end_byte)
+                self.add(fm, at[0], at[1], head + ("@" if reads else ""), why)
+                return True
             bare = fm.bare_attrset()
-            if bare is None or fm.module_function() is not None:
+            if bare is None or fn is not None:
                 return False
             self.add(fm, bare.start_byte, bare.start_byte, "{ " + ", ".join([*names, "..."]) + " }:\n", why)
             return True

@@ -3179,7 +3179,8 @@ class Builder:
                 line, what = self.ed.formals_refused.get(name) or (
                     1,
                     f"not a NixOS module nixmig can give {', '.join(wanted)} (a function of other arguments, "
-                    f"or of one name): the new code needs them; pass them to it, or move the edits into a module",
+                    f"or of one name): the new code needs them; if it is a NixOS module, write its head as "
+                    f"{{ {', '.join(wanted)}, ... }}@NAME: (one name) or add them to its arguments, then patch again",
                 )
                 self.manual.append(Manual(name, line, 1, what, ""))
                 unusable = True

@@ -1,4 +1,6 @@
-"""`nixmig patch` under strategy move with no .age yet names the `secret new --from FILE:LINE` that keeps
+"""patch's refusals and edits that realcfg20's by-eye review found misleading or missing.
+
+`nixmig patch` under strategy move with no .age yet names the `secret new --from FILE:LINE` that keeps
 the value. With no line the plan took the value from, it comes from the by-hand items: the one that
 alone can be this migration's, never just the first (realcfg20/22: nextcloud's adminpassFile came
 before its dbpassFile, and the printed command would have stored the admin password as the database's).
@@ -10,6 +12,9 @@ from types import SimpleNamespace
 
 from nixmig.cli.patch import _kept_line
 from nixmig.nixsrc.patch import Manual
+from tests.helpers import FIXTURES
+
+FIXTURES_SHAPES = FIXTURES / "shapes"
 
 
 def _plan(*items: tuple[str, int, str]) -> SimpleNamespace:
@@ -47,9 +52,8 @@ def test_a_wrapper_s_container_gets_no_unit_recipe() -> None:
     Now the reason names the wrapper and the container, and no recipe is printed."""
     from nixmig import config
     from nixmig.nixsrc import patch as pt
-    from tests.helpers import FIXTURES
 
-    root = FIXTURES / "shapes" / "oci-wrapper-own-container-option"
+    root = FIXTURES_SHAPES / "oci-wrapper-own-container-option"
     cfg = config.load(root / "nixmig.toml")
     plan = pt.plan(pt.read_sources(root), pt.spec_for(cfg, "forum-db-password"))
     items = {
@@ -59,3 +63,17 @@ def test_a_wrapper_s_container_gets_no_unit_recipe() -> None:
     for m in items.values():
         assert "never the container" in m.what and m.snippet == ""
     assert plan.edits == ()
+
+
+def test_an_underscore_head_read_in_the_body_keeps_its_name() -> None:
+    """`_: { ... }` becomes `{ config, ... }: { ... }`; where the body reads `_` (a name like any other)
+    it stays bound: `{ config, ... }@_:`."""
+    from tests.helpers import plan_shape_case
+
+    case, file = "native-underscore-module-head", "hosts/metrics/grafana.nix"
+    text = (FIXTURES_SHAPES / case / file).read_text()
+    reads = text.replace("_: {\n", "_: {\n  _module.args.seen = builtins.attrNames _;\n", 1)
+    _, out = plan_shape_case(case, file, reads.encode())
+    assert out.startswith(b"{ config, ... }@_: {\n  _module.args.seen = builtins.attrNames _;\n")
+    _, plain = plan_shape_case(case, file, text.encode())
+    assert plain.startswith(b"{ config, ... }: {\n")
