@@ -506,7 +506,48 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             f"{path[-1]} is no database variable nixmig knows: if it is another credential that holds the "
             f"database's value (a rotation must not change it), {companion_fix(migration, path[-1], file, f.line)}"
         )
+    readers = rec_readers(source, f.start) if f.start >= 0 else []
+    if readers:
+        shown = ".".join(path)
+        return (
+            f"no template for this shape: {shown} is read by {', '.join(readers)} of the same rec attrset (an "
+            f"interpolation of {path[-1]}), which nixmig does not follow into what reads {readers[0]}: by hand, or "
+            'bind the password in a let of its own (`let pw = "...";`) and build the URL from it where it is '
+            "used: nixmig follows a let-bound password into a unit's script or command line"
+        )
     return unknown_shape(path)
+
+
+def rec_readers(source: bytes, offset: int) -> list[str]:
+    """The attributes of the ``rec { ... }`` holding the binding at ``offset`` that interpolate its name
+    (``rec { password = "..."; url = "postgres://u:${password}@h/db"; }``: url, realcfg20/23)."""
+    from nixmig.nixsrc.parse import descendants, parse, text
+
+    node = parse(source).root_node.descendant_for_byte_range(offset, offset + 1)
+    while node is not None and node.type != "binding":
+        node = node.parent
+    if node is None or node.parent is None or node.parent.parent is None:
+        return []
+    if node.parent.parent.type != "rec_attrset_expression":
+        return []
+    path = node.child_by_field_name("attrpath")
+    if path is None or len(path.named_children) != 1:
+        return []
+    name = text(path)
+    out = []
+    for sibling in node.parent.named_children:
+        if sibling is node or sibling.type != "binding":
+            continue
+        value, attr = sibling.child_by_field_name("expression"), sibling.child_by_field_name("attrpath")
+        if value is None or attr is None:
+            continue
+        if any(
+            n.type == "interpolation"
+            and any(c.type == "variable_expression" and text(c) == name for c in n.named_children)
+            for n in descendants(value)
+        ):
+            out.append(text(attr))
+    return out
 
 
 def _role_hint(fm: FileModel, f: Finding, role: str) -> str:

@@ -77,3 +77,18 @@ def test_an_underscore_head_read_in_the_body_keeps_its_name() -> None:
     assert out.startswith(b"{ config, ... }@_: {\n  _module.args.seen = builtins.attrNames _;\n")
     _, plain = plan_shape_case(case, file, text.encode())
     assert plain.startswith(b"{ config, ... }: {\n")
+
+
+def test_a_rec_sibling_that_interpolates_the_password_is_named() -> None:
+    """realcfg20/23: `let database = rec { password = "..."; full-url = "...${password}..."; }`, full-url
+    read by a unit's ExecStart: the reason said nothing reads the password; it names full-url now."""
+    from nixmig.nixsrc.leftover import rec_readers
+
+    src = (
+        b'let\n  db = rec {\n    user = "u";\n    password = "Rec-pw-1";\n'
+        b'    url = "postgres://${user}:${password}@h/d";\n    other = "${user}";\n  };\nin { }\n'
+    )
+    assert rec_readers(src, src.index(b"Rec-pw-1")) == ["url"]
+    plain = src.replace(b"rec {", b"{")  # no rec: a sibling cannot read it by its bare name
+    assert rec_readers(plain, plain.index(b"Rec-pw-1")) == []
+    assert rec_readers(src, src.index(b'"u"')) == ["url", "other"]
