@@ -96,7 +96,7 @@ def test_the_unit_writes_a_pgpass_file_libpq_logs_in_with(
         _connect(dsn, wrong, monkeypatch)  # the server checks the password: the right file is what logged in
 
 
-@pytest.mark.parametrize("bad", ["has:colon", "back\\slash", "with space", "pw\n"])
+@pytest.mark.parametrize("bad", ["has:colon", "back\\slash", "with space", "p\nw", "\n"])
 def test_a_password_a_pgpass_line_cannot_hold_stops_the_unit(pg: PgServer, tmp_path: Path, bad: str) -> None:
     _dsn, pgpass, script = _patched(pg, "miniflux")
     run = tmp_path / "run"
@@ -110,3 +110,20 @@ def test_a_password_a_pgpass_line_cannot_hold_stops_the_unit(pg: PgServer, tmp_p
     assert proc.returncode == 1
     assert "nixmig secret new miniflux-db --force --charset urlsafe" in proc.stderr.decode()
     assert list(run.iterdir()) == []
+
+
+def test_the_final_line_breaks_of_the_credential_are_no_part_of_the_pgpass_line(pg: PgServer, tmp_path: Path) -> None:
+    """`agenix -e` in an editor leaves a newline at the end of the file: the password is the file less it,
+    as for every reader (it stopped the unit before, as a character a pgpass line cannot hold)."""
+    _dsn, pgpass, script = _patched(pg, "miniflux")
+    run = tmp_path / "run"
+    run.mkdir()
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "miniflux-db").write_text("Pg-pass_7\n\n")
+    env = {**os.environ, "CREDENTIALS_DIRECTORY": str(creds)}
+    script = script.replace(str(Path(pgpass).parent), str(run))
+    proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    (written,) = run.iterdir()
+    assert written.read_text() == "*:*:*:*:Pg-pass_7\n"
