@@ -252,7 +252,7 @@ class Backup:
         digest = sink.sha.hexdigest()
         what = f"{entries} archive entries" if entries >= 0 else "not test-read (no --identity)"
         ctx.emit(f"{final.name}: {sink.size} bytes encrypted, {what}, sha256 {digest[:12]}…")
-        ctx.emit(f"{len(counted)} tables, {sum(counted.values())} rows (verify checks each is still there)")
+        ctx.emit(f"{len(counted)} tables, {sum(counted.values())} rows at the backup")
         data: dict[str, Any] = {
             "path": str(final),
             "sha256": digest,

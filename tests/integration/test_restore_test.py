@@ -98,7 +98,7 @@ def test_apply_with_restore_test_while_the_app_writes(target: Target) -> None:
     assert final["public.app_writes"] > before["public.app_writes"]
     # verify's baseline is the dump's own snapshot: the counts the restore matched
     assert data["backup"]["data"]["tables"] == restored  # type: ignore[index]
-    assert f"{len(restored)} tables, {sum(restored.values())} rows at the backup" in run.stdout
+    assert f"{len(restored)} tables, {sum(restored.values())} rows at the backup, now " in run.stdout
     for table, n in restored.items():
         assert f"  {table}" in run.stdout and str(n) in run.stdout  # the short table
     assert scratch_dbs(target) == []  # dropped
