@@ -299,8 +299,8 @@ def _prepare(ctx: Context, phases: Sequence[Phase]) -> _Loading:
     With a ``loads_ahead`` phase still to run (the backup), only the phases up to it are
     loaded here; the later ones' (stage's patch planned ahead, verify's psycopg: ~0.4 s of CPU
     on a 2-core machine) load beside it (:func:`_beside`), while its main thread waits on
-    pg_dump, and the next phase starts once that is done too. A phase's ``prepare`` only reads
-    (the repo, modules) and keeps what it made in the Context for its own phase."""
+    pg_dump, and the next phase starts once that is done too. Those only read (the repo,
+    modules: nothing on the target) and keep what they made in the Context for their phase."""
     ctx.t  # noqa: B018 - the connection, now: its runner's start is what the loading overlaps
     ahead = _ahead_index(ctx, phases)
     todo = _prepares(ctx, phases if ahead is None else phases[: ahead + 1])
