@@ -350,20 +350,19 @@ def _patch_one(
     return ok, _as_json(plan, name, diff, notes, written=checked is not None)
 
 
-_DB_WORD = re.compile(r"(?i)(?:\bdb|_db|database|postgres|\bpg|mysql|maria)")
-
-
 def _kept_line(plan: Any) -> tuple[str | None, list[str]]:
     """For `secret new --from`: the one by-hand item's FILE:LINE that holds the migration's value, when
     one alone can (the only one, else the only one whose attribute names a database: nextcloud's
     dbpassFile beside its adminpassFile, realcfg20/22, whose first item was the admin's); else None
     and every candidate's FILE:LINE (the command is then not printed whole: a wrong line stores
     another credential as this one)."""
+    from nixmig.nixsrc.leftover import names_database
+
     items = [m for m in plan.manual if m.file.endswith((".nix", ".sql")) and m.line > 0]
     where = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items))
     if len(where) == 1:
         return where[0], where
-    named = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items if _DB_WORD.search(m.what.split(" ", 1)[0])))
+    named = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items if names_database(m.what.split(" ", 1)[0])))
     return (named[0] if len(named) == 1 else None), where
 
 

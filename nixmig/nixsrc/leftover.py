@@ -108,6 +108,13 @@ _CLIENT_VARS = frozenset({"PGPASSWORD", "MYSQL_PWD"})
 _ASSIGNED = re.compile(rb"([A-Za-z_]\w*)[\"']?[ \t]*[=:][ \t]*[\"']?$")
 
 
+def names_database(attr_path: str) -> bool:
+    """An attribute path whose words name a database (DB_WORDS), or one of whose words starts with ``db``
+    (nextcloud's ``dbpass``, ``dbpassFile``: one word to :func:`words`)."""
+    ws = {w.lower() for w in words(attr_path)}
+    return bool(ws & DB_WORDS) or any(w.startswith("db") for w in ws)
+
+
 def _related(f: Finding, source: bytes, idents: Collection[str]) -> bool:
     """A database credential (by its attribute's words, its URL scheme, SQL) or one of this migration's names."""
     ws = set(words(f.attr_path)) if f.attr_path else set()
