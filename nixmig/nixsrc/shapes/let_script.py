@@ -64,6 +64,9 @@ class Bound:
     value: str
     uses: tuple[Node, ...]  # variable_expression (a let string) or select_expression (a field)
     whole: tuple[Node, ...]  # a field's attrset read as a whole (inherit (x) ..., x // ...): unknown reads
+    # in a ``rec { }``: the sibling fields whose strings interpolate this one (``full-url`` reads
+    # ``${password}``); a field built so has its value with those put in, and readers ()
+    readers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,10 @@ def _let_bindings(root: Node) -> list[tuple[str, Node, Node]]:
 
 def fields(fm: FileModel, shadowed: set[str]) -> list[Bound]:
     """Every string field of an attrset a let binds once (``cfg = { password = "..."; };``), with its
-    reads ``cfg.password``; a read of the attrset as a whole is kept apart (it may read the field)."""
+    reads ``cfg.password``; a read of the attrset as a whole is kept apart (it may read the field). In a
+    ``rec { }``, a field whose string interpolates only sibling string fields (``full-url =
+    "postgres://${user}:${password}@${host}/db";``) is a string too, its value with theirs put in; any
+    other read of a field inside the rec is a read nixmig does not follow (kept apart like a whole read)."""
     lets = _let_bindings(fm.root)
     counts: dict[str, int] = {}
     for name, _, _ in lets:
@@ -104,12 +110,15 @@ def fields(fm: FileModel, shadowed: set[str]) -> list[Bound]:
             variables.setdefault(text(n), []).append(n)
     out: list[Bound] = []
     for name, _, value in lets:
-        if counts[name] != 1 or name in shadowed or value.type != "attrset_expression":
+        if counts[name] != 1 or name in shadowed or value.type not in ("attrset_expression", "rec_attrset_expression"):
             continue
         reads: dict[str, list[Node]] = {}
         whole: list[Node] = []
         deep: dict[str, list[Node]] = {}  # cfg.images.web: a read of another field (images), not the whole
         for v in variables.get(name, ()):
+            inside = value.type == "rec_attrset_expression" and value.start_byte <= v.start_byte < value.end_byte
+            if inside and _field_named(value, name):
+                continue  # rec { database = "..."; url = "...${database}"; }: the field, not the let
             sel = v.parent
             ap = sel.child_by_field_name("attrpath") if sel is not None and sel.type == "select_expression" else None
             if sel is None or ap is None or sel.child_by_field_name("expression") != v:
@@ -126,6 +135,8 @@ def fields(fm: FileModel, shadowed: set[str]) -> list[Bound]:
                 whole.append(v)  # `cfg.password or "..."`: a default nixmig would have to read too
                 continue
             reads.setdefault(attr_names(ap)[0], []).append(sel)
+        plain: dict[str, tuple[Node, Node, str]] = {}  # field: (binding, literal, value)
+        others: dict[str, tuple[Node, Node]] = {}  # field: (binding, value) of every other single-name field
         for fb in value.named_children:
             if fb.type != "binding_set":
                 continue
@@ -136,13 +147,72 @@ def fields(fm: FileModel, shadowed: set[str]) -> list[Bound]:
                 lit = unparen(ex)
                 got = decode_string(lit)
                 if got:
-                    field = attr_names(ap)[0]
-                    out.append(
-                        Bound(
-                            f"{name}.{field}", b, lit, got, tuple(reads.get(field, ())), (*whole, *deep.get(field, ()))
-                        )
-                    )
+                    plain[attr_names(ap)[0]] = (b, lit, got)
+                else:
+                    others[attr_names(ap)[0]] = (b, lit)
+        built: dict[str, tuple[Node, Node, str]] = {}
+        readers: dict[str, list[str]] = {}
+        inner: dict[str, list[Node]] = {}
+        if value.type == "rec_attrset_expression":
+            built, readers, inner = _rec_fields(fm, value, plain, others)
+        for field, (b, lit, got) in (*plain.items(), *built.items()):
+            out.append(
+                Bound(
+                    f"{name}.{field}",
+                    b,
+                    lit,
+                    got,
+                    tuple(reads.get(field, ())),
+                    (*whole, *deep.get(field, ()), *inner.get(field, ())),
+                    tuple(f"{name}.{r}" for r in readers.get(field, ())),
+                )
+            )
     return out
+
+
+def _field_named(rec: Node, name: str) -> bool:
+    return any(
+        b.type == "binding" and (ap := b.child_by_field_name("attrpath")) is not None and attr_names(ap) == (name,)
+        for bset in rec.named_children
+        if bset.type == "binding_set"
+        for b in bset.named_children
+    )
+
+
+def _rec_fields(
+    fm: FileModel, rec: Node, plain: dict[str, tuple[Node, Node, str]], others: dict[str, tuple[Node, Node]]
+) -> tuple[dict[str, tuple[Node, Node, str]], dict[str, list[str]], dict[str, list[Node]]]:
+    """In ``rec``: the fields built from sibling strings (field: (binding, string, value)), which of
+    them read each plain field (field: [readers]), and each plain field's other reads inside the rec."""
+    built: dict[str, tuple[Node, Node, str]] = {}
+    readers: dict[str, list[str]] = {}
+    followed: set[int] = set()
+    for field, (b, string) in others.items():
+        if string.type != "string_expression":
+            continue
+        parts: list[str] = []
+        names: list[Node] = []
+        for c, t in decoded_parts(fm, string):
+            if c.type != "interpolation":
+                parts.append(t)
+                continue
+            held = [x for x in c.named_children if x.type != "comment"]
+            if len(held) != 1 or held[0].type != "variable_expression" or fm.text(held[0]) not in plain:
+                break
+            parts.append(plain[fm.text(held[0])][2])
+            names.append(held[0])
+        else:
+            if names:
+                built[field] = (b, string, "".join(parts))
+                for n in names:
+                    followed.add(n.start_byte)
+                    if field not in readers.setdefault(fm.text(n), []):
+                        readers[fm.text(n)].append(field)
+    inner: dict[str, list[Node]] = {}
+    for n in descendants(rec):
+        if n.type == "variable_expression" and fm.text(n) in plain and n.start_byte not in followed:
+            inner.setdefault(fm.text(n), []).append(n)
+    return built, readers, inner
 
 
 def bound_values(fm: FileModel) -> list[Bound]:
@@ -531,8 +601,19 @@ def apply(b: Builder, password: str | None) -> None:
     for fm in list(b.models.values()):
         units_with_credential: set[str] = set()
         values = values_of(fm)
-        for bound in bound_values(fm):
-            if (fm.name, bound.literal.start_byte) in b.handled or not (bound.uses or bound.whole):
+        gone: dict[str, str] = {}  # a rec field built from the password, removed: the password it held
+        for bound in sorted(bound_values(fm), key=lambda x: bool(x.readers)):  # a rec's built fields first
+            if (fm.name, bound.literal.start_byte) in b.handled:
+                continue
+            if bound.readers:
+                if classify_name(bound.shown.rsplit(".", 1)[-1]) is None or not all(r in gone for r in bound.readers):
+                    continue  # a role name or a host a URL reads, or a reader left: not this shape's
+                if bound.value not in {gone[r] for r in bound.readers}:
+                    continue
+                if not (bound.uses or bound.whole):
+                    _drop_field(b, fm, bound, [r for r in bound.readers])
+                    continue
+            if not (bound.uses or bound.whole):
                 continue
             uses, left = _uses(values, fm, bound)
             if not uses:
@@ -625,13 +706,29 @@ def apply(b: Builder, password: str | None) -> None:
             if is_url and any(_environment_binding(fm, u) for u in bound.uses):
                 b.url_lets.add((fm.name, bound.shown))  # its environment uses are url_variables': drop_lets' then
             elif is_url or is_field:  # a let password's binding is drop_lets' (it knows every use)
+                if is_url and is_field and not isinstance(value, str):
+                    gone[bound.shown] = value.password
                 b.mask_literal(fm, bound.literal)
                 b.ed.remove_binding(
                     fm,
                     bound.binding,
-                    f"removes {bound.shown}, the hardcoded password every use of which now reads the agenix "
-                    f"secret {b.spec.secret}: {', '.join(done)}",
+                    f"removes {bound.shown}, the {'URL with the ' if is_url else ''}hardcoded password every use "
+                    f"of which now reads the agenix secret {b.spec.secret}: {', '.join(done)}",
                 )
+
+
+def _drop_field(b: Builder, fm: FileModel, bound: Bound, readers: list[str]) -> None:
+    """Removes the password field of a ``rec { }`` that nothing reads now its readers are gone."""
+    b.known.add(digest(bound.value.encode()))
+    b.handled.add((fm.name, bound.literal.start_byte))
+    b.replaced.append(f"{bound.shown} at {fm.where(bound.literal)}")
+    b.mask_literal(fm, bound.literal)
+    b.ed.remove_binding(
+        fm,
+        bound.binding,
+        f"removes {bound.shown}, the hardcoded password, read only by {', '.join(readers)} in the same rec "
+        f"attrset, which now reads the agenix secret {b.spec.secret} at run time",
+    )
 
 
 SHAPE = Shape(
