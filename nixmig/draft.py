@@ -215,10 +215,22 @@ def _value(fm: FileModel, node: Node) -> tuple[str, str] | None:
         return None
     found = resolve(node, _lets(fm))
     if found is None:
-        return None
+        return _built_field(fm, node)
     lets = _lets(fm)
     read = ", ".join(dict.fromkeys(f"{text(u)} of line {_line(fm, lets[text(u)].binding)}" for u in found[1]))
     return found[0], f" (= {read})" if read else ""
+
+
+def _built_field(fm: FileModel, node: Node) -> tuple[str, str] | None:
+    """(value, what it read) of a ``rec { }`` field's string built from its sibling strings."""
+    from nixmig.nixsrc.lets import _formal_names
+    from nixmig.nixsrc.shapes.let_script import fields
+
+    span = (node.start_byte, node.end_byte)
+    for x in fields(fm, _formal_names(fm.root)):
+        if (x.literal.start_byte, x.literal.end_byte) == span and x.literal.type == "string_expression":
+            return x.value, f" (= {x.shown} of line {_line(fm, x.binding)}, built from its rec's fields)"
+    return None
 
 
 def _lit(fm: FileModel, path: NixPath) -> tuple[str, str] | None:
@@ -698,7 +710,7 @@ def _let_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
     if let is None:  # a let attrset's field (``db = { password = "..."; }``, read as ``db.password``)
         let = next((x for x in _field_lets(fm) if x.literal.start_byte <= f.start < x.literal.end_byte), None)
     if let is None:
-        return []
+        return _rec_url_uses(fm, f)
     out: list[_LetUse] = []
     for u in let.uses:
         span = (u.start_byte, u.end_byte)
@@ -736,6 +748,43 @@ def _let_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
             end=u.end_byte,
         )
         out.append(_LetUse(use, path, let))
+    return out
+
+
+def _rec_url_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
+    """A ``rec { }`` field read only by sibling fields that build a URL from it (``url =
+    "postgres://${user}:${password}@${host}/x";``, realcfg20/23): a URL finding at each read of such a
+    field, where it sits (a unit's script or command line), spanning the URL field's string."""
+    from nixmig.nixsrc.lets import _formal_names
+    from nixmig.nixsrc.patch import split_url
+    from nixmig.nixsrc.scan import Kind
+    from nixmig.nixsrc.shapes.let_script import fields
+
+    found = fields(fm, _formal_names(fm.root))
+    own = next((x for x in found if x.readers and x.literal.start_byte <= f.start < x.literal.end_byte), None)
+    if own is None:
+        return []
+    out: list[_LetUse] = []
+    for reader in (x for x in found if x.shown in own.readers and split_url(x.value) is not None):
+        let = LetLiteral(reader.shown, reader.binding, reader.literal, reader.value, reader.uses)
+        for u in reader.uses:
+            around = [b for b in fm.binds if b.value.start_byte <= u.start_byte < b.value.end_byte]
+            path = min(around, key=lambda b: b.value.end_byte - b.value.start_byte).path if around else ()
+            path = path[1:] if path[:1] == ("config",) else path
+            line, col = fm.line_col(u.start_byte)
+            end_line, end_col = fm.line_col(u.end_byte)
+            use = replace(
+                f,
+                line=line,
+                col=col,
+                end_line=end_line,
+                end_col=end_col,
+                attr_path=".".join(path),
+                kind=Kind.URL_CREDENTIAL,
+                start=reader.literal.start_byte,
+                end=reader.literal.end_byte,
+            )
+            out.append(_LetUse(use, path, let))
     return out
 
 
@@ -1713,21 +1762,26 @@ def _option_moves(
 def _through_etc(models: Mapping[str, FileModel], f: Finding, p: NixPath) -> NixPath:
     """An /etc file's text a database's *File option reads (nextcloud's ``dbpassFile = "/etc/db-pass"``):
     that option's path, where patch (shapes/etc_file.py) puts the secret; any other path as it is."""
-    if len(p) != 4 or not _is_etc_text(p):
+    inside: NixPath = p[:3] if len(p) == 7 and p[0] == "containers" and p[2] == "config" else ()
+    if len(p) - len(inside) != 4 or not _is_etc_text(p[len(inside) :]):
         return p
-    reader = _etc_reader(models, p[2])
-    return reader if reader is not None and _is_db_finding(f, reader) else p
+    reader = _etc_reader(models, p[len(inside) + 2], inside)
+    # inside a container: the option's path in the container's system, as scan gives a store file's there
+    return reader[len(inside) :] if reader is not None and _is_db_finding(f, reader[len(inside) :]) else p
 
 
-def _etc_reader(models: Mapping[str, FileModel], name: str) -> NixPath | None:
-    """The one service option ``*File = "/etc/NAME"`` reading ``environment.etc.NAME`` (shapes/etc_file.py)."""
+def _etc_reader(models: Mapping[str, FileModel], name: str, inside: NixPath = ()) -> NixPath | None:
+    """The one service option ``*File = "/etc/NAME"`` reading ``environment.etc.NAME`` (shapes/etc_file.py);
+    ``inside``: ``containers.C.config``, both in that declarative NixOS container (shapes/container_store_file.py)."""
+    n = len(inside)
     readers = {
         b.path
         for fm in models.values()
         for b in fm.binds
         if b.exact
-        and len(b.path) >= 3
-        and b.path[0] == "services"
+        and len(b.path) >= n + 3
+        and b.path[:n] == inside
+        and b.path[n] == "services"
         and b.path[-1].endswith("File")
         and decode_string(unparen(b.value)) == f"/etc/{name}"
     }
