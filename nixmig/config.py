@@ -367,7 +367,8 @@ def _check_move(name: str, mig: Migration, where: str) -> None:
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # an also key that is another PostgreSQL role whose password services.postgresql.initialScript sets
 # ("role:blocky"): its clause leaves the SQL, a oneshot sets it from its own secret (value kept)
-ROLE_KEY = re.compile(r"role:[A-Za-z_][A-Za-z0-9_]{0,62}")
+# another role of an initialScript (role:blocky, role:matrix-synapse: nixmig quotes it in SQL)
+ROLE_KEY = re.compile(r"role:[A-Za-z_][A-Za-z0-9_-]{0,62}")
 # an also key that is a NixOS option taking a file (services.nextcloud.config.adminpassFile)
 OPTION_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*(\.[A-Za-z_][A-Za-z0-9_'-]*)+")
 
@@ -433,6 +434,8 @@ def also_name(var: str) -> str:
         last = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", parts[-1].removesuffix("File")) or "secret"
         if "secrets" in parts[:-1] and last != "secret":  # gitlab's secrets.dbFile: its db key, not a password
             last += "-secret"
+        if parts[0] == "containers" and parts[2:4] == ["config", "services"] and len(parts) > 5:
+            parts = parts[3:]  # a declarative NixOS container's service: named by the service, as on the host
         var = f"{parts[1] if parts[0] == 'services' and len(parts) > 2 else parts[0]}-{last}"
     return re.sub(r"-+", "-", var.lower().replace("_", "-")).strip("-") or "secret"
 

@@ -1067,3 +1067,65 @@ def copies_in_strings(
                     )
                 )
     return out
+
+
+def copies_in_texts(
+    models: Mapping[str, FileModel], texts: Mapping[str, bytes], values: Collection[bytes], said: set[tuple[str, int]]
+) -> list[Leftover]:
+    """Each copy of ``values`` in a file other than .nix that a .nix file names by a relative path
+    (``texts``: patch.read_texts), one per line not ``said`` already (an initialScript's SQL file says its
+    own clause). Such a file goes into the Nix store with the configuration, and it is in the repository:
+    nixmig edits only .nix files, so each is by hand (realcfg21/01: a SQL file a unit feeds to psql, and
+    PostgREST's config file built into its image, both with the database's password)."""
+    if not values or not texts:
+        return []
+    token = copies_of(values)
+    out: list[Leftover] = []
+    for rel, data in sorted(texts.items()):
+        if rel.endswith(".nix"):
+            continue
+        named = next((w for name, fm in sorted(models.items()) if (w := _where_named(fm, name, rel))), "a .nix file")
+        for m in token.finditer(data):
+            line = data.count(b"\n", 0, m.start()) + 1
+            if (rel, line) in said or prose_word(data, m):
+                continue
+            said.add((rel, line))
+            col = len(data[data.rfind(b"\n", 0, m.start()) + 1 : m.start()].decode("utf-8", "replace")) + 1
+            sql = rel.endswith(".sql")
+            fix = (
+                "take the password out of the SQL (a role's PASSWORD clause, an IDENTIFIED BY) and set it at run "
+                "time from the agenix file"
+                if sql
+                else "have its program read the password at run time from the agenix secret (an env file, a *File "
+                "setting), or render the file at start from the secret"
+            )
+            out.append(
+                Leftover(
+                    rel,
+                    line,
+                    col,
+                    "",
+                    f"this file holds this migration's password in clear, and {named} names it by path, so it goes "
+                    "into the world-readable Nix store with the configuration: nixmig edits only .nix files; "
+                    f"{fix}, then patch again",
+                    m.start(),
+                    m.end(),
+                    "",
+                    sql,
+                    True,
+                )
+            )
+    return out
+
+
+def _where_named(fm: FileModel, name: str, rel: str) -> str:
+    """FILE:LINE of the first path in ``fm`` that resolves to ``rel``."""
+    import posixpath
+
+    from nixmig.nixsrc.scan import TEXT_PATH
+
+    for m in TEXT_PATH.finditer(fm.source):
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), m.group(1).decode("utf-8", "replace")))
+        if target == rel:
+            return f"{name}:{fm.line_col(m.start())[0]}"
+    return ""

@@ -70,6 +70,7 @@ from nixmig.nixsrc.leftover import (
     Leftover,
     companion_fix,
     copies_in_strings,
+    copies_in_texts,
     copies_of,
     declares_file,
     declares_secret,
@@ -1177,6 +1178,16 @@ class Builder:
             )
         return copies_in_strings(self.models, self.ed.items, values - theirs, said)
 
+    def copies_in_texts(self, found: Sequence[Leftover]) -> list[Manual]:
+        """A copy of a value the plan takes out in a file other than .nix that a .nix file names by path (a
+        SQL file a unit script feeds to psql, a program's config file built into an image; realcfg21/01):
+        it goes into the Nix store with the configuration, and nixmig edits no such file: by hand."""
+        said = {(x.file, x.line) for x in found} | {(m.file, m.line) for m in self.manual}
+        values = {v for v in self.masked_values() if digest(v) not in self.also_known or digest(v) in self.known}
+        return [
+            Manual(x.file, x.line, x.col, x.what, "") for x in copies_in_texts(self.models, self.texts, values, said)
+        ]
+
     def comments_with_values(self) -> None:
         """A comment holding a value the plan takes out of the tree (``# MARIADB_PASSWORD = "...";``, a copy
         left commented out): the file's text is in the Nix store and the repo, the comment with it. A comment
@@ -2061,9 +2072,18 @@ class Builder:
         secret NAME (its value kept): ``VAR_FILE`` / ``FILE__VAR`` and a bind mount where the image reads
         one, else a line of the env file the container's unit already renders. A VAR found nowhere in
         scope, or in a shape nixmig cannot edit, is said (never ignored)."""
-        from nixmig.nixsrc.shapes import activation_heredoc, initial_script, option_companion, shared_env
+        from nixmig.nixsrc.shapes import (
+            activation_heredoc,
+            container_store_file,
+            initial_script,
+            option_companion,
+            shared_env,
+        )
 
         for var, secret in self.spec.also:
+            if container_store_file.is_key(var):  # a store file of a service inside a NixOS container
+                container_store_file.move(self, var, secret)
+                continue
             if option_companion.is_option_key(var):  # an option that takes a file: its own shape module
                 option_companion.move(self, var, secret)
                 continue
@@ -2802,7 +2822,7 @@ class Builder:
 
         "Nothing to change" is only possible when the scan found nothing left and the tree
         uses the secret (see :mod:`nixmig.nixsrc.leftover`)."""
-        from nixmig.nixsrc.shapes import activation_heredoc, option_companion, shared_env
+        from nixmig.nixsrc.shapes import activation_heredoc, container_store_file, option_companion, shared_env
 
         spec = self.spec
         self.container_files_edited()
@@ -2827,6 +2847,7 @@ class Builder:
             containers=self.patched_containers | ({(db.fm.name, *db.prefix)} if db is not None else set()),
         )
         found += self.copies_left(found)
+        in_texts = self.copies_in_texts(found)
         patched = self.patched_containers | ({(db.fm.name, *db.prefix)} if db is not None else set())
         if self.ed.items and any(c[1:2] == ("docker-containers",) for c in patched):
             self.notes.append(
@@ -2872,6 +2893,7 @@ class Builder:
                 continue
             companion = (  # a native option's (also) too, and a heredoc line's
                 left.companion
+                or container_store_file.key_at(self, left)
                 or option_companion.key_at(self, left)
                 or activation_heredoc.companion_at(self, left)
                 or shared_env.companion_at(self, left)
@@ -2891,6 +2913,7 @@ class Builder:
                     "value, then patch again"
                 )
             self.manual.append(Manual(left.file, left.line, left.col, what, snippet, companion))
+        self.manual += in_texts
         if not found and not self.ed.items and not self.manual and not in_use:
             self.manual.append(
                 Manual(
@@ -3950,23 +3973,35 @@ def read_sources(repo: Path) -> dict[str, bytes]:
     return out
 
 
+TEXT_LIMIT = 1 << 20  # a named file larger than this is no configuration text nixmig reads
+
+
 def read_texts(repo: Path, sources: Mapping[str, bytes]) -> dict[str, bytes]:
-    """The repository's .sql files that a .nix file names by a relative path (``initialScript =
-    ./init.sql``, ``builtins.readFile ../db/init.sql``): repo-relative posix path -> bytes. A path that
-    leaves the repository, a link or a missing file is not read."""
-    from nixmig.nixsrc.scan import sql_paths
+    """The repository's files other than .nix that a .nix file names by a relative path (``initialScript =
+    ./init.sql``, ``builtins.readFile ../db/init.sql``, ``config.Cmd = [ "postgrest" ./tutorial.conf ]``):
+    repo-relative posix path -> bytes. Each goes into the Nix store with the configuration: an
+    initialScript's SQL file is read for the role's password, and any of them for a copy of the values a
+    plan takes out (nixmig edits no such file: said by hand). A path that leaves the repository, a link,
+    a directory, a missing file, a file over 1 MiB or a binary one (a NUL byte) is not read."""
+    from nixmig.nixsrc.scan import sql_paths, text_paths
 
     out: dict[str, bytes] = {}
     for name, src in sources.items():
-        for rel in sql_paths(src, name):
+        for rel in dict.fromkeys([*sql_paths(src, name), *text_paths(src, name)]):
             p = repo / rel
-            if not rel.startswith("../") and rel not in out and p.is_file() and not p.is_symlink():
-                try:
-                    out[rel] = p.read_bytes()
-                except OSError as exc:  # unread, its password would go unseen: no verdict without it
-                    raise ConfigError(
-                        f"cannot read {rel}, the SQL file {name} names: {exc.strerror or exc}",
-                        where=rel,
-                        hint="make it readable, then run again",
-                    ) from None
+            if rel.startswith("../") or rel == ".." or rel in out or p.is_symlink() or not p.is_file():
+                continue
+            try:
+                if p.stat().st_size > TEXT_LIMIT:
+                    continue
+                data = p.read_bytes()
+            except OSError as exc:  # unread, its password would go unseen: no verdict without it
+                raise ConfigError(
+                    f"cannot read {rel}, the {'SQL ' if rel.endswith('.sql') else ''}file {name} names: "
+                    f"{exc.strerror or exc}",
+                    where=rel,
+                    hint="make it readable, then run again",
+                ) from None
+            if b"\0" not in data[:8192]:
+                out[rel] = data
     return out

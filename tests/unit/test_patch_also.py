@@ -53,7 +53,7 @@ def test_also_is_read_as_var_to_secret(tmp_path: Path) -> None:
     [
         ('{ "A-B" = "x" }', "also: 'A-B' is not an environment variable name", "letters, digits and _"),
         ('{ "1A" = "x" }', "also: '1A' is not an environment variable name", "letters, digits and _"),
-        ('{ "role:a-b" = "x" }', "also: 'role:a-b' is not an environment variable name", '"role:blocky"'),
+        ('{ "role:a b" = "x" }', "also: 'role:a b' is not an environment variable name", '"role:blocky"'),
         ('{ A = "../x" }', "also.A: '../x' is not an agenix secret name", "nixmig secret new"),
         ('{ A = "" }', "also.A: '' is not an agenix secret name", "nixmig secret new"),
         (

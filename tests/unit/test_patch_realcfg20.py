@@ -92,3 +92,66 @@ def test_a_rec_sibling_that_interpolates_the_password_is_named() -> None:
     plain = src.replace(b"rec {", b"{")  # no rec: a sibling cannot read it by its bare name
     assert rec_readers(plain, plain.index(b"Rec-pw-1")) == []
     assert rec_readers(src, src.index(b'"u"')) == ["url", "other"]
+
+
+REC_CASE, REC_FILE = "native-let-rec-url-script-and-execstart", "hosts/box/ledger.nix"
+
+
+def _rec_variant(old: str, new: str) -> tuple[object, bytes]:
+    from tests.helpers import plan_shape_case
+
+    text = (FIXTURES_SHAPES / REC_CASE / REC_FILE).read_text()
+    assert old in text
+    return plan_shape_case(REC_CASE, REC_FILE, text.replace(old, new, 1).encode())
+
+
+def test_a_rec_password_field_read_elsewhere_in_the_rec_stays_and_is_said() -> None:
+    """The URL field a unit reads is followed; a second reader nixmig does not follow (a function call
+    inside the rec) keeps the password field, and the verdict names the literal: nothing claims success."""
+    plan, out = _rec_variant(
+        '    host = "127.0.0.1";\n', '    host = "127.0.0.1";\n    hashed = builtins.hashString "sha256" password;\n'
+    )
+    assert b'password = "l3dger-Url-pw";' in out
+    assert plan.manual, "the literal left must be said"  # type: ignore[attr-defined]
+    assert any("ledger.nix:5" in f"{m.file}:{m.line}" for m in plan.manual)  # type: ignore[attr-defined]
+
+
+def test_a_role_name_equal_to_the_password_is_no_password() -> None:
+    """realcfg20/23 had user = password = "nostodon": the user field a URL also reads is kept, and no
+    by-hand item is made of its other reads (ensureUsers, User=)."""
+    plan, out = _rec_variant('    password = "l3dger-Url-pw";\n', '    password = "ledger";\n')
+    assert b'user = "ledger";' in out and b'name = "ledger";' in out and b'password = "' not in out
+    assert b"NIXMIG_DB_URL" in out
+    assert not plan.manual, [m.what for m in plan.manual]  # type: ignore[attr-defined]
+
+
+def test_a_plain_attrset_s_field_is_no_rec_reader() -> None:
+    """Without rec, `${password}` in a sibling reads a let or an argument named password, not the field:
+    nothing is followed through it (the URL field is no URL nixmig could resolve)."""
+    _, out = _rec_variant("  db = rec {\n", "  db = {\n")
+    assert b"url = " in out
+
+
+def test_another_role_with_a_hyphen_is_a_companion_too() -> None:
+    """realcfg22/02: `CREATE ROLE "matrix-synapse" ... PASSWORD` beside the migration's role was refused as
+    "a quote in its value, or a statement that never ran", false: the also key `role:NAME` took no hyphen.
+    It is offered as a companion now, and its oneshot quotes the role in SQL."""
+    import dataclasses
+
+    from nixmig import config
+    from nixmig.nixsrc import patch as pt
+
+    case = "native-initialscript-other-role"
+    root = FIXTURES_SHAPES / case
+    cfg = config.load(root / "nixmig.toml")
+    sources = pt.read_sources(root)
+    (file,) = [f for f, t in sources.items() if b"ALTER ROLE reports" in t]
+    text = sources[file].replace(b"ALTER ROLE reports PASSWORD", b'ALTER ROLE "matrix-synapse" PASSWORD')
+    spec = pt.spec_for(cfg, "ledger-db-password")
+    sources = {**sources, file: text}
+    plan = pt.plan(sources, spec, find_companions=True)
+    assert dict(plan.auto_also) == {"role:matrix-synapse": "matrix-synapse-db-password"}, plan.manual
+    assert plan.manual == ()
+    moved = pt.plan(sources, dataclasses.replace(spec, also=plan.auto_also))
+    out = moved.results(sources)[file]
+    assert b"reports-pw" not in out and b'"matrix-synapse"' in out
