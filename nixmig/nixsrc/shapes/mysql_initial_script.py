@@ -245,6 +245,35 @@ def sql_files(b: Builder) -> None:
                 _unit(b, fm, bind.node, sorted({st.account for st in made}))
 
 
+def _said_at_binding(b: Builder, fm: FileModel, expr: Node) -> None:
+    """The let string or let attrset field ``expr`` reads: its literal's line is said (Builder.let_kept)."""
+    from nixmig.nixsrc.lets import _formal_names
+    from nixmig.nixsrc.shapes.let_script import fields
+
+    name = "".join(fm.text(expr).split())
+    let = b.lets[fm.name].get(name)
+    literal = let.literal if let is not None else None
+    if literal is None:
+        literal = next((x.literal for x in fields(fm, _formal_names(fm.root)) if x.shown == name), None)
+    if literal is not None:
+        b.let_kept.add((fm.name, fm.line_col(literal.start_byte)[0]))
+        b.mask_literal(fm, literal)
+
+
+def _server_user(b: Builder) -> str:
+    """``services.mysql.user`` as the tree sets it (nixpkgs' default ``mysql``): an account the server has."""
+    from nixmig.nixsrc.model import decode_string
+
+    return next(
+        (
+            v
+            for _, x in b.all_binds()
+            if x.exact and x.path == ("services", "mysql", "user") and (v := decode_string(x.value))
+        ),
+        "mysql",
+    )
+
+
 def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | None) -> None:
     from nixmig.nixsrc.patch import Manual
     from nixmig.nixsrc.shapes.initial_script import read_once_less, sql_holes
@@ -296,6 +325,21 @@ def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | No
         )
         return
     (value,) = values
+    for s in ours:
+        made = [c for c in stmts if c.verb in ("create", "grant") and c.end <= s.start and c.user == s.user]
+        if s.verb == "alter" and not made and s.user not in ("root", _server_user(b)) and s.clause is not None:
+            said(
+                s.clause[0],
+                f"services.mysql.initialScript: ALTER USER {s.account} IDENTIFIED BY never set a password: nixpkgs "
+                "runs initialScript once, on a new data directory, before ensureUsers creates any account, and "
+                f"nothing before it in the script creates {s.account}, so the statement fails (no such account) "
+                "and the account keeps what ensureUsers gives it (unix_socket). The value is nobody's password: "
+                "take the clause (or the statement) out by hand; nixmig does not turn it into a password the "
+                "account never had",
+            )
+            if s.read is not None and (hole := holes.get(s.read)) is not None:
+                _said_at_binding(b, fm, hole[1])  # a let's value: said here, not again where it is bound
+            return
     edits: list[tuple[int, int, str, str]] = []
     for s in ours:
         assert s.clause is not None
