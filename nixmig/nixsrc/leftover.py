@@ -288,13 +288,14 @@ def unknown_shape(path: Sequence[str]) -> str:
             f"for it; if services.{segs[1]} has a file option for it (a database.passwordFile, an environmentFile, "
             "a secrets file merged at start), set it by hand, readable by the user the service runs as"
         )
-    if len(segs) >= 3 and segs[0] == "services":
+    if len(segs) >= 3 and segs[0] in ("services", "programs"):
         return (
-            f"no template for this shape: {what} is an option of services.{segs[1]} with no file variant nixmig "
+            f"no template for this shape: {what} is an option of {segs[0]}.{segs[1]} with no file variant nixmig "
             f"knows (no {segs[-1]}File, no environmentFile that reads it; nixmig's are checked in nixpkgs' modules "
             f"one by one, and a module that never declared this option is possible too: check that "
-            f"services.{segs[1]} has it): nixmig cannot keep it out of the Nix store; set it from a file by hand "
-            "(a *File option, an environmentFile the unit reads), if the module allows"
+            f"{segs[0]}.{segs[1]} has it): nixmig cannot keep it out of the Nix store; set it from a file by hand "
+            "(a *File option, an environmentFile the unit reads, a command that reads the file such as msmtp's "
+            "passwordeval), if the module allows"
         )
     shape = env_container(tuple(segs))
     if shape is not None:  # a container's own environment, of a container this migration does not patch

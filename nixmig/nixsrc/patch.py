@@ -3587,7 +3587,11 @@ _ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # A variable that names another credential: the same value there is two secrets in one, and moving it
 # onto the database's secret would change it at each rotation (the admin's login kept the old one)
-_DATABASE_WORDS = frozenset({"db", "database", "postgres", "postgresql", "pg", "sql", "psql", "mysql", "mariadb"})
+_DATABASE_WORDS = frozenset(
+    {"db", "database", "postgres", "postgresql", "pg", "pgpassword", "sql", "psql", "mysql", "mariadb"}
+)
+# a program's or a service's name that says its credentials are no database's (msmtp's SMTP login)
+_OTHER_PROGRAMS = frozenset({"msmtp", "smtp", "mail", "email", "ldap", "redis", "minio", "s3", "oidc"})
 _OTHER_WORDS = frozenset(
     {"admin", "redis", "smtp", "mail", "email", "ldap", "jwt", "secret", "key", "token", "api", "oidc", "s3"}
     | {"minio", "vapid", "session", "cookie", "superuser", "initial"}
@@ -3595,12 +3599,15 @@ _OTHER_WORDS = frozenset(
 
 
 def _other_credential(path: NixPath) -> bool:
-    """``...environment.NEXTCLOUD_ADMIN_PASSWORD``, ``...REDIS_PASSWORD``: not the database's
-    (``DB_ADMIN_PASSWORD`` is, and so is an option ``database.adminPassword``)."""
+    """``...environment.NEXTCLOUD_ADMIN_PASSWORD``, ``...REDIS_PASSWORD``, ``programs.msmtp.accounts.X.password``:
+    not the database's (``DB_ADMIN_PASSWORD`` is, and so is an option ``database.adminPassword``)."""
     if not path:
         return False
     named = {w.lower() for w in words(path[-1])}
     near = named | {w.lower() for p in path[-2:-1] for w in words(p)}
+    whole = {w.lower() for p in path for w in words(p)}
+    if whole & _OTHER_PROGRAMS and not whole & _DATABASE_WORDS:  # programs.msmtp.accounts.X.password
+        return True
     return bool(named & _OTHER_WORDS) and not near & _DATABASE_WORDS
 
 
@@ -3624,7 +3631,6 @@ _PLAIN_SECRET_WORDS = frozenset(
 )
 _SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
 # the words of a variable that make its password a database's (DB_PASSWORD, POSTGRES_PASSWORD, PGPASSWORD)
-_DATABASE_WORDS = frozenset({"db", "database", "postgres", "postgresql", "pg", "pgpassword", "psql", "sql", "mysql"})
 # what an edit reads and declares of agenix (the names as written: a bare attribute or a quoted one)
 _AGE_READ = re.compile(r"config\.age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\.path")
 _AGE_DECLARED = re.compile(r"(?m)^\s*age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\s*=")
@@ -3660,7 +3666,38 @@ def oci_unit_seg(fm: FileModel | None, name: str) -> str:
         unit = f"{backend}-{name}"
         if fm is not None and any(b.exact and b.path[:3] == ("systemd", "services", unit) for b in fm.binds):
             return unit
+    if fm is not None:  # the author's own block named through the backend: "${backend}-NAME" (realcfg23/05)
+        for b in fm.binds:
+            seg = b.path[2] if len(b.path) >= 3 and b.path[:2] == ("systemd", "services") else ""
+            m = _BACKEND_UNIT.fullmatch(seg)
+            if m is not None and m.group(2) == nix_escape(name) and _names_backend(fm, m.group(1)):
+                return seg  # a dynamic attribute: a second one beside it would be "already defined"
     return '"${config.virtualisation.oci-containers.backend}-' + nix_escape(name) + '"'
+
+
+_BACKEND_UNIT = re.compile(r"\"\$\{\s*([A-Za-z_][\w'.-]*)\s*\}-([^\"$\\]+)\"")
+
+
+def _names_backend(fm: FileModel, expr: str) -> bool:
+    """``expr`` (inside ``${...}`` of a unit's name) is the oci-containers backend: the option itself, or a
+    name a let binds to it (``oci-backend = config.virtualisation.oci-containers.backend;``)."""
+    if expr.endswith("virtualisation.oci-containers.backend"):
+        return True
+    from nixmig.nixsrc.lets import _formal_names
+
+    if expr in _formal_names(fm.root):
+        return False
+    return any(
+        (ap := n.child_by_field_name("attrpath")) is not None
+        and fm.text(ap) == expr
+        and (v := n.child_by_field_name("expression")) is not None
+        and fm.text(unparen(v)).replace(" ", "").endswith("virtualisation.oci-containers.backend")
+        and n.parent is not None
+        and n.parent.parent is not None
+        and n.parent.parent.type == "let_expression"
+        for n in descendants(fm.root)
+        if n.type == "binding"
+    )
 
 
 def _secret_name(path: NixPath) -> bool:

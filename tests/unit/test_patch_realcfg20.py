@@ -155,3 +155,15 @@ def test_another_role_with_a_hyphen_is_a_companion_too() -> None:
     moved = pt.plan(sources, dataclasses.replace(spec, also=plan.auto_also))
     out = moved.results(sources)[file]
     assert b"reports-pw" not in out and b'"matrix-synapse"' in out
+
+
+def test_a_mail_client_s_password_with_the_database_s_value_is_another_credential() -> None:
+    """realcfg24/08: msmtp's SMTP login shared keycloak's database value and was said as "this migration's
+    password" with no hint that it is another credential (a rotation would break mail)."""
+    from nixmig.nixsrc.leftover import unknown_shape
+    from nixmig.nixsrc.patch import _other_credential
+
+    assert _other_credential(("programs", "msmtp", "accounts", "default", "password"))
+    assert not _other_credential(("services", "mailman", "database", "password"))  # a database's, by its words
+    assert not _other_credential(("services", "keycloak", "database", "password"))
+    assert "an option of programs.msmtp" in unknown_shape(("programs", "msmtp", "accounts", "default", "password"))
