@@ -1120,13 +1120,15 @@ def copies_in_texts(
 
 
 def _where_named(fm: FileModel, name: str, rel: str) -> str:
-    """FILE:LINE of the first path in ``fm`` that resolves to ``rel``."""
+    """FILE:LINE of the first Nix path in ``fm`` that resolves to ``rel``; "" when none does."""
     import posixpath
 
-    from nixmig.nixsrc.scan import TEXT_PATH
+    from nixmig.nixsrc.parse import descendants
 
-    for m in TEXT_PATH.finditer(fm.source):
-        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), m.group(1).decode("utf-8", "replace")))
-        if target == rel:
-            return f"{name}:{fm.line_col(m.start())[0]}"
-    return ""
+    at = [
+        n.start_byte
+        for n in descendants(fm.root)
+        if n.type == "path_expression"
+        and posixpath.normpath(posixpath.join(posixpath.dirname(name), fm.text(n))) == rel
+    ]
+    return f"{name}:{fm.line_col(min(at))[0]}" if at else ""

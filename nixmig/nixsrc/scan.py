@@ -1531,20 +1531,21 @@ def disambiguate(findings: Iterable[MaskedFinding]) -> list[MaskedFinding]:
 SQL_PATH: Final = re.compile(rb"(?<![\w.~/-])((?:\.\.?/)[\w.+/-]*\.sql)\b")
 
 
-# a relative path to any file in Nix source (``./tutorial.conf``, ``${./setup.sql}``, ``../db/init.sql``)
-TEXT_PATH: Final = re.compile(rb"(?<![\w.~/-])((?:\.\.?/)[\w.+/-]*[\w+-])")
-
-
 def text_paths(source: bytes, file: str) -> list[str]:
     """The files other than .nix (and agenix's .age) ``source`` (the Nix file ``file``) names by a relative
-    path, resolved against its directory (posix, normalized; a path may leave the repository, or name a
-    directory: the caller decides). Such a file goes into the Nix store with the configuration."""
+    Nix path (``./tutorial.conf``, ``${./setup.sql}``; not a path in a comment or inside a string's text),
+    resolved against its directory (posix, normalized; a path may leave the repository, or name a directory:
+    the caller decides). Such a file goes into the Nix store with the configuration."""
     import posixpath
 
+    from nixmig.nixsrc.parse import descendants, parse
+
     out: list[str] = []
-    for m in TEXT_PATH.finditer(source):
-        rel = m.group(1).decode("utf-8", "replace")
-        if rel.endswith((".nix", ".age")):
+    for n in descendants(parse(source).root_node):
+        if n.type != "path_expression" or n.text is None:
+            continue
+        rel = n.text.decode("utf-8", "replace")
+        if "${" in rel or not rel.startswith(("./", "../")) or rel.endswith((".nix", ".age", "/")):
             continue
         p = posixpath.normpath(posixpath.join(posixpath.dirname(file), rel))
         if p not in out:

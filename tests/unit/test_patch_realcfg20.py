@@ -167,3 +167,34 @@ def test_a_mail_client_s_password_with_the_database_s_value_is_another_credentia
     assert not _other_credential(("services", "mailman", "database", "password"))  # a database's, by its words
     assert not _other_credential(("services", "keycloak", "database", "password"))
     assert "an option of programs.msmtp" in unknown_shape(("programs", "msmtp", "accounts", "default", "password"))
+
+
+def test_only_nix_paths_name_a_file_that_goes_into_the_store() -> None:
+    """The verdict reads the files a .nix file names by a Nix path (they go into the store with it): a
+    path in a comment or inside a string's text is no such file, a .nix file is a source already, and
+    a path built by interpolation names no file nixmig could read."""
+    from nixmig.nixsrc.scan import text_paths
+
+    src = b'{ a = ./x.conf; b = "${./s.sql} then ./no.txt"; # ./c.md\n c = ../d/e.txt; d = ./m.nix; e = ./${x}.y; }'
+    assert sorted(text_paths(src, "h/f.nix")) == ["d/e.txt", "h/s.sql", "h/x.conf"]
+
+
+def test_a_copy_in_a_named_file_is_said_at_its_line_and_where_it_is_named() -> None:
+    """realcfg21/01: the value in a SQL file a unit feeds to psql and in a config file built into an image."""
+    from nixmig.nixsrc.leftover import copies_in_texts
+    from nixmig.nixsrc.model import model
+
+    nix = b'{ pkgs, ... }:\n{\n  a.cmd = [ "x" ./conf/app.conf ];\n  b.script = "psql < ${./setup.sql}";\n}\n'
+    texts = {
+        "h/conf/app.conf": b'uri = "pg://u:Copy-pw-12@h/db"\n',
+        "h/setup.sql": b"-- setup\nALTER ROLE u PASSWORD 'Copy-pw-12';\n",
+    }
+    out = copies_in_texts({"h/f.nix": model("h/f.nix", nix)}, texts, {b"Copy-pw-12"}, set())
+    assert [(x.file, x.line, x.in_sql, x.ours) for x in out] == [
+        ("h/conf/app.conf", 1, False, True),
+        ("h/setup.sql", 2, True, True),
+    ]
+    assert "h/f.nix:3 names it" in out[0].what and "h/f.nix:4 names it" in out[1].what
+    assert not copies_in_texts(
+        {"h/f.nix": model("h/f.nix", nix)}, texts, {b"Copy-pw-12"}, {("h/setup.sql", 2), ("h/conf/app.conf", 1)}
+    )

@@ -13,6 +13,12 @@ before the service's units start, and the option names the copy. Works for both 
 A database inside the same container (``containers.NAME.config.services.postgresql``) is refused
 unless the migration's strategy is ``move``: apply's psql runs on the host, not in the container.
 
+The option may also name ``/etc/X`` that the container's own ``environment.etc."X".text`` holds (read by
+that option only): the /etc entry goes, the rest is the same. Another store file of the same service in
+the same container (nextcloud's ``adminpassFile`` beside the moved ``dbpassFile``) is a companion the
+verdict offers (:func:`key_at`) and ``also`` moves the same way onto its own secret, value kept
+(:func:`move`; key ``containers.NAME.config.services.nextcloud.config.adminpassFile``).
+
 Not handled (the verdict says the literal): ``privateUsers`` set (the container's root is not the
 host's: it cannot read a root-only file of the host), a container whose attrset goes through a
 function (``mkContainer cfg { ... }``: not an option path nixmig can prove), several such files.
@@ -299,8 +305,14 @@ def _refuse(b: Builder, fm: FileModel, content: Node, value: str, what: str, sni
 
 SHAPE = Shape(
     "container-store-file",
-    "containers.X.config.services.nextcloud.config.dbpassFile = pkgs.writeText ...: a read-only bind mount of "
-    "the host's agenix file, copied inside the container for the nextcloud user",
+    "containers.X.config.services.nextcloud.config.dbpassFile = pkgs.writeText ... (or /etc text of the "
+    "container): a read-only bind mount of the host's agenix file, copied inside the container for the nextcloud "
+    "user; adminpassFile beside it a companion",
     apply,
-    ("native-container-nextcloud-writetext", "native-container-nextcloud-private-users"),
+    (
+        "native-container-nextcloud-writetext",
+        "native-container-nextcloud-private-users",
+        "native-container-nextcloud-etc-text",
+        "native-container-nextcloud-adminpass-companion",
+    ),
 )

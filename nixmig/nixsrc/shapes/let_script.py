@@ -737,5 +737,10 @@ SHAPE = Shape(
     "line: the script reads it from a systemd credential at run time (quoted for where it sits), a command "
     "line from an EnvironmentFile rendered at start; the binding goes",
     apply,
-    ("oci-let-uri-in-unit-script", "native-mysql-let-attrset-execstart", "oci-let-uri-in-unit-script-and-app-env"),
+    (
+        "oci-let-uri-in-unit-script",
+        "native-mysql-let-attrset-execstart",
+        "oci-let-uri-in-unit-script-and-app-env",
+        "native-let-rec-url-script-and-execstart",
+    ),
 )

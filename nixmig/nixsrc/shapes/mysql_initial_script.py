@@ -11,7 +11,11 @@ Nix store. nixmig cannot rotate a MySQL password, so this is strategy move: the 
   ``CREATE USER a`` before it gets ``ACCOUNT LOCK`` (without one, GRANT is what creates the account:
   refused, said);
 - a oneshot after mysql.service sets each account's password from the agenix file and unlocks it
-  (templates/mysql-user-password.nix.j2), at each boot.
+  (templates/mysql-user-password.nix.j2), at each boot;
+- ``ALTER USER a IDENTIFIED BY '...'`` with nothing before it in the script creating ``a`` (root and
+  services.mysql.user exist; an account ensureUsers makes does not yet: nixpkgs runs initialScript first)
+  never set a password: said at its line, with no oneshot (it would give the account a password it never
+  had, a change to the database under strategy move).
 
 Which accounts: the service's role (the MySQL user) when nixmig.toml names one, else the one user
 the script gives a password. Anything else (another user's password, ``SET PASSWORD``, an
@@ -410,5 +414,9 @@ SHAPE = Shape(
     "services.mysql.initialScript with IDENTIFIED BY '...' (strategy move): the clause goes (the account locked), "
     "a oneshot sets the password from the agenix file",
     apply,
-    ("native-mysql-initialscript-grant-identified", "native-mysql-initialscript-grant-creates-user"),
+    (
+        "native-mysql-initialscript-grant-identified",
+        "native-mysql-initialscript-grant-creates-user",
+        "native-mysql-initialscript-alter-before-ensureusers",
+    ),
 )
