@@ -350,6 +350,9 @@ def _patch_one(
     return ok, _as_json(plan, name, diff, notes, written=checked is not None)
 
 
+NOBODYS_PASSWORD = "The value is nobody's password"  # noqa: S105 - a phrase mysql_initial_script.py says
+
+
 def _kept_line(plan: Any) -> tuple[str | None, list[str]]:
     """For `secret new --from`: the one by-hand item's FILE:LINE that holds the migration's value, when
     one alone can (the only one, else the only one whose attribute names a database: nextcloud's
@@ -358,7 +361,10 @@ def _kept_line(plan: Any) -> tuple[str | None, list[str]]:
     another credential as this one)."""
     from nixmig.nixsrc.leftover import names_database
 
-    items = [m for m in plan.manual if m.file.endswith((".nix", ".sql")) and m.line > 0]
+    # an item whose value is nobody's password (SQL that never ran) holds nothing a secret should keep
+    items = [
+        m for m in plan.manual if m.file.endswith((".nix", ".sql")) and m.line > 0 and NOBODYS_PASSWORD not in m.what
+    ]
     where = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items))
     if len(where) == 1:
         return where[0], where

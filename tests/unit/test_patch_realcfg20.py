@@ -198,3 +198,16 @@ def test_a_copy_in_a_named_file_is_said_at_its_line_and_where_it_is_named() -> N
     assert not copies_in_texts(
         {"h/f.nix": model("h/f.nix", nix)}, texts, {b"Copy-pw-12"}, {("h/setup.sql", 2), ("h/conf/app.conf", 1)}
     )
+
+
+def test_an_item_whose_value_is_nobody_s_password_is_no_line_to_keep() -> None:
+    """realcfg24/05: the ALTER that never ran was printed as the line `secret new --from` should read."""
+    from nixmig.cli.patch import NOBODYS_PASSWORD
+
+    never = (
+        "m.nix",
+        20,
+        f"services.mysql.initialScript: ALTER USER ... never set a password ... {NOBODYS_PASSWORD}: x",
+    )
+    assert _kept_line(_plan(never)) == (None, [])
+    assert _kept_line(_plan(never, DB)) == ("c.nix:31", ["c.nix:31"])
