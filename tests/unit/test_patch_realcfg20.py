@@ -211,3 +211,13 @@ def test_an_item_whose_value_is_nobody_s_password_is_no_line_to_keep() -> None:
     )
     assert _kept_line(_plan(never)) == (None, [])
     assert _kept_line(_plan(never, DB)) == ("c.nix:31", ["c.nix:31"])
+
+
+def test_a_built_url_another_rec_field_reads_stays() -> None:
+    """`url2 = "${url}/x"` reads the built URL inside the rec: removing url would break url2, so url (and
+    the password it reads) stay, and the verdict says the literal."""
+    plan, out = _rec_variant(
+        '    host = "127.0.0.1";\n', '    host = "127.0.0.1";\n    url2 = "${url}?sslmode=disable";\n'
+    )
+    assert b"url = " in out and b'password = "l3dger-Url-pw";' in out
+    assert plan.manual  # type: ignore[attr-defined]

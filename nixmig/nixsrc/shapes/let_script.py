@@ -183,7 +183,8 @@ def _rec_fields(
     fm: FileModel, rec: Node, plain: dict[str, tuple[Node, Node, str]], others: dict[str, tuple[Node, Node]]
 ) -> tuple[dict[str, tuple[Node, Node, str]], dict[str, list[str]], dict[str, list[Node]]]:
     """In ``rec``: the fields built from sibling strings (field: (binding, string, value)), which of
-    them read each plain field (field: [readers]), and each plain field's other reads inside the rec."""
+    them read each plain field (field: [readers]), and each field's other reads inside the rec (a built field
+    read by another: ``url2 = "${url}/x"``; kept apart like a whole read, so it is never removed under them)."""
     built: dict[str, tuple[Node, Node, str]] = {}
     readers: dict[str, list[str]] = {}
     followed: set[int] = set()
@@ -210,7 +211,11 @@ def _rec_fields(
                         readers[fm.text(n)].append(field)
     inner: dict[str, list[Node]] = {}
     for n in descendants(rec):
-        if n.type == "variable_expression" and fm.text(n) in plain and n.start_byte not in followed:
+        if (
+            n.type == "variable_expression"
+            and (fm.text(n) in plain or fm.text(n) in built)
+            and n.start_byte not in followed
+        ):
             inner.setdefault(fm.text(n), []).append(n)
     return built, readers, inner
 
