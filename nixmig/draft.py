@@ -51,7 +51,7 @@ from nixmig.nixsrc.shapes.file_reference import datasource_fields, grafana_datas
 if TYPE_CHECKING:
     from tree_sitter import Node
 
-    from nixmig.nixsrc.scan import Finding
+    from nixmig.nixsrc.scan import Finding, Kind
     from nixmig.nixsrc.shapes.let_script import SqlAccount
 
 SECRETS_FILE = "secrets.nix"
@@ -734,21 +734,25 @@ def _let_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
         else:
             path = ()
         path = path[1:] if path[:1] == ("config",) else path
-        line, col = fm.line_col(u.start_byte)
-        end_line, end_col = fm.line_col(u.end_byte)
-        use = replace(
-            f,
-            line=line,
-            col=col,
-            end_line=end_line,
-            end_col=end_col,
-            attr_path=".".join(path),
-            kind=kind,
-            start=u.start_byte,
-            end=u.end_byte,
-        )
-        out.append(_LetUse(use, path, let))
+        out.append(_LetUse(_read_at(fm, f, u, path, kind, (u.start_byte, u.end_byte)), path, let))
     return out
+
+
+def _read_at(fm: FileModel, f: Finding, use: Node, path: NixPath, kind: Kind, span: tuple[int, int]) -> Finding:
+    """``f`` read where ``use`` reads it: its line, the option path there, its kind, the byte span to read."""
+    line, col = fm.line_col(use.start_byte)
+    end_line, end_col = fm.line_col(use.end_byte)
+    return replace(
+        f,
+        line=line,
+        col=col,
+        end_line=end_line,
+        end_col=end_col,
+        attr_path=".".join(path),
+        kind=kind,
+        start=span[0],
+        end=span[1],
+    )
 
 
 def _rec_url_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
@@ -771,20 +775,8 @@ def _rec_url_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
             around = [b for b in fm.binds if b.value.start_byte <= u.start_byte < b.value.end_byte]
             path = min(around, key=lambda b: b.value.end_byte - b.value.start_byte).path if around else ()
             path = path[1:] if path[:1] == ("config",) else path
-            line, col = fm.line_col(u.start_byte)
-            end_line, end_col = fm.line_col(u.end_byte)
-            use = replace(
-                f,
-                line=line,
-                col=col,
-                end_line=end_line,
-                end_col=end_col,
-                attr_path=".".join(path),
-                kind=Kind.URL_CREDENTIAL,
-                start=reader.literal.start_byte,
-                end=reader.literal.end_byte,
-            )
-            out.append(_LetUse(use, path, let))
+            span = (reader.literal.start_byte, reader.literal.end_byte)
+            out.append(_LetUse(_read_at(fm, f, u, path, Kind.URL_CREDENTIAL, span), path, let))
     return out
 
 

@@ -1083,8 +1083,6 @@ def copies_in_texts(
     token = copies_of(values)
     out: list[Leftover] = []
     for rel, data in sorted(texts.items()):
-        if rel.endswith(".nix"):
-            continue
         named = next((w for name, fm in sorted(models.items()) if (w := _where_named(fm, name, rel))), "a .nix file")
         for m in token.finditer(data):
             line = data.count(b"\n", 0, m.start()) + 1
@@ -1121,14 +1119,7 @@ def copies_in_texts(
 
 def _where_named(fm: FileModel, name: str, rel: str) -> str:
     """FILE:LINE of the first Nix path in ``fm`` that resolves to ``rel``; "" when none does."""
-    import posixpath
+    from nixmig.nixsrc.scan import nix_paths
 
-    from nixmig.nixsrc.parse import descendants
-
-    at = [
-        n.start_byte
-        for n in descendants(fm.root)
-        if n.type == "path_expression"
-        and posixpath.normpath(posixpath.join(posixpath.dirname(name), fm.text(n))) == rel
-    ]
-    return f"{name}:{fm.line_col(min(at))[0]}" if at else ""
+    at = next((start for start, path in nix_paths(fm.root, name) if path == rel), None)
+    return f"{name}:{fm.line_col(at)[0]}" if at is not None else ""

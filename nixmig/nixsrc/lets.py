@@ -110,6 +110,16 @@ def let_binding_at(root: Node, byte: int) -> tuple[str, Node] | None:
     return text(ap), node
 
 
+def binds_name(attrset: Node, name: str) -> bool:
+    """The attrset (``rec { ... }``) binds ``name`` itself (``name = ...;``)."""
+    return any(
+        b.type == "binding" and (ap := b.child_by_field_name("attrpath")) is not None and attr_names(ap) == (name,)
+        for bset in attrset.named_children
+        if bset.type == "binding_set"
+        for b in bset.named_children
+    )
+
+
 def let_expression(root: Node, name: str) -> Node | None:
     """The expression ``name`` is bound to in a let of the file (``let initSql = ''...''; in``), when the
     file binds it once, no function argument shadows it and the file reads it exactly once: an edit of
@@ -117,12 +127,7 @@ def let_expression(root: Node, name: str) -> Node | None:
     hits: list[Node] = []
     uses = 0
     for n in _walk(root):
-        if n.type == "rec_attrset_expression" and any(
-            b.type == "binding" and (ap := b.child_by_field_name("attrpath")) is not None and attr_names(ap) == (name,)
-            for bset in n.named_children
-            if bset.type == "binding_set"
-            for b in bset.named_children
-        ):
+        if n.type == "rec_attrset_expression" and binds_name(n, name):
             return None  # `rec { initSql = ...; }` binds the name too: which one a use reads is not this walk's
         if n.type == "let_expression":
             for bset in (c for c in n.named_children if c.type == "binding_set"):

@@ -1531,26 +1531,30 @@ def disambiguate(findings: Iterable[MaskedFinding]) -> list[MaskedFinding]:
 SQL_PATH: Final = re.compile(rb"(?<![\w.~/-])((?:\.\.?/)[\w.+/-]*\.sql)\b")
 
 
-def text_paths(source: bytes, file: str) -> list[str]:
-    """The files other than .nix (and agenix's .age) ``source`` (the Nix file ``file``) names by a relative
-    Nix path (``./tutorial.conf``, ``${./setup.sql}``; not a path in a comment or inside a string's text),
-    resolved against its directory (posix, normalized; a path may leave the repository, or name a directory:
-    the caller decides). Such a file goes into the Nix store with the configuration."""
+def nix_paths(root: Node, file: str) -> list[tuple[int, str]]:
+    """(start byte, path resolved against ``file``'s directory, posix, normalized) of each relative Nix path
+    in the syntax tree ``root`` (``./tutorial.conf``, ``${./setup.sql}``; not one in a comment or inside a
+    string's text, nor one built by interpolation)."""
     import posixpath
 
-    from nixmig.nixsrc.parse import descendants, parse
+    from nixmig.nixsrc.parse import descendants
 
-    out: list[str] = []
-    for n in descendants(parse(source).root_node):
-        if n.type != "path_expression" or n.text is None:
-            continue
-        rel = n.text.decode("utf-8", "replace")
-        if "${" in rel or not rel.startswith(("./", "../")) or rel.endswith((".nix", ".age", "/")):
-            continue
-        p = posixpath.normpath(posixpath.join(posixpath.dirname(file), rel))
-        if p not in out:
-            out.append(p)
-    return out
+    out: list[tuple[int, str]] = []
+    for n in descendants(root):
+        rel = n.text.decode("utf-8", "replace") if n.type == "path_expression" and n.text is not None else ""
+        if rel.startswith(("./", "../")) and "${" not in rel:
+            out.append((n.start_byte, posixpath.normpath(posixpath.join(posixpath.dirname(file), rel))))
+    return sorted(out)
+
+
+def text_paths(source: bytes, file: str) -> list[str]:
+    """The files other than .nix (and agenix's .age) ``source`` (the Nix file ``file``) names by a relative
+    Nix path (:func:`nix_paths`; a path may leave the repository, or name a directory: the caller decides).
+    Such a file goes into the Nix store with the configuration."""
+    from nixmig.nixsrc.parse import parse
+
+    paths = (p for _, p in nix_paths(parse(source).root_node, file))
+    return list(dict.fromkeys(p for p in paths if not p.endswith((".nix", ".age"))))
 
 
 def sql_paths(source: bytes, file: str) -> list[str]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.lets import binds_name
 from nixmig.nixsrc.model import attr_names, decode_string, unparen
 from nixmig.nixsrc.parse import descendants, text
 from nixmig.nixsrc.quote import escape_indented, nix_attr, nix_escape, shell_quote
@@ -117,7 +118,7 @@ def fields(fm: FileModel, shadowed: set[str]) -> list[Bound]:
         deep: dict[str, list[Node]] = {}  # cfg.images.web: a read of another field (images), not the whole
         for v in variables.get(name, ()):
             inside = value.type == "rec_attrset_expression" and value.start_byte <= v.start_byte < value.end_byte
-            if inside and _field_named(value, name):
+            if inside and binds_name(value, name):
                 continue  # rec { database = "..."; url = "...${database}"; }: the field, not the let
             sel = v.parent
             ap = sel.child_by_field_name("attrpath") if sel is not None and sel.type == "select_expression" else None
@@ -168,15 +169,6 @@ def fields(fm: FileModel, shadowed: set[str]) -> list[Bound]:
                 )
             )
     return out
-
-
-def _field_named(rec: Node, name: str) -> bool:
-    return any(
-        b.type == "binding" and (ap := b.child_by_field_name("attrpath")) is not None and attr_names(ap) == (name,)
-        for bset in rec.named_children
-        if bset.type == "binding_set"
-        for b in bset.named_children
-    )
 
 
 def _rec_fields(
