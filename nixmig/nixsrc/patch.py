@@ -345,6 +345,9 @@ class _Renderer:
     service_config: NixPath | None = None
     # the runtime directory's mode (RuntimeDirectoryMode); None: the module's own directory, left as it is
     dir_mode: str | None = "0700"
+    # the file LoadCredential reads when it is no agenix path of this system (a unit inside a declarative
+    # NixOS container reads the host's agenix file through a bind mount); None: config.age.secrets.X.path
+    credential_path: str | None = None
 
     @property
     def service_path(self) -> NixPath:
@@ -2010,18 +2013,40 @@ class Builder:
                     unit = v
         return pfm, pname, anchor, unit
 
-    def url_in_systemd(self, fm: FileModel, lit: Lit, unit: str, line: EnvLine, removed: str = "") -> _Renderer:
+    def url_in_systemd(
+        self,
+        fm: FileModel,
+        lit: Lit,
+        unit: str,
+        line: EnvLine,
+        removed: str = "",
+        *,
+        prefix: NixPath = (),
+        credential_path: str | None = None,
+    ) -> _Renderer:
         """``systemd.services.U.environment.VAR``, ``serviceConfig.Environment = [ "VAR=url" ]`` or a module's
         env-var config: the unit renders the line into an EnvironmentFile from a systemd credential.
-        ``removed``: what the removed binding is, when it is no variable of the unit's Environment."""
+        ``removed``: what the removed binding is, when it is no variable of the unit's Environment.
+        ``prefix``: the system the unit is part of (``containers.NAME.config``: a declarative NixOS
+        container's), whose LoadCredential reads ``credential_path`` (the host's file, bind-mounted)."""
         drop = lit.bind.node if lit.bind is not None else lit.node  # the binding, or the list element
-        key = ("systemd", fm.name, unit)
+        key = ("systemd", fm.name, *prefix, unit)
         if key not in self.renderers:
             try:
-                anchor = self._bind_containing(fm, ("systemd", "services", unit))
+                anchor = self._bind_containing(fm, (*prefix, "systemd", "services", unit))
             except PatchError:  # services.X.config.VAR: the unit is configured by its module
                 anchor = drop
-            self.renderers[key] = _Renderer(key, "systemd", fm, anchor, unit, unit, unit)
+            self.renderers[key] = _Renderer(
+                key,
+                "systemd",
+                fm,
+                anchor,
+                unit,
+                unit,
+                unit,
+                service_config=(*prefix, "systemd", "services", unit, "serviceConfig") if prefix else None,
+                credential_path=credential_path,
+            )
         r = self.renderers[key]
         env_path = self.add_env_line(r, line)
         removed = removed or f"{line.var} ({_holding(line)}) from the {unit} unit's Environment"
@@ -2352,9 +2377,13 @@ class Builder:
                 if any(ln.quoted for ln in lines)
                 else "the value as it is"
             )
+            source = spec.secret_on_host
+            if r.credential_path is not None:  # a unit inside a declarative NixOS container
+                inside = r.service_path[1]
+                source = f"{r.credential_path} (the host's {source}, bind-mounted into the {inside} container)"
             why = (
                 f"{r.unit}: an ExecStartPre renders {', '.join(f.path for f in files)} from "
-                f"{spec.secret_on_host} at each start (RuntimeDirectory 0700, file 0400, {how}), "
+                f"{source} at each start (RuntimeDirectory 0700, file 0400, {how}), "
                 f"so the {'URL' if urls else 'value'} is never in the Nix store; it replaces {_listing(r.literals)}"
             )
             own_env_files = not (r.kind == "systemd" and self.append_environment_file(fm, r, files))
@@ -2452,6 +2481,7 @@ class Builder:
                     env_files,
                     load,
                     r.dir_mode,
+                    r.credential_path,
                 )
             )
         also = [

@@ -295,6 +295,23 @@ def database_server(models: Mapping[str, FileModel], container: str) -> Bind | N
     )
 
 
+def bind_mount(b: Builder, fm: FileModel, container: str, secret: str, mount: str) -> None:
+    """``containers.NAME.bindMounts."/run/agenix-host/SECRET"``: the host's agenix file, read-only (once)."""
+    path = ("containers", container, "bindMounts", mount)
+    if any(x.path[: len(path)] == path for _, x in b.all_binds()) or (fm.name, path) in b.bind_mounts_added:
+        return
+    b.bind_mounts_added.add((fm.name, path))
+    tpl = template("container-secret.nix.j2")
+    b.insert_path(
+        fm,
+        None,
+        path,
+        lambda attr: str(tpl.bind_mount(attr, nix_attr(secret))),
+        f"the {container} container sees the host's agenix file {b.spec.secret_on_host} at {mount} (read-only "
+        "bind mount; root inside the container reads it, as the host's root: no privateUsers)",
+    )
+
+
 def _refuse(b: Builder, fm: FileModel, content: Node, value: str, what: str, snippet: str) -> None:
     """The literal is this migration's password, said by hand (masked, known, never taken by another rule)."""
     b.mask_literal(fm, content)

@@ -25,7 +25,7 @@ from nixmig.nixsrc.parse import text
 from nixmig.nixsrc.quote import escape_indented, nix_attr
 from nixmig.nixsrc.render import template
 from nixmig.nixsrc.shapes import Shape
-from nixmig.nixsrc.shapes.container_store_file import MOUNT_DIR
+from nixmig.nixsrc.shapes.container_store_file import MOUNT_DIR, bind_mount
 from nixmig.nixsrc.sqlpass import clauses, role_identifier
 
 if TYPE_CHECKING:
@@ -523,24 +523,7 @@ def role_unit(
         secret,
     )
     if container is not None and mount is not None:
-        _bind_mount(b, fm, container, secret, mount)
-
-
-def _bind_mount(b: Builder, fm: FileModel, container: str, secret: str, mount: str) -> None:
-    """``containers.NAME.bindMounts."/run/agenix-host/SECRET"``: the host's agenix file, read-only (once)."""
-    path = ("containers", container, "bindMounts", mount)
-    if any(x.path[: len(path)] == path for _, x in b.all_binds()) or (fm.name, path) in b.bind_mounts_added:
-        return
-    b.bind_mounts_added.add((fm.name, path))
-    tpl = template("container-secret.nix.j2")
-    b.insert_path(
-        fm,
-        None,
-        path,
-        lambda attr: str(tpl.bind_mount(attr, nix_attr(secret))),
-        f"the {container} container sees the host's agenix file {b.spec.secret_on_host} at {mount} (read-only "
-        "bind mount; root inside the container reads it, as the host's root: no privateUsers)",
-    )
+        bind_mount(b, fm, container, secret, mount)
 
 
 SHAPE = Shape(
