@@ -439,8 +439,11 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             "move that module into a file of its own that the host imports, or by hand"
         )
     inside = nixos_container(path)
-    pg_script = [seg.strip('"') for seg in path][-3:] == ["services", "postgresql", "initialScript"]
-    if inside is not None and f.rule == "sql" and pg_script and not _private_users(source, inside):
+    sql_script = [seg.strip('"') for seg in path][-3:] in (
+        ["services", "postgresql", "initialScript"],
+        ["services", "mysql", "initialScript"],
+    )  # a script nixmig moves inside a container (strategy move, no privateUsers)
+    if inside is not None and f.rule == "sql" and sql_script and not _private_users(source, inside):
         return (
             f"a password inside SQL text in the declarative NixOS container {inside} (containers.{inside}.config, a "
             "system of its own): nixmig's database phases run on the host and cannot reach the container's server, "
@@ -456,7 +459,7 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
                 f"containers.{inside}.privateUsers is set, so the container's root is not the host's and cannot read "
                 "the host's root-only agenix file through a bind mount (nixmig moves such a password only without "
                 "it); by hand: give the host's file the container's shifted uid (its base + the uid inside), "
-                if pg_script
+                if sql_script
                 else "nixmig has no edit for this script there; by hand: "
             )
             + "bind-mount the host's agenix file read-only into the "

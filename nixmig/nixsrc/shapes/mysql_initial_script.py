@@ -17,6 +17,11 @@ Nix store. nixmig cannot rotate a MySQL password, so this is strategy move: the 
   never set a password: said at its line, with no oneshot (it would give the account a password it never
   had, a change to the database under strategy move).
 
+Inside a declarative NixOS container (``containers.NAME.config.services.mysql.initialScript``, realcfg20/24):
+the same edits, the oneshot inside the container (its own mysql package and user), reading the host's
+agenix file through a read-only bind mount at /run/agenix-host/SECRET with LoadCredential (the container's
+PID 1 is the host's root); with ``privateUsers`` set, said (its root cannot read the host's root-only file).
+
 Which accounts: the service's role (the MySQL user) when nixmig.toml names one, else the one user
 the script gives a password. Anything else (another user's password, ``SET PASSWORD``, an
 ``IDENTIFIED BY`` nixmig cannot read) is left for the verdict, which says it.
@@ -38,7 +43,7 @@ from nixmig.nixsrc.sqlpass import SAFE_HOLE, fill_holes
 if TYPE_CHECKING:
     from tree_sitter import Node
 
-    from nixmig.nixsrc.model import FileModel
+    from nixmig.nixsrc.model import FileModel, NixPath
     from nixmig.nixsrc.patch import Builder
 
 INITIAL_SCRIPT = ("services", "mysql", "initialScript")
@@ -134,11 +139,24 @@ def apply(b: Builder, password: str | None) -> None:
         return  # nixmig cannot rotate a MySQL password: the verdict says so, and names strategy move
     sql_files(b)
     for fm, bind in b.all_binds():
-        if bind.path != INITIAL_SCRIPT or not bind.exact:
+        if bind.path[-3:] != INITIAL_SCRIPT or not bind.exact:
             continue
+        prefix = bind.path[:-3]
+        if prefix and _container(b, prefix) is None:
+            continue  # a specialisation's, a container with privateUsers: the verdict says it
         node = written_text(bind.value, root=fm.root)
         if node is not None:
-            _patch(b, fm, bind.node, node, password)
+            _patch(b, fm, bind.node, node, password, prefix)
+
+
+def _container(b: Builder, prefix: NixPath) -> str | None:
+    """The declarative NixOS container whose system ``prefix`` is (``containers.NAME.config``), when the
+    oneshot can go inside it: its root is the host's (no ``privateUsers``), so a read-only bind mount of
+    the host's root-only agenix file is a file its LoadCredential reads."""
+    from nixmig.nixsrc.shapes.initial_script import container_of, private_users
+
+    container = container_of(prefix)
+    return container if container is not None and private_users(b, container) is None else None
 
 
 def _place(text: str, st: Statement) -> tuple[int, int]:
@@ -176,7 +194,8 @@ def sql_files(b: Builder) -> None:
             wanted = account_user(users, role)
             ours = [st for st in stmts if st.clause is not None and st.user == wanted]
             container = bind.path[1] if bind.path[:1] == ("containers",) and len(bind.path) > 3 else None
-            nested = bool(bind.path[:-3])
+            prefix = bind.path[:-3]
+            nested = bool(prefix) and _container(b, prefix) is None  # no oneshot nixmig can add there
 
             one_account = len({(st.user, st.host) for st in ours}) == 1
             values = {st.clause[2] for st in ours if st.clause is not None}
@@ -186,11 +205,12 @@ def sql_files(b: Builder) -> None:
                 line, col = _place(text, st)
                 if nested:
                     then = (
-                        f"it is inside the declarative NixOS container {container} (containers.{container}.config, a "
-                        "system of its own: no agenix there), which nixmig has no edit for; by hand: bind-mount the "
-                        f"host's agenix file read-only into the container (containers.{container}.bindMounts), take "
-                        "the clause out, and set the password at run time inside from the mount (ALTER USER ... "
-                        "IDENTIFIED BY, the value read by the shell)"
+                        f"it is inside the declarative NixOS container {container} (containers.{container}.config), "
+                        f"and containers.{container}.privateUsers is set: the container's root is not the host's "
+                        "and cannot read the host's root-only agenix file through a bind mount; by hand: give the "
+                        "host's file the container's shifted uid (its base + the uid inside), bind-mount it "
+                        f"read-only (containers.{container}.bindMounts), take the clause out, and set the password "
+                        "at run time inside from the mount (ALTER USER ... IDENTIFIED BY, the value read by the shell)"
                         if container
                         else f"{'.'.join(bind.path[:-3])} holds that database, which nixmig has no edit for; by hand"
                     )
@@ -246,7 +266,7 @@ def sql_files(b: Builder) -> None:
             ]
             if made and not any(st.clause is not None and st.user == role for st in stmts):
                 b.sql_file = fm
-                _unit(b, fm, bind.node, sorted({st.account for st in made}))
+                _unit(b, fm, bind.node, sorted({st.account for st in made}), prefix)
 
 
 def _said_at_binding(b: Builder, fm: FileModel, expr: Node) -> None:
@@ -264,21 +284,19 @@ def _said_at_binding(b: Builder, fm: FileModel, expr: Node) -> None:
         b.mask_literal(fm, literal)
 
 
-def _server_user(b: Builder) -> str:
-    """``services.mysql.user`` as the tree sets it (nixpkgs' default ``mysql``): an account the server has."""
+def _server_user(b: Builder, prefix: NixPath = ()) -> str:
+    """``services.mysql.user`` as the tree sets it (nixpkgs' default ``mysql``) in the system ``prefix`` is:
+    an account the server has."""
     from nixmig.nixsrc.model import decode_string
 
+    want = (*prefix, "services", "mysql", "user")
     return next(
-        (
-            v
-            for _, x in b.all_binds()
-            if x.exact and x.path == ("services", "mysql", "user") and (v := decode_string(x.value))
-        ),
+        (v for _, x in b.all_binds() if x.exact and x.path == want and (v := decode_string(x.value))),
         "mysql",
     )
 
 
-def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | None) -> None:
+def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | None, prefix: NixPath = ()) -> None:
     from nixmig.nixsrc.patch import Manual
     from nixmig.nixsrc.shapes.initial_script import read_once_less, sql_holes
 
@@ -331,7 +349,7 @@ def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | No
     (value,) = values
     for s in ours:
         made = [c for c in stmts if c.verb in ("create", "grant") and c.end <= s.start and c.user == s.user]
-        if s.verb == "alter" and not made and s.user not in ("root", _server_user(b)) and s.clause is not None:
+        if s.verb == "alter" and not made and s.user not in ("root", _server_user(b, prefix)) and s.clause is not None:
             said(
                 s.clause[0],
                 f"services.mysql.initialScript: ALTER USER {s.account} IDENTIFIED BY never set a password: nixpkgs "
@@ -385,28 +403,48 @@ def _patch(b: Builder, fm: FileModel, near: Node, node: Node, password: str | No
     b.known.add(digest(value.encode()))
     b.taken_here.add(value.encode())  # its copies elsewhere (`artisan ... --password=VALUE`) are still it
     b.sql_file = fm
-    _unit(b, fm, near, sorted({s.account for s in ours}))
+    _unit(b, fm, near, sorted({s.account for s in ours}), prefix)
 
 
-def _unit(b: Builder, fm: FileModel, near: Node, accounts: list[str]) -> None:
+def _unit(b: Builder, fm: FileModel, near: Node, accounts: list[str], prefix: NixPath = ()) -> None:
+    """The oneshot that sets ``accounts``' password, in the system ``prefix`` is (the host's, or a declarative
+    NixOS container's: there it reads the host's agenix file through a read-only bind mount)."""
     from nixmig.nixsrc.patch import credential_name
-    from nixmig.nixsrc.shapes.initial_script import add_unit, unit_name
+    from nixmig.nixsrc.shapes.container_store_file import MOUNT_DIR, bind_mount
+    from nixmig.nixsrc.shapes.initial_script import _container_config, add_unit, unit_name
 
     spec = b.spec
     tpl = template("mysql-user-password.nix.j2")
     shown = ", ".join(accounts)
+    container = _container(b, prefix) if prefix else None
+    mount = f"{MOUNT_DIR}/{spec.secret}" if container is not None else None
+    cfg = _container_config(b, container) if container is not None else "config"
     add_unit(
         b,
         fm,
         near,
         lambda attr: str(
-            tpl.unit(attr, spec.secret, nix_attr(spec.secret), shown, accounts, credential_name(spec.secret))
+            tpl.unit(
+                attr,
+                spec.secret,
+                nix_attr(spec.secret),
+                shown,
+                accounts,
+                credential_name(spec.secret),
+                credential_path=mount,
+                cfg=cfg,
+            )
         ),
-        f"the oneshot {unit_name(b)} sets the MySQL password of {shown} from {spec.secret_on_host} after "
-        "mysql.service is up, at each boot and on a deploy that changes the unit or restarts the server, and unlocks "
-        "the account (the value is read from the credential file by the shell and sent on the client's stdin: never "
-        "in the store, an argv or the server's logs)",
+        f"the oneshot {unit_name(b)} sets the MySQL password of {shown} from "
+        + (f"{mount} (the host's {spec.secret_on_host}, bind-mounted)" if mount else spec.secret_on_host)
+        + " after mysql.service is up, at each boot and on a deploy that changes the unit or restarts the server, "
+        "and unlocks the account (the value is read from the credential file by the shell and sent on the client's "
+        "stdin: never in the store, an argv or the server's logs)"
+        + (f"; inside the {container} container, beside the server it sets" if container is not None else ""),
+        prefix,
     )
+    if container is not None and mount is not None:
+        bind_mount(b, fm, container, spec.secret, mount)
 
 
 SHAPE = Shape(
@@ -418,5 +456,7 @@ SHAPE = Shape(
         "native-mysql-initialscript-grant-identified",
         "native-mysql-initialscript-grant-creates-user",
         "native-mysql-initialscript-alter-before-ensureusers",
+        "native-container-mysql-initialscript-move",
+        "native-container-mysql-initialscript-private-users",
     ),
 )
