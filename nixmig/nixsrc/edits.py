@@ -252,7 +252,7 @@ class Edits:
             return all(self._value_formals(fm, m, ("config", "lib", "pkgs"), "", dry=True) for m in fm.modules)
         formals = fm.function_formals()
         if formals is None:
-            return fm.bare_attrset() is not None and fm.module_function() is None
+            return fm.bare_module_head() is not None and fm.module_function() is None
         have = {text(n) for f in formals.named_children if f.type == "formal" for n in f.named_children[:1]}
         return not have or bool(have & MODULE_ARGS) or self._module_with_ellipsis(fm, formals)
 
@@ -302,7 +302,7 @@ class Edits:
                 at = (ignored.start_byte, ignored.start_byte) if reads else (ignored.start_byte, ignored.end_byte)
                 self.add(fm, at[0], at[1], head + ("@" if reads else ""), why)
                 return True
-            bare = fm.bare_attrset()
+            bare = fm.bare_module_head()  # the attrset, or the `let ... in` around it
             if bare is None or fn is not None:
                 return False
             self.add(fm, bare.start_byte, bare.start_byte, "{ " + ", ".join([*names, "..."]) + " }:\n", why)

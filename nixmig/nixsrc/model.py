@@ -276,6 +276,20 @@ class FileModel:
         top = top_expression(self.root)
         return top if top is not None and top.type in ("attrset_expression", "rec_attrset_expression") else None
 
+    def bare_module_head(self) -> Node | None:
+        """Where a bare module starts: its top attrset, or the ``let ... in`` / ``with lib;`` around it
+        (``let pw = "..."; in { ... }``, no function either): a module's formals go before it."""
+        if self.modules:
+            return self.bare_attrset()
+        top = top_expression(self.root)
+        node = unparen(top) if top is not None else None
+        while node is not None and node.type in ("let_expression", "with_expression"):
+            body = node.child_by_field_name("body")
+            node = unparen(body) if body is not None else None
+        if node is None or node.type not in ("attrset_expression", "rec_attrset_expression"):
+            return None
+        return top
+
 
 def model(name: str, source: bytes) -> FileModel:
     """Parse one file (NixSyntaxError with file:line:col) and index its bindings and literals."""

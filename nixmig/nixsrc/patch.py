@@ -2861,9 +2861,13 @@ class Builder:
         recognised = bool(self.known) or db is not None or bool(self.renderers) or bool(self.ed.items)
         idents = [n for n in (spec.container, spec.db_service, *spec.app_services, spec.unit, spec.secret) if n]
         scope: set[str] | None = None
+        read_by: dict[str, str] = {}  # a file a patched container reads values from -> what reads it
         if recognised or in_use:
             named = {posixpath.normpath(n) for n in (spec.module, spec.compose, spec.host_file) if n}
             scope = {e.file for e in self.ed.items} | named | used | naming(self.models, idents)
+            patched_here = self.patched_containers | ({(db.fm.name, *db.prefix)} if db is not None else set())
+            read_by = self.read_by_containers(patched_here)
+            scope |= set(read_by)
         found = leftovers(
             self.models,
             self.ed.items,
@@ -2942,6 +2946,13 @@ class Builder:
                     f"own, strategy move: `nixmig secret new NAME --from {left.file}:{left.line}`), or change its "
                     "value, then patch again"
                 )
+            if left.file in read_by and not companion:
+                what += (
+                    f"; {read_by[left.file]} reads values from this file, in a container this migration patches: "
+                    "nixmig moves a container's other credential onto a secret of its own only where its environment "
+                    "holds the literal; write it there (patch then offers it, value kept), or move it by hand"
+                )
+                snippet = ""
             self.manual.append(Manual(left.file, left.line, left.col, what, snippet, companion))
         self.manual += in_texts
         if not found and not self.ed.items and not self.manual and not in_use:
@@ -3031,6 +3042,51 @@ class Builder:
         return any(_arion_compose(m) for m in models) and not any(
             m.roots and posixpath.basename(m.name) != "secrets.nix" and not _arion_compose(m) for m in models
         )
+
+    def read_by_containers(self, containers: Collection[tuple[str, ...]]) -> dict[str, str]:
+        """The .nix files a patched container's attrset reads values from (``MYSQL_ROOT_PASSWORD = (import
+        ./plain-secrets.nix).rootPassword``, or through a let of its file: ``secrets = import ./secrets.nix``),
+        each with where it is read: what they hold is the container's too, so the verdict reads them (a
+        credential left there is said, naming its reader)."""
+        from nixmig.nixsrc.scan import nix_paths
+
+        def nix_files(node: Node, fm: FileModel) -> list[str]:
+            return [
+                name
+                for _, p in nix_paths(node, fm.name)
+                for name in (p, posixpath.join(p, "default.nix"))
+                if name.endswith(".nix") and name in self.models
+            ]
+
+        files: dict[str, str] = {}
+        for file, *rest in sorted(containers):
+            fm = self.models.get(file)
+            prefix = tuple(rest)
+            if fm is None or not prefix:
+                continue
+            # the deepest binding first: the reader said is the variable (MYSQL_ROOT_PASSWORD), not the container
+            binds = sorted(
+                (b for b in fm.binds if b.exact and b.path[: len(prefix)] == prefix), key=lambda b: -len(b.path)
+            )
+            names: dict[str, Bind] = {}
+            for b in binds:
+                for n in descendants(b.value):
+                    if n.type == "identifier":
+                        names.setdefault(text(n), b)
+                for name in nix_files(b.value, fm):
+                    files.setdefault(name, f"{'.'.join(b.path)} ({fm.where(b.node)})")
+            for n in descendants(fm.root):  # the lets of the file those values read
+                parent = n.parent.parent if n.parent is not None else None
+                if n.type != "binding" or parent is None or parent.type not in _LET_SCOPES:
+                    continue
+                ap, value = n.child_by_field_name("attrpath"), n.child_by_field_name("expression")
+                reader = names.get(text(ap)) if ap is not None else None
+                if ap is not None and reader is not None and value is not None:
+                    for name in nix_files(value, fm):
+                        files.setdefault(
+                            name, f"{'.'.join(reader.path)} ({fm.where(reader.node)}, through the let {text(ap)})"
+                        )
+        return {k: v for k, v in files.items() if k not in {file for file, *_ in containers}}
 
     def container_files_edited(self) -> None:
         """An edit in a file that is a declarative NixOS container's configuration (``containers.NAME.config =
@@ -3470,6 +3526,9 @@ def _in(node: Node, container: Node) -> bool:
     return container.start_byte <= node.start_byte and node.end_byte <= container.end_byte
 
 
+_LET_SCOPES = ("let_expression", "rec_attrset_expression")  # where a binding's name is a variable
+
+
 def nix_path(rel: str) -> str:
     """A Nix path expression for a relative path (a literal when it can be one)."""
     if not rel.startswith(("./", "../")):
@@ -3789,8 +3848,9 @@ def _environment_assignment(lit: Lit, value: str, url: UrlParts) -> tuple[str, E
 
 
 def environment_variable(path: NixPath) -> bool:
-    """``path`` is a variable of a container's environment or of a unit's ``environment``: what on_url edits."""
-    return env_container(path) is not None or _systemd_shape(path) is not None
+    """``path`` is a variable of a container's environment, of a unit's ``environment`` or of a nixpkgs module's
+    env-var config (vaultwarden's ``config.DATABASE_URL``): what on_url edits."""
+    return env_container(path) is not None or _systemd_shape(path) is not None or _env_option_shape(path) is not None
 
 
 def _systemd_shape(path: NixPath) -> str | None:
