@@ -3368,10 +3368,11 @@ def _printf_lines(secret: str, files: Sequence[EnvFile]) -> list[str]:
     return [escape_indented(ln + "\n", before_antiquote=False)[:-1] for ln in lines]
 
 
-def store_file_content(value: Node, *, indented: bool = False) -> Node | None:
+def store_file_content(value: Node, *, indented: bool = False, root: Node | None = None) -> Node | None:
     """The content string of ``pkgs.writeText "name" "content"`` (``toString`` around it, parentheses),
-    or None when the value is anything else; ``indented``: an indented string too (a whole text)."""
-    node = written_text(value, plain=False)
+    or None when the value is anything else; ``indented``: an indented string too (a whole text); ``root``:
+    the content may be a let string of the file read there only (written_text)."""
+    node = written_text(value, plain=False, root=root)
     kinds = ("string_expression", "indented_string_expression") if indented else ("string_expression",)
     return node if node is not None and node.type in kinds else None
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from nixmig.nixsrc.indented import decode_any
 from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.lets import let_binding_at
+from nixmig.nixsrc.parse import descendants, text
 from nixmig.nixsrc.quote import nix_attr
 from nixmig.nixsrc.shapes import Shape
 from nixmig.nixsrc.shapes.naming import database_password_named, named_by, password_named
@@ -42,6 +44,8 @@ def apply(b: Builder, password: str | None) -> None:
         # under move the whole text may be the secret (miniflux' adminCredentialsFile: USERNAME=, PASSWORD=),
         # kept byte for byte; a rotation writes a bare password, which only a bare one may be replaced by
         content = store_file_content(bind.value, indented=True)
+        if content is None:  # pkgs.writeText "pw" dbPass, a let string of the file read there only
+            content = store_file_content(bind.value, indented=True, root=fm.root)
         value = decode_any(content) if content is not None else None
         if value is not None and content is not None and content.type == "indented_string_expression":
             # a rotation replaces one bare password: an indented string that holds one line (`''pw''`, or
@@ -84,6 +88,15 @@ def apply(b: Builder, password: str | None) -> None:
     b.need(fm, ("config",))
     b.store_file = fm
     b.service_reads(bind.path, (fm, bind.value))
+    bound = let_binding_at(fm.root, content.start_byte) if not _within(content, bind.value) else None
+    if bound is not None:  # the let's one read is replaced: its binding goes with it (Builder.drop_lets)
+        for n in descendants(bind.value):
+            if n.type == "variable_expression" and text(n) == bound[0]:
+                b.use_lets(fm, n)
+
+
+def _within(node: Node, outer: Node) -> bool:
+    return outer.start_byte <= node.start_byte and node.end_byte <= outer.end_byte
 
 
 def _the_services_one(b: Builder, found: list[tuple[FileModel, Bind, Node, str]]) -> bool:
@@ -108,5 +121,10 @@ SHAPE = Shape(
     "store-file",
     "a *File option set to pkgs.writeText/builtins.toFile with the password: it names the agenix file",
     apply,
-    ("native-writetext-passwordfile", "native-interpolated-writetext", "native-initialscript-and-two-store-files"),
+    (
+        "native-writetext-passwordfile",
+        "native-interpolated-writetext",
+        "native-initialscript-and-two-store-files",
+        "native-writetext-passwordfile-let-bound",
+    ),
 )
