@@ -120,6 +120,22 @@ def binds_name(attrset: Node, name: str) -> bool:
     )
 
 
+def let_binding_value(root: Node, name: str) -> Node | None:
+    """The expression ``name`` is bound to in a let of the file, when the file binds it once (in lets and
+    ``rec`` attrsets) and no function argument shadows it; however often it is read."""
+    hits: list[Node] = []
+    for n in _walk(root):
+        if n.type == "rec_attrset_expression" and binds_name(n, name):
+            return None
+        if n.type == "let_expression":
+            for bset in (c for c in n.named_children if c.type == "binding_set"):
+                for b in bset.named_children:
+                    ap, ex = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
+                    if b.type == "binding" and ap is not None and ex is not None and attr_names(ap) == (name,):
+                        hits.append(ex)
+    return hits[0] if len(hits) == 1 and name not in _formal_names(root) else None
+
+
 def let_expression(root: Node, name: str) -> Node | None:
     """The expression ``name`` is bound to in a let of the file (``let initSql = ''...''; in``), when the
     file binds it once, no function argument shadows it and the file reads it exactly once: an edit of

@@ -88,7 +88,7 @@ from nixmig.nixsrc.leftover import (
     uses_secret,
     wrapper_container,
 )
-from nixmig.nixsrc.lets import LetLiteral, let_expression, let_literals, resolve
+from nixmig.nixsrc.lets import LetLiteral, let_binding_value, let_expression, let_literals, resolve
 from nixmig.nixsrc.model import (
     AttrSet,
     Bind,
@@ -96,6 +96,7 @@ from nixmig.nixsrc.model import (
     Lit,
     NixPath,
     _apply_parts,
+    attr_names,
     bindings,
     decode_string,
     model,
@@ -489,10 +490,17 @@ class Builder:
                 continue
             value = self.value_of(fm, b.value)
             if value is None:
+                imported = self.imported_from(fm, b.value)
                 self.manual_here(
                     fm,
                     b.value,
-                    f"{'.'.join(b.path)} is computed, not a literal: nixmig cannot tell where the password comes from",
+                    f"{'.'.join(b.path)} "
+                    + (
+                        f"reads the password from {imported}, a plain .nix file of the repository (in the "
+                        f"world-readable Nix store with the rest): {IMPORTED_HOW}"
+                        if imported
+                        else "is computed, not a literal: nixmig cannot tell where the password comes from"
+                    ),
                     self.db_snippet(kind, prefix, file_variable(var, image)),
                 )
                 continue
@@ -988,6 +996,35 @@ class Builder:
         self.use_lets(fm, lit.node)
         self.replaced.append(f"{'.'.join(lit.path)} at {fm.where(lit.node)}")
 
+    def imported_from(self, fm: FileModel, node: Node) -> str:
+        """Where ``node`` reads a literal of a second .nix file of the repository: ``(import ./plain.nix).pw``,
+        or ``s.pw`` with ``s = import ./plain.nix`` a let of the file, that file a plain attrset holding the
+        key as a string (``FILE:LINE (KEY)``); "" otherwise. nixmig edits a password where it is used, not
+        in the file it is imported from: said, so the user can move it (never "cannot tell")."""
+        node = unparen(node)
+        if node.type != "select_expression":
+            return ""
+        base, attrs = node.child_by_field_name("expression"), node.child_by_field_name("attrpath")
+        if base is None or attrs is None:
+            return ""
+        base = unparen(base)
+        if base.type == "variable_expression":
+            bound = let_binding_value(fm.root, text(base))
+            base = unparen(bound) if bound is not None else base
+        if base.type != "apply_expression":
+            return ""
+        fn, args = _apply_parts(base)
+        target = unparen(args[0]) if fn == "import" and len(args) == 1 else None
+        if target is None or target.type != "path_expression" or not text(target).startswith(("./", "../")):
+            return ""
+        name = posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), text(target)))
+        other = self.models.get(name) or self.models.get(posixpath.join(name, "default.nix"))
+        key = attr_names(attrs)
+        held = next((x for x in other.binds if x.exact and x.path == key), None) if other is not None else None
+        if other is None or held is None or decode_string(unparen(held.value)) is None:
+            return ""
+        return f"{other.where(held.value)} ({'.'.join(key)})"
+
     def value_of(self, fm: FileModel, node: Node) -> str | None:
         """The string ``node`` is: a literal, a let-bound literal, or a string only let literals fill."""
         found = resolve(node, self.lets[fm.name], self.let_fields[fm.name])
@@ -1136,10 +1173,13 @@ class Builder:
             # the expression as written, unless a string in it may be (part of) the password: never shown
             strings = any(n.type in ("string_expression", "indented_string_expression") for n in descendants(node))
             shown = "an expression with strings in it" if strings else " ".join(fm.text(node).split())[:60]
+            imported = self.imported_from(fm, node)
             self.manual_here(
                 fm,
                 node,
-                f"{'.'.join(path)} is computed ({shown}): nixmig cannot tell what it "
+                f"{'.'.join(path)} "
+                + (f"reads its value from {imported}, a plain .nix file" if imported else f"is computed ({shown})")
+                + ": nixmig cannot tell what it "
                 f"holds; if it is the password of role {self.spec.role}, the {name} container keeps the old one when "
                 "apply rotates it (a failed login): give it the agenix secret by hand (an env file the container "
                 'reads), write the value where nixmig moves it, or use strategy = "move" (the value kept)',
@@ -2208,7 +2248,12 @@ class Builder:
         value = self.value_of(fm, b.value)
         why = None
         if value is None:
-            why = f"{'.'.join(b.path)} (also: {secret!r}) is computed, not a literal: nixmig cannot tell what it holds"
+            imported = self.imported_from(fm, b.value)
+            why = f"{'.'.join(b.path)} (also: {secret!r}) " + (
+                f"reads its value from {imported}, a plain .nix file of the repository: {IMPORTED_HOW}"
+                if imported
+                else "is computed, not a literal: nixmig cannot tell what it holds"
+            )
         elif value == "":
             return None  # an empty variable holds no secret
         elif value != self.also_values.setdefault(secret, value):
@@ -3528,6 +3573,11 @@ def _in(node: Node, container: Node) -> bool:
 
 
 _LET_SCOPES = ("let_expression", "rec_attrset_expression")  # where a binding's name is a variable
+# what to do with a password read from a second plain .nix file (Builder.imported_from)
+IMPORTED_HOW = (
+    "nixmig edits a password where it is used, not in the file it is imported from; write the literal here "
+    "instead (and take it out of that file), then patch again: it moves onto the agenix secret"
+)
 
 
 def nix_path(rel: str) -> str:
