@@ -694,7 +694,47 @@ class _LetUse:
 
     finding: Finding
     path: NixPath
-    let: LetLiteral
+    let: LetLiteral | None  # None: a string of a second plain file, read by ``(import ./plain.nix).pw``
+
+
+def _import_uses(models: Mapping[str, FileModel], fm: FileModel, f: Finding) -> list[_LetUse]:
+    """A finding on a string of a plain .nix file other files import (``(import ./plain.nix).pw``, or
+    ``s.pw`` with ``s = import ./plain.nix`` a let there; nixsrc.patch.import_target): one finding per read,
+    in the reading file, at the option path that reads it (the binding whose value it is, else the one
+    around it). [] when no file reads it so."""
+    from nixmig.nixsrc.patch import import_target
+    from nixmig.nixsrc.scan import file_project, suggest_name, words
+
+    out: list[_LetUse] = []
+    for m in models.values():
+        if m is fm:
+            continue
+        for n in descendants(m.root):
+            if n.type != "select_expression":
+                continue
+            imp = import_target(models, m, n)
+            if imp is None or imp.file != fm.name or not imp.literal.start_byte <= f.start < imp.literal.end_byte:
+                continue
+            bound = [b for b in m.binds if unparen(b.value) == n]
+            around = [b for b in m.binds if b.value.start_byte <= n.start_byte < b.value.end_byte]
+            path = (
+                bound[0].path
+                if bound
+                else min(around, key=lambda b: b.value.end_byte - b.value.start_byte).path
+                if around
+                else ()
+            )
+            path = path[1:] if path[:1] == ("config",) else path
+            # named where it is read (the plain file's name says nothing of the service: `plain-secrets-...`)
+            name = suggest_name(
+                project=file_project(m.name, m.source),
+                plain=path,
+                kind=f.kind,
+                name_words=words(path[-1] if path else ""),
+            )
+            used = replace(_read_at(m, f, n, path, f.kind, (n.start_byte, n.end_byte)), file=m.name, secret_name=name)
+            out.append(_LetUse(used, path, None))
+    return out
 
 
 def _let_uses(fm: FileModel, f: Finding) -> list[_LetUse]:
@@ -1568,7 +1608,7 @@ def draft(
     unit_exec: dict[int, _Db] = {}  # a literal in SQL a unit runs (psql, maybe through podman/docker exec)
     for name, fm in models.items():
         for f in scan_source(fm.source, name).findings:
-            uses = _let_uses(fm, f)
+            uses = _let_uses(fm, f) or _import_uses(models, fm, f)
             account = sql_account(fm, f.start) if f.kind.value == "password" and f.start >= 0 else None
             direct = _unit_sql_exec_db(fm, f) if account is None and f.kind.value == "password" else None
             if direct is not None:
@@ -1660,7 +1700,7 @@ def draft(
             )
             continue
         result.password = f.value.reveal()
-        if (use := let_uses.get(id(f))) is not None:
+        if (use := let_uses.get(id(f))) is not None and use.let is not None:
             result.notes.insert(0, _let_note(models[f.file], use.let))
         dbs.append(result)
     # a database only the apps' URLs name (its container is elsewhere, or it is another host's)
@@ -1682,7 +1722,7 @@ def draft(
             used.add(i)
             _beside_container(url, [d for d in dbs if d.file == url.file and d.container is not None])
             url.password = f.value.reveal()
-            if (use := let_uses.get(id(f))) is not None:
+            if (use := let_uses.get(id(f))) is not None and use.let is not None:
                 url.notes.insert(0, _let_note(models[f.file], use.let))
             dbs.append(url)
     # the apps: every other finding holding the same value

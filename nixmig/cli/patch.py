@@ -422,19 +422,18 @@ def _refuse_losing_kept_values(root: Path, secrets_dir: str, plan: Plan, sources
 
 
 def _literal_at(places: tuple[str, ...], plan: Plan, sources: dict[str, bytes]) -> str:
-    """The first FILE:LINE where scan finds the literal: among ``places``, else a masked literal of the
-    same files (a use through a let binding points at the name; the value is where the let binds it)."""
+    """The first FILE:LINE among ``places`` where scan finds the literal, else the first place whose line holds
+    one masked string (FILE:LINE:COL of it, which `secret new --from` takes as pointed at: a value that reads
+    like a placeholder), else a masked literal of the same files. The plan lists the strings that hold the
+    value first (a let's, an imported file's: a use's line holds a name), so another masked literal of the
+    same file (a companion's: root's password) is never taken for it."""
     from nixmig.nixsrc.scan import scan_source
 
-    files = {at.rpartition(":")[0] for at in places}
     nl = b"\n"
-    masked = [f"{f}:{sources[f].count(nl, 0, start) + 1}" for f, start, _ in plan.masks if f in files and f in sources]
-    for at in (*places, *masked):
+    for at in places:
         file, _, line = at.rpartition(":")
         if file in sources and any(str(f.line) == line for f in scan_source(sources[file], file).findings):
             return at
-    # scan sees no secret there (a value that reads like a placeholder): FILE:LINE:COL of the masked string,
-    # which `secret new --from` takes as pointed at
     for at in places:
         file, _, line = at.rpartition(":")
         here = [
@@ -442,6 +441,12 @@ def _literal_at(places: tuple[str, ...], plan: Plan, sources: dict[str, bytes]) 
         ]
         if len(here) == 1:
             return f"{at}:{here[0] - sources[file].rfind(nl, 0, here[0])}"
+    files = {at.rpartition(":")[0] for at in places}
+    masked = [f"{f}:{sources[f].count(nl, 0, start) + 1}" for f, start, _ in plan.masks if f in files and f in sources]
+    for at in masked:
+        file, _, line = at.rpartition(":")
+        if any(str(f.line) == line for f in scan_source(sources[file], file).findings):
+            return at
     return places[0]
 
 

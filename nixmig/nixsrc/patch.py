@@ -394,6 +394,18 @@ class Builder:
         # (with a field table, even an empty one, let_literals also takes the strings other lets fill)
         self.lets = {name: let_literals(fm.root, self.let_fields[name]) for name, fm in models.items()}
         self.let_used: set[tuple[str, int]] = set()  # uses of a let-bound password an edit replaces
+        # (file, start of a select) -> the string of a second plain .nix file it reads: (import ./plain.nix).pw
+        self.imported: dict[tuple[str, int], Imported] = {
+            (name, n.start_byte): imp
+            for name, fm in models.items()
+            for n in descendants(fm.root)
+            if n.type == "select_expression" and (imp := import_target(models, fm, n)) is not None
+        }
+        self.imported_literals = {(imp.file, imp.literal.start_byte) for imp in self.imported.values()}
+        # "NAME at FILE:LINE:COL" of a let's or an imported file's string that holds this migration's password and
+        # that a replaced use read: where the value is (a use's line holds a name, and the same file may hold a
+        # companion's literal: realcfg20/14 with its password let-bound named root's line for `secret new --from`)
+        self.kept_literals: list[str] = []
         self.url_lets: set[tuple[str, str]] = set()  # (file, name) of let-bound URLs a use of which is replaced
         self.let_kept: set[tuple[str, int]] = set()  # (file, line) of let-bound passwords kept for a use left
         # (file, "cfg.password"): let attrset fields a replaced use read (their binding: drop_fields)
@@ -997,44 +1009,78 @@ class Builder:
         self.replaced.append(f"{'.'.join(lit.path)} at {fm.where(lit.node)}")
 
     def imported_from(self, fm: FileModel, node: Node) -> str:
-        """Where ``node`` reads a literal of a second .nix file of the repository: ``(import ./plain.nix).pw``,
-        or ``s.pw`` with ``s = import ./plain.nix`` a let of the file, that file a plain attrset holding the
-        key as a string (``FILE:LINE (KEY)``); "" otherwise. nixmig edits a password where it is used, not
-        in the file it is imported from: said, so the user can move it (never "cannot tell")."""
-        node = unparen(node)
-        if node.type != "select_expression":
+        """Where ``node`` reads a literal of a second .nix file of the repository (:class:`Imported`), as
+        ``FILE:LINE (KEY)``; "" otherwise."""
+        imp = self.imported.get((fm.name, unparen(node).start_byte))
+        if imp is None or unparen(node).type != "select_expression":
             return ""
-        base, attrs = node.child_by_field_name("expression"), node.child_by_field_name("attrpath")
-        if base is None or attrs is None:
-            return ""
-        base = unparen(base)
-        if base.type == "variable_expression":
-            bound = let_binding_value(fm.root, text(base))
-            base = unparen(bound) if bound is not None else base
-        if base.type != "apply_expression":
-            return ""
-        fn, args = _apply_parts(base)
-        target = unparen(args[0]) if fn == "import" and len(args) == 1 else None
-        if target is None or target.type != "path_expression" or not text(target).startswith(("./", "../")):
-            return ""
-        name = posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), text(target)))
-        other = self.models.get(name) or self.models.get(posixpath.join(name, "default.nix"))
-        key = attr_names(attrs)
-        held = next((x for x in other.binds if x.exact and x.path == key), None) if other is not None else None
-        if other is None or held is None or decode_string(unparen(held.value)) is None:
-            return ""
-        return f"{other.where(held.value)} ({'.'.join(key)})"
+        return f"{self.models[imp.file].where(imp.literal)} ({'.'.join(imp.key)})"
 
     def value_of(self, fm: FileModel, node: Node) -> str | None:
-        """The string ``node`` is: a literal, a let-bound literal, or a string only let literals fill."""
+        """The string ``node`` is: a literal, a let-bound literal, a string only let literals fill, or a
+        string of a second plain .nix file it imports (``(import ./plain.nix).pw``, :class:`Imported`)."""
         found = resolve(node, self.lets[fm.name], self.let_fields[fm.name])
-        return found[0] if found is not None else None
+        if found is not None:
+            return found[0]
+        n = unparen(node)
+        imp = self.imported.get((fm.name, n.start_byte)) if n.type == "select_expression" else None
+        return imp.value if imp is not None else None
 
     def use_lets(self, fm: FileModel, node: Node) -> None:
-        """An edit replaces ``node``: the let variables it read are used once less."""
+        """An edit replaces ``node``: the let variables (or imported strings) it read are used once less."""
         found = resolve(node, self.lets[fm.name], self.let_fields[fm.name])
         for v in found[1] if found is not None else ():
             self.let_used.add((fm.name, v.start_byte))
+        n = unparen(node)
+        if n.type == "select_expression" and (fm.name, n.start_byte) in self.imported:
+            self.let_used.add((fm.name, n.start_byte))
+
+    def drop_imported(self) -> None:
+        """A password read from a second plain .nix file (:class:`Imported`): masked there; its binding removed
+        when every read of it was replaced and nothing else in the repository names its key, else said at
+        its line (the literal stays, so the tree is not called patched)."""
+        uses: dict[tuple[str, NixPath], list[tuple[str, int]]] = {}
+        for at, imp in self.imported.items():
+            uses.setdefault((imp.file, imp.key), []).append(at)
+        for (file, key), reads in uses.items():
+            imp = self.imported[reads[0]]
+            d = digest(imp.value.encode())
+            if d not in self.known and d not in self.also_known:
+                continue
+            if not any(r in self.let_used for r in reads):
+                continue  # no read of it was replaced: the verdict says what is left
+            other = self.models[file]
+            self.mask_literal(other, imp.literal)
+            if d in self.known:
+                self.kept_literals.append(f"{'.'.join(key)} at {other.where(imp.literal)}")
+            left = [r for r in reads if r not in self.let_used]
+            name = re.compile(rb"(?<![\w'-])" + re.escape(key[-1].encode()) + rb"(?![\w'-])")
+            named = sum(len(name.findall(m.source)) for m in self.models.values())
+            if not left and named == len(reads) + 1:
+                self.ed.remove_binding(
+                    other,
+                    imp.bind.node,
+                    f"removes {'.'.join(key)}, the hardcoded password {len(reads)} binding(s) imported from this "
+                    f"file; every read of it now reads the agenix secret",
+                )
+                continue
+            line, col = other.line_col(imp.literal.start_byte)
+            where = ", ".join(self.models[f].where(b) for f, b in left) if left else ""
+            self.manual.append(
+                Manual(
+                    file,
+                    line,
+                    col,
+                    f"{'.'.join(key)} holds this migration's password, imported from this file; "
+                    + (
+                        f"it is still read at {where}, in a shape nixmig has no edit for"
+                        if left
+                        else f"its name is read {named - len(reads) - 1} more time(s) in the repository's .nix files"
+                    )
+                    + ": nixmig leaves it; remove it by hand once nothing reads it",
+                    "",
+                )
+            )
 
     def fields_written_out(self, fm: FileModel, node: Node, url: UrlParts) -> None:
         """A URL whose text a let attrset's field fills (``"...@${ips.db}:5432/x"``, directly or through a let
@@ -1100,16 +1146,21 @@ class Builder:
         every use was replaced (drop_lets), else each use left is said."""
         for fm, b in self.all_binds():
             node = unparen(b.value)
-            if node.type != "variable_expression" or (fm.name, node.start_byte) in self.handled:
+            if (
+                node.type not in ("variable_expression", "select_expression")
+                or (fm.name, node.start_byte) in self.handled
+            ):
                 continue
             if not b.exact or not environment_variable(b.path):
                 continue  # not an environment variable: the let's other uses say it (let_script, drop_lets)
-            let = self.lets[fm.name].get(fm.text(node))
-            value = let.value if let is not None else None
+            let = self.lets[fm.name].get(fm.text(node)) if node.type == "variable_expression" else None
+            imported = self.imported.get((fm.name, node.start_byte)) if node.type == "select_expression" else None
+            value = let.value if let is not None else imported.value if imported is not None else None
             url = split_url(value, password, self.spec.url_schemes) if value is not None else None
-            if let is None or value is None or url is None or url.embedded or not self._is_ours(url, password, db):
+            if value is None or url is None or url.embedded or not self._is_ours(url, password, db):
                 continue
-            self.url_lets.add((fm.name, let.name))
+            if let is not None:
+                self.url_lets.add((fm.name, let.name))
             self.on_url(fm, Lit(b.path, node, b.exact, b), value, url)
 
     def bare_variables(self, password: str | None, siblings: list[tuple[FileModel, Lit, str, NixPath]]) -> None:
@@ -1120,7 +1171,10 @@ class Builder:
         unknown = password is None and not self.known
         for fm, b in self.all_binds():
             node = unparen(b.value)
-            if node.type != "variable_expression" or (fm.name, node.start_byte) in self.handled:
+            if (
+                node.type not in ("variable_expression", "select_expression")
+                or (fm.name, node.start_byte) in self.handled
+            ):
                 continue
             value = self.value_of(fm, node)
             if value is None:
@@ -1293,6 +1347,8 @@ class Builder:
                     # (`DB_PASSWORD = v;`), not when it was a part of a replaced URL (`${service}` as its user)
                     continue
                 self.mask_literal(fm, let.literal)
+                if digest(let.value.encode()) in self.known and len(left) < len(let.uses):
+                    self.kept_literals.append(f"{let.name} at {fm.where(let.literal)}")
                 if not left:
                     if url_let:
                         found = resolve(let.literal, lets, self.let_fields[name])
@@ -1535,6 +1591,8 @@ class Builder:
         for fm, lit in self.all_lits():
             if (fm.name, lit.node.start_byte) in self.handled or self.companion(lit.path):
                 continue  # a companion credential (also) is moved onto its own secret by patch_also
+            if (fm.name, lit.node.start_byte) in self.imported_literals:
+                continue  # a string of a plain file another file imports: edited where it is read (drop_imported)
             value = self.value_of(fm, lit.node)
             if value is None:
                 continue
@@ -3355,6 +3413,7 @@ class Builder:
             self.let_used.clear()
             self.notes.append("nothing is written: the password is a MySQL/MariaDB database's (strategy move)")
         self.drop_lets()
+        self.drop_imported()
         self.drop_fields()
         if not unusable:
             self.comments_with_values()
@@ -3377,7 +3436,8 @@ class Builder:
             self.manual = [dataclasses.replace(m, snippet="") for m in self.manual]  # no unit to give a recipe for
         self.ed.items = settle(self.ed.items, {name: fm.source for name, fm in self.models.items()})
         edits = tuple(sorted(self.ed.items, key=lambda e: (e.file, e.start, e.end)))
-        kept = [(self.spec.secret, self.replaced)] if self.spec.strategy == "move" else []
+        # the strings that hold the kept value first (a let's, an imported file's): `secret new --from` reads there
+        kept = [(self.spec.secret, [*self.kept_literals, *self.replaced])] if self.spec.strategy == "move" else []
         kept += list(self.also_replaced.items())
         return Plan(
             edits,
@@ -3573,6 +3633,51 @@ def _in(node: Node, container: Node) -> bool:
 
 
 _LET_SCOPES = ("let_expression", "rec_attrset_expression")  # where a binding's name is a variable
+
+
+@dataclass(frozen=True)
+class Imported:
+    """A string of a second plain .nix file of the repository that a select reads: ``(import ./plain.nix).pw``
+    or ``s.pw`` with ``s = import ./plain.nix`` a let of the reading file, that file a plain attrset
+    binding the key to a string. The select is as good as the literal there (Builder.value_of); its binding
+    goes when every read was replaced (Builder.drop_imported)."""
+
+    file: str  # the plain file
+    key: NixPath
+    bind: Bind  # its binding of the key
+    literal: Node
+    value: str
+
+
+def import_target(models: Mapping[str, FileModel], fm: FileModel, node: Node) -> Imported | None:
+    """The :class:`Imported` the select ``node`` of ``fm`` reads, or None."""
+    base, attrs = node.child_by_field_name("expression"), node.child_by_field_name("attrpath")
+    if base is None or attrs is None or node.child_by_field_name("default") is not None:
+        return None
+    base = unparen(base)
+    if base.type == "variable_expression":
+        bound = let_binding_value(fm.root, text(base))
+        base = unparen(bound) if bound is not None else base
+    if base.type != "apply_expression":
+        return None
+    fn, args = _apply_parts(base)
+    target = unparen(args[0]) if fn == "import" and len(args) == 1 else None
+    if target is None or target.type != "path_expression" or not text(target).startswith(("./", "../")):
+        return None
+    name = posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), text(target)))
+    name = name if name in models else posixpath.join(name, "default.nix")
+    other = models.get(name)
+    if other is None or other is fm or other.bare_attrset() is None:
+        return None
+    key = attr_names(attrs)
+    held = next((x for x in other.binds if x.exact and x.path == key), None)
+    literal = unparen(held.value) if held is not None else None
+    value = decode_string(literal) if literal is not None else None
+    if held is None or literal is None or value is None:
+        return None
+    return Imported(name, key, held, literal, value)
+
+
 # what to do with a password read from a second plain .nix file (Builder.imported_from)
 IMPORTED_HOW = (
     "nixmig edits a password where it is used, not in the file it is imported from; write the literal here "
