@@ -351,6 +351,7 @@ def _patch_one(
 
 
 NOBODYS_PASSWORD = "The value is nobody's password"  # noqa: S105 - a phrase mysql_initial_script.py says
+A_HASH = "a hash is not the password"  # a phrase Builder.verdict says of a password hash (realcfg25/05)
 
 
 def _kept_line(plan: Any) -> tuple[str | None, list[str]]:
@@ -361,9 +362,11 @@ def _kept_line(plan: Any) -> tuple[str | None, list[str]]:
     another credential as this one)."""
     from nixmig.nixsrc.leftover import names_database
 
-    # an item whose value is nobody's password (SQL that never ran) holds nothing a secret should keep
+    # an item whose value is nobody's password (SQL that never ran, a hash) holds nothing a secret should keep
     items = [
-        m for m in plan.manual if m.file.endswith((".nix", ".sql")) and m.line > 0 and NOBODYS_PASSWORD not in m.what
+        m
+        for m in plan.manual
+        if m.file.endswith((".nix", ".sql")) and m.line > 0 and not any(p in m.what for p in (NOBODYS_PASSWORD, A_HASH))
     ]
     where = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items))
     if len(where) == 1:

@@ -2846,7 +2846,10 @@ class Builder:
         for fm, b in self.all_binds():
             if b.exact and b.path == option:
                 want = f"config.age.secrets.{secret_attr}.path"
-                if fm.text(b.value).strip() != want:
+                edited = any(
+                    e.file == fm.name and e.start <= b.value.start_byte < max(e.end, e.start + 1) for e in self.ed.items
+                )
+                if fm.text(b.value).strip() != want and not edited:  # (a store file this plan points at the secret)
                     self.notes.append(f"{fm.where(b.node)}: {'.'.join(option)} is already set; left as it is")
                 return
         if spec.strategy == "move" and not self.replaced and not self.known and self.db is None:
@@ -3059,6 +3062,23 @@ class Builder:
             self.manual.append(Manual(left.file, left.line, left.col, what, snippet, companion))
         self.manual += in_texts
         if not found and not self.ed.items and not self.manual and not in_use:
+            hashes = self.password_hashes()
+            if hashes:  # realcfg25/05: a SCRAM verifier set by postStart, which "check your keys" misread
+                file, line, col, attr = hashes[0]
+                self.manual.append(
+                    Manual(
+                        file,
+                        line,
+                        col,
+                        f"found no hardcoded password of role {spec.role!r}, but a password hash ({attr}: a SCRAM "
+                        "verifier or a crypt hash) that a statement or option may give it: a hash is not the "
+                        "password (nobody logs in with it, and the password itself is not in the repository), so "
+                        "nixmig has nothing to move onto the agenix secret. Nothing changed; if you want the hash "
+                        "out of the Nix store too, move it by hand (a file the statement reads at run time)",
+                        "",
+                    )
+                )
+                return
             self.manual.append(
                 Manual(
                     "",
@@ -3070,6 +3090,17 @@ class Builder:
                     "",
                 )
             )
+
+    def password_hashes(self) -> list[tuple[str, int, int, str]]:
+        """(file, line, col, attribute) of each password hash scan finds in the tree's .nix files."""
+        from nixmig.nixsrc.scan import scan_source
+
+        return [
+            (f.file, f.line, f.col, f.attr_path or "a string")
+            for name, fm in sorted(self.models.items())
+            for f in scan_source(fm.source, name).findings
+            if f.kind is Kind.HASH
+        ]
 
     # ------------------------------------------------ manual items and masks
 
@@ -3309,6 +3340,10 @@ class Builder:
                     )
                 )
             )
+        if path[:1] == ("services",) and not _UPPER_ENV_VAR.fullmatch(line.var):
+            # a module's own option (mattermost's localDatabasePassword): no program reads a variable named after
+            # it, so an env file line is no recipe (realcfg25/01: following it would leave the database as it was)
+            return ""
         if path[:2] == ("systemd", "services") and len(path) > 2:
             unit = path[2]
         elif path[:1] == ("services",) and len(path) > 1:
@@ -3633,6 +3668,7 @@ def _in(node: Node, container: Node) -> bool:
 
 
 _LET_SCOPES = ("let_expression", "rec_attrset_expression")  # where a binding's name is a variable
+_UPPER_ENV_VAR = re.compile(r"[A-Z][A-Z0-9_]*")  # an environment variable as programs name theirs (DB_PASSWORD)
 
 
 @dataclass(frozen=True)

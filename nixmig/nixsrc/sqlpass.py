@@ -96,6 +96,10 @@ def clauses(
             continue
         base = head.end()
         value = m.group(1).decode("utf-8", "replace").replace("''", "'")
+        from nixmig.nixsrc.scan import looks_like_crypt_hash  # (scan imports this module)
+
+        if looks_like_crypt_hash(value):
+            continue  # a SCRAM/md5 verifier: not the password (nobody logs in with it); nothing to move or rotate
         role = _role(head.group(1))
         if holes:
             r_start, r_end = head.span(1)

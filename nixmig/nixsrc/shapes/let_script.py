@@ -35,7 +35,7 @@ from nixmig.nixsrc.model import attr_names, decode_string, unparen
 from nixmig.nixsrc.parse import descendants, text
 from nixmig.nixsrc.quote import escape_indented, nix_attr, nix_escape, shell_quote
 from nixmig.nixsrc.render import EnvLine, template
-from nixmig.nixsrc.scan import classify_name
+from nixmig.nixsrc.scan import classify_name, looks_like_crypt_hash
 from nixmig.nixsrc.shapes import Shape
 from nixmig.nixsrc.shapes.run_argv import _RUN
 
@@ -618,6 +618,8 @@ def apply(b: Builder, password: str | None) -> None:
             value = _ours(b, fm, bound, uses, password)
             if value is None:
                 continue
+            if isinstance(value, str) and looks_like_crypt_hash(value):
+                continue  # a SCRAM verifier or a crypt hash, not a password: the verdict says so (realcfg25/05)
             is_field = "." in bound.shown
             is_url = not isinstance(value, str)
             if (is_url or is_field) and any(why == FOREIGN for _, why in left):
