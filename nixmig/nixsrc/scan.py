@@ -320,6 +320,7 @@ _PLACEHOLDER_RES: Final = (
     re.compile(r"\{\{.*\}\}", re.S),  # templates
     re.compile(r"<%.*%>", re.S),
     re.compile(r"%\([A-Za-z_]+\)s"),
+    re.compile(r"%[-+ #0]*\d*(?:\.\d+)?[sdqbi](?:\\n)?"),  # printf "KEY=%s\n" "$(...)": filled at run time
     re.compile(r"<[A-Za-z_ -]+>"),  # <YOUR_PASSWORD>
     re.compile(r"\*+"),  # already masked
     re.compile(r"[A-Z_]*(?:PASS|PASSWORD|PASSWD|SECRET|TOKEN|KEY)[A-Z_]*"),  # USER:PASSWORD in docs

@@ -163,13 +163,18 @@ def test_plural_names_only_in_lists() -> None:
         "PASSWORD",
         "********",
         "disabled",
+        "%s",  # printf "SECRET_KEY=%s\n" "$(tr -d '\n' <key)": filled at run time (realcfg25/07)
+        "%s\\n",
+        "%-10s",
     ],
 )
 def test_placeholders_are_not_secrets(value: str) -> None:
     assert is_placeholder(value)
 
 
-@pytest.mark.parametrize("value", ["postgres", "hunter2", "changeme", "correct horse battery staple", "p@ss/w:rd"])
+@pytest.mark.parametrize(
+    "value", ["postgres", "hunter2", "changeme", "correct horse battery staple", "p@ss/w:rd", "%s3cret", "50%sale"]
+)
 def test_real_values_are_secrets(value: str) -> None:
     assert not is_placeholder(value)
 
