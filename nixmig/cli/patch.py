@@ -281,6 +281,13 @@ def _patch_one(
             "ragenix, agenix-rekey, <agenix/modules/age.nix>): add it to the host's "
             "modules, or the deploy fails to evaluate (The option `age' does not exist)"
         )
+    if plan.edits and (container := keyless_container(sources)) is not None:
+        notes.append(
+            f"{container} sets boot.isContainer = true, and no .nix file enables sshd or sets age.identityPaths: "
+            "agenix decrypts with the host's SSH key (by default the keys services.openssh generates), so inside "
+            "this container it has none; set age.identityPaths to a key the container has (a bind-mounted host "
+            "key), or enable services.openssh, or the activation cannot decrypt the secret"
+        )
     kept_at = dict(_missing_kept_values(root, spec.secrets_dir, plan, sources))
     for var, secret in (*spec.also, *plan.auto_also):  # companions keep their value: made from the line
         if not (root / spec.secrets_dir / f"{secret}.age").exists():
@@ -529,6 +536,19 @@ def _as_json(plan: Plan, migration: str, diff: str, notes: list[str], *, written
 _AGENIX = re.compile(
     rb"\b(?:r?agenix|agenix-rekey)\b[^\n]*\bnixosModules?\b|/modules/age\.nix\b|\bage\.(?:identityPaths|rekey)\b"
 )
+
+
+_IS_CONTAINER = re.compile(rb"\bboot\.isContainer\s*=\s*(?:lib\.mkDefault\s+|lib\.mkForce\s+)?true\b")
+_HAS_KEY = re.compile(rb"\bidentityPaths\b|\bopenssh\s*(?:\.enable\s*=\s*true|=\s*\{[^}]*\benable\s*=\s*true)")
+
+
+def keyless_container(sources: Mapping[str, bytes]) -> str | None:
+    """The .nix file that makes the host a container (``boot.isContainer = true``) when no file of the repo
+    gives agenix a key to decrypt with (``age.identityPaths``, or sshd enabled: its host keys), else None."""
+    nix = {name: src for name, src in sources.items() if name.endswith(".nix")}
+    if any(_HAS_KEY.search(src) for src in nix.values()):
+        return None
+    return next((name for name, src in sorted(nix.items()) if _IS_CONTAINER.search(src)), None)
 
 
 def agenix_in(sources: Mapping[str, bytes]) -> bool:

@@ -57,3 +57,14 @@ def test_the_option_just_pointed_at_the_secret_is_not_said_to_be_set_already(tmp
     plan = _plan(tmp_path, module, toml)
     assert plan.edits and not plan.manual, [m.what for m in plan.manual]
     assert not any("already set" in n for n in plan.notes), plan.notes
+
+
+def test_a_container_host_with_no_key_for_agenix_is_noted() -> None:
+    """realcfg25/09: a `boot.isContainer` machine has no sshd host key unless something gives it one."""
+    from nixmig.cli.patch import keyless_container
+
+    host = b"{ ... }: { boot.isContainer = true; services.postgresql.enable = true; }\n"
+    assert keyless_container({"flake.nix": host}) == "flake.nix"
+    assert keyless_container({"flake.nix": host, "ssh.nix": b"{ services.openssh.enable = true; }"}) is None
+    assert keyless_container({"flake.nix": host, "age.nix": b'{ age.identityPaths = [ "/k" ]; }'}) is None
+    assert keyless_container({"host.nix": b"{ boot.isContainer = false; }"}) is None
