@@ -1054,8 +1054,14 @@ class Builder:
             if d in self.known:
                 self.kept_literals.append(f"{'.'.join(key)} at {other.where(imp.literal)}")
             left = [r for r in reads if r not in self.let_used]
-            name = re.compile(rb"(?<![\w'-])" + re.escape(key[-1].encode()) + rb"(?![\w'-])")
-            named = sum(len(name.findall(m.source)) for m in self.models.values())
+            # the key's name as a name anywhere in the repository (an attribute, a select, a variable; not a
+            # string's text): its definition and these reads only, else something else may read it
+            named = sum(
+                1
+                for m in self.models.values()
+                for n in descendants(m.root)
+                if n.type == "identifier" and n.text == key[-1].encode()
+            )
             if not left and named == len(reads) + 1:
                 self.ed.remove_binding(
                     other,
@@ -3343,7 +3349,12 @@ class Builder:
         if path[:1] == ("services",) and not _UPPER_ENV_VAR.fullmatch(line.var):
             # a module's own option (mattermost's localDatabasePassword): no program reads a variable named after
             # it, so an env file line is no recipe (realcfg25/01: following it would leave the database as it was)
-            return ""
+            return (
+                "# remove the literal, then point the module at the file agenix decrypts, if it has a file option\n"
+                f"# for it ({line.var}File, passwordFile, environmentFile): config.age.secrets.{nix_attr(spec.secret)}"
+                ".path\n"
+                f"# (no program reads a variable named {line.var}: an env file line of that name is no recipe)"
+            )
         if path[:2] == ("systemd", "services") and len(path) > 2:
             unit = path[2]
         elif path[:1] == ("services",) and len(path) > 1:

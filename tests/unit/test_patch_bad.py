@@ -134,7 +134,9 @@ def test_cli_prints_by_hand_and_fails_check_and_write(tmp_path: Path) -> None:
     out = shown.stdout.decode()
     assert f"by hand: {HOST}:21:33: a postgres:// URL with the hardcoded password in " in out
     assert "no template for this shape" in out
-    assert "LoadCredential" in out  # the snippet
+    # the snippet: a module's option (camelCase) is no variable a program reads, so no env file line named
+    # after it (realcfg25/01's mattermost was misled by one): the file option to point at the secret instead
+    assert "config.age.secrets.twenty-db-password.path" in out and "LoadCredential" not in out
     assert "postgres:postgres@" not in out
     assert "1 to do by hand" in shown.stderr.decode()
     check = run_cli("patch", "--repo", str(repo), "--check")

@@ -36,7 +36,8 @@ def test_a_module_option_that_is_no_environment_variable_gets_no_env_file_recipe
     module = '{ ... }: { services.chatapp = { enable = true; localDatabasePassword = "sso-pw-9001"; }; }\n'
     plan = _plan(tmp_path, module)
     item = next(m for m in plan.manual if "localDatabasePassword" in m.what)
-    assert item.snippet == "", item.snippet
+    assert "printf" not in item.snippet and "EnvironmentFile" not in item.snippet, item.snippet
+    assert "config.age.secrets.sso-db-password.path" in item.snippet
 
 
 def test_an_environment_variable_of_a_module_keeps_its_recipe(tmp_path: Path) -> None:
