@@ -3703,6 +3703,9 @@ def import_target(models: Mapping[str, FileModel], fm: FileModel, node: Node) ->
         return None
     base = unparen(base)
     if base.type == "variable_expression":
+        bound_name = text(base).encode()
+        if not re.search(rb"(?<![\w'-])" + re.escape(bound_name) + rb"\s*=\s*\(?\s*import\b", fm.source):
+            return None  # (most selects read config or lib: no walk of the file for those)
         bound = let_binding_value(fm.root, text(base))
         base = unparen(bound) if bound is not None else base
     if base.type != "apply_expression":
