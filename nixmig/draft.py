@@ -51,6 +51,7 @@ from nixmig.nixsrc.shapes.file_reference import datasource_fields, grafana_datas
 if TYPE_CHECKING:
     from tree_sitter import Node
 
+    from nixmig.nixsrc.patch import Imported
     from nixmig.nixsrc.scan import Finding, Kind
     from nixmig.nixsrc.shapes.let_script import SqlAccount
 
@@ -697,24 +698,25 @@ class _LetUse:
     let: LetLiteral | None  # None: a string of a second plain file, read by ``(import ./plain.nix).pw``
 
 
-def _import_uses(models: Mapping[str, FileModel], fm: FileModel, f: Finding) -> list[_LetUse]:
+def _import_uses(
+    models: Mapping[str, FileModel], reads: Mapping[tuple[str, int], Imported], fm: FileModel, f: Finding
+) -> list[_LetUse]:
     """A finding on a string of a plain .nix file other files import (``(import ./plain.nix).pw``, or
     ``s.pw`` with ``s = import ./plain.nix`` a let there; nixsrc.patch.import_target): one finding per read,
     in the reading file, at the option path that reads it (the binding whose value it is, else the one
-    around it). [] when no file reads it so."""
-    from nixmig.nixsrc.patch import import_target
+    around it), ``reads`` being every such read of the tree (nixsrc.patch.imported_reads). [] when no file
+    reads it so."""
     from nixmig.nixsrc.scan import file_project, suggest_name, words
 
     out: list[_LetUse] = []
-    for m in models.values():
-        if m is fm:
+    for (file, start), imp in reads.items():
+        if imp.file != fm.name or not imp.literal.start_byte <= f.start < imp.literal.end_byte:
             continue
-        for n in descendants(m.root):
-            if n.type != "select_expression":
-                continue
-            imp = import_target(models, m, n)
-            if imp is None or imp.file != fm.name or not imp.literal.start_byte <= f.start < imp.literal.end_byte:
-                continue
+        m = models[file]
+        n = m.root.descendant_for_byte_range(start, start)
+        while n is not None and not (n.type == "select_expression" and n.start_byte == start):
+            n = n.parent
+        if n is not None:
             bound = [b for b in m.binds if unparen(b.value) == n]
             around = [b for b in m.binds if b.value.start_byte <= n.start_byte < b.value.end_byte]
             path = (
@@ -1590,6 +1592,7 @@ def draft(
     ``texts``: the SQL files the .nix files name (nixsrc.patch.read_texts): an initialScript's file.
     Raises NixSyntaxError / SecretsError when secrets.nix does not parse.
     """
+    from nixmig.nixsrc.patch import imported_reads
     from nixmig.nixsrc.scan import scan_source
     from nixmig.nixsrc.shapes.let_script import sql_account
 
@@ -1603,12 +1606,13 @@ def draft(
             skipped.append(f"{exc.where}: {exc.what}")
     findings: list[Finding] = []
     paths: dict[int, NixPath] = {}
+    reads = imported_reads(models)  # the strings other files read from a plain .nix file
     let_uses: dict[int, _LetUse] = {}  # a let-bound password read as a finding at each use
     unit_sql: dict[int, SqlAccount] = {}  # a let-bound password read only by SQL a unit runs
     unit_exec: dict[int, _Db] = {}  # a literal in SQL a unit runs (psql, maybe through podman/docker exec)
     for name, fm in models.items():
         for f in scan_source(fm.source, name).findings:
-            uses = _let_uses(fm, f) or _import_uses(models, fm, f)
+            uses = _let_uses(fm, f) or _import_uses(models, reads, fm, f)
             account = sql_account(fm, f.start) if f.kind.value == "password" and f.start >= 0 else None
             direct = _unit_sql_exec_db(fm, f) if account is None and f.kind.value == "password" else None
             if direct is not None:

@@ -120,31 +120,14 @@ def binds_name(attrset: Node, name: str) -> bool:
     )
 
 
-def let_binding_value(root: Node, name: str) -> Node | None:
-    """The expression ``name`` is bound to in a let of the file, when the file binds it once (in lets and
-    ``rec`` attrsets) and no function argument shadows it; however often it is read."""
-    hits: list[Node] = []
-    for n in _walk(root):
-        if n.type == "rec_attrset_expression" and binds_name(n, name):
-            return None
-        if n.type == "let_expression":
-            for bset in (c for c in n.named_children if c.type == "binding_set"):
-                for b in bset.named_children:
-                    ap, ex = b.child_by_field_name("attrpath"), b.child_by_field_name("expression")
-                    if b.type == "binding" and ap is not None and ex is not None and attr_names(ap) == (name,):
-                        hits.append(ex)
-    return hits[0] if len(hits) == 1 and name not in _formal_names(root) else None
-
-
-def let_expression(root: Node, name: str) -> Node | None:
-    """The expression ``name`` is bound to in a let of the file (``let initSql = ''...''; in``), when the
-    file binds it once, no function argument shadows it and the file reads it exactly once: an edit of
-    that expression changes no other use."""
+def _let_bindings(root: Node, name: str) -> tuple[list[Node], int] | None:
+    """The expressions the file's lets bind ``name`` to and how often it is read (``inherit name;`` counts
+    twice); None when a ``rec`` attrset binds it too (which one a use reads is not this walk's)."""
     hits: list[Node] = []
     uses = 0
     for n in _walk(root):
         if n.type == "rec_attrset_expression" and binds_name(n, name):
-            return None  # `rec { initSql = ...; }` binds the name too: which one a use reads is not this walk's
+            return None
         if n.type == "let_expression":
             for bset in (c for c in n.named_children if c.type == "binding_set"):
                 for b in bset.named_children:
@@ -155,9 +138,26 @@ def let_expression(root: Node, name: str) -> Node | None:
             uses += 1
         elif n.type == "inherit" and any(text(a) == name for a in _walk(n) if a.type == "identifier"):
             uses += 2  # `inherit initSql;`: read elsewhere too
-    if len(hits) != 1 or uses != 1 or name in _formal_names(root):
+    return hits, uses
+
+
+def let_binding_value(root: Node, name: str) -> Node | None:
+    """The expression ``name`` is bound to in a let of the file, when the file binds it once (in lets and
+    ``rec`` attrsets) and no function argument shadows it; however often it is read."""
+    found = _let_bindings(root, name)
+    if found is None or len(found[0]) != 1 or name in _formal_names(root):
         return None
-    return hits[0]
+    return found[0][0]
+
+
+def let_expression(root: Node, name: str) -> Node | None:
+    """The expression ``name`` is bound to in a let of the file (``let initSql = ''...''; in``), when the
+    file binds it once, no function argument shadows it and the file reads it exactly once: an edit of
+    that expression changes no other use."""
+    found = _let_bindings(root, name)
+    if found is None or len(found[0]) != 1 or found[1] != 1 or name in _formal_names(root):
+        return None
+    return found[0][0]
 
 
 def resolve(

@@ -395,12 +395,7 @@ class Builder:
         self.lets = {name: let_literals(fm.root, self.let_fields[name]) for name, fm in models.items()}
         self.let_used: set[tuple[str, int]] = set()  # uses of a let-bound password an edit replaces
         # (file, start of a select) -> the string of a second plain .nix file it reads: (import ./plain.nix).pw
-        self.imported: dict[tuple[str, int], Imported] = {
-            (name, n.start_byte): imp
-            for name, fm in models.items()
-            for n in descendants(fm.root)
-            if n.type == "select_expression" and (imp := import_target(models, fm, n)) is not None
-        }
+        self.imported = imported_reads(models)
         self.imported_literals = {(imp.file, imp.literal.start_byte) for imp in self.imported.values()}
         # "NAME at FILE:LINE:COL" of a let's or an imported file's string that holds this migration's password and
         # that a replaced use read: where the value is (a use's line holds a name, and the same file may hold a
@@ -3694,6 +3689,16 @@ class Imported:
     bind: Bind  # its binding of the key
     literal: Node
     value: str
+
+
+def imported_reads(models: Mapping[str, FileModel]) -> dict[tuple[str, int], Imported]:
+    """(file, start of the select) -> the :class:`Imported` string it reads, for every select of the tree."""
+    return {
+        (name, n.start_byte): imp
+        for name, fm in models.items()
+        for n in descendants(fm.root)
+        if n.type == "select_expression" and (imp := import_target(models, fm, n)) is not None
+    }
 
 
 def import_target(models: Mapping[str, FileModel], fm: FileModel, node: Node) -> Imported | None:

@@ -82,6 +82,8 @@ def clauses(
     literal is left out: it is not a password nixmig can move. ``holes``: the interpolations whose value
     nixmig knows (a let string, a let attrset's field: ``'${dbPassword}'``), by their offsets in ``text``;
     one that is a whole role name or a whole password counts as that value (any other use of one: left out)."""
+    from nixmig.nixsrc.scan import looks_like_crypt_hash  # (scan imports this module)
+
     holes = {k: v for k, v in (holes or {}).items() if SAFE_HOLE.fullmatch(v)}
     filled = fill_holes(text, holes) if holes else text
     out: list[PasswordClause] = []
@@ -96,8 +98,6 @@ def clauses(
             continue
         base = head.end()
         value = m.group(1).decode("utf-8", "replace").replace("''", "'")
-        from nixmig.nixsrc.scan import looks_like_crypt_hash  # (scan imports this module)
-
         if looks_like_crypt_hash(value):
             continue  # a SCRAM/md5 verifier: not the password (nobody logs in with it); nothing to move or rotate
         role = _role(head.group(1))
