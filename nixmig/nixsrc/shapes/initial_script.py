@@ -15,7 +15,7 @@ reads it through LoadCredential (the container's PID 1 is the host's root: refus
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from nixmig.config import ROLE_KEY, also_name
@@ -468,6 +468,12 @@ def add_unit(
     b.need(fm, ("config",))
 
 
+def before_why(before: Sequence[str], sql_unit: str) -> str:
+    if not before:
+        return ""
+    return f"; it starts before {', '.join(before)}, which the configuration orders after {sql_unit} to wait for the password"
+
+
 def role_unit(
     b: Builder,
     fm: FileModel,
@@ -476,6 +482,7 @@ def role_unit(
     prefix: NixPath = (),
     role: str | None = None,
     secret: str | None = None,
+    before: Sequence[str] = (),
 ) -> None:
     """The oneshot that sets the password of the migration's role (or a companion ``role`` from its
     ``secret``) from the agenix file after PostgreSQL is up."""
@@ -505,6 +512,7 @@ def role_unit(
                 secret != spec.secret,
                 credential_path=mount,
                 cfg=cfg,
+                before=list(before),
             )
         ),
         f"the oneshot {unit_name(b, secret)} sets the password of role {role} from "
@@ -518,7 +526,8 @@ def role_unit(
             if prefix
             else ""
         )
-        + ("" if secret == spec.secret else " (a companion: its value kept)"),
+        + ("" if secret == spec.secret else " (a companion: its value kept)")
+        + (before_why(before, after.removesuffix(".service")) if after else ""),
         prefix,
         secret,
     )

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from nixmig.nixsrc.quote import escape_indented, nix_attr
 from nixmig.nixsrc.render import template
 from nixmig.nixsrc.shapes import Shape
-from nixmig.nixsrc.shapes.initial_script import add_unit, remove_clauses, role_unit, unit_name
+from nixmig.nixsrc.shapes.initial_script import add_unit, before_why, remove_clauses, role_unit, unit_name
 from nixmig.nixsrc.sqlpass import clauses, role_identifier
 
 if TYPE_CHECKING:
@@ -148,15 +148,37 @@ def apply(b: Builder, password: str | None) -> None:
         if not cut:
             continue
         b.sql_file = fm
+        before = dependents(b, unit)
         if how is None:
-            role_unit(b, fm, bind.node, after=f"{unit}.service")
+            role_unit(b, fm, bind.node, after=f"{unit}.service", before=before)
         else:
-            exec_unit(b, fm, bind.node, how, unit)
+            exec_unit(b, fm, bind.node, how, unit, before)
         if "${pkgs." in (how.command if how else ""):
             b.need(fm, ("pkgs",))
 
 
-def exec_unit(b: Builder, fm: FileModel, near: Node, how: Exec, sql_unit: str) -> None:
+_ORDERING = ("after", "requires", "wants", "bindsTo", "requisite")
+
+
+def dependents(b: Builder, sql_unit: str) -> list[str]:
+    """The units the tree orders after ``sql_unit`` (``after = [ "SQL_UNIT.service" ... ]``, or requires,
+    wants ...): the apps that waited for the role's password. nixmig's oneshot, which now sets it, is
+    ordered before them, so on a new host they do not start before the password is set."""
+    name = f"{sql_unit}.service"
+    found: list[str] = []
+    for fm, bind in b.all_binds():
+        p = bind.path
+        if len(p) != 4 or p[:2] != ("systemd", "services") or p[3] not in _ORDERING:
+            continue
+        unit = p[2]
+        if unit in (sql_unit, unit_name(b)) or "${" in unit or f"{unit}.service" in found:
+            continue
+        if any(fm.text(s)[1:-1] == name for s in strings_in(bind.value) if s.type == "string_expression"):
+            found.append(f"{unit}.service")
+    return found
+
+
+def exec_unit(b: Builder, fm: FileModel, near: Node, how: Exec, sql_unit: str, before: list[str]) -> None:
     from nixmig.nixsrc.patch import credential_name
 
     spec = b.spec
@@ -181,11 +203,12 @@ def exec_unit(b: Builder, fm: FileModel, near: Node, how: Exec, sql_unit: str) -
                 how.name,
                 after,
                 sql_unit,
+                before,
             )
         ),
         f"the oneshot {unit_name(b)} sets the password of role {spec.role} from {spec.secret_on_host} after "
         f"{sql_unit} created it, through `{how.runtime} exec {how.name} psql` with the SQL on stdin (the password is "
-        f"never in the store, an argv or the server's log)",
+        f"never in the store, an argv or the server's log)" + before_why(before, sql_unit),
     )
 
 
