@@ -471,7 +471,8 @@ def add_unit(
 def before_why(before: Sequence[str], sql_unit: str) -> str:
     if not before:
         return ""
-    return f"; it starts before {', '.join(before)}, which the configuration orders after {sql_unit} to wait for the password"
+    units = ", ".join(before)
+    return f"; it starts before {units}, which the configuration orders after {sql_unit} to wait for the password"
 
 
 def role_unit(
