@@ -51,9 +51,11 @@ def _formal_names(root: Node) -> set[str]:
     return out
 
 
-def let_literals(root: Node, fields: Mapping[str, str] | None = None) -> dict[str, LetLiteral]:
+def let_literals(
+    root: Node, fields: Mapping[str, str] | None = None, selects: Mapping[int, str] | None = None
+) -> dict[str, LetLiteral]:
     """Every ``name = "literal";`` of a let in the file, with its uses; ambiguous names left out. With
-    ``fields`` (see :func:`resolve`), also a string only they and such literals fill
+    ``fields`` (see :func:`resolve`), also a string only they, ``selects`` and such literals fill
     (``url = "postgres://u:pw@${ips.db}/x";``), as the value it evaluates to."""
     found: dict[str, list[tuple[Node, Node, str]]] = {}
     computed: list[tuple[str, Node, Node]] = []
@@ -88,7 +90,7 @@ def let_literals(root: Node, fields: Mapping[str, str] | None = None) -> dict[st
     for name, b, lit in computed:
         if found[name] or name in shadowed or sum(c[0] == name for c in computed) != 1:
             continue
-        got = resolve(lit, out, fields)
+        got = resolve(lit, out, fields, selects)
         if got is not None and got[0]:
             out[name] = LetLiteral(name, b, lit, got[0], tuple(variables.get(name, ())))
     return out
@@ -161,13 +163,18 @@ def let_expression(root: Node, name: str) -> Node | None:
 
 
 def resolve(
-    node: Node, lets: dict[str, LetLiteral], fields: Mapping[str, str] | None = None
+    node: Node,
+    lets: dict[str, LetLiteral],
+    fields: Mapping[str, str] | None = None,
+    selects: Mapping[int, str] | None = None,
 ) -> tuple[str, list[Node]] | None:
     """The string ``node`` evaluates to when only let literals are interpolated, with the variable
     nodes it read; None when anything else is interpolated or it is no string. ``fields``: the string
     fields of let attrsets (``ips.db`` -> "10.0.0.3", shapes/let_script.fields), read where interpolated
     (``"postgres://u:pw@${ips.db}/x"``) but never returned as read: their bindings are no password's,
-    and stay whatever the edits replace."""
+    and stay whatever the edits replace. ``selects``: the start of a select node -> the string it reads
+    (a string of a plain file the file imports, patch.Imported): read where interpolated
+    (``"postgres://u:${secrets.pw}@db/x"``) and returned as read, as a let variable is."""
     node = unparen(node)
     if node.type == "variable_expression":
         let = lets.get(text(node))
@@ -184,6 +191,10 @@ def resolve(
                 if key in fields:
                     out.append(fields[key])
                     continue
+            if len(inner) == 1 and selects and (read := selects.get(unparen(inner[0]).start_byte)) is not None:
+                out.append(read)
+                used.append(unparen(inner[0]))
+                continue
             if len(inner) != 1 or inner[0].type != "variable_expression" or text(inner[0]) not in lets:
                 return None
             out.append(lets[text(inner[0])].value)

@@ -391,12 +391,19 @@ class Builder:
         self.option_literal: tuple[FileModel, Bind, NixPath] | None = None  # `password = "..."` beside passwordFile
         self.known: set[bytes] = set()  # digests of the values recognised as this migration's password
         self.let_fields = {name: _let_fields(fm) for name, fm in models.items()}  # read, never dropped
-        # (with a field table, even an empty one, let_literals also takes the strings other lets fill)
-        self.lets = {name: let_literals(fm.root, self.let_fields[name]) for name, fm in models.items()}
-        self.let_used: set[tuple[str, int]] = set()  # uses of a let-bound password an edit replaces
         # (file, start of a select) -> the string of a second plain .nix file it reads: (import ./plain.nix).pw
         self.imported = imported_reads(models)
         self.imported_literals = {(imp.file, imp.literal.start_byte) for imp in self.imported.values()}
+        self.imported_by_file: dict[str, dict[int, str]] = {}  # file -> start of a select -> the string it reads
+        for (name, start), imp in self.imported.items():
+            self.imported_by_file.setdefault(name, {})[start] = imp.value
+        # (with a field table, even an empty one, let_literals also takes the strings other lets or imported
+        # strings fill: `url = "postgres://u:${private.pw}@db/x";`)
+        self.lets = {
+            name: let_literals(fm.root, self.let_fields[name], self.imported_by_file.get(name))
+            for name, fm in models.items()
+        }
+        self.let_used: set[tuple[str, int]] = set()  # uses of a let-bound password an edit replaces
         # "NAME at FILE:LINE:COL" of a let's or an imported file's string that holds this migration's password and
         # that a replaced use read: where the value is (a use's line holds a name, and the same file may hold a
         # companion's literal: realcfg20/14 with its password let-bound named root's line for `secret new --from`)
@@ -1014,7 +1021,7 @@ class Builder:
     def value_of(self, fm: FileModel, node: Node) -> str | None:
         """The string ``node`` is: a literal, a let-bound literal, a string only let literals fill, or a
         string of a second plain .nix file it imports (``(import ./plain.nix).pw``, :class:`Imported`)."""
-        found = resolve(node, self.lets[fm.name], self.let_fields[fm.name])
+        found = resolve(node, self.lets[fm.name], self.let_fields[fm.name], self.imported_by_file.get(fm.name))
         if found is not None:
             return found[0]
         n = unparen(node)
@@ -1023,7 +1030,7 @@ class Builder:
 
     def use_lets(self, fm: FileModel, node: Node) -> None:
         """An edit replaces ``node``: the let variables (or imported strings) it read are used once less."""
-        found = resolve(node, self.lets[fm.name], self.let_fields[fm.name])
+        found = resolve(node, self.lets[fm.name], self.let_fields[fm.name], self.imported_by_file.get(fm.name))
         for v in found[1] if found is not None else ():
             self.let_used.add((fm.name, v.start_byte))
         n = unparen(node)
@@ -1352,7 +1359,7 @@ class Builder:
                     self.kept_literals.append(f"{let.name} at {fm.where(let.literal)}")
                 if not left:
                     if url_let:
-                        found = resolve(let.literal, lets, self.let_fields[name])
+                        found = resolve(let.literal, lets, self.let_fields[name], self.imported_by_file.get(name))
                         self.let_used |= {(name, v.start_byte) for v in (found[1] if found is not None else ())}
                     self.ed.remove_binding(
                         fm,
