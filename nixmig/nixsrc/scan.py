@@ -1506,7 +1506,54 @@ def scan_source(source: bytes, file: str, *, project: str | None = None) -> File
     nodes = _captures(tree.root_node) if every else _candidates(tree.root_node, source)
     for node in nodes:
         _scan_string(node, out, every=every)
+    if b"${" in source:
+        _lets_read_as_passwords(tree.root_node, out)
     return FileScan(file, findings=tuple(out.findings))
+
+
+# the text of a string just before an interpolation that puts a password there: SQL's PASSWORD '...' or
+# IDENTIFIED BY '...' (its quote closes right after), a URL's userinfo (://user:...@)
+_SQL_BEFORE: Final = re.compile(rb"(?i)\b(?:PASSWORD|IDENTIFIED(?:[ \t]+WITH[ \t]+\w+)?[ \t]+BY)[ \t]+E?'$")
+_URL_BEFORE: Final = re.compile(rb"://[^\s/@:'\"{}$]*:$")
+
+
+def password_position(source: bytes, use: Node) -> str | None:
+    """ "sql" or "url" when the variable ``use`` is interpolated where a string holds a password (``PASSWORD
+    '${pw}'``, ``"postgres://u:${pw}@db/x"``), else None."""
+    interp = use.parent
+    string = interp.parent if interp is not None and interp.type == "interpolation" else None
+    if string is None or string.type not in ("string_expression", "indented_string_expression"):
+        return None
+    before = source[max(string.start_byte, interp.start_byte - 200) : interp.start_byte]  # type: ignore[union-attr]
+    after = source[interp.end_byte : interp.end_byte + 1]  # type: ignore[union-attr]
+    if after == b"'" and _SQL_BEFORE.search(before):
+        return "sql"
+    if after == b"@" and _URL_BEFORE.search(before):
+        return "url"
+    return None
+
+
+def _lets_read_as_passwords(root: Node, out: _Collector) -> None:
+    """A let-bound string whose name says nothing (``ledgerDb = "..."``) read where a password goes
+    (``PASSWORD '${ledgerDb}'`` in SQL, ``://u:${ledgerDb}@`` in a URL): a password, found at its binding
+    (where a rule on the name would have found it)."""
+    from nixmig.nixsrc.lets import let_literals
+
+    for let in let_literals(root).values():
+        lit = let.literal
+        if lit.type not in ("string_expression", "indented_string_expression"):
+            continue
+        if any(f.start < lit.end_byte and lit.start_byte < f.end for f in out.findings):
+            continue  # found already (by its name, or as a URL)
+        rule = next((r for u in let.uses if (r := password_position(out.source, u)) is not None), None)
+        if rule is None or is_placeholder(let.value) or looks_like_crypt_hash(let.value):
+            continue
+        ctx = _context(lit, out.memo)
+        text = _string_text(lit)
+        if ctx is None or PLACEHOLDER.encode() in text.data or not text.data:
+            continue
+        out.add(text, (0, len(text.data)), kind=Kind.PASSWORD, ctx=ctx, rule=f"read-as-{rule}",
+                name_words=[*words(let.name), "password"], taken=[])  # fmt: skip
 
 
 def disambiguate(findings: Iterable[MaskedFinding]) -> list[MaskedFinding]:

@@ -74,11 +74,13 @@ def _scripts(b: Builder) -> Iterator[tuple[FileModel, Bind, Node, NixPath, str]]
 
 
 def sql_holes(b: Builder, fm: FileModel, node: Node) -> dict[tuple[int, int], tuple[str, Node]]:
-    """The interpolations of the SQL string ``node`` whose value nixmig knows: a let string (``${pw}``) or
-    a field of a let attrset (``${db.password}``), by their offsets in the string's source, with the
-    expression read (sqlpass.clauses takes the values)."""
+    """The interpolations of the SQL string ``node`` whose value nixmig knows: a let string (``${pw}``), a
+    field of a let attrset (``${db.password}``) or a string of a plain file the file imports
+    (``${secrets.db}``, patch.Imported), by their offsets in the string's source, with the expression read
+    (sqlpass.clauses takes the values)."""
     out: dict[tuple[int, int], tuple[str, Node]] = {}
     fields = b.let_fields[fm.name]
+    imported = b.imported_by_file.get(fm.name, {})
     for c in node.named_children:
         inner = [x for x in c.named_children if x.type != "comment"] if c.type == "interpolation" else []
         if len(inner) != 1:
@@ -88,7 +90,7 @@ def sql_holes(b: Builder, fm: FileModel, node: Node) -> dict[tuple[int, int], tu
             let = b.lets[fm.name].get(fm.text(expr))
             value = let.value if let is not None else None
         elif expr.type == "select_expression" and not any(x.type == "or" for x in expr.children):
-            value = fields.get("".join(fm.text(expr).split()))
+            value = fields.get("".join(fm.text(expr).split())) or imported.get(expr.start_byte)
         else:
             value = None
         if value:
