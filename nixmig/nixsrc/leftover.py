@@ -480,6 +480,11 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
                 f'"move", role = its user; `nixmig secret new NAME --from {file}:{f.line}` keeps the value), '
                 "or take the clause out by hand"
             )
+        segs = [seg.strip('"') for seg in path]
+        if f.rule == "name" and segs[:2] == ["services", "mysql"] and segs[2:3] != ["initialScript"]:
+            # an option of nixpkgs' mysql module (replication.masterPassword): moving the value needs a file
+            # variant, whatever the strategy
+            return unknown_shape(path)
         return (
             'a MySQL/MariaDB credential: nixmig cannot rotate it; a migration with strategy = "move" moves one '
             "such value (the service's role names whose: the MySQL user, or root; `nixmig secret new NAME --from "
@@ -1017,11 +1022,16 @@ def _nixos_test(fm: FileModel) -> bool:
 _NAME_SUFFIXES = tuple(sorted(_NAME_WORDS))  # as the last word's end: PAPERLESS_DBUSER's "dbuser", "dbname"
 
 
+# an identifier or a label: mautrix's ``appservice.id = "telegram"`` beside the password "telegram"
+_LABEL_WORDS = frozenset({"id", "identifier", "prefix", "label", "title", "type", "kind"})
+
+
 def _names_something(attr: str) -> bool:
-    """``POSTGRES_USER``, ``EXAMPLES_DB``, ``DB_NAME``, ``database``: the attribute holds a name (of a user, a
-    database, a host), never a password, even when that name is the password's text too."""
+    """``POSTGRES_USER``, ``EXAMPLES_DB``, ``DB_NAME``, ``database``, ``appservice.id``: the attribute holds a
+    name (of a user, a database, a host) or an identifier, never a password, even when that name is the
+    password's text too."""
     ws = words(attr)
-    return bool(ws) and ws[-1].lower().endswith(_NAME_SUFFIXES)
+    return bool(ws) and (ws[-1].lower().endswith(_NAME_SUFFIXES) or ws[-1].lower() in _LABEL_WORDS)
 
 
 def copies_in_strings(

@@ -115,7 +115,7 @@ from nixmig.nixsrc.quote import (
     store_name,
 )
 from nixmig.nixsrc.render import EnvFile, EnvLine, also_secrets, render_script, script_in_nix, template
-from nixmig.nixsrc.scan import Kind, classify_name, words
+from nixmig.nixsrc.scan import DESCRIPTION, Kind, classify_name, words
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -1840,7 +1840,7 @@ class Builder:
         self.mask_url(fm, lit.node, value, url)
         self.known |= {digest(url.password.encode()), digest(unquote(url.password).encode())}
         url = self.as_login_role(url)
-        var = lit.path[-1] if lit.path else ""
+        var = env_variable_of(lit.path)
         shape = env_container(lit.path)
         systemd = _systemd_shape(lit.path) or _env_option_shape(lit.path)
         assignment = _environment_assignment(lit, value, url)
@@ -3020,8 +3020,12 @@ class Builder:
             self.masks.append((left.file, left.start, left.end))
             path = tuple(left.attribute.split(".")) if left.attribute else ()
             # the line says what to do
-            # (another credential's recipe would name this migration's secret: none)
-            other = theirs(left) and "this migration's" not in left.what
+            # (another credential's recipe would name this migration's secret: none; with the password known, a
+            # literal that is not it is another credential, whatever its name; and a token or a key is none of a
+            # database's passwords: loomio's secrets.cookie)
+            other = "this migration's" not in left.what and (
+                theirs(left) or bool(self.known) or not any(f"a {DESCRIPTION[k]}" in left.what for k in _DB_KINDS)
+            )
             snippet = (
                 ""
                 if string_shape(path)
@@ -4037,10 +4041,39 @@ NIXPKGS_ENV_CONFIG: dict[tuple[str, str], str] = {
 }
 
 
+# nixpkgs modules whose structured settings the program reads back from its environment, one variable per
+# setting: services.X.<settings>.a.b -> PREFIX + "A_B" (hierarchy levels joined by "_", upper-cased). The
+# value is the unit's (here the module's own unit, X). mautrix-telegram: its Config.__getitem__ returns
+# os.environ["MAUTRIX_TELEGRAM_" + key.replace(".", "_").upper()] before the config file's value (the
+# nixpkgs module's environmentFile documents it), so the setting's removal leaves the module's default
+# (sqlite) in the file and the variable wins.
+_DB_KINDS = (Kind.PASSWORD, Kind.URL_CREDENTIAL)  # what a database's password is found as
+
+NIXPKGS_ENV_SETTINGS: dict[tuple[str, str], str] = {
+    ("mautrix-telegram", "settings"): "MAUTRIX_TELEGRAM_",
+}
+
+
 def _env_option_shape(path: NixPath) -> str | None:
     if len(path) == 4 and path[0] == "services" and (path[1], path[2]) in NIXPKGS_ENV_CONFIG:
         return NIXPKGS_ENV_CONFIG[(path[1], path[2])]
+    if env_setting_variable(path) is not None:
+        return path[1]
     return None
+
+
+def env_setting_variable(path: NixPath) -> str | None:
+    """The variable a setting of a module in NIXPKGS_ENV_SETTINGS is read from (``MAUTRIX_TELEGRAM_APPSERVICE_
+    DATABASE`` for services.mautrix-telegram.settings.appservice.database), or None."""
+    if len(path) < 4 or path[0] != "services" or (path[1], path[2]) not in NIXPKGS_ENV_SETTINGS:
+        return None
+    var = NIXPKGS_ENV_SETTINGS[(path[1], path[2])] + "_".join(seg.strip('"') for seg in path[3:]).upper()
+    return var if _ENV_VAR.fullmatch(var) else None
+
+
+def env_variable_of(path: NixPath) -> str:
+    """The environment variable the binding at ``path`` sets: its last name, or what a setting is read from."""
+    return env_setting_variable(path) or (path[-1] if path else "")
 
 
 def _environment_assignment(lit: Lit, value: str, url: UrlParts) -> tuple[str, EnvLine] | None:
