@@ -745,11 +745,28 @@ def other_secrets(
                 + (
                     LOGIN_ACCOUNT_WHY
                     if login_password(path)
+                    else "`nixmig scan` lists it; it is part of a longer text (a script, a config or env text), where "
+                    "nixmig has no edit for it: take it out of the Nix store by hand"
+                    if f.rule not in ("sql", "url", "name") and _inside_longer_string(fm, f)
                     else "`nixmig scan` lists it, a migration of its own (strategy move keeps the value) takes it out "
                     "of the Nix store"
                 )
             )
     return out
+
+
+def _inside_longer_string(fm: FileModel, f: Finding) -> bool:
+    """The finding is a part of its string, not all of it (``pwd:"..."`` inside a JS initialScript)."""
+    if f.start < 0:
+        return False
+    node: Node | None = fm.root.descendant_for_byte_range(f.start, max(f.start, f.end - 1))
+    while node is not None and node.type not in ("string_expression", "indented_string_expression"):
+        node = node.parent
+    if node is None:
+        return False
+    quote = 2 if node.type == "indented_string_expression" else 1
+    body = fm.source[node.start_byte + quote : node.end_byte - quote].strip()
+    return body != fm.source[f.start : f.end].strip()
 
 
 def _unread_let(fm: FileModel, lets: Mapping[str, LetLiteral], f: Finding) -> bool:

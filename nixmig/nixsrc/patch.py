@@ -115,7 +115,7 @@ from nixmig.nixsrc.quote import (
     store_name,
 )
 from nixmig.nixsrc.render import EnvFile, EnvLine, also_secrets, render_script, script_in_nix, template
-from nixmig.nixsrc.scan import DESCRIPTION, Kind, classify_name, words
+from nixmig.nixsrc.scan import DESCRIPTION, Kind, NameClass, classify_name, words
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -505,6 +505,7 @@ class Builder:
             value = self.value_of(fm, b.value)
             if value is None:
                 imported = self.imported_from(fm, b.value)
+                read = file_read_of(fm, b.value)
                 self.manual_here(
                     fm,
                     b.value,
@@ -513,6 +514,9 @@ class Builder:
                         f"reads the password from {imported}, a plain .nix file of the repository (in the "
                         f"world-readable Nix store with the rest): {IMPORTED_HOW}"
                         if imported
+                        else f"reads the password from {read}, a plain file of the repository read at evaluation "
+                        f"(in the world-readable Nix store with the configuration): {FILE_READ_HOW}"
+                        if read
                         else "is computed, not a literal: nixmig cannot tell where the password comes from"
                     ),
                     self.db_snippet(kind, prefix, file_variable(var, image)),
@@ -3091,6 +3095,21 @@ class Builder:
                     )
                 )
                 return
+            reads = self.file_read_passwords()
+            if reads:  # realcfg26/10: `password = lib.strings.fileContents ./password.key`, read by the containers
+                file, line, col, name, target = reads[0]
+                self.manual.append(
+                    Manual(
+                        file,
+                        line,
+                        col,
+                        f"found no hardcoded password of role {spec.role!r} in the .nix files: {name} reads it from "
+                        f"{target}, a plain file of the repository (read at evaluation, so it goes into the "
+                        f"world-readable Nix store with the configuration); nothing changed: {FILE_READ_HOW}",
+                        "",
+                    )
+                )
+                return
             self.manual.append(
                 Manual(
                     "",
@@ -3102,6 +3121,33 @@ class Builder:
                     "",
                 )
             )
+
+    def file_read_passwords(self) -> list[tuple[str, int, int, str, str]]:
+        """(file, line, col, name, the file read) of each binding whose value is a plain file of the repository
+        read at evaluation (``builtins.readFile ./pw``, ``lib.strings.fileContents ./password.key``) and that is
+        a password by its name or by where it is read (``POSTGRES_PASSWORD = pw;``, ``"postgres://u:${pw}@"``)."""
+        from nixmig.nixsrc.scan import password_position
+
+        out: list[tuple[str, int, int, str, str]] = []
+        for name, fm in sorted(self.models.items()):
+            for node in descendants(fm.root):
+                if node.type != "binding" or node.parent is None:
+                    continue
+                ap, value = node.child_by_field_name("attrpath"), node.child_by_field_name("expression")
+                rel = file_read_of(fm, value, follow=False) if ap is not None and value is not None else None
+                if rel is None or ap is None or value is None:
+                    continue
+                key = fm.text(ap).split(".")[-1]
+                uses = [u for u in descendants(fm.root) if u.type == "variable_expression" and fm.text(u) == key]
+                read_as = any(password_position(fm.source, u) for u in uses) or any(
+                    (classify_name(b.path[-1]) or _NO_CLASS).kind is Kind.PASSWORD
+                    for b in fm.binds
+                    if unparen(b.value).type == "variable_expression" and fm.text(unparen(b.value)) == key
+                )
+                if read_as or (classify_name(key) or _NO_CLASS).kind is Kind.PASSWORD:
+                    line, col = fm.line_col(value.start_byte)
+                    out.append((name, line, col, key, rel))
+        return out
 
     def password_hashes(self) -> list[tuple[str, int, int, str]]:
         """(file, line, col, attribute) of each password hash scan finds in the tree's .nix files."""
@@ -3751,6 +3797,25 @@ IMPORTED_HOW = (
 )
 
 
+FILE_READ_HOW = (
+    "nixmig edits .nix files only; write the literal here instead of the read, delete that file, then patch "
+    "again: the literal moves onto the agenix secret (the value stays in the repository's history: rotate it)"
+)
+
+
+def file_read_of(fm: FileModel, node: Node, follow: bool = True) -> str | None:
+    """The repository file ``node`` reads at evaluation (``lib.fileContents ./pw``, or, with ``follow``, a let
+    variable bound to such a read), repo-relative; None when it is no such read."""
+    from nixmig.nixsrc.lets import let_binding_value
+
+    node = unparen(node)
+    if follow and node.type == "variable_expression":
+        bound = let_binding_value(fm.root, fm.text(node))
+        node = unparen(bound) if bound is not None else node
+    m = _FILE_READ.fullmatch(fm.text(node).strip())
+    return posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), m.group("path"))) if m else None
+
+
 def nix_path(rel: str) -> str:
     """A Nix path expression for a relative path (a literal when it can be one)."""
     if not rel.startswith(("./", "../")):
@@ -4047,6 +4112,11 @@ NIXPKGS_ENV_CONFIG: dict[tuple[str, str], str] = {
 # os.environ["MAUTRIX_TELEGRAM_" + key.replace(".", "_").upper()] before the config file's value (the
 # nixpkgs module's environmentFile documents it), so the setting's removal leaves the module's default
 # (sqlite) in the file and the variable wins.
+# a plain file of the repository read at evaluation: builtins.readFile ./pw, lib.fileContents ./pw (any lib path)
+_FILE_READ = re.compile(
+    r"(?:builtins\.readFile|readFile|(?:[\w.]+\.)?fileContents)\s+\(?\s*(?P<path>\.\.?/[\w./-]+)\s*\)?"
+)
+_NO_CLASS = NameClass(Kind.TOKEN, ())
 _DB_KINDS = (Kind.PASSWORD, Kind.URL_CREDENTIAL)  # what a database's password is found as
 
 NIXPKGS_ENV_SETTINGS: dict[tuple[str, str], str] = {

@@ -81,3 +81,124 @@ def test_no_unit_ordered_after_the_sql_unit_no_before(tmp_path: Path) -> None:
     plan = _plan(tmp_path / "2", "native-unit-sql-app-ordered-after", [app, report], "ledger-db-password")
     unit = next(e.replacement for e in plan.edits if b"nixmig-ledger-db-password-password = {" in e.replacement)
     assert b"before =" not in unit
+
+
+TOML = """[operator]
+recipients = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIWGQejmv1vqcqb2xrIuLEd6YFeWLHzeobl7s3js0eT3"]
+
+[hosts.box]
+address = "box.example.org"
+age_recipient = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG8IX+GbwvuhhTIXuwLJpZ4x7RNzQwb4yKIOiP1pQGSi"
+
+[services.db]
+host = "box"
+runtime = "{runtime}"
+{container}database = "{db}"
+role = "{role}"
+
+[migrations.m]
+service = "db"
+secret = "{secret}"
+strategy = "{strategy}"
+"""
+
+
+def _repo(tmp_path: Path, files: dict[str, str], **toml: str) -> pt.Plan:
+    root = tmp_path / "repo"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    args = {"runtime": "native", "container": "", "strategy": "rotate", **toml}
+    (root / "nixmig.toml").write_text(TOML.format(**args))
+    cfg = config.load(root / "nixmig.toml")
+    return pt.plan(pt.read_sources(root), pt.spec_for(cfg, "m"))
+
+
+def test_a_mysql_option_with_no_file_variant_is_said_so_not_use_move(tmp_path: Path) -> None:
+    src = """{ ... }:
+{
+  services.mysql = {
+    enable = true;
+    replication.role = "master";
+    replication.masterUser = "app";
+    replication.masterPassword = "Repl-pw-81";
+  };
+}
+"""
+    plan = _repo(tmp_path, {"hosts/box/mysql.nix": src}, db="app", role="app", secret="app-db", strategy="move")
+    (item,) = [m for m in plan.manual if m.line == 7]
+    assert "no file variant" in item.what and 'strategy = "move"' not in item.what
+
+
+def test_another_password_inside_a_longer_text_is_said_by_hand(tmp_path: Path) -> None:
+    src = """{ pkgs, ... }:
+{
+  services.mongodb = {
+    enable = true;
+    enableAuth = true;
+    initialRootPassword = "Root-pw-71";
+    initialScript = pkgs.writeText "init.js" ''
+      db.createUser({user:"app",pwd:"App-pw-72",roles:[]});
+    '';
+  };
+}
+"""
+    plan = _repo(tmp_path, {"hosts/box/mongo.nix": src}, db="admin", role="root", secret="root-pw", strategy="move")
+    (note,) = [n for n in plan.notes if "initialScript holds another" in n]
+    assert "nixmig has no edit for it: take it out of the Nix store by hand" in note
+    assert "a migration of its own" not in note
+
+
+def test_clients_elsewhere_note_is_not_silenced_by_a_file_name(tmp_path: Path) -> None:
+    src = """{ pkgs, ... }:
+{
+  services.postgresql.enable = true;
+  services.postgresql.initialScript = pkgs.writeText "synapse-init.sql" ''
+    CREATE ROLE "matrix-synapse" WITH LOGIN PASSWORD 'synapse';
+  '';
+}
+"""
+    plan = _repo(tmp_path, {"hosts/box/pg.nix": src}, db="matrix-synapse", role="matrix-synapse", secret="s")
+    assert any(n.startswith("no other place in the repository") for n in plan.notes), plan.notes
+    # a real holder (an app's URL) still silences it
+    app = src.replace("}\n", '  services.x.url = "postgres://matrix-synapse:synapse@localhost/x";\n}\n')
+    plan = _repo(tmp_path / "2", {"hosts/box/pg.nix": app}, db="matrix-synapse", role="matrix-synapse", secret="s")
+    assert not any(n.startswith("no other place in the repository") for n in plan.notes)
+
+
+def test_a_password_read_from_a_plain_file_is_named(tmp_path: Path) -> None:
+    src = """{ lib, ... }:
+let
+  pw = lib.strings.fileContents ./pw.key;
+in
+{
+  virtualisation.oci-containers.containers.app_db = {
+    image = "postgres:16";
+    environment.POSTGRES_USER = "app";
+    environment.POSTGRES_PASSWORD = pw;
+  };
+}
+"""
+    files = {"hosts/box/app.nix": src, "hosts/box/pw.key": "Key-pw-9\n"}
+    db = 'container = "app_db"\n'
+    plan = _repo(tmp_path, files, runtime="docker", container=db, db="app", role="app", secret="s")
+    (item,) = plan.manual
+    assert (item.file, item.line) == ("hosts/box/app.nix", 9)
+    assert "reads the password from hosts/box/pw.key, a plain file of the repository" in item.what
+    assert "write the literal here instead of the read" in item.what
+
+
+def test_a_password_read_from_a_plain_file_by_a_module_nixmig_cannot_read_is_named(tmp_path: Path) -> None:
+    # realcfg26/10: a wrapper module (no container nixmig sees): the read is said where it is bound
+    src = """{ ... }@args:
+let
+  password = args.lib.strings.fileContents ./password.key;
+  value.containers.atuin_db.environment.POSTGRES_PASSWORD = password;
+in
+args.lib.myWrapper value
+"""
+    files = {"hosts/box/app.nix": src, "hosts/box/password.key": "Key-pw-9\n"}
+    plan = _repo(tmp_path, files, runtime="docker", container='container = "atuin_db"\n', db="a", role="a", secret="s")
+    (item,) = plan.manual
+    assert (item.file, item.line) == ("hosts/box/app.nix", 3)
+    assert "password reads it from hosts/box/password.key, a plain file of the repository" in item.what

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from nixmig.config import ROLE_KEY, also_name
-from nixmig.nixsrc.leftover import digest
+from nixmig.nixsrc.leftover import copies_of, digest
 from nixmig.nixsrc.model import unparen
 from nixmig.nixsrc.parse import text
 from nixmig.nixsrc.quote import escape_indented, nix_attr
@@ -213,12 +213,11 @@ def _unseen_clients(b: Builder, fm: FileModel, node: Node, values: set[str]) -> 
         for f in scan_source(other.source, other.name).findings:  # a credential scan reads: a holder
             if f.value.reveal() in wanted and not (other is fm and node.start_byte <= f.start < node.end_byte):
                 return
-        for v in values - names if all(len(v) >= 6 for v in values) else ():  # any other copy of the bytes
-            at = other.source.find(v.encode())
-            while at >= 0:
-                if not (other is fm and node.start_byte <= at < node.end_byte):
-                    return  # another holder: an app patch edits, or one the verdict says
-                at = other.source.find(v.encode(), at + 1)
+        rest = values - names if all(len(v) >= 6 for v in values) else set()
+        # any other copy of the bytes as a word of its own (not the "synapse" of "synapse-init.sql")
+        for m in copies_of({v.encode() for v in rest}).finditer(other.source) if rest else ():
+            if not (other is fm and node.start_byte <= m.start() < node.end_byte):
+                return  # another holder: an app patch edits, or one the verdict says
     b.notes.append(
         f"no other place in the repository's .nix files holds role {b.spec.role}'s password: a client that "
         "logs in with it from elsewhere (an app configured outside Nix, a config file of its own) is refused after "
