@@ -1044,15 +1044,24 @@ _LABEL_WORDS = frozenset({"id", "identifier", "prefix", "label", "title", "type"
 
 
 def _names_something(attr: str) -> bool:
-    """``POSTGRES_USER``, ``EXAMPLES_DB``, ``DB_NAME``, ``database``, ``appservice.id``: the attribute holds a
-    name (of a user, a database, a host) or an identifier, never a password, even when that name is the
-    password's text too."""
+    """``POSTGRES_USER``, ``EXAMPLES_DB``, ``DB_NAME``, ``database``: the attribute holds a name (of a user, a
+    database, a host), never a password, even when that name is the password's text too."""
     ws = words(attr)
-    return bool(ws) and (ws[-1].lower().endswith(_NAME_SUFFIXES) or ws[-1].lower() in _LABEL_WORDS)
+    return bool(ws) and ws[-1].lower().endswith(_NAME_SUFFIXES)
+
+
+def labels_something(attr: str) -> bool:
+    """``appservice.id``, ``NOTIFY_CHAT_ID``: the attribute holds an identifier or a label, no credential."""
+    ws = words(attr)
+    return bool(ws) and ws[-1].lower() in _LABEL_WORDS
 
 
 def copies_in_strings(
-    models: Mapping[str, FileModel], edits: Sequence[Edit], values: Collection[bytes], said: set[tuple[str, int]]
+    models: Mapping[str, FileModel],
+    edits: Sequence[Edit],
+    values: Collection[bytes],
+    said: set[tuple[str, int]],
+    labels: list[Leftover] | None = None,
 ) -> list[Leftover]:
     """Each copy of ``values`` (what a plan takes out of the tree) inside a string no edit covers, one per
     line not ``said`` already: where scan reads no credential (a heredoc, ``mysql -pPW``) it is still the
@@ -1074,6 +1083,12 @@ def copies_in_strings(
             whole = fm.source[node.start_byte + 1 : node.end_byte - 1]
             if path and _names_something(path[-1]) and whole in values:
                 continue  # the whole string is the name (EXAMPLES_DB = "examples"), not NC_DB's URL holding it
+            if labels is not None and path and labels_something(path[-1]) and whole in values:
+                line, col = fm.line_col(node.start_byte + 1)
+                if (name, line) not in said:  # an identifier (mautrix's appservice.id = "telegram"): said, apart
+                    said.add((name, line))
+                    labels.append(Leftover(name, line, col, ".".join(path), "", node.start_byte + 1, node.end_byte - 1))
+                continue
             if path and path[-1] == "image":
                 continue  # a container image's reference ("postgres:latest" beside the password "postgres")
             for m in token.finditer(fm.source, node.start_byte, node.end_byte):

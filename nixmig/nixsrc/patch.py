@@ -1285,7 +1285,16 @@ class Builder:
                 "moves onto its own secret (its value kept): if it is a copy of that credential, move it too (also = "
                 "{ ... } in nixmig.toml); else it is left as it is"
             )
-        return copies_in_strings(self.models, self.ed.items, values - theirs, said)
+        labels: list[Leftover] = []
+        left = copies_in_strings(self.models, self.ed.items, values - theirs, said, labels)
+        for x in labels:  # realcfg26/07: mautrix's appservice.id = "telegram" beside the password "telegram"
+            self.masks.append((x.file, x.start, x.end))
+            self.notes.append(
+                f"{x.file}:{x.line}: {x.attribute} holds the same bytes as this migration's password; by its name an "
+                "identifier, no credential: left as it is"
+                + (" (after the rotation it no longer equals the password)" if self.spec.strategy != "move" else "")
+            )
+        return left
 
     def copies_in_texts(self, found: Sequence[Leftover]) -> list[Manual]:
         """A copy of a value the plan takes out in a file other than .nix that a .nix file names by path (a

@@ -40,6 +40,8 @@ def test_an_identifier_equal_to_the_password_is_no_copy_of_it(tmp_path: Path) ->
     plan = _plan(tmp_path, case, edit, "mautrix-telegram-db-password")
     assert not plan.manual, [m.what for m in plan.manual]
     assert plan.edits
+    (note,) = [n for n in plan.notes if "appservice.id" in n]
+    assert note.startswith(f"{BRIDGE}:20: ") and "an identifier, no credential: left as it is" in note
 
 
 @pytest.mark.parametrize("attr", ["token", "secret_key"])
