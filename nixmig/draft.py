@@ -698,6 +698,22 @@ class _LetUse:
     let: LetLiteral | None  # None: a string of a second plain file, read by ``(import ./plain.nix).pw``
 
 
+def _imported_sql(
+    models: Mapping[str, FileModel], uses: Sequence[_LetUse], f: Finding
+) -> tuple[Finding, SqlAccount] | None:
+    """The first read of a plain file's string (``uses``) that is SQL a unit runs to set an account's
+    password, with that account."""
+    from nixmig.nixsrc.shapes.let_script import imported_sql_account
+
+    value = f.value.reveal().decode("utf-8", "replace")
+    for u in uses:
+        if u.let is None and u.finding.start >= 0:
+            account = imported_sql_account(models[u.finding.file], u.finding.start, value)
+            if account is not None:
+                return u.finding, account
+    return None
+
+
 def _import_uses(
     models: Mapping[str, FileModel], reads: Mapping[tuple[str, int], Imported], fm: FileModel, f: Finding
 ) -> list[_LetUse]:
@@ -1087,6 +1103,14 @@ def _unit_sql_db(f: Finding, account: SqlAccount) -> _Db:
     if account.database is not None:
         db.database = Val(account.database, f"{account.where} (GRANT ... ON {account.database}.*)")
         db.name, db.secret = f"{account.database}-db", f"{account.database}-db-password"
+        db.secret_origin = "named after the database"  # noqa: S105 - where the name comes from
+    elif not account.mysql:  # PostgreSQL: the role's own database, as ensureDBOwnership makes it
+        db.database = Val(
+            account.user,
+            f"{account.where} (the role's name)",
+            check="the SQL names no database: the role's name is a guess; write the database the app uses",
+        )
+        db.name, db.secret = f"{account.user}-db", f"{account.user}-db-password"
         db.secret_origin = "named after the database"  # noqa: S105 - where the name comes from
     else:
         db.secret = f"{db.name}-db-password"
@@ -1592,7 +1616,7 @@ def draft(
     ``texts``: the SQL files the .nix files name (nixsrc.patch.read_texts): an initialScript's file.
     Raises NixSyntaxError / SecretsError when secrets.nix does not parse.
     """
-    from nixmig.nixsrc.patch import imported_reads
+    from nixmig.nixsrc.patch import imported_password_findings, imported_reads
     from nixmig.nixsrc.scan import scan_source
     from nixmig.nixsrc.shapes.let_script import sql_account
 
@@ -1610,8 +1634,9 @@ def draft(
     let_uses: dict[int, _LetUse] = {}  # a let-bound password read as a finding at each use
     unit_sql: dict[int, SqlAccount] = {}  # a let-bound password read only by SQL a unit runs
     unit_exec: dict[int, _Db] = {}  # a literal in SQL a unit runs (psql, maybe through podman/docker exec)
+    extra = imported_password_findings(models, reads)  # a plain file's neutral key read as a password elsewhere
     for name, fm in models.items():
-        for f in scan_source(fm.source, name).findings:
+        for f in [*scan_source(fm.source, name).findings, *extra.get(name, ())]:
             uses = _let_uses(fm, f) or _import_uses(models, reads, fm, f)
             account = sql_account(fm, f.start) if f.kind.value == "password" and f.start >= 0 else None
             direct = _unit_sql_exec_db(fm, f) if account is None and f.kind.value == "password" else None
@@ -1623,6 +1648,10 @@ def draft(
                 findings.append(f)
                 paths[id(f)] = ("systemd", "services", account.unit)
                 unit_sql[id(f)] = account
+            elif (read := _imported_sql(models, uses, f)) is not None:  # PASSWORD '${private.db}' in a unit
+                findings.append(read[0])
+                paths[id(read[0])] = ("systemd", "services", read[1].unit)
+                unit_sql[id(read[0])] = read[1]
             elif any(_is_db_finding(u.finding, _through_etc(models, u.finding, u.path)) for u in uses):
                 for u in uses:
                     findings.append(u.finding)

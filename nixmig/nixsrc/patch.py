@@ -115,7 +115,7 @@ from nixmig.nixsrc.quote import (
     store_name,
 )
 from nixmig.nixsrc.render import EnvFile, EnvLine, also_secrets, render_script, script_in_nix, template
-from nixmig.nixsrc.scan import DESCRIPTION, Kind, NameClass, classify_name, words
+from nixmig.nixsrc.scan import DESCRIPTION, Finding, Kind, NameClass, classify_name, words
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -1845,6 +1845,8 @@ class Builder:
             return False
         if password is not None:
             return unquote(url.password) == password
+        if digest(unquote(url.password).encode()) in self.known:
+            return True  # a value a shape recognised as the password (SQL a unit runs sets it for the role)
         hosts = {"localhost", "127.0.0.1", "::1"} | ({db.name} if db else set())
         return url.host in hosts
 
@@ -3765,6 +3767,37 @@ def imported_reads(models: Mapping[str, FileModel]) -> dict[tuple[str, int], Imp
         for n in descendants(fm.root)
         if n.type == "select_expression" and (imp := import_target(models, fm, n)) is not None
     }
+
+
+def imported_password_findings(
+    models: Mapping[str, FileModel], reads: Mapping[tuple[str, int], Imported] | None = None
+) -> dict[str, list[Finding]]:
+    """file -> findings scan cannot make alone: a string of a plain .nix file whose key says nothing
+    (``albumsDb = "..."``), read by another file where a password goes (``PASSWORD '${private.albumsDb}'``,
+    ``://u:${private.albumsDb}@``), found at its binding in the plain file (rule read-as-sql / read-as-url)."""
+    from nixmig.nixsrc.scan import literal_finding, password_position, scan_source
+
+    out: dict[str, list[Finding]] = {}
+    done: set[tuple[str, int]] = set()
+    for (name, start), imp in sorted((reads if reads is not None else imported_reads(models)).items()):
+        at = (imp.file, imp.literal.start_byte)
+        if at in done:
+            continue
+        fm, other = models[name], models[imp.file]
+        node: Node | None = fm.root.descendant_for_byte_range(start, start)
+        while node is not None and not (node.type == "select_expression" and node.start_byte == start):
+            node = node.parent
+        rule = password_position(fm.source, node) if node is not None else None
+        if rule is None:
+            continue
+        done.add(at)
+        lo, hi = imp.literal.start_byte, imp.literal.end_byte
+        if any(lo <= f.start < hi for f in scan_source(other.source, other.name).findings):
+            continue  # found by its name already
+        f = literal_finding(other.source, other.name, lo, imp.key[-1], f"read-as-{rule}")
+        if f is not None:
+            out.setdefault(imp.file, []).append(f)
+    return out
 
 
 def import_target(models: Mapping[str, FileModel], fm: FileModel, node: Node) -> Imported | None:

@@ -1533,6 +1533,29 @@ def password_position(source: bytes, use: Node) -> str | None:
     return None
 
 
+def literal_finding(source: bytes, file: str, start: int, name: str, rule: str) -> Finding | None:
+    """A password finding for the whole string that starts at byte ``start`` of a file (a literal that a
+    read in another file shows to be one: ``PASSWORD '${plain.key}'``), placed and named as scan places a
+    binding's; None when no string starts there or it holds no value (a placeholder, a hash)."""
+    tree = parse(source)
+    node: Node | None = tree.root_node.descendant_for_byte_range(start, start)
+    while node is not None and not (
+        node.type in ("string_expression", "indented_string_expression") and node.start_byte == start
+    ):
+        node = node.parent
+    if node is None:
+        return None
+    out = _Collector(file, source, file_project(file, source))
+    ctx = _context(node, out.memo)
+    text = _string_text(node)
+    value = text.data.decode("utf-8", "replace")
+    if ctx is None or not text.data or PLACEHOLDER in value or is_placeholder(value) or looks_like_crypt_hash(value):
+        return None
+    out.add(text, (0, len(text.data)), kind=Kind.PASSWORD, ctx=ctx, rule=rule,
+            name_words=[*words(name), "password"], taken=[])  # fmt: skip
+    return out.findings[0] if out.findings else None
+
+
 def _lets_read_as_passwords(root: Node, out: _Collector) -> None:
     """A let-bound string whose name says nothing (``ledgerDb = "..."``) read where a password goes
     (``PASSWORD '${ledgerDb}'`` in SQL, ``://u:${ledgerDb}@`` in a URL): a password, found at its binding

@@ -68,6 +68,9 @@ class Bound:
     # in a ``rec { }``: the sibling fields whose strings interpolate this one (``full-url`` reads
     # ``${password}``); a field built so has its value with those put in, and readers ()
     readers: tuple[str, ...] = ()
+    # a string of a second plain .nix file the file imports (patch.Imported: ``${secrets.pw}``): binding and
+    # literal are its first read here; its key leaves the plain file with its last read (Builder.drop_imported)
+    imported: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,28 @@ def _rec_fields(
         ):
             inner.setdefault(fm.text(n), []).append(n)
     return built, readers, inner
+
+
+def imported_values(b: Builder, fm: FileModel) -> list[Bound]:
+    """The passwords (no URLs: url_variables has those) ``fm`` reads from a second plain .nix file, one per
+    key, with every select of it in ``fm`` as its uses."""
+    groups: dict[tuple[str, tuple[str, ...]], list[Node]] = {}
+    values: dict[tuple[str, tuple[str, ...]], str] = {}
+    for (name, start), imp in b.imported.items():
+        if name != fm.name or "://" in imp.value:
+            continue
+        node = fm.root.descendant_for_byte_range(start, start)
+        while node is not None and not (node.type == "select_expression" and node.start_byte == start):
+            node = node.parent
+        if node is not None:
+            groups.setdefault((imp.file, imp.key), []).append(node)
+            values[(imp.file, imp.key)] = imp.value
+    out = []
+    for key, uses in groups.items():
+        uses.sort(key=lambda n: n.start_byte)
+        shown = "".join(fm.text(uses[0]).split())
+        out.append(Bound(shown, uses[0], uses[0], values[key], tuple(uses), (), imported=True))
+    return out
 
 
 def bound_values(fm: FileModel) -> list[Bound]:
@@ -419,8 +444,9 @@ def values_of(fm: FileModel) -> dict[str, str]:
 
 def _account(values: dict[str, str], fm: FileModel, bound: Bound, uses: list[Use]) -> SqlAccount | None:
     """The one account whose password SQL in a unit sets to ``bound`` at every use of it; None when a
-    use is anything else, or the uses name different accounts."""
-    if classify_name(bound.shown.rsplit(".", 1)[-1]) is None or not uses or bound.whole:
+    use is anything else, or the uses name different accounts. (Its name may say nothing, ``albumsDb``: read
+    right inside ``PASSWORD '...'`` / ``IDENTIFIED BY '...'`` at every use, it is that account's password.)"""
+    if not uses or bound.whole:
         return None
     found: set[tuple[str, str | None, str, bool]] = set()
     for use in uses:
@@ -450,6 +476,25 @@ def sql_account(fm: FileModel, byte: int) -> SqlAccount | None:
             uses, left = _uses(values, fm, bound)
             return _account(values, fm, bound, uses) if not left else None
     return None
+
+
+def imported_sql_account(fm: FileModel, start: int, value: str) -> SqlAccount | None:
+    """For init's draft: the account whose password a string of a plain .nix file is, read by the select at
+    ``start`` of ``fm`` inside SQL a systemd unit runs (``PASSWORD '${private.db}'``); the file's other reads
+    of the key (an app's URL) aside: they are the app's."""
+    node: Node | None = fm.root.descendant_for_byte_range(start, start)
+    while node is not None and not (node.type == "select_expression" and node.start_byte == start):
+        node = node.parent
+    if node is None:
+        return None
+    key = "".join(fm.text(node).split())
+    reads = tuple(
+        n for n in descendants(fm.root) if n.type == "select_expression" and "".join(fm.text(n).split()) == key
+    )
+    bound = Bound(key, node, node, value, reads, (), imported=True)
+    values = values_of(fm)
+    uses, _ = _uses(values, fm, bound)
+    return _account(values, fm, bound, uses) if uses else None
 
 
 # ------------------------------------------------ edits
@@ -599,8 +644,9 @@ def apply(b: Builder, password: str | None) -> None:
         units_with_credential: set[str] = set()
         values = values_of(fm)
         gone: dict[str, str] = {}  # a rec field built from the password, removed: the password it held
-        for bound in sorted(bound_values(fm), key=lambda x: bool(x.readers)):  # a rec's built fields first
-            if (fm.name, bound.literal.start_byte) in b.handled:
+        bounds = sorted(bound_values(fm), key=lambda x: bool(x.readers)) + imported_values(b, fm)
+        for bound in bounds:  # a rec's built fields first
+            if (fm.name, bound.literal.start_byte) in b.handled and not bound.imported:
                 continue
             if bound.readers:
                 if classify_name(bound.shown.rsplit(".", 1)[-1]) is None or not all(r in gone for r in bound.readers):
@@ -620,7 +666,7 @@ def apply(b: Builder, password: str | None) -> None:
                 continue
             if isinstance(value, str) and looks_like_crypt_hash(value):
                 continue  # a SCRAM verifier or a crypt hash, not a password: the verdict says so (realcfg25/05)
-            is_field = "." in bound.shown
+            is_field = "." in bound.shown and not bound.imported
             is_url = not isinstance(value, str)
             if (is_url or is_field) and any(why == FOREIGN for _, why in left):
                 continue  # run_argv's use, and the pipeline's for the rest (as before this shape)
@@ -638,7 +684,8 @@ def apply(b: Builder, password: str | None) -> None:
                 bad = _blocked(b, fm, [its for _, its in strings.values()], units_with_credential)
             if left or bad:
                 node, why = (left + bad)[0]
-                b.handled.add((fm.name, bound.literal.start_byte))
+                if not bound.imported:
+                    b.handled.add((fm.name, bound.literal.start_byte))
                 b.let_kept.add((fm.name, fm.line_col(bound.literal.start_byte)[0]))  # said here, not again
                 b.mask_literal(fm, bound.literal)
                 b.manual_here(
@@ -700,8 +747,11 @@ def apply(b: Builder, password: str | None) -> None:
                 b.handled.add((fm.name, string.start_byte))  # the script is no URL left for on_url
                 b.sql_file = b.sql_file or fm
                 b.need(fm, ("config", "lib", "pkgs") if not use.script else ("config",))
-            b.handled.add((fm.name, bound.literal.start_byte))
+            if not bound.imported:
+                b.handled.add((fm.name, bound.literal.start_byte))
             b.replaced.append(f"{bound.shown} at {fm.where(bound.literal)}")
+            if bound.imported:
+                continue  # the plain file's key: Builder.drop_imported, once every read is replaced
             if is_url and any(_environment_binding(fm, u) for u in bound.uses):
                 b.url_lets.add((fm.name, bound.shown))  # its environment uses are url_variables': drop_lets' then
             elif is_url or is_field:  # a let password's binding is drop_lets' (it knows every use)
