@@ -9,6 +9,8 @@ Values never leave a worker process: workers send back
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 import secrets
 import stat
 import sys
@@ -182,12 +184,59 @@ def scan_files(files: Sequence[str], *, jobs: int | None = None) -> ScanRun:
         run.problems.extend(problems)
         sql_files |= sql_read
     run.files_scanned += len(sql_files)  # the SQL files the .nix files name count as scanned
+    run.findings += [f.masked(key) for f in _imported_reads(files)]
     # a SQL file two Nix files name is found twice: once
     run.findings = list({(f.file, f.line, f.col, f.rule): f for f in run.findings}.values())
     run.findings.sort(key=lambda f: (f.file, f.line, f.col))
     run.findings = disambiguate(run.findings)
     run.problems.sort(key=lambda p: (p.file, p.line, p.col))
     return run
+
+
+_IMPORT_PATH = re.compile(rb"\bimport\s+\(?\s*(\.\.?/[\w./-]+)")
+
+
+def _imported_reads(files: Sequence[str]) -> list[Finding]:
+    """The findings one file's scan cannot make: a plain .nix file's string whose key says nothing, read by
+    another file where a password goes (``PASSWORD '${private.db}'``; nixsrc.patch.imported_password_findings).
+    Only the files that import a relative path and interpolate, and the files they import, are read again."""
+    from nixmig.errors import NixSyntaxError
+    from nixmig.nixsrc.model import model
+    from nixmig.nixsrc.patch import imported_password_findings
+
+    sources: dict[str, bytes] = {}
+    wanted: set[str] = set()
+    for path in files:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue  # said by the scan itself
+        if b"${" in data and (targets := _IMPORT_PATH.findall(data)):
+            sources[path] = data
+            for t in targets:
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(path), t.decode()))
+                wanted.add(target if target.endswith(".nix") else posixpath.join(target, "default.nix"))
+    if not sources:
+        return []
+    for path in sorted(wanted - sources.keys()):
+        try:
+            with open(path, "rb") as fh:
+                sources[path] = fh.read()
+        except OSError:
+            continue
+    models = {}
+    for path, data in sources.items():
+        try:
+            models[posixpath.normpath(path)] = model(posixpath.normpath(path), data)
+        except NixSyntaxError:
+            continue  # a problem the scan lists
+    try:
+        found = imported_password_findings(models)
+    except Exception:  # a scanner bug must not stop the scan
+        return []
+    scanned = {posixpath.normpath(p) for p in files}  # a file outside the paths asked for is not reported
+    return [f for name, fs in found.items() if name in scanned for f in fs]
 
 
 def scan_paths(paths: Sequence[str], *, jobs: int | None = None) -> ScanRun:

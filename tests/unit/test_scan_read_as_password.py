@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nixmig.nixsrc.scan import Kind, scan_source
@@ -84,3 +86,21 @@ in
 }
 """
     assert found(src) == [(3, "name", "Dd-nn-pw-9")]
+
+
+def test_a_plain_files_neutral_key_read_as_a_password_elsewhere(tmp_path: Path) -> None:
+    from nixmig.nixsrc.walk import scan_paths
+
+    (tmp_path / "private").mkdir()
+    plain = '{\n  smtpHost = "smtp.example.org";\n  albumsDb = "Alb-nn-pw-1";\n}\n'
+    (tmp_path / "private" / "values.nix").write_text(plain)
+    (tmp_path / "albums.nix").write_text(
+        "{ pkgs, ... }:\nlet\n  private = import ./private/values.nix;\nin\n{\n"
+        '  services.postgresql.initialScript = pkgs.writeText "i.sql"\n'
+        "    \"ALTER ROLE a PASSWORD '${private.albumsDb}';\";\n"
+        "  services.app.host = private.smtpHost;\n}\n"
+    )
+    run = scan_paths([str(tmp_path)], jobs=1)
+    assert [(Path(f.file).name, f.line, f.rule) for f in run.findings] == [("values.nix", 3, "read-as-sql")]
+    # the reader alone: the plain file is not among the paths scanned, nothing is said of it
+    assert scan_paths([str(tmp_path / "albums.nix")], jobs=1).findings == []
