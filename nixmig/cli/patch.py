@@ -12,7 +12,7 @@ from nixmig.cli.common import JsonOption, RepoOption, print_json
 from nixmig.errors import NixmigError, UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from nixmig.nixsrc.patch import Plan
 
@@ -256,7 +256,7 @@ def _patch_one(
     if not age_file.exists():
         at = dict(_missing_kept_values(root, spec.secrets_dir, plan, sources)).get(spec.secret)  # its line
         # no line the plan took the value from: a by-hand item's, when one alone can be this migration's
-        first, lines = _kept_line(plan)
+        first, lines = _kept_line(plan, [n for n in (spec.role, spec.secret, spec.db_service, spec.container) if n])
         notes.append(
             f"{age_file.relative_to(root)} does not exist yet: create it with `nixmig secret new {spec.secret}"
             + (
@@ -361,7 +361,7 @@ NOBODYS_PASSWORD = "The value is nobody's password"  # noqa: S105 - a phrase mys
 A_HASH = "a hash is not the password"  # a phrase Builder.verdict says of a password hash (realcfg25/05)
 
 
-def _kept_line(plan: Any) -> tuple[str | None, list[str]]:
+def _kept_line(plan: Any, names: Sequence[str] = ()) -> tuple[str | None, list[str]]:
     """For `secret new --from`: the one by-hand item's FILE:LINE that holds the migration's value, when
     one alone can (the only one, else the only one whose attribute names a database: nextcloud's
     dbpassFile beside its adminpassFile, realcfg20/22, whose first item was the admin's); else None
@@ -379,6 +379,17 @@ def _kept_line(plan: Any) -> tuple[str | None, list[str]]:
     if len(where) == 1:
         return where[0], where
     named = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items if names_database(m.what.split(" ", 1)[0])))
+    if len(named) != 1 and names:  # else the one whose attribute names the migration's service or role (telegraf's
+        # outputs.influxdb.password beside grafana's adminPassword, realcfg27/05)
+        from nixmig.nixsrc.patch import _GENERIC_WORDS
+        from nixmig.nixsrc.scan import words
+
+        ours = {w.lower() for n in names for w in words(n)} - _GENERIC_WORDS
+        named = list(
+            dict.fromkeys(
+                f"{m.file}:{m.line}" for m in items if {w.lower() for w in words(m.what.split(" ", 1)[0])} & ours
+            )
+        )
     return (named[0] if len(named) == 1 else None), where
 
 

@@ -204,3 +204,59 @@ args.lib.myWrapper value
     (item,) = plan.manual
     assert (item.file, item.line) == ("hosts/box/app.nix", 3)
     assert "password reads it from hosts/box/password.key, a plain file of the repository" in item.what
+
+
+TRUST_PG = """{ pkgs, lib, ... }:
+{
+  services.postgresql = {
+    enable = true;
+    authentication = AUTH;
+    initialScript = pkgs.writeText "init" ''
+      ALTER USER postgres WITH PASSWORD 'Pg-trust-pw-3';
+    '';
+  };
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("auth", "trusted"),
+    [
+        ("lib.mkOverride 10 ''\n      local all all trust\n      host all all localhost trust\n    ''", True),
+        ('lib.mkForce "local all all peer\\nhost all all 127.0.0.1/32 trust\\n"', True),
+        # nixpkgs' own md5/scram lines stay beside a plain definition
+        ("''\n      local all all trust\n    ''", False),
+        ("lib.mkForce ''\n      local all all trust\n      host all all 10.0.0.0/8 scram-sha-256\n    ''", False),
+        ("lib.mkOverride 100 ''\n      local all all trust\n    ''", False),
+    ],
+)
+def test_trust_only_authentication_says_no_client_is_refused(tmp_path: Path, auth: str, trusted: bool) -> None:
+    plan = _repo(
+        tmp_path, {"hosts/box/pg.nix": TRUST_PG.replace("AUTH", auth)}, db="postgres", role="postgres", secret="s"
+    )
+    said = [n for n in plan.notes if "no client is asked for role postgres's password" in n]
+    elsewhere = [n for n in plan.notes if n.startswith("no other place in the repository")]
+    assert (bool(said), bool(elsewhere)) == (trusted, not trusted), plan.notes
+
+
+def test_another_service_s_password_beside_is_no_candidate_line(tmp_path: Path) -> None:
+    """realcfg27/05: grafana's adminPassword beside telegraf's influxdb password (move): no recipe naming the
+    migration's secret for grafana's, and `secret new --from` names telegraf's line."""
+    from nixmig.cli.patch import _kept_line
+
+    src = """{ ... }:
+{
+  services.telegraf.extraConfig.outputs.influxdb = {
+    username = "telegraf";
+    password = "Tg-influx-pw-1";
+  };
+  services.grafana.security.adminPassword = "1234";
+}
+"""
+    plan = _repo(
+        tmp_path, {"hosts/box/m.nix": src}, db="telegraf", role="telegraf", secret="influxdb-telegraf-password",
+        strategy="move",
+    )  # fmt: skip
+    grafana = next(m for m in plan.manual if "adminPassword" in m.what)
+    assert "influxdb-telegraf-password" not in grafana.snippet
+    assert _kept_line(plan, ["telegraf", "influxdb-telegraf-password"])[0] == "hosts/box/m.nix:5"

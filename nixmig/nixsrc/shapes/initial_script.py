@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from nixmig.config import ROLE_KEY, also_name
 from nixmig.nixsrc.leftover import copies_of, digest
+from nixmig.nixsrc.indented import decode_any
 from nixmig.nixsrc.model import unparen
 from nixmig.nixsrc.parse import text
 from nixmig.nixsrc.quote import escape_indented, nix_attr
@@ -218,12 +219,53 @@ def _unseen_clients(b: Builder, fm: FileModel, node: Node, values: set[str]) -> 
         for m in copies_of({v.encode() for v in rest}).finditer(other.source) if rest else ():
             if not (other is fm and node.start_byte <= m.start() < node.end_byte):
                 return  # another holder: an app patch edits, or one the verdict says
+    trusted = _trust_only(b)
+    if trusted is not None:  # realcfg27/06: no line of pg_hba asks for a password
+        b.notes.append(
+            f"services.postgresql.authentication ({trusted}) replaces nixpkgs' own lines with trust/peer ones only: "
+            f"no client is asked for role {b.spec.role}'s password, so no client is refused after the rotation; the "
+            "secret matters once a line asks for a password (md5, scram-sha-256)"
+        )
+        return
     b.notes.append(
         f"no other place in the repository's .nix files holds role {b.spec.role}'s password: a client that "
         "logs in with it from elsewhere (an app configured outside Nix, a config file of its own) is refused after "
         'the rotation: give it the agenix secret, or use strategy = "move" (value kept); a client on the local '
         "socket with peer authentication needs no password"
     )
+
+
+_OVERRIDE = re.compile(r"^\s*(?:[\w.]*\.)?(?:mkForce|mkOverride\s+(\d+))\b")
+_NO_PASSWORD = {"trust", "peer", "ident", "reject"}
+
+
+def _trust_only(b: Builder) -> str | None:
+    """Where ``services.postgresql.authentication`` is set, with a priority over nixpkgs' own lines
+    (``lib.mkForce``, ``mkOverride N`` under 100), to lines none of which asks for a password (trust, peer,
+    ident, reject); None otherwise (nixpkgs' md5/scram lines stay, or a line asks for one)."""
+    from nixmig.nixsrc.patch import written_text
+
+    found = None
+    for fm, bind in b.all_binds():
+        if bind.path[-3:] != ("services", "postgresql", "authentication") or len(bind.path) != 3:
+            continue
+        whole = bind.node.child_by_field_name("expression")  # the value as written, wrapper and all
+        m = _OVERRIDE.match(fm.text(whole)) if whole is not None else None
+        if m is None or (m.group(1) is not None and int(m.group(1)) >= 100):
+            return None
+        node = written_text(bind.value, root=fm.root)
+        value = decode_any(node) if node is not None else None
+        if value is None:
+            return None
+        for line in value.splitlines():
+            tokens = line.split("#", 1)[0].split()
+            if not tokens:
+                continue
+            at = 3 if tokens[0] == "local" else 5 if len(tokens) > 5 and "/" not in tokens[3] else 4
+            if len(tokens) <= at or tokens[at] not in _NO_PASSWORD:
+                return None
+        found = fm.where(bind.value)
+    return found
 
 
 def move_role(b: Builder, role: str, secret: str) -> None:
