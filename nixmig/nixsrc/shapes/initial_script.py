@@ -19,8 +19,8 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from nixmig.config import ROLE_KEY, also_name
-from nixmig.nixsrc.leftover import copies_of, digest
 from nixmig.nixsrc.indented import decode_any
+from nixmig.nixsrc.leftover import copies_of, digest
 from nixmig.nixsrc.model import unparen
 from nixmig.nixsrc.parse import text
 from nixmig.nixsrc.quote import escape_indented, nix_attr
