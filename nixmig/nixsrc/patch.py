@@ -1607,11 +1607,13 @@ class Builder:
     def _scan_literals(
         self, password: str | None, db: _Db | None, siblings: list[tuple[FileModel, Lit, str, NixPath]]
     ) -> None:
-        from nixmig.nixsrc.shapes import shared_env
+        from nixmig.nixsrc.shapes import env_subst, shared_env
 
         for fm, lit in self.all_lits():
             if (fm.name, lit.node.start_byte) in self.handled or self.companion(lit.path):
                 continue  # a companion credential (also) is moved onto its own secret by patch_also
+            if env_subst.handles(lit.path):
+                continue  # settings a service substitutes variables into: shapes/env_subst.py
             if (fm.name, lit.node.start_byte) in self.imported_literals:
                 continue  # a string of a plain file another file imports: edited where it is read (drop_imported)
             value = self.value_of(fm, lit.node)
