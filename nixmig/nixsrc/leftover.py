@@ -178,8 +178,10 @@ def _mysql_if_not_exists(source: bytes, at: int) -> bool:
     return _IF_NOT_EXISTS.search(source[start:at]) is not None
 
 
-def _read_as_option(models: Mapping[str, FileModel], attr: str) -> str:
-    """Where ``config.<attr>`` is read (a custom module's option the tree sets), as " (read as ...)"."""
+def read_as_option(models: Mapping[str, FileModel], attr: str) -> str:
+    """Where ``config.<attr>`` is read (a custom module's option the tree sets), as " (read as ...)"; also
+    where an attrset holding it is read whole through a let of the module (``environment = cfg.environment;``
+    with ``cfg = config.selfhosted.postgres``: realcfg27/03), naming the option that reading sets."""
     attr = attr.removeprefix("config.")  # set inside the module's own `config = { ... }`
     if not attr or "." not in attr or attr.startswith("<let>"):
         return ""
@@ -192,6 +194,25 @@ def _read_as_option(models: Mapping[str, FileModel], attr: str) -> str:
                 f"; it is read as config.{attr} at {name}:{line}: an option of the repo's own module, which nixmig "
                 "does not follow into what reads it (it follows let bindings): move the value there by hand"
             )
+    segs = attr.split(".")
+    for name, fm in sorted(models.items()):
+        for cut in range(len(segs) - 1, 1, -1):  # the module's let: cfg = config.<segs[:k]>
+            for k in range(1, cut):
+                prefix = re.escape(".".join(segs[:k]).encode())
+                let = re.search(rb"(?<![\w'-])([A-Za-z_][\w'-]*)\s*=\s*config\." + prefix + rb"\s*;", fm.source)
+                if let is None:
+                    continue
+                read = let.group(1).decode() + "." + ".".join(segs[k:cut])
+                whole = next((b for b in fm.binds if b.exact and fm.text(unparen(b.value)).strip() == read), None)
+                if whole is not None:
+                    return (
+                        f"; {'.'.join(segs[:cut])} is the repo's own option, which {name}:"
+                        f"{fm.line_col(whole.value.start_byte)[0]} copies whole into {'.'.join(whole.path)} "
+                        f"({read}, {let.group(1).decode()} = config.{'.'.join(segs[:k])}): nixmig edits "
+                        f"{'.'.join(whole.path)} where it is written, not an option a module copies into it; by "
+                        "hand, in that module: the agenix file for the container (a *_FILE variable and a read-only "
+                        "volume, or an env file rendered at start), and the variable taken out of the option here"
+                    )
     return ""
 
 
@@ -902,7 +923,7 @@ def leftovers(
                     "where it is really used)"
                 )
             if f.attr_path and why == unknown_shape(_attr_path(f.attr_path)):
-                why += _read_as_option(models, f.attr_path)
+                why += read_as_option(models, f.attr_path)
             if not same and f.attr_path and why.startswith(unknown_shape(_attr_path(f.attr_path))):
                 why += _role_hint(fm, f, role)  # "not this migration's" may be the default role's doing
             var = _companion_var(f, fm.source, migration, same)

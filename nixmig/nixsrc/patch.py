@@ -81,6 +81,7 @@ from nixmig.nixsrc.leftover import (
     nixos_container,
     other_secrets,
     prose_word,
+    read_as_option,
     removed_option,
     server_option,
     string_shape,
@@ -1665,6 +1666,8 @@ class Builder:
                         if other
                         else ENSURE_USERS
                         if "ensureUsers" in lit.path
+                        else ("no template for this shape: " + read[2:])
+                        if (read := read_as_option(self.models, ".".join(lit.path)))
                         else unknown_shape(lit.path)
                     ),
                     self.generic_snippet(lit.path),

@@ -240,23 +240,55 @@ def test_trust_only_authentication_says_no_client_is_refused(tmp_path: Path, aut
 
 
 def test_another_service_s_password_beside_is_no_candidate_line(tmp_path: Path) -> None:
-    """realcfg27/05: grafana's adminPassword beside telegraf's influxdb password (move): no recipe naming the
-    migration's secret for grafana's, and `secret new --from` names telegraf's line."""
+    """realcfg27/05: grafana's adminPassword beside a collector's influxdb password (move), both by hand: no
+    recipe naming the migration's secret for grafana's, and `secret new --from` names the collector's line
+    (telegraf itself is patched now: shapes/env_subst.py)."""
     from nixmig.cli.patch import _kept_line
 
     src = """{ ... }:
 {
-  services.telegraf.extraConfig.outputs.influxdb = {
-    username = "telegraf";
+  services.collector.settings.outputs.influxdb = {
+    username = "collector";
     password = "Tg-influx-pw-1";
   };
   services.grafana.security.adminPassword = "1234";
 }
 """
     plan = _repo(
-        tmp_path, {"hosts/box/m.nix": src}, db="telegraf", role="telegraf", secret="influxdb-telegraf-password",
+        tmp_path, {"hosts/box/m.nix": src}, db="metrics", role="collector", secret="influxdb-collector-password",
         strategy="move",
     )  # fmt: skip
     grafana = next(m for m in plan.manual if "adminPassword" in m.what)
-    assert "influxdb-telegraf-password" not in grafana.snippet
-    assert _kept_line(plan, ["telegraf", "influxdb-telegraf-password"])[0] == "hosts/box/m.nix:5"
+    assert "influxdb-collector-password" not in grafana.snippet
+    assert _kept_line(plan)[0] is None  # two candidates, neither names a database
+    assert _kept_line(plan, ["collector", "influxdb-collector-password"])[0] == "hosts/box/m.nix:5"
+
+
+def test_a_custom_option_a_module_copies_into_a_container_is_named(tmp_path: Path) -> None:
+    """realcfg27/03: selfhosted.postgres.environment, copied whole into oci-containers by the repo's module."""
+    module = """{ config, lib, ... }:
+let
+  cfg = config.selfhosted.postgres;
+in
+{
+  options.selfhosted.postgres.environment = lib.mkOption { type = lib.types.attrsOf lib.types.str; };
+  config.virtualisation.oci-containers.containers.postgres = {
+    image = "postgres:16";
+    environment = cfg.environment;
+  };
+}
+"""
+    host = """{ ... }:
+{
+  imports = [ ../../modules/postgres.nix ];
+  selfhosted.postgres.environment = {
+    POSTGRES_PASSWORD = "Self-pw-77";
+  };
+}
+"""
+    files = {"modules/postgres.nix": module, "hosts/box/default.nix": host}
+    plan = _repo(tmp_path, files, db="postgres", role="postgres", secret="s")
+    (item,) = [m for m in plan.manual if m.file == "hosts/box/default.nix"]
+    assert "modules/postgres.nix:9 copies whole into virtualisation.oci-containers.containers.postgres.environment" in (
+        item.what
+    )
