@@ -191,9 +191,12 @@ def resolve(
                 if key in fields:
                     out.append(fields[key])
                     continue
-            if len(inner) == 1 and selects and (read := selects.get(unparen(inner[0]).start_byte)) is not None:
+            sel = unparen(inner[0]) if len(inner) == 1 else None
+            is_select = sel is not None and sel.type == "select_expression"
+            read = selects.get(sel.start_byte) if selects and sel is not None and is_select else None
+            if sel is not None and read is not None:
                 out.append(read)
-                used.append(unparen(inner[0]))
+                used.append(sel)
                 continue
             if len(inner) != 1 or inner[0].type != "variable_expression" or text(inner[0]) not in lets:
                 return None
