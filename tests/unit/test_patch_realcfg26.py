@@ -292,3 +292,15 @@ in
     assert "modules/postgres.nix:9 copies whole into virtualisation.oci-containers.containers.postgres.environment" in (
         item.what
     )
+
+
+def test_an_expression_over_an_imported_string_is_not_that_string(tmp_path: Path) -> None:
+    """${private.pw + "x"} starts where the select does: it is no read of the password as it is."""
+    case = "oci-url-interpolates-imported-password"
+    feeds = "hosts/box/feeds.nix"
+    read = "${private.feeds.dbPassword}@feeds-db:5432/feeds?sslmode=disable"
+    plan = _plan(
+        tmp_path, case, [(feeds, read, '${private.feeds.dbPassword + "x"}@feeds-db:5432/feeds')], "feeds-db-password"
+    )
+    said = [m.what for m in plan.manual if m.file == "lib/private.nix"]
+    assert said and "still read at hosts/box/feeds.nix:19:" in said[0], [m.what for m in plan.manual]
