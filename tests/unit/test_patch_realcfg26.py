@@ -304,3 +304,20 @@ def test_an_expression_over_an_imported_string_is_not_that_string(tmp_path: Path
     )
     said = [m.what for m in plan.manual if m.file == "lib/private.nix"]
     assert said and "still read at hosts/box/feeds.nix:19:" in said[0], [m.what for m in plan.manual]
+
+
+def test_an_initial_script_given_as_a_string_is_said_not_to_evaluate(tmp_path: Path) -> None:
+    src = """{ pkgs, ... }:
+{
+  services.postgresql.enable = true;
+  services.postgresql.initialScript = ''
+    CREATE USER hydra WITH PASSWORD 'Hydra-pw-12';
+  '';
+}
+"""
+    plan = _repo(tmp_path, {"hosts/box/pg.nix": src}, db="hydra", role="hydra", secret="s")
+    assert plan.edits and not plan.manual
+    assert any("is a string of SQL, not a file" in n for n in plan.notes)
+    written = src.replace("initialScript = ''", "initialScript = pkgs.writeText \"i.sql\" ''")
+    plan = _repo(tmp_path / "2", {"hosts/box/pg.nix": written}, db="hydra", role="hydra", secret="s")
+    assert not any("is a string of SQL, not a file" in n for n in plan.notes)

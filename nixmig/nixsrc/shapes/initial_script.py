@@ -193,6 +193,12 @@ def apply(b: Builder, password: str | None) -> None:
             role_unit(b, fm, bind.node, prefix=prefix)
             b.sql_file = fm
             _unseen_clients(b, fm, node, values)
+            if unparen(bind.value) == node:  # realcfg27/01: `initialScript = '' CREATE USER ... '';`
+                b.notes.append(
+                    f"{fm.where(node)}: {'.'.join(bind.path)} is a string of SQL, not a file: nixpkgs' option takes "
+                    "a path (pkgs.writeText \"init.sql\" ''...''), so this configuration does not evaluate as it is "
+                    "(nixmig edits the SQL all the same); wrap it in pkgs.writeText"
+                )
         elif not any(x.path[: len(unit)] == unit for _, x in b.all_binds()):
             continue  # not this migration's script (nor one patched already)
         _mysql_syntax(b, fm, node, where)
