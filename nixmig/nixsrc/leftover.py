@@ -247,12 +247,28 @@ def wrapper_container(path: Sequence[str]) -> tuple[str, str] | None:
     return ".".join(segs[: k + 1]), segs[k + 1]
 
 
+def env_substituted(path: Sequence[str]) -> bool:
+    """``path`` is a setting of a service that substitutes environment variables into its config
+    (shapes/env_subst.py: dendrite's settings, telegraf's extraConfig)."""
+    from nixmig.nixsrc.shapes.env_subst import handles
+
+    segs = tuple(seg.strip('"') for seg in path)
+    return handles(segs[1:] if segs[:1] == ("config",) else segs)
+
+
 def unknown_shape(path: Sequence[str]) -> str:
     """Why nixmig has no edit for a literal at ``path`` that no rule took: what was seen, by where it is
     bound (never just "no template"), and what nixmig would need."""
     segs = [seg.strip('"') for seg in path]
     segs = segs[1:] if segs[:1] == ["config"] else segs
     what = ".".join(segs)
+    if env_substituted(segs):
+        return (
+            f"no template for this shape: {what} is a setting services.{segs[1]} substitutes environment variables "
+            f"into at start; nixmig writes a variable there for the migration's own password or URL (its role's), "
+            f"and this is not it: by hand, the same way (a $VAR there, set in an EnvironmentFile of the "
+            f"{segs[1]} unit rendered from its own agenix secret)"
+        )
     if len(segs) >= 3 and segs[0] == "containers" and segs[2] == "config":
         c = segs[1]
         return (
@@ -531,7 +547,7 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
         return named
     if f.rule in ("assignment", "flag", "config-line"):
         return "a password inside a longer string (a script, an env or config text): nixmig has no edit for it"
-    if f.kind is Kind.URL_CREDENTIAL:
+    if f.kind is Kind.URL_CREDENTIAL and not env_substituted(path):
         return (
             f"a {scheme or 'URL'}:// credential that nixmig did not match to role {role!r} in a shape it can "
             f"edit (a container's environment or a unit's Environment)"

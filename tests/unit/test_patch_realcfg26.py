@@ -321,3 +321,20 @@ def test_an_initial_script_given_as_a_string_is_said_not_to_evaluate(tmp_path: P
     written = src.replace("initialScript = ''", "initialScript = pkgs.writeText \"i.sql\" ''")
     plan = _repo(tmp_path / "2", {"hosts/box/pg.nix": written}, db="hydra", role="hydra", secret="s")
     assert not any("is a string of SQL, not a file" in n for n in plan.notes)
+
+
+def test_another_roles_url_in_env_substituted_settings_is_said_so(tmp_path: Path) -> None:
+    case = "native-dendrite-let-url-envsubst"
+    other = '"postgres://sync:Dendr1te-pw-44@localhost/sync"'
+    edit = [
+        (
+            "hosts/box/matrix.nix",
+            "sync_api.database.connection_string = db;",
+            f"sync_api.database.connection_string = {other};",
+        )
+    ]
+    plan = _plan(tmp_path, case, edit, "dendrite-db-password")
+    said = [m.what for m in plan.manual if "substitutes environment variables" in m.what]
+    assert said and said[0].startswith("services.dendrite.settings.sync_api.database.connection_string"), [
+        m.what for m in plan.manual
+    ]
