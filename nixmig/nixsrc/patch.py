@@ -3142,30 +3142,8 @@ class Builder:
 
     def file_read_passwords(self) -> list[tuple[str, int, int, str, str]]:
         """(file, line, col, name, the file read) of each binding whose value is a plain file of the repository
-        read at evaluation (``builtins.readFile ./pw``, ``lib.strings.fileContents ./password.key``) and that is
-        a password by its name or by where it is read (``POSTGRES_PASSWORD = pw;``, ``"postgres://u:${pw}@"``)."""
-        from nixmig.nixsrc.scan import password_position
-
-        out: list[tuple[str, int, int, str, str]] = []
-        for name, fm in sorted(self.models.items()):
-            for node in descendants(fm.root):
-                if node.type != "binding" or node.parent is None:
-                    continue
-                ap, value = node.child_by_field_name("attrpath"), node.child_by_field_name("expression")
-                rel = file_read_of(fm, value, follow=False) if ap is not None and value is not None else None
-                if rel is None or ap is None or value is None:
-                    continue
-                key = fm.text(ap).split(".")[-1]
-                uses = [u for u in descendants(fm.root) if u.type == "variable_expression" and fm.text(u) == key]
-                read_as = any(password_position(fm.source, u) for u in uses) or any(
-                    (classify_name(b.path[-1]) or _NO_CLASS).kind is Kind.PASSWORD
-                    for b in fm.binds
-                    if unparen(b.value).type == "variable_expression" and fm.text(unparen(b.value)) == key
-                )
-                if read_as or (classify_name(key) or _NO_CLASS).kind is Kind.PASSWORD:
-                    line, col = fm.line_col(value.start_byte)
-                    out.append((name, line, col, key, rel))
-        return out
+        read at evaluation (file_read_passwords_of)."""
+        return [(name, *read) for name, fm in sorted(self.models.items()) for read in file_read_passwords_of(fm)]
 
     def password_hashes(self) -> list[tuple[str, int, int, str]]:
         """(file, line, col, attribute) of each password hash scan finds in the tree's .nix files."""
@@ -3844,6 +3822,34 @@ IMPORTED_HOW = (
     "nixmig edits a password where it is used, not in the file it is imported from; write the literal here "
     "instead (and take it out of that file), then patch again: it moves onto the agenix secret"
 )
+
+
+def file_read_passwords_of(fm: FileModel) -> list[tuple[int, int, str, str]]:
+    """(line, col, name, the file read, repo-relative) of each binding of ``fm`` whose value is a plain file
+    of the repository read at evaluation (``builtins.readFile ./pw``, ``lib.strings.fileContents
+    ./password.key``) and that is a password by its name or by where it is read (``POSTGRES_PASSWORD = pw;``,
+    ``"postgres://u:${pw}@"``)."""
+    from nixmig.nixsrc.scan import password_position
+
+    out: list[tuple[int, int, str, str]] = []
+    for node in descendants(fm.root):
+        if node.type != "binding" or node.parent is None:
+            continue
+        ap, value = node.child_by_field_name("attrpath"), node.child_by_field_name("expression")
+        rel = file_read_of(fm, value, follow=False) if ap is not None and value is not None else None
+        if rel is None or ap is None or value is None:
+            continue
+        key = fm.text(ap).split(".")[-1]
+        uses = [u for u in descendants(fm.root) if u.type == "variable_expression" and fm.text(u) == key]
+        read_as = any(password_position(fm.source, u) for u in uses) or any(
+            (classify_name(b.path[-1]) or _NO_CLASS).kind is Kind.PASSWORD
+            for b in fm.binds
+            if unparen(b.value).type == "variable_expression" and fm.text(unparen(b.value)) == key
+        )
+        if read_as or (classify_name(key) or _NO_CLASS).kind is Kind.PASSWORD:
+            line, col = fm.line_col(value.start_byte)
+            out.append((line, col, key, rel))
+    return out
 
 
 FILE_READ_HOW = (

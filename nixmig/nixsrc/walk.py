@@ -185,6 +185,9 @@ def scan_files(files: Sequence[str], *, jobs: int | None = None) -> ScanRun:
         sql_files |= sql_read
     run.files_scanned += len(sql_files)  # the SQL files the .nix files name count as scanned
     run.findings += [f.masked(key) for f in _imported_reads(files)]
+    read = _file_reads(files)
+    run.findings += [f.masked(key) for f in read]
+    run.files_scanned += len({f.file for f in read})
     # a SQL file two Nix files name is found twice: once
     run.findings = list({(f.file, f.line, f.col, f.rule): f for f in run.findings}.values())
     run.findings.sort(key=lambda f: (f.file, f.line, f.col))
@@ -237,6 +240,71 @@ def _imported_reads(files: Sequence[str]) -> list[Finding]:
         return []
     scanned = {posixpath.normpath(p) for p in files}  # a file outside the paths asked for is not reported
     return [f for name, fs in found.items() if name in scanned for f in fs]
+
+
+_FILE_READ_TRIGGER = re.compile(rb"\b(?:readFile|fileContents)\s+\(?\s*\.\.?/")
+
+
+def _file_reads(files: Sequence[str]) -> list[Finding]:
+    """A repository file that is not Nix read at evaluation into a password (``password = lib.fileContents
+    ./password.key;``, ``POSTGRES_PASSWORD = builtins.readFile ./pw``): it goes into the Nix store with the
+    configuration, so its text is a finding at line 1 of that file (realcfg26/10). Only files naming such a
+    read are parsed again; the file read must be a regular file of at most 64 KiB holding one line."""
+    from nixmig.errors import NixSyntaxError
+    from nixmig.nixsrc.model import model
+    from nixmig.nixsrc.patch import file_read_passwords_of
+    from nixmig.nixsrc.scan import Kind, file_project, suggest_name, words
+    from nixmig.sensitive import Secret
+
+    out: list[Finding] = []
+    seen: set[str] = set()
+    for path in files:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        if not _FILE_READ_TRIGGER.search(data):
+            continue
+        try:
+            fm = model(posixpath.normpath(path), data)
+        except NixSyntaxError:
+            continue
+        for _line, _col, name, target in file_read_passwords_of(fm):
+            if target in seen:
+                continue
+            seen.add(target)
+            try:
+                st = os.lstat(target)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > 65536:
+                    continue
+                with open(target, "rb") as fh:
+                    text = fh.read()
+            except OSError:
+                continue
+            value = text.strip(b"\n")
+            if not value or b"\n" in value or b"\0" in value:
+                continue  # no one-line secret: a key file, a config, a binary
+            out.append(
+                Finding(
+                    file=target,
+                    line=1,
+                    col=1,
+                    end_line=1,
+                    end_col=len(value.decode("utf-8", "replace")) + 1,
+                    attr_path=name,
+                    kind=Kind.PASSWORD,
+                    value=Secret(value),
+                    secret_name=suggest_name(
+                        project=file_project(fm.name, fm.source), plain=[name], kind=Kind.PASSWORD,
+                        name_words=words(name),
+                    ),
+                    rule="file-read",
+                    start=0,
+                    end=len(value),
+                )
+            )  # fmt: skip
+    return out
 
 
 def scan_paths(paths: Sequence[str], *, jobs: int | None = None) -> ScanRun:

@@ -104,3 +104,20 @@ def test_a_plain_files_neutral_key_read_as_a_password_elsewhere(tmp_path: Path) 
     assert [(Path(f.file).name, f.line, f.rule) for f in run.findings] == [("values.nix", 3, "read-as-sql")]
     # the reader alone: the plain file is not among the paths scanned, nothing is said of it
     assert scan_paths([str(tmp_path / "albums.nix")], jobs=1).findings == []
+
+
+def test_a_repo_file_read_into_a_password_is_a_finding(tmp_path: Path) -> None:
+    from nixmig.nixsrc.walk import scan_paths
+
+    (tmp_path / "pw.key").write_text("Key-file-pw-4\n")
+    (tmp_path / "banner.txt").write_text("welcome\n")
+    (tmp_path / "id.pub").write_text("ssh-ed25519 AAAA... me\n")
+    (tmp_path / "app.nix").write_text(
+        "{ lib, ... }:\nlet\n  pw = lib.strings.fileContents ./pw.key;\nin\n{\n"
+        "  virtualisation.oci-containers.containers.db.environment.POSTGRES_PASSWORD = pw;\n"
+        "  services.app.motd = builtins.readFile ./banner.txt;\n"
+        "  users.users.me.openssh.authorizedKeys.keys = [ (builtins.readFile ./id.pub) ];\n}\n"
+    )
+    run = scan_paths([str(tmp_path)], jobs=1)
+    found = [(Path(f.file).name, f.line, f.rule, f.attr_path) for f in run.findings]
+    assert found == [("pw.key", 1, "file-read", "pw")]
