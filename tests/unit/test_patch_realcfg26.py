@@ -338,3 +338,73 @@ def test_another_roles_url_in_env_substituted_settings_is_said_so(tmp_path: Path
     assert said and said[0].startswith("services.dendrite.settings.sync_api.database.connection_string"), [
         m.what for m in plan.manual
     ]
+
+
+NEXTCLOUD_ETC = """{ pkgs, ... }:
+{
+  environment.etc."nextcloud-password".text = "Nc-etc-pw-81";
+  environment.etc."nextcloud-password".mode = "0600";
+  services.nextcloud = {
+    enable = true;
+    hostName = "cloud.example.org";
+    config.dbpassFile = "/etc/nextcloud-password";
+    config.adminpassFile = ADMIN;
+  };
+}
+"""
+
+
+def test_an_etc_file_two_options_read_is_refused_naming_both(tmp_path: Path) -> None:
+    """realcfg28/02: dbpassFile and adminpassFile read one /etc file: the edit of one left the other naming a
+    removed file (and the entry a mode with no text), claimed patched."""
+    src = NEXTCLOUD_ETC.replace("ADMIN", '"/etc/nextcloud-password"')
+    plan = _repo(tmp_path, {"hosts/box/nc.nix": src}, db="nextcloud", role="nextcloud", secret="s")
+    assert not plan.edits
+    (item,) = [m for m in plan.manual if "read by 2 options" in m.what]
+    assert "adminpassFile" in item.what and "dbpassFile" in item.what
+
+
+def test_a_dotted_etc_entry_goes_whole(tmp_path: Path) -> None:
+    src = NEXTCLOUD_ETC.replace("ADMIN", '"/run/keys/nc-admin"')
+    plan = _repo(tmp_path, {"hosts/box/nc.nix": src}, db="nextcloud", role="nextcloud", secret="s")
+    assert not plan.manual, [m.what for m in plan.manual]
+    removed = [e for e in plan.edits if e.replacement == b"" or not e.replacement.strip()]
+    sources = pt.read_sources(tmp_path / "repo")
+    gone = [sources["hosts/box/nc.nix"][e.start : e.end] for e in removed]
+    assert any(b".text" in g for g in gone) and any(b".mode" in g for g in gone), gone
+
+
+def test_a_move_takes_no_other_services_etc_file(tmp_path: Path) -> None:
+    """realcfg28/06: a move of MinIO's root password (service key minio, role nextcloud) moved nextcloud's
+    adminpassFile /etc text instead, and called the tree patched with MinIO's password left."""
+    src = """{ pkgs, ... }:
+let
+  rootCredentialsFile = pkgs.writeText "minio-env" ''
+    MINIO_ROOT_USER=nextcloud
+    MINIO_ROOT_PASSWORD=Minio-pw-55
+  '';
+in
+{
+  services.minio = {
+    enable = true;
+    inherit rootCredentialsFile;
+  };
+  environment.etc."nextcloud-admin-pass".text = "Nc-admin-pw-56";
+  services.nextcloud = {
+    enable = true;
+    hostName = "cloud.example.org";
+    config.adminpassFile = "/etc/nextcloud-admin-pass";
+  };
+}
+"""
+    root = tmp_path / "repo"
+    (root / "hosts/box").mkdir(parents=True)
+    (root / "hosts/box/s3.nix").write_text(src)
+    toml = TOML.format(
+        runtime="native", container="", db="nextcloud", role="nextcloud", secret="minio-root-password", strategy="move"
+    )
+    (root / "nixmig.toml").write_text(toml.replace("[services.db]", "[services.minio]").replace('"db"', '"minio"'))
+    cfg = config.load(root / "nixmig.toml")
+    plan = pt.plan(pt.read_sources(root), pt.spec_for(cfg, "m"))
+    assert not any(b"adminpassFile" in e.replacement or b"nextcloud-admin-pass" in e.replacement for e in plan.edits)
+    assert plan.manual and not plan.edits  # MinIO's file, passed by inherit, is left: said, never "patched"

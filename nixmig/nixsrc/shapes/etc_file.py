@@ -35,6 +35,24 @@ def apply(b: Builder, password: str | None) -> None:
         and (p := b.value_of(fm, unparen(bind.value)) or "").startswith("/etc/")  # a literal, or let-bound
         and p.removeprefix("/etc/") in texts
     ]
+    if password is None:  # a move of a service's own secret: another service's /etc file is another's (28/06)
+        own = set(b.own_service([u[1].path for u in users]))
+        users = [u for i, u in enumerate(users) if i in own or named_by(b, u[1].path)]
+    shared = _shared(users)
+    if shared:  # realcfg28/02: dbpassFile and adminpassFile read one /etc file; either edit breaks the other
+        _fm, _bind, (efm, eb, value) = shared[0]
+        b.known.add(digest(value.encode()))
+        readers = ", ".join(f"{'.'.join(x[1].path)} ({x[0].where(x[1].value)})" for x in shared)
+        b.manual_here(
+            efm,
+            unparen(eb.value),
+            f"/etc/{eb.path[2]} holds the password and is read by {len(shared)} options ({readers}): nixmig moves "
+            "a /etc file one option reads; give each option its own file first (the database's and the other "
+            "credential's), then patch again",
+            "",
+        )
+        b.mask_literal(efm, unparen(eb.value))
+        return
     if password is None and uses_secret(b.models, b.spec.secret, b.spec.secret_on_host):
         # a tree patched already: another /etc file left is another credential's, unless named for the database
         users = [u for u in users if named_by(b, u[1].path)]
@@ -61,11 +79,25 @@ def apply(b: Builder, password: str | None) -> None:
         f"the world-readable Nix store: it now names the file agenix decrypts {b.spec.secret} to",
     )
     whole = next((x for x in efm.binds if x.exact and x.path == eb.path[:3]), None)
-    target = eb.node if whole is None else whole.node
-    b.ed.remove_binding(efm, target, f"removes /etc/{eb.path[2]}, which held the password in the Nix store")
+    # the entry whole, or each of its dotted bindings (`.text` and `.mode` apart: an entry left with a mode and
+    # no text or source does not evaluate, realcfg28/02)
+    parts = [whole] if whole is not None else [x for x in efm.binds if x.exact and x.path[:3] == eb.path[:3]]
+    for x in parts:
+        b.ed.remove_binding(efm, x.node, f"removes /etc/{eb.path[2]}, which held the password in the Nix store")
     b.need(fm, ("config",))
     b.store_file = fm
     b.service_reads(bind.path, (fm, bind.value))
+
+
+_User = tuple["FileModel", "Bind", tuple["FileModel", "Bind", str]]
+
+
+def _shared(users: list[_User]) -> list[_User]:
+    """The readers of a /etc file that more than one option reads (the first such file's)."""
+    by_file: dict[str, list[_User]] = {}
+    for u in users:
+        by_file.setdefault(u[2][1].path[2], []).append(u)
+    return next((us for us in by_file.values() if len(us) > 1), [])
 
 
 SHAPE = Shape(
