@@ -361,6 +361,9 @@ NOBODYS_PASSWORD = "The value is nobody's password"  # noqa: S105 - a phrase mys
 A_HASH = "a hash is not the password"  # a phrase Builder.verdict says of a password hash (realcfg25/05)
 
 
+_PASSWORD_KINDS = ("holds a hardcoded password", "password in the userinfo of a URL", "this migration's password")
+
+
 def _kept_line(plan: Any, names: Sequence[str] = ()) -> tuple[str | None, list[str]]:
     """For `secret new --from`: the one by-hand item's FILE:LINE that holds the migration's value, when
     one alone can (the only one, else the only one whose attribute names a database: nextcloud's
@@ -375,6 +378,9 @@ def _kept_line(plan: Any, names: Sequence[str] = ()) -> tuple[str | None, list[s
         for m in plan.manual
         if m.file.endswith((".nix", ".sql")) and m.line > 0 and not any(p in m.what for p in (NOBODYS_PASSWORD, A_HASH))
     ]
+    # a token or a key beside passwords is no candidate for a password's value (28/04: GITHUB_SECRET)
+    passwords = [m for m in items if any(p in m.what for p in _PASSWORD_KINDS)]
+    items = passwords or items
     where = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items))
     if len(where) == 1:
         return where[0], where

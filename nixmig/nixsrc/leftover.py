@@ -229,6 +229,11 @@ def nixos_container(path: Sequence[str]) -> str | None:
 
 
 _ENV_ATTRS = ("environment", "environments", "env")
+# the words of another database's variables (MONGO_INITDB_ROOT_PASSWORD, REDIS_PASSWORD): no shape of nixmig's
+_OTHER_DATABASES = frozenset(
+    {"mongo", "mongodb", "redis", "valkey", "rabbitmq", "minio", "clickhouse", "elastic", "influx", "influxdb"}
+    | {"couchdb"}
+)
 
 
 def wrapper_container(path: Sequence[str]) -> tuple[str, str] | None:
@@ -335,6 +340,15 @@ def unknown_shape(path: Sequence[str]) -> str:
             "passwordeval), if the module allows"
         )
     shape = env_container(tuple(segs))
+    other_db = next((w for w in words(segs[-1]) if w.lower() in _OTHER_DATABASES), None) if shape else None
+    if shape is not None and other_db is not None:  # realcfg28/04: "not this migration's" was unfounded
+        return (
+            f"no template for this shape: {segs[-1]} of the {shape[1]} container, a {other_db.lower()} credential: "
+            "nixmig moves the password variables of PostgreSQL images (and, under strategy move, MySQL's and "
+            "MariaDB's), not this image's; by hand: an env file rendered at start from the agenix secret (the "
+            "container's environmentFiles), or a *_FILE variable the image reads, with the file readable by the "
+            "user the image reads it as"
+        )
     if shape is not None:  # a container's own environment, of a container this migration does not patch
         return (
             f"{segs[-1]} of the {shape[1]} container holds a password that is not this migration's (another "

@@ -408,3 +408,29 @@ in
     plan = pt.plan(pt.read_sources(root), pt.spec_for(cfg, "m"))
     assert not any(b"adminpassFile" in e.replacement or b"nextcloud-admin-pass" in e.replacement for e in plan.edits)
     assert plan.manual and not plan.edits  # MinIO's file, passed by inherit, is left: said, never "patched"
+
+
+def test_a_mongo_container_is_said_to_have_no_shape_and_a_token_is_no_from_line(tmp_path: Path) -> None:
+    """realcfg28/04: MONGO_INITDB_ROOT_PASSWORD was "not this migration's" (unfounded), and GITHUB_SECRET a
+    candidate line for the password's value."""
+    from nixmig.cli.patch import _kept_line
+
+    src = """{ ... }:
+{
+  virtualisation.oci-containers.containers.notes_mongo = {
+    image = "mongo:5";
+    environment.MONGO_INITDB_ROOT_USERNAME = "notes";
+    environment.MONGO_INITDB_ROOT_PASSWORD = "Mongo-pw-61";
+  };
+  virtualisation.oci-containers.containers.notes = {
+    image = "example/notes";
+    environment.GITHUB_SECRET = "0123456789abcdef0123456789abcdef01234567";
+  };
+}
+"""
+    db = 'container = "notes_mongo"\n'
+    plan = _repo(tmp_path, {"hosts/box/n.nix": src}, runtime="docker", container=db, db="admin", role="notes",
+                 secret="notes-mongo-password", strategy="move")  # fmt: skip
+    mongo = next(m for m in plan.manual if "MONGO_INITDB_ROOT_PASSWORD" in m.what)
+    assert "a mongo credential" in mongo.what and "not this migration's" not in mongo.what
+    assert _kept_line(plan, ["notes", "notes-mongo-password"]) == ("hosts/box/n.nix:6", ["hosts/box/n.nix:6"])
