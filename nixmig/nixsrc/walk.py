@@ -268,9 +268,12 @@ def _file_reads(files: Sequence[str]) -> list[Finding]:
             continue
         try:
             fm = model(posixpath.normpath(path), data)
+            reads = file_read_passwords_of(fm)
         except NixSyntaxError:
-            continue
-        for _line, _col, name, target in file_read_passwords_of(fm):
+            reads = []  # a problem the scan lists
+        except Exception:  # a scanner bug must not stop the scan (the file's own scan said nothing of it)
+            reads = []
+        for _line, _col, name, target in reads:
             if target in seen:
                 continue
             seen.add(target)
