@@ -1,7 +1,9 @@
-"""patch on the shapes of realcfg26 (stop 30): a value equal to the password under an identifier's name
-(mautrix's ``appservice.id = "telegram"`` beside the password "telegram") is no copy of it; a string of a
-plain file read inside an initialScript's SQL or a URL; the app units the configuration orders after a
-unit whose psql sets the password."""
+"""patch on the shapes of stop 30's blind sets (realcfg26, 27, 28): a value equal to the password under an
+identifier's name (mautrix's ``appservice.id = "telegram"``) is no copy of it; mautrix-telegram's and
+env-substituted settings; a plain file's string read inside SQL or a URL; the units ordered after a unit whose
+psql sets the password; a password read from a repository file; trust-only pg_hba; an /etc file two options
+read (28/02, patched wrong before) and another service's /etc file under a move (28/06, patched wrong before);
+and the messages by-eye reading found misleading."""
 
 from __future__ import annotations
 
