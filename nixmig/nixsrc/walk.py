@@ -184,8 +184,9 @@ def scan_files(files: Sequence[str], *, jobs: int | None = None) -> ScanRun:
         run.problems.extend(problems)
         sql_files |= sql_read
     run.files_scanned += len(sql_files)  # the SQL files the .nix files name count as scanned
-    run.findings += [f.masked(key) for f in _imported_reads(files)]
-    read = _file_reads(files)
+    importing, reading = _cross_file_candidates(files)
+    run.findings += [f.masked(key) for f in _imported_reads(importing, files)]
+    read = _file_reads(reading)
     run.findings += [f.masked(key) for f in read]
     run.files_scanned += len({f.file for f in read})
     # a SQL file two Nix files name is found twice: once
@@ -197,31 +198,44 @@ def scan_files(files: Sequence[str], *, jobs: int | None = None) -> ScanRun:
 
 
 _IMPORT_PATH = re.compile(rb"\bimport\s+\(?\s*(\.\.?/[\w./-]+)")
+_FILE_READ_TRIGGER = re.compile(rb"\b(?:readFile|fileContents)\s+\(?\s*\.\.?/")
 
 
-def _imported_reads(files: Sequence[str]) -> list[Finding]:
-    """The findings one file's scan cannot make: a plain .nix file's string whose key says nothing, read by
-    another file where a password goes (``PASSWORD '${private.db}'``; nixsrc.patch.imported_password_findings).
-    Only the files that import a relative path and interpolate, and the files they import, are read again."""
-    from nixmig.errors import NixSyntaxError
-    from nixmig.nixsrc.model import model
-    from nixmig.nixsrc.patch import imported_password_findings
-
-    sources: dict[str, bytes] = {}
-    wanted: set[str] = set()
+def _cross_file_candidates(files: Sequence[str]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The scanned files the cross-file passes need, each read once: those that import a relative path and
+    interpolate (_imported_reads), and those that read a relative file at evaluation (_file_reads)."""
+    importing: dict[str, bytes] = {}
+    reading: dict[str, bytes] = {}
     for path in files:
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
         except OSError:
             continue  # said by the scan itself
-        if b"${" in data and (targets := _IMPORT_PATH.findall(data)):
-            sources[path] = data
-            for t in targets:
-                target = posixpath.normpath(posixpath.join(posixpath.dirname(path), t.decode()))
-                wanted.add(target if target.endswith(".nix") else posixpath.join(target, "default.nix"))
-    if not sources:
+        if b"${" in data and _IMPORT_PATH.search(data):
+            importing[path] = data
+        if _FILE_READ_TRIGGER.search(data):
+            reading[path] = data
+    return importing, reading
+
+
+def _imported_reads(importing: dict[str, bytes], files: Sequence[str]) -> list[Finding]:
+    """The findings one file's scan cannot make: a plain .nix file's string whose key says nothing, read by
+    another file where a password goes (``PASSWORD '${private.db}'``; nixsrc.patch.imported_password_findings).
+    ``importing``: the scanned files that import a relative path and interpolate; they and the files they
+    import are parsed again, nothing else."""
+    if not importing:
         return []
+    from nixmig.errors import NixSyntaxError
+    from nixmig.nixsrc.model import model
+    from nixmig.nixsrc.patch import imported_password_findings
+
+    sources = dict(importing)
+    wanted: set[str] = set()
+    for path, data in importing.items():
+        for t in _IMPORT_PATH.findall(data):
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(path), t.decode()))
+            wanted.add(target if target.endswith(".nix") else posixpath.join(target, "default.nix"))
     for path in sorted(wanted - sources.keys()):
         try:
             with open(path, "rb") as fh:
@@ -242,14 +256,13 @@ def _imported_reads(files: Sequence[str]) -> list[Finding]:
     return [f for name, fs in found.items() if name in scanned for f in fs]
 
 
-_FILE_READ_TRIGGER = re.compile(rb"\b(?:readFile|fileContents)\s+\(?\s*\.\.?/")
-
-
-def _file_reads(files: Sequence[str]) -> list[Finding]:
+def _file_reads(reading: dict[str, bytes]) -> list[Finding]:
     """A repository file that is not Nix read at evaluation into a password (``password = lib.fileContents
     ./password.key;``, ``POSTGRES_PASSWORD = builtins.readFile ./pw``): it goes into the Nix store with the
     configuration, so its text is a finding at line 1 of that file (realcfg26/10). Only files naming such a
-    read are parsed again; the file read must be a regular file of at most 64 KiB holding one line."""
+    read (``reading``) are parsed again; the file read must be a regular file of at most 64 KiB holding one line."""
+    if not reading:
+        return []
     from nixmig.errors import NixSyntaxError
     from nixmig.nixsrc.model import model
     from nixmig.nixsrc.patch import file_read_passwords_of
@@ -258,14 +271,7 @@ def _file_reads(files: Sequence[str]) -> list[Finding]:
 
     out: list[Finding] = []
     seen: set[str] = set()
-    for path in files:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        if not _FILE_READ_TRIGGER.search(data):
-            continue
+    for path, data in reading.items():
         try:
             fm = model(posixpath.normpath(path), data)
             reads = file_read_passwords_of(fm)
