@@ -387,10 +387,10 @@ def _kept_line(plan: Any, names: Sequence[str] = ()) -> tuple[str | None, list[s
     named = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items if names_database(m.what.split(" ", 1)[0])))
     if len(named) != 1 and names:  # else the one whose attribute names the migration's service or role (telegraf's
         # outputs.influxdb.password beside grafana's adminPassword, realcfg27/05)
-        from nixmig.nixsrc.patch import _GENERIC_WORDS
+        from nixmig.nixsrc.patch import GENERIC_SECRET_WORDS
         from nixmig.nixsrc.scan import words
 
-        ours = {w.lower() for n in names for w in words(n)} - _GENERIC_WORDS
+        ours = {w.lower() for n in names for w in words(n)} - GENERIC_SECRET_WORDS
         named = list(
             dict.fromkeys(
                 f"{m.file}:{m.line}" for m in items if {w.lower() for w in words(m.what.split(" ", 1)[0])} & ours

@@ -3029,7 +3029,7 @@ class Builder:
         named = naming(self.models, [*idents, spec.role])
         # a database's, or this service's words (not a secret's generic ones: "password" of influxdb-telegraf-password
         # made grafana's adminPassword this migration's, realcfg27/05)
-        ours = DB_WORDS | {w for n in (*idents, spec.role) for w in words(n) if w.lower() not in _GENERIC_WORDS}
+        ours = DB_WORDS | {w for n in (*idents, spec.role) for w in words(n) if w.lower() not in GENERIC_SECRET_WORDS}
 
         def theirs(x: Leftover) -> bool:  # a wifi psk, an admin password: not what the refusal is about
             return not ({w.lower() for w in words(x.attribute)} & ours)
@@ -4174,7 +4174,7 @@ _FILE_READ = re.compile(
 _NO_CLASS = NameClass(Kind.TOKEN, ())
 _DB_KINDS = (Kind.PASSWORD, Kind.URL_CREDENTIAL)  # what a database's password is found as
 # words of a secret's name that say nothing of whose it is
-_GENERIC_WORDS = frozenset({"password", "passwd", "pass", "pw", "secret", "secrets", "key", "token", "credential"})
+GENERIC_SECRET_WORDS = frozenset({"password", "passwd", "pass", "pw", "secret", "secrets", "key", "token", "credential"})
 
 NIXPKGS_ENV_SETTINGS: dict[tuple[str, str], str] = {
     ("mautrix-telegram", "settings"): "MAUTRIX_TELEGRAM_",
