@@ -4174,7 +4174,9 @@ _FILE_READ = re.compile(
 _NO_CLASS = NameClass(Kind.TOKEN, ())
 _DB_KINDS = (Kind.PASSWORD, Kind.URL_CREDENTIAL)  # what a database's password is found as
 # words of a secret's name that say nothing of whose it is
-GENERIC_SECRET_WORDS = frozenset({"password", "passwd", "pass", "pw", "secret", "secrets", "key", "token", "credential"})
+GENERIC_SECRET_WORDS = frozenset(
+    {"password", "passwd", "pass", "pw", "secret", "secrets", "key", "token", "credential"}
+)
 
 NIXPKGS_ENV_SETTINGS: dict[tuple[str, str], str] = {
     ("mautrix-telegram", "settings"): "MAUTRIX_TELEGRAM_",
