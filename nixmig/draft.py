@@ -62,6 +62,8 @@ _PG_IMAGE = re.compile(r"(^|/)(postgres\w*|postgis|pgvector|pgvecto-rs|timescale
 _MYSQL_USER_VARS = ("MARIADB_PASSWORD", "MYSQL_PASSWORD")
 _MYSQL_ROOT_VARS = ("MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD")
 _ROLE = re.compile(r"[A-Za-z_][A-Za-z0-9_$.-]{0,62}")  # a MySQL user / database name nixmig.toml takes as is
+# the official mongo image (docker.io/library/mongo:7, mongo@sha256:...): MONGO_INITDB_ROOT_PASSWORD is its root's
+_MONGO_IMAGE = re.compile(r"^(?:(?:docker\.io|index\.docker\.io|registry-1\.docker\.io)/)?(?:library/)?mongo(:|@|$)")
 _MYSQL_IMAGE = re.compile(r"(^|[/_-])(mariadb|mysql|percona)[a-z0-9_-]*(:|@|$)")  # also example-mysql, mysql-server
 _DATA_DIR = "/var/lib/postgresql"
 _HOST_DIRS = frozenset({"hosts", "machines", "systems", "nodes"})
@@ -857,6 +859,7 @@ def _is_db_finding(f: Finding, p: NixPath) -> bool:
             and bool(_DB_VAR.search(_PASSWORD_END.sub("", last)))
         )
         or last.upper().startswith(("MARIADB_", "MYSQL_"))
+        or last.upper() == "MONGO_INITDB_ROOT_PASSWORD"
         or "initialScript" in p
         or (nixpkgs_file_sibling(p) is not None and database_option(p))  # not redis' requirePass, an adminpass
         or (p[:1] == ("services",) and any(w in p for w in ("database", "db")))
@@ -876,6 +879,37 @@ def _in_nixos_container(f: Finding, models: Mapping[str, FileModel]) -> str | No
     from nixmig.nixsrc.shapes.container_store_file import database_server
 
     return path[1] if database_server(models, path[1]) is not None else None
+
+
+def _mongo_container_db(c: _Container, f: Finding, models: Mapping[str, FileModel] | None) -> _Db:
+    """The official mongo image's root password: moved, value kept (nixmig rotates PostgreSQL passwords only);
+    the role is the user MONGO_INITDB_ROOT_USERNAME names, the database mongo's admin (never read by a move)."""
+    image = c.image()
+    assert image is not None  # the caller matched it
+    db = _Db(
+        name=c.label,
+        secret=f"{c.label}-password",  # not scan's "...-initdb-root-password"
+        file=c.fm.name,
+        origin=f"{f.file}:{f.line}",
+        runtime=Val("docker", f"{_at(c.fm, _first_bind(c))} ({_KIND_WORD[c.kind]} {c.name})"),
+    )
+    db.secret_origin = "named after the container"  # noqa: S105 - where the name comes from
+    db.strategy = "move"
+    db.notes.append(
+        f"{c.label} runs {image[0]} ({image[1]}): nixmig rotates PostgreSQL passwords only, so this migration "
+        "moves mongo's root password, its value kept (strategy move, below)"
+    )
+    user = c.env("MONGO_INITDB_ROOT_USERNAME")
+    if user is not None and _ROLE.fullmatch(user[0]):
+        db.role = Val(user[0], f"{user[1]} (MONGO_INITDB_ROOT_USERNAME)")
+    else:
+        db.role = Val(
+            "root",
+            f"{f.file}:{f.line} (no literal MONGO_INITDB_ROOT_USERNAME in {c.label})",
+            "the user MONGO_INITDB_ROOT_USERNAME names: patch moves its password when role is that name or root",
+        )
+    db.database = Val("admin", "mongo's root user is created in the admin database")
+    return _container_name(c, db, models)
 
 
 def _container_db(c: _Container, f: Finding, models: Mapping[str, FileModel] | None = None) -> _Db | str:
@@ -1698,7 +1732,10 @@ def draft(
             image = c.image() if c is not None else None
             postgres = last == "POSTGRES_PASSWORD" and (image is None or _PG_IMAGE.search(image[0]) is not None)
             mysql = last.startswith(("MARIADB_", "MYSQL_")) and image is not None and _MYSQL_IMAGE.search(image[0])
-            if c is not None and (postgres or mysql):
+            mongo = last == "MONGO_INITDB_ROOT_PASSWORD" and image is not None and _MONGO_IMAGE.search(image[0])
+            if c is not None and mongo:
+                result = _mongo_container_db(c, f, models)
+            elif c is not None and (postgres or mysql):
                 result = _container_db(c, f, models)
         elif p[:3] == ("services", "podman", "containers"):  # home-manager's, not a NixOS service
             result = (

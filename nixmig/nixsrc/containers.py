@@ -167,3 +167,16 @@ def reads_any_file_variable(image: str | None) -> bool:
     """Every variable of the image can come from a file (linuxserver.io's FILE__ prefix), not only
     the ones its entrypoint lists."""
     return is_linuxserver(image)
+
+
+# the official mongo image: its entrypoint reads MONGO_INITDB_ROOT_PASSWORD_FILE (file_env) only after
+# `gosu mongodb`, as uid 999, so a root-only file stops it: nixmig renders an env file instead
+_MONGO_IMAGES = re.compile(
+    r"(?:(?:docker\.io|index\.docker\.io|registry-1\.docker\.io)/)?(?:library/)?mongo"
+    r"(?::[A-Za-z0-9_.-]+)?(?:@sha256:[0-9a-f]{64})?"
+)
+
+
+def reads_mongo_file_env(image: str | None) -> bool:
+    """``image`` is the official mongo image (see :data:`_MONGO_IMAGES`)."""
+    return image is not None and _MONGO_IMAGES.fullmatch(image.strip().lower()) is not None

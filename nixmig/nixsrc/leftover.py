@@ -64,6 +64,9 @@ class Leftover:
     in_sql: bool = False
     # it holds this migration's password (its value), not merely another hardcoded secret
     ours: bool = False
+    # the password in a URL: the generic recipe's bare VAR=password line would break what reads the URL
+    # (realcfg29/02); the line says what to do
+    in_url: bool = False
 
 
 def digest(value: bytes) -> bytes:
@@ -341,13 +344,20 @@ def unknown_shape(path: Sequence[str]) -> str:
         )
     shape = env_container(tuple(segs))
     other_db = next((w for w in words(segs[-1]) if w.lower() in _OTHER_DATABASES), None) if shape else None
+    if shape is not None and segs[-1] == "MONGO_INITDB_ROOT_PASSWORD":
+        return (
+            f"{segs[-1]} of the {shape[1]} container, mongo's root password: nixmig moves it (value kept, into an "
+            'env file its unit renders) under strategy "move" only, when the migration\'s role is the user '
+            "MONGO_INITDB_ROOT_USERNAME names (or root): set both in nixmig.toml, or a migration of its own "
+            "(`nixmig init` drafts one)"
+        )
     if shape is not None and other_db is not None:  # realcfg28/04: "not this migration's" was unfounded
         return (
             f"no template for this shape: {segs[-1]} of the {shape[1]} container, a {other_db.lower()} credential: "
-            "nixmig moves the password variables of PostgreSQL images (and, under strategy move, MySQL's and "
-            "MariaDB's), not this image's; by hand: an env file rendered at start from the agenix secret (the "
-            "container's environmentFiles), or a *_FILE variable the image reads, with the file readable by the "
-            "user the image reads it as"
+            "nixmig moves the password variables of PostgreSQL images (and, under strategy move, MySQL's, "
+            "MariaDB's and mongo's root password), not this one; by hand: an env file rendered at start from "
+            "the agenix secret (the container's environmentFiles), or a *_FILE variable the image reads, with "
+            "the file readable by the user the image reads it as"
         )
     if shape is not None:  # a container's own environment, of a container this migration does not patch
         return (
@@ -747,6 +757,19 @@ def _other_project(f: Finding, file: str, containers: Collection[tuple[str, ...]
     return bool(ours) and path[3] not in ours
 
 
+def _other_container(f: Finding, containers: Collection[tuple[str, ...]]) -> bool:
+    """The finding binds a variable of a container's environment none of whose variables this plan patches,
+    while it patches others (realcfg29/03: one file with immich's, miniflux's and nextcloud's stacks): another
+    stack's database and credentials, not this migration's (a note says it is left, other_secrets). Only for a
+    value that is not this migration's (the caller's check): a client of this database holding its password
+    stays one. Once the tree is patched (the value gone from the store, nothing known), the containers the plan
+    recognises as its own are still those (the database's `_FILE`, the apps' env files): the others' stay
+    another migration's."""
+    if not f.attr_path or not containers:
+        return False
+    return env_container(_attr_path(f.attr_path)) is not None
+
+
 def _attr_path(attr_path: str) -> tuple[str, ...]:
     path = tuple(seg.strip('"') for seg in attr_path.split("."))
     return path[1:] if path[:1] == ("config",) else path  # a module's `config = { ... }` block
@@ -779,10 +802,12 @@ def other_secrets(
     *,
     known: Collection[bytes],
     said: Collection[tuple[str, int]],
+    owners: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Notes for the credentials left in the files the edits touch that are not this migration's (another
     value: an admin password, an API token): patch leaves them, and says so rather than stay silent about
-    a file it called done. Never the value: where, what, and how to move it."""
+    a file it called done. Never the value: where, what, and how to move it. ``owners``: container name ->
+    the other migration of nixmig.toml whose service runs in it (the note names that migration)."""
     out: list[str] = []
     for name in sorted({e.file for e in edits}):
         fm = models[name]
@@ -790,11 +815,16 @@ def other_secrets(
             if (name, f.line) in said or digest(f.value.reveal()) in known:
                 continue
             path = _attr_path(f.attr_path) if f.attr_path else ()
+            shape = env_container(path) if path else None
+            owner = (owners or {}).get(shape[1].strip('"')) if shape is not None else None
             out.append(
                 f"{name}:{f.line}: {f.attr_path or 'a string'} holds another {DESCRIPTION[f.kind]} (not "
                 "this migration's value): left as it is; "
                 + (
-                    LOGIN_ACCOUNT_WHY
+                    f"migration {owner} of nixmig.toml moves it (`nixmig patch -m {owner}`, or `nixmig patch` for "
+                    "every migration)"
+                    if owner is not None
+                    else LOGIN_ACCOUNT_WHY
                     if login_password(path)
                     else "`nixmig scan` lists it; it is part of a longer text (a script, a config or env text), where "
                     "nixmig has no edit for it: take it out of the Nix store by hand"
@@ -892,6 +922,7 @@ def leftovers(
                     or _in_container(f, name, containers)
                 )
                 or _other_project(f, name, containers)
+                or (not _in_container(f, name, containers) and _other_container(f, containers))
             ):
                 continue
             head = f"{f.attr_path or 'a string'} still holds " + (
@@ -967,7 +998,10 @@ def leftovers(
             # same file (its MYSQL_ROOT_PASSWORD) is another migration's
             mine = var if same or not containers or _in_container(f, name, containers) else ""
             sql = f.rule == "sql"
-            out.append(Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end, mine, sql, same))
+            url = f.kind is Kind.URL_CREDENTIAL
+            out.append(
+                Leftover(name, f.line, f.col, f.attr_path, f"{head}: {why}", f.start, f.end, mine, sql, same, url)
+            )
         # the password itself where scan saw none (a value that reads like a placeholder,
         # "SECURE_PASSWORD_HERE"): the plan recognised it as the password, so it is one here too
         seen = {(o.file, o.line) for o in out if o.file == name}

@@ -61,6 +61,7 @@ from nixmig.nixsrc.containers import (
     file_variables,
     is_linuxserver,
     reads_file_env,
+    reads_mongo_file_env,
 )
 from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
@@ -127,7 +128,12 @@ if TYPE_CHECKING:
 DB_PASSWORD_VAR = "POSTGRES_PASSWORD"  # noqa: S105 - a variable name
 URL_SCHEMES = ("postgres", "postgresql")
 MYSQL_SCHEMES = ("mysql", "mariadb", "mysql2")
+MONGO_SCHEMES = ("mongodb",)  # and mongodb+srv (split_url compares the part before "+")
 _MYSQL_ROOT_VARS = ("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD")
+# the official mongo image's root password (file_env: MONGO_INITDB_ROOT_PASSWORD_FILE); its user is
+# MONGO_INITDB_ROOT_USERNAME's value (any name: "admin", "root", the app's)
+MONGO_ROOT_VAR = "MONGO_INITDB_ROOT_PASSWORD"
+_MONGO_USER_VAR = "MONGO_INITDB_ROOT_USERNAME"
 
 
 # ---------------------------------------------------------------- what to do
@@ -169,6 +175,9 @@ class Spec:
     # secret names other migrations of nixmig.toml use (theirs and their also's): a companion found by
     # the plan is never given one of them
     taken: frozenset[str] = frozenset()
+    # the containers of the other migrations' services (container -> migration): a credential left in one is
+    # that migration's, and the note says so
+    owners: tuple[tuple[str, str], ...] = ()
     # nixmig.toml's service key: for a move of a native service's own secret (no database), init names it
     # after the nixpkgs service (services.<service>.…): the options of that service are this migration's
     service: str | None = None
@@ -179,17 +188,17 @@ class Spec:
         if self.strategy != "move":
             found: tuple[str, ...] = (DB_PASSWORD_VAR,)
         elif self.role == "root":
-            found = (DB_PASSWORD_VAR, *_MYSQL_ROOT_VARS)
+            found = (DB_PASSWORD_VAR, *_MYSQL_ROOT_VARS, MONGO_ROOT_VAR)
         elif self.role == "postgres":  # no role set (a MySQL server has no postgres user): the user's, else root's
-            found = (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD", *_MYSQL_ROOT_VARS)
-        else:
-            found = (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD")
+            found = (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD", *_MYSQL_ROOT_VARS, MONGO_ROOT_VAR)
+        else:  # a mongo root user may have any name: _user_is_role compares it with the role
+            found = (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD", MONGO_ROOT_VAR)
         companions = {var for var, _ in self.also}
         return tuple(v for v in found if v not in companions)
 
     @property
     def url_schemes(self) -> tuple[str, ...]:
-        return URL_SCHEMES + (MYSQL_SCHEMES if self.strategy == "move" else ())
+        return URL_SCHEMES + (MYSQL_SCHEMES + MONGO_SCHEMES if self.strategy == "move" else ())
 
     @property
     def secret_on_host(self) -> str:
@@ -239,6 +248,11 @@ def spec_for(cfg: Config, migration: str, *, new_volume: str | None = None, new_
             n for other, m in cfg.migrations.items() if other != migration for n in (m.secret, *m.also.values())
         ),
         service=mig.service,
+        owners=tuple(
+            (c, other)
+            for other, m in cfg.migrations.items()
+            if other != migration and (c := cfg.services[m.service].container)
+        ),
     )
 
 
@@ -542,6 +556,10 @@ class Builder:
         """MYSQL_PASSWORD is MYSQL_USER's (MARIADB_ same): this migration's only when that user is its role;
         a root password is root's."""
         env = (*prefix, *KINDS[_kind_at(prefix)].env)
+        if var == MONGO_ROOT_VAR:  # the root user is whoever MONGO_INITDB_ROOT_USERNAME names
+            mongo_user = self._bind_at(fm, (*env, _MONGO_USER_VAR))
+            name = self.value_of(fm, mongo_user.value) if mongo_user is not None else None
+            return self.spec.role in ("postgres", "root") or name == self.spec.role
         user_var = var.replace("ROOT_", "").replace("PASSWORD", "USER")
         user = self._bind_at(fm, (*env, user_var))
         if self.spec.role == "postgres":  # no role set: the user's password, or root's when there is none
@@ -652,6 +670,9 @@ class Builder:
             else f"it runs as user {named!r}, a name its image resolves (agenix would resolve an owner of that "
             f"name on the host, another uid or none): the env file is read by the container engine, as root"
             if named is not None
+            else f"the mongo image reads {db.var}_FILE as its mongodb user (uid 999, after dropping root), and "
+            "agenix's file is root's: the env file is read by the container engine, as root"
+            if db.var == MONGO_ROOT_VAR and reads_mongo_file_env(db.image)
             else f"its image ({db.image or 'computed here'}) is not one known to read {db.var}_FILE"
         )
         value = db.password or ""
@@ -1670,7 +1691,7 @@ class Builder:
                         if (read := read_as_option(self.models, ".".join(lit.path)))
                         else unknown_shape(lit.path)
                     ),
-                    self.generic_snippet(lit.path),
+                    "" if other else self.generic_snippet(lit.path),  # another's recipe would name this secret
                     lit.path[-1] if other and fix.startswith("run ") else "",
                 )
 
@@ -3037,7 +3058,9 @@ class Builder:
         found.sort(key=lambda x: ("this migration's" not in x.what, x.file not in named, theirs(x)))
         if not given_up:
             said = {(m.file, m.line) for m in self.manual} | {(x.file, x.line) for x in found}
-            self.notes += other_secrets(self.models, self.ed.items, known=self.known | self.also_known, said=said)
+            self.notes += other_secrets(
+                self.models, self.ed.items, known=self.known | self.also_known, said=said, owners=dict(spec.owners)
+            )
         for left in found:
             self.masks.append((left.file, left.start, left.end))
             path = tuple(left.attribute.split(".")) if left.attribute else ()
@@ -3053,6 +3076,7 @@ class Builder:
                 if string_shape(path)
                 or len(path) <= 1  # a let binding's name is no variable an env file could set (18H/03)
                 or left.in_sql
+                or left.in_url
                 or other
                 or server_option(path)
                 or login_password(path)
@@ -4022,7 +4046,11 @@ _DATABASE_WORDS = frozenset(
     {"db", "database", "postgres", "postgresql", "pg", "pgpassword", "sql", "psql", "mysql", "mariadb"}
 )
 # a program's or a service's name that says its credentials are no database's (msmtp's SMTP login)
-_OTHER_PROGRAMS = frozenset({"msmtp", "smtp", "mail", "email", "ldap", "redis", "minio", "s3", "oidc"})
+_OTHER_PROGRAMS = frozenset(
+    {"msmtp", "smtp", "mail", "email", "ldap", "redis", "minio", "s3", "oidc"}
+    # a dashboard's widget logs in to a service's web API (homepage-dashboard's widgets; realcfg29/04)
+    | {"widget", "widgets", "homepage"}
+)
 _OTHER_WORDS = frozenset(
     {"admin", "redis", "smtp", "mail", "email", "ldap", "jwt", "secret", "key", "token", "api", "oidc", "s3"}
     | {"minio", "vapid", "session", "cookie", "superuser", "initial"}
@@ -4045,7 +4073,7 @@ def _other_credential(path: NixPath) -> bool:
 # the official images' variables that have a VAR_FILE twin (postgres, mysql, mariadb entrypoints: file_env)
 _FILE_VARIANT_VARS = frozenset(
     {"POSTGRES_PASSWORD", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "MARIADB_PASSWORD", "MARIADB_ROOT_PASSWORD"}
-    | {"MARIADB_REPLICATION_PASSWORD", "MYSQL_REPLICATION_PASSWORD"}
+    | {"MARIADB_REPLICATION_PASSWORD", "MYSQL_REPLICATION_PASSWORD", "MONGO_INITDB_ROOT_PASSWORD"}
 )
 # a companion's value written as it is on an env file line: what docker's and podman's --env-file (the
 # rest of the line, raw), compose's env_file (unquoted: $, a leading quote, " #" and trailing blanks are
@@ -4181,6 +4209,18 @@ GENERIC_SECRET_WORDS = frozenset(
 NIXPKGS_ENV_SETTINGS: dict[tuple[str, str], str] = {
     ("mautrix-telegram", "settings"): "MAUTRIX_TELEGRAM_",
 }
+# a nixpkgs option holding a database URL that the module's unit (services.X's, named X) also reads from a
+# variable of its environment, a value there winning: the option goes (its default is left), the URL is
+# rendered into that variable in the unit's EnvironmentFile (which wins over Environment=). Checked in nixpkgs:
+# atuin exports database.uri as ATUIN_DB_URI (its default a socket URL; "can be set to null in which case
+# ATUIN_DB_URI should be set through an EnvironmentFile"); lldap reads any setting from LLDAP_<NAME>, which
+# "takes priority over the one in the configuration file" (database_url's default: sqlite); lemmy exports
+# database.uri as LEMMY_DATABASE_URL ("takes priority over the configuration file").
+NIXPKGS_OPTION_ENV: dict[NixPath, str] = {
+    ("services", "atuin", "database", "uri"): "ATUIN_DB_URI",
+    ("services", "lldap", "settings", "database_url"): "LLDAP_DATABASE_URL",
+    ("services", "lemmy", "database", "uri"): "LEMMY_DATABASE_URL",
+}
 
 
 def _env_option_shape(path: NixPath) -> str | None:
@@ -4194,6 +4234,8 @@ def _env_option_shape(path: NixPath) -> str | None:
 def env_setting_variable(path: NixPath) -> str | None:
     """The variable a setting of a module in NIXPKGS_ENV_SETTINGS is read from (``MAUTRIX_TELEGRAM_APPSERVICE_
     DATABASE`` for services.mautrix-telegram.settings.appservice.database), or None."""
+    if path in NIXPKGS_OPTION_ENV:
+        return NIXPKGS_OPTION_ENV[path]
     if len(path) < 4 or path[0] != "services" or (path[1], path[2]) not in NIXPKGS_ENV_SETTINGS:
         return None
     var = NIXPKGS_ENV_SETTINGS[(path[1], path[2])] + "_".join(seg.strip('"') for seg in path[3:]).upper()

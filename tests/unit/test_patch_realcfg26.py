@@ -412,9 +412,9 @@ in
     assert plan.manual and not plan.edits  # MinIO's file, passed by inherit, is left: said, never "patched"
 
 
-def test_a_mongo_container_is_said_to_have_no_shape_and_a_token_is_no_from_line(tmp_path: Path) -> None:
-    """realcfg28/04: MONGO_INITDB_ROOT_PASSWORD was "not this migration's" (unfounded), and GITHUB_SECRET a
-    candidate line for the password's value."""
+def test_a_mongo_container_is_moved_and_a_token_is_no_from_line(tmp_path: Path) -> None:
+    """realcfg28/04: MONGO_INITDB_ROOT_PASSWORD was "not this migration's" (unfounded; it is moved now, see
+    test_patch_mongo), and GITHUB_SECRET a candidate line for the password's value."""
     from nixmig.cli.patch import _kept_line
 
     src = """{ ... }:
@@ -433,6 +433,9 @@ def test_a_mongo_container_is_said_to_have_no_shape_and_a_token_is_no_from_line(
     db = 'container = "notes_mongo"\n'
     plan = _repo(tmp_path, {"hosts/box/n.nix": src}, runtime="docker", container=db, db="admin", role="notes",
                  secret="notes-mongo-password", strategy="move")  # fmt: skip
-    mongo = next(m for m in plan.manual if "MONGO_INITDB_ROOT_PASSWORD" in m.what)
-    assert "a mongo credential" in mongo.what and "not this migration's" not in mongo.what
-    assert _kept_line(plan, ["notes", "notes-mongo-password"]) == ("hosts/box/n.nix:6", ["hosts/box/n.nix:6"])
+    assert not [m for m in plan.manual if "MONGO_INITDB_ROOT_PASSWORD" in m.what], [m.what for m in plan.manual]
+    other = _repo(tmp_path / "other", {"hosts/box/n.nix": src}, runtime="docker", container=db, db="admin",
+                  role="reader", secret="notes-mongo-password", strategy="move")  # fmt: skip
+    mongo = next(m for m in other.manual if "MONGO_INITDB_ROOT_PASSWORD" in m.what)
+    assert "mongo's root password" in mongo.what and "MONGO_INITDB_ROOT_USERNAME names" in mongo.what
+    assert _kept_line(other, ["notes", "notes-mongo-password"]) == ("hosts/box/n.nix:6", ["hosts/box/n.nix:6"])

@@ -1,0 +1,52 @@
+"""patch on the shapes of stop 31's blind set (realcfg29): a module option whose unit also reads the URL from
+a variable that wins (atuin, lldap, lemmy: the fixtures *-env-override), another stack's database in the same
+file (the fixture oci-three-stacks-one-file-other-databases-left), and two messages by-eye reading found
+misleading: a dashboard widget's password equal to the database's, and a URL left by hand offered a bare
+VAR=password line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_patch_realcfg26 import _repo
+
+pytestmark = pytest.mark.unit
+
+WIDGET = """{ config, ... }:
+{
+  virtualisation.oci-containers.containers.feeds-db = {
+    image = "postgres:16";
+    environment = { POSTGRES_USER = "feeds"; POSTGRES_PASSWORD = "Feeds-pw-3"; };
+  };
+  services.homepage-dashboard.services = [
+    { Feeds = { widget = { type = "miniflux"; url = "http://feeds"; password = "Feeds-pw-3"; }; }; }
+  ];
+}
+"""
+
+
+def test_a_dashboard_widget_holding_the_database_value_is_another_credential(tmp_path: Path) -> None:
+    files = {"hosts/box/feeds.nix": WIDGET}
+    plan = _repo(tmp_path, files, runtime="docker", container='container = "feeds-db"\n', db="feeds", role="feeds",
+                 secret="feeds-db-password")  # fmt: skip
+    (item,) = [m for m in plan.manual if m.line == 8]
+    assert "another credential with the database's value" in item.what
+    assert item.snippet == ""  # no env file recipe for a variable no program reads
+
+
+URL = """{ config, pkgs, ... }:
+{
+  systemd.services.feeds.environment.DATABASE_URL =
+    "postgres://feeds:Feeds-pw-3@localhost:${toString config.services.postgresql.port}/feeds";
+  systemd.services.feeds.serviceConfig.ExecStart = "${pkgs.miniflux}/bin/miniflux";
+}
+"""
+
+
+def test_a_url_left_by_hand_is_offered_no_bare_password_line(tmp_path: Path) -> None:
+    plan = _repo(tmp_path, {"hosts/box/feeds.nix": URL}, db="feeds", role="feeds", secret="feeds-db-password")
+    (item,) = [m for m in plan.manual if m.line == 4]
+    assert "did not match to role" in item.what
+    assert "printf" not in item.snippet and "DATABASE_URL=" not in item.snippet
