@@ -1873,7 +1873,8 @@ def _through_etc(models: Mapping[str, FileModel], f: Finding, p: NixPath) -> Nix
 
 
 def _etc_reader(models: Mapping[str, FileModel], name: str, inside: NixPath = ()) -> NixPath | None:
-    """The one service option ``*File = "/etc/NAME"`` reading ``environment.etc.NAME`` (shapes/etc_file.py);
+    """The one service option ``*File = "/etc/NAME"`` reading ``environment.etc.NAME`` (shapes/etc_file.py), or
+    the one database option of several (the others companions patch moves beside it);
     ``inside``: ``containers.C.config``, both in that declarative NixOS container (shapes/container_store_file.py)."""
     n = len(inside)
     readers = {
@@ -1887,6 +1888,10 @@ def _etc_reader(models: Mapping[str, FileModel], name: str, inside: NixPath = ()
         and b.path[-1].endswith("File")
         and decode_string(unparen(b.value)) == f"/etc/{name}"
     }
+    if len(readers) > 1:  # nextcloud's dbpassFile and adminpassFile: the database's (patch moves the other beside)
+        from nixmig.nixsrc.shapes.naming import database_password_named
+
+        readers = {r for r in readers if database_password_named(r[n:])}
     return next(iter(readers)) if len(readers) == 1 else None
 
 

@@ -356,14 +356,46 @@ NEXTCLOUD_ETC = """{ pkgs, ... }:
 """
 
 
-def test_an_etc_file_two_options_read_is_refused_naming_both(tmp_path: Path) -> None:
+def test_an_etc_file_the_admin_password_reads_too_moves_it_as_a_companion(tmp_path: Path) -> None:
     """realcfg28/02: dbpassFile and adminpassFile read one /etc file: the edit of one left the other naming a
-    removed file (and the entry a mode with no text), claimed patched."""
+    removed file (and the entry a mode with no text), claimed patched; then refused. Now adminpassFile is a
+    companion: named by a by-hand item (`nixmig patch` adds it to also), then moved onto its own secret."""
     src = NEXTCLOUD_ETC.replace("ADMIN", '"/etc/nextcloud-password"')
+    plan = _repo(tmp_path, {"hosts/box/nc.nix": src}, db="nextcloud", role="nextcloud", secret="s")
+    (item,) = plan.manual
+    assert item.companion == "services.nextcloud.config.adminpassFile" and item.line == 3
+    assert "read by services.nextcloud.config.dbpassFile and by services.nextcloud.config.adminpassFile" in item.what
+    root = tmp_path / "repo"
+    sources = pt.read_sources(root)
+    spec = pt.spec_for(config.load(root / "nixmig.toml"), "m")
+    found = pt.plan(sources, spec, find_companions=True)
+    assert found.manual == () and found.auto_also == (
+        ("services.nextcloud.config.adminpassFile", "nextcloud-adminpass"),
+    )
+    after = found.results(sources)["hosts/box/nc.nix"].decode()
+    assert "environment.etc" not in after  # the entry whole: its text and its mode
+    assert "dbpassFile = config.age.secrets.s.path;" in after
+    assert "adminpassFile = config.age.secrets.nextcloud-adminpass.path;" in after
+
+
+def test_a_move_of_the_admin_password_an_etc_file_the_database_reads_too_is_refused(tmp_path: Path) -> None:
+    # the secret names the admin password, the database's option is named by its own name: two of "ours"
+    src = NEXTCLOUD_ETC.replace("ADMIN", '"/etc/nextcloud-password"')
+    plan = _repo(tmp_path, {"hosts/box/nc.nix": src}, db="nextcloud", role="nextcloud", secret="nextcloud-adminpass",
+                 strategy="move")  # fmt: skip
+    assert not plan.edits
+    assert [m for m in plan.manual if "read by 2 options" in m.what]
+
+
+def test_an_etc_file_an_unknown_option_reads_too_is_refused_naming_both(tmp_path: Path) -> None:
+    src = NEXTCLOUD_ETC.replace("ADMIN", '"/run/keys/nc-admin"').replace(
+        "  services.nextcloud = {",
+        '  programs.backup.passwordFile = "/etc/nextcloud-password";\n  services.nextcloud = {',
+    )
     plan = _repo(tmp_path, {"hosts/box/nc.nix": src}, db="nextcloud", role="nextcloud", secret="s")
     assert not plan.edits
     (item,) = [m for m in plan.manual if "read by 2 options" in m.what]
-    assert "adminpassFile" in item.what and "dbpassFile" in item.what
+    assert "programs.backup.passwordFile" in item.what and "dbpassFile" in item.what
 
 
 def test_a_dotted_etc_entry_goes_whole(tmp_path: Path) -> None:

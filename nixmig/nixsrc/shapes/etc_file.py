@@ -39,6 +39,9 @@ def apply(b: Builder, password: str | None) -> None:
         own = set(b.own_service([u[1].path for u in users]))
         users = [u for i, u in enumerate(users) if i in own or named_by(b, u[1].path)]
     shared = _shared(users)
+    beside = _companions_beside(b, shared) if shared else None
+    if beside is not None:  # the database's option and companions (nextcloud's adminpassFile) read one /etc file
+        users, shared = [beside], []
     if shared:  # realcfg28/02: dbpassFile and adminpassFile read one /etc file; either edit breaks the other
         _fm, _bind, (efm, eb, value) = shared[0]
         b.known.add(digest(value.encode()))
@@ -90,6 +93,41 @@ def apply(b: Builder, password: str | None) -> None:
 
 
 _User = tuple["FileModel", "Bind", tuple["FileModel", "Bind", str]]
+
+
+def _companions_beside(b: Builder, shared: list[_User]) -> _User | None:
+    """The database's reader of a /etc file other options read too, when each other reader is a companion
+    nixmig moves (an option that takes a file, such as nextcloud's adminpassFile: its own secret, value kept):
+    with every such option in nixmig.toml's also, the database's reader (its option names the agenix file, the
+    entry goes whole; option_companion points each companion at its own). One not in also yet is a by-hand item
+    naming it as a companion too (`nixmig patch` adds it to also and plans again; the engine's plan refuses).
+    Else None: refused."""
+    from nixmig.nixsrc.shapes import option_companion
+
+    own = [u for u in shared if named_by(b, u[1].path)]  # the database's (dbpassFile), or the secret's namesake
+    others = [u for u in shared if u not in own]
+    if len(own) != 1 or not others:
+        return None
+    keys = [".".join(u[1].path) for u in others]
+    candidates = {".".join(f.key) for f in option_companion.candidates(b)}
+    if not all(option_companion.is_option_key(k) and k in candidates for k in keys):
+        return None
+    configured = {k for k, _ in b.spec.also}
+    _fm, _bind, (efm, eb, _value) = own[0]
+    for u, key in zip(others, keys, strict=True):
+        if key in configured:
+            continue
+        b.manual_here(
+            efm,
+            unparen(eb.value),
+            f"/etc/{eb.path[2]} holds the password and is read by {'.'.join(own[0][1].path)} and by {key} "
+            f"({u[0].where(u[1].value)}), another credential with the database's value: it moves onto its own "
+            f'secret, value kept (also = {{ "{key}" = "NAME" }} in [migrations.{b.spec.migration or "…"}]), and '
+            "the database's option onto this migration's",
+            "",
+            key,
+        )
+    return own[0]
 
 
 def _shared(users: list[_User]) -> list[_User]:

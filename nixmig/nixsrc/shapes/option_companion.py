@@ -190,6 +190,16 @@ def key_at(b: Builder, left: Leftover) -> str:
     return ""
 
 
+def _edited(b: Builder, fm: FileModel, node: Node) -> bool:
+    """An edit of the plan covers ``node`` (or lies inside it: a removal of the entry that holds it)."""
+    return any(
+        e.file == fm.name
+        and e.start < e.end
+        and (e.start <= node.start_byte < e.end or node.start_byte <= e.start < node.end_byte)
+        for e in b.ed.items
+    )
+
+
 def _own_option(b: Builder) -> NixPath | None:
     return tuple(b.spec.password_option.split(".")) if b.spec.password_option else None
 
@@ -284,6 +294,7 @@ def move(b: Builder, key_text: str, secret: str) -> None:
                 if x.exact
                 and x.path[-1:] != ("text",)
                 and (b.value_of(fm, unparen(x.value)) or "") == f"/etc/{etc_name}"
+                and not _edited(b, fm, x.value)  # the database's option, which etc_file points at this migration's
             ]
             if len(readers) != 1:
                 b.manual_here(
@@ -294,11 +305,11 @@ def move(b: Builder, key_text: str, secret: str) -> None:
                 )
                 return
             whole = next((x for x in f.etc_fm.binds if x.exact and x.path == f.etc.path[:3]), None)
-            b.ed.remove_binding(
-                f.etc_fm,
-                f.etc.node if whole is None else whole.node,
-                f"removes /etc/{etc_name}, which held {key_text}'s credential in the Nix store",
-            )
+            entry = f.etc.node if whole is None else whole.node
+            if not _edited(b, f.etc_fm, entry):  # etc_file removed it whole already (the database's reader)
+                b.ed.remove_binding(
+                    f.etc_fm, entry, f"removes /etc/{etc_name}, which held {key_text}'s credential in the Nix store"
+                )
         b.ed.add(
             ofm,
             f.option.value.start_byte,
