@@ -384,6 +384,16 @@ def unknown_shape(path: Sequence[str]) -> str:
             "does not see used by a container or a unit it can edit (a let binding, a custom option, a "
             "function's argument): move the variable into the container's own environment, or by hand"
         )
+    if len(segs) >= 3 and segs[0] == "options" and segs[-1] == "default":
+        option = ".".join(segs[1:-1])
+        return (
+            f"no template for this shape: the default of the module's own option {option} (mkOption), which the "
+            "module reads where it configures services (cfg.…): nixmig does not follow an option's default into "
+            "its readers. By hand: give the option a file instead (a "
+            f"{segs[-2]}File option, default null, or config.age.secrets.NAME.path) and have each reader take the "
+            "file (a *File option, LoadCredential, an env file rendered at start), or bind the password in a let "
+            "the readers interpolate: nixmig follows a let-bound password into units, containers and SQL"
+        )
     if len(segs) >= 2:
         return (
             f"no template for this shape: {what} is an attribute nixmig does not see read by a service it "

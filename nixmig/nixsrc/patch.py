@@ -3431,6 +3431,10 @@ class Builder:
             unit = path[2]
         elif path[:1] == ("services",) and len(path) > 1:
             unit = path[1]  # the service's own unit, in most nixpkgs modules
+        elif not _UPPER_ENV_VAR.fullmatch(line.var):
+            # no unit and no variable (an option's `default`, a unit's `script`): an env file line `default=...`
+            # for a unit named UNIT is no recipe (realcfg30/01, 04, 05, 08); the item's text says what to do
+            return ""
         else:
             unit = "UNIT"
         files = [EnvFile(f"/run/{unit}/{spec.secret}.env", (line,))]

@@ -50,3 +50,30 @@ def test_a_url_left_by_hand_is_offered_no_bare_password_line(tmp_path: Path) -> 
     (item,) = [m for m in plan.manual if m.line == 4]
     assert "did not match to role" in item.what
     assert "printf" not in item.snippet and "DATABASE_URL=" not in item.snippet
+
+
+OPTION_DEFAULT = """{ config, lib, ... }:
+let
+  cfg = config.lab.metrics;
+in
+{
+  options.lab.metrics.password = lib.mkOption {
+    type = lib.types.str;
+    default = "Metrics-pw-9";
+  };
+  config.systemd.services.metrics.script = ''
+    exec metrics --password-from-env
+  '';
+  config.systemd.services.metrics.environment.TOKEN_HINT = cfg.password;
+}
+"""
+
+
+def test_an_option_default_is_said_as_such_with_no_unit_recipe(tmp_path: Path) -> None:
+    """realcfg30/01, 04, 08: the password as a custom option's default, read as cfg.X: the item says so, and no
+    env file line `default=...` for a unit named UNIT is offered."""
+    plan = _repo(tmp_path, {"modules/metrics.nix": OPTION_DEFAULT}, db="metrics", role="metrics",
+                 secret="metrics-db-password", strategy="move")  # fmt: skip
+    (item,) = [m for m in plan.manual if m.line == 8]
+    assert "the default of the module's own option lab.metrics.password" in item.what
+    assert item.snippet == ""
