@@ -77,3 +77,28 @@ def test_an_option_default_is_said_as_such_with_no_unit_recipe(tmp_path: Path) -
     (item,) = [m for m in plan.manual if m.line == 8]
     assert "the default of the module's own option lab.metrics.password" in item.what
     assert item.snippet == ""
+
+
+PGWEB = """{ config, pkgs, ... }:
+{
+  virtualisation.oci-containers.containers.feeds-db = {
+    image = "postgres:16";
+    environment = { POSTGRES_USER = "feeds"; POSTGRES_PASSWORD = "Feeds-pw-3"; };
+  };
+  systemd.services.pgweb.serviceConfig.ExecStart = "${pkgs.pgweb}/bin/pgweb";
+  systemd.services.pgweb.environment = {
+    PGWEB_AUTH_USER = "feeds";
+    PGWEB_AUTH_PASS = "Feeds-pw-3";
+  };
+}
+"""
+
+
+def test_a_web_uis_login_holding_the_database_value_is_another_credential(tmp_path: Path) -> None:
+    """realcfg30/06: pgweb's HTTP login (PGWEB_AUTH_PASS, beside PGWEB_AUTH_USER = the role) held the database's
+    value; the plan would have rendered it from the database's secret (a rotation would change the UI login)."""
+    plan = _repo(tmp_path, {"hosts/box/feeds.nix": PGWEB}, runtime="docker", container='container = "feeds-db"\n',
+                 db="feeds", role="feeds", secret="feeds-db-password")  # fmt: skip
+    (item,) = [m for m in plan.manual if m.line == 10]
+    assert "another credential with the database's value" in item.what
+    assert not any(b"PGWEB_AUTH_PASS" in e.replacement for e in plan.edits)
