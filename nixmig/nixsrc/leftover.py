@@ -264,6 +264,19 @@ def env_substituted(path: Sequence[str]) -> bool:
     return handles(segs[1:] if segs[:1] == ("config",) else segs)
 
 
+# options of nixpkgs modules with no file variant, and the module's own way to keep the value out of the store
+# (checked in nixpkgs' modules)
+_BY_HAND_ROUTES: dict[tuple[str, ...], str] = {
+    # couchdb.nix: adminPass goes into couchdb.ini in the store; extraConfigFiles "overrides any other
+    # configuration. You can use this to setup the Admin user without putting the password in your nix store"
+    ("services", "couchdb", "adminPass"): (
+        "remove it and list a file in services.couchdb.extraConfigFiles holding `[admins]` and `ADMINUSER = "
+        "PASSWORD` (ADMINUSER: services.couchdb.adminUser), rendered at start from the agenix secret by an "
+        "ExecStartPre of the couchdb unit (which runs as couchdb: it must be able to read the file)"
+    ),
+}
+
+
 def unknown_shape(path: Sequence[str]) -> str:
     """Why nixmig has no edit for a literal at ``path`` that no rule took: what was seen, by where it is
     bound (never just "no template"), and what nixmig would need."""
@@ -333,6 +346,9 @@ def unknown_shape(path: Sequence[str]) -> str:
             f"for it; if services.{segs[1]} has a file option for it (a database.passwordFile, an environmentFile, "
             "a secrets file merged at start), set it by hand, readable by the user the service runs as"
         )
+    route = _BY_HAND_ROUTES.get(tuple(segs))
+    if route is not None:
+        return f"no template for this shape: {what} has no file variant in nixpkgs; by hand: {route}"
     if len(segs) >= 3 and segs[0] in ("services", "programs"):
         return (
             f"no template for this shape: {what} is an option of {segs[0]}.{segs[1]} with no file variant nixmig "

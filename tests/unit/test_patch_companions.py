@@ -208,7 +208,7 @@ def test_an_array_of_tables_after_the_migration_ends_its_table() -> None:
     [
         (("containers", "cloud", "config", "services", "nextcloud", "config", "adminpassFile"), "declarative NixOS"),
         (("specialisation", "pg", "configuration", "services", "postgresql", "initialScript"), "specialisation.pg"),
-        (("services", "couchdb", "adminPass"), "no adminPassFile"),
+        (("services", "couchdb", "adminPass"), "services.couchdb.extraConfigFiles"),
         (("services", "nextcloud", "config", "adminpassFile"), "names a file written into the world-readable Nix"),
         (("immichBase", "environment", "REDIS_PASSWORD"), "REDIS_PASSWORD in immichBase.environment"),
         (("defaultConfig", "database", "password"), "defaultConfig.…"),

@@ -102,3 +102,13 @@ def test_a_web_uis_login_holding_the_database_value_is_another_credential(tmp_pa
     (item,) = [m for m in plan.manual if m.line == 10]
     assert "another credential with the database's value" in item.what
     assert not any(b"PGWEB_AUTH_PASS" in e.replacement for e in plan.edits)
+
+
+def test_couchdbs_admin_password_is_told_its_modules_own_way(tmp_path: Path) -> None:
+    """realcfg26/04, 30/10: services.couchdb.adminPass has no file variant; nixpkgs' module documents
+    extraConfigFiles as the way to keep the admin's password out of the store: the item names it."""
+    src = '{ ... }:\n{\n  services.couchdb = {\n    enable = true;\n    adminPass = "Couch-pw-5";\n  };\n}\n'
+    plan = _repo(tmp_path, {"hosts/box/couch.nix": src}, db="admin", role="admin", secret="couchdb-admin-password",
+                 strategy="move")  # fmt: skip
+    (item,) = [m for m in plan.manual if m.line == 5]
+    assert "services.couchdb.extraConfigFiles" in item.what and "[admins]" in item.what
