@@ -1836,10 +1836,13 @@ def _option_moves(
             p = _etc_reader(models, p[2]) or p  # the option that reads it: its service's migration
         if len(p) < 3 or p[0] != "services" or f.kind.value not in ("password", "token", "key"):
             continue
-        if not _movable_option(p):
+        tmpfiles = f.rule == "tmpfiles" and p[-1].endswith("File")  # the file a tmpfiles rule writes, it reads
+        if not tmpfiles and not _movable_option(p):
             continue  # no file variant nixmig knows: `nixmig scan` lists it, nothing to draft
         whole_text = f.rule == "assignment" and p[-1].endswith("File")  # KEY=pw in a store file's text
-        if (f.rule not in ("name", "url", "token-format") and not whole_text) or any(d.name == p[1] for d in out):
+        if (f.rule not in ("name", "url", "token-format") and not whole_text and not tmpfiles) or any(
+            d.name == p[1] for d in out
+        ):
             continue
         if not _NAME.fullmatch(p[1]) or not _NAME.fullmatch(f.secret_name):
             continue
@@ -1863,7 +1866,20 @@ def _option_moves(
 
 def _through_etc(models: Mapping[str, FileModel], f: Finding, p: NixPath) -> NixPath:
     """An /etc file's text a database's *File option reads (nextcloud's ``dbpassFile = "/etc/db-pass"``):
-    that option's path, where patch (shapes/etc_file.py) puts the secret; any other path as it is."""
+    that option's path, where patch (shapes/etc_file.py) puts the secret; the same for the file a
+    systemd-tmpfiles rule writes (shapes/tmpfiles_file.py); any other path as it is."""
+    if p == ("systemd", "tmpfiles", "rules") and f.rule == "tmpfiles" and f.file in models:
+        fm = models[f.file]
+        line = fm.source[fm.source.rfind(b"\n", 0, f.start) + 1 : f.start].split()
+        written = line[1].decode("utf-8", "replace") if len(line) > 1 else ""
+        readers = {
+            b.path
+            for m in models.values()
+            for b in m.binds
+            if b.exact and len(b.path) >= 3 and b.path[0] == "services" and b.path[-1].endswith("File")
+            and decode_string(unparen(b.value)) == written
+        }  # fmt: skip
+        return next(iter(readers)) if len(readers) == 1 else p
     inside: NixPath = p[:3] if len(p) == 7 and p[0] == "containers" and p[2] == "config" else ()
     if len(p) - len(inside) != 4 or not _is_etc_text(p[len(inside) :]):
         return p

@@ -1094,6 +1094,11 @@ _TEXT_ONLY_TRIGGER_RE: Final = re.compile(
     rb"|sk_live_|@tcp\(|@unix\(|mysql|mariadb"
 )
 # a MySQL/MariaDB client given its password glued to -p (``mysql -uroot -pPW -e ...``; ``-p`` alone prompts)
+# a systemd-tmpfiles line that writes its argument into a file (tmpfiles.d(5): Type Path Mode User Group Age
+# Argument; f, f+, F, w, w+): a secret when the file's name says one (/var/lib/x/root-password)
+_TMPFILES_RE: Final = re.compile(
+    rb"(?m)^[ \t]*[fFw]\+?[ \t]+(/[^\s]+)[ \t]+[^\s]+[ \t]+[^\s]+[ \t]+[^\s]+[ \t]+[^\s]+[ \t]+([^\s]+)[ \t]*$"
+)
 _MYSQL_FLAG_RE: Final = re.compile(
     rb"(?<![\w-])(?:mysql|mariadb|mysqldump|mysqladmin|mysqlcheck|mysqlimport|mariadb-dump|mariadb-admin)\b"
     rb"[^\n;|&]*?\s-p([^\s'\"`;|&$\\][^\s'\"`;|&\\]*)"
@@ -1369,6 +1374,15 @@ def _scan_inside(data: bytes, leaf_words: Sequence[str], add: _Add, *, multiline
                 if raw_sep == b":" and not m.group(1) and "." in m.group(key_group).decode("utf-8", "replace"):
                     continue  # host.pw:443 (a domain and its port), neither YAML (key: value) nor JSON ("key":)
             found((start, end), kind, rule, name.words)
+    if b"/" in data:
+        for m in _TMPFILES_RE.finditer(data):
+            path = m.group(1).decode("utf-8", "replace")
+            tname = classify_name(path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+            value = m.group(2).decode("utf-8", "replace")
+            tkind = _value_kind(tname, value) if tname is not None and value != "-" else None
+            if tname is None or tkind is None or value.startswith("$") or _commented(data, m.start()):
+                continue
+            found(m.span(2), tkind, "tmpfiles", tname.words)
     if b"mysql" in low or b"mariadb" in low:
         for m in _MYSQL_FLAG_RE.finditer(data):
             if not is_placeholder(m.group(1).decode("utf-8", "replace")) and not _commented(data, m.start()):

@@ -52,6 +52,7 @@ def _table() -> tuple[Shape, ...]:
         settings_url,
         shared_env,
         store_file,
+        tmpfiles_file,
         unit_sql,
     )
 
@@ -64,6 +65,7 @@ def _table() -> tuple[Shape, ...]:
         container_store_file.SHAPE,
         store_file.SHAPE,
         etc_file.SHAPE,
+        tmpfiles_file.SHAPE,
         file_reference.SHAPE,
         shared_env.SHAPE,
         activation_heredoc.SHAPE,
