@@ -4192,6 +4192,9 @@ NIXPKGS_ENV_CONFIG: dict[tuple[str, str], str] = {
     # mealie: settings are the mealie unit's environment (toString of each); its ExecStartPre (init_db, a
     # string) merges after nixmig's (lib.mkBefore), its EnvironmentFile (credentialsFile) beside nixmig's
     ("mealie", "settings"): "mealie",
+    # woodpecker-server (checked in nixpkgs' woodpecker/server.nix): `inherit (cfg) environment;` into its unit
+    # (no RuntimeDirectory of its own; its EnvironmentFile a list, beside nixmig's)
+    ("woodpecker-server", "environment"): "woodpecker-server",
 }
 
 

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 ENVSUBST: dict[str, tuple[str, str]] = {
     "dendrite": ("settings", "$"),  # "$VAR" (envsubst)
     "telegraf": ("extraConfig", "${}"),  # "${VAR}" (telegraf's own substitution)
+    # wiki-js (checked in nixpkgs' web-apps/wiki-js.nix): "setting sensitive values to `$(ENVIRONMENT_VAR)`
+    # with this value defined in the environment-file"; wiki-js replaces $(VAR) in its config at start
+    "wiki-js": ("settings", "$()"),
 }
 _USERS = ("username", "user", "login")
 
@@ -53,7 +56,8 @@ def variable(b: Builder) -> str:
 
 
 def _reference(service: str, var: str) -> str:
-    return "${" + var + "}" if ENVSUBST[service][1] == "${}" else "$" + var
+    syntax = ENVSUBST[service][1]
+    return "${" + var + "}" if syntax == "${}" else "$(" + var + ")" if syntax == "$()" else "$" + var
 
 
 def _service_of_uses(b: Builder, fm: FileModel, lit: Lit) -> tuple[str, Node] | None:
@@ -119,8 +123,8 @@ def apply(b: Builder, password: str | None) -> None:
             lit.node.end_byte,
             nix_string(new),
             f"{'.'.join(lit.path)} reads the {'URL' if url else 'password'} from the variable {var} at start ("
-            + ("envsubst in the unit's ExecStartPre" if ENVSUBST[service][1] != "${}" else "telegraf's own "
-               "substitution of ${VAR}")
+            + {"$": "envsubst in the unit's ExecStartPre", "${}": "telegraf's own substitution of ${VAR}",
+               "$()": "wiki-js' own substitution of $(VAR) in its config"}[ENVSUBST[service][1]]
             + f"), which the {service} unit renders into its EnvironmentFile from the agenix secret {b.spec.secret}",
         )  # fmt: skip
         b.handled.add((fm.name, lit.node.start_byte))
@@ -159,5 +163,9 @@ SHAPE = Shape(
     "into its config at start (dendrite's envsubst, telegraf's ${VAR}): the literal reads a variable the "
     "service's unit renders into its EnvironmentFile from the agenix secret",
     apply,
-    ("native-dendrite-let-url-envsubst", "native-telegraf-influxdb-password-envsubst"),
+    (
+        "native-dendrite-let-url-envsubst",
+        "native-telegraf-influxdb-password-envsubst",
+        "native-wiki-js-settings-db-pass",
+    ),
 )
