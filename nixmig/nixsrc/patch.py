@@ -4242,7 +4242,8 @@ def _env_option_shape(path: NixPath) -> str | None:
 
 def env_setting_variable(path: NixPath) -> str | None:
     """The variable a setting of a module in NIXPKGS_ENV_SETTINGS is read from (``MAUTRIX_TELEGRAM_APPSERVICE_
-    DATABASE`` for services.mautrix-telegram.settings.appservice.database), or None."""
+    DATABASE`` for services.mautrix-telegram.settings.appservice.database), or an option of NIXPKGS_OPTION_ENV
+    (``ATUIN_DB_URI`` for services.atuin.database.uri); None otherwise."""
     if path in NIXPKGS_OPTION_ENV:
         return NIXPKGS_OPTION_ENV[path]
     if len(path) < 4 or path[0] != "services" or (path[1], path[2]) not in NIXPKGS_ENV_SETTINGS:
