@@ -1870,7 +1870,7 @@ def _through_etc(models: Mapping[str, FileModel], f: Finding, p: NixPath) -> Nix
     systemd-tmpfiles rule writes (shapes/tmpfiles_file.py); any other path as it is."""
     if p == ("systemd", "tmpfiles", "rules") and f.rule == "tmpfiles" and f.file in models:
         fm = models[f.file]
-        line = fm.source[fm.source.rfind(b"\n", 0, f.start) + 1 : f.start].split()
+        line = fm.source[fm.source.rfind(b'"', 0, f.start) + 1 : f.start].split()  # the rule's words before it
         written = line[1].decode("utf-8", "replace") if len(line) > 1 else ""
         readers = {
             b.path
