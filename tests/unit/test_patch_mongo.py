@@ -4,34 +4,19 @@ names (or root); into an env file, never MONGO_INITDB_ROOT_PASSWORD_FILE (the im
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from nixmig import config
 from nixmig.nixsrc import patch as pt
-from tests.helpers import FIXTURES
+from tests.unit.test_patch_realcfg26 import _plan
 
 pytestmark = pytest.mark.unit
 
-SHAPES = FIXTURES / "shapes"
 OCI = "oci-mongo-root-move-app-url"
 NOTES = "hosts/cloud/notes.nix"
 # the app's token moves as a companion (the fixture's auto_also), added as `--write` adds it
 ALSO = ("nixmig.toml", 'strategy = "move"', 'strategy = "move"\nalso = { SESSION_SECRET = "session-secret" }')
-
-
-def _plan(tmp_path: Path, case: str, edit: list[tuple[str, str, str]], secret: str) -> pt.Plan:
-    root = tmp_path / "repo"
-    shutil.copytree(SHAPES / case, root)
-    for rel, old, new in edit:
-        f = root / rel
-        text = f.read_text()
-        assert old in text, (rel, old)
-        f.write_text(text.replace(old, new))
-    cfg = config.load(root / "nixmig.toml")
-    return pt.plan(pt.read_sources(root), pt.spec_for(cfg, secret))
 
 
 def _added(plan: pt.Plan) -> bytes:
