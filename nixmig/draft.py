@@ -859,7 +859,7 @@ def _is_db_finding(f: Finding, p: NixPath) -> bool:
             and bool(_DB_VAR.search(_PASSWORD_END.sub("", last)))
         )
         or last.upper().startswith(("MARIADB_", "MYSQL_"))
-        or last.upper() == "MONGO_INITDB_ROOT_PASSWORD"
+        or last.upper() in ("MONGO_INITDB_ROOT_PASSWORD", "DOCKER_INFLUXDB_INIT_PASSWORD")
         or "initialScript" in p
         or (nixpkgs_file_sibling(p) is not None and database_option(p))  # not redis' requirePass, an adminpass
         or (p[:1] == ("services",) and any(w in p for w in ("database", "db")))
@@ -881,11 +881,34 @@ def _in_nixos_container(f: Finding, models: Mapping[str, FileModel]) -> str | No
     return path[1] if database_server(models, path[1]) is not None else None
 
 
-def _mongo_container_db(c: _Container, f: Finding, models: Mapping[str, FileModel] | None) -> _Db:
-    """The official mongo image's root password: moved, value kept (nixmig rotates PostgreSQL passwords only);
-    the role is the user MONGO_INITDB_ROOT_USERNAME names, the database mongo's admin (never read by a move)."""
+# the official images whose first user's password a move takes (nixmig rotates PostgreSQL passwords only):
+# image -> (its password variable, the variable naming that user, the database nixmig.toml names and why;
+# a move never reads it)
+_INIT_USER_IMAGES = {
+    "mongo": (
+        "MONGO_INITDB_ROOT_PASSWORD",
+        "MONGO_INITDB_ROOT_USERNAME",
+        "admin",
+        "mongo's root user is created in the admin database",
+    ),
+    "influxdb": (
+        "DOCKER_INFLUXDB_INIT_PASSWORD",
+        "DOCKER_INFLUXDB_INIT_USERNAME",
+        "influx",
+        "influxdb's first user (DOCKER_INFLUXDB_INIT_MODE=setup) is no database's: a move never reads this",
+    ),
+}
+_INFLUX_IMAGE = re.compile(
+    r"^(?:(?:docker\.io|index\.docker\.io|registry-1\.docker\.io|quay\.io/influxdb)/)?(?:library/)?influxdb(:|@|$)"
+)
+
+
+def _init_user_container_db(c: _Container, f: Finding, models: Mapping[str, FileModel] | None, which: str) -> _Db:
+    """The official mongo image's root password, influxdb 2's first user's: moved, value kept (nixmig rotates
+    PostgreSQL passwords only); the role is the user the image's username variable names."""
     image = c.image()
     assert image is not None  # the caller matched it
+    var, user_var, database, why = _INIT_USER_IMAGES[which]
     db = _Db(
         name=c.label,
         secret=f"{c.label}-password",  # not scan's "...-initdb-root-password"
@@ -897,18 +920,18 @@ def _mongo_container_db(c: _Container, f: Finding, models: Mapping[str, FileMode
     db.strategy = "move"
     db.notes.append(
         f"{c.label} runs {image[0]} ({image[1]}): nixmig rotates PostgreSQL passwords only, so this migration "
-        "moves mongo's root password, its value kept (strategy move, below)"
+        f"moves {var}, its value kept (strategy move, below)"
     )
-    user = c.env("MONGO_INITDB_ROOT_USERNAME")
+    user = c.env(user_var)
     if user is not None and _ROLE.fullmatch(user[0]):
-        db.role = Val(user[0], f"{user[1]} (MONGO_INITDB_ROOT_USERNAME)")
+        db.role = Val(user[0], f"{user[1]} ({user_var})")
     else:
         db.role = Val(
             "root",
-            f"{f.file}:{f.line} (no literal MONGO_INITDB_ROOT_USERNAME in {c.label})",
-            "the user MONGO_INITDB_ROOT_USERNAME names: patch moves its password when role is that name or root",
+            f"{f.file}:{f.line} (no literal {user_var} in {c.label})",
+            f"the user {user_var} names: patch moves its password when role is that name or root",
         )
-    db.database = Val("admin", "mongo's root user is created in the admin database")
+    db.database = Val(database, why)
     return _container_name(c, db, models)
 
 
@@ -1733,8 +1756,9 @@ def draft(
             postgres = last == "POSTGRES_PASSWORD" and (image is None or _PG_IMAGE.search(image[0]) is not None)
             mysql = last.startswith(("MARIADB_", "MYSQL_")) and image is not None and _MYSQL_IMAGE.search(image[0])
             mongo = last == "MONGO_INITDB_ROOT_PASSWORD" and image is not None and _MONGO_IMAGE.search(image[0])
-            if c is not None and mongo:
-                result = _mongo_container_db(c, f, models)
+            influx = last == "DOCKER_INFLUXDB_INIT_PASSWORD" and image is not None and _INFLUX_IMAGE.search(image[0])
+            if c is not None and (mongo or influx):
+                result = _init_user_container_db(c, f, models, "mongo" if mongo else "influxdb")
             elif c is not None and (postgres or mysql):
                 result = _container_db(c, f, models)
         elif p[:3] == ("services", "podman", "containers"):  # home-manager's, not a NixOS service

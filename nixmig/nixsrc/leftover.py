@@ -360,11 +360,15 @@ def unknown_shape(path: Sequence[str]) -> str:
         )
     shape = env_container(tuple(segs))
     other_db = next((w for w in words(segs[-1]) if w.lower() in _OTHER_DATABASES), None) if shape else None
-    if shape is not None and segs[-1] == "MONGO_INITDB_ROOT_PASSWORD":
+    init_user = {
+        "MONGO_INITDB_ROOT_PASSWORD": ("mongo's root password", "MONGO_INITDB_ROOT_USERNAME"),
+        "DOCKER_INFLUXDB_INIT_PASSWORD": ("influxdb's first user's password", "DOCKER_INFLUXDB_INIT_USERNAME"),
+    }.get(segs[-1] if segs else "")
+    if shape is not None and init_user is not None:
         return (
-            f"{segs[-1]} of the {shape[1]} container, mongo's root password: nixmig moves it (value kept, into an "
+            f"{segs[-1]} of the {shape[1]} container, {init_user[0]}: nixmig moves it (value kept, into an "
             'env file its unit renders) under strategy "move" only, when the migration\'s role is the user '
-            "MONGO_INITDB_ROOT_USERNAME names (or root): set both in nixmig.toml, or a migration of its own "
+            f"{init_user[1]} names (or root): set both in nixmig.toml, or a migration of its own "
             "(`nixmig init` drafts one)"
         )
     if shape is not None and other_db is not None:  # realcfg28/04: "not this migration's" was unfounded
@@ -403,9 +407,10 @@ def unknown_shape(path: Sequence[str]) -> str:
     if len(segs) >= 3 and segs[0] == "options" and segs[-1] == "default":
         option = ".".join(segs[1:-1])
         return (
-            f"no template for this shape: the default of the module's own option {option} (mkOption), which the "
-            "module reads where it configures services (cfg.…): nixmig does not follow an option's default into "
-            "its readers. By hand: give the option a file instead (a "
+            f"no template for this shape: the default of the module's own option {option} (mkOption): nixmig "
+            "follows a default into its reads (config.…, cfg.… with cfg a let of config.…) when no module sets "
+            "the option, and edits each read it has a template for; none of this one's reads was such. By hand: "
+            "give the option a file instead (a "
             f"{segs[-2]}File option, default null, or config.age.secrets.NAME.path) and have each reader take the "
             "file (a *File option, LoadCredential, an env file rendered at start), or bind the password in a let "
             "the readers interpolate: nixmig follows a let-bound password into units, containers and SQL"

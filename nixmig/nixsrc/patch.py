@@ -134,6 +134,12 @@ _MYSQL_ROOT_VARS = ("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD")
 # MONGO_INITDB_ROOT_USERNAME's value (any name: "admin", "root", the app's)
 MONGO_ROOT_VAR = "MONGO_INITDB_ROOT_PASSWORD"
 _MONGO_USER_VAR = "MONGO_INITDB_ROOT_USERNAME"
+# the official influxdb 2 image's first user (DOCKER_INFLUXDB_INIT_MODE=setup, read on the first start only;
+# a _FILE twin): the user is DOCKER_INFLUXDB_INIT_USERNAME's value. A move keeps the value, so the setup
+# done on the volume and the variable agree.
+INFLUX_INIT_VAR = "DOCKER_INFLUXDB_INIT_PASSWORD"
+# each initial user's password variable -> the variable naming that user
+_INIT_USER_VARS = {MONGO_ROOT_VAR: _MONGO_USER_VAR, INFLUX_INIT_VAR: "DOCKER_INFLUXDB_INIT_USERNAME"}
 
 
 # ---------------------------------------------------------------- what to do
@@ -188,11 +194,11 @@ class Spec:
         if self.strategy != "move":
             found: tuple[str, ...] = (DB_PASSWORD_VAR,)
         elif self.role == "root":
-            found = (DB_PASSWORD_VAR, *_MYSQL_ROOT_VARS, MONGO_ROOT_VAR)
+            found = (DB_PASSWORD_VAR, *_MYSQL_ROOT_VARS, *_INIT_USER_VARS)
         elif self.role == "postgres":  # no role set (a MySQL server has no postgres user): the user's, else root's
-            found = (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD", *_MYSQL_ROOT_VARS, MONGO_ROOT_VAR)
-        else:  # a mongo root user may have any name: _user_is_role compares it with the role
-            found = (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD", MONGO_ROOT_VAR)
+            found = (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD", *_MYSQL_ROOT_VARS, *_INIT_USER_VARS)
+        else:  # a mongo root (an influxdb first) user may have any name: _user_is_role compares it with the role
+            found = (DB_PASSWORD_VAR, "MYSQL_PASSWORD", "MARIADB_PASSWORD", *_INIT_USER_VARS)
         companions = {var for var, _ in self.also}
         return tuple(v for v in found if v not in companions)
 
@@ -556,9 +562,9 @@ class Builder:
         """MYSQL_PASSWORD is MYSQL_USER's (MARIADB_ same): this migration's only when that user is its role;
         a root password is root's."""
         env = (*prefix, *KINDS[_kind_at(prefix)].env)
-        if var == MONGO_ROOT_VAR:  # the root user is whoever MONGO_INITDB_ROOT_USERNAME names
-            mongo_user = self._bind_at(fm, (*env, _MONGO_USER_VAR))
-            name = self.value_of(fm, mongo_user.value) if mongo_user is not None else None
+        if var in _INIT_USER_VARS:  # the user is whoever MONGO_INITDB_ROOT_USERNAME (...) names
+            init_user = self._bind_at(fm, (*env, _INIT_USER_VARS[var]))
+            name = self.value_of(fm, init_user.value) if init_user is not None else None
             return self.spec.role in ("postgres", "root") or name == self.spec.role
         user_var = var.replace("ROOT_", "").replace("PASSWORD", "USER")
         user = self._bind_at(fm, (*env, user_var))
@@ -1082,6 +1088,9 @@ class Builder:
             if d in self.known:
                 self.kept_literals.append(f"{'.'.join(key)} at {other.where(imp.literal)}")
             left = [r for r in reads if r not in self.let_used]
+            if imp.option:
+                self._drop_option_default(imp, reads, left)
+                continue
             # the key's name as a name anywhere in the repository (an attribute, a select, a variable; not a
             # string's text): its definition and these reads only, else something else may read it
             named = sum(
@@ -1115,6 +1124,40 @@ class Builder:
                     "",
                 )
             )
+
+    def _drop_option_default(self, imp: Imported, reads: list[tuple[str, int]], left: list[tuple[str, int]]) -> None:
+        """The default of a module's own option held this migration's password (drop_imported): removed when
+        every read of the option was replaced and nothing else may read it, else said at its line."""
+        from nixmig.nixsrc.option_default import unrecognised_reads
+
+        other = self.models[imp.file]
+        option = ".".join(imp.key)
+        unknown = unrecognised_reads(self.models, imp.key)
+        if not left and not unknown:
+            self.ed.remove_binding(
+                other,
+                imp.bind.node,
+                f"removes the default of option {option}, the hardcoded password; its {len(reads)} read(s) now "
+                "read the agenix secret, and nothing else reads the option",
+            )
+            return
+        line, col = other.line_col(imp.literal.start_byte)
+        where = ", ".join(self.models[f].where(b) for f, b in left) if left else ", ".join(unknown)
+        self.manual.append(
+            Manual(
+                imp.file,
+                line,
+                col,
+                f"the default of option {option} holds this migration's password; "
+                + (
+                    f"the option is still read at {where}, in a shape nixmig has no edit for"
+                    if left
+                    else f"the option may still be read at {where} (not through config.{option})"
+                )
+                + ": nixmig leaves the default; remove it by hand once nothing reads the option",
+                "",
+            )
+        )
 
     def fields_written_out(self, fm: FileModel, node: Node, url: UrlParts) -> None:
         """A URL whose text a let attrset's field fills (``"...@${ips.db}:5432/x"``, directly or through a let
@@ -3770,16 +3813,25 @@ class Imported:
     bind: Bind  # its binding of the key
     literal: Node
     value: str
+    # the default of a module's own option (nixsrc/option_default.py): key is the option's path, bind its
+    # `default = "...";`, file where the option is declared
+    option: bool = False
 
 
 def imported_reads(models: Mapping[str, FileModel]) -> dict[tuple[str, int], Imported]:
-    """(file, start of the select) -> the :class:`Imported` string it reads, for every select of the tree."""
-    return {
+    """(file, start of the select) -> the :class:`Imported` string it reads, for every select of the tree:
+    a plain file's string, or the default of an option no module sets (``"${cfg.dbPassword}"``)."""
+    from nixmig.nixsrc.option_default import default_reads
+
+    out = {
         (name, n.start_byte): imp
         for name, fm in models.items()
         for n in descendants(fm.root)
         if n.type == "select_expression" and (imp := import_target(models, fm, n)) is not None
     }
+    for at, d in default_reads(models).items():
+        out.setdefault(at, Imported(d.file, d.option, d.bind, d.literal, d.value, option=True))
+    return out
 
 
 def imported_password_findings(
@@ -4080,6 +4132,7 @@ def _other_credential(path: NixPath) -> bool:
 _FILE_VARIANT_VARS = frozenset(
     {"POSTGRES_PASSWORD", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "MARIADB_PASSWORD", "MARIADB_ROOT_PASSWORD"}
     | {"MARIADB_REPLICATION_PASSWORD", "MYSQL_REPLICATION_PASSWORD", "MONGO_INITDB_ROOT_PASSWORD"}
+    | {"DOCKER_INFLUXDB_INIT_PASSWORD"}
 )
 # a companion's value written as it is on an env file line: what docker's and podman's --env-file (the
 # rest of the line, raw), compose's env_file (unquoted: $, a leading quote, " #" and trailing blanks are
