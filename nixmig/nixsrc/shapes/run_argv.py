@@ -1,20 +1,23 @@
 """A URL with the password passed to a container on a unit's command line:
-``ExecStart = "${pkgs.podman}/bin/podman run ... -e 'DATABASE_URL=postgresql://u:${dbPassword}@db/x' IMAGE ..."``.
+``ExecStart = "${pkgs.podman}/bin/podman run ... -e 'DATABASE_URL=postgresql://u:${dbPassword}@db/x' IMAGE ..."``,
+or in the script ``ExecStart = pkgs.writeShellScript "name" '' exec docker run ... ''`` runs.
 
 The command line is in the world-readable Nix store and, while it runs, in the process table. The
 ``-e 'VAR=URL'`` argument becomes ``--env-file /run/UNIT/SECRET.env``, and the unit renders that
 file at each start from the agenix secret, handed to it as a systemd credential (the same renderer
 as a unit's Environment, templates/systemd-credential.nix.j2); ``podman run`` / ``docker run`` read
 the file on the host. Only a plain token is edited: ``-e``/``--env``, then ``VAR=URL`` bare or in
-single quotes, inside a double-quoted Nix string, every interpolation in it a let-bound literal of
-the same file, the URL this migration's; the unit's name a literal or made of such let literals.
-Anything else stays, and the verdict says it (a password in a command line).
+single quotes, in a Nix string whose escapes nixmig does not read (none in it), every interpolation in
+the token a string patch can read (a let literal, an option's default: Builder.value_of), the URL this
+migration's; the unit's name a literal or made of let literals. Anything else stays, and the verdict
+says it (a password in a command line).
 """
 
 from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from nixmig.nixsrc.leftover import digest
 from nixmig.nixsrc.model import unparen
@@ -34,56 +37,95 @@ _RUN = re.compile(r"(?:^|[\s/])(?:podman|docker)\s+(?:container\s+)?(?:run|creat
 _FLAG = re.compile(
     r"(?<![\w-])(?:-e|--env)(?:\s+|=)(?P<q>'?)(?P<var>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>[^'\s\"]+)(?P=q)(?=\s|$)"
 )
-_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w'-]*)\}")
+# the script builders whose last argument is the script a unit's ExecStart runs
+_SCRIPT_BUILDERS = ("writeShellScript", "writeScript")
 
 
-def _resolve(raw: str, lets: dict[str, str]) -> str | None:
-    """``raw`` with every ``${name}`` replaced by its let literal; None when one is something else."""
-    names = _INTERPOLATION.findall(raw)
-    if any(n not in lets for n in names):
+def command_line(node: Node) -> tuple[Node, int] | None:
+    """The string of an ExecStart (``"..."``, or the script of ``pkgs.writeShellScript "n" ''...''``) and
+    where its text starts past the quotes; None for anything else or a string with escapes."""
+    from nixmig.nixsrc.model import _apply_parts
+
+    node = unparen(node)
+    if node.type == "apply_expression":
+        name, args = _apply_parts(node)
+        if name not in _SCRIPT_BUILDERS or len(args) != 2:
+            return None
+        node = unparen(args[-1])
+    if node.type == "string_expression":
+        quote = 1
+    elif node.type == "indented_string_expression":
+        quote = 2
+    else:
         return None
-    out = _INTERPOLATION.sub(lambda m: lets[m.group(1)], raw)
-    return None if "$" in out else out
+    if any(c.type in ("escape_sequence", "dollar_escape") for c in node.named_children):
+        return None
+    return node, quote
+
+
+def _value(b: Builder, fm: FileModel, node: Node, start: int, end: int) -> str | None:
+    """The text of bytes [start, end) of the string ``node``, each interpolation in it read (a let literal,
+    an option's default); None when one is something patch cannot read, or crosses the range."""
+    out: list[str] = []
+    pos = start
+    for c in node.named_children:
+        if c.end_byte <= start or c.start_byte >= end or c.type != "interpolation":
+            continue
+        if c.start_byte < start or c.end_byte > end:
+            return None
+        inner = [x for x in c.named_children if x.type != "comment"]
+        value = b.value_of(fm, inner[0]) if len(inner) == 1 else None
+        if value is None:
+            return None
+        out.append(fm.source[pos : c.start_byte].decode())
+        out.append(value)
+        pos = c.end_byte
+    out.append(fm.source[pos:end].decode())
+    text = "".join(out)
+    return None if "$" in fm.source[start:end].decode().replace("${", "").replace("}", "") else text
 
 
 def apply(b: Builder, password: str | None) -> None:
     from nixmig.nixsrc.patch import _SAFE_URL_PART, split_url
 
-    if password is None:
-        return  # the URL's password must be the one the plan recognised
+    if password is None and not b.known:
+        return  # the URL's password must be the one the plan (or a shape: SQL a unit runs) recognised
     for fm, bind in list(b.all_binds()):
         path = bind.path
         if not (bind.exact and len(path) == 5 and path[:2] == ("systemd", "services")):
             continue
         if path[3] != "serviceConfig" or path[4] not in COMMAND_LINES:
             continue
-        node = unparen(bind.value)
-        if node.type != "string_expression" or (fm.name, node.start_byte) in b.handled:
+        found = command_line(bind.value)
+        if found is None or (fm.name, found[0].start_byte) in b.handled:
             continue
-        raw = fm.text(node)[1:-1]
-        if "\\" in raw or not _RUN.search(raw):
-            continue
+        node, quote = found
+        raw = fm.text(node)[quote:-quote]
+        if ("\\" in raw and quote == 1) or not _RUN.search(raw):
+            continue  # (in an indented string a backslash is a character: a shell's line continuation)
         unit = b.container_name(fm, path[2])  # a literal, or made of let literals
         if unit is None or not re.fullmatch(r"[\w.@-]+", unit):
             continue
-        lets = {name: let.value for name, let in b.lets[fm.name].items()}
         for m in _FLAG.finditer(raw):
-            value = _resolve(m.group("value"), lets)
+            at = node.start_byte + quote + len(raw[: m.start("value")].encode())
+            value = _value(b, fm, node, at, at + len(m.group("value").encode()))
             url = split_url(value, password, b.spec.url_schemes) if value is not None else None
             if url is None or url.embedded or not b._is_ours(url, password, b.db):
                 continue
             if not (_SAFE_URL_PART.fullmatch(url.prefix) and _SAFE_URL_PART.fullmatch(url.suffix)):
                 continue
-            b.known.add(digest(password.encode()))
-            _take(b, fm, node, path[2], unit, m, url)
+            b.known.add(digest(unquote(url.password).encode()))
+            _take(b, fm, node, quote, path[2], unit, m, url)
 
 
-def _take(b: Builder, fm: FileModel, node: Node, unit_seg: str, unit: str, m: re.Match[str], url: UrlParts) -> None:
+def _take(
+    b: Builder, fm: FileModel, node: Node, quote: int, unit_seg: str, unit: str, m: re.Match[str], url: UrlParts
+) -> None:
     from nixmig.nixsrc.patch import _Renderer
 
-    raw = fm.text(node)[1:-1]
+    raw = fm.text(node)[quote:-quote]
     if "${" not in m.group("value"):  # a literal password: masked in the diff
-        at = node.start_byte + 1 + len(raw[: m.start("value")].encode()) + len(url.prefix.encode())
+        at = node.start_byte + quote + len(raw[: m.start("value")].encode()) + len(url.prefix.encode())
         b.masks.append((fm.name, at, at + len(url.password.encode())))
     url = b.as_login_role(url)
     line = EnvLine(m.group("var"), url.prefix, url.suffix)
@@ -93,8 +135,8 @@ def _take(b: Builder, fm: FileModel, node: Node, unit_seg: str, unit: str, m: re
         b.renderers[key] = _Renderer(key, "systemd", fm, anchor, unit_seg, unit, unit)
     r = b.renderers[key]
     env_path = b.add_env_line(r, line)
-    start = node.start_byte + 1 + len(raw[: m.start()].encode())
-    end = node.start_byte + 1 + len(raw[: m.end()].encode())
+    start = node.start_byte + quote + len(raw[: m.start()].encode())
+    end = node.start_byte + quote + len(raw[: m.end()].encode())
     for child in node.named_children:  # the let variables the token read are used once less
         if child.type == "interpolation" and start <= child.start_byte and child.end_byte <= end:
             for expr in child.named_children:
