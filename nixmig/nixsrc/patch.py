@@ -1577,6 +1577,8 @@ class Builder:
         listed, reader = known_reader(option)
         if listed and reader is None:
             return  # systemd reads it (LoadCredential) as root: agenix's root-only file is right
+        if reader is None and len(option) > 3 and option[:3] == ("services", "authelia", "instances"):
+            reader = f"config.services.authelia.instances.{option[3]}.user"  # authelia-<name> by default
         if reader is None and len(option) > 1 and option[0] == "services":
             reader = NIXPKGS_READER.get(option[1])
         if reader is not None:
@@ -4080,14 +4082,35 @@ def database_option(path: NixPath) -> bool:
     ``requirePass``, an smtp or admin password)."""
     if bool(set(path[-2:]) & {"database", "db"}) or path[-1] == "dbpass" or path in NIXPKGS_PATH_SIBLINGS:
         return True
+    if _authelia_file_variable(path) is not None:  # its storage backend's login
+        return True
     return bool(path) and words(path[-1])[:2] == ["database", "password"]  # gitlab's old databasePassword
+
+
+def _authelia_file_variable(path: NixPath) -> NixPath | None:
+    """``services.authelia.instances.<n>.settings.storage.postgres.password`` -> the instance's
+    ``environmentVariables.AUTHELIA_STORAGE_POSTGRES_PASSWORD_FILE``. Authelia reads every key of its
+    configuration from ``AUTHELIA_<KEY PATH>_FILE`` (its documented secrets mechanism; nixpkgs' module hands
+    ``environmentVariables`` to the instance's unit, which runs as ``instances.<n>.user``)."""
+    if len(path) != 8 or path[:3] != ("services", "authelia", "instances") or path[4] != "settings":
+        return None
+    if path[5:7] not in (("storage", "postgres"), ("storage", "mysql")) or path[7] != "password":
+        return None
+    return (*path[:4], "environmentVariables", f"AUTHELIA_STORAGE_{path[6].upper()}_PASSWORD_FILE")
+
+
+# options whose file twin is built from the option's own path (an instance's name in it)
+NIXPKGS_BUILT_SIBLINGS: tuple[Callable[[NixPath], NixPath | None], ...] = (_authelia_file_variable,)
 
 
 def nixpkgs_file_sibling(path: NixPath) -> NixPath | None:
     """``services.X...password`` -> ``services.X...passwordFile`` for the options in NIXPKGS_FILE_SIBLINGS,
-    and the options of NIXPKGS_PATH_SIBLINGS."""
+    the options of NIXPKGS_PATH_SIBLINGS and those NIXPKGS_BUILT_SIBLINGS build a twin for."""
     if path in NIXPKGS_PATH_SIBLINGS:
         return NIXPKGS_PATH_SIBLINGS[path]
+    for build in NIXPKGS_BUILT_SIBLINGS:
+        if (built := build(path)) is not None:
+            return built
     for pattern, twin in NIXPKGS_FILE_SIBLINGS.items():
         if path_matches(pattern, path):
             return (*path[:-1], twin)
@@ -4282,10 +4305,19 @@ NIXPKGS_OPTION_ENV: dict[NixPath, str] = {
     ("services", "atuin", "database", "uri"): "ATUIN_DB_URI",
     ("services", "lldap", "settings", "database_url"): "LLDAP_DATABASE_URL",
     ("services", "lemmy", "database", "uri"): "LEMMY_DATABASE_URL",
+    # nixpkgs' exporter: environment.DATA_SOURCE_NAME = cfg.dataSourceName, and "contents from [environmentFile]
+    # will override dataSourceName" (its EnvironmentFile wins over Environment=); unit below
+    ("services", "prometheus", "exporters", "postgres", "dataSourceName"): "DATA_SOURCE_NAME",
+}
+# the unit an option of NIXPKGS_OPTION_ENV is read by, when it is not services.<name>'s own
+NIXPKGS_OPTION_UNIT: dict[NixPath, str] = {
+    ("services", "prometheus", "exporters", "postgres", "dataSourceName"): "prometheus-postgres-exporter",
 }
 
 
 def _env_option_shape(path: NixPath) -> str | None:
+    if path in NIXPKGS_OPTION_UNIT:
+        return NIXPKGS_OPTION_UNIT[path]
     if len(path) == 4 and path[0] == "services" and (path[1], path[2]) in NIXPKGS_ENV_CONFIG:
         return NIXPKGS_ENV_CONFIG[(path[1], path[2])]
     if env_setting_variable(path) is not None:
