@@ -46,6 +46,7 @@ from nixmig.nixsrc.lets import LetLiteral, let_binding_at, let_literals, resolve
 from nixmig.nixsrc.model import FileModel, NixPath, decode_string, model, unparen
 from nixmig.nixsrc.parse import descendants, parse_checked, text
 from nixmig.nixsrc.quote import comment_text
+from nixmig.nixsrc.shapes.etc_file import file_setting
 from nixmig.nixsrc.shapes.file_reference import datasource_fields, grafana_datasource
 
 if TYPE_CHECKING:
@@ -867,6 +868,9 @@ def _is_db_finding(f: Finding, p: NixPath) -> bool:
         or (p[:1] == ("services",) and last.startswith("dbpass"))  # nextcloud's dbpassFile = pkgs.writeText ...
         or (p[:1] == ("services",) and last.upper() == "DATABASE_URL")  # a libpq DSN: host=... password=...
         or grafana_datasource(p)  # a provisioned datasource's password: a client of the database
+        or (  # firefly-iii's settings.DB_PASSWORD_FILE (shapes/etc_file.file_setting)
+            file_setting(p) and bool(_DB_VAR.search(_PASSWORD_END.sub("", last.removesuffix("_FILE"))))
+        )
     )
 
 
@@ -1925,7 +1929,7 @@ def _etc_reader(models: Mapping[str, FileModel], name: str, inside: NixPath = ()
         and len(b.path) >= n + 3
         and b.path[:n] == inside
         and b.path[n] == "services"
-        and b.path[-1].endswith("File")
+        and (b.path[-1].endswith("File") or file_setting(b.path[n:]))
         and decode_string(unparen(b.value)) == f"/etc/{name}"
     }
     if len(readers) > 1:  # nextcloud's dbpassFile and adminpassFile: the database's (patch moves the other beside)

@@ -4011,6 +4011,9 @@ NIXPKGS_READER: dict[str, str] = {
     "monica": "config.services.monica.user",
     "dolibarr": "config.services.dolibarr.user",
     "cloudlog": "config.services.cloudlog.user",
+    # their setup units (User = cfg.user) read each *_FILE setting (shapes/etc_file.FILE_SETTINGS_SERVICES)
+    "firefly-iii": "config.services.firefly-iii.user",
+    "firefly-iii-data-importer": "config.services.firefly-iii-data-importer.user",
 }
 
 

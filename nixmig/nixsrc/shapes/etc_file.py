@@ -31,7 +31,7 @@ def apply(b: Builder, password: str | None) -> None:
         for fm, bind in b.all_binds()
         if bind.exact
         and len(bind.path) >= 2
-        and bind.path[-1].endswith("File")
+        and (bind.path[-1].endswith("File") or file_setting(bind.path))
         and (p := b.value_of(fm, unparen(bind.value)) or "").startswith("/etc/")  # a literal, or let-bound
         and p.removeprefix("/etc/") in texts
     ]
@@ -93,6 +93,21 @@ def apply(b: Builder, password: str | None) -> None:
 
 
 _User = tuple["FileModel", "Bind", tuple["FileModel", "Bind", str]]
+
+# nixpkgs modules whose settings read VAR from the file a VAR_FILE setting names (checked in nixpkgs: the
+# firefly-iii modules export every *_FILE setting as VAR="$(< path)" in their units, run as their user)
+FILE_SETTINGS_SERVICES = frozenset({"firefly-iii", "firefly-iii-data-importer"})
+
+
+def file_setting(path: tuple[str, ...]) -> bool:
+    """``services.firefly-iii.settings.DB_PASSWORD_FILE``: a setting whose module reads the file it names."""
+    return (
+        len(path) == 4
+        and path[0] == "services"
+        and path[1] in FILE_SETTINGS_SERVICES
+        and path[2] == "settings"
+        and path[3].endswith("_FILE")
+    )
 
 
 def _companions_beside(b: Builder, shared: list[_User]) -> _User | None:
