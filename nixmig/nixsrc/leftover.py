@@ -719,8 +719,8 @@ def module_as_value(path: Sequence[str]) -> str:
     "services.mariadb".virtualisation.oci-containers...``, ``moduleRegistry.nixos.postgresql.config.services...``,
     ``outputs.nixosConfigurations.x.modules.services...``): a module held as a value; "" otherwise."""
     segs = [seg.strip('"') for seg in path]
-    if not segs or segs[0] in _OPTION_ROOTS or segs[0] in ("<let>", "<module>", "specialisation"):
-        return ""
+    if not segs or segs[0] in _OPTION_ROOTS or segs[0] in ("<let>", "<module>", "specialisation", "options"):
+        return ""  # (`options.services.x.password.default`: a module's own declaration, realcfg30/01, 31/03)
     for i in range(1, len(segs) - 2):
         rest = segs[i + 1 :] if segs[i] == "config" else segs[i:]
         if rest[:2] in (["virtualisation", "oci-containers"], ["virtualisation", "arion"]) or (

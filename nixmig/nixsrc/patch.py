@@ -3098,7 +3098,13 @@ class Builder:
         ours = DB_WORDS | {w for n in (*idents, spec.role) for w in words(n) if w.lower() not in GENERIC_SECRET_WORDS}
 
         def theirs(x: Leftover) -> bool:  # a wifi psk, an admin password: not what the refusal is about
-            return not ({w.lower() for w in words(x.attribute)} & ours)
+            segs = [seg.strip('"') for seg in x.attribute.split(".")] if x.attribute else []
+            # an account of another name (users.guacamole.password beside users.authentik's, realcfg31/03)
+            other_account = any(
+                segs[i] in _ACCOUNT_SETS and segs[i + 1] not in (spec.role, spec.login_role)
+                for i in range(len(segs) - 2)
+            )
+            return other_account or not ({w.lower() for w in words(x.attribute)} & ours)
 
         found.sort(key=lambda x: ("this migration's" not in x.what, x.file not in named, theirs(x)))
         if not given_up:
@@ -3468,7 +3474,8 @@ class Builder:
             # it, so an env file line is no recipe (realcfg25/01: following it would leave the database as it was)
             return (
                 "# remove the literal, then point the module at the file agenix decrypts, if it has a file option\n"
-                f"# for it ({line.var}File, passwordFile, environmentFile): config.age.secrets.{nix_attr(spec.secret)}"
+                f"# for it ({', '.join(dict.fromkeys((f'{line.var}File', 'passwordFile', 'environmentFile')))}): "
+                f"config.age.secrets.{nix_attr(spec.secret)}"
                 ".path\n"
                 f"# (no program reads a variable named {line.var}: an env file line of that name is no recipe)"
             )
@@ -3799,6 +3806,8 @@ def _in(node: Node, container: Node) -> bool:
     return container.start_byte <= node.start_byte and node.end_byte <= container.end_byte
 
 
+# attribute sets keyed by an account's name (services.x.users.<name>.password)
+_ACCOUNT_SETS = frozenset({"users", "accounts", "roles", "logins"})
 _LET_SCOPES = ("let_expression", "rec_attrset_expression")  # where a binding's name is a variable
 _UPPER_ENV_VAR = re.compile(r"[A-Z][A-Z0-9_]*")  # an environment variable as programs name theirs (DB_PASSWORD)
 
