@@ -1735,7 +1735,8 @@ class Builder:
                         else ("no template for this shape: " + read[2:])
                         if (read := read_as_option(self.models, ".".join(lit.path)))
                         else unknown_shape(lit.path)
-                    ),
+                    )
+                    + self.let_reads(fm.name, lit.path),
                     "" if other else self.generic_snippet(lit.path),  # another's recipe would name this secret
                     lit.path[-1] if other and fix.startswith("run ") else "",
                 )
@@ -1978,6 +1979,18 @@ class Builder:
             + (problem or shaped or "no template for this shape"),
             "" if shaped else self.generic_snippet(lit.path, EnvLine(var or "DATABASE_URL", url.prefix, url.suffix)),
         )
+
+    def let_reads(self, file: str, path: NixPath) -> str:
+        """For a let attrset's field (``<let>.env.DB_PASSWORD``): "; env is read at FILE:LINE:COL, ..." (``env``,
+        ``env.DB_PASSWORD``), where the value goes (a wrapper's containers, home-manager's rootless quadlet:
+        realcfg31/07); "" for any other path."""
+        fm = self.models.get(file)
+        if fm is None or path[:1] != ("<let>",) or len(path) < 3:
+            return ""
+        name = path[1]
+        nodes = [n for n in descendants(fm.root) if n.type == "variable_expression" and fm.text(n) == name]
+        reads = [fm.where(n) for n in sorted(nodes, key=lambda n: n.start_byte)]
+        return f"; {name} is read at {', '.join(reads)}" if reads else ""
 
     @property
     def _new_login(self) -> bool:
@@ -3161,6 +3174,8 @@ class Builder:
                     f"own, strategy move: `nixmig secret new NAME --from {left.file}:{left.line}`), or change its "
                     "value, then patch again"
                 )
+            if not companion:
+                what += self.let_reads(left.file, path)
             if left.file in read_by and not companion:
                 what += (
                     f"; {read_by[left.file]} reads values from this file, in a container this migration patches: "
@@ -3469,6 +3484,8 @@ class Builder:
                     )
                 )
             )
+        if path[:1] == ("<let>",):  # a let's field: what reads it is said (let_reads), no unit to name
+            return ""
         if path[:1] == ("services",) and not _UPPER_ENV_VAR.fullmatch(line.var):
             # a module's own option (mattermost's localDatabasePassword): no program reads a variable named after
             # it, so an env file line is no recipe (realcfg25/01: following it would leave the database as it was)
