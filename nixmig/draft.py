@@ -1406,6 +1406,11 @@ def _url_db(fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Contain
             node = node.parent
     held = _value(fm, node) if node is not None else None
     value = held[0] if held is not None else None
+    if value is None and node is not None and unparen(node).type == "string_expression":
+        # a host or port read from config (`:${toString config.services.postgresql.port}/`, patch keeps it):
+        # the role and the database are what the draft reads
+        raw = re.sub(_CONFIG_INTERPOLATION, "", fm.text(unparen(node))[1:-1])
+        value = raw if "${" not in raw and "\\" not in raw else None
     parts = split_url(value) if value else None
     at = f"{f.file}:{f.line}"
     role: tuple[str, str] | None
@@ -1466,6 +1471,8 @@ def _url_db(fm: FileModel, f: Finding, p: NixPath, containers: Sequence[_Contain
     return db
 
 
+# an interpolation of a URL's host or port that reads config (patch.url_with_config keeps it)
+_CONFIG_INTERPOLATION = re.compile(r"\$\{\s*(?:(?:builtins\.)?toString\s+)?config(?:\.[A-Za-z_][\w'-]*)+\s*\}")
 # the machine that runs the containers, as a container names it (podman, docker)
 _HOST_FROM_A_CONTAINER = frozenset({"host.containers.internal", "host.docker.internal"})
 _PASSWORD_END = re.compile(r"(PASSWORD|PASSWD|PASS|PWD)$", re.IGNORECASE)

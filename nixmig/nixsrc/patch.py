@@ -425,6 +425,9 @@ class Builder:
             for name, fm in models.items()
         }
         self.let_used: set[tuple[str, int]] = set()  # uses of a let-bound password an edit replaces
+        # a URL's interpolation that reads config (`:${toString config.services.postgresql.port}/`) -> the
+        # stand-in url_with_config puts in its text; the edits get the interpolation back (run)
+        self.config_reads: dict[str, str] = {}
         # "NAME at FILE:LINE:COL" of a let's or an imported file's string that holds this migration's password and
         # that a replaced use read: where the value is (a use's line holds a name, and the same file may hold a
         # companion's literal: realcfg20/14 with its password let-bound named root's line for `secret new --from`)
@@ -1049,6 +1052,40 @@ class Builder:
         if imp is None or unparen(node).type != "select_expression":
             return ""
         return f"{self.models[imp.file].where(imp.literal)} ({'.'.join(imp.key)})"
+
+    def url_with_config(self, fm: FileModel, node: Node) -> str | None:
+        """A string patch cannot read whole only because an interpolation reads config, as a URL's host or
+        port do (``"postgres://u:pw@localhost:${toString config.services.postgresql.port}/db"``): its text with
+        each such interpolation as a stand-in (``%%nixmig0%%``, URL-safe, never percent-encoding), which the
+        edits turn back into the interpolation (the env file a unit renders holds what Nix makes of it). Let
+        literals are read as value_of reads them; anything else interpolated: None."""
+        node = unparen(node)
+        if node.type != "string_expression":
+            return None
+        out: list[str] = []
+        for c in node.named_children:
+            if c.type == "interpolation":
+                inner = [x for x in c.named_children if x.type != "comment"]
+                if len(inner) != 1:
+                    return None
+                value = self.value_of(fm, inner[0])
+                if value is not None:
+                    out.append(value)
+                    continue
+                expr = " ".join(fm.text(inner[0]).split())
+                if not _CONFIG_READ.fullmatch(expr):
+                    return None
+                interpolation = "${" + expr + "}"
+                stand_in = next((k for k, v in self.config_reads.items() if v == interpolation), None)
+                if stand_in is None:
+                    stand_in = f"%%nixmig{len(self.config_reads)}%%"
+                    self.config_reads[stand_in] = interpolation
+                out.append(stand_in)
+            elif c.type == "string_fragment":
+                out.append(fm.text(c))
+            elif c.type == "escape_sequence":
+                return None
+        return "".join(out)
 
     def value_of(self, fm: FileModel, node: Node) -> str | None:
         """The string ``node`` is: a literal, a let-bound literal, a string only let literals fill, or a
@@ -1684,7 +1721,13 @@ class Builder:
             if (fm.name, lit.node.start_byte) in self.imported_literals:
                 continue  # a string of a plain file another file imports: edited where it is read (drop_imported)
             value = self.value_of(fm, lit.node)
-            if value is None:
+            if value is None:  # a URL whose host or port reads config: edited as the literal, config kept
+                value = self.url_with_config(fm, lit.node)
+                url = split_url(value, password, self.spec.url_schemes) if value is not None else None
+                if value is None or url is None or "%%nixmig" in url.prefix + url.password:
+                    continue
+                if self._is_ours(url, password, db) and not self._let_url_read_by_bindings(fm, lit):
+                    self.on_url(fm, lit, value, url)
                 continue
             url = split_url(value, password, self.spec.url_schemes)
             if url is not None and self._is_ours(url, password, db):
@@ -3527,6 +3570,25 @@ class Builder:
             quote = 2 if node.type == "indented_string_expression" else 1  # '' ... '' or " ... "
             self.masks.append((fm.name, node.start_byte + quote, node.end_byte - quote))
 
+    def config_reads_back(self) -> None:
+        """Each stand-in url_with_config put in a URL's text is its interpolation again, in the edits and the
+        recipes (the renderer's script is a Nix string: Nix fills it in, the port or host the unit reads)."""
+        if not self.config_reads:
+            return
+
+        def back(text: str) -> str:
+            for stand_in, interpolation in self.config_reads.items():
+                text = text.replace(stand_in, interpolation)
+            return text
+
+        self.ed.items = [
+            dataclasses.replace(e, replacement=back(e.replacement.decode()).encode())
+            if b"%%nixmig" in e.replacement
+            else e
+            for e in self.ed.items
+        ]
+        self.manual = [dataclasses.replace(m, snippet=back(m.snippet)) for m in self.manual]
+
     def mask_url(self, fm: FileModel, node: Node, value: str, url: UrlParts) -> None:
         if node.type == "variable_expression":
             return  # a let-bound URL's use: the let's literal is masked where it is (drop_lets)
@@ -3626,6 +3688,7 @@ class Builder:
             self.ed.items = []  # nothing here deploys: no diff to hold back
             self.manual = [dataclasses.replace(m, snippet="") for m in self.manual]  # no unit to give a recipe for
         self.ed.items = settle(self.ed.items, {name: fm.source for name, fm in self.models.items()})
+        self.config_reads_back()
         edits = tuple(sorted(self.ed.items, key=lambda e: (e.file, e.start, e.end)))
         # the strings that hold the kept value first (a let's, an imported file's): `secret new --from` reads there
         kept = [(self.spec.secret, [*self.kept_literals, *self.replaced])] if self.spec.strategy == "move" else []
@@ -4194,6 +4257,8 @@ _ALSO_VALUE = re.compile(r"[A-Za-z0-9._~+/=:@,%\[\]{}*?!^-]+")
 ALSO_CHARS = "A-Z a-z 0-9 - . _ ~ + / = : @ , % [ ] { } * ? ! ^"
 _PASSWORD_SUFFIX = re.compile(r"(?:PASSWORD|PASSWD|PASS|PWD|password|passwd|pass|pwd)$")
 _RAW_ENV_VALUE = re.compile(r"[A-Za-z0-9._~-]+")  # what the renderer writes as a bare VAR=value line
+# an interpolation a URL's host or port may read, kept as it is in the env file's renderer (url_with_config)
+_CONFIG_READ = re.compile(r"(?:(?:builtins\.)?toString )?config(?:\.[A-Za-z_][\w'-]*)+")
 _SAFE_URL_PART = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]*")
 # the words of a secret's name that name no service (photoprism-db-password: photoprism)
 _PLAIN_SECRET_WORDS = frozenset(
