@@ -42,7 +42,14 @@ ENVSUBST: dict[str, tuple[str, str]] = {
     # wiki-js (checked in nixpkgs' web-apps/wiki-js.nix): "setting sensitive values to `$(ENVIRONMENT_VAR)`
     # with this value defined in the environment-file"; wiki-js replaces $(VAR) in its config at start
     "wiki-js": ("settings", "$()"),
+    # hedgedoc (checked in nixpkgs' web-apps/hedgedoc.nix): its preStart runs envsubst over the JSON made from
+    # `settings` into /run/hedgedoc/config.json, with the unit's environment (its environmentFile documents
+    # `dbURL = "postgres://hedgedoc:\${DB_PASSWORD}@..."`)
+    "hedgedoc": ("settings", "$"),
 }
+# the runtime directory (and its mode) the renderer uses, where the module's own is a list nixmig's entry
+# would repeat (hedgedoc's RuntimeDirectory = [ "hedgedoc" ]; its WorkingDirectory, the mode left as systemd's)
+RUNTIME_DIRS: dict[str, tuple[str, str | None]] = {"hedgedoc": ("hedgedoc-env", None)}
 _USERS = ("username", "user", "login")
 
 
@@ -151,7 +158,8 @@ def _render(b: Builder, fm: FileModel, lit: Lit, near: Node, unit: str, line: En
             anchor = b._bind_containing(fm, ("systemd", "services", unit))
         except PatchError:  # the unit is the module's: its bindings go after the settings' binding
             anchor = near
-        b.renderers[key] = _Renderer(key, "systemd", fm, anchor, unit, unit, unit)
+        runtime_dir, mode = RUNTIME_DIRS.get(unit, (unit, "0700"))
+        b.renderers[key] = _Renderer(key, "systemd", fm, anchor, unit, unit, runtime_dir, dir_mode=mode)
     r = b.renderers[key]
     b.add_env_line(r, line)
     r.literals.append(f"{line.var} at {fm.where(lit.node)}")
@@ -167,5 +175,6 @@ SHAPE = Shape(
         "native-dendrite-let-url-envsubst",
         "native-telegraf-influxdb-password-envsubst",
         "native-wiki-js-settings-db-pass",
+        "native-hedgedoc-settings-db-password-envsubst",
     ),
 )
