@@ -658,6 +658,27 @@ def rec_readers(source: bytes, offset: int) -> list[str]:
     return out
 
 
+_PASSWORD_SUFFIX = re.compile(r"(?i)(PASSWORD|PASSWD|PASS|PWD)$")
+_USER_SUFFIXES = ("USERNAME", "USER", "USER_NAME", "LOGIN", "NAME")
+
+
+def paired_user(fm: FileModel, path: Sequence[str]) -> tuple[str, str] | None:
+    """(variable, user) of the user variable beside a container's password variable that shares its stem
+    (ZITADEL_DATABASE_POSTGRES_USER_PASSWORD -> ..._USER_USERNAME, ADMIN_PASSWORD -> ADMIN_USERNAME,
+    POSTGRES_PASSWORD -> POSTGRES_USER, DB_PASS -> DB_USER), its value a literal; None otherwise."""
+    var = path[-1] if path else ""
+    stem = _PASSWORD_SUFFIX.sub("", var)
+    if stem == var or env_container(tuple(path)) is None:
+        return None
+    names = {stem + suffix for suffix in _USER_SUFFIXES} | {stem + suffix.lower() for suffix in _USER_SUFFIXES}
+    for b in fm.binds:
+        if tuple(seg.strip('"') for seg in b.path[:-1]) == tuple(path[:-1]) and b.path and b.path[-1] in names:
+            user = decode_string(unparen(b.value))
+            if user:
+                return b.path[-1], user
+    return None
+
+
 def _role_hint(fm: FileModel, f: Finding, role: str) -> str:
     """A container's database password beside a database user variable (``DB_USER``,
     ``PHOTOPRISM_DATABASE_USER``) naming another user than the migration's role: the role may be the
@@ -665,17 +686,23 @@ def _role_hint(fm: FileModel, f: Finding, role: str) -> str:
     path = _attr_path(f.attr_path) if f.attr_path else ()
     if not path or env_container(path) is None or not env_words(path[-1]) & DB_WORDS:
         return ""
-    for b in fm.binds:
+    pairs = [paired_user(fm, path)]
+    for b in fm.binds:  # else a database user variable beside it (DB_USER beside DATABASE_PASSWORD)
         if tuple(seg.strip('"') for seg in b.path[:-1]) != path[:-1] or not b.path:
             continue
         named = env_words(b.path[-1])
-        user = decode_string(unparen(b.value)) if named & DB_WORDS and named & {"user", "username"} else None
-        if user is not None and user != role:
+        last = re.split(r"[_\W]+", b.path[-1])[-1].lower()  # USER_SSL_MODE names no user (realcfg32/02)
+        if named & DB_WORDS and last in ("user", "username"):
+            user = decode_string(unparen(b.value))
+            pairs.append((b.path[-1], user) if user else None)
+    for pair in pairs:
+        if pair is not None and pair[1] != role:
+            var, user = pair
             # the user's name, unless it is the password too (a value never printed)
-            said = b.path[-1] if user.encode() == f.value.reveal() else f"{b.path[-1]} = {user!r}"
+            said = var if user.encode() == f.value.reveal() else f"{var} = {user!r}"
             return (
-                f" (this migration's role is {role!r}, the default when its service sets none: if this is the "
-                f"password of the user the container logs in as, {said}, set that user as the "
+                f" (this migration's role is {role!r}, nixmig.toml's (postgres when its service sets none): if "
+                f"this is the password of the user the container logs in as, {said}, set that user as the "
                 "service's role in nixmig.toml)"
             )
     return ""
@@ -730,8 +757,11 @@ def module_as_value(path: Sequence[str]) -> str:
     return ""
 
 
-def _companion_var(f: Finding, source: bytes, migration: str | None, same: bool) -> str:
-    """The variable of a container's environment that _why tells to move as a companion (also), or ""."""
+def _companion_var(f: Finding, source: bytes, migration: str | None, same: bool, other_user: bool = False) -> str:
+    """The variable of a container's environment that _why tells to move as a companion (also), or "".
+    ``other_user``: the variable's own user variable names another user than the migration's role
+    (zitadel's USER_PASSWORD beside USER_USERNAME, the role being its ADMIN's): its database password is
+    that user's, a companion too (realcfg32/01)."""
     if migration is None or not f.attr_path or "ensureUsers" in f.attr_path:
         return ""
     path = _attr_path(f.attr_path)
@@ -743,7 +773,7 @@ def _companion_var(f: Finding, source: bytes, migration: str | None, same: bool)
         return path[-1] if "root" in named and f.kind is not Kind.URL_CREDENTIAL else ""  # the migration's)
     if f.rule in ("sql", "assignment", "flag", "config-line") or f.kind is Kind.URL_CREDENTIAL:
         return ""
-    if named & DB_WORDS:
+    if named & DB_WORDS and not other_user:
         return ""  # a database's variable (an app's DB_PASSWORD, another database's): not a companion
     # the database's value under another name, or another token/secret of a container this migration
     # patches (compose2nix gives every container of a project the same environment)
@@ -997,6 +1027,12 @@ def leftovers(
                 f"set inside lib.{cond} (merged in only when the author's condition holds): nixmig edits values "
                 "as they are written, not under a condition (which branch runs is the author's); move it out of "
                 "the condition, or by hand"
+                + (
+                    " (a condition written with lib.mkIf is followed: `x = lib.mkIf cond { ... };`, several under "
+                    "lib.mkMerge [ ... ], in place of `lib.optionalAttrs cond { ... } // ...`)"
+                    if cond == "optionalAttrs"
+                    else ""
+                )
                 if cond
                 else _why(f, fm.source, role, name, migration, same)
             )
@@ -1018,7 +1054,8 @@ def leftovers(
                 why += read_as_option(models, f.attr_path)
             if not same and f.attr_path and why.startswith(unknown_shape(_attr_path(f.attr_path))):
                 why += _role_hint(fm, f, role)  # "not this migration's" may be the default role's doing
-            var = _companion_var(f, fm.source, migration, same)
+            pair = paired_user(fm, _attr_path(f.attr_path)) if f.attr_path else None
+            var = _companion_var(f, fm.source, migration, same, pair is not None and pair[1] != role)
             if var and not same and _in_container(f, name, containers) and "also = {" not in why:
                 fix = companion_fix(migration or "", var, name, f.line)
                 why = (

@@ -81,6 +81,7 @@ from nixmig.nixsrc.leftover import (
     naming,
     nixos_container,
     other_secrets,
+    paired_user,
     prose_word,
     read_as_option,
     removed_option,
@@ -1056,7 +1057,7 @@ class Builder:
     def url_with_config(self, fm: FileModel, node: Node) -> str | None:
         """A string patch cannot read whole only because an interpolation reads config, as a URL's host or
         port do (``"postgres://u:pw@localhost:${toString config.services.postgresql.port}/db"``): its text with
-        each such interpolation as a stand-in (``%%nixmig0%%``, URL-safe, never percent-encoding), which the
+        each such interpolation as a stand-in (``%%nixmig[0]%%``, URL-safe, never percent-encoding), which the
         edits turn back into the interpolation (the env file a unit renders holds what Nix makes of it). Let
         literals are read as value_of reads them; anything else interpolated: None."""
         node = unparen(node)
@@ -1078,7 +1079,8 @@ class Builder:
                 interpolation = "${" + expr + "}"
                 stand_in = next((k for k, v in self.config_reads.items() if v == interpolation), None)
                 if stand_in is None:
-                    stand_in = f"%%nixmig{len(self.config_reads)}%%"
+                    # (brackets: a shell word holding it is quoted, whatever Nix fills in)
+                    stand_in = f"%%nixmig[{len(self.config_reads)}]%%"
                     self.config_reads[stand_in] = interpolation
                 out.append(stand_in)
             elif c.type == "string_fragment":
@@ -3160,9 +3162,22 @@ class Builder:
                 segs[i] in _ACCOUNT_SETS and segs[i + 1] not in (spec.role, spec.login_role)
                 for i in range(len(segs) - 2)
             )
-            return other_account or not ({w.lower() for w in words(x.attribute)} & ours)
+            # a container's password whose own user variable names another user (zitadel's ADMIN_PASSWORD
+            # beside ADMIN_USERNAME = "postgres", the role being zitadel: realcfg32/02)
+            fm = self.models.get(x.file)
+            pair = paired_user(fm, [s.strip('"') for s in segs[1:]] if segs[:1] == ["config"] else segs) if fm else None
+            other_user = pair is not None and pair[1] not in (spec.role, spec.login_role)
+            return (
+                other_account
+                or other_user
+                or (fm is not None and _beside_a_database_password(fm, segs))
+                or not ({w.lower() for w in words(x.attribute)} & ours)
+            )
 
-        found.sort(key=lambda x: ("this migration's" not in x.what, x.file not in named, theirs(x)))
+        def mine(x: Leftover) -> bool:  # its value is this migration's ("... not this migration's" is not)
+            return x.ours or "holds this migration's" in x.what
+
+        found.sort(key=lambda x: (not mine(x), x.file not in named, theirs(x)))
         if not given_up:
             said = {(m.file, m.line) for m in self.manual} | {(x.file, x.line) for x in found}
             self.notes += other_secrets(
@@ -3171,11 +3186,13 @@ class Builder:
         for left in found:
             self.masks.append((left.file, left.start, left.end))
             path = tuple(left.attribute.split(".")) if left.attribute else ()
+            if path[:1] == ("config",) and len(path) > 1:  # a full-form module's: the option's path
+                path = path[1:]
             # the line says what to do
             # (another credential's recipe would name this migration's secret: none; with the password known, a
             # literal that is not it is another credential, whatever its name; and a token or a key is none of a
             # database's passwords: loomio's secrets.cookie)
-            other = "this migration's" not in left.what and (
+            other = not mine(left) and (
                 theirs(left) or bool(self.known) or not any(f"a {DESCRIPTION[k]}" in left.what for k in _DB_KINDS)
             )
             snippet = (
@@ -3886,6 +3903,24 @@ def _in(node: Node, container: Node) -> bool:
     return container.start_byte <= node.start_byte and node.end_byte <= container.end_byte
 
 
+def _beside_a_database_password(fm: FileModel, segs: Sequence[str]) -> bool:
+    """A container's password variable with no database word in its name, beside one that has one
+    (zitadel's FIRSTINSTANCE_ORG_HUMAN_PASSWORD beside DATABASE_POSTGRES_USER_PASSWORD): another account's
+    (a web admin's, an smtp login), not the database's (realcfg32/02)."""
+    path = tuple(segs[1:]) if segs[:1] == ["config"] else tuple(segs)
+    if not path or env_container(path) is None or env_words(path[-1]) & DB_WORDS:
+        return False
+    return any(
+        tuple(seg.strip('"') for seg in b.path[:-1]) == path[:-1]
+        and b.path[-1] != path[-1]
+        and env_words(b.path[-1]) & DB_WORDS
+        and _PASSWORD_VAR_END.search(b.path[-1]) is not None
+        for b in fm.binds
+        if b.path
+    )
+
+
+_PASSWORD_VAR_END = re.compile(r"(?i)(PASSWORD|PASSWD|PASS|PWD)$")
 # attribute sets keyed by an account's name (services.x.users.<name>.password)
 _ACCOUNT_SETS = frozenset({"users", "accounts", "roles", "logins"})
 _LET_SCOPES = ("let_expression", "rec_attrset_expression")  # where a binding's name is a variable

@@ -36,10 +36,10 @@ def test_a_dashboard_widget_holding_the_database_value_is_another_credential(tmp
     assert item.snippet == ""  # no env file recipe for a variable no program reads
 
 
-URL = """{ config, pkgs, ... }:
+URL = """{ config, pkgs, dbPort, ... }:
 {
   systemd.services.feeds.environment.DATABASE_URL =
-    "postgres://feeds:Feeds-pw-3@localhost:${toString config.services.postgresql.port}/feeds";
+    "postgres://feeds:Feeds-pw-3@localhost:${toString dbPort}/feeds";
   systemd.services.feeds.serviceConfig.ExecStart = "${pkgs.miniflux}/bin/miniflux";
 }
 """
@@ -50,6 +50,16 @@ def test_a_url_left_by_hand_is_offered_no_bare_password_line(tmp_path: Path) -> 
     (item,) = [m for m in plan.manual if m.line == 4]
     assert "did not match to role" in item.what
     assert "printf" not in item.snippet and "DATABASE_URL=" not in item.snippet
+
+
+def test_a_url_whose_port_reads_config_is_patched_with_the_interpolation_kept(tmp_path: Path) -> None:
+    """realcfg29/02: the port is `${toString config.services.postgresql.port}`; the renderer's script holds it."""
+    src = URL.replace(", dbPort", "").replace("toString dbPort", "toString config.services.postgresql.port")
+    plan = _repo(tmp_path, {"hosts/box/feeds.nix": src}, db="feeds", role="feeds", secret="feeds-db-password")
+    assert not plan.manual, [m.what for m in plan.manual]
+    script = "".join(e.replacement.decode() for e in plan.edits)
+    assert "'@localhost:${toString config.services.postgresql.port}/feeds'" in script
+    assert "%%nixmig" not in script and "Feeds-pw-3" not in script
 
 
 OPTION_DEFAULT = """{ config, lib, ... }:
