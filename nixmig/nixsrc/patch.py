@@ -2623,6 +2623,8 @@ class Builder:
             if target is None:
                 raise PatchError(f"no attrset for the unit {r.unit}", where=fm.name)
             after = root_binding if target.node == attrset else None
+            if any(b.exact and b.path == (*r.service_path, "RuntimeDirectoryMode") for b in fm.binds):
+                r.dir_mode = None  # the unit's own mode stays (join_runtime_directory)
             lines = [ln for f in files for ln in f.lines]
             urls = any(ln.prefix or ln.suffix for ln in lines)
             how = (
@@ -2638,12 +2640,14 @@ class Builder:
                 source = f"{r.credential_path} (the host's {source}, bind-mounted into the {inside} container)"
             why = (
                 f"{r.unit}: an ExecStartPre renders {', '.join(f.path for f in files)} from "
-                f"{source} at each start (RuntimeDirectory 0700, file 0400, {how}), "
+                f"{source} at each start (RuntimeDirectory{' ' + r.dir_mode if r.dir_mode else ''}, file 0400, "
+                f"{how}), "
                 f"so the {'URL' if urls else 'value'} is never in the Nix store; it replaces {_listing(r.literals)}"
             )
             own_env_files = not (r.kind == "systemd" and self.append_environment_file(fm, r, files))
             attr = nix_attrpath((*target.write_prefix, *path[len(target.path) :]))
             snippet = self.join_exec_start_pre(fm, r, self.render_unit(r, files, attr, env_files=own_env_files))
+            snippet = self.join_runtime_directory(fm, r, snippet)
             self.ed.insert_binding(fm, target.node, snippet, why, after=after)
             self.need(fm, ("config", "lib", "pkgs"))
 
@@ -2663,6 +2667,33 @@ class Builder:
             old = fm.text(value)
             self.ed.add(fm, value.start_byte, value.end_byte, f"[ {m.group(1)} ] ++ lib.toList ({old})", why)
         return snippet[: m.start()] + snippet[m.end() :]
+
+    def join_runtime_directory(self, fm: FileModel, r: _Renderer, snippet: str) -> str:
+        """The unit's serviceConfig sets RuntimeDirectory (and maybe its mode) already, as a hand-written unit
+        may: a second binding would not parse. The renderer's directory joins the unit's (the same name: the
+        unit's declares it; another: a list of both), and a mode the unit sets stays (the env file is 0400
+        in it, whatever the directory's mode)."""
+        dirs = [b for b in fm.binds if b.exact and b.path == (*r.service_path, "RuntimeDirectory")]
+        modes = [b for b in fm.binds if b.exact and b.path == (*r.service_path, "RuntimeDirectoryMode")]
+        if len(dirs) > 1 or len(modes) > 1:
+            return snippet
+        if modes:  # (emit_renderers rendered it without one: dir_mode None)
+            snippet = _SNIPPET_RUNTIME_MODE.sub("", snippet)
+        if not dirs:
+            return snippet
+        runtime_dir = self.runtime_dir(r)
+        value = unparen(dirs[0].value)
+        theirs = decode_string(value)
+        elements = [decode_string(e) for e in value.named_children] if value.type == "list_expression" else []
+        if theirs != runtime_dir and runtime_dir not in elements:
+            why = f"{r.unit}: the renderer's runtime directory /run/{runtime_dir} beside the one the unit sets"
+            if value.type == "list_expression":
+                close = value.end_byte - 1
+                self.ed.add(fm, close, close, f"{nix_string(runtime_dir)} ", why)
+            else:
+                old = fm.text(value)
+                self.ed.add(fm, value.start_byte, value.end_byte, f"[ {old} {nix_string(runtime_dir)} ]", why)
+        return _SNIPPET_RUNTIME_DIRECTORY.sub("", snippet)
 
     def append_environment_file(self, fm: FileModel, r: _Renderer, files: Sequence[EnvFile]) -> bool:
         """The unit's serviceConfig sets EnvironmentFile already (a string, an expression or a list):
@@ -4305,6 +4336,8 @@ _SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
 _AGE_READ = re.compile(r"config\.age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\.path")
 _AGE_DECLARED = re.compile(r"(?m)^\s*age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\s*=")
 # the renderer's ExecStartPre line in a rendered unit snippet (its script is an indented string ending ''})
+_SNIPPET_RUNTIME_DIRECTORY = re.compile(r"(?m)^[ \t]*RuntimeDirectory = \"[^\"\n]*\";\n")
+_SNIPPET_RUNTIME_MODE = re.compile(r"(?m)^[ \t]*RuntimeDirectoryMode = \"[0-7]+\";\n")
 _SNIPPET_EXEC_START_PRE = re.compile(
     r"(?ms)^[ \t]*ExecStartPre = (?:lib\.mkBefore )?\[ (\"\$\{pkgs\.writeShellScript .*?''\}\") \];\n"
 )

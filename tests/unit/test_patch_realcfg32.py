@@ -74,3 +74,25 @@ def test_the_role_hint_names_the_user_variable_paired_with_the_password(tmp_path
     (item,) = [m for m in plan.manual if m.line == 8]
     assert "IDP_DATABASE_POSTGRES_USER_USERNAME = 'idp'" in item.what
     assert "SSL_MODE" not in item.what and "role is 'other', nixmig.toml's" in item.what
+
+
+UNIT_DIRS = """{ pkgs, ... }:
+{
+  systemd.services.app = {
+    environment.DATABASE_URL = "postgres://app:Rd-list-pw-2@localhost:5432/app";
+    serviceConfig = {
+      ExecStart = "${pkgs.hello}/bin/hello";
+      RuntimeDirectory = [ "app-sock" ];
+    };
+  };
+}
+"""
+
+
+def test_a_units_own_runtime_directory_list_gets_the_renderers_beside_it(tmp_path: Path) -> None:
+    """A second RuntimeDirectory binding would not parse: the renderer's directory joins the unit's list."""
+    plan = _repo(tmp_path, {"modules/app.nix": UNIT_DIRS}, db="app", role="app", secret="app-db-password")
+    assert not plan.manual, [m.what for m in plan.manual]
+    text = "".join(e.replacement.decode() for e in plan.edits)
+    assert '"app" ' in text and text.count("RuntimeDirectory =") == 0
+    assert 'RuntimeDirectoryMode = "0700"' in text  # the unit sets no mode: the renderer's
