@@ -2648,6 +2648,7 @@ class Builder:
             attr = nix_attrpath((*target.write_prefix, *path[len(target.path) :]))
             snippet = self.join_exec_start_pre(fm, r, self.render_unit(r, files, attr, env_files=own_env_files))
             snippet = self.join_runtime_directory(fm, r, snippet)
+            snippet = self.join_load_credential(fm, r, snippet)
             self.ed.insert_binding(fm, target.node, snippet, why, after=after)
             self.need(fm, ("config", "lib", "pkgs"))
 
@@ -2694,6 +2695,23 @@ class Builder:
                 old = fm.text(value)
                 self.ed.add(fm, value.start_byte, value.end_byte, f"[ {old} {nix_string(runtime_dir)} ]", why)
         return _SNIPPET_RUNTIME_DIRECTORY.sub("", snippet)
+
+    def join_load_credential(self, fm: FileModel, r: _Renderer, snippet: str) -> str:
+        """The unit's serviceConfig sets LoadCredential already (a TLS key, another secret): the renderer's
+        credential joins that list (a second binding would not parse)."""
+        found = [b for b in fm.binds if b.exact and b.path == (*r.service_path, "LoadCredential")]
+        m = _SNIPPET_LOAD_CREDENTIAL.search(snippet)
+        if len(found) != 1 or m is None:
+            return snippet
+        value = unparen(found[0].value)
+        why = f"{r.unit}: the renderer's credential beside those the unit loads already"
+        if value.type == "list_expression":
+            close = value.end_byte - 1
+            self.ed.add(fm, close, close, f"{m.group(1)} ", why)
+        else:
+            old = fm.text(value)
+            self.ed.add(fm, value.start_byte, value.end_byte, f"[ ({old}) {m.group(1)} ]", why)
+        return snippet[: m.start()] + snippet[m.end() :]
 
     def append_environment_file(self, fm: FileModel, r: _Renderer, files: Sequence[EnvFile]) -> bool:
         """The unit's serviceConfig sets EnvironmentFile already (a string, an expression or a list):
@@ -4336,6 +4354,7 @@ _SECRET_WORDS = re.compile(r"pass(word)?|passwd|pwd|secret", re.IGNORECASE)
 _AGE_READ = re.compile(r"config\.age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\.path")
 _AGE_DECLARED = re.compile(r"(?m)^\s*age\.secrets\.([A-Za-z0-9_'-]+|\"[^\"]+\")\s*=")
 # the renderer's ExecStartPre line in a rendered unit snippet (its script is an indented string ending ''})
+_SNIPPET_LOAD_CREDENTIAL = re.compile(r"(?m)^[ \t]*LoadCredential = \[ (\"[^\"\n]*\") \];\n")
 _SNIPPET_RUNTIME_DIRECTORY = re.compile(r"(?m)^[ \t]*RuntimeDirectory = \"[^\"\n]*\";\n")
 _SNIPPET_RUNTIME_MODE = re.compile(r"(?m)^[ \t]*RuntimeDirectoryMode = \"[0-7]+\";\n")
 _SNIPPET_EXEC_START_PRE = re.compile(

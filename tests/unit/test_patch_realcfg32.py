@@ -96,3 +96,25 @@ def test_a_units_own_runtime_directory_list_gets_the_renderers_beside_it(tmp_pat
     text = "".join(e.replacement.decode() for e in plan.edits)
     assert '"app" ' in text and text.count("RuntimeDirectory =") == 0
     assert 'RuntimeDirectoryMode = "0700"' in text  # the unit sets no mode: the renderer's
+
+
+UNIT_CREDENTIALS = """{ pkgs, ... }:
+{
+  systemd.services.app = {
+    environment.DATABASE_URL = "postgres://app:Rd-cred-pw-3@localhost:5432/app";
+    serviceConfig = {
+      ExecStart = "${pkgs.hello}/bin/hello";
+      LoadCredential = [ "tls.key:/var/lib/app/tls.key" ];
+    };
+  };
+}
+"""
+
+
+def test_a_units_own_load_credential_list_gets_the_renderers_beside_it(tmp_path: Path) -> None:
+    """A second LoadCredential binding would not parse (patch stopped: 'the patched file would not parse')."""
+    plan = _repo(tmp_path, {"modules/app.nix": UNIT_CREDENTIALS}, db="app", role="app", secret="app-db-password")
+    assert not plan.manual, [m.what for m in plan.manual]
+    text = "".join(e.replacement.decode() for e in plan.edits)
+    assert text.count("LoadCredential =") == 0
+    assert '"app-db-password:${config.age.secrets.app-db-password.path}" ' in text
