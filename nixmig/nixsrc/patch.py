@@ -2280,24 +2280,7 @@ class Builder:
         ``prefix``: the system the unit is part of (``containers.NAME.config``: a declarative NixOS
         container's), whose LoadCredential reads ``credential_path`` (the host's file, bind-mounted)."""
         drop = lit.bind.node if lit.bind is not None else lit.node  # the binding, or the list element
-        key = ("systemd", fm.name, *prefix, unit)
-        if key not in self.renderers:
-            try:
-                anchor = self._bind_containing(fm, (*prefix, "systemd", "services", unit))
-            except PatchError:  # services.X.config.VAR: the unit is configured by its module
-                anchor = drop
-            self.renderers[key] = _Renderer(
-                key,
-                "systemd",
-                fm,
-                anchor,
-                unit,
-                unit,
-                unit,
-                service_config=(*prefix, "systemd", "services", unit, "serviceConfig") if prefix else None,
-                credential_path=credential_path,
-            )
-        r = self.renderers[key]
+        r = self.systemd_renderer(fm, unit, drop, prefix=prefix, credential_path=credential_path)
         env_path = self.add_env_line(r, line)
         removed = removed or f"{line.var} ({_holding(line)}) from the {unit} unit's Environment"
         self.ed.remove_binding(
@@ -2311,6 +2294,30 @@ class Builder:
         self.replaced.append(f"{line.var} at {fm.where(lit.node)}")
         r.literals.append(f"{line.var} at {fm.where(lit.node)}")
         return r
+
+    def systemd_renderer(
+        self, fm: FileModel, unit: str, near: Node, *, prefix: NixPath = (), credential_path: str | None = None
+    ) -> _Renderer:
+        """The renderer of the unit ``systemd.services.<unit>`` of ``fm`` (``prefix``: the system it is part of,
+        see url_in_systemd); its bindings go after the unit's, else after ``near`` (a module's unit)."""
+        key = ("systemd", fm.name, *prefix, unit)
+        if key not in self.renderers:
+            try:
+                anchor = self._bind_containing(fm, (*prefix, "systemd", "services", unit))
+            except PatchError:  # services.X.config.VAR: the unit is configured by its module
+                anchor = near
+            self.renderers[key] = _Renderer(
+                key,
+                "systemd",
+                fm,
+                anchor,
+                unit,
+                unit,
+                unit,
+                service_config=(*prefix, "systemd", "services", unit, "serviceConfig") if prefix else None,
+                credential_path=credential_path,
+            )
+        return self.renderers[key]
 
     def add_env_line(self, r: _Renderer, line: EnvLine) -> str:
         """``line`` into the env file ``r`` renders (once); that file's path."""

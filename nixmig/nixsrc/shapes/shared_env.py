@@ -1,9 +1,11 @@
-"""A let-bound attrset of environment variables shared by containers, holding the password.
+"""A let-bound attrset of environment variables shared by containers (or units), holding the password.
 
 Two layouts seen in real configurations:
 
 - ``env = { DATABASE_PASSWORD = dbPassword; ... };`` and ``environment = env;`` in containers;
-- ``base = { environment = { DB_PASSWORD = dbPassword; ... }; ... };`` and ``NAME = base // { ... };``.
+- ``base = { environment = { DB_PASSWORD = dbPassword; ... }; ... };`` and ``NAME = base // { ... };``;
+- ``systemd.services.U.environment = env;`` in hand-written units (realcfg32/05): the unit renders the
+  variable into an EnvironmentFile of its own from a systemd credential.
 
 The variable leaves the shared attrset (once) and each container that uses it gets the env file
 its unit renders at start (``environmentFiles``), as for a variable written in the container.
@@ -87,22 +89,30 @@ def apply(b: Builder, password: str | None) -> None:
         lit = Lit(path, unparen(bind.value), False, bind)
         renderers = []
         for kind, name, prefix in found:
-            r = b.renderer_for_container(fm, kind, name, prefix)
+            r = (
+                b.systemd_renderer(fm, name, bind.node)
+                if kind == "systemd"
+                else b.renderer_for_container(fm, kind, name, prefix)
+            )
             if r is None:
                 return
             renderers.append((r, kind, name, prefix))
         for r, kind, name, prefix in renderers:
             env_path = b.add_env_line(r, line)
             r.literals.append(f"{var} at {fm.where(bind.value)}")
-            b.ensure_env_file(fm, kind, name, prefix, env_path, lit)
-        names = ", ".join(r.container or r.unit for r, _, _, _ in renderers)
+            if kind != "systemd":  # (a unit's renderer gives it the EnvironmentFile itself)
+                b.ensure_env_file(fm, kind, name, prefix, env_path, lit)
+        names = ", ".join(
+            f"{r.unit} unit" if kind == "systemd" else f"{r.container or r.unit} container"
+            for r, kind, _, _ in renderers
+        )
         b.mask_literal(fm, unparen(bind.value))
         b.known.add(digest(value.encode()))  # its let binding goes once no use is left (Builder.drop_lets)
         b.ed.remove_binding(
             fm,
             bind.node,
-            f"removes {var} (the hardcoded password) from {set_name}, the environment shared by the "
-            f"{names} container(s), which lands in the world-readable Nix store: each reads it from its env file",
+            f"removes {var} (the hardcoded password) from {set_name}, the environment shared by the {names}(s), "
+            "which lands in the world-readable Nix store: each reads it from its env file",
         )
         b.handled.add((fm.name, bind.value.start_byte))
         b.use_lets(fm, unparen(bind.value))
@@ -158,6 +168,12 @@ def _containers(b: Builder, fm: FileModel, set_name: str, inner: NixPath) -> lis
         target = _binding_of(fm, n)
         if target is None:
             return []
+        if inner == () and _unit_environment(target.path):  # systemd.services.U.environment = env;
+            unit = target.path[2]
+            if b.container_name(fm, unit) is None:
+                return []
+            out.append(("systemd", unit, target.path[:3]))
+            continue
         if inner == ():
             shape = _container_shape(target.path[:-1]) if target.path[-1:] == ("environment",) else None
         else:
@@ -171,6 +187,11 @@ def _containers(b: Builder, fm: FileModel, set_name: str, inner: NixPath) -> lis
             return []
         out.append((kind, name, prefix))
     return out
+
+
+def _unit_environment(path: NixPath) -> bool:
+    """``systemd.services.U.environment``: a unit's whole environment."""
+    return len(path) == 4 and path[:2] == ("systemd", "services") and path[3] == "environment"
 
 
 def _inherited_environment(fm: FileModel, node: Node, set_name: str, inner: NixPath) -> tuple[str, str, NixPath] | None:
