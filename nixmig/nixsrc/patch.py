@@ -4315,7 +4315,7 @@ _OTHER_PROGRAMS = frozenset(
 )
 _OTHER_WORDS = frozenset(
     {"admin", "redis", "smtp", "mail", "email", "ldap", "jwt", "secret", "key", "token", "api", "oidc", "s3"}
-    | {"minio", "vapid", "session", "cookie", "superuser", "initial"}
+    | {"minio", "vapid", "session", "cookie", "superuser", "initial", "bootstrap"}
     # a web UI's own login (pgweb's PGWEB_AUTH_PASS, BASIC_AUTH_PASSWORD), not the database's (realcfg30/06)
     | {"auth"}
 )

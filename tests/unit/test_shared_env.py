@@ -29,8 +29,8 @@ def test_the_case_moves_every_shared_use() -> None:
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        # the shared attrset is also read by something that is no container
-        (b"in\n{", b"in\n{\n  systemd.services.report.environment = env;"),
+        # the shared attrset is also read by something that is no container nor unit (every shell's environment)
+        (b"in\n{", b"in\n{\n  environment.variables = env;"),
         # passed on by inherit
         (b"in\n{", b"in\n{\n  _module.args = { inherit env; };"),
         # the container's own attrset replaces base's environment
@@ -45,3 +45,12 @@ def test_a_shared_attrset_used_otherwise_is_left_and_said(old: bytes, new: bytes
     plan, out = _plan(text.replace(old, new, 1))
     assert plan.manual, "what is left must be said"
     assert b'"Chat-db-5"' in out  # the password stays until every use reads the secret
+
+
+def test_a_unit_reading_the_shared_attrset_whole_renders_it_too() -> None:
+    """realcfg32/05: `systemd.services.U.environment = env;` is a reader nixmig edits (the unit's EnvironmentFile)."""
+    text = (CASE / FILE).read_bytes().replace(b"in\n{", b"in\n{\n  systemd.services.report.environment = env;", 1)
+    plan, out = _plan(text)
+    assert plan.manual == ()
+    assert b'"Chat-db-5"' not in out
+    assert b'EnvironmentFile = [ "-/run/report/chat-db-password.env" ];' in out
