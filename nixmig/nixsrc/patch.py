@@ -843,17 +843,20 @@ class Builder:
             f"{name} container (only the path is in the Nix store)"
         )
         for b in fm.binds:
-            if b.path == vol_path and unparen(b.value).type == "list_expression":
-                lst = unparen(b.value)
+            if b.path != vol_path:
+                continue
+            lst = _list_part(b.value)
+            if lst is not None:
                 have = {decode_string(e) for e in lst.named_children} | {fm.text(e) for e in lst.named_children}
                 new = [element for mount, element, _, _ in wanted if mount not in have and element not in have]
-                if not new:
-                    return
-                self.ed.append_elements(fm, lst, new, why)
+                if new:
+                    self.ed.append_elements(fm, lst, new, why)
                 return
-            if b.path == vol_path:
-                self.manual_here(fm, b.value, f"{'.'.join(vol_path)} is not a list literal", wanted[0][1])
-                return
+            # `volumes = vols;` (a let's list, a function's result): the mounts go after it
+            elements = " ".join(element for _, element, _, _ in wanted)
+            value = unparen(b.value)
+            self.ed.add(fm, value.start_byte, value.end_byte, f"({fm.text(value)}) ++ [ {elements} ]", why)
+            return
         anchor = self._bind_at(fm, (*prefix, *k.env))
         root = self._service_attrset(fm, prefix)
         self.insert_path(
@@ -2124,14 +2127,14 @@ class Builder:
         self.handled_env.add(key)
         for b in fm.binds:
             if b.path == (*prefix, *rel):
-                lst = unparen(b.value)
-                if lst.type == "list_expression":
+                lst = _list_part(b.value)
+                if lst is not None:
                     if not any(decode_string(e) == env_path for e in lst.named_children):
                         self.ed.append_element(fm, lst, str(tpl.env_file_entry(env_path)), why)
                     return
-                self.manual_here(
-                    fm, b.value, f"{'.'.join(b.path)} is not a list literal", str(tpl.env_file_entry(env_path))
-                )
+                value = unparen(b.value)  # `environmentFiles = common;`: the env file goes after it
+                entry = str(tpl.env_file_entry(env_path))
+                self.ed.add(fm, value.start_byte, value.end_byte, f"({fm.text(value)}) ++ [ {entry} ]", why)
                 return
         env_bind = self._bind_at(fm, (*prefix, *KINDS[kind].env))
         after = env_bind.node if env_bind is not None else None
@@ -3953,6 +3956,17 @@ def credential_name(secret: str) -> str:
 def credential_word(credential: str) -> str:
     """The shell word naming a credential's file: "$CREDENTIALS_DIRECTORY"/NAME (NAME from credential_name)."""
     return '"$CREDENTIALS_DIRECTORY"/' + credential
+
+
+def _list_part(value: Node) -> Node | None:
+    """The list literal a list-valued binding's value is (``[ ... ]``), or ends with (``vols ++ [ ... ]``,
+    what an earlier run of patch makes of ``vols``); None for anything else."""
+    value = unparen(value)
+    if value.type == "list_expression":
+        return value
+    op = value.child_by_field_name("operator") if value.type == "binary_expression" else None
+    right = value.child_by_field_name("right") if op is not None and text(op) == "++" else None
+    return unparen(right) if right is not None and unparen(right).type == "list_expression" else None
 
 
 def _in(node: Node, container: Node) -> bool:

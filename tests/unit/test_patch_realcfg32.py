@@ -118,3 +118,25 @@ def test_a_units_own_load_credential_list_gets_the_renderers_beside_it(tmp_path:
     text = "".join(e.replacement.decode() for e in plan.edits)
     assert text.count("LoadCredential =") == 0
     assert '"app-db-password:${config.age.secrets.app-db-password.path}" ' in text
+
+
+ENV_FILES = """{ ... }:
+let
+  common = [ "/etc/app/common.env" ];
+in
+{
+  virtualisation.oci-containers.containers.app = {
+    image = "example/app:1";
+    environmentFiles = common;
+    environment.DATABASE_URL = "postgres://app:Ef-expr-pw-4@localhost:5432/app";
+  };
+}
+"""
+
+
+def test_environment_files_from_an_expression_get_the_env_file_after_it(tmp_path: Path) -> None:
+    """`environmentFiles = common;` was 'not a list literal', by hand; the env file now goes after it."""
+    plan = _repo(tmp_path, {"modules/app.nix": ENV_FILES}, db="app", role="app", secret="app-db-password")
+    assert not plan.manual, [m.what for m in plan.manual]
+    text = "".join(e.replacement.decode() for e in plan.edits)
+    assert '(common) ++ [ "/run/app/app-db-password.env" ]' in text
