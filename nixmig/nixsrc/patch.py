@@ -2629,6 +2629,10 @@ class Builder:
                 self.manual_here(fm, r.anchor, f"cannot find where {r.unit} is configured in this module", snippet)
                 continue
             attrset, root_binding = root
+            computed = self._computed_prefix(fm, path, attrset)
+            if computed is not None:  # `systemd.services = (lib.genAttrs ...) // { ... };` (realcfg33/02)
+                self.merge_into(fm, computed, self.render_unit(r, files, nix_attrpath(path[len(computed.path) :])), r)
+                continue
             target = self.attrset_at(fm, path, within=attrset)
             if target is None:
                 raise PatchError(f"no attrset for the unit {r.unit}", where=fm.name)
@@ -2661,6 +2665,39 @@ class Builder:
             snippet = self.join_load_credential(fm, r, snippet)
             self.ed.insert_binding(fm, target.node, snippet, why, after=after)
             self.need(fm, ("config", "lib", "pkgs"))
+
+    def _computed_prefix(self, fm: FileModel, path: NixPath, within: Node) -> Bind | None:
+        """The binding of a prefix of ``path`` whose value merges attrsets with ``//``
+        (``systemd.services = (lib.genAttrs ...) // { ... };``): a binding added inside its right operand
+        would replace what the left one gives the same unit (``//`` is shallow), and one added beside it
+        would not parse; None when there is none."""
+        for b in fm.binds:
+            if not b.exact or not b.path or len(b.path) >= len(path) or path[: len(b.path)] != b.path:
+                continue
+            if not (within.start_byte <= b.node.start_byte and b.node.end_byte <= within.end_byte):
+                continue
+            value = unparen(b.value)
+            op = value.child_by_field_name("operator") if value.type == "binary_expression" else None
+            if op is not None and text(op) == "//":
+                return b
+        return None
+
+    def merge_into(self, fm: FileModel, b: Bind, snippet: str, r: _Renderer) -> None:
+        """``NAME = EXPR;`` -> ``NAME = lib.mkMerge [ (EXPR) { SNIPPET } ];``: the module system merges the
+        renderer's bindings into what EXPR gives (a unit's after/requires from lib.genAttrs stay)."""
+        value = b.value
+        ind = " " * (fm.line_col(b.node.start_byte)[1] - 1)
+        body = "\n".join(f"{ind}    {line}" if line else line for line in snippet.strip("\n").splitlines())
+        new = f"lib.mkMerge [\n{ind}  ({fm.text(value)})\n{ind}  {{\n{body}\n{ind}  }}\n{ind}]"
+        self.ed.add(
+            fm,
+            value.start_byte,
+            value.end_byte,
+            new,
+            f"{r.unit}: its renderer merged with lib.mkMerge into {'.'.join(b.path)}, which an expression gives "
+            "(a binding beside it would not parse; inside a // operand it would replace what the other gives)",
+        )
+        self.need(fm, ("config", "lib", "pkgs"))
 
     def join_exec_start_pre(self, fm: FileModel, r: _Renderer, snippet: str) -> str:
         """The unit's serviceConfig sets ExecStartPre already (``...serviceConfig.ExecStartPre = [ build ];``):

@@ -438,6 +438,26 @@ _SQL_ACCOUNT = (
 _ON_DB = re.compile(r"(?is)\bON\s+['`]?([A-Za-z0-9_-]+)['`]?\.\*")
 
 
+# where a shell script or a command line takes a password: an SQL clause, a client's flag or variable, a URL's userinfo
+_CREDENTIAL_BEFORE = re.compile(
+    r"(?i)(?:IDENTIFIED\s+BY|PASSWORD)\s*['\"]?$"
+    r"|(?:--password[= ]|--pass[= ]|-p|PGPASSWORD=|MYSQL_PWD=|[A-Z_]*PASS(?:WORD|WD)?=)['\"]?$"
+    r"|://[^:@/\s'\"]*:$"
+)
+
+
+def _read_as_a_credential(fm: FileModel, bound: Bound, uses: list[Use]) -> bool:
+    """``bound``'s name says it is a secret (``dbPassword``, ``pw``, ``secret``), or a use reads it where a
+    password goes; a string that only equals the password (a network's name, a role's, a database's) is none."""
+    if classify_name(bound.shown.rsplit(".", 1)[-1]) is not None:
+        return True
+    for u in uses:
+        before = fm.source[max(0, u.node.start_byte - 40) : u.node.start_byte].decode("utf-8", "replace")
+        if _CREDENTIAL_BEFORE.search(before):
+            return True
+    return False
+
+
 def values_of(fm: FileModel) -> dict[str, str]:
     return {x.shown: x.value for x in bound_values(fm)}
 
@@ -664,6 +684,8 @@ def apply(b: Builder, password: str | None) -> None:
             value = _ours(b, fm, bound, uses, password)
             if value is None:
                 continue
+            if isinstance(value, str) and not _read_as_a_credential(fm, bound, uses):
+                continue  # `net = "vikunja"` read as a network's name: the same text, no password (realcfg33/02)
             if isinstance(value, str) and looks_like_crypt_hash(value):
                 continue  # a SCRAM verifier or a crypt hash, not a password: the verdict says so (realcfg25/05)
             is_field = "." in bound.shown and not bound.imported
