@@ -339,17 +339,17 @@ def _patch_one(
             "edits, and half a move does not deploy safely; do them by hand (or name what nixmig.toml should take), "
             "then patch --write again"
         )
-        validate.check_all(plan.results(sources))
+        validate.check_all(plan.results(sources), originals=sources)
     elif write and plan.edits:
         _refuse_losing_kept_values(root, spec.secrets_dir, plan, sources)
         if toml is not None:  # before the Nix files (checked first): a run killed between them plans them again
             from nixmig import fsutil
 
-            validate.check_all(plan.results(sources))
+            validate.check_all(plan.results(sources), originals=sources)
             fsutil.write_atomic(cfg_path.resolve(), toml.encode())
-        checked = validate.write_all(root, plan.results(sources))
+        checked = validate.write_all(root, plan.results(sources), originals=sources)
     elif plan.edits:
-        validate.check_all(plan.results(sources))  # refuse early: the diff shown is one that parses
+        validate.check_all(plan.results(sources), originals=sources)  # refuse early: the diff shown is one that parses
 
     if not quiet:
         _render(plan, diff, notes, explain=explain, check=check, checked=checked, withheld=withheld)

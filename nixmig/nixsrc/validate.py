@@ -86,6 +86,7 @@ def _problem(name: str, data: bytes, nix: tuple[int, bytes] | None) -> Problem |
         first = next((ln.strip() for ln in stderr.splitlines() if ln.strip().startswith("error:")), "")
         lines = stderr.strip().splitlines()
         message = first.removeprefix("error:").strip() or (lines[0] if lines else f"exit {code}")
+        message = message.replace("(string):", f"{name}:")  # nix read it from stdin
         line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
         return Problem(name, line, col, f"{message} ({NIX} --parse)")
     # nixmig itself reads the files back with tree-sitter (the next run, nixmig scan)
@@ -97,14 +98,27 @@ def _problem(name: str, data: bytes, nix: tuple[int, bytes] | None) -> Problem |
     return None
 
 
-def check_all(files: Mapping[str, bytes], *, use_nix: bool | None = None) -> str:
-    """Parse every file; raise WouldNotParse naming the first failure. Returns what checked them."""
+def check_all(
+    files: Mapping[str, bytes], *, use_nix: bool | None = None, originals: Mapping[str, bytes] | None = None
+) -> str:
+    """Parse every file; raise WouldNotParse naming the first failure. Returns what checked them.
+    ``originals``: the files as read; a failure of a file that did not parse as read either is said
+    as that (its line in the original), not blamed on the edit."""
     if use_nix is None:
         use_nix = nix_available()
     nix = _nix_parse(files) if use_nix else {}
     problems = [p for name, data in sorted(files.items()) if (p := _problem(name, data, nix.get(name)))]
     if problems:
         p = problems[0]
+        before = originals.get(p.file) if originals is not None else None
+        if before is not None:
+            was = _problem(p.file, before, _nix_parse({p.file: before}).get(p.file) if use_nix else None)
+            if was is not None:
+                raise WouldNotParse(
+                    f"{p.file} does not parse as it is: {was.message}",
+                    where=f"{was.file}:{was.line}:{was.col}",
+                    hint="nothing was written; fix that file (nixmig edits files that parse), then run patch again",
+                )
         more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
         raise WouldNotParse(
             f"the patched file would not parse: {p.message}{more}",
@@ -115,12 +129,17 @@ def check_all(files: Mapping[str, bytes], *, use_nix: bool | None = None) -> str
 
 
 def write_all(
-    root: Path, files: Mapping[str, bytes], *, use_nix: bool | None = None, checked: str | None = None
+    root: Path,
+    files: Mapping[str, bytes],
+    *,
+    use_nix: bool | None = None,
+    checked: str | None = None,
+    originals: Mapping[str, bytes] | None = None,
 ) -> str:
     """Check every file, then write them all: staged first, renamed last; nothing written on a failed check.
     ``checked``: what check_all returned for exactly these bytes already (a patch parsed ahead): not again."""
     if checked is None:
-        checked = check_all(files, use_nix=use_nix)
+        checked = check_all(files, use_nix=use_nix, originals=originals)
     staged: list[tuple[Path, Path]] = []
     try:
         for name, data in sorted(files.items()):

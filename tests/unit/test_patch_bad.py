@@ -154,7 +154,8 @@ def test_cli_prints_by_hand_and_fails_check_and_write(tmp_path: Path) -> None:
 
 @needs_nix
 def test_a_change_that_would_not_parse_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
-    # The unit already sets RuntimeDirectory: adding ours would define the attribute twice,
+    # The unit sets RuntimeDirectory in two attrsets merged by lib.mkMerge: nixmig joins one such binding
+    # (join_runtime_directory), not two, and adding its own beside the second defines the attribute twice,
     # which tree-sitter accepts and nix-instantiate --parse rejects.
     repo = _repo(
         tmp_path,
@@ -169,7 +170,10 @@ def test_a_change_that_would_not_parse_is_refused_and_nothing_is_written(tmp_pat
     text = module.read_text()
     text = text.replace(
         "    virtualisation.arion.projects.twenty = {",
-        '    systemd.services.twenty.serviceConfig.RuntimeDirectory = "twenty-own";\n'
+        "    systemd.services.twenty.serviceConfig = lib.mkMerge [\n"
+        '      { RuntimeDirectory = "twenty-a"; }\n'
+        '      { RuntimeDirectory = "twenty-b"; }\n'
+        "    ];\n"
         "    virtualisation.arion.projects.twenty = {",
         1,
     )
@@ -184,6 +188,29 @@ def test_a_change_that_would_not_parse_is_refused_and_nothing_is_written(tmp_pat
         assert "already defined" in err
         assert err.count("\n") == 1
         assert snapshot(repo) == before
+
+
+@needs_nix
+def test_a_file_that_does_not_parse_as_read_is_said_as_that_not_blamed_on_the_edit(tmp_path: Path) -> None:
+    """realcfg33/04: a published file defining an attribute twice (tree-sitter reads it, nix does not) was
+    reported as 'the patched file would not parse' at a line of the patched text."""
+    repo = _repo(tmp_path)
+    module = repo / MODULE
+    text = module.read_text()
+    text = text.replace(
+        "    virtualisation.arion.projects.twenty = {",
+        '    networking.hostName = "a";\n    networking.hostName = "b";\n    virtualisation.arion.projects.twenty = {',
+        1,
+    )
+    module.write_text(text)
+    line = text[: text.index('networking.hostName = "b"')].count("\n") + 1
+    before = snapshot(repo)
+    out = run_cli("patch", "--repo", str(repo), "--write")
+    err = out.stderr.decode()
+    assert out.returncode == 1 and snapshot(repo) == before, err
+    assert f"{MODULE} does not parse as it is: attribute 'networking.hostName' already defined" in err, err
+    assert f"at {MODULE}:" in err and "(string)" not in err and "the patched file" not in err
+    assert str(line) in err
 
 
 def test_write_all_writes_nothing_when_one_file_fails(tmp_path: Path) -> None:
