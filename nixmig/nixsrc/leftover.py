@@ -277,12 +277,28 @@ _BY_HAND_ROUTES: dict[tuple[str, ...], str] = {
 }
 
 
+HOME_MANAGER_PODMAN = (
+    "a container of home-manager's services.podman (rootless, in a user's session, started by the user's "
+    "systemd): nixmig patches NixOS-level containers (virtualisation.oci-containers); by hand: its "
+    "environmentFile from a file only that user can read (agenix for home-manager, owner that user)"
+)
+
+
+def home_manager_podman(path: Sequence[str]) -> bool:
+    """``services.podman.containers.X...``: home-manager's rootless containers (NixOS has no such option)."""
+    segs = [seg.strip('"') for seg in path]
+    segs = segs[1:] if segs[:1] == ["config"] else segs
+    return segs[:3] == ["services", "podman", "containers"]
+
+
 def unknown_shape(path: Sequence[str]) -> str:
     """Why nixmig has no edit for a literal at ``path`` that no rule took: what was seen, by where it is
     bound (never just "no template"), and what nixmig would need."""
     segs = [seg.strip('"') for seg in path]
     segs = segs[1:] if segs[:1] == ["config"] else segs
     what = ".".join(segs)
+    if home_manager_podman(segs):
+        return f"no template for this shape: {HOME_MANAGER_PODMAN}"
     if env_substituted(segs):
         return (
             f"no template for this shape: {what} is a setting services.{segs[1]} substitutes environment variables "
@@ -503,12 +519,8 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
     removed = removed_option(path)
     if removed is not None:
         return removed
-    if tuple(seg.strip('"') for seg in path[:3]) == ("services", "podman", "containers"):
-        return (
-            "a container of home-manager's services.podman (rootless, in a user's session, started by the user's "
-            "systemd): nixmig patches NixOS-level containers (virtualisation.oci-containers); by hand: its "
-            "environmentFile from a file only that user can read (agenix for home-manager, owner that user)"
-        )
+    if home_manager_podman(path):
+        return HOME_MANAGER_PODMAN
     if f.rule == "dsn":
         return (
             "no template for this shape: a Go MySQL DSN (user:password@tcp(host)/db, go-sql-driver/mysql) "

@@ -68,6 +68,7 @@ from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and ca
 from nixmig.nixsrc.leftover import (
     DB_WORDS,
     ENSURE_USERS,
+    HOME_MANAGER_PODMAN,
     Leftover,
     companion_fix,
     copies_in_strings,
@@ -76,6 +77,7 @@ from nixmig.nixsrc.leftover import (
     declares_file,
     declares_secret,
     digest,
+    home_manager_podman,
     leftovers,
     login_password,
     naming,
@@ -2020,13 +2022,15 @@ class Builder:
             )
             return
         shaped = string_shape(lit.path)  # environment.variables (every shell's), an activation script ...
+        home = home_manager_podman(lit.path)
         self.manual_here(
             fm,
             lit.node,
             f"a {url.scheme}:// URL with the hardcoded password in {where}: "
-            + (problem or shaped or "no template for this shape"),
+            + (problem or shaped or (f"no template for this shape: {HOME_MANAGER_PODMAN}" if home else "")
+               or "no template for this shape"),
             "" if shaped else self.generic_snippet(lit.path, EnvLine(var or "DATABASE_URL", url.prefix, url.suffix)),
-        )
+        )  # fmt: skip
 
     def let_reads(self, file: str, path: NixPath) -> str:
         """For a let attrset's field (``<let>.env.DB_PASSWORD``): "; env is read at FILE:LINE:COL, ..." (``env``,
@@ -3640,8 +3644,8 @@ class Builder:
                     )
                 )
             )
-        if path[:1] == ("<let>",):  # a let's field: what reads it is said (let_reads), no unit to name
-            return ""
+        if path[:1] == ("<let>",) or home_manager_podman(path):
+            return ""  # a let's field (what reads it is said: let_reads), a user's container: no system unit
         if path[:1] == ("services",) and not _UPPER_ENV_VAR.fullmatch(line.var):
             # a module's own option (mattermost's localDatabasePassword): no program reads a variable named after
             # it, so an env file line is no recipe (realcfg25/01: following it would leave the database as it was)
