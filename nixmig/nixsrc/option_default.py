@@ -71,7 +71,30 @@ def declared_defaults(models: Mapping[str, FileModel]) -> dict[NixPath, OptionDe
             if got is not None and option:
                 found[option] = OptionDefault(name, option, *got)
     set_somewhere = {b.path for fm in models.values() for b in fm.binds if b.exact}
-    return {option: d for option, d in found.items() if declarations[option] == 1 and option not in set_somewhere}
+    # a prefix bound to an expression (`services.x = common;`, `services.x = { inherit dbPassword; }` is an
+    # attrset, but its inherit is no binding of the model) may set the option too: not followed
+    opaque = {
+        b.path
+        for fm in models.values()
+        for b in fm.binds
+        if b.exact and unparen(b.value).type not in ("attrset_expression", "rec_attrset_expression")
+    }
+    inherits = {
+        text(i)
+        for fm in models.values()
+        for n in _descendants(fm.root)
+        if n.type in ("inherit", "inherit_from")
+        for i in _descendants(n)
+        if i.type == "identifier"
+    }
+    return {
+        option: d
+        for option, d in found.items()
+        if declarations[option] == 1
+        and option not in set_somewhere
+        and not any(option[:k] in opaque for k in range(1, len(option)))
+        and option[-1] not in inherits
+    }
 
 
 def config_path(fm: FileModel, node: Node) -> NixPath | None:

@@ -77,3 +77,16 @@ let cfg = config.a; in {
 }"""
     fm = model("m.nix", src)
     assert unrecognised_reads({"m.nix": fm}, ("a", "pw")) == ["m.nix:4:24", "m.nix:5:16", "m.nix:6:14"]
+
+
+def test_an_option_a_host_may_set_through_an_expression_or_inherit_is_not_followed() -> None:
+    decl = b"""{ config, lib, ... }: {
+  options.a.b.pw = lib.mkOption { type = lib.types.str; default = "d-pw-6"; };
+  config.x = config.a.b.pw;
+}"""
+    whole = b"""{ ... }: let common = { pw = "other"; }; in { a.b = common; }"""
+    inherited = b"""{ ... }: let pw = "other"; in { a.b = { inherit pw; }; }"""
+    for host in (whole, inherited):
+        models = {"m.nix": model("m.nix", decl), "host.nix": model("host.nix", host)}
+        assert declared_defaults(models) == {}, host
+    assert ("a", "b", "pw") in declared_defaults({"m.nix": model("m.nix", decl)})
