@@ -2744,7 +2744,7 @@ class Builder:
                 self.ed.add(fm, close, close, f"{nix_string(runtime_dir)} ", why)
             else:
                 old = fm.text(value)
-                self.ed.add(fm, value.start_byte, value.end_byte, f"[ {old} {nix_string(runtime_dir)} ]", why)
+                self.ed.add(fm, value.start_byte, value.end_byte, f"[ ({old}) {nix_string(runtime_dir)} ]", why)
         return _SNIPPET_RUNTIME_DIRECTORY.sub("", snippet)
 
     def join_load_credential(self, fm: FileModel, r: _Renderer, snippet: str) -> str:

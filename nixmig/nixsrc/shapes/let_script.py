@@ -441,7 +441,7 @@ _ON_DB = re.compile(r"(?is)\bON\s+['`]?([A-Za-z0-9_-]+)['`]?\.\*")
 # where a shell script or a command line takes a password: an SQL clause, a client's flag or variable, a URL's userinfo
 _CREDENTIAL_BEFORE = re.compile(
     r"(?i)(?:IDENTIFIED\s+BY|PASSWORD)\s*['\"]?$"
-    r"|(?:--password[= ]|--pass[= ]|-p|PGPASSWORD=|MYSQL_PWD=|[A-Z_]*PASS(?:WORD|WD)?=)['\"]?$"
+    r"|(?:(?:^|\s)--?[\w-]*pass(?:word|wd)?[= ]|-p|PGPASSWORD=|MYSQL_PWD=|[A-Z_]*PASS(?:WORD|WD)?=)['\"]?$"
     r"|://[^:@/\s'\"]*:$"
 )
 
