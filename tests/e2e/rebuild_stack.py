@@ -37,7 +37,9 @@ from tests.harness.sshd import SshServer
 COMPOSE = "modules/system/linux/twenty/arion-compose.nix"
 PHASES = ["preflight", "backup", "stage", "provision", "freeze", "copy", "compare", "switch", "verify", "cleanup"]
 COMPOSE_IMAGE = "postgres:16"  # what the worked example's compose file names
-UPGRADE_TAG = "nixmig-test/postgres:16"  # the test image under a second tag: stands in for a 16 image
+# the test image under a second tag: stands in for a newer image (a repository of its own: the real
+# nixmig-test/postgres:16 is tests/harness/pgimage/pg16.py's, whose build replaces what that tag names)
+UPGRADE_TAG = "nixmig-test/postgres-retagged:16"
 
 
 @functools.cache

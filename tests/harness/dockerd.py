@@ -294,8 +294,11 @@ def ensure_pg_image(client: docker.DockerClient) -> str:
         if built.labels.get(pgimage.INPUTS_LABEL) != inputs:
             raise HarnessError(f"docker import did not produce {pgimage.IMAGE_TAG} with our label")
         if old_id is not None and old_id != built.id:
+            # only an image no tag names any more: the one replaced may be another major's under a second tag
+            # (a test's stand-in), which removing would take from under the tests that use it
             with contextlib.suppress(docker.errors.APIError):
-                client.images.remove(old_id)
+                if not client.images.get(old_id).tags:
+                    client.images.remove(old_id)
         return pgimage.IMAGE_TAG
 
 

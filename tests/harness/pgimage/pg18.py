@@ -154,8 +154,11 @@ def ensure_built(client: docker.DockerClient, major: str, assemble: Callable[[],
         if built.labels.get(pgimage.INPUTS_LABEL) != inputs:
             raise RuntimeError(f"docker import did not produce {tag} with our label")
         if old_id is not None and old_id != built.id:
+            # only an image no tag names any more: the one replaced may be another major's under a second tag
+            # (a test's stand-in), which removing would take from under the tests that use it
             with contextlib.suppress(docker.errors.APIError):
-                client.images.remove(old_id)
+                if not client.images.get(old_id).tags:
+                    client.images.remove(old_id)
         return tag
 
 
