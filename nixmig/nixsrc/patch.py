@@ -2739,12 +2739,7 @@ class Builder:
         elements = [decode_string(e) for e in value.named_children] if value.type == "list_expression" else []
         if theirs != runtime_dir and runtime_dir not in elements:
             why = f"{r.unit}: the renderer's runtime directory /run/{runtime_dir} beside the one the unit sets"
-            if value.type == "list_expression":
-                close = value.end_byte - 1
-                self.ed.add(fm, close, close, f"{nix_string(runtime_dir)} ", why)
-            else:
-                old = fm.text(value)
-                self.ed.add(fm, value.start_byte, value.end_byte, f"[ ({old}) {nix_string(runtime_dir)} ]", why)
+            self.append_to_value(fm, value, nix_string(runtime_dir), why)
         return _SNIPPET_RUNTIME_DIRECTORY.sub("", snippet)
 
     def join_load_credential(self, fm: FileModel, r: _Renderer, snippet: str) -> str:
@@ -2755,13 +2750,7 @@ class Builder:
         if len(found) != 1 or m is None:
             return snippet
         value = unparen(found[0].value)
-        why = f"{r.unit}: the renderer's credential beside those the unit loads already"
-        if value.type == "list_expression":
-            close = value.end_byte - 1
-            self.ed.add(fm, close, close, f"{m.group(1)} ", why)
-        else:
-            old = fm.text(value)
-            self.ed.add(fm, value.start_byte, value.end_byte, f"[ ({old}) {m.group(1)} ]", why)
+        self.append_to_value(fm, value, m.group(1), f"{r.unit}: the renderer's credential beside those it loads")
         return snippet[: m.start()] + snippet[m.end() :]
 
     def append_environment_file(self, fm: FileModel, r: _Renderer, files: Sequence[EnvFile]) -> bool:
@@ -2774,13 +2763,17 @@ class Builder:
         value = unparen(found[0].value)
         ours = " ".join(nix_string("-" + f.path) for f in files)
         why = f"{r.unit} reads {', '.join(f.path for f in files)} too, after the EnvironmentFile it sets (so it wins)"
+        self.append_to_value(fm, value, ours, why)
+        return True
+
+    def append_to_value(self, fm: FileModel, value: Node, elements: str, why: str) -> None:
+        """``elements`` (Nix text) after a serviceConfig value the unit sets: at the end of its list, or
+        ``[ (old) elements ]`` for a string or an expression (a unit option takes either)."""
         if value.type == "list_expression":
             close = value.end_byte - 1
-            self.ed.add(fm, close, close, f"{ours} ", why)
+            self.ed.add(fm, close, close, f"{elements} ", why)
         else:
-            old = fm.text(value)
-            self.ed.add(fm, value.start_byte, value.end_byte, f"[ ({old}) {ours} ]", why)
-        return True
+            self.ed.add(fm, value.start_byte, value.end_byte, f"[ ({fm.text(value)}) {elements} ]", why)
 
     def script_name(self, r: _Renderer) -> str:
         return store_name(f"{r.runtime_dir}-{self.spec.secret}-env")
