@@ -1194,6 +1194,25 @@ def prose_word(source: bytes, m: re.Match[bytes]) -> bool:
     return not previous.startswith(b"-") and not re.search(rb"pass|pw|secret|token|key|auth", previous)
 
 
+def key_word(source: bytes, m: re.Match[bytes]) -> bool:
+    """A password that is a plain name (``password``, ``postgres``) met as a key of a text, not a value: JSON's
+    ``"password": ...``, YAML's ``postgres:``, an ini's ``password = ...`` (the key, at a line's start or after
+    ``{`` ``,``), or a URL's scheme (``postgres://``): sops' JSON template of immich holds ``"password":
+    "${placeholder}"`` beside the database password "password" (realcfg33/04)."""
+    if not re.fullmatch(rb"[A-Za-z_][\w-]*", m.group()):
+        return False
+    quoted = source[m.start() - 1 : m.start()] in (b'"', b"'")
+    head = source[: m.start() - 1 if quoted else m.start()]
+    opens = head.rstrip(b" \t")[-1:] in (b"", b"\n", b"{", b",", b"[")
+    tail = source[m.end() : m.end() + 1 + 64]
+    if quoted:
+        if tail[:1] != source[m.start() - 1 : m.start()]:
+            return False
+        tail = tail[1:]
+    rest = tail.lstrip(b" \t")
+    return (opens and rest[:1] in (b":", b"=") and rest[:2] != b"==") or rest.startswith(b"://")
+
+
 def _nixos_test(fm: FileModel) -> bool:
     """The file is a NixOS test (``makeTest { nodes = ...; testScript = ...; }``, ``runNixOSTest``): it binds
     ``testScript`` and ``nodes`` (or the older ``machine``) somewhere."""
@@ -1258,7 +1277,12 @@ def copies_in_strings(
                 continue  # a container image's reference ("postgres:latest" beside the password "postgres")
             for m in token.finditer(fm.source, node.start_byte, node.end_byte):
                 line, col = fm.line_col(m.start())
-                if (name, line) in said or _covered_span(m.start(), m.end(), spans) or prose_word(fm.source, m):
+                if (
+                    (name, line) in said
+                    or _covered_span(m.start(), m.end(), spans)
+                    or prose_word(fm.source, m)
+                    or key_word(fm.source, m)
+                ):
                     continue
                 said.add((name, line))
                 attr = ".".join(path)
@@ -1296,7 +1320,7 @@ def copies_in_texts(
         named = next((w for name, fm in sorted(models.items()) if (w := _where_named(fm, name, rel))), "a .nix file")
         for m in token.finditer(data):
             line = data.count(b"\n", 0, m.start()) + 1
-            if (rel, line) in said or prose_word(data, m):
+            if (rel, line) in said or prose_word(data, m) or key_word(data, m):
                 continue
             said.add((rel, line))
             col = len(data[data.rfind(b"\n", 0, m.start()) + 1 : m.start()].decode("utf-8", "replace")) + 1

@@ -1900,11 +1900,13 @@ class Builder:
         return False
 
     def other_user(self, fm: FileModel, path: NixPath) -> bool:
-        """``ES_PASS`` beside ``ES_USER = "admin"`` (not the migration's role), no database word in its name:
-        the password of another account that holds the database's value (mastodon's ZincSearch login), not
-        the database's: a rotation must not change it."""
+        """``ES_PASS`` beside ``ES_USER = "admin"`` (not the migration's role): the password of another account
+        that holds the database's value (mastodon's ZincSearch login), not the database's: a rotation must not
+        change it. A database word in the name changes nothing: ``SEAFILE_MYSQL_DB_PASSWORD`` beside
+        ``SEAFILE_MYSQL_DB_USER = "seafile"`` is the seafile account's when the migration's role is root
+        (realcfg33/04)."""
         var = path[-1] if path else ""
-        if not var or {w.lower() for w in env_words(var)} & _DATABASE_WORDS:
+        if not var:
             return False
         stem = _PASSWORD_SUFFIX.sub("", var)
         if stem == var:
@@ -2611,6 +2613,8 @@ class Builder:
 
     def emit_renderers(self) -> None:
         spec = self.spec
+        # one lib.mkMerge per computed binding, holding every renderer that joins it (two units of one file)
+        merges: dict[tuple[str, int], tuple[FileModel, Bind, list[tuple[str, _Renderer]]]] = {}
         for r in self.renderers.values():
             if not r.files:
                 continue
@@ -2635,7 +2639,8 @@ class Builder:
             attrset, root_binding = root
             computed = self._computed_prefix(fm, path, attrset)
             if computed is not None:  # `systemd.services = (lib.genAttrs ...) // { ... };` (realcfg33/02)
-                self.merge_into(fm, computed, self.render_unit(r, files, nix_attrpath(path[len(computed.path) :])), r)
+                snippet = self.render_unit(r, files, nix_attrpath(path[len(computed.path) :]))
+                merges.setdefault((fm.name, computed.node.start_byte), (fm, computed, []))[2].append((snippet, r))
                 continue
             target = self.attrset_at(fm, path, within=attrset)
             if target is None:
@@ -2669,37 +2674,51 @@ class Builder:
             snippet = self.join_load_credential(fm, r, snippet)
             self.ed.insert_binding(fm, target.node, snippet, why, after=after)
             self.need(fm, ("config", "lib", "pkgs"))
+        for fm, b, joined in merges.values():
+            self.merge_into(fm, b, joined)
 
     def _computed_prefix(self, fm: FileModel, path: NixPath, within: Node) -> Bind | None:
         """The binding of a prefix of ``path`` whose value merges attrsets with ``//``
         (``systemd.services = (lib.genAttrs ...) // { ... };``): a binding added inside its right operand
         would replace what the left one gives the same unit (``//`` is shallow), and one added beside it
-        would not parse; None when there is none."""
+        would not parse; None when there is none. A ``let ... in`` or ``with ...;`` around the ``//`` is looked
+        through (compose2nix's ``systemd.services = let ... systemdServices = foldl' recursiveUpdate ...; in
+        systemdServices // { ... };``, realcfg34/03)."""
         for b in fm.binds:
             if not b.exact or not b.path or len(b.path) >= len(path) or path[: len(b.path)] != b.path:
                 continue
             if not (within.start_byte <= b.node.start_byte and b.node.end_byte <= within.end_byte):
                 continue
             value = unparen(b.value)
+            while value.type in ("let_expression", "with_expression"):
+                body = value.child_by_field_name("body")
+                if body is None:
+                    break
+                value = unparen(body)
             op = value.child_by_field_name("operator") if value.type == "binary_expression" else None
             if op is not None and text(op) == "//":
                 return b
         return None
 
-    def merge_into(self, fm: FileModel, b: Bind, snippet: str, r: _Renderer) -> None:
-        """``NAME = EXPR;`` -> ``NAME = lib.mkMerge [ (EXPR) { SNIPPET } ];``: the module system merges the
-        renderer's bindings into what EXPR gives (a unit's after/requires from lib.genAttrs stay)."""
+    def merge_into(self, fm: FileModel, b: Bind, joined: Sequence[tuple[str, _Renderer]]) -> None:
+        """``NAME = EXPR;`` -> ``NAME = lib.mkMerge [ (EXPR) { SNIPPET } ... ];``, one attrset per renderer: the
+        module system merges their bindings into what EXPR gives (a unit's after/requires from lib.genAttrs
+        stay)."""
         value = b.value
         ind = " " * (fm.line_col(b.node.start_byte)[1] - 1)
-        body = "\n".join(f"{ind}    {line}" if line else line for line in snippet.strip("\n").splitlines())
-        new = f"lib.mkMerge [\n{ind}  ({fm.text(value)})\n{ind}  {{\n{body}\n{ind}  }}\n{ind}]"
+        parts = [f"{ind}  ({fm.text(value)})"]
+        for snippet, _ in joined:
+            body = "\n".join(f"{ind}    {line}" if line else line for line in snippet.strip("\n").splitlines())
+            parts.append(f"{ind}  {{\n{body}\n{ind}  }}")
+        units = " and ".join(r.unit for _, r in joined)
         self.ed.add(
             fm,
             value.start_byte,
             value.end_byte,
-            new,
-            f"{r.unit}: its renderer merged with lib.mkMerge into {'.'.join(b.path)}, which an expression gives "
-            "(a binding beside it would not parse; inside a // operand it would replace what the other gives)",
+            "lib.mkMerge [\n" + "\n".join(parts) + f"\n{ind}]",
+            f"{units}: {'their renderers' if len(joined) > 1 else 'its renderer'} merged with lib.mkMerge into "
+            f"{'.'.join(b.path)}, which an expression gives (a binding beside it would not parse; inside a // "
+            "operand it would replace what the other gives)",
         )
         self.need(fm, ("config", "lib", "pkgs"))
 

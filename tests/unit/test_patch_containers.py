@@ -72,7 +72,7 @@ APP = """{ config, ... }:
     image = "lscr.io/linuxserver/mastodon:glitch";
     environment = {
       DB_HOST = "db";
-      DB_USER = "mastodon";
+      DB_USER = "postgres";
       DB_PASS = "app-pw-9";
     };
   };

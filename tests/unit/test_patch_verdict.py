@@ -1096,6 +1096,29 @@ def test_a_plain_word_password_in_prose_or_an_image_name_is_no_copy_of_it(line: 
     assert plan.edits and (bool(plan.manual) == copy), [m.what for m in plan.manual]
 
 
+@pytest.mark.parametrize(
+    ("line", "copy"),
+    [
+        ('"password": "${config.sops.placeholder.smtp}"', False),
+        ('{"user": "me", "password": "x"}', False),
+        ("password: x", False),
+        ("password = x", False),
+        ("uri = postgres://u@db/x", False),
+        ('"secret": "password"', True),
+        ("password = password", True),
+        ("pass=password", True),
+        ("if [ $a == password ]; then :; fi", True),
+    ],
+)
+def test_a_plain_word_password_as_a_key_of_a_text_is_no_copy_of_it(line: str, copy: bool) -> None:
+    """The password "password" (realcfg33/04): a JSON, YAML or ini key of that name in a text (sops' template
+    of immich's config.json) and a URL's scheme are no copies of it; a value is, also after its own key."""
+    src = {"m.nix": PLAIN_WORD.replace(b"'synapse'", b"'password'") % line.replace("postgres:", "password:").encode()}
+    plan = pt.plan(src, pt.Spec(secret="synapse-db-password", role="matrix-synapse"))
+    left = [m for m in plan.manual if "still holds this migration's password" in m.what]
+    assert [m.line for m in left] == ([9] if copy else []), [m.what for m in plan.manual]
+
+
 STANDALONE_ARION = b"""{ pkgs, ... }:
 {
   project.name = "shop";
