@@ -123,6 +123,22 @@ LINUXSERVER_PREFIXES: Final = (
 LINUXSERVER_FILE_PREFIX: Final = "FILE__"
 
 
+# images that read the database's password only when they install the app, then log in with what the
+# installer wrote into the app's own config: the official nextcloud image (its config.php's dbuser/dbpassword;
+# nextcloud/docker#2117, #2224)
+_INSTALL_ONLY = {"nextcloud": ("POSTGRES_PASSWORD", "MYSQL_PASSWORD")}
+
+
+def install_only(image: str | None, var: str) -> str | None:
+    """The app whose ``image`` reads ``var`` only when it installs (``nextcloud``), else None."""
+    if image is None:
+        return None
+    ref = image.strip().lower().split("@", 1)[0]
+    name = ref.rsplit("/", 1)[-1].split(":", 1)[0]
+    library = ref.count("/") == 0 or ref.startswith(("docker.io/library/", "docker.io/nextcloud", "library/"))
+    return name if library and var in _INSTALL_ONLY.get(name, ()) else None
+
+
 def is_linuxserver(image: str | None) -> bool:
     """A linuxserver.io image (s6-overlay init): reads ``FILE__VAR``, not ``VAR_FILE``."""
     return image is not None and image.strip().lower().startswith(LINUXSERVER_PREFIXES)

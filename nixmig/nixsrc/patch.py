@@ -59,6 +59,7 @@ from nixmig.nixsrc.containers import (
     env_words,
     file_variable,
     file_variables,
+    install_only,
     is_linuxserver,
     reads_file_env,
     reads_mongo_file_env,
@@ -1887,6 +1888,9 @@ class Builder:
                 return False  # another project's, or another database server that has the same password
             self.mask_literal(fm, lit.node)
             image = self.image_of(fm, kind, prefix)
+            if self.spec.strategy != "move" and (app := install_only(image, lit.path[-1])) is not None:
+                self.install_only_client(fm, lit, name, image or app, app)
+                return True
             if is_linuxserver(image):
                 self.file_var_in_container(fm, lit, kind, name, prefix, image)
             else:
@@ -3566,6 +3570,27 @@ class Builder:
         item = Manual(fm.name, line, col, what, snippet, companion)
         if item not in self.manual:  # two shapes reaching one value say it once
             self.manual.append(item)
+
+    def install_only_client(self, fm: FileModel, lit: Lit, name: str, image: str, app: str) -> None:
+        """A client whose image reads the password only when it installs the app (the nextcloud image's
+        POSTGRES_PASSWORD): the running app logs in with what its installer wrote into its config.php, often
+        another user (``oc_<admin>``) with a password of its own. A rotation would lock it out or change
+        nothing it uses, and nixmig cannot tell which from the repo (realcfg34/08, realcfg35/06)."""
+        var = lit.path[-1]
+        role = self.spec.role
+        name = name.strip('"')
+        self.handled.add((fm.name, lit.node.start_byte))
+        self.manual_here(
+            fm,
+            lit.node,
+            f"{var} of the {name} container ({image}): the {app} image reads it only when it installs {app}; the "
+            f"running {app} logs in with dbuser/dbpassword from its config.php, often another user (oc_…) the "
+            f"installer made: a rotation of {role} could lock it out, or change nothing it uses. Check on the "
+            f"host (`occ config:system:get dbuser` in the container, as www-data): if it prints {role}, use "
+            f'strategy = "move" (keeps the value) or change config.php\'s dbpassword with the rotation; if not, '
+            f"{var} is read at install only: remove it and run patch again",
+            "",
+        )
 
     def refuse_kept(self, fm: FileModel, lit: Lit, why: str) -> None:
         """A value strategy move keeps that the env file nixmig would render cannot hold: the literal stays

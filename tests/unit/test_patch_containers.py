@@ -233,3 +233,53 @@ def test_init_drafts_a_quadlet_database() -> None:
     assert 'container = "photos-db"  # from modules/photos.nix:7 (virtualisation.quadlet.containers.photos-db)' in toml
     assert 'docker_host = "unix:///run/podman/podman.sock"  # from modules/photos.nix:7 (quadlet-nix runs' in toml
     assert 'database = "photos"' in toml and "[migrations.photos-db-password]" in toml
+
+
+NEXTCLOUD = """{ config, ... }:
+{
+  virtualisation.oci-containers.containers.cloud-db = {
+    image = "postgres:16";
+    environment = { POSTGRES_USER = "cloud"; POSTGRES_PASSWORD = "cloud-pw-31"; };
+  };
+  virtualisation.oci-containers.containers.cloud = {
+    image = "%s";
+    environment = {
+      POSTGRES_HOST = "cloud-db";
+      POSTGRES_USER = "cloud";
+      POSTGRES_PASSWORD = "cloud-pw-31";
+    };
+    volumes = [ "/srv/cloud:/var/www/html" ];
+  };
+}
+"""
+
+
+@pytest.mark.parametrize("image", ["nextcloud:29-apache", "docker.io/library/nextcloud:stable", "nextcloud"])
+def test_nextcloud_reads_the_database_password_at_install_only_so_a_rotation_is_by_hand(image: str) -> None:
+    """realcfg34/08, realcfg35/06: the nextcloud image reads POSTGRES_PASSWORD only when it installs; the
+    running Nextcloud logs in with config.php's dbuser/dbpassword. Under rotate, patch used to render the
+    new password into its env file and call it done, while apply would lock Nextcloud out (or change
+    nothing it uses): the client is by hand, said at its line; the database's own edit is planned."""
+    plan, _, _ = _plan(NEXTCLOUD % image, role="cloud", db_service="cloud-db")
+    held = [m for m in plan.manual if "reads it only when it installs nextcloud" in m.what]
+    assert [m.line for m in held] == [12], [m.what for m in plan.manual]
+    assert "occ config:system:get dbuser" in held[0].what and 'strategy = "move"' in held[0].what
+    assert not any("environmentFiles" in e.replacement.decode() for e in plan.edits)
+
+
+def test_nextcloud_under_move_keeps_the_value_so_its_env_file_is_patched() -> None:
+    """Under move the value is kept, so what config.php holds stays right: the env file is rendered."""
+    plan, _, after = _plan(NEXTCLOUD % "nextcloud:29-apache", role="cloud", strategy="move", db_service="cloud-db")
+    assert plan.manual == (), [m.what for m in plan.manual]
+    out = after["hosts/box/db.nix"].decode()
+    assert "cloud-pw-31" not in out and "environmentFiles" in out
+
+
+def test_an_image_named_like_nextcloud_elsewhere_is_no_install_only_client() -> None:
+    """Only the official image is known to read it at install only (a vendor's own build may not)."""
+    from nixmig.nixsrc.containers import install_only
+
+    assert install_only("nextcloud:29", "POSTGRES_PASSWORD") == "nextcloud"
+    assert install_only("nextcloud:29", "NEXTCLOUD_ADMIN_PASSWORD") is None
+    assert install_only("ghcr.io/someone/nextcloud:29", "POSTGRES_PASSWORD") is None
+    assert install_only(None, "POSTGRES_PASSWORD") is None
