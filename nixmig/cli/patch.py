@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -257,23 +258,24 @@ def _patch_one(
         at = dict(_missing_kept_values(root, spec.secrets_dir, plan, sources)).get(spec.secret)  # its line
         # no line the plan took the value from: a by-hand item's, when one alone can be this migration's
         first, lines = _kept_line(plan, [n for n in (spec.role, spec.secret, spec.db_service, spec.container) if n])
-        notes.append(
-            f"{age_file.relative_to(root)} does not exist yet: create it with `nixmig secret new {spec.secret}"
-            + (
-                f" --from {at or first or 'FILE:LINE'}` (strategy move keeps the value: "
-                + (
-                    "it reads the value there, before --write removes it)"
-                    if at is not None
-                    else "the item above at that line, if it holds this migration's value; else the line that does)"
-                    if first is not None
-                    else f"the line of the item above that holds this migration's value: one of {', '.join(lines)})"
-                    if lines
-                    else "the line that hardcodes it; if no line holds it any more, `--stdin` with the value the "
-                    "service has now)"
-                )
-                if spec.strategy == "move"
-                else "`"
+        read = _file_read(plan)
+        if spec.strategy != "move":
+            how = "`"
+        elif read is not None and at is None:  # `builtins.readFile ./pw`: the value is in that file (realcfg35/02)
+            how = f" --stdin < {shlex.quote(read)}` (strategy move keeps the value: the file the .nix reads holds it)"
+        else:
+            how = f" --from {at or first or 'FILE:LINE'}` (strategy move keeps the value: " + (
+                "it reads the value there, before --write removes it)"
+                if at is not None
+                else "the item above at that line, if it holds this migration's value; else the line that does)"
+                if first is not None
+                else f"the line of the item above that holds this migration's value: one of {', '.join(lines)})"
+                if lines
+                else "the line that hardcodes it; if no line holds it any more, `--stdin` with the value the "
+                "service has now)"
             )
+        notes.append(
+            f"{age_file.relative_to(root)} does not exist yet: create it with `nixmig secret new {spec.secret}" + how
         )
     if plan.edits and not agenix_in(sources):
         notes.append(
@@ -364,6 +366,17 @@ A_HASH = "a hash is not the password"  # a phrase Builder.verdict says of a pass
 _PASSWORD_KINDS = ("holds a hardcoded password", "password in the userinfo of a URL", "this migration's password")
 
 
+_ONE_STRING = "a .nix file that is one string"  # a phrase Builder.file_read_items says (realcfg35/07)
+_READ_FROM = re.compile(r"reads (?:it|the password) from (\S+), a plain file of the repository")
+
+
+def _file_read(plan: Any) -> str | None:
+    """The one repository file a by-hand item says the password is read from at evaluation (``builtins.readFile
+    ./pw``), repo-relative; None when there is none, or several."""
+    reads = {m.group(1) for x in plan.manual if (m := _READ_FROM.search(x.what))}
+    return reads.pop() if len(reads) == 1 else None
+
+
 def _kept_line(plan: Any, names: Sequence[str] = ()) -> tuple[str | None, list[str]]:
     """For `secret new --from`: the one by-hand item's FILE:LINE that holds the migration's value, when
     one alone can (the only one, else the only one whose attribute names a database: nextcloud's
@@ -373,16 +386,22 @@ def _kept_line(plan: Any, names: Sequence[str] = ()) -> tuple[str | None, list[s
     from nixmig.nixsrc.leftover import names_database
 
     # an item whose value is nobody's password (SQL that never ran, a hash) holds nothing a secret should keep
+    # (nor a read of a plain file: the value is in that file, not at the line; _file_read says it)
     items = [
         m
         for m in plan.manual
-        if m.file.endswith((".nix", ".sql")) and m.line > 0 and not any(p in m.what for p in (NOBODYS_PASSWORD, A_HASH))
+        if m.file.endswith((".nix", ".sql"))
+        and m.line > 0
+        and not any(p in m.what for p in (NOBODYS_PASSWORD, A_HASH))
+        and not _READ_FROM.search(m.what)
     ]
-    # a token or a key beside passwords is no candidate for a password's value (28/04: GITHUB_SECRET)
+    # a token or a key beside passwords is no candidate for a password's value (28/04: GITHUB_SECRET); alone,
+    # it is one to name, never a whole command (realcfg35/02: a TURN secret's line would have been sealed)
     passwords = [m for m in items if any(p in m.what for p in _PASSWORD_KINDS)]
     items = passwords or items
-    where = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items))
-    if len(where) == 1:
+    # a .nix file that is one string: scan of that file alone sees no secret, so --from names its column
+    where = list(dict.fromkeys(f"{m.file}:{m.line}" + (f":{m.col}" if _ONE_STRING in m.what else "") for m in items))
+    if len(where) == 1 and passwords:
         return where[0], where
     named = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items if names_database(m.what.split(" ", 1)[0])))
     if len(named) != 1 and names:  # else the one whose attribute names the migration's service or role (telegraf's

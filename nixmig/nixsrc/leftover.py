@@ -306,6 +306,18 @@ def unknown_shape(path: Sequence[str]) -> str:
             f"and this is not it: by hand, the same way (a $VAR there, set in an EnvironmentFile of the "
             f"{segs[1]} unit rendered from its own agenix secret)"
         )
+    serialised = next((k for k in range(len(segs) - 1, 1, -1) if env_container(tuple(segs[:k])) is not None), None)
+    if serialised is not None:  # INVIDIOUS_CONFIG = builtins.toJSON { db.password = "..."; } (realcfg34/05)
+        shape = env_container(tuple(segs[:serialised]))
+        assert shape is not None
+        var, name = segs[serialised - 1], shape[1].strip('"')
+        return (
+            f"no template for this shape: {var} of the {name} container is a serialised value (builtins.toJSON, a "
+            f"text) holding the password at {'.'.join(segs[serialised:])}: all of it lands in the Nix store, and "
+            f"nixmig has no edit for a password inside it. By hand: give the app its password in a variable of its "
+            f"own if it reads one, or build {var} at start from the agenix file (a script that writes the "
+            f"container's env file)"
+        )
     if len(segs) >= 3 and segs[0] == "containers" and segs[2] == "config":
         c = segs[1]
         return (

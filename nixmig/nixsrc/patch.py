@@ -107,6 +107,7 @@ from nixmig.nixsrc.model import (
     decode_string,
     model,
     path_matches,
+    top_expression,
     unparen,
 )
 from nixmig.nixsrc.parse import descendants, text
@@ -128,6 +129,7 @@ if TYPE_CHECKING:
 
     from nixmig.config import Config
     from nixmig.nixsrc.model import Embedded
+    from nixmig.nixsrc.shapes.let_script import Bound
 
 DB_PASSWORD_VAR = "POSTGRES_PASSWORD"  # noqa: S105 - a variable name
 URL_SCHEMES = ("postgres", "postgresql")
@@ -1136,6 +1138,9 @@ class Builder:
             if imp.option:
                 self._drop_option_default(imp, reads, left)
                 continue
+            if imp.let_field is not None:
+                self._drop_let_field(imp, imp.let_field)
+                continue
             # the key's name as a name anywhere in the repository (an attribute, a select, a variable; not a
             # string's text): its definition and these reads only, else something else may read it
             named = sum(
@@ -1169,6 +1174,38 @@ class Builder:
                     "",
                 )
             )
+
+    def _drop_let_field(self, imp: Imported, field: Bound) -> None:
+        """A let attrset's field held this migration's password (drop_imported): removed when every read of it
+        was replaced and the attrset is never read whole, else said at its line with what still reads it (the
+        YAML text of invidious' INVIDIOUS_CONFIG reads ``${meta.password}``, realcfg34/04)."""
+        fm = self.models[imp.file]
+        left = [u for u in field.uses if (imp.file, u.start_byte) not in self.let_used]
+        if not left and not field.whole:
+            self.ed.remove_binding(
+                fm,
+                imp.bind.node,
+                f"removes {field.shown}, the hardcoded password; its {len(field.uses)} read(s) now read the "
+                "agenix secret",
+            )
+            return
+        line, col = fm.line_col(imp.literal.start_byte)
+        where = ", ".join(fm.where(u) for u in left) if left else ", ".join(fm.where(u) for u in field.whole)
+        self.manual.append(
+            Manual(
+                imp.file,
+                line,
+                col,
+                f"{field.shown} (a field of a let attrset) holds this migration's password; "
+                + (
+                    f"it is still read at {where}, in a shape nixmig has no edit for"
+                    if left
+                    else f"the attrset is read whole at {where}, which may read it"
+                )
+                + ": nixmig leaves it; move that read onto the agenix secret by hand, then remove the field",
+                "",
+            )
+        )
 
     def _drop_option_default(self, imp: Imported, reads: list[tuple[str, int]], left: list[tuple[str, int]]) -> None:
         """The default of a module's own option held this migration's password (drop_imported): removed when
@@ -3361,6 +3398,10 @@ class Builder:
                 snippet = ""
             self.manual.append(Manual(left.file, left.line, left.col, what, snippet, companion))
         self.manual += in_texts
+        if found and not self.ed.items and not in_use and not any(mine(x) for x in found):
+            # only others' literals left, and the password read from a repository file: the read is the
+            # headline (realcfg35/02: a TURN secret's item was, and `secret new --from` named its line)
+            self.manual[:0] = self.file_read_items()
         if not found and not self.ed.items and not self.manual and not in_use:
             hashes = self.password_hashes()
             if hashes:  # realcfg25/05: a SCRAM verifier set by postStart, which "check your keys" misread
@@ -3379,20 +3420,9 @@ class Builder:
                     )
                 )
                 return
-            reads = self.file_read_passwords()
+            reads = self.file_read_items()
             if reads:  # realcfg26/10: `password = lib.strings.fileContents ./password.key`, read by the containers
-                file, line, col, name, target = reads[0]
-                self.manual.append(
-                    Manual(
-                        file,
-                        line,
-                        col,
-                        f"found no hardcoded password of role {spec.role!r} in the .nix files: {name} reads it from "
-                        f"{target}, a plain file of the repository (read at evaluation, so it goes into the "
-                        f"world-readable Nix store with the configuration); nothing changed: {FILE_READ_HOW}",
-                        "",
-                    )
-                )
+                self.manual.append(reads[0])
                 return
             self.manual.append(
                 Manual(
@@ -3406,10 +3436,52 @@ class Builder:
                 )
             )
 
+    def file_read_items(self) -> list[Manual]:
+        """One by-hand item per password read from a plain file of the repository (file_read_passwords), or
+        kept in a .nix file that is one string and imported whole (said at that string: realcfg35/07)."""
+        out: list[Manual] = []
+        for file, line, col, name, target in self.file_read_passwords():
+            other = self.models.get(target) if target.endswith(".nix") else None
+            literal = string_file(other) if other is not None else None
+            if target.endswith(".nix") and (other is None or literal is None):
+                continue  # no file of the tree, or no string: an attrset, a function (imported_reads' shapes)
+            if other is not None and literal is not None:
+                at_line, at_col = other.line_col(literal.start_byte + 1)
+                out.append(
+                    Manual(
+                        target,
+                        at_line,
+                        at_col,
+                        f"{target} holds a hardcoded password, a .nix file that is one string, imported whole as "
+                        f"{name} at {file}:{line} (so in the world-readable Nix store with the configuration); "
+                        f"nixmig edits a password where it is used, not in the file it is imported from: write "
+                        f"the literal at {file}:{line} instead of the import, delete {target}, then patch again: "
+                        "the literal moves onto the agenix secret",
+                        "",
+                    )
+                )
+                continue
+            out.append(
+                Manual(
+                    file,
+                    line,
+                    col,
+                    f"found no hardcoded password of role {self.spec.role!r} in the .nix files: {name} reads it from "
+                    f"{target}, a plain file of the repository (read at evaluation, so it goes into the "
+                    f"world-readable Nix store with the configuration); nothing changed: {FILE_READ_HOW}",
+                    "",
+                )
+            )
+        return out
+
     def file_read_passwords(self) -> list[tuple[str, int, int, str, str]]:
         """(file, line, col, name, the file read) of each binding whose value is a plain file of the repository
-        read at evaluation (file_read_passwords_of)."""
-        return [(name, *read) for name, fm in sorted(self.models.items()) for read in file_read_passwords_of(fm)]
+        read at evaluation, or a .nix file imported whole (file_read_passwords_of)."""
+        return [
+            (name, *read)
+            for name, fm in sorted(self.models.items())
+            for read in file_read_passwords_of(fm, imports=True)
+        ]
 
     def password_hashes(self) -> list[tuple[str, int, int, str]]:
         """(file, line, col, attribute) of each password hash scan finds in the tree's .nix files."""
@@ -3978,7 +4050,9 @@ def _sole_interpolation(node: Node) -> Node | None:
 
 
 def _db_words(name: str) -> bool:
-    return bool(env_words(name) & {"db", "database", "pg", "postgres", "postgresql", "psql", "sql"})
+    return bool(
+        env_words(name) & {"db", "database", "pg", "postgres", "postgresql", "psql", "sql", "jdbc", "datasource"}
+    )
 
 
 def _conditional(node: Node) -> bool:
@@ -4090,6 +4164,10 @@ class Imported:
     # the default of a module's own option (nixsrc/option_default.py): key is the option's path, bind its
     # `default = "...";`, file where the option is declared
     option: bool = False
+    # a field of an attrset a let of the same file binds (`meta = { password = "..."; };`), read as a binding's
+    # whole value (`POSTGRES_PASSWORD = meta.password;`): key is ("<let>", "meta", "password"), file the
+    # reading file; its other reads (an interpolation in a text) are the field's, said if left
+    let_field: Bound | None = None
 
 
 def imported_reads(models: Mapping[str, FileModel]) -> dict[tuple[str, int], Imported]:
@@ -4105,6 +4183,30 @@ def imported_reads(models: Mapping[str, FileModel]) -> dict[tuple[str, int], Imp
     }
     for at, d in default_reads(models).items():
         out.setdefault(at, Imported(d.file, d.option, d.bind, d.literal, d.value, option=True))
+    for name, fm in models.items():
+        for start, imp in let_field_reads(fm).items():
+            out.setdefault((name, start), imp)
+    return out
+
+
+def let_field_reads(fm: FileModel) -> dict[int, Imported]:
+    """start of a select -> the :class:`Imported` let field it reads, for each select of a let attrset's string
+    field that is a binding's whole value (``POSTGRES_PASSWORD = meta.password;``, realcfg34/04); a field
+    built from its siblings in a ``rec { }`` is not followed."""
+    from nixmig.nixsrc.lets import _formal_names
+    from nixmig.nixsrc.shapes.let_script import fields
+
+    out: dict[int, Imported] = {}
+    for b in fields(fm, _formal_names(fm.root)):
+        if b.readers or b.imported:
+            continue
+        bind = next((x for x in fm.binds if x.node == b.binding), None)
+        if bind is None:
+            continue
+        key = ("<let>", *b.shown.split("."))
+        for sel in b.uses:
+            if sel.parent is not None and sel.parent.type == "binding":
+                out[sel.start_byte] = Imported(fm.name, key, bind, b.literal, b.value, let_field=b)
     return out
 
 
@@ -4178,11 +4280,12 @@ IMPORTED_HOW = (
 )
 
 
-def file_read_passwords_of(fm: FileModel) -> list[tuple[int, int, str, str]]:
+def file_read_passwords_of(fm: FileModel, imports: bool = False) -> list[tuple[int, int, str, str]]:
     """(line, col, name, the file read, repo-relative) of each binding of ``fm`` whose value is a plain file
     of the repository read at evaluation (``builtins.readFile ./pw``, ``lib.strings.fileContents
     ./password.key``) and that is a password by its name or by where it is read (``POSTGRES_PASSWORD = pw;``,
-    ``"postgres://u:${pw}@"``)."""
+    ``"postgres://u:${pw}@"``). ``imports``: a .nix file imported whole (``dbPassword = import ./pw.nix;``)
+    too; the caller checks that it is one string (:func:`string_file`)."""
     from nixmig.nixsrc.scan import password_position
 
     out: list[tuple[int, int, str, str]] = []
@@ -4190,7 +4293,7 @@ def file_read_passwords_of(fm: FileModel) -> list[tuple[int, int, str, str]]:
         if node.type != "binding" or node.parent is None:
             continue
         ap, value = node.child_by_field_name("attrpath"), node.child_by_field_name("expression")
-        rel = file_read_of(fm, value, follow=False) if ap is not None and value is not None else None
+        rel = file_read_of(fm, value, follow=False, imports=imports) if ap is not None and value is not None else None
         if rel is None or ap is None or value is None:
             continue
         key = fm.text(ap).split(".")[-1]
@@ -4212,17 +4315,27 @@ FILE_READ_HOW = (
 )
 
 
-def file_read_of(fm: FileModel, node: Node, follow: bool = True) -> str | None:
+def file_read_of(fm: FileModel, node: Node, follow: bool = True, imports: bool = False) -> str | None:
     """The repository file ``node`` reads at evaluation (``lib.fileContents ./pw``, or, with ``follow``, a let
-    variable bound to such a read), repo-relative; None when it is no such read."""
+    variable bound to such a read; with ``imports``, a .nix file imported whole), repo-relative; None when it
+    is no such read."""
     from nixmig.nixsrc.lets import let_binding_value
 
     node = unparen(node)
     if follow and node.type == "variable_expression":
         bound = let_binding_value(fm.root, fm.text(node))
         node = unparen(bound) if bound is not None else node
-    m = _FILE_READ.fullmatch(fm.text(node).strip())
+    written = fm.text(node).strip()
+    m = _FILE_READ.fullmatch(written) or (_STRING_IMPORT.fullmatch(written) if imports else None)
     return posixpath.normpath(posixpath.join(posixpath.dirname(fm.name), m.group("path"))) if m else None
+
+
+def string_file(fm: FileModel) -> Node | None:
+    """The string literal a .nix file is, whole (``"pw"`` and nothing else: a password kept apart and imported
+    whole as a value), else None."""
+    top = top_expression(fm.root)
+    node = unparen(top) if top is not None else None
+    return node if node is not None and node.type == "string_expression" and decode_string(node) else None
 
 
 def nix_path(rel: str) -> str:
@@ -4564,6 +4677,8 @@ NIXPKGS_ENV_CONFIG: dict[tuple[str, str], str] = {
 _FILE_READ = re.compile(
     r"(?:builtins\.readFile|readFile|(?:[\w.]+\.)?fileContents)\s+\(?\s*(?P<path>\.\.?/[\w./-]+)\s*\)?"
 )
+# a .nix file imported whole as a value: `dbPassword = import ./zabbix-password.nix;` (a file that is one string)
+_STRING_IMPORT = re.compile(r"import\s+\(?\s*(?P<path>\.\.?/[\w./-]+\.nix)\s*\)?")
 _NO_CLASS = NameClass(Kind.TOKEN, ())
 _DB_KINDS = (Kind.PASSWORD, Kind.URL_CREDENTIAL)  # what a database's password is found as
 # words of a secret's name that say nothing of whose it is

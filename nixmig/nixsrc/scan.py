@@ -462,6 +462,17 @@ class _Context:
     in_attrset: bool = False  # the leaf binding is an attribute of an attrset (not let, not a formal)
 
 
+def _doc_binding(binding: Node, plains: Sequence[str]) -> bool:
+    """The binding names documentation (``description``, a package's ``meta``): nothing in it is a credential.
+    A let's ``meta`` is an author's own attrset, no package's (``meta = { username = "..."; password = "..."; }``
+    read by a container's environment, realcfg34/04)."""
+    names = set(plains) & _DOC_NAMES
+    if names == {"meta"} and plains[:1] == ["meta"]:
+        bs = binding.parent
+        return not (bs is not None and bs.parent is not None and bs.parent.type == "let_expression")
+    return bool(names)
+
+
 def _text(node: Node) -> str:
     raw = node.text
     return raw.decode("utf-8", "replace") if raw is not None else ""
@@ -556,7 +567,7 @@ def _upper(start: Node, memo: dict[int, _Upper]) -> _Upper:
             segs, plains = _attrpath(node)
             if through_list and plains and plains[-1] in _MODULE_LISTS:
                 break  # module lists: each element is a module of its own
-            if any(p in _DOC_NAMES for p in plains):
+            if _doc_binding(node, plains):
                 doc = True
                 break
             chain.append((segs, plains))
@@ -650,7 +661,7 @@ def _context(string: Node, memo: dict[int, _Upper]) -> _Context | None:
             segs, plains = _attrpath(node)
             if through_list and plains and plains[-1] in _MODULE_LISTS:
                 break  # module lists: each element is a module of its own
-            if any(p in _DOC_NAMES for p in plains):
+            if _doc_binding(node, plains):
                 return None
             bindings_seen += 1
             if bindings_seen == 1:

@@ -198,7 +198,9 @@ def scan_files(files: Sequence[str], *, jobs: int | None = None) -> ScanRun:
 
 
 _IMPORT_PATH = re.compile(rb"\bimport\s+\(?\s*(\.\.?/[\w./-]+)")
-_FILE_READ_TRIGGER = re.compile(rb"\b(?:readFile|fileContents)\s+\(?\s*\.\.?/")
+_FILE_READ_TRIGGER = re.compile(
+    rb"\b(?:readFile|fileContents)\s+\(?\s*\.\.?/|=\s*import\s+\(?\s*\.\.?/[\w./-]+\.nix\s*\)?\s*;"
+)
 
 
 def _cross_file_candidates(files: Sequence[str]) -> tuple[dict[str, bytes], dict[str, bytes]]:
@@ -274,7 +276,7 @@ def _file_reads(reading: dict[str, bytes]) -> list[Finding]:
     for path, data in reading.items():
         try:
             fm = model(posixpath.normpath(path), data)
-            reads = file_read_passwords_of(fm)
+            reads = file_read_passwords_of(fm, imports=True)
         except NixSyntaxError:
             reads = []  # a problem the scan lists
         except Exception:  # a scanner bug must not stop the scan (the file's own scan said nothing of it)
@@ -291,16 +293,23 @@ def _file_reads(reading: dict[str, bytes]) -> list[Finding]:
                     text = fh.read()
             except OSError:
                 continue
-            value = text.strip(b"\n")
+            line, col, start = 1, 1, 0
+            if target.endswith(".nix"):  # `dbPassword = import ./pw.nix;`: a file that is one string (35/07)
+                at = _string_file(target, text)
+                if at is None:
+                    continue  # an attrset, a function: read by key, or no password (imported_reads' shapes)
+                line, col, start, value = at
+            else:
+                value = text.strip(b"\n")
             if not value or b"\n" in value or b"\0" in value:
                 continue  # no one-line secret: a key file, a config, a binary
             out.append(
                 Finding(
                     file=target,
-                    line=1,
-                    col=1,
-                    end_line=1,
-                    end_col=len(value.decode("utf-8", "replace")) + 1,
+                    line=line,
+                    col=col,
+                    end_line=line,
+                    end_col=col + len(value.decode("utf-8", "replace")),
                     attr_path=name,
                     kind=Kind.PASSWORD,
                     value=Secret(value),
@@ -309,11 +318,29 @@ def _file_reads(reading: dict[str, bytes]) -> list[Finding]:
                         name_words=words(name),
                     ),
                     rule="file-read",
-                    start=0,
-                    end=len(value),
+                    start=start,
+                    end=start + len(value),
                 )
             )  # fmt: skip
     return out
+
+
+def _string_file(path: str, data: bytes) -> tuple[int, int, int, bytes] | None:
+    """(line, col, start, value) of the string a .nix file is, whole; None when it is anything else."""
+    from nixmig.errors import NixSyntaxError
+    from nixmig.nixsrc.model import decode_string, model
+    from nixmig.nixsrc.patch import string_file
+
+    try:
+        fm = model(path, data)
+    except NixSyntaxError:
+        return None
+    node = string_file(fm)
+    value = decode_string(node) if node is not None else None
+    if node is None or value is None or node.end_byte - node.start_byte != len(value.encode()) + 2:
+        return None  # escapes: the bytes between the quotes are not the value (start/end would be wrong)
+    line, col = fm.line_col(node.start_byte + 1)
+    return line, col, node.start_byte + 1, value.encode()
 
 
 def scan_paths(paths: Sequence[str], *, jobs: int | None = None) -> ScanRun:

@@ -471,3 +471,30 @@ def test_a_mongo_container_is_moved_and_a_token_is_no_from_line(tmp_path: Path) 
     mongo = next(m for m in other.manual if "MONGO_INITDB_ROOT_PASSWORD" in m.what)
     assert "mongo's root password" in mongo.what and "MONGO_INITDB_ROOT_USERNAME names" in mongo.what
     assert _kept_line(other, ["notes", "notes-mongo-password"]) == ("hosts/box/n.nix:6", ["hosts/box/n.nix:6"])
+
+
+def test_a_password_read_from_a_plain_file_beside_another_token_is_the_headline(tmp_path: Path) -> None:
+    """realcfg35/02: `db_password = builtins.readFile ./secrets/database-password` beside a hardcoded TURN
+    secret. Only the token's item was said, and `secret new --from` named its line: following it would have
+    sealed the TURN secret as the database's password. The read is said first, the token's line is no
+    candidate for the value, and the command reads the file the .nix reads."""
+    src = """{ config, ... }:
+let
+  turn_shared_secret = "gq0asuRE02-turn-secret";
+  db_password = builtins.readFile ./secrets/database-password;
+in
+{
+  services.coturn.static-auth-secret = turn_shared_secret;
+  services.matrix-synapse.database_args.password = db_password;
+}
+"""
+    files = {"hosts/box/matrix.nix": src, "hosts/box/secrets/database-password": "Db-pw-35\n"}
+    plan = _repo(tmp_path, files, db="matrix-synapse", role="matrix-synapse", secret="s", strategy="move")
+    first = plan.manual[0]
+    assert (first.file, first.line) == ("hosts/box/matrix.nix", 4), [m.what for m in plan.manual]
+    assert "reads it from hosts/box/secrets/database-password, a plain file of the repository" in first.what
+    from nixmig.cli.patch import _file_read, _kept_line
+
+    assert _file_read(plan) == "hosts/box/secrets/database-password"
+    at, lines = _kept_line(plan, ["matrix-synapse", "s"])
+    assert at is None and "hosts/box/matrix.nix:4" not in lines

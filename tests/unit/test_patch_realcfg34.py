@@ -1,0 +1,142 @@
+"""patch on the shapes of stop 33's blind sets (realcfg34, 35): a let attrset's fields read as whole values
+(34/04), a let named ``meta`` (not a package's documentation), a password read from a plain file beside a
+token (35/02, in test_patch_realcfg26)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nixmig.nixsrc import patch as pt
+from nixmig.nixsrc.scan import scan_source
+
+pytestmark = pytest.mark.unit
+
+INVIDIOUS = """{ config, lib, ... }:
+{
+  config =
+    let
+      meta = {
+        username = "kemal";
+        password = "kemal";
+        database = "invidious";
+      };
+    in
+    {
+      virtualisation.oci-containers.containers.invidious = {
+        image = "quay.io/invidious/invidious:latest";
+        environment.INVIDIOUS_CONFIG = ''
+          db:
+            user: ${meta.username}
+            password: ${meta.password}
+        '';
+      };
+      virtualisation.oci-containers.containers.invidious-db = {
+        image = "postgres:14";
+        environment = {
+          POSTGRES_USER = meta.username;
+          POSTGRES_PASSWORD = meta.password;
+        };
+      };
+    };
+}
+"""
+
+
+def test_a_let_attrset_field_read_by_the_database_and_a_text_is_said_with_its_other_reader() -> None:
+    """realcfg34/04: the database's POSTGRES_PASSWORD = meta.password was "computed, not a literal", and
+    nothing named the literal or the YAML text reading it. Now the database's edit is planned, and the
+    field is said at its line with the read nixmig has no edit for; nothing is claimed done."""
+    src = {"m.nix": INVIDIOUS.encode()}
+    plan = pt.plan(src, pt.Spec(secret="invidious-db-password", role="kemal", db_service="invidious-db"))
+    assert not any("computed, not a literal" in m.what for m in plan.manual), [m.what for m in plan.manual]
+    (field,) = [m for m in plan.manual if m.line == 7]
+    assert "meta.password (a field of a let attrset) holds this migration's password" in field.what
+    assert "still read at m.nix:17:" in field.what
+    assert any("POSTGRES_PASSWORD_FILE" in e.replacement.decode() for e in plan.edits)
+
+
+@pytest.mark.parametrize(
+    ("where", "found"),
+    [
+        ('let meta = { password = "kemal-77"; }; in { x = meta.password; }', True),
+        ('let meta.password = "kemal-77"; in { x = meta.password; }', True),
+        ('{ meta = { description = "x"; password = "kemal-77"; }; }', False),
+        ('{ pkg = mkDerivation { meta.password = "kemal-77"; }; }', False),
+    ],
+)
+def test_a_let_named_meta_is_scanned_a_package_s_meta_is_not(where: str, found: bool) -> None:
+    """A package's ``meta`` is documentation; a let named meta is the author's attrset (realcfg34/04)."""
+    assert bool(scan_source(f"{{ ... }}: {where}".encode(), "m.nix").findings) is found
+
+
+SONAR = """{ config, ... }:
+{
+  virtualisation.oci-containers.containers.sonarqube = {
+    image = "sonarqube:community";
+    extraOptions = [ "--network=host" ];
+    environment = {
+      SONAR_JDBC_URL = "jdbc:postgresql://localhost:5432/sonarqube";
+      SONAR_JDBC_USERNAME = "sonarqube";
+      SONAR_JDBC_PASSWORD = "Sq-9-pw";
+    };
+  };
+}
+"""
+
+
+def test_a_jdbc_password_beside_its_user_naming_the_role_is_this_migration_s() -> None:
+    """realcfg34/01: SONAR_JDBC_PASSWORD beside SONAR_JDBC_USERNAME = the role (its database elsewhere, its
+    SQL in a wrapper option) was "a password that is not this migration's": JDBC is a database's word."""
+    src = {"m.nix": SONAR.encode()}
+    plan = pt.plan(src, pt.Spec(secret="sonarqube-db-password", role="sonarqube"))
+    assert plan.manual == (), [m.what for m in plan.manual]
+    out = {**src, **plan.results(src)}["m.nix"].decode()
+    assert "Sq-9-pw" not in out and "/run/sonarqube/sonarqube-db-password.env" in out
+
+
+def test_a_password_inside_a_serialised_container_variable_is_said_as_that() -> None:
+    """realcfg34/05: INVIDIOUS_CONFIG = builtins.toJSON { db.password = "..."; } was "an attribute nixmig does
+    not see read by a service it can edit"; it is a container's variable nixmig sees, serialised."""
+    from nixmig.nixsrc.leftover import unknown_shape
+
+    path = ("virtualisation", "oci-containers", "containers", "inv", "environment", "INV_CONFIG", "db", "password")
+    why = unknown_shape(path)
+    assert "INV_CONFIG of the inv container is a serialised value" in why and "at db.password" in why
+    assert "serialised" not in unknown_shape(path[:6])
+
+
+ZABBIX = """{ ... }:
+{
+  services.zabbixServer = {
+    enable = true;
+    database.host = "localhost";
+    dbPassword = import ./zabbix-password.nix;
+  };
+}
+"""
+
+
+def test_a_password_in_a_nix_file_that_is_one_string_imported_whole_is_found_and_said(tmp_path: Path) -> None:
+    """realcfg35/07: `dbPassword = import ./zabbix-password.nix;`, that file being one string. scan found nothing
+    and patch blamed nixmig.toml's keys; now scan lists the string, patch says it there with the import, and
+    `secret new --from` gets the column it needs (scan of that file alone sees no secret)."""
+    from nixmig.cli.patch import _kept_line
+    from nixmig.nixsrc.walk import scan_paths
+
+    host = tmp_path / "hosts" / "box"
+    host.mkdir(parents=True)
+    (host / "wendy.nix").write_text(ZABBIX)
+    (host / "zabbix-password.nix").write_text('"zbx-Wendy-9"\n')
+    (host / "other.nix").write_text("{ x = import ./wendy.nix; }\n")  # an attrset file imported whole: not one string
+    run = scan_paths([str(tmp_path)])
+    (f,) = run.findings
+    assert (f.file.endswith("hosts/box/zabbix-password.nix"), f.line, f.col) == (True, 1, 2)
+    assert f.attr_path == "dbPassword" and f.end_col == 13  # the 11 bytes of zbx-Wendy-9
+    sources = pt.read_sources(tmp_path)
+    plan = pt.plan(sources, pt.Spec(secret="zabbix-db-password", role="zabbix", strategy="move"))
+    (item,) = plan.manual
+    assert (item.file, item.line, item.col) == ("hosts/box/zabbix-password.nix", 1, 2)
+    assert "imported whole as dbPassword at hosts/box/wendy.nix:6" in item.what
+    assert _kept_line(plan)[0] == "hosts/box/zabbix-password.nix:1:2"
