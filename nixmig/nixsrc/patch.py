@@ -64,7 +64,7 @@ from nixmig.nixsrc.containers import (
     reads_file_env,
     reads_mongo_file_env,
 )
-from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, masked, settle
+from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, imported_modules, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
 from nixmig.nixsrc.leftover import (
     DB_WORDS,
@@ -1947,8 +1947,8 @@ class Builder:
         ``SEAFILE_MYSQL_DB_USER = "seafile"`` is the seafile account's when the migration's role is root
         (realcfg33/04)."""
         var = path[-1] if path else ""
-        if not var:
-            return False
+        if not var or ({w.lower() for w in env_words(var)} & _DATABASE_WORDS and self._moves_any_user(path)):
+            return False  # a database password under move with no role set: whoever's, it moves (_moves_any_user)
         stem = _PASSWORD_SUFFIX.sub("", var)
         if stem == var:
             return False
@@ -3398,6 +3398,7 @@ class Builder:
                 snippet = ""
             self.manual.append(Manual(left.file, left.line, left.col, what, snippet, companion))
         self.manual += in_texts
+        self.manual = [app_route(self.models, data_key(self.models, m)) for m in self.manual]
         if found and not self.ed.items and not in_use and not any(mine(x) for x in found):
             # only others' literals left, and the password read from a repository file: the read is the
             # headline (realcfg35/02: a TURN secret's item was, and `secret new --from` named its line)
@@ -4892,6 +4893,62 @@ def plan(
     return dataclasses.replace(
         Builder(models, dataclasses.replace(spec, also=spec.also + found), taken_values, texts).run(), auto_also=found
     )
+
+
+# an app that takes its database's URL from a variable of its own, which overrides the config text a password
+# sits in (checked in the app's source): the route a by-hand item about that text names
+_APP_ROUTES = {
+    # iv-org/invidious src/invidious/config.cr: every top-level setting from INVIDIOUS_<NAME>, and db.* is
+    # read only when database_url is empty (db.password is required while a db: block is there)
+    b"invidious": (
+        "Invidious reads INVIDIOUS_DATABASE_URL (postgres://USER:PASSWORD@HOST:PORT/DBNAME), which overrides the "
+        "config's db: block: render that line into the container's env file from the agenix secret (the password "
+        "percent-encoded), then remove the db: block from the config, so no password is left in it"
+    ),
+}
+
+
+_IMPORTED_AS_DATA = re.compile(rb"\bimport\s+\(?\s*(\.\.?/[\w./-]+)(?![\w./-])\s*\)?(?!\s*[{(\w])")
+_NO_OPTION_SAID = "still holds a hardcoded password: no template for this shape: "
+
+
+def data_key(models: Mapping[str, FileModel], m: Manual) -> Manual:
+    """``m``, said as a key of a plain data file when its file is no module but a .nix file another file
+    imports as a value (``setup = (import ../home_crypt.nix).services.nextcloud;``): its attribute path
+    (``services.nextcloud.postgres.pass``) is that file's, no NixOS option (realcfg35/08: "an option of
+    services.nextcloud with no file variant" sent the user looking for an option that does not exist)."""
+    head, sep, _ = m.what.partition(_NO_OPTION_SAID)
+    if not sep or m.file not in models or m.file in imported_modules(models):
+        return m
+    for name, fm in sorted(models.items()):
+        for hit in _IMPORTED_AS_DATA.finditer(fm.source):
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), hit.group(1).decode()))
+            if target == m.file or posixpath.join(target, "default.nix") == m.file:
+                line = fm.source.count(b"\n", 0, hit.start()) + 1
+                attr = head.removesuffix(" ").strip()
+                return dataclasses.replace(
+                    m,
+                    what=f"{head}{sep.removesuffix('no template for this shape: ')}{attr} is a key of {m.file}, a "
+                    f"plain .nix file that {name}:{line} imports as a value (no NixOS option): nixmig follows "
+                    "`(import ./file).key`, and `s.key` with `s` a let of that import, into what reads them; this "
+                    "one reaches its reader through more lets or selects than that: write the literal where the "
+                    "service reads it (or a file option there), then patch again",
+                )
+    return m
+
+
+def app_route(models: Mapping[str, FileModel], m: Manual) -> Manual:
+    """``m`` with the route of the app whose config text holds the password (_APP_ROUTES), when the lines
+    around it name that app (``INVIDIOUS_CONFIG``, a config.yml written for invidious) and it says a text."""
+    fm = models.get(m.file)
+    if fm is None or m.line < 1 or not any(w in m.what for w in ("text", "string", "script", "serialised", "read at")):
+        return m
+    lines = fm.source.splitlines()
+    near = b"\n".join(lines[max(0, m.line - 15) : m.line + 15]).lower()
+    for app, route in _APP_ROUTES.items():
+        if app in near and route not in m.what:
+            return dataclasses.replace(m, what=f"{m.what}. {route}")
+    return m
 
 
 def companions_of(first: Plan, spec: Spec) -> tuple[tuple[str, str], ...]:

@@ -1533,7 +1533,19 @@ def scan_source(source: bytes, file: str, *, project: str | None = None) -> File
         _scan_string(node, out, every=every)
     if b"${" in source:
         _lets_read_as_passwords(tree.root_node, out)
-    return FileScan(file, findings=tuple(out.findings))
+    names = _secret_names(source) if b"/" in source else set()
+    return FileScan(file, findings=tuple(f for f in out.findings if f.value.reveal() not in names))
+
+
+# a quoted attribute name holding a slash (sops-nix's secret names: sops.placeholder."paperless/admin_pass")
+_QUOTED_NAME_RE: Final = re.compile(rb'\.\s*"([\w.-]+(?:/[\w.-]+)+)"')
+
+
+def _secret_names(source: bytes) -> set[bytes]:
+    """The slashed names a file uses as attribute names (``config.sops.placeholder."paperless/admin_pass"``,
+    ``sops.secrets."db/password"``): a list of such strings (``paperlessSecrets = [ "paperless/admin_pass" ];``
+    fed to ``lib.genAttrs``) names secrets, it holds none (realcfg35/04)."""
+    return set(_QUOTED_NAME_RE.findall(source))
 
 
 # the text of a string just before an interpolation that puts a password there: SQL's PASSWORD '...' or

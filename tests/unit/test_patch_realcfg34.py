@@ -54,6 +54,8 @@ def test_a_let_attrset_field_read_by_the_database_and_a_text_is_said_with_its_ot
     (field,) = [m for m in plan.manual if m.line == 7]
     assert "meta.password (a field of a let attrset) holds this migration's password" in field.what
     assert "still read at m.nix:17:" in field.what
+    # the app's own route (iv-org/invidious config.cr: INVIDIOUS_DATABASE_URL overrides db.*)
+    assert "Invidious reads INVIDIOUS_DATABASE_URL" in field.what and "remove the db: block" in field.what
     assert any("POSTGRES_PASSWORD_FILE" in e.replacement.decode() for e in plan.edits)
 
 
@@ -140,3 +142,44 @@ def test_a_password_in_a_nix_file_that_is_one_string_imported_whole_is_found_and
     assert (item.file, item.line, item.col) == ("hosts/box/zabbix-password.nix", 1, 2)
     assert "imported whole as dbPassword at hosts/box/wendy.nix:6" in item.what
     assert _kept_line(plan)[0] == "hosts/box/zabbix-password.nix:1:2"
+
+
+def test_a_key_of_a_plain_data_file_is_said_as_that_not_as_an_option() -> None:
+    """realcfg35/08: a key of a plain file imported as a value, read through more lets than nixmig follows, was
+    "an option of services.nextcloud with no file variant": no such option exists."""
+    crypt = b'{ services.nextcloud.postgres.pass = "Nc-crypt-8"; }\n'
+    host = b"""{ config, ... }:
+let
+  setup = (import ../crypt.nix).services.nextcloud;
+  db.pass = setup.postgres.pass;
+in
+{
+  services.nextcloud.config.dbpass = db.pass;
+}
+"""
+    src = {"crypt.nix": crypt, "hosts/cloud.nix": host}
+    plan = pt.plan(src, pt.Spec(secret="nextcloud-db-password", role="nextcloud"))
+    (item,) = [m for m in plan.manual if m.file == "crypt.nix"]
+    assert "is a key of crypt.nix, a plain .nix file that hosts/cloud.nix:3 imports as a value" in item.what
+    assert "an option of services.nextcloud" not in item.what
+
+
+def test_a_list_of_sops_secret_names_is_no_token() -> None:
+    """realcfg35/04: `paperlessSecrets = [ "paperless/admin_pass" ... ]`, fed to lib.genAttrs and read as
+    config.sops.placeholder."paperless/admin_pass": names of secrets, five false tokens before. A slashed
+    string no attribute name repeats is still a finding."""
+    src = b"""{ config, lib, ... }:
+let
+  paperlessSecrets = [ "paperless/admin_pass" "paperless/secret_key" ];
+  otherSecrets = [ "not/a-name-9Zq" ];
+in
+{
+  sops.secrets = lib.genAttrs paperlessSecrets (_: { });
+  sops.templates."p.env".content = ''
+    A=${config.sops.placeholder."paperless/admin_pass"}
+    B=${config.sops.placeholder."paperless/secret_key"}
+  '';
+}
+"""
+    found = scan_source(src, "m.nix").findings
+    assert [f.line for f in found] == [4], [(f.line, f.attr_path) for f in found]
