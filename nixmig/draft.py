@@ -1476,7 +1476,7 @@ _CONFIG_INTERPOLATION = re.compile(r"\$\{\s*(?:(?:builtins\.)?toString\s+)?confi
 # the machine that runs the containers, as a container names it (podman, docker)
 _HOST_FROM_A_CONTAINER = frozenset({"host.containers.internal", "host.docker.internal"})
 _PASSWORD_END = re.compile(r"(PASSWORD|PASSWD|PASS|PWD)$", re.IGNORECASE)
-_DB_VAR = re.compile(r"(^|_)(DB|DATABASE|POSTGRES|POSTGRESQL|PG|PSQL)(_|$)", re.IGNORECASE)
+_DB_VAR = re.compile(r"(^|_)(DB|DATABASE|POSTGRES|POSTGRESQL|PG|PSQL|JDBC|DATASOURCE)(_|$)", re.IGNORECASE)
 
 
 def _app_vars(

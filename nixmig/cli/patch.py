@@ -363,6 +363,12 @@ NOBODYS_PASSWORD = "The value is nobody's password"  # noqa: S105 - a phrase mys
 A_HASH = "a hash is not the password"  # a phrase Builder.verdict says of a password hash (realcfg25/05)
 
 
+# scan's words for a credential that is no password (DESCRIPTION): alone, a line named, never a whole command
+_NOT_PASSWORD_KINDS = (
+    "hardcoded token or shared secret",
+    "hardcoded API, encryption or private key",
+    "private key block",
+)
 _PASSWORD_KINDS = ("holds a hardcoded password", "password in the userinfo of a URL", "this migration's password")
 
 
@@ -401,7 +407,7 @@ def _kept_line(plan: Any, names: Sequence[str] = ()) -> tuple[str | None, list[s
     items = passwords or items
     # a .nix file that is one string: scan of that file alone sees no secret, so --from names its column
     where = list(dict.fromkeys(f"{m.file}:{m.line}" + (f":{m.col}" if _ONE_STRING in m.what else "") for m in items))
-    if len(where) == 1 and passwords:
+    if len(where) == 1 and (passwords or not any(k in m.what for m in items for k in _NOT_PASSWORD_KINDS)):
         return where[0], where
     named = list(dict.fromkeys(f"{m.file}:{m.line}" for m in items if names_database(m.what.split(" ", 1)[0])))
     if len(named) != 1 and names:  # else the one whose attribute names the migration's service or role (telegraf's

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nixmig.errors import NixSyntaxError
-from nixmig.nixsrc.parse import parse_checked, text
+from nixmig.nixsrc.parse import descendants, parse_checked, text
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -306,9 +306,73 @@ def model(name: str, source: bytes) -> FileModel:
         fm.modules = embedded_modules(top)
         fm.embedded = {_key(m.node) for m in fm.modules}  # re-rooted where _walk meets them
         _walk_top(fm, top)
+        _alias_let_containers(fm)
         if fm.modules:  # the file around them is no NixOS module: no config root of its own
             fm.roots = [r for r in fm.roots if fm.module_at(r.start_byte) is not None]
     return fm
+
+
+# options whose whole value may be a let-bound attrset of containers (`virtualisation.oci-containers = {
+# inherit containers; };`, `virtualisation.oci-containers.containers = containers;`)
+_CONTAINER_SETS: frozenset[NixPath] = frozenset(
+    {
+        ("virtualisation", "oci-containers", "containers"),
+        ("docker-containers",),
+        ("virtualisation", "quadlet", "containers"),
+    }
+)
+
+
+def _alias_let_containers(fm: FileModel) -> None:
+    """A let attrset of containers given whole to a containers option (``inherit containers;`` inside
+    ``virtualisation.oci-containers``, or ``...containers = containers;``): its bindings are that option's,
+    walked again at its path (exact), and no longer as the let's (realcfg36/01). Only a let name bound
+    once in the file, to an attrset, given to one option."""
+    targets: dict[str, list[NixPath]] = {}
+    for b in fm.binds:
+        v = unparen(b.value)
+        if b.exact and b.path in _CONTAINER_SETS and v.type == "variable_expression":
+            targets.setdefault(v.text.decode() if v.text else "", []).append(b.path)
+    for a in fm.attrsets:
+        if not a.exact:
+            continue
+        for inh in bindings(a.node):
+            if inh.type != "inherit":
+                continue
+            for attrs in (c for c in inh.named_children if c.type == "inherited_attrs"):
+                for ident in attrs.named_children:
+                    name = ident.text.decode() if ident.text else ""
+                    if (*a.path, name) in _CONTAINER_SETS:
+                        targets.setdefault(name, []).append((*a.path, name))
+    if not targets:
+        return
+    lets: dict[str, list[Node]] = {}
+    for n in descendants(fm.root):
+        if n.type != "let_expression":
+            continue
+        for bset in (c for c in n.named_children if c.type == "binding_set"):
+            for lb in (x for x in bset.named_children if x.type == "binding"):
+                ap, ex = lb.child_by_field_name("attrpath"), lb.child_by_field_name("expression")
+                if ap is not None and ex is not None and ap.named_child_count == 1:
+                    lets.setdefault(attr_names(ap)[0], []).append(unparen(ex))
+    for name, paths in targets.items():
+        values = lets.get(name, [])
+        if (
+            len(paths) != 1
+            or len(values) != 1
+            or values[0].type not in ("attrset_expression", "rec_attrset_expression")
+        ):
+            continue
+        value = values[0]
+
+        def inside(node: Node, value: Node = value) -> bool:
+            return value.start_byte <= node.start_byte and node.end_byte <= value.end_byte
+
+        fm.binds = [b for b in fm.binds if not (b.path[:1] == ("<let>",) and inside(b.node))]
+        fm.lits = [x for x in fm.lits if not (x.path[:1] == ("<let>",) and inside(x.node))]
+        fm.attrsets = [x for x in fm.attrsets if not (x.path[:1] == ("<let>",) and inside(x.node))]
+        fm.paths = [x for x in fm.paths if not (x[0][:1] == ("<let>",) and inside(x[1]))]
+        _walk(fm, value, paths[0], True)
 
 
 def _walk_top(fm: FileModel, node: Node) -> None:

@@ -2739,6 +2739,10 @@ class Builder:
             op = value.child_by_field_name("operator") if value.type == "binary_expression" else None
             if op is not None and text(op) == "//":
                 return b
+            if value.type == "variable_expression" or (
+                value.type == "apply_expression" and _apply_parts(value)[0] not in _DEEP_WRAPPERS
+            ):
+                return b  # `lib.listToAttrs (map ...)`, `units`: a binding beside it would be a second definition
         return None
 
     def merge_into(self, fm: FileModel, b: Bind, joined: Sequence[tuple[str, _Renderer]]) -> None:
@@ -3477,12 +3481,24 @@ class Builder:
 
     def file_read_passwords(self) -> list[tuple[str, int, int, str, str]]:
         """(file, line, col, name, the file read) of each binding whose value is a plain file of the repository
-        read at evaluation, or a .nix file imported whole (file_read_passwords_of)."""
-        return [
+        read at evaluation, or a .nix file imported whole (file_read_passwords_of). A database's first: its name
+        says one (``dbPass``), or the file reads it where a database password goes (a URL's userinfo,
+        ``POSTGRES_PASSWORD = pw;``), so a web admin's (``adminPass``) is no headline (realcfg36/04)."""
+        reads = [
             (name, *read)
             for name, fm in sorted(self.models.items())
             for read in file_read_passwords_of(fm, imports=True)
         ]
+
+        def database(read: tuple[str, int, int, str, str]) -> bool:
+            key = re.escape(read[3].encode())
+            source = self.models[read[0]].source
+            return _db_words(read[3]) or bool(
+                re.search(rb":\$\{" + key + rb"\}@", source)
+                or re.search(rb"(?:POSTGRES|MYSQL|MARIADB|DB|DATABASE)\w*PASS\w*\s*=\s*" + key + rb"\s*;", source)
+            )
+
+        return sorted(reads, key=lambda r: not database(r))
 
     def password_hashes(self) -> list[tuple[str, int, int, str]]:
         """(file, line, col, attribute) of each password hash scan finds in the tree's .nix files."""
@@ -4893,6 +4909,12 @@ def plan(
     return dataclasses.replace(
         Builder(models, dataclasses.replace(spec, also=spec.also + found), taken_values, texts).run(), auto_also=found
     )
+
+
+# lib's functions whose last argument is the attrset a binding's value is (an edit goes inside it)
+_DEEP_WRAPPERS = frozenset(
+    {"mkIf", "mkMerge", "mkDefault", "mkForce", "mkOverride", "mkBefore", "mkAfter", "mkOrder", "optionalAttrs"}
+)
 
 
 # an app that takes its database's URL from a variable of its own, which overrides the config text a password

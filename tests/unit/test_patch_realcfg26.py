@@ -498,3 +498,23 @@ in
     assert _file_read(plan) == "hosts/box/secrets/database-password"
     at, lines = _kept_line(plan, ["matrix-synapse", "s"])
     assert at is None and "hosts/box/matrix.nix:4" not in lines
+
+
+def test_of_two_passwords_read_from_plain_files_the_database_s_is_the_headline(tmp_path: Path) -> None:
+    """realcfg36/04: adminPass and dbPass both read from .key files; the item named the web admin's as the
+    role's password, and its "write the literal here" would have sealed it as the database's."""
+    src = """{ lib, ... }:
+let
+  adminPass = lib.strings.fileContents ./adminPass.key;
+  secret = lib.strings.fileContents ./dbPass.key;
+in
+lib.myHelper {
+  ADMIN_PASSWORD = adminPass;
+  DATABASE_URL = "postgres://miniflux:${secret}@db/miniflux";
+}
+"""
+    files = {"hosts/box/app.nix": src, "hosts/box/adminPass.key": "Adm-1\n", "hosts/box/dbPass.key": "Db-2\n"}
+    plan = _repo(tmp_path, files, runtime="docker", container='container = "db"\n', db="m", role="miniflux", secret="s")
+    first = plan.manual[0]
+    assert (first.file, first.line) == ("hosts/box/app.nix", 4), [m.what for m in plan.manual]
+    assert "secret reads it from hosts/box/dbPass.key" in first.what
