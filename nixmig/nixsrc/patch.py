@@ -376,6 +376,8 @@ class _Renderer:
     # the file LoadCredential reads when it is no agenix path of this system (a unit inside a declarative
     # NixOS container reads the host's agenix file through a bind mount); None: config.age.secrets.X.path
     credential_path: str | None = None
+    # the container's own binding (oci): the lib.mkIf conditions between it and the config root are its unit's
+    holder: Node | None = None
 
     @property
     def service_path(self) -> NixPath:
@@ -2201,7 +2203,11 @@ class Builder:
                 if service == "":
                     return None  # a unit named by an expression: nixmig cannot tell which one to give it
                 unit_seg = nix_attrpath((service,)) if service is not None else oci_unit_seg(fm, real)
-                self.renderers[key] = _Renderer(key, "oci", fm, containers, unit_seg, real, real, container=real)
+                held = self._bind_at(fm, prefix)  # the container's own binding: the conditions around it
+                self.renderers[key] = _Renderer(
+                    key, "oci", fm, containers, unit_seg, real, real, container=real,
+                    holder=held.node if held is not None else None,
+                )  # fmt: skip
             return self.renderers[key]
         if kind == "quadlet":
             real = self.container_name(fm, name)
@@ -2713,10 +2719,42 @@ class Builder:
             snippet = self.join_exec_start_pre(fm, r, self.render_unit(r, files, attr, env_files=own_env_files))
             snippet = self.join_runtime_directory(fm, r, snippet)
             snippet = self.join_load_credential(fm, r, snippet)
+            conds = self._conditions(r.holder, attrset) if r.holder is not None else []
+            unit_bound = any(b.path[: len(path) - 1] == path[:-1] for b in fm.binds)
+            if conds and not unit_bound and path[-1:] == ("serviceConfig",) and attr.endswith(".serviceConfig"):
+                snippet = _under_conditions(snippet, attr, conds)
+                why += f" (under the condition the container is defined under: {' && '.join(conds)})"
             self.ed.insert_binding(fm, target.node, snippet, why, after=after)
             self.need(fm, ("config", "lib", "pkgs"))
         for fm, b, joined in merges.values():
             self.merge_into(fm, b, joined)
+
+    def _conditions(self, anchor: Node, root: Node) -> list[str]:
+        """The conditions of the ``lib.mkIf C { ... }`` (or ``optionalAttrs``) between the config root ``root``
+        and a container's node ``anchor`` (``containers = mkMerge [ (mkIf cfg.monica.enable { monica = ...; })
+        ]``), outermost first: its unit's renderer, written at the root, must exist only when the container
+        does (realcfg37/05). Empty when there is none, or when a let or a function between them may bind a
+        name a condition reads (it would not mean the same at the root)."""
+        conds: list[str] = []
+        n: Node | None = anchor
+        while n is not None and not (n.start_byte == root.start_byte and n.end_byte == root.end_byte):
+            parent = n.parent
+            if parent is None:
+                return []
+            if parent.type in ("let_expression", "function_expression"):
+                return []
+            if parent.type == "apply_expression":
+                name, args = _apply_parts(parent)
+                last = args[-1] if args else None
+                if (
+                    name in ("mkIf", "optionalAttrs")
+                    and len(args) == 2
+                    and last is not None
+                    and last.start_byte <= anchor.start_byte < last.end_byte
+                ):
+                    conds.insert(0, text(args[0]))
+            n = parent
+        return conds
 
     def _computed_prefix(self, fm: FileModel, path: NixPath, within: Node) -> Bind | None:
         """The binding of a prefix of ``path`` whose value merges attrsets with ``//``
@@ -4908,6 +4946,30 @@ def plan(
         return first
     return dataclasses.replace(
         Builder(models, dataclasses.replace(spec, also=spec.also + found), taken_values, texts).run(), auto_also=found
+    )
+
+
+def _under_conditions(snippet: str, attr: str, conds: Sequence[str]) -> str:
+    """``ATTR = { ... };`` (ATTR ending in .serviceConfig) -> ``UNIT = lib.mkIf (C) { serviceConfig = { ... }; };``."""
+    lines = snippet.split("\n")
+    head = next((i for i, ln in enumerate(lines) if ln.strip() == f"{attr} = {{"), None)
+    tail = max((i for i, ln in enumerate(lines) if ln.strip() == "};"), default=None)
+    if head is None or tail is None or tail <= head:
+        return snippet
+    ind = lines[head][: len(lines[head]) - len(lines[head].lstrip())]
+    cond = " && ".join(f"({c})" for c in conds) if len(conds) > 1 else conds[0]
+    unit = attr.removesuffix(".serviceConfig")
+    body = [f"  {ln}" if ln.strip() else ln for ln in lines[head + 1 : tail]]
+    return "\n".join(
+        [
+            *lines[:head],
+            f"{ind}{unit} = lib.mkIf ({cond}) {{",
+            f"{ind}  serviceConfig = {{",
+            *body,
+            f"{ind}  }};",
+            f"{ind}}};",
+            *lines[tail + 1 :],
+        ]
     )
 
 

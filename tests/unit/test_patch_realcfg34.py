@@ -183,3 +183,22 @@ in
 """
     found = scan_source(src, "m.nix").findings
     assert [f.line for f in found] == [4], [(f.line, f.attr_path) for f in found]
+
+
+def test_a_mysql_accounts_sql_in_a_unit_script_under_move_gets_a_route_not_use_move() -> None:
+    """realcfg37/01: `IDENTIFIED BY` of the migration's own account in mysql's postStart, the migration already
+    strategy move: the item said "a migration with strategy = move moves one such value"."""
+    src = b"""{ config, lib, pkgs, ... }:
+{
+  services.mysql = { enable = true; package = pkgs.mariadb; ensureDatabases = [ "wordpress" ]; };
+  systemd.services.mysql.postStart = lib.mkAfter ''
+    ${config.services.mysql.package}/bin/mysql -e "
+      CREATE USER IF NOT EXISTS 'wordpress'@'localhost' IDENTIFIED BY 'Wp-pw-37';
+    "
+  '';
+}
+"""
+    plan = pt.plan({"m.nix": src}, pt.Spec(secret="wordpress-db-password", role="wordpress", strategy="move"))
+    (item,) = plan.manual
+    assert 'a migration with strategy = "move" moves one' not in item.what
+    assert "nixmig has no edit for this statement" in item.what and "IDENTIFIED BY" in item.what
