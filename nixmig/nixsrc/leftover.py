@@ -601,10 +601,12 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
             # an option of nixpkgs' mysql module (replication.masterPassword): moving the value needs a file
             # variant, whatever the strategy
             return unknown_shape(path)
-        if f.rule == "sql" and _mysql_account(source, f.start) in (role, "root"):
+        in_unit = "systemd" in segs and bool({"script", "preStart", "postStart"} & set(segs))
+        if f.rule == "sql" and in_unit and _mysql_account(source, f.start) in (role, "root"):
             # the account this migration moves, its SQL in a unit's script (realcfg37/01: postStart's IDENTIFIED BY)
             return (
-                "a MySQL/MariaDB password inside SQL text in a script: nixmig has no edit for this statement (it takes "
+                'a MySQL/MariaDB password inside SQL text in a script (nixmig cannot rotate it: strategy = "move" '
+                "keeps it): nixmig has no edit for this statement (it takes "
                 "IDENTIFIED BY out of services.mysql.initialScript, and sets the password from the agenix file in a "
                 "oneshot after mysql starts); by hand: drop the clause (or the statement, if the account exists "
                 "already), then set the password at run time from config.age.secrets.NAME.path (ALTER USER ... "

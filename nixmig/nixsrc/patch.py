@@ -2031,6 +2031,12 @@ class Builder:
             self.url_in_systemd(fm, lit, unit, line)
             return
         problem = None
+        safe = _SAFE_URL_PART.fullmatch(url.prefix) and _SAFE_URL_PART.fullmatch(url.suffix)
+        if safe and not url.embedded and _ENV_VAR.fullmatch(lit.path[-1] if lit.path else ""):
+            from nixmig.nixsrc.shapes import shared_env
+
+            if shared_env.url_in_shared(self, fm, lit, EnvLine(lit.path[-1], url.prefix, url.suffix)):
+                return  # a let-bound environment attrset the containers' environment is (realcfg36/06)
         if lit.bind is None or not lit.exact:
             problem = "not bound directly to an environment variable"
         elif url.embedded:

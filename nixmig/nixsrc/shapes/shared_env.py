@@ -119,6 +119,54 @@ def apply(b: Builder, password: str | None) -> None:
         b.replaced.append(f"{var} at {fm.where(bind.value)}")
 
 
+def url_in_shared(b: Builder, fm: FileModel, lit: Lit, line: EnvLine) -> bool:
+    """A URL holding the password in a let-bound environment attrset whose every use is a container's (or a
+    unit's) environment (``env = { DATABASE_URL = "postgresql://...password=..."; } // cfg.extraEnv;`` and
+    ``environment = env;`` in two containers, realcfg36/06): its line goes into each one's env file, and the
+    variable leaves the attrset once. False (nothing done) for any other shape."""
+    bind = lit.bind
+    path = lit.path
+    if bind is None or len(path) not in (3, 4) or path[0] != "<let>" or unparen(bind.value) != lit.node:
+        return False
+    set_name, inner = path[1], path[2:-1]
+    if inner not in ((), ("environment",)):
+        return False
+    found = _containers(b, fm, set_name, inner)
+    if not found:
+        return False
+    renderers = []
+    for kind, name, prefix in found:
+        r = (
+            b.systemd_renderer(fm, name, bind.node)
+            if kind == "systemd"
+            else b.renderer_for_container(fm, kind, name, prefix)
+        )
+        if r is None:
+            return False
+        if any(x.var == line.var and x != line for x in r.files.get(b.env_path(r), [])):
+            return False  # another URL under the same name in that env file: the verdict says it
+        renderers.append((r, kind, name, prefix))
+    for r, kind, name, prefix in renderers:
+        env_path = b.add_env_line(r, line)
+        r.literals.append(f"{line.var} at {fm.where(lit.node)}")
+        if kind != "systemd":
+            b.ensure_env_file(fm, kind, name, prefix, env_path, lit)
+            b.touched[(fm.name, *prefix)] = (fm, kind, name, prefix)
+    names = ", ".join(
+        f"{r.unit} unit" if k == "systemd" else f"{r.container or r.unit} container" for r, k, _, _ in renderers
+    )
+    b.ed.remove_binding(
+        fm,
+        bind.node,
+        f"removes {line.var} (a URL with the hardcoded password) from {set_name}, the environment shared by the "
+        f"{names}(s), which lands in the world-readable Nix store: each reads it from its env file",
+    )
+    b.handled.add((fm.name, lit.node.start_byte))
+    b.use_lets(fm, lit.node)
+    b.replaced.append(f"{line.var} at {fm.where(lit.node)}")
+    return True
+
+
 def shared_var(b: Builder, fm: FileModel, bind: Bind) -> list[tuple[str, str, NixPath]] | None:
     """``bind`` is a variable of a let-bound environment attrset whose every use is a container this
     plan patches: those containers (kind, name, prefix); None when it is anything else."""
