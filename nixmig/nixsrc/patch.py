@@ -66,6 +66,7 @@ from nixmig.nixsrc.containers import (
 )
 from nixmig.nixsrc.edits import Edit, Edits, apply, apply_edits, imported_modules, masked, settle
 from nixmig.nixsrc.errors import PatchError as PatchError  # raised here, and caught as patch.PatchError
+from nixmig.nixsrc.indented import decode_any
 from nixmig.nixsrc.leftover import (
     DB_WORDS,
     ENSURE_USERS,
@@ -2735,6 +2736,39 @@ class Builder:
         for fm, b, joined in merges.values():
             self.merge_into(fm, b, joined)
 
+    def trust_notes(self, db: _Db | None) -> None:
+        """PostgreSQL set to trust this migration's role (the image's POSTGRES_HOST_AUTH_METHOD = "trust", a
+        pg_hba line of services.postgresql.authentication with method trust for its database and role): no
+        client is asked the password, so a rotation changes nothing a client needs, and the secret protects
+        nothing until that goes (realcfg36/03, 36/06). Said, never changed: the trust may be wanted."""
+        if db is not None:
+            b = self._bind_at(db.fm, (*db.prefix, *KINDS[db.kind].env, "POSTGRES_HOST_AUTH_METHOD"))
+            if b is not None and decode_string(unparen(b.value)) == "trust":
+                self.notes.append(
+                    f"{db.fm.where(b.value)}: the {db.name} container sets POSTGRES_HOST_AUTH_METHOD = trust: "
+                    "PostgreSQL asks no client for a password, so this secret is never checked (a rotation changes "
+                    "nothing a client needs); remove that line to have the password matter"
+                )
+        wanted_db = {"all", "sameuser", "samerole", self.spec.role}  # (the database named after its role, usually)
+        wanted_user = {"all", self.spec.role}
+        for fm, bind in self.all_binds():
+            if bind.path[-3:] != ("services", "postgresql", "authentication"):
+                continue
+            node = written_text(bind.value, root=fm.root)
+            value = decode_any(node) if node is not None else None
+            for line in (value or "").splitlines():
+                tokens = line.split("#", 1)[0].split()
+                if len(tokens) < 4:
+                    continue
+                at = 3 if tokens[0] == "local" else 4
+                if len(tokens) > at and tokens[at] == "trust" and tokens[1] in wanted_db and tokens[2] in wanted_user:
+                    self.notes.append(
+                        f"{fm.where(bind.value)}: services.postgresql.authentication trusts role {self.spec.role} "
+                        f"(`{' '.join(tokens)}`): a client that connects that way is never asked the password, so the "
+                        "secret does not guard it (a rotation changes nothing that client needs)"
+                    )
+                    return
+
     def _conditions(self, anchor: Node, root: Node) -> list[str]:
         """The conditions of the ``lib.mkIf C { ... }`` (or ``optionalAttrs``) between the config root ``root``
         and a container's node ``anchor`` (``containers = mkMerge [ (mkIf cfg.monica.enable { monica = ...; })
@@ -3958,6 +3992,8 @@ class Builder:
         if not unusable:
             self.comments_with_values()
         self.verdict(db, given_up=unusable)
+        if self.ed.items and self.spec.strategy != "move":
+            self.trust_notes(db)
         if self.standalone_arion() and (self.manual or self.ed.items):  # the refusal's first line
             self.manual.insert(
                 0,

@@ -202,3 +202,43 @@ def test_a_mysql_accounts_sql_in_a_unit_script_under_move_gets_a_route_not_use_m
     (item,) = plan.manual
     assert 'a migration with strategy = "move" moves one' not in item.what
     assert "nixmig has no edit for this statement" in item.what and "IDENTIFIED BY" in item.what
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ('POSTGRES_HOST_AUTH_METHOD = "trust";', "sets POSTGRES_HOST_AUTH_METHOD = trust"),
+        ('POSTGRES_HOST_AUTH_METHOD = "scram-sha-256";', None),
+    ],
+)
+def test_a_trusting_database_container_is_noted(extra: str, said: str | None) -> None:
+    """realcfg36/03: the pgvector container trusts every client: the rotated secret is never checked."""
+    src = f"""{{ config, ... }}:
+{{
+  virtualisation.oci-containers.containers.vec-db = {{
+    image = "pgvector/pgvector:pg16";
+    environment = {{ POSTGRES_USER = "vec"; POSTGRES_PASSWORD = "Vec-pw-36"; {extra} }};
+  }};
+}}
+""".encode()
+    plan = pt.plan({"m.nix": src}, pt.Spec(secret="vec-db-password", role="vec"))
+    notes = [n for n in plan.notes if "trust" in n]
+    assert bool(notes) is (said is not None) and (said is None or said in notes[0]), plan.notes
+
+
+def test_a_pg_hba_line_trusting_the_role_is_noted() -> None:
+    """realcfg36/06: `local glitchtip all trust` before nixpkgs' lines: the socket client is never asked."""
+    src = b"""{ config, ... }:
+{
+  services.postgresql = {
+    enable = true;
+    authentication = "local errors all trust";
+  };
+  virtualisation.oci-containers.containers.errors = {
+    image = "example/errors:4";
+    environment.DATABASE_URL = "postgres://errors:Err-pw-36@localhost/errors";
+  };
+}
+"""
+    plan = pt.plan({"m.nix": src}, pt.Spec(secret="errors-db-password", role="errors"))
+    assert any("trusts role errors (`local errors all trust`)" in n for n in plan.notes), plan.notes
