@@ -3773,7 +3773,10 @@ class Builder:
         spec = self.spec
         if wrapper_container(path) is not None:
             return ""  # the repo's own container option: a unit's EnvironmentFile= never reaches the container
-        line = line or EnvLine(path[-1] if path else "PASSWORD", "", "", raw=True)
+        # a unit's script or command holds it: no variable of that name (`script=...` in an env file means
+        # nothing); the script reads $DB_PASSWORD instead (realcfg34/06)
+        scripted = bool(path) and path[-1] in ("script", "preStart", "postStart", "ExecStart", "ExecStartPre")
+        line = line or EnvLine("DB_PASSWORD" if scripted else path[-1] if path else "PASSWORD", "", "", raw=True)
         if not line.prefix and not line.raw:
             line = dataclasses.replace(line, raw=True)
         note = (
@@ -3781,6 +3784,11 @@ class Builder:
             f"# has a *File option): config.age.secrets.{nix_attr(spec.secret)}.path\n"
             "# or render an env file at start from the agenix file, as nixmig does:\n"
         )
+        if scripted:
+            note = (
+                f'# remove the literal from {path[-1]}, which then reads "$DB_PASSWORD" (its unit\'s environment),\n'
+                "# rendered into an env file at start from the agenix file, as nixmig does:\n"
+            )
         shape = env_container(path)
         if shape is not None:
             kind, name, prefix = shape

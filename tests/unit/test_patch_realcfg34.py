@@ -242,3 +242,14 @@ def test_a_pg_hba_line_trusting_the_role_is_noted() -> None:
 """
     plan = pt.plan({"m.nix": src}, pt.Spec(secret="errors-db-password", role="errors"))
     assert any("trusts role errors (`local errors all trust`)" in n for n in plan.notes), plan.notes
+
+
+def test_a_by_hand_recipe_for_a_unit_script_renders_a_variable_the_script_can_read() -> None:
+    """realcfg34/06: the recipe for a password inside a unit's script rendered an env variable named `script`."""
+    from nixmig.nixsrc.model import model
+
+    src = b'{ ... }: { systemd.services.app-config.script = "true"; }'
+    builder = pt.Builder({"m.nix": model("m.nix", src)}, pt.Spec(secret="app-db-password", role="app"))
+    snippet = builder.generic_snippet(("systemd", "services", "app-config", "script"))
+    assert "' script " not in snippet and "DB_PASSWORD" in snippet, snippet
+    assert 'reads "$DB_PASSWORD"' in snippet
