@@ -5082,7 +5082,19 @@ def app_route(models: Mapping[str, FileModel], m: Manual) -> Manual:
     for app, route in _APP_ROUTES.items():
         if app in near and route not in m.what:
             return dataclasses.replace(m, what=f"{m.what}. {route}")
+    wide = b"\n".join(lines[max(0, m.line - 60) : m.line + 60])
+    if b"services:" in wide and b"image:" in wide and _COMPOSE_ROUTE not in m.what:  # a compose file's YAML text
+        return dataclasses.replace(m, what=f"{m.what}. {_COMPOSE_ROUTE}")
     return m
+
+
+# docker compose substitutes ${VAR} in a compose file from its own environment (and .env): a route for a compose
+# file written as text into the store (realcfg36/02, realcfg32/09)
+_COMPOSE_ROUTE = (
+    "It is a compose file's text: write ${VAR} there instead of the value, and give the unit that runs "
+    "`docker compose` an EnvironmentFile rendered at start from the agenix secret (compose substitutes ${VAR} from "
+    "its environment); or, for the official database images, VAR_FILE naming the agenix file mounted read-only"
+)
 
 
 def companions_of(first: Plan, spec: Spec) -> tuple[tuple[str, str], ...]:

@@ -253,3 +253,31 @@ def test_a_by_hand_recipe_for_a_unit_script_renders_a_variable_the_script_can_re
     snippet = builder.generic_snippet(("systemd", "services", "app-config", "script"))
     assert "' script " not in snippet and "DB_PASSWORD" in snippet, snippet
     assert 'reads "$DB_PASSWORD"' in snippet
+
+
+def test_a_compose_file_written_as_text_gets_compose_s_own_route() -> None:
+    """realcfg36/02: a compose YAML in a let-bound pkgs.writeText, run by a unit: "no edit" and no route."""
+    src = b"""{ pkgs, ... }:
+let
+  composeFile = pkgs.writeText "docker-compose.yml" ''
+    services:
+      db:
+        image: postgres:16
+        environment:
+          POSTGRES_PASSWORD: Cmp-pw-36
+      web:
+        image: example/ci:7
+        environment:
+          CI_POSTGRES_PASSWORD: Cmp-pw-36
+  '';
+in
+{
+  systemd.services.ci = {
+    script = "docker compose -f ${composeFile} up";
+  };
+}
+"""
+    plan = pt.plan({"m.nix": src}, pt.Spec(secret="ci-db-password", role="postgres", strategy="move"))
+    assert plan.manual and all("compose substitutes ${VAR} from its environment" in m.what for m in plan.manual), [
+        m.what for m in plan.manual
+    ]
