@@ -2736,6 +2736,41 @@ class Builder:
         for fm, b, joined in merges.values():
             self.merge_into(fm, b, joined)
 
+    def readers_of_another_secret(self) -> None:
+        """A service of the migration's role that reads its database password from another agenix secret
+        already (``services.waterwheel.database.passwordFile = config.age.secrets.waterwheel.path``): the plan
+        would set the role's password from this migration's secret while the service keeps reading the other,
+        so after a rotation they differ (realcfg39/04, patched wrong). Said by hand, nothing written: the
+        migration takes that secret (``secret = ...``), or the option is pointed at this one."""
+        spec = self.spec
+        theirs = {spec.secret} | {sec for _, sec in spec.also}
+        for fm, bind in self.all_binds():
+            p = bind.path
+            if not bind.exact or len(p) < 4 or p[0] != "services" or not p[-1].endswith("File"):
+                continue
+            if p[1] != spec.role and not any(
+                b.exact and b.path[:-1] == p[:-1] and b.path[-1] in ("user", "username", "name")
+                and decode_string(unparen(b.value)) == spec.role
+                for b in fm.binds
+            ):  # fmt: skip
+                continue
+            if not ({w.lower() for w in words(".".join(p[1:-1]))} & _DATABASE_WORDS or "password" in p[-1].lower()):
+                continue
+            m = _AGE_PATH.search(fm.text(bind.value))
+            name = m.group(1).strip('"') if m else None
+            if name is None or name in theirs:
+                continue
+            self.manual_here(
+                fm,
+                bind.value,
+                f"{'.'.join(p)} reads the agenix secret {name} already, and this migration's secret is {spec.secret}: "
+                f"the plan would set role {spec.role}'s password from {spec.secret} while services.{p[1]} keeps "
+                f'reading {name}, so after a rotation they differ. Set secret = "{name}" in this migration '
+                f"(nixmig then rotates that secret), or point {p[-1]} at "
+                f"config.age.secrets.{nix_attr(spec.secret)}.path",
+                "",
+            )
+
     def trust_notes(self, db: _Db | None) -> None:
         """PostgreSQL set to trust this migration's role (the image's POSTGRES_HOST_AUTH_METHOD = "trust", a
         pg_hba line of services.postgresql.authentication with method trust for its database and role): no
@@ -3999,6 +4034,8 @@ class Builder:
         self.drop_fields()
         if not unusable:
             self.comments_with_values()
+        if self.ed.items:
+            self.readers_of_another_secret()
         self.verdict(db, given_up=unusable)
         if self.ed.items and self.spec.strategy != "move":
             self.trust_notes(db)
@@ -5021,6 +5058,10 @@ def _under_conditions(snippet: str, attr: str, conds: Sequence[str]) -> str:
             *lines[tail + 1 :],
         ]
     )
+
+
+# `config.age.secrets.NAME.path` (NAME bare or quoted) in an option's value
+_AGE_PATH = re.compile(r"config\.age\.secrets\.(\"[^\"]+\"|[\w'-]+)\.path")
 
 
 # lib's functions whose last argument is the attrset a binding's value is (an edit goes inside it)

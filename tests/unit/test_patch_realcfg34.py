@@ -281,3 +281,32 @@ in
     assert plan.manual and all("compose substitutes ${VAR} from its environment" in m.what for m in plan.manual), [
         m.what for m in plan.manual
     ]
+
+
+WATERWHEEL = b"""{ config, pkgs, ... }:
+{
+  age.secrets.waterwheel.file = ../secrets/waterwheel.age;
+  services.waterwheel = {
+    enable = true;
+    database.passwordFile = config.age.secrets.waterwheel.path;
+  };
+  services.postgresql = {
+    enable = true;
+    initialScript = pkgs.writeText "init.sql" ''
+      CREATE ROLE waterwheel LOGIN PASSWORD 'Ww-pw-39';
+    '';
+  };
+}
+"""
+
+
+@pytest.mark.parametrize(("secret", "held"), [("waterwheel-db-password", True), ("waterwheel", False)])
+def test_a_service_reading_another_agenix_secret_for_the_role_holds_the_plan(secret: str, held: bool) -> None:
+    """realcfg39/04, patched wrong before: the app reads agenix secret `waterwheel`, the plan set the role's
+    password from `waterwheel-db-password`, so a rotation split them. Taking the app's secret is right."""
+    plan = pt.plan({"hosts/box/ww.nix": WATERWHEEL}, pt.Spec(secret=secret, role="waterwheel"))
+    items = [m for m in plan.manual if "reads the agenix secret waterwheel already" in m.what]
+    assert bool(items) is held, [m.what for m in plan.manual]
+    assert plan.edits  # the initialScript's clause and the oneshot are planned either way
+    if held:
+        assert 'Set secret = "waterwheel"' in items[0].what
