@@ -134,6 +134,20 @@ def _related(f: Finding, source: bytes, idents: Collection[str]) -> bool:
     return any(i and i in segments for i in idents)
 
 
+def _other_service(f: Finding, idents: Collection[str], role: str) -> bool:
+    """An option of another nixpkgs service than this migration's (``services.roundcube.database.password``
+    while the migration is nextcloud's), holding another value than the one the plan recognised: that
+    service's credential, a note, not a to-do of this migration (realcfg38/04 held nextcloud's write back)."""
+    segs = [seg.strip('"') for seg in f.attr_path.split(".")] if f.attr_path else []
+    segs = segs[1:] if segs[:1] == ["config"] else segs
+    if len(segs) < 3 or segs[0] != "services":
+        return False
+    service = segs[1]
+    names = {n for n in (*idents, role) if n}
+    mine = {w.lower() for n in names for w in words(n)} - {"db", "database", "password", "pw", "pass"}
+    return service not in names and not ({w.lower() for w in words(service)} & mine)
+
+
 _COMMAND_LINES = frozenset(
     {"ExecStart", "ExecStartPre", "ExecStartPost", "ExecReload", "ExecStop", "ExecStopPost", "ExecCondition"}
 )
@@ -274,6 +288,14 @@ _BY_HAND_ROUTES: dict[tuple[str, ...], str] = {
         "PASSWORD` (ADMINUSER: services.couchdb.adminUser), rendered at start from the agenix secret by an "
         "ExecStartPre of the couchdb unit (which runs as couchdb: it must be able to read the file)"
     ),
+    # roundcube.nix: passwordFile is a .pgpass line, read only when database.host is not "localhost" (localDB:
+    # the module connects as the roundcube user by the socket and creates the role with ensureUsers)
+    ("services", "roundcube", "database", "password"): (
+        'with database.host "localhost" (the default) nixpkgs\' roundcube module connects by the local socket as '
+        "the roundcube user and reads no password at all: then delete the line. For another host, its "
+        "database.passwordFile takes a .pgpass line (host:port:database:user:password), not the bare password: "
+        "an agenix secret holding that line, owned by the user roundcube's php-fpm pool runs as"
+    ),
 }
 
 
@@ -376,7 +398,10 @@ def unknown_shape(path: Sequence[str]) -> str:
         )
     route = _BY_HAND_ROUTES.get(tuple(segs))
     if route is not None:
-        return f"no template for this shape: {what} has no file variant in nixpkgs; by hand: {route}"
+        return (
+            f"no template for this shape: {what} has no file variant in nixpkgs that takes the bare value; "
+            f"by hand: {route}"
+        )
     if len(segs) >= 3 and segs[0] in ("services", "programs"):
         return (
             f"no template for this shape: {what} is an option of {segs[0]}.{segs[1]} with no file variant nixmig "
@@ -1019,6 +1044,7 @@ def leftovers(
                 )
                 or _other_project(f, name, containers)
                 or (not _in_container(f, name, containers) and _other_container(f, containers))
+                or (known and _other_service(f, idents, role))
             ):
                 continue
             head = f"{f.attr_path or 'a string'} still holds " + (

@@ -322,6 +322,8 @@ _PLACEHOLDER_RES: Final = (
     re.compile(r"%\([A-Za-z_]+\)s"),
     re.compile(r"%[-+ #0]*\d*(?:\.\d+)?[sdqbi](?:\\n)?"),  # printf "KEY=%s\n" "$(...)": filled at run time
     re.compile(r"<[A-Za-z_ -]+>"),  # <YOUR_PASSWORD>
+    # a Symfony/ini parameter, alone or leading a path: %env(DB_PASS)%, %kernel.project_dir%/config/jwt/x.pem
+    re.compile(r"%[\w.()-]+%(?:/[\w./-]*)?"),
     re.compile(r"\*+"),  # already masked
     re.compile(r"[A-Z_]*(?:PASS|PASSWORD|PASSWD|SECRET|TOKEN|KEY)[A-Z_]*"),  # USER:PASSWORD in docs
 )

@@ -310,3 +310,32 @@ def test_a_service_reading_another_agenix_secret_for_the_role_holds_the_plan(sec
     assert plan.edits  # the initialScript's clause and the oneshot are planned either way
     if held:
         assert 'Set secret = "waterwheel"' in items[0].what
+
+
+OLD_HOST = b"""{ config, ... }:
+{
+  services.roundcube = {
+    enable = true;
+    database = { host = "localhost"; password = "Rc-other-38"; };
+  };
+  services.nextcloud = {
+    enable = true;
+    config.dbpass = "Nc-db-38";
+  };
+}
+"""
+
+
+def test_another_services_different_password_is_a_note_not_a_to_do() -> None:
+    """realcfg38/04: roundcube's own password (another service, another value) held nextcloud's write back."""
+    plan = pt.plan({"hosts/box/h.nix": OLD_HOST}, pt.Spec(secret="nextcloud-db-password", role="nextcloud"))
+    assert plan.manual == (), [m.what for m in plan.manual]
+    assert any("services.roundcube.database.password holds another hardcoded password" in n for n in plan.notes)
+    assert any("dbpassFile" in e.replacement.decode() for e in plan.edits)
+
+
+def test_roundcube_s_password_says_its_module_reads_none_on_localhost() -> None:
+    """realcfg38/06: "no passwordFile" was false (it takes a .pgpass line), and on localhost none is read."""
+    plan = pt.plan({"hosts/box/h.nix": OLD_HOST}, pt.Spec(secret="roundcube-db-password", role="roundcube"))
+    (item,) = [m for m in plan.manual if m.line == 5]
+    assert "reads no password at all: then delete the line" in item.what and ".pgpass line" in item.what

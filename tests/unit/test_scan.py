@@ -166,6 +166,8 @@ def test_plural_names_only_in_lists() -> None:
         "%s",  # printf "SECRET_KEY=%s\n" "$(tr -d '\n' <key)": filled at run time (realcfg25/07)
         "%s\\n",
         "%-10s",
+        "%kernel.project_dir%/config/jwt/private.pem",  # a Symfony parameter leading a path (realcfg39/06)
+        "%env(DB_PASS)%",
     ],
 )
 def test_placeholders_are_not_secrets(value: str) -> None:
