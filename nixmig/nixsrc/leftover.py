@@ -134,6 +134,9 @@ def _related(f: Finding, source: bytes, idents: Collection[str]) -> bool:
     return any(i and i in segments for i in idents)
 
 
+_SERVER_SERVICES = frozenset({"postgresql", "mysql", "mongodb", "influxdb", "influxdb2", "redis", "couchdb"})
+
+
 def _other_service(f: Finding, idents: Collection[str], role: str) -> bool:
     """An option of another nixpkgs service than this migration's (``services.roundcube.database.password``
     while the migration is nextcloud's), holding another value than the one the plan recognised: that
@@ -143,6 +146,8 @@ def _other_service(f: Finding, idents: Collection[str], role: str) -> bool:
     if len(segs) < 3 or segs[0] != "services":
         return False
     service = segs[1]
+    if service in _SERVER_SERVICES:
+        return False  # the database server's own options and scripts: every role's password is in scope
     names = {n for n in (*idents, role) if n}
     mine = {w.lower() for n in names for w in words(n)} - {"db", "database", "password", "pw", "pass"}
     return service not in names and not ({w.lower() for w in words(service)} & mine)
@@ -545,7 +550,15 @@ def server_option(path: Sequence[str]) -> bool:
     return plain[:1] == ("services",) and len(plain) > 2 and plain[1] in ("postgresql", "mysql")
 
 
-def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | None = None, same: bool = False) -> str:
+def _why(
+    f: Finding,
+    source: bytes,
+    role: str,
+    file: str = "",
+    migration: str | None = None,
+    same: bool = False,
+    strategy: str = "rotate",
+) -> str:
     ws = set(words(f.attr_path)) if f.attr_path else set()
     scheme = _scheme(source, f.start) if f.kind is Kind.URL_CREDENTIAL and f.start >= 0 else ""
     path = _attr_path(f.attr_path) if f.attr_path else ()
@@ -636,6 +649,13 @@ def _why(f: Finding, source: bytes, role: str, file: str = "", migration: str | 
                 "oneshot after mysql starts); by hand: drop the clause (or the statement, if the account exists "
                 "already), then set the password at run time from config.age.secrets.NAME.path (ALTER USER ... "
                 "IDENTIFIED BY, the value read by the shell from the file, never written into the script)"
+            )
+        if strategy == "move":  # the route "use move" is taken already (realcfg37/01, 38/05)
+            return (
+                "a MySQL/MariaDB credential this migration (strategy move) finds no edit for where it is: nixmig "
+                "moves a MySQL password out of a container's environment (MYSQL_PASSWORD, an app's variable or "
+                "URL), services.mysql.initialScript and the options with a file twin; by hand: have what reads it "
+                "take it from the agenix file (a *File option, an env file rendered at start), then remove it"
             )
         return (
             'a MySQL/MariaDB credential: nixmig cannot rotate it; a migration with strategy = "move" moves one '
@@ -1011,6 +1031,7 @@ def leftovers(
     skip: Collection[tuple[str, int]] = (),
     migration: str | None = None,
     containers: Collection[tuple[str, ...]] = (),
+    strategy: str = "rotate",
 ) -> list[Leftover]:
     """Every credential finding that no edit replaces and that is this migration's (see the module doc).
 
@@ -1095,7 +1116,7 @@ def leftovers(
                     else ""
                 )
                 if cond
-                else _why(f, fm.source, role, name, migration, same)
+                else _why(f, fm.source, role, name, migration, same, strategy)
             )
             shared = _let_read_again(fm, f) if f.rule == "sql" and not cond else None
             if shared is not None:

@@ -3407,6 +3407,7 @@ class Builder:
             skip={(m.file, m.line) for m in self.manual} | self.let_kept,
             migration=spec.migration if db is not None or self.known or self.patched_containers else None,
             containers=self.patched_containers | ({(db.fm.name, *db.prefix)} if db is not None else set()),
+            strategy=spec.strategy,
         )
         found += self.copies_left(found)
         in_texts = self.copies_in_texts(found)

@@ -339,3 +339,20 @@ def test_roundcube_s_password_says_its_module_reads_none_on_localhost() -> None:
     plan = pt.plan({"hosts/box/h.nix": OLD_HOST}, pt.Spec(secret="roundcube-db-password", role="roundcube"))
     (item,) = [m for m in plan.manual if m.line == 5]
     assert "reads no password at all: then delete the line" in item.what and ".pgpass line" in item.what
+
+
+def test_a_mysql_credential_with_no_edit_under_move_is_not_told_to_use_move() -> None:
+    """realcfg38/05: the migration is move already; the item said 'a migration with strategy = move moves one'."""
+    src = b"""{ ... }:
+let
+  mysqlUser = "grafana";
+  mysqlPassword = "Gf-my-38";
+in
+{
+  services.grafana.provision.datasources.settings.datasources = [
+    { name = "MySQL"; type = "mysql"; url = "mysql://${mysqlUser}:${mysqlPassword}@db:3306/grafana"; }
+  ];
+}
+"""
+    plan = pt.plan({"m.nix": src}, pt.Spec(secret="grafana-mysql-password", role="grafana", strategy="move"))
+    assert plan.manual and not any('a migration with strategy = "move" moves one' in m.what for m in plan.manual)
