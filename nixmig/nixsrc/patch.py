@@ -538,7 +538,7 @@ class Builder:
             value = self.value_of(fm, b.value)
             if value is None:
                 imported = self.imported_from(fm, b.value)
-                read = file_read_of(fm, b.value)
+                read = file_read_of(fm, b.value) or self._read_through_select(fm, b.value)
                 self.manual_here(
                     fm,
                     b.value,
@@ -2484,7 +2484,10 @@ class Builder:
                         0,
                         f"also names {var} (secret {secret!r}), but no container this migration patches sets it"
                         + (f" ({', '.join(touched)})" if touched else "")
-                        + f": remove {var} from also in [migrations.{self.spec.migration or '…'}], or check its name",
+                        + " (nixmig patches virtualisation.oci-containers, arion, quadlet-nix and docker-containers: a "
+                        "compose file written as text, or a wrapper's container, is none of them)"
+                        + f": remove {var} from also in [migrations.{self.spec.migration or '…'}], or check its name, "
+                        "or move it by hand where it is set",
                         "",
                     )
                 )
@@ -2735,6 +2738,21 @@ class Builder:
             self.need(fm, ("config", "lib", "pkgs"))
         for fm, b, joined in merges.values():
             self.merge_into(fm, b, joined)
+
+    def _read_through_select(self, fm: FileModel, node: Node) -> str | None:
+        """``POSTGRES_PASSWORD = chat.environment.SECRETS_postgres_password;`` in a ``rec`` set whose ``chat``
+        binds that to ``lib.fileContents ./secrets/db-pass`` (realcfg39/03): the repository file it reads, once
+        one binding of the file ends with the select's path and reads a file; None otherwise."""
+        node = unparen(node)
+        base = node.child_by_field_name("expression") if node.type == "select_expression" else None
+        attrs = node.child_by_field_name("attrpath") if node.type == "select_expression" else None
+        if base is None or attrs is None or unparen(base).type != "variable_expression":
+            return None
+        tail = (text(unparen(base)), *attr_names(attrs))
+        found = {
+            rel for b in fm.binds if b.path[-len(tail) :] == tail and (rel := file_read_of(fm, b.value)) is not None
+        }
+        return found.pop() if len(found) == 1 else None
 
     def readers_of_another_secret(self) -> None:
         """A service of the migration's role that reads its database password from another agenix secret

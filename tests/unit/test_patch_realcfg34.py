@@ -356,3 +356,25 @@ in
 """
     plan = pt.plan({"m.nix": src}, pt.Spec(secret="grafana-mysql-password", role="grafana", strategy="move"))
     assert plan.manual and not any('a migration with strategy = "move" moves one' in m.what for m in plan.manual)
+
+
+def test_a_database_password_read_through_a_rec_sibling_from_a_file_is_said_as_that(tmp_path: Path) -> None:
+    """realcfg39/03: `POSTGRES_PASSWORD = chat.environment.SECRETS_postgres_password;` in a `rec` set whose
+    `chat` reads it with lib.fileContents: "computed, not a literal" before."""
+    src = b"""{ lib, ... }:
+{
+  virtualisation.oci-containers.containers = rec {
+    chat = {
+      image = "example/chat:9";
+      environment.SECRETS_postgres_password = lib.fileContents ./secrets/chat-db-pass;
+    };
+    chat-db = {
+      image = "postgres:16";
+      environment.POSTGRES_PASSWORD = chat.environment.SECRETS_postgres_password;
+    };
+  };
+}
+"""
+    plan = pt.plan({"hosts/box/c.nix": src}, pt.Spec(secret="chat-db-password", role="postgres", db_service="chat-db"))
+    (item,) = [m for m in plan.manual if m.line == 10]
+    assert "reads the password from hosts/box/secrets/chat-db-pass, a plain file of the repository" in item.what
