@@ -2484,10 +2484,10 @@ class Builder:
                         0,
                         f"also names {var} (secret {secret!r}), but no container this migration patches sets it"
                         + (f" ({', '.join(touched)})" if touched else "")
-                        + " (nixmig patches virtualisation.oci-containers, arion, quadlet-nix and docker-containers: a "
-                        "compose file written as text, or a wrapper's container, is none of them)"
                         + f": remove {var} from also in [migrations.{self.spec.migration or '…'}], or check its name, "
-                        "or move it by hand where it is set",
+                        "or move it by hand where it is set (nixmig patches virtualisation.oci-containers, arion, "
+                        "quadlet-nix and docker-containers: a compose file written as text, or a wrapper's container, "
+                        "is none of them)",
                         "",
                     )
                 )
