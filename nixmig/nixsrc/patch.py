@@ -3989,6 +3989,8 @@ class Builder:
         if db is not None:
             self.patch_db(db)
         password = db.password if db is not None else self.app_password()
+        if password:  # recognised: every copy of it left anywhere is this migration's (a plain file's SQL too)
+            self.known.add(digest(password.encode()))
         self.scan_literals(password, db)
         self.local_roles()
         self.silent_clients(db)

@@ -378,3 +378,29 @@ def test_a_database_password_read_through_a_rec_sibling_from_a_file_is_said_as_t
     plan = pt.plan({"hosts/box/c.nix": src}, pt.Spec(secret="chat-db-password", role="postgres", db_service="chat-db"))
     (item,) = [m for m in plan.manual if m.line == 10]
     assert "reads the password from hosts/box/secrets/chat-db-pass, a plain file of the repository" in item.what
+
+
+def test_the_app_s_password_left_in_a_plain_file_s_sql_is_said() -> None:
+    """A mutant of realcfg34/01 (bench/patch_mutants.py, import-file): the role's SQL moved into a plain file
+    read as `(import ./plain.nix).sql`; the app's password (found beside its user) was edited and patch
+    claimed done with the SQL's copy left: the value the app holds is now this migration's everywhere."""
+    app = b"""{ ... }:
+{
+  services.postgresql.initialScript = (import ./plain.nix).sql;
+  virtualisation.oci-containers.containers.sonarqube = {
+    image = "sonarqube:community";
+    environment = {
+      SONAR_JDBC_USERNAME = "sonarqube";
+      SONAR_JDBC_PASSWORD = "Sq-mut-34";
+    };
+  };
+}
+"""
+    plain = b"""{
+  sql = ''
+    CREATE ROLE sonarqube WITH PASSWORD 'Sq-mut-34' LOGIN;
+  '';
+}
+"""
+    plan = pt.plan({"m.nix": app, "plain.nix": plain}, pt.Spec(secret="sonarqube-db-password", role="sonarqube"))
+    assert any(m.file == "plain.nix" and m.line == 3 for m in plan.manual), [(m.file, m.line) for m in plan.manual]
