@@ -383,22 +383,23 @@ def test_a_database_password_read_through_a_rec_sibling_from_a_file_is_said_as_t
 def test_the_app_s_password_left_in_a_plain_file_s_sql_is_said() -> None:
     """A mutant of realcfg34/01 (bench/patch_mutants.py, import-file): the role's SQL moved into a plain file
     read as `(import ./plain.nix).sql`; the app's password (found beside its user) was edited and patch
-    claimed done with the SQL's copy left: the value the app holds is now this migration's everywhere."""
+    claimed done with the SQL's copy left: the value (the role's name too, so no copy of a name counts) the app
+    holds is now this migration's everywhere."""
     app = b"""{ ... }:
 {
-  services.postgresql.initialScript = (import ./plain.nix).sql;
+  lab.postgresql.script = [ (import ./plain.nix).sql ];
   virtualisation.oci-containers.containers.sonarqube = {
     image = "sonarqube:community";
     environment = {
       SONAR_JDBC_USERNAME = "sonarqube";
-      SONAR_JDBC_PASSWORD = "Sq-mut-34";
+      SONAR_JDBC_PASSWORD = "sonarqube";
     };
   };
 }
 """
     plain = b"""{
   sql = ''
-    CREATE ROLE sonarqube WITH PASSWORD 'Sq-mut-34' LOGIN;
+    CREATE ROLE sonarqube WITH PASSWORD 'sonarqube' LOGIN;
   '';
 }
 """
