@@ -1065,7 +1065,7 @@ def leftovers(
                 )
                 or _other_project(f, name, containers)
                 or (not _in_container(f, name, containers) and _other_container(f, containers))
-                or (known and _other_service(f, idents, role))
+                or (scope is not None and _other_service(f, idents, role))
             ):
                 continue
             head = f"{f.attr_path or 'a string'} still holds " + (
