@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from nixmig.nixsrc.leftover import Leftover
     from nixmig.nixsrc.model import Bind, FileModel, NixPath
-    from nixmig.nixsrc.patch import Builder
+    from nixmig.nixsrc.patch import Builder, _Renderer
 
 
 _DB_WORDS = frozenset({"db", "database", "postgres", "postgresql", "pg", "sql", "psql"})
@@ -87,36 +87,12 @@ def apply(b: Builder, password: str | None) -> None:
             continue  # used elsewhere too, or not by a container: the verdict lists the literal
         line = EnvLine(var, "", "", raw=True)
         lit = Lit(path, unparen(bind.value), False, bind)
-        renderers = []
-        for kind, name, prefix in found:
-            r = (
-                b.systemd_renderer(fm, name, bind.node)
-                if kind == "systemd"
-                else b.renderer_for_container(fm, kind, name, prefix)
-            )
-            if r is None:
-                return
-            renderers.append((r, kind, name, prefix))
-        for r, kind, name, prefix in renderers:
-            env_path = b.add_env_line(r, line)
-            r.literals.append(f"{var} at {fm.where(bind.value)}")
-            if kind != "systemd":  # (a unit's renderer gives it the EnvironmentFile itself)
-                b.ensure_env_file(fm, kind, name, prefix, env_path, lit)
-        names = ", ".join(
-            f"{r.unit} unit" if kind == "systemd" else f"{r.container or r.unit} container"
-            for r, kind, _, _ in renderers
-        )
+        renderers = _renderers(b, fm, bind, found)
+        if renderers is None:
+            return
         b.mask_literal(fm, unparen(bind.value))
         b.known.add(digest(value.encode()))  # its let binding goes once no use is left (Builder.drop_lets)
-        b.ed.remove_binding(
-            fm,
-            bind.node,
-            f"removes {var} (the hardcoded password) from {set_name}, the environment shared by the {names}(s), "
-            "which lands in the world-readable Nix store: each reads it from its env file",
-        )
-        b.handled.add((fm.name, bind.value.start_byte))
-        b.use_lets(fm, unparen(bind.value))
-        b.replaced.append(f"{var} at {fm.where(bind.value)}")
+        _move(b, fm, lit, line, renderers, "the hardcoded password", bind.value)
 
 
 def url_in_shared(b: Builder, fm: FileModel, lit: Lit, line: EnvLine) -> bool:
@@ -132,9 +108,19 @@ def url_in_shared(b: Builder, fm: FileModel, lit: Lit, line: EnvLine) -> bool:
     if inner not in ((), ("environment",)):
         return False
     found = _containers(b, fm, set_name, inner)
-    if not found:
+    renderers = _renderers(b, fm, bind, found, line) if found else None
+    if renderers is None:
         return False
-    renderers = []
+    _move(b, fm, lit, line, renderers, "a URL with the hardcoded password", lit.node, touch=True)
+    return True
+
+
+def _renderers(
+    b: Builder, fm: FileModel, bind: Bind, found: list[tuple[str, str, NixPath]], line: EnvLine | None = None
+) -> list[tuple[_Renderer, str, str, NixPath]] | None:
+    """The renderer of each unit or container that takes the shared attrset; None when one has none (a
+    computed name), or, with ``line``, when its env file holds another line under that variable."""
+    out = []
     for kind, name, prefix in found:
         r = (
             b.systemd_renderer(fm, name, bind.node)
@@ -142,29 +128,45 @@ def url_in_shared(b: Builder, fm: FileModel, lit: Lit, line: EnvLine) -> bool:
             else b.renderer_for_container(fm, kind, name, prefix)
         )
         if r is None:
-            return False
-        if any(x.var == line.var and x != line for x in r.files.get(b.env_path(r), [])):
-            return False  # another URL under the same name in that env file: the verdict says it
-        renderers.append((r, kind, name, prefix))
+            return None
+        if line is not None and any(x.var == line.var and x != line for x in r.files.get(b.env_path(r), [])):
+            return None  # another URL under the same name in that env file: the verdict says it
+        out.append((r, kind, name, prefix))
+    return out
+
+
+def _move(
+    b: Builder,
+    fm: FileModel,
+    lit: Lit,
+    line: EnvLine,
+    renderers: list[tuple[_Renderer, str, str, NixPath]],
+    what: str,
+    at: Node,
+    touch: bool = False,
+) -> None:
+    """``line`` into each renderer's env file (a container gets environmentFiles too), and the variable out
+    of the shared attrset, once; ``at``: the value as the plan marks and names it."""
+    assert lit.bind is not None
     for r, kind, name, prefix in renderers:
         env_path = b.add_env_line(r, line)
-        r.literals.append(f"{line.var} at {fm.where(lit.node)}")
-        if kind != "systemd":
+        r.literals.append(f"{line.var} at {fm.where(at)}")
+        if kind != "systemd":  # (a unit's renderer gives it the EnvironmentFile itself)
             b.ensure_env_file(fm, kind, name, prefix, env_path, lit)
-            b.touched[(fm.name, *prefix)] = (fm, kind, name, prefix)
+            if touch:
+                b.touched[(fm.name, *prefix)] = (fm, kind, name, prefix)
     names = ", ".join(
-        f"{r.unit} unit" if k == "systemd" else f"{r.container or r.unit} container" for r, k, _, _ in renderers
+        f"{r.unit} unit" if kind == "systemd" else f"{r.container or r.unit} container" for r, kind, _, _ in renderers
     )
     b.ed.remove_binding(
         fm,
-        bind.node,
-        f"removes {line.var} (a URL with the hardcoded password) from {set_name}, the environment shared by the "
-        f"{names}(s), which lands in the world-readable Nix store: each reads it from its env file",
+        lit.bind.node,
+        f"removes {line.var} ({what}) from {lit.path[1]}, the environment shared by the {names}(s), which lands "
+        "in the world-readable Nix store: each reads it from its env file",
     )
-    b.handled.add((fm.name, lit.node.start_byte))
+    b.handled.add((fm.name, at.start_byte))
     b.use_lets(fm, lit.node)
-    b.replaced.append(f"{line.var} at {fm.where(lit.node)}")
-    return True
+    b.replaced.append(f"{line.var} at {fm.where(at)}")
 
 
 def shared_var(b: Builder, fm: FileModel, bind: Bind) -> list[tuple[str, str, NixPath]] | None:
